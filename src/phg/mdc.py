@@ -1,0 +1,98 @@
+"""Code tables: IEEE 11073-10101 (MDC) measurement codes, UCUM units and LOINC vital-signs codes.
+
+Tables are data, not if-chains. Sources: ../shared/vectors/phd/code_map.json (HL7 PHD IG 2.0.0
+examples and FSH), FHIR R4 vital-signs profile (http://hl7.org/fhir/R4/observation-vitalsigns.html).
+MDC 32-bit code = partition * 65536 + term code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MDC_SYSTEM = "urn:iso:std:iso:11073:10101"
+UCUM_SYSTEM = "http://unitsofmeasure.org"
+LOINC_SYSTEM = "http://loinc.org"
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What phg knows about one MDC measurement code."""
+
+    code: int
+    ref_id: str  # the MDC reference id, e.g. MDC_PULS_OXIM_SAT_O2
+    display: str
+    units: tuple[str, ...]  # UCUM codes accepted; empty for compound parents
+    loinc: str | None = None  # vital-signs LOINC code (PHD IG adds it where the vital-signs profile applies)
+    components: tuple[int, ...] = ()  # compound metrics (blood pressure) hold these codes
+
+
+# One row per measurement; `units[0]` is the default when a reading gives no unit.
+MEASUREMENTS: dict[int, Measurement] = {
+    m.code: m
+    for m in (
+        Measurement(150020, "MDC_PRESS_BLD_NONINV", "Blood pressure", ("mm[Hg]", "kPa"), "85354-9",
+                    components=(150021, 150022, 150023)),
+        Measurement(150021, "MDC_PRESS_BLD_NONINV_SYS", "Systolic blood pressure", ("mm[Hg]", "kPa"), "8480-6"),
+        Measurement(150022, "MDC_PRESS_BLD_NONINV_DIA", "Diastolic blood pressure", ("mm[Hg]", "kPa"), "8462-4"),
+        Measurement(150023, "MDC_PRESS_BLD_NONINV_MEAN", "Mean blood pressure", ("mm[Hg]", "kPa")),
+        Measurement(149546, "MDC_PULS_RATE_NON_INV", "Pulse rate", ("/min",), "8867-4"),
+        Measurement(149530, "MDC_PULS_OXIM_PULS_RATE", "Pulse rate", ("/min",), "8867-4"),
+        Measurement(147842, "MDC_ECG_HEART_RATE", "Heart rate", ("/min",), "8867-4"),
+        Measurement(150456, "MDC_PULS_OXIM_SAT_O2", "Oxygen saturation", ("%",), "2708-6"),
+        Measurement(150364, "MDC_TEMP_BODY", "Body temperature", ("Cel", "[degF]"), "8310-5"),
+        Measurement(188736, "MDC_MASS_BODY_ACTUAL", "Body weight", ("kg", "[lb_av]"), "29463-7"),
+        Measurement(188740, "MDC_LEN_BODY_ACTUAL", "Body height", ("cm", "[in_i]"), "8302-2"),
+        Measurement(188752, "MDC_RATIO_MASS_BODY_LEN_SQ", "Body mass index", ("kg/m2",), "39156-5"),
+        Measurement(160184, "MDC_CONC_GLU_CAPILLARY_WHOLEBLOOD", "Glucose, capillary whole blood",
+                    ("mg/dL", "mmol/L")),
+        Measurement(160188, "MDC_CONC_GLU_CAPILLARY_PLASMA", "Glucose, capillary plasma", ("mg/dL", "mmol/L")),
+    )
+}
+
+# Friendly names accepted in the reading document's "type" field instead of "code".
+ALIASES: dict[str, int] = {
+    "blood_pressure": 150020,
+    "systolic": 150021,
+    "diastolic": 150022,
+    "mean_arterial_pressure": 150023,
+    "pulse_rate": 149546,
+    "pulse_rate_oximeter": 149530,
+    "heart_rate": 147842,
+    "spo2": 150456,
+    "body_temperature": 150364,
+    "body_weight": 188736,
+    "body_height": 188740,
+    "bmi": 188752,
+    "glucose": 160184,
+    "glucose_plasma": 160188,
+}
+
+# UCUM code -> human-readable unit text as the PHD IG examples write it.
+UNIT_DISPLAY: dict[str, str] = {
+    "mm[Hg]": "mmHg",
+    "kPa": "kPa",
+    "/min": "{beat}/min",
+    "%": "%",
+    "Cel": "C",
+    "[degF]": "F",
+    "kg": "kg",
+    "[lb_av]": "lb",
+    "cm": "cm",
+    "[in_i]": "in",
+    "kg/m2": "kg/m2",
+    "mg/dL": "mg/dL",
+    "mmol/L": "mmol/L",
+}
+
+# IEEE 11073-20601 MeasurementStatus bit names accepted in a metric's "status" list.
+MEASUREMENT_STATUS: tuple[str, ...] = (
+    "invalid",
+    "questionable",
+    "not-available",
+    "calibration-ongoing",
+    "test-data",
+    "demonstration-data",
+    "validated-data",
+    "early-indication",
+    "msmt-ongoing",
+)

@@ -1,0 +1,304 @@
+"""The neutral measurement model: everything downstream of a source reads only this.
+
+A Reading is one device's upload unit: the device identity, the patient it belongs to, and the
+metrics it measured. Values are Decimals so that a device's precision survives ("2.00" stays 2.00,
+PHD IG: FLOAT/SFLOAT precision is kept). Times are timezone-aware and remember how many fractional
+digits the device gave, which the PHD IG 2.0.0 duplicate-detection identifier needs.
+
+`parse_reading` turns a reading document (README, "The reading document"; JSON Schema in
+reading.schema.json) into a Reading, or raises ReadingError naming the field and why.
+`Reading.to_document()` is the canonical form that the outbox stores; parsing it gives the same Reading.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from phg import mdc
+from phg.errors import ReadingError
+
+
+@dataclass(frozen=True)
+class Specialization:
+    """An IEEE 11073 device specialization (MDC_DEV_SPEC_PROFILE_*) and its version."""
+
+    code: int
+    version: int | None = None
+
+
+@dataclass(frozen=True)
+class Device:
+    """The measuring device. system_id is EUI-64 hex upper case without separators (16 chars);
+    bt_address is EUI-48 written as PHD IG does: upper case hex pairs joined by '-'."""
+
+    system_id: str | None = None
+    bt_address: str | None = None
+    manufacturer: str | None = None
+    model: str | None = None
+    serial: str | None = None
+    firmware: str | None = None
+    specializations: tuple[Specialization, ...] = ()
+
+    @property
+    def identity(self) -> str:
+        """The device part of the PHD IG conditional-create identifier: the system id, or the
+        transport address for a BLE device without one (hex upper case, no separators)."""
+        return self.system_id or (self.bt_address or "").replace("-", "")
+
+
+@dataclass(frozen=True)
+class PatientRef:
+    """A patient identifier as known to the EHR."""
+
+    system: str
+    value: str
+
+
+@dataclass(frozen=True)
+class Component:
+    """One component of a compound metric (e.g. systolic of a blood pressure)."""
+
+    code: int
+    value: Decimal
+    unit: str
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One measurement. value is None for compound metrics (components carry the values)."""
+
+    code: int
+    time: datetime  # device timestamp, timezone-aware
+    value: Decimal | None = None
+    unit: str | None = None
+    time_digits: int = 0  # fractional-second digits the device gave (its time resolution)
+    status: tuple[str, ...] = ()  # IEEE 11073-20601 MeasurementStatus names (mdc.MEASUREMENT_STATUS)
+    components: tuple[Component, ...] = ()
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """The gateway itself (PHD IG PhgDevice), from config. system_id: EUI-64, 16 hex upper case.
+    time_sync: MDC time-sync protocol code (68220 property), 532226 = MDC_TIME_SYNC_NTPV4."""
+
+    system_id: str
+    manufacturer: str = "phg project"
+    model: str = "phg"
+    serial: str | None = None
+    firmware: str | None = None
+    time_sync: int = 532226
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One device's upload: who measured (device), whom (patient), and what (metrics)."""
+
+    device: Device
+    patient: PatientRef
+    metrics: tuple[Metric, ...] = field(default_factory=tuple)
+
+    def to_document(self) -> dict[str, Any]:
+        """The canonical reading document (values as strings, codes not aliases)."""
+        dev: dict[str, Any] = {}
+        for name in ("system_id", "bt_address", "manufacturer", "model", "serial", "firmware"):
+            if (v := getattr(self.device, name)) is not None:
+                dev[name] = v
+        if self.device.specializations:
+            dev["specializations"] = [
+                {"code": s.code} | ({"version": s.version} if s.version is not None else {})
+                for s in self.device.specializations
+            ]
+        return {
+            "device": dev,
+            "patient": {"system": self.patient.system, "value": self.patient.value},
+            "metrics": [_metric_document(m) for m in self.metrics],
+        }
+
+    def to_json(self) -> str:
+        """Canonical JSON: stable across runs, so equal readings give equal text and key."""
+        return json.dumps(self.to_document(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+    @property
+    def key(self) -> str:
+        """Content hash of the canonical JSON: the same reading handed over twice has the same key."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+
+def _metric_document(m: Metric) -> dict[str, Any]:
+    doc: dict[str, Any] = {"code": m.code, "time": format_time(m.time, m.time_digits)}
+    if m.value is not None:
+        doc["value"] = str(m.value)
+    if m.unit is not None:
+        doc["unit"] = m.unit
+    if m.status:
+        doc["status"] = list(m.status)
+    if m.components:
+        doc["components"] = [{"code": c.code, "value": str(c.value), "unit": c.unit} for c in m.components]
+    return doc
+
+
+def format_time(t: datetime, digits: int) -> str:
+    """RFC 3339 / FHIR dateTime with the device's own offset and fractional digits."""
+    text = t.isoformat(timespec="seconds")
+    if digits:
+        frac = f"{t.microsecond:06d}"[:digits]
+        text = text[:19] + "." + frac + text[19:]
+    return text
+
+
+# ---------------------------------------------------------------- parsing
+
+
+@cache
+def _validator():
+    import jsonschema  # imported lazily: `phg --help` must stay fast
+
+    schema = json.loads(resources.files("phg").joinpath("reading.schema.json").read_text())
+    return jsonschema.Draft202012Validator(schema)
+
+
+def _path(parts) -> str:
+    text = ""
+    for p in parts:
+        text += f"[{p}]" if isinstance(p, int) else (f".{p}" if text else str(p))
+    return text or "(document)"
+
+
+_TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.(\d{1,6}))?(Z|[+-]\d{2}:\d{2})$")
+
+
+def _parse_time(text: str, where: str) -> tuple[datetime, int]:
+    match = _TIME_RE.match(text)
+    if not match:
+        raise ReadingError(where, f"{text!r} is not a date-time with seconds and a UTC offset "
+                                  "(e.g. 2026-11-28T09:00:00+01:00)")
+    try:
+        return datetime.fromisoformat(text), len(match.group(2) or "")
+    except ValueError as exc:
+        raise ReadingError(where, f"{text!r} is not a valid date-time: {exc}") from None
+
+
+def _code(item: dict, where: str) -> int:
+    if "code" in item:
+        return item["code"]
+    alias = item["type"]
+    if alias not in mdc.ALIASES:
+        raise ReadingError(f"{where}.type", f"unknown type {alias!r}; known: {', '.join(sorted(mdc.ALIASES))}")
+    return mdc.ALIASES[alias]
+
+
+def _unit(code: int, given: str | None, where: str) -> str:
+    known = mdc.MEASUREMENTS.get(code)
+    if given is None:
+        if known is None or not known.units:
+            raise ReadingError(f"{where}.unit", f"required for MDC code {code}")
+        if len(known.units) > 1 and code in (160184, 160188):
+            raise ReadingError(f"{where}.unit", f"required for glucose: one of {', '.join(known.units)}")
+        return known.units[0]
+    if known is not None and known.units and given not in known.units:
+        raise ReadingError(f"{where}.unit", f"{given!r} is not a unit of {known.ref_id}; use one of "
+                                            f"{', '.join(known.units)} (UCUM)")
+    return given
+
+
+def _decimal(value: Any) -> Decimal:
+    return value if isinstance(value, Decimal) else Decimal(str(value))
+
+
+def _hex_id(text: str) -> str:
+    return text.replace("-", "").replace(":", "").upper()
+
+
+def parse_reading(doc: Any, source: str | None = None) -> Reading:
+    """Validate a reading document and build the Reading. Numbers are best parsed from JSON with
+    parse_float=Decimal (see `load_documents`) so that 2.00 keeps its two decimals."""
+    errors = sorted(_validator().iter_errors(doc), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if errors:
+        err = errors[0]
+        raise ReadingError(_path(err.absolute_path), _schema_message(err), source)
+    try:
+        return _build(doc)
+    except ReadingError as exc:
+        exc.source = source
+        raise ReadingError(exc.where, exc.why, source) from None
+
+
+def _schema_message(err) -> str:
+    if err.validator == "anyOf" and list(err.absolute_path) == ["device"]:
+        return "needs system_id or bt_address"
+    if err.validator == "oneOf" and err.validator_value and "required" in err.validator_value[0]:
+        return "needs exactly one of 'code' or 'type'"
+    if err.validator == "oneOf" and err.absolute_path and err.absolute_path[-1] == "value":
+        return f"{err.instance!r} is not a decimal number (give a number or a string such as \"2.00\")"
+    if err.validator == "pattern":
+        return f"{err.instance!r} is not in the expected format"
+    return err.message
+
+
+def _build(doc: dict) -> Reading:
+    d = doc["device"]
+    device = Device(
+        system_id=_hex_id(d["system_id"]) if "system_id" in d else None,
+        bt_address="-".join(_hex_id(d["bt_address"])[i:i + 2] for i in range(0, 12, 2)) if "bt_address" in d else None,
+        manufacturer=d.get("manufacturer"),
+        model=d.get("model"),
+        serial=d.get("serial"),
+        firmware=d.get("firmware"),
+        specializations=tuple(Specialization(s["code"], s.get("version")) for s in d.get("specializations", ())),
+    )
+    patient = PatientRef(doc["patient"]["system"], doc["patient"]["value"])
+    metrics = []
+    for i, m in enumerate(doc["metrics"]):
+        where = f"metrics[{i}]"
+        code = _code(m, where)
+        time, digits = _parse_time(m["time"], f"{where}.time")
+        for s in m.get("status", ()):
+            if s not in mdc.MEASUREMENT_STATUS:
+                raise ReadingError(f"{where}.status", f"unknown status {s!r}; known: {', '.join(mdc.MEASUREMENT_STATUS)}")
+        unit = _unit(code, m.get("unit"), where)
+        components = []
+        for j, c in enumerate(m.get("components", ())):
+            cwhere = f"{where}.components[{j}]"
+            ccode = _code(c, cwhere)
+            components.append(Component(ccode, _decimal(c["value"]), _unit(ccode, c.get("unit", unit), cwhere)))
+        if "value" not in m and not components:
+            if "invalid" not in m.get("status", ()) and "not-available" not in m.get("status", ()):
+                raise ReadingError(where, "needs a value, components, or status invalid/not-available")
+        known = mdc.MEASUREMENTS.get(code)
+        if known is not None and known.components and not components:
+            raise ReadingError(f"{where}.components", f"{known.ref_id} is compound: give its components")
+        metrics.append(Metric(
+            code=code,
+            time=time,
+            time_digits=digits,
+            value=_decimal(m["value"]) if "value" in m else None,
+            unit=unit,
+            status=tuple(m.get("status", ())),
+            components=tuple(components),
+        ))
+    return Reading(device, patient, tuple(metrics))
+
+
+def load_documents(text: str, source: str) -> list[Any]:
+    """Reading documents from JSON text: one object, an array of them, or JSON Lines."""
+    try:
+        data = json.loads(text, parse_float=Decimal)
+        return data if isinstance(data, list) else [data]
+    except json.JSONDecodeError as first:
+        docs = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    docs.append(json.loads(line, parse_float=Decimal))
+                except json.JSONDecodeError as exc:
+                    where = f"line {n}" if n > 1 or len(docs) else f"line {first.lineno} column {first.colno}"
+                    raise ReadingError(where, f"not JSON: {exc.msg}", source) from None
+        return docs
