@@ -1,0 +1,219 @@
+"""Configuration: one TOML file, overridden by environment variables, overridden by flags.
+
+Precedence (highest first): command-line flags, PHG_* environment variables, the config file
+(--config, else $PHG_CONFIG, else <user config dir>/phg/phg.toml if it exists), built-in defaults.
+A wrong value stops start-up with a ConfigError naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+import uuid
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from phg.errors import ConfigError
+from phg.model import Gateway
+
+DEFAULT_SCOPE = "system/Patient.cu system/Device.cu system/Observation.c"
+IG_VERSIONS = ("2.0.0", "1.1.0")
+
+# environment variable -> (section, key)
+ENVIRONMENT = {
+    "PHG_FHIR_BASE_URL": ("fhir", "base_url"),
+    "PHG_IG_VERSION": ("fhir", "ig_version"),
+    "PHG_CLIENT_ID": ("auth", "client_id"),
+    "PHG_KEY_FILE": ("auth", "key_file"),
+    "PHG_SCOPE": ("auth", "scope"),
+    "PHG_TOKEN_URL": ("auth", "token_url"),
+    "PHG_OUTBOX": ("outbox", "path"),
+    "PHG_GATEWAY_SYSTEM_ID": ("gateway", "system_id"),
+}
+
+
+def user_config_path() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir("phg")) / "phg.toml"
+
+
+def user_data_dir() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("phg"))
+
+
+def default_gateway_system_id() -> str:
+    """EUI-64 from this machine's EUI-48 MAC (IEEE mapping: insert FFFE in the middle), so a
+    gateway without configuration still has a stable identity. Configure gateway.system_id for a
+    registered, documented one."""
+    mac = f"{uuid.getnode():012X}"
+    return mac[:6] + "FFFE" + mac[6:]
+
+
+@dataclass(frozen=True)
+class Config:
+    gateway: Gateway
+    outbox_path: Path
+    fhir_base: str | None = None
+    ig_version: str = "2.0.0"
+    batch_size: int = 50
+    allow_insecure_http: bool = False
+    client_id: str | None = None
+    key_file: Path | None = None
+    scope: str = DEFAULT_SCOPE
+    token_url: str | None = None
+    source: str = "(defaults)"  # where the settings came from, for messages
+
+    def with_overrides(self, **values: Any) -> Config:
+        return replace(self, **{k: v for k, v in values.items() if v is not None})
+
+
+@dataclass
+class _Raw:
+    """Settings as read, with where each came from (for error messages)."""
+
+    values: dict[tuple[str, str], Any] = field(default_factory=dict)
+    origin: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def get(self, section: str, key: str, kind: type, default: Any = None) -> Any:
+        if (section, key) not in self.values:
+            return default
+        value = self.values[(section, key)]
+        where = self.origin[(section, key)]
+        if kind is int and isinstance(value, str) and value.isdigit():
+            value = int(value)
+        if kind is bool and isinstance(value, str):
+            value = value.lower() in ("1", "true", "yes", "on")
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ConfigError(f"{where}: [{section}] {key} must be a {kind.__name__}, not {value!r}")
+        return value
+
+
+def load_config(path: Path | None = None, env: dict[str, str] | None = None) -> Config:
+    """Read the config file (if any) and the environment into a Config."""
+    env = dict(os.environ) if env is None else env
+    raw = _Raw()
+    if path is None and env.get("PHG_CONFIG"):
+        path = Path(env["PHG_CONFIG"])
+    if path is None and user_config_path().exists():
+        path = user_config_path()
+    source = "(defaults)"
+    if path is not None:
+        source = str(path)
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found (phg init writes one)") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        for section, table in data.items():
+            if section not in {"gateway", "fhir", "auth", "outbox", "delivery"} or not isinstance(table, dict):
+                raise ConfigError(f"{path}: unknown section [{section}]")
+            for key, value in table.items():
+                raw.values[(section, key)] = value
+                raw.origin[(section, key)] = str(path)
+    for name, target in ENVIRONMENT.items():
+        if env.get(name):
+            raw.values[target] = env[name]
+            raw.origin[target] = f"environment {name}"
+
+    system_id = raw.get("gateway", "system_id", str, None) or default_gateway_system_id()
+    system_id = system_id.replace("-", "").replace(":", "").upper()
+    if len(system_id) != 16 or any(c not in "0123456789ABCDEF" for c in system_id):
+        raise ConfigError(f"{raw.origin.get(('gateway', 'system_id'))}: [gateway] system_id must be an EUI-64 "
+                          f"(16 hex digits), not {system_id!r}")
+    gateway = Gateway(
+        system_id=system_id,
+        manufacturer=raw.get("gateway", "manufacturer", str, Gateway.manufacturer),
+        model=raw.get("gateway", "model", str, Gateway.model),
+        serial=raw.get("gateway", "serial", str, None),
+        firmware=raw.get("gateway", "firmware", str, None),
+    )
+    ig_version = raw.get("fhir", "ig_version", str, "2.0.0")
+    if ig_version not in IG_VERSIONS:
+        raise ConfigError(f"{raw.origin[('fhir', 'ig_version')]}: [fhir] ig_version must be one of "
+                          f"{', '.join(IG_VERSIONS)}, not {ig_version!r}")
+    batch_size = raw.get("delivery", "batch_size", int, 50)
+    if not 1 <= batch_size <= 1000:
+        raise ConfigError(f"{raw.origin[('delivery', 'batch_size')]}: [delivery] batch_size must be 1..1000")
+    key_file = raw.get("auth", "key_file", str, None)
+    outbox = raw.get("outbox", "path", str, None)
+    return Config(
+        gateway=gateway,
+        outbox_path=Path(outbox).expanduser() if outbox else user_data_dir() / "outbox.sqlite",
+        fhir_base=(raw.get("fhir", "base_url", str, None) or "").rstrip("/") or None,
+        ig_version=ig_version,
+        batch_size=batch_size,
+        allow_insecure_http=raw.get("fhir", "allow_insecure_http", bool, False),
+        client_id=raw.get("auth", "client_id", str, None),
+        key_file=Path(key_file).expanduser() if key_file else None,
+        scope=raw.get("auth", "scope", str, DEFAULT_SCOPE),
+        token_url=raw.get("auth", "token_url", str, None),
+        source=source,
+    )
+
+
+def check_url(url: str, allow_insecure_http: bool, what: str) -> None:
+    """TLS everywhere; plain http only to loopback unless explicitly allowed."""
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        return
+    if parts.scheme != "http" or not parts.hostname:
+        raise ConfigError(f"{what} {url!r} is not an http(s) URL")
+    if allow_insecure_http or is_loopback(parts.hostname):
+        return
+    raise ConfigError(f"{what} {url!r} uses plain http to a non-loopback host; use https "
+                      "(or set [fhir] allow_insecure_http = true on a network you trust)")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+CONFIG_TEMPLATE = '''\
+# phg configuration (TOML). Environment variables PHG_* and command-line flags override it.
+
+[gateway]
+# This gateway's own identity: an EUI-64 (16 hex digits). It becomes the PhgDevice resource
+# (PHD IG) that every Observation names in its gatewayDevice extension.
+system_id = "{system_id}"
+manufacturer = "phg project"
+model = "phg"
+# serial = "GW-0001"
+
+[fhir]
+# The FHIR R4 base URL of the EHR. https is required except to loopback.
+base_url = "https://ehr.example.org/fhir"
+# PHD IG version of the resources sent: "2.0.0" (default) or "1.1.0".
+ig_version = "2.0.0"
+
+[auth]
+# SMART Backend Services: register the public key (phg keys jwks) with the EHR under this client_id.
+client_id = "my-gateway"
+key_file = "{key_file}"
+scope = "{scope}"
+# token_url = ""   # normally discovered from {{base_url}}/.well-known/smart-configuration
+
+[outbox]
+# The durable queue (SQLite). Readings wait here while the network is down.
+path = "{outbox}"
+
+[delivery]
+# Readings per FHIR transaction Bundle.
+batch_size = 50
+'''
+
+
+def render_template(key_file: Path, outbox: Path) -> str:
+    return CONFIG_TEMPLATE.format(system_id=default_gateway_system_id(), key_file=key_file,
+                                  scope=DEFAULT_SCOPE, outbox=outbox)
