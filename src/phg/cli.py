@@ -1,0 +1,324 @@
+"""The `phg` command. Heavy modules are imported inside the commands so that `phg --help` is instant.
+
+Exit codes: 0 done; 1 bad input or readings dead-lettered; 2 usage; 3 configuration or
+authorization problem (the queue is intact); 75 (EX_TEMPFAIL) readings still queued for a retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from phg.errors import AuthError, ConfigError, PhgError
+
+EXIT_INPUT, EXIT_CONFIG, EXIT_TEMPFAIL = 1, 3, 75
+DESTINATION = "fhir"
+
+
+class Context:
+    def __init__(self, config_path: Path | None, overrides: dict[str, Any]):
+        self.config_path = config_path
+        self.overrides = overrides
+
+    def config(self):
+        from phg.config import load_config
+
+        return load_config(self.config_path).with_overrides(**self.overrides)
+
+    def outbox(self):
+        from phg.outbox import Outbox
+
+        return Outbox(self.config().outbox_path)
+
+
+def fail(message: str, code: int) -> None:
+    click.secho(f"error: {message}", fg="red", err=True)
+    sys.exit(code)
+
+
+class Group(click.Group):
+    """Turns phg's own errors into one clear line and an exit code instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (ConfigError, AuthError) as exc:
+            fail(str(exc), EXIT_CONFIG)
+        except PhgError as exc:
+            fail(str(exc), EXIT_INPUT)
+
+
+@click.group(cls=Group)
+@click.option("--config", "config_path", type=click.Path(path_type=Path),
+              help="Config file (default: $PHG_CONFIG or the user config dir).")
+@click.option("--fhir-base", help="FHIR base URL (overrides [fhir] base_url).")
+@click.option("--client-id", help="SMART client_id (overrides [auth] client_id).")
+@click.option("--key", "key_file", type=click.Path(path_type=Path), help="Private key file (overrides [auth] key_file).")
+@click.option("--scope", help="Scopes to request (overrides [auth] scope).")
+@click.option("--outbox", "outbox_path", type=click.Path(path_type=Path), help="Outbox database (overrides [outbox] path).")
+@click.option("-v", "--verbose", count=True, help="-v: progress (INFO); -vv: DEBUG (may include server messages).")
+@click.version_option(package_name="phg")
+@click.pass_context
+def main(ctx: click.Context, config_path, fhir_base, client_id, key_file, scope, outbox_path, verbose) -> None:
+    """phg: a Personal Health Gateway. Device readings -> FHIR (HL7 PHD IG) -> your EHR, securely,
+    through a durable queue."""
+    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if verbose < 2:
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+    ctx.obj = Context(config_path, {"fhir_base": fhir_base and fhir_base.rstrip("/"), "client_id": client_id,
+                                    "key_file": key_file, "scope": scope, "outbox_path": outbox_path})
+
+
+# ------------------------------------------------------------------------------------------ init / keys
+
+
+@main.command()
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+@click.pass_obj
+def init(obj: Context, force: bool) -> None:
+    """Write a commented config file to edit."""
+    from phg.config import render_template, user_config_path, user_data_dir
+
+    path = obj.config_path or user_config_path()
+    if path.exists() and not force:
+        fail(f"{path} exists (use --force to overwrite)", EXIT_INPUT)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_template(user_data_dir() / "phg-key.pem", user_data_dir() / "outbox.sqlite"))
+    click.echo(f"wrote {path}\nnext: edit [fhir] base_url and [auth] client_id, then run `phg keys generate` "
+               "and register the printed JWKS with your EHR")
+
+
+def _key_path(obj: Context, given: Path | None) -> Path:
+    from phg.config import user_data_dir
+
+    return given or obj.config().key_file or user_data_dir() / "phg-key.pem"
+
+
+@main.group()
+def keys() -> None:
+    """Create the gateway's signing key and show its public JWKS."""
+
+
+@keys.command("generate")
+@click.option("--alg", type=click.Choice(["ES384", "RS384"]), default="ES384", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), help="Where to write the private key (PEM, mode 0600).")
+@click.pass_obj
+def keys_generate(obj: Context, alg: str, out: Path | None) -> None:
+    """Write a new private key and print the public JWKS to register with the EHR."""
+    from phg.auth import generate_key, jwks, load_key
+
+    path = _key_path(obj, out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    generate_key(path, alg)
+    click.echo(f"wrote {path} (mode 0600); register this JWKS with the EHR:", err=True)
+    click.echo(json.dumps(jwks([load_key(path)]), indent=2))
+
+
+@keys.command("jwks")
+@click.option("--key", "key_file", type=click.Path(path_type=Path), help="Private key file.")
+@click.pass_obj
+def keys_jwks(obj: Context, key_file: Path | None) -> None:
+    """Print the public JWKS of the configured key."""
+    from phg.auth import jwks, load_key
+
+    click.echo(json.dumps(jwks([load_key(_key_path(obj, key_file))]), indent=2))
+
+
+# ------------------------------------------------------------------------------------------ readings
+
+
+def read_readings(files: tuple[str, ...]) -> tuple[list, list[str]]:
+    """Parse every document of every file; invalid ones are reported, never block the valid ones."""
+    from phg.errors import ReadingError
+    from phg.model import load_documents, parse_reading
+
+    readings, errors = [], []
+    for name in files:
+        source = "stdin" if name == "-" else name
+        try:
+            text = sys.stdin.read() if name == "-" else Path(name).read_text()
+            docs = load_documents(text, source)
+        except OSError as exc:
+            errors.append(f"{source}: {exc.strerror}")
+            continue
+        except ReadingError as exc:
+            errors.append(str(exc))
+            continue
+        for n, doc in enumerate(docs):
+            label = source if len(docs) == 1 else f"{source}[{n}]"
+            try:
+                readings.append(parse_reading(doc, label))
+            except ReadingError as exc:
+                errors.append(str(exc))
+    return readings, errors
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True)
+@click.option("--format", "fmt", type=click.Choice(["fhir"]), default="fhir", show_default=True)
+@click.option("--ig-version", type=click.Choice(["2.0.0", "1.1.0"]), help="PHD IG version (default: config).")
+@click.pass_obj
+def render(obj: Context, files: tuple[str, ...], fmt: str, ig_version: str | None) -> None:
+    """Print the transaction Bundle that would be sent for FILES (no network, no queue)."""
+    from phg.fhir import build_transaction, to_json
+
+    readings, errors = read_readings(files)
+    for error in errors:
+        click.secho(f"refused: {error}", fg="red", err=True)
+    if not readings:
+        sys.exit(EXIT_INPUT)
+    config = obj.config()
+    bundle = build_transaction(readings, config.gateway, ig_version or config.ig_version).bundle
+    click.echo(json.dumps(json.loads(to_json(bundle)), indent=2))
+    sys.exit(EXIT_INPUT if errors else 0)
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True)
+@click.option("--no-deliver", is_flag=True, help="Only queue; `phg run` delivers later.")
+@click.pass_obj
+def send(obj: Context, files: tuple[str, ...], no_deliver: bool) -> None:
+    """Queue the readings in FILES (or - for stdin) durably, then deliver what is due."""
+    readings, errors = read_readings(files)
+    for error in errors:
+        click.secho(f"refused: {error}", fg="red", err=True)
+    config = obj.config()
+    outbox = obj.outbox()
+    if readings:
+        outbox.enqueue(DESTINATION, [(r.key, r.to_json()) for r in readings])
+    click.echo(f"queued {len(readings)} reading(s) in {config.outbox_path}" + (f", refused {len(errors)}" if errors else ""))
+    code = EXIT_INPUT if errors else 0
+    if no_deliver or not config.fhir_base:
+        if not no_deliver:
+            click.echo("no FHIR base URL configured: readings wait in the queue (phg run delivers them)")
+        sys.exit(code)
+    sys.exit(max(code, _deliver(config, outbox, until_idle=True)))
+
+
+def _deliver(config, outbox, until_idle: bool) -> int:
+    from phg.daemon import deliver
+
+    stop = asyncio.Event()
+
+    async def go():
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        return await deliver(config, outbox, until_idle=until_idle, stop=stop)
+
+    try:
+        summary = asyncio.run(go())
+    except AuthError as exc:
+        fail(f"{exc}\ndelivery stopped; the queue is intact", EXIT_CONFIG)
+    counts = outbox.counts(DESTINATION)
+    click.echo(f"delivered {summary.delivered}, dead {summary.dead}; "
+               f"queue: {counts.get('queued', 0) + counts.get('inflight', 0)} waiting, {counts.get('dead', 0)} dead")
+    if summary.dead:
+        click.echo("see `phg queue ls --state dead` and `phg queue show ID` for the server's reasons")
+        return EXIT_INPUT
+    return EXIT_TEMPFAIL if counts.get("queued", 0) + counts.get("inflight", 0) else 0
+
+
+@main.command()
+@click.pass_obj
+def run(obj: Context) -> None:
+    """Deliver whatever is queued, retrying while the server is unreachable, until stopped (Ctrl-C)."""
+    config = obj.config()
+    if not logging.getLogger().isEnabledFor(logging.INFO):
+        logging.getLogger().setLevel(logging.INFO)
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+    code = _deliver(config, obj.outbox(), until_idle=False)
+    sys.exit(0 if code == EXIT_TEMPFAIL else code)
+
+
+# ------------------------------------------------------------------------------------------ queue
+
+
+@main.group()
+def queue() -> None:
+    """Show and repair the outbox."""
+
+
+@queue.command("ls")
+@click.option("--state", type=click.Choice(["queued", "inflight", "delivered", "dead"]))
+@click.option("--limit", default=50, show_default=True)
+@click.pass_obj
+def queue_ls(obj: Context, state: str | None, limit: int) -> None:
+    """List queued items (ids, states, attempts; no measured values)."""
+    import time
+
+    outbox = obj.outbox()
+    counts = outbox.counts()
+    click.echo("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "empty")
+    for item in outbox.items(state=state, limit=limit):
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(item.created))
+        error = (item.last_error or "")[:60]
+        click.echo(f"{item.id:>7}  {item.destination:<5} {item.state:<9} attempts {item.attempts:<3} {when}  {error}")
+
+
+@queue.command("show")
+@click.argument("item_id", type=int)
+@click.pass_obj
+def queue_show(obj: Context, item_id: int) -> None:
+    """Show one item: its reading, state, last error or server ids."""
+    from dataclasses import asdict
+
+    item = obj.outbox().get(item_id)
+    if item is None:
+        fail(f"no outbox item {item_id}", EXIT_INPUT)
+    data = asdict(item)
+    data["payload"] = json.loads(item.payload)
+    click.echo(json.dumps(data, indent=2))
+
+
+@queue.command("retry")
+@click.argument("item_id", type=int)
+@click.pass_obj
+def queue_retry(obj: Context, item_id: int) -> None:
+    """Queue a dead item again (after fixing what the server complained about)."""
+    if not obj.outbox().retry(item_id):
+        fail(f"outbox item {item_id} does not exist or is delivered", EXIT_INPUT)
+    click.echo(f"item {item_id} queued")
+
+
+@queue.command("purge")
+@click.option("--dead", is_flag=True, required=True, help="Remove dead items.")
+@click.pass_obj
+def queue_purge(obj: Context, dead: bool) -> None:
+    """Remove dead items for good."""
+    click.echo(f"removed {obj.outbox().purge_dead()} dead item(s)")
+
+
+# ------------------------------------------------------------------------------------------ doctor / demo
+
+
+@main.command()
+@click.pass_obj
+def doctor(obj: Context) -> None:
+    """Check configuration, key, TLS, discovery, token and transaction support; say what is wrong."""
+    from phg.doctor import run_checks
+
+    ok = asyncio.run(run_checks(obj.config(), lambda line: click.echo(line)))
+    sys.exit(0 if ok else EXIT_CONFIG)
+
+
+@main.command()
+@click.option("--per-device", default=2, show_default=True, help="Readings per simulated device.")
+@click.option("--server", type=click.Choice(["sekmet", "medplum"]), default="sekmet", show_default=True)
+def demo(per_device: int, server: str) -> None:
+    """Run everything locally: FHIR + OAuth servers, simulated devices, delivery, a summary."""
+    from phg.demo.run import run_demo
+
+    sys.exit(asyncio.run(run_demo(per_device=per_device, server=server, echo=click.echo)))
+
+
+if __name__ == "__main__":
+    main()

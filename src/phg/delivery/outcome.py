@@ -1,0 +1,36 @@
+"""What a destination says about each reading of a batch."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from phg.model import Reading
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """The server stored (or already had) the reading. result: the server ids, e.g. 'Observation/17'."""
+
+    result: str
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """The server refused this reading on its own; reason is the server's explanation."""
+
+    reason: str
+
+
+Outcome = Delivered | Rejected
+
+
+class Destination(Protocol):
+    """A place readings go. `name` keys its queue in the outbox."""
+
+    name: str
+
+    async def send(self, readings: Sequence[Reading]) -> list[Outcome]:
+        """Send one batch; one Outcome per reading, in order."""
+        ...

@@ -1,0 +1,137 @@
+"""The delivery worker: outbox -> destination, with backoff, batch splitting and dead letters.
+
+Rules (issue #2, design.md "delivery"):
+- Take up to batch_size due items under a lease, so a crash leaves them to be retried, never lost.
+- Transient failures (connection errors, timeouts, 408, 429, 5xx) put the batch back with an
+  exponential backoff with jitter, or the server's Retry-After when it gave one.
+- A batch refused as a whole (4xx) is split in halves until the reading at fault is alone; it goes
+  dead with the server's reason while the others are delivered.
+- An AuthError stops the worker and releases the batch untouched: credentials are fixed by a person.
+Outbox calls are blocking SQLite work, so they run in a thread, off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from phg.delivery.outcome import Delivered, Destination, Rejected
+from phg.errors import AuthError, PermanentDeliveryError, ReadingError, TransientDeliveryError
+from phg.model import Reading, load_documents, parse_reading
+from phg.outbox import Item, Outbox
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Summary:
+    """Counts of what one run of the worker did (no values, no PHI)."""
+
+    delivered: int = 0
+    dead: int = 0
+    retried: int = 0
+    dead_reasons: list[str] = field(default_factory=list)
+
+
+def backoff(attempts: int, base: float = 1.0, cap: float = 300.0) -> float:
+    """Exponential backoff with jitter: base * 2^(attempts-1), capped, scaled by 0.5..1.0 so that
+    many gateways coming back after an outage do not retry in step."""
+    return min(cap, base * 2 ** max(0, attempts - 1)) * random.uniform(0.5, 1.0)
+
+
+class DeliveryWorker:
+    def __init__(self, outbox: Outbox, destination: Destination, *, batch_size: int = 50,
+                 lease_seconds: float = 120.0, max_backoff: float = 300.0, idle_poll: float = 1.0):
+        self.outbox = outbox
+        self.destination = destination
+        self.batch_size = batch_size
+        self.lease_seconds = lease_seconds
+        self.max_backoff = max_backoff
+        self.idle_poll = idle_poll
+        self.summary = Summary()
+
+    async def run(self, stop: asyncio.Event | None = None, until_idle: bool = False) -> Summary:
+        """Deliver batches until `stop` is set; with until_idle, return as soon as nothing is due
+        (items waiting for their backoff are left queued for a later run)."""
+        stop = stop or asyncio.Event()
+        while not stop.is_set():
+            if await self.run_once():
+                continue
+            if until_idle:
+                break
+            due = await asyncio.to_thread(self.outbox.next_due, self.destination.name)
+            wait = self.idle_poll if due is None else min(self.idle_poll * 30, max(0.05, due - time.time()))
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=wait)
+            except TimeoutError:
+                pass
+        return self.summary
+
+    async def run_once(self) -> bool:
+        """Lease and deliver one batch. Returns False when nothing was due."""
+        items = await asyncio.to_thread(self.outbox.lease, self.destination.name, self.batch_size, self.lease_seconds)
+        if not items:
+            return False
+        readings: list[tuple[Item, Reading]] = []
+        for item in items:
+            try:
+                readings.append((item, parse_reading(load_documents(item.payload, f"outbox item {item.id}")[0])))
+            except ReadingError as exc:
+                await self._dead([item], f"stored reading is not valid: {exc}")
+        try:
+            await self._send(readings)
+        except AuthError:
+            await asyncio.to_thread(self._release_unfinished, [item.id for item, _ in readings])
+            raise
+        return True
+
+    def _release_unfinished(self, ids: Sequence[int]) -> None:
+        """Put back what the stopped batch did not finish, without counting an attempt."""
+        self.outbox.release([i for i in ids if (item := self.outbox.get(i)) and item.state == "inflight"])
+
+    async def _send(self, batch: Sequence[tuple[Item, Reading]]) -> None:
+        if not batch:
+            return
+        try:
+            outcomes = await self.destination.send([reading for _, reading in batch])
+        except TransientDeliveryError as exc:
+            attempts = max(item.attempts for item, _ in batch)
+            delay = exc.retry_after if exc.retry_after is not None else backoff(attempts, cap=self.max_backoff)
+            log.warning("%s: %d readings not delivered, retry in %.1f s: %s",
+                        self.destination.name, len(batch), delay, exc)
+            await asyncio.to_thread(self.outbox.retry_later, [item.id for item, _ in batch], delay, str(exc))
+            self.summary.retried += len(batch)
+            return
+        except PermanentDeliveryError as exc:
+            if len(batch) == 1:
+                await self._dead([batch[0][0]], str(exc))
+                return
+            half = len(batch) // 2
+            log.info("%s: batch of %d refused (%s); splitting to find the reading at fault",
+                     self.destination.name, len(batch), exc.status)
+            await self._send(batch[:half])
+            await self._send(batch[half:])
+            return
+        delivered = [(item, o) for (item, _), o in zip(batch, outcomes, strict=True) if isinstance(o, Delivered)]
+        if delivered:
+            await asyncio.to_thread(self.outbox.delivered, [i.id for i, _ in delivered], [o.result for _, o in delivered])
+            self.summary.delivered += len(delivered)
+            log.info("%s: delivered %d readings", self.destination.name, len(delivered))
+        for (item, _), outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, Rejected):
+                await self._dead([item], outcome.reason)
+
+    async def _dead(self, items: Sequence[Item], reason: str) -> None:
+        await asyncio.to_thread(self.outbox.dead, [i.id for i in items], reason)
+        self.summary.dead += len(items)
+        self.summary.dead_reasons.append(reason)
+        # The server's reason may quote measured values: it is kept in the outbox (phg queue show ID)
+        # and logged only at DEBUG.
+        ids = ",".join(str(i.id) for i in items)
+        log.warning("%s: %d reading(s) dead-lettered (outbox ids %s); see phg queue show",
+                    self.destination.name, len(items), ids)
+        log.debug("%s: outbox ids %s dead: %s", self.destination.name, ids, reason)
