@@ -1,0 +1,67 @@
+"""Config: file, environment, errors naming file and key, and the plain-http rule."""
+
+from pathlib import Path
+
+import pytest
+
+from phg.config import check_url, load_config, render_template
+from phg.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "phg.toml"
+    path.write_text(text)
+    return path
+
+
+def test_template_loads(tmp_path):
+    path = write(tmp_path, render_template(tmp_path / "k.pem", tmp_path / "o.sqlite"))
+    config = load_config(path, env={})
+    assert config.fhir_base == "https://ehr.example.org/fhir"
+    assert config.client_id == "my-gateway"
+    assert config.key_file == tmp_path / "k.pem"
+    assert config.outbox_path == tmp_path / "o.sqlite"
+    assert len(config.gateway.system_id) == 16
+
+
+def test_environment_overrides_file(tmp_path):
+    path = write(tmp_path, '[fhir]\nbase_url = "https://a.example/fhir/"\n')
+    config = load_config(path, env={"PHG_FHIR_BASE_URL": "https://b.example/fhir", "PHG_CLIENT_ID": "c1"})
+    assert config.fhir_base == "https://b.example/fhir"
+    assert config.client_id == "c1"
+    assert load_config(path, env={}).fhir_base == "https://a.example/fhir"
+
+
+@pytest.mark.parametrize("text, words", [
+    ("[fhir]\nig_version = \"3.0\"\n", "[fhir] ig_version must be one of 2.0.0, 1.1.0"),
+    ("[delivery]\nbatch_size = \"many\"\n", "[delivery] batch_size must be a int"),
+    ("[delivery]\nbatch_size = 0\n", "batch_size must be 1..1000"),
+    ("[gateway]\nsystem_id = \"12\"\n", "[gateway] system_id must be an EUI-64"),
+    ("[fhr]\n", "unknown section [fhr]"),
+    ("[fhir\n", "not valid TOML"),
+])
+def test_errors_name_file_and_key(tmp_path, text, words):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    assert str(path) in str(info.value)
+    assert words in str(info.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.toml", env={})
+
+
+@pytest.mark.parametrize("url", ["https://ehr.example.org/fhir", "http://127.0.0.1:8080/fhir",
+                                 "http://localhost/fhir", "http://[::1]:9/fhir"])
+def test_allowed_urls(url):
+    check_url(url, False, "base")
+
+
+def test_plain_http_elsewhere_refused_unless_allowed():
+    with pytest.raises(ConfigError, match="plain http"):
+        check_url("http://ehr.example.org/fhir", False, "base")
+    check_url("http://ehr.example.org/fhir", True, "base")
+    with pytest.raises(ConfigError, match="not an http"):
+        check_url("ftp://x/fhir", True, "base")

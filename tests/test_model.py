@@ -1,0 +1,110 @@
+"""The reading document: parsing, canonical form, and clear errors naming the field."""
+
+import json
+from decimal import Decimal
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from phg.errors import ReadingError
+from phg.model import load_documents, parse_reading
+
+DOC = """{"device": {"system_id": "00-1C-05-FF-FE-00-78-25", "bt_address": "00:1c:05:00:78:25",
+  "manufacturer": "Acme", "specializations": [{"code": 528388, "version": 1}]},
+ "patient": {"system": "urn:oid:1.2.3.4", "value": "pt-001"},
+ "metrics": [
+  {"code": 150456, "value": "97", "unit": "%", "time": "2026-11-28T09:00:00+01:00"},
+  {"code": 150020, "unit": "mm[Hg]", "time": "2026-11-28T09:00:00.250Z",
+   "components": [{"code": 150021, "value": "120"}, {"code": 150022, "value": "80"}, {"code": 150023, "value": "93"}]},
+  {"type": "glucose", "value": 5.60, "unit": "mmol/L", "time": "2026-11-28T09:00:00-05:00", "status": ["questionable"]}]}"""
+
+
+def reading():
+    return parse_reading(load_documents(DOC, "doc")[0])
+
+
+def test_identity_normalised():
+    r = reading()
+    assert r.device.system_id == "001C05FFFE007825"
+    assert r.device.bt_address == "00-1C-05-00-78-25"
+    assert r.device.identity == "001C05FFFE007825"
+
+
+def test_precision_kept_from_numbers_and_strings():
+    r = reading()
+    assert str(r.metrics[2].value) == "5.60"  # a JSON number keeps its digits
+    assert r.metrics[0].value == Decimal("97")
+    assert r.metrics[1].components[0].unit == "mm[Hg]"  # inherited from the compound metric
+
+
+def test_time_keeps_offset_and_resolution():
+    r = reading()
+    assert r.metrics[0].time.utcoffset().total_seconds() == 3600
+    assert r.metrics[0].time_digits == 0
+    assert r.metrics[1].time_digits == 3
+
+
+def test_alias_becomes_code_and_canonical_round_trip():
+    r = reading()
+    assert r.metrics[2].code == 160184
+    again = parse_reading(json.loads(r.to_json()))
+    assert again == r
+    assert again.key == r.key
+    assert '"time":"2026-11-28T09:00:00.250+00:00"' in r.to_json()
+
+
+def test_default_unit_from_table():
+    doc = json.loads(DOC)
+    doc["metrics"] = [{"type": "spo2", "value": "98", "time": "2026-11-28T09:00:00Z"}]
+    assert parse_reading(doc).metrics[0].unit == "%"
+
+
+@pytest.mark.parametrize("change, where, words", [
+    (lambda d: d["device"].clear(), "device", "system_id or bt_address"),
+    (lambda d: d["device"].update(system_id="XYZ"), "device.system_id", "format"),
+    (lambda d: d["metrics"][0].update(time="2026-11-28T09:00:00"), "metrics[0].time", "UTC offset"),
+    (lambda d: d["metrics"][0].update(time="2026-02-30T09:00:00Z"), "metrics[0].time", "not a valid"),
+    (lambda d: d["metrics"][0].update(value="ninety"), "metrics[0].value", "not a decimal"),
+    (lambda d: d["metrics"][0].update(unit="kg"), "metrics[0].unit", "MDC_PULS_OXIM_SAT_O2"),
+    (lambda d: d["metrics"][2].update(type="glucoze"), "metrics[2].type", "unknown type"),
+    (lambda d: d["metrics"][2].update(status=["broken"]), "metrics[2].status", "unknown status"),
+    (lambda d: d["metrics"][1].pop("components"), "metrics[1]", "needs a value"),
+    (lambda d: d["metrics"][2].pop("unit"), "metrics[2].unit", "required for glucose"),
+    (lambda d: d["patient"].pop("value"), "patient", "'value' is a required property"),
+    (lambda d: d.update(metrics=[]), "metrics", "should be non-empty"),
+    (lambda d: d["metrics"][0].update(code=1, type="spo2"), "metrics[0]", "exactly one of"),
+])
+def test_invalid_documents_name_field_and_reason(change, where, words):
+    doc = json.loads(DOC)
+    change(doc)
+    with pytest.raises(ReadingError) as info:
+        parse_reading(doc, "f.json")
+    assert info.value.where == where
+    assert words in str(info.value)
+    assert str(info.value).startswith(f"f.json: {where}: ")
+
+
+def test_json_lines_and_arrays():
+    one = json.dumps(json.loads(DOC))
+    assert len(load_documents(f"[{one},{one}]", "x")) == 2
+    assert len(load_documents(f"{one}\n\n{one}\n", "x")) == 2
+    with pytest.raises(ReadingError, match="line 2"):
+        load_documents(f"{one}\n{{nope\n", "x")
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5) | st.decimals(allow_nan=False, allow_infinity=False),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(
+        ["device", "patient", "metrics", "code", "type", "value", "unit", "time", "status", "components",
+         "system_id", "bt_address", "system"]), inner, max_size=4),
+    max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values)
+def test_fuzz_any_json_gives_a_reading_or_a_reading_error(doc):
+    try:
+        parse_reading(doc)
+    except ReadingError as exc:
+        assert exc.where and exc.why

@@ -1,0 +1,86 @@
+"""Delivery worker rules with a scripted destination (unit level; the real flows are in
+test_flow_*.py against real servers)."""
+
+import time
+from datetime import UTC, datetime
+
+import pytest
+
+from phg.delivery import Delivered, DeliveryWorker, Rejected
+from phg.delivery.worker import backoff
+from phg.errors import AuthError, PermanentDeliveryError, TransientDeliveryError
+from phg.model import PatientRef
+from phg.outbox import Outbox
+from phg.sources.sim import simulated_readings
+
+READINGS = simulated_readings(PatientRef("urn:oid:1.2.3", "p1"), datetime(2026, 11, 28, 9, tzinfo=UTC), 10)
+BAD = READINGS[7].key
+
+
+class Scripted:
+    """Refuses any batch holding the BAD reading with a 400, like an atomic FHIR server."""
+
+    name = "fhir"
+
+    def __init__(self, failures=()):
+        self.failures = list(failures)
+        self.batches = []
+
+    async def send(self, readings):
+        self.batches.append(len(readings))
+        if self.failures:
+            raise self.failures.pop(0)
+        if any(r.key == BAD for r in readings):
+            raise PermanentDeliveryError("HTTP 400: invalid value (at Observation.valueQuantity)", 400)
+        return [Delivered(f"Observation/{r.key[:6]}") for r in readings]
+
+
+@pytest.fixture
+def outbox(tmp_path):
+    box = Outbox(tmp_path / "o.sqlite")
+    box.enqueue("fhir", [(r.key, r.to_json()) for r in READINGS])
+    yield box
+    box.close()
+
+
+async def test_bad_reading_is_isolated_by_splitting(outbox):
+    dest = Scripted()
+    summary = await DeliveryWorker(outbox, dest, batch_size=50).run(until_idle=True)
+    assert (summary.delivered, summary.dead) == (49, 1)
+    dead = outbox.items(state="dead")
+    assert [i.key for i in dead] == [BAD]
+    assert "invalid value" in dead[0].last_error or "invalid value" in (dead[0].result or "")
+    assert dest.batches[0] == 50 and len(dest.batches) <= 1 + 2 * 6  # halving: log2(50) rounds
+
+
+async def test_rejected_entry_goes_dead_rest_delivered(outbox):
+    class PerEntry(Scripted):
+        async def send(self, readings):
+            return [Rejected("422: nope") if r.key == BAD else Delivered("Observation/1") for r in readings]
+
+    summary = await DeliveryWorker(outbox, PerEntry(), batch_size=50).run(until_idle=True)
+    assert (summary.delivered, summary.dead) == (49, 1)
+
+
+async def test_transient_failure_backs_off_and_honours_retry_after(outbox):
+    dest = Scripted([TransientDeliveryError("503", retry_after=7)])
+    summary = await DeliveryWorker(outbox, dest, batch_size=50).run(until_idle=True)
+    assert summary.retried == 50 and summary.delivered == 0
+    item = outbox.items(state="queued", limit=1)[0]
+    assert item.attempts == 1 and item.last_error == "503"
+    assert 6.0 <= item.next_attempt - time.time() <= 7.5
+
+
+async def test_auth_error_stops_and_keeps_queue(outbox):
+    dest = Scripted([AuthError("invalid_client")])
+    with pytest.raises(AuthError):
+        await DeliveryWorker(outbox, dest, batch_size=20).run(until_idle=True)
+    counts = outbox.counts("fhir")
+    assert (counts["queued"], counts["inflight"]) == (50, 0)
+    assert all(i.attempts == 0 for i in outbox.items(limit=100))
+
+
+def test_backoff_grows_with_jitter_and_cap():
+    assert 0.5 <= backoff(1) <= 1.0
+    assert 4.0 <= backoff(4) <= 8.0
+    assert 150 <= backoff(30) <= 300
