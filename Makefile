@@ -1,0 +1,29 @@
+# phg: `make demo` runs everything locally; `make test` runs the whole test suite.
+# Both set up what they need first: a Python venv in .venv and the npm test peers in peers/.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: setup demo test lint bench
+
+setup: $(VENV)/.installed peers/node_modules/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+peers/node_modules/.installed: peers/package.json peers/package-lock.json
+	npm ci --prefix peers --no-audit --no-fund --loglevel=error
+	touch $@
+
+demo: setup
+	$(BIN)/phg demo
+
+test: setup
+	$(BIN)/ruff check src tests
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python bench/run.py
