@@ -40,8 +40,13 @@ async def fhir_destination(config: Config) -> AsyncIterator[FhirDestination]:
     if not config.fhir_base:
         raise ConfigError(f"{config.source}: [fhir] base_url is not set (or pass --fhir-base / PHG_FHIR_BASE_URL)")
     check_url(config.fhir_base, config.allow_insecure_http, "[fhir] base_url")
-    async with httpx.AsyncClient(auth=make_auth(config), http2=True, timeout=TIMEOUT) as client:
-        yield FhirDestination(client, config.fhir_base, config.gateway, config.ig_version)
+    auth = make_auth(config)
+    try:
+        async with httpx.AsyncClient(auth=auth, http2=True, timeout=TIMEOUT) as client:
+            yield FhirDestination(client, config.fhir_base, config.gateway, config.ig_version)
+    finally:
+        if auth is not None:
+            await auth.aclose()
 
 
 async def deliver(config: Config, outbox: Outbox, *, until_idle: bool, stop: asyncio.Event | None = None) -> Summary:
