@@ -1,0 +1,279 @@
+"""The outbox on one SQLite file (stdlib sqlite3): the embedded default.
+
+Durability. A reading is acknowledged to its source only after `enqueue` returns, so a commit
+must survive a killed process *and* a power cut. The file runs in WAL mode (readers never block
+the writer, and a commit is one sequential append to the -wal file) with `synchronous=FULL`:
+the WAL is fsynced at every commit. With `synchronous=NORMAL` a WAL commit survives a process
+crash but the last transactions can roll back after a power loss, which would lose readings the
+device already considers uploaded (and may have erased from its memory). The cost, one fsync per
+commit, is paid per batch: `enqueue` stores a whole list of readings in one transaction.
+
+Leases. `lease` moves due items to `inflight` with a deadline in `next_attempt`. Nothing has to
+run when a worker dies: an inflight item whose deadline has passed is simply due again, so a crash
+delays readings by at most one lease and never loses them. Re-sending is safe by design (PHD IG
+conditional create), which is what makes "at least once" the right guarantee here.
+
+Concurrency. Every write runs in `BEGIN IMMEDIATE`, which takes SQLite's single write lock before
+reading which items are due; two leasers (threads or processes on the same file) therefore never
+take the same item, and a read-then-write transaction can never fail with SQLITE_BUSY on upgrade.
+Within a process, one connection is shared by all threads (`check_same_thread=False`) behind a
+`threading.Lock`: SQLite admits one writer at a time anyway, each call is a short transaction, and
+a single connection can be closed by `close()` from any thread, whereas a connection per thread
+would be left open in the pool threads that `asyncio.to_thread` uses.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from phg.errors import ConfigError
+
+QUEUED = "queued"
+INFLIGHT = "inflight"
+DELIVERED = "delivered"
+DEAD = "dead"
+STATES = (QUEUED, INFLIGHT, DELIVERED, DEAD)
+
+# One tuple of statements per schema version; `PRAGMA user_version` records how many have been
+# applied, so a later version appends a migration here and older files are upgraded on open.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE item (
+            id           INTEGER PRIMARY KEY,
+            destination  TEXT NOT NULL,
+            key          TEXT NOT NULL,
+            payload      TEXT NOT NULL,
+            state        TEXT NOT NULL CHECK (state IN ('queued', 'inflight', 'delivered', 'dead')),
+            attempts     INTEGER NOT NULL DEFAULT 0,
+            next_attempt REAL NOT NULL,  -- queued: when due, inflight: lease deadline
+            created      REAL NOT NULL,
+            updated      REAL NOT NULL,
+            last_error   TEXT,
+            result       TEXT,
+            UNIQUE (destination, key)
+        )""",
+        "CREATE INDEX item_due ON item (destination, next_attempt) WHERE state IN ('queued', 'inflight')",
+        "CREATE INDEX item_state ON item (state, destination)",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_COLUMNS = "id, destination, key, payload, state, attempts, next_attempt, created, updated, last_error, result"
+_BUSY_TIMEOUT_MS = 30_000  # another process holding the write lock: wait, do not fail
+
+
+@dataclass(frozen=True)
+class Item:
+    """One payload for one destination. For an inflight item `next_attempt` is its lease deadline.
+    `last_error` is the last transient error, or the reason an item is dead; `result` is what the
+    destination answered for a delivered item (e.g. the created resources' locations)."""
+
+    id: int
+    destination: str
+    key: str
+    payload: str
+    state: str
+    attempts: int
+    next_attempt: float
+    created: float
+    updated: float
+    last_error: str | None
+    result: str | None
+
+
+class Outbox:
+    """A durable per-destination queue of opaque payloads (the canonical reading JSON), keyed by
+    the reading's content hash so that enqueueing the same reading twice stores it once.
+
+    All methods are synchronous and thread-safe; the async delivery worker calls them through
+    `asyncio.to_thread` so that the event loop never waits on an fsync.
+    """
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        # isolation_level=None: the sqlite3 module opens no implicit transactions; _write() does.
+        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            self._conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute("PRAGMA synchronous = FULL")
+            self._migrate()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _migrate(self) -> None:
+        with self._write() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise ConfigError(
+                    f"{self.path}: outbox schema version {version} is newer than this phg "
+                    f"understands ({SCHEMA_VERSION}); upgrade phg"
+                )
+            for migration in MIGRATIONS[version:]:
+                for statement in migration:
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, holding SQLite's write lock from its first statement."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    def enqueue(self, destination: str, items: Sequence[tuple[str, str]]) -> list[int]:
+        """Store `(key, payload)` pairs in one transaction and return their ids in input order.
+        A key already stored for this destination keeps its row, state and payload untouched
+        (a delivered reading stays delivered), and its existing id is returned."""
+        now = time.time()
+        ids: list[int] = []
+        with self._write() as conn:
+            for key, payload in items:
+                cursor = conn.execute(
+                    "INSERT INTO item (destination, key, payload, state, next_attempt, created, updated)"
+                    " VALUES (?, ?, ?, 'queued', ?, ?, ?) ON CONFLICT (destination, key) DO NOTHING",
+                    (destination, key, payload, now, now, now),
+                )
+                if cursor.rowcount == 1:
+                    ids.append(cursor.lastrowid)
+                else:
+                    row = conn.execute(
+                        "SELECT id FROM item WHERE destination = ? AND key = ?", (destination, key)
+                    ).fetchone()
+                    ids.append(row[0])
+        return ids
+
+    def lease(self, destination: str, limit: int, lease_seconds: float, now: float | None = None) -> list[Item]:
+        """Take up to `limit` due items, oldest first: queued ones whose `next_attempt` has come
+        and inflight ones whose lease has expired (their worker died). They become inflight until
+        `now + lease_seconds` and count one more attempt. Atomic, so no item goes to two leasers."""
+        now = time.time() if now is None else now
+        with self._write() as conn:
+            rows = conn.execute(
+                f"UPDATE item SET state = 'inflight', next_attempt = ?, attempts = attempts + 1, updated = ?"
+                f" WHERE id IN (SELECT id FROM item WHERE destination = ? AND state IN ('queued', 'inflight')"
+                f" AND next_attempt <= ? ORDER BY id LIMIT ?) RETURNING {_COLUMNS}",
+                (now + lease_seconds, now, destination, now, limit),
+            ).fetchall()
+        return sorted((Item(*row) for row in rows), key=lambda item: item.id)
+
+    # The outcome reports below apply to inflight items only. A report about an item that is no
+    # longer in flight is stale (e.g. a worker whose lease expired, reporting after another worker
+    # delivered the item) and is ignored rather than allowed to undo a delivery or a dead-letter.
+
+    def delivered(self, ids: Sequence[int], results: Sequence[str | None] | None = None) -> None:
+        """Mark items delivered, recording per item what the destination answered."""
+        if results is None:
+            results = [None] * len(ids)
+        if len(results) != len(ids):
+            raise ValueError(f"{len(ids)} ids but {len(results)} results")
+        now = time.time()
+        with self._write() as conn:
+            conn.executemany(
+                "UPDATE item SET state = 'delivered', result = ?, updated = ? WHERE id = ? AND state = 'inflight'",
+                [(result, now, id_) for id_, result in zip(ids, results, strict=True)],
+            )
+
+    def retry_later(self, ids: Sequence[int], delay: float, error: str) -> None:
+        """A transient failure: queue the items again, due in `delay` seconds."""
+        now = time.time()
+        self._update_inflight(
+            ids, "state = 'queued', next_attempt = ?, last_error = ?, updated = ?", (now + delay, error, now)
+        )
+
+    def dead(self, ids: Sequence[int], reason: str) -> None:
+        """A permanent failure: park the items with the reason (e.g. OperationOutcome diagnostics)."""
+        self._update_inflight(ids, "state = 'dead', last_error = ?, updated = ?", (reason, time.time()))
+
+    def release(self, ids: Sequence[int]) -> None:
+        """Give leased items back, due now, without counting the attempt: delivery stopped for a
+        reason that is not theirs (e.g. the destination refused our credentials)."""
+        now = time.time()
+        self._update_inflight(
+            ids, "state = 'queued', next_attempt = ?, attempts = max(attempts - 1, 0), updated = ?", (now, now)
+        )
+
+    def _update_inflight(self, ids: Sequence[int], assignments: str, params: tuple[object, ...]) -> None:
+        with self._write() as conn:
+            conn.executemany(
+                f"UPDATE item SET {assignments} WHERE id = ? AND state = 'inflight'",
+                [(*params, id_) for id_ in ids],
+            )
+
+    def get(self, id: int) -> Item | None:
+        rows = self._read(f"SELECT {_COLUMNS} FROM item WHERE id = ?", (id,))
+        return Item(*rows[0]) if rows else None
+
+    def items(self, destination: str | None = None, state: str | None = None, limit: int = 100) -> list[Item]:
+        """Items oldest first, optionally of one destination and/or state."""
+        rows = self._read(
+            f"SELECT {_COLUMNS} FROM item WHERE (?1 IS NULL OR destination = ?1) AND (?2 IS NULL OR state = ?2)"
+            " ORDER BY id LIMIT ?3",
+            (destination, state, limit),
+        )
+        return [Item(*row) for row in rows]
+
+    def counts(self, destination: str | None = None) -> dict[str, int]:
+        """Number of items in each state (every state present, zero included)."""
+        rows = self._read(
+            "SELECT state, count(*) FROM item WHERE ?1 IS NULL OR destination = ?1 GROUP BY state",
+            (destination,),
+        )
+        return dict.fromkeys(STATES, 0) | dict(rows)
+
+    def retry(self, id: int) -> bool:
+        """Queue a dead (or queued) item again, due now, with a fresh attempt count so that the
+        worker's backoff and attempt limit start over. False if the item is not dead or queued."""
+        now = time.time()
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE item SET state = 'queued', next_attempt = ?, attempts = 0, updated = ?"
+                " WHERE id = ? AND state IN ('dead', 'queued')",
+                (now, now, id),
+            )
+            return cursor.rowcount == 1
+
+    def purge_dead(self, destination: str | None = None) -> int:
+        """Delete dead items; return how many."""
+        with self._write() as conn:
+            cursor = conn.execute(
+                "DELETE FROM item WHERE state = 'dead' AND (?1 IS NULL OR destination = ?1)", (destination,)
+            )
+            return cursor.rowcount
+
+    def next_due(self, destination: str) -> float | None:
+        """When the next item of `destination` becomes due (a queued item's next attempt or an
+        inflight item's lease deadline), or None when nothing is waiting: the worker sleeps until then."""
+        rows = self._read(
+            "SELECT min(next_attempt) FROM item WHERE destination = ? AND state IN ('queued', 'inflight')",
+            (destination,),
+        )
+        return rows[0][0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

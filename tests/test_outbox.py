@@ -1,0 +1,409 @@
+"""The outbox: states, idempotency, durability across SIGKILL, exclusive leases, one commit per batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from phg.errors import ConfigError
+from phg.outbox import STATES, Outbox
+from phg.outbox.sqlite import SCHEMA_VERSION
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+FAR_FUTURE = 1e12
+
+
+@pytest.fixture
+def outbox(tmp_path: Path):
+    with Outbox(tmp_path / "queue" / "outbox.db") as box:
+        yield box
+
+
+def pairs(n: int, prefix: str = "k") -> list[tuple[str, str]]:
+    return [(f"{prefix}{i}", json.dumps({"n": i})) for i in range(n)]
+
+
+# --- basics -------------------------------------------------------------------------------------
+
+
+def test_enqueue_returns_ids_in_input_order_and_is_idempotent(outbox: Outbox) -> None:
+    ids = outbox.enqueue("ehr", [("b", "B"), ("a", "A"), ("c", "C")])
+    assert len(set(ids)) == 3
+    assert [outbox.get(i).key for i in ids] == ["b", "a", "c"]
+    again = outbox.enqueue("ehr", [("c", "other"), ("d", "D"), ("a", "A"), ("d", "D")])
+    assert again[0] == ids[2] and again[2] == ids[1] and again[1] == again[3]
+    assert outbox.get(ids[2]).payload == "C"  # the stored payload is kept
+    assert outbox.counts("ehr")["queued"] == 4
+
+
+def test_same_key_for_two_destinations_is_two_items(outbox: Outbox) -> None:
+    [a] = outbox.enqueue("ehr", [("k", "p")])
+    [b] = outbox.enqueue("lab", [("k", "p")])
+    assert a != b
+    assert outbox.counts("ehr")["queued"] == outbox.counts("lab")["queued"] == 1
+    assert outbox.counts()["queued"] == 2
+
+
+def test_lease_then_delivered(outbox: Outbox) -> None:
+    ids = outbox.enqueue("ehr", pairs(5))
+    leased = outbox.lease("ehr", 3, 30)
+    assert [item.id for item in leased] == ids[:3]  # oldest first
+    assert all(item.state == "inflight" and item.attempts == 1 for item in leased)
+    assert outbox.lease("ehr", 10, 30) == outbox.items("ehr", "inflight")[3:]  # the two left
+    outbox.delivered(ids[:2], ["Observation/1/_history/1", None])
+    assert outbox.get(ids[0]).state == "delivered"
+    assert outbox.get(ids[0]).result == "Observation/1/_history/1"
+    assert outbox.counts("ehr") == {"queued": 0, "inflight": 3, "delivered": 2, "dead": 0}
+    with pytest.raises(ValueError):
+        outbox.delivered(ids[2:4], ["only one"])
+
+
+def test_delivered_stays_delivered_when_enqueued_again(outbox: Outbox) -> None:
+    [id_] = outbox.enqueue("ehr", [("k", "p")])
+    outbox.lease("ehr", 1, 30)
+    outbox.delivered([id_])
+    assert outbox.enqueue("ehr", [("k", "p")]) == [id_]
+    assert outbox.get(id_).state == "delivered"
+    assert outbox.lease("ehr", 1, 30) == []
+
+
+def test_retry_later_backs_off_and_records_the_error(outbox: Outbox) -> None:
+    [id_] = outbox.enqueue("ehr", [("k", "p")])
+    outbox.lease("ehr", 1, 30)
+    outbox.retry_later([id_], 60, "503 Service Unavailable")
+    item = outbox.get(id_)
+    assert (item.state, item.attempts, item.last_error) == ("queued", 1, "503 Service Unavailable")
+    assert outbox.lease("ehr", 1, 30) == []
+    assert outbox.next_due("ehr") == pytest.approx(time.time() + 60, abs=5)
+    [again] = outbox.lease("ehr", 1, 30, now=time.time() + 61)
+    assert (again.id, again.attempts) == (id_, 2)
+
+
+def test_dead_retry_and_purge(outbox: Outbox) -> None:
+    ids = outbox.enqueue("ehr", pairs(3))
+    outbox.enqueue("lab", [("x", "p")])
+    outbox.lease("ehr", 3, 30)
+    outbox.lease("lab", 1, 30)
+    outbox.dead(ids[:2], "Observation.code: unknown code")
+    outbox.dead([outbox.items("lab")[0].id], "bad")
+    assert outbox.get(ids[0]).state == "dead"
+    assert outbox.get(ids[0]).last_error == "Observation.code: unknown code"
+    assert [i.id for i in outbox.items("ehr", "dead")] == ids[:2]
+
+    assert outbox.retry(ids[0]) is True
+    item = outbox.get(ids[0])
+    assert (item.state, item.attempts) == ("queued", 0)
+    assert outbox.retry(ids[2]) is False  # inflight: its worker still owns it
+    assert outbox.retry(10_000) is False
+
+    assert outbox.purge_dead("ehr") == 1
+    assert outbox.get(ids[1]) is None
+    assert outbox.purge_dead() == 1  # the lab one
+    assert outbox.counts() == {"queued": 1, "inflight": 1, "delivered": 0, "dead": 0}
+
+
+def test_release_does_not_count_the_attempt(outbox: Outbox) -> None:
+    [id_] = outbox.enqueue("ehr", [("k", "p")])
+    outbox.lease("ehr", 1, 30)
+    outbox.release([id_])
+    item = outbox.get(id_)
+    assert (item.state, item.attempts) == ("queued", 0)
+    assert [i.id for i in outbox.lease("ehr", 1, 30)] == [id_]
+
+
+def test_stale_reports_do_not_undo_an_outcome(outbox: Outbox) -> None:
+    [id_] = outbox.enqueue("ehr", [("k", "p")])
+    outbox.lease("ehr", 1, 30)
+    outbox.delivered([id_], ["Observation/1"])
+    outbox.retry_later([id_], 10, "late timeout report")
+    outbox.dead([id_], "late")
+    outbox.release([id_])
+    item = outbox.get(id_)
+    assert (item.state, item.result, item.last_error) == ("delivered", "Observation/1", None)
+
+
+def test_expired_lease_is_due_again(outbox: Outbox) -> None:
+    [id_] = outbox.enqueue("ehr", [("k", "p")])
+    now = time.time()
+    outbox.lease("ehr", 1, 30, now=now)
+    assert outbox.lease("ehr", 1, 30, now=now + 29) == []
+    assert outbox.next_due("ehr") == pytest.approx(now + 30)
+    [again] = outbox.lease("ehr", 1, 30, now=now + 31)
+    assert (again.id, again.attempts) == (id_, 2)
+
+
+def test_next_due_ignores_finished_items(outbox: Outbox) -> None:
+    assert outbox.next_due("ehr") is None
+    [id_] = outbox.enqueue("ehr", [("k", "p")])
+    assert outbox.next_due("ehr") <= time.time()
+    outbox.lease("ehr", 1, 30)
+    outbox.delivered([id_])
+    assert outbox.next_due("ehr") is None
+
+
+def test_items_limit_and_filters(outbox: Outbox) -> None:
+    ids = outbox.enqueue("ehr", pairs(5))
+    outbox.enqueue("lab", pairs(2))
+    assert [i.id for i in outbox.items("ehr", limit=2)] == ids[:2]
+    assert len(outbox.items()) == 7
+    assert outbox.items(state="dead") == []
+
+
+def test_schema_version_is_recorded_and_a_newer_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    Outbox(path).close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(ConfigError, match="newer"):
+        Outbox(path)
+
+
+# --- one transaction per batch ------------------------------------------------------------------
+
+
+def test_enqueue_of_1000_items_is_one_transaction(outbox: Outbox) -> None:
+    statements: list[str] = []
+    outbox._conn.set_trace_callback(statements.append)
+    outbox.enqueue("ehr", pairs(1000))
+    outbox._conn.set_trace_callback(None)
+    assert statements.count("BEGIN IMMEDIATE") == 1
+    assert statements.count("COMMIT") == 1
+    assert statements[0] == "BEGIN IMMEDIATE" and statements[-1] == "COMMIT"
+    assert outbox.counts()["queued"] == 1000
+
+
+def test_a_failing_batch_stores_nothing(outbox: Outbox) -> None:
+    batch = [*pairs(999), ("bad", None)]  # NOT NULL payload fails on the last row
+    with pytest.raises(sqlite3.IntegrityError):
+        outbox.enqueue("ehr", batch)  # type: ignore[arg-type]
+    assert outbox.counts()["queued"] == 0
+
+
+# --- durability across SIGKILL ------------------------------------------------------------------
+
+
+def child(code: str) -> subprocess.Popen[str]:
+    """A Python child process that prints one line when done and then waits to be killed."""
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+
+
+def kill_after_first_line(proc: subprocess.Popen[str]) -> str:
+    line = proc.stdout.readline()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    proc.stdout.close()
+    assert proc.returncode == -signal.SIGKILL
+    return line
+
+
+def test_enqueued_items_survive_sigkill(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    proc = child(
+        "import json, sys, time\n"
+        "from phg.outbox import Outbox\n"
+        f"box = Outbox({str(path)!r})\n"
+        "ids = box.enqueue('ehr', [(f'k{i}', 'p') for i in range(50)])\n"
+        "print(json.dumps(ids), flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    ids = json.loads(kill_after_first_line(proc))
+    with Outbox(path) as box:
+        assert [i.id for i in box.items("ehr", "queued")] == ids
+        assert [i.id for i in box.lease("ehr", 100, 30)] == ids
+
+
+def test_items_leased_by_a_killed_worker_are_leased_again_after_expiry(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    with Outbox(path) as box:
+        ids = box.enqueue("ehr", pairs(20))
+    proc = child(
+        "import json, time\n"
+        "from phg.outbox import Outbox\n"
+        f"box = Outbox({str(path)!r})\n"
+        "print(json.dumps([i.id for i in box.lease('ehr', 20, 5)]), flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    assert json.loads(kill_after_first_line(proc)) == ids
+    with Outbox(path) as box:
+        assert box.lease("ehr", 100, 30) == []  # still leased to the dead worker
+        deadline = box.next_due("ehr")
+        assert deadline is not None
+        again = box.lease("ehr", 100, 30, now=deadline)
+        assert [i.id for i in again] == ids
+        assert all(i.attempts == 2 for i in again)
+
+
+# --- concurrency --------------------------------------------------------------------------------
+
+
+def drain(box: Outbox, taken: list[int]) -> None:
+    while batch := box.lease("ehr", 7, 300):
+        taken.extend(item.id for item in batch)
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["one-outbox", "outbox-per-thread"])
+def test_concurrent_threads_never_get_the_same_item(tmp_path: Path, shared: bool) -> None:
+    path = tmp_path / "outbox.db"
+    with Outbox(path) as box:
+        ids = box.enqueue("ehr", pairs(500))
+        boxes = [box if shared else Outbox(path) for _ in range(4)]
+        taken: list[list[int]] = [[] for _ in boxes]
+        threads = [threading.Thread(target=drain, args=(b, t)) for b, t in zip(boxes, taken, strict=True)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if not shared:
+            for b in boxes:
+                b.close()
+    everything = [i for t in taken for i in t]
+    assert sorted(everything) == ids  # each item exactly once
+
+
+def test_concurrent_processes_never_get_the_same_item(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    with Outbox(path) as box:
+        ids = box.enqueue("ehr", pairs(600))
+    code = (
+        "import json\n"
+        "from phg.outbox import Outbox\n"
+        f"box = Outbox({str(path)!r})\n"
+        "taken = []\n"
+        "while batch := box.lease('ehr', 5, 300):\n"
+        "    taken.extend(i.id for i in batch)\n"
+        "print(json.dumps(taken))\n"
+    )
+    procs = [child(code) for _ in range(3)]
+    outputs = [proc.communicate(timeout=60)[0] for proc in procs]
+    assert all(proc.returncode == 0 for proc in procs)
+    everything = [i for out in outputs for i in json.loads(out)]
+    assert sorted(everything) == ids
+
+
+# --- any sequence of operations keeps every item in exactly one state ---------------------------
+
+
+class OutboxMachine(RuleBasedStateMachine):
+    """A model of item states checked against the outbox after every operation. Time is not
+    modelled; instead a far-future lease must return every undelivered, non-dead item."""
+
+    DESTINATIONS = ("ehr", "lab")
+
+    @initialize()
+    def open(self) -> None:
+        self.dir = tempfile.TemporaryDirectory()
+        self.box = Outbox(Path(self.dir.name) / "outbox.db")
+        self.model: dict[int, tuple[str, str]] = {}  # id -> (destination, state)
+        self.horizon = FAR_FUTURE  # moves on at every check so that all earlier leases have expired
+
+    def teardown(self) -> None:
+        self.box.close()
+        self.dir.cleanup()
+
+    def ids(self, *states: str) -> list[int]:
+        return sorted(i for i, (_, state) in self.model.items() if state in states)
+
+    @rule(destination=st.sampled_from(DESTINATIONS), keys=st.lists(st.sampled_from("abcdefgh"), max_size=5))
+    def enqueue(self, destination: str, keys: list[str]) -> None:
+        ids = self.box.enqueue(destination, [(k, f"payload {k}") for k in keys])
+        for id_ in ids:
+            self.model.setdefault(id_, (destination, "queued"))
+
+    @rule(
+        destination=st.sampled_from(DESTINATIONS),
+        limit=st.integers(1, 5),
+        far=st.booleans(),
+    )
+    def lease(self, destination: str, limit: int, far: bool) -> None:
+        leased = self.box.lease(destination, limit, 30, now=FAR_FUTURE if far else None)
+        assert len(leased) <= limit
+        for item in leased:
+            assert self.model[item.id] in ((destination, "queued"), (destination, "inflight"))
+            self.model[item.id] = (destination, "inflight")
+
+    def report(self, data: st.DataObject, new_state: str, call) -> None:
+        candidates = sorted(self.model)
+        ids = data.draw(st.lists(st.sampled_from(candidates), max_size=4, unique=True))
+        call(ids)
+        for id_ in ids:
+            destination, state = self.model[id_]
+            if state == "inflight":
+                self.model[id_] = (destination, new_state)
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data())
+    def delivered(self, data: st.DataObject) -> None:
+        self.report(data, "delivered", lambda ids: self.box.delivered(ids, [f"loc {i}" for i in ids]))
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data(), delay=st.sampled_from([0, 60]))
+    def retry_later(self, data: st.DataObject, delay: float) -> None:
+        self.report(data, "queued", lambda ids: self.box.retry_later(ids, delay, "timeout"))
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data())
+    def dead(self, data: st.DataObject) -> None:
+        self.report(data, "dead", lambda ids: self.box.dead(ids, "rejected"))
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data())
+    def release(self, data: st.DataObject) -> None:
+        self.report(data, "queued", self.box.release)
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data())
+    def retry(self, data: st.DataObject) -> None:
+        id_ = data.draw(st.sampled_from(sorted(self.model)))
+        destination, state = self.model[id_]
+        assert self.box.retry(id_) is (state in ("dead", "queued"))
+        if state == "dead":
+            self.model[id_] = (destination, "queued")
+
+    @rule(destination=st.none() | st.sampled_from(DESTINATIONS))
+    def purge_dead(self, destination: str | None) -> None:
+        gone = [i for i, (d, s) in self.model.items() if s == "dead" and destination in (None, d)]
+        assert self.box.purge_dead(destination) == len(gone)
+        for id_ in gone:
+            del self.model[id_]
+
+    @rule(destination=st.sampled_from(DESTINATIONS))
+    def nothing_is_lost(self, destination: str) -> None:
+        waiting = [i for i, (d, s) in self.model.items() if d == destination and s in ("queued", "inflight")]
+        self.horizon += 1e9
+        leased = self.box.lease(destination, 1000, 30, now=self.horizon)
+        assert [item.id for item in leased] == sorted(waiting)
+        for id_ in waiting:
+            self.model[id_] = (destination, "inflight")
+
+    @invariant()
+    def every_item_in_exactly_its_modelled_state(self) -> None:
+        stored = {item.id: (item.destination, item.state) for item in self.box.items(limit=10_000)}
+        assert stored == self.model
+        counts = self.box.counts()
+        assert set(counts) == set(STATES)
+        assert sum(counts.values()) == len(self.model)
+        for state in STATES:
+            assert counts[state] == len(self.ids(state))
+
+
+TestOutboxStateMachine = OutboxMachine.TestCase
+TestOutboxStateMachine.settings = settings(
+    max_examples=60, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
