@@ -96,3 +96,33 @@ MEASUREMENT_STATUS: tuple[str, ...] = (
     "early-indication",
     "msmt-ongoing",
 )
+
+# ---------------------------------------------------------------- devices and clocks
+# PHD IG 2.0.0 PhdDevice / PhgDevice profiles (input/fsh/StructureDefinition.PhdDevice.fsh, PhgDevice.fsh);
+# codes as gathered in ../shared/vectors/phd/code_map.json "device_and_time_codes".
+MDC_MOC_VMS_MDS_SIMP = 65573  # PhdDevice.type: a personal health device (simple MDS)
+MDC_MOC_VMS_MDS_AHD = 531981  # PhgDevice.type: application hosting device, i.e. the gateway
+MDC_TIME_SYNC_PROTOCOL = 68220  # Device.property type: time synchronisation protocol
+MDC_ID_PROD_SPEC_FW = 531976  # Device.version type: firmware revision
+
+# IEEE 11073-20601 System-Type-Spec-List codes -> (reference id, text).
+SPECIALIZATIONS: dict[int, tuple[str, str]] = {
+    528388: ("MDC_DEV_SPEC_PROFILE_PULS_OXIM", "Pulse Oximeter"),
+    528391: ("MDC_DEV_SPEC_PROFILE_BP", "Blood Pressure Monitor"),
+    528392: ("MDC_DEV_SPEC_PROFILE_TEMP", "Thermometer"),
+    528399: ("MDC_DEV_SPEC_PROFILE_SCALE", "Weighing Scale"),
+    528401: ("MDC_DEV_SPEC_PROFILE_GLUCOSE", "Glucose Meter"),
+    528404: ("MDC_DEV_SPEC_PROFILE_BCA", "Body Composition Analyzer"),
+    528457: ("MDC_DEV_SPEC_PROFILE_GENERIC", "Generic PHD"),
+}
+
+# MDC time-synchronisation protocols (values of the 68220 property).
+TIME_SYNC: dict[int, str] = {
+    532224: "MDC_TIME_SYNC_NONE",
+    532225: "MDC_TIME_SYNC_NTPV3",
+    532226: "MDC_TIME_SYNC_NTPV4",
+    532227: "MDC_TIME_SYNC_SNTPV4",
+    532228: "MDC_TIME_SYNC_SNTPV4330",
+    532229: "MDC_TIME_SYNC_BTV1",
+    532233: "MDC_TIME_SYNC_GSM",
+}

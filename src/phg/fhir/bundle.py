@@ -1,0 +1,111 @@
+"""Readings -> one FHIR R4 transaction Bundle, and its exact JSON.
+
+Every entry is a conditional create (PHD IG 2.0.0: Patient, PhgDevice and PhdDevice POSTed with
+ifNoneExist=identifier=<system>|<value>, vectors/phd/v2.0.0/bundle-example-1.json; Observations with
+the conditional-create identifier, PhdBaseObservation "PHD Observation Identifier"), so re-sending a
+bundle is always safe. fullUrls are urn:uuid:uuid5(<type>?<query>): the same readings give the same
+bundle, and an entry wanted twice (a Patient or Device shared by readings, or a measurement a device
+re-sent in a later upload of the same batch) appears once.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from functools import partial
+from typing import Any
+
+from phg.fhir import resources
+from phg.fhir.identifier import conditional_identifier, if_none_exist
+from phg.fhir.ig import rules_for
+from phg.model import Gateway, Reading
+
+
+@dataclass
+class Transaction:
+    """A transaction Bundle and which of its entries belong to which reading.
+
+    reading_entries[i] are the indices in bundle["entry"] of readings[i]'s Observations; an index can
+    appear under two readings when both carried the same measurement (same conditional identifier).
+    shared_entries are the Patient and Device entries."""
+
+    bundle: dict
+    reading_entries: list[list[int]]
+    shared_entries: list[int]
+
+
+@dataclass
+class _Entries:
+    """Bundle entries keyed by fullUrl, each added once."""
+
+    entries: list[dict] = field(default_factory=list)
+    index: dict[str, int] = field(default_factory=dict)
+
+    def add(self, resource_type: str, identifier: tuple[str | None, str], build: Callable[[], dict]) -> tuple[str, int]:
+        """Add a conditional create (unless present); return its fullUrl and entry index."""
+        query = if_none_exist(*identifier)
+        full_url = f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, f'{resource_type}?{query}')}"
+        if full_url not in self.index:
+            self.index[full_url] = len(self.entries)
+            self.entries.append({
+                "fullUrl": full_url,
+                "resource": build(),
+                "request": {"method": "POST", "url": resource_type, "ifNoneExist": query},
+            })
+        return full_url, self.index[full_url]
+
+
+def build_transaction(readings: Sequence[Reading], gateway: Gateway, ig_version: str = "2.0.0") -> Transaction:
+    """One transaction Bundle for many readings: shared Patient/Device entries first, then the
+    Observations of each reading in order."""
+    rules = rules_for(ig_version)
+    entries = _Entries()
+    shared: list[int] = []
+    refs: list[tuple[str, str]] = []  # per reading: (patient fullUrl, PhdDevice fullUrl)
+    phg_url = ""
+    for reading in readings:
+        patient_url, i = entries.add("Patient", (reading.patient.system, reading.patient.value),
+                                     partial(resources.patient, reading.patient))
+        phg_url, j = entries.add("Device", resources.phg_identifier(gateway), partial(resources.phg_device, gateway, rules))
+        phd_url, k = entries.add("Device", resources.phd_identifier(reading.device),
+                                 partial(resources.phd_device, reading.device, rules))
+        shared.extend(n for n in (i, j, k) if n not in shared)
+        refs.append((patient_url, phd_url))
+
+    reading_entries: list[list[int]] = []
+    for reading, (patient_url, phd_url) in zip(readings, refs, strict=True):
+        indices: list[int] = []
+        for metric in reading.metrics:
+            identifier = conditional_identifier(reading, metric, ig_version)
+            build = partial(resources.observation, metric, rules, identifier=identifier,
+                            patient_url=patient_url, phd_url=phd_url, phg_url=phg_url)
+            _, n = entries.add("Observation", identifier, build)
+            if n not in indices:
+                indices.append(n)
+        reading_entries.append(indices)
+
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries.entries}
+    return Transaction(bundle=bundle, reading_entries=reading_entries, shared_entries=shared)
+
+
+def to_json(bundle: dict) -> bytes:
+    """Compact UTF-8 JSON in which Decimals are JSON numbers with exactly their digits (2.00 -> 2.00).
+
+    Hand-written because the stdlib json module can only write Decimals through float (2.00 -> 2.0);
+    the FHIR JSON format requires decimals to keep their precision (R4 datatypes.html#decimal)."""
+    return _dump(bundle).encode()
+
+
+def _dump(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{json.dumps(k, ensure_ascii=False)}:{_dump(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_dump(v) for v in value) + "]"
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise ValueError(f"{value} is not a JSON number")
+        return str(value)
+    return json.dumps(value, ensure_ascii=False)
