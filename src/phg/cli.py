@@ -317,7 +317,7 @@ def demo(per_device: int, server: str) -> None:
     """Run everything locally: FHIR + OAuth servers, simulated devices, delivery, a summary."""
     from phg.demo.run import run_demo
 
-    sys.exit(asyncio.run(run_demo(per_device=per_device, server=server, echo=click.echo)))
+    sys.exit(run_demo(per_device=per_device, server=server, echo=click.echo))
 
 
 if __name__ == "__main__":
