@@ -62,6 +62,7 @@ class Config:
     fhir_base: str | None = None
     ig_version: str = "2.0.0"
     batch_size: int = 50
+    max_retry_delay: float = 300.0
     allow_insecure_http: bool = False
     client_id: str | None = None
     key_file: Path | None = None
@@ -141,6 +142,9 @@ def load_config(path: Path | None = None, env: dict[str, str] | None = None) -> 
     batch_size = raw.get("delivery", "batch_size", int, 50)
     if not 1 <= batch_size <= 1000:
         raise ConfigError(f"{raw.origin[('delivery', 'batch_size')]}: [delivery] batch_size must be 1..1000")
+    max_retry_delay = raw.get("delivery", "max_retry_delay", int, 300)
+    if not 1 <= max_retry_delay <= 86400:
+        raise ConfigError(f"{raw.origin[('delivery', 'max_retry_delay')]}: [delivery] max_retry_delay must be 1..86400 s")
     key_file = raw.get("auth", "key_file", str, None)
     outbox = raw.get("outbox", "path", str, None)
     return Config(
@@ -149,6 +153,7 @@ def load_config(path: Path | None = None, env: dict[str, str] | None = None) -> 
         fhir_base=(raw.get("fhir", "base_url", str, None) or "").rstrip("/") or None,
         ig_version=ig_version,
         batch_size=batch_size,
+        max_retry_delay=float(max_retry_delay),
         allow_insecure_http=raw.get("fhir", "allow_insecure_http", bool, False),
         client_id=raw.get("auth", "client_id", str, None),
         key_file=Path(key_file).expanduser() if key_file else None,
@@ -211,6 +216,8 @@ path = "{outbox}"
 [delivery]
 # Readings per FHIR transaction Bundle.
 batch_size = 50
+# Longest wait (seconds) between retries while the server is unreachable.
+max_retry_delay = 300
 '''
 
 

@@ -52,5 +52,6 @@ async def fhir_destination(config: Config) -> AsyncIterator[FhirDestination]:
 async def deliver(config: Config, outbox: Outbox, *, until_idle: bool, stop: asyncio.Event | None = None) -> Summary:
     """Deliver what the outbox holds for the FHIR destination."""
     async with fhir_destination(config) as destination:
-        worker = DeliveryWorker(outbox, destination, batch_size=config.batch_size)
+        worker = DeliveryWorker(outbox, destination, batch_size=config.batch_size,
+                                max_backoff=config.max_retry_delay)
         return await worker.run(stop, until_idle=until_idle)
