@@ -174,7 +174,8 @@ class _Peer:
         try:
             self._wait_ready()
         except BaseException:
-            self.stop()
+            self.stop(keep_workdir=True)  # the error names the log file: keep it
+            self._own_workdir = False  # ... also through later stop() calls
             raise
 
     def _wait_ready(self) -> None:
@@ -197,8 +198,11 @@ class _Peer:
                 )
             time.sleep(0.05)
 
-    def stop(self) -> None:
-        """Terminate (then kill after a timeout) the process; idempotent."""
+    def stop(self, *, keep_workdir: bool = False) -> None:
+        """Terminate (then kill after a timeout) the process; idempotent.
+
+        A temporary work directory made by :meth:`start` is removed unless ``keep_workdir`` or
+        $PHG_KEEP_PEER_LOGS is set."""
         _RUNNING.discard(self)
         process, self.process = self.process, None
         if process is not None and process.poll() is None:
@@ -211,7 +215,9 @@ class _Peer:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
-        if self._own_workdir and self.workdir is not None and not os.environ.get("PHG_KEEP_PEER_LOGS"):
+        if keep_workdir or os.environ.get("PHG_KEEP_PEER_LOGS"):
+            return
+        if self._own_workdir and self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
 
@@ -485,7 +491,8 @@ class Gate(_NodePeer):
     ``base_url`` is the gate's FHIR base ``http://127.0.0.1:PORT/fhir``; its discovery document is at
     ``{base_url}/.well-known/smart-configuration``. ``discovery``: "both" (well-known document and
     CapabilityStatement security extension), "well-known", "capability" (the deprecated way only)
-    or "none". ``scope_check=False`` lets any active token through.
+    or "none". ``scope_check=False`` lets any active token through. ``port`` 0 picks a free one;
+    a fixed port lets a test start the gate where a client already (unsuccessfully) connects.
     """
 
     name = "gate"
@@ -498,10 +505,12 @@ class Gate(_NodePeer):
         *,
         discovery: Literal["both", "well-known", "capability", "none"] = "both",
         scope_check: bool = True,
+        port: int = 0,
         workdir: Path | str | None = None,
         startup_timeout: float = STARTUP_TIMEOUT,
     ) -> None:
         super().__init__(workdir, startup_timeout)
+        self.wanted_port = port
         self.upstream = upstream
         self.oauth = oauth
         self.discovery = discovery
@@ -520,7 +529,7 @@ class Gate(_NodePeer):
             raise PeerError("start the OAuth server before the gate")
         args = [
             "--port",
-            "0",
+            str(self.wanted_port),
             "--upstream",
             self.upstream,
             "--issuer",

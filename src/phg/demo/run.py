@@ -50,10 +50,15 @@ def _run(stack, work: Path, per_device: int, echo: Echo) -> int:
     generate_key(key_file, "ES384")
     client = stack.register_client(jwks([load_key(key_file)]), scope=DEFAULT_SCOPE)
     echo(f"FHIR base (behind the gate): {stack.base_url}")
-    echo(f"registered SMART backend-services client {client['client_id']} (ES384 key, kid "
-         f"{load_key(key_file).kid})")
-    config = Config(gateway=GATEWAY, outbox_path=work / "outbox.sqlite", fhir_base=stack.base_url,
-                    client_id=client["client_id"], key_file=key_file, source="phg demo")
+    echo(f"registered SMART backend-services client {client['client_id']} (ES384 key, kid {load_key(key_file).kid})")
+    config = Config(
+        gateway=GATEWAY,
+        outbox_path=work / "outbox.sqlite",
+        fhir_base=stack.base_url,
+        client_id=client["client_id"],
+        key_file=key_file,
+        source="phg demo",
+    )
 
     echo("\nphg doctor:")
     if not asyncio.run(run_checks(config, echo)):
@@ -61,8 +66,10 @@ def _run(stack, work: Path, per_device: int, echo: Echo) -> int:
 
     readings = simulated_readings(PATIENT, datetime.now().astimezone(), per_device)
     metrics = sum(len(r.metrics) for r in readings)
-    echo(f"\nsimulated {len(readings)} readings ({metrics} metrics) from 5 devices: "
-         "glucose meter, BP cuff, scale, thermometer, pulse oximeter")
+    echo(
+        f"\nsimulated {len(readings)} readings ({metrics} metrics) from 5 devices: "
+        "glucose meter, BP cuff, scale, thermometer, pulse oximeter"
+    )
     for attempt, label in ((1, "first delivery"), (2, "same readings again, from a fresh queue")):
         with Outbox(work / f"outbox-{attempt}.sqlite") as outbox:
             outbox.enqueue("fhir", [(r.key, r.to_json()) for r in readings])
