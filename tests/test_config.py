@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from phg.config import check_url, load_config, render_template
+from phg.config import load_config, render_template
 from phg.errors import ConfigError
+from phg.transport import require_secure_url
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -56,12 +57,12 @@ def test_missing_file(tmp_path):
 @pytest.mark.parametrize("url", ["https://ehr.example.org/fhir", "http://127.0.0.1:8080/fhir",
                                  "http://localhost/fhir", "http://[::1]:9/fhir"])
 def test_allowed_urls(url):
-    check_url(url, False, "base")
+    require_secure_url(url, "base")
 
 
 def test_plain_http_elsewhere_refused_unless_allowed():
     with pytest.raises(ConfigError, match="plain http"):
-        check_url("http://ehr.example.org/fhir", False, "base")
-    check_url("http://ehr.example.org/fhir", True, "base")
-    with pytest.raises(ConfigError, match="not an http"):
-        check_url("ftp://x/fhir", True, "base")
+        require_secure_url("http://ehr.example.org/fhir", "base")
+    require_secure_url("http://ehr.example.org/fhir", "base", allow_insecure_http=True)
+    with pytest.raises(ConfigError, match="not an absolute https URL"):
+        require_secure_url("ftp://x/fhir", "base", allow_insecure_http=True)

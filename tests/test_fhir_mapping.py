@@ -352,7 +352,7 @@ texts = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, ma
 @st.composite
 def simple_metric(draw):
     code = draw(st.one_of(st.sampled_from(SIMPLE), st.integers(0, 2**32 - 1).filter(lambda c: c not in mdc.MEASUREMENTS)))
-    units = mdc.MEASUREMENTS[code].units if code in mdc.MEASUREMENTS else ("mg", "1", "{count}", "")
+    units = mdc.MEASUREMENTS[code].units if code in mdc.MEASUREMENTS else ("mg", "1", "{count}", "mm[Hg]")
     return {"code": code, "value": draw(values), "unit": draw(st.sampled_from(units)),
             "time": draw(times), "status": draw(statuses)}
 

@@ -7,14 +7,12 @@ A wrong value stops start-up with a ConfigError naming the file and the key.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import tomllib
 import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from phg.errors import ConfigError
 from phg.model import Gateway
@@ -161,28 +159,6 @@ def load_config(path: Path | None = None, env: dict[str, str] | None = None) -> 
         token_url=raw.get("auth", "token_url", str, None),
         source=source,
     )
-
-
-def check_url(url: str, allow_insecure_http: bool, what: str) -> None:
-    """TLS everywhere; plain http only to loopback unless explicitly allowed."""
-    parts = urlsplit(url)
-    if parts.scheme == "https":
-        return
-    if parts.scheme != "http" or not parts.hostname:
-        raise ConfigError(f"{what} {url!r} is not an http(s) URL")
-    if allow_insecure_http or is_loopback(parts.hostname):
-        return
-    raise ConfigError(f"{what} {url!r} uses plain http to a non-loopback host; use https "
-                      "(or set [fhir] allow_insecure_http = true on a network you trust)")
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 CONFIG_TEMPLATE = '''\

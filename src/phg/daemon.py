@@ -11,11 +11,12 @@ from contextlib import asynccontextmanager
 
 import httpx
 
-from phg.config import Config, check_url
+from phg.config import Config
 from phg.delivery import DeliveryWorker, Summary
 from phg.delivery.fhir import FhirDestination
 from phg.errors import ConfigError
 from phg.outbox import Outbox
+from phg.transport import require_secure_url
 
 TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 
@@ -39,7 +40,7 @@ async def fhir_destination(config: Config) -> AsyncIterator[FhirDestination]:
     """One pooled HTTP client (keep-alive, HTTP/2 where the server offers it) for the destination."""
     if not config.fhir_base:
         raise ConfigError(f"{config.source}: [fhir] base_url is not set (or pass --fhir-base / PHG_FHIR_BASE_URL)")
-    check_url(config.fhir_base, config.allow_insecure_http, "[fhir] base_url")
+    require_secure_url(config.fhir_base, "[fhir] base_url", allow_insecure_http=config.allow_insecure_http)
     auth = make_auth(config)
     try:
         async with httpx.AsyncClient(auth=auth, http2=True, timeout=TIMEOUT) as client:

@@ -12,8 +12,9 @@ from collections.abc import Callable
 
 import httpx
 
-from phg.config import Config, check_url
+from phg.config import Config
 from phg.errors import PhgError
+from phg.transport import require_secure_url
 
 Echo = Callable[[str], None]
 
@@ -41,7 +42,7 @@ async def run_checks(config: Config, echo: Echo) -> bool:
         checks.bad("no FHIR base URL", "set [fhir] base_url, PHG_FHIR_BASE_URL or --fhir-base")
         return False
     try:
-        check_url(config.fhir_base, config.allow_insecure_http, "[fhir] base_url")
+        require_secure_url(config.fhir_base, "[fhir] base_url", allow_insecure_http=config.allow_insecure_http)
         checks.good(f"FHIR base {config.fhir_base}")
     except PhgError as exc:
         checks.bad(str(exc), "use an https URL")

@@ -1,4 +1,4 @@
-"""Where to get a token: SMART discovery, and the URL and HTTP-status rules shared by auth.
+"""Where to get a token: SMART discovery.
 
 SMART App Launch 2.2.0 "Conformance" / backend-services: the server publishes
 ``{fhirBase}/.well-known/smart-configuration`` (JSON, absolute URLs). Older servers only declare
@@ -8,22 +8,19 @@ since SMART 2.0); we fall back to it.
 
 from __future__ import annotations
 
-import email.utils
-import ipaddress
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from phg.errors import ConfigError, DiscoveryError, TransientDeliveryError
+from phg.errors import DiscoveryError, TransientDeliveryError
+from phg.transport import TRANSIENT_STATUSES, require_secure_url, transient_error
 
 log = logging.getLogger(__name__)
 
 OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
-TRANSIENT_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
 
 
 @dataclass(frozen=True)
@@ -61,51 +58,6 @@ class SmartConfiguration:
         ]
 
 
-def require_secure_url(url: str, what: str, *, allow_insecure_http: bool = False) -> None:
-    """Refuse anything but https, except plain http to a loopback host (127.0.0.0/8, ::1,
-    localhost) or when the configuration explicitly allows insecure http."""
-    parsed = httpx.URL(url)
-    if parsed.scheme == "https" and parsed.host:
-        return
-    if parsed.scheme != "http" or not parsed.host:
-        raise ConfigError(f"{what} {url!r} is not an absolute https URL")
-    if not (allow_insecure_http or _is_loopback(parsed.host)):
-        raise ConfigError(
-            f"{what} {url!r} uses plain http to a non-loopback host; use https "
-            "(or set allow_insecure_http for a test network)"
-        )
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def retry_after(response: httpx.Response) -> float | None:
-    """Seconds from a Retry-After header (RFC 9110 section 10.2.3: delay-seconds or HTTP-date)."""
-    value = response.headers.get("Retry-After")
-    if value is None:
-        return None
-    if value.strip().isdigit():
-        return float(value.strip())
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def transient_from_status(response: httpx.Response, what: str) -> TransientDeliveryError:
-    return TransientDeliveryError(
-        f"{what} {response.request.url} answered HTTP {response.status_code}; will retry",
-        retry_after=retry_after(response),
-    )
-
-
 async def discover(
     client: httpx.AsyncClient, fhir_base: str, *, allow_insecure_http: bool = False
 ) -> SmartConfiguration:
@@ -130,7 +82,7 @@ async def discover(
         except httpx.TransportError as exc:
             raise TransientDeliveryError(f"discovery: cannot reach {url}: {exc!r}") from exc
         if response.status_code in TRANSIENT_STATUSES:
-            transient = transient_from_status(response, "discovery:")
+            transient = transient_error(response, "discovery:")
             tried.append(f"{url}: HTTP {response.status_code}")
             continue
         found, why = _parse(response, parse)

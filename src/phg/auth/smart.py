@@ -19,15 +19,10 @@ from typing import Any
 import httpx
 
 from phg.auth.assertion import client_assertion
-from phg.auth.discovery import (
-    TRANSIENT_STATUSES,
-    SmartConfiguration,
-    discover,
-    require_secure_url,
-    transient_from_status,
-)
+from phg.auth.discovery import SmartConfiguration, discover
 from phg.auth.keys import SigningKey
 from phg.errors import AuthError, ConfigError, TransientDeliveryError
+from phg.transport import TRANSIENT_STATUSES, require_secure_url, transient_error
 
 __all__ = ["AccessToken", "SmartBackendAuth", "SmartConfiguration", "discover"]
 
@@ -189,7 +184,7 @@ class SmartBackendAuth(httpx.Auth):
         except httpx.TransportError as exc:
             raise TransientDeliveryError(f"token endpoint {url} unreachable: {type(exc).__name__}: {exc}") from exc
         if response.status_code in TRANSIENT_STATUSES:
-            raise transient_from_status(response, "token endpoint")
+            raise transient_error(response, "token endpoint")
         body = _json_object(response)
         if response.status_code != 200:
             raise self._refusal(url, response.status_code, body)

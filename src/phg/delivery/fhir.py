@@ -9,8 +9,6 @@ conditional create that matched) and response.location (relative "Observation/1"
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,9 +18,9 @@ from phg.delivery.outcome import Delivered, Outcome, Rejected
 from phg.errors import AuthError, MappingError, PermanentDeliveryError, TransientDeliveryError
 from phg.fhir import build_transaction, to_json
 from phg.model import Gateway, Reading
+from phg.transport import TRANSIENT_STATUSES, transient_error
 
 FHIR_JSON = "application/fhir+json"
-TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
 
 class FhirDestination:
@@ -58,8 +56,8 @@ class FhirDestination:
     def _outcomes(self, response: httpx.Response, reading_entries: list[list[int]],
                   shared_entries: list[int]) -> list[Outcome]:
         status = response.status_code
-        if status in TRANSIENT_STATUS:
-            raise TransientDeliveryError(f"{self.base_url} answered {status}", retry_after(response))
+        if status in TRANSIENT_STATUSES:
+            raise transient_error(response, "FHIR server")
         if status == 401:
             raise AuthError(f"{self.base_url} answered 401 Unauthorized even with a fresh token: "
                             f"{problem(response)}")
@@ -125,18 +123,3 @@ def entry_problem(entry: dict) -> str:
 
 def problem(response: httpx.Response) -> str:
     return outcome_text(_json(response)) or response.text[:300] or response.reason_phrase
-
-
-def retry_after(response: httpx.Response) -> float | None:
-    """Retry-After as seconds (RFC 9110 10.2.3: delay-seconds or an HTTP-date)."""
-    value = response.headers.get("Retry-After")
-    if not value:
-        return None
-    if value.strip().isdigit():
-        return float(value)
-    try:
-        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
-
-

@@ -43,6 +43,18 @@ def backoff(attempts: int, base: float = 1.0, cap: float = 300.0) -> float:
     return min(cap, base * 2 ** max(0, attempts - 1)) * random.uniform(0.5, 1.0)
 
 
+def _parse(items: Sequence[Item]) -> tuple[list[tuple[Item, Reading]], list[tuple[Item, str]]]:
+    """Stored payloads back to Readings (CPU work: run in a thread). A payload that no longer
+    parses (written by another version, say) is dead-lettered alone."""
+    readings, broken = [], []
+    for item in items:
+        try:
+            readings.append((item, parse_reading(load_documents(item.payload, f"outbox item {item.id}")[0])))
+        except ReadingError as exc:
+            broken.append((item, f"stored reading is not valid: {exc}"))
+    return readings, broken
+
+
 class DeliveryWorker:
     def __init__(self, outbox: Outbox, destination: Destination, *, batch_size: int = 50,
                  lease_seconds: float = 120.0, max_backoff: float = 300.0, idle_poll: float = 1.0):
@@ -76,12 +88,9 @@ class DeliveryWorker:
         items = await asyncio.to_thread(self.outbox.lease, self.destination.name, self.batch_size, self.lease_seconds)
         if not items:
             return False
-        readings: list[tuple[Item, Reading]] = []
-        for item in items:
-            try:
-                readings.append((item, parse_reading(load_documents(item.payload, f"outbox item {item.id}")[0])))
-            except ReadingError as exc:
-                await self._dead([item], f"stored reading is not valid: {exc}")
+        readings, broken = await asyncio.to_thread(_parse, items)
+        for item, reason in broken:
+            await self._dead([item], reason)
         try:
             await self._send(readings)
         except AuthError:
