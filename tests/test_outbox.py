@@ -407,3 +407,24 @@ TestOutboxStateMachine = OutboxMachine.TestCase
 TestOutboxStateMachine.settings = settings(
     max_examples=60, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
+
+
+def test_several_destinations_and_source_state_in_one_transaction(tmp_path):
+    with Outbox(tmp_path / "o.sqlite") as box:
+        ids = box.enqueue(["fhir", "mllp"], [("k1", "p1"), ("k2", "p2")], state={"ble:AA": "7"})
+        assert len(ids) == 4 and len(set(ids)) == 4
+        assert box.counts("fhir")["queued"] == 2 and box.counts("mllp")["queued"] == 2
+        assert box.source_state("ble:AA") == "7"
+        box.enqueue("fhir", [("k3", "p3")], state={"ble:AA": "8"})
+        assert box.source_state("ble:AA") == "8"
+        assert box.source_state("nothing") is None
+    with Outbox(tmp_path / "o.sqlite") as box:  # durable across reopen
+        assert box.source_state("ble:AA") == "8"
+
+
+def test_state_is_not_committed_when_the_readings_are_not(tmp_path):
+    with Outbox(tmp_path / "o.sqlite") as box:
+        with pytest.raises(sqlite3.IntegrityError):
+            box.enqueue("fhir", [("k1", "p1"), ("k2", None)], state={"ble:AA": "20"})  # type: ignore[list-item]
+        assert box.source_state("ble:AA") is None
+        assert box.counts()["queued"] == 0

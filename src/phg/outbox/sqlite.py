@@ -27,7 +27,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +60,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX item_due ON item (destination, next_attempt) WHERE state IN ('queued', 'inflight')",
         "CREATE INDEX item_state ON item (state, destination)",
+    ),
+    (
+        # What a source has already collected (e.g. the last glucose record number per device),
+        # written in the same transaction as the readings it covers: never ahead of them.
+        "CREATE TABLE source_state (name TEXT PRIMARY KEY, value TEXT NOT NULL, updated REAL NOT NULL)",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -139,14 +144,22 @@ class Outbox:
         with self._lock:
             return self._conn.execute(sql, params).fetchall()
 
-    def enqueue(self, destination: str, items: Sequence[tuple[str, str]]) -> list[int]:
-        """Store `(key, payload)` pairs in one transaction and return their ids in input order.
-        A key already stored for this destination keeps its row, state and payload untouched
-        (a delivered reading stays delivered), and its existing id is returned."""
+    def enqueue(
+        self,
+        destination: str | Sequence[str],
+        items: Sequence[tuple[str, str]],
+        state: Mapping[str, str] | None = None,
+    ) -> list[int]:
+        """Store `(key, payload)` pairs for one destination or several, in one transaction, and
+        return their ids in input order (destination by destination). A key already stored for a
+        destination keeps its row, state and payload untouched (a delivered reading stays
+        delivered), and its existing id is returned. `state` (source name -> value) is committed
+        in the same transaction, so a source's progress marker is never ahead of its readings."""
         now = time.time()
         ids: list[int] = []
+        destinations = [destination] if isinstance(destination, str) else list(destination)
         with self._write() as conn:
-            for key, payload in items:
+            for (key, payload), destination in ((i, d) for d in destinations for i in items):
                 cursor = conn.execute(
                     "INSERT INTO item (destination, key, payload, state, next_attempt, created, updated)"
                     " VALUES (?, ?, ?, 'queued', ?, ?, ?) ON CONFLICT (destination, key) DO NOTHING",
@@ -159,7 +172,18 @@ class Outbox:
                         "SELECT id FROM item WHERE destination = ? AND key = ?", (destination, key)
                     ).fetchone()
                     ids.append(row[0])
+            for name, value in (state or {}).items():
+                conn.execute(
+                    "INSERT INTO source_state (name, value, updated) VALUES (?, ?, ?)"
+                    " ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated = excluded.updated",
+                    (name, value, now),
+                )
         return ids
+
+    def source_state(self, name: str) -> str | None:
+        """The value last committed with `enqueue(..., state={name: value})`, or None."""
+        rows = self._read("SELECT value FROM source_state WHERE name = ?", (name,))
+        return rows[0][0] if rows else None
 
     def lease(self, destination: str, limit: int, lease_seconds: float, now: float | None = None) -> list[Item]:
         """Take up to `limit` due items, oldest first: queued ones whose `next_attempt` has come
