@@ -44,7 +44,37 @@ def fail(message: str, code: int) -> None:
 
 
 class Group(click.Group):
-    """Turns phg's own errors into one clear line and an exit code instead of a traceback."""
+    """Turns phg's own errors into one clear line and an exit code instead of a traceback.
+
+    `lazy` maps command names to "module:attribute" of commands that live beside their feature
+    (e.g. the Bluetooth commands in phg.sources.ble.commands); they are imported only when used,
+    which keeps `phg --help` fast."""
+
+    def __init__(self, *args: Any, lazy: dict[str, str] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy or {}
+
+    def _lazy_available(self) -> list[str]:
+        from importlib.util import find_spec
+
+        def present(module: str) -> bool:
+            try:
+                return find_spec(module) is not None
+            except ModuleNotFoundError:  # its parent package is missing
+                return False
+
+        return [name for name, target in self.lazy.items() if present(target.split(":")[0])]
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self._lazy_available()))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy and name in self._lazy_available():
+            from importlib import import_module
+
+            module, attribute = self.lazy[name].split(":")
+            return getattr(import_module(module), attribute)
+        return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -55,7 +85,11 @@ class Group(click.Group):
             fail(str(exc), EXIT_INPUT)
 
 
-@click.group(cls=Group)
+@click.group(cls=Group, lazy={
+    "ble": "phg.sources.ble.commands:ble",
+    "11073": "phg.sources.ieee11073.commands:ieee11073",
+    "hl7": "phg.hl7v2.commands:hl7",
+})
 @click.option("--config", "config_path", type=click.Path(path_type=Path),
               help="Config file (default: $PHG_CONFIG or the user config dir).")
 @click.option("--fhir-base", help="FHIR base URL (overrides [fhir] base_url).")
@@ -237,6 +271,17 @@ def run(obj: Context) -> None:
         logging.getLogger("httpx").setLevel(logging.WARNING)
     code = _deliver(config, obj.outbox(), until_idle=False)
     sys.exit(0 if code == EXIT_TEMPFAIL else code)
+
+
+# ------------------------------------------------------------------------------------------ decode
+
+
+@main.group(cls=Group, lazy={
+    "ble": "phg.sources.ble.commands:decode_ble",
+    "11073": "phg.sources.ieee11073.commands:decode_11073",
+})
+def decode() -> None:
+    """Decode a device payload (hex) and show what it becomes, as JSON."""
 
 
 # ------------------------------------------------------------------------------------------ queue
