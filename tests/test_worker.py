@@ -1,12 +1,13 @@
 """Delivery worker rules with a scripted destination (unit level; the real flows are in
 test_flow_*.py against real servers)."""
 
+import asyncio
 import time
 from datetime import UTC, datetime
 
 import pytest
 
-from phg.delivery import Delivered, DeliveryWorker, Rejected
+from phg.delivery import Delivered, DeliveryWorker, Rejected, Retry
 from phg.delivery.worker import backoff
 from phg.errors import AuthError, PermanentDeliveryError, TransientDeliveryError
 from phg.model import PatientRef
@@ -84,3 +85,17 @@ def test_backoff_grows_with_jitter_and_cap():
     assert 0.5 <= backoff(1) <= 1.0
     assert 4.0 <= backoff(4) <= 8.0
     assert 150 <= backoff(30) <= 300
+
+
+async def test_retry_outcome_retries_then_goes_dead(outbox):
+    class Busy(Scripted):
+        async def send(self, readings):
+            return [Retry("AE: try later", max_attempts=2) if r.key == BAD else Delivered("ok") for r in readings]
+
+    worker = DeliveryWorker(outbox, Busy(), batch_size=50, max_backoff=0.01)
+    summary = await worker.run(until_idle=True)
+    assert (summary.delivered, summary.retried, summary.dead) == (49, 1, 0)
+    await asyncio.sleep(0.02)
+    summary = await worker.run(until_idle=True)
+    dead = outbox.items(state="dead")
+    assert [i.key for i in dead] == [BAD] and "after 2 attempts" in dead[0].last_error

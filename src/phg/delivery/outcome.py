@@ -23,7 +23,16 @@ class Rejected:
     reason: str
 
 
-Outcome = Delivered | Rejected
+@dataclass(frozen=True)
+class Retry:
+    """The server could not take this reading now but may later (e.g. an HL7 v2 AE ACK): retry it
+    with backoff until it has been tried `max_attempts` times, then it goes dead with `reason`."""
+
+    reason: str
+    max_attempts: int
+
+
+Outcome = Delivered | Rejected | Retry
 
 
 class Destination(Protocol):

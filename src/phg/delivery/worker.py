@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from phg.delivery.outcome import Delivered, Destination, Rejected
+from phg.delivery.outcome import Delivered, Destination, Rejected, Retry
 from phg.errors import AuthError, PermanentDeliveryError, ReadingError, TransientDeliveryError
 from phg.model import Reading, load_documents, parse_reading
 from phg.outbox import Item, Outbox
@@ -133,6 +133,13 @@ class DeliveryWorker:
         for (item, _), outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, Rejected):
                 await self._dead([item], outcome.reason)
+            elif isinstance(outcome, Retry):
+                if item.attempts >= outcome.max_attempts:
+                    await self._dead([item], f"{outcome.reason} (after {item.attempts} attempts)")
+                else:
+                    delay = backoff(item.attempts, cap=self.max_backoff)
+                    await asyncio.to_thread(self.outbox.retry_later, [item.id], delay, outcome.reason)
+                    self.summary.retried += 1
 
     async def _dead(self, items: Sequence[Item], reason: str) -> None:
         await asyncio.to_thread(self.outbox.dead, [i.id for i in items], reason)
