@@ -66,3 +66,26 @@ def test_plain_http_elsewhere_refused_unless_allowed():
     require_secure_url("http://ehr.example.org/fhir", "base", allow_insecure_http=True)
     with pytest.raises(ConfigError, match="not an absolute https URL"):
         require_secure_url("ftp://x/fhir", "base", allow_insecure_http=True)
+
+
+def test_destinations_tables(tmp_path):
+    path = write(tmp_path, '[fhir]\nbase_url = "https://ehr.example.org/fhir"\n'
+                           '[destinations.lab]\ntype = "mllp"\nhost = "hl7.example.org"\nport = 2575\n')
+    config = load_config(path, env={})
+    assert config.destination_names == ["fhir", "lab"]
+    assert config.destinations[0].settings == {"host": "hl7.example.org", "port": 2575}
+    only_v2 = write(tmp_path, '[destinations.lab]\ntype = "http"\nurl = "https://x.example/hl7"\n')
+    assert load_config(only_v2, env={}).destination_names == ["lab"]
+    assert load_config(write(tmp_path, ""), env={}).destination_names == ["fhir"]  # queued until configured
+
+
+@pytest.mark.parametrize("text, words", [
+    ('[destinations.lab]\ntype = "ftp"\n', "[destinations.lab] type must be one of mllp, http, soap"),
+    ('[destinations.fhir]\ntype = "mllp"\n', "the name 'fhir' is the [fhir] server's"),
+    ('[destinations]\nlab = 3\n', "[destinations.lab] must be a table"),
+])
+def test_destination_errors(tmp_path, text, words):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    assert words in str(info.value) and str(path) in str(info.value)

@@ -19,7 +19,6 @@ import click
 from phg.errors import AuthError, ConfigError, PhgError
 
 EXIT_INPUT, EXIT_CONFIG, EXIT_TEMPFAIL = 1, 3, 75
-DESTINATION = "fhir"
 
 
 class Context:
@@ -227,10 +226,10 @@ def send(obj: Context, files: tuple[str, ...], no_deliver: bool) -> None:
     config = obj.config()
     outbox = obj.outbox()
     if readings:
-        outbox.enqueue(DESTINATION, [(r.key, r.to_json()) for r in readings])
+        outbox.enqueue(config.destination_names, [(r.key, r.to_json()) for r in readings])
     click.echo(f"queued {len(readings)} reading(s) in {config.outbox_path}" + (f", refused {len(errors)}" if errors else ""))
     code = EXIT_INPUT if errors else 0
-    if no_deliver or not config.fhir_base:
+    if no_deliver or not (config.fhir_base or config.destinations):
         if not no_deliver:
             click.echo("no FHIR base URL configured: readings wait in the queue (phg run delivers them)")
         sys.exit(code)
@@ -252,7 +251,7 @@ def _deliver(config, outbox, until_idle: bool) -> int:
         summary = asyncio.run(go())
     except AuthError as exc:
         fail(f"{exc}\ndelivery stopped; the queue is intact", EXIT_CONFIG)
-    counts = outbox.counts(DESTINATION)
+    counts = outbox.counts()
     click.echo(f"delivered {summary.delivered}, dead {summary.dead}; "
                f"queue: {counts.get('queued', 0) + counts.get('inflight', 0)} waiting, {counts.get('dead', 0)} dead")
     if summary.dead:

@@ -53,6 +53,26 @@ def default_gateway_system_id() -> str:
     return mac[:6] + "FFFE" + mac[6:]
 
 
+# Destination types besides the FHIR server of [fhir]/[auth]: "module:class" of each, built with
+# the keys of its [destinations.NAME] table as keyword arguments (their docs list them).
+DESTINATION_TYPES = {
+    "mllp": "phg.delivery.mllp:MllpDestination",
+    "http": "phg.delivery.hl7http:HttpHl7Destination",
+    "soap": "phg.delivery.soap:SoapDestination",
+}
+FHIR_DESTINATION = "fhir"
+
+
+@dataclass(frozen=True)
+class DestinationConfig:
+    """One [destinations.NAME] table: where else readings go (HL7 v2 receivers)."""
+
+    name: str
+    type: str
+    settings: dict[str, Any]
+    source: str
+
+
 @dataclass(frozen=True)
 class Config:
     gateway: Gateway
@@ -66,7 +86,15 @@ class Config:
     key_file: Path | None = None
     scope: str = DEFAULT_SCOPE
     token_url: str | None = None
+    destinations: tuple[DestinationConfig, ...] = ()
     source: str = "(defaults)"  # where the settings came from, for messages
+
+    @property
+    def destination_names(self) -> list[str]:
+        """Every queue a reading goes to: the FHIR server (when set, or when nothing else is)
+        and each [destinations.NAME]."""
+        names = [d.name for d in self.destinations]
+        return ([FHIR_DESTINATION] if self.fhir_base or not names else []) + names
 
     def with_overrides(self, **values: Any) -> Config:
         return replace(self, **{k: v for k, v in values.items() if v is not None})
@@ -102,6 +130,7 @@ def load_config(path: Path | None = None, env: dict[str, str] | None = None) -> 
     if path is None and user_config_path().exists():
         path = user_config_path()
     source = "(defaults)"
+    destinations: tuple[DestinationConfig, ...] = ()
     if path is not None:
         source = str(path)
         try:
@@ -110,6 +139,7 @@ def load_config(path: Path | None = None, env: dict[str, str] | None = None) -> 
             raise ConfigError(f"{path}: config file not found (phg init writes one)") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        destinations = _destinations(data.pop("destinations", {}), str(path))
         for section, table in data.items():
             if section not in {"gateway", "fhir", "auth", "outbox", "delivery"} or not isinstance(table, dict):
                 raise ConfigError(f"{path}: unknown section [{section}]")
@@ -157,8 +187,27 @@ def load_config(path: Path | None = None, env: dict[str, str] | None = None) -> 
         key_file=Path(key_file).expanduser() if key_file else None,
         scope=raw.get("auth", "scope", str, DEFAULT_SCOPE),
         token_url=raw.get("auth", "token_url", str, None),
+        destinations=destinations,
         source=source,
     )
+
+
+def _destinations(tables: Any, path: str) -> tuple[DestinationConfig, ...]:
+    if not isinstance(tables, dict):
+        raise ConfigError(f"{path}: [destinations] must hold tables such as [destinations.lab]")
+    found = []
+    for name, table in tables.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: [destinations.{name}] must be a table")
+        if name == FHIR_DESTINATION:
+            raise ConfigError(f"{path}: [destinations.{name}]: the name {name!r} is the [fhir] server's; choose another")
+        kind = table.get("type")
+        if kind not in DESTINATION_TYPES:
+            raise ConfigError(f"{path}: [destinations.{name}] type must be one of {', '.join(DESTINATION_TYPES)}, "
+                              f"not {kind!r}")
+        settings = {k: v for k, v in table.items() if k != "type"}
+        found.append(DestinationConfig(name, kind, settings, path))
+    return tuple(found)
 
 
 CONFIG_TEMPLATE = '''\
@@ -188,6 +237,12 @@ scope = "{scope}"
 [outbox]
 # The durable queue (SQLite). Readings wait here while the network is down.
 path = "{outbox}"
+
+# More destinations, each with its own queue: HL7 v2 IHE PCD-01 over MLLP, HTTP or SOAP.
+# [destinations.lab]
+# type = "mllp"
+# host = "hl7.example.org"
+# port = 2575
 
 [delivery]
 # Readings per FHIR transaction Bundle.

@@ -1,4 +1,4 @@
-"""Wiring for a running gateway: config -> auth -> FHIR destination -> delivery worker.
+"""Wiring for a running gateway: config -> auth -> destinations -> one delivery worker each.
 
 Kept apart from cli.py so that the demo, the tests and `phg run` assemble the same pipeline.
 """
@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
+from importlib import import_module
 
 import httpx
 
-from phg.config import Config
-from phg.delivery import DeliveryWorker, Summary
+from phg.config import DESTINATION_TYPES, FHIR_DESTINATION, Config, DestinationConfig
+from phg.delivery import DeliveryWorker, Destination, Summary
 from phg.delivery.fhir import FhirDestination
 from phg.errors import ConfigError
 from phg.outbox import Outbox
@@ -50,9 +51,40 @@ async def fhir_destination(config: Config) -> AsyncIterator[FhirDestination]:
             await auth.aclose()
 
 
+def other_destination(config: Config, table: DestinationConfig) -> Destination:
+    """A [destinations.NAME] table's destination, built from its keys."""
+    module, cls = DESTINATION_TYPES[table.type].split(":")
+    try:
+        return getattr(import_module(module), cls)(name=table.name, gateway=config.gateway, **table.settings)
+    except TypeError as exc:
+        raise ConfigError(f"{table.source}: [destinations.{table.name}] (type {table.type}): {exc}") from None
+
+
+@asynccontextmanager
+async def open_destinations(config: Config) -> AsyncIterator[list[Destination]]:
+    async with AsyncExitStack() as stack:
+        destinations: list[Destination] = []
+        for name in config.destination_names:
+            if name == FHIR_DESTINATION:
+                destinations.append(await stack.enter_async_context(fhir_destination(config)))
+                continue
+            destination = other_destination(config, next(d for d in config.destinations if d.name == name))
+            if hasattr(destination, "aclose"):
+                stack.push_async_callback(destination.aclose)
+            destinations.append(destination)
+        yield destinations
+
+
 async def deliver(config: Config, outbox: Outbox, *, until_idle: bool, stop: asyncio.Event | None = None) -> Summary:
-    """Deliver what the outbox holds for the FHIR destination."""
-    async with fhir_destination(config) as destination:
-        worker = DeliveryWorker(outbox, destination, batch_size=config.batch_size,
-                                max_backoff=config.max_retry_delay)
-        return await worker.run(stop, until_idle=until_idle)
+    """Deliver what the outbox holds, one worker per destination, side by side."""
+    async with open_destinations(config) as destinations:
+        workers = [DeliveryWorker(outbox, d, batch_size=config.batch_size, max_backoff=config.max_retry_delay)
+                   for d in destinations]
+        summaries = await asyncio.gather(*(w.run(stop, until_idle=until_idle) for w in workers))
+    total = Summary()
+    for s in summaries:
+        total.delivered += s.delivered
+        total.dead += s.dead
+        total.retried += s.retried
+        total.dead_reasons += s.dead_reasons
+    return total
