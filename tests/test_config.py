@@ -89,3 +89,14 @@ def test_destination_errors(tmp_path, text, words):
     with pytest.raises(ConfigError) as info:
         load_config(path, env={})
     assert words in str(info.value) and str(path) in str(info.value)
+
+
+def test_unknown_key_is_named(tmp_path):
+    path = write(tmp_path, '[fhir]\nbase_ur = "https://x.example/fhir"\n')
+    with pytest.raises(ConfigError, match=r"unknown key 'base_ur' in \[fhir\]; known: allow_insecure_http, base_url"):
+        load_config(path, env={})
+
+
+def test_auth_table_kept_whole_for_phg_auth(tmp_path):
+    path = write(tmp_path, '[auth]\nclient_id = "a"\nmethod = "client_secret_basic"\n')
+    assert load_config(path, env={"PHG_CLIENT_ID": "b"}).auth == {"client_id": "b", "method": "client_secret_basic"}

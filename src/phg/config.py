@@ -62,6 +62,16 @@ DESTINATION_TYPES = {
 }
 FHIR_DESTINATION = "fhir"
 
+# The keys each section accepts; anything else is a typo worth stopping for. [auth] keys beyond
+# these are read by phg.auth for the other ways servers are secured (its docs list them).
+KEYS = {
+    "gateway": {"system_id", "manufacturer", "model", "serial", "firmware"},
+    "fhir": {"base_url", "ig_version", "allow_insecure_http"},
+    "auth": {"client_id", "key_file", "scope", "token_url"},
+    "outbox": {"path"},
+    "delivery": {"batch_size", "max_retry_delay"},
+}
+
 
 @dataclass(frozen=True)
 class DestinationConfig:
@@ -87,6 +97,7 @@ class Config:
     scope: str = DEFAULT_SCOPE
     token_url: str | None = None
     destinations: tuple[DestinationConfig, ...] = ()
+    auth: dict[str, Any] = field(default_factory=dict)  # the whole [auth] table, env overrides applied
     source: str = "(defaults)"  # where the settings came from, for messages
 
     @property
@@ -141,9 +152,12 @@ def load_config(path: Path | None = None, env: dict[str, str] | None = None) -> 
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
         destinations = _destinations(data.pop("destinations", {}), str(path))
         for section, table in data.items():
-            if section not in {"gateway", "fhir", "auth", "outbox", "delivery"} or not isinstance(table, dict):
+            if section not in KEYS or not isinstance(table, dict):
                 raise ConfigError(f"{path}: unknown section [{section}]")
             for key, value in table.items():
+                if key not in KEYS[section] and section != "auth":
+                    known = ", ".join(sorted(KEYS[section]))
+                    raise ConfigError(f"{path}: unknown key {key!r} in [{section}]; known: {known}")
                 raw.values[(section, key)] = value
                 raw.origin[(section, key)] = str(path)
     for name, target in ENVIRONMENT.items():
@@ -188,6 +202,7 @@ def load_config(path: Path | None = None, env: dict[str, str] | None = None) -> 
         scope=raw.get("auth", "scope", str, DEFAULT_SCOPE),
         token_url=raw.get("auth", "token_url", str, None),
         destinations=destinations,
+        auth={key: value for (section, key), value in raw.values.items() if section == "auth"},
         source=source,
     )
 
