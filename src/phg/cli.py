@@ -88,6 +88,7 @@ class Group(click.Group):
     "ble": "phg.sources.ble.commands:ble",
     "11073": "phg.sources.ieee11073.commands:ieee11073",
     "hl7": "phg.hl7v2.commands:hl7",
+    "keys": "phg.auth.commands:keys",
 })
 @click.option("--config", "config_path", type=click.Path(path_type=Path),
               help="Config file (default: $PHG_CONFIG or the user config dir).")
@@ -110,7 +111,7 @@ def main(ctx: click.Context, config_path, fhir_base, client_id, key_file, scope,
                                     "key_file": key_file, "scope": scope, "outbox_path": outbox_path})
 
 
-# ------------------------------------------------------------------------------------------ init / keys
+# ------------------------------------------------------------------------------------------ init
 
 
 @main.command()
@@ -127,42 +128,6 @@ def init(obj: Context, force: bool) -> None:
     path.write_text(render_template(user_data_dir() / "phg-key.pem", user_data_dir() / "outbox.sqlite"))
     click.echo(f"wrote {path}\nnext: edit [fhir] base_url and [auth] client_id, then run `phg keys generate` "
                "and register the printed JWKS with your EHR")
-
-
-def _key_path(obj: Context, given: Path | None) -> Path:
-    from phg.config import user_data_dir
-
-    return given or obj.config().key_file or user_data_dir() / "phg-key.pem"
-
-
-@main.group()
-def keys() -> None:
-    """Create the gateway's signing key and show its public JWKS."""
-
-
-@keys.command("generate")
-@click.option("--alg", type=click.Choice(["ES384", "RS384"]), default="ES384", show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), help="Where to write the private key (PEM, mode 0600).")
-@click.pass_obj
-def keys_generate(obj: Context, alg: str, out: Path | None) -> None:
-    """Write a new private key and print the public JWKS to register with the EHR."""
-    from phg.auth import generate_key, jwks, load_key
-
-    path = _key_path(obj, out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    generate_key(path, alg)
-    click.echo(f"wrote {path} (mode 0600); register this JWKS with the EHR:", err=True)
-    click.echo(json.dumps(jwks([load_key(path)]), indent=2))
-
-
-@keys.command("jwks")
-@click.option("--key", "key_file", type=click.Path(path_type=Path), help="Private key file.")
-@click.pass_obj
-def keys_jwks(obj: Context, key_file: Path | None) -> None:
-    """Print the public JWKS of the configured key."""
-    from phg.auth import jwks, load_key
-
-    click.echo(json.dumps(jwks([load_key(_key_path(obj, key_file))]), indent=2))
 
 
 # ------------------------------------------------------------------------------------------ readings
