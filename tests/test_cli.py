@@ -47,7 +47,7 @@ def reading_files(tmp_path) -> list[Path]:
 
 def test_help_imports_nothing_heavy():
     out = subprocess.run([sys.executable, "-c", "import sys, phg.cli; print(sorted(m for m in "
-                          "('httpx', 'jsonschema', 'joserfc', 'cryptography', 'sqlite3', 'platformdirs') "
+                          "('httpx', 'jsonschema', 'joserfc', 'cryptography', 'sqlite3', 'platformdirs', 'asyncio') "
                           "if m in sys.modules))"], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

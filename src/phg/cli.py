@@ -6,10 +6,8 @@ authorization problem (the queue is intact); 75 (EX_TEMPFAIL) readings still que
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -45,35 +43,35 @@ def fail(message: str, code: int) -> None:
 class Group(click.Group):
     """Turns phg's own errors into one clear line and an exit code instead of a traceback.
 
-    `lazy` maps command names to "module:attribute" of commands that live beside their feature
-    (e.g. the Bluetooth commands in phg.sources.ble.commands); they are imported only when used,
-    which keeps `phg --help` fast."""
+    `lazy` maps command names to ("module:attribute", short help) of commands that live beside
+    their feature (e.g. the Bluetooth commands in phg.sources.ble.commands). They are imported
+    only when run: listing them uses the short help given here, which keeps `phg --help` fast."""
 
-    def __init__(self, *args: Any, lazy: dict[str, str] | None = None, **kwargs: Any):
+    def __init__(self, *args: Any, lazy: dict[str, tuple[str, str]] | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.lazy = lazy or {}
 
-    def _lazy_available(self) -> list[str]:
-        from importlib.util import find_spec
-
-        def present(module: str) -> bool:
-            try:
-                return find_spec(module) is not None
-            except ModuleNotFoundError:  # its parent package is missing
-                return False
-
-        return [name for name, target in self.lazy.items() if present(target.split(":")[0])]
-
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(set(super().list_commands(ctx)) | set(self._lazy_available()))
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy))
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name in self.lazy and name in self._lazy_available():
+        if name in self.lazy:
             from importlib import import_module
 
-            module, attribute = self.lazy[name].split(":")
+            module, attribute = self.lazy[name][0].split(":")
             return getattr(import_module(module), attribute)
         return super().get_command(ctx, name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            if name in self.lazy:
+                rows.append((name, self.lazy[name][1]))
+            elif (command := super().get_command(ctx, name)) is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(formatter.width - 6 - max(map(len, self.list_commands(ctx))))))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -85,10 +83,10 @@ class Group(click.Group):
 
 
 @click.group(cls=Group, lazy={
-    "ble": "phg.sources.ble.commands:ble",
-    "11073": "phg.sources.ieee11073.commands:ieee11073",
-    "hl7": "phg.hl7v2.commands:hl7",
-    "keys": "phg.auth.commands:keys",
+    "ble": ("phg.sources.ble.commands:ble", "Bluetooth LE health devices: scan, fetch."),
+    "11073": ("phg.sources.ieee11073.commands:ieee11073", "IEEE 11073-20601 manager: listen for agents."),
+    "hl7": ("phg.hl7v2.commands:hl7", "HL7 v2 PCD-01 tools: check a message."),
+    "keys": ("phg.auth.commands:keys", "Create the gateway's signing key and show its public JWKS."),
 })
 @click.option("--config", "config_path", type=click.Path(path_type=Path),
               help="Config file (default: $PHG_CONFIG or the user config dir).")
@@ -202,6 +200,9 @@ def send(obj: Context, files: tuple[str, ...], no_deliver: bool) -> None:
 
 
 def _deliver(config, outbox, until_idle: bool) -> int:
+    import asyncio
+    import signal
+
     from phg.daemon import deliver
 
     stop = asyncio.Event()
@@ -241,8 +242,8 @@ def run(obj: Context) -> None:
 
 
 @main.group(cls=Group, lazy={
-    "ble": "phg.sources.ble.commands:decode_ble",
-    "11073": "phg.sources.ieee11073.commands:decode_11073",
+    "ble": ("phg.sources.ble.gatt.command:decode_ble", "Decode a GATT characteristic: phg decode ble 2A18 HEX."),
+    "11073": ("phg.sources.ieee11073.commands:decode_11073", "Decode an IEEE 11073-20601 APDU: phg decode 11073 HEX."),
 })
 def decode() -> None:
     """Decode a device payload (hex) and show what it becomes, as JSON."""
@@ -313,6 +314,8 @@ def queue_purge(obj: Context, dead: bool) -> None:
 @click.pass_obj
 def doctor(obj: Context) -> None:
     """Check configuration, key, TLS, discovery, token and transaction support; say what is wrong."""
+    import asyncio
+
     from phg.doctor import run_checks
 
     ok = asyncio.run(run_checks(obj.config(), lambda line: click.echo(line)))
