@@ -108,3 +108,79 @@ def test_fuzz_any_json_gives_a_reading_or_a_reading_error(doc):
         parse_reading(doc)
     except ReadingError as exc:
         assert exc.where and exc.why
+
+
+# ---------------------------------------------------------------- device clock
+
+
+# Computed from DOC before the clock existed: a reading without a clock must keep its key and text.
+KEY_WITHOUT_CLOCK = "2037d485389488af156250acc8d22e6f92254bfcc5cfae4b1985bd4816b4a574"
+CLOCK = {"gateway_time": "2026-11-28T09:05:00.123+01:00", "device_time": "2026-11-28T09:04:58+01:00", "sync": 532224}
+
+
+def test_reading_without_clock_keeps_its_key():
+    r = reading()
+    assert r.clock is None
+    assert r.key == KEY_WITHOUT_CLOCK
+    assert '"clock"' not in r.to_json()
+
+
+def test_clock_round_trip():
+    from datetime import datetime
+
+    from phg.model import DeviceClock
+
+    doc = json.loads(DOC) | {"clock": CLOCK}
+    r = parse_reading(doc)
+    assert r.clock == DeviceClock(gateway_time=datetime.fromisoformat(CLOCK["gateway_time"]),
+                                  device_time=datetime.fromisoformat(CLOCK["device_time"]), clock_type=67975, sync=532224)
+    assert r.to_document()["clock"] == CLOCK | {"type": "absolute"}
+    again = parse_reading(json.loads(r.to_json()))
+    assert again == r and again.key == r.key and again.to_json() == r.to_json()
+    assert r.key != KEY_WITHOUT_CLOCK
+    assert r.metrics == reading().metrics
+
+
+def test_clock_time_fault_and_defaults_round_trip():
+    doc = json.loads(DOC) | {"clock": {"gateway_time": "2026-11-28T08:05:00Z", "device_time": None}}
+    r = parse_reading(doc)
+    assert r.clock.device_time is None and r.clock.sync is None and r.clock.clock_type == 67975
+    assert r.to_document()["clock"] == {"gateway_time": "2026-11-28T08:05:00+00:00", "device_time": None, "type": "absolute"}
+    assert parse_reading(json.loads(r.to_json())) == r
+
+
+def test_clock_canonical_digits_are_the_shortest_exact():
+    doc = json.loads(DOC) | {"clock": {"gateway_time": "2026-11-28T09:05:00.5+01:00",
+                                       "device_time": "2026-11-28T09:04:58.000001+01:00"}}
+    clock = parse_reading(doc).to_document()["clock"]
+    assert (clock["gateway_time"], clock["device_time"]) == ("2026-11-28T09:05:00.500+01:00",
+                                                             "2026-11-28T09:04:58.000001+01:00")
+
+
+@pytest.mark.parametrize("change, where, words", [
+    (lambda c: c.update(type="relative"), "clock.type", "only 'absolute'"),
+    (lambda c: c.update(type="sundial"), "clock.type", "is not one of"),
+    (lambda c: c.update(device_time="2026-11-28T09:04:58"), "clock.device_time", "UTC offset"),
+    (lambda c: c.update(gateway_time="2026-13-28T09:04:58Z"), "clock.gateway_time", "not a valid"),
+    (lambda c: c.pop("device_time"), "clock", "'device_time' is a required property"),
+    (lambda c: c.update(sync="ntp"), "clock.sync", "not of type 'integer'"),
+    (lambda c: c.update(offset=3), "clock", "Additional properties"),
+])
+def test_invalid_clock_names_field_and_reason(change, where, words):
+    doc = json.loads(DOC) | {"clock": dict(CLOCK)}
+    change(doc["clock"])
+    with pytest.raises(ReadingError) as info:
+        parse_reading(doc, "f.json")
+    assert info.value.where == where
+    assert words in str(info.value)
+
+
+def test_canonical_json_round_trip_and_refusal():
+    from phg.model import from_canonical_json
+
+    r = reading()
+    assert from_canonical_json(r.to_json(), "item 1") == r
+    for broken in ('{"device": {}}', "[1]", '{"device": {"system_id": "X"}, "patient": {"system": "a", "value": "b"}, '
+                   '"metrics": [{"code": 1, "time": "2026-11-28T09:00:00Z", "value": "x"}]}', "{nope"):
+        with pytest.raises(ReadingError, match="item 1"):
+            from_canonical_json(broken, "item 1")

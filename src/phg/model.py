@@ -8,6 +8,8 @@ digits the device gave, which the PHD IG 2.0.0 duplicate-detection identifier ne
 `parse_reading` turns a reading document (README, "The reading document"; JSON Schema in
 reading.schema.json) into a Reading, or raises ReadingError naming the field and why.
 `Reading.to_document()` is the canonical form that the outbox stores; parsing it gives the same Reading.
+A Reading may carry a DeviceClock: what the gateway learned of the device's clock at collection time,
+from which the FHIR mapping builds the PHD IG Coincident Time Stamp Observation.
 """
 
 from __future__ import annotations
@@ -97,13 +99,37 @@ class Gateway:
     time_sync: int = 532226
 
 
+# PHD IG PhdCoincidentTimeStampObservation.code (ValueSet MDCClockTypes): the device's clock type.
+MDC_ATTR_TIME_ABS = 67975  # absolute (wall-clock) time: IEEE 11073 Date-and-Time, Bluetooth date-time
+MDC_ATTR_TIME_REL = 67983  # relative time, a tick counter (1/8 ms in 11073-20601)
+MDC_ATTR_TIME_REL_HI_RES = 68072  # high-resolution relative time, a tick counter in microseconds
+CLOCK_TYPES: dict[str, int] = {"absolute": MDC_ATTR_TIME_ABS, "relative": MDC_ATTR_TIME_REL,
+                               "hi-res": MDC_ATTR_TIME_REL_HI_RES}
+
+
+@dataclass(frozen=True)
+class DeviceClock:
+    """What the gateway learned of the device's clock when it collected the reading (PHD IG, Time).
+
+    Only absolute clocks are mapped for now: a tick clock's current time is a count, not a
+    datetime, and the reading document accepts "type": "absolute" only (see `parse_reading`)."""
+
+    gateway_time: datetime  # the gateway's own time when it read the device clock (aware)
+    device_time: datetime | None  # the device's current time as read, aware with the offset the gateway
+    #                               attached; None = time fault / not readable
+    clock_type: int = MDC_ATTR_TIME_ABS  # MDC_ATTR_TIME_ABS 67975; MDC_ATTR_TIME_REL (tick) 67983; ..._HI_RES 68072
+    sync: int | None = None  # MDC_TIME_SYNC_* the device reports (532224 none ... 532229 BTv1)
+
+
 @dataclass(frozen=True)
 class Reading:
-    """One device's upload: who measured (device), whom (patient), and what (metrics)."""
+    """One device's upload: who measured (device), whom (patient), and what (metrics); clock is
+    the device clock as the gateway read it while collecting, when known."""
 
     device: Device
     patient: PatientRef
     metrics: tuple[Metric, ...] = field(default_factory=tuple)
+    clock: DeviceClock | None = None
 
     def to_document(self) -> dict[str, Any]:
         """The canonical reading document (values as strings, codes not aliases)."""
@@ -116,11 +142,14 @@ class Reading:
                 {"code": s.code} | ({"version": s.version} if s.version is not None else {})
                 for s in self.device.specializations
             ]
-        return {
+        doc: dict[str, Any] = {
             "device": dev,
             "patient": {"system": self.patient.system, "value": self.patient.value},
             "metrics": [_metric_document(m) for m in self.metrics],
         }
+        if self.clock is not None:  # absent key when unknown: readings without a clock keep their key
+            doc["clock"] = _clock_document(self.clock)
+        return doc
 
     def to_json(self) -> str:
         """Canonical JSON: stable across runs, so equal readings give equal text and key."""
@@ -143,6 +172,27 @@ def _metric_document(m: Metric) -> dict[str, Any]:
     if m.components:
         doc["components"] = [{"code": c.code, "value": str(c.value), "unit": c.unit} for c in m.components]
     return doc
+
+
+def _clock_document(clock: DeviceClock) -> dict[str, Any]:
+    names = {code: name for name, code in CLOCK_TYPES.items()}
+    if clock.clock_type not in names:
+        raise ValueError(f"clock type {clock.clock_type} is not one of {', '.join(map(str, names))}")
+    doc: dict[str, Any] = {
+        "gateway_time": format_time(clock.gateway_time, time_digits(clock.gateway_time)),
+        "device_time": None if clock.device_time is None else format_time(clock.device_time,
+                                                                          time_digits(clock.device_time)),
+        "type": names[clock.clock_type],
+    }
+    if clock.sync is not None:
+        doc["sync"] = clock.sync
+    return doc
+
+
+def time_digits(t: datetime) -> int:
+    """The fewest fractional-second digits (0, 3 or 6) that write t exactly: a clock reading has no
+    stated resolution, so its canonical text is the shortest exact one."""
+    return 0 if not t.microsecond else 3 if not t.microsecond % 1000 else 6
 
 
 def format_time(t: datetime, digits: int) -> str:
@@ -284,7 +334,30 @@ def _build(doc: dict) -> Reading:
             status=tuple(m.get("status", ())),
             components=tuple(components),
         ))
-    return Reading(device, patient, tuple(metrics))
+    clock = _build_clock(doc["clock"]) if "clock" in doc else None
+    return Reading(device, patient, tuple(metrics), clock)
+
+
+def _build_clock(c: dict) -> DeviceClock:
+    kind = c.get("type", "absolute")
+    if kind != "absolute":
+        raise ReadingError("clock.type", f"{kind!r} clocks are not supported yet: only 'absolute' "
+                                         "(the device's current date-time; tick counters have no date-time)")
+    gateway_time, _ = _parse_time(c["gateway_time"], "clock.gateway_time")
+    device_time = None if c["device_time"] is None else _parse_time(c["device_time"], "clock.device_time")[0]
+    return DeviceClock(gateway_time, device_time, CLOCK_TYPES[kind], c.get("sync"))
+
+
+def from_canonical_json(text: str, source: str) -> Reading:
+    """A Reading from canonical JSON (Reading.to_json, as the outbox stores it). That text was
+    validated at intake, so the JSON Schema pass, which costs 20 times the rest of parsing, is
+    skipped; the semantic checks still run and anything unexpected is a ReadingError."""
+    try:
+        return _build(json.loads(text, parse_float=Decimal))
+    except ReadingError as exc:
+        raise ReadingError(exc.where, exc.why, source) from None
+    except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
+        raise ReadingError("(document)", f"not a canonical reading: {exc.__class__.__name__}: {exc}", source) from None
 
 
 def load_documents(text: str, source: str) -> list[Any]:

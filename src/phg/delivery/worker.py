@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from phg.delivery.outcome import Delivered, Destination, Rejected, Retry
 from phg.errors import AuthError, PermanentDeliveryError, ReadingError, TransientDeliveryError
-from phg.model import Reading, load_documents, parse_reading
+from phg.model import Reading, from_canonical_json
 from phg.outbox import Item, Outbox
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def _parse(items: Sequence[Item]) -> tuple[list[tuple[Item, Reading]], list[tupl
     readings, broken = [], []
     for item in items:
         try:
-            readings.append((item, parse_reading(load_documents(item.payload, f"outbox item {item.id}")[0])))
+            readings.append((item, from_canonical_json(item.payload, f"outbox item {item.id}")))
         except ReadingError as exc:
             broken.append((item, f"stored reading is not valid: {exc}"))
     return readings, broken

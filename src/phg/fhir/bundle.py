@@ -2,10 +2,11 @@
 
 Every entry is a conditional create (PHD IG 2.0.0: Patient, PhgDevice and PhdDevice POSTed with
 ifNoneExist=identifier=<system>|<value>, vectors/phd/v2.0.0/bundle-example-1.json; Observations with
-the conditional-create identifier, PhdBaseObservation "PHD Observation Identifier"), so re-sending a
-bundle is always safe. fullUrls are urn:uuid:uuid5(<type>?<query>): the same readings give the same
-bundle, and an entry wanted twice (a Patient or Device shared by readings, or a measurement a device
-re-sent in a later upload of the same batch) appears once.
+the conditional-create identifier, PhdBaseObservation "PHD Observation Identifier"; the Coincident Time
+Stamp with phg's own name-based identifier, resources.clock_identifier), so re-sending a bundle is always safe.
+fullUrls are urn:uuid:uuid5(<type>?<query>): the same readings give the same bundle, and an entry wanted
+twice (a Patient, Device or Coincident Time Stamp shared by readings, or a measurement a device re-sent in
+a later upload of the same batch) appears once.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ class Transaction:
 
     reading_entries[i] are the indices in bundle["entry"] of readings[i]'s Observations; an index can
     appear under two readings when both carried the same measurement (same conditional identifier).
-    shared_entries are the Patient and Device entries."""
+    shared_entries are the Patient and Device entries and the Coincident Time Stamp Observations (one per
+    device clock reading, referenced by the Observations of every reading that carried that clock)."""
 
     bundle: dict
     reading_entries: list[list[int]]
@@ -59,12 +61,12 @@ class _Entries:
 
 
 def build_transaction(readings: Sequence[Reading], gateway: Gateway, ig_version: str = "2.0.0") -> Transaction:
-    """One transaction Bundle for many readings: shared Patient/Device entries first, then the
-    Observations of each reading in order."""
+    """One transaction Bundle for many readings: shared Patient/Device/Coincident Time Stamp entries first
+    (the order of vectors/phd/v2.0.0/bundle-example-1.json), then the Observations of each reading in order."""
     rules = rules_for(ig_version)
     entries = _Entries()
     shared: list[int] = []
-    refs: list[tuple[str, str]] = []  # per reading: (patient fullUrl, PhdDevice fullUrl)
+    refs: list[tuple[str, str, str | None]] = []  # per reading: (patient, PhdDevice, CTS or None) fullUrls
     phg_url = ""
     for reading in readings:
         patient_url, i = entries.add("Patient", (reading.patient.system, reading.patient.value),
@@ -73,15 +75,24 @@ def build_transaction(readings: Sequence[Reading], gateway: Gateway, ig_version:
         phd_url, k = entries.add("Device", resources.phd_identifier(reading.device),
                                  partial(resources.phd_device, reading.device, rules))
         shared.extend(n for n in (i, j, k) if n not in shared)
-        refs.append((patient_url, phd_url))
+        cts_url = None
+        if reading.clock is not None:
+            identifier = resources.clock_identifier(reading, rules)
+            cts_url, n = entries.add("Observation", identifier, partial(
+                resources.coincident_time_stamp, reading.clock, gateway, rules, identifier=identifier,
+                patient_url=patient_url, phd_url=phd_url, phg_url=phg_url))
+            if n not in shared:
+                shared.append(n)
+        refs.append((patient_url, phd_url, cts_url))
 
     reading_entries: list[list[int]] = []
-    for reading, (patient_url, phd_url) in zip(readings, refs, strict=True):
+    for reading, (patient_url, phd_url, cts_url) in zip(readings, refs, strict=True):
         indices: list[int] = []
+        correction = resources.time_correction(reading.clock, gateway)
         for metric in reading.metrics:
             identifier = conditional_identifier(reading, metric, ig_version)
-            build = partial(resources.observation, metric, rules, identifier=identifier,
-                            patient_url=patient_url, phd_url=phd_url, phg_url=phg_url)
+            build = partial(resources.observation, metric, rules, identifier=identifier, patient_url=patient_url,
+                            phd_url=phd_url, phg_url=phg_url, cts_url=cts_url, time_correction=correction)
             _, n = entries.add("Observation", identifier, build)
             if n not in indices:
                 indices.append(n)

@@ -30,6 +30,10 @@ class IgRules:
     identifier_system: str | None  # identifier[conditionalCreate].system; 1.x: "system ..0"
     device_identifier_types: str  # ContinuaDeviceIdentifiers code system (moved to THO in 2.0.0)
     loinc_overrides: dict[int, str] = field(default_factory=dict)  # MDC code -> LOINC where it differs
+    # PhdCoincidentTimeStampObservation shape, see "Coincident Time Stamp" below.
+    coincident_link: str = "extension"  # Observation -> CTS: "extension" (CoincidentTimeStampReference) or "derivedFrom"
+    coincident_subject: str = "device"  # CTS subject: "device" (PhdDevice; device = PhgDevice) or "patient"
+    coincident_sync_component: bool = True  # CTS component clockSyncMethod 68220 (2.0.0 only)
 
     @property
     def phd_category(self) -> dict:
@@ -50,6 +54,11 @@ RULES: dict[str, IgRules] = {
         device_identifier_types="http://hl7.org/fhir/uv/phd/CodeSystem/ContinuaDeviceIdentifiers",
         # SpO2: v1.1.0 bundle-continuousnonin.json codes 59408-5; 2.0.0 bundle-example-1.json codes 2708-6.
         loinc_overrides={150456: "59408-5"},
+        # v1.1.0 coin-*.json: subject Patient, device PhdDevice, gatewayDevice extension; the measurements
+        # point at it with derivedFrom (bloodPress-1.0.1.json, glucose-1.0.0.4.json, nonin-hdp-*.json).
+        coincident_link="derivedFrom",
+        coincident_subject="patient",
+        coincident_sync_component=False,  # 1.x profile page: "no additional information reported in component elements"
     ),
 }
 
@@ -87,3 +96,21 @@ PRELIMINARY = frozenset({"early-indication"})
 def data_absent_code(status: tuple[str, ...]) -> str | None:
     """The dataAbsentReason code for a metric's status bits, or None when the value is present."""
     return next((code for name, code in DATA_ABSENT.items() if name in status), None)
+
+
+# ---------------------------------------------------------------- Coincident Time Stamp
+# 2.0.0: input/fsh/StructureDefinition.PhdCoincidentTimeStampObservation.fsh (code from MDCClockTypes,
+# subject only Reference(PhdDevice), device only Reference(PhgDevice), component clockSyncMethod 68220,
+# dataAbsentReason[TimeFault] = data-absent-reason#unknown) and StructureDefinition.CoincidentTimeStampReference.fsh
+# (the extension on a PHD Observation); examples vectors/phd/v2.0.0/coin-*.json, bundle-example-1.json.
+COINCIDENT_EXTENSION = PROFILE_BASE + "CoincidentTimeStampReference"
+CLOCK_TYPES: dict[int, tuple[str, str]] = {  # MDC code -> (reference id, text as in coin-*.json)
+    67975: ("MDC_ATTR_TIME_ABS", "Absolute time"),
+    67983: ("MDC_ATTR_TIME_REL", "Relative time"),
+    68072: ("MDC_ATTR_TIME_REL_HI_RES", "High resolution relative time"),
+}
+TIME_SYNC_NONE = 532224  # MDC_TIME_SYNC_NONE: the clock is not externally synchronised
+# The IG gives the CTS no identifier ("created every connection", CoincidentTimeStampObservationProfile.md;
+# coin-example-1 "has no identifier ... always 'created'"). phg gives it one anyway, only so that a re-sent
+# transaction does not create it twice: a name-based urn:uuid of its content, an RFC 3986 URI.
+URI_SYSTEM = "urn:ietf:rfc:3986"

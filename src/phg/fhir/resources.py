@@ -1,12 +1,15 @@
 """Reading parts -> FHIR R4 resources as plain dicts, per the PHD IG (2.0.0 default, 1.1.0 selectable).
 
-PhdPatient, PhgDevice (the gateway), PhdDevice (the measuring device) and one Phd*Observation per
-metric. References between them are urn:uuid fullUrls chosen by the caller (bundle.py), as in
-vectors/phd/v2.0.0/bundle-example-1.json. Decimals stay Decimals so their digits survive to_json.
+PhdPatient, PhgDevice (the gateway), PhdDevice (the measuring device), one Phd*Observation per
+metric, and the PhdCoincidentTimeStampObservation of a reading's device clock. References between
+them are urn:uuid fullUrls chosen by the caller (bundle.py), as in vectors/phd/v2.0.0/bundle-example-1.json.
+Decimals stay Decimals so their digits survive to_json.
 """
 
 from __future__ import annotations
 
+import uuid
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -14,7 +17,18 @@ from phg import mdc
 from phg.errors import MappingError
 from phg.fhir import ig
 from phg.fhir.ig import IgRules
-from phg.model import Component, Device, Gateway, Metric, PatientRef, format_time
+from phg.model import (
+    MDC_ATTR_TIME_ABS,
+    Component,
+    Device,
+    DeviceClock,
+    Gateway,
+    Metric,
+    PatientRef,
+    Reading,
+    format_time,
+    time_digits,
+)
 
 Resource = dict[str, Any]
 
@@ -151,11 +165,14 @@ def _specialization(code: int, version: int | None) -> dict:
 
 
 def observation(metric: Metric, rules: IgRules, *, identifier: tuple[str | None, str], patient_url: str,
-                phd_url: str, phg_url: str) -> Resource:
+                phd_url: str, phg_url: str, cts_url: str | None = None,
+                time_correction: timedelta | None = None) -> Resource:
     """One PhdNumericObservation, or a PhdCompoundNumericObservation when the metric has components
     (blood pressure: systolic/diastolic/mean as components, PhdCompoundNumericObservation.fsh).
     Elements per PhdBaseObservation: gatewayDevice extension, conditional-create identifier, PHD (+ vital
-    signs) category, MDC + LOINC code, subject, device, effectiveDateTime = the device time as given."""
+    signs) category, MDC + LOINC code, subject, device, effectiveDateTime = the device time as given,
+    moved by time_correction when the gateway corrects it (see `time_correction`). cts_url is the
+    reading's Coincident Time Stamp: CoincidentTimeStampReference extension (2.0.0) or derivedFrom (1.x)."""
     known = mdc.MEASUREMENTS.get(metric.code)
     absent = ig.data_absent_code(metric.status)
     meta: dict[str, Any] = _profile("PhdCompoundNumericObservation" if metric.components else "PhdNumericObservation")
@@ -172,8 +189,10 @@ def observation(metric: Metric, rules: IgRules, *, identifier: tuple[str | None,
         "category": [rules.phd_category] + ([ig.VITAL_SIGNS_CATEGORY] if loinc else []),
         "code": _code(metric.code, known, loinc),
         "subject": {"reference": patient_url},
-        "effectiveDateTime": format_time(metric.time, metric.time_digits),
+        "effectiveDateTime": effective_time(metric, time_correction),
     }
+    if cts_url and rules.coincident_link == "extension":
+        resource["extension"].append({"url": ig.COINCIDENT_EXTENSION, "valueReference": {"reference": cts_url}})
     if absent is not None:
         # FHIR obs-6: no value with a dataAbsentReason; IG: an overall failure needs no components.
         resource["dataAbsentReason"] = {"coding": [{"system": ig.DATA_ABSENT_SYSTEM, "code": absent}]}
@@ -184,6 +203,8 @@ def observation(metric: Metric, rules: IgRules, *, identifier: tuple[str | None,
             {"coding": [{"system": ig.MEASUREMENT_STATUS_SYSTEM, "code": code}]} for code in interpretations
         ]
     resource["device"] = {"reference": phd_url}
+    if cts_url and rules.coincident_link == "derivedFrom":
+        resource["derivedFrom"] = [{"reference": cts_url}]
     if metric.components and absent is None:
         resource["component"] = [_component(c, rules) for c in metric.components]
     return resource
@@ -220,3 +241,101 @@ def _quantity(value: Decimal, unit: str | None) -> dict:
     if unit:
         quantity |= {"unit": mdc.UNIT_DISPLAY.get(unit, unit), "system": mdc.UCUM_SYSTEM, "code": unit}
     return quantity
+
+
+# ---------------------------------------------------------------- device clock (PHD IG "Coincident Time Stamp")
+# Rules: input/pagecontent/CoincidentTimeStamp.md ("Coincident Timestamp Basics", 2.0.0; same logic in 1.1.0)
+# and CoincidentTimeStampObservationProfile.md. For an absolute clock whose timestamps are on its current
+# timeline (the model has no per-measurement flag, so every timestamp is taken to be):
+# - PHD not externally synchronised: the PHG maps the timestamps to its own timeline, the CTS being the
+#   anchor: effective = device timestamp + (gateway_time - device_time); CTS effective = PHG time, value = PHD time.
+# - PHD externally synchronised and the PHG better synchronised: the same correction.
+# - PHD better synchronised than the PHG: timestamps kept; the CTS has no effective[x]
+#   (PhdCoincidentTimeStampObservation.fsh effective[x] ^short "Absent if PHD is better synchronized").
+# - time fault (device time unreadable): CTS effective = PHG time, dataAbsentReason unknown; nothing to correct
+#   by, so timestamps are kept. For an unsynchronised PHD the IG says to leave effective[x] out or not report
+#   the measurement; PhdBaseObservation has effective[x] 1.., and discarding is the source's decision (it alone
+#   knows whether a stored record is on the current timeline), so the device time is kept and the CTS marks it.
+# Not covered: tick clocks (relative / hi-res: valueQuantity in microseconds and the measurement's relative-time
+# component), base-offset time (68226, 1.x), Date-Time-Adjustment, timestamps not on the current timeline, and
+# a device in a different time zone from the gateway (the IG assumes the same zone; offsets are kept as given).
+
+
+def _externally_synced(sync: int | None) -> bool:
+    return sync is not None and sync != ig.TIME_SYNC_NONE
+
+
+def phd_better_synchronised(clock: DeviceClock, gateway: Gateway) -> bool:
+    """Whether the device keeps better time than the gateway. The IG leaves the comparison to the PHG
+    (sync protocol and accuracy, CoincidentTimeStamp.md); phg's rule: only a device that reports an external
+    synchronisation, next to a gateway that reports none (a PHG is required to synchronise to UTC)."""
+    return _externally_synced(clock.sync) and not _externally_synced(gateway.time_sync)
+
+
+def time_correction(clock: DeviceClock | None, gateway: Gateway) -> timedelta | None:
+    """What the gateway adds to the device's timestamps (gateway_time - device_time), or None when it
+    keeps them: no clock, a time fault, or a device better synchronised than the gateway."""
+    if clock is None or clock.device_time is None or phd_better_synchronised(clock, gateway):
+        return None
+    return clock.gateway_time - clock.device_time
+
+
+def effective_time(metric: Metric, correction: timedelta | None = None) -> str:
+    """effectiveDateTime: the device timestamp in its own offset, moved by the correction if any, with the
+    digits of both the device's resolution and the correction (bundle-example-1.json: 12:40:16.936)."""
+    if correction is None:
+        return format_time(metric.time, metric.time_digits)
+    moved: datetime = metric.time + correction
+    step = datetime.min.replace(microsecond=correction.microseconds)  # the correction's fraction of a second
+    return format_time(moved, max(metric.time_digits, time_digits(step)))
+
+
+def clock_identifier(reading: Reading, rules: IgRules) -> tuple[str, str]:
+    """(system, value) of phg's own identifier for the Coincident Time Stamp (the IG defines none, see
+    ig.URI_SYSTEM): a urn:uuid named by what the CTS says, so one clock reading of one device gives one CTS
+    per bundle and across re-sends. 1.x CTSs are per patient (their subject), 2.0.0 ones per device."""
+    clock = reading.clock
+    if clock is None:
+        raise MappingError("reading has no clock")
+    device_time = "fault" if clock.device_time is None else clock.device_time.isoformat()
+    parts = [reading.device.identity, str(clock.clock_type), clock.gateway_time.isoformat(), device_time, str(clock.sync)]
+    if rules.coincident_subject == "patient":
+        parts.insert(1, f"{reading.patient.value}-{reading.patient.system}")
+    name = "PhdCoincidentTimeStampObservation?" + "|".join(parts)
+    return ig.URI_SYSTEM, f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, name)}"
+
+
+def coincident_time_stamp(clock: DeviceClock, gateway: Gateway, rules: IgRules, *, identifier: tuple[str, str],
+                          patient_url: str, phd_url: str, phg_url: str) -> Resource:
+    """PhdCoincidentTimeStampObservation: code = clock type, effectiveDateTime = the gateway's time (absent when
+    the PHD is better synchronised), valueDateTime = the device's time or dataAbsentReason unknown on a time
+    fault, clockSyncMethod component 68220 with the device's sync method when known (2.0.0).
+    2.0.0: subject PhdDevice, device PhgDevice (PhdCoincidentTimeStampObservation.fsh, coin-*.json);
+    1.x: subject Patient, device PhdDevice, gatewayDevice extension (v1.1.0 coin-*.json)."""
+    if clock.clock_type != MDC_ATTR_TIME_ABS:
+        raise MappingError(f"clock type {clock.clock_type}: only absolute clocks ({MDC_ATTR_TIME_ABS}) are mapped for now")
+    ref_id, text = ig.CLOCK_TYPES[clock.clock_type]
+    system, value = identifier
+    resource: Resource = {"resourceType": "Observation", "meta": _profile("PhdCoincidentTimeStampObservation")}
+    if rules.coincident_subject == "patient":
+        resource["extension"] = [{"url": ig.GATEWAY_EXTENSION, "valueReference": {"reference": phg_url}}]
+    resource["identifier"] = [{"system": system, "value": value}]
+    resource["status"] = "final"
+    resource["code"] = _mdc_concept(clock.clock_type, ref_id, text)
+    resource["subject"] = {"reference": patient_url if rules.coincident_subject == "patient" else phd_url}
+    if not phd_better_synchronised(clock, gateway):
+        resource["effectiveDateTime"] = format_time(clock.gateway_time, time_digits(clock.gateway_time))
+    if clock.device_time is None:
+        resource["dataAbsentReason"] = {
+            "coding": [{"system": ig.DATA_ABSENT_SYSTEM, "code": "unknown", "display": "Unknown"}],
+            "text": "Sensor Time Fault",
+        }
+    else:
+        resource["valueDateTime"] = format_time(clock.device_time, time_digits(clock.device_time))
+    resource["device"] = {"reference": phg_url if rules.coincident_subject == "device" else phd_url}
+    if clock.sync is not None and rules.coincident_sync_component:
+        resource["component"] = [{
+            "code": _mdc_concept(mdc.MDC_TIME_SYNC_PROTOCOL, "MDC_TIME_SYNC_PROTOCOL", "Clock Synchronization Method"),
+            "valueCodeableConcept": _mdc_concept(clock.sync, mdc.TIME_SYNC.get(clock.sync)),
+        }]
+    return resource

@@ -1,0 +1,296 @@
+"""The device clock -> PHD IG Coincident Time Stamp Observation (2.0.0 and 1.1.0), and the timestamp
+correction the gateway applies: FHIR-valid (fhir.resources R4B), shaped like the IG's coin-*.json and
+bundle-example-1.json, one per device clock reading, deterministic."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from urllib.parse import parse_qs
+
+import pytest
+from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.device import Device as FhirDevice
+from fhir.resources.R4B.observation import Observation as FhirObservation
+from fhir.resources.R4B.patient import Patient as FhirPatient
+
+from phg.errors import MappingError
+from phg.fhir import IG_VERSIONS, build_transaction, conditional_identifier, to_json
+from phg.model import DeviceClock, Gateway, parse_reading
+
+VECTORS = Path("/work/shared/vectors/phd")
+GATEWAY = Gateway(system_id="ECDE3D4E58532D31", serial="0001", firmware="1.2.3")  # NTPv4 (532226)
+PATIENT = {"system": "urn:oid:2.999.1.2.3.4.5.6.7.8.10", "value": "sisansarahId"}
+OXIMETER = {"system_id": "74E8FFFEFF051C00", "bt_address": "00:1C:05:FF:E8:74", "manufacturer": "Nonin"}
+# bundle-example-1.json's own clock: the PHG read 12:40:09.000 on the PHD at 12:40:07.936 of its own time.
+CLOCK = {"gateway_time": "2019-09-20T12:40:07.936-04:00", "device_time": "2019-09-20T12:40:09.000-04:00"}
+METRICS = [{"type": "spo2", "value": 98, "time": "2019-09-20T12:40:18-04:00"},
+           {"type": "pulse_rate_oximeter", "value": 47, "time": "2019-09-20T12:40:18-04:00"}]
+CTS_PROFILE = "http://hl7.org/fhir/uv/phd/StructureDefinition/PhdCoincidentTimeStampObservation"
+CTS_EXTENSION = "http://hl7.org/fhir/uv/phd/StructureDefinition/CoincidentTimeStampReference"
+GATEWAY_EXTENSION = "http://hl7.org/fhir/StructureDefinition/observation-gatewayDevice"
+
+
+def reading(clock: dict | None = CLOCK, metrics: list | None = None, **changes):
+    doc = {"device": OXIMETER, "patient": PATIENT, "metrics": metrics or METRICS} | changes
+    if clock is not None:
+        doc["clock"] = clock
+    return parse_reading(json.loads(json.dumps(doc), parse_float=Decimal))
+
+
+def vector(name: str, version: str = "v2.0.0") -> dict:
+    return json.loads((VECTORS / version / name).read_text())
+
+
+def example_resource(resource_id: str) -> dict:
+    """A resource of vectors/phd/v2.0.0/bundle-example-1.json by id."""
+    return next(e["resource"] for e in vector("bundle-example-1.json")["entry"] if e["resource"].get("id") == resource_id)
+
+
+def codings(concept: dict) -> set[tuple[str, str]]:
+    return {(c["system"], c["code"]) for c in concept["coding"]}
+
+
+def is_cts(resource: dict) -> bool:
+    return resource["meta"]["profile"] == [CTS_PROFILE]
+
+
+def ctss(bundle: dict) -> list[dict]:
+    return [e for e in bundle["entry"] if e["resource"]["resourceType"] == "Observation" and is_cts(e["resource"])]
+
+
+def measurements(bundle: dict) -> list[dict]:
+    return [e for e in bundle["entry"] if e["resource"]["resourceType"] == "Observation" and not is_cts(e["resource"])]
+
+
+def url_of(bundle: dict, profile: str) -> str:
+    (url,) = [e["fullUrl"] for e in bundle["entry"] if e["resource"]["meta"]["profile"][0].endswith("/" + profile)]
+    return url
+
+
+def validate(bundle: dict) -> None:
+    """Whole Bundle and each resource, from the bytes we would send; every reference resolves in the bundle."""
+    data = json.loads(to_json(bundle), parse_float=Decimal)
+    Bundle.model_validate(data)
+    models = {"Patient": FhirPatient, "Device": FhirDevice, "Observation": FhirObservation}
+    for entry in data["entry"]:
+        models[entry["resource"]["resourceType"]].model_validate(entry["resource"])
+    urls = [e["fullUrl"] for e in data["entry"]]
+    assert len(urls) == len(set(urls)) and all(re.fullmatch(r"urn:uuid:[0-9a-f-]{36}", u) for u in urls)
+    for entry in data["entry"]:
+        text = json.dumps(entry["resource"])
+        assert all(ref in urls for ref in re.findall(r'"reference": "([^"]+)"', text))
+
+
+# ---------------------------------------------------------------- validity
+
+
+@pytest.mark.parametrize("version", IG_VERSIONS)
+@pytest.mark.parametrize("clock", [
+    CLOCK,
+    CLOCK | {"sync": 532224},
+    CLOCK | {"sync": 532229},
+    {"gateway_time": "2019-09-20T12:40:07.936-04:00", "device_time": None},
+])
+def test_bundles_with_clocks_validate(version, clock):
+    transaction = build_transaction([reading(clock), reading(None)], GATEWAY, version)
+    validate(transaction.bundle)
+    assert len(ctss(transaction.bundle)) == 1
+
+
+# ---------------------------------------------------------------- IG 2.0.0 structure
+
+
+def test_coincident_time_stamp_matches_ig_2_0_0_examples():
+    """Against vectors/phd/v2.0.0/bundle-example-1.json (cts-001) and coin-example-1.json."""
+    bundle = build_transaction([reading()], GATEWAY).bundle
+    (entry,) = ctss(bundle)
+    cts = entry["resource"]
+    example = example_resource("cts-001")
+    assert cts["meta"] == example["meta"] == vector("coin-example-1.json")["meta"]
+    assert cts["code"]["coding"] == example["code"]["coding"] == vector("coin-example-1.json")["code"]["coding"]
+    assert cts["status"] == example["status"] == "final"
+    assert "category" not in cts and "category" not in example  # the profile's parent is Observation, not PhdBaseObservation
+    assert "extension" not in cts and "extension" not in example
+    assert cts["subject"] == {"reference": url_of(bundle, "PhdDevice")}
+    assert cts["device"] == {"reference": url_of(bundle, "PhgDevice")}
+    # This is the example's own clock: the same gateway and device times, printed the same way.
+    assert (cts["effectiveDateTime"], cts["valueDateTime"]) == ("2019-09-20T12:40:07.936-04:00",
+                                                               "2019-09-20T12:40:09-04:00")
+    assert "component" not in cts  # no sync method known
+    # Same entry order as the example: Patient, PhgDevice, PhdDevice, CTS, then the measurements.
+    ours = [e["resource"]["meta"]["profile"][0].rsplit("/", 1)[1] for e in bundle["entry"]]
+    theirs = [e["resource"]["meta"]["profile"][0].rsplit("/", 1)[1] for e in vector("bundle-example-1.json")["entry"]]
+    assert ours == theirs
+
+
+def test_measurements_reference_it_with_the_extension():
+    bundle = build_transaction([reading()], GATEWAY).bundle
+    (cts,) = ctss(bundle)
+    example = example_resource("pulse-ox-001")
+    assert [x["url"] for x in example["extension"]] == [GATEWAY_EXTENSION, CTS_EXTENSION]
+    for entry in measurements(bundle):
+        obs = entry["resource"]
+        assert [x["url"] for x in obs["extension"]] == [GATEWAY_EXTENSION, CTS_EXTENSION]
+        assert obs["extension"][1]["valueReference"] == {"reference": cts["fullUrl"]}
+        assert "derivedFrom" not in obs
+
+
+def test_effective_time_is_corrected_like_the_ig_example():
+    """An unsynchronised PHD 1.064 s ahead: the PHG puts its measurements on its own timeline
+    (CoincidentTimeStamp.md); bundle-example-1.json's pulse-ox-001 says 12:40:16.936 for this clock."""
+    r = reading()
+    bundle = build_transaction([r], GATEWAY).bundle
+    example = example_resource("pulse-ox-001")
+    for entry, metric in zip(measurements(bundle), r.metrics, strict=True):
+        assert entry["resource"]["effectiveDateTime"] == example["effectiveDateTime"] == "2019-09-20T12:40:16.936-04:00"
+        # The duplicate-detection identifier keeps the device's own timestamp (ObservationIdentifier.md).
+        assert entry["resource"]["identifier"][0]["value"] == conditional_identifier(r, metric)[1]
+        assert entry["resource"]["identifier"][0]["value"] == conditional_identifier(reading(None), metric)[1]
+
+
+def test_correction_keeps_device_offset_and_resolution():
+    clock = {"gateway_time": "2026-11-28T08:00:05Z", "device_time": "2026-11-28T09:00:00+01:00", "sync": 532224}
+    metrics = [{"type": "body_temperature", "value": "36.50", "unit": "Cel", "time": "2026-11-28T08:30:00.25+01:00"},
+               {"type": "spo2", "value": 97, "time": "2026-11-28T08:31:00+01:00"}]
+    bundle = build_transaction([reading(clock, metrics)], GATEWAY).bundle
+    assert [e["resource"]["effectiveDateTime"] for e in measurements(bundle)] == [
+        "2026-11-28T08:30:05.25+01:00", "2026-11-28T08:31:05+01:00"]
+
+
+def test_synchronised_device_with_a_synchronised_gateway_is_corrected():
+    bundle = build_transaction([reading(CLOCK | {"sync": 532229})], GATEWAY).bundle
+    (cts,) = ctss(bundle)
+    assert cts["resource"]["effectiveDateTime"] == "2019-09-20T12:40:07.936-04:00"
+    assert all(e["resource"]["effectiveDateTime"] == "2019-09-20T12:40:16.936-04:00" for e in measurements(bundle))
+
+
+def test_better_synchronised_device_keeps_its_times_and_the_cts_has_no_effective():
+    """PhdCoincidentTimeStampObservation.fsh: effective[x] "Absent if PHD is better synchronized"; the PHG then
+    reports the PHD's timestamps unmodified (CoincidentTimeStamp.md)."""
+    unsynced_gateway = replace(GATEWAY, time_sync=532224)
+    bundle = build_transaction([reading(CLOCK | {"sync": 532226})], unsynced_gateway).bundle
+    validate(bundle)
+    (cts,) = ctss(bundle)
+    assert "effectiveDateTime" not in cts["resource"] and cts["resource"]["valueDateTime"] == "2019-09-20T12:40:09-04:00"
+    assert all(e["resource"]["effectiveDateTime"] == "2019-09-20T12:40:18-04:00" for e in measurements(bundle))
+    assert all(e["resource"]["extension"][1]["url"] == CTS_EXTENSION for e in measurements(bundle))
+
+
+def test_sync_method_component():
+    bundle = build_transaction([reading(CLOCK | {"sync": 532229})], GATEWAY).bundle
+    (cts,) = ctss(bundle)
+    (component,) = cts["resource"]["component"]
+    example = vector("coin-20181119174911.json")["component"][0]
+    assert codings(component["code"]) == codings(example["code"]) == {("urn:iso:std:iso:11073:10101", "68220")}
+    assert codings(component["valueCodeableConcept"]) == {("urn:iso:std:iso:11073:10101", "532229")}
+    assert component["valueCodeableConcept"]["coding"][0]["display"] == "MDC_TIME_SYNC_BTV1"
+
+
+def test_time_fault_gives_data_absent_reason_and_keeps_device_times():
+    clock = {"gateway_time": "2018-11-20T04:50:47-05:00", "device_time": None}
+    bundle = build_transaction([reading(clock)], GATEWAY).bundle
+    validate(bundle)
+    (cts,) = ctss(bundle)
+    example = vector("coin-example-timefault.json")
+    assert "valueDateTime" not in cts["resource"]
+    assert cts["resource"]["dataAbsentReason"] == example["dataAbsentReason"]
+    assert cts["resource"]["effectiveDateTime"] == example["effectiveDateTime"] == "2018-11-20T04:50:47-05:00"
+    assert all(e["resource"]["effectiveDateTime"] == "2019-09-20T12:40:18-04:00" for e in measurements(bundle))
+    assert all(e["resource"]["extension"][1]["url"] == CTS_EXTENSION for e in measurements(bundle))
+
+
+# ---------------------------------------------------------------- IG 1.1.0
+
+
+def test_ig_1_1_0_coincident_time_stamp_and_derived_from():
+    """v1.1.0 coin-1234.json: gatewayDevice extension, subject Patient, device PhdDevice; measurements
+    point at it with derivedFrom (glucose-1.0.0.4.json, bloodPress-1.0.1.json)."""
+    bundle = build_transaction([reading(CLOCK | {"sync": 532224})], GATEWAY, "1.1.0").bundle
+    (entry,) = ctss(bundle)
+    cts, example = entry["resource"], vector("coin-1234.json", "v1.1.0")
+    assert cts["meta"] == example["meta"]
+    assert codings(cts["code"]) == codings(example["code"])
+    assert [x["url"] for x in cts["extension"]] == [x["url"] for x in example["extension"]] == [GATEWAY_EXTENSION]
+    assert cts["extension"][0]["valueReference"] == {"reference": url_of(bundle, "PhgDevice")}
+    assert cts["subject"] == {"reference": url_of(bundle, "PhdPatient")}
+    assert cts["device"] == {"reference": url_of(bundle, "PhdDevice")}
+    assert "component" not in cts
+    for obs in measurements(bundle):
+        assert obs["resource"]["derivedFrom"] == [{"reference": entry["fullUrl"]}]
+        assert [x["url"] for x in obs["resource"]["extension"]] == [GATEWAY_EXTENSION]
+        assert obs["resource"]["effectiveDateTime"] == "2019-09-20T12:40:16.936-04:00"
+
+
+def test_ig_1_1_0_coincident_time_stamp_is_per_patient():
+    other = reading(patient={"system": "urn:oid:1.2.3", "value": "other"})
+    assert len(ctss(build_transaction([reading(), other], GATEWAY, "1.1.0").bundle)) == 2
+    assert len(ctss(build_transaction([reading(), other], GATEWAY, "2.0.0").bundle)) == 1
+
+
+# ---------------------------------------------------------------- sharing and determinism
+
+
+def test_two_readings_with_the_same_clock_share_one_cts():
+    first = reading()
+    second = reading(metrics=[{"type": "spo2", "value": 95, "time": "2019-09-20T12:39:00-04:00"}])
+    transaction = build_transaction([first, second], GATEWAY)
+    entries = transaction.bundle["entry"]
+    (cts,) = ctss(transaction.bundle)
+    n = entries.index(cts)
+    assert transaction.shared_entries == [0, 1, 2, n] and n == 3
+    assert transaction.reading_entries == [[4, 5], [6]]
+    assert all(n not in indices for indices in transaction.reading_entries)
+    for indices in transaction.reading_entries:
+        for i in indices:
+            assert entries[i]["resource"]["extension"][1]["valueReference"] == {"reference": cts["fullUrl"]}
+    validate(transaction.bundle)
+
+
+def test_another_connection_gets_its_own_cts_and_unclocked_readings_none():
+    later = reading({"gateway_time": "2019-09-21T08:00:00-04:00", "device_time": "2019-09-21T08:00:02-04:00"},
+                    [{"type": "spo2", "value": 96, "time": "2019-09-21T07:59:00-04:00"}])
+    plain = reading(None, [{"type": "spo2", "value": 94, "time": "2019-09-22T07:59:00-04:00"}])
+    transaction = build_transaction([reading(), later, plain], GATEWAY)
+    entries = transaction.bundle["entry"]
+    first_cts, later_cts = ctss(transaction.bundle)
+    assert transaction.shared_entries == [0, 1, 2, 3, 4]
+    assert entries[transaction.reading_entries[1][0]]["resource"]["extension"][1]["valueReference"] == \
+        {"reference": later_cts["fullUrl"]}
+    assert entries[transaction.reading_entries[1][0]]["resource"]["effectiveDateTime"] == "2019-09-21T07:58:58-04:00"
+    (plain_obs,) = [entries[i]["resource"] for i in transaction.reading_entries[2]]
+    assert [x["url"] for x in plain_obs["extension"]] == [GATEWAY_EXTENSION]
+    assert plain_obs["effectiveDateTime"] == "2019-09-22T07:59:00-04:00"
+    assert first_cts["fullUrl"] != later_cts["fullUrl"]
+    validate(transaction.bundle)
+
+
+def test_cts_is_a_deterministic_conditional_create():
+    readings = [reading(CLOCK | {"sync": 532224}), reading(None)]
+    first = to_json(build_transaction(readings, GATEWAY).bundle)
+    assert first == to_json(build_transaction(readings, GATEWAY).bundle)
+    (cts,) = ctss(build_transaction(readings, GATEWAY).bundle)
+    assert cts["request"]["method"] == "POST" and cts["request"]["url"] == "Observation"
+    (identifier,) = cts["resource"]["identifier"]
+    assert identifier["system"] == "urn:ietf:rfc:3986"
+    assert re.fullmatch(r"urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-5[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}", identifier["value"])
+    assert parse_qs(cts["request"]["ifNoneExist"])["identifier"] == [f"urn:ietf:rfc:3986|{identifier['value']}"]
+    # Another clock reading of the same device is another CTS.
+    (other,) = ctss(build_transaction([reading(CLOCK | {"device_time": "2019-09-20T12:40:10-04:00"})], GATEWAY).bundle)
+    assert other["resource"]["identifier"] != cts["resource"]["identifier"] and other["fullUrl"] != cts["fullUrl"]
+
+
+def test_readings_without_clock_map_as_before():
+    bundle = build_transaction([reading(None)], GATEWAY).bundle
+    assert ctss(bundle) == []
+    assert [e["resource"]["effectiveDateTime"] for e in measurements(bundle)] == ["2019-09-20T12:40:18-04:00"] * 2
+
+
+def test_tick_clocks_are_refused_with_a_clear_error():
+    r = replace(reading(), clock=DeviceClock(datetime.fromisoformat("2019-09-20T12:40:07-04:00"), None, clock_type=67983))
+    with pytest.raises(MappingError, match="only absolute clocks"):
+        build_transaction([r], GATEWAY)
