@@ -1,0 +1,75 @@
+"""Click commands of the IEEE 11073-20601 manager; the lead wires them as `phg 11073 ...` and
+`phg decode 11073 HEX`. Loaded lazily by the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import click
+
+
+@click.group("11073")
+def ieee11073() -> None:
+    """IEEE 11073-20601 manager (agents over TCP or USB PHDC)."""
+
+
+@ieee11073.command("listen")
+@click.option("--tcp", "port", type=int, required=True, help="TCP port to accept agents on.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--patient-system", required=True, help="Patient identifier system the readings belong to.")
+@click.option("--patient", "patient_value", required=True, help="Patient identifier value.")
+@click.option("--outbox", "outbox_path", type=click.Path(path_type=Path), default=None,
+              help="Outbox file (default: the configured outbox).")
+@click.option("--configs", "configs_path", type=click.Path(path_type=Path), default=None,
+              help="JSON file remembering agents' extended configurations.")
+@click.option("--utc-offset", type=float, default=None,
+              help="Hours to add to agents' local time (default: this computer's current offset).")
+@click.pass_context
+def listen(ctx: click.Context, port: int, host: str, patient_system: str, patient_value: str,
+           outbox_path: Path | None, configs_path: Path | None, utc_offset: float | None) -> None:
+    """Run the manager: accept agents on TCP PORT and queue their readings."""
+    from phg.model import PatientRef
+    from phg.outbox import Outbox
+    from phg.sources.ieee11073.configs import FileConfigStore, MemoryConfigStore
+    from phg.sources.ieee11073.tcp import ManagerSettings, run_tcp_manager
+
+    if outbox_path is None:
+        obj = ctx.find_root().obj
+        outbox_path = obj.config().outbox_path if obj is not None and hasattr(obj, "config") else Path("outbox.sqlite")
+    offset = timedelta(hours=utc_offset) if utc_offset is not None else datetime.now().astimezone().utcoffset()
+    settings = ManagerSettings(PatientRef(patient_system, patient_value), utc_offset=offset or timedelta(0),
+                               store=FileConfigStore(configs_path) if configs_path else MemoryConfigStore())
+    with Outbox(outbox_path) as outbox:
+        try:
+            asyncio.run(run_tcp_manager(outbox, settings, port, host))
+        except KeyboardInterrupt:
+            pass
+
+
+@click.command("11073")
+@click.argument("hex_text", metavar="HEX", nargs=-1, required=True)
+@click.option("--config", "config_hex", default=None,
+              help="Hex of the agent's configuration report APDU (for fixed-format scan reports).")
+def decode_11073(hex_text: tuple[str, ...], config_hex: str | None) -> None:
+    """Print an IEEE 11073-20601 APDU (hex) decoded, as JSON."""
+    from phg.sources.ieee11073.apdu import ApduError, EventReport, Prst, decode, decode_config_report
+    from phg.sources.ieee11073.configs import Configuration, standard
+    from phg.sources.ieee11073.describe import describe_hex
+
+    config = None
+    try:
+        if config_hex:
+            apdu = decode(bytes.fromhex("".join(config_hex.split())))
+            if not (isinstance(apdu, Prst) and isinstance(apdu.message, EventReport)):
+                raise ApduError("--config must be a configuration event report")
+            report = decode_config_report(apdu.message.info)
+            config = standard(report.config_id) if not report.objects else Configuration.from_report(report)
+        text = "".join(hex_text)
+        print(json.dumps(describe_hex(text, config), indent=2, ensure_ascii=False))
+    except (ApduError, ValueError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)

@@ -1,0 +1,121 @@
+"""Manager events -> phg Readings (pure functions; the caller supplies the clock and the UTC offset).
+
+Device identity comes from the MDS (System-Id EUI-64, System-Model, Production-Specification, System-Type-
+Spec-List); metric codes are 32-bit MDC codes, units UCUM. Device timestamps:
+- Absolute-Time is local wall-clock time without zone (20601 §6.3.2.1): the gateway attaches `utc_offset`
+  (its own zone, as the BLE source does) -> aware datetime; 1/100 s digits kept when the device gave them.
+- Base-Offset-Time carries its own offset.
+- Relative / high-resolution ticks are placed on the gateway's timeline through the MDS Relative-Time read
+  at association (gateway time then + elapsed ticks); without that read, or with no timestamp at all, the
+  time of reception is used (PHD IG: no device timestamp -> time of reception).
+The Reading's DeviceClock (PHD IG coincident time stamp) is the MDS Date-and-Time as read at association.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from phg.model import Component, Device, DeviceClock, Metric, PatientRef, Reading, Specialization
+from phg.sources.ieee11073 import nomenclature as nom
+from phg.sources.ieee11073.apdu import ApduError
+from phg.sources.ieee11073.manager import MdsInfo, Measurements, Observation
+from phg.sources.ieee11073.mder import HI_RES_TICKS_PER_SECOND, TICKS_PER_SECOND, AbsoluteTime, BaseOffsetTime
+
+log = logging.getLogger(__name__)
+
+MDC_ATTR_TIME_ABS_CODE = 67975  # clock-type codes of PHD IG coincident time stamps (partition OBJ: 1 << 16 | attr id)
+MDC_ATTR_TIME_REL_CODE = 67983
+MDC_ATTR_TIME_REL_HI_RES_CODE = 68072
+
+
+def device_of(mds: MdsInfo) -> Device:
+    return Device(
+        system_id=mds.system_id or None,
+        manufacturer=mds.manufacturer or None,
+        model=mds.model or None,
+        serial=mds.serial or None,
+        firmware=mds.firmware or None,
+        specializations=tuple(Specialization(nom.code32(nom.PART_INFRA, t), v) for t, v in mds.specializations),
+    )
+
+
+def device_clock(mds: MdsInfo, read_at: datetime | None, utc_offset: timedelta) -> DeviceClock | None:
+    """The device's absolute clock as read with the MDS attributes (None if it has none or was not read)."""
+    if read_at is None or mds.time_abs is None:
+        return None
+    sync = nom.code32(nom.PART_INFRA, mds.time_info.sync_protocol) if mds.time_info else None
+    try:
+        device_time = None if mds.time_abs.unset else mds.time_abs.local.replace(tzinfo=timezone(utc_offset))
+    except ApduError:
+        device_time = None  # time fault: the device clock holds no valid date
+    return DeviceClock(gateway_time=read_at, device_time=device_time, clock_type=MDC_ATTR_TIME_ABS_CODE, sync=sync)
+
+
+def metric_time(obs: Observation, mds: MdsInfo, utc_offset: timedelta, received_at: datetime,
+                read_at: datetime | None) -> tuple[datetime, int]:
+    """(aware device timestamp, fractional digits) of one observation."""
+    t = obs.time
+    if isinstance(t, AbsoluteTime) and not t.unset:
+        return t.local.replace(tzinfo=timezone(utc_offset)), 2 if t.hundredths else 0
+    if isinstance(t, BaseOffsetTime):
+        return t.datetime, 3 if t.fraction else 0
+    if isinstance(t, tuple) and read_at is not None:
+        kind, ticks = t
+        if kind == "rel" and mds.time_rel is not None:
+            delta = ((ticks - mds.time_rel + 2**31) % 2**32 - 2**31) / TICKS_PER_SECOND  # u32 wraps every 6.2 days
+            return read_at + timedelta(seconds=delta), 3
+        if kind == "hi-res" and mds.time_hi_res is not None:
+            return read_at + timedelta(seconds=(ticks - mds.time_hi_res) / HI_RES_TICKS_PER_SECOND), 6
+    return received_at, 0
+
+
+def _status(obs: Observation) -> tuple[str, ...]:
+    names = [name for bit, name in nom.MEASUREMENT_STATUS_BITS.items() if obs.status & (0x8000 >> bit)]
+    special = obs.value.special if obs.value is not None else None
+    if special and not names:
+        names.append("not-available" if special == "NaN" else "invalid")
+    return tuple(names)
+
+
+def metric_of(obs: Observation, mds: MdsInfo, utc_offset: timedelta, received_at: datetime,
+              read_at: datetime | None) -> Metric | None:
+    """A Metric, or None for what the neutral model cannot hold yet (enumerations, unknown units)."""
+    unit = nom.UNITS.get(obs.unit or -1, (None, None))[1]
+    if obs.type is None or unit is None or (obs.value is None and not obs.components):
+        return None
+    time, digits = metric_time(obs, mds, utc_offset, received_at, read_at)
+    components = tuple(Component(code, n.decimal, unit) for code, n in obs.components if n.decimal is not None)
+    return Metric(code=obs.type, time=time, value=obs.value.decimal if obs.value is not None else None,
+                  unit=unit, time_digits=digits, status=_status(obs), components=components)
+
+
+def readings_of(m: Measurements, patient: PatientRef, utc_offset: timedelta, received_at: datetime,
+                mds_read_at: datetime | None = None) -> list[Reading]:
+    """One Reading per person in the report (most reports have one)."""
+    device = device_of(m.mds)
+    clock = device_clock(m.mds, mds_read_at, utc_offset)
+    by_person: dict[int | None, list[Metric]] = {}
+    for obs in m.observations:
+        metric = metric_of(obs, m.mds, utc_offset, received_at, mds_read_at)
+        if metric is None:
+            log.debug("observation of handle %s (type %s) not mapped to a metric", obs.handle, obs.type)
+            continue
+        by_person.setdefault(obs.person_id, []).append(metric)
+    return [Reading(device, patient, tuple(metrics), clock=clock) for metrics in by_person.values() if metrics]
+
+
+@dataclass
+class ReadingBuilder:
+    """Keeps per-association facts (when the MDS was read) between the events of one manager."""
+
+    patient: PatientRef
+    utc_offset: timedelta
+    mds_read_at: datetime | None = None
+
+    def device_attributes(self, at: datetime) -> None:
+        self.mds_read_at = at
+
+    def readings(self, m: Measurements, received_at: datetime) -> list[Reading]:
+        return readings_of(m, self.patient, self.utc_offset, received_at, self.mds_read_at)

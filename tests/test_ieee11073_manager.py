@@ -1,0 +1,265 @@
+"""The sans-I/O IEEE 11073-20601 manager: states, timeouts, aborts, readings; state-machine fuzzing."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ieee11073_agent import EXPECTED, KINDS, Agent
+from phg.model import PatientRef
+from phg.sources.ieee11073 import nomenclature as nom
+from phg.sources.ieee11073.apdu import (
+    Aare,
+    Abrt,
+    EventReportResult,
+    Get,
+    Prst,
+    Rlre,
+    Rlrq,
+    decode,
+    encode,
+)
+from phg.sources.ieee11073.configs import FileConfigStore, MemoryConfigStore
+from phg.sources.ieee11073.manager import (
+    Aborted,
+    Associated,
+    Configured,
+    DeviceAttributes,
+    Manager,
+    Measurements,
+    Released,
+    State,
+)
+from phg.sources.ieee11073.readings import readings_of
+
+PATIENT = PatientRef("urn:oid:1.2.3.4.5", "pt-11073")
+OFFSET = timedelta(hours=1)
+
+
+def sent(manager: Manager) -> list:
+    data, out = manager.data_to_send(), []
+    while data:
+        size = 4 + int.from_bytes(data[2:4], "big")
+        out.append(decode(data[:size]))
+        data = data[size:]
+    return out
+
+
+def associate(manager: Manager, agent: Agent, now: float = 0.0) -> list:
+    events = manager.receive_data(agent.aarq(), now)
+    (aare, *rest) = sent(manager)
+    if aare.result == 3:
+        events += manager.receive_data(agent.config_report(), now)
+        rest = sent(manager)[1:]
+    (get,) = rest
+    assert isinstance(get.message, Get) and get.message.obj_handle == 0
+    events += manager.receive_data(agent.get_response(get.invoke_id), now)
+    return events
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_each_device_type_gives_the_right_readings(kind):
+    manager, agent = Manager(), Agent(kind)
+    events = associate(manager, agent)
+    assert isinstance(events[0], Associated) and events[0].known_configuration
+    assert isinstance(events[-1], DeviceAttributes) and events[-1].mds.model == agent.kind.model
+    assert manager.state is State.OPERATING
+    invoke, apdu = agent.measurement(2)
+    (m,) = manager.receive_data(apdu, 1.0)
+    assert isinstance(m, Measurements) and m.needs_ack
+    assert manager.data_to_send() == b""  # nothing acknowledged before the readings are durable
+    manager.acknowledge(m)
+    (ack,) = sent(manager)
+    assert ack.invoke_id == invoke and isinstance(ack.message, EventReportResult)
+    received = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)
+    (reading,) = readings_of(m, PATIENT, OFFSET, received, mds_read_at=received)
+    assert reading.device.system_id == agent.kind.system_id
+    assert reading.device.manufacturer == "Emulated Devices Inc" and reading.device.firmware == "2.1.0"
+    assert reading.device.serial == "SN-" + agent.kind.system_id[-4:].lower()
+    assert reading.device.specializations[0].code == nom.code32(8, {0x0190: 4100, 0x02BC: 4103, 0x0320: 4104,
+                                                                   0x05DC: 4111, 0x06A4: 4113}[agent.kind.config_id])
+    got = []
+    for metric in reading.metrics:
+        assert metric.time.utcoffset() == OFFSET and metric.time.replace(tzinfo=None) == datetime(2026, 11, 28, 9, 2)
+        row = (metric.code, None if metric.value is None else str(metric.value), metric.unit)
+        if metric.components:
+            row += (tuple((c.code, str(c.value)) for c in metric.components),)
+        got.append(row)
+    assert got == EXPECTED[kind]
+    assert reading.clock.device_time == datetime(2026, 11, 28, 9, 0, tzinfo=UTC).replace(
+        tzinfo=reading.clock.device_time.tzinfo) and reading.clock.sync == 532224
+    reading.to_json()  # the canonical document can be written
+    assert manager.receive_data(encode(Rlrq(0)), 2.0) == [Released("agent")]
+    assert isinstance(sent(manager)[0], Rlre) and manager.state is State.UNASSOCIATED
+
+
+def test_unknown_configuration_is_learned_and_skipped_next_time(tmp_path):
+    store = FileConfigStore(tmp_path / "configs.json")
+    manager, agent = Manager(store=store), Agent("scale", extended=True)
+    events = associate(manager, agent)
+    assert [type(e) for e in events] == [Associated, Configured, DeviceAttributes]
+    assert not events[0].known_configuration
+    # a fresh manager reading the same store accepts the same agent straight away
+    manager2 = Manager(store=FileConfigStore(tmp_path / "configs.json"))
+    manager2.receive_data(agent.aarq(), 0.0)
+    assert sent(manager2)[0].result == 0
+    # but a different agent with the same configuration id must configure
+    other = Agent("scale", extended=True, system_id="1122334455667788")
+    manager2.receive_data(encode(Rlrq(0)), 0.0)
+    manager2.receive_data(other.aarq(), 0.0)
+    assert [a.result for a in sent(manager2) if isinstance(a, Aare)] == [3]
+
+
+def test_configuration_timeout_aborts():
+    manager, agent = Manager(), Agent("glucose", extended=True)
+    manager.receive_data(agent.aarq(), 0.0)
+    assert manager.state is State.CONFIGURING and manager.deadline == 10.0
+    assert manager.tick(9.9) == []
+    (ev,) = manager.tick(10.0)
+    assert isinstance(ev, Aborted) and "configuration" in ev.reason
+    assert sent(manager)[-1] == Abrt(3) and manager.state is State.UNASSOCIATED
+
+
+def test_get_timeout_aborts_and_reports_are_held_until_the_mds_answers():
+    manager, agent = Manager(), Agent("thermometer")
+    manager.receive_data(agent.aarq(), 0.0)
+    (_, get) = sent(manager)
+    _, report = agent.measurement(0)
+    assert manager.receive_data(report, 0.5) == []  # held: the device's identity is not known yet
+    events = manager.receive_data(agent.get_response(get.invoke_id), 1.0)
+    assert [type(e) for e in events] == [DeviceAttributes, Measurements]
+    manager2 = Manager()
+    manager2.receive_data(agent.aarq(), 0.0)
+    (ev,) = manager2.tick(3.0)
+    assert isinstance(ev, Aborted) and "GET" in ev.reason
+
+
+def test_measurement_before_configuration_aborts():
+    manager, agent = Manager(), Agent("pulse_oximeter", extended=True)
+    manager.receive_data(agent.aarq(), 0.0)
+    (ev,) = manager.receive_data(agent.measurement(0)[1], 0.1)
+    assert isinstance(ev, Aborted) and "before the configuration" in ev.reason
+
+
+def test_unknown_handle_in_a_report_aborts():
+    manager, agent = Manager(), Agent("pulse_oximeter")
+    associate(manager, agent)
+    manager.data_to_send()
+    bad = bytearray(agent.measurement(0)[1])
+    at = bad.index(bytes.fromhex("000a000a"))  # handle 10, 10 bytes
+    bad[at + 1] = 0x0B
+    (ev,) = manager.receive_data(bytes(bad), 0.2)
+    assert isinstance(ev, Aborted) and "object 11" in ev.reason and sent(manager) == [Abrt(0)]
+
+
+def test_garbage_and_truncation_abort():
+    manager = Manager()
+    (ev,) = manager.receive_data(b"HTTP/1.1 200 OK\r\n", 0.0)
+    assert isinstance(ev, Aborted) and "not an APDU" in ev.reason
+    manager = Manager()
+    assert manager.receive_data(Agent("scale").aarq()[:20], 0.0) == []
+    assert manager.deadline == 5.0
+    (ev,) = manager.tick(5.0)
+    assert "incomplete" in ev.reason
+
+
+def test_chunked_input_and_manager_release():
+    manager, agent = Manager(), Agent("blood_pressure")
+    data = agent.aarq()
+    events = []
+    for i in range(len(data)):
+        events += manager.receive_data(data[i:i + 1], 0.0)
+    assert isinstance(events[0], Associated)
+    (_, get) = sent(manager)
+    manager.receive_data(agent.get_response(get.invoke_id), 0.0)
+    manager.release(1.0)
+    assert sent(manager) == [Rlrq(0)] and manager.state is State.DISASSOCIATING
+    assert manager.receive_data(encode(Rlre(0)), 1.5) == [Released("manager")]
+    manager.receive_data(agent.aarq(), 2.0)
+    manager.data_to_send()
+    manager.release(3.0)
+    (ev,) = manager.tick(6.0)
+    assert isinstance(ev, Aborted) and "RLRE" in ev.reason
+
+
+def test_unconfirmed_report_needs_no_ack_and_specials_map_to_status():
+    manager, agent = Manager(), Agent("glucose")
+    associate(manager, agent)
+    manager.data_to_send()
+    import ieee11073_agent as emu
+    from ieee11073_agent import Kind
+
+    nan = Kind(0x06A4, agent.kind.system_id, "x", ((1, bytes.fromhex("07ff")),))
+    emu.KINDS["nan-glucose"] = nan
+    try:
+        _, apdu = Agent("nan-glucose").measurement(0, confirmed=False)
+    finally:
+        del emu.KINDS["nan-glucose"]
+    (m,) = manager.receive_data(apdu, 0.0)
+    assert not m.needs_ack
+    manager.acknowledge(m)
+    assert manager.data_to_send() == b""
+    (r,) = readings_of(m, PATIENT, OFFSET, datetime.now(UTC))
+    assert r.metrics[0].value is None and r.metrics[0].status == ("not-available",)
+
+
+def test_relative_time_is_placed_on_the_gateway_timeline():
+    from phg.sources.ieee11073.manager import MdsInfo, Observation
+    from phg.sources.ieee11073.mder import decode_sfloat
+    from phg.sources.ieee11073.readings import metric_of
+
+    read_at = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    mds = MdsInfo("0102030405060708", time_rel=8000 * 100)
+    obs = Observation(1, 150364, 6048, value=decode_sfloat(0xF170), time=("rel", 8000 * 40))
+    metric = metric_of(obs, mds, OFFSET, read_at, read_at)
+    assert metric.time == read_at - timedelta(seconds=60) and metric.value == Decimal("36.8")
+
+
+# ------------------------------------------------------------------------------------ fuzzing
+
+def _apdus_of(kind: str) -> list[bytes]:
+    agent = Agent(kind, extended=True)
+    return [agent.aarq(), agent.config_report(), agent.get_response(1), agent.measurement(0)[1],
+            agent.measurement(1, confirmed=False)[1], encode(Rlrq(0)), encode(Rlre(0)), encode(Abrt(0)),
+            encode(Prst(7, Get(0, ()))), encode(Aare(0, decode(Agent(kind).aarq()).protocols[0]))]
+
+
+POOL = [a for k in KINDS for a in _apdus_of(k)]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(st.sampled_from(POOL), st.binary(max_size=40),
+                          st.tuples(st.sampled_from(POOL), st.integers(0, 200), st.integers(0, 255)).map(
+                              lambda t: t[0][:t[1] % len(t[0])] + bytes([t[2]]) + t[0][t[1] % len(t[0]) + 1:])),
+                max_size=12),
+       st.lists(st.floats(0, 20), max_size=12))
+def test_fuzz_state_machine(chunks, gaps):
+    manager = Manager()
+    now = 0.0
+    for i, chunk in enumerate(chunks):
+        now += gaps[i] if i < len(gaps) else 0.1
+        for ev in manager.tick(now) + manager.receive_data(chunk, now):
+            if isinstance(ev, Aborted):
+                assert ev.reason
+            if isinstance(ev, Measurements):
+                manager.acknowledge(ev)
+        for apdu in sent(manager):  # whatever the manager says is well formed
+            assert encode(apdu)
+    # never stuck: every waiting state has a deadline, and time resolves it
+    if manager.state not in (State.UNASSOCIATED, State.OPERATING) or manager._buffer:
+        assert manager.deadline is not None
+        manager.tick(manager.deadline + 0.001)
+        manager.tick(now + 1000)
+        assert manager.state in (State.UNASSOCIATED, State.OPERATING)
+    if manager.state is State.OPERATING and manager._get_invoke is not None:
+        manager.tick(now + 1000)
+        assert manager.state is State.UNASSOCIATED
+
+
+def test_memory_store_is_per_agent():
+    store = MemoryConfigStore()
+    assert store.get("A", 0x4000) is None
