@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from joserfc import jws
@@ -11,8 +10,9 @@ from joserfc.jwk import ECKey
 
 from phg.auth.assertion import client_assertion
 from phg.auth.keys import SigningKey
+from shared_vectors import VECTORS as SHARED
 
-VECTORS = Path("/work/shared/vectors/smart")
+VECTORS = SHARED / "smart"
 CLIENT_ID = "https://bili-monitor.example.com"
 TOKEN_URL = "https://authorize.smarthealthit.org/token"
 EXAMPLE_EXP = 1422568860

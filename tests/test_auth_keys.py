@@ -15,8 +15,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from phg.auth.keys import SigningKey, generate_key, jwks, load_key
 from phg.errors import ConfigError
+from shared_vectors import VECTORS as SHARED
 
-VECTORS = Path("/work/shared/vectors/smart")
+VECTORS = SHARED / "smart"
 
 # RFC 7638 section 3.1: the example RSA key and its SHA-256 thumbprint.
 RFC7638_KEY = {

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from pathlib import Path
 from urllib.parse import parse_qs
 
 import httpx
@@ -17,8 +16,9 @@ from phg.auth.discovery import OAUTH_URIS, discover
 from phg.auth.keys import SigningKey
 from phg.auth.smart import JWT_BEARER, SmartBackendAuth
 from phg.errors import AuthError, ConfigError, DiscoveryError, TransientDeliveryError
+from shared_vectors import VECTORS as SHARED
 
-VECTORS = Path("/work/shared/vectors/smart")
+VECTORS = SHARED / "smart"
 BASE = "https://ehr.example.org/fhir"
 TOKEN_URL = "https://auth.example.org/token"
 SCOPE = "system/Patient.cu system/Device.cu system/Observation.c"

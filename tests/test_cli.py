@@ -159,3 +159,13 @@ def test_doctor_checks_the_whole_chain(smart_env, tmp_path):
         assert line in result.stdout
     broken = phg("doctor", env={**smart_env, "PHG_CLIENT_ID": "nobody"})
     assert broken.returncode == 3 and "invalid_client" in broken.stdout
+
+
+def test_render_hl7v2_passes_the_pcd01_checker(tmp_path, reading_files, env):
+    result = phg("render", "--format", "hl7v2", *map(str, reading_files), env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("MSH|") == len(reading_files)  # one message per reading
+    messages = tmp_path / "messages.hl7"
+    messages.write_text(result.stdout)
+    checked = phg("hl7", "check", str(messages), env=env)
+    assert checked.returncode == 0, checked.stdout + checked.stderr

@@ -9,7 +9,6 @@ import re
 from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
-from pathlib import Path
 from urllib.parse import parse_qs
 
 import pytest
@@ -21,8 +20,9 @@ from fhir.resources.R4B.patient import Patient as FhirPatient
 from phg.errors import MappingError
 from phg.fhir import IG_VERSIONS, build_transaction, conditional_identifier, to_json
 from phg.model import DeviceClock, Gateway, parse_reading
+from shared_vectors import VECTORS as SHARED
 
-VECTORS = Path("/work/shared/vectors/phd")
+VECTORS = SHARED / "phd"
 GATEWAY = Gateway(system_id="ECDE3D4E58532D31", serial="0001", firmware="1.2.3")  # NTPv4 (532226)
 PATIENT = {"system": "urn:oid:2.999.1.2.3.4.5.6.7.8.10", "value": "sisansarahId"}
 OXIMETER = {"system_id": "74E8FFFEFF051C00", "bt_address": "00:1C:05:FF:E8:74", "manufacturer": "Nonin"}

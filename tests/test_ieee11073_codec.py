@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -24,10 +23,9 @@ from phg.sources.ieee11073.apdu import (
 from phg.sources.ieee11073.configs import STANDARD, Configuration, standard
 from phg.sources.ieee11073.describe import describe, describe_hex
 from phg.sources.ieee11073.mder import AbsoluteTime, decode_float, decode_sfloat, number
+from shared_vectors import VECTORS
 
-SAMPLES_FILE = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "ieee11073" / "samples.json"
-if not SAMPLES_FILE.exists():  # the shared tree sits next to the repository
-    SAMPLES_FILE = Path("/work/shared/vectors/ieee11073/samples.json")
+SAMPLES_FILE = VECTORS / "ieee11073" / "samples.json"
 SAMPLES = {s["id"]: s for s in json.loads(SAMPLES_FILE.read_text())}
 MALFORMED = [i for i, s in SAMPLES.items() if "decode_error" in s["decoded"] or not s["decoded"].get("length_ok", True)]
 WELL_FORMED = [i for i in SAMPLES if i not in MALFORMED]

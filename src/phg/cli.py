@@ -159,21 +159,28 @@ def read_readings(files: tuple[str, ...]) -> tuple[list, list[str]]:
 
 @main.command()
 @click.argument("files", nargs=-1, required=True)
-@click.option("--format", "fmt", type=click.Choice(["fhir"]), default="fhir", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["fhir", "hl7v2"]), default="fhir", show_default=True)
 @click.option("--ig-version", type=click.Choice(["2.0.0", "1.1.0"]), help="PHD IG version (default: config).")
 @click.pass_obj
 def render(obj: Context, files: tuple[str, ...], fmt: str, ig_version: str | None) -> None:
-    """Print the transaction Bundle that would be sent for FILES (no network, no queue)."""
-    from phg.fhir import build_transaction, to_json
-
+    """Print what would be sent for FILES (no network, no queue): the FHIR transaction Bundle, or
+    the HL7 v2 PCD-01 messages (one per reading; segments one per line here, CR on the wire)."""
     readings, errors = read_readings(files)
     for error in errors:
         click.secho(f"refused: {error}", fg="red", err=True)
     if not readings:
         sys.exit(EXIT_INPUT)
     config = obj.config()
-    bundle = build_transaction(readings, config.gateway, ig_version or config.ig_version).bundle
-    click.echo(json.dumps(json.loads(to_json(bundle)), indent=2))
+    if fmt == "hl7v2":
+        from phg.hl7v2 import render_messages
+
+        messages = render_messages(readings, config.gateway)
+        click.echo("\n\n".join(message.replace("\r", "\n").rstrip("\n") for message in messages))
+    else:
+        from phg.fhir import build_transaction, to_json
+
+        bundle = build_transaction(readings, config.gateway, ig_version or config.ig_version).bundle
+        click.echo(json.dumps(json.loads(to_json(bundle)), indent=2))
     sys.exit(EXIT_INPUT if errors else 0)
 
 

@@ -126,3 +126,56 @@ TIME_SYNC: dict[int, str] = {
     532229: "MDC_TIME_SYNC_BTV1",
     532233: "MDC_TIME_SYNC_GSM",
 }
+
+# ---------------------------------------------------------------- HL7 v2 (IHE PCD-01) codes
+# MDC unit codes (partition 4, 32-bit) for the UCUM units above, as OBX-6 carries them
+# (../shared/vectors/phd/code_map.json "units_mdc_to_ucum"): UCUM -> (MDC code, MDC reference id).
+UNITS_MDC: dict[str, tuple[int, str]] = {
+    "mg/dL": (264274, "MDC_DIM_MILLI_G_PER_DL"),
+    "mmol/L": (266866, "MDC_DIM_MILLI_MOLE_PER_L"),
+    "mm[Hg]": (266016, "MDC_DIM_MMHG"),
+    "kPa": (265987, "MDC_DIM_KILO_PASCAL"),
+    "/min": (264864, "MDC_DIM_BEAT_PER_MIN"),
+    "%": (262688, "MDC_DIM_PERCENT"),
+    "kg": (263875, "MDC_DIM_KILO_G"),
+    "[lb_av]": (263904, "MDC_DIM_LB"),
+    "cm": (263441, "MDC_DIM_CENTI_M"),
+    "[in_i]": (263520, "MDC_DIM_INCH"),
+    "kg/m2": (264096, "MDC_DIM_KG_PER_M_SQ"),
+    "Cel": (268192, "MDC_DIM_DEGC"),
+    "[degF]": (266560, "MDC_DIM_FAHR"),
+}
+MDC_MOC_VMS_MDS_SIMP_REF = "MDC_MOC_VMS_MDS_SIMP"
+
+# ---------------------------------------------------------------- Bluetooth SIG health profiles (phg.sources.ble.gatt)
+# Rows the BLE decoders produce beyond those above. Terms from ../shared/vectors/phd/code_map.json and the
+# IEEE 11073-10417/-10408 nomenclature headers (glucose sample types; thermometer sites, MDC_PART_SCADA).
+# Site temperatures keep the vital-signs LOINC 8310-5 (FHIR bodytemp requires it whatever the site).
+MEASUREMENTS.update({
+    m.code: m
+    for m in (
+        Measurement(188748, "MDC_BODY_FAT", "Body fat", ("%",)),
+        Measurement(160192, "MDC_CONC_GLU_VENOUS_WHOLEBLOOD", "Glucose, venous whole blood", ("mg/dL", "mmol/L")),
+        Measurement(160196, "MDC_CONC_GLU_VENOUS_PLASMA", "Glucose, venous plasma", ("mg/dL", "mmol/L")),
+        Measurement(160200, "MDC_CONC_GLU_ARTERIAL_WHOLEBLOOD", "Glucose, arterial whole blood", ("mg/dL", "mmol/L")),
+        Measurement(160204, "MDC_CONC_GLU_ARTERIAL_PLASMA", "Glucose, arterial plasma", ("mg/dL", "mmol/L")),
+        Measurement(160208, "MDC_CONC_GLU_CONTROL", "Glucose, control solution", ("mg/dL", "mmol/L")),
+        Measurement(160212, "MDC_CONC_GLU_ISF", "Glucose, interstitial fluid", ("mg/dL", "mmol/L")),
+        Measurement(160364, "MDC_CONC_GLU_UNDETERMINED_WHOLEBLOOD", "Glucose, undetermined whole blood",
+                    ("mg/dL", "mmol/L")),
+        Measurement(160368, "MDC_CONC_GLU_UNDETERMINED_PLASMA", "Glucose, undetermined plasma", ("mg/dL", "mmol/L")),
+        Measurement(188420, "MDC_TEMP_RECT", "Rectal temperature", ("Cel", "[degF]"), "8310-5"),
+        Measurement(188424, "MDC_TEMP_ORAL", "Oral temperature", ("Cel", "[degF]"), "8310-5"),
+        Measurement(188428, "MDC_TEMP_EAR", "Ear temperature", ("Cel", "[degF]"), "8310-5"),
+        Measurement(188432, "MDC_TEMP_FINGER", "Finger temperature", ("Cel", "[degF]"), "8310-5"),
+        Measurement(188448, "MDC_TEMP_TOE", "Toe temperature", ("Cel", "[degF]"), "8310-5"),
+        Measurement(188452, "MDC_TEMP_AXILLA", "Axillary temperature", ("Cel", "[degF]"), "8310-5"),
+        Measurement(188456, "MDC_TEMP_GIT", "Gastro-intestinal tract temperature", ("Cel", "[degF]"), "8310-5"),
+        Measurement(150392, "MDC_TEMP_TYMP", "Tympanic temperature", ("Cel", "[degF]"), "8310-5"),
+    )
+})
+# Device/sensor status BITs attributes (ASN1ToHL7 <code>.<bit>; code_map.json "status_bits_ASN1ToHL7").
+MDC_PULS_OXIM_DEV_STATUS = 150604
+MDC_BPM_DEV_STATUS = 8410608  # MDC_BLOOD_PRESSURE_MEASUREMENT_STATUS
+MDC_GLU_METER_DEV_STATUS = 8417752
+MDC_CGM_DEV_STATUS = 8418060

@@ -609,3 +609,31 @@ def smart_stack(
             )
         )
         yield SmartStack(server, oauth, gate)
+
+
+# ---------------------------------------------------------------------------------------------- HL7 v2 receiver
+
+
+class Hl7Receiver(_NodePeer):
+    """An MLLP receiver on @medplum/hl7 4.5.2 (peers/hl7-receiver.mjs) bound to 127.0.0.1: answers every
+    message with Medplum's buildAck (``ack_code``, AA by default). ``received()`` lists the MSH-10 of
+    every message it got, in order."""
+
+    name = "hl7-receiver"
+    script = "hl7-receiver.mjs"
+
+    def __init__(self, ack_code: str = "AA", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.ack_code = ack_code
+
+    def _received_file(self) -> Path:
+        assert self.workdir is not None
+        return self.workdir / "received.txt"
+
+    def _command(self) -> tuple[list[str], dict[str, str]]:
+        return self._node_command("--port", "0", "--received", str(self._received_file()),
+                                  "--ack-code", self.ack_code), {}
+
+    def received(self) -> list[str]:
+        path = self._received_file()
+        return path.read_text().split() if path.exists() else []

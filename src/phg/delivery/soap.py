@@ -1,0 +1,208 @@
+"""PCD-01 over the Continua WAN / IHE DEC web-service binding (SOAP 1.2, document/literal).
+
+WSDL: oehf/ipf commons/ihe/hl7v2ws/src/main/resources/wsdl/pcd01/pcd01.wsdl (+ DeviceObservationConsumer.xsd):
+namespace urn:ihe:pcd:dec:2010, operation CommunicatePCDData, WS-Addressing Action
+urn:ihe:pcd:2010:CommunicatePCDData; request body <CommunicatePCDData> = the ER7 message as a string,
+response <CommunicatePCDDataResponse> = the ACK as a string. ER7 segment separators are CRs, which XML
+would normalise to LF unless written as &#13; (lxml does), and the ACK parser accepts either.
+
+Security: TLS (mutual TLS optional, as for MLLP), and an optional WS-Security 1.0 header (OASIS WSS
+SOAP Message Security) with a wsu:Timestamp and either a configured SAML assertion (Continua: SAML token
+profile; the assertion is issued elsewhere and given as XML) or a UsernameToken (PasswordText; TLS
+protects it). Answers: the ACK is classified like MLLP; a SOAP Fault from the Sender side is a rejection
+of this message (dead), except a WS-Security failure (wsse:FailedAuthentication, InvalidSecurity,
+InvalidSecurityToken, FailedCheck, SecurityTokenUnavailable, or HTTP 401/403), which is an AuthError;
+a Receiver fault, 5xx without a Fault or a connection error is transient (retried).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+from lxml import etree
+
+from phg.delivery.mllp import send_each, tls_context
+from phg.delivery.outcome import Outcome, Rejected, Retry
+from phg.errors import AuthError, ConfigError, TransientDeliveryError
+from phg.hl7v2.ack import UNBOUNDED, AckError, outcome, parse_ack
+from phg.hl7v2.pcd01 import render_batch
+from phg.model import Gateway, Reading
+from phg.transport import TRANSIENT_STATUSES, require_secure_url, retry_after
+
+SOAP12 = "http://www.w3.org/2003/05/soap-envelope"
+WSA = "http://www.w3.org/2005/08/addressing"
+WSSE = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd"
+WSU = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-utility-1.0.xsd"
+PASSWORD_TEXT = ("http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-username-token-profile-1.0"
+                 "#PasswordText")
+PCD_NS = "urn:ihe:pcd:dec:2010"
+ACTION = "urn:ihe:pcd:2010:CommunicatePCDData"
+RESPONSE_ACTION = "urn:ihe:pcd:2010:CommunicatePCDDataResponse"
+ANONYMOUS = "http://www.w3.org/2005/08/addressing/anonymous"
+WSSE_FAULTS = frozenset({"FailedAuthentication", "InvalidSecurity", "InvalidSecurityToken", "FailedCheck",
+                         "SecurityTokenUnavailable", "UnsupportedSecurityToken"})
+
+# No DTDs, no entities, no network: the answer comes from outside.
+_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False,
+                          remove_blank_text=True)
+
+
+def _q(ns: str, name: str) -> str:
+    return f"{{{ns}}}{name}"
+
+
+def envelope(message: str, *, to: str, message_id: str, security: etree._Element | None = None) -> bytes:
+    """The SOAP 1.2 request: WS-Addressing headers, optional wsse:Security, the ER7 in the body."""
+    env = etree.Element(_q(SOAP12, "Envelope"), nsmap={"env": SOAP12, "wsa": WSA})
+    header = etree.SubElement(env, _q(SOAP12, "Header"))
+    etree.SubElement(header, _q(WSA, "Action")).text = ACTION
+    etree.SubElement(header, _q(WSA, "MessageID")).text = message_id
+    reply_to = etree.SubElement(header, _q(WSA, "ReplyTo"))
+    etree.SubElement(reply_to, _q(WSA, "Address")).text = ANONYMOUS
+    etree.SubElement(header, _q(WSA, "To")).text = to
+    if security is not None:
+        header.append(security)
+    body = etree.SubElement(env, _q(SOAP12, "Body"))
+    etree.SubElement(body, _q(PCD_NS, "CommunicatePCDData"), nsmap={"pcd": PCD_NS}).text = message
+    return etree.tostring(env, xml_declaration=True, encoding="utf-8")
+
+
+def security_header(*, saml_assertion: str | None = None, username: str | None = None, password: str | None = None,
+                    now: datetime | None = None, ttl: float = 300.0) -> etree._Element:
+    """wsse:Security (mustUnderstand) with a wsu:Timestamp and a SAML assertion or a UsernameToken."""
+    now = now or datetime.now(UTC)
+    security = etree.Element(_q(WSSE, "Security"), nsmap={"wsse": WSSE, "wsu": WSU})
+    security.set(_q(SOAP12, "mustUnderstand"), "true")
+    stamp = etree.SubElement(security, _q(WSU, "Timestamp"))
+    stamp.set(_q(WSU, "Id"), f"TS-{uuid.uuid4().hex}")
+    etree.SubElement(stamp, _q(WSU, "Created")).text = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    etree.SubElement(stamp, _q(WSU, "Expires")).text = (now + timedelta(seconds=ttl)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if saml_assertion is not None:
+        try:
+            security.append(etree.fromstring(saml_assertion.encode("utf-8"), _PARSER))
+        except etree.XMLSyntaxError as exc:
+            raise ConfigError(f"the configured SAML assertion is not XML: {exc}") from None
+    elif username is not None:
+        token = etree.SubElement(security, _q(WSSE, "UsernameToken"))
+        token.set(_q(WSU, "Id"), f"UT-{uuid.uuid4().hex}")
+        etree.SubElement(token, _q(WSSE, "Username")).text = username
+        pw = etree.SubElement(token, _q(WSSE, "Password"))
+        pw.set("Type", PASSWORD_TEXT)
+        pw.text = password or ""
+    return security
+
+
+class SoapFault(Exception):
+    def __init__(self, code: str, subcodes: list[str], reason: str):
+        super().__init__(f"SOAP fault {code}{'/' + '/'.join(subcodes) if subcodes else ''}: {reason}")
+        self.code = code
+        self.subcodes = subcodes
+        self.reason = reason
+
+
+def read_response(content: bytes) -> str:
+    """The ACK string of a CommunicatePCDDataResponse; SoapFault for a Fault; ValueError otherwise."""
+    try:
+        root = etree.fromstring(content, _PARSER)
+    except etree.XMLSyntaxError as exc:
+        raise ValueError(f"not XML: {exc}") from None
+    if root.tag != _q(SOAP12, "Envelope"):
+        raise ValueError(f"not a SOAP 1.2 envelope ({root.tag!s:.80})")
+    body = root.find(_q(SOAP12, "Body"))
+    if body is None or len(body) == 0:
+        raise ValueError("SOAP envelope without a body element")
+    payload = body[0]
+    if payload.tag == _q(SOAP12, "Fault"):
+        def local(text: str | None) -> str:
+            return (text or "").strip().rpartition(":")[2]
+
+        code = local(payload.findtext(f"{_q(SOAP12, 'Code')}/{_q(SOAP12, 'Value')}"))
+        subcodes = [local(v.text) for v in payload.iter(_q(SOAP12, "Value"))][1:]
+        reason = " ".join(t.strip() for t in payload.xpath(".//*[local-name()='Text']/text()"))
+        raise SoapFault(code, subcodes, reason[:500])
+    if etree.QName(payload).localname != "CommunicatePCDDataResponse":
+        raise ValueError(f"unexpected body element {payload.tag!s:.80}")
+    return payload.text or ""
+
+
+class SoapDestination:
+    """The IHE DEC / Continua WAN SOAP 1.2 client: one CommunicatePCDData call per reading."""
+
+    def __init__(self, *, url: str, gateway: Gateway, name: str = "soap", client: httpx.AsyncClient | None = None,
+                 ca_file: str | Path | None = None, client_cert: str | Path | None = None,
+                 client_key: str | Path | None = None, timeout: float = 30.0, ae_retries: int = 3,
+                 saml_assertion: str | Path | None = None, username: str | None = None, password: str | None = None,
+                 allow_insecure_http: bool = False, receiving_application: str = "", receiving_facility: str = ""):
+        require_secure_url(url, f"destination {name} url", allow_insecure_http=allow_insecure_http)
+        if saml_assertion is not None and username is not None:
+            raise ConfigError(f"destination {name}: give a SAML assertion or a username token, not both")
+        self.name = name
+        self.url = url
+        self.gateway = gateway
+        self.ae_retries = ae_retries
+        if isinstance(saml_assertion, Path):
+            saml_assertion = saml_assertion.read_text(encoding="utf-8")
+        self._saml = saml_assertion
+        self._username = username
+        self._password = password
+        self.receiving_application = receiving_application
+        self.receiving_facility = receiving_facility
+        self._own_client = client is None
+        if client is None:
+            verify: ssl.SSLContext = tls_context(ca_file, client_cert, client_key)
+            client = httpx.AsyncClient(verify=verify, timeout=timeout)
+        self.client = client
+
+    def _security(self) -> etree._Element | None:
+        if self._saml is None and self._username is None:
+            return None
+        return security_header(saml_assertion=self._saml, username=self._username, password=self._password)
+
+    async def send(self, readings: Sequence[Reading]) -> list[Outcome]:
+        rendered = await asyncio.to_thread(render_batch, readings, self.gateway,
+                                           receiving_application=self.receiving_application,
+                                           receiving_facility=self.receiving_facility)
+        self._retry_after: float | None = None
+        try:
+            return await send_each(self.name, self.url, rendered, self.exchange)
+        except TransientDeliveryError as exc:
+            raise TransientDeliveryError(str(exc), retry_after=self._retry_after) from exc
+
+    async def exchange(self, message: str, control_id: str) -> Outcome:
+        body = envelope(message, to=self.url, message_id=f"urn:uuid:{uuid.uuid4()}", security=self._security())
+        try:
+            response = await self.client.post(self.url, content=body, headers={
+                "Content-Type": f'application/soap+xml; charset=utf-8; action="{ACTION}"',
+                "Accept": "application/soap+xml, text/xml"})
+        except httpx.HTTPError as exc:
+            return Retry(f"{self.url}: {exc.__class__.__name__}: {exc} (no ACK for {control_id})", UNBOUNDED)
+        if response.status_code in (401, 403):
+            raise AuthError(f"{self.url} answered HTTP {response.status_code} to CommunicatePCDData")
+        try:
+            ack_text = read_response(response.content)
+        except SoapFault as fault:
+            if WSSE_FAULTS & set(fault.subcodes):
+                raise AuthError(f"{self.url}: WS-Security refused: {fault}") from None
+            if fault.code == "Sender":
+                return Rejected(f"{fault} (for {control_id})")
+            return Retry(f"{self.url}: {fault} (for {control_id})", UNBOUNDED)
+        except ValueError as exc:
+            if response.status_code in TRANSIENT_STATUSES:
+                self._retry_after = retry_after(response)
+            return Retry(f"{self.url} answered HTTP {response.status_code} without a SOAP response for {control_id}: "
+                         f"{exc}", UNBOUNDED)
+        try:
+            ack = parse_ack(ack_text)
+        except AckError as exc:
+            return Retry(f"garbled ACK for {control_id} in the SOAP response: {exc}", UNBOUNDED)
+        return outcome(ack, control_id, self.ae_retries)
+
+    async def aclose(self) -> None:
+        if self._own_client:
+            await self.client.aclose()

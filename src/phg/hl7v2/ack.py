@@ -1,0 +1,111 @@
+"""HL7 v2 ACK parsing and classification, as interface engines do it (../shared/docs/pcd01-facts.md).
+
+    AA / CA                      delivered (only when MSA-2 equals the message's MSH-10)
+    AR / CR                      rejected: dead-lettered with the ERR / MSA-3 text
+    AE / CE                      application error: retried `ae_retries` times, then dead
+    no ACK, garbled ACK,         not delivered: retried (transient)
+    MSA-2 != MSH-10
+
+`parse_ack` reads whatever bytes a peer sent and never raises anything but AckError: it is
+written by hand rather than with python-hl7 because only MSH-1/2, MSA and ERR matter here and
+arbitrary garbage must end in one exception type (the fuzz test holds it to that).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from phg.delivery.outcome import Delivered, Outcome, Rejected, Retry
+
+ACK_CODES = frozenset({"AA", "AE", "AR", "CA", "CE", "CR"})
+# Retry() for a transient "not delivered" (no or bad ACK): not bounded by attempts, like any
+# transient failure of the FHIR destination; the worker's backoff spaces the attempts.
+UNBOUNDED = 2**31
+
+
+class AckError(ValueError):
+    """The peer's answer is not a usable ACK (garbled, no MSA, unknown code)."""
+
+
+@dataclass(frozen=True)
+class Ack:
+    code: str  # MSA-1
+    control_id: str  # MSA-2: the MSH-10 of the message being acknowledged
+    text: str  # MSA-3 and ERR texts joined, "" when none
+    message_control_id: str = ""  # the ACK's own MSH-10
+
+    @property
+    def accepted(self) -> bool:
+        return self.code in ("AA", "CA")
+
+
+def parse_ack(data: bytes | str) -> Ack:
+    """The MSA (and ERR) of an ACK message; AckError when there is none to read."""
+    try:
+        text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else str(data)
+    except Exception as exc:  # pragma: no cover - decode with errors=replace does not raise
+        raise AckError(f"undecodable: {exc}") from None
+    segments = [s for s in text.replace("\r\n", "\r").replace("\n", "\r").split("\r") if s.strip()]
+    if not segments or not segments[0].startswith("MSH") or len(segments[0]) < 8:
+        raise AckError("answer does not start with an MSH segment")
+    msh = segments[0]
+    field_sep, component_sep = msh[3], msh[4]
+    if field_sep.isalnum() or component_sep.isalnum() or field_sep == component_sep:
+        raise AckError("MSH delimiters are not valid")
+    msh_fields = msh.split(field_sep)
+    own_id = msh_fields[9] if len(msh_fields) > 9 else ""  # fields[n - 1] is MSH-n (MSH-1 is the separator)
+    msa = None
+    errors = []
+    for segment in segments[1:]:
+        fields = segment.split(field_sep)
+        if fields[0] == "MSA" and msa is None:
+            msa = fields
+        elif fields[0] == "ERR":
+            errors.append(_err_text(fields, component_sep))
+    if msa is None:
+        raise AckError("no MSA segment")
+    code = msa[1].strip().upper() if len(msa) > 1 else ""
+    if code not in ACK_CODES:
+        raise AckError(f"MSA-1 {code[:10]!r} is not an acknowledgment code")
+    control = msa[2].strip() if len(msa) > 2 else ""
+    texts = [msa[3].strip()] if len(msa) > 3 and msa[3].strip() else []
+    texts += [e for e in errors if e]
+    return Ack(code, control, "; ".join(texts)[:1000], own_id)
+
+
+def _err_text(fields: list[str], component_sep: str) -> str:
+    """ERR-8 user message, else ERR-3 (HL7 error code: code^text), else ERR-1 (v2.4 style); with ERR-2."""
+    def get(n: int) -> str:
+        return fields[n].strip() if len(fields) > n else ""
+
+    code = get(3).split(component_sep)
+    text = get(8) or (code[1] if len(code) > 1 and code[1] else code[0]) or get(1).replace(component_sep, " ").strip()
+    location = get(2).replace(component_sep, ".").strip(".")
+    return f"{text} (at {location})" if text and location else text
+
+
+def classify(answer: bytes | str | None, control_id: str, ae_retries: int = 3) -> Outcome:
+    """The outcome of one message from the peer's answer (None: no answer at all)."""
+    if answer is None:
+        return Retry(f"no ACK for {control_id}", UNBOUNDED)
+    try:
+        ack = parse_ack(answer)
+    except AckError as exc:
+        return Retry(f"garbled ACK for {control_id}: {exc}", UNBOUNDED)
+    return outcome(ack, control_id, ae_retries)
+
+
+def outcome(ack: Ack, control_id: str, ae_retries: int = 3) -> Outcome:
+    if ack.control_id != control_id:
+        return Retry(f"ACK MSA-2 {ack.control_id[:40]!r} does not match MSH-10 {control_id}", UNBOUNDED)
+    if ack.accepted:
+        return Delivered(f"{ack.code} {control_id}")
+    reason = f"{ack.code} for {control_id}: {ack.text or 'no error text'}"
+    if ack.code in ("AR", "CR"):
+        return Rejected(reason)
+    return Retry(reason, 1 + max(0, ae_retries))
+
+
+def is_transient(result: Outcome) -> bool:
+    """A 'not delivered' outcome (no ACK, garbled, wrong MSA-2): the link, not the content, failed."""
+    return isinstance(result, Retry) and result.max_attempts == UNBOUNDED
