@@ -1,0 +1,533 @@
+"""Emulated Bluetooth LE health devices: Bumble peripherals on a virtual link.
+
+They power `phg demo`, `phg simulate`, `phg ble ... --emulated` and the tests: the gateway's real
+Bluetooth session (bleak's public API) talks to them through the Bumble backend
+(phg.sources.ble.bumble_backend) exactly as it would to hardware.
+
+Each device has Device Information (0x180A: manufacturer, model, serial, firmware, System ID) and
+Current Time (0x1805, 0x2A2B read), and its health service:
+
+- GlucoseMeter: Glucose Service 0x1808 with stored records and the Record Access Control Point
+  (GLS 1.0.1: 0x2A18 notify, 0x2A34 notify, 0x2A51 read, RACP 0x2A52 write + indicate). Records
+  stream as notifications, then the RACP indication 06 00 01 01. `add_records` stores more later;
+  `drop_after = k` drops the link after the k-th record of the next download; `garbage_after = k`
+  sends one malformed notification after the k-th record.
+- BloodPressureCuff (0x1810, 0x2A35 indicate), Scale (0x181D, 0x2A9D indicate, 0x2A9E read),
+  Thermometer (0x1809, 0x2A1C indicate), PulseOximeter (0x1822, 0x2A5E indicate, 0x2A60 read): they
+  indicate their stored measurements once the gateway enables indications, forget each one the
+  gateway confirmed, and then end the link, as most real devices do.
+
+`bonding=True` makes the readable characteristics and the RACP require an encrypted link, so the
+gateway must pair ("just works" on both sides) and, once bonded, re-encrypt on every connection.
+
+The payloads are ENCODED here (the test side of the formats in shared/vectors/gatt/FORMATS.md);
+the gateway's decoders live in phg.sources.ble.gatt and share no code with these encoders.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from bumble import gatt, hci, pairing
+from bumble.controller import Controller
+from bumble.core import AdvertisingData
+from bumble.device import Connection, Device
+from bumble.host import Host
+from bumble.link import LocalLink
+from bumble.transport.common import AsyncPipeSink
+
+from phg.sources.ble.bumble_backend import BumbleBackend, bumble_backend
+
+logger = logging.getLogger(__name__)
+
+ADVERTISING_INTERVAL_MS = 20  # fast discovery on the virtual link (Bumble's default of 1 s adds ~2 s per scan)
+
+# ------------------------------------------------------------------------------------------ encoders
+
+
+def _mantissa_exponent(value: Decimal) -> tuple[int, int]:
+    sign, digits, exponent = value.as_tuple()
+    mantissa = int("".join(map(str, digits)) or "0")
+    return (-mantissa if sign else mantissa), int(exponent)
+
+
+def sfloat(value: Decimal) -> bytes:
+    """IEEE 11073-20601 16-bit SFLOAT keeping the Decimal's precision (12-bit mantissa, 4-bit exponent)."""
+    mantissa, exponent = _mantissa_exponent(value)
+    if not (-2046 < mantissa < 2046 and -8 <= exponent <= 7):  # +-2046..2048 are the special values
+        raise ValueError(f"{value} does not fit an SFLOAT")
+    return struct.pack("<H", ((exponent & 0xF) << 12) | (mantissa & 0xFFF))
+
+
+def float32(value: Decimal) -> bytes:
+    """IEEE 11073-20601 32-bit FLOAT (24-bit mantissa, 8-bit exponent)."""
+    mantissa, exponent = _mantissa_exponent(value)
+    if not (abs(mantissa) < 2**23 - 2 and -128 <= exponent <= 127):  # the rest are special values
+        raise ValueError(f"{value} does not fit a FLOAT")
+    return struct.pack("<I", ((exponent & 0xFF) << 24) | (mantissa & 0xFFFFFF))
+
+
+def date_time(t: datetime) -> bytes:
+    """Date Time (0x2A08): year u16, month, day, hours, minutes, seconds."""
+    return struct.pack("<HBBBBB", t.year, t.month, t.day, t.hour, t.minute, t.second)
+
+
+def current_time(t: datetime) -> bytes:
+    """Current Time (0x2A2B): Exact Time 256 (Date Time, day of week 1 = Monday, 1/256 s) + adjust reason."""
+    return date_time(t) + bytes([t.isoweekday(), t.microsecond * 256 // 1_000_000, 0])
+
+
+def system_id(eui64: str) -> bytes:
+    """System ID (0x2A23): the EUI-64's 40-bit manufacturer identifier then its 24-bit OUI, both little-endian,
+    i.e. the EUI-64 (OUI first) byte-reversed."""
+    return bytes.fromhex(eui64)[::-1]
+
+
+# ------------------------------------------------------------------------------------- measurements
+
+
+@dataclass(frozen=True)
+class GlucoseRecord:
+    """One stored glucose record. `time` is the meter's local wall-clock time (naive)."""
+
+    seq: int
+    time: datetime
+    value: Decimal
+    unit: str = "mg/dL"  # or "mmol/L"
+    type: int = 1  # capillary whole blood
+    location: int = 1  # finger
+    status: int = 0  # sensor status annunciation bits, sent when non-zero
+    time_offset: int = 0  # minutes, sent when non-zero
+    meal: int | None = None  # context: 1 preprandial, 2 postprandial, 3 fasting, ...
+
+
+def glucose_measurement(r: GlucoseRecord) -> bytes:
+    flags = 0x02 | (0x04 if r.unit == "mmol/L" else 0) | (0x01 if r.time_offset else 0)
+    flags |= (0x08 if r.status else 0) | (0x10 if r.meal is not None else 0)
+    out = struct.pack("<BH", flags, r.seq) + date_time(r.time)
+    if r.time_offset:
+        out += struct.pack("<h", r.time_offset)
+    si = r.value.scaleb(-5) if r.unit == "mg/dL" else r.value.scaleb(-3)  # kg/L or mol/L
+    out += sfloat(si) + bytes([(r.location << 4) | r.type])
+    if r.status:
+        out += struct.pack("<H", r.status)
+    return out
+
+
+def glucose_context(r: GlucoseRecord) -> bytes:
+    return struct.pack("<BHB", 0x02, r.seq, r.meal or 0)
+
+
+@dataclass(frozen=True)
+class BloodPressure:
+    time: datetime
+    systolic: Decimal
+    diastolic: Decimal
+    mean: Decimal
+    pulse: Decimal | None = None
+    status: int = 0
+
+
+def blood_pressure_measurement(m: BloodPressure) -> bytes:
+    flags = 0x02 | (0x04 if m.pulse is not None else 0) | (0x10 if m.status else 0)  # mmHg, time stamp
+    out = bytes([flags]) + sfloat(m.systolic) + sfloat(m.diastolic) + sfloat(m.mean) + date_time(m.time)
+    if m.pulse is not None:
+        out += sfloat(m.pulse)
+    if m.status:
+        out += struct.pack("<H", m.status)
+    return out
+
+
+@dataclass(frozen=True)
+class Weight:
+    time: datetime
+    kg: Decimal  # multiple of 0.005
+    bmi: Decimal | None = None  # multiple of 0.1, sent with height
+    height_m: Decimal | None = None  # multiple of 0.001
+
+
+def weight_measurement(m: Weight) -> bytes:
+    with_bmi = m.bmi is not None and m.height_m is not None
+    out = bytes([0x02 | (0x08 if with_bmi else 0)]) + struct.pack("<H", int(m.kg / Decimal("0.005"))) + date_time(m.time)
+    if with_bmi:
+        out += struct.pack("<HH", int(m.bmi * 10), int(m.height_m * 1000))  # type: ignore[operator]
+    return out
+
+
+@dataclass(frozen=True)
+class Temperature:
+    time: datetime
+    celsius: Decimal
+    site: int | None = 6  # mouth
+
+
+def temperature_measurement(m: Temperature) -> bytes:
+    flags = 0x02 | (0x04 if m.site is not None else 0)  # Celsius, time stamp
+    out = bytes([flags]) + float32(m.celsius) + date_time(m.time)
+    return out + (bytes([m.site]) if m.site is not None else b"")
+
+
+@dataclass(frozen=True)
+class SpotCheck:
+    time: datetime
+    spo2: Decimal
+    pulse: Decimal
+
+
+def spot_check_measurement(m: SpotCheck) -> bytes:
+    return bytes([0x01]) + sfloat(m.spo2) + sfloat(m.pulse) + date_time(m.time)
+
+
+# ---------------------------------------------------------------------------------------- devices
+
+
+@dataclass(frozen=True)
+class DeviceInformation:
+    manufacturer: str = "phg emulator"
+    model: str = "Emulated"
+    serial: str = "EMU-0001"
+    firmware: str = "1.0.0"
+    system_id: str | None = "0A1B2C3D4E5F6001"  # EUI-64, 16 hex digits
+
+
+def _uuid(n: int) -> gatt.UUID:
+    return gatt.UUID.from_16_bits(n)
+
+
+class EmulatedDevice:
+    """A Bumble peripheral with Device Information and Current Time; subclasses add their service."""
+
+    SERVICE = 0
+
+    def __init__(self, address: str, name: str, info: DeviceInformation, *, bonding: bool = False,
+                 clock_skew: timedelta = timedelta(0)) -> None:
+        self.address = address
+        self.name = name
+        self.info = info
+        self.bonding = bonding
+        self.clock_skew = clock_skew
+        self.device: Device | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    # permissions of readable and writable characteristics: encrypted when the device requires bonding
+    @property
+    def _read(self) -> gatt.Attribute.Permissions:
+        p = gatt.Attribute.Permissions
+        return p.READABLE | (p.READ_REQUIRES_ENCRYPTION if self.bonding else p(0))
+
+    @property
+    def _write(self) -> gatt.Attribute.Permissions:
+        p = gatt.Attribute.Permissions
+        return p.WRITEABLE | (p.WRITE_REQUIRES_ENCRYPTION if self.bonding else p(0))
+
+    def now(self) -> datetime:
+        """The device's own local wall clock (the gateway's local time plus the configured skew)."""
+        return datetime.now() + self.clock_skew
+
+    def _readable(self, uuid: int, value: bytes | None = None, read=None) -> gatt.Characteristic:
+        v = gatt.CharacteristicValue(read=read) if read else value
+        return gatt.Characteristic(_uuid(uuid), gatt.Characteristic.Properties.READ, self._read, v)
+
+    def _services(self) -> list[gatt.Service]:
+        info = self.info
+        dis = [self._readable(0x2A29, info.manufacturer.encode()), self._readable(0x2A24, info.model.encode()),
+               self._readable(0x2A25, info.serial.encode()), self._readable(0x2A26, info.firmware.encode())]
+        if info.system_id:
+            dis.append(self._readable(0x2A23, system_id(info.system_id)))
+        cts = self._readable(0x2A2B, read=lambda _c: current_time(self.now()))
+        cts.properties |= gatt.Characteristic.Properties.NOTIFY  # CTS 1.1: Current Time is read + notify
+        return [gatt.Service(_uuid(0x180A), dis), gatt.Service(_uuid(0x1805), [cts]), *self.health_services()]
+
+    def health_services(self) -> list[gatt.Service]:
+        raise NotImplementedError
+
+    async def start(self, link: LocalLink) -> None:
+        """Power on a controller on `link` and advertise (20 ms interval)."""
+        controller = Controller(f"emu-{self.name}", link=link)
+        device = Device(name=self.name, address=hci.Address(self.address), host=Host(controller, AsyncPipeSink(controller)))
+        device.pairing_config_factory = _just_works
+        device.add_services(self._services())
+        await device.power_on()
+        self.device = device
+        ad = AdvertisingData([
+            (AdvertisingData.FLAGS, bytes([0x06])),
+            (AdvertisingData.COMPLETE_LIST_OF_16_BIT_SERVICE_CLASS_UUIDS, struct.pack("<H", self.SERVICE)),
+            (AdvertisingData.COMPLETE_LOCAL_NAME, self.name.encode()),
+        ])
+        await device.start_advertising(advertising_data=bytes(ad), auto_restart=True,
+                                       advertising_interval_min=ADVERTISING_INTERVAL_MS,
+                                       advertising_interval_max=ADVERTISING_INTERVAL_MS)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self.device is not None:
+            await self.device.stop_advertising()
+            for connection in list(self.device.connections.values()):
+                await connection.disconnect()
+            await self.device.power_off()
+
+    def _spawn(self, coro) -> None:
+        """Run `coro` after the current ATT exchange (so a write response goes out before what it triggers)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_log_failure)
+
+    async def bonds(self) -> list[str]:
+        """Addresses of the centrals this device is bonded with."""
+        if self.device is None or self.device.keystore is None:
+            return []
+        return [name for name, _ in await self.device.keystore.get_all()]
+
+
+def _just_works(_connection: Connection) -> pairing.PairingConfig:
+    io = pairing.PairingDelegate.IoCapability.NO_OUTPUT_NO_INPUT
+    return pairing.PairingConfig(sc=True, mitm=False, bonding=True, delegate=pairing.PairingDelegate(io))
+
+
+def _log_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.debug("emulator task ended: %r", task.exception())
+
+
+# RACP (GLS 1.0.1 4.11 / FORMATS.md): op codes, operators, response codes
+REPORT, DELETE, ABORT, REPORT_NUMBER, NUMBER_RESPONSE, RESPONSE = 1, 2, 3, 4, 5, 6
+ALL, LE, GE, RANGE, FIRST, LAST = 1, 2, 3, 4, 5, 6
+SUCCESS, OP_NOT_SUPPORTED, INVALID_OPERATOR, OPERATOR_NOT_SUPPORTED, INVALID_OPERAND, NO_RECORDS = 1, 2, 3, 4, 5, 6
+OPERAND_NOT_SUPPORTED = 9
+
+
+class GlucoseMeter(EmulatedDevice):
+    """Glucose Service with stored records and RACP (see module docstring)."""
+
+    SERVICE = 0x1808
+
+    def __init__(self, address: str = "C0:00:00:00:18:08", name: str = "Emu Glucose",
+                 info: DeviceInformation | None = None, records: list[GlucoseRecord] | None = None, **kwargs) -> None:
+        super().__init__(address, name, info or DeviceInformation(model="Emu Glucose Meter", serial="EMU-GL-1",
+                                                                   system_id="0A1B2C3D4E5F6001"), **kwargs)
+        self.records: list[GlucoseRecord] = list(records or [])
+        self.drop_after: int | None = None  # drop the link after the k-th record of the next download
+        self.garbage_after: int | None = None  # one malformed notification after the k-th record
+        self.sent = 0  # records sent, all downloads together
+
+    def add_records(self, values: list[Decimal], start: datetime | None = None, *, unit: str = "mg/dL",
+                    step: timedelta = timedelta(minutes=30)) -> list[GlucoseRecord]:
+        """Store new records with the next sequence numbers (times `step` apart, ending now by default)."""
+        seq = self.records[-1].seq + 1 if self.records else 1
+        start = start or self.now().replace(microsecond=0) - step * (len(values) - 1)
+        new = [GlucoseRecord(seq + i, start + step * i, v, unit) for i, v in enumerate(values)]
+        self.records += new
+        return new
+
+    def health_services(self) -> list[gatt.Service]:
+        props = gatt.Characteristic.Properties
+        self.measurement = gatt.Characteristic(_uuid(0x2A18), props.NOTIFY, gatt.Attribute.Permissions(0))
+        self.context = gatt.Characteristic(_uuid(0x2A34), props.NOTIFY, gatt.Attribute.Permissions(0))
+        feature = self._readable(0x2A51, struct.pack("<H", 0x0003))  # low battery, sensor malfunction detection
+        self.racp = gatt.Characteristic(_uuid(0x2A52), props.WRITE | props.INDICATE, self._write,
+                                        gatt.CharacteristicValue(write=self._on_racp))
+        return [gatt.Service(_uuid(0x1808), [self.measurement, self.context, feature, self.racp])]
+
+    def _on_racp(self, connection: Connection, value: bytes) -> None:
+        self._spawn(self._racp(connection, bytes(value)))
+
+    async def _respond(self, connection: Connection, request_op: int, code: int) -> None:
+        await self.device.indicate_subscriber(connection, self.racp, bytes([RESPONSE, 0, request_op, code]))  # type: ignore[union-attr]
+
+    def _select(self, operator: int, operand: bytes) -> list[GlucoseRecord] | int:
+        """The records an operator selects, or a RACP response code."""
+        records = self.records
+        if operator == ALL:
+            return list(records)
+        if operator == FIRST:
+            return records[:1]
+        if operator == LAST:
+            return records[-1:]
+        if operator not in (LE, GE, RANGE):
+            return OPERATOR_NOT_SUPPORTED if operator else INVALID_OPERATOR
+        if not operand or operand[0] != 0x01:
+            return OPERAND_NOT_SUPPORTED
+        try:
+            if operator == RANGE:
+                low, high = struct.unpack_from("<HH", operand, 1)
+            else:
+                (bound,) = struct.unpack_from("<H", operand, 1)
+                low, high = (bound, 0xFFFF) if operator == GE else (0, bound)
+        except struct.error:
+            return INVALID_OPERAND
+        return [r for r in records if low <= r.seq <= high]
+
+    async def _racp(self, connection: Connection, request: bytes) -> None:
+        device = self.device
+        assert device is not None
+        if len(request) < 2:
+            return await self._respond(connection, request[0] if request else 0, INVALID_OPERATOR)
+        op, operator, operand = request[0], request[1], request[2:]
+        if op == ABORT:
+            return await self._respond(connection, op, SUCCESS)
+        if op not in (REPORT, REPORT_NUMBER):
+            return await self._respond(connection, op, OP_NOT_SUPPORTED)
+        selected = self._select(operator, operand)
+        if isinstance(selected, int):
+            return await self._respond(connection, op, selected)
+        if op == REPORT_NUMBER:
+            count = struct.pack("<BBH", NUMBER_RESPONSE, 0, len(selected))
+            return await device.indicate_subscriber(connection, self.racp, count)
+        if not selected:
+            return await self._respond(connection, op, NO_RECORDS)
+        for n, record in enumerate(selected, 1):
+            await device.notify_subscriber(connection, self.measurement, glucose_measurement(record))
+            if record.meal is not None:
+                await device.notify_subscriber(connection, self.context, glucose_context(record))
+            self.sent += 1
+            if self.garbage_after == n:
+                self.garbage_after = None
+                await device.notify_subscriber(connection, self.measurement, b"\x1f\x01")
+            if self.drop_after == n:
+                self.drop_after = None
+                await connection.disconnect()
+                return
+        await self._respond(connection, op, SUCCESS)
+
+
+class _IndicatingDevice(EmulatedDevice):
+    """A device that indicates its stored measurements once the gateway subscribes, then ends the link."""
+
+    MEASUREMENT = 0
+    FEATURES: tuple[tuple[int, bytes], ...] = ()
+
+    def __init__(self, address: str, name: str, info: DeviceInformation, measurements: list | None = None, *,
+                 disconnect_when_done: bool = True, **kwargs) -> None:
+        super().__init__(address, name, info, **kwargs)
+        self.measurements = list(measurements or [])
+        self.disconnect_when_done = disconnect_when_done
+
+    @staticmethod
+    def encode(measurement) -> bytes:
+        raise NotImplementedError
+
+    def health_services(self) -> list[gatt.Service]:
+        self.measurement = gatt.Characteristic(_uuid(self.MEASUREMENT), gatt.Characteristic.Properties.INDICATE,
+                                               gatt.Attribute.Permissions(0))
+        self.measurement.on(self.measurement.EVENT_SUBSCRIPTION, self._on_subscription)
+        chars = [self.measurement] + [self._readable(uuid, value) for uuid, value in self.FEATURES]
+        return [gatt.Service(_uuid(self.SERVICE), chars)]
+
+    def _on_subscription(self, connection: Connection, notify: bool, indicate: bool) -> None:
+        if indicate:
+            self._spawn(self._upload(connection))
+
+    async def _upload(self, connection: Connection) -> None:
+        await asyncio.sleep(0)
+        for m in list(self.measurements):
+            await self.device.indicate_subscriber(connection, self.measurement, self.encode(m))  # type: ignore[union-attr]
+            self.measurements.remove(m)  # confirmed by the gateway: forget it
+        if self.disconnect_when_done:
+            await connection.disconnect()
+
+
+class BloodPressureCuff(_IndicatingDevice):
+    SERVICE, MEASUREMENT = 0x1810, 0x2A35
+    FEATURES = ((0x2A49, struct.pack("<H", 0x0001)),)  # Blood Pressure Feature: body movement detection
+    encode = staticmethod(blood_pressure_measurement)
+
+    def __init__(self, address: str = "C0:00:00:00:18:10", name: str = "Emu BP", info: DeviceInformation | None = None,
+                 measurements: list[BloodPressure] | None = None, **kwargs) -> None:
+        super().__init__(address, name, info or DeviceInformation(model="Emu BP Cuff", serial="EMU-BP-1",
+                                                                  system_id="0A1B2C3D4E5F6002"), measurements, **kwargs)
+
+
+class Scale(_IndicatingDevice):
+    SERVICE, MEASUREMENT = 0x181D, 0x2A9D
+    # Weight Scale Feature: time stamp, BMI, weight resolution 0.005 kg (7 << 3), height resolution 0.001 m (3 << 7)
+    FEATURES = ((0x2A9E, struct.pack("<I", 0x01 | 0x04 | (7 << 3) | (3 << 7))),)
+    encode = staticmethod(weight_measurement)
+
+    def __init__(self, address: str = "C0:00:00:00:18:1D", name: str = "Emu Scale", info: DeviceInformation | None = None,
+                 measurements: list[Weight] | None = None, **kwargs) -> None:
+        super().__init__(address, name, info or DeviceInformation(model="Emu Scale", serial="EMU-WS-1",
+                                                                  system_id="0A1B2C3D4E5F6003"), measurements, **kwargs)
+
+
+class Thermometer(_IndicatingDevice):
+    SERVICE, MEASUREMENT = 0x1809, 0x2A1C
+    encode = staticmethod(temperature_measurement)
+
+    def __init__(self, address: str = "C0:00:00:00:18:09", name: str = "Emu Thermo", info: DeviceInformation | None = None,
+                 measurements: list[Temperature] | None = None, **kwargs) -> None:
+        super().__init__(address, name, info or DeviceInformation(model="Emu Thermometer", serial="EMU-TH-1",
+                                                                  system_id="0A1B2C3D4E5F6004"), measurements, **kwargs)
+
+
+class PulseOximeter(_IndicatingDevice):
+    SERVICE, MEASUREMENT = 0x1822, 0x2A5E
+    FEATURES = ((0x2A60, struct.pack("<H", 0x0000)),)  # PLX Features: no optional fields
+    encode = staticmethod(spot_check_measurement)
+
+    def __init__(self, address: str = "C0:00:00:00:18:22", name: str = "Emu PulseOx", info: DeviceInformation | None = None,
+                 measurements: list[SpotCheck] | None = None, **kwargs) -> None:
+        super().__init__(address, name, info or DeviceInformation(model="Emu Pulse Oximeter", serial="EMU-PO-1",
+                                                                  system_id="0A1B2C3D4E5F6005"), measurements, **kwargs)
+
+
+def demo_devices(now: datetime | None = None) -> list[EmulatedDevice]:
+    """The five emulated devices with a few plausible stored measurements each (local times before `now`)."""
+    now = (now or datetime.now()).replace(second=0, microsecond=0)
+    meter = GlucoseMeter()
+    meter.add_records([Decimal(v) for v in ("98", "132", "117", "105", "141")], now - timedelta(hours=2))
+    return [
+        meter,
+        BloodPressureCuff(measurements=[BloodPressure(now - timedelta(minutes=20), Decimal(128), Decimal(82),
+                                                      Decimal(97), Decimal(71))]),
+        Scale(measurements=[Weight(now - timedelta(minutes=15), Decimal("72.400"), Decimal("24.5"), Decimal("1.720"))]),
+        Thermometer(measurements=[Temperature(now - timedelta(minutes=10), Decimal("36.85"))]),
+        PulseOximeter(measurements=[SpotCheck(now - timedelta(minutes=5), Decimal(97), Decimal(68))]),
+    ]
+
+
+@dataclass
+class EmulatedLink:
+    """A virtual radio: a fresh LocalLink with the emulated devices on it and a Bumble central for the gateway.
+
+    Use inside the running event loop (Bumble controllers must be created there)::
+
+        async with EmulatedLink(demo_devices()) as radio:
+            await session.fetch(radio.devices[0].address, ..., backend=radio.backend)
+    """
+
+    devices: list[EmulatedDevice] = field(default_factory=list)
+    central_address: str = "C0:FE:00:00:00:01"
+    link: LocalLink | None = None
+    central: Device | None = None
+    backend: BumbleBackend | None = None
+
+    async def __aenter__(self) -> EmulatedLink:
+        self.link = LocalLink()
+        for device in self.devices:
+            await device.start(self.link)
+        controller = Controller("gateway", link=self.link)
+        self.central = Device(name="phg", address=hci.Address(self.central_address),
+                              host=Host(controller, AsyncPipeSink(controller)))
+        self.central.pairing_config_factory = _just_works
+        await self.central.power_on()
+        self.backend = bumble_backend(self.central)
+        return self
+
+    async def add(self, device: EmulatedDevice) -> None:
+        """Bring one more device onto the link."""
+        assert self.link is not None
+        await device.start(self.link)
+        self.devices.append(device)
+
+    async def __aexit__(self, *exc_info) -> None:
+        for device in self.devices:
+            await device.stop()
+        if self.central is not None:
+            await self.central.power_off()

@@ -1,0 +1,105 @@
+"""`phg decode ble CHAR HEX`: decode one characteristic value and show what it becomes, as JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import sys
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from enum import Enum
+from typing import Any, NoReturn
+
+import click
+
+from phg.errors import MappingError
+from phg.model import _metric_document
+from phg.sources.ble.gatt.numbers import Bits, DateTime, GattError
+from phg.sources.ble.gatt.readings import to_metrics
+from phg.sources.ble.gatt.registry import lookup
+
+_OFFSET = re.compile(r"^(?:Z|([+-])(\d{2}):?(\d{2}))$")
+
+
+def parse_utc_offset(text: str) -> timedelta:
+    """"+01:00", "-0530", "Z" -> timedelta; ValueError otherwise."""
+    match = _OFFSET.match(text.strip())
+    if not match:
+        raise ValueError(f"{text!r} is not a UTC offset such as +01:00 or -05:30")
+    if text.strip() == "Z":
+        return timedelta(0)
+    sign, hours, minutes = match.groups()
+    if int(hours) > 14 or int(minutes) > 59:
+        raise ValueError(f"{text!r} is not a UTC offset such as +01:00 or -05:30")
+    delta = timedelta(hours=int(hours), minutes=int(minutes))
+    return -delta if sign == "-" else delta
+
+
+def local_offset(wall: datetime) -> timedelta:
+    """This machine's offset at a wall-clock time (its own zone rules, DST included)."""
+    try:
+        return wall.astimezone().utcoffset() or timedelta(0)
+    except (OverflowError, OSError, ValueError):  # far outside what the platform's time functions know
+        return datetime.now().astimezone().utcoffset() or timedelta(0)
+
+
+def jsonable(value: Any) -> Any:
+    """Decoded dataclasses as JSON: Decimals as strings (digits kept), specials by name, bit fields
+    as {"raw", "bits"}, Date Time with its ISO text, bytes as hex."""
+    if isinstance(value, DateTime):
+        return dataclasses.asdict(value) | {"iso": value.iso}
+    if isinstance(value, Bits):
+        return {"raw": value.raw, "bits": list(value.names)}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Decimal):
+        return format(value, "f")  # 1.2E+2 -> "120"; 0.00120 keeps its digits
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, tuple | list):
+        return [jsonable(v) for v in value]
+    return value
+
+
+@click.command("ble")
+@click.argument("characteristic", metavar="CHAR")
+@click.argument("payload", metavar="HEX")
+@click.option("--utc-offset", "utc_offset", metavar="+HH:MM",
+              help="The UTC offset of the device's local clock (default: this machine's zone).")
+def decode_ble(characteristic: str, payload: str, utc_offset: str | None) -> None:
+    """Decode a Bluetooth characteristic value: CHAR is a 16-bit UUID (2A18 or 0x2A18) or the
+    128-bit form, HEX the value as sent (spaces and colons allowed)."""
+    try:
+        char = lookup(characteristic)
+    except KeyError as exc:
+        _fail(str(exc.args[0]))
+    try:
+        data = bytes.fromhex(re.sub(r"[\s:]", "", payload))
+    except ValueError:
+        _fail(f"{payload!r} is not hex")
+    offset: timedelta | Callable[[datetime], timedelta] = local_offset
+    if utc_offset is not None:
+        try:
+            offset = parse_utc_offset(utc_offset)
+        except ValueError as exc:
+            _fail(str(exc))
+    try:
+        decoded = char.decode(data)
+        received = datetime.now(timezone(offset)) if isinstance(offset, timedelta) else datetime.now().astimezone()
+        metrics = to_metrics(decoded, utc_offset=offset, received=received)
+    except (GattError, MappingError) as exc:
+        _fail(str(exc))
+    click.echo(json.dumps({
+        "characteristic": f"0x{char.uuid16:04X} {char.name}",
+        "decoded": jsonable(decoded),
+        "metrics": [_metric_document(m) for m in metrics],
+    }, indent=2, ensure_ascii=False))
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)

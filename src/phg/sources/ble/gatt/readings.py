@@ -1,0 +1,286 @@
+"""Decoded GATT measurements -> model Metrics (MDC code, UCUM unit, Decimal value, zoned time, status).
+
+Codes and units per the PHD IG and the Bluetooth SIG PHD transcoding white paper (BLE devices are
+mapped as if they were IEEE 11073 devices): ../shared/vectors/phd/code_map.json.
+
+Time. The BLE health profiles send local wall-clock time without a zone (GLS, BLS, WSS, BCS, HTS,
+PLXS); the gateway knows the zone, so `utc_offset` is either a fixed offset or a function from the
+device's wall-clock time to the offset then in force (DST-correct for stored records, e.g.
+`offset_in(ZoneInfo("Europe/Berlin"))`). GLS adds its Time Offset (minutes) to the Base Time before the
+offset is attached. A measurement without a usable timestamp takes the time of reception (PHD IG:
+"no device timestamp -> time of reception"); that is the case when:
+  - the profile has no timestamp (PLX Continuous, Heart Rate) or the flag says none was sent;
+  - the Date Time says "unknown" (year, month or day 0, e.g. a cuff whose year was never set);
+  - the PLX device says its clock is not set (flag bit 4).
+CGM records are minute offsets from the CGM Session Start Time (0x2AAA), which carries its own time
+zone and DST; without one the offset given here is used; without a session start there is no time.
+Times have 1 s resolution (Metric.time_digits 0); the time of reception is cut to whole seconds.
+
+Values. SFLOAT/FLOAT digits are kept (Decimal); unit conversions move the exponent, never round
+(0.00120 kg/L -> 120 mg/dL). A special value (NaN, NRes, +/-INF, reserved) or a "measurement
+unsuccessful" gives a Metric without value and with status "invalid" (the model has no slot for the
+special itself). Device and sensor status bits stay on the decoded dataclass (BITs observations are a
+later mapping); profile measurement-status bits (PLXS) become Metric.status names.
+
+Not mapped to Metrics (kept decoded): Glucose Measurement Context (coded values; the model holds
+numbers only), intermediate values (0x2A36 cuff pressure, 0x2A1E temperature), PLX fast/slow averages
+and pulse amplitude index, body composition masses other than weight, BMR and impedance, HR energy
+and RR intervals, CGM trend and quality.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone, tzinfo
+from decimal import Decimal
+
+from phg.errors import MappingError
+from phg.model import Component, Metric
+from phg.sources.ble.gatt.blood_pressure import BloodPressureMeasurement
+from phg.sources.ble.gatt.cgm import CgmMeasurement, CgmSessionStartTime
+from phg.sources.ble.gatt.glucose import GlucoseMeasurement
+from phg.sources.ble.gatt.heart_rate import HeartRateMeasurement
+from phg.sources.ble.gatt.numbers import Bits, DateTime, Number, Special
+from phg.sources.ble.gatt.pulse_oximeter import PlxContinuousMeasurement, PlxSpotCheckMeasurement
+from phg.sources.ble.gatt.thermometer import TemperatureMeasurement, TemperatureType
+from phg.sources.ble.gatt.weight import BodyCompositionMeasurement, WeightMeasurement, WeightScaleFeature
+
+UtcOffset = timedelta | Callable[[datetime], timedelta]
+
+# ---------------------------------------------------------------- tables
+
+# GLS Type -> MDC glucose code (code_map.json; 11073-10417 terms 29112.. in partition 2).
+GLUCOSE_CODES: dict[str, int] = {
+    "capillary whole blood": 160184, "capillary plasma": 160188, "venous whole blood": 160192,
+    "venous plasma": 160196, "arterial whole blood": 160200, "arterial plasma": 160204,
+    "undetermined whole blood": 160364, "undetermined plasma": 160368, "control solution": 160208,
+    "interstitial fluid": 160212,
+}
+# GLS concentration unit -> (UCUM unit, power of ten to move the exponent by).
+GLUCOSE_UNITS: dict[str, tuple[str, int]] = {"kg/L": ("mg/dL", 5), "mol/L": ("mmol/L", 3)}
+CGM_GLUCOSE = 160212  # MDC_CONC_GLU_ISF: a CGM measures interstitial fluid
+
+BP_COMPOUND, BP_SYSTOLIC, BP_DIASTOLIC, BP_MEAN, BP_PULSE = 150020, 150021, 150022, 150023, 149546
+BP_UNITS: dict[str, str] = {"mmHg": "mm[Hg]", "kPa": "kPa"}
+
+BODY_WEIGHT, BODY_HEIGHT, BMI, BODY_FAT = 188736, 188740, 188752, 188748
+MASS_UNITS: dict[str, str] = {"kg": "kg", "lb": "[lb_av]"}
+
+# HTS Temperature Type -> MDC site code (11073-10408; "body" and no type: MDC_TEMP_BODY).
+TEMPERATURE_CODES: dict[str | None, int] = {
+    None: 150364, "body": 150364, "armpit": 188452, "ear": 188428, "finger": 188432, "gastrointestinal tract": 188456,
+    "mouth": 188424, "rectum": 188420, "toe": 188448, "tympanum": 150392,
+}
+
+SPO2, PLX_PULSE, HEART_RATE = 150456, 149530, 147842
+
+# PLXS Measurement Status bit -> IEEE 11073-20601 MeasurementStatus name (mdc.MEASUREMENT_STATUS).
+# "fully qualified data" and "data from measurement storage" have no counterpart and stay decoded only.
+PLX_STATUS: dict[str, str] = {
+    "invalid measurement detected": "invalid", "questionable measurement detected": "questionable",
+    "measurement unavailable": "not-available", "calibration ongoing": "calibration-ongoing",
+    "data for testing": "test-data", "data for demonstration": "demonstration-data", "validated data": "validated-data",
+    "early estimated data": "early-indication", "measurement ongoing": "msmt-ongoing",
+}
+
+
+def offset_in(zone: tzinfo) -> Callable[[datetime], timedelta]:
+    """utc_offset for a zone: the offset in force at each device wall-clock time (fold 0 when ambiguous)."""
+
+    def offset(wall: datetime) -> timedelta:
+        return zone.utcoffset(wall) or timedelta(0)
+
+    return offset
+
+
+# ---------------------------------------------------------------- entry point
+
+
+@dataclass(frozen=True)
+class _Context:
+    utc_offset: UtcOffset
+    received: datetime
+    weight_feature: WeightScaleFeature | None
+    session_start: CgmSessionStartTime | None
+    temperature_type: TemperatureType | None
+
+
+def to_metrics(measurement: object, *, utc_offset: UtcOffset, received: datetime,
+               weight_feature: WeightScaleFeature | None = None, session_start: CgmSessionStartTime | None = None,
+               temperature_type: TemperatureType | None = None) -> list[Metric]:
+    """The Metrics of one decoded measurement. Pure: the same inputs give the same Metrics.
+
+    utc_offset: the gateway's offset, fixed or as a function of the device's wall-clock time.
+    received: when the gateway received the value (timezone-aware); the time of measurements
+    without a usable timestamp (see the module docstring; a Date Time with year, month or day 0 is
+    "unknown" and counts as no timestamp).
+    weight_feature: 0x2A9E, for the scale's resolution (decimals kept); session_start: 0x2AAA, needed
+    for CGM records; temperature_type: 0x2A1D, the site when 0x2A1C does not carry one.
+    A decoded value that is not a measurement (features, RACP, context, intermediate values) gives [].
+    MappingError: a CGM record without a usable session start time."""
+    if received.tzinfo is None or received.utcoffset() is None:
+        raise ValueError("received must be timezone-aware")
+    mapper = _MAPPERS.get(type(measurement))
+    if mapper is None:
+        return []
+    ctx = _Context(utc_offset, received.replace(microsecond=0), weight_feature, session_start, temperature_type)
+    return mapper(measurement, ctx)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _time(ctx: _Context, stamp: DateTime | None, plus: timedelta = timedelta(0)) -> datetime:
+    wall = stamp.naive if stamp is not None else None
+    if wall is None:
+        return ctx.received
+    return _zoned(wall + plus, ctx.utc_offset)
+
+
+def _zoned(wall: datetime, utc_offset: UtcOffset) -> datetime:
+    offset = utc_offset(wall) if callable(utc_offset) else utc_offset
+    return wall.replace(tzinfo=timezone(offset))
+
+
+def _plain(value: Decimal) -> Decimal:
+    """120E+1 -> 1200: FHIR and the reading document want plain decimals; digits are not invented
+    beyond what the exponent already said."""
+    if value.as_tuple().exponent > 0 and value.adjusted() < 28:  # type: ignore[operator]
+        return value.quantize(Decimal(1))
+    return value
+
+
+def _number(value: Number | None) -> tuple[Decimal | None, tuple[str, ...]]:
+    if value is None or isinstance(value, Special):
+        return None, ("invalid",)
+    return _plain(value), ()
+
+
+def _metric(code: int, value: Number | None, unit: str, time: datetime, status: tuple[str, ...] = ()) -> Metric:
+    number, extra = _number(value)
+    return Metric(code=code, time=time, value=number, unit=unit, time_digits=0, status=_ordered(status + extra))
+
+
+def _ordered(names: tuple[str, ...]) -> tuple[str, ...]:
+    from phg.mdc import MEASUREMENT_STATUS
+
+    return tuple(name for name in MEASUREMENT_STATUS if name in names)
+
+
+def _plx_status(bits: Bits | None) -> tuple[str, ...]:
+    return tuple(PLX_STATUS[name] for name in bits.names if name in PLX_STATUS) if bits else ()
+
+
+def _quantize(value: Decimal | None, step: Decimal | None) -> Decimal | None:
+    if value is None or step is None:
+        return value
+    return value.quantize(Decimal(1).scaleb(step.as_tuple().exponent))  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- per profile
+
+
+def _glucose(m: GlucoseMeasurement, ctx: _Context) -> list[Metric]:
+    if m.concentration is None or m.type is None or m.concentration_unit is None:
+        return []
+    unit, shift = GLUCOSE_UNITS[m.concentration_unit]
+    value = m.concentration.scaleb(shift) if isinstance(m.concentration, Decimal) else m.concentration
+    time = _time(ctx, m.base_time, timedelta(minutes=m.time_offset_min or 0))
+    return [_metric(GLUCOSE_CODES[m.type], value, unit, time)]
+
+
+def _blood_pressure(m: BloodPressureMeasurement, ctx: _Context) -> list[Metric]:
+    if m.intermediate:
+        return []
+    unit = BP_UNITS[m.unit]
+    time = _time(ctx, m.timestamp)
+    if isinstance(m.systolic, Decimal) and isinstance(m.diastolic, Decimal):
+        parts = [(BP_SYSTOLIC, m.systolic), (BP_DIASTOLIC, m.diastolic)]
+        if isinstance(m.mean_arterial_pressure, Decimal):  # MAP is often NaN: the compound goes without it
+            parts.append((BP_MEAN, m.mean_arterial_pressure))
+        metrics = [Metric(code=BP_COMPOUND, time=time, unit=unit, components=tuple(
+            Component(code, _plain(value), unit) for code, value in parts))]
+    else:
+        metrics = [Metric(code=BP_COMPOUND, time=time, unit=unit, status=("invalid",))]
+    if m.pulse_rate is not None:
+        metrics.append(_metric(BP_PULSE, m.pulse_rate, "/min", time))
+    return metrics
+
+
+def _weight(m: WeightMeasurement, ctx: _Context) -> list[Metric]:
+    time = _time(ctx, m.timestamp)
+    feature = ctx.weight_feature
+    imperial = m.weight_unit == "lb"
+    step = (feature.weight_step_lb if imperial else feature.weight_step_kg) if feature else None
+    metrics = [_metric(BODY_WEIGHT, _quantize(m.weight, step), MASS_UNITS[m.weight_unit], time)]
+    if m.height is not None:
+        metrics.append(_height(m.height, imperial, feature, time))
+    if m.bmi is not None:
+        metrics.append(_metric(BMI, m.bmi, "kg/m2", time))
+    return metrics
+
+
+def _height(height: Decimal, imperial: bool, feature: WeightScaleFeature | None, time: datetime) -> Metric:
+    if imperial:
+        return _metric(BODY_HEIGHT, _quantize(height, feature.height_step_in if feature else None), "[in_i]", time)
+    step = feature.height_step_m.scaleb(2) if feature and feature.height_step_m else None
+    return _metric(BODY_HEIGHT, _quantize(height.scaleb(2), step), "cm", time)  # m -> cm by the exponent
+
+
+def _body_composition(m: BodyCompositionMeasurement, ctx: _Context) -> list[Metric]:
+    time = _time(ctx, m.timestamp)
+    imperial = m.mass_unit == "lb"
+    metrics = [_metric(BODY_FAT, m.body_fat_pct, "%", time)]
+    if m.weight is not None:
+        metrics.append(_metric(BODY_WEIGHT, m.weight, MASS_UNITS[m.mass_unit], time))
+    if m.height is not None:
+        metrics.append(_height(m.height, imperial, None, time))
+    return metrics
+
+
+def _temperature(m: TemperatureMeasurement, ctx: _Context) -> list[Metric]:
+    if m.intermediate:
+        return []
+    site = m.temperature_type or (ctx.temperature_type.temperature_type if ctx.temperature_type else None)
+    return [_metric(TEMPERATURE_CODES[site], m.temperature, m.unit, _time(ctx, m.timestamp))]
+
+
+def _plx_spot_check(m: PlxSpotCheckMeasurement, ctx: _Context) -> list[Metric]:
+    time = ctx.received if m.device_clock_not_set else _time(ctx, m.timestamp)
+    status = _plx_status(m.measurement_status)
+    return [_metric(SPO2, m.spo2_pct, "%", time, status), _metric(PLX_PULSE, m.pulse_rate_bpm, "/min", time, status)]
+
+
+def _plx_continuous(m: PlxContinuousMeasurement, ctx: _Context) -> list[Metric]:
+    status = _plx_status(m.measurement_status)
+    return [_metric(SPO2, m.spo2_pct, "%", ctx.received, status),
+            _metric(PLX_PULSE, m.pulse_rate_bpm, "/min", ctx.received, status)]
+
+
+def _heart_rate(m: HeartRateMeasurement, ctx: _Context) -> list[Metric]:
+    return [_metric(HEART_RATE, Decimal(m.heart_rate_bpm), "/min", ctx.received)]
+
+
+def _cgm(m: CgmMeasurement, ctx: _Context) -> list[Metric]:
+    session = ctx.session_start
+    start = session.start.naive if session else None
+    if session is None or start is None:
+        raise MappingError("0x2AA7 CGM Measurement: record times are offsets from the CGM Session Start Time "
+                           "(0x2AAA); read it first (it is missing or its date is unknown)")
+    offset: UtcOffset = session.utc_offset if session.utc_offset is not None else ctx.utc_offset
+    return [_metric(CGM_GLUCOSE, r.glucose, "mg/dL", _zoned(start + timedelta(minutes=r.time_offset_min), offset))
+            for r in m.records]
+
+
+_MAPPERS: dict[type, Callable[..., list[Metric]]] = {
+    GlucoseMeasurement: _glucose,
+    BloodPressureMeasurement: _blood_pressure,
+    WeightMeasurement: _weight,
+    BodyCompositionMeasurement: _body_composition,
+    TemperatureMeasurement: _temperature,
+    PlxSpotCheckMeasurement: _plx_spot_check,
+    PlxContinuousMeasurement: _plx_continuous,
+    HeartRateMeasurement: _heart_rate,
+    CgmMeasurement: _cgm,
+}

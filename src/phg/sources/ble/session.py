@@ -1,0 +1,434 @@
+"""The gateway's Bluetooth LE session: find a health device, connect (pairing when it demands it),
+read Device Information and Current Time, subscribe to its measurements, fetch what is new, and put
+Readings in the outbox. Only bleak's public API (BleakScanner, BleakClient) is used; `backend`
+selects custom bleak backend classes (tests and demos pass the Bumble backend of
+phg.sources.ble.emulator.EmulatedLink; production uses bleak's platform default).
+
+Nothing lost, nothing doubled. Readings are enqueued as they arrive, in small groups (whatever
+arrived together), each group in one outbox transaction. For a glucose meter the same transaction
+stores the highest sequence number collected (`ble:<address>:glucose_seq`), so the marker is never
+ahead of the readings it covers; the next session asks RACP for "records with sequence number >=
+marker + 1" (GLS 1.0 4.11; all records when no marker is stored). A link lost after record 7 of 20
+leaves records 1..7 durable and the marker at 7, and the next session fetches 8..20. Devices
+without RACP (BLS, WSS, HTS, PLXS) indicate stored measurements on subscription and forget each one
+the stack confirms; bleak (and every OS stack) confirms an indication as soon as our callback has
+queued the value, so only a gateway crash in the milliseconds before the next enqueue could lose one,
+a limit of the Bluetooth API rather than of this code. A malformed notification (the decoder raises
+GattError) is logged without its bytes and skipped; everything else continues.
+
+Times. Bluetooth health measurements carry the device's local wall-clock time without offset; the
+gateway's UTC offset is attached (FORMATS.md "Timestamps"). The device clock read from Current
+Time Service 0x2A2B goes with every reading as a DeviceClock, for the PHD IG coincident time stamp.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+
+from phg.errors import MappingError
+from phg.model import Device, DeviceClock, PatientRef, Reading, Specialization
+from phg.sources.ble.gatt import GattError, decode, to_metrics
+from phg.sources.ble.gatt.glucose import GlucoseMeasurement, RacpMessage, report_all_records, report_records_from
+from phg.sources.ble.gatt.readings import UtcOffset
+
+if TYPE_CHECKING:
+    from bleak import BleakClient
+    from bleak.backends.device import BLEDevice
+
+logger = logging.getLogger(__name__)
+
+
+def uuid16(n: int) -> str:
+    """A Bluetooth SIG 16-bit UUID in bleak's 128-bit lower-case form."""
+    return f"0000{n:04x}-0000-1000-8000-00805f9b34fb"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A Bluetooth health profile: its service, the characteristics to subscribe to (the profile
+    says notify or indicate; the stack uses what the characteristic offers), readable
+    characteristics the decoders need (to_metrics keyword -> UUID), the IEEE 11073 specialization
+    (MDC_DEV_SPEC_PROFILE_*) and the RACP characteristic when stored records are fetched with it."""
+
+    name: str
+    service: int
+    measurements: tuple[int, ...]
+    specialization: int
+    racp: int | None = None
+    reads: tuple[tuple[str, int], ...] = ()
+
+
+PROFILES: tuple[Profile, ...] = (
+    Profile("glucose", 0x1808, (0x2A18, 0x2A34), 528401, racp=0x2A52),
+    Profile("blood_pressure", 0x1810, (0x2A35,), 528391),
+    Profile("scale", 0x181D, (0x2A9D,), 528399, reads=(("weight_feature", 0x2A9E),)),
+    Profile("thermometer", 0x1809, (0x2A1C,), 528392, reads=(("temperature_type", 0x2A1D),)),
+    Profile("pulse_oximeter", 0x1822, (0x2A5E,), 528388),
+)
+HEALTH_SERVICES: tuple[str, ...] = tuple(uuid16(p.service) for p in PROFILES)
+DIS_STRINGS = {"manufacturer": 0x2A29, "model": 0x2A24, "serial": 0x2A25, "firmware": 0x2A26}
+SYSTEM_ID, CURRENT_TIME = 0x2A23, 0x2A2B
+_SECURITY_ERRORS = {0x05, 0x0F}  # ATT Insufficient Authentication / Insufficient Encryption
+
+
+class DeviceNotFound(LookupError):
+    """No device with this address advertised within the scan time."""
+
+
+@dataclass
+class FetchResult:
+    """What one session collected. `complete`: the device said it had sent everything (glucose:
+    RACP success or "no records found"; others: it ended the link or went quiet after its upload).
+    False after a lost link or a failed RACP procedure: the next session resumes."""
+
+    address: str
+    profile: str | None = None
+    readings: int = 0
+    skipped: int = 0  # malformed notifications, logged and skipped
+    last_seq: int | None = None  # glucose: the marker stored after this session
+    complete: bool = False
+
+
+@dataclass
+class BleSettings:
+    """The Bluetooth source's configuration: which devices to collect from (addresses as bleak
+    reports them), whether to accept and pair any health device in range ("pair new devices now"),
+    the patient they belong to, and the scan window."""
+
+    allow: tuple[str, ...]
+    pair_new: bool
+    patient: PatientRef
+    scan_seconds: float = 5.0
+    rest_seconds: float = 5.0  # pause between scan windows
+    retry_seconds: float = 30.0  # no new session with a device sooner than this after the last one
+
+
+def normalise_address(address: str) -> str:
+    """"aa:bb:cc:dd:ee:ff" -> "AA-BB-CC-DD-EE-FF" (the PHD IG form of an EUI-48)."""
+    return address.replace(":", "-").upper()
+
+
+def marker_name(address: str) -> str:
+    """The outbox source-state name of a glucose meter's last collected sequence number."""
+    return f"ble:{address.upper()}:glucose_seq"
+
+
+def local_utc_offset(wall: datetime) -> timedelta:
+    """The gateway's UTC offset in force at a local wall-clock time (the system zone, DST-aware)."""
+    return wall.astimezone().utcoffset() or timedelta(0)
+
+
+def _classes(backend: Any) -> tuple[Any, Any]:
+    """(scanner class, client class) for bleak's `backend=`; None = bleak's platform default."""
+    return (backend.scanner, backend.client) if backend is not None else (None, None)
+
+
+def _zoned(wall: datetime, utc_offset: UtcOffset) -> datetime:
+    return wall.replace(tzinfo=timezone(utc_offset(wall) if callable(utc_offset) else utc_offset))
+
+
+class Collector:
+    """Sans-I/O: characteristic values in (in arrival order), Readings out, one Reading per
+    measurement. `feed` raises GattError/MappingError for a value it cannot use (the caller logs
+    and skips it) and returns True/False when the RACP procedure ended (success or no records /
+    any other response code), None otherwise. Glucose context (0x2A34) is decoded (so a malformed
+    one is reported) but maps to no Metric (see gatt/readings.py)."""
+
+    def __init__(self, device: Device, patient: PatientRef, clock: DeviceClock | None, utc_offset: UtcOffset,
+                 **facts: Any) -> None:
+        self.device = device
+        self.patient = patient
+        self.clock = clock
+        self.utc_offset = utc_offset
+        self.facts = facts  # to_metrics keywords: weight_feature, temperature_type
+        self.readings: list[Reading] = []
+        self.last_seq: int | None = None
+
+    def feed(self, uuid: int, data: bytes) -> bool | None:
+        value = decode(uuid, data)
+        if isinstance(value, RacpMessage):
+            if not value.is_response:
+                return None
+            if value.number_of_records is not None:
+                return None
+            return value.succeeded or value.response_code == "No records found"
+        metrics = to_metrics(value, utc_offset=self.utc_offset, received=datetime.now(UTC), **self.facts)
+        if metrics:
+            self.readings.append(Reading(self.device, self.patient, tuple(metrics), clock=self.clock))
+        if isinstance(value, GlucoseMeasurement):
+            seq = value.sequence_number
+            self.last_seq = seq if self.last_seq is None else max(self.last_seq, seq)
+        return None
+
+    def take(self) -> list[Reading]:
+        """The readings collected since the last call."""
+        readings, self.readings = self.readings, []
+        return readings
+
+
+_LINK_ENDED = object()
+
+
+class _Session:
+    def __init__(self, address: str, outbox, destinations: Sequence[str], patient: PatientRef, *,
+                 pair: bool, idle_timeout: float, utc_offset: UtcOffset) -> None:
+        self.address = address
+        self.outbox = outbox
+        self.destinations = list(destinations)
+        self.patient = patient
+        self.pair = pair
+        self.paired = False
+        self.idle_timeout = idle_timeout
+        self.utc_offset = utc_offset
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.result = FetchResult(address)
+
+    async def _gatt(self, client: BleakClient, operation: Callable, *args, **kwargs):
+        """Run a GATT operation; when the device answers Insufficient Authentication/Encryption,
+        pair (just works, or the OS pairing agent) once and try again. The stack re-encrypts a
+        bonded device on later connections, so this happens once per device."""
+        from bleak.exc import BleakGATTProtocolError
+
+        try:
+            return await operation(*args, **kwargs)
+        except BleakGATTProtocolError as exc:
+            if exc.args[0] not in _SECURITY_ERRORS or self.paired or not self.pair:
+                raise
+        logger.info("BLE %s requires pairing: pairing", self.address)
+        await client.pair()
+        self.paired = True
+        return await operation(*args, **kwargs)
+
+    async def _read(self, client: BleakClient, uuid: int) -> Any:
+        """Read and decode a characteristic; None when absent or malformed (logged)."""
+        char = client.services.get_characteristic(uuid16(uuid))
+        if char is None:
+            return None
+        raw = bytes(await self._gatt(client, client.read_gatt_char, char))
+        try:
+            return decode(uuid, raw)
+        except GattError as exc:
+            logger.warning("BLE %s: unusable 0x%04X ignored: %s", self.address, uuid, exc)
+            return None
+
+    async def _device(self, client: BleakClient, profile: Profile) -> Device:
+        strings = {name: await self._read(client, uuid) for name, uuid in DIS_STRINGS.items()}
+        system_id = await self._read(client, SYSTEM_ID)
+        return Device(
+            system_id=system_id.eui64 if system_id is not None else None,
+            bt_address=normalise_address(self.address),
+            specializations=(Specialization(profile.specialization, 1),),
+            **{name: (s.value or None) if s is not None else None for name, s in strings.items()},
+        )
+
+    async def _clock(self, client: BleakClient) -> DeviceClock | None:
+        """The device clock (CTS 0x2A2B) against ours, for the PHD IG coincident time stamp."""
+        current = await self._read(client, CURRENT_TIME)
+        gateway_time = datetime.now(UTC)
+        if current is None:
+            return None
+        naive = current.date_time.naive
+        if naive is not None:
+            naive = naive.replace(microsecond=current.fractions256 * 1_000_000 // 256)
+        return DeviceClock(gateway_time=gateway_time,
+                           device_time=_zoned(naive, self.utc_offset) if naive is not None else None)
+
+    # ------------------------------------------------------------------ the session
+
+    async def run(self, target: BLEDevice | str, client_class: Any, timeout: float) -> FetchResult:
+        from bleak import BleakClient
+
+        def on_disconnect(_client: BleakClient) -> None:
+            self.queue.put_nowait(_LINK_ENDED)
+
+        async with BleakClient(target, disconnected_callback=on_disconnect, timeout=timeout,
+                               backend=client_class) as client:
+            profile = next((p for p in PROFILES if client.services.get_service(uuid16(p.service))), None)
+            if profile is None:
+                raise LookupError(f"BLE {self.address} offers none of the health services phg knows")
+            self.result.profile = profile.name
+            device = await self._device(client, profile)
+            clock = await self._clock(client)
+            facts = {name: await self._read(client, uuid) for name, uuid in profile.reads}
+            collector = Collector(device, self.patient, clock, self.utc_offset,
+                                  **{k: v for k, v in facts.items() if v is not None})
+            for uuid in profile.measurements:
+                if client.services.get_characteristic(uuid16(uuid)) is not None:
+                    await self._gatt(client, client.start_notify, uuid16(uuid), self._on_value(uuid))
+            marker: int | None = None
+            if profile.racp is not None:
+                await self._gatt(client, client.start_notify, uuid16(profile.racp), self._on_value(profile.racp))
+                stored = await asyncio.to_thread(self.outbox.source_state, marker_name(self.address))
+                marker = self.result.last_seq = int(stored) if stored is not None else None
+                request = report_all_records() if marker is None else report_records_from(marker + 1)
+                logger.info("BLE %s: asking for glucose records after %s", self.address, marker)
+                await self._gatt(client, client.write_gatt_char, uuid16(profile.racp), request, response=True)
+            await self._collect(collector, marker, racp=profile.racp is not None)
+        logger.info("BLE %s %s: %d readings, %d malformed values skipped, %s", self.address, self.result.profile,
+                    self.result.readings, self.result.skipped, "complete" if self.result.complete else "incomplete")
+        return self.result
+
+    def _on_value(self, uuid: int) -> Callable[[Any, bytearray], None]:
+        def callback(_char: Any, data: bytearray) -> None:
+            self.queue.put_nowait((uuid, bytes(data)))
+
+        return callback
+
+    async def _collect(self, collector: Collector, marker: int | None, *, racp: bool) -> None:
+        """Take values as they arrive; enqueue what arrived together in one transaction (with the
+        glucose marker), until the procedure ends, the link ends, or nothing comes for idle_timeout."""
+        ended: bool | None = None  # True/False: RACP outcome; None: still running
+        while ended is None:
+            try:
+                items = [await asyncio.wait_for(self.queue.get(), self.idle_timeout)]
+            except TimeoutError:
+                logger.info("BLE %s: nothing received for %.1f s", self.address, self.idle_timeout)
+                items = [_LINK_ENDED]
+            while not self.queue.empty():
+                items.append(self.queue.get_nowait())
+            for item in items:
+                if item is _LINK_ENDED:
+                    ended = not racp  # a device without RACP ends the link when its upload is done
+                    break
+                uuid, data = item
+                try:
+                    outcome = collector.feed(uuid, data)
+                except (GattError, MappingError) as exc:  # logged without the bytes: no values in logs
+                    self.result.skipped += 1
+                    logger.warning("BLE %s: malformed 0x%04X value skipped: %s", self.address, uuid, exc)
+                    continue
+                if outcome is not None:
+                    ended = outcome
+                    break
+            readings = collector.take()
+            if readings or collector.last_seq != marker:
+                await self._enqueue(readings, collector.last_seq if collector.last_seq != marker else None)
+                marker = collector.last_seq
+        self.result.complete = ended
+
+    async def _enqueue(self, readings: list[Reading], last_seq: int | None) -> None:
+        state = {marker_name(self.address): str(last_seq)} if last_seq is not None else None
+        items = [(r.key, r.to_json()) for r in readings]
+        await asyncio.to_thread(self.outbox.enqueue, self.destinations, items, state)
+        self.result.readings += len(readings)
+        if last_seq is not None:
+            self.result.last_seq = last_seq
+
+
+async def fetch(address: str, *, outbox, destinations: Sequence[str], patient: PatientRef, backend: Any = None,
+                device: BLEDevice | None = None, pair: bool = True, timeout: float = 20.0, idle_timeout: float = 10.0,
+                utc_offset: UtcOffset = local_utc_offset) -> FetchResult:
+    """One session with the device at `address`: scan for it (unless `device` was found already),
+    connect, collect and enqueue for `destinations`. Raises DeviceNotFound, bleak.exc.BleakError
+    (connection or GATT failure) or LookupError (not a health device); whatever was enqueued
+    before an error stays enqueued. `pair`: allow pairing when the device demands it."""
+    from bleak import BleakScanner
+
+    scanner_class, client_class = _classes(backend)
+    if device is None:
+        device = await BleakScanner.find_device_by_address(address, timeout=timeout, backend=scanner_class)
+        if device is None:
+            raise DeviceNotFound(f"BLE device {address} not found within {timeout:g} s")
+    session = _Session(device.address, outbox, destinations, patient, pair=pair, idle_timeout=idle_timeout,
+                       utc_offset=utc_offset)
+    return await session.run(device, client_class, timeout)
+
+
+@dataclass
+class ScanEntry:
+    address: str
+    name: str | None
+    rssi: int
+    services: list[str] = field(default_factory=list)
+    profiles: list[str] = field(default_factory=list)
+
+
+async def scan(seconds: float = 5.0, *, backend: Any = None, health_only: bool = True) -> list[ScanEntry]:
+    """Devices advertising around us, with their services (health devices only by default)."""
+    from bleak import BleakScanner
+
+    scanner_class, _ = _classes(backend)
+    found = await BleakScanner.discover(timeout=seconds, return_adv=True, backend=scanner_class,
+                                        service_uuids=list(HEALTH_SERVICES) if health_only else None)
+    names = {uuid16(p.service): p.name for p in PROFILES}
+    entries = [ScanEntry(device.address, adv.local_name or device.name, adv.rssi, list(dict.fromkeys(adv.service_uuids)),
+                         [names[u] for u in dict.fromkeys(adv.service_uuids) if u in names])
+               for device, adv in found.values()]
+    return sorted(entries, key=lambda e: e.address)
+
+
+async def run_source(settings: BleSettings, *, outbox, destinations: Sequence[str], stop: asyncio.Event,
+                     backend: Any = None, utc_offset: UtcOffset = local_utc_offset) -> None:
+    """The Bluetooth source of `phg run`: scan windows for allowed health devices (any health device
+    in "pair new" mode), one session task per device found, several at once. A failing device is
+    logged and tried again after `retry_seconds`; nothing stops the loop but `stop`."""
+    scanner_class, _ = _classes(backend)
+    allowed = {a.upper() for a in settings.allow}
+    busy: dict[str, asyncio.Task] = {}
+    next_try: dict[str, float] = {}
+    loop = asyncio.get_running_loop()
+
+    def wanted(device: BLEDevice, adv: Any) -> bool:
+        address = device.address.upper()
+        if address in busy or next_try.get(address, 0.0) > loop.time():
+            return False
+        if not any(u in HEALTH_SERVICES for u in adv.service_uuids):
+            return False
+        return address in allowed or settings.pair_new
+
+    async def session(device: BLEDevice) -> None:
+        address = device.address.upper()
+        try:
+            await fetch(address, outbox=outbox, destinations=destinations, patient=settings.patient,
+                        backend=backend, device=device, utc_offset=utc_offset)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # one device's trouble never stops the source
+            logger.warning("BLE %s: session failed: %s: %s", address, type(exc).__name__, exc)
+        finally:
+            busy.pop(address, None)
+            next_try[address] = loop.time() + settings.retry_seconds * random.uniform(0.9, 1.1)
+
+    try:
+        while not stop.is_set():
+            found = await _scan_window(settings.scan_seconds, wanted, scanner_class, stop)
+            for address, device in found.items():
+                if address not in busy:
+                    busy[address] = asyncio.create_task(session(device), name=f"ble-{address}")
+            await _wait(stop, settings.rest_seconds)
+    finally:
+        for task in list(busy.values()):
+            task.cancel()
+        await asyncio.gather(*busy.values(), return_exceptions=True)
+
+
+async def _scan_window(seconds: float, wanted: Callable[[Any, Any], bool], scanner_class: Any,
+                       stop: asyncio.Event) -> dict[str, BLEDevice]:
+    """Health devices seen during one scan window that `wanted` accepts, by upper-case address."""
+    from bleak import BleakScanner
+
+    found: dict[str, BLEDevice] = {}
+
+    def detected(device: BLEDevice, adv: Any) -> None:
+        if wanted(device, adv):
+            found.setdefault(device.address.upper(), device)
+
+    try:
+        async with BleakScanner(detected, service_uuids=list(HEALTH_SERVICES), backend=scanner_class):
+            await _wait(stop, seconds)
+    except Exception as exc:  # an adapter that went away: log, try again next window
+        logger.warning("BLE scan failed: %s: %s", type(exc).__name__, exc)
+    return found
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        pass
