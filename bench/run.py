@@ -1,0 +1,150 @@
+"""phg benchmarks: `make bench` (or `python bench/run.py [NAME...]`) prints one table.
+
+Every figure is a ratio against a baseline measured in the same run on the same machine, because
+machines here are noisy: absolute numbers are printed for context only.
+
+- enqueue:   durable enqueue (phg Outbox) vs raw sqlite3 inserts of the same bytes with the same
+             durability settings (WAL, synchronous=FULL), same batch size. Target >= 0.5.
+- cold-start: `phg --help` vs `python -c pass` (interpreter start-up alone). Target < 0.3 s absolute.
+- footprint: peak RSS while draining a backlog through the worker vs idle RSS. Target < 1.5x.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+from phg.delivery import Delivered, DeliveryWorker
+from phg.model import PatientRef
+from phg.outbox import Outbox
+from phg.sources.sim import simulated_readings
+
+PATIENT = PatientRef("urn:oid:1.2.3.4.5", "bench")
+START = datetime(2026, 11, 28, 9, tzinfo=timezone.utc)
+
+
+def items(n: int) -> list[tuple[str, str]]:
+    readings = simulated_readings(PATIENT, START, per_device=(n + 4) // 5)[:n]
+    return [(r.key, r.to_json()) for r in readings]
+
+
+def bench_enqueue(n: int = 20_000, batch: int = 100) -> dict:
+    data = items(n)
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = sqlite3.connect(Path(tmp) / "raw.sqlite", isolation_level=None)
+        raw.execute("PRAGMA journal_mode=WAL")
+        raw.execute("PRAGMA synchronous=FULL")
+        raw.execute("CREATE TABLE item (id INTEGER PRIMARY KEY, destination TEXT, key TEXT, payload TEXT,"
+                    " UNIQUE (destination, key))")
+        t0 = time.perf_counter()
+        for i in range(0, n, batch):
+            raw.execute("BEGIN IMMEDIATE")
+            raw.executemany("INSERT INTO item (destination, key, payload) VALUES ('fhir', ?, ?)", data[i:i + batch])
+            raw.execute("COMMIT")
+        raw_s = time.perf_counter() - t0
+        raw.close()
+
+        outbox = Outbox(Path(tmp) / "phg.sqlite")
+        t0 = time.perf_counter()
+        for i in range(0, n, batch):
+            outbox.enqueue("fhir", data[i:i + batch])
+        phg_s = time.perf_counter() - t0
+        single = []
+        for key, payload in items(500):
+            t = time.perf_counter()
+            outbox.enqueue("fhir", [(key + "x", payload)])
+            single.append(time.perf_counter() - t)
+        outbox.close()
+    p99 = statistics.quantiles(single, n=100)[98]
+    return {"name": "durable enqueue", "figure": f"{n / phg_s:,.0f} readings/s (p99 single {p99 * 1000:.1f} ms)",
+            "baseline": f"raw sqlite3 {n / raw_s:,.0f} rows/s", "ratio": raw_s / phg_s, "target": ">= 0.5",
+            "ok": raw_s / phg_s >= 0.5}
+
+
+def _time_command(cmd: list[str], runs: int = 7) -> float:
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def bench_cold_start() -> dict:
+    phg = str(Path(sys.executable).parent / "phg")
+    base = _time_command([sys.executable, "-c", "pass"])
+    ours = _time_command([phg, "--help"])
+    return {"name": "phg --help cold start", "figure": f"{ours * 1000:.0f} ms",
+            "baseline": f"python -c pass {base * 1000:.0f} ms", "ratio": ours / base, "target": "< 300 ms",
+            "ok": ours < 0.3}
+
+
+class Instant:
+    """A destination that accepts everything at once: isolates phg's own cost of draining."""
+
+    name = "fhir"
+
+    async def send(self, readings):
+        return [Delivered("Observation/1") for _ in readings]
+
+
+def _rss_kb() -> int:
+    with open(f"/proc/{os.getpid()}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+
+
+def bench_footprint(n: int = 100_000) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        outbox = Outbox(Path(tmp) / "o.sqlite")
+        data = items(1000)
+        for copy in range(n // 1000):
+            outbox.enqueue("fhir", [(f"{k}-{copy}", p) for k, p in data])
+        idle = _rss_kb()
+        peak = idle
+        worker = DeliveryWorker(outbox, Instant(), batch_size=50)
+
+        async def drain() -> None:
+            nonlocal peak
+            while await worker.run_once():
+                peak = max(peak, _rss_kb())
+
+        t0 = time.perf_counter()
+        asyncio.run(drain())
+        seconds = time.perf_counter() - t0
+        delivered = outbox.counts("fhir")["delivered"]
+        outbox.close()
+    assert delivered == n
+    return {"name": "footprint draining 100k", "figure": f"peak {peak / 1024:.0f} MiB ({n / seconds:,.0f} readings/s)",
+            "baseline": f"idle {idle / 1024:.0f} MiB", "ratio": peak / idle, "target": "< 1.5",
+            "ok": peak / idle < 1.5}
+
+
+BENCHMARKS: dict[str, Callable[[], dict]] = {
+    "enqueue": bench_enqueue,
+    "cold-start": bench_cold_start,
+    "footprint": bench_footprint,
+}
+
+
+def main(names: list[str]) -> int:
+    rows = [BENCHMARKS[name]() for name in (names or BENCHMARKS)]
+    print(f"{'benchmark':<26} {'ratio':>7}  {'target':<9} {'ok':<3} figure  |  baseline")
+    for row in rows:
+        print(f"{row['name']:<26} {row['ratio']:>7.2f}  {row['target']:<9} {'yes' if row['ok'] else 'NO':<3} "
+              f"{row['figure']}  |  {row['baseline']}")
+    print(f"(peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB)")
+    return 0 if all(row["ok"] for row in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
