@@ -169,3 +169,10 @@ def test_render_hl7v2_passes_the_pcd01_checker(tmp_path, reading_files, env):
     messages.write_text(result.stdout)
     checked = phg("hl7", "check", str(messages), env=env)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_simulate_collects_from_the_emulated_bluetooth_devices(env):
+    result = phg("simulate", "--no-deliver", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "queued 9 reading(s) from 5 emulated devices" in result.stdout
+    assert "queued: 9" in phg("queue", "ls", env=env).stdout

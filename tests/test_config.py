@@ -1,11 +1,13 @@
 """Config: file, environment, errors naming file and key, and the plain-http rule."""
 
+import re
 from pathlib import Path
 
 import pytest
 
 from phg.config import load_config, render_template
 from phg.errors import ConfigError
+from phg.model import PatientRef
 from phg.transport import require_secure_url
 
 
@@ -100,3 +102,22 @@ def test_unknown_key_is_named(tmp_path):
 def test_auth_table_kept_whole_for_phg_auth(tmp_path):
     path = write(tmp_path, '[auth]\nclient_id = "a"\nmethod = "client_secret_basic"\n')
     assert load_config(path, env={"PHG_CLIENT_ID": "b"}).auth == {"client_id": "b", "method": "client_secret_basic"}
+
+
+def test_patient_and_bluetooth(tmp_path):
+    path = write(tmp_path, '[patient]\nsystem = "urn:oid:1.2.3"\nvalue = "p1"\n'
+                           '[ble]\nallow = ["C0:00:00:00:18:08"]\nscan_seconds = 3\n')
+    config = load_config(path, env={})
+    assert config.patient == PatientRef("urn:oid:1.2.3", "p1")
+    assert config.ble_enabled and config.ble_allow == ("C0:00:00:00:18:08",) and config.ble_scan_seconds == 3.0
+    assert not load_config(write(tmp_path, ""), env={}).ble_enabled
+
+
+@pytest.mark.parametrize("text, words", [
+    ('[ble]\npair_new = true\n', "[ble] collects readings for a [patient]"),
+    ('[patient]\nsystem = "urn:oid:1"\n', "[patient] needs both system and value"),
+    ('[patient]\nsystem = "a"\nvalue = "b"\n[ble]\nallow = [1]\n', "[ble] allow must be a list of Bluetooth addresses"),
+])
+def test_bluetooth_errors(tmp_path, text, words):
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        load_config(write(tmp_path, text), env={})

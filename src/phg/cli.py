@@ -210,7 +210,7 @@ def _deliver(config, outbox, until_idle: bool) -> int:
     import asyncio
     import signal
 
-    from phg.daemon import deliver
+    from phg.daemon import deliver, run_gateway
 
     stop = asyncio.Event()
 
@@ -218,7 +218,9 @@ def _deliver(config, outbox, until_idle: bool) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        return await deliver(config, outbox, until_idle=until_idle, stop=stop)
+        if until_idle:
+            return await deliver(config, outbox, until_idle=True, stop=stop)
+        return await run_gateway(config, outbox, stop)
 
     try:
         summary = asyncio.run(go())
@@ -236,7 +238,8 @@ def _deliver(config, outbox, until_idle: bool) -> int:
 @main.command()
 @click.pass_obj
 def run(obj: Context) -> None:
-    """Deliver whatever is queued, retrying while the server is unreachable, until stopped (Ctrl-C)."""
+    """Deliver whatever is queued, retrying while the server is unreachable, and collect from the
+    configured Bluetooth devices, until stopped (Ctrl-C)."""
     config = obj.config()
     if not logging.getLogger().isEnabledFor(logging.INFO):
         logging.getLogger().setLevel(logging.INFO)
@@ -330,13 +333,34 @@ def doctor(obj: Context) -> None:
 
 
 @main.command()
-@click.option("--per-device", default=2, show_default=True, help="Readings per simulated device.")
 @click.option("--server", type=click.Choice(["sekmet", "medplum"]), default="sekmet", show_default=True)
-def demo(per_device: int, server: str) -> None:
-    """Run everything locally: FHIR + OAuth servers, simulated devices, delivery, a summary."""
+def demo(server: str) -> None:
+    """Run everything locally: FHIR + OAuth servers, emulated Bluetooth devices, delivery, a summary."""
     from phg.demo.run import run_demo
 
-    sys.exit(run_demo(per_device=per_device, server=server, echo=click.echo))
+    sys.exit(run_demo(server=server, echo=click.echo))
+
+
+@main.command()
+@click.option("--no-deliver", is_flag=True, help="Only queue; `phg run` delivers later.")
+@click.pass_obj
+def simulate(obj: Context, no_deliver: bool) -> None:
+    """Collect from the built-in emulated Bluetooth devices (glucose meter, BP cuff, scale,
+    thermometer, pulse oximeter) through the real Bluetooth session, queue, then deliver."""
+    import asyncio
+
+    from phg.model import PatientRef
+    from phg.sources.ble.emulator import collect_emulated
+
+    config = obj.config()
+    patient = config.patient or PatientRef("urn:oid:1.2.3.4.5", "demo-patient-001")
+    outbox = obj.outbox()
+    fetched = asyncio.run(collect_emulated(outbox, config.destination_names, patient))
+    click.echo(f"queued {sum(f.readings for f in fetched)} reading(s) from {len(fetched)} emulated devices "
+               f"for patient {patient.value}")
+    if no_deliver or not (config.fhir_base or config.destinations):
+        sys.exit(0)
+    sys.exit(_deliver(config, outbox, until_idle=True))
 
 
 if __name__ == "__main__":

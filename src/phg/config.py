@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from phg.errors import ConfigError
-from phg.model import Gateway
+from phg.model import Gateway, PatientRef
 
 DEFAULT_SCOPE = "system/Patient.cu system/Device.cu system/Observation.c"
 IG_VERSIONS = ("2.0.0", "1.1.0")
@@ -70,6 +70,8 @@ KEYS = {
     "auth": {"client_id", "key_file", "scope", "token_url"},
     "outbox": {"path"},
     "delivery": {"batch_size", "max_retry_delay"},
+    "patient": {"system", "value"},
+    "ble": {"allow", "pair_new", "scan_seconds"},
 }
 
 
@@ -98,7 +100,15 @@ class Config:
     token_url: str | None = None
     destinations: tuple[DestinationConfig, ...] = ()
     auth: dict[str, Any] = field(default_factory=dict)  # the whole [auth] table, env overrides applied
+    patient: PatientRef | None = None  # whom the devices' readings belong to (sources without their own binding)
+    ble_allow: tuple[str, ...] = ()  # Bluetooth addresses to collect from
+    ble_pair_new: bool = False  # accept (and pair) any health device in range
+    ble_scan_seconds: float = 5.0
     source: str = "(defaults)"  # where the settings came from, for messages
+
+    @property
+    def ble_enabled(self) -> bool:
+        return bool(self.ble_allow) or self.ble_pair_new
 
     @property
     def destination_names(self) -> list[str]:
@@ -125,6 +135,8 @@ class _Raw:
         where = self.origin[(section, key)]
         if kind is int and isinstance(value, str) and value.isdigit():
             value = int(value)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
         if kind is bool and isinstance(value, str):
             value = value.lower() in ("1", "true", "yes", "on")
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
@@ -187,6 +199,17 @@ def load_config(path: Path | None = None, env: dict[str, str] | None = None) -> 
     max_retry_delay = raw.get("delivery", "max_retry_delay", int, 300)
     if not 1 <= max_retry_delay <= 86400:
         raise ConfigError(f"{raw.origin[('delivery', 'max_retry_delay')]}: [delivery] max_retry_delay must be 1..86400 s")
+    patient = None
+    if ("patient", "system") in raw.values or ("patient", "value") in raw.values:
+        patient = PatientRef(raw.get("patient", "system", str, ""), raw.get("patient", "value", str, ""))
+        if not (patient.system.strip() and patient.value.strip()):
+            raise ConfigError(f"{source}: [patient] needs both system and value (the EHR's patient identifier)")
+    ble_allow = raw.get("ble", "allow", list, [])
+    if not all(isinstance(a, str) for a in ble_allow):
+        raise ConfigError(f"{source}: [ble] allow must be a list of Bluetooth addresses (strings)")
+    ble_pair_new = raw.get("ble", "pair_new", bool, False)
+    if (ble_allow or ble_pair_new) and patient is None:
+        raise ConfigError(f"{source}: [ble] collects readings for a [patient]: set [patient] system and value")
     key_file = raw.get("auth", "key_file", str, None)
     outbox = raw.get("outbox", "path", str, None)
     return Config(
@@ -203,6 +226,10 @@ def load_config(path: Path | None = None, env: dict[str, str] | None = None) -> 
         token_url=raw.get("auth", "token_url", str, None),
         destinations=destinations,
         auth={key: value for (section, key), value in raw.values.items() if section == "auth"},
+        patient=patient,
+        ble_allow=tuple(ble_allow),
+        ble_pair_new=ble_pair_new,
+        ble_scan_seconds=raw.get("ble", "scan_seconds", float, 5.0),
         source=source,
     )
 
@@ -252,6 +279,16 @@ scope = "{scope}"
 [outbox]
 # The durable queue (SQLite). Readings wait here while the network is down.
 path = "{outbox}"
+
+# Whom the devices' readings belong to, as the EHR identifies the patient.
+# [patient]
+# system = "urn:oid:1.2.3.4"
+# value = "pt-001"
+
+# Bluetooth LE health devices to collect from while `phg run` runs (phg ble scan lists them).
+# [ble]
+# allow = ["C0:00:00:00:18:08"]
+# pair_new = false     # true: accept and pair any health device in range
 
 # More destinations, each with its own queue: HL7 v2 IHE PCD-01 over MLLP, HTTP or SOAP.
 # [destinations.lab]

@@ -88,3 +88,19 @@ async def deliver(config: Config, outbox: Outbox, *, until_idle: bool, stop: asy
         total.retried += s.retried
         total.dead_reasons += s.dead_reasons
     return total
+
+
+async def run_gateway(config: Config, outbox: Outbox, stop: asyncio.Event) -> Summary:
+    """`phg run`: delivery to every destination and, when configured, the Bluetooth source, side by
+    side until `stop` is set."""
+    tasks = []
+    if config.ble_enabled:
+        from phg.sources.ble.session import BleSettings, run_source
+
+        assert config.patient is not None  # load_config insists on a [patient] with [ble]
+        settings = BleSettings(allow=config.ble_allow, pair_new=config.ble_pair_new, patient=config.patient,
+                               scan_seconds=config.ble_scan_seconds)
+        tasks.append(run_source(settings, outbox=outbox, destinations=config.destination_names, stop=stop))
+    results = await asyncio.gather(deliver(config, outbox, until_idle=False, stop=stop), *tasks)
+    return results[0]
+

@@ -1,9 +1,10 @@
 """`phg demo`: the whole pipeline on this machine, with real third-party peers.
 
 FHIR server (sekmet-fhir or Medplum's router) behind the SMART gate, oidc-provider as the
-authorization server; a fresh ES384 key registered as a SMART backend-services client; simulated
-readings from the five device types queued and delivered; the same readings delivered again from
-a fresh queue to show that the server stores nothing twice; and a summary of what the server holds.
+authorization server; a fresh ES384 key registered as a SMART backend-services client; the five
+emulated Bluetooth LE devices (Bumble, on a virtual link) read through the gateway's real bleak
+session, their readings queued and delivered; the same stored records fetched and delivered again
+from a fresh queue to show that the server stores nothing twice; and a summary of what it holds.
 Everything binds 127.0.0.1 and lives in a temporary directory.
 """
 
@@ -24,67 +25,64 @@ from phg.config import DEFAULT_SCOPE, Config
 from phg.daemon import deliver
 from phg.demo.peers import PeerError, smart_stack
 from phg.doctor import run_checks
-from phg.model import Gateway, PatientRef
+from phg.model import MDC_ATTR_TIME_ABS, Gateway, PatientRef
 from phg.outbox import Outbox
-from phg.sources.sim import simulated_readings
+from phg.sources.ble.emulator import collect_emulated
 
 Echo = Callable[[str], None]
+CLOCK_NAMES = {str(MDC_ATTR_TIME_ABS): "Coincident time stamp (device clock)"}
 PATIENT = PatientRef("urn:oid:1.2.3.4.5", "demo-patient-001")
 GATEWAY = Gateway(system_id="02AB7FFFFE000001", serial="DEMO-GW-1")
 
 
-def run_demo(per_device: int = 2, server: str = "sekmet", echo: Echo = print) -> int:
+def run_demo(server: str = "sekmet", echo: Echo = print) -> int:
     with tempfile.TemporaryDirectory(prefix="phg-demo-") as tmp:
         work = Path(tmp)
         echo(f"starting local peers ({server} FHIR server, oidc-provider, SMART gate) on 127.0.0.1 ...")
         try:
             with smart_stack(server, workdir=work / "peers") as stack:
-                return _run(stack, work, per_device, echo)
+                return _run(stack, work, echo)
         except PeerError as exc:
             echo(f"error: a local peer did not start: {exc}")
             return 3
 
 
-def _run(stack, work: Path, per_device: int, echo: Echo) -> int:
+def _run(stack, work: Path, echo: Echo) -> int:
     key_file = work / "gateway-key.pem"
     generate_key(key_file, "ES384")
     client = stack.register_client(jwks([load_key(key_file)]), scope=DEFAULT_SCOPE)
     echo(f"FHIR base (behind the gate): {stack.base_url}")
-    echo(f"registered SMART backend-services client {client['client_id']} (ES384 key, kid {load_key(key_file).kid})")
-    config = Config(
-        gateway=GATEWAY,
-        outbox_path=work / "outbox.sqlite",
-        fhir_base=stack.base_url,
-        client_id=client["client_id"],
-        key_file=key_file,
-        source="phg demo",
-    )
+    echo(f"registered SMART backend-services client {client['client_id']} (ES384 key, kid "
+         f"{load_key(key_file).kid})")
+    config = Config(gateway=GATEWAY, outbox_path=work / "outbox.sqlite", fhir_base=stack.base_url,
+                    client_id=client["client_id"], key_file=key_file, patient=PATIENT, source="phg demo")
 
     echo("\nphg doctor:")
     if not asyncio.run(run_checks(config, echo)):
         return 3
 
-    readings = simulated_readings(PATIENT, datetime.now().astimezone(), per_device)
-    metrics = sum(len(r.metrics) for r in readings)
-    echo(
-        f"\nsimulated {len(readings)} readings ({metrics} metrics) from 5 devices: "
-        "glucose meter, BP cuff, scale, thermometer, pulse oximeter"
-    )
-    for attempt, label in ((1, "first delivery"), (2, "same readings again, from a fresh queue")):
+    now = datetime.now()
+    for attempt, label in ((1, "first delivery"), (2, "the same records again, from a fresh queue")):
         with Outbox(work / f"outbox-{attempt}.sqlite") as outbox:
-            outbox.enqueue("fhir", [(r.key, r.to_json()) for r in readings])
-            run_config = config.with_overrides(outbox_path=outbox.path)
-            summary = asyncio.run(deliver(run_config, outbox, until_idle=True))
+            fetched = asyncio.run(collect_emulated(outbox, config.destination_names, PATIENT, now))
+            echo(f"\nBluetooth LE: {_describe(fetched)}")
+            summary = asyncio.run(deliver(config.with_overrides(outbox_path=outbox.path), outbox, until_idle=True))
+            collected = sum(f.readings for f in fetched)
         echo(f"{label}: delivered {summary.delivered}, dead {summary.dead}")
-        if summary.dead or summary.delivered != len(readings):
+        if summary.dead or summary.delivered != collected:
             echo("error: not everything was delivered; see the reasons above")
             return 1
 
-    echo("\nwhat the FHIR server holds now:")
-    held = _server_summary(stack.upstream_base_url)
-    for line in held:
+    echo("\nwhat the FHIR server holds now (the device clock is recorded once per connection, per the PHD IG):")
+    for line in _server_summary(stack.upstream_base_url):
         echo(f"  {line}")
     return 0
+
+
+def _describe(fetched) -> str:
+    parts = [f"{f.profile} {f.readings}" for f in fetched]
+    return (f"collected {sum(f.readings for f in fetched)} readings from {len(fetched)} emulated devices "
+            f"({', '.join(parts)})")
 
 
 def _server_summary(base: str) -> list[str]:
@@ -97,7 +95,8 @@ def _server_summary(base: str) -> list[str]:
         for obs in _search(client, f"{base}/Observation"):
             mdc_code = next((c["code"] for c in obs["code"]["coding"] if c["system"] == mdc.MDC_SYSTEM), "?")
             known = mdc.MEASUREMENTS.get(int(mdc_code)) if mdc_code.isdigit() else None
-            codes[f"{known.display if known else 'MDC ' + mdc_code}"] += 1
+            name = known.display if known else CLOCK_NAMES.get(mdc_code, f"MDC {mdc_code}")
+            codes[name] += 1
         lines.append(f"Observation: {sum(codes.values())}")
         lines += [f"  {name}: {n}" for name, n in sorted(codes.items())]
     return lines

@@ -69,21 +69,23 @@ def scan(seconds: float, show_all: bool, as_json: bool, emulated: bool) -> None:
 
 @ble.command()
 @click.argument("address")
-@click.option("--patient", "patient_text", required=True, metavar="SYSTEM|VALUE",
-              help="Whose readings these are, as the EHR knows the patient.")
+@click.option("--patient", "patient_text", metavar="SYSTEM|VALUE",
+              help="Whose readings these are, as the EHR knows the patient (default: [patient] in the config).")
 @click.option("--timeout", default=20.0, show_default=True, help="Seconds to find and connect to the device.")
 @click.option("--no-pair", is_flag=True, help="Do not pair, even if the device asks for it.")
 @_EMULATED
 @click.pass_obj
-def fetch(obj: Context, address: str, patient_text: str, timeout: float, no_pair: bool, emulated: bool) -> None:
+def fetch(obj: Context, address: str, patient_text: str | None, timeout: float, no_pair: bool, emulated: bool) -> None:
     """Download new readings from the device at ADDRESS once and queue them (`phg run` delivers)."""
     from bleak.exc import BleakError
 
     from phg.sources.ble.session import DeviceNotFound
     from phg.sources.ble.session import fetch as ble_fetch
 
-    patient = _patient(patient_text)
     config = obj.config()
+    patient = _patient(patient_text) if patient_text else config.patient
+    if patient is None:
+        raise click.UsageError("whose readings are these? give --patient SYSTEM|VALUE or set [patient] in the config")
     outbox = obj.outbox()
     try:
         result = asyncio.run(_with_radio(emulated, lambda b: ble_fetch(

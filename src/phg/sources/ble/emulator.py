@@ -29,9 +29,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from bumble import gatt, hci, pairing
 from bumble.controller import Controller
@@ -41,7 +43,11 @@ from bumble.host import Host
 from bumble.link import LocalLink
 from bumble.transport.common import AsyncPipeSink
 
+from phg.model import PatientRef
 from phg.sources.ble.bumble_backend import BumbleBackend, bumble_backend
+
+if TYPE_CHECKING:
+    from phg.sources.ble.session import FetchResult
 
 logger = logging.getLogger(__name__)
 
@@ -531,3 +537,14 @@ class EmulatedLink:
             await device.stop()
         if self.central is not None:
             await self.central.power_off()
+
+
+async def collect_emulated(outbox, destinations: Sequence[str], patient: PatientRef,
+                           now: datetime | None = None) -> list[FetchResult]:
+    """One session with each of the five demo devices (demo_devices(now)) on a fresh virtual link,
+    through the gateway's real Bluetooth session code: what `phg demo` and `phg simulate` collect."""
+    from phg.sources.ble.session import fetch
+
+    async with EmulatedLink(demo_devices(now)) as radio:
+        return [await fetch(device.address, outbox=outbox, destinations=destinations, patient=patient,
+                            backend=radio.backend) for device in radio.devices]
