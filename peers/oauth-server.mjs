@@ -113,6 +113,7 @@ server.listen(Number(args.port), '127.0.0.1', () => {
       },
       revocation: { enabled: true },
       registration: { enabled: true, initialAccessToken: false },
+      registrationManagement: { enabled: true },
     },
     enabledJWA: {
       clientAuthSigningAlgValues: [

@@ -86,7 +86,9 @@ class Group(click.Group):
     "ble": ("phg.sources.ble.commands:ble", "Bluetooth LE health devices: scan, fetch."),
     "11073": ("phg.sources.ieee11073.commands:ieee11073", "IEEE 11073-20601 manager: listen for agents."),
     "hl7": ("phg.hl7v2.commands:hl7", "HL7 v2 PCD-01 tools: check a message."),
-    "keys": ("phg.auth.commands:keys", "Create the gateway's signing key and show its public JWKS."),
+    "keys": ("phg.auth.commands:keys", "The gateway's signing keys: generate, rotate, show the public JWKS."),
+    "register": ("phg.auth.commands:register", "Register this gateway with the server (RFC 7591) and save the client."),
+    "serve-jwks": ("phg.auth.commands:serve_jwks", "Publish the public JWKS at a URL (for jwks_uri / jku)."),
 })
 @click.option("--config", "config_path", type=click.Path(path_type=Path),
               help="Config file (default: $PHG_CONFIG or the user config dir).")

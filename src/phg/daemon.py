@@ -22,33 +22,68 @@ from phg.transport import require_secure_url
 TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 
 
-def make_auth(config: Config) -> httpx.Auth | None:
-    """SMART Backend Services when a client_id is configured; no auth otherwise (open test servers)."""
-    if not config.client_id:
-        return None
-    if config.key_file is None:
-        raise ConfigError(f"{config.source}: [auth] key_file is required with client_id (phg keys generate)")
-    from phg.auth import SmartBackendAuth, load_key
+def make_auth(config: Config, client: httpx.AsyncClient | None = None) -> httpx.Auth | None:
+    """The auth flow chosen by ``[auth] method`` (phg.auth.settings); None for "none" (open test
+    servers). ``client`` carries the token requests (pass the destination's own client so its TLS,
+    client certificate and proxy settings apply to the token endpoint too)."""
+    from phg.auth.settings import auth_settings
 
-    assert config.fhir_base is not None
-    return SmartBackendAuth(fhir_base=config.fhir_base, client_id=config.client_id, key=load_key(config.key_file),
-                            scope=config.scope, token_url=config.token_url,
-                            allow_insecure_http=config.allow_insecure_http)
+    return build_auth(auth_settings(config), client)
+
+
+def build_auth(settings, client: httpx.AsyncClient | None = None) -> httpx.Auth | None:
+    """make_auth's work, from parsed AuthSettings (phg doctor reuses it)."""
+    if settings.method == "none":
+        return None
+    assert settings.fhir_base is not None
+    common = dict(fhir_base=settings.fhir_base, token_url=settings.token_url, client=client,
+                  allow_insecure_http=settings.allow_insecure_http)
+    if settings.method == "smart-backend":
+        if not settings.client_id:
+            raise ConfigError(f"{settings.source}: [auth] client_id is required for SMART Backend Services "
+                              "(phg register obtains one)")
+        if settings.key_file is None:
+            raise ConfigError(f"{settings.source}: [auth] key_file is required with client_id (phg keys generate)")
+        from phg.auth import SmartBackendAuth
+        from phg.auth.keyring import KeyRing
+
+        ring = KeyRing(settings.key_file)
+        ring.signing_key()  # a missing or unreadable key stops start-up here, naming the file
+        return SmartBackendAuth(client_id=settings.client_id, key=ring, scope=settings.scope, jku=settings.jku,
+                                **common)
+    from phg.auth.secret import ClientSecretAuth, PasswordAuth, StaticBearerAuth
+
+    if settings.method in ("client-secret-basic", "client-secret-post"):
+        return ClientSecretAuth(client_id=settings.client_id or "", client_secret=settings.client_secret or "",
+                                scope=settings.scope, style=settings.method.rsplit("-", 1)[1], **common)
+    if settings.method == "password":
+        return PasswordAuth(username=settings.username or "", password=settings.password or "", scope=settings.scope,
+                            client_id=settings.client_id, client_secret=settings.client_secret, **common)
+    return StaticBearerAuth(token=settings.token or "", **common)
 
 
 @asynccontextmanager
 async def fhir_destination(config: Config) -> AsyncIterator[FhirDestination]:
-    """One pooled HTTP client (keep-alive, HTTP/2 where the server offers it) for the destination."""
+    """One pooled HTTP client (keep-alive, HTTP/2 where the server offers it) for the destination,
+    with the [auth] TLS / client certificate / proxy settings, shared by the auth's token requests;
+    Bundles go in an encrypted envelope when [auth] encrypt_to is set."""
     if not config.fhir_base:
         raise ConfigError(f"{config.source}: [fhir] base_url is not set (or pass --fhir-base / PHG_FHIR_BASE_URL)")
     require_secure_url(config.fhir_base, "[fhir] base_url", allow_insecure_http=config.allow_insecure_http)
-    auth = make_auth(config)
-    try:
-        async with httpx.AsyncClient(auth=auth, http2=True, timeout=TIMEOUT) as client:
-            yield FhirDestination(client, config.fhir_base, config.gateway, config.ig_version)
-    finally:
-        if auth is not None:
-            await auth.aclose()
+    from phg.auth.envelope import load_envelope
+    from phg.auth.settings import auth_settings
+    from phg.auth.tls import client_kwargs
+
+    settings = auth_settings(config)
+    async with httpx.AsyncClient(http2=True, timeout=TIMEOUT, **client_kwargs(settings)) as client:
+        auth = build_auth(settings, client)
+        client.auth = auth
+        try:
+            envelope = await load_envelope(settings.encrypt_to, client, settings.encrypt_kid)
+            yield FhirDestination(client, config.fhir_base, config.gateway, config.ig_version, envelope)
+        finally:
+            if auth is not None:
+                await auth.aclose()  # type: ignore[attr-defined]
 
 
 def other_destination(config: Config, table: DestinationConfig) -> Destination:

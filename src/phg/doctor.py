@@ -1,13 +1,24 @@
-"""`phg doctor`: check each link of the delivery chain and say what is wrong in words a person can act on.
+"""`phg doctor`: check each link of the delivery chain and say which step fails, what the server
+answered, and what to do, in words a person can act on. Secrets are never printed.
 
-Order follows the chain: config -> key -> server reachable over TLS (CapabilityStatement) ->
-transaction support -> SMART discovery -> token -> the server accepts our token (an empty
-transaction Bundle, which writes nothing) -> outbox.
+Steps, in the order a request meets them:
+  config        [fhir] base_url and the [auth] table parse; credentials / keys load
+  tls           the FHIR server is reachable over TLS (CA bundle, client certificate, proxy);
+                GET /metadata (FHIR version, transaction support)
+  discovery     the SMART configuration (token endpoint), unless token_url is set
+  registration  the RFC 7592 client configuration is still valid (when phg register stored one)
+  token         the token endpoint issues a token
+  scope         the granted scope covers creating Patient, Device and Observation
+  write         the server accepts the token and an empty transaction Bundle (writes nothing)
+  envelope      the server's encryption key loads ([auth] encrypt_to)
+  outbox        the queue file opens
 """
 
 from __future__ import annotations
 
 import json
+import re
+import ssl
 from collections.abc import Callable
 
 import httpx
@@ -18,99 +29,139 @@ from phg.transport import require_secure_url
 
 Echo = Callable[[str], None]
 
+REQUIRED = (("Patient", "c"), ("Device", "c"), ("Observation", "c"))
+
 
 class Checks:
     def __init__(self, echo: Echo):
         self.echo = echo
         self.ok = True
+        self.failed_step: str | None = None
 
-    def good(self, what: str) -> None:
-        self.echo(f"  ok    {what}")
+    def good(self, what: str, step: str = "") -> None:
+        self.echo(f"  ok    {_tag(step)}{what}")
 
-    def bad(self, what: str, fix: str) -> None:
+    def bad(self, what: str, fix: str, step: str = "") -> None:
         self.ok = False
-        self.echo(f"  FAIL  {what}\n        -> {fix}")
+        self.failed_step = self.failed_step or step or None
+        self.echo(f"  FAIL  {_tag(step)}{what}\n        -> {fix}")
 
-    def warn(self, what: str) -> None:
-        self.echo(f"  warn  {what}")
+    def warn(self, what: str, step: str = "") -> None:
+        self.echo(f"  warn  {_tag(step)}{what}")
+
+
+def _tag(step: str) -> str:
+    return f"[{step}] " if step else ""
 
 
 async def run_checks(config: Config, echo: Echo) -> bool:
     checks = Checks(echo)
+    ok = await _run(checks, config, echo)
+    if checks.failed_step:
+        echo(f"first failing step: {checks.failed_step}")
+    return ok and checks.ok
+
+
+async def _run(checks: Checks, config: Config, echo: Echo) -> bool:
     echo(f"config: {config.source}")
     if not config.fhir_base:
-        checks.bad("no FHIR base URL", "set [fhir] base_url, PHG_FHIR_BASE_URL or --fhir-base")
+        checks.bad("no FHIR base URL", "set [fhir] base_url, PHG_FHIR_BASE_URL or --fhir-base", "config")
         return False
     try:
         require_secure_url(config.fhir_base, "[fhir] base_url", allow_insecure_http=config.allow_insecure_http)
-        checks.good(f"FHIR base {config.fhir_base}")
+        checks.good(f"FHIR base {config.fhir_base}", "config")
     except PhgError as exc:
-        checks.bad(str(exc), "use an https URL")
+        checks.bad(str(exc), "use an https URL", "config")
         return False
-    auth = None
-    if config.client_id:
-        from phg.daemon import make_auth
 
-        try:
-            auth = make_auth(config)
-            checks.good(f"key {config.key_file} ({auth.key.alg}, kid {auth.key.kid})")
-        except PhgError as exc:
-            checks.bad(str(exc), "fix the key file (phg keys generate writes one with mode 0600)")
-            return False
-    else:
-        checks.warn("no [auth] client_id: requests are sent without authorization")
-
-    async with httpx.AsyncClient(timeout=15.0) as client:
-        try:
-            response = await client.get(f"{config.fhir_base}/metadata", headers={"Accept": "application/fhir+json"})
-        except httpx.ConnectError as exc:
-            fix = ("the server's certificate is not trusted: install its CA in the system store or set SSL_CERT_FILE"
-                   if "CERTIFICATE_VERIFY_FAILED" in str(exc) else "check the URL, DNS, firewall and that the server runs")
-            checks.bad(f"cannot connect to {config.fhir_base}: {exc}", fix)
-            return False
-        except httpx.TransportError as exc:
-            checks.bad(f"{config.fhir_base}: {exc.__class__.__name__} {exc}", "check the network path to the server")
-            return False
-        _capabilities(checks, response)
-
-        if auth is not None:
-            try:
-                smart = await auth.configuration()
-                checks.good(f"SMART configuration ({smart.source}): token endpoint {smart.token_endpoint}")
-                for problem in smart.backend_services_problems(auth.key.alg):
-                    checks.warn(problem)
-                token = await auth.token()
-                checks.good(f"token issued for {config.client_id!r}, expires in {token.expires_in:.0f} s, "
-                            f"scope {token.scope or '(not stated)'}")
-            except PhgError as exc:
-                checks.bad(str(exc), "see the message; the queue is not touched by doctor")
-                await auth.aclose()
-                return False
-        await _empty_transaction(checks, config, auth)
-        if auth is not None:
-            await auth.aclose()
-
-    from phg.outbox import Outbox
+    from phg.auth.settings import auth_settings
+    from phg.auth.tls import client_kwargs
+    from phg.daemon import build_auth
 
     try:
-        with Outbox(config.outbox_path) as outbox:
-            counts = outbox.counts()
-        checks.good(f"outbox {config.outbox_path}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-    except Exception as exc:  # noqa: BLE001 - any failure to open the file is reported, not raised
-        checks.bad(f"outbox {config.outbox_path}: {exc}", "check the path and its permissions")
+        settings = auth_settings(config)
+        kwargs = client_kwargs(settings)
+    except PhgError as exc:
+        checks.bad(str(exc), "fix the [auth] table of the config file", "config")
+        return False
+    async with httpx.AsyncClient(timeout=15.0, **kwargs) as client:
+        try:
+            auth = build_auth(settings, client)
+        except PhgError as exc:
+            checks.bad(str(exc), "fix the credentials (phg keys generate / phg register write them)", "config")
+            return False
+        _describe_auth(checks, settings, auth)
+        try:
+            if not await _tls_and_capabilities(checks, client, config.fhir_base, settings):
+                return False
+            if auth is not None and not await _token(checks, config, settings, auth, client):
+                return False
+            await _empty_transaction(checks, client, config.fhir_base, auth)
+            await _envelope(checks, settings, client)
+        finally:
+            if auth is not None:
+                await auth.aclose()  # type: ignore[attr-defined]
+    _outbox(checks, config)
     return checks.ok
+
+
+def _describe_auth(checks: Checks, settings, auth) -> None:
+    if auth is None:
+        checks.warn("no [auth] method: requests are sent without authorization", "config")
+        return
+    what = f"auth method {settings.method}"
+    if settings.method == "smart-backend":
+        key = auth.key
+        published = auth.keys.published()
+        what += (f", client_id {settings.client_id!r}, signing key {key.kid} ({key.alg}), "
+                 f"{len(published)} key(s) published")
+    elif settings.method != "bearer":
+        what += f", client_id {settings.client_id!r}"
+    if settings.method == "password":
+        checks.warn("the password grant is legacy (OAuth 2.1 removes it)", "config")
+    if settings.client_cert:
+        what += f", client certificate {settings.client_cert}"
+    checks.good(what, "config")
+
+
+async def _tls_and_capabilities(checks: Checks, client: httpx.AsyncClient, base: str, settings) -> bool:
+    try:
+        response = await client.get(f"{base}/metadata", headers={"Accept": "application/fhir+json"}, auth=None)
+    except httpx.ProxyError as exc:
+        checks.bad(f"proxy {settings.proxy} refused the connection: {exc}", "check [auth] proxy", "tls")
+        return False
+    except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError, ssl.SSLError) as exc:
+        text = str(exc)
+        if "CERTIFICATE_VERIFY_FAILED" in text:
+            fix = ("the server's certificate is not trusted: set [auth] ca_file to its CA bundle "
+                   "(or install the CA in the system store)")
+        elif re.search(r"CERTIFICATE_REQUIRED|BAD_CERTIFICATE|UNKNOWN_CA|CERTIFICATE_UNKNOWN|HANDSHAKE_FAILURE|"
+                       r"certificate", text, re.I) or (isinstance(exc, httpx.ReadError | httpx.RemoteProtocolError)
+                                                       and base.startswith("https")):
+            fix = ("the server refused our TLS client certificate (or wants one): set [auth] client_cert and "
+                   "client_key to a certificate its CA issued")
+        else:
+            fix = "check the URL, DNS, firewall and that the server runs"
+        checks.bad(f"cannot connect to {base}: {type(exc).__name__}: {exc}", fix, "tls")
+        return False
+    except httpx.TransportError as exc:
+        checks.bad(f"{base}: {exc.__class__.__name__} {exc}", "check the network path to the server", "tls")
+        return False
+    checks.good(f"connected to {base}" + (" over TLS" if base.startswith("https") else ""), "tls")
+    _capabilities(checks, response)
+    return True
 
 
 def _capabilities(checks: Checks, response: httpx.Response) -> None:
     if response.status_code != 200:
-        checks.warn(f"GET /metadata answered {response.status_code}; cannot read the server's capabilities")
+        checks.warn(f"GET /metadata answered {response.status_code}; cannot read the server's capabilities", "tls")
         return
     try:
         statement = response.json()
     except json.JSONDecodeError:
-        checks.warn("GET /metadata is not JSON")
+        checks.warn("GET /metadata is not JSON", "tls")
         return
-    version = statement.get("fhirVersion", "?")
+    version = str(statement.get("fhirVersion", "?"))
     if version.startswith("4.0"):
         checks.good(f"server reachable, FHIR {version} ({(statement.get('software') or {}).get('name', 'unnamed')})")
     else:
@@ -122,22 +173,128 @@ def _capabilities(checks: Checks, response: httpx.Response) -> None:
         checks.warn("CapabilityStatement does not declare transaction (checked below with an empty Bundle)")
 
 
-async def _empty_transaction(checks: Checks, config: Config, auth: httpx.Auth | None) -> None:
-    """POST an empty transaction Bundle: proves the token is accepted and transactions work, writes nothing."""
-    assert config.fhir_base is not None
-    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": []}
-    async with httpx.AsyncClient(auth=auth, timeout=15.0) as client:
-        try:
-            response = await client.post(config.fhir_base, json=bundle,
-                                         headers={"Content-Type": "application/fhir+json"})
-        except (httpx.TransportError, PhgError) as exc:
-            checks.bad(f"empty transaction: {exc}", "check the server")
-            return
-    if response.status_code == 200:
-        checks.good("server accepts our token and an (empty) transaction Bundle")
-    elif response.status_code in (401, 403):
-        checks.bad(f"server refused our token: HTTP {response.status_code}",
-                   "the token is valid at the authorization server but not accepted here; check the scopes and "
-                   "that this client is allowed to write Patient, Device and Observation")
+async def _token(checks: Checks, config: Config, settings, auth, client: httpx.AsyncClient) -> bool:
+    if settings.method != "bearer":
+        if config.token_url:
+            checks.good(f"token endpoint {config.token_url} (configured)", "discovery")
+        else:
+            try:
+                smart = await auth.configuration()
+            except PhgError as exc:
+                checks.bad(str(exc), "set [auth] token_url, or fix the FHIR base URL", "discovery")
+                return False
+            checks.good(f"SMART configuration ({smart.source}): token endpoint {smart.token_endpoint}", "discovery")
+            for problem in auth._configuration_problems(smart):
+                checks.warn(problem, "discovery")
+    if settings.registration_client_uri and settings.registration_access_token:
+        if not await _registration(checks, config, settings, client):
+            return False
+    try:
+        token = await auth.token()
+    except PhgError as exc:
+        step = "scope" if "invalid_scope" in str(exc) else "token"
+        checks.bad(str(exc), "see the server's answer above; the queue is not touched by doctor", step)
+        return False
+    if settings.method == "bearer":
+        checks.good("static bearer token configured", "token")
+        return True
+    checks.good(f"token issued for {settings.client_id or settings.username!r}, expires in {token.expires_in:.0f} s",
+                "token")
+    if token.scope is None:
+        checks.warn("the token answer states no scope; the write check below tells", "scope")
+        return True
+    missing = [f"{t}.{p}" for t, p in REQUIRED if not _covers(token.scope, t, p)]
+    if missing:
+        checks.bad(f"granted scope {token.scope!r} lacks create on {', '.join(missing)}",
+                   "have the server grant them, or set [auth] scope to what the server allows", "scope")
     else:
-        checks.warn(f"empty transaction answered HTTP {response.status_code}")
+        checks.good(f"granted scope {token.scope!r} covers Patient, Device and Observation", "scope")
+    return True
+
+
+def _covers(scope: str, resource: str, permission: str) -> bool:
+    for item in scope.split():
+        match = re.fullmatch(r"system/([A-Za-z]+|\*)\.([a-z*]+)(\?.*)?", item)
+        if not match or match.group(1) not in (resource, "*"):
+            continue
+        perms = {"read": "rs", "write": "cud", "*": "cruds"}.get(match.group(2), match.group(2))
+        if permission in perms:
+            return True
+    return False
+
+
+async def _registration(checks: Checks, config: Config, settings, client: httpx.AsyncClient) -> bool:
+    from phg.auth.registration import read_registration
+
+    try:
+        found = await read_registration(client, settings.registration_client_uri, settings.registration_access_token)
+    except PhgError as exc:
+        checks.bad(str(exc), "register again: phg register --force", "registration")
+        return False
+    if found.registration_access_token != settings.registration_access_token and config.source != "(defaults)":
+        from pathlib import Path
+
+        from phg.auth.registration import store_in_config
+
+        store_in_config(Path(config.source), {"registration_access_token": found.registration_access_token or ""},
+                        secret=True)
+        checks.warn("the server rotated the registration access token on read; stored the new one", "registration")
+    checks.good(f"client {found.client_id} is registered ({found.token_endpoint_auth_method})", "registration")
+    return True
+
+
+async def _empty_transaction(checks: Checks, client: httpx.AsyncClient, base: str, auth: httpx.Auth | None) -> None:
+    """POST an empty transaction Bundle: proves the token is accepted and transactions work, writes nothing."""
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": []}
+    try:
+        response = await client.post(base, json=bundle, headers={"Content-Type": "application/fhir+json"},
+                                     auth=auth if auth is not None else httpx.USE_CLIENT_DEFAULT)
+    except (httpx.TransportError, PhgError) as exc:
+        checks.bad(f"empty transaction: {exc}", "check the server", "write")
+        return
+    if response.status_code == 200:
+        checks.good("server accepts our token and an (empty) transaction Bundle", "write")
+    elif response.status_code in (401, 403):
+        checks.bad(f"server refused the request: HTTP {response.status_code} {_answer(response)}",
+                   "the token is valid at the authorization server but not accepted here; check the scopes and "
+                   "that this client is allowed to write Patient, Device and Observation", "write")
+    else:
+        checks.warn(f"empty transaction answered HTTP {response.status_code} {_answer(response)}", "write")
+
+
+def _answer(response: httpx.Response) -> str:
+    challenge = response.headers.get("WWW-Authenticate", "")
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    from phg.delivery.fhir import outcome_text
+
+    text = outcome_text(body) or challenge
+    return f"({text[:300]})" if text else ""
+
+
+async def _envelope(checks: Checks, settings, client: httpx.AsyncClient) -> None:
+    if not settings.encrypt_to:
+        return
+    from phg.auth.envelope import load_envelope
+
+    try:
+        envelope = await load_envelope(settings.encrypt_to, client, settings.encrypt_kid)
+    except PhgError as exc:
+        checks.bad(str(exc), "fix [auth] encrypt_to / encrypt_kid", "envelope")
+        return
+    assert envelope is not None
+    checks.good(f"Bundles are sealed for key {envelope.kid} (JWE RSA-OAEP-256 + A256GCM)", "envelope")
+
+
+def _outbox(checks: Checks, config: Config) -> None:
+    from phg.outbox import Outbox
+
+    try:
+        with Outbox(config.outbox_path) as outbox:
+            counts = outbox.counts()
+        checks.good(f"outbox {config.outbox_path}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
+                    "outbox")
+    except Exception as exc:  # noqa: BLE001 - any failure to open the file is reported, not raised
+        checks.bad(f"outbox {config.outbox_path}: {exc}", "check the path and its permissions", "outbox")

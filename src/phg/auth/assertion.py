@@ -19,13 +19,15 @@ def client_assertion(
     now: int | None = None,
     jti: str | None = None,
     lifetime: int = MAX_LIFETIME,
+    jku: str | None = None,
 ) -> str:
     """Sign a client assertion JWT for one token request.
 
     Claims, in the spec example's order: ``iss`` = ``sub`` = client_id, ``aud`` = the token
     endpoint URL (not the FHIR base: a common implementer mistake), ``exp`` = now + lifetime
     (at most 300 s), ``jti`` a fresh 256-bit random nonce unless given. Call it for every token
-    request, retries included: servers reject a reused ``jti``.
+    request, retries included: servers reject a reused ``jti``. ``jku`` (optional) goes into the
+    header: it must equal the JWKS URL registered for the client.
     """
     if not 0 < lifetime <= MAX_LIFETIME:
         raise ValueError(f"assertion lifetime must be 1..{MAX_LIFETIME} s, got {lifetime}")
@@ -37,4 +39,4 @@ def client_assertion(
         "exp": issued + lifetime,
         "jti": jti if jti is not None else secrets.token_urlsafe(32),
     }
-    return key.sign(claims)
+    return key.sign(claims, jku=jku)

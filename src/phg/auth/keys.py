@@ -76,15 +76,17 @@ class SigningKey:
         jwk.update({name: public[name] for name in _PUBLIC_MEMBERS[public["kty"]]})
         return jwk
 
-    def sign(self, claims: Mapping[str, Any]) -> str:
+    def sign(self, claims: Mapping[str, Any], *, jku: str | None = None) -> str:
         """Sign ``claims`` as a JWT in JWS compact serialisation (RFC 7515 section 7.1).
 
         The protected header is exactly ``{"alg", "kid", "typ": "JWT"}`` in that order and both
-        header and payload are compact JSON, as in the SMART spec's worked example. joserfc's
-        ``jws.serialize_compact`` keeps the header's key order (``jwt.encode`` would put ``typ``
-        first), so no hand-assembled serialisation is needed.
+        header and payload are compact JSON, as in the SMART spec's worked example; ``jku`` is
+        appended when given. joserfc's ``jws.serialize_compact`` keeps the header's key order
+        (``jwt.encode`` would put ``typ`` first), so no hand-assembled serialisation is needed.
         """
         header = {"alg": self.alg, "kid": self.kid, "typ": "JWT"}
+        if jku is not None:  # SMART: optional; must equal the client's registered JWKS URL
+            header["jku"] = jku
         payload = json.dumps(dict(claims), separators=(",", ":"), ensure_ascii=True).encode()
         # joserfc marks RS384 "not recommended" and refuses it unless explicitly allowed.
         return jws.serialize_compact(header, payload, self._key, algorithms=[self.alg])

@@ -2,9 +2,12 @@
 
 The gateway authenticates with a signed client assertion (private_key_jwt, RFC 7523) in a
 client_credentials token request, gets a short-lived bearer token (no refresh token) and
-re-authenticates before it expires. One token is shared by all concurrent requests, with a single
-token request in flight; a 401 from the resource server invalidates it and the request is re-sent
-once with a new token.
+re-authenticates before it expires. The token cache, the single in-flight refresh and the one
+re-authentication on 401 are phg.auth.token.TokenAuth's; this module only builds the request.
+
+The signing key is a SigningKey or a KeyRing (several keys, rotation): the ring is asked for its
+current signing key at every token request, so a ``phg keys rotate`` done while the daemon runs
+takes effect without a restart.
 """
 
 from __future__ import annotations
@@ -12,19 +15,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable, Generator
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
 
 import httpx
 
 from phg.auth.assertion import client_assertion
 from phg.auth.discovery import SmartConfiguration, discover
+from phg.auth.keyring import KeyRing, KeySource, StaticKey
 from phg.auth.keys import SigningKey
-from phg.errors import AuthError, ConfigError, TransientDeliveryError
-from phg.transport import TRANSIENT_STATUSES, require_secure_url, transient_error
+from phg.auth.token import DEFAULT_EXPIRES_IN, TOKEN_TIMEOUT, AccessToken, TokenAuth
+from phg.errors import ConfigError
+from phg.transport import require_secure_url
 
-__all__ = ["AccessToken", "SmartBackendAuth", "SmartConfiguration", "discover"]
+__all__ = ["DEFAULT_EXPIRES_IN", "TOKEN_TIMEOUT", "AccessToken", "KeyRing", "SmartBackendAuth", "SmartConfiguration",
+           "discover"]
 
 log = logging.getLogger(__name__)
 
@@ -32,57 +36,26 @@ JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 # exp at most 5 min ahead (SMART); 60 s below the limit so a server whose clock is behind ours
 # still sees exp within its 5 minutes.
 ASSERTION_LIFETIME = 240
-# SMART backend-services lists expires_in as required, recommended 300 s; a server that omits it
-# is assumed to use the recommended value (a 401 later still triggers one re-authentication).
-DEFAULT_EXPIRES_IN = 300.0
-TOKEN_TIMEOUT = httpx.Timeout(30.0)
-
-_CREDENTIALS_HINT = (
-    "check client_id {client_id!r}, that the public key (kid {kid}, {alg}) is registered for this "
-    "client at the server (JWKS URL or inline JWKS), and that this host's clock is correct"
-)
-# What to fix, per RFC 6749 section 5.2 error code. Some servers answer invalid_grant where the
-# SMART spec says invalid_client (authentication failure), so both get the same hint.
-_HINTS = {
-    "invalid_client": _CREDENTIALS_HINT,
-    "invalid_grant": _CREDENTIALS_HINT,
-    "invalid_scope": "the requested scope {scope!r} is not allowed for this client; "
-    "request only granted scopes or have them granted by the server administrator",
-    "unauthorized_client": "client {client_id!r} is not allowed the client_credentials grant; "
-    "register it for SMART Backend Services",
-    "unsupported_grant_type": "this token endpoint does not offer client_credentials; check token_url",
-    "invalid_request": "the server found the token request malformed; check token_url and that the "
-    "server supports SMART Backend Services (private_key_jwt)",
-}
 
 
-@dataclass(frozen=True)
-class AccessToken:
-    """A bearer token from the token endpoint. ``value`` is kept out of repr so it never lands
-    in a log line or traceback by accident. ``refresh_at`` is on the auth's clock."""
-
-    value: str = field(repr=False)
-    expires_in: float
-    scope: str | None
-    refresh_at: float
-
-
-class SmartBackendAuth(httpx.Auth):
+class SmartBackendAuth(TokenAuth):
     """httpx auth flow for SMART Backend Services; use with an ``httpx.AsyncClient``.
 
-    Token and discovery requests go through ``client`` (or a private AsyncClient, closed by
-    ``aclose``) with ``auth=None``, so the same client that carries this auth may be passed in.
-    ``clock`` is monotonic seconds, injectable for tests.
+    ``key`` is a SigningKey or a KeyRing. ``jku``, when set, goes into every assertion header
+    (it must equal the JWKS URL registered for the client).
     """
+
+    method = "smart-backend"
 
     def __init__(
         self,
         *,
         fhir_base: str,
         client_id: str,
-        key: SigningKey,
+        key: SigningKey | KeySource,
         scope: str,
         token_url: str | None = None,
+        jku: str | None = None,
         refresh_margin: float = 30.0,
         client: httpx.AsyncClient | None = None,
         allow_insecure_http: bool = False,
@@ -92,157 +65,42 @@ class SmartBackendAuth(httpx.Auth):
             raise ConfigError("SMART backend services: client_id is empty")
         if not scope.strip():
             raise ConfigError("SMART backend services: scope is empty (the token request requires it)")
-        require_secure_url(fhir_base, "FHIR base", allow_insecure_http=allow_insecure_http)
-        if token_url is not None:
-            require_secure_url(token_url, "token endpoint", allow_insecure_http=allow_insecure_http)
-        self.fhir_base = fhir_base.rstrip("/")
-        self.client_id = client_id
-        self.key = key
-        self.scope = scope
-        self._token_url = token_url
-        self._refresh_margin = refresh_margin
-        self._allow_insecure_http = allow_insecure_http
-        self._clock = clock
-        self._owns_client = client is None
-        self._client = client if client is not None else httpx.AsyncClient(timeout=TOKEN_TIMEOUT)
-        self._origin = _origin(httpx.URL(self.fhir_base))
-        self._token: AccessToken | None = None
-        self._configuration: SmartConfiguration | None = None
-        self._token_lock = asyncio.Lock()
-        self._discovery_lock = asyncio.Lock()
+        if jku is not None:
+            require_secure_url(jku, "[auth] jku", allow_insecure_http=allow_insecure_http)
+        super().__init__(fhir_base=fhir_base, client_id=client_id, scope=scope, token_url=token_url,
+                         refresh_margin=refresh_margin, client=client, allow_insecure_http=allow_insecure_http,
+                         clock=clock)
+        self.keys: KeySource = StaticKey(key) if isinstance(key, SigningKey) else key
+        self.jku = jku
 
-    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        raise RuntimeError("SmartBackendAuth needs an httpx.AsyncClient (token refresh is async)")
+    @property
+    def key(self) -> SigningKey:
+        """The key that signs the next assertion (a ring may change it between token requests)."""
+        return self.keys.signing_key()
 
-    async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        if _origin(request.url) != self._origin:
-            raise ConfigError(
-                f"refusing to send the bearer token for {self.fhir_base} to another origin ({request.url.host})"
-            )
-        token = await self.token()
-        request.headers["Authorization"] = f"Bearer {token.value}"
-        response = yield request
-        if response.status_code != 401:
-            return
-        # The token may have been revoked or expired early: get a new one and try once more.
-        # A second 401 goes back to the caller as is.
-        log.info("resource server answered 401 for %s; re-authenticating once", request.url.path)
-        self._invalidate(token)
-        token = await self.token()
-        request.headers["Authorization"] = f"Bearer {token.value}"
-        yield request
+    def _configuration_problems(self, configuration: SmartConfiguration) -> list[str]:
+        return configuration.backend_services_problems(self.key.alg)
 
-    async def token(self) -> AccessToken:
-        """A valid access token, from the cache or from one token request shared by all callers."""
-        current = self._token
-        if current is not None and self._clock() < current.refresh_at:
-            return current
-        async with self._token_lock:
-            current = self._token
-            if current is None or self._clock() >= current.refresh_at:
-                current = self._token = await self._request_token()
-            return current
+    def _credentials_hint(self) -> str:
+        key = self.key
+        return (f"check client_id {self.client_id!r}, that the public key (kid {key.kid}, {key.alg}) is registered "
+                "for this client at the server (JWKS URL or inline JWKS), and that this host's clock is correct")
 
-    async def configuration(self) -> SmartConfiguration:
-        """The server's SMART configuration, discovered once (also for ``phg doctor``)."""
-        async with self._discovery_lock:
-            if self._configuration is None:
-                self._configuration = await discover(
-                    self._client, self.fhir_base, allow_insecure_http=self._allow_insecure_http
-                )
-                for problem in self._configuration.backend_services_problems(self.key.alg):
-                    log.warning("SMART configuration of %s: %s", self.fhir_base, problem)
-            return self._configuration
+    def _sign(self, url: str) -> str:
+        assert self.client_id is not None
+        key = self.keys.signing_key()  # may read the ring's state file: runs in a thread
+        return client_assertion(key, self.client_id, url, lifetime=ASSERTION_LIFETIME, jku=self.jku)
 
-    async def aclose(self) -> None:
-        """Close the private HTTP client, if this auth created one."""
-        if self._owns_client:
-            await self._client.aclose()
-
-    def _invalidate(self, token: AccessToken) -> None:
-        # Only drop the token that was refused: concurrent 401s must not discard a newer one.
-        if self._token is token:
-            self._token = None
-
-    async def _request_token(self) -> AccessToken:
-        """One client_credentials token request (SMART backend-services, "Obtaining an access
-        token"), always with a freshly signed assertion (new jti)."""
-        url = self._token_url or (await self.configuration()).token_endpoint
-        # RSA signing is CPU work: keep it off the event loop.
-        assertion = await asyncio.to_thread(
-            client_assertion, self.key, self.client_id, url, lifetime=ASSERTION_LIFETIME
-        )
+    async def _token_request(self, url: str) -> tuple[dict[str, str], dict[str, str]]:
+        """client_credentials with a freshly signed assertion (new jti) every time (SMART
+        backend-services, "Obtaining an access token")."""
+        # RSA signing is CPU work and the ring may touch the disk: keep both off the event loop.
+        assertion = await asyncio.to_thread(self._sign, url)
         form = {
             "grant_type": "client_credentials",
             "scope": self.scope,
             "client_assertion_type": JWT_BEARER,
             "client_assertion": assertion,
         }
-        started = self._clock()
-        try:
-            response = await self._client.post(url, data=form, headers={"Accept": "application/json"}, auth=None)
-        except httpx.TransportError as exc:
-            raise TransientDeliveryError(f"token endpoint {url} unreachable: {type(exc).__name__}: {exc}") from exc
-        if response.status_code in TRANSIENT_STATUSES:
-            raise transient_error(response, "token endpoint")
-        body = _json_object(response)
-        if response.status_code != 200:
-            raise self._refusal(url, response.status_code, body)
-        return self._accept(url, body, started)
+        return form, {}
 
-    def _accept(self, url: str, body: dict[str, Any], started: float) -> AccessToken:
-        value = body.get("access_token")
-        if not isinstance(value, str) or not value:
-            raise AuthError(f"token endpoint {url} answered 200 without an access_token")
-        token_type = body.get("token_type")
-        if not isinstance(token_type, str) or token_type.lower() != "bearer":
-            raise AuthError(f"token endpoint {url} issued token_type {token_type!r}; only bearer is supported")
-        expires_in = _seconds(body.get("expires_in"))
-        # Refresh `margin` seconds before expiry, but never in the first half of a short lifetime
-        # (a 40 s token with a 30 s margin would otherwise be refreshed after 10 s).
-        refresh_after = max(expires_in - self._refresh_margin, expires_in / 2)
-        scope = body.get("scope") if isinstance(body.get("scope"), str) else None
-        if scope is not None and set(scope.split()) != set(self.scope.split()):
-            log.info("token endpoint granted scope %r (requested %r)", scope, self.scope)
-        log.debug("token refreshed, expires in %d s", expires_in)
-        return AccessToken(value=value, expires_in=expires_in, scope=scope, refresh_at=started + refresh_after)
-
-    def _refusal(self, url: str, status: int, body: dict[str, Any]) -> AuthError:
-        """An AuthError saying what the server refused and what to fix (RFC 6749 section 5.2)."""
-        error = body.get("error")
-        if not isinstance(error, str):
-            return AuthError(
-                f"token endpoint {url} answered HTTP {status} without an OAuth error; "
-                "check token_url (it must be the token endpoint itself)"
-            )
-        description = body.get("error_description")
-        description = description[:500] if isinstance(description, str) else "no error_description"
-        message = f"{error}: {description} (token endpoint {url})"
-        hint = _HINTS.get(error)
-        if hint is not None:
-            message += "; " + hint.format(
-                client_id=self.client_id, kid=self.key.kid, alg=self.key.alg, scope=self.scope
-            )
-        return AuthError(message)
-
-
-def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
-    # httpx normalises the default port to None, so https://h and https://h:443 compare equal.
-    return url.scheme, url.host, url.port
-
-
-def _json_object(response: httpx.Response) -> dict[str, Any]:
-    try:
-        body = response.json()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
-
-
-def _seconds(value: Any) -> float:
-    """expires_in as positive seconds; absent or unusable values fall back to the SMART default."""
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        return DEFAULT_EXPIRES_IN
-    return seconds if seconds > 0 else DEFAULT_EXPIRES_IN

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from phg.auth.envelope import Envelope, seal
 from phg.delivery.outcome import Delivered, Outcome, Rejected
 from phg.errors import AuthError, MappingError, PermanentDeliveryError, TransientDeliveryError
 from phg.fhir import build_transaction, to_json
@@ -28,11 +29,13 @@ class FhirDestination:
 
     name = "fhir"
 
-    def __init__(self, client: httpx.AsyncClient, base_url: str, gateway: Gateway, ig_version: str = "2.0.0"):
+    def __init__(self, client: httpx.AsyncClient, base_url: str, gateway: Gateway, ig_version: str = "2.0.0",
+                 envelope: Envelope | None = None):
         self.client = client
         self.base_url = base_url.rstrip("/")
         self.gateway = gateway
         self.ig_version = ig_version
+        self.envelope = envelope  # [auth] encrypt_to: Bundles go as a JWE (phg.auth.envelope)
 
     def render(self, readings: Sequence[Reading]) -> tuple[bytes, list[list[int]], list[int]]:
         tx = build_transaction(readings, self.gateway, self.ig_version)
@@ -44,10 +47,13 @@ class FhirDestination:
             body, reading_entries, shared_entries = await asyncio.to_thread(self.render, readings)
         except MappingError as exc:
             raise PermanentDeliveryError(f"cannot map to FHIR: {exc}") from exc
+        content_type = FHIR_JSON
+        if self.envelope is not None:  # RSA + AES work: off the event loop too
+            body, content_type = await asyncio.to_thread(seal, body, self.envelope)
         try:
             response = await self.client.post(
                 self.base_url, content=body,
-                headers={"Content-Type": FHIR_JSON, "Accept": FHIR_JSON, "Prefer": "return=minimal"},
+                headers={"Content-Type": content_type, "Accept": FHIR_JSON, "Prefer": "return=minimal"},
             )
         except httpx.TransportError as exc:
             raise TransientDeliveryError(f"{self.base_url}: {exc.__class__.__name__}: {exc}") from exc

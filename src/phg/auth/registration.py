@@ -1,0 +1,288 @@
+"""Dynamic client registration (RFC 7591) and its management (RFC 7592), and storing the result.
+
+``phg register`` sends the gateway's client metadata to the server's registration endpoint
+(``[auth] registration_endpoint``, else the SMART configuration's ``registration_endpoint``):
+grant_types client_credentials, token_endpoint_auth_method private_key_jwt with the public JWKS
+inline or as ``jwks_uri`` (SMART prefers a JWKS URL), the scopes, and optionally an initial access
+token (RFC 7591 section 3, as a bearer token) and a software statement (section 2.3). The issued
+client_id, the registration access token and the client configuration URI (RFC 7592 section 3) are
+written into the config file's [auth] table, so ``phg run`` uses them with no further step.
+
+With the RFC 7592 registration access token phg can later read, update (e.g. a rotated key in an
+inline JWKS) or delete the registration. A server may rotate that token on every management call;
+the new one is stored each time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from phg.errors import AuthError, ConfigError, TransientDeliveryError
+from phg.transport import TRANSIENT_STATUSES, transient_error
+
+log = logging.getLogger(__name__)
+
+# [auth] method for each RFC 7591 token_endpoint_auth_method phg can use
+METHODS = {
+    "private_key_jwt": "smart-backend",
+    "client_secret_basic": "client-secret-basic",
+    "client_secret_post": "client-secret-post",
+}
+_HINTS = {
+    "invalid_client_metadata": "the server refused a metadata value (scope, grant type, auth method or JWKS); "
+    "see the description and adjust [auth] scope or the phg register options",
+    "invalid_software_statement": "the software statement is malformed or its signature is not accepted",
+    "unapproved_software_statement": "the server does not trust this software statement's issuer",
+    "invalid_redirect_uri": "the server insists on redirect URIs; it may not support client_credentials clients",
+}
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What the server issued. Secrets are kept out of repr."""
+
+    client_id: str
+    token_endpoint_auth_method: str
+    client_secret: str | None = field(default=None, repr=False)
+    registration_access_token: str | None = field(default=None, repr=False)
+    registration_client_uri: str | None = None
+    scope: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def config_values(self) -> dict[str, str]:
+        """The [auth] keys to store."""
+        values = {"client_id": self.client_id, "method": METHODS.get(self.token_endpoint_auth_method,
+                                                                      self.token_endpoint_auth_method)}
+        for key in ("client_secret", "registration_access_token", "registration_client_uri"):
+            value = getattr(self, key)
+            if value:
+                values[key] = value
+        return values
+
+
+def client_metadata(
+    *,
+    auth_method: str = "private_key_jwt",
+    scope: str,
+    jwks: Mapping[str, Any] | None = None,
+    jwks_uri: str | None = None,
+    signing_alg: str | None = None,
+    client_name: str | None = None,
+    software_statement: str | None = None,
+) -> dict[str, Any]:
+    """RFC 7591 section 2 metadata of a backend-services (client_credentials) client."""
+    if auth_method not in METHODS:
+        raise ConfigError(f"token_endpoint_auth_method must be one of {', '.join(METHODS)}, not {auth_method!r}")
+    metadata: dict[str, Any] = {
+        "grant_types": ["client_credentials"],
+        "response_types": [],  # no browser flows: nothing is ever redirected
+        "token_endpoint_auth_method": auth_method,
+        "scope": scope,
+    }
+    if auth_method == "private_key_jwt":
+        if (jwks is None) == (jwks_uri is None):
+            raise ConfigError("private_key_jwt registration needs the JWKS inline or a jwks_uri (exactly one)")
+        if jwks_uri is not None:
+            metadata["jwks_uri"] = jwks_uri
+        else:
+            metadata["jwks"] = dict(jwks or {})
+        if signing_alg:
+            metadata["token_endpoint_auth_signing_alg"] = signing_alg
+    if client_name:
+        metadata["client_name"] = client_name
+    if software_statement:
+        metadata["software_statement"] = software_statement
+    return metadata
+
+
+async def register(
+    client: httpx.AsyncClient,
+    endpoint: str,
+    metadata: Mapping[str, Any],
+    *,
+    initial_access_token: str | None = None,
+) -> Registration:
+    """POST the metadata (RFC 7591 section 3.1); the 201 answer (section 3.2.1) as a Registration."""
+    headers = {"Accept": "application/json"}
+    if initial_access_token:
+        headers["Authorization"] = f"Bearer {initial_access_token}"
+    response = await _call(client, "POST", endpoint, headers, metadata)
+    if response.status_code not in (200, 201):
+        raise _refusal("registration", endpoint, response, initial_access_token is not None)
+    return _registration(response, endpoint, metadata)
+
+
+async def read_registration(client: httpx.AsyncClient, uri: str, access_token: str) -> Registration:
+    """GET the client configuration (RFC 7592 section 2.1)."""
+    response = await _call(client, "GET", uri, _bearer(access_token))
+    if response.status_code != 200:
+        raise _refusal("registration read", uri, response, True)
+    return _registration(response, uri, {}, access_token)
+
+
+async def update_registration(client: httpx.AsyncClient, uri: str, access_token: str,
+                              metadata: Mapping[str, Any]) -> Registration:
+    """PUT the full metadata, client_id included (RFC 7592 section 2.2)."""
+    response = await _call(client, "PUT", uri, _bearer(access_token), metadata)
+    if response.status_code != 200:
+        raise _refusal("registration update", uri, response, True)
+    return _registration(response, uri, metadata, access_token)
+
+
+async def delete_registration(client: httpx.AsyncClient, uri: str, access_token: str) -> None:
+    """DELETE the registration (RFC 7592 section 2.3): the client_id stops working."""
+    response = await _call(client, "DELETE", uri, _bearer(access_token))
+    if response.status_code not in (200, 204):
+        raise _refusal("registration delete", uri, response, True)
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Accept": "application/json", "Authorization": f"Bearer {token}"}
+
+
+async def _call(client: httpx.AsyncClient, method: str, url: str, headers: dict[str, str],
+                body: Mapping[str, Any] | None = None) -> httpx.Response:
+    try:
+        response = await client.request(method, url, headers=headers, json=dict(body) if body is not None else None,
+                                        auth=None)
+    except httpx.TransportError as exc:
+        raise TransientDeliveryError(f"registration endpoint {url} unreachable: {type(exc).__name__}: {exc}") from exc
+    if response.status_code in TRANSIENT_STATUSES:
+        raise transient_error(response, "registration endpoint")
+    return response
+
+
+def _registration(response: httpx.Response, url: str, sent: Mapping[str, Any],
+                  previous_token: str | None = None) -> Registration:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or not isinstance(body.get("client_id"), str):
+        raise AuthError(f"registration endpoint {url} answered HTTP {response.status_code} without a client_id")
+    public = {k: v for k, v in body.items() if k not in ("client_secret", "registration_access_token")}
+    return Registration(
+        client_id=body["client_id"],
+        token_endpoint_auth_method=str(body.get("token_endpoint_auth_method")
+                                       or sent.get("token_endpoint_auth_method") or "client_secret_basic"),
+        client_secret=body.get("client_secret") if isinstance(body.get("client_secret"), str) else None,
+        registration_access_token=body.get("registration_access_token") or previous_token,
+        registration_client_uri=body.get("registration_client_uri") or (url if previous_token else None),
+        scope=body.get("scope") if isinstance(body.get("scope"), str) else None,
+        metadata=public,
+    )
+
+
+def _refusal(what: str, url: str, response: httpx.Response, had_token: bool) -> AuthError:
+    """RFC 7591 section 3.2.2 / RFC 7592 errors, in words, without echoing any secret."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    body = body if isinstance(body, dict) else {}
+    error, description = body.get("error"), body.get("error_description")
+    status = response.status_code
+    message = f"{what} at {url} refused: HTTP {status}"
+    if isinstance(error, str):
+        message += f" {error}"
+    if isinstance(description, str):
+        message += f": {description[:500]}"
+    hint = _HINTS.get(error) if isinstance(error, str) else None
+    if hint is None and status in (401, 403):
+        hint = ("the registration access token is not accepted: the registration was revoked or the token "
+                "rotated; register again (phg register --force)") if what != "registration" else (
+            "the initial access token is wrong or expired" if had_token else
+            "this server needs an initial access token (phg register --initial-access-token, or PHG_INITIAL_ACCESS_TOKEN)")
+    if hint is None and status in (404, 405) and what != "registration":
+        hint = "the server does not offer RFC 7592 registration management, or the client no longer exists"
+    if hint:
+        message += f"; {hint}"
+    return AuthError(message)
+
+
+# ---------------------------------------------------------------------------------------------- config file
+
+
+_TABLE = re.compile(r"^\s*\[\s*([A-Za-z0-9_.\-\"' ]+?)\s*\]\s*(#.*)?$")
+
+
+def set_table_keys(text: str, table: str, values: Mapping[str, str]) -> str:
+    """``text`` (TOML) with ``values`` set in ``[table]``: an existing ``key = ...`` line is replaced,
+    a new key goes after the table's last key; comments and everything else stay as they are.
+    Single-line values only (what phg writes). The result is checked by parsing it again."""
+    lines = text.splitlines(keepends=True)
+    start = end = None
+    for number, line in enumerate(lines):
+        match = _TABLE.match(line) if not line.lstrip().startswith("[[") else None
+        if match and start is None and match.group(1).strip() == table:
+            start = number
+        elif (match or line.lstrip().startswith("[[")) and start is not None and end is None:
+            end = number
+    if start is None:
+        if table in tomllib.loads(text):
+            raise ConfigError(f"[{table}] is written as an inline or dotted table; edit the file by hand")
+        if lines and not lines[-1].endswith("\n"):
+            lines[-1] += "\n"
+        lines += ["\n", f"[{table}]\n"]
+        start, end = len(lines) - 1, len(lines)
+    end = len(lines) if end is None else end
+    last_key = start
+    for key, value in values.items():
+        rendered = f"{key} = {_toml_string(value)}\n"
+        pattern = re.compile(rf"^\s*{re.escape(key)}\s*=")
+        for number in range(start + 1, end):
+            if pattern.match(lines[number]):
+                if lines[number].split("=", 1)[1].lstrip().startswith(('"""', "'''")):
+                    raise ConfigError(f"[{table}] {key} is a multi-line string; edit the file by hand")
+                lines[number] = rendered
+                break
+        else:
+            for number in range(start + 1, end):
+                stripped = lines[number].strip()
+                if stripped and not stripped.startswith("#"):
+                    last_key = max(last_key, number)
+            lines.insert(last_key + 1, rendered)
+            last_key += 1
+            end += 1
+    result = "".join(lines)
+    parsed = tomllib.loads(result).get(table, {})
+    if any(parsed.get(key) != value for key, value in values.items()):
+        raise ConfigError(f"could not update [{table}] safely; edit the file by hand")
+    return result
+
+
+def _toml_string(value: str) -> str:
+    """A TOML basic string (JSON's escapes are a subset of TOML's)."""
+    import json
+
+    return json.dumps(value, ensure_ascii=False)
+
+
+def store_in_config(path: Path, values: Mapping[str, str], *, secret: bool) -> None:
+    """Write ``values`` into the [auth] table of the config file at ``path``, atomically. A file that
+    holds a secret ends up mode 0600."""
+    try:
+        text = path.read_text()
+        mode = os.stat(path).st_mode & 0o777
+    except FileNotFoundError:
+        text, mode = "", 0o600
+    new = set_table_keys(text, "auth", values)
+    if secret:
+        mode = 0o600
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(new)
+        out.flush()
+        os.fsync(out.fileno())
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)

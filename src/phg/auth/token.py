@@ -1,0 +1,250 @@
+"""The token cache every OAuth grant shares: one httpx.Auth base class, one place for the rules.
+
+A grant (SMART Backend Services, client secret, password, a static bearer token) only says how its
+token request is built (``_token_request``) and what to tell a person when the server refuses it
+(``_credentials_hint``). Everything else lives here once:
+
+- one token shared by all concurrent requests, with a single token request in flight;
+- refresh ``refresh_margin`` seconds before expiry (but never in the first half of a short lifetime);
+- a 401 from the resource server invalidates the token and the request is re-sent once;
+- the token is only ever sent to the FHIR server's own origin;
+- RFC 6749 section 5.2 error answers become an AuthError saying what to fix; 408/429/5xx and
+  connection trouble a TransientDeliveryError (retry later);
+- the token endpoint is ``token_url`` or found by SMART discovery (lazily, once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import AsyncGenerator, Callable, Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from phg.auth.discovery import SmartConfiguration, discover
+from phg.errors import AuthError, ConfigError, TransientDeliveryError
+from phg.transport import TRANSIENT_STATUSES, require_secure_url, transient_error
+
+log = logging.getLogger(__name__)
+
+# SMART backend-services lists expires_in as required, recommended 300 s; a server that omits it
+# is assumed to use the recommended value (a 401 later still triggers one re-authentication).
+DEFAULT_EXPIRES_IN = 300.0
+TOKEN_TIMEOUT = httpx.Timeout(30.0)
+
+# What to fix, per RFC 6749 section 5.2 error code. Some servers answer invalid_grant where the
+# spec says invalid_client (authentication failure), so both get the grant's credentials hint.
+_HINTS = {
+    "invalid_scope": "the requested scope {scope!r} is not allowed for this client; "
+    "request only granted scopes or have them granted by the server administrator",
+    "unauthorized_client": "client {client_id!r} is not allowed the {grant} grant; "
+    "register it for this grant (phg register) or ask the server administrator",
+    "unsupported_grant_type": "this token endpoint does not offer the {grant} grant; check token_url and [auth] method",
+    "invalid_request": "the server found the token request malformed; check token_url and that the "
+    "server supports [auth] method {method!r}",
+}
+
+
+@dataclass(frozen=True)
+class AccessToken:
+    """A bearer token from the token endpoint. ``value`` is kept out of repr so it never lands
+    in a log line or traceback by accident. ``refresh_at`` is on the auth's clock."""
+
+    value: str = field(repr=False)
+    expires_in: float
+    scope: str | None
+    refresh_at: float
+
+
+class TokenAuth(httpx.Auth):
+    """Base of phg's httpx auth flows; use with an ``httpx.AsyncClient``.
+
+    Token and discovery requests go through ``client`` (or a private AsyncClient, closed by
+    ``aclose``) with ``auth=None``, so the same client that carries this auth may be passed in
+    (then its TLS settings, client certificate and proxy apply to the token endpoint too).
+    ``clock`` is monotonic seconds, injectable for tests.
+    """
+
+    method = "token"  # the [auth] method name, for messages
+    grant = "client_credentials"
+    reauthenticate_on_401 = True
+
+    def __init__(
+        self,
+        *,
+        fhir_base: str,
+        client_id: str | None = None,
+        scope: str = "",
+        token_url: str | None = None,
+        refresh_margin: float = 30.0,
+        client: httpx.AsyncClient | None = None,
+        allow_insecure_http: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        require_secure_url(fhir_base, "FHIR base", allow_insecure_http=allow_insecure_http)
+        if token_url is not None:
+            require_secure_url(token_url, "token endpoint", allow_insecure_http=allow_insecure_http)
+        self.fhir_base = fhir_base.rstrip("/")
+        self.client_id = client_id
+        self.scope = scope
+        self._token_url = token_url
+        self._refresh_margin = refresh_margin
+        self._allow_insecure_http = allow_insecure_http
+        self._clock = clock
+        self._owns_client = client is None
+        self._client = client if client is not None else httpx.AsyncClient(timeout=TOKEN_TIMEOUT)
+        self._origin = _origin(httpx.URL(self.fhir_base))
+        self._token: AccessToken | None = None
+        self._configuration: SmartConfiguration | None = None
+        self._token_lock = asyncio.Lock()
+        self._discovery_lock = asyncio.Lock()
+
+    # ------------------------------------------------------------------ what a grant provides
+    async def _token_request(self, url: str) -> tuple[dict[str, str], dict[str, str]]:
+        """The form fields and extra headers of one token request to ``url``."""
+        raise NotImplementedError
+
+    def _credentials_hint(self) -> str:
+        """What to check when the server says invalid_client / invalid_grant."""
+        return f"check client_id {self.client_id!r} and its credentials"
+
+    def _configuration_problems(self, configuration: SmartConfiguration) -> list[str]:
+        """What the server's SMART configuration declares that rules this grant out."""
+        return []
+
+    # ------------------------------------------------------------------ the flow
+    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        raise RuntimeError(f"{type(self).__name__} needs an httpx.AsyncClient (token refresh is async)")
+
+    async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        if _origin(request.url) != self._origin:
+            raise ConfigError(
+                f"refusing to send the bearer token for {self.fhir_base} to another origin ({request.url.host})"
+            )
+        token = await self.token()
+        request.headers["Authorization"] = f"Bearer {token.value}"
+        response = yield request
+        if response.status_code != 401 or not self.reauthenticate_on_401:
+            return
+        # The token may have been revoked or expired early: get a new one and try once more.
+        # A second 401 goes back to the caller as is.
+        log.info("resource server answered 401 for %s; re-authenticating once", request.url.path)
+        self._invalidate(token)
+        token = await self.token()
+        request.headers["Authorization"] = f"Bearer {token.value}"
+        yield request
+
+    async def token(self) -> AccessToken:
+        """A valid access token, from the cache or from one token request shared by all callers."""
+        current = self._token
+        if current is not None and self._clock() < current.refresh_at:
+            return current
+        async with self._token_lock:
+            current = self._token
+            if current is None or self._clock() >= current.refresh_at:
+                current = self._token = await self._request_token()
+            return current
+
+    async def configuration(self) -> SmartConfiguration:
+        """The server's SMART configuration, discovered once (also for ``phg doctor``)."""
+        async with self._discovery_lock:
+            if self._configuration is None:
+                self._configuration = await discover(
+                    self._client, self.fhir_base, allow_insecure_http=self._allow_insecure_http
+                )
+                for problem in self._configuration_problems(self._configuration):
+                    log.warning("SMART configuration of %s: %s", self.fhir_base, problem)
+            return self._configuration
+
+    async def token_endpoint(self) -> str:
+        return self._token_url or (await self.configuration()).token_endpoint
+
+    async def aclose(self) -> None:
+        """Close the private HTTP client, if this auth created one."""
+        if self._owns_client:
+            await self._client.aclose()
+
+    def _invalidate(self, token: AccessToken) -> None:
+        # Only drop the token that was refused: concurrent 401s must not discard a newer one.
+        if self._token is token:
+            self._token = None
+
+    async def _request_token(self) -> AccessToken:
+        """One token request, built by the grant, sent and judged here."""
+        url = await self.token_endpoint()
+        form, headers = await self._token_request(url)
+        started = self._clock()
+        try:
+            response = await self._client.post(
+                url, data=form, headers={"Accept": "application/json", **headers}, auth=None
+            )
+        except httpx.TransportError as exc:
+            raise TransientDeliveryError(f"token endpoint {url} unreachable: {type(exc).__name__}: {exc}") from exc
+        if response.status_code in TRANSIENT_STATUSES:
+            raise transient_error(response, "token endpoint")
+        body = _json_object(response)
+        if response.status_code != 200:
+            raise self._refusal(url, response.status_code, body)
+        return self._accept(url, body, started)
+
+    def _accept(self, url: str, body: dict[str, Any], started: float) -> AccessToken:
+        value = body.get("access_token")
+        if not isinstance(value, str) or not value:
+            raise AuthError(f"token endpoint {url} answered 200 without an access_token")
+        token_type = body.get("token_type")
+        if not isinstance(token_type, str) or token_type.lower() != "bearer":
+            raise AuthError(f"token endpoint {url} issued token_type {token_type!r}; only bearer is supported")
+        expires_in = _seconds(body.get("expires_in"))
+        # Refresh `margin` seconds before expiry, but never in the first half of a short lifetime
+        # (a 40 s token with a 30 s margin would otherwise be refreshed after 10 s).
+        refresh_after = max(expires_in - self._refresh_margin, expires_in / 2)
+        scope = body.get("scope") if isinstance(body.get("scope"), str) else None
+        if scope is not None and set(scope.split()) != set(self.scope.split()):
+            log.info("token endpoint granted scope %r (requested %r)", scope, self.scope)
+        log.debug("token refreshed, expires in %d s", expires_in)
+        return AccessToken(value=value, expires_in=expires_in, scope=scope, refresh_at=started + refresh_after)
+
+    def _refusal(self, url: str, status: int, body: dict[str, Any]) -> AuthError:
+        """An AuthError saying what the server refused and what to fix (RFC 6749 section 5.2)."""
+        error = body.get("error")
+        if not isinstance(error, str):
+            return AuthError(
+                f"token endpoint {url} answered HTTP {status} without an OAuth error; "
+                "check token_url (it must be the token endpoint itself)"
+            )
+        description = body.get("error_description")
+        description = description[:500] if isinstance(description, str) else "no error_description"
+        message = f"{error}: {description} (token endpoint {url})"
+        if error in ("invalid_client", "invalid_grant"):
+            message += "; " + self._credentials_hint()
+        elif error in _HINTS:
+            message += "; " + _HINTS[error].format(
+                client_id=self.client_id, scope=self.scope, grant=self.grant, method=self.method
+            )
+        return AuthError(message)
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    # httpx normalises the default port to None, so https://h and https://h:443 compare equal.
+    return url.scheme, url.host, url.port
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _seconds(value: Any) -> float:
+    """expires_in as positive seconds; absent or unusable values fall back to the SMART default."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return DEFAULT_EXPIRES_IN
+    return seconds if seconds > 0 and math.isfinite(seconds) else DEFAULT_EXPIRES_IN

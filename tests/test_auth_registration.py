@@ -1,0 +1,135 @@
+"""RFC 7591 client metadata and answers, storing the result in the config file, and envelopes."""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from joserfc.jwk import RSAKey
+
+from phg.auth.envelope import envelope_from_file, envelope_from_jwks, open_envelope, seal
+from phg.auth.registration import client_metadata, register, set_table_keys, store_in_config
+from phg.errors import AuthError, ConfigError
+
+CONFIG = """# phg configuration
+[gateway]
+system_id = "02AB7FFFFE00C1C1"  # keep me
+
+[auth]
+# the SMART client
+client_id = "old"   # replaced
+scope = "system/Observation.c"
+# a comment at the end of [auth]
+
+[outbox]
+path = "/tmp/o.sqlite"
+"""
+
+
+def test_set_table_keys_keeps_comments_and_other_tables() -> None:
+    text = set_table_keys(CONFIG, "auth", {"client_id": "new-id", "registration_access_token": 'a"b\\c'})
+    parsed = tomllib.loads(text)
+    assert parsed["auth"]["client_id"] == "new-id" and parsed["auth"]["registration_access_token"] == 'a"b\\c'
+    assert parsed["outbox"]["path"] == "/tmp/o.sqlite" and parsed["gateway"]["system_id"] == "02AB7FFFFE00C1C1"
+    for comment in ("# phg configuration", "# keep me", "# the SMART client", "# a comment at the end of [auth]"):
+        assert comment in text
+    # the new key sits inside [auth], before [outbox]
+    assert text.index("registration_access_token") < text.index("[outbox]")
+
+
+def test_set_table_keys_adds_a_missing_table() -> None:
+    text = set_table_keys("[fhir]\nbase_url = \"https://x\"", "auth", {"client_id": "c"})
+    assert tomllib.loads(text) == {"fhir": {"base_url": "https://x"}, "auth": {"client_id": "c"}}
+    with pytest.raises(ConfigError, match="by hand"):
+        set_table_keys('auth = {client_id = "x"}\n', "auth", {"client_id": "c"})
+
+
+def test_store_in_config_makes_a_secret_file_0600(tmp_path: Path) -> None:
+    path = tmp_path / "phg.toml"
+    path.write_text(CONFIG)
+    path.chmod(0o644)
+    store_in_config(path, {"client_id": "x"}, secret=False)
+    assert os.stat(path).st_mode & 0o777 == 0o644
+    store_in_config(path, {"registration_access_token": "rat"}, secret=True)
+    assert os.stat(path).st_mode & 0o777 == 0o600 and "rat" in path.read_text()
+
+
+def test_client_metadata_shapes() -> None:
+    jwks = {"keys": [{"kty": "EC", "kid": "k"}]}
+    md = client_metadata(scope="system/Observation.c", jwks=jwks, signing_alg="ES384", software_statement="eyJ.x.y")
+    assert md["grant_types"] == ["client_credentials"] and md["token_endpoint_auth_method"] == "private_key_jwt"
+    assert md["jwks"] == jwks and md["token_endpoint_auth_signing_alg"] == "ES384" and md["software_statement"]
+    md = client_metadata(scope="s", jwks_uri="https://gw.example.org/jwks.json")
+    assert md["jwks_uri"] == "https://gw.example.org/jwks.json" and "jwks" not in md
+    assert "jwks" not in client_metadata(scope="s", auth_method="client_secret_post")
+    with pytest.raises(ConfigError):
+        client_metadata(scope="s")
+
+
+async def test_register_sends_the_initial_access_token_and_reads_the_answer() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.headers.get("Authorization") != "Bearer iat-1":
+            return httpx.Response(401, json={"error": "invalid_token"})
+        return httpx.Response(201, json={"client_id": "c1", "registration_access_token": "rat-secret-1",
+                                         "registration_client_uri": "https://as/reg/c1",
+                                         "token_endpoint_auth_method": "private_key_jwt"})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        md = client_metadata(scope="s", jwks={"keys": []})
+        with pytest.raises(AuthError, match="needs an initial access token"):
+            await register(client, "https://as/reg", md)
+        found = await register(client, "https://as/reg", md, initial_access_token="iat-1")
+    assert json.loads(seen[-1].content)["grant_types"] == ["client_credentials"]
+    assert found.config_values() == {"client_id": "c1", "method": "smart-backend",
+                                     "registration_access_token": "rat-secret-1",
+                                     "registration_client_uri": "https://as/reg/c1"}
+    assert "rat-secret-1" not in repr(found)
+
+
+async def test_registration_refusal_is_readable() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(400, json={"error": "invalid_client_metadata", "error_description": "scope not allowed"})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        with pytest.raises(AuthError, match="invalid_client_metadata: scope not allowed; the server refused"):
+            await register(client, "https://as/reg", client_metadata(scope="s", jwks={"keys": []}))
+
+
+# ---------------------------------------------------------------------------------------------- envelopes
+
+
+@pytest.fixture(scope="module")
+def server_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def test_envelope_round_trip_from_a_pem_file(server_key, tmp_path: Path) -> None:
+    pem = tmp_path / "server.pem"
+    pem.write_bytes(server_key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                         serialization.PublicFormat.SubjectPublicKeyInfo))
+    envelope = envelope_from_file(pem)
+    body = b'{"resourceType":"Bundle","type":"transaction","entry":[]}'
+    sealed, content_type = seal(body, envelope)
+    again, _ = seal(body, envelope)
+    assert content_type == "application/jose" and sealed.count(b".") == 4 and sealed != again  # fresh CEK + IV
+    clear, header = open_envelope(sealed, RSAKey.import_key(server_key))
+    assert clear == body and header["kid"] == envelope.kid and header["enc"] == "A256GCM"
+    assert seal(body, None) == (body, "application/fhir+json")
+
+
+def test_envelope_key_from_a_jwks(server_key) -> None:
+    public = RSAKey.import_key(server_key.public_key()).as_dict(private=False)
+    jwks = {"keys": [{**public, "kid": "enc-1", "use": "enc"}, {**public, "kid": "sig-1", "use": "sig"}]}
+    assert envelope_from_jwks(jwks, None, "test").kid == "enc-1"
+    with pytest.raises(ConfigError, match="exactly one"):
+        envelope_from_jwks({"keys": [jwks["keys"][0], {**jwks["keys"][0], "kid": "enc-2"}]}, None, "test")
+    assert envelope_from_jwks({"keys": [jwks["keys"][0], {**jwks["keys"][0], "kid": "enc-2"}]}, "enc-2", "t").kid == "enc-2"
