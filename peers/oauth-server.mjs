@@ -14,11 +14,12 @@
 //    "token_endpoint_auth_method": "private_key_jwt", "jwks": {"keys": [<public JWK>]}}
 //   {"client_id": "gate", "client_secret": "...", "token_endpoint_auth_method": "client_secret_basic", ...}
 // Missing grant_types/response_types/redirect_uris default to the client_credentials-only shape.
-import { readFileSync, writeFileSync, renameSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { parseArgs } from 'node:util';
 
 import Provider, { errors } from 'oidc-provider';
+import { announceReady, exitWithParent } from './lifecycle.mjs';
 
 const { values: args } = parseArgs({
   options: {
@@ -152,23 +153,7 @@ server.listen(Number(args.port), '127.0.0.1', () => {
   });
 
   handler = provider.callback();
-  console.log(`READY ${port}`);
-  if (args['ready-file']) {
-    const tmp = `${args['ready-file']}.tmp`;
-    writeFileSync(tmp, JSON.stringify({ port, issuer }));
-    renameSync(tmp, args['ready-file']);
-  }
+  announceReady(args['ready-file'], { port, issuer });
 });
 
-// Exit with the process that started us (a killed test runner must not leave peers behind).
-const parentPid = process.ppid;
-setInterval(() => {
-  if (process.ppid !== parentPid) process.exit(0);
-}, 1000).unref();
-for (const signal of ['SIGTERM', 'SIGINT']) {
-  process.on(signal, () => {
-    server.close();
-    server.closeAllConnections?.();
-    process.exit(0);
-  });
-}
+exitWithParent(server);
