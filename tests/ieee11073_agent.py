@@ -1,6 +1,11 @@
 """An IEEE 11073-20601 agent emulator for the tests: the five standard device types, built with phg's
 own APDU encoder but from the agent's side (AARQ, configuration report, MDS GET answer, fixed scan
-reports, RLRQ), and an asyncio session runner that plays them against a manager over TCP."""
+reports, RLRQ), and an asyncio session runner that plays them against a manager over TCP.
+
+`Agent("pulse_oximeter", grouped="abs" | "bo" | "rel")` is a pulse oximeter with a periodic scanner
+(extended configuration, like signove/antidote tests/resources/apdu/pulse_oximeter/*_with_scanner): it
+sends MDC_NOTI_BUF_SCAN_REPORT_GROUPED reports of GROUP_SCANS scans each, time-stamped with Absolute-Time,
+Base-Offset-Time or Relative-Time."""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from phg.sources.ieee11073.apdu import (
     SYS_TYPE_AGENT,
     Aarq,
     Abrt,
+    ConfigObject,
     ConfigReport,
     DataProto,
     EventReport,
@@ -25,9 +31,20 @@ from phg.sources.ieee11073.apdu import (
     config_report_bytes,
     decode,
     encode,
+    handle_attr_val_map_bytes,
 )
 from phg.sources.ieee11073.configs import STANDARD
-from phg.sources.ieee11073.mder import AbsoluteTime, counted, number, octet_string, u16, u32
+from phg.sources.ieee11073.mder import (
+    BO_EPOCH,
+    TICKS_PER_SECOND,
+    AbsoluteTime,
+    BaseOffsetTime,
+    counted,
+    number,
+    octet_string,
+    u16,
+    u32,
+)
 
 
 @dataclass(frozen=True)
@@ -65,11 +82,28 @@ EXPECTED = {
 }
 
 
+# grouped reports: the periodic scanner and its Scan-Handle-Attr-Val-Map (SpO2 handle 1 with its
+# Measurement-Status, pulse rate handle 10), each with a time stamp of the agent's chosen kind
+SCANNER_HANDLE = 40
+GROUP_SCANS = 2  # scans per grouped report, GROUP_PERIOD_S apart
+GROUP_PERIOD_S = 1
+TIME_STAMPS = {"abs": (nom.ATTR_TIME_STAMP_ABS, 8), "bo": (nom.ATTR_TIME_STAMP_BO, 8), "rel": (nom.ATTR_TIME_STAMP_REL, 4)}
+BO_OFFSET_MIN = 60  # the agent's Base-Offset-Time offset: its clock is UTC+01:00
+REL_AT_GET = 0x10000000  # the agent's Relative-Time when it answers the MDS GET (= its `clock`)
+
+
+def scanner_map(stamp: str) -> tuple:
+    ts = TIME_STAMPS[stamp]
+    return ((1, ((nom.ATTR_NU_VAL_OBS_BASIC, 2), (nom.ATTR_MSMT_STAT, 2), ts)),
+            (10, ((nom.ATTR_NU_VAL_OBS_BASIC, 2), ts)))
+
+
 @dataclass
 class Agent:
     kind_name: str
     extended: bool = False  # report the standard objects under an extended configuration id (0x4000+)
     system_id: str | None = None
+    grouped: str | None = None  # "abs" / "bo" / "rel": a pulse oximeter with a periodic scanner, grouped reports
     clock: datetime = datetime(2026, 11, 28, 9, 0, 0)
     invoke: int = 0
     log: list[str] = field(default_factory=list)
@@ -80,6 +114,8 @@ class Agent:
 
     @property
     def config_id(self) -> int:
+        if self.grouped:
+            return 0x4100 + list(TIME_STAMPS).index(self.grouped)
         return 0x4000 + list(KINDS).index(self.kind_name) if self.extended else self.kind.config_id
 
     @property
@@ -98,7 +134,15 @@ class Agent:
 
     def config_report(self) -> bytes:
         profile, std = STANDARD[self.kind.config_id]
-        report = ConfigReport(self.config_id, std.objects)
+        objects = std.objects
+        if self.grouped:
+            objects += (ConfigObject(19, SCANNER_HANDLE, (  # MDC_MOC_SCAN_CFG_PERI
+                AVA(nom.ATTR_OP_STAT, u16(0)),
+                AVA(nom.ATTR_SCAN_REP_PD_MIN, u32(GROUP_PERIOD_S * GROUP_SCANS * TICKS_PER_SECOND)),
+                AVA(nom.ATTR_CONFIRM_MODE, u16(1)),  # confirmed, so that the session sees acknowledgements
+                AVA(nom.ATTR_SCAN_HANDLE_ATTR_VAL_MAP, handle_attr_val_map_bytes(scanner_map(self.grouped))),
+            )),)
+        report = ConfigReport(self.config_id, objects)
         return encode(Prst(self.next_invoke(), EventReport(0, 0xFFFFFFFF, nom.NOTI_CONFIG, config_report_bytes(report))))
 
     def get_response(self, invoke_id: int) -> bytes:
@@ -113,15 +157,49 @@ class Agent:
             AVA(nom.ATTR_TIME_ABS, AbsoluteTime.from_datetime(self.clock).raw),
             AVA(nom.ATTR_MDS_TIME_INFO, u16(0x8000) + u16(nom.TIME_SYNC_BASE) + u32(0) + u16(100) + u16(0) + u32(0)),
         )
+        if self.grouped == "rel":
+            attrs += (AVA(nom.ATTR_TIME_REL, u32(REL_AT_GET)),)
+        if self.grouped == "bo":
+            attrs += (AVA(nom.ATTR_TIME_BO, self.stamp(timedelta(0))),)
         return encode(Prst(invoke_id, GetResult(0, attrs)))
 
+    def stamp(self, after: timedelta) -> bytes:
+        """The agent's time stamp (of its `grouped` kind, Absolute-Time otherwise) `after` its clock."""
+        local = self.clock + after
+        if self.grouped == "bo":  # the clock shows UTC+01:00 wall time
+            utc = local.replace(tzinfo=BO_EPOCH.tzinfo) - timedelta(minutes=BO_OFFSET_MIN)
+            seconds, micro = divmod((utc - BO_EPOCH) // timedelta(microseconds=1), 1_000_000)
+            return BaseOffsetTime(seconds, micro * 65536 // 1_000_000, BO_OFFSET_MIN).encode()
+        if self.grouped == "rel":
+            return u32((REL_AT_GET + round(after.total_seconds() * TICKS_PER_SECOND)) & 0xFFFFFFFF)
+        return AbsoluteTime.from_datetime(local).raw
+
     def measurement(self, n: int, confirmed: bool = True) -> tuple[int, bytes]:
-        """A fixed scan report of every object, taken n minutes after the agent's clock."""
+        """A fixed scan report of every object, taken n minutes after the agent's clock; with `grouped`, a
+        buffered grouped report from the periodic scanner: GROUP_SCANS scans, the k-th n min + k s after it."""
+        if self.grouped:
+            return self.grouped_report(n, confirmed)
         stamp = AbsoluteTime.from_datetime(self.clock + timedelta(minutes=n)).raw
         obs = [u16(h) + octet_string(v + stamp) for h, v in self.kind.values]
         info = u16(0xF000) + u16(n) + counted(obs)
         invoke = self.next_invoke()
         return invoke, encode(Prst(invoke, EventReport(0, 0xFFFFFFFF, nom.NOTI_SCAN_REPORT_FIXED, info, confirmed)))
+
+    def grouped_report(self, n: int, confirmed: bool = True, person_id: int | None = None) -> tuple[int, bytes]:
+        values = dict(self.kind.values)
+        groups = []
+        for k in range(GROUP_SCANS):
+            stamp = self.stamp(timedelta(minutes=n, seconds=k * GROUP_PERIOD_S))
+            groups.append(values[1] + u16(0) + stamp + values[10] + stamp)  # laid out as scanner_map() says
+        head = u16(0xF000) + u16(n)
+        if person_id is None:
+            event, info = nom.NOTI_BUF_SCAN_REPORT_GROUPED, head + counted(
+                [octet_string(g) for g in groups])
+        else:  # multi-person: one ObservationScanGrouped per person entry
+            event, info = nom.NOTI_BUF_SCAN_REPORT_MP_GROUPED, head + counted(
+                [u16(person_id) + octet_string(g) for g in groups])
+        invoke = self.next_invoke()
+        return invoke, encode(Prst(invoke, EventReport(SCANNER_HANDLE, 0xFFFFFFFF, event, info, confirmed)))
 
     def rlrq(self) -> bytes:
         return encode(Rlrq(0))
@@ -162,4 +240,4 @@ async def session(host: str, port: int, agent: Agent, reports: int = 3) -> dict:
     return seen
 
 
-__all__ = ["Abrt", "Agent", "EXPECTED", "KINDS", "read_apdu", "session"]
+__all__ = ["Abrt", "Agent", "EXPECTED", "GROUP_PERIOD_S", "GROUP_SCANS", "KINDS", "read_apdu", "session"]

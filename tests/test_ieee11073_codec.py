@@ -184,3 +184,17 @@ def test_fuzz_mutated_samples(seed, data):
         describe(bytes(buf))
     except ApduError:
         pass
+
+
+def test_scanner_handle_map_and_grouped_report_are_described():
+    cfg = config_for("ant-po-config-scanner")
+    assert cfg.objects[55].handle_map == ((1, ((2636, 2), (2448, 8))), (10, ((2636, 2), (2448, 8))))
+    assert cfg.objects[40].handle_map == ((1, ((2636, 2), (2375, 2), (2448, 8))), (10, ((2636, 2),)), (3, ((2636, 2),)))
+    # signove/antidote tests/resources/apdu/pulse_oximeter/description, "Buf Scan Report Grouped"
+    data = bytes.fromhex("e700002c002a123901000024" "0028ffffffff0d2a001a" "f000000100010012"
+                         "0010" "00620000" "2008070312100000" "0049" "0062")
+    (scan,) = describe(data, cfg)["event-info"]["groups"][0]["scans"]
+    assert [(o["obj-handle"], [v["value"].get("text") if isinstance(v["value"], dict) else v["value"]
+                               for v in o["values"]]) for o in scan["obs"]] == [
+        (1, ["98", "0x0000", None]), (10, ["73"]), (3, ["98"])]
+    assert describe(data)["event-info"]["groups"][0]["scans"] == [{"raw": scan["raw"]}]  # no config

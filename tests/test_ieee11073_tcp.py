@@ -64,6 +64,29 @@ def test_five_device_types_full_sessions(tmp_path):
         assert r.device.system_id == k.system_id and r.metrics[0].time.utcoffset() == timedelta(hours=1)
 
 
+def test_pulse_oximeter_with_grouped_reports_full_sessions(tmp_path):
+    from ieee11073_agent import GROUP_SCANS
+
+    readings = []
+    settings = ManagerSettings(PATIENT, utc_offset=timedelta(hours=1), on_reading=readings.append)
+
+    async def scenario(port):
+        return [await session("127.0.0.1", port, Agent("pulse_oximeter", grouped=stamp), reports=2)
+                for stamp in ("abs", "bo", "rel")]
+
+    with Outbox(tmp_path / "outbox.sqlite") as outbox:
+        results = asyncio.run(_with_manager(outbox, settings, scenario))
+    for r in results:
+        assert r["aare"] == 3 and r["config_result"] == 0 and r["acks"] == [3370] * 2 and r["release"] == "Rlre"
+    assert len(readings) == 3 * 2 * GROUP_SCANS
+    for r in readings:
+        assert [(m.code, str(m.value), m.unit) for m in r.metrics] == EXPECTED["pulse_oximeter"]
+    abs_times = [m.time for r in readings[:2 * GROUP_SCANS] for m in r.metrics]
+    bo_times = [m.time for r in readings[2 * GROUP_SCANS:4 * GROUP_SCANS] for m in r.metrics]
+    assert abs_times == bo_times and abs_times[0].utcoffset() == timedelta(hours=1)
+    assert all(m.time_digits == 3 for r in readings[4 * GROUP_SCANS:] for m in r.metrics)  # relative: placed
+
+
 def test_acknowledged_only_after_enqueue(tmp_path):
     order = []
 

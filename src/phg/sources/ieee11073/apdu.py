@@ -691,6 +691,9 @@ def decode_attribute(attr_id: int, raw: bytes):
         case a.ATTR_ATTRIBUTE_VAL_MAP:
             return _whole(raw, "AttrValMap", lambda r: read_list(
                 r, "AttrValMap", lambda x: (x.u16("attribute-id"), x.u16("attribute-len"))))
+        case a.ATTR_SCAN_HANDLE_ATTR_VAL_MAP:
+            return _whole(raw, "HandleAttrValMap", lambda r: read_list(r, "HandleAttrValMap", lambda x: (
+                x.u16("obj-handle"), read_list(x, "AttrValMap", lambda y: (y.u16("attribute-id"), y.u16("attribute-len"))))))
         case a.ATTR_METRIC_STRUCT_SMALL:
             r = _fixed_len(raw, 2, "MetricStructureSmall")
             return r.u8("ms-struct"), r.u8("ms-comp-no")
@@ -719,11 +722,32 @@ def decode_attribute(attr_id: int, raw: bytes):
     return raw
 
 
+def _mapped_values(r: Reader, value_map: Sequence[tuple[int, int]], what: str) -> list[tuple[int, object]]:
+    return [(attr_id, decode_attribute(attr_id, r.take(length, f"attribute {attr_id} of {what}")))
+            for attr_id, length in value_map]
+
+
 def decode_fixed_values(data: bytes, value_map: Sequence[tuple[int, int]]) -> list[tuple[int, object]]:
     """Split a fixed-format observation by its Attribute-Value-Map and decode each attribute."""
     r = Reader(data)
-    out = []
-    for attr_id, length in value_map:
-        out.append((attr_id, decode_attribute(attr_id, r.take(length, f"attribute {attr_id} of a fixed report"))))
+    out = _mapped_values(r, value_map, "a fixed report")
     r.done("the fixed-format observation (its length disagrees with the Attribute-Value-Map)")
     return out
+
+
+HandleAttrValMap = Sequence[tuple[int, Sequence[tuple[int, int]]]]
+
+
+def decode_grouped_values(group: bytes, handle_map: HandleAttrValMap) -> list[tuple[int, list[tuple[int, object]]]]:
+    """Split one ObservationScanGrouped (20601 Annex A: an OCTET STRING with no handles or attribute ids)
+    by the scanner's Scan-Handle-Attr-Val-Map: for each entry in order, that object's attribute values in
+    its AttrValMap order, back to back. Returns (handle, [(attribute id, value)]) per entry; the group must
+    be exactly as long as the map says."""
+    r = Reader(group)
+    out = [(handle, _mapped_values(r, vmap, f"object {handle} in a grouped report")) for handle, vmap in handle_map]
+    r.done("the grouped observation (its length disagrees with the scanner's Scan-Handle-Attr-Val-Map)")
+    return out
+
+
+def handle_attr_val_map_bytes(handle_map: HandleAttrValMap) -> bytes:
+    return counted([u16(h) + counted([u16(a) + u16(n) for a, n in vmap]) for h, vmap in handle_map])

@@ -76,6 +76,8 @@ STANDARD: dict[int, tuple[int, ConfigReport]] = {
     ))),
 }
 
+SCANNER_CLASSES = frozenset((16, 17, 18, 19))  # MDC_MOC_SCAN, _SCAN_CFG, _SCAN_CFG_EPI, _SCAN_CFG_PERI
+
 STANDARD_CONFIG_IDS = range(0x0001, 0x4000)  # 20601 §8.4.2: 0x4000..0x7FFF are extended configurations
 EXTENDED_CONFIG_IDS = range(0x4000, 0x8000)
 
@@ -91,6 +93,9 @@ class MetricObject:
     value_map: tuple[tuple[int, int], ...]  # Attribute-Value-Map: (attribute id, length)
     components: tuple[int, ...] = ()  # compound: 32-bit codes of the components (Metric-Id-List, SCADA)
     supplemental: tuple[int, ...] = ()
+    # scanners (MDC_MOC_SCAN_CFG_EPI / _PERI): Scan-Handle-Attr-Val-Map, (metric handle, AttrValMap) in the order
+    # their values follow each other in a grouped report (20601 §6.3.9: ObservationScanGrouped)
+    handle_map: tuple[tuple[int, tuple[tuple[int, int], ...]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -115,9 +120,17 @@ class Configuration:
             if obj.obj_class in (A.MOC_VMO_METRIC_NU, A.MOC_VMO_METRIC_ENUM, 4, 9) and A.ATTR_ID_TYPE not in values:
                 raise ApduError(f"configuration object {obj.handle}: metric without Type")
             physio = values.get(A.ATTR_ID_PHYSIO_LIST, ())
+            handle_map = tuple((h, tuple(m)) for h, m in values.get(A.ATTR_SCAN_HANDLE_ATTR_VAL_MAP, ()))
             objects[obj.handle] = MetricObject(
                 obj.obj_class, obj.handle, values.get(A.ATTR_ID_TYPE), values.get(A.ATTR_UNIT_CODE), vmap,
-                tuple(nom.code32(nom.PART_SCADA, t) for t in physio), tuple(values.get(A.ATTR_SUPPLEMENTAL_TYPES, ())))
+                tuple(nom.code32(nom.PART_SCADA, t) for t in physio), tuple(values.get(A.ATTR_SUPPLEMENTAL_TYPES, ())),
+                handle_map)
+        for scanner in objects.values():  # a scanner may only map metrics of this configuration (in any list order)
+            for handle, _ in scanner.handle_map:
+                target = objects.get(handle)
+                if target is None or target.handle_map or target.obj_class in SCANNER_CLASSES:
+                    raise ApduError(f"configuration object {scanner.handle}: Scan-Handle-Attr-Val-Map names "
+                                    f"{handle}, which is not a metric of configuration {report.config_id:#06x}")
         return cls(report.config_id, objects, report, profile)
 
     def to_bytes(self) -> bytes:

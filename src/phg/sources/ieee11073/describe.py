@@ -39,7 +39,9 @@ from phg.sources.ieee11073.apdu import (
     decode_data_request,
     decode_data_response,
     decode_fixed_values,
+    decode_grouped_values,
     decode_scan_report,
+    handle_attr_val_map_bytes,
 )
 from phg.sources.ieee11073.configs import Configuration
 from phg.sources.ieee11073.mder import AbsoluteTime, BaseOffsetTime, MderNumber
@@ -100,7 +102,7 @@ def _message(m, config: Configuration | None) -> dict[str, Any]:
         case EventReport():
             return {"obj-handle": m.obj_handle, "event-time": f"0x{m.event_time:08X}",
                     "event-type": nom.name(A.EVENTS, m.event_type),
-                    "event-info": _event_info(m.event_type, m.info, config)}
+                    "event-info": _event_info(m.event_type, m.info, config, m.obj_handle)}
         case EventReportResult():
             reply: Any = m.reply_info.hex()
             if m.event_type == A.NOTI_CONFIG and len(m.reply_info) == 4:
@@ -139,7 +141,7 @@ def _message(m, config: Configuration | None) -> dict[str, Any]:
     raise AssertionError(m)  # pragma: no cover
 
 
-def _event_info(event_type: int, info: bytes, config: Configuration | None) -> Any:
+def _event_info(event_type: int, info: bytes, config: Configuration | None, obj_handle: int | None = None) -> Any:
     if event_type == A.NOTI_CONFIG:
         report = decode_config_report(info)
         return {"config-report-id": f"0x{report.config_id:04X}", "objects": [
@@ -164,7 +166,16 @@ def _event_info(event_type: int, info: bytes, config: Configuration | None) -> A
     elif report.layout in ("mp-fixed", "mp-var"):
         out["persons"] = [{"person-id": p.person_id, "obs": [obs(o) for o in p.observations]} for p in report.persons]
     else:
-        out["groups"] = [{"person-id": p.person_id, "raw": [g.hex() for g in p.grouped]} for p in report.persons]
+        scanner = config.objects.get(obj_handle) if config is not None and obj_handle is not None else None
+
+        def group(g: bytes) -> dict[str, Any]:
+            if scanner is None or not scanner.handle_map:
+                return {"raw": g.hex()}  # laid out by a scanner's Scan-Handle-Attr-Val-Map: needs the configuration
+            return {"raw": g.hex(), "obs": [
+                {"obj-handle": h, "values": [{"attr": nom.name(A.ATTRIBUTES, a), "value": _value(a, v)} for a, v in vals]}
+                for h, vals in decode_grouped_values(g, scanner.handle_map)]}
+
+        out["groups"] = [{"person-id": p.person_id, "scans": [group(g) for g in p.grouped]} for p in report.persons]
     return out
 
 
@@ -201,6 +212,10 @@ def _value(attr: int, v: Any) -> Any:
             return {"term": v, "code32": nom.code32(nom.PART_DIM, v), "name": name, "ucum": ucum}
         case A.ATTR_ATTRIBUTE_VAL_MAP:
             return [{"attr": nom.name(A.ATTRIBUTES, a), "len": n} for a, n in v]
+        case A.ATTR_SCAN_HANDLE_ATTR_VAL_MAP:
+            return {"raw": handle_attr_val_map_bytes(v).hex(), "entries": [
+                {"obj-handle": h, "attr-val-map": [{"attr": nom.name(A.ATTRIBUTES, a), "len": n} for a, n in m]}
+                for h, m in v]}
         case A.ATTR_METRIC_STRUCT_SMALL:
             return {"ms-struct": v[0], "ms-comp-no": v[1]}
         case A.ATTR_ID_PHYSIO_LIST:

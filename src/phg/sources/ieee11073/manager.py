@@ -64,6 +64,7 @@ from phg.sources.ieee11073.apdu import (
     decode_attribute,
     decode_config_report,
     decode_fixed_values,
+    decode_grouped_values,
     decode_scan_report,
     encode,
 )
@@ -146,6 +147,7 @@ class Observation:
     status: int = 0  # MeasurementStatus bits
     time: AbsoluteTime | BaseOffsetTime | tuple[str, int] | None = None  # ("rel", ticks) / ("hi-res", µs)
     supplemental: tuple[int, ...] = ()
+    group: int | None = None  # grouped reports: index of the ObservationScanGrouped (one scan) it came from
 
 
 @dataclass(frozen=True)
@@ -460,9 +462,11 @@ class Manager:
         assert config is not None
         scan = decode_scan_report(report.event_type, report.info)
         observations: list[Observation] = []
+        scans = 0  # grouped: every ObservationScanGrouped in the report is one scan (MP: one per person entry)
         for person in scan.persons:
             if person.grouped:
-                raise _Abort("grouped scan reports need a scanner's handle map; not supported")
+                observations += self._grouped(config, report.obj_handle, person.person_id, person.grouped, scans)
+                scans += len(person.grouped)
             for o in person.observations:
                 obj = config.objects.get(o.handle)
                 if obj is None:
@@ -475,14 +479,29 @@ class Manager:
         return Measurements(invoke_id, report, tuple(observations), self.mds or MdsInfo(self.agent_id or ""), config,
                             report.confirmed)
 
+    @staticmethod
+    def _grouped(config: Configuration, scanner_handle: int, person_id: int | None,
+                 groups: tuple[bytes, ...], first: int = 0) -> list[Observation]:
+        """Grouped scan reports (ScanReportInfoGrouped / ScanReportInfoMPGrouped, 20601 Annex A) come from a
+        scanner object (the event report's obj-handle) and carry bare values: each ObservationScanGrouped is one
+        scan, laid out by that scanner's Scan-Handle-Attr-Val-Map (20601 §6.3.9, signove/antidote
+        src/dim/cfg_scanner.c). One Observation per map entry per group; `group` keeps the scans apart."""
+        scanner = config.objects.get(scanner_handle)
+        if scanner is None or not scanner.handle_map:
+            raise _Abort(f"grouped scan report from object {scanner_handle}, which is no scanner with a "
+                         f"Scan-Handle-Attr-Val-Map in configuration {config.config_id:#06x}")
+        return [_observation(config.objects[handle], person_id, values, group=i)
+                for i, group in enumerate(groups, first)
+                for handle, values in decode_grouped_values(group, scanner.handle_map)]
+
 
 def _text(b: bytes) -> str:
     return b.decode("utf-8", "replace").rstrip("\x00 ")
 
 
-def _observation(obj, person_id: int | None, values: list[tuple[int, Any]]) -> Observation:
+def _observation(obj, person_id: int | None, values: list[tuple[int, Any]], group: int | None = None) -> Observation:
     kw: dict[str, Any] = {"handle": obj.handle, "type": obj.type, "unit": obj.unit, "person_id": person_id,
-                          "supplemental": obj.supplemental}
+                          "supplemental": obj.supplemental, "group": group}
     for attr, v in values:
         match attr:
             case A.ATTR_NU_VAL_OBS_BASIC | A.ATTR_NU_VAL_OBS_SIMP:

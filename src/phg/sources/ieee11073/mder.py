@@ -226,13 +226,23 @@ def decode_absolute_time(raw: bytes, offset: int | None = None) -> AbsoluteTime:
     return t
 
 
+# Base-Offset-Time epoch. IEEE 11073-20601a-2010 (Amendment 1, folded into 20601-2014) took Base-Offset-Time
+# from IEEE 1588 (PTP): BaseOffsetTime ::= SEQUENCE { bo-seconds INT-U32, bo-fraction INT-U16 (1/65536 s),
+# bo-time-offset INT-I16 (minutes) }. The IEEE 1588 epoch is 1970-01-01T00:00:00; PTP counts it on the TAI scale,
+# but 20601 uses the pair as "wall-clock time with offset to some base time, often UTC" (HL7 PHD IG, Coincident
+# Time Stamp, MDC_ATTR_TIME_BO 68226), so bo-seconds are read as UTC seconds without leap-second (TAI-UTC, now
+# 37 s) correction, as phg does for every other UTC source.
+# Not verified against the normative text (not public). Note that the informative HL7 PHD IG STU 1 page
+# "Generating the PHD Reported Time Stamp Identifier" (hl7.org/fhir/uv/phd/2019Jan/..., kept in v1.1.0) says
+# instead "the first four bytes are the seconds since 1900/01/01 00:00:00 (not the Unix Epoch!)"; STU 2 dropped
+# that text. Were 1900 right, every time here would be 70 years (2208988800 s) late. Kept at 1588's 1970.
 BO_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
 class BaseOffsetTime:
-    """Base-Offset-Time (20601a-2010): bo-seconds since 1970-01-01T00:00:00 UTC (IEEE 1588 epoch),
-    bo-fraction in 1/65536 s, bo-time-offset: the local offset in minutes."""
+    """Base-Offset-Time (20601a-2010): bo-seconds since BO_EPOCH (1970-01-01T00:00:00, IEEE 1588 epoch, read
+    as UTC), bo-fraction in 1/65536 s, bo-time-offset: the local offset in minutes added to get local time."""
 
     seconds: int
     fraction: int

@@ -93,16 +93,17 @@ def metric_of(obs: Observation, mds: MdsInfo, utc_offset: timedelta, received_at
 
 def readings_of(m: Measurements, patient: PatientRef, utc_offset: timedelta, received_at: datetime,
                 mds_read_at: datetime | None = None) -> list[Reading]:
-    """One Reading per person in the report (most reports have one)."""
+    """One Reading per person in the report (most reports have one), and for grouped reports one per person
+    and scan (each ObservationScanGrouped is one scan of the scanner's objects)."""
     device = device_of(m.mds)
     clock = device_clock(m.mds, mds_read_at, utc_offset)
-    by_person: dict[int | None, list[Metric]] = {}
+    by_person: dict[tuple[int | None, int | None], list[Metric]] = {}
     for obs in m.observations:
         metric = metric_of(obs, m.mds, utc_offset, received_at, mds_read_at)
         if metric is None:
             log.debug("observation of handle %s (type %s) not mapped to a metric", obs.handle, obs.type)
             continue
-        by_person.setdefault(obs.person_id, []).append(metric)
+        by_person.setdefault((obs.person_id, obs.group), []).append(metric)
     return [Reading(device, patient, tuple(metrics), clock=clock) for metrics in by_person.values() if metrics]
 
 
