@@ -17,23 +17,20 @@ a Receiver fault, 5xx without a Fault or a connection error is transient (retrie
 
 from __future__ import annotations
 
-import asyncio
-import ssl
 import uuid
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 from lxml import etree
 
-from phg.delivery.mllp import send_each, tls_context
+from phg.delivery.hl7http import HttpHl7Destination
 from phg.delivery.outcome import Outcome, Rejected, Retry
-from phg.errors import AuthError, ConfigError, TransientDeliveryError
+from phg.errors import AuthError, ConfigError
 from phg.hl7v2.ack import UNBOUNDED, AckError, outcome, parse_ack
-from phg.hl7v2.pcd01 import render_batch
-from phg.model import Gateway, Reading
-from phg.transport import TRANSIENT_STATUSES, require_secure_url, retry_after
+from phg.model import Gateway
+from phg.transport import TRANSIENT_STATUSES, retry_after
 
 SOAP12 = "http://www.w3.org/2003/05/soap-envelope"
 WSA = "http://www.w3.org/2005/08/addressing"
@@ -131,55 +128,33 @@ def read_response(content: bytes) -> str:
     return payload.text or ""
 
 
-class SoapDestination:
-    """The IHE DEC / Continua WAN SOAP 1.2 client: one CommunicatePCDData call per reading."""
+class SoapDestination(HttpHl7Destination):
+    """The IHE DEC / Continua WAN SOAP 1.2 client: one CommunicatePCDData call per reading. Connection
+    settings, batching and closing as HttpHl7Destination; WS-Security with a SAML assertion (XML text
+    or a file) or a username token."""
 
-    def __init__(self, *, url: str, gateway: Gateway, name: str = "soap", client: httpx.AsyncClient | None = None,
-                 ca_file: str | Path | None = None, client_cert: str | Path | None = None,
-                 client_key: str | Path | None = None, timeout: float = 30.0, ae_retries: int = 3,
-                 saml_assertion: str | Path | None = None, username: str | None = None, password: str | None = None,
-                 allow_insecure_http: bool = False, receiving_application: str = "", receiving_facility: str = ""):
-        require_secure_url(url, f"destination {name} url", allow_insecure_http=allow_insecure_http)
+    def __init__(self, *, url: str, gateway: Gateway, name: str = "soap", saml_assertion: str | Path | None = None,
+                 username: str | None = None, password: str | None = None, **http: Any):
         if saml_assertion is not None and username is not None:
             raise ConfigError(f"destination {name}: give a SAML assertion or a username token, not both")
-        self.name = name
-        self.url = url
-        self.gateway = gateway
-        self.ae_retries = ae_retries
+        super().__init__(url=url, gateway=gateway, name=name, **http)
         if isinstance(saml_assertion, Path):
             saml_assertion = saml_assertion.read_text(encoding="utf-8")
         self._saml = saml_assertion
         self._username = username
         self._password = password
-        self.receiving_application = receiving_application
-        self.receiving_facility = receiving_facility
-        self._own_client = client is None
-        if client is None:
-            verify: ssl.SSLContext = tls_context(ca_file, client_cert, client_key)
-            client = httpx.AsyncClient(verify=verify, timeout=timeout)
-        self.client = client
 
     def _security(self) -> etree._Element | None:
         if self._saml is None and self._username is None:
             return None
         return security_header(saml_assertion=self._saml, username=self._username, password=self._password)
 
-    async def send(self, readings: Sequence[Reading]) -> list[Outcome]:
-        rendered = await asyncio.to_thread(render_batch, readings, self.gateway,
-                                           receiving_application=self.receiving_application,
-                                           receiving_facility=self.receiving_facility)
-        self._retry_after: float | None = None
-        try:
-            return await send_each(self.name, self.url, rendered, self.exchange)
-        except TransientDeliveryError as exc:
-            raise TransientDeliveryError(str(exc), retry_after=self._retry_after) from exc
-
     async def exchange(self, message: str, control_id: str) -> Outcome:
         body = envelope(message, to=self.url, message_id=f"urn:uuid:{uuid.uuid4()}", security=self._security())
         try:
             response = await self.client.post(self.url, content=body, headers={
                 "Content-Type": f'application/soap+xml; charset=utf-8; action="{ACTION}"',
-                "Accept": "application/soap+xml, text/xml"})
+                "Accept": "application/soap+xml, text/xml", **self.headers})
         except httpx.HTTPError as exc:
             return Retry(f"{self.url}: {exc.__class__.__name__}: {exc} (no ACK for {control_id})", UNBOUNDED)
         if response.status_code in (401, 403):
@@ -202,7 +177,3 @@ class SoapDestination:
         except AckError as exc:
             return Retry(f"garbled ACK for {control_id} in the SOAP response: {exc}", UNBOUNDED)
         return outcome(ack, control_id, self.ae_retries)
-
-    async def aclose(self) -> None:
-        if self._own_client:
-            await self.client.aclose()
