@@ -20,8 +20,8 @@ def ieee11073() -> None:
 @ieee11073.command("listen")
 @click.option("--tcp", "port", type=int, required=True, help="TCP port to accept agents on.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--patient-system", required=True, help="Patient identifier system the readings belong to.")
-@click.option("--patient", "patient_value", required=True, help="Patient identifier value.")
+@click.option("--patient-system", help="Patient identifier system the readings belong to (default: [patient]).")
+@click.option("--patient", "patient_value", help="Patient identifier value (default: [patient] in the config).")
 @click.option("--outbox", "outbox_path", type=click.Path(path_type=Path), default=None,
               help="Outbox file (default: the configured outbox).")
 @click.option("--configs", "configs_path", type=click.Path(path_type=Path), default=None,
@@ -29,7 +29,7 @@ def ieee11073() -> None:
 @click.option("--utc-offset", type=float, default=None,
               help="Hours to add to agents' local time (default: this computer's current offset).")
 @click.pass_context
-def listen(ctx: click.Context, port: int, host: str, patient_system: str, patient_value: str,
+def listen(ctx: click.Context, port: int, host: str, patient_system: str | None, patient_value: str | None,
            outbox_path: Path | None, configs_path: Path | None, utc_offset: float | None) -> None:
     """Run the manager: accept agents on TCP PORT and queue their readings."""
     from phg.model import PatientRef
@@ -37,11 +37,18 @@ def listen(ctx: click.Context, port: int, host: str, patient_system: str, patien
     from phg.sources.ieee11073.configs import FileConfigStore, MemoryConfigStore
     from phg.sources.ieee11073.tcp import ManagerSettings, run_tcp_manager
 
+    obj = ctx.find_root().obj
+    config = obj.config() if obj is not None and hasattr(obj, "config") else None
+    patient = PatientRef(patient_system, patient_value) if patient_system and patient_value else (
+        config.patient if config is not None else None)
+    if patient is None:
+        raise click.UsageError("whose readings are these? give --patient-system and --patient, or set [patient]")
+    outbox_path = outbox_path or (config.outbox_path if config is not None else None)
     if outbox_path is None:
-        obj = ctx.find_root().obj
-        outbox_path = obj.config().outbox_path if obj is not None and hasattr(obj, "config") else Path("outbox.sqlite")
+        raise click.UsageError("give --outbox (or run as `phg 11073 listen` with a config)")
     offset = timedelta(hours=utc_offset) if utc_offset is not None else datetime.now().astimezone().utcoffset()
-    settings = ManagerSettings(PatientRef(patient_system, patient_value), utc_offset=offset or timedelta(0),
+    settings = ManagerSettings(patient, utc_offset=offset or timedelta(0),
+                               destinations=tuple(config.destination_names) if config is not None else ("fhir",),
                                store=FileConfigStore(configs_path) if configs_path else MemoryConfigStore())
     with Outbox(outbox_path) as outbox:
         try:
