@@ -12,6 +12,11 @@ Current Time (0x1805, 0x2A2B read), and its health service:
   stream as notifications, then the RACP indication 06 00 01 01. `add_records` stores more later;
   `drop_after = k` drops the link after the k-th record of the next download; `garbage_after = k`
   sends one malformed notification after the k-th record.
+- CgmSensor: Continuous Glucose Monitoring Service 0x181F with a running sensor session and stored
+  records (CGMS 1.0.1: 0x2AA7 notify, 0x2AA8 Feature, 0x2AA9 Status, 0x2AAA Session Start Time with
+  time zone and DST, 0x2AAB Session Run Time, RACP 0x2A52 with filter type 0x01 = Time Offset; E2E-CRC
+  on every value by default). Same `add_records`, `drop_after`, `garbage_after` as the glucose meter;
+  `new_session` starts a new sensor session. Not one of demo_devices().
 - BloodPressureCuff (0x1810, 0x2A35 indicate), Scale (0x181D, 0x2A9D indicate, 0x2A9E read),
   Thermometer (0x1809, 0x2A1C indicate), PulseOximeter (0x1822, 0x2A5E indicate, 0x2A60 read): they
   indicate their stored measurements once the gateway enables indications, forget each one the
@@ -29,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -189,6 +195,76 @@ def spot_check_measurement(m: SpotCheck) -> bytes:
     return bytes([0x01]) + sfloat(m.spo2) + sfloat(m.pulse) + date_time(m.time)
 
 
+def crc16_mcrf4xx(data: bytes) -> bytes:
+    """The E2E-CRC of CGMS 1.0.1 section 2.5 (CRC-16/MCRF4XX: poly 0x1021 reflected, init 0xFFFF), little-endian."""
+    crc = 0xFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x8408 if crc & 1 else crc >> 1
+    return struct.pack("<H", crc)
+
+
+@dataclass(frozen=True)
+class CgmRecord:
+    """One stored CGM record: minutes since the session start and the glucose in mg/dL (SFLOAT digits kept).
+    `status` is the 24-bit Sensor Status Annunciation: Status (bits 0-7), Cal/Temp (8-15), Warning (16-23);
+    only its non-zero octets are sent."""
+
+    offset: int
+    value: Decimal
+    status: int = 0
+    trend: Decimal | None = None  # mg/dL/min
+    quality: Decimal | None = None  # %
+
+
+def cgm_record(r: CgmRecord, *, e2e: bool = False) -> bytes:
+    """One record of a CGM Measurement (0x2AA7): Size, Flags, glucose, Time Offset, the annunciation octets
+    present (Status b7, Cal/Temp b6, Warning b5, in that order), [trend], [quality], [E2E-CRC over the record]."""
+    octets = [(0x80, r.status & 0xFF), (0x40, r.status >> 8 & 0xFF), (0x20, r.status >> 16 & 0xFF)]
+    flags = (0x01 if r.trend is not None else 0) | (0x02 if r.quality is not None else 0)
+    flags |= sum(bit for bit, octet in octets if octet)
+    body = bytes([flags]) + sfloat(r.value) + struct.pack("<H", r.offset) + bytes(o for _, o in octets if o)
+    body += (sfloat(r.trend) if r.trend is not None else b"") + (sfloat(r.quality) if r.quality is not None else b"")
+    out = bytes([1 + len(body) + (2 if e2e else 0)]) + body
+    return out + crc16_mcrf4xx(out) if e2e else out
+
+
+def cgm_measurement(records: Sequence[CgmRecord], *, e2e: bool = False) -> bytes:
+    """One 0x2AA7 notification carrying one or more records."""
+    return b"".join(cgm_record(r, e2e=e2e) for r in records)
+
+
+def _with_crc(value: bytes, e2e: bool) -> bytes:
+    return value + crc16_mcrf4xx(value) if e2e else value
+
+
+def cgm_session_start_time(start: datetime, time_zone_quarters: int, dst_quarters: int, *, e2e: bool = False) -> bytes:
+    """CGM Session Start Time (0x2AAA): local Date Time, Time Zone (s8, 15-minute steps, -128 unknown),
+    DST Offset (u8: 0, 2, 4, 8 quarters; 255 unknown), [E2E-CRC]."""
+    return _with_crc(date_time(start) + struct.pack("<bB", time_zone_quarters, dst_quarters), e2e)
+
+
+CGM_TYPE_ISF_SUBCUTANEOUS = 0x59  # CGM Feature Type-Sample Location: type 9 interstitial fluid, location 5 subcutaneous
+
+
+def cgm_feature(features: int, *, e2e: bool = False) -> bytes:
+    """CGM Feature (0x2AA8): 24-bit features (b12 = E2E-CRC supported), Type-Sample Location, then the E2E-CRC,
+    which is always there: 0xFFFF when the sensor does not support E2E-CRC (CGMS 1.0.1 3.2)."""
+    value = struct.pack("<I", features | (0x1000 if e2e else 0))[:3] + bytes([CGM_TYPE_ISF_SUBCUTANEOUS])
+    return value + (crc16_mcrf4xx(value) if e2e else b"\xff\xff")
+
+
+def cgm_status(offset: int, status: int, *, e2e: bool = False) -> bytes:
+    """CGM Status (0x2AA9): Time Offset (u16 minutes), the 24-bit annunciation, [E2E-CRC]."""
+    return _with_crc(struct.pack("<H", offset) + status.to_bytes(3, "little"), e2e)
+
+
+def cgm_session_run_time(hours: int, *, e2e: bool = False) -> bytes:
+    """CGM Session Run Time (0x2AAB): expected run time of the session in hours (u16), [E2E-CRC]."""
+    return _with_crc(struct.pack("<H", hours), e2e)
+
+
 # ---------------------------------------------------------------------------------------- devices
 
 
@@ -309,6 +385,30 @@ SUCCESS, OP_NOT_SUPPORTED, INVALID_OPERATOR, OPERATOR_NOT_SUPPORTED, INVALID_OPE
 OPERAND_NOT_SUPPORTED = 9
 
 
+def _racp_select(records: list, key, operator: int, operand: bytes) -> list | int:
+    """The records a RACP operator selects, or a RACP response code. Filter type 0x01 is the only
+    one supported: the sequence number (GLS) or the time offset in minutes (CGMS), given by `key`."""
+    if operator == ALL:
+        return list(records)
+    if operator == FIRST:
+        return records[:1]
+    if operator == LAST:
+        return records[-1:]
+    if operator not in (LE, GE, RANGE):
+        return OPERATOR_NOT_SUPPORTED if operator else INVALID_OPERATOR
+    if not operand or operand[0] != 0x01:
+        return OPERAND_NOT_SUPPORTED
+    try:
+        if operator == RANGE:
+            low, high = struct.unpack_from("<HH", operand, 1)
+        else:
+            (bound,) = struct.unpack_from("<H", operand, 1)
+            low, high = (bound, 0xFFFF) if operator == GE else (0, bound)
+    except struct.error:
+        return INVALID_OPERAND
+    return [r for r in records if low <= key(r) <= high]
+
+
 class GlucoseMeter(EmulatedDevice):
     """Glucose Service with stored records and RACP (see module docstring)."""
 
@@ -349,26 +449,7 @@ class GlucoseMeter(EmulatedDevice):
 
     def _select(self, operator: int, operand: bytes) -> list[GlucoseRecord] | int:
         """The records an operator selects, or a RACP response code."""
-        records = self.records
-        if operator == ALL:
-            return list(records)
-        if operator == FIRST:
-            return records[:1]
-        if operator == LAST:
-            return records[-1:]
-        if operator not in (LE, GE, RANGE):
-            return OPERATOR_NOT_SUPPORTED if operator else INVALID_OPERATOR
-        if not operand or operand[0] != 0x01:
-            return OPERAND_NOT_SUPPORTED
-        try:
-            if operator == RANGE:
-                low, high = struct.unpack_from("<HH", operand, 1)
-            else:
-                (bound,) = struct.unpack_from("<H", operand, 1)
-                low, high = (bound, 0xFFFF) if operator == GE else (0, bound)
-        except struct.error:
-            return INVALID_OPERAND
-        return [r for r in records if low <= r.seq <= high]
+        return _racp_select(self.records, lambda r: r.seq, operator, operand)
 
     async def _racp(self, connection: Connection, request: bytes) -> None:
         device = self.device
@@ -397,6 +478,138 @@ class GlucoseMeter(EmulatedDevice):
                 self.garbage_after = None
                 await device.notify_subscriber(connection, self.measurement, b"\x1f\x01")
             if self.drop_after == n:
+                self.drop_after = None
+                await connection.disconnect()
+                return
+        await self._respond(connection, op, SUCCESS)
+
+
+def _local_zone_quarters() -> tuple[int, int]:
+    """(Time Zone, DST Offset) of the gateway's local time, in 15-minute steps, as a CGM would be set."""
+    now = time.localtime()
+    standard = -time.timezone
+    return standard // 900, max(0, (now.tm_gmtoff - standard) // 900)
+
+
+class CgmSensor(EmulatedDevice):
+    """Continuous Glucose Monitoring Service 0x181F (CGMS 1.0.1) with a running session and stored records:
+    CGM Measurement 0x2AA7 notify, CGM Feature 0x2AA8 read, CGM Status 0x2AA9 read, Session Start Time
+    0x2AAA read, Session Run Time 0x2AAB read, RACP 0x2A52 write + indicate (filter type 0x01 = Time
+    Offset). The CGM Specific Ops Control Point (0x2AAC) is left out: the emulated session is already
+    running, and the gateway neither starts sessions nor calibrates. `e2e=True` puts an E2E-CRC on every
+    value and sets the Feature bit. `drop_after = k`: drop the link after the k-th record of the next
+    download; `garbage_after = k`: after the k-th record, one extra notification whose record has a wrong
+    E2E-CRC (a copy of record k); `per_notification`: at most this many records in one notification, as
+    many as fit the ATT payload."""
+
+    SERVICE = 0x181F
+    FEATURES = 0x0000_8240  # trend information, low battery detection, sensor malfunction detection
+
+    def __init__(self, address: str = "C0:00:00:00:18:1F", name: str = "Emu CGM", info: DeviceInformation | None = None,
+                 records: list[CgmRecord] | None = None, *, session_start: datetime | None = None,
+                 time_zone_quarters: int | None = None, dst_quarters: int | None = None, e2e: bool = True,
+                 run_time_hours: int = 14 * 24, **kwargs) -> None:
+        super().__init__(address, name, info or DeviceInformation(model="Emu CGM Sensor", serial="EMU-CGM-1",
+                                                                   system_id="0A1B2C3D4E5F6006"), **kwargs)
+        zone, dst = _local_zone_quarters()
+        self.session_start = session_start or self.now().replace(second=0, microsecond=0) - timedelta(hours=3)
+        self.time_zone_quarters = zone if time_zone_quarters is None else time_zone_quarters
+        self.dst_quarters = dst if dst_quarters is None else dst_quarters
+        self.e2e = e2e
+        self.run_time_hours = run_time_hours
+        self.records: list[CgmRecord] = list(records or [])
+        self.status = 0
+        self.drop_after: int | None = None
+        self.garbage_after: int | None = None
+        self.per_notification = 1
+        self.sent = 0  # records sent, all downloads together
+
+    def add_records(self, values: list[Decimal], *, first_offset: int | None = None,
+                    step: int = 5) -> list[CgmRecord]:
+        """Store new records `step` minutes apart (the CGM Communication Interval), after the last one
+        (from offset 0 in an empty session, or from `first_offset`)."""
+        if first_offset is None:
+            first_offset = self.records[-1].offset + step if self.records else 0
+        new = [CgmRecord(first_offset + step * i, v) for i, v in enumerate(values)]
+        self.records += new
+        return new
+
+    def new_session(self, start: datetime) -> None:
+        """A new sensor session (a new sensor, or a restart): offsets count from `start` again, and the
+        records of the old session are gone."""
+        self.session_start = start
+        self.records = []
+
+    def health_services(self) -> list[gatt.Service]:
+        props = gatt.Characteristic.Properties
+        self.measurement = gatt.Characteristic(_uuid(0x2AA7), props.NOTIFY, gatt.Attribute.Permissions(0))
+        e2e = self.e2e
+        chars = [
+            self.measurement,
+            self._readable(0x2AA8, read=lambda _c: cgm_feature(self.FEATURES, e2e=e2e)),
+            self._readable(0x2AA9, read=lambda _c: cgm_status(self._run_offset(), self.status, e2e=e2e)),
+            self._readable(0x2AAA, read=lambda _c: cgm_session_start_time(
+                self.session_start, self.time_zone_quarters, self.dst_quarters, e2e=e2e)),
+            self._readable(0x2AAB, read=lambda _c: cgm_session_run_time(self.run_time_hours, e2e=e2e)),
+        ]
+        self.racp = gatt.Characteristic(_uuid(0x2A52), props.WRITE | props.INDICATE, self._write,
+                                        gatt.CharacteristicValue(write=self._on_racp))
+        return [gatt.Service(_uuid(self.SERVICE), [*chars, self.racp])]
+
+    def _packed(self, records: list[CgmRecord], room: int) -> list[list[CgmRecord]]:
+        """Records in notifications of up to `per_notification` records that fit the ATT payload
+        (ATT_MTU - 3 bytes: 20 on a link whose MTU was not raised); always at least one each."""
+        chunks: list[list[CgmRecord]] = []
+        size = 0
+        for record in records:
+            length = len(cgm_record(record, e2e=self.e2e))
+            if chunks and len(chunks[-1]) < self.per_notification and size + length <= room:
+                chunks[-1].append(record)
+                size += length
+            else:
+                chunks.append([record])
+                size = length
+        return chunks
+
+    def _run_offset(self) -> int:
+        minutes = int((self.now() - self.session_start).total_seconds() // 60)
+        return max(0, min(minutes, 0xFFFF))
+
+    def _on_racp(self, connection: Connection, value: bytes) -> None:
+        self._spawn(self._racp(connection, bytes(value)))
+
+    async def _respond(self, connection: Connection, request_op: int, code: int) -> None:
+        await self.device.indicate_subscriber(connection, self.racp, bytes([RESPONSE, 0, request_op, code]))  # type: ignore[union-attr]
+
+    async def _racp(self, connection: Connection, request: bytes) -> None:
+        device = self.device
+        assert device is not None
+        if len(request) < 2:
+            return await self._respond(connection, request[0] if request else 0, INVALID_OPERATOR)
+        op, operator, operand = request[0], request[1], request[2:]
+        if op == ABORT:
+            return await self._respond(connection, op, SUCCESS)
+        if op not in (REPORT, REPORT_NUMBER):
+            return await self._respond(connection, op, OP_NOT_SUPPORTED)
+        selected = _racp_select(self.records, lambda r: r.offset, operator, operand)
+        if isinstance(selected, int):
+            return await self._respond(connection, op, selected)
+        if op == REPORT_NUMBER:
+            return await device.indicate_subscriber(connection, self.racp, struct.pack("<BBH", NUMBER_RESPONSE, 0,
+                                                                                       len(selected)))
+        if not selected:
+            return await self._respond(connection, op, NO_RECORDS)
+        n = 0
+        for chunk in self._packed(selected, connection.att_mtu - 3):
+            await device.notify_subscriber(connection, self.measurement, cgm_measurement(chunk, e2e=self.e2e))
+            n += len(chunk)
+            self.sent += len(chunk)
+            if self.garbage_after is not None and n >= self.garbage_after:
+                self.garbage_after = None
+                bad = bytearray(cgm_record(chunk[-1], e2e=True))
+                bad[-1] ^= 0xFF
+                await device.notify_subscriber(connection, self.measurement, bytes(bad))
+            if self.drop_after is not None and n >= self.drop_after:
                 self.drop_after = None
                 await connection.disconnect()
                 return

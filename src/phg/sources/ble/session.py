@@ -9,7 +9,11 @@ arrived together), each group in one outbox transaction. For a glucose meter the
 stores the highest sequence number collected (`ble:<address>:glucose_seq`), so the marker is never
 ahead of the readings it covers; the next session asks RACP for "records with sequence number >=
 marker + 1" (GLS 1.0 4.11; all records when no marker is stored). A link lost after record 7 of 20
-leaves records 1..7 durable and the marker at 7, and the next session fetches 8..20. Devices
+leaves records 1..7 durable and the marker at 7, and the next session fetches 8..20. A CGM (CGMS
+1.0.1) works the same way with its records' Time Offsets (minutes since the sensor session started;
+RACP filter type 0x01 is the Time Offset for CGMS): the marker `ble:<address>:cgm_offset` holds the
+highest offset collected, and `ble:<address>:cgm_session` (same transaction) the session it belongs
+to, so that a new sensor session, whose offsets start again from 0, is fetched from its start. Devices
 without RACP (BLS, WSS, HTS, PLXS) indicate stored measurements on subscription and forget each one
 the stack confirms; bleak (and every OS stack) confirms an indication as soon as our callback has
 queued the value, so only a gateway crash in the milliseconds before the next enqueue could lose one,
@@ -19,6 +23,12 @@ GattError) is logged without its bytes and skipped; everything else continues.
 Times. Bluetooth health measurements carry the device's local wall-clock time without offset; the
 gateway's UTC offset is attached (FORMATS.md "Timestamps"). The device clock read from Current
 Time Service 0x2A2B goes with every reading as a DeviceClock, for the PHD IG coincident time stamp.
+CGM records are placed with the CGM Session Start Time 0x2AAA, which carries the sensor's own time
+zone and DST offset (used instead of the gateway's when known).
+
+E2E-CRC (CGMS 1.0.1 section 2.5). A CGM record whose CRC does not match is malformed (skipped and
+logged, like any other). When CGM Feature 0x2AA8 announces E2E-CRC support, a record without a CRC
+is refused too, so that a sensor promising protection cannot silently deliver unprotected values.
 """
 
 from __future__ import annotations
@@ -32,9 +42,18 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from phg.errors import MappingError
+from phg.mdc import MDC_DEV_SPEC_PROFILE_CGM
 from phg.model import Device, DeviceClock, PatientRef, Reading, Specialization
 from phg.sources.ble.gatt import GattError, decode, to_metrics
-from phg.sources.ble.gatt.glucose import GlucoseMeasurement, RacpMessage, report_all_records, report_records_from
+from phg.sources.ble.gatt.cgm import CgmMeasurement, CgmSessionStartTime
+from phg.sources.ble.gatt.glucose import (
+    GlucoseMeasurement,
+    RacpMessage,
+    racp_request,
+    report_all_records,
+    report_records_from,
+)
+from phg.sources.ble.gatt.numbers import crc16_mcrf4xx
 from phg.sources.ble.gatt.readings import UtcOffset
 
 if TYPE_CHECKING:
@@ -54,7 +73,8 @@ class Profile:
     """A Bluetooth health profile: its service, the characteristics to subscribe to (the profile
     says notify or indicate; the stack uses what the characteristic offers), readable
     characteristics the decoders need (to_metrics keyword -> UUID), the IEEE 11073 specialization
-    (MDC_DEV_SPEC_PROFILE_*) and the RACP characteristic when stored records are fetched with it."""
+    (MDC_DEV_SPEC_PROFILE_*), the RACP characteristic when stored records are fetched with it, and the
+    name of the outbox marker (`ble:<address>:<marker>`) that records how far they were fetched."""
 
     name: str
     service: int
@@ -62,18 +82,22 @@ class Profile:
     specialization: int
     racp: int | None = None
     reads: tuple[tuple[str, int], ...] = ()
+    marker: str | None = None
 
 
 PROFILES: tuple[Profile, ...] = (
-    Profile("glucose", 0x1808, (0x2A18, 0x2A34), 528401, racp=0x2A52),
+    Profile("glucose", 0x1808, (0x2A18, 0x2A34), 528401, racp=0x2A52, marker="glucose_seq"),
     Profile("blood_pressure", 0x1810, (0x2A35,), 528391),
     Profile("scale", 0x181D, (0x2A9D,), 528399, reads=(("weight_feature", 0x2A9E),)),
     Profile("thermometer", 0x1809, (0x2A1C,), 528392, reads=(("temperature_type", 0x2A1D),)),
     Profile("pulse_oximeter", 0x1822, (0x2A5E,), 528388),
+    Profile("cgm", 0x181F, (0x2AA7,), MDC_DEV_SPEC_PROFILE_CGM, racp=0x2A52, reads=(("session_start", 0x2AAA),),
+            marker="cgm_offset"),
 )
 HEALTH_SERVICES: tuple[str, ...] = tuple(uuid16(p.service) for p in PROFILES)
 DIS_STRINGS = {"manufacturer": 0x2A29, "model": 0x2A24, "serial": 0x2A25, "firmware": 0x2A26}
 SYSTEM_ID, CURRENT_TIME = 0x2A23, 0x2A2B
+CGM_FEATURE, CGM_E2E_CRC_SUPPORTED = 0x2AA8, 1 << 12  # CGMS 1.0.1 3.2: CGM Feature bit 12
 _SECURITY_ERRORS = {0x05, 0x0F}  # ATT Insufficient Authentication / Insufficient Encryption
 
 
@@ -91,7 +115,7 @@ class FetchResult:
     profile: str | None = None
     readings: int = 0
     skipped: int = 0  # malformed notifications, logged and skipped
-    last_seq: int | None = None  # glucose: the marker stored after this session
+    last_seq: int | None = None  # the marker after this session: glucose sequence number / CGM time offset
     complete: bool = False
 
 
@@ -114,9 +138,20 @@ def normalise_address(address: str) -> str:
     return address.replace(":", "-").upper()
 
 
-def marker_name(address: str) -> str:
-    """The outbox source-state name of a glucose meter's last collected sequence number."""
-    return f"ble:{address.upper()}:glucose_seq"
+def marker_name(address: str, kind: str = "glucose_seq") -> str:
+    """The outbox source-state name of a device's progress marker: "glucose_seq" (a glucose meter's last
+    collected sequence number), "cgm_offset" (a CGM's last collected time offset), "cgm_session" (the
+    CGM session that offset counts in)."""
+    return f"ble:{address.upper()}:{kind}"
+
+
+def cgm_session_id(start: CgmSessionStartTime) -> str:
+    """The CGM session a time offset counts in, as stored next to the offset marker: the Session Start
+    Time, with its UTC offset when the sensor knows it ("2026-11-28T08:00:00+02:00")."""
+    naive = start.start.naive
+    text = naive.isoformat() if naive is not None else "unknown"
+    offset = start.utc_offset
+    return naive.replace(tzinfo=timezone(offset)).isoformat() if naive is not None and offset is not None else text
 
 
 def local_utc_offset(wall: datetime) -> timedelta:
@@ -148,7 +183,8 @@ class Collector:
         self.utc_offset = utc_offset
         self.facts = facts  # to_metrics keywords: weight_feature, temperature_type
         self.readings: list[Reading] = []
-        self.last_seq: int | None = None
+        self.last_seq: int | None = None  # glucose: sequence number; CGM: time offset
+        self.cgm_e2e = False  # CGM Feature says E2E-CRC supported: records without one are refused
 
     def feed(self, uuid: int, data: bytes) -> bool | None:
         value = decode(uuid, data)
@@ -158,13 +194,21 @@ class Collector:
             if value.number_of_records is not None:
                 return None
             return value.succeeded or value.response_code == "No records found"
+        if isinstance(value, CgmMeasurement) and self.cgm_e2e and any(r.e2e_crc is None for r in value.records):
+            raise MappingError("0x2AA7 CGM Measurement: a record without E2E-CRC from a sensor whose CGM Feature "
+                               "announces E2E-CRC (CGMS 1.0.1 section 2.5): refused")
         metrics = to_metrics(value, utc_offset=self.utc_offset, received=datetime.now(UTC), **self.facts)
-        if metrics:
+        if isinstance(value, CgmMeasurement):  # one Reading per record: each has its own time
+            self.readings += [Reading(self.device, self.patient, (m,), clock=self.clock) for m in metrics]
+            self._advance(max(r.time_offset_min for r in value.records))
+        elif metrics:
             self.readings.append(Reading(self.device, self.patient, tuple(metrics), clock=self.clock))
         if isinstance(value, GlucoseMeasurement):
-            seq = value.sequence_number
-            self.last_seq = seq if self.last_seq is None else max(self.last_seq, seq)
+            self._advance(value.sequence_number)
         return None
+
+    def _advance(self, position: int) -> None:
+        self.last_seq = position if self.last_seq is None else max(self.last_seq, position)
 
     def take(self) -> list[Reading]:
         """The readings collected since the last call."""
@@ -188,6 +232,8 @@ class _Session:
         self.utc_offset = utc_offset
         self.queue: asyncio.Queue = asyncio.Queue()
         self.result = FetchResult(address)
+        self.marker = marker_name(address)  # the outbox state name of the progress marker (profile's)
+        self.marker_context: dict[str, str] = {}  # committed with every marker (the CGM session)
 
     async def _gatt(self, client: BleakClient, operation: Callable, *args, **kwargs):
         """Run a GATT operation; when the device answers Insufficient Authentication/Encryption,
@@ -239,6 +285,46 @@ class _Session:
         return DeviceClock(gateway_time=gateway_time,
                            device_time=_zoned(naive, self.utc_offset) if naive is not None else None)
 
+    async def _cgm_e2e(self, client: BleakClient) -> bool:
+        """Whether CGM Feature 0x2AA8 announces E2E-CRC support (bit 12). The Feature always ends
+        with an E2E-CRC (0xFFFF when unsupported); a Feature announcing E2E whose own CRC does not
+        match is not trusted (logged; the records' CRCs are still checked wherever they are sent)."""
+        char = client.services.get_characteristic(uuid16(CGM_FEATURE))
+        if char is None:
+            return False
+        raw = bytes(await self._gatt(client, client.read_gatt_char, char))
+        if len(raw) != 6:
+            logger.warning("BLE %s: unusable 0x2AA8 CGM Feature ignored: %d bytes, expected 6", self.address, len(raw))
+            return False
+        if not int.from_bytes(raw[:3], "little") & CGM_E2E_CRC_SUPPORTED:
+            return False
+        if int.from_bytes(raw[4:6], "little") != crc16_mcrf4xx(raw[:4]):
+            logger.warning("BLE %s: 0x2AA8 CGM Feature E2E-CRC mismatch: feature ignored", self.address)
+            return False
+        return True
+
+    async def _racp_request(self, profile: Profile, facts: dict[str, Any]) -> bytes | None:
+        """The RACP request for what is new since the stored marker (None: nothing can be new)."""
+        stored = await asyncio.to_thread(self.outbox.source_state, self.marker)
+        kind = "glucose records after sequence number"
+        if profile.name == "cgm":
+            kind = "CGM records after time offset"
+            session = cgm_session_id(facts["session_start"])
+            self.marker_context = {marker_name(self.address, "cgm_session"): session}
+            stored_session = await asyncio.to_thread(self.outbox.source_state, marker_name(self.address, "cgm_session"))
+            if stored is not None and stored_session != session:
+                logger.info("BLE %s: new CGM session (started %s): fetching it from its start", self.address, session)
+                stored = None
+        marker = self.result.last_seq = int(stored) if stored is not None else None
+        logger.info("BLE %s: asking for %s %s", self.address, kind, marker)
+        if marker is None:
+            return report_all_records()
+        if marker >= 0xFFFF:  # the u16 operand cannot ask for more
+            return None
+        # Operand filter type 0x01: the sequence number for GLS (1.0 4.11), the Time Offset for CGMS (1.0.1 3.7)
+        return (report_records_from(marker + 1) if profile.name == "glucose" else
+                racp_request("Report stored records", "Greater than or equal to", marker + 1, filter_type=0x01))
+
     # ------------------------------------------------------------------ the session
 
     async def run(self, target: BLEDevice | str, client_class: Any, timeout: float) -> FetchResult:
@@ -258,18 +344,28 @@ class _Session:
             facts = {name: await self._read(client, uuid) for name, uuid in profile.reads}
             collector = Collector(device, self.patient, clock, self.utc_offset,
                                   **{k: v for k, v in facts.items() if v is not None})
+            if profile.name == "cgm":
+                start = facts.get("session_start")
+                if start is None or start.start.naive is None:
+                    raise LookupError(f"BLE {self.address}: no usable CGM Session Start Time (0x2AAA); "
+                                      "its records cannot be placed in time")
+                collector.cgm_e2e = await self._cgm_e2e(client)
+            if profile.marker is not None:
+                self.marker = marker_name(self.address, profile.marker)
             for uuid in profile.measurements:
                 if client.services.get_characteristic(uuid16(uuid)) is not None:
                     await self._gatt(client, client.start_notify, uuid16(uuid), self._on_value(uuid))
-            marker: int | None = None
-            if profile.racp is not None:
+            if profile.racp is None:
+                await self._collect(collector, None, racp=False)
+            else:
                 await self._gatt(client, client.start_notify, uuid16(profile.racp), self._on_value(profile.racp))
-                stored = await asyncio.to_thread(self.outbox.source_state, marker_name(self.address))
-                marker = self.result.last_seq = int(stored) if stored is not None else None
-                request = report_all_records() if marker is None else report_records_from(marker + 1)
-                logger.info("BLE %s: asking for glucose records after %s", self.address, marker)
-                await self._gatt(client, client.write_gatt_char, uuid16(profile.racp), request, response=True)
-            await self._collect(collector, marker, racp=profile.racp is not None)
+                request = await self._racp_request(profile, facts)
+                marker = collector.last_seq = self.result.last_seq
+                if request is None:  # the marker is at the end of what the operand can ask for
+                    self.result.complete = True
+                else:
+                    await self._gatt(client, client.write_gatt_char, uuid16(profile.racp), request, response=True)
+                    await self._collect(collector, marker, racp=True)
         logger.info("BLE %s %s: %d readings, %d malformed values skipped, %s", self.address, self.result.profile,
                     self.result.readings, self.result.skipped, "complete" if self.result.complete else "incomplete")
         return self.result
@@ -313,7 +409,7 @@ class _Session:
         self.result.complete = ended
 
     async def _enqueue(self, readings: list[Reading], last_seq: int | None) -> None:
-        state = {marker_name(self.address): str(last_seq)} if last_seq is not None else None
+        state = {self.marker: str(last_seq)} | self.marker_context if last_seq is not None else None
         items = [(r.key, r.to_json()) for r in readings]
         await asyncio.to_thread(self.outbox.enqueue, self.destinations, items, state)
         self.result.readings += len(readings)
