@@ -12,15 +12,12 @@ from decimal import Decimal
 from urllib.parse import parse_qs
 
 import pytest
-from fhir.resources.R4B.bundle import Bundle
-from fhir.resources.R4B.device import Device as FhirDevice
-from fhir.resources.R4B.observation import Observation as FhirObservation
-from fhir.resources.R4B.patient import Patient as FhirPatient
 
 from phg.errors import MappingError
 from phg.fhir import IG_VERSIONS, build_transaction, conditional_identifier, to_json
 from phg.model import DeviceClock, Gateway, parse_reading
 from shared_vectors import VECTORS as SHARED
+from test_fhir_mapping import validate
 
 VECTORS = SHARED / "phd"
 GATEWAY = Gateway(system_id="ECDE3D4E58532D31", serial="0001", firmware="1.2.3")  # NTPv4 (532226)
@@ -70,20 +67,6 @@ def measurements(bundle: dict) -> list[dict]:
 def url_of(bundle: dict, profile: str) -> str:
     (url,) = [e["fullUrl"] for e in bundle["entry"] if e["resource"]["meta"]["profile"][0].endswith("/" + profile)]
     return url
-
-
-def validate(bundle: dict) -> None:
-    """Whole Bundle and each resource, from the bytes we would send; every reference resolves in the bundle."""
-    data = json.loads(to_json(bundle), parse_float=Decimal)
-    Bundle.model_validate(data)
-    models = {"Patient": FhirPatient, "Device": FhirDevice, "Observation": FhirObservation}
-    for entry in data["entry"]:
-        models[entry["resource"]["resourceType"]].model_validate(entry["resource"])
-    urls = [e["fullUrl"] for e in data["entry"]]
-    assert len(urls) == len(set(urls)) and all(re.fullmatch(r"urn:uuid:[0-9a-f-]{36}", u) for u in urls)
-    for entry in data["entry"]:
-        text = json.dumps(entry["resource"])
-        assert all(ref in urls for ref in re.findall(r'"reference": "([^"]+)"', text))
 
 
 # ---------------------------------------------------------------- validity

@@ -409,7 +409,50 @@ def _racp_select(records: list, key, operator: int, operand: bytes) -> list | in
     return [r for r in records if low <= key(r) <= high]
 
 
-class GlucoseMeter(EmulatedDevice):
+class _RacpDevice(EmulatedDevice):
+    """A device with stored records behind a Record Access Control Point (GLS 1.0 / CGMS 1.0.1, RACP
+    0x2A52): report stored records / number of records, abort; records go out as notifications from a
+    task, after the write response (the order a real stack keeps), then the RACP response indication.
+    Subclasses say which records an operator selects and how they are uploaded."""
+
+    racp: gatt.Characteristic
+
+    def _select(self, operator: int, operand: bytes) -> list | int:
+        raise NotImplementedError
+
+    async def _upload(self, connection: Connection, selected: list) -> bool:
+        """Send the selected records; False when the link was dropped on purpose half-way."""
+        raise NotImplementedError
+
+    def _on_racp(self, connection: Connection, value: bytes) -> None:
+        self._spawn(self._racp(connection, bytes(value)))
+
+    async def _respond(self, connection: Connection, request_op: int, code: int) -> None:
+        await self.device.indicate_subscriber(connection, self.racp, bytes([RESPONSE, 0, request_op, code]))  # type: ignore[union-attr]
+
+    async def _racp(self, connection: Connection, request: bytes) -> None:
+        device = self.device
+        assert device is not None
+        if len(request) < 2:
+            return await self._respond(connection, request[0] if request else 0, INVALID_OPERATOR)
+        op, operator, operand = request[0], request[1], request[2:]
+        if op == ABORT:
+            return await self._respond(connection, op, SUCCESS)
+        if op not in (REPORT, REPORT_NUMBER):
+            return await self._respond(connection, op, OP_NOT_SUPPORTED)
+        selected = self._select(operator, operand)
+        if isinstance(selected, int):
+            return await self._respond(connection, op, selected)
+        if op == REPORT_NUMBER:
+            return await device.indicate_subscriber(connection, self.racp,
+                                                    struct.pack("<BBH", NUMBER_RESPONSE, 0, len(selected)))
+        if not selected:
+            return await self._respond(connection, op, NO_RECORDS)
+        if await self._upload(connection, selected):
+            await self._respond(connection, op, SUCCESS)
+
+
+class GlucoseMeter(_RacpDevice):
     """Glucose Service with stored records and RACP (see module docstring)."""
 
     SERVICE = 0x1808
@@ -441,34 +484,13 @@ class GlucoseMeter(EmulatedDevice):
                                         gatt.CharacteristicValue(write=self._on_racp))
         return [gatt.Service(_uuid(0x1808), [self.measurement, self.context, feature, self.racp])]
 
-    def _on_racp(self, connection: Connection, value: bytes) -> None:
-        self._spawn(self._racp(connection, bytes(value)))
-
-    async def _respond(self, connection: Connection, request_op: int, code: int) -> None:
-        await self.device.indicate_subscriber(connection, self.racp, bytes([RESPONSE, 0, request_op, code]))  # type: ignore[union-attr]
-
     def _select(self, operator: int, operand: bytes) -> list[GlucoseRecord] | int:
-        """The records an operator selects, or a RACP response code."""
+        """The records an operator selects (by sequence number), or a RACP response code."""
         return _racp_select(self.records, lambda r: r.seq, operator, operand)
 
-    async def _racp(self, connection: Connection, request: bytes) -> None:
+    async def _upload(self, connection: Connection, selected: list) -> bool:
         device = self.device
         assert device is not None
-        if len(request) < 2:
-            return await self._respond(connection, request[0] if request else 0, INVALID_OPERATOR)
-        op, operator, operand = request[0], request[1], request[2:]
-        if op == ABORT:
-            return await self._respond(connection, op, SUCCESS)
-        if op not in (REPORT, REPORT_NUMBER):
-            return await self._respond(connection, op, OP_NOT_SUPPORTED)
-        selected = self._select(operator, operand)
-        if isinstance(selected, int):
-            return await self._respond(connection, op, selected)
-        if op == REPORT_NUMBER:
-            count = struct.pack("<BBH", NUMBER_RESPONSE, 0, len(selected))
-            return await device.indicate_subscriber(connection, self.racp, count)
-        if not selected:
-            return await self._respond(connection, op, NO_RECORDS)
         for n, record in enumerate(selected, 1):
             await device.notify_subscriber(connection, self.measurement, glucose_measurement(record))
             if record.meal is not None:
@@ -480,8 +502,8 @@ class GlucoseMeter(EmulatedDevice):
             if self.drop_after == n:
                 self.drop_after = None
                 await connection.disconnect()
-                return
-        await self._respond(connection, op, SUCCESS)
+                return False
+        return True
 
 
 def _local_zone_quarters() -> tuple[int, int]:
@@ -491,7 +513,7 @@ def _local_zone_quarters() -> tuple[int, int]:
     return standard // 900, max(0, (now.tm_gmtoff - standard) // 900)
 
 
-class CgmSensor(EmulatedDevice):
+class CgmSensor(_RacpDevice):
     """Continuous Glucose Monitoring Service 0x181F (CGMS 1.0.1) with a running session and stored records:
     CGM Measurement 0x2AA7 notify, CGM Feature 0x2AA8 read, CGM Status 0x2AA9 read, Session Start Time
     0x2AAA read, Session Run Time 0x2AAB read, RACP 0x2A52 write + indicate (filter type 0x01 = Time
@@ -575,30 +597,13 @@ class CgmSensor(EmulatedDevice):
         minutes = int((self.now() - self.session_start).total_seconds() // 60)
         return max(0, min(minutes, 0xFFFF))
 
-    def _on_racp(self, connection: Connection, value: bytes) -> None:
-        self._spawn(self._racp(connection, bytes(value)))
+    def _select(self, operator: int, operand: bytes) -> list[CgmRecord] | int:
+        """The records an operator selects (by time offset, filter type 0x01), or a RACP response code."""
+        return _racp_select(self.records, lambda r: r.offset, operator, operand)
 
-    async def _respond(self, connection: Connection, request_op: int, code: int) -> None:
-        await self.device.indicate_subscriber(connection, self.racp, bytes([RESPONSE, 0, request_op, code]))  # type: ignore[union-attr]
-
-    async def _racp(self, connection: Connection, request: bytes) -> None:
+    async def _upload(self, connection: Connection, selected: list) -> bool:
         device = self.device
         assert device is not None
-        if len(request) < 2:
-            return await self._respond(connection, request[0] if request else 0, INVALID_OPERATOR)
-        op, operator, operand = request[0], request[1], request[2:]
-        if op == ABORT:
-            return await self._respond(connection, op, SUCCESS)
-        if op not in (REPORT, REPORT_NUMBER):
-            return await self._respond(connection, op, OP_NOT_SUPPORTED)
-        selected = _racp_select(self.records, lambda r: r.offset, operator, operand)
-        if isinstance(selected, int):
-            return await self._respond(connection, op, selected)
-        if op == REPORT_NUMBER:
-            return await device.indicate_subscriber(connection, self.racp, struct.pack("<BBH", NUMBER_RESPONSE, 0,
-                                                                                       len(selected)))
-        if not selected:
-            return await self._respond(connection, op, NO_RECORDS)
         n = 0
         for chunk in self._packed(selected, connection.att_mtu - 3):
             await device.notify_subscriber(connection, self.measurement, cgm_measurement(chunk, e2e=self.e2e))
@@ -612,8 +617,8 @@ class CgmSensor(EmulatedDevice):
             if self.drop_after is not None and n >= self.drop_after:
                 self.drop_after = None
                 await connection.disconnect()
-                return
-        await self._respond(connection, op, SUCCESS)
+                return False
+        return True
 
 
 class _IndicatingDevice(EmulatedDevice):
