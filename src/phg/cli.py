@@ -1,7 +1,8 @@
 """The `phg` command. Heavy modules are imported inside the commands so that `phg --help` is instant.
 
 Exit codes: 0 done; 1 bad input or readings dead-lettered; 2 usage; 3 configuration or
-authorization problem (the queue is intact); 75 (EX_TEMPFAIL) readings still queued for a retry.
+authorization problem (the queue is intact); 74 (EX_IOERR) the outbox could not be written (nothing
+was queued); 75 (EX_TEMPFAIL) readings still queued for a retry.
 """
 
 from __future__ import annotations
@@ -191,14 +192,23 @@ def render(obj: Context, files: tuple[str, ...], fmt: str, ig_version: str | Non
 @click.option("--no-deliver", is_flag=True, help="Only queue; `phg run` delivers later.")
 @click.pass_obj
 def send(obj: Context, files: tuple[str, ...], no_deliver: bool) -> None:
-    """Queue the readings in FILES (or - for stdin) durably, then deliver what is due."""
+    """Queue the readings in FILES (or - for stdin) durably, then deliver what is due.
+
+    Exit 74 (EX_IOERR) when the outbox cannot store them (disk full, read-only, not an outbox):
+    nothing of this call was queued, the source must keep its readings."""
+    from phg.errors import StorageError
+
     readings, errors = read_readings(files)
     for error in errors:
         click.secho(f"refused: {error}", fg="red", err=True)
     config = obj.config()
-    outbox = obj.outbox()
-    if readings:
-        outbox.enqueue(config.destination_names, [(r.key, r.to_json()) for r in readings])
+    try:
+        outbox = obj.outbox()
+        if readings:
+            outbox.enqueue(config.destination_names, [(r.key, r.to_json()) for r in readings])
+    except StorageError as exc:
+        fail(f"{exc}\nnothing was queued: {len(readings)} reading(s) not stored; send them again once the "
+             "outbox is writable", 74)
     click.echo(f"queued {len(readings)} reading(s) in {config.outbox_path}" + (f", refused {len(errors)}" if errors else ""))
     code = EXIT_INPUT if errors else 0
     if no_deliver or not (config.fhir_base or config.destinations):
@@ -224,10 +234,15 @@ def _deliver(config, outbox, until_idle: bool) -> int:
             return await deliver(config, outbox, until_idle=True, stop=stop)
         return await run_gateway(config, outbox, stop)
 
+    from phg.errors import StorageError
+
     try:
         summary = asyncio.run(go())
-    except AuthError as exc:
+    except (AuthError, ConfigError) as exc:
         fail(f"{exc}\ndelivery stopped; the queue is intact", EXIT_CONFIG)
+    except StorageError as exc:  # only a run until idle gets here; `phg run` waits for the disk instead
+        fail(f"{exc}\ndelivery stopped: the outbox cannot record it; what is queued stays queued "
+             "(a reading sent meanwhile is sent again later, harmlessly)", 74)
     counts = outbox.counts()
     click.echo(f"delivered {summary.delivered}, dead {summary.dead}; "
                f"queue: {counts.get('queued', 0) + counts.get('inflight', 0)} waiting, {counts.get('dead', 0)} dead")

@@ -66,10 +66,10 @@ FHIR_DESTINATION = "fhir"
 # these are read by phg.auth for the other ways servers are secured (its docs list them).
 KEYS = {
     "gateway": {"system_id", "manufacturer", "model", "serial", "firmware"},
-    "fhir": {"base_url", "ig_version", "allow_insecure_http"},
+    "fhir": {"base_url", "ig_version", "allow_insecure_http", "timeout"},
     "auth": {"client_id", "key_file", "scope", "token_url"},
     "outbox": {"path"},
-    "delivery": {"batch_size", "max_retry_delay"},
+    "delivery": {"batch_size", "max_retry_delay", "lease_seconds"},
     "patient": {"system", "value"},
     "ble": {"allow", "pair_new", "scan_seconds"},
 }
@@ -93,7 +93,9 @@ class Config:
     ig_version: str = "2.0.0"
     batch_size: int = 50
     max_retry_delay: float = 300.0
+    lease_seconds: float = 120.0  # how long a batch stays leased; a killed daemon's batch is sent again after it
     allow_insecure_http: bool = False
+    timeout: float = 30.0  # seconds for one HTTP exchange with the FHIR server (a Bundle of batch_size readings)
     client_id: str | None = None
     key_file: Path | None = None
     scope: str = DEFAULT_SCOPE
@@ -133,7 +135,7 @@ class _Raw:
             return default
         value = self.values[(section, key)]
         where = self.origin[(section, key)]
-        if kind is int and isinstance(value, str) and value.isdigit():
+        if kind is int and isinstance(value, str) and value.isascii() and value.isdigit():  # not "²": int() refuses it
             value = int(value)
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
@@ -157,9 +159,13 @@ def load_config(path: Path | None = None, env: dict[str, str] | None = None) -> 
     if path is not None:
         source = str(path)
         try:
-            data = tomllib.loads(Path(path).read_text())
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"{path}: config file not found (phg init writes one)") from None
+        except OSError as exc:  # a directory, unreadable, ...
+            raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}): TOML files are UTF-8") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
         destinations = _destinations(data.pop("destinations", {}), str(path))
@@ -199,6 +205,12 @@ def load_config(path: Path | None = None, env: dict[str, str] | None = None) -> 
     max_retry_delay = raw.get("delivery", "max_retry_delay", int, 300)
     if not 1 <= max_retry_delay <= 86400:
         raise ConfigError(f"{raw.origin[('delivery', 'max_retry_delay')]}: [delivery] max_retry_delay must be 1..86400 s")
+    timeout = raw.get("fhir", "timeout", float, 30.0)
+    if not 1 <= timeout <= 600:
+        raise ConfigError(f"{raw.origin[('fhir', 'timeout')]}: [fhir] timeout must be 1..600 s")
+    lease_seconds = raw.get("delivery", "lease_seconds", float, 120.0)
+    if not 1 <= lease_seconds <= 3600:
+        raise ConfigError(f"{raw.origin[('delivery', 'lease_seconds')]}: [delivery] lease_seconds must be 1..3600 s")
     patient = None
     if ("patient", "system") in raw.values or ("patient", "value") in raw.values:
         patient = PatientRef(raw.get("patient", "system", str, ""), raw.get("patient", "value", str, ""))
@@ -219,6 +231,8 @@ def load_config(path: Path | None = None, env: dict[str, str] | None = None) -> 
         ig_version=ig_version,
         batch_size=batch_size,
         max_retry_delay=float(max_retry_delay),
+        lease_seconds=lease_seconds,
+        timeout=timeout,
         allow_insecure_http=raw.get("fhir", "allow_insecure_http", bool, False),
         client_id=raw.get("auth", "client_id", str, None),
         key_file=Path(key_file).expanduser() if key_file else None,
@@ -244,7 +258,7 @@ def _destinations(tables: Any, path: str) -> tuple[DestinationConfig, ...]:
         if name == FHIR_DESTINATION:
             raise ConfigError(f"{path}: [destinations.{name}]: the name {name!r} is the [fhir] server's; choose another")
         kind = table.get("type")
-        if kind not in DESTINATION_TYPES:
+        if not isinstance(kind, str) or kind not in DESTINATION_TYPES:
             raise ConfigError(f"{path}: [destinations.{name}] type must be one of {', '.join(DESTINATION_TYPES)}, "
                               f"not {kind!r}")
         settings = {k: v for k, v in table.items() if k != "type"}
@@ -301,6 +315,9 @@ path = "{outbox}"
 batch_size = 50
 # Longest wait (seconds) between retries while the server is unreachable.
 max_retry_delay = 300
+# How long (seconds) a batch being sent stays leased. If phg is killed mid-send, that batch is sent
+# again once its lease expires (harmless: the server recognises it). Longer than a slow send.
+lease_seconds = 120
 '''
 
 

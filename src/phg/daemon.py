@@ -19,8 +19,6 @@ from phg.errors import ConfigError
 from phg.outbox import Outbox
 from phg.transport import require_secure_url
 
-TIMEOUT = httpx.Timeout(30.0, connect=10.0)
-
 
 def make_auth(config: Config, client: httpx.AsyncClient | None = None) -> httpx.Auth | None:
     """The auth flow chosen by ``[auth] method`` (phg.auth.settings); None for "none" (open test
@@ -75,7 +73,8 @@ async def fhir_destination(config: Config) -> AsyncIterator[FhirDestination]:
     from phg.auth.tls import client_kwargs
 
     settings = auth_settings(config)
-    async with httpx.AsyncClient(http2=True, timeout=TIMEOUT, **client_kwargs(settings)) as client:
+    timeout = httpx.Timeout(config.timeout, connect=min(10.0, config.timeout))
+    async with httpx.AsyncClient(http2=True, timeout=timeout, **client_kwargs(settings)) as client:
         auth = build_auth(settings, client)
         client.auth = auth
         try:
@@ -113,8 +112,8 @@ async def open_destinations(config: Config) -> AsyncIterator[list[Destination]]:
 async def deliver(config: Config, outbox: Outbox, *, until_idle: bool, stop: asyncio.Event | None = None) -> Summary:
     """Deliver what the outbox holds, one worker per destination, side by side."""
     async with open_destinations(config) as destinations:
-        workers = [DeliveryWorker(outbox, d, batch_size=config.batch_size, max_backoff=config.max_retry_delay)
-                   for d in destinations]
+        workers = [DeliveryWorker(outbox, d, batch_size=config.batch_size, max_backoff=config.max_retry_delay,
+                                  lease_seconds=config.lease_seconds) for d in destinations]
         summaries = await asyncio.gather(*(w.run(stop, until_idle=until_idle) for w in workers))
     total = Summary()
     for s in summaries:

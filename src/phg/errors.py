@@ -6,12 +6,15 @@
      +-- MappingError         a valid reading cannot be expressed in FHIR / HL7 v2
      +-- AuthError            the authorization server refused us (invalid_client, invalid_scope, ...)
      |    +-- DiscoveryError  no usable SMART configuration at the FHIR base
+     +-- StorageError         the outbox file cannot be used: disk full, read-only, unopenable,
+     |                        not an SQLite database, or another application's database; names the file
      +-- DeliveryError
           +-- TransientDeliveryError   retry later (connection, timeout, 408, 429, 5xx)
           +-- PermanentDeliveryError   the server rejected this content (4xx); dead-letter it
 
 An AuthError stops delivery but never touches the queue: fixing the credentials and
-restarting delivers everything that waited.
+restarting delivers everything that waited. A StorageError means the write it interrupted was
+rolled back: `phg send` stores nothing and says so; the running daemon logs it, waits and retries.
 """
 
 from __future__ import annotations
@@ -46,6 +49,15 @@ class AuthError(PhgError):
 
 class DiscoveryError(AuthError):
     """The FHIR server does not tell where to get a token."""
+
+
+class StorageError(PhgError):
+    """The outbox database cannot be read or written; `path` is the file. The transaction that
+    failed was rolled back, so nothing it was storing is stored."""
+
+    def __init__(self, message: str, path: str | None = None):
+        super().__init__(message)
+        self.path = path
 
 
 class DeliveryError(PhgError):

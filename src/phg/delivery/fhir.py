@@ -16,7 +16,7 @@ import httpx
 
 from phg.auth.envelope import Envelope, seal
 from phg.delivery.outcome import Delivered, Outcome, Rejected
-from phg.errors import AuthError, MappingError, PermanentDeliveryError, TransientDeliveryError
+from phg.errors import AuthError, ConfigError, MappingError, PermanentDeliveryError, TransientDeliveryError
 from phg.fhir import build_transaction, to_json
 from phg.model import Gateway, Reading
 from phg.transport import TRANSIENT_STATUSES, transient_error
@@ -70,6 +70,11 @@ class FhirDestination:
         if status == 403:
             raise AuthError(f"{self.base_url} answered 403 Forbidden: the client lacks a scope or permission "
                             f"(create on Patient, Device and Observation is needed): {problem(response)}")
+        if status in (404, 405):
+            # Our transactions reference nothing outside themselves (urn:uuid), so "not found" or "method
+            # not allowed" on the POST is about the endpoint, never about a reading: stop, keep the queue.
+            raise ConfigError(f"{self.base_url} answered {status} to a transaction POST: is [fhir] base_url the "
+                              f"server's FHIR base? {problem(response)}")
         if status >= 400:
             raise PermanentDeliveryError(f"HTTP {status}: {problem(response)}", status, _json(response))
         bundle = _json(response)

@@ -6,7 +6,12 @@ Rules (issue #2, design.md "delivery"):
   exponential backoff with jitter, or the server's Retry-After when it gave one.
 - A batch refused as a whole (4xx) is split in halves until the reading at fault is alone; it goes
   dead with the server's reason while the others are delivered.
-- An AuthError stops the worker and releases the batch untouched: credentials are fixed by a person.
+- An AuthError, or a ConfigError from the destination (e.g. the FHIR base answers 404: wrong URL),
+  stops the worker and releases the batch untouched: credentials and URLs are fixed by a person.
+- An outbox that cannot be written (StorageError: disk full, I/O error, ...) pauses a long-running
+  worker: it logs, waits (backoff) and tries again, so the daemon recovers when space returns. What
+  it had leased keeps its lease; if the report of a delivery is what failed, the batch is sent again
+  when the lease expires, which conditional create makes harmless. `until_idle` runs raise it instead.
 Outbox calls are blocking SQLite work, so they run in a thread, off the event loop.
 """
 
@@ -20,7 +25,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from phg.delivery.outcome import Delivered, Destination, Rejected, Retry
-from phg.errors import AuthError, PermanentDeliveryError, ReadingError, TransientDeliveryError
+from phg.errors import (
+    AuthError,
+    ConfigError,
+    PermanentDeliveryError,
+    ReadingError,
+    StorageError,
+    TransientDeliveryError,
+)
 from phg.model import Reading, from_canonical_json
 from phg.outbox import Item, Outbox
 
@@ -65,18 +77,33 @@ class DeliveryWorker:
         self.max_backoff = max_backoff
         self.idle_poll = idle_poll
         self.summary = Summary()
+        # time.monotonic() before which nothing is sent: a Retry-After (503, 429) is about the server, so
+        # the whole destination waits, not only the batch it refused (RFC 9110 section 10.2.3).
+        self._resume_at = 0.0
 
     async def run(self, stop: asyncio.Event | None = None, until_idle: bool = False) -> Summary:
-        """Deliver batches until `stop` is set; with until_idle, return as soon as nothing is due
-        (items waiting for their backoff are left queued for a later run)."""
+        """Deliver batches until `stop` is set; with until_idle, return as soon as nothing is due or the
+        server asked to wait (Retry-After): what waits is left queued for a later run."""
         stop = stop or asyncio.Event()
+        storage_failures = 0
         while not stop.is_set():
-            if await self.run_once():
-                continue
-            if until_idle:
-                break
-            due = await asyncio.to_thread(self.outbox.next_due, self.destination.name)
-            wait = self.idle_poll if due is None else min(self.idle_poll * 30, max(0.05, due - time.time()))
+            try:
+                if await self.run_once():
+                    storage_failures = 0
+                    continue
+                if until_idle:
+                    break
+                due = await asyncio.to_thread(self.outbox.next_due, self.destination.name)
+                wait = self.idle_poll if due is None else min(self.idle_poll * 30, max(
+                    0.05, due - time.time(), self._resume_at - time.monotonic()))
+                storage_failures = 0
+            except StorageError as exc:
+                if until_idle:
+                    raise
+                storage_failures += 1
+                wait = backoff(storage_failures, cap=min(self.max_backoff, 30.0))
+                log.error("%s: the outbox cannot be written, delivery paused for %.1f s: %s",
+                          self.destination.name, wait, exc)
             try:
                 await asyncio.wait_for(stop.wait(), timeout=wait)
             except TimeoutError:
@@ -84,7 +111,10 @@ class DeliveryWorker:
         return self.summary
 
     async def run_once(self) -> bool:
-        """Lease and deliver one batch. Returns False when nothing was due."""
+        """Lease and deliver one batch. Returns False when nothing was due (or the server's
+        Retry-After has not passed yet)."""
+        if time.monotonic() < self._resume_at:
+            return False
         items = await asyncio.to_thread(self.outbox.lease, self.destination.name, self.batch_size, self.lease_seconds)
         if not items:
             return False
@@ -93,7 +123,7 @@ class DeliveryWorker:
             await self._dead([item], reason)
         try:
             await self._send(readings)
-        except AuthError:
+        except (AuthError, ConfigError):
             await asyncio.to_thread(self._release_unfinished, [item.id for item, _ in readings])
             raise
         return True
@@ -105,11 +135,19 @@ class DeliveryWorker:
     async def _send(self, batch: Sequence[tuple[Item, Reading]]) -> None:
         if not batch:
             return
+        if time.monotonic() < self._resume_at:  # the other half of a split got a Retry-After: wait with it
+            await asyncio.to_thread(self.outbox.release, [item.id for item, _ in batch])
+            return
         try:
             outcomes = await self.destination.send([reading for _, reading in batch])
         except TransientDeliveryError as exc:
             attempts = max(item.attempts for item, _ in batch)
-            delay = exc.retry_after if exc.retry_after is not None else backoff(attempts, cap=self.max_backoff)
+            # A Retry-After longer than max_backoff is capped: a misconfigured server must not park
+            # readings for a day.
+            delay = (min(exc.retry_after, self.max_backoff) if exc.retry_after is not None
+                     else backoff(attempts, cap=self.max_backoff))
+            if exc.retry_after is not None:
+                self._resume_at = time.monotonic() + delay
             log.warning("%s: %d readings not delivered, retry in %.1f s: %s",
                         self.destination.name, len(batch), delay, exc)
             await asyncio.to_thread(self.outbox.retry_later, [item.id for item, _ in batch], delay, str(exc))

@@ -20,10 +20,23 @@ Within a process, one connection is shared by all threads (`check_same_thread=Fa
 `threading.Lock`: SQLite admits one writer at a time anyway, each call is a short transaction, and
 a single connection can be closed by `close()` from any thread, whereas a connection per thread
 would be left open in the pool threads that `asyncio.to_thread` uses.
+
+Storage faults. A full disk, a read-only file system, a file that cannot be opened, is not an
+SQLite database or is damaged raise `StorageError` naming the file (sqlite3's own errors say none of
+that). The transaction that failed is rolled back (SQLite does so itself after SQLITE_FULL or an
+I/O error; `_write` rolls back whatever is still open), so a caller told "failed" really stored
+nothing. Other sqlite3 errors (constraints, programming errors) pass through unchanged.
+
+Whose file. The outbox stamps `PRAGMA application_id` (SQLite's own "which program owns this file"
+field) with APPLICATION_ID. A database stamped by another program, or an unstamped one that already
+holds tables that are not the outbox's, is refused rather than migrated over: the path is probably
+wrong, and creating our tables in someone else's database would be a silent mess.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 import threading
 import time
@@ -32,7 +45,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from phg.errors import ConfigError
+from phg.errors import ConfigError, StorageError
 
 QUEUED = "queued"
 INFLIGHT = "inflight"
@@ -69,6 +82,41 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
+APPLICATION_ID = 0x7068674F  # b"phgO": PRAGMA application_id of a phg outbox file
+
+# SQLite primary result codes that mean "this file cannot be used as it is", and what to tell a person.
+_STORAGE_FAULTS = {
+    sqlite3.SQLITE_FULL: "the disk is full",
+    sqlite3.SQLITE_READONLY: "the outbox is read-only (file system mounted read-only, or file not writable)",
+    sqlite3.SQLITE_CANTOPEN: "cannot open the outbox (check that the path is a file and its directory is writable)",
+    sqlite3.SQLITE_PERM: "permission denied on the outbox",
+    sqlite3.SQLITE_IOERR: "disk I/O error on the outbox",
+    sqlite3.SQLITE_NOTADB: "not a phg outbox: the file is not an SQLite database (move it away or set [outbox] path)",
+    sqlite3.SQLITE_CORRUPT: "the outbox file is damaged (move it away and check the disk)",
+}
+
+
+def storage_error(path: Path, exc: sqlite3.Error) -> StorageError | None:
+    """The StorageError for a sqlite3 error that is a storage fault, naming the file; None otherwise.
+    SQLite reports a full disk met while growing its shared-memory file, or a read-only file system
+    met while creating it, as an I/O or "cannot open" error: the file system itself says which."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if code is not None else None
+    if primary not in _STORAGE_FAULTS:
+        return None
+    if primary in (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY):
+        try:
+            fs = os.statvfs(path.parent)
+        except OSError:
+            pass
+        else:
+            if fs.f_flag & os.ST_RDONLY:
+                primary = sqlite3.SQLITE_READONLY
+            elif fs.f_bavail == 0 and primary == sqlite3.SQLITE_IOERR:
+                primary = sqlite3.SQLITE_FULL
+    return StorageError(f"{path}: {_STORAGE_FAULTS[primary]} (sqlite: {exc})", str(path))
+
+
 _COLUMNS = "id, destination, key, payload, state, attempts, next_attempt, created, updated, last_error, result"
 _BUSY_TIMEOUT_MS = 30_000  # another process holding the write lock: wait, do not fail
 
@@ -102,22 +150,31 @@ class Outbox:
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        # isolation_level=None: the sqlite3 module opens no implicit transactions; _write() does.
-        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
-            self._conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-            self._conn.execute("PRAGMA journal_mode = WAL")
-            self._conn.execute("PRAGMA synchronous = FULL")
-            self._migrate()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"{self.path}: cannot create the outbox directory: {exc.strerror}", str(self.path)) from None
+        self._lock = threading.Lock()
+        with self._storage_errors():
+            # isolation_level=None: the sqlite3 module opens no implicit transactions; _write() does.
+            self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            with self._storage_errors():
+                self._conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+                self._refuse_foreign()  # before WAL mode, which would already rewrite another program's file
+                self._conn.execute("PRAGMA journal_mode = WAL")
+                self._conn.execute("PRAGMA synchronous = FULL")
+                self._migrate()
         except BaseException:
             self._conn.close()
             raise
 
     def _migrate(self) -> None:
+        # An up-to-date outbox is opened without writing (e.g. `phg queue ls` beside a full disk).
+        if self._schema() == (APPLICATION_ID, SCHEMA_VERSION):
+            return
         with self._write() as conn:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            version = self._refuse_foreign()  # again, in the transaction: another process may have just written
             if version > SCHEMA_VERSION:
                 raise ConfigError(
                     f"{self.path}: outbox schema version {version} is newer than this phg "
@@ -127,21 +184,60 @@ class Outbox:
                 for statement in migration:
                     conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+
+    def _refuse_foreign(self) -> int:
+        """Raise StorageError unless the file is empty, a phg outbox, or one from before the stamp
+        (unstamped, only the outbox's own tables). Returns its schema version."""
+        application_id, version = self._schema()
+        tables = {row[0] for row in self._conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite%'")}
+        if application_id not in (0, APPLICATION_ID):
+            raise StorageError(f"{self.path}: not a phg outbox: an SQLite database of another application "
+                               f"(application_id {application_id:#x}); phg will not write into it: "
+                               "set [outbox] path (PHG_OUTBOX, --outbox) to another file", str(self.path))
+        if application_id == 0 and (tables - {"item", "source_state"} or (version == 0 and tables)
+                                    or (version > 0 and "item" not in tables)):
+            shown = ", ".join(sorted(tables)[:5]) or "none"
+            raise StorageError(f"{self.path}: not a phg outbox: an SQLite database with other tables ({shown}); "
+                               "phg will not write into it: set [outbox] path (PHG_OUTBOX, --outbox) to another "
+                               "file", str(self.path))
+        return version
+
+    def _schema(self) -> tuple[int, int]:
+        """(application_id, user_version) of the open file."""
+        return (self._conn.execute("PRAGMA application_id").fetchone()[0],
+                self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    @contextmanager
+    def _storage_errors(self) -> Iterator[None]:
+        """sqlite3 errors that are storage faults become a StorageError naming the file."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            error = storage_error(self.path, exc)
+            if error is None:
+                raise
+            raise error from exc
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, holding SQLite's write lock from its first statement."""
-        with self._lock:
+        """One write transaction, holding SQLite's write lock from its first statement. On any
+        failure, COMMIT included, nothing of it stays: SQLite has already rolled back after some
+        errors (SQLITE_FULL, SQLITE_IOERR), so only a transaction still open is rolled back here."""
+        with self._lock, self._storage_errors():
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
+                self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                if self._conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):  # the original error is the one to report
+                        self._conn.execute("ROLLBACK")
                 raise
-            self._conn.execute("COMMIT")
 
     def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
-        with self._lock:
+        with self._lock, self._storage_errors():
             return self._conn.execute(sql, params).fetchall()
 
     def enqueue(

@@ -1,0 +1,320 @@
+"""Issue #7, storage faults: the outbox on a full or read-only file system, and files that are not a
+phg outbox. `phg send` must fail loudly (exit 74, the file named, "nothing was queued") and store
+nothing; the daemon (`phg run`, a real subprocess) must keep running while the disk is full and
+deliver everything once space returns; a corrupt or foreign database is refused, never migrated over.
+
+The file systems are real: a small tmpfs mounted by the test (root in this sandbox), filled with a
+filler file until ENOSPC, and the same tmpfs remounted read-only (chmod is no test: root ignores it).
+Where mounting is not permitted those tests skip and say so; the full-database case then still runs
+in-process on SQLite's own limit (PRAGMA max_page_count).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+
+from phg.errors import ConfigError, StorageError
+from phg.fhir import conditional_identifier
+from phg.model import PatientRef, Reading
+from phg.outbox import Outbox
+from phg.sources.sim import simulated_readings
+
+PHG = str(Path(sys.executable).parent / "phg")
+EXIT_IOERR = 74
+LEASED = 5.0  # seconds until the batch "left by a killed daemon" comes due: room for the next one to start
+
+
+def readings(n: int, seed: int = 0) -> list[Reading]:
+    patient = PatientRef("urn:oid:1.2.3.4.5", f"storage-{uuid.uuid4().hex[:12]}")
+    return simulated_readings(patient, datetime(2026, 11, 28, 9, tzinfo=UTC), per_device=n // 5, seed=seed)
+
+
+def jsonl(batch: list[Reading]) -> str:
+    return "\n".join(r.to_json() for r in batch)
+
+
+def phg(*args: str, env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PHG, *args], env=env, input=stdin, capture_output=True, text=True, timeout=60)
+
+
+def states(path: Path) -> dict[str, int]:
+    with Outbox(path) as outbox:
+        return outbox.counts()
+
+
+@pytest.fixture
+def env(tmp_path) -> dict[str, str]:
+    return {**os.environ, "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "config"),
+            "XDG_DATA_HOME": str(tmp_path / "data"), "PHG_GATEWAY_SYSTEM_ID": "02AB7FFFFE00C5D1",
+            "PHG_CONFIG": "", "PHG_FHIR_BASE_URL": "", "PHG_CLIENT_ID": "", "PHG_KEY_FILE": ""}
+
+
+# ------------------------------------------------------------------------------------ a small tmpfs
+
+
+class SmallFs:
+    """A tmpfs of `size` mounted at `path` for one test; `fill()` takes every free block."""
+
+    def __init__(self, path: Path, size: str):
+        self.path = path
+        self.size = size
+        self.filler = path / "filler"
+
+    def fill(self) -> int:
+        """Write the filler file until the file system refuses (ENOSPC); return the bytes written."""
+        written = 0
+        fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            for chunk in (1 << 16, 1 << 12, 1 << 9, 1):
+                while True:
+                    try:
+                        written += os.write(fd, b"\0" * chunk)
+                    except OSError as exc:
+                        if exc.errno != errno.ENOSPC:
+                            raise
+                        break
+        finally:
+            os.close(fd)
+        assert os.statvfs(self.path).f_bavail == 0
+        return written
+
+    def free(self) -> None:
+        self.filler.unlink(missing_ok=True)
+
+    def remount(self, mode: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,{mode}", str(self.path)], check=True, capture_output=True, timeout=10)
+
+
+@pytest.fixture
+def small_fs(tmp_path) -> Iterator[SmallFs]:
+    """`mount -t tmpfs -o size=4m`: skips (saying why) where the sandbox does not allow mounting."""
+    path = tmp_path / "fs"
+    path.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0755", "tmpfs", str(path)],
+                             capture_output=True, text=True, timeout=10)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}); the in-process max_page_count test "
+                    "covers the full-database case")
+    try:
+        yield SmallFs(path, "4m")
+    finally:
+        with contextlib.suppress(Exception):
+            subprocess.run(["mount", "-o", "remount,rw", str(path)], capture_output=True, timeout=10)
+        if subprocess.run(["umount", str(path)], capture_output=True, timeout=10).returncode != 0:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=10)  # never leave a mount behind
+
+
+# ------------------------------------------------------------------------------------ full disk
+
+
+def test_a_full_database_stores_nothing_and_says_which_file(tmp_path):
+    """In-process, on SQLite's own size limit (works without mounting anything)."""
+    path = tmp_path / "outbox.sqlite"
+    first, second = readings(10, seed=1), readings(500, seed=2)
+    with Outbox(path) as outbox:
+        outbox.enqueue("fhir", [(r.key, r.to_json()) for r in first])
+        pages = outbox._conn.execute("PRAGMA page_count").fetchone()[0]
+        outbox._conn.execute(f"PRAGMA max_page_count = {pages}")  # a test-only stand-in for a full disk
+        with pytest.raises(StorageError, match="disk is full") as caught:
+            outbox.enqueue("fhir", [(r.key, r.to_json()) for r in second])
+        assert caught.value.path == str(path) and str(path) in str(caught.value)
+        assert outbox.counts()["queued"] == 10  # the failed batch left nothing
+        outbox._conn.execute("PRAGMA max_page_count = 1073741823")
+        outbox.enqueue("fhir", [(r.key, r.to_json()) for r in second])  # the same connection works again
+        assert outbox.counts()["queued"] == 510
+
+
+def test_send_on_a_full_filesystem_fails_loudly_and_queues_nothing(small_fs, env):
+    outbox = small_fs.path / "outbox.sqlite"
+    env = {**env, "PHG_OUTBOX": str(outbox)}
+    first, second = readings(10, seed=1), readings(100, seed=2)
+    assert phg("send", "--no-deliver", "-", env=env, stdin=jsonl(first)).returncode == 0
+    small_fs.fill()
+
+    refused = phg("send", "--no-deliver", "-", env=env, stdin=jsonl(second))
+    assert refused.returncode == EXIT_IOERR, refused.stdout + refused.stderr
+    assert str(outbox) in refused.stderr and "disk is full" in refused.stderr
+    assert "nothing was queued: 100 reading(s) not stored" in refused.stderr
+    assert "queued" not in refused.stdout and "Traceback" not in refused.stderr
+
+    small_fs.free()
+    assert states(outbox)["queued"] == 10  # acknowledged nothing it did not store
+    again = phg("send", "--no-deliver", "-", env=env, stdin=jsonl(second))
+    assert again.returncode == 0, again.stderr
+    assert states(outbox)["queued"] == 110
+
+
+@pytest.mark.peers
+def test_daemon_keeps_running_on_a_full_disk_and_delivers_when_space_returns(small_fs, env, sekmet, tmp_path):
+    """A batch leased by a killed daemon comes due while the disk is full: the next daemon cannot
+    lease it (no room to write), logs, waits, retries, and delivers everything once space returns."""
+    outbox = small_fs.path / "outbox.sqlite"
+    config = tmp_path / "phg.toml"
+    config.write_text("[delivery]\nmax_retry_delay = 1\nlease_seconds = 1\n")
+    env = {**env, "PHG_OUTBOX": str(outbox), "PHG_CONFIG": str(config), "PHG_FHIR_BASE_URL": sekmet.base_url}
+    batch = readings(100, seed=3)
+    with Outbox(outbox) as box:
+        box.enqueue("fhir", [(r.key, r.to_json()) for r in batch])
+        box.lease("fhir", len(batch), lease_seconds=LEASED)  # as a daemon killed mid-send leaves them
+    due = time.monotonic() + LEASED
+    log_path = tmp_path / "daemon.log"
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen([PHG, "run"], env=env, stdout=log_file, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 20
+            while not Path(f"{outbox}-shm").exists():  # the daemon has the outbox open
+                assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+                time.sleep(0.05)
+            small_fs.fill()
+            full_at = time.monotonic()
+            assert full_at < due, "the daemon took too long to start: the batch came due before the disk was full"
+            while "the outbox cannot be written" not in log_path.read_text():
+                assert proc.poll() is None, f"the daemon died on a full disk:\n{log_path.read_text()}"
+                assert time.monotonic() < deadline, log_path.read_text()
+                time.sleep(0.1)
+            time.sleep(1.5)  # a few more failed attempts
+            assert proc.poll() is None, f"the daemon died on a full disk:\n{log_path.read_text()}"
+            failures = log_path.read_text().count("the outbox cannot be written")
+            assert failures >= 2 and "disk is full" in log_path.read_text() and str(outbox) in log_path.read_text()
+
+            small_fs.free()
+            freed_at = time.monotonic()
+            deadline = freed_at + 20
+            while states(outbox)["delivered"] < len(batch):
+                assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+                time.sleep(0.1)
+            recovered_s = time.monotonic() - freed_at
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=20) == 0, log_path.read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+    assert states(outbox) == {"queued": 0, "inflight": 0, "delivered": 100, "dead": 0}
+    ids = [conditional_identifier(r, m) for r in batch for m in r.metrics]
+    found = httpx.post(f"{sekmet.base_url}/Observation/_search", headers={"Accept": "application/fhir+json"},
+                       data={"identifier": ",".join(f"{s}|{v}" for s, v in ids), "_count": "1000"},
+                       timeout=60).raise_for_status().json()
+    assert found["total"] == len(ids)  # every metric once
+    print(f"full disk for {freed_at - full_at:.1f} s, {failures} failed outbox writes logged, "
+          f"drained {recovered_s:.1f} s after space returned")
+
+
+# ------------------------------------------------------------------------------------ read-only
+
+
+def test_send_on_a_read_only_filesystem_fails_loudly_and_queues_nothing(small_fs, env):
+    outbox = small_fs.path / "outbox.sqlite"
+    env = {**env, "PHG_OUTBOX": str(outbox)}
+    assert phg("send", "--no-deliver", "-", env=env, stdin=jsonl(readings(10, seed=1))).returncode == 0
+    small_fs.remount("ro")  # a read-only mount: root cannot write either (chmod would not stop root)
+
+    refused = phg("send", "--no-deliver", "-", env=env, stdin=jsonl(readings(20, seed=2)))
+    assert refused.returncode == EXIT_IOERR, refused.stdout + refused.stderr
+    assert str(outbox) in refused.stderr and "read-only" in refused.stderr
+    assert "nothing was queued: 20 reading(s) not stored" in refused.stderr
+    assert "queued" not in refused.stdout and "Traceback" not in refused.stderr
+
+    small_fs.remount("rw")
+    assert states(outbox)["queued"] == 10
+
+
+# ------------------------------------------------------------------------------------ not an outbox
+
+
+def test_a_file_that_is_not_a_database_is_refused_untouched(tmp_path, env):
+    path = tmp_path / "outbox.sqlite"
+    garbage = random.Random(7).randbytes(8192)
+    path.write_bytes(garbage)
+    with pytest.raises(StorageError, match="not a phg outbox: the file is not an SQLite database") as caught:
+        Outbox(path)
+    assert str(path) in str(caught.value)
+
+    result = phg("send", "--no-deliver", "-", env={**env, "PHG_OUTBOX": str(path)}, stdin=jsonl(readings(5)))
+    assert result.returncode == EXIT_IOERR and "nothing was queued" in result.stderr
+    assert str(path) in result.stderr and "not an SQLite database" in result.stderr and "Traceback" not in result.stderr
+    listing = phg("queue", "ls", env={**env, "PHG_OUTBOX": str(path)})
+    assert listing.returncode != 0 and "not an SQLite database" in listing.stderr and "Traceback" not in listing.stderr
+    assert path.read_bytes() == garbage
+
+
+@pytest.mark.parametrize("kind", ["other tables", "other application_id", "user_version without our tables"])
+def test_a_foreign_sqlite_database_is_refused_not_migrated_over(tmp_path, kind):
+    path = tmp_path / "notes.sqlite"
+    with sqlite3.connect(path) as conn:
+        if kind == "other tables":
+            conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT)")
+        elif kind == "other application_id":
+            conn.execute("PRAGMA application_id = 1095774532")  # another program's stamp
+        else:
+            conn.execute("CREATE TABLE settings (k TEXT)")
+            conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    before = path.read_bytes()
+    with pytest.raises(StorageError, match="not a phg outbox: an SQLite database") as caught:
+        Outbox(path)
+    assert str(path) in str(caught.value) and "phg will not write into it" in str(caught.value)
+    assert path.read_bytes() == before
+    with sqlite3.connect(path) as conn:
+        assert "item" not in {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    conn.close()
+
+
+def test_a_phg_outbox_is_stamped_and_opened_without_a_write(tmp_path):
+    path = tmp_path / "outbox.sqlite"
+    Outbox(path).close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA application_id").fetchone()[0] == 0x7068674F
+        conn.execute("PRAGMA application_id = 0")  # as written by a phg from before the stamp
+    conn.close()
+    Outbox(path).close()  # still ours (its own tables): stamped now
+    # Another process holds the write lock: opening an up-to-date outbox must not wait for it.
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        with Outbox(path) as outbox:
+            assert outbox.counts()["queued"] == 0
+        assert time.monotonic() - started < 5
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+def test_a_damaged_outbox_says_so(tmp_path):
+    path = tmp_path / "outbox.sqlite"
+    with Outbox(path) as outbox:
+        outbox.enqueue("fhir", [(r.key, r.to_json()) for r in readings(200)])
+    data = bytearray(path.read_bytes())
+    page = 4096
+    data[2 * page:len(data) - page] = random.Random(1).randbytes(len(data) - 3 * page)  # keep header and schema
+    path.write_bytes(bytes(data))
+    with pytest.raises(StorageError, match="damaged|not an SQLite database") as caught:
+        with Outbox(path) as outbox:
+            outbox.items(limit=1000)
+    assert str(path) in str(caught.value)
+
+
+def test_a_newer_outbox_is_still_a_config_error(tmp_path):
+    path = tmp_path / "outbox.sqlite"
+    Outbox(path).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    with pytest.raises(ConfigError, match="newer"):
+        Outbox(path)
