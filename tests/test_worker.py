@@ -100,3 +100,19 @@ async def test_retry_outcome_retries_then_goes_dead(outbox):
     summary = await worker.run(until_idle=True)
     dead = outbox.items(state="dead")
     assert [i.key for i in dead] == [BAD] and "after 2 attempts" in dead[0].last_error
+
+
+async def test_a_wrong_base_url_stops_delivery_instead_of_killing_readings(outbox):
+    import httpx
+
+    from phg.delivery.fhir import FhirDestination
+    from phg.errors import ConfigError
+    from phg.model import Gateway
+
+    transport = httpx.MockTransport(lambda request: httpx.Response(404, json={"resourceType": "OperationOutcome"}))
+    async with httpx.AsyncClient(transport=transport) as client:
+        destination = FhirDestination(client, "http://127.0.0.1:9/fhir-typo", Gateway("02AB7FFFFE000001"))
+        with pytest.raises(ConfigError, match="is \\[fhir\\] base_url the server's FHIR base"):
+            await DeliveryWorker(outbox, destination, batch_size=50).run(until_idle=True)
+    counts = outbox.counts("fhir")
+    assert (counts["queued"], counts["dead"], counts["inflight"]) == (50, 0, 0)
