@@ -400,3 +400,12 @@ def test_any_valid_reading_maps_and_validates(docs, version):
             query = parse_qs(entries[i]["request"]["ifNoneExist"])["identifier"][0]
             assert query.endswith(entries[i]["resource"]["identifier"][0]["value"].replace("\\", "\\\\")
                                   .replace("|", "\\|").replace(",", "\\,").replace("$", "\\$"))
+
+
+def test_to_json_keeps_decimal_digits_and_escapes_strings():
+    bundle = {"a": [Decimal("2.00"), Decimal("1E+2"), "x\x00y", {"k": Decimal("-0.5")}], "b": "é\"q"}
+    assert to_json(bundle) == '{"a":[2.00,1E+2,"x\\u0000y",{"k":-0.5}],"b":"é\\"q"}'.encode()
+    with pytest.raises(ValueError):
+        to_json({"v": Decimal("NaN")})
+    with pytest.raises(TypeError):
+        to_json({"v": object()})
