@@ -1,4 +1,4 @@
-"""phg benchmarks: `make bench` (or `python bench/run.py [NAME...]`) prints one table.
+"""phg benchmarks: `make bench` (or `python bench/run.py [--quick] [NAME...]`) prints one table.
 
 Every figure is a ratio against a baseline measured in the same run on the same machine, because
 machines here are noisy: absolute numbers are printed for context only.
@@ -7,6 +7,14 @@ machines here are noisy: absolute numbers are printed for context only.
              durability settings (WAL, synchronous=FULL), same batch size. Target >= 0.5.
 - cold-start: `phg --help` vs `python -c pass` (interpreter start-up alone). Target < 0.3 s absolute.
 - footprint: peak RSS while draining a backlog through the worker vs idle RSS. Target < 1.5x.
+- delivery:  observations/s that `phg run`'s delivery path gets through sekmet-fhir on loopback vs a
+             bare httpx loop POSTing the same Bundles (target >= 0.9) and vs one POST per resource
+             (target >= 10x). bench/delivery.py; starts sekmet-fhir itself.
+- tokens:    token requests of 32 concurrent senders sharing one SMART auth, time scaled 1/50
+             (6 s tokens, 12 s), vs duration/TTL + 1. Target <= 1.0. bench/tokens.py; needs the Node
+             peers (make setup).
+
+--quick (or PHG_BENCH_QUICK=1) scales the delivery benchmark down from 10,000 to 1,000 readings.
 """
 
 from __future__ import annotations
@@ -21,8 +29,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+
+from delivery import bench_delivery
+from tokens import bench_tokens
 
 from phg.delivery import Delivered, DeliveryWorker
 from phg.model import PatientRef
@@ -30,7 +41,7 @@ from phg.outbox import Outbox
 from phg.sources.sim import simulated_readings
 
 PATIENT = PatientRef("urn:oid:1.2.3.4.5", "bench")
-START = datetime(2026, 11, 28, 9, tzinfo=timezone.utc)
+START = datetime(2026, 11, 28, 9, tzinfo=UTC)
 
 
 def items(n: int) -> list[tuple[str, str]]:
@@ -129,15 +140,23 @@ def bench_footprint(n: int = 100_000) -> dict:
             "ok": peak / idle < 1.5}
 
 
-BENCHMARKS: dict[str, Callable[[], dict]] = {
+BENCHMARKS: dict[str, Callable[[], dict | list[dict]]] = {
     "enqueue": bench_enqueue,
     "cold-start": bench_cold_start,
     "footprint": bench_footprint,
+    "delivery": bench_delivery,
+    "tokens": bench_tokens,
 }
 
 
 def main(names: list[str]) -> int:
-    rows = [BENCHMARKS[name]() for name in (names or BENCHMARKS)]
+    if "--quick" in names:
+        os.environ["PHG_BENCH_QUICK"] = "1"
+        names = [n for n in names if n != "--quick"]
+    rows: list[dict] = []
+    for name in names or BENCHMARKS:
+        result = BENCHMARKS[name]()  # a row, or a list of rows (delivery: vs ceiling and vs naive)
+        rows.extend(result if isinstance(result, list) else [result])
     print(f"{'benchmark':<26} {'ratio':>7}  {'target':<9} {'ok':<3} figure  |  baseline")
     for row in rows:
         print(f"{row['name']:<26} {row['ratio']:>7.2f}  {row['target']:<9} {'yes' if row['ok'] else 'NO':<3} "
