@@ -30,7 +30,6 @@ import httpx
 from phg.auth import generate_key, jwks, load_key
 from phg.auth.smart import SmartBackendAuth
 from phg.config import DEFAULT_SCOPE
-from phg.daemon import TIMEOUT
 from phg.delivery import Delivered
 from phg.delivery.fhir import FhirDestination
 from phg.demo.peers import smart_stack
@@ -57,7 +56,7 @@ async def _deliver(base: str, token_url: str, client_id: str, key_file: Path) ->
         nonlocal unauthorized
         unauthorized += response.status_code == 401
 
-    async with httpx.AsyncClient(http2=True, timeout=TIMEOUT, event_hooks={"response": [count_401]}) as client:
+    async with httpx.AsyncClient(http2=True, timeout=30.0, event_hooks={"response": [count_401]}) as client:
         auth = SmartBackendAuth(fhir_base=base, client_id=client_id, key=load_key(key_file), scope=DEFAULT_SCOPE,
                                 token_url=token_url, refresh_margin=MARGIN, client=client, allow_insecure_http=True)
         requests = 0
