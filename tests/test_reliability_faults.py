@@ -35,7 +35,7 @@ START = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
 SEED = 7_2026
 PER_KIND = 2
 CLIENT_TIMEOUT = 2.0  # the stall fault lasts until the client gives up (at most 5 s)
-MAX_RETRY_DELAY = 0.5
+MAX_RETRY_DELAY = 2.0  # >= the largest Retry-After the proxy sends: phg caps a Retry-After at it
 
 
 def observation_counts(base: str, readings: list[Reading], chunk: int = 100) -> Counter[str]:

@@ -9,6 +9,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from importlib import import_module
+from typing import Any
 
 import httpx
 
@@ -124,9 +125,10 @@ async def deliver(config: Config, outbox: Outbox, *, until_idle: bool, stop: asy
     return total
 
 
-async def run_gateway(config: Config, outbox: Outbox, stop: asyncio.Event) -> Summary:
+async def run_gateway(config: Config, outbox: Outbox, stop: asyncio.Event, *, ble_backend: Any = None) -> Summary:
     """`phg run`: delivery to every destination and, when configured, the Bluetooth source, side by
-    side until `stop` is set."""
+    side until `stop` is set. `ble_backend`: bleak backend classes (None: the platform's; the
+    emulated radio's in tests and demos)."""
     tasks = []
     if config.ble_enabled:
         from phg.sources.ble.session import BleSettings, run_source
@@ -134,7 +136,8 @@ async def run_gateway(config: Config, outbox: Outbox, stop: asyncio.Event) -> Su
         assert config.patient is not None  # load_config insists on a [patient] with [ble]
         settings = BleSettings(allow=config.ble_allow, pair_new=config.ble_pair_new, patient=config.patient,
                                scan_seconds=config.ble_scan_seconds)
-        tasks.append(run_source(settings, outbox=outbox, destinations=config.destination_names, stop=stop))
+        tasks.append(run_source(settings, outbox=outbox, destinations=config.destination_names, stop=stop,
+                                backend=ble_backend))
     results = await asyncio.gather(deliver(config, outbox, until_idle=False, stop=stop), *tasks)
     return results[0]
 

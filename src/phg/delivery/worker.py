@@ -80,11 +80,20 @@ class DeliveryWorker:
         # time.monotonic() before which nothing is sent: a Retry-After (503, 429) is about the server, so
         # the whole destination waits, not only the batch it refused (RFC 9110 section 10.2.3).
         self._resume_at = 0.0
+        # The next batch, leased and parsed while the current one is on the wire (still one request in
+        # flight): the server's time and ours overlap instead of adding up.
+        self._next: asyncio.Task[list[tuple[Item, Reading]] | None] | None = None
 
     async def run(self, stop: asyncio.Event | None = None, until_idle: bool = False) -> Summary:
         """Deliver batches until `stop` is set; with until_idle, return as soon as nothing is due or the
         server asked to wait (Retry-After): what waits is left queued for a later run."""
         stop = stop or asyncio.Event()
+        try:
+            return await self._run(stop, until_idle)
+        finally:
+            await self._drop_prefetch()
+
+    async def _run(self, stop: asyncio.Event, until_idle: bool) -> Summary:
         storage_failures = 0
         while not stop.is_set():
             try:
@@ -114,19 +123,48 @@ class DeliveryWorker:
         """Lease and deliver one batch. Returns False when nothing was due (or the server's
         Retry-After has not passed yet)."""
         if time.monotonic() < self._resume_at:
+            await self._drop_prefetch()
             return False
-        items = await asyncio.to_thread(self.outbox.lease, self.destination.name, self.batch_size, self.lease_seconds)
-        if not items:
+        readings = None
+        if self._next is not None:
+            task, self._next = self._next, None
+            readings = await task
+        if readings is None:  # nothing was due when the look-ahead ran; something may be now
+            readings = await self._take()
+        if readings is None:
             return False
-        readings, broken = await asyncio.to_thread(_parse, items)
-        for item, reason in broken:
-            await self._dead([item], reason)
+        self._next = asyncio.create_task(self._take())
         try:
             await self._send(readings)
         except (AuthError, ConfigError):
+            await self._drop_prefetch()
             await asyncio.to_thread(self._release_unfinished, [item.id for item, _ in readings])
             raise
         return True
+
+    async def _take(self) -> list[tuple[Item, Reading]] | None:
+        """Lease and parse one batch (blocking work, in threads); None when nothing is due. A stored
+        payload that no longer parses goes dead on its own."""
+        items = await asyncio.to_thread(self.outbox.lease, self.destination.name, self.batch_size, self.lease_seconds)
+        if not items:
+            return None
+        readings, broken = await asyncio.to_thread(_parse, items)
+        for item, reason in broken:
+            await self._dead([item], reason)
+        return readings
+
+    async def _drop_prefetch(self) -> None:
+        """Give back a batch leased ahead (when stopping or pausing), without counting an attempt."""
+        task, self._next = self._next, None
+        if task is None:
+            return
+        try:
+            readings = await task
+        except StorageError as exc:  # nothing was leased, or its lease simply expires
+            log.debug("%s: batch leased ahead not taken back: %s", self.destination.name, exc)
+            return
+        if readings:
+            await asyncio.to_thread(self.outbox.release, [item.id for item, _ in readings])
 
     def _release_unfinished(self, ids: Sequence[int]) -> None:
         """Put back what the stopped batch did not finish, without counting an attempt."""
