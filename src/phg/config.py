@@ -145,6 +145,13 @@ class _Raw:
             raise ConfigError(f"{where}: [{section}] {key} must be a {kind.__name__}, not {value!r}")
         return value
 
+    def bounded(self, section: str, key: str, kind: type, default: Any, high: float, unit: str = "") -> Any:
+        """A number from 1 to `high`, or a ConfigError naming where it came from."""
+        value = self.get(section, key, kind, default)
+        if not 1 <= value <= high:
+            raise ConfigError(f"{self.origin[(section, key)]}: [{section}] {key} must be 1..{high}{unit}")
+        return value
+
 
 def load_config(path: Path | None = None, env: dict[str, str] | None = None) -> Config:
     """Read the config file (if any) and the environment into a Config."""
@@ -199,18 +206,10 @@ def load_config(path: Path | None = None, env: dict[str, str] | None = None) -> 
     if ig_version not in IG_VERSIONS:
         raise ConfigError(f"{raw.origin[('fhir', 'ig_version')]}: [fhir] ig_version must be one of "
                           f"{', '.join(IG_VERSIONS)}, not {ig_version!r}")
-    batch_size = raw.get("delivery", "batch_size", int, 50)
-    if not 1 <= batch_size <= 1000:
-        raise ConfigError(f"{raw.origin[('delivery', 'batch_size')]}: [delivery] batch_size must be 1..1000")
-    max_retry_delay = raw.get("delivery", "max_retry_delay", int, 300)
-    if not 1 <= max_retry_delay <= 86400:
-        raise ConfigError(f"{raw.origin[('delivery', 'max_retry_delay')]}: [delivery] max_retry_delay must be 1..86400 s")
-    timeout = raw.get("fhir", "timeout", float, 30.0)
-    if not 1 <= timeout <= 600:
-        raise ConfigError(f"{raw.origin[('fhir', 'timeout')]}: [fhir] timeout must be 1..600 s")
-    lease_seconds = raw.get("delivery", "lease_seconds", float, 120.0)
-    if not 1 <= lease_seconds <= 3600:
-        raise ConfigError(f"{raw.origin[('delivery', 'lease_seconds')]}: [delivery] lease_seconds must be 1..3600 s")
+    batch_size = raw.bounded("delivery", "batch_size", int, 50, 1000)
+    max_retry_delay = raw.bounded("delivery", "max_retry_delay", int, 300, 86400, " s")
+    timeout = raw.bounded("fhir", "timeout", float, 30.0, 600, " s")
+    lease_seconds = raw.bounded("delivery", "lease_seconds", float, 120.0, 3600, " s")
     patient = None
     if ("patient", "system") in raw.values or ("patient", "value") in raw.values:
         patient = PatientRef(raw.get("patient", "system", str, ""), raw.get("patient", "value", str, ""))
