@@ -428,3 +428,10 @@ def test_state_is_not_committed_when_the_readings_are_not(tmp_path):
             box.enqueue("fhir", [("k1", "p1"), ("k2", None)], state={"ble:AA": "20"})  # type: ignore[list-item]
         assert box.source_state("ble:AA") is None
         assert box.counts()["queued"] == 0
+
+
+def test_the_outbox_is_readable_by_its_owner_only(tmp_path):
+    with Outbox(tmp_path / "private" / "o.sqlite") as box:
+        box.enqueue("fhir", [("k1", "p1")])
+    assert (tmp_path / "private" / "o.sqlite").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "private").stat().st_mode & 0o777 == 0o700

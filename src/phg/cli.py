@@ -125,8 +125,11 @@ def init(obj: Context, force: bool) -> None:
     path = obj.config_path or user_config_path()
     if path.exists() and not force:
         fail(f"{path} exists (use --force to overwrite)", EXIT_INPUT)
+    from phg.secretfile import write_private
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_template(user_data_dir() / "phg-key.pem", user_data_dir() / "outbox.sqlite"))
+    # 0600: the [auth] table may come to hold a client secret or a registration access token.
+    write_private(path, render_template(user_data_dir() / "phg-key.pem", user_data_dir() / "outbox.sqlite"))
     click.echo(f"wrote {path}\nnext: edit [fhir] base_url and [auth] client_id, then run `phg keys generate` "
                "and register the printed JWKS with your EHR")
 
@@ -373,8 +376,7 @@ def simulate(obj: Context, no_deliver: bool) -> None:
     patient = config.patient or PatientRef("urn:oid:1.2.3.4.5", "demo-patient-001")
     outbox = obj.outbox()
     fetched = asyncio.run(collect_emulated(outbox, config.destination_names, patient))
-    click.echo(f"queued {sum(f.readings for f in fetched)} reading(s) from {len(fetched)} emulated devices "
-               f"for patient {patient.value}")
+    click.echo(f"queued {sum(f.readings for f in fetched)} reading(s) from {len(fetched)} emulated devices")
     if no_deliver or not (config.fhir_base or config.destinations):
         sys.exit(0)
     sys.exit(_deliver(config, outbox, until_idle=True))

@@ -81,8 +81,8 @@ class DestinationConfig:
 
     name: str
     type: str
-    settings: dict[str, Any]
-    source: str
+    settings: dict[str, Any] = field(repr=False)  # may hold a password
+    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ class Config:
     scope: str = DEFAULT_SCOPE
     token_url: str | None = None
     destinations: tuple[DestinationConfig, ...] = ()
-    auth: dict[str, Any] = field(default_factory=dict)  # the whole [auth] table, env overrides applied
+    auth: dict[str, Any] = field(default_factory=dict, repr=False)  # the whole [auth] table (secrets: no repr)
     patient: PatientRef | None = None  # whom the devices' readings belong to (sources without their own binding)
     ble_allow: tuple[str, ...] = ()  # Bluetooth addresses to collect from
     ble_pair_new: bool = False  # accept (and pair) any health device in range
@@ -308,6 +308,7 @@ path = "{outbox}"
 # type = "mllp"
 # host = "hl7.example.org"
 # port = 2575
+# tls = true            # plain MLLP is refused except to loopback, unless allow_insecure = true
 
 [delivery]
 # Readings per FHIR transaction Bundle.

@@ -128,7 +128,8 @@ async def _tls_and_capabilities(checks: Checks, client: httpx.AsyncClient, base:
     try:
         response = await client.get(f"{base}/metadata", headers={"Accept": "application/fhir+json"}, auth=None)
     except httpx.ProxyError as exc:
-        checks.bad(f"proxy {settings.proxy} refused the connection: {exc}", "check [auth] proxy", "tls")
+        shown = httpx.URL(settings.proxy).copy_with(username=None, password=None)  # never print its credentials
+        checks.bad(f"proxy {shown} refused the connection: {exc}", "check [auth] proxy", "tls")
         return False
     except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError, ssl.SSLError) as exc:
         text = str(exc)

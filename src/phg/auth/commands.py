@@ -228,6 +228,9 @@ def serve_jwks(obj, host: str, port: int, url_path: str, tls_cert: Path | None, 
 
     context = None
     if tls_cert:
+        from phg.secretfile import require_private
+
+        require_private(tls_key or tls_cert, "--tls-key")
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(str(tls_cert), str(tls_key) if tls_key else None)
     elif not is_loopback(host):

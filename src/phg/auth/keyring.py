@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 from phg.auth.keys import SigningKey, generate_key, jwks, load_key
 from phg.errors import ConfigError
+from phg.secretfile import write_private
 
 log = logging.getLogger(__name__)
 
@@ -206,11 +207,4 @@ def _parse_state(path: Path) -> list[RingEntry]:
 
 def _write_state(path: Path, entries: list[RingEntry]) -> None:
     data = {"version": 1, "keys": [e.__dict__ for e in entries]}
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        json.dump(data, out, indent=2)
-        out.flush()
-        os.fsync(out.fileno())
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    write_private(path, json.dumps(data, indent=2))

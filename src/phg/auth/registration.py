@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 
 from phg.errors import AuthError, ConfigError, TransientDeliveryError
+from phg.secretfile import write_private
 from phg.transport import TRANSIENT_STATUSES, transient_error
 
 log = logging.getLogger(__name__)
@@ -278,11 +279,4 @@ def store_in_config(path: Path, values: Mapping[str, str], *, secret: bool) -> N
     new = set_table_keys(text, "auth", values)
     if secret:
         mode = 0o600
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(new)
-        out.flush()
-        os.fsync(out.fileno())
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+    write_private(path, new, mode)

@@ -10,9 +10,7 @@ Verification is never switched off; plain http is refused except to loopback (ph
 
 from __future__ import annotations
 
-import os
 import ssl
-import stat
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ import certifi
 
 from phg.auth.settings import AuthSettings
 from phg.errors import ConfigError
+from phg.secretfile import require_private
 
 
 def ssl_context(settings: AuthSettings) -> ssl.SSLContext | None:
@@ -34,7 +33,7 @@ def ssl_context(settings: AuthSettings) -> ssl.SSLContext | None:
     context.minimum_version = ssl.TLSVersion.TLSv1_2  # SMART: TLS 1.2 or later
     if settings.client_cert is not None:
         assert settings.client_key is not None
-        _require_private(settings.client_key, settings.source)
+        require_private(settings.client_key, f"{settings.source}: [auth] client_key")
         try:
             context.load_cert_chain(str(settings.client_cert), str(settings.client_key))
         except (OSError, ssl.SSLError) as exc:
@@ -54,8 +53,4 @@ def client_kwargs(settings: AuthSettings) -> dict[str, Any]:
     return kwargs
 
 
-def _require_private(path: Path, source: str) -> None:
-    mode = os.stat(path).st_mode
-    if mode & 0o077:
-        raise ConfigError(f"{source}: [auth] client_key {path} is accessible by group/others "
-                          f"(mode {stat.S_IMODE(mode):04o}); run: chmod 600 {path}")
+

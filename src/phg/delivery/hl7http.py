@@ -61,7 +61,7 @@ class HttpHl7Destination:
         try:
             return await send_each(self.name, self.url, rendered, self.exchange)
         except TransientDeliveryError as exc:
-            raise TransientDeliveryError(str(exc), retry_after=self._retry_after) from exc
+            raise TransientDeliveryError(str(exc), retry_after=self._retry_after, detail=exc.detail) from exc
 
     async def exchange(self, message: str, control_id: str) -> Outcome:
         try:

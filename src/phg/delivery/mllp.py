@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import ssl
-import stat
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
@@ -28,6 +26,8 @@ from phg.errors import ConfigError, MappingError, TransientDeliveryError
 from phg.hl7v2.ack import UNBOUNDED, classify, is_transient
 from phg.hl7v2.pcd01 import render_batch
 from phg.model import Gateway, Reading
+from phg.secretfile import require_private
+from phg.transport import is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -103,14 +103,7 @@ def tls_context(ca_file: str | Path | None = None, client_cert: str | Path | Non
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"{ca_file}: cannot load CA bundle: {exc}") from exc
     if client_cert:
-        key = client_key or client_cert
-        try:
-            mode = os.stat(key).st_mode
-        except OSError as exc:
-            raise ConfigError(f"{key}: cannot read client key ({exc.strerror})") from exc
-        if mode & 0o077:
-            raise ConfigError(f"{key}: private key file is accessible by group/others "
-                              f"(mode {stat.S_IMODE(mode):04o}); run: chmod 600 {key}")
+        require_private(client_key or client_cert, "client key")
         try:
             context.load_cert_chain(str(client_cert), str(client_key) if client_key else None)
         except (OSError, ssl.SSLError) as exc:
@@ -134,7 +127,8 @@ async def send_each(name: str, where: str, rendered: Sequence[tuple[str, str] | 
         result = await exchange(message, control_id)
         if is_transient(result):
             if not outcomes:
-                raise TransientDeliveryError(f"{where}: {result.reason}")  # type: ignore[union-attr]
+                raise TransientDeliveryError(f"{where}: message {control_id} not acknowledged",
+                                             detail=result.reason)  # type: ignore[union-attr]
             outcomes.append(result)
             left = len(rendered) - n - 1
             outcomes += [Retry("not sent: an earlier message of the batch was not acknowledged", UNBOUNDED)] * left
@@ -158,7 +152,8 @@ class MllpDestination:
                  tls: bool | ssl.SSLContext = False, ca_file: str | Path | None = None,
                  client_cert: str | Path | None = None, client_key: str | Path | None = None,
                  server_hostname: str | None = None, connect_timeout: float = 10.0, ack_timeout: float = 30.0,
-                 ae_retries: int = 3, receiving_application: str = "", receiving_facility: str = ""):
+                 ae_retries: int = 3, receiving_application: str = "", receiving_facility: str = "",
+                 allow_insecure: bool = False):
         self.name = name
         self.host = host
         self.port = port
@@ -169,6 +164,11 @@ class MllpDestination:
             self.ssl = tls_context(ca_file, client_cert, client_key)
         else:
             self.ssl = None
+        if self.ssl is None and not (allow_insecure or is_loopback(host)):
+            # PID-3 and OBX-5 are patient data: TLS, as for FHIR, unless the operator says otherwise.
+            raise ConfigError(f"destination {name}: MLLP without TLS to {host}, which is not loopback; set tls = true "
+                              "(ca_file, client_cert, client_key as needed), or allow_insecure = true on a network "
+                              "you trust")
         self.server_hostname = server_hostname
         self.connect_timeout = connect_timeout
         self.ack_timeout = ack_timeout

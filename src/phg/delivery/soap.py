@@ -30,6 +30,7 @@ from phg.delivery.outcome import Outcome, Rejected, Retry
 from phg.errors import AuthError, ConfigError
 from phg.hl7v2.ack import UNBOUNDED, AckError, outcome, parse_ack
 from phg.model import Gateway
+from phg.secretfile import require_private
 from phg.transport import TRANSIENT_STATUSES, retry_after
 
 SOAP12 = "http://www.w3.org/2003/05/soap-envelope"
@@ -138,7 +139,10 @@ class SoapDestination(HttpHl7Destination):
         if saml_assertion is not None and username is not None:
             raise ConfigError(f"destination {name}: give a SAML assertion or a username token, not both")
         super().__init__(url=url, gateway=gateway, name=name, **http)
+        if isinstance(saml_assertion, str) and not saml_assertion.lstrip().startswith("<"):
+            saml_assertion = Path(saml_assertion)  # a file name, as the config file gives it
         if isinstance(saml_assertion, Path):
+            require_private(saml_assertion, f"destination {name} saml_assertion")
             saml_assertion = saml_assertion.read_text(encoding="utf-8")
         self._saml = saml_assertion
         self._username = username

@@ -188,7 +188,10 @@ class DeliveryWorker:
                 self._resume_at = time.monotonic() + delay
             log.warning("%s: %d readings not delivered, retry in %.1f s: %s",
                         self.destination.name, len(batch), delay, exc)
-            await asyncio.to_thread(self.outbox.retry_later, [item.id for item, _ in batch], delay, str(exc))
+            if exc.detail:
+                log.debug("%s: the peer said: %s", self.destination.name, exc.detail)
+            error = f"{exc}: {exc.detail}" if exc.detail else str(exc)
+            await asyncio.to_thread(self.outbox.retry_later, [item.id for item, _ in batch], delay, error)
             self.summary.retried += len(batch)
             return
         except PermanentDeliveryError as exc:

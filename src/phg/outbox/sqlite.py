@@ -151,11 +151,15 @@ class Outbox:
     def __init__(self, path: Path | str):
         self.path = Path(path)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageError(f"{self.path}: cannot create the outbox directory: {exc.strerror}", str(self.path)) from None
         self._lock = threading.Lock()
         with self._storage_errors():
+            # The file holds patient identifiers and measurements: readable by its owner only (SQLite gives
+            # the -wal and -shm files the database's mode).
+            if not self.path.exists():
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
             # isolation_level=None: the sqlite3 module opens no implicit transactions; _write() does.
             self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:

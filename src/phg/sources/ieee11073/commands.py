@@ -46,6 +46,11 @@ def listen(ctx: click.Context, port: int, host: str, patient_system: str | None,
     outbox_path = outbox_path or (config.outbox_path if config is not None else None)
     if outbox_path is None:
         raise click.UsageError("give --outbox (or run as `phg 11073 listen` with a config)")
+    from phg.transport import is_loopback
+
+    if not is_loopback(host):
+        click.echo(f"warning: agents on {host} are not authenticated (IEEE 11073-20601 has no authentication): "
+                   "anyone who can reach this port can queue readings for this patient", err=True)
     offset = timedelta(hours=utc_offset) if utc_offset is not None else datetime.now().astimezone().utcoffset()
     settings = ManagerSettings(patient, utc_offset=offset or timedelta(0),
                                destinations=tuple(config.destination_names) if config is not None else ("fhir",),
