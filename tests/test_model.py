@@ -1,6 +1,7 @@
 """The reading document: parsing, canonical form, and clear errors naming the field."""
 
 import json
+from datetime import UTC
 from decimal import Decimal
 
 import pytest
@@ -184,3 +185,18 @@ def test_canonical_json_round_trip_and_refusal():
                    '"metrics": [{"code": 1, "time": "2026-11-28T09:00:00Z", "value": "x"}]}', "{nope"):
         with pytest.raises(ReadingError, match="item 1"):
             from_canonical_json(broken, "item 1")
+
+
+def test_key_ignores_the_device_clock():
+    from dataclasses import replace
+    from datetime import datetime
+
+    from phg.model import DeviceClock
+
+    r = reading()
+    first = replace(r, clock=DeviceClock(gateway_time=datetime(2026, 11, 28, 9, tzinfo=UTC),
+                                         device_time=datetime(2026, 11, 28, 9, 0, 5, tzinfo=UTC)))
+    again = replace(first, clock=DeviceClock(gateway_time=datetime(2026, 11, 28, 10, tzinfo=UTC),
+                                             device_time=datetime(2026, 11, 28, 10, 0, 5, tzinfo=UTC)))
+    assert first.key == again.key == r.key
+    assert first.to_json() != again.to_json()

@@ -157,8 +157,14 @@ class Reading:
 
     @property
     def key(self) -> str:
-        """Content hash of the canonical JSON: the same reading handed over twice has the same key."""
-        return hashlib.sha256(self.to_json().encode()).hexdigest()
+        """Content hash of the canonical JSON without the device clock: the same measurement handed
+        over twice, even in two sessions that read the device clock at different times (a Bluetooth
+        cuff re-sending an unconfirmed indication, an 11073 agent re-sending an unacknowledged
+        report), has the same key, so it is one outbox item and one HL7 v2 control id (MSH-10)."""
+        document = self.to_document()
+        document.pop("clock", None)
+        return hashlib.sha256(json.dumps(document, sort_keys=True, separators=(",", ":"),
+                                         ensure_ascii=False).encode()).hexdigest()
 
 
 def _metric_document(m: Metric) -> dict[str, Any]:
