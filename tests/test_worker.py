@@ -5,6 +5,7 @@ import asyncio
 import time
 from datetime import UTC, datetime
 
+import httpx
 import pytest
 
 from phg.delivery import Delivered, DeliveryWorker, Rejected, Retry
@@ -116,3 +117,38 @@ async def test_a_wrong_base_url_stops_delivery_instead_of_killing_readings(outbo
             await DeliveryWorker(outbox, destination, batch_size=50).run(until_idle=True)
     counts = outbox.counts("fhir")
     assert (counts["queued"], counts["dead"], counts["inflight"]) == (50, 0, 0)
+
+
+@pytest.mark.parametrize("answer", [
+    lambda request: httpx.Response(200, content=b"\x1f\x8b garbage", headers={"Content-Encoding": "gzip"}),
+    lambda request: httpx.Response(200, json={"resourceType": "Bundle", "entry": [1, 2]}),
+    lambda request: httpx.Response(200, json={"resourceType": "Bundle", "entry": "x"}),
+])
+async def test_a_garbled_answer_is_transient_not_a_crash(outbox, answer):
+    from phg.delivery.fhir import FhirDestination
+    from phg.model import Gateway
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
+        destination = FhirDestination(client, "http://127.0.0.1:9/fhir", Gateway("02AB7FFFFE000001"))
+        summary = await DeliveryWorker(outbox, destination, batch_size=50).run(until_idle=True)
+    assert (summary.delivered, summary.dead, summary.retried) == (0, 0, 50)
+
+
+async def test_an_unexpected_error_does_not_end_a_long_run(outbox):
+    class Buggy(Scripted):
+        async def send(self, readings):
+            self.batches.append(len(readings))
+            if len(self.batches) == 1:
+                raise KeyError("surprise")
+            return [Delivered("ok") for _ in readings]
+
+    stop = asyncio.Event()
+    worker = DeliveryWorker(outbox, Buggy(), batch_size=50, lease_seconds=1, max_backoff=0.2)
+    task = asyncio.create_task(worker.run(stop))
+    for _ in range(100):
+        if outbox.counts("fhir")["delivered"] == 50:
+            break
+        await asyncio.sleep(0.1)
+    stop.set()
+    await task
+    assert outbox.counts("fhir")["delivered"] == 50

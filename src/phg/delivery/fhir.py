@@ -55,7 +55,7 @@ class FhirDestination:
                 self.base_url, content=body,
                 headers={"Content-Type": content_type, "Accept": FHIR_JSON, "Prefer": "return=minimal"},
             )
-        except httpx.TransportError as exc:
+        except httpx.HTTPError as exc:  # connection, timeout, protocol and decoding trouble alike
             raise TransientDeliveryError(f"{self.base_url}: {exc.__class__.__name__}: {exc}") from exc
         return self._outcomes(response, reading_entries, shared_entries)
 
@@ -81,6 +81,9 @@ class FhirDestination:
         if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
             raise TransientDeliveryError(f"{self.base_url} answered {status} without a transaction-response Bundle")
         answers = bundle.get("entry") or []
+        if not isinstance(answers, list) or not all(
+                isinstance(a, dict) and isinstance(a.get("response") or {}, dict) for a in answers):
+            raise TransientDeliveryError(f"{self.base_url} answered {status} with a malformed transaction-response")
         if len(answers) != sum(map(len, reading_entries)) + len(shared_entries):
             raise TransientDeliveryError(f"{self.base_url} answered {len(answers)} entries for a transaction of "
                                          f"{sum(map(len, reading_entries)) + len(shared_entries)}")
@@ -121,6 +124,8 @@ def outcome_text(outcome: Any) -> str:
         return ""
     texts = []
     for issue in outcome.get("issue") or []:
+        if not isinstance(issue, dict):
+            continue
         text = issue.get("diagnostics") or (issue.get("details") or {}).get("text") or issue.get("code", "")
         where = ", ".join(issue.get("expression") or issue.get("location") or [])
         texts.append(f"{text} (at {where})" if where else str(text))

@@ -113,6 +113,14 @@ class DeliveryWorker:
                 wait = backoff(storage_failures, cap=min(self.max_backoff, 30.0))
                 log.error("%s: the outbox cannot be written, delivery paused for %.1f s: %s",
                           self.destination.name, wait, exc)
+            except (AuthError, ConfigError):
+                raise
+            except Exception:  # a bug or a peer's surprise must not end `phg run`: what was leased comes due again
+                if until_idle:
+                    raise
+                storage_failures += 1
+                wait = backoff(storage_failures, cap=min(self.max_backoff, 30.0))
+                log.exception("%s: unexpected error, delivery paused for %.1f s", self.destination.name, wait)
             try:
                 await asyncio.wait_for(stop.wait(), timeout=wait)
             except TimeoutError:
