@@ -43,8 +43,12 @@ PCD_NS = "urn:ihe:pcd:dec:2010"
 ACTION = "urn:ihe:pcd:2010:CommunicatePCDData"
 RESPONSE_ACTION = "urn:ihe:pcd:2010:CommunicatePCDDataResponse"
 ANONYMOUS = "http://www.w3.org/2005/08/addressing/anonymous"
+# Faults about who we are (WS-Security 1.1, incl. a Timestamp refused for clock skew) or where we sent
+# (WS-Addressing 1.0 SOAP binding): never the reading's fault, so they stop delivery and keep the queue.
 WSSE_FAULTS = frozenset({"FailedAuthentication", "InvalidSecurity", "InvalidSecurityToken", "FailedCheck",
-                         "SecurityTokenUnavailable", "UnsupportedSecurityToken"})
+                         "SecurityTokenUnavailable", "UnsupportedSecurityToken", "MessageExpired"})
+WSA_FAULTS = frozenset({"ActionNotSupported", "DestinationUnreachable", "EndpointUnavailable",
+                        "InvalidAddressingHeader", "MessageAddressingHeaderRequired"})
 
 # No DTDs, no entities, no network: the answer comes from outside.
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False,
@@ -168,6 +172,9 @@ class SoapDestination(HttpHl7Destination):
         except SoapFault as fault:
             if WSSE_FAULTS & set(fault.subcodes):
                 raise AuthError(f"{self.url}: WS-Security refused: {fault}") from None
+            if WSA_FAULTS & set(fault.subcodes):
+                raise ConfigError(f"{self.url}: WS-Addressing refused ({', '.join(fault.subcodes)}): check the "
+                                  "destination's url") from None
             if fault.code == "Sender":
                 return Rejected(f"{fault} (for {control_id})")
             return Retry(f"{self.url}: {fault} (for {control_id})", UNBOUNDED)
