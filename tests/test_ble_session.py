@@ -305,3 +305,31 @@ def test_glucose_readings_reach_the_fhir_server_once(gate, oauth, tmp_path):
 
     assert [matches(r, m) for r in got for m in r.metrics] == [1] * 6
     assert Path(config.outbox_path).exists()
+
+
+async def test_no_device_is_read_while_the_outbox_cannot_store(tmp_path):
+    """A device without RACP forgets what the stack confirmed: with a broken outbox, don't collect."""
+    from phg.errors import StorageError
+    from phg.sources.ble.emulator import EmulatedLink, demo_devices
+    from phg.sources.ble.session import BleSettings, run_source
+
+    class FullOutbox:
+        calls = 0
+
+        def enqueue(self, destinations, items, state=None):
+            FullOutbox.calls += 1
+            raise StorageError("disk is full", "outbox.sqlite")
+
+    devices = demo_devices()
+    cuff = devices[1]
+    settings = BleSettings(allow=(cuff.address,), pair_new=False, patient=PatientRef("urn:oid:1.2", "p"),
+                           scan_seconds=0.2, rest_seconds=0.1, retry_seconds=0.2)
+    async with EmulatedLink(devices) as radio:
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_source(settings, outbox=FullOutbox(), destinations=["fhir"], stop=stop,
+                                              backend=radio.backend))
+        await asyncio.sleep(1.0)
+        stop.set()
+        await asyncio.wait_for(task, 5)
+    assert FullOutbox.calls >= 2  # it kept checking
+    assert len(cuff.measurements) == 1  # nothing was taken from the cuff

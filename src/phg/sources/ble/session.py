@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
@@ -493,6 +494,11 @@ async def run_source(settings: BleSettings, *, outbox, destinations: Sequence[st
 
     try:
         while not stop.is_set():
+            if not await _outbox_writable(outbox, destinations):
+                # Devices without RACP forget what they indicated once the stack confirms it: collecting
+                # now would lose readings. Wait for the disk instead of talking to devices.
+                await _wait(stop, settings.retry_seconds)
+                continue
             found = await _scan_window(settings.scan_seconds, wanted, scanner_class, stop)
             for address, device in found.items():
                 if address not in busy:
@@ -502,6 +508,18 @@ async def run_source(settings: BleSettings, *, outbox, destinations: Sequence[st
         for task in list(busy.values()):
             task.cancel()
         await asyncio.gather(*busy.values(), return_exceptions=True)
+
+
+async def _outbox_writable(outbox, destinations: Sequence[str]) -> bool:
+    """Commit an empty enqueue with a heartbeat marker: the cheapest proof that readings can be stored."""
+    from phg.errors import StorageError
+
+    try:
+        await asyncio.to_thread(outbox.enqueue, destinations, [], {"ble:heartbeat": f"{time.time():.0f}"})
+        return True
+    except StorageError as exc:
+        logger.error("BLE: not collecting: the outbox cannot store readings: %s", exc)
+        return False
 
 
 async def _scan_window(seconds: float, wanted: Callable[[Any, Any], bool], scanner_class: Any,
