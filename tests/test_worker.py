@@ -152,3 +152,24 @@ async def test_an_unexpected_error_does_not_end_a_long_run(outbox):
     stop.set()
     await task
     assert outbox.counts("fhir")["delivered"] == 50
+
+
+async def test_a_reading_that_keeps_failing_transiently_does_not_hold_back_its_batch(outbox):
+    class FailsWithBad(Scripted):
+        async def send(self, readings):
+            self.batches.append(len(readings))
+            if any(r.key == BAD for r in readings):
+                raise TransientDeliveryError("HTTP 500")
+            return [Delivered("ok") for _ in readings]
+
+    stop = asyncio.Event()
+    worker = DeliveryWorker(outbox, FailsWithBad(), batch_size=50, max_backoff=0.05)
+    task = asyncio.create_task(worker.run(stop))
+    for _ in range(200):
+        if outbox.counts("fhir")["delivered"] == 49:
+            break
+        await asyncio.sleep(0.05)
+    stop.set()
+    await task
+    counts = outbox.counts("fhir")
+    assert (counts["delivered"], counts["dead"]) == (49, 0)  # the bad one waits alone, not lost

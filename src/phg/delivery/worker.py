@@ -5,7 +5,9 @@ Rules (issue #2, design.md "delivery"):
 - Transient failures (connection errors, timeouts, 408, 429, 5xx) put the batch back with an
   exponential backoff with jitter, or the server's Retry-After when it gave one.
 - A batch refused as a whole (4xx) is split in halves until the reading at fault is alone; it goes
-  dead with the server's reason while the others are delivered.
+  dead with the server's reason while the others are delivered. A batch that keeps failing
+  transiently is retried in halves that come due apart, so one reading that makes the server fail
+  cannot hold back the others forever.
 - An AuthError, or a ConfigError from the destination (e.g. the FHIR base answers 404: wrong URL),
   stops the worker and releases the batch untouched: credentials and URLs are fixed by a person.
 - An outbox that cannot be written (StorageError: disk full, I/O error, ...) pauses a long-running
@@ -37,6 +39,8 @@ from phg.model import Reading, from_canonical_json
 from phg.outbox import Item, Outbox
 
 log = logging.getLogger(__name__)
+
+STAGGER_AFTER = 3  # transient failures of the same batch before its halves are retried apart
 
 
 @dataclass
@@ -199,7 +203,16 @@ class DeliveryWorker:
             if exc.detail:
                 log.debug("%s: the peer said: %s", self.destination.name, exc.detail)
             error = f"{exc}: {exc.detail}" if exc.detail else str(exc)
-            await asyncio.to_thread(self.outbox.retry_later, [item.id for item, _ in batch], delay, error)
+            ids = [item.id for item, _ in batch]
+            if len(batch) > 1 and exc.retry_after is None and min(item.attempts for item, _ in batch) >= STAGGER_AFTER:
+                # Failing together again and again: perhaps one reading makes the server fail (a 500, a dropped
+                # connection). Let the halves come due apart so the next tries are separate batches and the
+                # others get through; repeated, this isolates the one at fault.
+                half = len(ids) // 2
+                await asyncio.to_thread(self.outbox.retry_later, ids[:half], delay, error)
+                await asyncio.to_thread(self.outbox.retry_later, ids[half:], delay + max(1.0, delay / 2), error)
+            else:
+                await asyncio.to_thread(self.outbox.retry_later, ids, delay, error)
             self.summary.retried += len(batch)
             return
         except PermanentDeliveryError as exc:
