@@ -10,6 +10,7 @@ import pytest
 from phg.auth import generate_key, jwks, load_key
 from phg.config import DEFAULT_SCOPE, load_config
 from phg.daemon import deliver
+from phg.errors import AuthError
 from phg.outbox import Outbox
 from phg.sources.sim import simulated_readings
 from test_flow_fhir import START, count_everywhere, patient
@@ -72,3 +73,18 @@ async def test_a_destination_that_is_down_does_not_hold_up_the_other(gate, oauth
         assert outbox.counts("fhir")["delivered"] == len(readings)
         lab = outbox.counts("lab")
         assert lab["delivered"] == 0 and lab["queued"] == len(readings)  # waiting for its own retry
+
+
+async def test_refused_credentials_stop_only_their_destination(gate, oauth, tmp_path):
+    key = tmp_path / "gw.pem"
+    generate_key(key, "ES384")  # never registered: the FHIR destination's token request is refused
+    readings = simulated_readings(patient(), START)
+    async with python_hl7_server() as receiver:
+        config = load_config(write_config(tmp_path, gate.base_url, "not-registered", key, receiver.port), env={})
+        with Outbox(config.outbox_path) as outbox:
+            outbox.enqueue(config.destination_names, [(r.key, r.to_json()) for r in readings])
+            with pytest.raises(AuthError, match="invalid_client"):
+                await deliver(config, outbox, until_idle=True)
+            assert outbox.counts("lab")["delivered"] == len(readings)  # the v2 receiver got everything
+            fhir = outbox.counts("fhir")
+            assert (fhir["queued"], fhir["inflight"], fhir["dead"]) == (len(readings), 0, 0)

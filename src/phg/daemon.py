@@ -6,6 +6,7 @@ Kept apart from cli.py so that the demo, the tests and `phg run` assemble the sa
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from importlib import import_module
@@ -16,9 +17,11 @@ import httpx
 from phg.config import DESTINATION_TYPES, FHIR_DESTINATION, Config, DestinationConfig
 from phg.delivery import DeliveryWorker, Destination, Summary
 from phg.delivery.fhir import FhirDestination
-from phg.errors import ConfigError
+from phg.errors import AuthError, ConfigError, PhgError
 from phg.outbox import Outbox
 from phg.transport import require_secure_url
+
+log = logging.getLogger(__name__)
 
 
 def make_auth(config: Config, client: httpx.AsyncClient | None = None) -> httpx.Auth | None:
@@ -111,11 +114,26 @@ async def open_destinations(config: Config) -> AsyncIterator[list[Destination]]:
 
 
 async def deliver(config: Config, outbox: Outbox, *, until_idle: bool, stop: asyncio.Event | None = None) -> Summary:
-    """Deliver what the outbox holds, one worker per destination, side by side."""
+    """Deliver what the outbox holds, one worker per destination, side by side. A destination whose
+    credentials or URL are refused (AuthError, ConfigError) stops alone, its queue intact, while the
+    others go on; the first such error is raised once the others are idle (until_idle) or when no
+    destination is left running."""
+    stopped: list[PhgError] = []
+
+    async def run(worker: DeliveryWorker) -> Summary:
+        try:
+            return await worker.run(stop, until_idle=until_idle)
+        except (AuthError, ConfigError) as exc:
+            log.error("%s: delivery stopped, its queue is intact: %s", worker.destination.name, exc)
+            stopped.append(exc)
+            return worker.summary
+
     async with open_destinations(config) as destinations:
         workers = [DeliveryWorker(outbox, d, batch_size=config.batch_size, max_backoff=config.max_retry_delay,
                                   lease_seconds=config.lease_seconds) for d in destinations]
-        summaries = await asyncio.gather(*(w.run(stop, until_idle=until_idle) for w in workers))
+        summaries = await asyncio.gather(*(run(w) for w in workers))
+    if stopped:
+        raise stopped[0]
     total = Summary()
     for s in summaries:
         total.delivered += s.delivered
