@@ -63,15 +63,23 @@ class HttpHl7Destination:
         except TransientDeliveryError as exc:
             raise TransientDeliveryError(str(exc), retry_after=self._retry_after, detail=exc.detail) from exc
 
-    async def exchange(self, message: str, control_id: str) -> Outcome:
+    async def post(self, content: bytes, headers: Mapping[str, str], what: str,
+                   control_id: str) -> httpx.Response | Retry:
+        """POST one message: the response, a Retry when no answer came, AuthError on 401/403."""
         try:
-            response = await self.client.post(
-                self.url, content=message.encode("utf-8"),
-                headers={"Content-Type": ER7_CONTENT_TYPE, "Accept": "text/plain, */*", **self.headers})
+            response = await self.client.post(self.url, content=content, headers={**headers, **self.headers})
         except httpx.HTTPError as exc:
             return Retry(f"{self.url}: {exc.__class__.__name__}: {exc} (no ACK for {control_id})", UNBOUNDED)
         if response.status_code in (401, 403):
-            raise AuthError(f"{self.url} answered HTTP {response.status_code} to an HL7 v2 message")
+            raise AuthError(f"{self.url} answered HTTP {response.status_code} to {what}")
+        return response
+
+    async def exchange(self, message: str, control_id: str) -> Outcome:
+        response = await self.post(message.encode("utf-8"), {"Content-Type": ER7_CONTENT_TYPE,
+                                                              "Accept": "text/plain, */*"},
+                                   "an HL7 v2 message", control_id)
+        if isinstance(response, Retry):
+            return response
         try:
             ack = parse_ack(response.content)
         except AckError as exc:

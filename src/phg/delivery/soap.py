@@ -22,7 +22,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 from lxml import etree
 
 from phg.delivery.hl7http import HttpHl7Destination
@@ -159,14 +158,11 @@ class SoapDestination(HttpHl7Destination):
 
     async def exchange(self, message: str, control_id: str) -> Outcome:
         body = envelope(message, to=self.url, message_id=f"urn:uuid:{uuid.uuid4()}", security=self._security())
-        try:
-            response = await self.client.post(self.url, content=body, headers={
-                "Content-Type": f'application/soap+xml; charset=utf-8; action="{ACTION}"',
-                "Accept": "application/soap+xml, text/xml", **self.headers})
-        except httpx.HTTPError as exc:
-            return Retry(f"{self.url}: {exc.__class__.__name__}: {exc} (no ACK for {control_id})", UNBOUNDED)
-        if response.status_code in (401, 403):
-            raise AuthError(f"{self.url} answered HTTP {response.status_code} to CommunicatePCDData")
+        response = await self.post(body, {"Content-Type": f'application/soap+xml; charset=utf-8; action="{ACTION}"',
+                                          "Accept": "application/soap+xml, text/xml"},
+                                   "CommunicatePCDData", control_id)
+        if isinstance(response, Retry):
+            return response
         try:
             ack_text = read_response(response.content)
         except SoapFault as fault:
