@@ -173,3 +173,19 @@ async def test_a_reading_that_keeps_failing_transiently_does_not_hold_back_its_b
     await task
     counts = outbox.counts("fhir")
     assert (counts["delivered"], counts["dead"]) == (49, 0)  # the bad one waits alone, not lost
+
+
+async def test_an_outage_does_not_use_up_the_ae_retries(outbox):
+    class OutageThenAE(Scripted):
+        async def send(self, readings):
+            self.batches.append(len(readings))
+            if len(self.batches) <= 3:
+                raise TransientDeliveryError("connection refused")
+            return [Retry("AE: busy", max_attempts=2) if r.key == BAD else Delivered("ok") for r in readings]
+
+    worker = DeliveryWorker(outbox, OutageThenAE(), batch_size=50, max_backoff=0.01)
+    for _ in range(4):  # three failed tries (the outage), then the answer
+        await asyncio.sleep(0.03)
+        assert await worker.run_once()
+    bad = next(i for i in outbox.items(limit=100) if i.key == BAD)
+    assert bad.state == "queued" and bad.refusals == 1 and bad.attempts == 4  # one AE so far: not dead yet

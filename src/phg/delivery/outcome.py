@@ -26,11 +26,14 @@ class Rejected:
 @dataclass(frozen=True)
 class Retry:
     """The server could not take this reading now but may later (e.g. an HL7 v2 AE ACK): retry it
-    with backoff until it has been tried `max_attempts` times, then it goes dead with `reason`."""
+    with backoff until the server has answered so `max_attempts` times (outages in between do not
+    count), then it goes dead with `reason`."""
 
     reason: str
     max_attempts: int
 
+
+UNBOUNDED = 2**31  # Retry.max_attempts of "no answer" retries: as many as it takes, like any outage
 
 Outcome = Delivered | Rejected | Retry
 

@@ -26,7 +26,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from phg.delivery.outcome import Delivered, Destination, Rejected, Retry
+from phg.delivery.outcome import UNBOUNDED, Delivered, Destination, Rejected, Retry
 from phg.errors import (
     AuthError,
     ConfigError,
@@ -234,11 +234,12 @@ class DeliveryWorker:
             if isinstance(outcome, Rejected):
                 await self._dead([item], outcome.reason)
             elif isinstance(outcome, Retry):
-                if item.attempts >= outcome.max_attempts:
-                    await self._dead([item], f"{outcome.reason} (after {item.attempts} attempts)")
+                if item.refusals + 1 >= outcome.max_attempts:
+                    await self._dead([item], f"{outcome.reason} (after {item.refusals + 1} attempts)")
                 else:
                     delay = backoff(item.attempts, cap=self.max_backoff)
-                    await asyncio.to_thread(self.outbox.retry_later, [item.id], delay, outcome.reason)
+                    refused = outcome.max_attempts < UNBOUNDED  # an answer (AE), not silence
+                    await asyncio.to_thread(self.outbox.retry_later, [item.id], delay, outcome.reason, refused)
                     self.summary.retried += 1
 
     async def _dead(self, items: Sequence[Item], reason: str) -> None:

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from phg.delivery.outcome import Delivered, Outcome, Rejected, Retry
+from phg.delivery.outcome import UNBOUNDED, Delivered, Outcome, Rejected, Retry
 
 ACK_CODES = frozenset({"AA", "AE", "AR", "CA", "CE", "CR"})
-# Retry() for a transient "not delivered" (no or bad ACK): not bounded by attempts, like any
-# transient failure of the FHIR destination; the worker's backoff spaces the attempts.
-UNBOUNDED = 2**31
+# A transient "not delivered" (no or bad ACK) is Retry(..., UNBOUNDED): as many tries as it takes, like
+# any outage; the worker's backoff spaces them. AE/CE are bounded by ae_retries.
 
 
 class AckError(ValueError):

@@ -79,6 +79,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # written in the same transaction as the readings it covers: never ahead of them.
         "CREATE TABLE source_state (name TEXT PRIMARY KEY, value TEXT NOT NULL, updated REAL NOT NULL)",
     ),
+    (
+        # How often the destination answered "not now" for this item in particular (an HL7 v2 AE/CE),
+        # as distinct from attempts, which also count outages: the AE retry limit counts only these.
+        "ALTER TABLE item ADD COLUMN refusals INTEGER NOT NULL DEFAULT 0",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -117,7 +122,8 @@ def storage_error(path: Path, exc: sqlite3.Error) -> StorageError | None:
     return StorageError(f"{path}: {_STORAGE_FAULTS[primary]} (sqlite: {exc})", str(path))
 
 
-_COLUMNS = "id, destination, key, payload, state, attempts, next_attempt, created, updated, last_error, result"
+_COLUMNS = ("id, destination, key, payload, state, attempts, next_attempt, created, updated, last_error, result,"
+            " refusals")
 _BUSY_TIMEOUT_MS = 30_000  # another process holding the write lock: wait, do not fail
 
 
@@ -138,6 +144,7 @@ class Item:
     updated: float
     last_error: str | None
     result: str | None
+    refusals: int = 0  # answers that refused this item for now (HL7 v2 AE/CE), outages not counted
 
 
 class Outbox:
@@ -316,11 +323,13 @@ class Outbox:
                 [(result, now, id_) for id_, result in zip(ids, results, strict=True)],
             )
 
-    def retry_later(self, ids: Sequence[int], delay: float, error: str) -> None:
-        """A transient failure: queue the items again, due in `delay` seconds."""
+    def retry_later(self, ids: Sequence[int], delay: float, error: str, refused: bool = False) -> None:
+        """A transient failure: queue the items again, due in `delay` seconds. `refused`: the
+        destination answered and refused these items for now (counted in `refusals`)."""
         now = time.time()
         self._update_inflight(
-            ids, "state = 'queued', next_attempt = ?, last_error = ?, updated = ?", (now + delay, error, now)
+            ids, "state = 'queued', next_attempt = ?, last_error = ?, updated = ?, refusals = refusals + ?",
+            (now + delay, error, now, int(refused)),
         )
 
     def dead(self, ids: Sequence[int], reason: str) -> None:
@@ -369,7 +378,7 @@ class Outbox:
         now = time.time()
         with self._write() as conn:
             cursor = conn.execute(
-                "UPDATE item SET state = 'queued', next_attempt = ?, attempts = 0, updated = ?"
+                "UPDATE item SET state = 'queued', next_attempt = ?, attempts = 0, refusals = 0, updated = ?"
                 " WHERE id = ? AND state IN ('dead', 'queued')",
                 (now, now, id),
             )
