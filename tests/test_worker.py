@@ -165,7 +165,7 @@ async def test_a_reading_that_keeps_failing_transiently_does_not_hold_back_its_b
     stop = asyncio.Event()
     worker = DeliveryWorker(outbox, FailsWithBad(), batch_size=50, max_backoff=0.05)
     task = asyncio.create_task(worker.run(stop))
-    for _ in range(200):
+    for _ in range(600):  # halving 50 takes ~6 rounds of >= 1 s apart; bounded at 30 s for a loaded machine
         if outbox.counts("fhir")["delivered"] == 49:
             break
         await asyncio.sleep(0.05)
@@ -189,3 +189,16 @@ async def test_an_outage_does_not_use_up_the_ae_retries(outbox):
         assert await worker.run_once()
     bad = next(i for i in outbox.items(limit=100) if i.key == BAD)
     assert bad.state == "queued" and bad.refusals == 1 and bad.attempts == 4  # one AE so far: not dead yet
+
+
+async def test_an_unreachable_server_does_not_break_batches_apart(outbox):
+    class Down(Scripted):
+        async def send(self, readings):
+            self.batches.append(len(readings))
+            raise TransientDeliveryError("ConnectError", reached=False)
+
+    worker = DeliveryWorker(outbox, Down(), batch_size=50, max_backoff=0.01)
+    for _ in range(5):
+        await asyncio.sleep(0.03)
+        assert await worker.run_once()
+    assert worker.destination.batches == [50] * 5  # still one batch: nothing to isolate in an outage

@@ -67,12 +67,15 @@ class DeliveryError(PhgError):
 class TransientDeliveryError(DeliveryError):
     """Worth retrying later. `retry_after` is the server's Retry-After in seconds, if it gave one.
     `detail` is the peer's own words (an HL7 ERR text, a SOAP fault reason), which may quote the
-    reading: it is stored with the queue item and logged only at DEBUG; the message is what is logged."""
+    reading: it is stored with the queue item and logged only at DEBUG; the message is what is logged.
+    `reached` is False when the destination could not be reached at all (nothing about the content)."""
 
-    def __init__(self, message: str, retry_after: float | None = None, detail: str | None = None):
+    def __init__(self, message: str, retry_after: float | None = None, detail: str | None = None,
+                 reached: bool = True):
         super().__init__(message)
         self.retry_after = retry_after
         self.detail = detail
+        self.reached = reached
 
 
 class PermanentDeliveryError(DeliveryError):

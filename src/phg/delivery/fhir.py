@@ -56,7 +56,9 @@ class FhirDestination:
                 headers={"Content-Type": content_type, "Accept": FHIR_JSON, "Prefer": "return=minimal"},
             )
         except httpx.HTTPError as exc:  # connection, timeout, protocol and decoding trouble alike
-            raise TransientDeliveryError(f"{self.base_url}: {exc.__class__.__name__}: {exc}") from exc
+            unreachable = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+            raise TransientDeliveryError(f"{self.base_url}: {exc.__class__.__name__}: {exc}",
+                                         reached=not unreachable) from exc
         return self._outcomes(response, reading_entries, shared_entries)
 
     def _outcomes(self, response: httpx.Response, reading_entries: list[list[int]],

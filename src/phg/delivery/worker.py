@@ -204,10 +204,12 @@ class DeliveryWorker:
                 log.debug("%s: the peer said: %s", self.destination.name, exc.detail)
             error = f"{exc}: {exc.detail}" if exc.detail else str(exc)
             ids = [item.id for item, _ in batch]
-            if len(batch) > 1 and exc.retry_after is None and min(item.attempts for item, _ in batch) >= STAGGER_AFTER:
-                # Failing together again and again: perhaps one reading makes the server fail (a 500, a dropped
-                # connection). Let the halves come due apart so the next tries are separate batches and the
-                # others get through; repeated, this isolates the one at fault.
+            if (len(batch) > 1 and exc.reached and exc.retry_after is None
+                    and min(item.attempts for item, _ in batch) >= STAGGER_AFTER):
+                # Failing together again and again although the server is there: perhaps one reading makes it
+                # fail (a 500, a dropped connection). Let the halves come due apart so the next tries are
+                # separate batches and the others get through; repeated, this isolates the one at fault.
+                # (Not when the server cannot be reached: an outage says nothing about the batch.)
                 half = len(ids) // 2
                 await asyncio.to_thread(self.outbox.retry_later, ids[:half], delay, error)
                 await asyncio.to_thread(self.outbox.retry_later, ids[half:], delay + max(1.0, delay / 2), error)
