@@ -107,7 +107,10 @@ def test_two_thousand_readings_through_faults_arrive_exactly_once(tmp_path):
         records = list(proxy.records)
         injected = Counter(r.kind for r in records if r.kind != "pass")
         assert injected == dict.fromkeys(KINDS, PER_KIND), injected  # the whole schedule was played
-        assert sum(1 for r in records if r.n >= 0) == batches + len(KINDS) * PER_KIND  # no extra request
+        # One request per batch and per fault, plus at most one more per fault: a batch that failed
+        # SPLIT_AFTER times in a row while the server answered is tried in two halves.
+        requests = sum(1 for r in records if r.n >= 0)
+        assert batches + len(KINDS) * PER_KIND <= requests <= batches + 2 * len(KINDS) * PER_KIND
 
         # Exactly once, per identifier and in total (a fresh server holds nothing else).
         found = observation_counts(fhir.base_url, readings)

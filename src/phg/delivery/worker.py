@@ -6,8 +6,8 @@ Rules (issue #2, design.md "delivery"):
   exponential backoff with jitter, or the server's Retry-After when it gave one.
 - A batch refused as a whole (4xx) is split in halves until the reading at fault is alone; it goes
   dead with the server's reason while the others are delivered. A batch that keeps failing
-  transiently is retried in halves that come due apart, so one reading that makes the server fail
-  cannot hold back the others forever.
+  transiently while the server is reachable is tried in halves, so one reading that makes the
+  server fail cannot hold back the others forever.
 - An AuthError, or a ConfigError from the destination (e.g. the FHIR base answers 404: wrong URL),
   stops the worker and releases the batch untouched: credentials and URLs are fixed by a person.
 - An outbox that cannot be written (StorageError: disk full, I/O error, ...) pauses a long-running
@@ -40,7 +40,7 @@ from phg.outbox import Item, Outbox
 
 log = logging.getLogger(__name__)
 
-STAGGER_AFTER = 3  # transient failures of the same batch before its halves are retried apart
+SPLIT_AFTER = 3  # transient failures of the same readings before their batch is tried in halves
 
 
 @dataclass
@@ -182,7 +182,7 @@ class DeliveryWorker:
         """Put back what the stopped batch did not finish, without counting an attempt."""
         self.outbox.release([i for i in ids if (item := self.outbox.get(i)) and item.state == "inflight"])
 
-    async def _send(self, batch: Sequence[tuple[Item, Reading]]) -> None:
+    async def _send(self, batch: Sequence[tuple[Item, Reading]], isolate: bool = True) -> None:
         if not batch:
             return
         if time.monotonic() < self._resume_at:  # the other half of a split got a Retry-After: wait with it
@@ -198,23 +198,22 @@ class DeliveryWorker:
                      else backoff(attempts, cap=self.max_backoff))
             if exc.retry_after is not None:
                 self._resume_at = time.monotonic() + delay
-            log.warning("%s: %d readings not delivered, retry in %.1f s: %s",
-                        self.destination.name, len(batch), delay, exc)
             if exc.detail:
                 log.debug("%s: the peer said: %s", self.destination.name, exc.detail)
-            error = f"{exc}: {exc.detail}" if exc.detail else str(exc)
-            ids = [item.id for item, _ in batch]
-            if (len(batch) > 1 and exc.reached and exc.retry_after is None
-                    and min(item.attempts for item, _ in batch) >= STAGGER_AFTER):
+            if (isolate and len(batch) > 1 and exc.reached and exc.retry_after is None
+                    and min(item.attempts for item, _ in batch) >= SPLIT_AFTER):
                 # Failing together again and again although the server is there: perhaps one reading makes it
-                # fail (a 500, a dropped connection). Let the halves come due apart so the next tries are
-                # separate batches and the others get through; repeated, this isolates the one at fault.
-                # (Not when the server cannot be reached: an outage says nothing about the batch.)
-                half = len(ids) // 2
-                await asyncio.to_thread(self.outbox.retry_later, ids[:half], delay, error)
-                await asyncio.to_thread(self.outbox.retry_later, ids[half:], delay + max(1.0, delay / 2), error)
-            else:
-                await asyncio.to_thread(self.outbox.retry_later, ids, delay, error)
+                # fail (a 500, a dropped connection). Try the halves now, once each: the half without it gets
+                # through, and the next rounds narrow down the rest. (Not when the server cannot be
+                # reached: an outage says nothing about the batch.)
+                half = len(batch) // 2
+                await self._send(batch[:half], isolate=False)
+                await self._send(batch[half:], isolate=False)
+                return
+            log.warning("%s: %d readings not delivered, retry in %.1f s: %s",
+                        self.destination.name, len(batch), delay, exc)
+            error = f"{exc}: {exc.detail}" if exc.detail else str(exc)
+            await asyncio.to_thread(self.outbox.retry_later, [item.id for item, _ in batch], delay, error)
             self.summary.retried += len(batch)
             return
         except PermanentDeliveryError as exc:
