@@ -139,7 +139,6 @@ async def deliver(config: Config, outbox: Outbox, *, until_idle: bool, stop: asy
         total.delivered += s.delivered
         total.dead += s.dead
         total.retried += s.retried
-        total.dead_reasons += s.dead_reasons
     return total
 
 

@@ -24,7 +24,7 @@ import logging
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from phg.delivery.outcome import UNBOUNDED, Delivered, Destination, Rejected, Retry
 from phg.errors import (
@@ -50,7 +50,6 @@ class Summary:
     delivered: int = 0
     dead: int = 0
     retried: int = 0
-    dead_reasons: list[str] = field(default_factory=list)
 
 
 def backoff(attempts: int, base: float = 1.0, cap: float = 300.0) -> float:
@@ -246,7 +245,6 @@ class DeliveryWorker:
     async def _dead(self, items: Sequence[Item], reason: str) -> None:
         await asyncio.to_thread(self.outbox.dead, [i.id for i in items], reason)
         self.summary.dead += len(items)
-        self.summary.dead_reasons.append(reason)
         # The server's reason may quote measured values: it is kept in the outbox (phg queue show ID)
         # and logged only at DEBUG.
         ids = ",".join(str(i.id) for i in items)
