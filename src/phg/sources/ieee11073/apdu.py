@@ -671,7 +671,9 @@ def decode_attribute(attr_id: int, raw: bytes):
         case a.ATTR_NU_CMPD_VAL_OBS:
             return _whole(raw, "NuObsValueCmp", lambda r: read_list(r, "NuObsValueCmp", lambda x: NuObsValue(
                 x.u16("metric-id"), x.u16("state"), x.u16("unit-code"), decode_float(x.u32("value")))))
-        case a.ATTR_TIME_STAMP_ABS | a.ATTR_TIME_ABS:
+        case a.ATTR_TIME_STAMP_ABS:
+            return decode_absolute_time(raw, date=True)
+        case a.ATTR_TIME_ABS:
             return decode_absolute_time(raw)
         case a.ATTR_TIME_STAMP_BO | a.ATTR_TIME_BO:
             return decode_base_offset_time(raw)

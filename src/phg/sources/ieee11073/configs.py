@@ -12,7 +12,9 @@ per (system id, config id) so that the next association of the same agent skips 
 from __future__ import annotations
 
 import json
+import logging
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -30,6 +32,7 @@ from phg.sources.ieee11073.apdu import (
 from phg.sources.ieee11073.mder import u16, u32
 
 A = nom
+log = logging.getLogger(__name__)
 
 
 def _type(code: int) -> bytes:
@@ -143,44 +146,172 @@ def standard(config_id: int) -> Configuration | None:
 
 
 class ConfigStore(Protocol):
-    """Where extended configurations are remembered, per agent system id and configuration id."""
+    """Where extended configurations are remembered, per agent system id and configuration id. `put` runs
+    inside the sans-I/O manager and only touches memory; `flush` writes what changed (the transports call
+    it off the event loop after a configuration was accepted)."""
 
     def get(self, system_id: str, config_id: int) -> Configuration | None: ...
 
     def put(self, system_id: str, config: Configuration) -> None: ...
 
+    def flush(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class StoreLimits:
+    """Bounds of a configuration store: agents are not authenticated (20601 has no authentication), so
+    anyone who reaches the listener can send configurations. Past `max_configs` (or an agent's
+    `per_agent`) the least recently used configuration is forgotten: its agent then simply configures again
+    at its next association (accepted-unknown-config, 20601 §8.4.3), which costs one configuration report.
+    A configuration report longer than `max_bytes` is used for its association but not remembered.
+    Memory and file are thus bounded by max_configs x max_bytes (4 MiB by default)."""
+
+    max_configs: int = 256
+    per_agent: int = 4
+    max_bytes: int = 16384
+
+
+Key = tuple[str, int]
+
 
 class MemoryConfigStore:
-    def __init__(self) -> None:
-        self._items: dict[tuple[str, int], Configuration] = {}
+    """Configurations kept as their ConfigReport bytes (decoded again on `get`, so that a stored
+    configuration costs its size in bytes, not a tree of objects), least recently used first."""
+
+    def __init__(self, limits: StoreLimits | None = None) -> None:
+        self.limits = limits or StoreLimits()
+        self._items: OrderedDict[Key, bytes] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, system_id: str, config_id: int) -> Configuration | None:
         with self._lock:
-            return self._items.get((system_id, config_id))
+            raw = self._items.get((system_id, config_id))
+            if raw is not None:
+                self._items.move_to_end((system_id, config_id))
+        return None if raw is None else Configuration.from_report(decode_config_report(raw))
 
     def put(self, system_id: str, config: Configuration) -> None:
+        raw = config.to_bytes()
+        if len(raw) > self.limits.max_bytes:
+            log.warning("11073 configuration %#06x of agent %s not remembered: %d bytes, more than the %d "
+                        "allowed (max_bytes); the agent will send it again at its next association",
+                        config.config_id, system_id, len(raw), self.limits.max_bytes)
+            return
         with self._lock:
-            self._items[(system_id, config.config_id)] = config
+            self._set((system_id, config.config_id), raw)
+            own = [k for k in self._items if k[0] == system_id]
+            for key in own[:max(0, len(own) - self.limits.per_agent)]:
+                self._set(key, None)
+            while len(self._items) > self.limits.max_configs:
+                self._set(next(iter(self._items)), None)
+
+    def flush(self) -> None:
+        """Nothing to write: memory only."""
+
+    def _set(self, key: Key, raw: bytes | None) -> None:
+        """Remember (raw) or forget (None) one configuration; the lock is held."""
+        if raw is None:
+            del self._items[key]
+        else:
+            self._items[key] = raw
+            self._items.move_to_end(key)
 
 
 class FileConfigStore(MemoryConfigStore):
-    """A JSON file {"<SYSTEMID>/<config id hex>": "<ConfigReport hex>"} so that configurations survive
-    restarts. Written atomically (temp file + rename) on every new configuration; small and rare."""
+    """A JSON Lines file so that configurations survive restarts: one line per change,
+    {"agent": "<SYSTEMID>", "config_id": n, "report": "<ConfigReport hex>" or null (forgotten)}; later lines
+    win. `flush` appends the changes since the last flush; when the file holds more than twice as many
+    lines as live configurations it is rewritten (temp file + rename). Bounded like the memory store, it
+    is a cache: a lost or damaged line costs only a configuration report from that agent. A file of the
+    earlier format (one JSON object {"<SYSTEMID>/<config id hex>": "<hex>"}) is read and rewritten."""
 
-    def __init__(self, path: Path) -> None:
-        super().__init__()
+    def __init__(self, path: Path, limits: StoreLimits | None = None) -> None:
+        super().__init__(limits)
         self.path = Path(path)
+        self._pending: list[tuple[Key, bytes | None]] = []
+        self._lines = 0
+        self._write_lock = threading.Lock()
         if self.path.exists():
-            for key, hexed in json.loads(self.path.read_text()).items():
-                system_id, config_id = key.split("/")
-                report = decode_config_report(bytes.fromhex(hexed))
-                self._items[(system_id, int(config_id, 16))] = Configuration.from_report(report)
+            self._load()
 
-    def put(self, system_id: str, config: Configuration) -> None:
-        super().put(system_id, config)
+    def _set(self, key: Key, raw: bytes | None) -> None:
+        super()._set(key, raw)
+        self._pending.append((key, raw))
+
+    def _load(self) -> None:
+        text = self.path.read_text(encoding="utf-8", errors="replace")
+        for key, raw in _entries(text, self.path):
+            try:
+                config = Configuration.from_report(decode_config_report(raw)) if raw is not None else None
+            except ApduError as exc:
+                log.warning("%s: configuration %s/%#06x skipped: %s", self.path, key[0], key[1], exc)
+                continue
+            if config is not None:
+                self.put(key[0], config)
+            elif key in self._items:
+                self._set(key, None)
+        self._pending.clear()
+        self._lines = len(text.splitlines())
+        if self._lines != len(self._items):  # forgotten entries, damaged lines or the earlier format
+            self._rewrite()
+
+    def flush(self) -> None:
+        """Write the changes since the last flush (blocking: the TCP listener runs it in a thread). A write
+        that fails is logged, not raised: the configurations stay in memory and the next flush rewrites."""
+        with self._write_lock:
+            with self._lock:
+                pending, self._pending = self._pending, []
+            if not pending:
+                return
+            try:
+                if self._lines + len(pending) > 2 * max(len(self._items), 16):
+                    self._rewrite()
+                    return
+                with self.path.open("a", encoding="utf-8") as f:
+                    f.writelines(_line(key, raw) for key, raw in pending)
+                self._lines += len(pending)
+            except OSError as exc:
+                log.warning("%s: configurations not saved: %s", self.path, exc)
+                self._lines = 2 * self.limits.max_configs + 1  # the next flush rewrites the whole file
+
+    def _rewrite(self) -> None:
         with self._lock:
-            doc = {f"{s}/{c:04x}": cfg.to_bytes().hex() for (s, c), cfg in self._items.items()}
+            lines = [_line(key, raw) for key, raw in self._items.items()]
+            self._pending.clear()
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
+        tmp.write_text("".join(lines), encoding="utf-8")
         tmp.replace(self.path)
+        self._lines = len(lines)
+
+
+def _line(key: Key, raw: bytes | None) -> str:
+    return json.dumps({"agent": key[0], "config_id": key[1], "report": None if raw is None else raw.hex()}) + "\n"
+
+
+def _entries(text: str, path: Path) -> list[tuple[Key, bytes | None]]:
+    """(key, report bytes or None) of a store file, in order; unreadable entries are skipped with a warning."""
+    out = []
+    for n, doc in enumerate(_documents(text, path), 1):
+        try:
+            cid = doc["config_id"]
+            key = (str(doc["agent"]), int(cid, 16) if isinstance(cid, str) else int(cid))
+            out.append((key, None if doc["report"] is None else bytes.fromhex(doc["report"])))
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("%s: entry %d skipped: %s", path, n, exc)
+    return out
+
+
+def _documents(text: str, path: Path) -> list:
+    try:
+        legacy = json.loads(text)
+    except ValueError:
+        legacy = None
+    if isinstance(legacy, dict) and "agent" not in legacy:  # {"<SYSTEMID>/<config id hex>": "<hex>"}
+        return [{"agent": k.partition("/")[0], "config_id": k.partition("/")[2], "report": v} for k, v in legacy.items()]
+    docs = []
+    for n, line in enumerate(text.splitlines(), 1):
+        try:
+            docs.append(json.loads(line))
+        except ValueError:
+            log.warning("%s line %d: not JSON, skipped", path, n)
+    return docs

@@ -84,9 +84,12 @@ class State(enum.Enum):
 
 @dataclass(frozen=True)
 class Timeouts:
-    """20601 §8.x timers (seconds): TO_config 10 s, response to a GET/confirmed request 3 s, release 3 s;
-    `partial` bounds how long a started but incomplete APDU may wait for its remaining bytes."""
+    """20601 §8 timers (seconds): TO_config 10 s, response to a GET/confirmed request 3 s (TO_get,
+    TO_confirmed-action), TO_release 3 s; `association` is TO_assoc (10 s), which the transports apply to
+    a connection on which no AARQ arrives; `partial` bounds how long a started but incomplete APDU may wait
+    for its remaining bytes."""
 
+    association: float = 10.0
     configuration: float = 10.0
     response: float = 3.0
     release: float = 3.0

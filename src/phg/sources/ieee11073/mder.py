@@ -194,11 +194,7 @@ class AbsoluteTime:
     @property
     def local(self) -> datetime:
         """The naive local date-time the device gave (raises ApduError if no valid date)."""
-        c, y, mo, d, h, mi, s, f = self.fields()
-        try:
-            return datetime(c * 100 + y, mo, d, h, mi, s, f * 10_000)
-        except ValueError as exc:
-            raise ApduError(f"Absolute-Time {self.raw.hex()}: {exc}") from None
+        return _local_datetime(self)
 
     @property
     def iso(self) -> str:
@@ -215,14 +211,27 @@ class AbsoluteTime:
         return cls(bytes((p // 10) << 4 | (p % 10) for p in parts))
 
 
-def decode_absolute_time(raw: bytes, offset: int | None = None) -> AbsoluteTime:
-    """Validate the BCD digits (an all-0xFF 'unset' time is allowed) and wrap the 8 bytes."""
+def _local_datetime(t: AbsoluteTime) -> datetime:
+    c, y, mo, d, h, mi, s, f = t.fields()
+    try:
+        return datetime(c * 100 + y, mo, d, h, mi, s, f * 10_000)
+    except ValueError as exc:
+        raise ApduError(f"Absolute-Time {t.raw.hex()}: {exc}") from None
+
+
+def decode_absolute_time(raw: bytes, offset: int | None = None, date: bool = False) -> AbsoluteTime:
+    """Validate the BCD digits (an all-0xFF 'unset' time is allowed) and wrap the 8 bytes. With `date`
+    (time stamps of observations) the digits must also name a real date and time: 31 February or hour 25
+    raise ApduError, so such a report is refused while it is decoded. The MDS clock is read without it: a
+    clock holding no valid date is a time fault of the device, not a malformed APDU."""
     if len(raw) != 8:
         raise ApduError(f"Absolute-Time needs 8 bytes, got {len(raw)}", offset)
     t = AbsoluteTime(raw)
     if not t.unset:
         for i, b in enumerate(raw):
             _bcd(b, "Absolute-Time", None if offset is None else offset + i)
+        if date:
+            _local_datetime(t)
     return t
 
 

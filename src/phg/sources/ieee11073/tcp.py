@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from phg.errors import PhgError
 from phg.model import PatientRef, Reading
 from phg.sources.ieee11073.configs import ConfigStore, MemoryConfigStore
 from phg.sources.ieee11073.manager import (
@@ -31,6 +32,7 @@ from phg.sources.ieee11073.manager import (
     Manager,
     Measurements,
     Released,
+    State,
     Timeouts,
 )
 from phg.sources.ieee11073.readings import ReadingBuilder
@@ -38,10 +40,21 @@ from phg.sources.ieee11073.readings import ReadingBuilder
 log = logging.getLogger(__name__)
 
 
+REFUSAL_WARNING_INTERVAL = 60.0  # seconds between two "listener full" warnings
+
+
 @dataclass
 class ManagerSettings:
     """What every association needs: whose readings these are, the gateway's UTC offset (agents give
-    local time without zone), where readings go, the manager's own EUI-64, and the configuration store."""
+    local time without zone), where readings go, the manager's own EUI-64, the configuration store, and
+    the listener's limits.
+
+    Limits (agents are not authenticated: anyone who reaches the port is an agent): at most
+    `max_connections` connections at once, more are closed as soon as they are accepted (a refused agent
+    connects again later, as agents do after a lost transport); a connection on which no association
+    holds (just connected, or released/aborted) is closed after `timeouts.association` without data (TO_assoc,
+    10 s); an associated one after `idle_timeout` without data (20601 sets no inactivity limit on an
+    association, so this is the gateway's choice). Configurations are bounded by the store (StoreLimits)."""
 
     patient: PatientRef
     utc_offset: timedelta = timedelta(0)
@@ -49,8 +62,12 @@ class ManagerSettings:
     manager_id: bytes = bytes.fromhex("02AB7FFFFE00C1C1")
     store: ConfigStore = field(default_factory=MemoryConfigStore)
     timeouts: Timeouts = field(default_factory=Timeouts)
-    idle_timeout: float = 600.0  # close a connection on which nothing arrived for this long
+    idle_timeout: float = 600.0  # close an associated connection on which nothing arrived for this long
+    max_connections: int = 32
     on_reading: Callable[[Reading], None] | None = None  # called after each reading is durable (tests, status)
+
+
+Stored = tuple[Measurements, list[Reading], list[tuple[str, str]]]  # a report, its readings, their outbox items
 
 
 class Association:
@@ -63,8 +80,16 @@ class Association:
         self.builder = ReadingBuilder(settings.patient, settings.utc_offset)
         self.ended: str | None = None  # reason, after an abort
 
-    def readings_for(self, events: list[Event]) -> list[tuple[Measurements, list[Reading]]]:
-        """Log the events and build readings for the Measurements among them (in order)."""
+    @property
+    def silence_limit(self) -> float:
+        """Seconds the connection may stay silent: TO_assoc while no association holds it, else idle_timeout."""
+        associated = self.manager.state is not State.UNASSOCIATED
+        return self.settings.idle_timeout if associated else self.settings.timeouts.association
+
+    def readings_for(self, events: list[Event]) -> list[Stored]:
+        """Log the events and build readings for the Measurements among them (in order). A report the
+        manager decoded but whose readings cannot be built ends the association with an ABRT (the agent
+        keeps the report: nothing was acknowledged)."""
         out = []
         now = datetime.now(UTC)
         for ev in events:
@@ -77,18 +102,26 @@ class Association:
                 case DeviceAttributes():
                     self.builder.device_attributes(now)
                 case Measurements():
-                    out.append((ev, self.builder.readings(ev, now)))
+                    try:
+                        readings = self.builder.readings(ev, now)
+                        out.append((ev, readings, [(r.key, r.to_json()) for r in readings]))
+                    except (PhgError, ValueError, ArithmeticError) as exc:
+                        self._end(self.manager.abort(f"report {ev.invoke_id} cannot become readings: {exc}"))
                 case Released():
                     log.info("11073 %s: association released by the %s", self.peer, ev.by)
                 case Aborted():
-                    log.warning("11073 %s: association aborted by the %s: %s", self.peer, ev.by, ev.reason)
-                    self.ended = ev.reason
+                    self._end([ev])
         return out
 
+    def _end(self, events: list[Event]) -> None:
+        for ev in events:
+            if isinstance(ev, Aborted):
+                log.warning("11073 %s: association aborted by the %s: %s", self.peer, ev.by, ev.reason)
+                self.ended = ev.reason
 
-async def _store_and_ack(assoc: Association, outbox, batches: list[tuple[Measurements, list[Reading]]]) -> None:
-    for m, readings in batches:
-        items = [(r.key, r.to_json()) for r in readings]
+
+async def _store_and_ack(assoc: Association, outbox, batches: list[Stored]) -> None:
+    for m, readings, items in batches:
         if items:
             await asyncio.to_thread(outbox.enqueue, list(assoc.settings.destinations), items)
         assoc.manager.acknowledge(m)  # only now: the readings are durable
@@ -108,7 +141,7 @@ async def handle_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
     try:
         while assoc.ended is None:
             now = time.monotonic()
-            wait = settings.idle_timeout - (now - last_data)
+            wait = assoc.silence_limit - (now - last_data)
             if manager.deadline is not None:
                 wait = min(wait, manager.deadline - now)
             try:
@@ -121,14 +154,17 @@ async def handle_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
                 break
             if data is None:
                 events = manager.tick(now)
-                if not events and now - last_data >= settings.idle_timeout:
-                    log.info("11073 %s: idle for %.0f s, closing", peer, settings.idle_timeout)
+                if not events and now - last_data >= assoc.silence_limit:
+                    log.info("11073 %s: silent for %.0f s (%s), closing", peer, assoc.silence_limit,
+                             manager.state.value)
                     break
             else:
                 last_data = now
                 events = manager.receive_data(data, now)
             batches = assoc.readings_for(events)
             writer.write(manager.data_to_send())
+            if any(isinstance(ev, Configured) for ev in events):
+                await asyncio.to_thread(settings.store.flush)
             await _store_and_ack(assoc, outbox, batches)
             writer.write(manager.data_to_send())
             await writer.drain()
@@ -142,13 +178,39 @@ async def handle_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
             pass
 
 
+class _Listener:
+    """Accepts agents up to `max_connections`; beyond, closes new connections at once and warns (at most once
+    a REFUSAL_WARNING_INTERVAL, with the count refused meanwhile)."""
+
+    def __init__(self, outbox, settings: ManagerSettings):
+        self.outbox, self.settings = outbox, settings
+        self.active = 0
+        self.refused = 0
+        self._warned_at: float | None = None
+
+    async def on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.active >= self.settings.max_connections:
+            writer.transport.abort()
+            self._refuse()
+            return
+        self.active += 1
+        try:
+            await handle_connection(reader, writer, self.outbox, self.settings)
+        finally:
+            self.active -= 1
+
+    def _refuse(self) -> None:
+        self.refused += 1
+        now = time.monotonic()
+        if self._warned_at is None or now - self._warned_at >= REFUSAL_WARNING_INTERVAL:
+            log.warning("11073 listener full: %d connections open (max_connections %d); %d new connection(s) "
+                        "refused since the last warning", self.active, self.settings.max_connections, self.refused)
+            self._warned_at, self.refused = now, 0
+
+
 async def start_tcp_manager(outbox, settings: ManagerSettings, port: int, host: str = "127.0.0.1") -> asyncio.Server:
     """Listen for agents; returns the started asyncio Server (port 0 picks a free port: see server.sockets)."""
-
-    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await handle_connection(reader, writer, outbox, settings)
-
-    return await asyncio.start_server(on_connect, host, port)
+    return await asyncio.start_server(_Listener(outbox, settings).on_connect, host, port)
 
 
 async def run_tcp_manager(outbox, settings: ManagerSettings, port: int, host: str = "127.0.0.1",

@@ -23,7 +23,7 @@ import time
 from datetime import UTC, datetime
 from typing import Protocol
 
-from phg.sources.ieee11073.manager import Aborted, Measurements, Released
+from phg.sources.ieee11073.manager import Aborted, Configured, Measurements, Released
 from phg.sources.ieee11073.tcp import Association, ManagerSettings
 
 log = logging.getLogger(__name__)
@@ -103,8 +103,9 @@ def run_usb_manager(link: BulkLink, outbox, settings: ManagerSettings, stop: thr
         events = manager.receive_data(data, now) if data else manager.tick(now)
         batches = assoc.readings_for(events)
         _write(link, manager.data_to_send())
-        for m, readings in batches:
-            items = [(r.key, r.to_json()) for r in readings]
+        if any(isinstance(e, Configured) for e in events):
+            settings.store.flush()
+        for m, readings, items in batches:
             if items:
                 outbox.enqueue(list(settings.destinations), items)
             manager.acknowledge(m)
