@@ -188,7 +188,8 @@ async def test_an_outage_does_not_use_up_the_ae_retries(outbox):
         await asyncio.sleep(0.03)
         assert await worker.run_once()
     bad = next(i for i in outbox.items(limit=100) if i.key == BAD)
-    assert bad.state == "queued" and bad.refusals == 1 and bad.attempts == 4  # one AE so far: not dead yet
+    # one AE so far: not dead yet; the outage's probes re-sent the held batch without new leases
+    assert bad.state == "queued" and bad.refusals == 1 and bad.attempts == 1
 
 
 async def test_an_unreachable_server_does_not_break_batches_apart(outbox):

@@ -23,10 +23,11 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
-from phg.delivery.outcome import UNBOUNDED, Delivered, Destination, Rejected, Retry
+from phg.delivery.outcome import UNBOUNDED, Delivered, Destination, Outcome, Rejected, Retry
 from phg.errors import (
     AuthError,
     ConfigError,
@@ -41,6 +42,11 @@ from phg.outbox import Item, Outbox
 log = logging.getLogger(__name__)
 
 SPLIT_AFTER = 3  # transient failures of the same readings before their batch is tried in halves
+# Seconds beyond the longest delay the worker sets (max_backoff, lease_seconds) after which a stored due
+# time or lease deadline is taken for a clock that ran ahead, and is due now.
+CLOCK_MARGIN = 60.0
+
+Batch = list[tuple[Item, Reading]]
 
 
 @dataclass
@@ -58,7 +64,7 @@ def backoff(attempts: int, base: float = 1.0, cap: float = 300.0) -> float:
     return min(cap, base * 2 ** max(0, attempts - 1)) * random.uniform(0.5, 1.0)
 
 
-def _parse(items: Sequence[Item]) -> tuple[list[tuple[Item, Reading]], list[tuple[Item, str]]]:
+def _parse(items: Sequence[Item]) -> tuple[Batch, list[tuple[Item, str]]]:
     """Stored payloads back to Readings (CPU work: run in a thread). A payload that no longer
     parses (written by another version, say) is dead-lettered alone."""
     readings, broken = [], []
@@ -81,20 +87,37 @@ class DeliveryWorker:
         self.idle_poll = idle_poll
         self.summary = Summary()
         # time.monotonic() before which nothing is sent: a Retry-After (503, 429) is about the server, so
-        # the whole destination waits, not only the batch it refused (RFC 9110 section 10.2.3).
+        # the whole destination waits, not only the batch it refused (RFC 9110 section 10.2.3); so it does
+        # while the circuit is open.
         self._resume_at = 0.0
+        # The circuit: consecutive tries that could not reach the destination (open while > 0), the batch
+        # held through the outage to be tried again as the probe, and the last such error.
+        self._outages = 0
+        self._probe: Batch = []
+        self._outage_error = ""
         # The next batch, leased and parsed while the current one is on the wire (still one request in
         # flight): the server's time and ours overlap instead of adding up.
-        self._next: asyncio.Task[list[tuple[Item, Reading]] | None] | None = None
+        self._next: asyncio.Task[Batch | None] | None = None
+        # Tokens of the leases this worker holds (batch on the wire, leased ahead, held as the probe),
+        # renewed by _keep_leases so that no other leaser takes them while they are ours.
+        self._held: set[str] = set()
+        self._keeper: asyncio.Task[None] | None = None
+
+    @property
+    def horizon(self) -> float:
+        """How far ahead a stored due time or lease can lie before it counts as a clock error: the
+        longest delay this worker ever sets, plus a margin."""
+        return max(self.max_backoff, self.lease_seconds) + CLOCK_MARGIN
 
     async def run(self, stop: asyncio.Event | None = None, until_idle: bool = False) -> Summary:
         """Deliver batches until `stop` is set; with until_idle, return as soon as nothing is due or the
-        server asked to wait (Retry-After): what waits is left queued for a later run."""
+        destination must be waited for (Retry-After, unreachable): what waits is left queued for a later run."""
         stop = stop or asyncio.Event()
         try:
             return await self._run(stop, until_idle)
         finally:
             await self._drop_prefetch()
+            await self._put_back_probe()
 
     async def _run(self, stop: asyncio.Event, until_idle: bool) -> Summary:
         storage_failures = 0
@@ -105,7 +128,7 @@ class DeliveryWorker:
                     continue
                 if until_idle:
                     break
-                due = await asyncio.to_thread(self.outbox.next_due, self.destination.name)
+                due = await asyncio.to_thread(self.outbox.next_due, self.destination.name, self.horizon)
                 wait = self.idle_poll if due is None else min(self.idle_poll * 30, max(
                     0.05, due - time.time(), self._resume_at - time.monotonic()))
                 storage_failures = 0
@@ -118,7 +141,7 @@ class DeliveryWorker:
                           self.destination.name, wait, exc)
             except (AuthError, ConfigError):
                 raise
-            except Exception:  # a bug or a peer's surprise must not end `phg run`: what was leased comes due again
+            except Exception:  # a bug in the worker must not end `phg run`: what was leased comes due again
                 if until_idle:
                     raise
                 storage_failures += 1
@@ -131,38 +154,78 @@ class DeliveryWorker:
         return self.summary
 
     async def run_once(self) -> bool:
-        """Lease and deliver one batch. Returns False when nothing was due (or the server's
-        Retry-After has not passed yet)."""
+        """Lease and deliver one batch (or send the batch held through an outage again, as the probe).
+        Returns False when nothing was due or the destination must be waited for (Retry-After, an
+        open circuit)."""
         if time.monotonic() < self._resume_at:
             await self._drop_prefetch()
             return False
-        readings = None
-        if self._next is not None:
-            task, self._next = self._next, None
-            readings = await task
-        if readings is None:  # nothing was due when the look-ahead ran; something may be now
-            readings = await self._take()
-        if readings is None:
+        batch = await self._next_batch()
+        if batch is None:
             return False
-        self._next = asyncio.create_task(self._take())
+        if not self._outages:  # look ahead only while the destination answers: one probe at a time
+            self._next = asyncio.create_task(self._take())
         try:
-            await self._send(readings)
+            await self._send(batch)
         except (AuthError, ConfigError):
             await self._drop_prefetch()
-            await asyncio.to_thread(self._release_unfinished, [item.id for item, _ in readings])
+            await self._report(self.outbox.release, [item for item, _ in batch])  # what the stop left unfinished
             raise
+        finally:
+            if batch and not self._probe:
+                self._unhold(batch[0][0].lease)
         return True
 
-    async def _take(self) -> list[tuple[Item, Reading]] | None:
+    async def _next_batch(self) -> Batch | None:
+        """The probe held through an outage, else the batch leased ahead, else a new lease."""
+        if self._probe:
+            batch, self._probe = self._probe, []
+            return batch
+        if self._next is not None:
+            task, self._next = self._next, None
+            batch = await task
+            if batch is not None:
+                return batch
+        return await self._take()  # nothing was due when the look-ahead ran; something may be now
+
+    async def _take(self) -> Batch | None:
         """Lease and parse one batch (blocking work, in threads); None when nothing is due. A stored
         payload that no longer parses goes dead on its own."""
-        items = await asyncio.to_thread(self.outbox.lease, self.destination.name, self.batch_size, self.lease_seconds)
+        items = await asyncio.to_thread(self.outbox.lease, self.destination.name, self.batch_size,
+                                        self.lease_seconds, None, self.horizon)
         if not items:
             return None
+        self._hold(items[0].lease)
         readings, broken = await asyncio.to_thread(_parse, items)
         for item, reason in broken:
             await self._dead([item], reason)
+        if not readings:
+            self._unhold(items[0].lease)
         return readings
+
+    def _hold(self, token: str | None) -> None:
+        assert token is not None
+        self._held.add(token)
+        if self._keeper is None:
+            self._keeper = asyncio.create_task(self._keep_leases())
+
+    def _unhold(self, token: str | None) -> None:
+        self._held.discard(token)  # type: ignore[arg-type]
+        if not self._held and self._keeper is not None:
+            self._keeper.cancel()
+            self._keeper = None
+
+    async def _keep_leases(self) -> None:
+        """Renew every lease held, three times per lease: a batch on the wire, leased ahead or held
+        through an outage is never due for another leaser (another process on the same outbox, or
+        this one), however long its send takes."""
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            for token in list(self._held):
+                try:
+                    await asyncio.to_thread(self.outbox.renew, token, self.lease_seconds)
+                except StorageError as exc:  # the lease may run out: at worst a batch is sent twice
+                    log.warning("%s: a lease could not be renewed: %s", self.destination.name, exc)
 
     async def _drop_prefetch(self) -> None:
         """Give back a batch leased ahead (when stopping or pausing), without counting an attempt."""
@@ -175,59 +238,115 @@ class DeliveryWorker:
             log.debug("%s: batch leased ahead not taken back: %s", self.destination.name, exc)
             return
         if readings:
-            await asyncio.to_thread(self.outbox.release, [item.id for item, _ in readings])
+            await self._report(self.outbox.release, [item for item, _ in readings])
+            self._unhold(readings[0][0].lease)
 
-    def _release_unfinished(self, ids: Sequence[int]) -> None:
-        """Put back what the stopped batch did not finish, without counting an attempt."""
-        self.outbox.release([i for i in ids if (item := self.outbox.get(i)) and item.state == "inflight"])
+    async def _put_back_probe(self) -> None:
+        """Leaving (stop, until_idle) with a batch held through an outage: it is due again at once,
+        for the next run, with the error that kept it."""
+        batch, self._probe = self._probe, []
+        if batch:
+            await self._report(self.outbox.retry_later, [item for item, _ in batch], 0, self._outage_error)
+            self._unhold(batch[0][0].lease)
 
-    async def _send(self, batch: Sequence[tuple[Item, Reading]], isolate: bool = True) -> None:
+    async def _report(self, outcome: Callable[..., None], items: Sequence[Item], *args: object) -> None:
+        """An outcome for items of one batch, under the batch's lease token (stale if it was lost)."""
+        if items:
+            await asyncio.to_thread(partial(outcome, [item.id for item in items], *args, token=items[0].lease))
+
+    async def _send(self, batch: Batch, isolate: bool = True) -> None:
         if not batch:
             return
-        if time.monotonic() < self._resume_at:  # the other half of a split got a Retry-After: wait with it
-            await asyncio.to_thread(self.outbox.release, [item.id for item, _ in batch])
+        if time.monotonic() < self._resume_at:  # the other half of a split: it waits with the half that failed
+            if self._outages:
+                self._probe += batch  # held whole with it
+            else:
+                await self._report(self.outbox.release, [item for item, _ in batch])
             return
         try:
             outcomes = await self.destination.send([reading for _, reading in batch])
         except TransientDeliveryError as exc:
-            attempts = max(item.attempts for item, _ in batch)
-            # A Retry-After longer than max_backoff is capped: a misconfigured server must not park
-            # readings for a day.
-            delay = (min(exc.retry_after, self.max_backoff) if exc.retry_after is not None
-                     else backoff(attempts, cap=self.max_backoff))
-            if exc.retry_after is not None:
-                self._resume_at = time.monotonic() + delay
-            if exc.detail:
-                log.debug("%s: the peer said: %s", self.destination.name, exc.detail)
-            if (isolate and len(batch) > 1 and exc.reached and exc.retry_after is None
-                    and min(item.attempts for item, _ in batch) >= SPLIT_AFTER):
-                # Failing together again and again although the server is there: perhaps one reading makes it
-                # fail (a 500, a dropped connection). Try the halves now, once each: the half without it gets
-                # through, and the next rounds narrow down the rest. (Not when the server cannot be
-                # reached: an outage says nothing about the batch.)
-                half = len(batch) // 2
-                await self._send(batch[:half], isolate=False)
-                await self._send(batch[half:], isolate=False)
+            if not exc.reached and exc.retry_after is None:
+                await self._open_circuit(batch, exc)
                 return
-            log.warning("%s: %d readings not delivered, retry in %.1f s: %s",
-                        self.destination.name, len(batch), delay, exc)
-            error = f"{exc}: {exc.detail}" if exc.detail else str(exc)
-            await asyncio.to_thread(self.outbox.retry_later, [item.id for item, _ in batch], delay, error)
-            self.summary.retried += len(batch)
+            self._answered()
+            await self._transient(batch, exc, isolate)
             return
         except PermanentDeliveryError as exc:
-            if len(batch) == 1:
-                await self._dead([batch[0][0]], str(exc))
-                return
-            half = len(batch) // 2
-            log.info("%s: batch of %d refused (%s); splitting to find the reading at fault",
-                     self.destination.name, len(batch), exc.status)
-            await self._send(batch[:half])
-            await self._send(batch[half:])
+            self._answered()
+            await self._isolate(batch, str(exc), f"refused ({exc.status})")
             return
+        except (StorageError, AuthError, ConfigError):
+            raise
+        except Exception as exc:  # a bug, lxml, MemoryError: no exception type may leave a batch in flight
+            await self._isolate(batch, f"{type(exc).__name__}: {exc}", f"failed with {type(exc).__name__}")
+            return
+        self._answered()
+        await self._outcomes(batch, outcomes)
+
+    def _answered(self) -> None:
+        """The destination answered: the circuit closes and every waiting item is due as it was."""
+        if self._outages:
+            log.info("%s: reachable again after %d failed tries", self.destination.name, self._outages)
+        self._outages = 0
+
+    async def _open_circuit(self, batch: Batch, exc: TransientDeliveryError) -> None:
+        """The destination (or its token endpoint) cannot be reached. The whole destination waits, not
+        each item on its own: growing, jittered, capped at max_backoff. This batch stays leased (renewed)
+        and whole, to be sent again as the probe; nothing else is leased or written until a probe gets
+        an answer, and then all items go on at once (none carries a backoff of the outage)."""
+        self._outages += 1
+        delay = backoff(self._outages, cap=self.max_backoff)
+        self._resume_at = time.monotonic() + delay
+        self._probe += batch
+        self._outage_error = str(exc)
+        log.warning("%s: unreachable, %d readings wait, next try in %.1f s: %s",
+                    self.destination.name, len(self._probe), delay, exc)
+        await self._drop_prefetch()
+
+    async def _transient(self, batch: Batch, exc: TransientDeliveryError, isolate: bool) -> None:
+        """The destination answered "not now" (408, 429, 5xx, a dropped answer): the batch backs off, or
+        the whole destination waits out its Retry-After."""
+        attempts = max(item.attempts for item, _ in batch)
+        # A Retry-After longer than max_backoff is capped: a misconfigured server must not park
+        # readings for a day.
+        delay = (min(exc.retry_after, self.max_backoff) if exc.retry_after is not None
+                 else backoff(attempts, cap=self.max_backoff))
+        if exc.retry_after is not None:
+            self._resume_at = time.monotonic() + delay
+        if exc.detail:
+            log.debug("%s: the peer said: %s", self.destination.name, exc.detail)
+        if (isolate and len(batch) > 1 and exc.reached and exc.retry_after is None
+                and min(item.attempts for item, _ in batch) >= SPLIT_AFTER):
+            # Failing together again and again although the server is there: perhaps one reading makes it
+            # fail (a 500, a dropped connection). Try the halves now, once each: the half without it gets
+            # through, and the next rounds narrow down the rest.
+            half = len(batch) // 2
+            await self._send(batch[:half], isolate=False)
+            await self._send(batch[half:], isolate=False)
+            return
+        log.warning("%s: %d readings not delivered, retry in %.1f s: %s",
+                    self.destination.name, len(batch), delay, exc)
+        error = f"{exc}: {exc.detail}" if exc.detail else str(exc)
+        await self._report(self.outbox.retry_later, [item for item, _ in batch], delay, error)
+        self.summary.retried += len(batch)
+
+    async def _isolate(self, batch: Batch, reason: str, what: str) -> None:
+        """The batch failed because of its content: split it in halves until the reading at fault is
+        alone, which goes dead with `reason`, while the others are delivered."""
+        if len(batch) == 1:
+            await self._dead([batch[0][0]], reason)
+            return
+        half = len(batch) // 2
+        log.info("%s: batch of %d %s; splitting to find the reading at fault", self.destination.name, len(batch), what)
+        await self._send(batch[:half])
+        await self._send(batch[half:])
+
+    async def _outcomes(self, batch: Batch, outcomes: Sequence[Outcome]) -> None:
+        """Record the destination's answer for each reading of the batch."""
         delivered = [(item, o) for (item, _), o in zip(batch, outcomes, strict=True) if isinstance(o, Delivered)]
         if delivered:
-            await asyncio.to_thread(self.outbox.delivered, [i.id for i, _ in delivered], [o.result for _, o in delivered])
+            await self._report(self.outbox.delivered, [i for i, _ in delivered], [o.result for _, o in delivered])
             self.summary.delivered += len(delivered)
             log.info("%s: delivered %d readings", self.destination.name, len(delivered))
         for (item, _), outcome in zip(batch, outcomes, strict=True):
@@ -239,14 +358,14 @@ class DeliveryWorker:
                 else:
                     delay = backoff(item.attempts, cap=self.max_backoff)
                     refused = outcome.max_attempts < UNBOUNDED  # an answer (AE), not silence
-                    await asyncio.to_thread(self.outbox.retry_later, [item.id], delay, outcome.reason, refused)
+                    await self._report(self.outbox.retry_later, [item], delay, outcome.reason, refused)
                     self.summary.retried += 1
 
     async def _dead(self, items: Sequence[Item], reason: str) -> None:
-        await asyncio.to_thread(self.outbox.dead, [i.id for i in items], reason)
+        await self._report(self.outbox.dead, items, reason)
         self.summary.dead += len(items)
-        # The server's reason may quote measured values: it is kept in the outbox (phg queue show ID)
-        # and logged only at DEBUG.
+        # The reason may quote measured values: it is kept in the outbox (phg queue show ID) and logged
+        # only at DEBUG.
         ids = ",".join(str(i.id) for i in items)
         log.warning("%s: %d reading(s) dead-lettered (outbox ids %s); see phg queue show",
                     self.destination.name, len(items), ids)

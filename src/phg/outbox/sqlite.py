@@ -8,10 +8,20 @@ crash but the last transactions can roll back after a power loss, which would lo
 device already considers uploaded (and may have erased from its memory). The cost, one fsync per
 commit, is paid per batch: `enqueue` stores a whole list of readings in one transaction.
 
-Leases. `lease` moves due items to `inflight` with a deadline in `next_attempt`. Nothing has to
-run when a worker dies: an inflight item whose deadline has passed is simply due again, so a crash
-delays readings by at most one lease and never loses them. Re-sending is safe by design (PHD IG
-conditional create), which is what makes "at least once" the right guarantee here.
+Leases. `lease` moves due items to `inflight` with a deadline in `next_attempt` and a fresh random
+token in `lease`, which it returns with the items. The outcome reports (`delivered`, `retry_later`,
+`dead`, `release`) given that token apply only to items still inflight under it: a worker whose
+lease expired and was taken by another cannot undo or repeat the other's outcome. A worker renews
+(`renew`) the lease of every batch it holds while it holds it, so a slow send never loses its lease
+to a second leaser. Nothing has to run when a worker dies: an inflight item whose deadline has
+passed is simply due again, so a crash delays readings by at most one lease and never loses them.
+Re-sending is safe by design (PHD IG conditional create), which is what makes "at least once" the
+right guarantee here.
+
+Clocks. Due times and lease deadlines are wall-clock times (they outlive the process). A clock that
+ran ahead when they were written leaves them far in the future once it is corrected; `lease` and
+`next_due` take a `horizon` (the longest delay the caller ever sets, plus a margin) and treat a time
+beyond now + horizon as due now, so a clock jump delays nothing by more than that.
 
 Concurrency. Every write runs in `BEGIN IMMEDIATE`, which takes SQLite's single write lock before
 reading which items are due; two leasers (threads or processes on the same file) therefore never
@@ -36,7 +46,9 @@ wrong, and creating our tables in someone else's database would be a silent mess
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -84,6 +96,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # as distinct from attempts, which also count outages: the AE retry limit counts only these.
         "ALTER TABLE item ADD COLUMN refusals INTEGER NOT NULL DEFAULT 0",
     ),
+    (
+        # The token of the lease an inflight item is under: outcome reports apply under it only.
+        "ALTER TABLE item ADD COLUMN lease TEXT",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -122,8 +138,13 @@ def storage_error(path: Path, exc: sqlite3.Error) -> StorageError | None:
     return StorageError(f"{path}: {_STORAGE_FAULTS[primary]} (sqlite: {exc})", str(path))
 
 
+def _beyond(now: float, horizon: float | None) -> float:
+    """The wall-clock time past which a stored due time or lease deadline is a clock error."""
+    return math.inf if horizon is None else now + horizon
+
+
 _COLUMNS = ("id, destination, key, payload, state, attempts, next_attempt, created, updated, last_error, result,"
-            " refusals")
+            " refusals, lease")
 _BUSY_TIMEOUT_MS = 30_000  # another process holding the write lock: wait, do not fail
 
 
@@ -145,6 +166,7 @@ class Item:
     last_error: str | None
     result: str | None
     refusals: int = 0  # answers that refused this item for now (HL7 v2 AE/CE), outages not counted
+    lease: str | None = None  # the token of the lease it is (or last was) inflight under
 
 
 class Outbox:
@@ -292,25 +314,42 @@ class Outbox:
         rows = self._read("SELECT value FROM source_state WHERE name = ?", (name,))
         return rows[0][0] if rows else None
 
-    def lease(self, destination: str, limit: int, lease_seconds: float, now: float | None = None) -> list[Item]:
+    def lease(self, destination: str, limit: int, lease_seconds: float, now: float | None = None,
+              horizon: float | None = None) -> list[Item]:
         """Take up to `limit` due items, oldest first: queued ones whose `next_attempt` has come
         and inflight ones whose lease has expired (their worker died). They become inflight until
-        `now + lease_seconds` and count one more attempt. Atomic, so no item goes to two leasers."""
+        `now + lease_seconds` under one new token (`Item.lease`) and count one more attempt. Atomic,
+        so no item goes to two leasers. `horizon`: a due time or deadline later than `now + horizon`
+        was set by a clock that ran ahead, and is due now (module docstring, "Clocks")."""
         now = time.time() if now is None else now
+        token = secrets.token_hex(8)
         with self._write() as conn:
             rows = conn.execute(
-                f"UPDATE item SET state = 'inflight', next_attempt = ?, attempts = attempts + 1, updated = ?"
+                f"UPDATE item SET state = 'inflight', next_attempt = ?, attempts = attempts + 1, updated = ?, lease = ?"
                 f" WHERE id IN (SELECT id FROM item WHERE destination = ? AND state IN ('queued', 'inflight')"
-                f" AND next_attempt <= ? ORDER BY id LIMIT ?) RETURNING {_COLUMNS}",
-                (now + lease_seconds, now, destination, now, limit),
+                f" AND (next_attempt <= ? OR next_attempt > ?) ORDER BY id LIMIT ?) RETURNING {_COLUMNS}",
+                (now + lease_seconds, now, token, destination, now, _beyond(now, horizon), limit),
             ).fetchall()
         return sorted((Item(*row) for row in rows), key=lambda item: item.id)
 
-    # The outcome reports below apply to inflight items only. A report about an item that is no
-    # longer in flight is stale (e.g. a worker whose lease expired, reporting after another worker
-    # delivered the item) and is ignored rather than allowed to undo a delivery or a dead-letter.
+    def renew(self, token: str, lease_seconds: float) -> int:
+        """Extend the lease `token` to `lease_seconds` from now; return how many items are still
+        inflight under it (0: its items were all reported, or the lease expired and was taken)."""
+        now = time.time()
+        with self._write() as conn:
+            return conn.execute(
+                "UPDATE item SET next_attempt = ?, updated = ? WHERE state = 'inflight' AND lease = ?",
+                (now + lease_seconds, now, token),
+            ).rowcount
 
-    def delivered(self, ids: Sequence[int], results: Sequence[str | None] | None = None) -> None:
+    # The outcome reports below apply to inflight items only, and with `token` only to those still
+    # under that lease. A report about an item that is no longer in flight (or no longer under the
+    # reporter's lease) is stale, e.g. a worker whose lease expired reporting after another worker
+    # delivered the item, and is ignored rather than allowed to undo a delivery or a dead-letter.
+    # `token=None` (tools, tests) applies to any inflight item.
+
+    def delivered(self, ids: Sequence[int], results: Sequence[str | None] | None = None, *,
+                  token: str | None = None) -> None:
         """Mark items delivered, recording per item what the destination answered."""
         if results is None:
             results = [None] * len(ids)
@@ -319,36 +358,39 @@ class Outbox:
         now = time.time()
         with self._write() as conn:
             conn.executemany(
-                "UPDATE item SET state = 'delivered', result = ?, updated = ? WHERE id = ? AND state = 'inflight'",
-                [(result, now, id_) for id_, result in zip(ids, results, strict=True)],
+                "UPDATE item SET state = 'delivered', result = ?, updated = ?"
+                " WHERE id = ? AND state = 'inflight' AND (?4 IS NULL OR lease = ?4)",
+                [(result, now, id_, token) for id_, result in zip(ids, results, strict=True)],
             )
 
-    def retry_later(self, ids: Sequence[int], delay: float, error: str, refused: bool = False) -> None:
+    def retry_later(self, ids: Sequence[int], delay: float, error: str, refused: bool = False, *,
+                    token: str | None = None) -> None:
         """A transient failure: queue the items again, due in `delay` seconds. `refused`: the
         destination answered and refused these items for now (counted in `refusals`)."""
         now = time.time()
         self._update_inflight(
-            ids, "state = 'queued', next_attempt = ?, last_error = ?, updated = ?, refusals = refusals + ?",
+            ids, token, "state = 'queued', next_attempt = ?, last_error = ?, updated = ?, refusals = refusals + ?",
             (now + delay, error, now, int(refused)),
         )
 
-    def dead(self, ids: Sequence[int], reason: str) -> None:
+    def dead(self, ids: Sequence[int], reason: str, *, token: str | None = None) -> None:
         """A permanent failure: park the items with the reason (e.g. OperationOutcome diagnostics)."""
-        self._update_inflight(ids, "state = 'dead', last_error = ?, updated = ?", (reason, time.time()))
+        self._update_inflight(ids, token, "state = 'dead', last_error = ?, updated = ?", (reason, time.time()))
 
-    def release(self, ids: Sequence[int]) -> None:
+    def release(self, ids: Sequence[int], *, token: str | None = None) -> None:
         """Give leased items back, due now, without counting the attempt: delivery stopped for a
         reason that is not theirs (e.g. the destination refused our credentials)."""
         now = time.time()
         self._update_inflight(
-            ids, "state = 'queued', next_attempt = ?, attempts = max(attempts - 1, 0), updated = ?", (now, now)
+            ids, token, "state = 'queued', next_attempt = ?, attempts = max(attempts - 1, 0), updated = ?", (now, now)
         )
 
-    def _update_inflight(self, ids: Sequence[int], assignments: str, params: tuple[object, ...]) -> None:
+    def _update_inflight(self, ids: Sequence[int], token: str | None, assignments: str,
+                         params: tuple[object, ...]) -> None:
         with self._write() as conn:
             conn.executemany(
-                f"UPDATE item SET {assignments} WHERE id = ? AND state = 'inflight'",
-                [(*params, id_) for id_ in ids],
+                f"UPDATE item SET {assignments} WHERE id = ? AND state = 'inflight' AND (? IS NULL OR lease = ?)",
+                [(*params, id_, token, token) for id_ in ids],
             )
 
     def get(self, id: int) -> Item | None:
@@ -392,12 +434,15 @@ class Outbox:
             )
             return cursor.rowcount
 
-    def next_due(self, destination: str) -> float | None:
+    def next_due(self, destination: str, horizon: float | None = None) -> float | None:
         """When the next item of `destination` becomes due (a queued item's next attempt or an
-        inflight item's lease deadline), or None when nothing is waiting: the worker sleeps until then."""
+        inflight item's lease deadline), or None when nothing is waiting: the worker sleeps until then.
+        A time beyond now + `horizon` counts as now, as in `lease`."""
+        now = time.time()
         rows = self._read(
-            "SELECT min(next_attempt) FROM item WHERE destination = ? AND state IN ('queued', 'inflight')",
-            (destination,),
+            "SELECT min(CASE WHEN next_attempt > ? THEN ? ELSE next_attempt END) FROM item"
+            " WHERE destination = ? AND state IN ('queued', 'inflight')",
+            (_beyond(now, horizon), now, destination),
         )
         return rows[0][0]
 
