@@ -37,6 +37,22 @@ that). The transaction that failed is rolled back (SQLite does so itself after S
 I/O error; `_write` rolls back whatever is still open), so a caller told "failed" really stored
 nothing. Other sqlite3 errors (constraints, programming errors) pass through unchanged.
 
+Small disks. SQLite's defaults checkpoint the WAL only once it holds 1,000 pages (about 4 MB) and
+never give its space back, so on a smaller file system the WAL alone fills the disk. Here a
+PASSIVE checkpoint follows any commit that leaves WAL_CHECKPOINT_PAGES pages in the WAL
+(`wal_autocheckpoint`), after which the next writer starts the WAL over, reusing its space, and
+truncates it to WAL_LIMIT bytes (`journal_size_limit`): the WAL stays under WAL_LIMIT unless one
+transaction alone is bigger (a checkpoint never splits a transaction) or another connection keeps
+reading an old snapshot. A write that fails for space runs `wal_checkpoint(TRUNCATE)`, which moves
+the WAL into the database and gives the WAL's space back to the file system, and `enqueue` is then
+tried once more. None of this touches durability: every commit is still fsynced (synchronous=FULL),
+and a checkpoint only copies committed pages (https://www.sqlite.org/wal.html#ckpt).
+
+Retention. A delivered item's payload (health data) is kept `keep_delivered` seconds after its
+delivery, then replaced by PURGED (JSON null); the row and its key stay, so the same reading
+enqueued again is still recognised as delivered and not sent twice. Writes apply it themselves,
+at most once a minute (in every write when `keep_delivered` is 0), in their own transaction.
+
 Whose file. The outbox stamps `PRAGMA application_id` (SQLite's own "which program owns this file"
 field) with APPLICATION_ID. A database stamped by another program, or an unstamped one that already
 holds tables that are not the outbox's, is refused rather than migrated over: the path is probably
@@ -46,18 +62,21 @@ wrong, and creating our tables in someone else's database would be a silent mess
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 from phg.errors import ConfigError, StorageError
+from phg.secretfile import require_private
 
 QUEUED = "queued"
 INFLIGHT = "inflight"
@@ -118,7 +137,15 @@ _STORAGE_FAULTS = {
 
 
 def storage_error(path: Path, exc: sqlite3.Error) -> StorageError | None:
-    """The StorageError for a sqlite3 error that is a storage fault, naming the file; None otherwise.
+    """The StorageError for a sqlite3 error that is a storage fault, naming the file; None otherwise."""
+    primary = _fault(path, exc)
+    if primary is None:
+        return None
+    return StorageError(f"{path}: {_STORAGE_FAULTS[primary]} (sqlite: {exc})", str(path))
+
+
+def _fault(path: Path, exc: BaseException | None) -> int | None:
+    """The SQLite primary result code of a storage fault (a key of _STORAGE_FAULTS), else None.
     SQLite reports a full disk met while growing its shared-memory file, or a read-only file system
     met while creating it, as an I/O or "cannot open" error: the file system itself says which."""
     code = getattr(exc, "sqlite_errorcode", None)
@@ -135,7 +162,7 @@ def storage_error(path: Path, exc: sqlite3.Error) -> StorageError | None:
                 primary = sqlite3.SQLITE_READONLY
             elif fs.f_bavail == 0 and primary == sqlite3.SQLITE_IOERR:
                 primary = sqlite3.SQLITE_FULL
-    return StorageError(f"{path}: {_STORAGE_FAULTS[primary]} (sqlite: {exc})", str(path))
+    return primary
 
 
 def _beyond(now: float, horizon: float | None) -> float:
@@ -146,6 +173,29 @@ def _beyond(now: float, horizon: float | None) -> float:
 _COLUMNS = ("id, destination, key, payload, state, attempts, next_attempt, created, updated, last_error, result,"
             " refusals, lease")
 _BUSY_TIMEOUT_MS = 30_000  # another process holding the write lock: wait, do not fail
+WAL_CHECKPOINT_PAGES = 64  # wal_autocheckpoint: 256 KiB of 4 KiB pages (SQLite's default is 1,000)
+WAL_LIMIT = 512 * 1024  # journal_size_limit: bytes the WAL is cut back to when it starts over
+KEEP_DELIVERED = 7 * 86400.0  # seconds a delivered payload is kept (config [outbox] keep_delivered)
+PURGED = "null"  # a delivered item's payload once kept long enough (valid JSON: `phg queue show` reads it)
+_RETENTION_INTERVAL = 60.0  # seconds between two retention passes
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _once_more_when_full(method: Callable[P, T]) -> Callable[P, T]:
+    """Run a write once more when it failed for a full disk: the failed write has already given the
+    WAL's space back to the file system (`_write`), which may be room enough now. Safe for any write
+    method: the failed call stored nothing."""
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return method(*args, **kwargs)
+        except StorageError as exc:
+            if exc.path is None or _fault(Path(exc.path), exc.__cause__) != sqlite3.SQLITE_FULL:
+                raise
+        return method(*args, **kwargs)
+    return wrapper
 
 
 @dataclass(frozen=True)
@@ -177,8 +227,14 @@ class Outbox:
     `asyncio.to_thread` so that the event loop never waits on an fsync.
     """
 
-    def __init__(self, path: Path | str):
+    def __init__(self, path: Path | str, keep_delivered: float = KEEP_DELIVERED,
+                 clock: Callable[[], float] = time.time):
+        """`keep_delivered`: seconds a delivered payload is kept (0: blanked in the write that
+        delivers it). `clock` tells retention the time (tests pass their own)."""
         self.path = Path(path)
+        self.keep_delivered = keep_delivered
+        self._clock = clock
+        self._retention_due = -math.inf
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
@@ -195,8 +251,11 @@ class Outbox:
             with self._storage_errors():
                 self._conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
                 self._refuse_foreign()  # before WAL mode, which would already rewrite another program's file
+                require_private(self.path, "the outbox (it holds health data)")
                 self._conn.execute("PRAGMA journal_mode = WAL")
                 self._conn.execute("PRAGMA synchronous = FULL")
+                self._conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
+                self._conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT}")
                 self._migrate()
         except BaseException:
             self._conn.close()
@@ -262,17 +321,36 @@ class Outbox:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
+                self._apply_retention()
                 self._conn.execute("COMMIT")
-            except BaseException:
+            except BaseException as exc:
                 if self._conn.in_transaction:
                     with contextlib.suppress(sqlite3.Error):  # the original error is the one to report
                         self._conn.execute("ROLLBACK")
+                if _fault(self.path, exc) == sqlite3.SQLITE_FULL:
+                    with contextlib.suppress(sqlite3.Error):  # still full: the next write tries again
+                        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 raise
+
+    def _apply_retention(self) -> None:
+        """Blank the payloads delivered more than keep_delivered ago, at most once a minute."""
+        now = self._clock()
+        if now < self._retention_due:
+            return
+        self._blank_delivered(now - self.keep_delivered)
+        self._retention_due = now + min(_RETENTION_INTERVAL, self.keep_delivered)
+
+    def _blank_delivered(self, before: float, destination: str | None = None) -> int:
+        """Replace with PURGED the payloads of items delivered at or before `before`; return how many."""
+        return self._conn.execute(
+            "UPDATE item SET payload = ?1 WHERE state = 'delivered' AND updated <= ?2 AND payload <> ?1"
+            " AND (?3 IS NULL OR destination = ?3)", (PURGED, before, destination)).rowcount
 
     def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
         with self._lock, self._storage_errors():
             return self._conn.execute(sql, params).fetchall()
 
+    @_once_more_when_full
     def enqueue(
         self,
         destination: str | Sequence[str],
@@ -433,6 +511,12 @@ class Outbox:
                 "DELETE FROM item WHERE state = 'dead' AND (?1 IS NULL OR destination = ?1)", (destination,)
             )
             return cursor.rowcount
+
+    def purge_delivered(self, destination: str | None = None) -> int:
+        """Blank the payloads of all delivered items now, whatever keep_delivered says; return how
+        many. Their rows and keys stay: the same reading enqueued again is still known as delivered."""
+        with self._write():
+            return self._blank_delivered(math.inf, destination)
 
     def next_due(self, destination: str, horizon: float | None = None) -> float | None:
         """When the next item of `destination` becomes due (a queued item's next attempt or an
