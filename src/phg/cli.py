@@ -33,7 +33,8 @@ class Context:
     def outbox(self):
         from phg.outbox import Outbox
 
-        return Outbox(self.config().outbox_path)
+        config = self.config()
+        return Outbox(config.outbox_path, keep_delivered=config.keep_delivered)
 
 
 def fail(message: str, code: int) -> None:
@@ -330,11 +331,19 @@ def queue_retry(obj: Context, item_id: int) -> None:
 
 
 @queue.command("purge")
-@click.option("--dead", is_flag=True, required=True, help="Remove dead items.")
+@click.option("--dead", is_flag=True, help="Remove dead items.")
+@click.option("--delivered", is_flag=True,
+              help="Erase delivered readings now (their keys stay: they are not queued again).")
 @click.pass_obj
-def queue_purge(obj: Context, dead: bool) -> None:
-    """Remove dead items for good."""
-    click.echo(f"removed {obj.outbox().purge_dead()} dead item(s)")
+def queue_purge(obj: Context, dead: bool, delivered: bool) -> None:
+    """Remove dead items and/or delivered readings for good."""
+    if not (dead or delivered):
+        raise click.UsageError("say what to purge: --dead, --delivered or both")
+    outbox = obj.outbox()
+    if dead:
+        click.echo(f"removed {outbox.purge_dead()} dead item(s)")
+    if delivered:
+        click.echo(f"erased the readings of {outbox.purge_delivered()} delivered item(s)")
 
 
 # ------------------------------------------------------------------------------------------ doctor / demo

@@ -8,6 +8,7 @@ A wrong value stops start-up with a ConfigError naming the file and the key.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 import uuid
 from dataclasses import dataclass, field, replace
@@ -19,6 +20,7 @@ from phg.model import Gateway, PatientRef
 
 DEFAULT_SCOPE = "system/Patient.cu system/Device.cu system/Observation.c"
 IG_VERSIONS = ("2.0.0", "1.1.0")
+KEEP_DELIVERED = 7 * 86400.0  # [outbox] keep_delivered: seconds a delivered reading's payload stays in the outbox
 
 # environment variable -> (section, key)
 ENVIRONMENT = {
@@ -68,7 +70,7 @@ KEYS = {
     "gateway": {"system_id", "manufacturer", "model", "serial", "firmware"},
     "fhir": {"base_url", "ig_version", "allow_insecure_http", "timeout"},
     "auth": {"client_id", "key_file", "scope", "token_url"},
-    "outbox": {"path"},
+    "outbox": {"path", "keep_delivered"},
     "delivery": {"batch_size", "max_retry_delay", "lease_seconds"},
     "patient": {"system", "value"},
     "ble": {"allow", "pair_new", "scan_seconds"},
@@ -89,6 +91,7 @@ class DestinationConfig:
 class Config:
     gateway: Gateway
     outbox_path: Path
+    keep_delivered: float = KEEP_DELIVERED
     fhir_base: str | None = None
     ig_version: str = "2.0.0"
     batch_size: int = 50
@@ -226,6 +229,7 @@ def load_config(path: Path | None = None, env: dict[str, str] | None = None) -> 
     return Config(
         gateway=gateway,
         outbox_path=Path(outbox).expanduser() if outbox else user_data_dir() / "outbox.sqlite",
+        keep_delivered=_keep_delivered(raw),
         fhir_base=(raw.get("fhir", "base_url", str, None) or "").rstrip("/") or None,
         ig_version=ig_version,
         batch_size=batch_size,
@@ -245,6 +249,22 @@ def load_config(path: Path | None = None, env: dict[str, str] | None = None) -> 
         ble_scan_seconds=raw.get("ble", "scan_seconds", float, 5.0),
         source=source,
     )
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _keep_delivered(raw: _Raw) -> float:
+    """[outbox] keep_delivered: seconds (a number, 0 = not at all) or a whole number with a unit:
+    "90s", "30m", "12h", "7d"; at most 3650 days."""
+    value = raw.get("outbox", "keep_delivered", object, KEEP_DELIVERED)
+    seconds = value
+    if isinstance(value, str) and (match := re.fullmatch(r"\s*(\d{1,7})\s*([smhd]?)\s*", value)):
+        seconds = int(match[1]) * _DURATION_UNITS[match[2] or "s"]
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 <= seconds <= 3650 * 86400:
+        raise ConfigError(f"{raw.origin[('outbox', 'keep_delivered')]}: [outbox] keep_delivered must be seconds "
+                          f'(0 to 315360000) or a duration such as "7d", "12h", "30m", not {value!r}')
+    return float(seconds)
 
 
 def _destinations(tables: Any, path: str) -> tuple[DestinationConfig, ...]:
@@ -292,6 +312,9 @@ scope = "{scope}"
 [outbox]
 # The durable queue (SQLite). Readings wait here while the network is down.
 path = "{outbox}"
+# How long a delivered reading's measurements stay in the outbox: seconds, or "30m", "12h", "7d".
+# After that only its key is kept (so it is never queued again); 0 = drop them once delivered.
+keep_delivered = "7d"
 
 # Whom the devices' readings belong to, as the EHR identifies the patient.
 # [patient]

@@ -17,9 +17,11 @@ Steps, in the order a request meets them:
 from __future__ import annotations
 
 import json
+import os
 import re
 import ssl
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 
@@ -30,6 +32,7 @@ from phg.transport import require_secure_url
 Echo = Callable[[str], None]
 
 REQUIRED = (("Patient", "c"), ("Device", "c"), ("Observation", "c"))
+LOW_SPACE = 32 * 2**20  # bytes free on the outbox's file system below which doctor warns
 
 
 class Checks:
@@ -293,9 +296,21 @@ def _outbox(checks: Checks, config: Config) -> None:
     from phg.outbox import Outbox
 
     try:
-        with Outbox(config.outbox_path) as outbox:
+        with Outbox(config.outbox_path, keep_delivered=config.keep_delivered) as outbox:
             counts = outbox.counts()
         checks.good(f"outbox {config.outbox_path}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
                     "outbox")
     except Exception as exc:  # noqa: BLE001 - any failure to open the file is reported, not raised
         checks.bad(f"outbox {config.outbox_path}: {exc}", "check the path and its permissions", "outbox")
+        return
+    _free_space(checks, config.outbox_path.parent)
+
+
+def _free_space(checks: Checks, directory: Path) -> None:
+    """Warn when the outbox's file system has less than LOW_SPACE free: a full disk stops queueing."""
+    fs = os.statvfs(directory)
+    free = fs.f_bavail * fs.f_frsize
+    if free < LOW_SPACE:
+        checks.warn(f"only {free / 2**20:.1f} MiB free of {fs.f_blocks * fs.f_frsize / 2**20:.1f} MiB on the file "
+                    f"system holding {directory}: readings cannot be queued once it is full; free some space, "
+                    "move [outbox] path, or shorten [outbox] keep_delivered", "outbox")

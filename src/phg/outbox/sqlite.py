@@ -51,7 +51,8 @@ and a checkpoint only copies committed pages (https://www.sqlite.org/wal.html#ck
 Retention. A delivered item's payload (health data) is kept `keep_delivered` seconds after its
 delivery, then replaced by PURGED (JSON null); the row and its key stay, so the same reading
 enqueued again is still recognised as delivered and not sent twice. Writes apply it themselves,
-at most once a minute (in every write when `keep_delivered` is 0), in their own transaction.
+at most once a minute (in every write when `keep_delivered` is 0), in their own transaction. An
+outbox opened without a period (None) erases nothing: it does not know what the config says.
 
 Whose file. The outbox stamps `PRAGMA application_id` (SQLite's own "which program owns this file"
 field) with APPLICATION_ID. A database stamped by another program, or an unstamped one that already
@@ -175,7 +176,6 @@ _COLUMNS = ("id, destination, key, payload, state, attempts, next_attempt, creat
 _BUSY_TIMEOUT_MS = 30_000  # another process holding the write lock: wait, do not fail
 WAL_CHECKPOINT_PAGES = 64  # wal_autocheckpoint: 256 KiB of 4 KiB pages (SQLite's default is 1,000)
 WAL_LIMIT = 512 * 1024  # journal_size_limit: bytes the WAL is cut back to when it starts over
-KEEP_DELIVERED = 7 * 86400.0  # seconds a delivered payload is kept (config [outbox] keep_delivered)
 PURGED = "null"  # a delivered item's payload once kept long enough (valid JSON: `phg queue show` reads it)
 _RETENTION_INTERVAL = 60.0  # seconds between two retention passes
 
@@ -227,10 +227,11 @@ class Outbox:
     `asyncio.to_thread` so that the event loop never waits on an fsync.
     """
 
-    def __init__(self, path: Path | str, keep_delivered: float = KEEP_DELIVERED,
+    def __init__(self, path: Path | str, keep_delivered: float | None = None,
                  clock: Callable[[], float] = time.time):
         """`keep_delivered`: seconds a delivered payload is kept (0: blanked in the write that
-        delivers it). `clock` tells retention the time (tests pass their own)."""
+        delivers it; None: kept, for a process that does not know the configured period, which
+        must not erase early). `clock` tells retention the time (tests pass their own)."""
         self.path = Path(path)
         self.keep_delivered = keep_delivered
         self._clock = clock
@@ -335,7 +336,7 @@ class Outbox:
     def _apply_retention(self) -> None:
         """Blank the payloads delivered more than keep_delivered ago, at most once a minute."""
         now = self._clock()
-        if now < self._retention_due:
+        if self.keep_delivered is None or now < self._retention_due:
             return
         self._blank_delivered(now - self.keep_delivered)
         self._retention_due = now + min(_RETENTION_INTERVAL, self.keep_delivered)
