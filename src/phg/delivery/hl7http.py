@@ -5,8 +5,12 @@ One request per reading, so that one ACK answers exactly one reading; the pooled
 the connection open between them. Answers:
 - a body holding an ACK: classified like MLLP (phg.hl7v2.ack), whatever the status code;
 - 401/403: AuthError (credentials are fixed by a person; the queue is untouched);
-- 408, 429, 5xx or a connection error without an ACK: not delivered, retried (Retry-After honoured
-  when it is the first message of the batch);
+- a connection that cannot be made (refused, DNS, connect timeout, TLS handshake): TransientDeliveryError
+  with reached=False, an outage that says nothing about the readings;
+- 408, 429, 5xx or a connection error after the request went out, without an ACK: not delivered,
+  retried. A Retry-After on any message of a batch ends the batch there (the messages before keep
+  their ACK, the rest are Retry with that retry_after) and nothing more is sent to this destination
+  until it has passed (RFC 9110 section 10.2.3);
 - any other answer without an ACK: not delivered, retried (the receiver's state is unknown).
 """
 
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -52,22 +57,26 @@ class HttpHl7Destination:
             verify: ssl.SSLContext | bool = tls_context(ca_file, client_cert, client_key)
             client = httpx.AsyncClient(verify=verify, timeout=timeout)
         self.client = client
+        self._not_before = 0.0  # time.monotonic() before which the server asked not to be sent anything
 
     async def send(self, readings: Sequence[Reading]) -> list[Outcome]:
+        wait = self._not_before - time.monotonic()
+        if wait > 0:
+            raise TransientDeliveryError(f"{self.url} asked to wait (Retry-After): {wait:.1f} s left", retry_after=wait)
         rendered = await asyncio.to_thread(render_batch, readings, self.gateway,
                                            receiving_application=self.receiving_application,
                                            receiving_facility=self.receiving_facility)
-        self._retry_after: float | None = None
-        try:
-            return await send_each(self.name, self.url, rendered, self.exchange)
-        except TransientDeliveryError as exc:
-            raise TransientDeliveryError(str(exc), retry_after=self._retry_after, detail=exc.detail) from exc
+        return await send_each(self.name, self.url, rendered, self.exchange)
 
     async def post(self, content: bytes, headers: Mapping[str, str], what: str,
                    control_id: str) -> httpx.Response | Retry:
-        """POST one message: the response, a Retry when no answer came, AuthError on 401/403."""
+        """POST one message: the response, a Retry when no answer came, AuthError on 401/403,
+        TransientDeliveryError(reached=False) when no connection could be made."""
         try:
             response = await self.client.post(self.url, content=content, headers={**headers, **self.headers})
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # TLS handshake failures are ConnectError
+            raise TransientDeliveryError(f"cannot connect to {self.url}: {exc.__class__.__name__}: {exc}",
+                                         reached=False) from exc
         except httpx.HTTPError as exc:
             return Retry(f"{self.url}: {exc.__class__.__name__}: {exc} (no ACK for {control_id})", UNBOUNDED)
         if response.status_code in (401, 403):
@@ -83,11 +92,19 @@ class HttpHl7Destination:
         try:
             ack = parse_ack(response.content)
         except AckError as exc:
-            if response.status_code in TRANSIENT_STATUSES:
-                self._retry_after = retry_after(response)
-            return Retry(f"{self.url} answered HTTP {response.status_code} without a usable ACK for {control_id}: "
-                         f"{exc}", UNBOUNDED)
+            return self.unanswered(response, f"without a usable ACK for {control_id}: {exc}")
         return outcome(ack, control_id, self.ae_retries)
+
+    def unanswered(self, response: httpx.Response, why: str) -> Retry:
+        """A response without an answer to the message: not delivered (Retry). When the status is
+        transient and carries a Retry-After, TransientDeliveryError(retry_after) instead, and this
+        destination sends nothing more until it has passed."""
+        text = f"{self.url} answered HTTP {response.status_code} {why}"
+        wait = retry_after(response) if response.status_code in TRANSIENT_STATUSES else None
+        if wait is None:
+            return Retry(text, UNBOUNDED)
+        self._not_before = time.monotonic() + wait
+        raise TransientDeliveryError(text, retry_after=wait)
 
     async def aclose(self) -> None:
         if self._own_client:

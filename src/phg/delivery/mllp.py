@@ -10,7 +10,9 @@ moves its bytes over asyncio streams, optionally TLS, one PCD-01 message per rea
 - ACKs are classified by phg.hl7v2.ack (AA/CA delivered only when MSA-2 == MSH-10; AR/CR dead;
   AE/CE retried `ae_retries` times); no answer within `ack_timeout`, a garbled answer, a wrong MSA-2
   or a close mid-frame = not delivered: the connection is dropped (its state is unknown) and the
-  rest of the batch waits for the worker's backoff. Nothing is sent after such a failure in a batch.
+  rest of the batch waits for the worker's backoff. Nothing is sent after such a failure in a batch;
+- a connection that cannot be made at all (refused, DNS, connect timeout, TLS handshake) is a
+  TransientDeliveryError with reached=False: an outage says nothing about the readings.
 """
 
 from __future__ import annotations
@@ -114,26 +116,35 @@ def tls_context(ca_file: str | Path | None = None, client_cert: str | Path | Non
 async def send_each(name: str, where: str, rendered: Sequence[tuple[str, str] | MappingError],
                     exchange: Callable[[str, str], Awaitable[Outcome]]) -> list[Outcome]:
     """Send a batch's messages one at a time, in order, and collect one Outcome per reading
-    (shared by the MLLP, HTTP and SOAP destinations). A reading that cannot be mapped is Rejected.
-    After a message whose fate is unknown (no usable ACK) nothing more is sent in this batch: if it was
-    the first, the whole batch is a TransientDeliveryError (the worker's backoff); otherwise the readings
-    already answered keep their outcome and the rest are retried."""
+    (shared by the MLLP, HTTP and SOAP destinations). A reading that cannot be rendered is Rejected.
+    `exchange` gives one message's Outcome, or raises TransientDeliveryError when the peer cannot be
+    reached (reached=False) or asked us to wait (retry_after). After a message whose fate is unknown
+    (no usable ACK, no connection, Retry-After) nothing more is sent in this batch: if no reading had an
+    outcome yet, the whole batch is that TransientDeliveryError (the worker's backoff); otherwise the
+    readings already answered keep their outcome and the rest are Retry (with the server's retry_after)."""
     outcomes: list[Outcome] = []
     for n, item in enumerate(rendered):
         if isinstance(item, MappingError):
             outcomes.append(Rejected(f"cannot map to HL7 v2 PCD-01: {item}"))
             continue
         control_id, message = item
-        result = await exchange(message, control_id)
-        if is_transient(result):
+        try:
+            result = await exchange(message, control_id)
+        except TransientDeliveryError as exc:
             if not outcomes:
-                raise TransientDeliveryError(f"{where}: message {control_id} not acknowledged",
-                                             detail=result.reason)  # type: ignore[union-attr]
+                raise
+            result = Retry(str(exc), UNBOUNDED, exc.retry_after)
+        if not is_transient(result):
             outcomes.append(result)
-            left = len(rendered) - n - 1
-            outcomes += [Retry("not sent: an earlier message of the batch was not acknowledged", UNBOUNDED)] * left
-            break
+            continue
+        if not outcomes:
+            raise TransientDeliveryError(f"{where}: message {control_id} not acknowledged",
+                                         detail=result.reason)  # type: ignore[union-attr]
         outcomes.append(result)
+        wait = result.retry_after  # type: ignore[union-attr]
+        outcomes += [Retry("not sent: an earlier message of the batch was not acknowledged", UNBOUNDED, wait)
+                     ] * (len(rendered) - n - 1)
+        break
     accepted = sum(1 for o in outcomes if not isinstance(o, Retry | Rejected))
     log.info("%s: %d of %d messages acknowledged (AA/CA)", name, accepted, len(rendered))
     return outcomes
@@ -192,12 +203,14 @@ class MllpDestination:
                                lambda message, control_id: self.exchange(message.encode("utf-8"), control_id))
 
     async def exchange(self, message: bytes, control_id: str) -> Outcome:
-        """Send one message and classify the answer. Never raises for network trouble."""
+        """Send one message and classify the answer. Raises TransientDeliveryError(reached=False) when
+        no connection can be made; any trouble after that is a Retry outcome."""
         for _ in range(2):
             try:
                 reused = await self._connect()
-            except (OSError, TimeoutError, ssl.SSLError) as exc:
-                return Retry(f"cannot connect to {self.where}: {exc.__class__.__name__}: {exc}", UNBOUNDED)
+            except (OSError, TimeoutError, ssl.SSLError) as exc:  # refused, DNS, timeout, TLS handshake
+                raise TransientDeliveryError(f"cannot connect to {self.where}: {exc.__class__.__name__}: {exc}",
+                                             reached=False) from exc
             try:
                 answer = await self._round_trip(message, reused)
             except _Stale:

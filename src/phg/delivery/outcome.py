@@ -27,10 +27,12 @@ class Rejected:
 class Retry:
     """The server could not take this reading now but may later (e.g. an HL7 v2 AE ACK): retry it
     with backoff until the server has answered so `max_attempts` times (outages in between do not
-    count), then it goes dead with `reason`."""
+    count), then it goes dead with `reason`. `retry_after`: the server asked that nothing be sent to
+    it for this many seconds (an HTTP Retry-After in the middle of an HL7 v2 batch)."""
 
     reason: str
     max_attempts: int
+    retry_after: float | None = None
 
 
 UNBOUNDED = 2**31  # Retry.max_attempts of "no answer" retries: as many as it takes, like any outage

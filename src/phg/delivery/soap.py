@@ -30,7 +30,6 @@ from phg.errors import AuthError, ConfigError
 from phg.hl7v2.ack import UNBOUNDED, AckError, outcome, parse_ack
 from phg.model import Gateway
 from phg.secretfile import require_private
-from phg.transport import TRANSIENT_STATUSES, retry_after
 
 SOAP12 = "http://www.w3.org/2003/05/soap-envelope"
 WSA = "http://www.w3.org/2005/08/addressing"
@@ -157,7 +156,11 @@ class SoapDestination(HttpHl7Destination):
         return security_header(saml_assertion=self._saml, username=self._username, password=self._password)
 
     async def exchange(self, message: str, control_id: str) -> Outcome:
-        body = envelope(message, to=self.url, message_id=f"urn:uuid:{uuid.uuid4()}", security=self._security())
+        security = self._security()
+        try:
+            body = envelope(message, to=self.url, message_id=f"urn:uuid:{uuid.uuid4()}", security=security)
+        except Exception as exc:  # e.g. lxml refusing text XML 1.0 cannot carry: this reading's problem only
+            return Rejected(f"cannot render the SOAP envelope for {control_id}: {exc.__class__.__name__}: {exc}")
         response = await self.post(body, {"Content-Type": f'application/soap+xml; charset=utf-8; action="{ACTION}"',
                                           "Accept": "application/soap+xml, text/xml"},
                                    "CommunicatePCDData", control_id)
@@ -175,10 +178,7 @@ class SoapDestination(HttpHl7Destination):
                 return Rejected(f"{fault} (for {control_id})")
             return Retry(f"{self.url}: {fault} (for {control_id})", UNBOUNDED)
         except ValueError as exc:
-            if response.status_code in TRANSIENT_STATUSES:
-                self._retry_after = retry_after(response)
-            return Retry(f"{self.url} answered HTTP {response.status_code} without a SOAP response for {control_id}: "
-                         f"{exc}", UNBOUNDED)
+            return self.unanswered(response, f"without a SOAP response for {control_id}: {exc}")
         try:
             ack = parse_ack(ack_text)
         except AckError as exc:

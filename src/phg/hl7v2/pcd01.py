@@ -17,13 +17,14 @@ OBX-4 is MDS.VMD.CHAN.METRIC (PCD TF-2 "OBX-4 sub-id"; 0 = level not applicable)
 OBR-7/8 and MSH-7 in UTC (+0000); the device's own wall clock, when known, rides in a DTM row.
 
 ER7 is written here rather than built with hl7apy's element tree: the message has one fixed shape,
-escaping is five substitutions (HL7 v2.6 ch. 2.7), and hl7apy's tree is ~100x slower. The tests run
+escaping is a few substitutions (HL7 v2.6 ch. 2.7), and hl7apy's tree is ~100x slower. The tests run
 every rendered message through hl7apy strict validation and the PCD-01 checker (checker.py).
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -37,10 +38,29 @@ MONITORING_OF_PATIENT = "182777000^monitoring of patient^SNOMED-CT"
 SEGMENT_SEPARATOR = "\r"
 
 
+# What ER7 cannot carry raw: the C0 controls (CR ends a segment; VT and FS are MLLP's block
+# characters, so a raw one breaks the frame) and DEL, plus U+FFFE/U+FFFF, which XML 1.0 (the SOAP
+# binding) cannot carry. A lone surrogate is no character at all and has no UTF-8 encoding.
+_UNSAFE = re.compile("[\x00-\x1f\x7f\ufffe\uffff\ud800-\udfff]")
+NM_MAX_LENGTH = 16  # HL7 v2.6 ch. 2A, NM: maximum length 16 (hl7apy's NM enforces the same)
+
+
+def _hex_escape(match: re.Match[str]) -> str:
+    char = match.group()
+    if "\ud800" <= char <= "\udfff":
+        raise MappingError(f"text holds a lone surrogate U+{ord(char):04X}, which is not a character and "
+                           "cannot be sent as UTF-8 (MSH-18 UNICODE UTF-8)")
+    return f"\\X{char.encode('utf-8').hex().upper()}\\"
+
+
 def escape(text: str) -> str:
-    """HL7 v2 escape sequences for the delimiters (v2.6 section 2.7.4): \\ first."""
-    return (text.replace("\\", "\\E\\").replace("|", "\\F\\").replace("^", "\\S\\")
-            .replace("&", "\\T\\").replace("~", "\\R\\").replace("\r", "\\X0D\\").replace("\n", "\\X0A\\"))
+    """ER7 text: the delimiters as their escape sequences (HL7 v2.6 section 2.7.4, \\ first), and every
+    character ER7 cannot carry raw as a hexadecimal-data escape \\Xhh..\\ of its UTF-8 bytes (section
+    2.7: "\\Xdddd...\\ hexadecimal data"; MSH-18 is UNICODE UTF-8). A lone surrogate, which no
+    escape can express, is refused with MappingError."""
+    text = (text.replace("\\", "\\E\\").replace("|", "\\F\\").replace("^", "\\S\\")
+            .replace("&", "\\T\\").replace("~", "\\R\\"))
+    return _UNSAFE.sub(_hex_escape, text)
 
 
 def dtm(t: datetime, digits: int = 0) -> str:
@@ -66,8 +86,16 @@ def local_dtm(t: datetime, digits: int = 0) -> str:
 
 
 def number(value: Decimal) -> str:
-    """An NM value: plain decimal notation (never 1E+2), precision kept."""
+    """An NM value: plain decimal notation (never 1E+2), precision kept. A value that is not finite, or
+    whose plain notation would exceed NM's 16 characters, is refused (MappingError) before any string is
+    built: 1E+999999999 would otherwise be a gigabyte of zeros."""
+    if not value.is_finite():
+        raise MappingError(f"{value} is not a number HL7 v2 NM can carry")
+    if max(value.adjusted(), -value.as_tuple().exponent) > NM_MAX_LENGTH:  # type: ignore[operator]
+        raise MappingError(f"a value with exponent {value.adjusted()} does not fit NM's {NM_MAX_LENGTH} characters")
     text = format(value, "f")
+    if len(text) > NM_MAX_LENGTH:
+        raise MappingError(f"a value of {len(text)} characters does not fit NM's {NM_MAX_LENGTH}")
     return "0" if text in ("-0", "+0") else text
 
 
@@ -97,7 +125,8 @@ def render_messages(readings: Sequence[Reading], gateway: Gateway, *, now: datet
 
 def render_batch(readings: Sequence[Reading], gateway: Gateway, *, now: datetime | None = None,
                  receiving_application: str = "", receiving_facility: str = "") -> list[tuple[str, str] | MappingError]:
-    """Per reading: (MSH-10, ER7 message), or the MappingError that reading alone raised."""
+    """Per reading: (MSH-10, ER7 message), or a MappingError saying why that reading alone cannot be
+    rendered. Any exception while rendering one reading is that reading's problem, never the batch's."""
     now = now or datetime.now(UTC)
     seen: dict[str, int] = {}
     out: list[tuple[str, str] | MappingError] = []
@@ -111,6 +140,8 @@ def render_batch(readings: Sequence[Reading], gateway: Gateway, *, now: datetime
                                               receiving_facility=receiving_facility)))
         except MappingError as exc:
             out.append(exc)
+        except Exception as exc:  # a renderer bug must cost this reading only (issue 10)
+            out.append(MappingError(f"{exc.__class__.__name__}: {exc}"))
     return out
 
 
