@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from phg.errors import ReadingError
-from phg.model import load_documents, parse_reading
+from phg.model import loads, parse_documents, parse_reading
 
 DOC = """{"device": {"system_id": "00-1C-05-FF-FE-00-78-25", "bt_address": "00:1c:05:00:78:25",
   "manufacturer": "Acme", "specializations": [{"code": 528388, "version": 1}]},
@@ -22,7 +22,7 @@ DOC = """{"device": {"system_id": "00-1C-05-FF-FE-00-78-25", "bt_address": "00:1
 
 
 def reading():
-    return parse_reading(load_documents(DOC, "doc")[0])
+    return parse_reading(loads(DOC))
 
 
 def test_identity_normalised():
@@ -88,10 +88,11 @@ def test_invalid_documents_name_field_and_reason(change, where, words):
 
 def test_json_lines_and_arrays():
     one = json.dumps(json.loads(DOC))
-    assert len(load_documents(f"[{one},{one}]", "x")) == 2
-    assert len(load_documents(f"{one}\n\n{one}\n", "x")) == 2
-    with pytest.raises(ReadingError, match="line 2"):
-        load_documents(f"{one}\n{{nope\n", "x")
+    assert [len(found) for found in parse_documents(f"[{one},{one}]", "x")] == [2, 0]
+    assert [len(found) for found in parse_documents(f"{one}\n\n{one}\n", "x")] == [2, 0]
+    readings, errors = parse_documents(f"{one}\n{{nope\n{one}".encode(), "x")
+    assert len(readings) == 2 and [str(e) for e in errors] == [
+        "x: line 2 column 2: not JSON: Expecting property name enclosed in double quotes"]
 
 
 json_values = st.recursive(

@@ -139,28 +139,25 @@ def init(obj: Context, force: bool) -> None:
 
 
 def read_readings(files: tuple[str, ...]) -> tuple[list, list[str]]:
-    """Parse every document of every file; invalid ones are reported, never block the valid ones."""
-    from phg.errors import ReadingError
-    from phg.model import load_documents, parse_reading
+    """Parse every document of every file; invalid ones (a bad file, document or JSON Lines line)
+    are reported, never block the valid ones."""
+    from phg.model import MAX_INPUT_BYTES, parse_documents
 
     readings, errors = [], []
     for name in files:
         source = "stdin" if name == "-" else name
         try:
-            text = sys.stdin.read() if name == "-" else Path(name).read_text()
-            docs = load_documents(text, source)
+            if name == "-":
+                data = sys.stdin.buffer.read(MAX_INPUT_BYTES + 1)  # one byte over: parse_documents refuses it
+            else:
+                with open(name, "rb") as file:
+                    data = file.read(MAX_INPUT_BYTES + 1)
         except OSError as exc:
             errors.append(f"{source}: {exc.strerror}")
             continue
-        except ReadingError as exc:
-            errors.append(str(exc))
-            continue
-        for n, doc in enumerate(docs):
-            label = source if len(docs) == 1 else f"{source}[{n}]"
-            try:
-                readings.append(parse_reading(doc, label))
-            except ReadingError as exc:
-                errors.append(str(exc))
+        found, refused = parse_documents(data, source)
+        readings += found
+        errors += map(str, refused)
     return readings, errors
 
 

@@ -6,7 +6,9 @@ PHD IG: FLOAT/SFLOAT precision is kept). Times are timezone-aware and remember h
 digits the device gave, which the PHD IG 2.0.0 duplicate-detection identifier needs.
 
 `parse_reading` turns a reading document (README, "The reading document"; JSON Schema in
-reading.schema.json) into a Reading, or raises ReadingError naming the field and why.
+reading.schema.json) into a Reading, or raises ReadingError naming the field and why; `parse_documents`
+does it for a whole file (one document, an array, or JSON Lines), refusing what is bad and keeping the
+rest. Every document is held to bounds (`check_bounds`) before anything else reads it.
 `Reading.to_document()` is the canonical form that the outbox stores; parsing it gives the same Reading.
 A Reading may carry a DeviceClock: what the gateway learned of the device's clock at collection time,
 from which the FHIR mapping builds the PHD IG Coincident Time Stamp Observation.
@@ -17,9 +19,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -210,6 +213,82 @@ def format_time(t: datetime, digits: int) -> str:
     return text
 
 
+# ---------------------------------------------------------------- bounds
+
+# What a reading document may hold (README, "The reading document"; reading.schema.json states the same).
+# A value is an integer coefficient of at most MAX_DIGITS digits times 10^e, e in MIN_EXPONENT..MAX_EXPONENT:
+# FHIR decimals have 18 digits of precision (FHIR R4 datatypes 2.24.0.1: the XML Schema decimal limit),
+# and the exponent range is the IEEE 11073-20601 FLOAT-Type's (8-bit exponent; it contains SFLOAT's -8..7),
+# so every value a device can send fits while no value makes a renderer write more than ~150 digits.
+MAX_DIGITS, MIN_EXPONENT, MAX_EXPONENT = 18, -128, 127
+MAX_STRING = 1024  # characters in any string
+MAX_DEPTH = 8  # nested objects and arrays (a valid document needs 5)
+MAX_SIZE = 1_000_000  # per document: the characters of its strings and keys plus one per value
+MAX_INPUT_BYTES = 16 * 2**20  # one file or stdin
+# Refused in every string: C0 controls (none excepted), DEL, C1 controls, lone surrogates (not Unicode
+# scalar values, RFC 8259 section 8.2) and U+FFFE/U+FFFF (not XML 1.0 Chars, section 2.2: SOAP needs XML).
+_FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+_BOUNDS = (f"a value is at most {MAX_DIGITS} significant digits times 10^{MIN_EXPONENT}..10^{MAX_EXPONENT} "
+           "(FHIR decimal precision, IEEE 11073 FLOAT exponent)")
+
+
+def check_bounds(doc: Any) -> None:
+    """Refuse (ReadingError naming the field) a document beyond the bounds above: too deep, too large,
+    a string too long or holding a forbidden character, a number that is NaN, infinite or out of range.
+    One pass without recursion, so that it is cheap enough for every stored reading too."""
+    size = 1
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(doc, ())]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, dict | list):
+            if len(path) >= MAX_DEPTH:
+                raise ReadingError(_path(path), f"nested deeper than {MAX_DEPTH} levels")
+            size += len(value)  # counted before they are stacked: a huge array costs no memory here
+            _check_size(size)
+            for key, item in value.items() if isinstance(value, dict) else enumerate(value):
+                if isinstance(key, str):
+                    _check_text(key, path, "a key")
+                    size += len(key)
+                stack.append((item, (*path, key)))
+        elif isinstance(value, str):
+            _check_text(value, path, "the text")
+            size += len(value)
+        elif isinstance(value, int | float | Decimal) and not isinstance(value, bool):
+            check_number(_as_decimal(value), _path(path))
+        elif value is not None and not isinstance(value, bool):
+            raise ReadingError(_path(path), f"a {type(value).__name__} is not a JSON value")
+        _check_size(size)
+
+
+def _check_size(size: int) -> None:
+    if size > MAX_SIZE:
+        raise ReadingError("(document)", f"larger than {MAX_SIZE:,} characters of strings and values")
+
+
+def _check_text(text: str, path: tuple, what: str) -> None:
+    if len(text) > MAX_STRING:
+        raise ReadingError(_path(path), f"{what} is {len(text):,} characters long; at most {MAX_STRING}")
+    if match := _FORBIDDEN.search(text):
+        raise ReadingError(_path(path), f"{what} holds the control character U+{ord(match[0]):04X} at "
+                                        f"position {match.start()}; strings may not hold C0 or C1 controls, "
+                                        "DEL, surrogates, U+FFFE or U+FFFF")
+
+
+def _as_decimal(value: int | float | Decimal) -> Decimal:
+    return value if isinstance(value, Decimal) else Decimal(value) if isinstance(value, int) else Decimal(str(value))
+
+
+def check_number(value: Decimal, where: str) -> None:
+    """Refuse NaN, infinities and values beyond MAX_DIGITS / MIN_EXPONENT..MAX_EXPONENT."""
+    if not value.is_finite():
+        raise ReadingError(where, f"{value} is not a number: JSON has no NaN or Infinity (RFC 8259 section 6)")
+    sign, digits, exponent = value.as_tuple()
+    if len(digits) > MAX_DIGITS:
+        raise ReadingError(where, f"{len(digits):,} significant digits are too many: {_BOUNDS}")
+    if not MIN_EXPONENT <= int(exponent) <= MAX_EXPONENT:
+        raise ReadingError(where, f"the exponent is out of range: {_BOUNDS}")
+
+
 # ---------------------------------------------------------------- parsing
 
 
@@ -228,6 +307,7 @@ def _path(parts) -> str:
     return text or "(document)"
 
 
+_DECIMAL_RE = re.compile(r"[+-]?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?\Z")
 _TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.(\d{1,6}))?(Z|[+-]\d{2}:\d{2})$")
 
 
@@ -265,8 +345,10 @@ def _unit(code: int, given: str | None, where: str) -> str:
     return given
 
 
-def _decimal(value: Any) -> Decimal:
-    return value if isinstance(value, Decimal) else Decimal(str(value))
+def _decimal(value: Any, where: str) -> Decimal:
+    number = value if isinstance(value, Decimal) else Decimal(str(value))
+    check_number(number, where)
+    return number
 
 
 def _hex_id(text: str) -> str:
@@ -275,15 +357,15 @@ def _hex_id(text: str) -> str:
 
 def parse_reading(doc: Any, source: str | None = None) -> Reading:
     """Validate a reading document and build the Reading. Numbers are best parsed from JSON with
-    parse_float=Decimal (see `load_documents`) so that 2.00 keeps its two decimals."""
-    errors = sorted(_validator().iter_errors(doc), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
-    if errors:
-        err = errors[0]
-        raise ReadingError(_path(err.absolute_path), _schema_message(err), source)
+    parse_float=Decimal (see `loads`) so that 2.00 keeps its two decimals."""
     try:
+        check_bounds(doc)  # first: the schema pass must not meet an unbounded document
+        errors = sorted(_validator().iter_errors(doc),
+                        key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+        if errors:
+            raise ReadingError(_path(errors[0].absolute_path), _schema_message(errors[0]))
         return _build(doc)
     except ReadingError as exc:
-        exc.source = source
         raise ReadingError(exc.where, exc.why, source) from None
 
 
@@ -293,10 +375,20 @@ def _schema_message(err) -> str:
     if err.validator == "oneOf" and err.validator_value and "required" in err.validator_value[0]:
         return "needs exactly one of 'code' or 'type'"
     if err.validator == "oneOf" and err.absolute_path and err.absolute_path[-1] == "value":
-        return f"{err.instance!r} is not a decimal number (give a number or a string such as \"2.00\")"
+        return _value_message(err.instance)
     if err.validator == "pattern":
         return f"{err.instance!r} is not in the expected format"
     return err.message
+
+
+def _value_message(value: Any) -> str:
+    """Why a metric or component value is refused: out of bounds, or not a decimal at all."""
+    if isinstance(value, str) and _DECIMAL_RE.match(value):
+        try:
+            check_number(Decimal(value), "value")
+        except ReadingError as exc:
+            return exc.why
+    return f"{value!r} is not a decimal number (give a number or a string such as \"2.00\")"
 
 
 def _build(doc: dict) -> Reading:
@@ -324,7 +416,8 @@ def _build(doc: dict) -> Reading:
         for j, c in enumerate(m.get("components", ())):
             cwhere = f"{where}.components[{j}]"
             ccode = _code(c, cwhere)
-            components.append(Component(ccode, _decimal(c["value"]), _unit(ccode, c.get("unit", unit), cwhere)))
+            components.append(Component(ccode, _decimal(c["value"], f"{cwhere}.value"),
+                                        _unit(ccode, c.get("unit", unit), cwhere)))
         if "value" not in m and not components:
             if "invalid" not in m.get("status", ()) and "not-available" not in m.get("status", ()):
                 raise ReadingError(where, "needs a value, components, or status invalid/not-available")
@@ -335,7 +428,7 @@ def _build(doc: dict) -> Reading:
             code=code,
             time=time,
             time_digits=digits,
-            value=_decimal(m["value"]) if "value" in m else None,
+            value=_decimal(m["value"], f"{where}.value") if "value" in m else None,
             unit=unit,
             status=tuple(m.get("status", ())),
             components=tuple(components),
@@ -357,27 +450,97 @@ def _build_clock(c: dict) -> DeviceClock:
 def from_canonical_json(text: str, source: str) -> Reading:
     """A Reading from canonical JSON (Reading.to_json, as the outbox stores it). That text was
     validated at intake, so the JSON Schema pass, which costs 20 times the rest of parsing, is
-    skipped; the semantic checks still run and anything unexpected is a ReadingError."""
+    skipped; the bounds and the semantic checks still run and anything unexpected is a ReadingError."""
     try:
-        return _build(json.loads(text, parse_float=Decimal))
+        doc = loads(text)
+        check_bounds(doc)
+        return _build(doc)
     except ReadingError as exc:
         raise ReadingError(exc.where, exc.why, source) from None
-    except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
         raise ReadingError("(document)", f"not a canonical reading: {exc.__class__.__name__}: {exc}", source) from None
 
 
-def load_documents(text: str, source: str) -> list[Any]:
-    """Reading documents from JSON text: one object, an array of them, or JSON Lines."""
+def _json_number(text: str) -> int | Decimal:
+    """A JSON number as int (short integers: codes stay ints) or Decimal (precision kept). Never raises:
+    Python's int() refuses more than 4,300 digits, and Decimal() an exponent beyond 10^18, so those
+    become a Decimal that `check_number` refuses, naming the field."""
+    if len(text) <= MAX_DIGITS + 1 and "." not in text and "e" not in text.lower():
+        return int(text)
     try:
-        data = json.loads(text, parse_float=Decimal)
-        return data if isinstance(data, list) else [data]
-    except json.JSONDecodeError as first:
-        docs = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    docs.append(json.loads(line, parse_float=Decimal))
-                except json.JSONDecodeError as exc:
-                    where = f"line {n}" if n > 1 or len(docs) else f"line {first.lineno} column {first.colno}"
-                    raise ReadingError(where, f"not JSON: {exc.msg}", source) from None
-        return docs
+        return Decimal(text)
+    except InvalidOperation:
+        return Decimal("1E+999999999999999999")
+
+
+def loads(text: str) -> Any:
+    """JSON text to Python values, numbers as `_json_number`; malformed JSON is a ReadingError."""
+    try:
+        return json.loads(text, parse_int=_json_number, parse_float=_json_number)
+    except json.JSONDecodeError as exc:
+        raise ReadingError(f"line {exc.lineno} column {exc.colno}", f"not JSON: {exc.msg}") from None
+    except RecursionError:
+        raise ReadingError("(document)", f"not readable: nested far deeper than {MAX_DEPTH} levels") from None
+
+
+def parse_documents(data: bytes | str, source: str) -> tuple[list[Reading], list[ReadingError]]:
+    """The Readings of one file (or stdin), and a refusal for each document, line or file that is
+    bad: a bad document or JSON Lines line never costs the others. Refusals name the document as
+    `source`, `source[3]` (the fourth of an array) or `source line 3` (JSON Lines)."""
+    readings, errors = [], []
+    try:
+        for label, doc in _documents(data, source):
+            try:
+                if isinstance(doc, ReadingError):
+                    raise doc
+                readings.append(parse_reading(doc, label))
+            except ReadingError as exc:
+                errors.append(exc)
+    except ReadingError as exc:  # the file as a whole: too large, not UTF-8, not JSON
+        errors.append(ReadingError(exc.where, exc.why, source))
+    return readings, errors
+
+
+def _documents(data: bytes | str, source: str) -> Iterator[tuple[str, Any]]:
+    """(label, document) for one document, an array of them, or JSON Lines: a text that is not one
+    JSON value is read as JSON Lines (jsonlines.org: one value per line, lines split at \\n only)
+    when its first or second non-blank line is a JSON value on its own; a line that is not JSON then
+    comes as (label, its ReadingError)."""
+    text = _text(data)
+    try:
+        docs = loads(text)
+    except ReadingError:
+        lines = [(n, line) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
+        if len(lines) < 2 or not any(_is_json(line) for _, line in lines[:2]):
+            raise
+        for n, line in lines:
+            try:
+                yield f"{source} line {n}", loads(line)
+            except ReadingError as exc:  # where: "line 1 column 7" of the line alone, or "(document)"
+                column = exc.where.removeprefix("line 1") if exc.where.startswith("line 1 ") else ""
+                yield f"{source} line {n}", ReadingError(f"line {n}{column}", exc.why, source)
+        return
+    if not isinstance(docs, list):
+        yield source, docs
+    else:
+        yield from ((source if len(docs) == 1 else f"{source}[{n}]", doc) for n, doc in enumerate(docs))
+
+
+def _text(data: bytes | str) -> str:
+    """The text of a file: at most MAX_INPUT_BYTES of UTF-8 (RFC 8259 section 8.1; a BOM is ignored)."""
+    if len(data) > MAX_INPUT_BYTES:
+        raise ReadingError("(file)", f"larger than {MAX_INPUT_BYTES // 2**20} MiB: split it")
+    if isinstance(data, str):
+        return data
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ReadingError("(file)", f"not UTF-8 at byte {exc.start}") from None
+
+
+def _is_json(line: str) -> bool:
+    try:
+        loads(line)
+    except ReadingError:
+        return False
+    return True
