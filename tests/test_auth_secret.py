@@ -142,6 +142,16 @@ async def test_secret_auth_refreshes_and_retries_on_401_like_smart(server: Serve
 # ---------------------------------------------------------------------------------------------- settings
 
 
+@pytest.fixture(autouse=True)
+def private_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The file config() names as its source: holding secrets, it must be mode 0600."""
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "phg.toml"
+    path.write_text("")
+    path.chmod(0o600)
+    return path
+
+
 def config(**auth) -> Config:
     fields = {k: auth.pop(k) for k in ("client_id", "key_file") if k in auth}
     return Config(gateway=Gateway(system_id="02AB7FFFFE00C1C1"), outbox_path=Path("/tmp/x"), fhir_base=BASE,

@@ -59,7 +59,8 @@ def patient() -> PatientRef:
     return PatientRef("urn:oid:1.2.3.4.5", f"pt-{uuid.uuid4().hex[:12]}")
 
 
-def write_config(tmp_path: Path, base: str, **auth: str) -> Path:
+def write_config(tmp_path: Path, base: str, **auth: str | list[str]) -> Path:
+    """A config file, mode 0600 (phg refuses a group/world-readable one that holds a secret)."""
     lines = [
         "# test gateway",
         "[gateway]", f'system_id = "{GATEWAY_ID}"', "",
@@ -70,6 +71,7 @@ def write_config(tmp_path: Path, base: str, **auth: str) -> Path:
     ]
     path = tmp_path / "phg.toml"
     path.write_text("\n".join(lines))
+    path.chmod(0o600)
     return path
 
 
@@ -121,9 +123,14 @@ def test_register_then_deliver_with_the_fresh_client(gate: Gate, tmp_path):
     assert again.exit_code != 0 and "already registered" in str(again.exception)
 
 
+# The gate's SMART configuration names the token endpoint of the OAuth peer, another origin (port)
+# than the FHIR base, as real EHRs often do: a client secret goes there only when the config says so.
+TRUSTED = ["127.0.0.1"]
+
+
 @pytest.mark.parametrize("method", ["client_secret_basic", "client_secret_post"])
 def test_client_secret_basic_and_post(gate: Gate, oauth: OAuthServer, tmp_path, method):
-    path = write_config(tmp_path, gate.base_url)
+    path = write_config(tmp_path, gate.base_url, trusted_token_hosts=TRUSTED)
     run_register(path, "--method", method, "--endpoint", oauth.registration_endpoint)
     config = load_config(path, env={})
     assert config.auth["method"] == method.replace("_", "-") and config.auth["client_secret"]
@@ -133,7 +140,7 @@ def test_client_secret_basic_and_post(gate: Gate, oauth: OAuthServer, tmp_path, 
 def test_invalid_client_stops_delivery_and_keeps_the_queue(gate: Gate, oauth: OAuthServer, tmp_path):
     client = oauth.register_client(client_secret_basic=True, scope=DEFAULT_SCOPE)
     path = write_config(tmp_path, gate.base_url, method="client-secret-basic", client_id=client["client_id"],
-                        client_secret="not-the-secret")
+                        client_secret="not-the-secret", token_url=oauth.token_endpoint)
     message = refused_and_kept(path, "invalid_client")
     assert client["client_id"] in message and "not-the-secret" not in message
 
@@ -141,7 +148,7 @@ def test_invalid_client_stops_delivery_and_keeps_the_queue(gate: Gate, oauth: OA
 def test_invalid_scope_stops_delivery_and_keeps_the_queue(gate: Gate, oauth: OAuthServer, tmp_path):
     client = oauth.register_client(client_secret_basic=True, scope="system/Patient.cu")
     path = write_config(tmp_path, gate.base_url, method="client-secret-basic", client_id=client["client_id"],
-                        client_secret=client["client_secret"])
+                        client_secret=client["client_secret"], trusted_token_hosts=TRUSTED)
     message = refused_and_kept(path, "invalid_scope")
     assert "system/Observation.c" in message  # names the scope asked for
 
@@ -343,7 +350,7 @@ def test_mutual_tls_wrong_or_missing_certificate_refused_right_one_delivers(gate
     with tls_front(ca, gate.port) as port:
         base = f"https://127.0.0.1:{port}/fhir"
         auth = dict(method="client-secret-basic", client_id=client["client_id"], client_secret=client["client_secret"],
-                    ca_file=str(ca.ca_file))
+                    ca_file=str(ca.ca_file), trusted_token_hosts=TRUSTED)
 
         def doctor(path: Path) -> str:
             lines: list[str] = []
@@ -490,7 +497,7 @@ def test_no_secret_in_any_log_output(gate: Gate, oauth: OAuthServer, tmp_path, c
 
     secret_dir = tmp_path / "secret"
     secret_dir.mkdir()
-    path = write_config(secret_dir, gate.base_url)
+    path = write_config(secret_dir, gate.base_url, trusted_token_hosts=TRUSTED)
     output = run_register(path, "--method", "client_secret_post", "--endpoint", oauth.registration_endpoint)
     assert deliver_some(path) == (5, 0)
     lines: list[str] = []
@@ -500,7 +507,7 @@ def test_no_secret_in_any_log_output(gate: Gate, oauth: OAuthServer, tmp_path, c
     smart = write_config(smart_dir, gate.base_url, key_file=str(smart_dir / "gw.pem"))
     output += run_register(smart)
     assert deliver_some(smart) == (5, 0)
-    bad = write_config(tmp_path, gate.base_url, method="client-secret-basic",
+    bad = write_config(tmp_path, gate.base_url, method="client-secret-basic", trusted_token_hosts=TRUSTED,
                        client_id=load_config(path, env={}).client_id, client_secret="wrong-" + uuid.uuid4().hex)
     refused_and_kept(bad, "invalid_client")
 

@@ -38,7 +38,10 @@ class Context:
 
 
 def fail(message: str, code: int) -> None:
-    click.secho(f"error: {message}", fg="red", err=True)
+    """Print ``message`` (without control characters: it may quote a server) and exit with ``code``."""
+    from phg.terminal import printable
+
+    click.secho(f"error: {printable(message)}", fg="red", err=True)
     sys.exit(code)
 
 
@@ -105,8 +108,11 @@ class Group(click.Group):
 def main(ctx: click.Context, config_path, fhir_base, client_id, key_file, scope, outbox_path, verbose) -> None:
     """phg: a Personal Health Gateway. Device readings -> FHIR (HL7 PHD IG) -> your EHR, securely,
     through a durable queue."""
-    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from phg.terminal import PrintableFormatter
+
+    handler = logging.StreamHandler()  # log lines may quote a server: no control characters reach the terminal
+    handler.setFormatter(PrintableFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)], handlers=[handler])
     if verbose < 2:
         logging.getLogger("httpx").setLevel(logging.WARNING)
     ctx.obj = Context(config_path, {"fhir_base": fhir_base and fhir_base.rstrip("/"), "client_id": client_id,
@@ -293,12 +299,14 @@ def queue_ls(obj: Context, state: str | None, limit: int) -> None:
     """List queued items (ids, states, attempts; no measured values)."""
     import time
 
+    from phg.terminal import printable
+
     outbox = obj.outbox()
     counts = outbox.counts()
     click.echo("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "empty")
     for item in outbox.items(state=state, limit=limit):
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(item.created))
-        error = (item.last_error or "")[:60]
+        error = printable((item.last_error or "")[:60])
         click.echo(f"{item.id:>7}  {item.destination:<5} {item.state:<9} attempts {item.attempts:<3} {when}  {error}")
 
 

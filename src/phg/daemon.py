@@ -39,7 +39,7 @@ def build_auth(settings, client: httpx.AsyncClient | None = None) -> httpx.Auth 
         return None
     assert settings.fhir_base is not None
     common = dict(fhir_base=settings.fhir_base, token_url=settings.token_url, client=client,
-                  allow_insecure_http=settings.allow_insecure_http)
+                  allow_insecure_http=settings.allow_insecure_http, trusted_token_hosts=settings.trusted_token_hosts)
     if settings.method == "smart-backend":
         if not settings.client_id:
             raise ConfigError(f"{settings.source}: [auth] client_id is required for SMART Backend Services "

@@ -27,6 +27,7 @@ import httpx
 
 from phg.config import Config
 from phg.errors import PhgError
+from phg.terminal import printable
 from phg.transport import require_secure_url
 
 Echo = Callable[[str], None]
@@ -58,10 +59,14 @@ def _tag(step: str) -> str:
 
 
 async def run_checks(config: Config, echo: Echo) -> bool:
-    checks = Checks(echo)
-    ok = await _run(checks, config, echo)
+    """Run every step, printing through ``echo`` without control characters (lines quote servers)."""
+    def printed(line: str) -> None:
+        echo(printable(line))
+
+    checks = Checks(printed)
+    ok = await _run(checks, config, printed)
     if checks.failed_step:
-        echo(f"first failing step: {checks.failed_step}")
+        printed(f"first failing step: {checks.failed_step}")
     return ok and checks.ok
 
 

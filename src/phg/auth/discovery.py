@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from phg.errors import DiscoveryError, TransientDeliveryError
-from phg.transport import TRANSIENT_STATUSES, require_secure_url, transient_error
+from phg.transport import TRANSIENT_STATUSES, connection_error, redact_url, require_secure_url, transient_error
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,9 @@ async def discover(
     """Find the token endpoint of the FHIR server at ``fhir_base``.
 
     Tries ``.well-known/smart-configuration`` first, then the CapabilityStatement at
-    ``/metadata``. Raises TransientDeliveryError when the server could not be reached or answered
-    408/429/5xx (try again later), DiscoveryError when it answered but declares no token endpoint.
+    ``/metadata``. Raises TransientDeliveryError when the server could not be reached (``reached``
+    False when the connection itself failed) or answered 408/429/5xx (try again later),
+    DiscoveryError when it answered but declares no token endpoint.
     Requests are sent with ``auth=None`` so a client that carries SmartBackendAuth can be reused.
     """
     base = fhir_base.rstrip("/")
@@ -80,21 +81,21 @@ async def discover(
         try:
             response = await client.get(url, headers={"Accept": "application/json"}, auth=None)
         except httpx.TransportError as exc:
-            raise TransientDeliveryError(f"discovery: cannot reach {url}: {exc!r}") from exc
+            raise connection_error(exc, f"discovery: cannot reach {redact_url(url)}") from exc
         if response.status_code in TRANSIENT_STATUSES:
             transient = transient_error(response, "discovery:")
-            tried.append(f"{url}: HTTP {response.status_code}")
+            tried.append(f"{redact_url(url)}: HTTP {response.status_code}")
             continue
         found, why = _parse(response, parse)
         if found is not None:
             require_secure_url(found.token_endpoint, "token endpoint", allow_insecure_http=allow_insecure_http)
-            log.info("discovered token endpoint %s via %s", found.token_endpoint, found.source)
+            log.info("discovered token endpoint %s via %s", redact_url(found.token_endpoint), found.source)
             return found
-        tried.append(f"{url}: {why}")
+        tried.append(f"{redact_url(url)}: {why}")
     if transient is not None:
         raise transient
     raise DiscoveryError(
-        f"no SMART token endpoint found for FHIR base {base} ({'; '.join(tried)}); "
+        f"no SMART token endpoint found for FHIR base {redact_url(base)} ({'; '.join(tried)}); "
         "check the FHIR base URL or configure token_url explicitly"
     )
 

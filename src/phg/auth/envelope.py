@@ -25,7 +25,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from joserfc import jwe
 from joserfc.jwk import RSAKey
 
-from phg.errors import ConfigError, TransientDeliveryError
+from phg.errors import ConfigError
+from phg.transport import connection_error, redact_url
 
 ALG = "RSA-OAEP-256"
 ENC = "A256GCM"
@@ -120,17 +121,18 @@ async def load_envelope(encrypt_to: str | None, client: httpx.AsyncClient, kid: 
         return None
     if not encrypt_to.startswith(("https://", "http://")):
         return envelope_from_file(Path(encrypt_to).expanduser(), kid)
+    where = f"[auth] encrypt_to {redact_url(encrypt_to)}"
     try:
         response = await client.get(encrypt_to, headers={"Accept": "application/json"}, auth=None)
     except httpx.TransportError as exc:
-        raise TransientDeliveryError(f"[auth] encrypt_to {encrypt_to}: cannot fetch the JWKS ({exc!r})") from exc
+        raise connection_error(exc, f"{where}: cannot fetch the JWKS") from exc
     if response.status_code != 200:
-        raise ConfigError(f"[auth] encrypt_to {encrypt_to}: HTTP {response.status_code}")
+        raise ConfigError(f"{where}: HTTP {response.status_code}")
     try:
         document = response.json()
     except ValueError:
-        raise ConfigError(f"[auth] encrypt_to {encrypt_to}: not JSON") from None
-    return envelope_from_jwks(document, kid, f"[auth] encrypt_to {encrypt_to}")
+        raise ConfigError(f"{where}: not JSON") from None
+    return envelope_from_jwks(document, kid, where)
 
 
 def _checked(key: RSAKey, kid: str, source: str) -> Envelope:

@@ -11,6 +11,12 @@ written into the config file's [auth] table, so ``phg run`` uses them with no fu
 With the RFC 7592 registration access token phg can later read, update (e.g. a rotated key in an
 inline JWKS) or delete the registration. A server may rotate that token on every management call;
 the new one is stored each time.
+
+An answer is checked before anything of it is stored: its token_endpoint_auth_method must be one
+phg uses (never "none", which would turn authentication off), a client_secret_* method comes with
+a client_secret, and the registration_client_uri (which receives the registration access token)
+must be on the origin of the endpoint that answered (RFC 7592 section 3 lets the server choose the
+URI, not its origin; a URI elsewhere would take the token to a third party).
 """
 
 from __future__ import annotations
@@ -26,9 +32,10 @@ from typing import Any
 
 import httpx
 
-from phg.errors import AuthError, ConfigError, TransientDeliveryError
+from phg.errors import AuthError, ConfigError
 from phg.secretfile import write_private
-from phg.transport import TRANSIENT_STATUSES, transient_error
+from phg.terminal import printable
+from phg.transport import TRANSIENT_STATUSES, connection_error, origin, redact_url, transient_error
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +68,7 @@ class Registration:
 
     def config_values(self) -> dict[str, str]:
         """The [auth] keys to store."""
-        values = {"client_id": self.client_id, "method": METHODS.get(self.token_endpoint_auth_method,
-                                                                      self.token_endpoint_auth_method)}
+        values = {"client_id": self.client_id, "method": METHODS[self.token_endpoint_auth_method]}
         for key in ("client_secret", "registration_access_token", "registration_client_uri"):
             value = getattr(self, key)
             if value:
@@ -156,7 +162,7 @@ async def _call(client: httpx.AsyncClient, method: str, url: str, headers: dict[
         response = await client.request(method, url, headers=headers, json=dict(body) if body is not None else None,
                                         auth=None)
     except httpx.TransportError as exc:
-        raise TransientDeliveryError(f"registration endpoint {url} unreachable: {type(exc).__name__}: {exc}") from exc
+        raise connection_error(exc, f"registration endpoint {redact_url(url)} unreachable") from exc
     if response.status_code in TRANSIENT_STATUSES:
         raise transient_error(response, "registration endpoint")
     return response
@@ -164,23 +170,55 @@ async def _call(client: httpx.AsyncClient, method: str, url: str, headers: dict[
 
 def _registration(response: httpx.Response, url: str, sent: Mapping[str, Any],
                   previous_token: str | None = None) -> Registration:
+    """The answer (RFC 7591 section 3.2.1, RFC 7592 section 3) as a Registration, once it is checked."""
     try:
         body = response.json()
     except ValueError:
         body = None
-    if not isinstance(body, dict) or not isinstance(body.get("client_id"), str):
-        raise AuthError(f"registration endpoint {url} answered HTTP {response.status_code} without a client_id")
+    where = f"registration endpoint {redact_url(url)}"
+    if not isinstance(body, dict) or not isinstance(body.get("client_id"), str) or not body["client_id"]:
+        raise AuthError(f"{where} answered HTTP {response.status_code} without a client_id")
+    # RFC 7591 section 2: an omitted token_endpoint_auth_method means client_secret_basic
+    method = body.get("token_endpoint_auth_method") or sent.get("token_endpoint_auth_method") or "client_secret_basic"
+    if method not in METHODS:
+        raise AuthError(f"{where} registered token_endpoint_auth_method {printable(str(method)[:100])!r}; phg "
+                        f"authenticates only with {', '.join(METHODS)}, so nothing was stored; register with one "
+                        "of them (phg register --method)")
+    secret, token, uri = (_string(body, key, where) for key in
+                          ("client_secret", "registration_access_token", "registration_client_uri"))
+    if method.startswith("client_secret") and not secret:
+        raise AuthError(f"{where} registered {method} without issuing a client_secret; nothing was stored")
+    if uri is not None:
+        _require_same_origin(uri, url, where)
     public = {k: v for k, v in body.items() if k not in ("client_secret", "registration_access_token")}
     return Registration(
         client_id=body["client_id"],
-        token_endpoint_auth_method=str(body.get("token_endpoint_auth_method")
-                                       or sent.get("token_endpoint_auth_method") or "client_secret_basic"),
-        client_secret=body.get("client_secret") if isinstance(body.get("client_secret"), str) else None,
-        registration_access_token=body.get("registration_access_token") or previous_token,
-        registration_client_uri=body.get("registration_client_uri") or (url if previous_token else None),
+        token_endpoint_auth_method=method,
+        client_secret=secret,
+        registration_access_token=token or previous_token,
+        registration_client_uri=uri or (url if previous_token else None),
         scope=body.get("scope") if isinstance(body.get("scope"), str) else None,
         metadata=public,
     )
+
+
+def _string(body: Mapping[str, Any], key: str, where: str) -> str | None:
+    value = body.get(key)
+    if value is None or (isinstance(value, str) and value):
+        return value
+    raise AuthError(f"{where} answered a {key} that is not a string; nothing was stored")
+
+
+def _require_same_origin(uri: str, endpoint: str, where: str) -> None:
+    """The registration_client_uri must be on the origin of the endpoint that answered (so https
+    when that is https: the endpoint itself passed require_secure_url), without userinfo."""
+    try:
+        parsed = httpx.URL(uri)
+    except httpx.InvalidURL:
+        raise AuthError(f"{where} answered a registration_client_uri that is not a URL; nothing was stored") from None
+    if origin(parsed) != origin(httpx.URL(endpoint)) or parsed.userinfo:
+        raise AuthError(f"{where} answered registration_client_uri {redact_url(uri)} on another origin; the "
+                        "registration access token goes only to the origin that issued it, so nothing was stored")
 
 
 def _refusal(what: str, url: str, response: httpx.Response, had_token: bool) -> AuthError:
@@ -192,11 +230,11 @@ def _refusal(what: str, url: str, response: httpx.Response, had_token: bool) -> 
     body = body if isinstance(body, dict) else {}
     error, description = body.get("error"), body.get("error_description")
     status = response.status_code
-    message = f"{what} at {url} refused: HTTP {status}"
+    message = f"{what} at {redact_url(url)} refused: HTTP {status}"
     if isinstance(error, str):
-        message += f" {error}"
+        message += f" {printable(error[:100])}"
     if isinstance(description, str):
-        message += f": {description[:500]}"
+        message += f": {printable(description[:500])}"
     hint = _HINTS.get(error) if isinstance(error, str) else None
     if hint is None and status in (401, 403):
         hint = ("the registration access token is not accepted: the registration was revoked or the token "

@@ -39,7 +39,11 @@ def basic_credentials(client_id: str, secret: str) -> str:
 
 
 class ClientSecretAuth(TokenAuth):
-    """client_credentials with a client secret, sent ``basic`` (header) or ``post`` (form)."""
+    """client_credentials with a client secret, sent ``basic`` (header) or ``post`` (form). The
+    secret goes only to a token endpoint the config names or on the FHIR server's origin
+    (TokenAuth.token_endpoint); the password grant inherits that rule."""
+
+    sends_reusable_secret = True
 
     def __init__(self, *, client_id: str, client_secret: str, scope: str, style: str = "basic", **kwargs: Any) -> None:
         if style not in ("basic", "post"):

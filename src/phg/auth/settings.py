@@ -12,6 +12,8 @@ Keys (all optional):
                            "client-secret-basic" if client_secret is set and key_file is not, else
                            "smart-backend" if client_id is set, else "none" (open test servers).
     client_id, key_file, scope, token_url      SMART Backend Services (phg.config)
+    trusted_token_hosts    host names a discovered token endpoint may be on besides the FHIR server's
+                           origin, to receive a client secret or password (a token_url is trusted as is)
     client_secret          client secret (client-secret-*, and password with a confidential client)
     username, password     resource-owner password grant (legacy: OAuth 2.1 removes it)
     token                  a static bearer token issued out of band
@@ -34,7 +36,8 @@ Keys (all optional):
 
 Secrets may stay out of the file: PHG_CLIENT_SECRET, PHG_USERNAME, PHG_PASSWORD, PHG_BEARER_TOKEN,
 PHG_INITIAL_ACCESS_TOKEN, PHG_REGISTRATION_ACCESS_TOKEN, PHG_SOFTWARE_STATEMENT (and PHG_AUTH_METHOD)
-override the file's values.
+override the file's values. A config file that holds a secret must be mode 0600 (or it is refused,
+like a key file): run ``chmod 600`` on it.
 """
 
 from __future__ import annotations
@@ -46,9 +49,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from phg.auth.keyring import DEFAULT_GRACE, DEFAULT_PUBLISH_DELAY
 from phg.config import Config
 from phg.errors import ConfigError
+from phg.secretfile import require_private
 from phg.transport import require_secure_url
 
 log = logging.getLogger(__name__)
@@ -72,7 +78,7 @@ _STRINGS = {"method", "client_secret", "username", "password", "token", "registr
             "initial_access_token", "software_statement", "registration_access_token", "registration_client_uri",
             "jwks_uri", "ca_file", "client_cert", "client_key", "proxy", "encrypt_to", "encrypt_kid"}
 _SECONDS = {"key_publish_delay", "key_rotation_grace"}
-KNOWN_KEYS = frozenset(_SMART_KEYS | _STRINGS | _SECONDS | {"jku"})
+KNOWN_KEYS = frozenset(_SMART_KEYS | _STRINGS | _SECONDS | {"jku", "trusted_token_hosts"})
 
 
 @dataclass(frozen=True)
@@ -105,6 +111,7 @@ class AuthSettings:
     proxy: str | None = None
     encrypt_to: str | None = None
     encrypt_kid: str | None = None
+    trusted_token_hosts: tuple[str, ...] = ()
     source: str = "(defaults)"
 
     def secrets(self) -> list[str]:
@@ -116,6 +123,7 @@ class AuthSettings:
 def auth_settings(config: Config, env: Mapping[str, str] | None = None) -> AuthSettings:
     """Parse ``config.auth`` (+ PHG_* secrets from ``env``, default os.environ) into AuthSettings."""
     env = os.environ if env is None else env
+    _require_private_config(config)
     table: dict[str, Any] = dict(config.auth)
     origin = {key: config.source for key in table}
     for name, key in ENVIRONMENT.items():
@@ -169,6 +177,8 @@ def auth_settings(config: Config, env: Mapping[str, str] | None = None) -> AuthS
             values[key] = Path(values[key]).expanduser()
             if not values[key].is_file():
                 raise ConfigError(f"{where(key)}: {values[key]} is not a readable file")
+    if "trusted_token_hosts" in table:
+        values["trusted_token_hosts"] = _hosts(table["trusted_token_hosts"], where("trusted_token_hosts"))
     if ("client_cert" in values) != ("client_key" in values):
         raise ConfigError(f"{config.source}: [auth] client_cert and client_key go together (mutual TLS)")
 
@@ -195,6 +205,30 @@ def auth_settings(config: Config, env: Mapping[str, str] | None = None) -> AuthS
         source=config.source,
         **values,
     )
+
+
+def _require_private_config(config: Config) -> None:
+    """A config file holding a secret is refused when group or others can read it, like a key."""
+    held = sorted(SECRET_KEYS & set(config.auth))
+    if held and config.source != "(defaults)":
+        require_private(config.source, f"the config file (it holds [auth] {held[0]})")
+
+
+def _hosts(value: Any, where: str) -> tuple[str, ...]:
+    """trusted_token_hosts: a list of host names or IP addresses (no scheme, port or path), compared
+    with the token endpoint's host (httpx.URL.host: lower case, IPv6 without brackets)."""
+    if not isinstance(value, list) or not all(isinstance(host, str) for host in value):
+        raise ConfigError(f"{where} must be a list of host names, such as [\"auth.example.org\"]")
+    hosts = tuple(host.strip().strip("[]").lower() for host in value)
+    for host in hosts:
+        try:
+            parsed = httpx.URL(f"https://[{host}]/" if ":" in host else f"https://{host}/")
+        except httpx.InvalidURL:
+            parsed = None
+        if not host or parsed is None or parsed.host != host:
+            raise ConfigError(f"{where}: {host!r} is not a host name (give it without scheme, port or path, "
+                              "such as \"auth.example.org\")")
+    return hosts
 
 
 def _url(value: str, where: str, insecure: bool) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import httpx
 
@@ -42,7 +42,9 @@ class SmartBackendAuth(TokenAuth):
     """httpx auth flow for SMART Backend Services; use with an ``httpx.AsyncClient``.
 
     ``key`` is a SigningKey or a KeyRing. ``jku``, when set, goes into every assertion header
-    (it must equal the JWKS URL registered for the client).
+    (it must equal the JWKS URL registered for the client). The token endpoint may be wherever
+    discovery says: an assertion is no reusable secret, its ``aud`` is that endpoint (RFC 7523
+    section 3), so nothing it carries works elsewhere.
     """
 
     method = "smart-backend"
@@ -59,6 +61,7 @@ class SmartBackendAuth(TokenAuth):
         refresh_margin: float = 30.0,
         client: httpx.AsyncClient | None = None,
         allow_insecure_http: bool = False,
+        trusted_token_hosts: Iterable[str] = (),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not client_id:
@@ -69,7 +72,7 @@ class SmartBackendAuth(TokenAuth):
             require_secure_url(jku, "[auth] jku", allow_insecure_http=allow_insecure_http)
         super().__init__(fhir_base=fhir_base, client_id=client_id, scope=scope, token_url=token_url,
                          refresh_margin=refresh_margin, client=client, allow_insecure_http=allow_insecure_http,
-                         clock=clock)
+                         trusted_token_hosts=trusted_token_hosts, clock=clock)
         self.keys: KeySource = StaticKey(key) if isinstance(key, SigningKey) else key
         self.jku = jku
 

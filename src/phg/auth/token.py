@@ -8,6 +8,10 @@ token request is built (``_token_request``) and what to tell a person when the s
 - refresh ``refresh_margin`` seconds before expiry (but never in the first half of a short lifetime);
 - a 401 from the resource server invalidates the token and the request is re-sent once;
 - the token is only ever sent to the FHIR server's own origin;
+- a grant that sends a reusable secret (client secret, password) sends it only to a token endpoint
+  the config names (``token_url``, ``trusted_token_hosts``) or one on the FHIR server's origin, never
+  to wherever a discovery document points; a signed assertion may follow discovery (its ``aud`` binds
+  it to that endpoint, RFC 7523 section 3);
 - RFC 6749 section 5.2 error answers become an AuthError saying what to fix; 408/429/5xx and
   connection trouble a TransientDeliveryError (retry later);
 - the token endpoint is ``token_url`` or found by SMART discovery (lazily, once).
@@ -19,15 +23,24 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncGenerator, Callable, Generator
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
 from phg.auth.discovery import SmartConfiguration, discover
-from phg.errors import AuthError, ConfigError, TransientDeliveryError
-from phg.transport import TRANSIENT_STATUSES, require_secure_url, transient_error
+from phg.errors import AuthError, ConfigError
+from phg.terminal import printable
+from phg.transport import (
+    TRANSIENT_STATUSES,
+    connection_error,
+    origin,
+    redact_url,
+    refuse_credentials,
+    require_secure_url,
+    transient_error,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +85,7 @@ class TokenAuth(httpx.Auth):
     method = "token"  # the [auth] method name, for messages
     grant = "client_credentials"
     reauthenticate_on_401 = True
+    sends_reusable_secret = False  # True: the token request carries a client secret or a password
 
     def __init__(
         self,
@@ -83,10 +97,12 @@ class TokenAuth(httpx.Auth):
         refresh_margin: float = 30.0,
         client: httpx.AsyncClient | None = None,
         allow_insecure_http: bool = False,
+        trusted_token_hosts: Iterable[str] = (),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         require_secure_url(fhir_base, "FHIR base", allow_insecure_http=allow_insecure_http)
         if token_url is not None:
+            refuse_credentials(token_url, "[auth] token_url")
             require_secure_url(token_url, "token endpoint", allow_insecure_http=allow_insecure_http)
         self.fhir_base = fhir_base.rstrip("/")
         self.client_id = client_id
@@ -94,10 +110,11 @@ class TokenAuth(httpx.Auth):
         self._token_url = token_url
         self._refresh_margin = refresh_margin
         self._allow_insecure_http = allow_insecure_http
+        self._trusted_hosts = frozenset(host.lower() for host in trusted_token_hosts)
         self._clock = clock
         self._owns_client = client is None
         self._client = client if client is not None else httpx.AsyncClient(timeout=TOKEN_TIMEOUT)
-        self._origin = _origin(httpx.URL(self.fhir_base))
+        self._origin = origin(httpx.URL(self.fhir_base))
         self._token: AccessToken | None = None
         self._configuration: SmartConfiguration | None = None
         self._token_lock = asyncio.Lock()
@@ -121,9 +138,9 @@ class TokenAuth(httpx.Auth):
         raise RuntimeError(f"{type(self).__name__} needs an httpx.AsyncClient (token refresh is async)")
 
     async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        if _origin(request.url) != self._origin:
+        if origin(request.url) != self._origin:
             raise ConfigError(
-                f"refusing to send the bearer token for {self.fhir_base} to another origin ({request.url.host})"
+                f"refusing to send the bearer token for {redact_url(self.fhir_base)} to another origin ({request.url.host})"
             )
         token = await self.token()
         request.headers["Authorization"] = f"Bearer {token.value}"
@@ -161,7 +178,28 @@ class TokenAuth(httpx.Auth):
             return self._configuration
 
     async def token_endpoint(self) -> str:
-        return self._token_url or (await self.configuration()).token_endpoint
+        """``token_url``, else the discovered endpoint (refused for a reusable secret when untrusted)."""
+        if self._token_url:
+            return self._token_url
+        url = (await self.configuration()).token_endpoint
+        if self.sends_reusable_secret:
+            self._require_trusted(url)
+        return url
+
+    def _require_trusted(self, url: str) -> None:
+        """A discovered token endpoint may receive a client secret or password only on the FHIR
+        server's origin or on a host of [auth] trusted_token_hosts: a discovery document is the
+        server's word, and a secret sent once is gone (RFC 6749 section 10.1, RFC 9700 section 4.1)."""
+        parsed = httpx.URL(url)
+        if origin(parsed) == self._origin or parsed.host.lower() in self._trusted_hosts:
+            return
+        shown = redact_url(url)
+        raise AuthError(
+            f"the SMART configuration of {redact_url(self.fhir_base)} names the token endpoint {shown}, on another "
+            f"origin than the FHIR server: phg sends the [auth] method {self.method} credentials only where the "
+            f"config says; if it is the server's real token endpoint, add [auth] token_url = \"{shown}\" or "
+            f"[auth] trusted_token_hosts = [\"{parsed.host}\"]"
+        )
 
     async def aclose(self) -> None:
         """Close the private HTTP client, if this auth created one."""
@@ -183,13 +221,13 @@ class TokenAuth(httpx.Auth):
                 url, data=form, headers={"Accept": "application/json", **headers}, auth=None
             )
         except httpx.TransportError as exc:
-            raise TransientDeliveryError(f"token endpoint {url} unreachable: {type(exc).__name__}: {exc}") from exc
+            raise connection_error(exc, f"token endpoint {redact_url(url)} unreachable") from exc
         if response.status_code in TRANSIENT_STATUSES:
             raise transient_error(response, "token endpoint")
         body = _json_object(response)
         if response.status_code != 200:
-            raise self._refusal(url, response.status_code, body)
-        return self._accept(url, body, started)
+            raise self._refusal(redact_url(url), response.status_code, body)
+        return self._accept(redact_url(url), body, started)
 
     def _accept(self, url: str, body: dict[str, Any], started: float) -> AccessToken:
         value = body.get("access_token")
@@ -217,8 +255,8 @@ class TokenAuth(httpx.Auth):
                 "check token_url (it must be the token endpoint itself)"
             )
         description = body.get("error_description")
-        description = description[:500] if isinstance(description, str) else "no error_description"
-        message = f"{error}: {description} (token endpoint {url})"
+        description = printable(description[:500]) if isinstance(description, str) else "no error_description"
+        message = f"{printable(error[:100])}: {description} (token endpoint {url})"
         if error in ("invalid_client", "invalid_grant"):
             message += "; " + self._credentials_hint()
         elif error in _HINTS:
@@ -226,11 +264,6 @@ class TokenAuth(httpx.Auth):
                 client_id=self.client_id, scope=self.scope, grant=self.grant, method=self.method
             )
         return AuthError(message)
-
-
-def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
-    # httpx normalises the default port to None, so https://h and https://h:443 compare equal.
-    return url.scheme, url.host, url.port
 
 
 def _json_object(response: httpx.Response) -> dict[str, Any]:

@@ -1,0 +1,273 @@
+"""Trust nothing a server says (issue 10, findings 3, 6, 7): where a secret may be sent, which
+connection failures mean "never reached", URLs without their credentials in messages, and server
+text without terminal escapes. Hostile servers are httpx.MockTransport handlers or tiny local
+sockets (a closed port, a server that never answers, a server that speaks no TLS)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import parse_qs
+
+import httpx
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from phg.auth.discovery import discover
+from phg.auth.envelope import load_envelope
+from phg.auth.keys import SigningKey
+from phg.auth.registration import register
+from phg.auth.secret import ClientSecretAuth, PasswordAuth
+from phg.auth.settings import auth_settings
+from phg.auth.smart import SmartBackendAuth
+from phg.config import load_config
+from phg.daemon import build_auth
+from phg.errors import AuthError, ConfigError, TransientDeliveryError
+from phg.terminal import PrintableFormatter, printable
+from phg.transport import redact_url
+from shared_vectors import VECTORS
+
+BASE = "https://ehr.example.org/fhir"
+FOREIGN = "https://collector.example.net/token"
+SCOPE = "system/Observation.c"
+KEY = SigningKey.from_jwk(json.loads((VECTORS / "smart" / "ES384.private.json").read_text())["keys"][1])
+
+
+class Hostile:
+    """A FHIR server whose SMART configuration names ``token_endpoint``; records token requests."""
+
+    def __init__(self, token_endpoint: str) -> None:
+        self.token_endpoint = token_endpoint
+        self.token_requests: list[httpx.Request] = []
+
+    async def handler(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/.well-known/smart-configuration"):
+            return httpx.Response(200, json={"token_endpoint": self.token_endpoint})
+        if str(request.url) == self.token_endpoint:
+            self.token_requests.append(request)
+            return httpx.Response(200, json={"access_token": "t", "token_type": "Bearer", "expires_in": 60})
+        return httpx.Response(201)
+
+
+def secret_auth(kind: str, client: httpx.AsyncClient, **kwargs) -> ClientSecretAuth:
+    common = dict(fhir_base=BASE, scope=SCOPE, client=client, **kwargs)
+    if kind == "password":  # a public client: only the resource owner's password is secret
+        return PasswordAuth(username="nurse", password="pw-123", client_id="gw", **common)
+    return ClientSecretAuth(client_id="gw", client_secret="s3cr3t", style=kind, **common)
+
+
+# ---------------------------------------------------------------------------------------------- finding 6
+
+
+@pytest.mark.parametrize("kind", ["basic", "post", "password"])
+async def test_a_secret_is_not_sent_where_discovery_points(kind) -> None:
+    hostile = Hostile(FOREIGN)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(hostile.handler)) as client:
+        client.auth = secret_auth(kind, client)
+        with pytest.raises(AuthError) as caught:
+            await client.get(f"{BASE}/Patient")
+    message = str(caught.value)
+    assert hostile.token_requests == []
+    assert f'[auth] token_url = "{FOREIGN}"' in message
+    assert '[auth] trusted_token_hosts = ["collector.example.net"]' in message
+    assert "s3cr3t" not in message and "pw-123" not in message
+
+
+@pytest.mark.parametrize("kind", ["basic", "password"])
+async def test_a_secret_follows_discovery_to_a_trusted_host_or_the_fhir_origin(kind) -> None:
+    for endpoint, trusted in ((FOREIGN, ["Collector.Example.NET"]), ("https://ehr.example.org/oauth/token", [])):
+        hostile = Hostile(endpoint)
+        async with httpx.AsyncClient(transport=httpx.MockTransport(hostile.handler)) as client:
+            client.auth = secret_auth(kind, client, trusted_token_hosts=[h.lower() for h in trusted])
+            assert (await client.get(f"{BASE}/Patient")).status_code == 201
+        assert len(hostile.token_requests) == 1
+
+
+async def test_a_signed_assertion_follows_discovery_anywhere() -> None:
+    hostile = Hostile(FOREIGN)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(hostile.handler)) as client:
+        client.auth = SmartBackendAuth(fhir_base=BASE, client_id="gw", key=KEY, scope=SCOPE, client=client)
+        assert (await client.get(f"{BASE}/Patient")).status_code == 201
+    [request] = hostile.token_requests
+    assert "client_assertion" in parse_qs(request.content.decode())
+
+
+def write_config(tmp_path: Path, auth: str, mode: int = 0o600) -> Path:
+    path = tmp_path / "phg.toml"
+    path.write_text(f'[fhir]\nbase_url = "{BASE}"\n\n[auth]\n{auth}\n')
+    path.chmod(mode)
+    return path
+
+
+def test_trusted_token_hosts_is_read_and_checked(tmp_path: Path) -> None:
+    path = write_config(tmp_path, 'client_id = "gw"\nclient_secret = "s"\n'
+                                  'trusted_token_hosts = ["Auth.Example.org", "[::1]", "10.0.0.7"]')
+    assert auth_settings(load_config(path, env={}), env={}).trusted_token_hosts == (
+        "auth.example.org", "::1", "10.0.0.7")
+    for wrong in ('"auth.example.org"', '["https://auth.example.org"]', '["auth.example.org:443"]',
+                  '["auth.example.org/token"]', '[""]', "[7]"):
+        path = write_config(tmp_path, f"trusted_token_hosts = {wrong}")
+        with pytest.raises(ConfigError, match=r"\[auth\] trusted_token_hosts"):
+            auth_settings(load_config(path, env={}), env={})
+
+
+# ---------------------------------------------------------------------------------------------- finding 7
+
+
+def test_credentials_in_token_url_are_refused_and_never_shown(tmp_path: Path, caplog) -> None:
+    caplog.set_level(logging.DEBUG)
+    path = write_config(tmp_path, 'client_id = "gw"\nclient_secret = "s"\n'
+                                  'token_url = "https://gw:hunter2-pass@auth.example.org/token"')
+    with pytest.raises(ConfigError, match=r"\[auth\] token_url https://\*\*\*@auth.example.org/token carries") as caught:
+        build_auth(auth_settings(load_config(path, env={}), env={}))
+    assert "hunter2" not in str(caught.value) and "hunter2" not in caplog.text
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("https://u:p@h.example/t?x=1", "https://***@h.example/t?x=1"),
+    ("http://a@b@127.0.0.1:9/x@y", "http://***@127.0.0.1:9/x@y"),
+    ("https://h.example/a@b", "https://h.example/a@b"),
+    ("https://u:p@[::1", "https://***@[::1"),  # not even a valid URL
+])
+def test_redact_url(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+@given(user=st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:%", min_size=1))
+def test_redact_url_hides_any_userinfo(user: str) -> None:
+    assert redact_url(f"https://{user}@h.example/p") == "https://***@h.example/p"
+
+
+# ---------------------------------------------------------------------------------------------- finding 3
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def listener(answer: bytes | None) -> Iterator[int]:
+    """A local TCP server: answers every connection with ``answer`` (None: reads and never answers)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.1)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            held.append(conn)
+            if answer is not None:
+                conn.recv(65536)
+                conn.sendall(answer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
+        for conn in held:
+            conn.close()
+
+
+async def test_discovery_and_token_endpoint_down_are_unreachable(caplog) -> None:
+    caplog.set_level(logging.DEBUG)
+    down = f"http://127.0.0.1:{closed_port()}"
+    async with httpx.AsyncClient(timeout=5) as client:
+        with pytest.raises(TransientDeliveryError) as discovery:
+            await discover(client, f"{down}/fhir")
+        auth = ClientSecretAuth(fhir_base=f"{down}/fhir", token_url=f"{down}/token", client_id="gw",
+                                client_secret="s", scope=SCOPE, client=client)
+        with pytest.raises(TransientDeliveryError) as token:
+            await auth.token()
+    assert discovery.value.reached is False and token.value.reached is False
+    assert "ConnectError" in str(token.value)
+
+
+async def test_a_discovered_endpoint_with_credentials_is_never_shown(caplog) -> None:
+    """A SMART client follows a (hostile) discovered endpoint carrying user:password@ to a port
+    nobody listens on: the failure is "unreachable" and the password appears nowhere."""
+    caplog.set_level(logging.DEBUG)
+    hostile = Hostile(f"http://collector:hunter2-pass@127.0.0.1:{closed_port()}/token")
+    async with httpx.AsyncClient(transport=httpx.MockTransport(hostile.handler)) as mock:
+        auth = SmartBackendAuth(fhir_base="http://127.0.0.1/fhir", client_id="gw", key=KEY, scope=SCOPE,
+                                client=mock)
+        configuration = await auth.configuration()
+    async with httpx.AsyncClient(timeout=5) as real:
+        auth = SmartBackendAuth(fhir_base="http://127.0.0.1/fhir", client_id="gw", key=KEY, scope=SCOPE, client=real)
+        auth._configuration = configuration
+        with pytest.raises(TransientDeliveryError) as caught:
+            await auth.token()
+    assert caught.value.reached is False
+    assert "hunter2" not in str(caught.value) and "hunter2" not in caplog.text
+    assert "***@127.0.0.1" in str(caught.value)
+
+
+async def test_tls_failure_is_unreachable_a_silent_server_is_not() -> None:
+    with listener(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n") as plain, listener(None) as silent:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(0.5, connect=5)) as client:
+            for url, reached in ((f"https://127.0.0.1:{plain}/token", False), (f"http://127.0.0.1:{silent}/token", True)):
+                auth = ClientSecretAuth(fhir_base="https://127.0.0.1/fhir", token_url=url, client_id="gw",
+                                        client_secret="s", scope=SCOPE, client=client)
+                with pytest.raises(TransientDeliveryError) as caught:
+                    await auth.token()
+                assert caught.value.reached is reached, (url, caught.value)
+
+
+async def test_registration_and_envelope_endpoints_down_are_unreachable() -> None:
+    down = f"http://127.0.0.1:{closed_port()}"
+    async with httpx.AsyncClient(timeout=5) as client:
+        with pytest.raises(TransientDeliveryError) as registration:
+            await register(client, f"{down}/reg", {"scope": SCOPE})
+        with pytest.raises(TransientDeliveryError) as envelope:
+            await load_envelope(f"{down}/jwks.json", client)
+    assert registration.value.reached is False and envelope.value.reached is False
+
+
+# ---------------------------------------------------------------------------------------------- terminal text
+
+
+ESCAPES = "\x1b[2J\x1b]0;owned\x07\x9b31m\r\x00\x7f"
+
+
+def test_printable_drops_escapes_keeps_lines_and_tabs() -> None:
+    assert printable(f"bad{ESCAPES} secret\n\tnext é ☃") == "bad[2J]0;owned31m secret\n\tnext é ☃"
+
+
+@given(st.text())
+def test_printable_leaves_no_control_character(text: str) -> None:
+    shown = printable(text)
+    assert all(c in "\n\t" or not (ord(c) < 0x20 or 0x7f <= ord(c) <= 0x9f) for c in shown)
+    assert printable(shown) == shown
+
+
+def test_log_lines_hold_no_escapes() -> None:
+    record = logging.LogRecord("phg", logging.WARNING, __file__, 1, "server said %s", (ESCAPES,), None)
+    assert "\x1b" not in PrintableFormatter("%(message)s").format(record)
+
+
+async def test_token_refusal_text_is_printable() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(400, json={"error": "invalid_client\x1b[5m", "error_description": f"no{ESCAPES}"})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        auth = ClientSecretAuth(fhir_base=BASE, token_url=FOREIGN, client_id="gw", client_secret="s", scope=SCOPE,
+                                client=client)
+        with pytest.raises(AuthError) as caught:
+            await auth.token()
+    assert printable(str(caught.value)) == str(caught.value) and "no[2J" in str(caught.value)
+
