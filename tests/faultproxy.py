@@ -90,7 +90,7 @@ def _outcome(text: str, code: str = "transient") -> bytes:
 
 class FaultProxy:
     def __init__(self, upstream: str, schedule: Iterable[Fault] = (), *, stall: float = 5.0,
-                 faulty: Callable[[str, str], bool] = lambda method, path: method == "POST"):
+                 faulty: Callable[[str, str], bool] = lambda method, path: method == "POST", port: int = 0):
         url = httpx.URL(upstream)  # requests keep their own path: only scheme://host:port is used
         self.upstream = f"{url.scheme}://{url.netloc.decode()}"
         self.schedule = list(schedule)
@@ -98,7 +98,7 @@ class FaultProxy:
         self.faulty = faulty
         self.records: list[Record] = []
         self.refused: set[bytes] = set()
-        self.port = 0
+        self.port = port  # 0: a free one; a stopped proxy's port: the same server back after an outage
         self._selected = 0
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -171,7 +171,7 @@ class FaultProxy:
                 writer.transport.abort()
 
         async with httpx.AsyncClient(base_url=self.upstream, timeout=30) as client:
-            server = await asyncio.start_server(on_connection, HOST, 0, limit=2**24)
+            server = await asyncio.start_server(on_connection, HOST, self.port, limit=2**24)
             self.port = server.sockets[0].getsockname()[1]
             self._ready.set()
             async with server:

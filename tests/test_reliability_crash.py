@@ -105,7 +105,7 @@ def daemon_env(tmp_path, gate, oauth) -> dict[str, str]:
     assert generated.returncode == 0, generated.stderr
     client = oauth.register_client(jwks([load_key(key)]), scope=DEFAULT_SCOPE)
     config = tmp_path / "phg.toml"
-    config.write_text("[delivery]\nbatch_size = 100\nmax_retry_delay = 1\nlease_seconds = 3\n")
+    config.write_text("[fhir]\ntimeout = 3\n[delivery]\nbatch_size = 100\nmax_retry_delay = 1\nlease_seconds = 3\n")
     return {**env, "PHG_CONFIG": str(config), "PHG_FHIR_BASE_URL": gate.base_url,
             "PHG_CLIENT_ID": client["client_id"], "PHG_KEY_FILE": str(key)}
 

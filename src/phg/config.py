@@ -224,6 +224,7 @@ def load_config(path: Path | None = None, env: dict[str, str] | None = None) -> 
     ble_pair_new = raw.get("ble", "pair_new", bool, False)
     if (ble_allow or ble_pair_new) and patient is None:
         raise ConfigError(f"{source}: [ble] collects readings for a [patient]: set [patient] system and value")
+    _lease_covers_requests(raw, lease_seconds, destinations)
     key_file = raw.get("auth", "key_file", str, None)
     outbox = raw.get("outbox", "path", str, None)
     return Config(
@@ -249,6 +250,30 @@ def load_config(path: Path | None = None, env: dict[str, str] | None = None) -> 
         ble_scan_seconds=raw.get("ble", "scan_seconds", float, 5.0),
         source=source,
     )
+
+
+# The key bounding one request to each kind of destination, and its default (the destinations' own).
+REQUEST_TIMEOUTS = {"mllp": ("ack_timeout", 30.0), "http": ("timeout", 30.0), "soap": ("timeout", 30.0)}
+
+
+def _lease_covers_requests(raw: _Raw, lease_seconds: float, destinations: tuple[DestinationConfig, ...]) -> None:
+    """A batch's lease must outlast any one request of its send: the worker renews it between, but a
+    lease shorter than a request's timeout lets another leaser take (and send again) what is on the
+    wire. ConfigError naming both keys otherwise."""
+    timeouts = []
+    if raw.values.get(("fhir", "base_url")) or not destinations:  # the FHIR destination is in use
+        timeouts.append(("[fhir] timeout", raw.origin.get(("fhir", "timeout")), raw.get("fhir", "timeout", float, 30.0)))
+    for table in destinations:
+        key, default = REQUEST_TIMEOUTS[table.type]
+        value = table.settings.get(key, default)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            timeouts.append((f"[destinations.{table.name}] {key}", table.source, value))
+    for name, where, timeout in timeouts:
+        if lease_seconds < timeout:
+            origin = raw.origin.get(("delivery", "lease_seconds"), "(default)")
+            raise ConfigError(f"{origin}: [delivery] lease_seconds ({lease_seconds:g} s) must be at least {name} "
+                              f"({timeout:g} s, {where or 'default'}): a send could outlast its lease and be "
+                              "sent twice; raise lease_seconds or lower the timeout")
 
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
