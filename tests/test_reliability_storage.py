@@ -32,6 +32,7 @@ from phg.errors import ConfigError, StorageError
 from phg.fhir import conditional_identifier
 from phg.model import PatientRef, Reading
 from phg.outbox import Outbox
+from phg.outbox.sqlite import WAL_LIMIT
 from phg.sources.sim import simulated_readings
 
 PHG = str(Path(sys.executable).parent / "phg")
@@ -103,15 +104,28 @@ class SmallFs:
 @pytest.fixture
 def small_fs(tmp_path) -> Iterator[SmallFs]:
     """`mount -t tmpfs -o size=4m`: skips (saying why) where the sandbox does not allow mounting."""
+    with _tmpfs(tmp_path, "4m") as fs:
+        yield fs
+
+
+@pytest.fixture
+def tiny_fs(tmp_path) -> Iterator[SmallFs]:
+    """A 2 MiB tmpfs: less than SQLite's default WAL grows to (1,000 pages, about 4 MB)."""
+    with _tmpfs(tmp_path, "2m") as fs:
+        yield fs
+
+
+@contextlib.contextmanager
+def _tmpfs(tmp_path: Path, size: str) -> Iterator[SmallFs]:
     path = tmp_path / "fs"
     path.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0755", "tmpfs", str(path)],
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)],
                              capture_output=True, text=True, timeout=10)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}); the in-process max_page_count test "
                     "covers the full-database case")
     try:
-        yield SmallFs(path, "4m")
+        yield SmallFs(path, size)
     finally:
         with contextlib.suppress(Exception):
             subprocess.run(["mount", "-o", "remount,rw", str(path)], capture_output=True, timeout=10)
@@ -213,6 +227,115 @@ def test_daemon_keeps_running_on_a_full_disk_and_delivers_when_space_returns(sma
     assert found["total"] == len(ids)  # every metric once
     print(f"full disk for {freed_at - full_at:.1f} s, {failures} failed outbox writes logged, "
           f"drained {recovered_s:.1f} s after space returned")
+
+
+# ------------------------------------------------------------------------------------ small disks
+
+
+def wal_size(path: Path) -> int:
+    try:
+        return os.path.getsize(f"{path}-wal")
+    except FileNotFoundError:
+        return 0
+
+
+class Gateway:
+    """Queues and delivers in-process as the daemon does (enqueue, lease, delivered), retrying a write
+    that fails for space the way the worker does (later, the same call), and records the WAL's size
+    after every write."""
+
+    def __init__(self, outbox: Outbox):
+        self.outbox = outbox
+        self.failed_writes = 0
+        self.largest_wal = 0
+
+    def write(self, call, *args):
+        for _ in range(20):
+            try:
+                return call(*args)
+            except StorageError as exc:
+                assert "disk is full" in str(exc), exc
+                self.failed_writes += 1
+            finally:
+                self.largest_wal = max(self.largest_wal, wal_size(self.outbox.path))
+        raise AssertionError(f"the outbox stayed full: {self.outbox.counts()}")
+
+    def enqueue(self, batch: list[Reading]) -> None:
+        self.write(self.outbox.enqueue, "fhir", [(r.key, r.to_json()) for r in batch])
+
+    def deliver(self) -> None:
+        while items := self.write(self.outbox.lease, "fhir", 50, 60.0):
+            self.write(self.outbox.delivered, [i.id for i in items])
+
+
+def test_600_readings_queue_and_deliver_on_a_2mib_disk_with_the_wal_bounded(tiny_fs):
+    """Issue 10.9: SQLite's default WAL (checkpointed at about 4 MB) filled a 2 MiB disk after 56 readings."""
+    path = tiny_fs.path / "outbox.sqlite"
+    batch = readings(600, seed=4)
+    with Outbox(path) as outbox:
+        gateway = Gateway(outbox)
+        for start in range(0, len(batch), 10):  # readings arrive a few at a time, delivery keeps up
+            gateway.enqueue(batch[start:start + 10])
+            if start % 100 == 90:
+                gateway.deliver()
+        gateway.deliver()
+        assert outbox.counts() == {"queued": 0, "inflight": 0, "delivered": 600, "dead": 0}
+    assert gateway.failed_writes == 0
+    assert gateway.largest_wal <= WAL_LIMIT, gateway.largest_wal
+
+
+def test_a_full_small_disk_fails_cleanly_and_recovers_with_less_space_than_the_wal_grew_to(tiny_fs):
+    """Truly full: a write fails and stores nothing. Then freeing 384 KiB, far less than the WAL had
+    grown to before the fix (1.6 MB for these 300 readings: phg refilled the freed space with WAL and
+    stuck again), is enough to deliver everything and queue the other 300."""
+    path = tiny_fs.path / "outbox.sqlite"
+    first, second = readings(300, seed=5), readings(300, seed=6)
+    with Outbox(path) as outbox:
+        gateway = Gateway(outbox)
+        for start in range(0, len(first), 10):
+            gateway.enqueue(first[start:start + 10])
+        tiny_fs.fill()
+        more = iter(second[start:start + 10] for start in range(0, len(second), 10))
+        for chunk in more:  # whatever the WAL gave back may take a batch or two; then the disk is truly full
+            before = outbox.counts()
+            try:
+                outbox.enqueue("fhir", [(r.key, r.to_json()) for r in chunk])
+            except StorageError as exc:
+                assert "disk is full" in str(exc) and str(path) in str(exc)
+                assert outbox.counts() == before  # nothing of the failed batch was stored
+                break
+        else:
+            raise AssertionError("a full disk took every reading")
+        tiny_fs.fill()  # whatever the failed write's checkpoint gave back is taken too: nothing is left
+
+        with tiny_fs.filler.open("r+b") as filler:  # free 384 KiB
+            filler.truncate(os.path.getsize(tiny_fs.filler) - 384 * 1024)
+        gateway.deliver()
+        gateway.enqueue(chunk)
+        for chunk in more:
+            gateway.enqueue(chunk)
+            gateway.deliver()
+        gateway.deliver()
+        assert outbox.counts() == {"queued": 0, "inflight": 0, "delivered": 600, "dead": 0}
+    assert gateway.largest_wal <= WAL_LIMIT, gateway.largest_wal
+    print(f"{gateway.failed_writes} writes failed for space after 384 KiB were freed; largest WAL "
+          f"{gateway.largest_wal} bytes")
+
+
+def test_doctor_warns_when_the_outboxs_file_system_is_low(tmp_path, monkeypatch):
+    from phg import doctor
+
+    lines: list[str] = []
+    checks = doctor.Checks(lines.append)
+    monkeypatch.setattr(doctor.os, "statvfs", lambda _: os.statvfs_result((4096, 4096, 512, 100, 75, 0, 0, 0, 0, 255)))
+    doctor._free_space(checks, tmp_path)
+    assert lines == [f"  warn  [outbox] only 0.3 MiB free of 2.0 MiB on the file system holding {tmp_path}: readings "
+                     "cannot be queued once it is full; free some space, move [outbox] path, or shorten [outbox] "
+                     "keep_delivered"]
+    monkeypatch.undo()
+    lines.clear()
+    doctor._free_space(checks, tmp_path)  # the test machine's disk: plenty
+    assert lines == [] and checks.ok
 
 
 # ------------------------------------------------------------------------------------ read-only
