@@ -19,10 +19,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from phg import mdc
+from phg.delivery.mllp import MllpCodec, frame
 from phg.errors import MappingError
 from phg.hl7v2 import PCD01_PROFILE, check, render_messages
 from phg.hl7v2.commands import hl7 as hl7_group
-from phg.hl7v2.pcd01 import escape, render_batch
+from phg.hl7v2.pcd01 import escape, number, render_batch
 from phg.model import DeviceClock, parse_reading
 from shared_vectors import VECTORS as SHARED
 from test_fhir_mapping import reading_docs
@@ -160,6 +161,37 @@ def test_unit_without_mdc_code_is_a_mapping_error():
 
 def test_escape():
     assert escape("a|b^c&d~e\\f") == "a\\F\\b\\S\\c\\T\\d\\R\\e\\E\\f"
+    assert escape("\x0b\x1c\x00\r\x7f\ufffe\u00e9") == "\\X0B\\\\X1C\\\\X00\\\\X0D\\\\X7F\\\\XEFBFBE\\\u00e9"
+    with pytest.raises(MappingError, match="surrogate U\\+D800"):
+        escape("a\ud800")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.characters(codec="utf-8") | st.sampled_from("\x0b\x1c\x00\r\n|^&~\\"), min_size=1,
+               max_size=30))
+def test_every_rendered_er7_passes_the_mllp_codec_and_the_checker(text):
+    """Issue 10 finding 7: whatever text a reading holds, the ER7 phg renders frames and de-frames to
+    itself (no raw VT/FS), passes the PCD-01 checker, and python-hl7 unescapes PID-3.1 back to the text."""
+    reading = readings_of_every_type()[3]
+    reading = dataclasses.replace(reading, patient=dataclasses.replace(reading.patient, value=text))
+    [message] = render_messages([reading], GATEWAY, now=NOW)
+    codec = MllpCodec()
+    codec.receive_data(frame(message))
+    assert codec.next_message() == message.encode("utf-8")
+    assert check(message) == []
+    parsed = hl7.parse(message)
+    assert parsed.unescape(str(parsed.segment("PID")[3][0][0])) == text
+
+
+@pytest.mark.parametrize("value", ["1e999999999", "-1e-999999999", "1e17", "12345678901234567", "NaN", "Infinity"])
+def test_numbers_beyond_nm_are_refused_before_rendering(value):
+    with pytest.raises(MappingError, match="NM"):
+        number(Decimal(value))
+
+
+def test_numbers_within_nm_keep_their_digits():
+    assert [number(Decimal(v)) for v in ("5.20", "1E+2", "-0", "0.000001", "12345678901234.5")] == \
+        ["5.20", "100", "0", "0.000001", "12345678901234.5"]
 
 
 @settings(max_examples=15, deadline=None)  # hl7apy strict parsing is ~0.1 s a message
