@@ -18,9 +18,10 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from phg.config import load_config
 from phg.errors import ConfigError
 from phg.outbox import STATES, Outbox
-from phg.outbox.sqlite import SCHEMA_VERSION
+from phg.outbox.sqlite import PURGED, SCHEMA_VERSION
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 FAR_FUTURE = 1e12
@@ -435,3 +436,112 @@ def test_the_outbox_is_readable_by_its_owner_only(tmp_path):
         box.enqueue("fhir", [("k1", "p1")])
     assert (tmp_path / "private" / "o.sqlite").stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "private").stat().st_mode & 0o777 == 0o700
+
+
+def test_an_outbox_readable_by_others_is_refused_with_the_fix(tmp_path):
+    path = tmp_path / "o.sqlite"
+    Outbox(path).close()
+    assert path.stat().st_mode & 0o777 == 0o600  # new files stay private
+    path.chmod(0o644)
+    with pytest.raises(ConfigError) as caught:
+        Outbox(path)
+    assert str(path) in str(caught.value) and f"chmod 600 {path}" in str(caught.value)
+    path.chmod(0o600)
+    Outbox(path).close()
+
+
+# --- retention of delivered payloads ----------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def deliver(box: Outbox, n: int) -> list[int]:
+    ids = [item.id for item in box.lease("fhir", n, 60)]
+    box.delivered(ids)
+    return ids
+
+
+def test_delivered_payloads_are_blanked_after_keep_delivered_and_not_queued_again(tmp_path):
+    clock = Clock()
+    with Outbox(tmp_path / "o.sqlite", keep_delivered=3600, clock=clock) as box:
+        box.enqueue("fhir", pairs(3))
+        ids = deliver(box, 2)
+        clock.now += 3599
+        box.enqueue("fhir", pairs(1, "other"))  # a write: retention runs, nothing is old enough yet
+        assert all(box.get(i).payload != PURGED for i in ids)
+        clock.now += 61  # past keep_delivered, and a minute after the last pass
+        box.enqueue("fhir", pairs(1, "third"))
+        assert [box.get(i).payload for i in ids] == [PURGED, PURGED]
+        assert box.get(ids[0]).key == "k0" and box.get(ids[0]).state == "delivered"
+        assert json.loads(box.items(state="queued")[0].payload) == {"n": 2}  # queued ones untouched
+        assert box.enqueue("fhir", pairs(2)) == ids  # the same readings again: still known as delivered
+        assert box.counts() == {"queued": 3, "inflight": 0, "delivered": 2, "dead": 0}
+
+
+def test_retention_runs_at_most_once_a_minute_and_zero_blanks_at_delivery(tmp_path):
+    clock = Clock()
+    with Outbox(tmp_path / "a.sqlite", keep_delivered=100, clock=clock) as box:
+        box.enqueue("fhir", pairs(2))
+        first = deliver(box, 1)
+        clock.now += 101
+        box.enqueue("fhir", pairs(1, "x"))  # a pass: blanks the first
+        second = deliver(box, 1)
+        clock.now += 30  # the second is old enough by now, but the last pass was only 30 s ago
+        box.enqueue("fhir", pairs(1, "y"))
+        assert box.get(first[0]).payload == PURGED and box.get(second[0]).payload != PURGED
+        clock.now += 31
+        box.enqueue("fhir", pairs(1, "z"))
+        assert box.get(second[0]).payload == PURGED
+    with Outbox(tmp_path / "b.sqlite", keep_delivered=0) as box:
+        box.enqueue("fhir", pairs(2))
+        assert [box.get(i).payload for i in deliver(box, 2)] == [PURGED, PURGED]  # in the delivering write
+    with Outbox(tmp_path / "c.sqlite", clock=lambda: FAR_FUTURE) as box:  # no period given: nothing erased
+        box.enqueue("fhir", pairs(1))
+        assert box.get(deliver(box, 1)[0]).payload != PURGED
+
+
+@pytest.mark.parametrize(("value", "seconds"), [('"7d"', 604800.0), ("0", 0.0), ('"12h"', 43200.0),
+                                                ('"30m"', 1800.0), ("90", 90.0), ('"45s"', 45.0)])
+def test_keep_delivered_config(tmp_path, value, seconds):
+    config = tmp_path / "phg.toml"
+    config.write_text(f"[outbox]\nkeep_delivered = {value}\n")
+    assert load_config(config, env={}).keep_delivered == seconds
+    assert load_config(None, env={"HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "x")}
+                       ).keep_delivered == 7 * 86400  # the default
+
+
+@pytest.mark.parametrize("value", ['"a week"', "-1", '"7w"', "true", "nan"])
+def test_keep_delivered_config_refuses_what_is_not_a_duration(tmp_path, value):
+    config = tmp_path / "phg.toml"
+    config.write_text(f"[outbox]\nkeep_delivered = {value}\n")
+    with pytest.raises(ConfigError, match=rf'{config}: \[outbox\] keep_delivered must be .* "7d"'):
+        load_config(config, env={})
+
+
+def test_queue_purge_delivered_and_dead_from_the_cli(tmp_path):
+    from click.testing import CliRunner
+
+    from phg.cli import main
+
+    path = tmp_path / "o.sqlite"
+    with Outbox(path) as box:
+        box.enqueue("fhir", pairs(4))
+        delivered = deliver(box, 2)
+        box.dead([box.lease("fhir", 1, 60)[0].id], "HTTP 400")
+    env = {"PHG_OUTBOX": str(path), "PHG_CONFIG": "", "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "c")}
+    runner = CliRunner()
+    result = runner.invoke(main, ["queue", "purge", "--delivered"], env=env)
+    assert result.exit_code == 0 and "erased the readings of 2 delivered item(s)" in result.output, result.output
+    with Outbox(path) as box:
+        assert [box.get(i).payload for i in delivered] == [PURGED, PURGED]
+        assert box.counts() == {"queued": 1, "inflight": 0, "delivered": 2, "dead": 1}
+    result = runner.invoke(main, ["queue", "purge", "--dead", "--delivered"], env=env)
+    assert "removed 1 dead item(s)" in result.output and "erased the readings of 0 delivered" in result.output
+    result = runner.invoke(main, ["queue", "purge"], env=env)
+    assert result.exit_code == 2 and "--dead, --delivered or both" in result.output
