@@ -104,6 +104,8 @@ class Agent:
     extended: bool = False  # report the standard objects under an extended configuration id (0x4000+)
     system_id: str | None = None
     grouped: str | None = None  # "abs" / "bo" / "rel": a pulse oximeter with a periodic scanner, grouped reports
+    extended_id: int | None = None  # this extended configuration id instead of the kind's (implies extended)
+    extra_objects: int = 0  # copies of the kind's objects (new handles) in the configuration report
     clock: datetime = datetime(2026, 11, 28, 9, 0, 0)
     invoke: int = 0
     log: list[str] = field(default_factory=list)
@@ -116,6 +118,8 @@ class Agent:
     def config_id(self) -> int:
         if self.grouped:
             return 0x4100 + list(TIME_STAMPS).index(self.grouped)
+        if self.extended_id is not None:
+            return self.extended_id
         return 0x4000 + list(KINDS).index(self.kind_name) if self.extended else self.kind.config_id
 
     @property
@@ -142,6 +146,8 @@ class Agent:
                 AVA(nom.ATTR_CONFIRM_MODE, u16(1)),  # confirmed, so that the session sees acknowledgements
                 AVA(nom.ATTR_SCAN_HANDLE_ATTR_VAL_MAP, handle_attr_val_map_bytes(scanner_map(self.grouped))),
             )),)
+        objects += tuple(ConfigObject(o.obj_class, o.handle + 100 * k, o.attributes)
+                         for k in range(1, self.extra_objects + 1) for o in std.objects)
         report = ConfigReport(self.config_id, objects)
         return encode(Prst(self.next_invoke(), EventReport(0, 0xFFFFFFFF, nom.NOTI_CONFIG, config_report_bytes(report))))
 

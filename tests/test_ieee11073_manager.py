@@ -445,3 +445,131 @@ def test_every_shared_grouped_sample_decodes_into_readings():
         assert isinstance(m, Measurements), (s["id"], m)
         readings = readings_of(m, PATIENT, OFFSET, datetime.now(UTC))
         assert readings and all(x.value is not None for r in readings for x in r.metrics), s["id"]
+
+
+# ------------------------------------------------------------------------------------ undecodable reports
+
+STAMP = bytes.fromhex("2026112809000000")  # Agent's clock, 2026-11-28 09:00: the stamp of measurement(0)
+
+
+def feb31_report(agent: Agent, confirmed: bool = True) -> bytes:
+    _, report = agent.measurement(0, confirmed)
+    assert STAMP in report
+    return report.replace(STAMP, bytes.fromhex("2026023109000000"))
+
+
+@pytest.mark.parametrize("confirmed", [True, False])
+def test_a_time_stamp_of_31_february_is_an_abort_with_its_reason(confirmed):
+    """Issue 10 finding 4: the date used to pass decoding and raise while building readings, outside the
+    manager; the connection dropped without ABRT and the agent sent the report again forever."""
+    manager, agent = Manager(), Agent("thermometer")
+    associate(manager, agent)
+    sent(manager)
+    (ev,) = manager.receive_data(feb31_report(agent, confirmed), 1.0)
+    assert isinstance(ev, Aborted) and "Absolute-Time 2026023109000000: day is out of range for month" in ev.reason
+    assert sent(manager) == [Abrt(0)] and manager.state is State.UNASSOCIATED
+
+
+def test_time_stamps_must_be_dates_but_a_device_clock_without_one_is_a_time_fault():
+    from phg.sources.ieee11073.apdu import ApduError, decode_attribute
+
+    for bad in ("2026023109000000", "2026130109000000", "2026112825000000", "2026112809610000"):
+        with pytest.raises(ApduError, match="Absolute-Time"):
+            decode_attribute(nom.ATTR_TIME_STAMP_ABS, bytes.fromhex(bad))
+    assert decode_attribute(nom.ATTR_TIME_STAMP_ABS, b"\xff" * 8).unset  # no time set: allowed
+    clock = decode_attribute(nom.ATTR_TIME_ABS, bytes.fromhex("2026023109000000"))  # the MDS clock: read
+    from phg.sources.ieee11073.manager import MdsInfo
+    from phg.sources.ieee11073.readings import device_clock
+
+    now = datetime.now(UTC)
+    assert device_clock(MdsInfo("0102030405060708", time_abs=clock), now, OFFSET).device_time is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from([k for k in KINDS]), st.integers(0, 7), st.integers(0, 255), st.booleans())
+def test_fuzz_time_stamps_never_raise_out_of_the_manager_or_the_readings(kind, at, value, confirmed):
+    """Any byte of a report's Absolute-Time stamp: readings, or an ABRT; never an exception."""
+    manager, agent = Manager(), Agent(kind)
+    associate(manager, agent)
+    sent(manager)
+    _, report = agent.measurement(0, confirmed)
+    stamp = bytearray(STAMP)
+    stamp[at] = value
+    for ev in manager.receive_data(report.replace(STAMP, bytes(stamp)), 1.0):
+        if isinstance(ev, Measurements):
+            for reading in readings_of(ev, PATIENT, OFFSET, datetime.now(UTC), datetime.now(UTC)):
+                reading.to_json()
+        else:
+            assert isinstance(ev, Aborted) and sent(manager) == [Abrt(0)]
+
+
+# ------------------------------------------------------------------------------------ the configuration store
+
+def _config(agent_id: int, config_id: int = 0x4000, extra: int = 0):
+    from phg.sources.ieee11073.apdu import decode_config_report
+    from phg.sources.ieee11073.configs import Configuration
+
+    agent = Agent("scale", extended_id=config_id, extra_objects=extra, system_id=f"{agent_id:016X}")
+    report = decode_config_report(decode(agent.config_report()).message.info)
+    return agent.sys_id.hex().upper(), Configuration.from_report(report)
+
+
+def test_store_is_bounded_by_count_per_agent_and_size_least_recently_used_first():
+    from phg.sources.ieee11073.configs import StoreLimits
+
+    store = MemoryConfigStore(StoreLimits(max_configs=3, per_agent=2, max_bytes=200))
+    for i in range(4):
+        store.put(*_config(i))
+    assert store.get(*_key(0)) is None and all(store.get(*_key(i)) for i in (1, 2, 3))  # oldest forgotten
+    store.get(*_key(1))  # used: now the most recent
+    store.put(*_config(4))
+    assert store.get(*_key(2)) is None and store.get(*_key(1)) is not None
+    for cid in (0x4001, 0x4002, 0x4003):  # one agent, three configurations: only its two latest stay
+        store.put(*_config(9, cid))
+    assert [store.get(f"{9:016X}", c) is not None for c in (0x4001, 0x4002, 0x4003)] == [False, True, True]
+    system_id, big = _config(7, extra=5)
+    assert len(big.to_bytes()) > 200
+    store.put(system_id, big)
+    assert store.get(system_id, 0x4000) is None  # too large to remember (used for its association only)
+
+
+def _key(i: int) -> tuple[str, int]:
+    return f"{i:016X}", 0x4000
+
+
+def test_file_store_appends_changes_survives_restarts_and_stays_bounded(tmp_path):
+    from phg.sources.ieee11073.configs import FileConfigStore, StoreLimits
+
+    path, limits = tmp_path / "configs.jsonl", StoreLimits(max_configs=20, per_agent=2)
+    store = FileConfigStore(path, limits)
+    store.put(*_config(1))
+    store.flush()
+    first = path.read_bytes()
+    store.put(*_config(2))
+    store.flush()
+    assert path.read_bytes().startswith(first) and len(path.read_bytes().splitlines()) == 2  # appended
+    for i in range(3, 200):
+        store.put(*_config(i))
+        store.flush()
+    lines = path.read_text().splitlines()
+    assert len(lines) <= 2 * 20 + 1  # forgotten configurations are compacted away
+    again = FileConfigStore(path, limits)
+    assert [again.get(*_key(i)) is not None for i in (179, 180, 199)] == [False, True, True]
+    assert len(path.read_text().splitlines()) == 20
+
+
+def test_file_store_reads_the_earlier_format_and_skips_damage(tmp_path):
+    import json
+
+    from phg.sources.ieee11073.configs import FileConfigStore
+
+    system_id, config = _config(1)
+    path = tmp_path / "configs.json"
+    path.write_text(json.dumps({f"{system_id}/4000": config.to_bytes().hex(), "X/zz": "00"}, indent=1))
+    assert FileConfigStore(path).get(system_id, 0x4000) is not None
+    assert json.loads(path.read_text().splitlines()[0])["agent"] == system_id  # rewritten as JSON Lines
+    with path.open("a") as f:
+        f.write('{"agent": "A", "config_id": 16384, "report": "e7"}\n[1]\nnot json\n{"agent": "B"')
+    store = FileConfigStore(path)
+    assert store.get(system_id, 0x4000) is not None and store.get("A", 0x4000) is None
+    assert len(path.read_text().splitlines()) == 1

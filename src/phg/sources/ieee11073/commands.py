@@ -28,9 +28,12 @@ def ieee11073() -> None:
               help="JSON file remembering agents' extended configurations.")
 @click.option("--utc-offset", type=float, default=None,
               help="Hours to add to agents' local time (default: this computer's current offset).")
+@click.option("--max-connections", type=click.IntRange(1), default=32, show_default=True,
+              help="Agent connections served at once; more are closed when accepted (the agent retries).")
 @click.pass_context
 def listen(ctx: click.Context, port: int, host: str, patient_system: str | None, patient_value: str | None,
-           outbox_path: Path | None, configs_path: Path | None, utc_offset: float | None) -> None:
+           outbox_path: Path | None, configs_path: Path | None, utc_offset: float | None,
+           max_connections: int) -> None:
     """Run the manager: accept agents on TCP PORT and queue their readings."""
     from phg.model import PatientRef
     from phg.outbox import Outbox
@@ -54,7 +57,8 @@ def listen(ctx: click.Context, port: int, host: str, patient_system: str | None,
     offset = timedelta(hours=utc_offset) if utc_offset is not None else datetime.now().astimezone().utcoffset()
     settings = ManagerSettings(patient, utc_offset=offset or timedelta(0),
                                destinations=tuple(config.destination_names) if config is not None else ("fhir",),
-                               store=FileConfigStore(configs_path) if configs_path else MemoryConfigStore())
+                               store=FileConfigStore(configs_path) if configs_path else MemoryConfigStore(),
+                               max_connections=max_connections)
     with Outbox(outbox_path) as outbox:
         try:
             asyncio.run(run_tcp_manager(outbox, settings, port, host))
