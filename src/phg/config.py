@@ -363,8 +363,9 @@ keep_delivered = "7d"
 batch_size = 50
 # Longest wait (seconds) between retries while the server is unreachable.
 max_retry_delay = 300
-# How long (seconds) a batch being sent stays leased. If phg is killed mid-send, that batch is sent
-# again once its lease expires (harmless: the server recognises it). Longer than a slow send.
+# How long (seconds) a batch stays leased; phg renews it while the batch is being sent. If phg is
+# killed mid-send, that batch is sent again once its lease expires (harmless: the server recognises
+# it). At least [fhir] timeout and each destination's ack_timeout (MLLP) or timeout (HTTP, SOAP).
 lease_seconds = 120
 '''
 

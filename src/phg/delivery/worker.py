@@ -1,13 +1,28 @@
 """The delivery worker: outbox -> destination, with backoff, batch splitting and dead letters.
 
-Rules (issue #2, design.md "delivery"):
+Rules (issues #2 and #10, design.md "delivery"):
 - Take up to batch_size due items under a lease, so a crash leaves them to be retried, never lost.
-- Transient failures (connection errors, timeouts, 408, 429, 5xx) put the batch back with an
-  exponential backoff with jitter, or the server's Retry-After when it gave one.
-- A batch refused as a whole (4xx) is split in halves until the reading at fault is alone; it goes
-  dead with the server's reason while the others are delivered. A batch that keeps failing
-  transiently while the server is reachable is tried in halves, so one reading that makes the
-  server fail cannot hold back the others forever.
+  Every lease has a token and every outcome is reported under it (a lease that expired and was
+  taken by another leaser makes the report stale: ignored). Every lease the worker holds (the batch
+  on the wire, the next one leased ahead, the batch held through an outage) is renewed three times
+  per lease_seconds, so a send that outlasts its lease is never sent again by this worker's
+  look-ahead or by another worker on the same outbox. Stored times further ahead than the longest
+  delay the worker sets (`horizon`) come from a clock that ran ahead and are due; in-process
+  deadlines (Retry-After, the circuit) are time.monotonic().
+- The destination cannot be reached (TransientDeliveryError with reached=False: connect failure at
+  the server or its token endpoint): a circuit opens for the whole destination. It waits (backoff
+  over consecutive failures, jittered, capped at max_backoff), holding the failed batch whole and
+  leased, then sends that batch again as the one probe; nothing else is leased or written meanwhile.
+  The first answer closes it and every item goes on at once: none carries a backoff of the outage.
+- Transient failures of a reachable server (timeouts, 408, 429, 5xx) put the batch back with an
+  exponential backoff with jitter, or the server's Retry-After when it gave one (the whole
+  destination waits it out).
+- A batch refused as a whole (4xx), or whose send raises an exception that is none of phg's typed
+  errors (a bug, lxml, MemoryError), is split in halves until the reading at fault is alone; it goes
+  dead with the server's reason (or the exception's type and message) while the others are
+  delivered: no exception type leaves a batch in flight. A batch that keeps failing transiently
+  while the server is reachable is tried in halves, so one reading that makes the server fail cannot
+  hold back the others forever.
 - An AuthError, or a ConfigError from the destination (e.g. the FHIR base answers 404: wrong URL),
   stops the worker and releases the batch untouched: credentials and URLs are fixed by a person.
 - An outbox that cannot be written (StorageError: disk full, I/O error, ...) pauses a long-running
