@@ -176,3 +176,60 @@ def test_simulate_collects_from_the_emulated_bluetooth_devices(env):
     assert result.returncode == 0, result.stderr
     assert "queued 9 reading(s) from 5 emulated devices" in result.stdout
     assert "queued: 9" in phg("queue", "ls", env=env).stdout
+
+
+def with_value(doc: dict, token: str) -> str:
+    """The document as JSON text with its first metric's value written as the raw JSON `token`."""
+    changed = json.loads(json.dumps(doc))
+    changed["metrics"][0]["value"] = "@"
+    return json.dumps(changed).replace('"@"', token)
+
+
+def bad_documents(tmp_path: Path, doc: dict) -> dict[str, str]:
+    """One file per intake bound that the parser used to miss (issue 10, findings 2 and 4), and the
+    refusal each must give."""
+    cases = {
+        "vt.json": (json.dumps(doc | {"patient": {"system": "urn:oid:1.2", "value": "pt\u000b1"}}),
+                    "patient.value: the text holds the control character U+000B"),
+        "exponent.json": (with_value(doc, '"1e999999999"'), "metrics[0].value: the exponent is out of range"),
+        "nan.json": (with_value(doc, "NaN"), "metrics[0].value: NaN is not a number"),
+        "infinity.json": (with_value(doc, "-Infinity"), "metrics[0].value: -Infinity is not a number"),
+        "digits.json": (with_value(doc, "7" * 5000), "metrics[0].value: 5,000 significant digits"),
+        "deep.json": ("[" * 200_000 + "]" * 200_000, "(document): not readable: nested far deeper"),
+    }
+    for name, (content, _) in cases.items():
+        (tmp_path / name).write_text(content)
+    return {name: f"{tmp_path / name}: {words}" for name, (_, words) in cases.items()}
+
+
+def test_send_refuses_out_of_bounds_and_malformed_files_and_queues_the_rest(tmp_path, reading_files, env):
+    doc = json.loads(reading_files[0].read_text())
+    refusals = bad_documents(tmp_path, doc)
+    result = phg("send", "--no-deliver", str(reading_files[0]), *(str(tmp_path / name) for name in refusals),
+                 str(reading_files[1]), env=env)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for refusal in refusals.values():
+        assert refusal in result.stderr
+    assert f"queued 2 reading(s) in {env['PHG_OUTBOX']}, refused {len(refusals)}" in result.stdout
+    assert "queued: 2" in phg("queue", "ls", env=env).stdout
+
+
+def test_a_bad_json_lines_line_is_refused_alone_from_stdin(tmp_path, reading_files, env):
+    lines = [reading_files[0].read_text(), '{"device": {nope', reading_files[1].read_text(),
+             with_value(json.loads(reading_files[2].read_text()), '"1e999999999"')]
+    result = phg("send", "--no-deliver", "-", env=env, stdin="\n".join(lines) + "\n")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "refused: stdin: line 2 column 13: not JSON: Expecting property name" in result.stderr
+    assert "refused: stdin line 4: metrics[0].value: the exponent is out of range" in result.stderr
+    assert "queued 2 reading(s)" in result.stdout and "refused 2" in result.stdout
+    assert "queued: 2" in phg("queue", "ls", env=env).stdout
+
+
+def test_render_refuses_the_bad_document_and_renders_the_rest(tmp_path, reading_files, env):
+    refusals = bad_documents(tmp_path, json.loads(reading_files[0].read_text()))
+    result = phg("render", "--format", "hl7v2", str(tmp_path / "exponent.json"), str(tmp_path / "vt.json"),
+                 str(reading_files[0]), env=env)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert refusals["exponent.json"] in result.stderr and refusals["vt.json"] in result.stderr
+    assert result.stdout.count("MSH|") == 1
