@@ -133,3 +133,50 @@ def test_envelope_key_from_a_jwks(server_key) -> None:
     with pytest.raises(ConfigError, match="exactly one"):
         envelope_from_jwks({"keys": [jwks["keys"][0], {**jwks["keys"][0], "kid": "enc-2"}]}, None, "test")
     assert envelope_from_jwks({"keys": [jwks["keys"][0], {**jwks["keys"][0], "kid": "enc-2"}]}, "enc-2", "t").kid == "enc-2"
+
+
+# ---------------------------------------------------------------------------------------------- hostile answers
+
+
+@pytest.mark.parametrize(("answer", "message"), [
+    ({"token_endpoint_auth_method": "none"}, "token_endpoint_auth_method 'none'"),
+    ({"token_endpoint_auth_method": "tls_client_auth"}, "authenticates only with private_key_jwt"),
+    ({"token_endpoint_auth_method": "client_secret_basic"}, "without issuing a client_secret"),
+    ({"registration_client_uri": "https://collector.example.net/reg/c1"}, "on another origin"),
+    ({"registration_client_uri": "http://as/reg/c1"}, "on another origin"),  # https endpoint, http URI
+    ({"registration_client_uri": "https://as:8443/reg/c1"}, "on another origin"),
+    ({"registration_client_uri": "https://x:y@as/reg/c1"}, "https://\\*\\*\\*@as/reg/c1 on another origin"),
+    ({"registration_client_uri": "/reg/c1"}, "on another origin"),
+    ({"registration_access_token": 42}, "registration_access_token that is not a string"),
+    ({"client_id": ""}, "without a client_id"),
+])
+async def test_hostile_registration_answers_are_refused(answer, message) -> None:
+    body = {"client_id": "c1", "registration_access_token": "rat-secret-9",
+            "registration_client_uri": "https://as/reg/c1", "token_endpoint_auth_method": "private_key_jwt", **answer}
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(201, json=body))) as client:
+        with pytest.raises(AuthError, match=message) as caught:
+            await register(client, "https://as/reg", client_metadata(scope="s", jwks={"keys": []}))
+    assert "rat-secret-9" not in str(caught.value)
+
+
+async def test_a_management_answer_must_stay_on_the_uri_origin() -> None:
+    """RFC 7592 read/update: the answer's registration_client_uri is checked against the URI called,
+    so a rotated URI on another origin never receives the registration access token later."""
+    from phg.auth.registration import read_registration
+
+    answer = {"client_id": "c1", "token_endpoint_auth_method": "private_key_jwt",
+              "registration_client_uri": "https://collector.example.net/c1"}
+    async with httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(200, json=answer))) as client:
+        with pytest.raises(AuthError, match="on another origin"):
+            await read_registration(client, "https://as/reg/c1", "rat")
+        answer["registration_client_uri"] = "https://as/reg/c1-rotated"
+        assert (await read_registration(client, "https://as/reg/c1", "rat")).registration_client_uri == \
+            "https://as/reg/c1-rotated"
+
+
+async def test_a_secret_method_with_its_secret_is_stored() -> None:
+    body = {"client_id": "c1", "client_secret": "cs", "token_endpoint_auth_method": "client_secret_post"}
+    async with httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(201, json=body))) as client:
+        found = await register(client, "https://as/reg", client_metadata(scope="s", jwks={"keys": []}))
+    assert found.config_values() == {"client_id": "c1", "method": "client-secret-post", "client_secret": "cs"}

@@ -11,11 +11,13 @@ import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs
 
 import httpx
 import pytest
+from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -26,6 +28,7 @@ from phg.auth.registration import register
 from phg.auth.secret import ClientSecretAuth, PasswordAuth
 from phg.auth.settings import auth_settings
 from phg.auth.smart import SmartBackendAuth
+from phg.cli import main
 from phg.config import load_config
 from phg.daemon import build_auth
 from phg.errors import AuthError, ConfigError, TransientDeliveryError
@@ -271,3 +274,67 @@ async def test_token_refusal_text_is_printable() -> None:
             await auth.token()
     assert printable(str(caught.value)) == str(caught.value) and "no[2J" in str(caught.value)
 
+
+
+class HostileHandler(BaseHTTPRequestHandler):
+    """A FHIR + OAuth server whose every word carries terminal escapes."""
+
+    def _json(self, status: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        origin = f"http://127.0.0.1:{self.server.server_address[1]}"
+        if self.path.endswith("/.well-known/smart-configuration"):
+            self._json(200, {"token_endpoint": f"{origin}/token", "registration_endpoint": f"{origin}/reg"})
+        else:
+            self._json(200, {"resourceType": "CapabilityStatement", "fhirVersion": f"4.0.1{ESCAPES}",
+                             "software": {"name": f"evil{ESCAPES}"}})
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        if self.path == "/reg":
+            self._json(201, {"client_id": f"c1{ESCAPES}", "token_endpoint_auth_method": f"none{ESCAPES}"})
+        else:
+            self._json(400, {"error": f"invalid_client{ESCAPES}", "error_description": f"go away{ESCAPES}"})
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def hostile_server() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), HostileHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/fhir"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.mark.parametrize("command", [["doctor"], ["register", "--method", "client_secret_basic", "--force"]])
+def test_server_escapes_never_reach_the_terminal(hostile_server: str, tmp_path: Path, command) -> None:
+    path = tmp_path / "phg.toml"
+    path.write_text(f'[fhir]\nbase_url = "{hostile_server}"\n\n[auth]\nclient_id = "gw"\nclient_secret = "s"\n'
+                    f'[outbox]\npath = "{tmp_path / "o.sqlite"}"\n')
+    path.chmod(0o600)
+    before = path.read_text()
+    result = CliRunner().invoke(main, ["--config", str(path), *command])
+    shown = result.stdout + result.stderr
+    assert result.exit_code == 3, shown
+    assert "go away" in shown or "none[2J" in shown  # the server's words, defused
+    assert printable(shown) == shown, repr(shown)
+    assert path.read_text() == before  # a refused registration stores nothing
+
+
+def test_a_readable_config_with_a_secret_stops_the_cli(tmp_path: Path) -> None:
+    path = write_config(tmp_path, 'client_id = "gw"\nclient_secret = "s3cret"', mode=0o640)
+    result = CliRunner().invoke(main, ["--config", str(path), "doctor"])
+    assert result.exit_code == 3 and f"chmod 600 {path}" in result.stdout + result.stderr

@@ -48,6 +48,7 @@ from phg.errors import AuthError
 from phg.model import Gateway, PatientRef
 from phg.outbox import Outbox
 from phg.sources.sim import simulated_readings
+from phg.transport import origin
 
 pytestmark = pytest.mark.peers
 
@@ -134,6 +135,28 @@ def test_client_secret_basic_and_post(gate: Gate, oauth: OAuthServer, tmp_path, 
     run_register(path, "--method", method, "--endpoint", oauth.registration_endpoint)
     config = load_config(path, env={})
     assert config.auth["method"] == method.replace("_", "-") and config.auth["client_secret"]
+    assert deliver_some(path) == (5, 0)
+
+
+def test_a_client_secret_goes_only_where_the_config_says(gate: Gate, oauth: OAuthServer, tmp_path):
+    """Issue 10 finding 6: the secret is refused to the discovered token endpoint on another origin,
+    with the two fixes named; each fix then delivers."""
+    assert origin(httpx.URL(oauth.token_endpoint)) != origin(httpx.URL(gate.base_url))
+    client = oauth.register_client(client_secret_basic=True, scope=DEFAULT_SCOPE)
+    auth = dict(method="client-secret-basic", client_id=client["client_id"], client_secret=client["client_secret"])
+    message = refused_and_kept(write_config(tmp_path, gate.base_url, **auth), "on another origin")
+    assert f'[auth] token_url = "{oauth.token_endpoint}"' in message
+    assert '[auth] trusted_token_hosts = ["127.0.0.1"]' in message and client["client_secret"] not in message
+    for name, fix in (("hosts", {"trusted_token_hosts": TRUSTED}), ("url", {"token_url": oauth.token_endpoint})):
+        (tmp_path / name).mkdir()
+        assert deliver_some(write_config(tmp_path / name, gate.base_url, **auth, **fix)) == (5, 0)
+
+
+def test_a_smart_assertion_follows_discovery_to_another_origin(gate: Gate, oauth: OAuthServer, tmp_path):
+    """A signed assertion is bound to the discovered endpoint by its aud: no trust setting needed."""
+    path = write_config(tmp_path, gate.base_url, key_file=str(tmp_path / "gw.pem"))
+    run_register(path, "--endpoint", oauth.registration_endpoint)
+    assert not {"token_url", "trusted_token_hosts"} & set(load_config(path, env={}).auth)
     assert deliver_some(path) == (5, 0)
 
 
@@ -445,7 +468,7 @@ def test_envelope_decrypts_to_exactly_the_clear_bundle(sekmet, tmp_path):
     envelope = envelope_from_file(public)
     readings = simulated_readings(patient(), START)
     destination = FhirDestination(httpx.AsyncClient(), sekmet.base_url, Gateway(system_id=GATEWAY_ID))
-    clear, _, _ = destination.render(readings)
+    _, clear = destination.render(readings)
     with decrypting_receiver(RSAKey.import_key(private), sekmet.base_url) as receiver:
         body, content_type = seal(clear, envelope)
         assert content_type == "application/jose" and clear not in body
