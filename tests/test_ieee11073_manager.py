@@ -252,7 +252,9 @@ def test_fuzz_state_machine(chunks, gaps):
         for ev in manager.tick(now) + manager.receive_data(chunk, now):
             if isinstance(ev, Aborted):
                 assert ev.reason
-            if isinstance(ev, Measurements):
+            if isinstance(ev, Measurements):  # whatever the manager accepts becomes readings without raising
+                for reading in readings_of(ev, PATIENT, OFFSET, datetime.now(UTC), datetime.now(UTC)):
+                    reading.to_json()
                 manager.acknowledge(ev)
         for apdu in sent(manager):  # whatever the manager says is well formed
             assert encode(apdu)
