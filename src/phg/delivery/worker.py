@@ -322,13 +322,7 @@ class DeliveryWorker:
     async def _transient(self, batch: Batch, exc: TransientDeliveryError, isolate: bool) -> None:
         """The destination answered "not now" (408, 429, 5xx, a dropped answer): the batch backs off, or
         the whole destination waits out its Retry-After."""
-        attempts = max(item.attempts for item, _ in batch)
-        # A Retry-After longer than max_backoff is capped: a misconfigured server must not park
-        # readings for a day.
-        delay = (min(exc.retry_after, self.max_backoff) if exc.retry_after is not None
-                 else backoff(attempts, cap=self.max_backoff))
-        if exc.retry_after is not None:
-            self._resume_at = time.monotonic() + delay
+        delay = self._delay(exc.retry_after, max(item.attempts for item, _ in batch))
         if exc.detail:
             log.debug("%s: the peer said: %s", self.destination.name, exc.detail)
         if (isolate and len(batch) > 1 and exc.reached and exc.retry_after is None
@@ -345,6 +339,16 @@ class DeliveryWorker:
         error = f"{exc}: {exc.detail}" if exc.detail else str(exc)
         await self._report(self.outbox.retry_later, [item for item, _ in batch], delay, error)
         self.summary.retried += len(batch)
+
+    def _delay(self, retry_after: float | None, attempts: int) -> float:
+        """Seconds until a retry: the server's Retry-After, for which the whole destination waits (RFC
+        9110 section 10.2.3), capped at max_backoff (a misconfigured server must not park readings for
+        a day); else the backoff of the readings' attempts."""
+        if retry_after is None:
+            return backoff(attempts, cap=self.max_backoff)
+        delay = min(retry_after, self.max_backoff)
+        self._resume_at = max(self._resume_at, time.monotonic() + delay)
+        return delay
 
     async def _isolate(self, batch: Batch, reason: str, what: str) -> None:
         """The batch failed because of its content: split it in halves until the reading at fault is
@@ -371,7 +375,7 @@ class DeliveryWorker:
                 if item.refusals + 1 >= outcome.max_attempts:
                     await self._dead([item], f"{outcome.reason} (after {item.refusals + 1} attempts)")
                 else:
-                    delay = backoff(item.attempts, cap=self.max_backoff)
+                    delay = self._delay(outcome.retry_after, item.attempts)
                     refused = outcome.max_attempts < UNBOUNDED  # an answer (AE), not silence
                     await self._report(self.outbox.retry_later, [item], delay, outcome.reason, refused)
                     self.summary.retried += 1
