@@ -575,3 +575,17 @@ def test_file_store_reads_the_earlier_format_and_skips_damage(tmp_path):
     store = FileConfigStore(path)
     assert store.get(system_id, 0x4000) is not None and store.get("A", 0x4000) is None
     assert len(path.read_text().splitlines()) == 1
+
+
+def test_file_store_write_failure_is_logged_and_the_next_flush_rewrites(tmp_path, caplog):
+    from phg.sources.ieee11073.configs import FileConfigStore
+
+    path = tmp_path / "not-yet" / "configs.jsonl"
+    store = FileConfigStore(path)
+    store.put(*_config(1))
+    store.flush()  # the directory does not exist: logged, not raised
+    assert "configurations not saved" in caplog.text and store.get(*_key(1)) is not None
+    path.parent.mkdir()
+    store.put(*_config(2))
+    store.flush()
+    assert len(path.read_text().splitlines()) == 2 and FileConfigStore(path).get(*_key(1)) is not None

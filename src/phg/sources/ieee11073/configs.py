@@ -230,6 +230,7 @@ class FileConfigStore(MemoryConfigStore):
         self.path = Path(path)
         self._pending: list[tuple[Key, bytes | None]] = []
         self._lines = 0
+        self._must_rewrite = False  # after a failed write: the file may end in a partial line
         self._write_lock = threading.Lock()
         if self.path.exists():
             self._load()
@@ -264,7 +265,7 @@ class FileConfigStore(MemoryConfigStore):
             if not pending:
                 return
             try:
-                if self._lines + len(pending) > 2 * max(len(self._items), 16):
+                if self._must_rewrite or self._lines + len(pending) > 2 * max(len(self._items), 16):
                     self._rewrite()
                     return
                 with self.path.open("a", encoding="utf-8") as f:
@@ -272,7 +273,7 @@ class FileConfigStore(MemoryConfigStore):
                 self._lines += len(pending)
             except OSError as exc:
                 log.warning("%s: configurations not saved: %s", self.path, exc)
-                self._lines = 2 * self.limits.max_configs + 1  # the next flush rewrites the whole file
+                self._must_rewrite = True
 
     def _rewrite(self) -> None:
         with self._lock:
@@ -281,7 +282,7 @@ class FileConfigStore(MemoryConfigStore):
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text("".join(lines), encoding="utf-8")
         tmp.replace(self.path)
-        self._lines = len(lines)
+        self._lines, self._must_rewrite = len(lines), False
 
 
 def _line(key: Key, raw: bytes | None) -> str:
