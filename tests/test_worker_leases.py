@@ -117,6 +117,17 @@ async def test_an_outage_is_waited_out_by_the_destination_not_item_by_item(outbo
     assert sum(i.attempts for i in items) == len(READINGS)  # one lease each: the probe was held, not re-leased
 
 
+async def test_a_queue_held_whole_as_the_probe_is_tried_when_the_wait_is_over(tmp_path):
+    with Outbox(tmp_path / "o.sqlite") as box:
+        box.enqueue("fhir", [(r.key, r.to_json()) for r in READINGS[:5]])
+        dest = Down(outage=1.0)
+        worker = DeliveryWorker(box, dest, batch_size=20, max_backoff=0.5, lease_seconds=120)
+        began = time.monotonic()
+        await run_until(box, [worker], lambda c: c["delivered"] == 5)
+        assert box.counts("fhir")["delivered"] == 5
+        assert time.monotonic() - began < 1.0 + 0.5 + 1.0  # not the probe's lease deadline, 120 s ahead
+
+
 async def test_until_idle_in_an_outage_tries_once_and_leaves_everything_due(outbox):
     dest = Down(outage=60)
     summary = await DeliveryWorker(outbox, dest, batch_size=20).run(until_idle=True)

@@ -143,9 +143,7 @@ class DeliveryWorker:
                     continue
                 if until_idle:
                     break
-                due = await asyncio.to_thread(self.outbox.next_due, self.destination.name, self.horizon)
-                wait = self.idle_poll if due is None else min(self.idle_poll * 30, max(
-                    0.05, due - time.time(), self._resume_at - time.monotonic()))
+                wait = await self._idle_wait()
                 storage_failures = 0
             except StorageError as exc:
                 if until_idle:
@@ -167,6 +165,16 @@ class DeliveryWorker:
             except TimeoutError:
                 pass
         return self.summary
+
+    async def _idle_wait(self) -> float:
+        """Seconds to sleep when nothing could be sent: until the circuit's probe, else until the next
+        item is due (and any Retry-After has passed), polling at most idle_poll * 30 apart."""
+        if self._probe:
+            return max(0.05, self._resume_at - time.monotonic())
+        due = await asyncio.to_thread(self.outbox.next_due, self.destination.name, self.horizon)
+        if due is None:
+            return self.idle_poll
+        return min(self.idle_poll * 30, max(0.05, due - time.time(), self._resume_at - time.monotonic()))
 
     async def run_once(self) -> bool:
         """Lease and deliver one batch (or send the batch held through an outage again, as the probe).
@@ -211,9 +219,13 @@ class DeliveryWorker:
         if not items:
             return None
         self._hold(items[0].lease)
-        readings, broken = await asyncio.to_thread(_parse, items)
-        for item, reason in broken:
-            await self._dead([item], reason)
+        try:
+            readings, broken = await asyncio.to_thread(_parse, items)
+            for item, reason in broken:
+                await self._dead([item], reason)
+        except BaseException:  # what was leased comes due when its lease, no longer renewed, expires
+            self._unhold(items[0].lease)
+            raise
         if not readings:
             self._unhold(items[0].lease)
         return readings
@@ -253,16 +265,16 @@ class DeliveryWorker:
             log.debug("%s: batch leased ahead not taken back: %s", self.destination.name, exc)
             return
         if readings:
-            await self._report(self.outbox.release, [item for item, _ in readings])
             self._unhold(readings[0][0].lease)
+            await self._report(self.outbox.release, [item for item, _ in readings])
 
     async def _put_back_probe(self) -> None:
         """Leaving (stop, until_idle) with a batch held through an outage: it is due again at once,
         for the next run, with the error that kept it."""
         batch, self._probe = self._probe, []
         if batch:
-            await self._report(self.outbox.retry_later, [item for item, _ in batch], 0, self._outage_error)
             self._unhold(batch[0][0].lease)
+            await self._report(self.outbox.retry_later, [item for item, _ in batch], 0, self._outage_error)
 
     async def _report(self, outcome: Callable[..., None], items: Sequence[Item], *args: object) -> None:
         """An outcome for items of one batch, under the batch's lease token (stale if it was lost)."""
