@@ -190,7 +190,7 @@ def bad_documents(tmp_path: Path, doc: dict) -> dict[str, str]:
     refusal each must give."""
     cases = {
         "vt.json": (json.dumps(doc | {"patient": {"system": "urn:oid:1.2", "value": "pt\u000b1"}}),
-                    "patient.value: the text holds the control character U+000B"),
+                    "patient.value: the text holds the character U+000B"),
         "exponent.json": (with_value(doc, '"1e999999999"'), "metrics[0].value: the exponent is out of range"),
         "nan.json": (with_value(doc, "NaN"), "metrics[0].value: NaN is not a number"),
         "infinity.json": (with_value(doc, "-Infinity"), "metrics[0].value: -Infinity is not a number"),

@@ -88,7 +88,7 @@ def test_control_characters_are_refused_in_every_field(path, char):
     doc = doc_with(path, valid[:2] + char + valid[2:])
     error = refusal(doc)
     assert error.where == where
-    assert f"control character U+{ord(char):04X} at position 2" in error.why
+    assert f"the character U+{ord(char):04X} at position 2" in error.why
     assert schema_errors(doc), "the JSON Schema alone refuses it too"
     with pytest.raises(ReadingError) as stored:
         from_canonical_json(json.dumps(doc), "item 7")
@@ -105,7 +105,7 @@ def test_the_schema_alone_refuses_the_issue_cases_and_accepts_valid_documents():
 
 
 def test_keys_lengths_depth_and_size_are_bounded():
-    assert refusal(doc_with("device.mod\x0bel", "x")).why.startswith("a key holds the control character U+000B")
+    assert refusal(doc_with("device.mod\x0bel", "x")).why.startswith("a key holds the character U+000B")
     long = refusal(doc_with("device.model", "x" * 1025))
     assert (long.where, long.why) == ("device.model", "the text is 1,025 characters long; at most 1024")
     deep = refusal(doc_with("metrics.0.value", [[[[[[["x"]]]]]]]))

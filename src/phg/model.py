@@ -235,29 +235,43 @@ _BOUNDS = (f"a value is at most {MAX_DIGITS} significant digits times 10^{MIN_EX
 def check_bounds(doc: Any) -> None:
     """Refuse (ReadingError naming the field) a document beyond the bounds above: too deep, too large,
     a string too long or holding a forbidden character, a number that is NaN, infinite or out of range.
-    One pass without recursion, so that it is cheap enough for every stored reading too."""
+    One pass without recursion, cheap enough for every stored reading: a field's path (parent, key)
+    is joined only for containers and for a refusal."""
     size = 1
-    stack: list[tuple[Any, tuple[str | int, ...]]] = [(doc, ())]
+    stack: list[tuple[Any, tuple[str | int, ...], str | int | None]] = [(doc, (), None)]
     while stack:
-        value, path = stack.pop()
-        if isinstance(value, dict | list):
+        value, parent, key = stack.pop()
+        if isinstance(value, str):
+            size += len(value)
+            _check_text(value, parent, key, "the text")
+        elif isinstance(value, dict | list):
+            path = _at(parent, key)
             if len(path) >= MAX_DEPTH:
                 raise ReadingError(_path(path), f"nested deeper than {MAX_DEPTH} levels")
             size += len(value)  # counted before they are stacked: a huge array costs no memory here
             _check_size(size)
-            for key, item in value.items() if isinstance(value, dict) else enumerate(value):
-                if isinstance(key, str):
-                    _check_text(key, path, "a key")
-                    size += len(key)
-                stack.append((item, (*path, key)))
-        elif isinstance(value, str):
-            _check_text(value, path, "the text")
-            size += len(value)
-        elif isinstance(value, int | float | Decimal) and not isinstance(value, bool):
-            check_number(_as_decimal(value), _path(path))
-        elif value is not None and not isinstance(value, bool):
-            raise ReadingError(_path(path), f"a {type(value).__name__} is not a JSON value")
+            if isinstance(value, list):
+                stack += ((item, path, n) for n, item in enumerate(value))
+                continue
+            for name, item in value.items():
+                if isinstance(name, str):
+                    size += len(name)
+                    _check_text(name, path, None, "a key")
+                stack.append((item, path, name))
+        elif isinstance(value, bool) or value is None:
+            pass
+        elif isinstance(value, int):  # codes, mostly: an int is in bounds below 10^MAX_DIGITS
+            if not -10**MAX_DIGITS < value < 10**MAX_DIGITS:
+                check_number(Decimal(value), _path(_at(parent, key)))
+        elif isinstance(value, float | Decimal):
+            check_number(value if isinstance(value, Decimal) else Decimal(str(value)), _path(_at(parent, key)))
+        else:
+            raise ReadingError(_path(_at(parent, key)), f"a {type(value).__name__} is not a JSON value")
         _check_size(size)
+
+
+def _at(parent: tuple[str | int, ...], key: str | int | None) -> tuple[str | int, ...]:
+    return parent if key is None else (*parent, key)
 
 
 def _check_size(size: int) -> None:
@@ -265,27 +279,23 @@ def _check_size(size: int) -> None:
         raise ReadingError("(document)", f"larger than {MAX_SIZE:,} characters of strings and values")
 
 
-def _check_text(text: str, path: tuple, what: str) -> None:
+def _check_text(text: str, parent: tuple[str | int, ...], key: str | int | None, what: str) -> None:
     if len(text) > MAX_STRING:
-        raise ReadingError(_path(path), f"{what} is {len(text):,} characters long; at most {MAX_STRING}")
+        raise ReadingError(_path(_at(parent, key)), f"{what} is {len(text):,} characters long; at most {MAX_STRING}")
     if match := _FORBIDDEN.search(text):
-        raise ReadingError(_path(path), f"{what} holds the control character U+{ord(match[0]):04X} at "
-                                        f"position {match.start()}; strings may not hold C0 or C1 controls, "
-                                        "DEL, surrogates, U+FFFE or U+FFFF")
-
-
-def _as_decimal(value: int | float | Decimal) -> Decimal:
-    return value if isinstance(value, Decimal) else Decimal(value) if isinstance(value, int) else Decimal(str(value))
+        raise ReadingError(_path(_at(parent, key)),
+                           f"{what} holds the character U+{ord(match[0]):04X} at position {match.start()}: "
+                           "strings may not hold C0 or C1 control characters, DEL, surrogates, U+FFFE or U+FFFF")
 
 
 def check_number(value: Decimal, where: str) -> None:
     """Refuse NaN, infinities and values beyond MAX_DIGITS / MIN_EXPONENT..MAX_EXPONENT."""
     if not value.is_finite():
         raise ReadingError(where, f"{value} is not a number: JSON has no NaN or Infinity (RFC 8259 section 6)")
-    sign, digits, exponent = value.as_tuple()
+    _, digits, exponent = value.as_tuple()
     if len(digits) > MAX_DIGITS:
         raise ReadingError(where, f"{len(digits):,} significant digits are too many: {_BOUNDS}")
-    if not MIN_EXPONENT <= int(exponent) <= MAX_EXPONENT:
+    if not MIN_EXPONENT <= exponent <= MAX_EXPONENT:  # type: ignore[operator]  # finite: an int
         raise ReadingError(where, f"the exponent is out of range: {_BOUNDS}")
 
 
