@@ -144,19 +144,24 @@ async def test_an_answer_without_ack_still_counts_as_reached(tmp_path):
 
 
 async def test_retry_after_mid_batch_is_honoured(tmp_path):
-    receiver = HttpReceiver(["AA", "503"])  # the 503 carries Retry-After: 7
     readings = readings_of_every_type()[:4]
+    receiver = HttpReceiver(["AA", "503"])  # the 503 carries Retry-After: 7
     with wsgi_server(receiver) as url:
         dest = HttpHl7Destination(url=url, gateway=GATEWAY, timeout=5)
         outcomes = await dest.send(readings)
-        assert isinstance(outcomes[0], Delivered)
-        assert all(isinstance(o, Retry) and o.retry_after == 7.0 for o in outcomes[1:])
-        assert len(receiver.received) == 2
+        await dest.aclose()
+    assert isinstance(outcomes[0], Delivered)
+    assert all(isinstance(o, Retry) and o.retry_after == 7.0 for o in outcomes[1:])
+    assert len(receiver.received) == 2
 
+    receiver = HttpReceiver(["AA", "503"])
+    with wsgi_server(receiver) as url:
+        dest = HttpHl7Destination(url=url, gateway=GATEWAY, timeout=5)
         box = Outbox(tmp_path / "o.sqlite")
         box.enqueue("http", [(r.key, r.to_json()) for r in readings])
         worker = DeliveryWorker(box, dest)
-        await worker.run(until_idle=True)  # nothing may be sent before the 7 s have passed
+        for _ in range(3):  # nothing more may be sent before the 7 s have passed
+            await worker.run(until_idle=True)
         await dest.aclose()
     assert len(receiver.received) == 2
-    assert {i.state for i in box.items("http")} == {"queued"}
+    assert [i.state for i in box.items("http")] == ["delivered", "queued", "queued", "queued"]

@@ -8,9 +8,9 @@ the connection open between them. Answers:
 - a connection that cannot be made (refused, DNS, connect timeout, TLS handshake): TransientDeliveryError
   with reached=False, an outage that says nothing about the readings;
 - 408, 429, 5xx or a connection error after the request went out, without an ACK: not delivered,
-  retried. A Retry-After on any message of a batch ends the batch there (the messages before keep
-  their ACK, the rest are Retry with that retry_after) and nothing more is sent to this destination
-  until it has passed (RFC 9110 section 10.2.3);
+  retried. A Retry-After on any message of a batch ends the batch there: the messages before keep
+  their ACK, the rest are Retry with that retry_after, for which the worker holds the whole
+  destination (RFC 9110 section 10.2.3);
 - any other answer without an ACK: not delivered, retried (the receiver's state is unknown).
 """
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -57,12 +56,8 @@ class HttpHl7Destination:
             verify: ssl.SSLContext | bool = tls_context(ca_file, client_cert, client_key)
             client = httpx.AsyncClient(verify=verify, timeout=timeout)
         self.client = client
-        self._not_before = 0.0  # time.monotonic() before which the server asked not to be sent anything
 
     async def send(self, readings: Sequence[Reading]) -> list[Outcome]:
-        wait = self._not_before - time.monotonic()
-        if wait > 0:
-            raise TransientDeliveryError(f"{self.url} asked to wait (Retry-After): {wait:.1f} s left", retry_after=wait)
         rendered = await asyncio.to_thread(render_batch, readings, self.gateway,
                                            receiving_application=self.receiving_application,
                                            receiving_facility=self.receiving_facility)
@@ -97,13 +92,12 @@ class HttpHl7Destination:
 
     def unanswered(self, response: httpx.Response, why: str) -> Retry:
         """A response without an answer to the message: not delivered (Retry). When the status is
-        transient and carries a Retry-After, TransientDeliveryError(retry_after) instead, and this
-        destination sends nothing more until it has passed."""
+        transient and carries a Retry-After, TransientDeliveryError(retry_after) instead: send_each
+        ends the batch there and carries the wait to the worker."""
         text = f"{self.url} answered HTTP {response.status_code} {why}"
         wait = retry_after(response) if response.status_code in TRANSIENT_STATUSES else None
         if wait is None:
             return Retry(text, UNBOUNDED)
-        self._not_before = time.monotonic() + wait
         raise TransientDeliveryError(text, retry_after=wait)
 
     async def aclose(self) -> None:
