@@ -21,7 +21,7 @@ import pytest
 
 from phg.delivery import worker as worker_module
 from phg.delivery.hl7http import HttpHl7Destination
-from phg.delivery.mllp import MllpDestination
+from phg.delivery.mllp import MllpDestination, send_each
 from phg.delivery.outcome import Delivered, Rejected, Retry
 from phg.delivery.soap import SoapDestination
 from phg.delivery.worker import DeliveryWorker
@@ -165,3 +165,24 @@ async def test_retry_after_mid_batch_is_honoured(tmp_path):
         await dest.aclose()
     assert len(receiver.received) == 2
     assert [i.state for i in box.items("http")] == ["delivered", "queued", "queued", "queued"]
+
+
+async def test_connection_lost_mid_batch_keeps_the_acks_already_obtained():
+    """A peer that closes after each ACK and then cannot be connected to: the first reading stays
+    delivered, the rest are Retry; only a failure before any outcome is the batch's TransientDeliveryError."""
+    calls = []
+
+    async def exchange(message: str, control_id: str):
+        calls.append(control_id)
+        if len(calls) == 1:
+            return Delivered(f"AA {control_id}")
+        raise TransientDeliveryError("cannot connect", reached=False)
+
+    rendered = [(f"C{i}", f"MSH|{i}") for i in range(3)]
+    outcomes = await send_each("mllp", "mllp://x", rendered, exchange)
+    assert isinstance(outcomes[0], Delivered) and all(isinstance(o, Retry) for o in outcomes[1:])
+    assert calls == ["C0", "C1"]
+    calls.append("first fails")
+    with pytest.raises(TransientDeliveryError) as info:
+        await send_each("mllp", "mllp://x", rendered[1:], exchange)
+    assert info.value.reached is False
