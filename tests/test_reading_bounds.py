@@ -113,6 +113,8 @@ def test_keys_lengths_depth_and_size_are_bounded():
     large = refusal(doc_with("metrics", [{"x": "y" * 1000}] * 1000))
     assert (large.where, large.why) == ("(document)", "larger than 1,000,000 characters of strings and values")
     assert refusal({"device": {1, 2}}).why == "a set is not a JSON value"
+    quoted = refusal([["x" * 1000] * 30]).why  # a schema message quoting a large instance is cut short
+    assert len(quoted) < 200 and quoted.endswith("is not of type 'object'")
 
 
 def test_a_stored_reading_is_held_to_the_same_bounds():

@@ -388,7 +388,8 @@ def _schema_message(err) -> str:
         return _value_message(err.instance)
     if err.validator == "pattern":
         return f"{err.instance!r} is not in the expected format"
-    return err.message
+    message = err.message  # it quotes the instance, which may be long: keep its start and the verdict
+    return message if len(message) <= 200 else f"{message[:80]} ... {message[-100:]}"
 
 
 def _value_message(value: Any) -> str:
