@@ -8,16 +8,17 @@ checks the WS-Addressing Action and (when configured) the WS-Security header, an
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import hl7
 import httpx
 import pytest
+import six
 from lxml import etree
-from spyne import Application, Fault, ServiceBase, Unicode, rpc
-from spyne.protocol.soap import Soap12
-from spyne.server.wsgi import WsgiApplication
 
 from phg.delivery import worker as worker_module
 from phg.delivery.soap import ACTION, PCD_NS, SOAP12, WSA, WSSE, SoapDestination, envelope, read_response
@@ -27,6 +28,25 @@ from phg.hl7v2 import check, render_messages
 from phg.outbox import Outbox
 from test_hl7v2_http import wsgi_server
 from test_mllp_peers import GATEWAY, deliver, pki, readings_of_every_type  # noqa: F401
+
+
+def teach_spyne_pep451() -> None:
+    """spyne 2.14.0 (its latest release) vendors six 1.14, whose `six.moves` importer has only find_module,
+    which Python 3.12 no longer calls (PEP 451: meta path finders need find_spec), so `import spyne` fails
+    on 3.12+. Load the vendored six first and give its importer the three methods six 1.16 added for that."""
+    path = Path(importlib.util.find_spec("spyne").origin).parent / "util" / "six.py"
+    spec = importlib.util.spec_from_file_location("spyne.util.six", path)
+    vendored = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = vendored
+    spec.loader.exec_module(vendored)
+    for method in ("find_spec", "create_module", "exec_module"):
+        setattr(vendored._SixMetaPathImporter, method, getattr(six._SixMetaPathImporter, method))
+
+
+teach_spyne_pep451()
+from spyne import Application, Fault, ServiceBase, Unicode, rpc  # noqa: E402 - after teach_spyne_pep451()
+from spyne.protocol.soap import Soap12  # noqa: E402
+from spyne.server.wsgi import WsgiApplication  # noqa: E402
 
 SAML = ('<saml2:Assertion xmlns:saml2="urn:oasis:names:tc:SAML:2.0:assertion" ID="_a1" Version="2.0" '
         'IssueInstant="2026-11-28T09:00:00Z"><saml2:Issuer>https://idp.example</saml2:Issuer>'
