@@ -119,6 +119,14 @@ def test_send_while_the_server_is_unreachable_keeps_readings_queued(reading_file
     assert show["state"] == "queued" and show["attempts"] == 1 and "ConnectError" in show["last_error"]
 
 
+def test_refused_input_sets_the_exit_code_while_the_rest_waits(tmp_path, reading_files, env):
+    (tmp_path / "nan.json").write_text(with_value(json.loads(reading_files[0].read_text()), "NaN"))
+    env = {**env, "PHG_FHIR_BASE_URL": f"http://127.0.0.1:{free_port()}/fhir"}
+    result = phg("send", str(reading_files[1]), str(tmp_path / "nan.json"), env=env)
+    assert result.returncode == 1, result.stderr  # not 75: the refusal needs the user, the queue does not
+    assert "metrics[0].value: NaN is not a number" in result.stderr and "1 waiting" in result.stdout
+
+
 def test_queue_retry_and_purge(tmp_path, env):
     from phg.outbox import Outbox
 

@@ -222,7 +222,8 @@ def send(obj: Context, files: tuple[str, ...], no_deliver: bool) -> None:
         if not no_deliver:
             click.echo("no FHIR base URL configured: readings wait in the queue (phg run delivers them)")
         sys.exit(code)
-    sys.exit(max(code, _deliver(config, outbox, until_idle=True)))
+    delivered = _deliver(config, outbox, until_idle=True)
+    sys.exit(code or delivered)  # refused input says so even when the rest waits in the queue (75)
 
 
 def _deliver(config, outbox, until_idle: bool) -> int:
