@@ -2,13 +2,14 @@
 isolated (dead, with the server's reason) without holding back the rest; `phg queue retry` re-sends one
 after the cause was repaired.
 
-Two kinds of poison, both refused by the server side, never by phg:
-- a value of 1E+400 (a valid FHIR decimal; sekmet-fhir itself refuses it: no double holds it). Nothing
-  a person can do at the server changes that: retried, it must go dead again with the same reason and
-  never get lost.
-- readings of a device the EHR does not know yet: the fault proxy (tests/faultproxy.py), playing the
-  EHR's policy, refuses any transaction that carries the device with 422 and an OperationOutcome, as
-  an atomic server refuses a whole transaction for one bad entry.
+Two kinds of poison, both refused by the server side, never by phg. The fault proxy
+(tests/faultproxy.py), playing the EHR's policy, refuses any transaction that carries such a device with
+422 and an OperationOutcome, as an atomic server refuses a whole transaction for one bad entry:
+- readings of a retired device the EHR will never take again. Nothing a person can do changes that:
+  retried, it must go dead again with the same reason and never get lost.
+- readings of a device the EHR does not know yet (registered later).
+(Until issue 10 the first kind was a value of 1E+400, which sekmet-fhir refuses; phg's intake bounds now
+refuse it before any server sees it: tests/test_reading_bounds.py and tests/test_delivery_poison.py.)
 
 "Re-sends a repaired one": `phg queue retry` re-queues the stored payload unchanged (it cannot edit a
 reading, and must not: the reading is what the device measured), so a retry can only succeed when what
@@ -27,7 +28,6 @@ import subprocess
 import sys
 import uuid
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -37,7 +37,7 @@ from faultproxy import FaultProxy
 from phg.delivery import DeliveryWorker, Summary
 from phg.delivery.fhir import FhirDestination
 from phg.demo.peers import SekmetServer
-from phg.model import Metric, PatientRef, Reading
+from phg.model import PatientRef, Reading
 from phg.outbox import Outbox
 from phg.sources.sim import simulated_readings
 from test_reliability_faults import GATEWAY, observation_counts
@@ -47,12 +47,12 @@ pytestmark = pytest.mark.peers
 PHG = str(Path(sys.executable).parent / "phg")
 START = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
 UNKNOWN_DEVICE = "0A1B2C3D4E5F60FF"  # its EUI-64 is in every entry of a transaction that carries it
+RETIRED_DEVICE = "0A1B2C3D4E5F6011"
 
 
-def huge_value(reading: Reading) -> Reading:
-    metric = reading.metrics[0]
-    return dataclasses.replace(reading, metrics=(Metric(metric.code, metric.time, Decimal("1E+400"), metric.unit),
-                                                 *reading.metrics[1:]))
+def retired_device(reading: Reading) -> Reading:
+    return dataclasses.replace(reading, device=dataclasses.replace(reading.device, system_id=RETIRED_DEVICE,
+                                                                   serial="RETIRED-0007"))
 
 
 def unknown_device(reading: Reading) -> Reading:
@@ -76,11 +76,11 @@ async def drain(outbox: Outbox, base: str) -> Summary:
 def test_poison_is_isolated_and_a_repaired_one_is_resent(sekmet: SekmetServer, tmp_path):
     patient = PatientRef("urn:oid:1.2.3.4.5", f"pt-{uuid.uuid4().hex[:12]}")
     valid = simulated_readings(patient, START, per_device=40)
-    huge = [huge_value(r) for r in simulated_readings(patient, START + timedelta(days=1), per_device=2,
+    retired = [retired_device(r) for r in simulated_readings(patient, START + timedelta(days=1), per_device=2,
                                                       devices=("glucose", "thermometer"))]
     unknown = [unknown_device(r) for r in simulated_readings(patient, START + timedelta(days=2), per_device=3,
                                                              devices=("pulse_oximeter",))]
-    poison = huge + unknown
+    poison = retired + unknown
     readings = list(valid)
     rng = random.Random(77)
     for reading in poison:  # scattered: several batches hold one or two
@@ -90,6 +90,7 @@ def test_poison_is_isolated_and_a_repaired_one_is_resent(sekmet: SekmetServer, t
     outbox_path = tmp_path / "outbox.sqlite"
     with FaultProxy(sekmet.base_url) as proxy, Outbox(outbox_path) as outbox:
         proxy.refuse(UNKNOWN_DEVICE)
+        proxy.refuse(RETIRED_DEVICE)
         ids = dict(zip((r.key for r in readings), outbox.enqueue("fhir", [(r.key, r.to_json()) for r in readings]),
                        strict=True))
         summary = asyncio.run(drain(outbox, proxy.url("/fhir")))
@@ -99,10 +100,7 @@ def test_poison_is_isolated_and_a_repaired_one_is_resent(sekmet: SekmetServer, t
         assert outbox.counts("fhir") == {"queued": 0, "inflight": 0, "delivered": 200, "dead": 7}
         dead = {item.id: item for item in outbox.items(state="dead")}
         assert set(dead) == {ids[r.key] for r in poison}
-        for r in huge:
-            reason = dead[ids[r.key]].last_error
-            assert "HTTP 400" in reason and "Decimal" in reason, reason  # sekmet's own words
-        for r in unknown:
+        for r in (*retired, *unknown):
             reason = dead[ids[r.key]].last_error
             assert "HTTP 422" in reason and "device not registered" in reason, reason
         # Halving finds each one in about 2 log2(50) requests: 5 batches + 7 poisons.
@@ -110,9 +108,9 @@ def test_poison_is_isolated_and_a_repaired_one_is_resent(sekmet: SekmetServer, t
         assert set(observation_counts(sekmet.base_url, valid).values()) == {1}
         assert set(observation_counts(sekmet.base_url, poison).values()) == {0}
 
-        # The EHR registers the device; a person re-queues one of its readings, and (unrepaired) a 1E+400 one.
+        # The EHR registers the device; a person re-queues one of its readings, and (unrepaired) a retired device's one.
         proxy.allow(UNKNOWN_DEVICE)
-        repaired, hopeless = ids[unknown[0].key], ids[huge[0].key]
+        repaired, hopeless = ids[unknown[0].key], ids[retired[0].key]
         reason_before = dead[hopeless].last_error
         for item_id in (repaired, hopeless):
             result = phg("queue", "retry", str(item_id), outbox=outbox_path, home=tmp_path)
@@ -125,11 +123,11 @@ def test_poison_is_isolated_and_a_repaired_one_is_resent(sekmet: SekmetServer, t
         assert (summary.delivered, summary.dead) == (1, 1)
         assert outbox.get(repaired).state == "delivered"
         again = outbox.get(hopeless)
-        assert again.state == "dead" and again.last_error == reason_before and again.payload == huge[0].to_json()
-        for r in (*unknown[1:], *huge[1:]):  # not retried: still dead, untouched
+        assert again.state == "dead" and again.last_error == reason_before and again.payload == retired[0].to_json()
+        for r in (*unknown[1:], *retired[1:]):  # not retried: still dead, untouched
             assert outbox.get(ids[r.key]).state == "dead"
         assert outbox.counts("fhir") == {"queued": 0, "inflight": 0, "delivered": 201, "dead": 6}
 
     assert list(observation_counts(sekmet.base_url, [unknown[0]]).values()) == [1] * len(unknown[0].metrics)
-    assert set(observation_counts(sekmet.base_url, [*unknown[1:], *huge]).values()) == {0}
+    assert set(observation_counts(sekmet.base_url, [*unknown[1:], *retired]).values()) == {0}
     assert set(observation_counts(sekmet.base_url, valid).values()) == {1}
