@@ -1,12 +1,11 @@
-# phg: `make demo` runs everything locally; `make test` runs the whole test suite; `make test-quick` runs
-# it without the slow reliability drills (what CI runs on the Python versions beside the main one).
-# They set up what they need first: a Python venv in $(VENV) and the npm test peers in peers/.
-# Another interpreter: make test-quick PYTHON=python3.13 VENV=.venv-3.13
+# phg: `make demo` runs everything locally; `make test` runs the whole test suite.
+# Both set up what they need first: a Python venv in $(VENV) and the npm test peers in peers/.
+# On another interpreter (as .ci/run does): make test PYTHON=python3.13 VENV=.venv-3.13
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup demo test test-quick lint bench
+.PHONY: setup demo test lint bench
 
 setup: $(VENV)/.installed peers/node_modules/.installed
 
@@ -26,9 +25,6 @@ demo: setup
 test: setup
 	$(BIN)/ruff check src tests
 	$(BIN)/python -m pytest
-
-test-quick: setup
-	$(BIN)/python -m pytest --ignore-glob='tests/test_reliability_*.py'
 
 bench: setup
 	$(BIN)/python bench/run.py
