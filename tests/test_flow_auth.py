@@ -266,7 +266,9 @@ def _keys_group():
 
 
 class CertAuthority:
-    """A test CA, a server certificate for 127.0.0.1 and client certificates (cryptography)."""
+    """A test CA, a server certificate for 127.0.0.1 and client certificates (cryptography). The key usage and
+    key identifiers are those RFC 5280 4.2.1.1-4.2.1.3 require, which Python 3.13's default TLS context checks
+    (ssl.VERIFY_X509_STRICT)."""
 
     def __init__(self, directory: Path, name: str = "phg test CA") -> None:
         self.dir = directory
@@ -277,6 +279,11 @@ class CertAuthority:
                      .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
                      .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
                      .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                     .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
+                                                  key_encipherment=False, data_encipherment=False, key_agreement=False,
+                                                  key_cert_sign=True, crl_sign=True, encipher_only=False,
+                                                  decipher_only=False), critical=True)
+                     .add_extension(x509.SubjectKeyIdentifier.from_public_key(self.key.public_key()), critical=False)
                      .sign(self.key, hashes.SHA256()))
         self.ca_file = self._write(f"{name.replace(' ', '-')}.pem", self.cert.public_bytes(serialization.Encoding.PEM))
 
@@ -295,7 +302,9 @@ class CertAuthority:
                    .issuer_name(self.cert.subject).public_key(key.public_key())
                    .serial_number(x509.random_serial_number())
                    .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
-                   .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True))
+                   .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
+                                  critical=False))
         if server:
             import ipaddress
 
