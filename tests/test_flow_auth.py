@@ -34,11 +34,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 import phg.auth.assertion
-from phg.auth.commands import register as register_command
 from phg.auth.envelope import Envelope, open_envelope, seal
 from phg.auth.registration import delete_registration
 from phg.auth.token import TokenAuth
-from phg.cli import Context
+from phg.cli.auth import register as register_command
+from phg.cli.common import Context
 from phg.config import DEFAULT_SCOPE, load_config
 from phg.daemon import deliver
 from phg.delivery.fhir import FhirDestination
@@ -257,7 +257,7 @@ def test_rotation_while_delivering_no_request_fails(gate: Gate, tmp_path):
 
 
 def _keys_group():
-    from phg.auth.commands import keys
+    from phg.cli.auth import keys
 
     return keys
 

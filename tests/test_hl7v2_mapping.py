@@ -19,10 +19,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from phg import mdc
+from phg.cli.hl7 import hl7 as hl7_group
 from phg.delivery.mllp import MllpCodec, frame
 from phg.errors import MappingError
 from phg.hl7v2 import PCD01_PROFILE, check, render_messages
-from phg.hl7v2.commands import hl7 as hl7_group
 from phg.hl7v2.pcd01 import escape, number, render_batch
 from phg.model import DeviceClock, parse_reading
 from shared_vectors import VECTORS as SHARED

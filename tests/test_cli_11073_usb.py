@@ -9,10 +9,11 @@ from collections import deque
 from click.testing import CliRunner
 
 from ieee11073_agent import Agent
+from phg.cli.decode import decode_11073
+from phg.cli.ieee11073 import ieee11073
 from phg.model import PatientRef
 from phg.outbox import Outbox
 from phg.sources.ieee11073.apdu import EventReportResult, Rlre, decode
-from phg.sources.ieee11073.commands import decode_11073, ieee11073
 from phg.sources.ieee11073.tcp import ManagerSettings
 from phg.sources.ieee11073.usb import run_usb_manager
 

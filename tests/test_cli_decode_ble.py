@@ -6,7 +6,7 @@ import json
 
 from click.testing import CliRunner
 
-from phg.sources.ble.gatt.command import decode_ble, parse_utc_offset
+from phg.cli.decode import decode_ble, parse_utc_offset
 
 
 def test_decode_blood_pressure_vector() -> None:

@@ -1,11 +1,8 @@
-"""Click commands of the IEEE 11073-20601 manager; the lead wires them as `phg 11073 ...` and
-`phg decode 11073 HEX`. Loaded lazily by the CLI."""
+"""`phg 11073 listen`: the IEEE 11073-20601 manager. Loaded lazily by the CLI."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -64,28 +61,3 @@ def listen(ctx: click.Context, port: int, host: str, patient_system: str | None,
             asyncio.run(run_tcp_manager(outbox, settings, port, host))
         except KeyboardInterrupt:
             pass
-
-
-@click.command("11073")
-@click.argument("hex_text", metavar="HEX", nargs=-1, required=True)
-@click.option("--config", "config_hex", default=None,
-              help="Hex of the agent's configuration report APDU (for fixed-format scan reports).")
-def decode_11073(hex_text: tuple[str, ...], config_hex: str | None) -> None:
-    """Print an IEEE 11073-20601 APDU (hex) decoded, as JSON."""
-    from phg.sources.ieee11073.apdu import ApduError, EventReport, Prst, decode, decode_config_report
-    from phg.sources.ieee11073.configs import Configuration, standard
-    from phg.sources.ieee11073.describe import describe_hex
-
-    config = None
-    try:
-        if config_hex:
-            apdu = decode(bytes.fromhex("".join(config_hex.split())))
-            if not (isinstance(apdu, Prst) and isinstance(apdu.message, EventReport)):
-                raise ApduError("--config must be a configuration event report")
-            report = decode_config_report(apdu.message.info)
-            config = standard(report.config_id) if not report.objects else Configuration.from_report(report)
-        text = "".join(hex_text)
-        print(json.dumps(describe_hex(text, config), indent=2, ensure_ascii=False))
-    except (ApduError, ValueError) as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)

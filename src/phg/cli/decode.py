@@ -1,4 +1,5 @@
-"""`phg decode ble CHAR HEX`: decode one characteristic value and show what it becomes, as JSON."""
+"""`phg decode ble CHAR HEX` and `phg decode 11073 HEX`: decode one device payload and show what it
+becomes, as JSON."""
 
 from __future__ import annotations
 
@@ -103,3 +104,28 @@ def decode_ble(characteristic: str, payload: str, utc_offset: str | None) -> Non
 def _fail(message: str) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(1)
+
+
+@click.command("11073")
+@click.argument("hex_text", metavar="HEX", nargs=-1, required=True)
+@click.option("--config", "config_hex", default=None,
+              help="Hex of the agent's configuration report APDU (for fixed-format scan reports).")
+def decode_11073(hex_text: tuple[str, ...], config_hex: str | None) -> None:
+    """Print an IEEE 11073-20601 APDU (hex) decoded, as JSON."""
+    from phg.sources.ieee11073.apdu import ApduError, EventReport, Prst, decode, decode_config_report
+    from phg.sources.ieee11073.configs import Configuration, standard
+    from phg.sources.ieee11073.describe import describe_hex
+
+    config = None
+    try:
+        if config_hex:
+            apdu = decode(bytes.fromhex("".join(config_hex.split())))
+            if not (isinstance(apdu, Prst) and isinstance(apdu.message, EventReport)):
+                raise ApduError("--config must be a configuration event report")
+            report = decode_config_report(apdu.message.info)
+            config = standard(report.config_id) if not report.objects else Configuration.from_report(report)
+        text = "".join(hex_text)
+        print(json.dumps(describe_hex(text, config), indent=2, ensure_ascii=False))
+    except (ApduError, ValueError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from phg.cli import EXIT_INPUT, EXIT_TEMPFAIL, Context, Group, fail
+from phg.cli.common import EXIT_INPUT, EXIT_TEMPFAIL, Context, Group, fail
 
 
 async def _with_radio(emulated: bool, work: Callable[[Any], Awaitable[Any]]) -> Any:

@@ -11,89 +11,20 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
-from phg.errors import AuthError, ConfigError, PhgError
-
-EXIT_INPUT, EXIT_CONFIG, EXIT_TEMPFAIL = 1, 3, 75
-
-
-class Context:
-    def __init__(self, config_path: Path | None, overrides: dict[str, Any]):
-        self.config_path = config_path
-        self.overrides = overrides
-
-    def config(self):
-        from phg.config import load_config
-
-        return load_config(self.config_path).with_overrides(**self.overrides)
-
-    def outbox(self):
-        from phg.outbox import Outbox
-
-        config = self.config()
-        return Outbox(config.outbox_path, keep_delivered=config.keep_delivered)
-
-
-def fail(message: str, code: int) -> None:
-    """Print ``message`` (without control characters: it may quote a server) and exit with ``code``."""
-    from phg.terminal import printable
-
-    click.secho(f"error: {printable(message)}", fg="red", err=True)
-    sys.exit(code)
-
-
-class Group(click.Group):
-    """Turns phg's own errors into one clear line and an exit code instead of a traceback.
-
-    `lazy` maps command names to ("module:attribute", short help) of commands that live beside
-    their feature (e.g. the Bluetooth commands in phg.sources.ble.commands). They are imported
-    only when run: listing them uses the short help given here, which keeps `phg --help` fast."""
-
-    def __init__(self, *args: Any, lazy: dict[str, tuple[str, str]] | None = None, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.lazy = lazy or {}
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(set(super().list_commands(ctx)) | set(self.lazy))
-
-    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name in self.lazy:
-            from importlib import import_module
-
-            module, attribute = self.lazy[name][0].split(":")
-            return getattr(import_module(module), attribute)
-        return super().get_command(ctx, name)
-
-    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        rows = []
-        for name in self.list_commands(ctx):
-            if name in self.lazy:
-                rows.append((name, self.lazy[name][1]))
-            elif (command := super().get_command(ctx, name)) is not None and not command.hidden:
-                rows.append((name, command.get_short_help_str(formatter.width - 6 - max(map(len, self.list_commands(ctx))))))
-        if rows:
-            with formatter.section("Commands"):
-                formatter.write_dl(rows)
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except (ConfigError, AuthError) as exc:
-            fail(str(exc), EXIT_CONFIG)
-        except PhgError as exc:
-            fail(str(exc), EXIT_INPUT)
+from phg.cli.common import EXIT_CONFIG, EXIT_INPUT, EXIT_TEMPFAIL, Context, Group, fail
+from phg.errors import AuthError, ConfigError
 
 
 @click.group(cls=Group, lazy={
-    "ble": ("phg.sources.ble.commands:ble", "Bluetooth LE health devices: scan, fetch."),
-    "11073": ("phg.sources.ieee11073.commands:ieee11073", "IEEE 11073-20601 manager: listen for agents."),
-    "hl7": ("phg.hl7v2.commands:hl7", "HL7 v2 PCD-01 tools: check a message."),
-    "keys": ("phg.auth.commands:keys", "The gateway's signing keys: generate, rotate, show the public JWKS."),
-    "register": ("phg.auth.commands:register", "Register this gateway with the server (RFC 7591) and save the client."),
-    "serve-jwks": ("phg.auth.commands:serve_jwks", "Publish the public JWKS at a URL (for jwks_uri / jku)."),
+    "ble": ("phg.cli.ble:ble", "Bluetooth LE health devices: scan, fetch."),
+    "11073": ("phg.cli.ieee11073:ieee11073", "IEEE 11073-20601 manager: listen for agents."),
+    "hl7": ("phg.cli.hl7:hl7", "HL7 v2 PCD-01 tools: check a message."),
+    "keys": ("phg.cli.auth:keys", "The gateway's signing keys: generate, rotate, show the public JWKS."),
+    "register": ("phg.cli.auth:register", "Register this gateway with the server (RFC 7591) and save the client."),
+    "serve-jwks": ("phg.cli.auth:serve_jwks", "Publish the public JWKS at a URL (for jwks_uri / jku)."),
 })
 @click.option("--config", "config_path", type=click.Path(path_type=Path),
               help="Config file (default: $PHG_CONFIG or the user config dir).")
@@ -277,8 +208,8 @@ def run(obj: Context) -> None:
 
 
 @main.group(cls=Group, lazy={
-    "ble": ("phg.sources.ble.gatt.command:decode_ble", "Decode a GATT characteristic: phg decode ble 2A18 HEX."),
-    "11073": ("phg.sources.ieee11073.commands:decode_11073", "Decode an IEEE 11073-20601 APDU: phg decode 11073 HEX."),
+    "ble": ("phg.cli.decode:decode_ble", "Decode a GATT characteristic: phg decode ble 2A18 HEX."),
+    "11073": ("phg.cli.decode:decode_11073", "Decode an IEEE 11073-20601 APDU: phg decode 11073 HEX."),
 })
 def decode() -> None:
     """Decode a device payload (hex) and show what it becomes, as JSON."""
