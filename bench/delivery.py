@@ -36,10 +36,10 @@ import httpx
 from phg.config import Config
 from phg.daemon import deliver
 from phg.demo.peers import SekmetServer
+from phg.demo.sim import simulated_readings
 from phg.fhir import build_transaction, to_json
 from phg.model import Gateway, PatientRef, Reading
 from phg.outbox import Outbox
-from phg.sources.sim import simulated_readings
 
 GATEWAY = Gateway(system_id="02AB7FFFFE00C1C1", serial="BENCH-GW")
 START = datetime(2026, 11, 28, 9, tzinfo=UTC)

@@ -36,9 +36,9 @@ from delivery import bench_delivery
 from tokens import bench_tokens
 
 from phg.delivery import Delivered, DeliveryWorker
+from phg.demo.sim import simulated_readings
 from phg.model import PatientRef
 from phg.outbox import Outbox
-from phg.sources.sim import simulated_readings
 
 PATIENT = PatientRef("urn:oid:1.2.3.4.5", "bench")
 START = datetime(2026, 11, 28, 9, tzinfo=UTC)

@@ -33,8 +33,8 @@ from phg.config import DEFAULT_SCOPE
 from phg.delivery import Delivered
 from phg.delivery.fhir import FhirDestination
 from phg.demo.peers import smart_stack
+from phg.demo.sim import simulated_readings
 from phg.model import Gateway, PatientRef
-from phg.sources.sim import simulated_readings
 
 GATEWAY = Gateway(system_id="02AB7FFFFE00C1C1", serial="BENCH-GW")
 PATIENT = PatientRef("urn:oid:1.2.3.4.5", "bench-tokens")

@@ -19,10 +19,10 @@ from decimal import Decimal
 
 import pytest
 
+from phg.demo import emulator as emu
 from phg.errors import MappingError
 from phg.model import Device, PatientRef, parse_reading
 from phg.outbox import Outbox
-from phg.sources.ble import emulator as emu
 from phg.sources.ble.gatt import cgm
 from phg.sources.ble.gatt.numbers import crc16_mcrf4xx
 from phg.sources.ble.session import Collector, fetch, marker_name

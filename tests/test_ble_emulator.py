@@ -13,7 +13,7 @@ import pytest
 from bleak import BleakClient, BleakScanner
 from bleak.exc import BleakGATTProtocolError
 
-from phg.sources.ble import emulator as emu
+from phg.demo import emulator as emu
 from phg.sources.ble.gatt import blood_pressure, glucose, pulse_oximeter, thermometer, weight
 from shared_vectors import VECTORS as SHARED
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from phg.demo import emulator as emu
 from phg.model import PatientRef, parse_reading
 from phg.outbox import Outbox
-from phg.sources.ble import emulator as emu
 from phg.sources.ble.session import BleSettings, DeviceNotFound, fetch, marker_name, run_source, scan
 
 PATIENT = PatientRef("urn:oid:1.2.3.4.5", "pt-ble")
@@ -309,8 +309,8 @@ def test_glucose_readings_reach_the_fhir_server_once(gate, oauth, tmp_path):
 
 async def test_no_device_is_read_while_the_outbox_cannot_store(tmp_path):
     """A device without RACP forgets what the stack confirmed: with a broken outbox, don't collect."""
+    from phg.demo.emulator import EmulatedLink, demo_devices
     from phg.errors import StorageError
-    from phg.sources.ble.emulator import EmulatedLink, demo_devices
     from phg.sources.ble.session import BleSettings, run_source
 
     class FullOutbox:

@@ -15,8 +15,8 @@ import pytest
 from phg.auth import jwks, load_key
 from phg.config import DEFAULT_SCOPE
 from phg.demo.peers import free_port
+from phg.demo.sim import simulated_readings
 from phg.model import PatientRef
-from phg.sources.sim import simulated_readings
 
 PHG = str(Path(sys.executable).parent / "phg")
 READINGS = simulated_readings(PatientRef("urn:oid:1.2.3.4.5", "cli-patient"), datetime(2026, 11, 28, 9, tzinfo=UTC))

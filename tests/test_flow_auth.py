@@ -43,11 +43,11 @@ from phg.config import DEFAULT_SCOPE, load_config
 from phg.daemon import deliver
 from phg.delivery.fhir import FhirDestination
 from phg.demo.peers import Gate, OAuthServer
+from phg.demo.sim import simulated_readings
 from phg.doctor import run_checks
 from phg.errors import AuthError
 from phg.model import Gateway, PatientRef
 from phg.outbox import Outbox
-from phg.sources.sim import simulated_readings
 from phg.transport import origin
 
 pytestmark = pytest.mark.peers

@@ -9,9 +9,9 @@ from datetime import datetime
 
 import pytest
 
+from phg.demo.emulator import EmulatedLink, demo_devices
 from phg.model import PatientRef, from_canonical_json
 from phg.outbox import Outbox
-from phg.sources.ble.emulator import EmulatedLink, demo_devices
 from test_flow_fhir import make_config, matches
 
 pytestmark = pytest.mark.peers

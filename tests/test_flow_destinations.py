@@ -10,9 +10,9 @@ import pytest
 from phg.auth import generate_key, jwks, load_key
 from phg.config import DEFAULT_SCOPE, load_config
 from phg.daemon import deliver
+from phg.demo.sim import simulated_readings
 from phg.errors import AuthError
 from phg.outbox import Outbox
-from phg.sources.sim import simulated_readings
 from test_flow_fhir import START, count_everywhere, patient
 from test_mllp_peers import python_hl7_server
 

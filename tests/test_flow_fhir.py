@@ -21,11 +21,11 @@ from phg.auth.smart import SmartBackendAuth
 from phg.config import DEFAULT_SCOPE, Config
 from phg.daemon import deliver
 from phg.demo.peers import Gate, OAuthServer, SekmetServer, free_port
+from phg.demo.sim import simulated_readings
 from phg.errors import AuthError
 from phg.fhir import conditional_identifier
 from phg.model import Gateway, Metric, PatientRef, Reading
 from phg.outbox import Outbox
-from phg.sources.sim import simulated_readings
 
 pytestmark = pytest.mark.peers
 

@@ -35,9 +35,9 @@ import pytest
 
 from phg.auth import jwks, load_key
 from phg.config import DEFAULT_SCOPE
+from phg.demo.sim import simulated_readings
 from phg.fhir import conditional_identifier
 from phg.model import PatientRef, Reading
-from phg.sources.sim import simulated_readings
 
 pytestmark = pytest.mark.peers
 log = logging.getLogger(__name__)

@@ -24,11 +24,11 @@ from faultproxy import FORWARDED, KINDS, FaultProxy, seeded_schedule
 from phg.delivery import Delivered, DeliveryWorker
 from phg.delivery.fhir import FhirDestination
 from phg.demo.peers import SekmetServer
+from phg.demo.sim import simulated_readings
 from phg.errors import PermanentDeliveryError, TransientDeliveryError
 from phg.fhir import conditional_identifier
 from phg.model import Gateway, PatientRef, Reading
 from phg.outbox import Outbox
-from phg.sources.sim import simulated_readings
 
 GATEWAY = Gateway(system_id="02AB7FFFFE00C1C7", serial="RELIABILITY-GW")
 START = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)

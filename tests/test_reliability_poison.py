@@ -37,9 +37,9 @@ from faultproxy import FaultProxy
 from phg.delivery import DeliveryWorker, Summary
 from phg.delivery.fhir import FhirDestination
 from phg.demo.peers import SekmetServer
+from phg.demo.sim import simulated_readings
 from phg.model import PatientRef, Reading
 from phg.outbox import Outbox
-from phg.sources.sim import simulated_readings
 from test_reliability_faults import GATEWAY, observation_counts
 
 pytestmark = pytest.mark.peers

@@ -28,12 +28,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from phg.demo.sim import simulated_readings
 from phg.errors import ConfigError, StorageError
 from phg.fhir import conditional_identifier
 from phg.model import PatientRef, Reading
 from phg.outbox import Outbox
 from phg.outbox.sqlite import WAL_LIMIT
-from phg.sources.sim import simulated_readings
 
 PHG = str(Path(sys.executable).parent / "phg")
 EXIT_IOERR = 74

@@ -10,10 +10,10 @@ import pytest
 
 from phg.delivery import Delivered, DeliveryWorker, Rejected, Retry
 from phg.delivery.worker import backoff
+from phg.demo.sim import simulated_readings
 from phg.errors import AuthError, PermanentDeliveryError, TransientDeliveryError
 from phg.model import PatientRef
 from phg.outbox import Outbox
-from phg.sources.sim import simulated_readings
 
 READINGS = simulated_readings(PatientRef("urn:oid:1.2.3", "p1"), datetime(2026, 11, 28, 9, tzinfo=UTC), 10)
 BAD = READINGS[7].key

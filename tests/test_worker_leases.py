@@ -14,10 +14,10 @@ import pytest
 
 from phg.config import load_config
 from phg.delivery import Delivered, DeliveryWorker
+from phg.demo.sim import simulated_readings
 from phg.errors import ConfigError, TransientDeliveryError
 from phg.model import PatientRef
 from phg.outbox import Outbox
-from phg.sources.sim import simulated_readings
 
 READINGS = simulated_readings(PatientRef("urn:oid:1.2.3", "p1"), datetime(2026, 11, 28, 9, tzinfo=UTC), 20)
 DAY = 86400.0

@@ -21,9 +21,9 @@ from faultproxy import FaultProxy
 from phg.delivery.fhir import FhirDestination
 from phg.delivery.mllp import MllpDestination
 from phg.delivery.worker import DeliveryWorker
+from phg.demo.sim import simulated_readings
 from phg.model import Gateway, PatientRef
 from phg.outbox import Outbox
-from phg.sources.sim import simulated_readings
 
 GATEWAY = Gateway(system_id="ECDE3D4E58532D31", serial="0001", firmware="1.2.3")
 START = datetime(2026, 11, 28, 9, tzinfo=UTC)

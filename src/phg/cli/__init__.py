@@ -315,8 +315,8 @@ def simulate(obj: Context, no_deliver: bool) -> None:
     thermometer, pulse oximeter) through the real Bluetooth session, queue, then deliver."""
     import asyncio
 
+    from phg.demo.emulator import collect_emulated
     from phg.model import PatientRef
-    from phg.sources.ble.emulator import collect_emulated
 
     config = obj.config()
     patient = config.patient or PatientRef("urn:oid:1.2.3.4.5", "demo-patient-001")

@@ -17,7 +17,7 @@ async def _with_radio(emulated: bool, work: Callable[[Any], Awaitable[Any]]) -> 
     """Run `work(backend)` on the platform's Bluetooth (backend None) or on the emulated devices."""
     if not emulated:
         return await work(None)
-    from phg.sources.ble.emulator import EmulatedLink, demo_devices
+    from phg.demo.emulator import EmulatedLink, demo_devices
 
     async with EmulatedLink(demo_devices()) as radio:
         return await work(radio.backend)

@@ -23,11 +23,11 @@ from phg import mdc
 from phg.auth import generate_key, jwks, load_key
 from phg.config import DEFAULT_SCOPE, Config
 from phg.daemon import deliver
+from phg.demo.emulator import collect_emulated
 from phg.demo.peers import PeerError, smart_stack
 from phg.doctor import run_checks
 from phg.model import MDC_ATTR_TIME_ABS, Gateway, PatientRef
 from phg.outbox import Outbox
-from phg.sources.ble.emulator import collect_emulated
 
 Echo = Callable[[str], None]
 CLOCK_NAMES = {str(MDC_ATTR_TIME_ABS): "Coincident time stamp (device clock)"}

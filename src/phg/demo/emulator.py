@@ -2,7 +2,7 @@
 
 They power `phg demo`, `phg simulate`, `phg ble ... --emulated` and the tests: the gateway's real
 Bluetooth session (bleak's public API) talks to them through the Bumble backend
-(phg.sources.ble.bumble_backend) exactly as it would to hardware.
+(phg.demo.bumble_backend) exactly as it would to hardware.
 
 Each device has Device Information (0x180A: manufacturer, model, serial, firmware, System ID) and
 Current Time (0x1805, 0x2A2B read), and its health service:
@@ -49,8 +49,8 @@ from bumble.host import Host
 from bumble.link import LocalLink
 from bumble.transport.common import AsyncPipeSink
 
+from phg.demo.bumble_backend import BumbleBackend, bumble_backend
 from phg.model import PatientRef
-from phg.sources.ble.bumble_backend import BumbleBackend, bumble_backend
 
 if TYPE_CHECKING:
     from phg.sources.ble.session import FetchResult

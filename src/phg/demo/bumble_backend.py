@@ -3,7 +3,7 @@
 Released bleak has no Bumble backend (an upstream pull request was never merged), but bleak takes
 custom backend classes: `BleakScanner(..., backend=b.scanner)` and `BleakClient(..., backend=b.client)`.
 `bumble_backend(device)` returns such a pair bound to one powered-on Bumble central, for example one
-on a `LocalLink` next to the emulated peripherals (phg.sources.ble.emulator), so that the gateway's
+on a `LocalLink` next to the emulated peripherals (phg.demo.emulator), so that the gateway's
 real Bluetooth session runs unchanged in tests, `phg demo` and `phg ble --emulated`.
 
 What an operating system does behind bleak is done here in a few lines: connections to one central
