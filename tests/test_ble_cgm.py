@@ -21,6 +21,7 @@ import pytest
 
 from phg.demo import emulator as emu
 from phg.errors import MappingError
+from phg.intake import Intake
 from phg.model import Device, PatientRef, parse_reading
 from phg.outbox import Outbox
 from phg.sources.ble.gatt import cgm
@@ -58,7 +59,7 @@ def offset_marker(outbox: Outbox) -> str | None:
 
 
 async def collect(radio: emu.EmulatedLink, outbox: Outbox):
-    return await fetch(ADDRESS, outbox=outbox, destinations=["fhir"], patient=PATIENT, backend=radio.backend,
+    return await fetch(ADDRESS, intake=Intake(outbox, ["fhir"]), patient=PATIENT, backend=radio.backend,
                        timeout=5, idle_timeout=2, utc_offset=OFFSET)
 
 

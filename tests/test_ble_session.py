@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from phg.demo import emulator as emu
+from phg.intake import Intake
 from phg.model import PatientRef, parse_reading
 from phg.outbox import Outbox
 from phg.sources.ble.session import BleSettings, DeviceNotFound, fetch, marker_name, run_source, scan
@@ -45,7 +46,7 @@ def meter_with(n: int, **kwargs) -> emu.GlucoseMeter:
 
 
 async def collect(radio: emu.EmulatedLink, outbox: Outbox, address: str, **kwargs):
-    return await fetch(address, outbox=outbox, destinations=["fhir"], patient=PATIENT, backend=radio.backend,
+    return await fetch(address, intake=Intake(outbox, ["fhir"]), patient=PATIENT, backend=radio.backend,
                        timeout=5, idle_timeout=2, utc_offset=OFFSET, **kwargs)
 
 
@@ -222,7 +223,7 @@ def test_bonding_device_without_permission_to_pair_fails_cleanly(tmp_path):
 def test_device_not_in_range(tmp_path):
     async def scenario(outbox: Outbox):
         async with emu.EmulatedLink([]) as radio:
-            await fetch("C0:00:00:00:99:99", outbox=outbox, destinations=["fhir"], patient=PATIENT,
+            await fetch("C0:00:00:00:99:99", intake=Intake(outbox, ["fhir"]), patient=PATIENT,
                         backend=radio.backend, timeout=0.3)
 
     with Outbox(tmp_path / "outbox.sqlite") as outbox, pytest.raises(DeviceNotFound):
@@ -242,7 +243,7 @@ def test_run_source_collects_from_several_devices_at_once_and_survives_a_lost_li
     async def scenario(outbox: Outbox):
         async with emu.EmulatedLink([*devices, stranger]) as radio:
             stop = asyncio.Event()
-            source = asyncio.create_task(run_source(settings, outbox=outbox, destinations=["fhir"], stop=stop,
+            source = asyncio.create_task(run_source(settings, intake=Intake(outbox, ["fhir"]), stop=stop,
                                                     backend=radio.backend, utc_offset=OFFSET))
             for _ in range(200):
                 if outbox.counts()["queued"] >= 24:
@@ -288,7 +289,7 @@ def test_glucose_readings_reach_the_fhir_server_once(gate, oauth, tmp_path):
     async def scenario(outbox: Outbox):
         async with emu.EmulatedLink([meter]) as radio:
             for _ in range(2):
-                await fetch(meter.address, outbox=outbox, destinations=["fhir"], patient=patient,
+                await fetch(meter.address, intake=Intake(outbox, ["fhir"]), patient=patient,
                             backend=radio.backend, timeout=5, idle_timeout=2, utc_offset=OFFSET)
         return await deliver(config, outbox, until_idle=True)
 
@@ -326,7 +327,7 @@ async def test_no_device_is_read_while_the_outbox_cannot_store(tmp_path):
                            scan_seconds=0.2, rest_seconds=0.1, retry_seconds=0.2)
     async with EmulatedLink(devices) as radio:
         stop = asyncio.Event()
-        task = asyncio.create_task(run_source(settings, outbox=FullOutbox(), destinations=["fhir"], stop=stop,
+        task = asyncio.create_task(run_source(settings, intake=Intake(FullOutbox(), ["fhir"]), stop=stop,
                                               backend=radio.backend))
         await asyncio.sleep(1.0)
         stop.set()

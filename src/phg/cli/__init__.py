@@ -316,12 +316,13 @@ def simulate(obj: Context, no_deliver: bool) -> None:
     import asyncio
 
     from phg.demo.emulator import collect_emulated
+    from phg.intake import Intake
     from phg.model import PatientRef
 
     config = obj.config()
     patient = config.patient or PatientRef("urn:oid:1.2.3.4.5", "demo-patient-001")
     outbox = obj.outbox()
-    fetched = asyncio.run(collect_emulated(outbox, config.destination_names, patient))
+    fetched = asyncio.run(collect_emulated(Intake(outbox, config.destination_names), patient))
     click.echo(f"queued {sum(f.readings for f in fetched)} reading(s) from {len(fetched)} emulated devices")
     if no_deliver or not (config.fhir_base or config.destinations):
         sys.exit(0)

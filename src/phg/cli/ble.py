@@ -79,6 +79,7 @@ def fetch(obj: Context, address: str, patient_text: str | None, timeout: float, 
     """Download new readings from the device at ADDRESS once and queue them (`phg run` delivers)."""
     from bleak.exc import BleakError
 
+    from phg.intake import Intake
     from phg.sources.ble.session import DeviceNotFound
     from phg.sources.ble.session import fetch as ble_fetch
 
@@ -89,7 +90,7 @@ def fetch(obj: Context, address: str, patient_text: str | None, timeout: float, 
     outbox = obj.outbox()
     try:
         result = asyncio.run(_with_radio(emulated, lambda b: ble_fetch(
-            address, outbox=outbox, destinations=config.destination_names, patient=patient, backend=b,
+            address, intake=Intake(outbox, config.destination_names), patient=patient, backend=b,
             pair=not no_pair, timeout=timeout)))
     except DeviceNotFound as exc:
         fail(f"{exc}; is it advertising (press its button / take a measurement)?", EXIT_TEMPFAIL)

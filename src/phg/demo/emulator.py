@@ -53,6 +53,7 @@ from phg.demo.bumble_backend import BumbleBackend, bumble_backend
 from phg.model import PatientRef
 
 if TYPE_CHECKING:
+    from phg.intake import Intake
     from phg.sources.ble.session import FetchResult
 
 logger = logging.getLogger(__name__)
@@ -757,12 +758,11 @@ class EmulatedLink:
             await self.central.power_off()
 
 
-async def collect_emulated(outbox, destinations: Sequence[str], patient: PatientRef,
-                           now: datetime | None = None) -> list[FetchResult]:
+async def collect_emulated(intake: Intake, patient: PatientRef, now: datetime | None = None) -> list[FetchResult]:
     """One session with each of the five demo devices (demo_devices(now)) on a fresh virtual link,
     through the gateway's real Bluetooth session code: what `phg demo` and `phg simulate` collect."""
     from phg.sources.ble.session import fetch
 
     async with EmulatedLink(demo_devices(now)) as radio:
-        return [await fetch(device.address, outbox=outbox, destinations=destinations, patient=patient,
-                            backend=radio.backend) for device in radio.devices]
+        return [await fetch(device.address, intake=intake, patient=patient, backend=radio.backend)
+                for device in radio.devices]

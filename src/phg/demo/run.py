@@ -26,6 +26,7 @@ from phg.daemon import deliver
 from phg.demo.emulator import collect_emulated
 from phg.demo.peers import PeerError, smart_stack
 from phg.doctor import run_checks
+from phg.intake import Intake
 from phg.model import MDC_ATTR_TIME_ABS, Gateway, PatientRef
 from phg.outbox import Outbox
 
@@ -64,7 +65,7 @@ def _run(stack, work: Path, echo: Echo) -> int:
     now = datetime.now()
     for attempt, label in ((1, "first delivery"), (2, "the same records again, from a fresh queue")):
         with Outbox(work / f"outbox-{attempt}.sqlite") as outbox:
-            fetched = asyncio.run(collect_emulated(outbox, config.destination_names, PATIENT, now))
+            fetched = asyncio.run(collect_emulated(Intake(outbox, config.destination_names), PATIENT, now))
             echo(f"\nBluetooth LE: {_describe(fetched)}")
             summary = asyncio.run(deliver(config.with_overrides(outbox_path=outbox.path), outbox, until_idle=True))
             collected = sum(f.readings for f in fetched)

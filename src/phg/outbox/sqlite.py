@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import math
 import os
 import secrets
@@ -392,6 +393,15 @@ class Outbox:
         """The value last committed with `enqueue(..., state={name: value})`, or None."""
         rows = self._read("SELECT value FROM source_state WHERE name = ?", (name,))
         return rows[0][0] if rows else None
+
+    def stored_keys(self, destinations: Sequence[str], keys: Sequence[str]) -> set[str]:
+        """The keys among `keys` stored (in any state) for every one of `destinations`."""
+        rows = self._read(
+            "SELECT key FROM item WHERE key IN (SELECT value FROM json_each(?1))"
+            " AND destination IN (SELECT value FROM json_each(?2)) GROUP BY key HAVING count(*) = ?3",
+            (json.dumps(list(keys)), json.dumps(sorted(set(destinations))), len(set(destinations))),
+        )
+        return {row[0] for row in rows}
 
     def lease(self, destination: str, limit: int, lease_seconds: float, now: float | None = None,
               horizon: float | None = None) -> list[Item]:

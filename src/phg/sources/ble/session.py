@@ -1,23 +1,24 @@
 """The gateway's Bluetooth LE session: find a health device, connect (pairing when it demands it),
 read Device Information and Current Time, subscribe to its measurements, fetch what is new, and put
-Readings in the outbox. Only bleak's public API (BleakScanner, BleakClient) is used; `backend`
+Readings in the Intake (phg.intake). Only bleak's public API (BleakScanner, BleakClient) is used; `backend`
 selects custom bleak backend classes (tests and demos pass the Bumble backend of
-phg.sources.ble.emulator.EmulatedLink; production uses bleak's platform default).
+phg.demo.emulator.EmulatedLink; production uses bleak's platform default).
 
-Nothing lost, nothing doubled. Readings are enqueued as they arrive, in small groups (whatever
-arrived together), each group in one outbox transaction. For a glucose meter the same transaction
+Nothing lost, nothing doubled. Readings are stored as they arrive, in small groups (whatever
+arrived together), each group in one durable step. For a glucose meter the same step
 stores the highest sequence number collected (`ble:<address>:glucose_seq`), so the marker is never
 ahead of the readings it covers; the next session asks RACP for "records with sequence number >=
 marker + 1" (GLS 1.0 4.11; all records when no marker is stored). A link lost after record 7 of 20
 leaves records 1..7 durable and the marker at 7, and the next session fetches 8..20. A CGM (CGMS
 1.0.1) works the same way with its records' Time Offsets (minutes since the sensor session started;
 RACP filter type 0x01 is the Time Offset for CGMS): the marker `ble:<address>:cgm_offset` holds the
-highest offset collected, and `ble:<address>:cgm_session` (same transaction) the session it belongs
-to, so that a new sensor session, whose offsets start again from 0, is fetched from its start. Devices
-without RACP (BLS, WSS, HTS, PLXS) indicate stored measurements on subscription and forget each one
-the stack confirms; bleak (and every OS stack) confirms an indication as soon as our callback has
-queued the value, so only a gateway crash in the milliseconds before the next enqueue could lose one,
-a limit of the Bluetooth API rather than of this code. A malformed notification (the decoder raises
+highest offset collected, and `ble:<address>:cgm_session` (same step) the session it belongs
+to, so that a new sensor session, whose offsets start again from 0, is fetched from its start (one
+record strategy per profile says how: GlucoseRecords, CgmRecords). Devices without RACP (BLS, WSS,
+HTS, PLXS) indicate stored measurements on subscription and forget each one the stack confirms;
+bleak (and every OS stack) confirms an indication as soon as our callback has queued the value, so
+only a gateway crash in the milliseconds before the next store could lose one, a limit of the
+Bluetooth API rather than of this code. A malformed notification (the decoder raises
 GattError) is logged without its bytes and skipped; everything else continues.
 
 Times. Bluetooth health measurements carry the device's local wall-clock time without offset; the
@@ -36,13 +37,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from phg.errors import MappingError
+from phg.errors import MappingError, StorageError
+from phg.intake import Intake
 from phg.mdc import MDC_DEV_SPEC_PROFILE_CGM
 from phg.model import Device, DeviceClock, PatientRef, Reading, Specialization
 from phg.sources.ble.gatt import GattError, decode, to_metrics
@@ -69,31 +70,73 @@ def uuid16(n: int) -> str:
     return f"0000{n:04x}-0000-1000-8000-00805f9b34fb"
 
 
+class GlucoseRecords:
+    """A glucose meter's stored records, fetched with RACP by sequence number (GLS 1.0 4.11: operand
+    filter type 0x01 is the sequence number). The marker `ble:<address>:glucose_seq` holds the highest
+    sequence number collected."""
+
+    marker = "glucose_seq"
+    what = "glucose records after sequence number"
+    reads_e2e_feature = False
+
+    def context(self, address: str, facts: dict[str, Any]) -> dict[str, str]:
+        return {}
+
+    def request_after(self, marker: int) -> bytes:
+        return report_records_from(marker + 1)
+
+
+class CgmRecords:
+    """A CGM's records, fetched with RACP by Time Offset (CGMS 1.0.1 3.7: operand filter type 0x01 is
+    the Time Offset, minutes since the sensor session started). The marker `ble:<address>:cgm_offset`
+    holds the highest offset collected, and `ble:<address>:cgm_session` (stored with it) the session it
+    counts in: a new sensor session, whose offsets start again from 0, is fetched from its start. The
+    records are placed in time with the Session Start Time 0x2AAA, so a CGM without a usable one is
+    refused; its CGM Feature 0x2AA8 says whether records carry an E2E-CRC (CGMS 1.0.1 2.5)."""
+
+    marker = "cgm_offset"
+    what = "CGM records after time offset"
+    reads_e2e_feature = True
+
+    def context(self, address: str, facts: dict[str, Any]) -> dict[str, str]:
+        start = facts.get("session_start")
+        if start is None or start.start.naive is None:
+            raise LookupError(f"BLE {address}: no usable CGM Session Start Time (0x2AAA); "
+                              "its records cannot be placed in time")
+        return {marker_name(address, "cgm_session"): cgm_session_id(start)}
+
+    def request_after(self, marker: int) -> bytes:
+        return racp_request("Report stored records", "Greater than or equal to", marker + 1, filter_type=0x01)
+
+
+RecordStrategy = GlucoseRecords | CgmRecords
+
+
 @dataclass(frozen=True)
 class Profile:
     """A Bluetooth health profile: its service, the characteristics to subscribe to (the profile
     says notify or indicate; the stack uses what the characteristic offers), readable
     characteristics the decoders need (to_metrics keyword -> UUID), the IEEE 11073 specialization
-    (MDC_DEV_SPEC_PROFILE_*), the RACP characteristic when stored records are fetched with it, and the
-    name of the outbox marker (`ble:<address>:<marker>`) that records how far they were fetched."""
+    (MDC_DEV_SPEC_PROFILE_*), and, for a device storing records that are fetched with RACP 0x2A52, how
+    to ask for what is new (its record strategy)."""
 
     name: str
     service: int
     measurements: tuple[int, ...]
     specialization: int
-    racp: int | None = None
+    records: RecordStrategy | None = None
     reads: tuple[tuple[str, int], ...] = ()
-    marker: str | None = None
 
 
+RACP = 0x2A52
 PROFILES: tuple[Profile, ...] = (
-    Profile("glucose", 0x1808, (0x2A18, 0x2A34), 528401, racp=0x2A52, marker="glucose_seq"),
+    Profile("glucose", 0x1808, (0x2A18, 0x2A34), 528401, records=GlucoseRecords()),
     Profile("blood_pressure", 0x1810, (0x2A35,), 528391),
     Profile("scale", 0x181D, (0x2A9D,), 528399, reads=(("weight_feature", 0x2A9E),)),
     Profile("thermometer", 0x1809, (0x2A1C,), 528392, reads=(("temperature_type", 0x2A1D),)),
     Profile("pulse_oximeter", 0x1822, (0x2A5E,), 528388),
-    Profile("cgm", 0x181F, (0x2AA7,), MDC_DEV_SPEC_PROFILE_CGM, racp=0x2A52, reads=(("session_start", 0x2AAA),),
-            marker="cgm_offset"),
+    Profile("cgm", 0x181F, (0x2AA7,), MDC_DEV_SPEC_PROFILE_CGM, records=CgmRecords(),
+            reads=(("session_start", 0x2AAA),)),
 )
 HEALTH_SERVICES: tuple[str, ...] = tuple(uuid16(p.service) for p in PROFILES)
 DIS_STRINGS = {"manufacturer": 0x2A29, "model": 0x2A24, "serial": 0x2A25, "firmware": 0x2A26}
@@ -140,7 +183,7 @@ def normalise_address(address: str) -> str:
 
 
 def marker_name(address: str, kind: str = "glucose_seq") -> str:
-    """The outbox source-state name of a device's progress marker: "glucose_seq" (a glucose meter's last
+    """The Intake progress-marker name of a device's progress marker: "glucose_seq" (a glucose meter's last
     collected sequence number), "cgm_offset" (a CGM's last collected time offset), "cgm_session" (the
     CGM session that offset counts in)."""
     return f"ble:{address.upper()}:{kind}"
@@ -221,11 +264,10 @@ _LINK_ENDED = object()
 
 
 class _Session:
-    def __init__(self, address: str, outbox, destinations: Sequence[str], patient: PatientRef, *,
+    def __init__(self, address: str, intake: Intake, patient: PatientRef, *,
                  pair: bool, idle_timeout: float, utc_offset: UtcOffset) -> None:
         self.address = address
-        self.outbox = outbox
-        self.destinations = list(destinations)
+        self.intake = intake
         self.patient = patient
         self.pair = pair
         self.paired = False
@@ -233,8 +275,8 @@ class _Session:
         self.utc_offset = utc_offset
         self.queue: asyncio.Queue = asyncio.Queue()
         self.result = FetchResult(address)
-        self.marker = marker_name(address)  # the outbox state name of the progress marker (profile's)
-        self.marker_context: dict[str, str] = {}  # committed with every marker (the CGM session)
+        self.marker = marker_name(address)  # the name of the progress marker (the profile's)
+        self.marker_context: dict[str, str] = {}  # stored with every marker (the CGM session)
 
     async def _gatt(self, client: BleakClient, operation: Callable, *args, **kwargs):
         """Run a GATT operation; when the device answers Insufficient Authentication/Encryption,
@@ -304,27 +346,21 @@ class _Session:
             return False
         return True
 
-    async def _racp_request(self, profile: Profile, facts: dict[str, Any]) -> bytes | None:
-        """The RACP request for what is new since the stored marker (None: nothing can be new)."""
-        stored = await asyncio.to_thread(self.outbox.source_state, self.marker)
-        kind = "glucose records after sequence number"
-        if profile.name == "cgm":
-            kind = "CGM records after time offset"
-            session = cgm_session_id(facts["session_start"])
-            self.marker_context = {marker_name(self.address, "cgm_session"): session}
-            stored_session = await asyncio.to_thread(self.outbox.source_state, marker_name(self.address, "cgm_session"))
-            if stored is not None and stored_session != session:
-                logger.info("BLE %s: new CGM session (started %s): fetching it from its start", self.address, session)
+    async def _racp_request(self, records: RecordStrategy) -> bytes | None:
+        """The RACP request for what is new since the stored marker (None: nothing can be new). A
+        marker stored with another context (another CGM session) does not count."""
+        stored = await asyncio.to_thread(self.intake.progress, self.marker)
+        for name, value in self.marker_context.items():
+            if stored is not None and await asyncio.to_thread(self.intake.progress, name) != value:
+                logger.info("BLE %s: new %s %s: fetching it from its start", self.address, name.rsplit(":", 1)[1], value)
                 stored = None
         marker = self.result.last_seq = int(stored) if stored is not None else None
-        logger.info("BLE %s: asking for %s %s", self.address, kind, marker)
+        logger.info("BLE %s: asking for %s %s", self.address, records.what, marker)
         if marker is None:
             return report_all_records()
         if marker >= 0xFFFF:  # the u16 operand cannot ask for more
             return None
-        # Operand filter type 0x01: the sequence number for GLS (1.0 4.11), the Time Offset for CGMS (1.0.1 3.7)
-        return (report_records_from(marker + 1) if profile.name == "glucose" else
-                racp_request("Report stored records", "Greater than or equal to", marker + 1, filter_type=0x01))
+        return records.request_after(marker)
 
     # ------------------------------------------------------------------ the session
 
@@ -345,27 +381,25 @@ class _Session:
             facts = {name: await self._read(client, uuid) for name, uuid in profile.reads}
             collector = Collector(device, self.patient, clock, self.utc_offset,
                                   **{k: v for k, v in facts.items() if v is not None})
-            if profile.name == "cgm":
-                start = facts.get("session_start")
-                if start is None or start.start.naive is None:
-                    raise LookupError(f"BLE {self.address}: no usable CGM Session Start Time (0x2AAA); "
-                                      "its records cannot be placed in time")
-                collector.cgm_e2e = await self._cgm_e2e(client)
-            if profile.marker is not None:
-                self.marker = marker_name(self.address, profile.marker)
+            records = profile.records
+            if records is not None:
+                self.marker = marker_name(self.address, records.marker)
+                self.marker_context = records.context(self.address, facts)
+                if records.reads_e2e_feature:
+                    collector.cgm_e2e = await self._cgm_e2e(client)
             for uuid in profile.measurements:
                 if client.services.get_characteristic(uuid16(uuid)) is not None:
                     await self._gatt(client, client.start_notify, uuid16(uuid), self._on_value(uuid))
-            if profile.racp is None:
+            if records is None:
                 await self._collect(collector, None, racp=False)
             else:
-                await self._gatt(client, client.start_notify, uuid16(profile.racp), self._on_value(profile.racp))
-                request = await self._racp_request(profile, facts)
+                await self._gatt(client, client.start_notify, uuid16(RACP), self._on_value(RACP))
+                request = await self._racp_request(records)
                 marker = collector.last_seq = self.result.last_seq
                 if request is None:  # the marker is at the end of what the operand can ask for
                     self.result.complete = True
                 else:
-                    await self._gatt(client, client.write_gatt_char, uuid16(profile.racp), request, response=True)
+                    await self._gatt(client, client.write_gatt_char, uuid16(RACP), request, response=True)
                     await self._collect(collector, marker, racp=True)
         logger.info("BLE %s %s: %d readings, %d malformed values skipped, %s", self.address, self.result.profile,
                     self.result.readings, self.result.skipped, "complete" if self.result.complete else "incomplete")
@@ -378,8 +412,8 @@ class _Session:
         return callback
 
     async def _collect(self, collector: Collector, marker: int | None, *, racp: bool) -> None:
-        """Take values as they arrive; enqueue what arrived together in one transaction (with the
-        glucose marker), until the procedure ends, the link ends, or nothing comes for idle_timeout."""
+        """Take values as they arrive; store what arrived together in one durable step (with the
+        record marker), until the procedure ends, the link ends, or nothing comes for idle_timeout."""
         ended: bool | None = None  # True/False: RACP outcome; None: still running
         while ended is None:
             try:
@@ -405,26 +439,25 @@ class _Session:
                     break
             readings = collector.take()
             if readings or collector.last_seq != marker:
-                await self._enqueue(readings, collector.last_seq if collector.last_seq != marker else None)
+                await self._store(readings, collector.last_seq if collector.last_seq != marker else None)
                 marker = collector.last_seq
         self.result.complete = ended
 
-    async def _enqueue(self, readings: list[Reading], last_seq: int | None) -> None:
-        state = {self.marker: str(last_seq)} | self.marker_context if last_seq is not None else None
-        items = [(r.key, r.to_json()) for r in readings]
-        await asyncio.to_thread(self.outbox.enqueue, self.destinations, items, state)
+    async def _store(self, readings: list[Reading], last_seq: int | None) -> None:
+        progress = {self.marker: str(last_seq)} | self.marker_context if last_seq is not None else None
+        await asyncio.to_thread(self.intake.store, readings, progress)
         self.result.readings += len(readings)
         if last_seq is not None:
             self.result.last_seq = last_seq
 
 
-async def fetch(address: str, *, outbox, destinations: Sequence[str], patient: PatientRef, backend: Any = None,
+async def fetch(address: str, *, intake: Intake, patient: PatientRef, backend: Any = None,
                 device: BLEDevice | None = None, pair: bool = True, timeout: float = 20.0, idle_timeout: float = 10.0,
                 utc_offset: UtcOffset = local_utc_offset) -> FetchResult:
     """One session with the device at `address`: scan for it (unless `device` was found already),
-    connect, collect and enqueue for `destinations`. Raises DeviceNotFound, bleak.exc.BleakError
-    (connection or GATT failure) or LookupError (not a health device); whatever was enqueued
-    before an error stays enqueued. `pair`: allow pairing when the device demands it."""
+    connect, collect and store in `intake`. Raises DeviceNotFound, bleak.exc.BleakError
+    (connection or GATT failure) or LookupError (not a health device); whatever was stored
+    before an error stays stored. `pair`: allow pairing when the device demands it."""
     from bleak import BleakScanner
 
     scanner_class, client_class = _classes(backend)
@@ -432,7 +465,7 @@ async def fetch(address: str, *, outbox, destinations: Sequence[str], patient: P
         device = await BleakScanner.find_device_by_address(address, timeout=timeout, backend=scanner_class)
         if device is None:
             raise DeviceNotFound(f"BLE device {address} not found within {timeout:g} s")
-    session = _Session(device.address, outbox, destinations, patient, pair=pair, idle_timeout=idle_timeout,
+    session = _Session(device.address, intake, patient, pair=pair, idle_timeout=idle_timeout,
                        utc_offset=utc_offset)
     return await session.run(device, client_class, timeout)
 
@@ -460,7 +493,7 @@ async def scan(seconds: float = 5.0, *, backend: Any = None, health_only: bool =
     return sorted(entries, key=lambda e: e.address)
 
 
-async def run_source(settings: BleSettings, *, outbox, destinations: Sequence[str], stop: asyncio.Event,
+async def run_source(settings: BleSettings, *, intake: Intake, stop: asyncio.Event,
                      backend: Any = None, utc_offset: UtcOffset = local_utc_offset) -> None:
     """The Bluetooth source of `phg run`: scan windows for allowed health devices (any health device
     in "pair new" mode), one session task per device found, several at once. A failing device is
@@ -482,7 +515,7 @@ async def run_source(settings: BleSettings, *, outbox, destinations: Sequence[st
     async def session(device: BLEDevice) -> None:
         address = device.address.upper()
         try:
-            await fetch(address, outbox=outbox, destinations=destinations, patient=settings.patient,
+            await fetch(address, intake=intake, patient=settings.patient,
                         backend=backend, device=device, utc_offset=utc_offset)
         except asyncio.CancelledError:
             raise
@@ -494,7 +527,7 @@ async def run_source(settings: BleSettings, *, outbox, destinations: Sequence[st
 
     try:
         while not stop.is_set():
-            if not await _outbox_writable(outbox, destinations):
+            if not await _can_store(intake):
                 # Devices without RACP forget what they indicated once the stack confirms it: collecting
                 # now would lose readings. Wait for the disk instead of talking to devices.
                 await _wait(stop, settings.retry_seconds)
@@ -510,15 +543,13 @@ async def run_source(settings: BleSettings, *, outbox, destinations: Sequence[st
         await asyncio.gather(*busy.values(), return_exceptions=True)
 
 
-async def _outbox_writable(outbox, destinations: Sequence[str]) -> bool:
-    """Commit an empty enqueue with a heartbeat marker: the cheapest proof that readings can be stored."""
-    from phg.errors import StorageError
-
+async def _can_store(intake: Intake) -> bool:
+    """Whether readings can be stored now (a heartbeat marker is)."""
     try:
-        await asyncio.to_thread(outbox.enqueue, destinations, [], {"ble:heartbeat": f"{time.time():.0f}"})
+        await asyncio.to_thread(intake.heartbeat, "ble")
         return True
     except StorageError as exc:
-        logger.error("BLE: not collecting: the outbox cannot store readings: %s", exc)
+        logger.error("BLE: not collecting: readings cannot be stored: %s", exc)
         return False
 
 
