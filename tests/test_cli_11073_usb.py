@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from ieee11073_agent import Agent
 from phg.cli.decode import decode_11073
 from phg.cli.ieee11073 import ieee11073
+from phg.intake import Intake
 from phg.model import PatientRef
 from phg.outbox import Outbox
 from phg.sources.ieee11073.apdu import EventReportResult, Rlre, decode
@@ -63,7 +64,7 @@ def test_usb_session_with_a_fake_endpoint(tmp_path):
     readings = []
     settings = ManagerSettings(PatientRef("urn:x", "p"), on_reading=readings.append)
     with Outbox(tmp_path / "o.sqlite") as outbox:
-        t = threading.Thread(target=run_usb_manager, args=(link, outbox, settings),
+        t = threading.Thread(target=run_usb_manager, args=(link, Intake(outbox, ["fhir"]), settings),
                              kwargs={"poll_ms": 1, "until_released": True})
         t.start()
         t.join(10)

@@ -20,20 +20,21 @@ from pathlib import Path
 
 from ieee11073_agent import Agent, read_apdu, session
 from phg.demo.peers import free_port
+from phg.intake import Intake
 from phg.model import PatientRef
 from phg.outbox import Outbox
 from phg.sources.ieee11073.apdu import Abrt
 from phg.sources.ieee11073.configs import MemoryConfigStore
 from phg.sources.ieee11073.manager import Timeouts
 from phg.sources.ieee11073.tcp import ManagerSettings, start_tcp_manager
-from test_ieee11073_listen_cli import PHG, wait_listening
+from test_cli_11073_listen import PHG, wait_listening
 from test_ieee11073_manager import feb31_report
 
 PATIENT = PatientRef("urn:oid:1.2.3.4.5", "pt-11073-limits")
 
 
 async def _serve(outbox, settings: ManagerSettings, scenario):
-    server = await start_tcp_manager(outbox, settings, 0)
+    server = await start_tcp_manager(Intake(outbox, ["fhir"]), settings, 0)
     try:
         return await asyncio.wait_for(scenario(server.sockets[0].getsockname()[1]), 30)
     finally:

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from ieee11073_agent import EXPECTED, KINDS, Agent, read_apdu, session
+from phg.intake import Intake
 from phg.model import PatientRef
 from phg.outbox import Outbox
 from phg.sources.ieee11073.apdu import Abrt
@@ -21,8 +22,8 @@ from phg.sources.ieee11073.tcp import ManagerSettings, start_tcp_manager
 PATIENT = PatientRef("urn:oid:1.2.3.4.5", "pt-11073-tcp")
 
 
-async def _with_manager(outbox: Outbox, settings: ManagerSettings, scenario):
-    server = await start_tcp_manager(outbox, settings, 0)
+async def _with_manager(outbox, settings: ManagerSettings, scenario):
+    server = await start_tcp_manager(Intake(outbox, ["fhir"]), settings, 0)
     port = server.sockets[0].getsockname()[1]
     try:
         return await asyncio.wait_for(scenario(port), 30)
@@ -91,6 +92,9 @@ def test_acknowledged_only_after_enqueue(tmp_path):
     order = []
 
     class SlowOutbox:
+        def stored_keys(self, destinations, keys):
+            return set()
+
         def enqueue(self, destinations, items, state=None):
             import time
 

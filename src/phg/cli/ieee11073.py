@@ -32,6 +32,7 @@ def listen(ctx: click.Context, port: int, host: str, patient_system: str | None,
            outbox_path: Path | None, configs_path: Path | None, utc_offset: float | None,
            max_connections: int) -> None:
     """Run the manager: accept agents on TCP PORT and queue their readings."""
+    from phg.intake import Intake
     from phg.model import PatientRef
     from phg.outbox import Outbox
     from phg.sources.ieee11073.configs import FileConfigStore, MemoryConfigStore
@@ -53,11 +54,11 @@ def listen(ctx: click.Context, port: int, host: str, patient_system: str | None,
                    "anyone who can reach this port can queue readings for this patient", err=True)
     offset = timedelta(hours=utc_offset) if utc_offset is not None else datetime.now().astimezone().utcoffset()
     settings = ManagerSettings(patient, utc_offset=offset or timedelta(0),
-                               destinations=tuple(config.destination_names) if config is not None else ("fhir",),
                                store=FileConfigStore(configs_path) if configs_path else MemoryConfigStore(),
                                max_connections=max_connections)
+    destinations = config.destination_names if config is not None else ["fhir"]
     with Outbox(outbox_path) as outbox:
         try:
-            asyncio.run(run_tcp_manager(outbox, settings, port, host))
+            asyncio.run(run_tcp_manager(Intake(outbox, destinations), settings, port, host))
         except KeyboardInterrupt:
             pass

@@ -2,13 +2,15 @@
 
 This module only moves bytes: each connection gets its own sans-I/O `Manager`; bytes read from the
 socket go in, `data_to_send()` goes out, `Manager.deadline` drives `tick`. APDUs are framed by their own
-4-byte header (choice + length), which the Manager parses. Readings are written to the outbox in a worker
+4-byte header (choice + length), which the Manager parses. Readings are stored in the Intake in a worker
 thread (the event loop never blocks on SQLite) and the agent's confirmed report is answered only after
-`enqueue` returned: durable before acknowledged.
+the store returned: durable before acknowledged.
 
-    server = await start_tcp_manager(outbox, ManagerSettings(patient=..., utc_offset=...), port=6024)
+    server = await start_tcp_manager(intake, ManagerSettings(patient=..., utc_offset=...), port=6024)
     async with server:
         await server.serve_forever()
+
+`TcpSource` is the listener as a source of `phg run` (phg.sources.supervisor).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from phg.errors import PhgError
+from phg.intake import Intake
 from phg.model import PatientRef, Reading
 from phg.sources.ieee11073.configs import ConfigStore, MemoryConfigStore
 from phg.sources.ieee11073.manager import (
@@ -46,7 +49,7 @@ REFUSAL_WARNING_INTERVAL = 60.0  # seconds between two "listener full" warnings
 @dataclass
 class ManagerSettings:
     """What every association needs: whose readings these are, the gateway's UTC offset (agents give
-    local time without zone), where readings go, the manager's own EUI-64, the configuration store, and
+    local time without zone), the manager's own EUI-64, the configuration store, and
     the listener's limits.
 
     Limits (agents are not authenticated: anyone who reaches the port is an agent): at most
@@ -58,7 +61,6 @@ class ManagerSettings:
 
     patient: PatientRef
     utc_offset: timedelta = timedelta(0)
-    destinations: tuple[str, ...] = ("fhir",)
     manager_id: bytes = bytes.fromhex("02AB7FFFFE00C1C1")
     store: ConfigStore = field(default_factory=MemoryConfigStore)
     timeouts: Timeouts = field(default_factory=Timeouts)
@@ -67,7 +69,7 @@ class ManagerSettings:
     on_reading: Callable[[Reading], None] | None = None  # called after each reading is durable (tests, status)
 
 
-Stored = tuple[Measurements, list[Reading], list[tuple[str, str]]]  # a report, its readings, their outbox items
+Report = tuple[Measurements, list[Reading]]  # a report and its readings
 
 
 class Association:
@@ -86,7 +88,7 @@ class Association:
         associated = self.manager.state is not State.UNASSOCIATED
         return self.settings.idle_timeout if associated else self.settings.timeouts.association
 
-    def readings_for(self, events: list[Event]) -> list[Stored]:
+    def readings_for(self, events: list[Event]) -> list[Report]:
         """Log the events and build readings for the Measurements among them (in order). A report the
         manager decoded but whose readings cannot be built ends the association with an ABRT (the agent
         keeps the report: nothing was acknowledged)."""
@@ -103,8 +105,7 @@ class Association:
                     self.builder.device_attributes(now)
                 case Measurements():
                     try:
-                        readings = self.builder.readings(ev, now)
-                        out.append((ev, readings, [(r.key, r.to_json()) for r in readings]))
+                        out.append((ev, self.builder.readings(ev, now)))
                     except (PhgError, ValueError, ArithmeticError) as exc:
                         self._end(self.manager.abort(f"report {ev.invoke_id} cannot become readings: {exc}"))
                 case Released():
@@ -113,6 +114,26 @@ class Association:
                     self._end([ev])
         return out
 
+    def store_and_ack(self, intake: Intake, reports: list[Report]) -> None:
+        """Store each report's readings, then (only then: they are durable) acknowledge the report.
+        Blocking (the store waits for the disk). A report whose readings cannot be stored as reading
+        documents ends the association with an ABRT (the agent keeps the report: nothing was
+        acknowledged); StorageError propagates, unacknowledged."""
+        for m, readings in reports:
+            if self.ended is not None:
+                return
+            try:
+                intake.store(readings)
+            except (ValueError, ArithmeticError) as exc:
+                self._end(self.manager.abort(f"report {m.invoke_id} cannot become readings: {exc}"))
+                return
+            self.manager.acknowledge(m)
+            log.info("11073 %s: %d reading(s), %d metric(s) stored", self.peer, len(readings),
+                     sum(len(r.metrics) for r in readings))
+            if self.settings.on_reading:
+                for r in readings:
+                    self.settings.on_reading(r)
+
     def _end(self, events: list[Event]) -> None:
         for ev in events:
             if isinstance(ev, Aborted):
@@ -120,19 +141,7 @@ class Association:
                 self.ended = ev.reason
 
 
-async def _store_and_ack(assoc: Association, outbox, batches: list[Stored]) -> None:
-    for m, readings, items in batches:
-        if items:
-            await asyncio.to_thread(outbox.enqueue, list(assoc.settings.destinations), items)
-        assoc.manager.acknowledge(m)  # only now: the readings are durable
-        log.info("11073 %s: %d reading(s), %d metric(s) queued", assoc.peer, len(readings),
-                 sum(len(r.metrics) for r in readings))
-        if assoc.settings.on_reading:
-            for r in readings:
-                assoc.settings.on_reading(r)
-
-
-async def handle_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, outbox,
+async def handle_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, intake: Intake,
                             settings: ManagerSettings) -> None:
     peer = str(writer.get_extra_info("peername"))
     assoc = Association(settings, peer)
@@ -161,11 +170,12 @@ async def handle_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
             else:
                 last_data = now
                 events = manager.receive_data(data, now)
-            batches = assoc.readings_for(events)
+            reports = assoc.readings_for(events)
             writer.write(manager.data_to_send())
             if any(isinstance(ev, Configured) for ev in events):
                 await asyncio.to_thread(settings.store.flush)
-            await _store_and_ack(assoc, outbox, batches)
+            if reports:
+                await asyncio.to_thread(assoc.store_and_ack, intake, reports)
             writer.write(manager.data_to_send())
             await writer.drain()
     except (ConnectionError, asyncio.IncompleteReadError) as exc:
@@ -182,44 +192,72 @@ class _Listener:
     """Accepts agents up to `max_connections`; beyond, closes new connections at once and warns (at most once
     a REFUSAL_WARNING_INTERVAL, with the count refused meanwhile)."""
 
-    def __init__(self, outbox, settings: ManagerSettings):
-        self.outbox, self.settings = outbox, settings
-        self.active = 0
+    def __init__(self, intake: Intake, settings: ManagerSettings):
+        self.intake, self.settings = intake, settings
+        self.connections: dict[asyncio.StreamWriter, asyncio.Task] = {}
         self.refused = 0
         self._warned_at: float | None = None
 
     async def on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.active >= self.settings.max_connections:
+        if len(self.connections) >= self.settings.max_connections:
             writer.transport.abort()
             self._refuse()
             return
-        self.active += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self.connections[writer] = task
         try:
-            await handle_connection(reader, writer, self.outbox, self.settings)
+            await handle_connection(reader, writer, self.intake, self.settings)
         finally:
-            self.active -= 1
+            del self.connections[writer]
+
+    async def close_connections(self) -> None:
+        """Close every agent connection and wait for its handler: a report being stored is stored (its
+        acknowledgement may be lost; the agent sends the report again, and it is stored once)."""
+        tasks = list(self.connections.values())
+        for writer in self.connections:
+            writer.close()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _refuse(self) -> None:
         self.refused += 1
         now = time.monotonic()
         if self._warned_at is None or now - self._warned_at >= REFUSAL_WARNING_INTERVAL:
             log.warning("11073 listener full: %d connections open (max_connections %d); %d new connection(s) "
-                        "refused since the last warning", self.active, self.settings.max_connections, self.refused)
+                        "refused since the last warning", len(self.connections), self.settings.max_connections,
+                        self.refused)
             self._warned_at, self.refused = now, 0
 
 
-async def start_tcp_manager(outbox, settings: ManagerSettings, port: int, host: str = "127.0.0.1") -> asyncio.Server:
+async def start_tcp_manager(intake: Intake, settings: ManagerSettings, port: int,
+                            host: str = "127.0.0.1") -> asyncio.Server:
     """Listen for agents; returns the started asyncio Server (port 0 picks a free port: see server.sockets)."""
-    return await asyncio.start_server(_Listener(outbox, settings).on_connect, host, port)
+    return await asyncio.start_server(_Listener(intake, settings).on_connect, host, port)
 
 
-async def run_tcp_manager(outbox, settings: ManagerSettings, port: int, host: str = "127.0.0.1",
+async def run_tcp_manager(intake: Intake, settings: ManagerSettings, port: int, host: str = "127.0.0.1",
                           stop: asyncio.Event | None = None) -> None:
-    """Serve until `stop` is set (or forever)."""
-    server = await start_tcp_manager(outbox, settings, port, host)
+    """Serve until `stop` is set (or forever). Then no new agent is accepted and the connections open
+    are closed (see _Listener.close_connections)."""
+    listener = _Listener(intake, settings)
+    server = await asyncio.start_server(listener.on_connect, host, port)
     log.info("11073 manager listening on %s:%d", host, port)
-    async with server:
-        if stop is None:
-            await server.serve_forever()
-        else:
-            await stop.wait()
+    try:
+        await (server.serve_forever() if stop is None else stop.wait())
+    finally:
+        server.close()
+        await listener.close_connections()
+        await server.wait_closed()
+
+
+@dataclass(frozen=True)
+class TcpSource:
+    """The 11073 TCP listener as a source of `phg run` ([ieee11073] listen = "HOST:PORT")."""
+
+    settings: ManagerSettings
+    host: str
+    port: int
+    name: str = "11073-tcp"
+
+    async def run(self, intake: Intake, stop: asyncio.Event) -> None:
+        await run_tcp_manager(intake, self.settings, self.port, self.host, stop)

@@ -12,17 +12,22 @@ so tests use a fake; `open_phdc()` finds a real device with pyusb (needs libusb 
 the device node, e.g. a udev rule for the agent's vendor id).
 
     link = open_phdc(vendor_id=0x0483)         # or any object with read/write
-    run_usb_manager(link, outbox, ManagerSettings(patient=...), stop=threading.Event())
+    run_usb_manager(link, intake, ManagerSettings(patient=...), stop=threading.Event())
+
+`UsbSource` is this manager as a source of `phg run` (phg.sources.supervisor).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
+from phg.intake import Intake
 from phg.sources.ieee11073.manager import Aborted, Configured, Measurements, Released
 from phg.sources.ieee11073.tcp import Association, ManagerSettings
 
@@ -90,10 +95,10 @@ def open_phdc(vendor_id: int | None = None, product_id: int | None = None) -> Py
     return PyUsbLink(ep_in, ep_out)
 
 
-def run_usb_manager(link: BulkLink, outbox, settings: ManagerSettings, stop: threading.Event | None = None,
+def run_usb_manager(link: BulkLink, intake: Intake, settings: ManagerSettings, stop: threading.Event | None = None,
                     poll_ms: int = 200, until_released: bool = False) -> None:
     """Serve one USB agent until `stop` is set (or, with until_released, until its association ends).
-    Blocking: run it in a thread. Readings are enqueued before the agent's report is acknowledged."""
+    Blocking: run it in a thread. Readings are stored before the agent's report is acknowledged."""
     assoc = Association(settings, "usb")
     manager = assoc.manager
     stop = stop or threading.Event()
@@ -101,21 +106,37 @@ def run_usb_manager(link: BulkLink, outbox, settings: ManagerSettings, stop: thr
         data = link.read(65536, poll_ms)
         now = time.monotonic()
         events = manager.receive_data(data, now) if data else manager.tick(now)
-        batches = assoc.readings_for(events)
+        reports = assoc.readings_for(events)
         _write(link, manager.data_to_send())
         if any(isinstance(e, Configured) for e in events):
             settings.store.flush()
-        for m, readings, items in batches:
-            if items:
-                outbox.enqueue(list(settings.destinations), items)
-            manager.acknowledge(m)
-            if settings.on_reading:
-                for r in readings:
-                    settings.on_reading(r)
+        assoc.store_and_ack(intake, reports)
         _write(link, manager.data_to_send())
         if until_released and any(isinstance(e, Released | Aborted) for e in events):
             break
     log.info("11073 usb: stopped at %s", datetime.now(UTC).isoformat())
+
+
+@dataclass(frozen=True)
+class UsbSource:
+    """The first USB PHDC agent (optionally by vendor/product id) as a source of `phg run` ([usb] enabled).
+    Without such a device plugged in, `run` raises LookupError: the supervisor tries again later."""
+
+    settings: ManagerSettings
+    vendor_id: int | None = None
+    product_id: int | None = None
+    name: str = "11073-usb"
+
+    async def run(self, intake: Intake, stop: asyncio.Event) -> None:
+        link = await asyncio.to_thread(open_phdc, self.vendor_id, self.product_id)
+        stopped = threading.Event()
+        relay = asyncio.create_task(stop.wait())
+        relay.add_done_callback(lambda _: stopped.set())
+        try:
+            await asyncio.to_thread(run_usb_manager, link, intake, self.settings, stopped)
+        finally:
+            stopped.set()
+            relay.cancel()
 
 
 def _write(link: BulkLink, data: bytes) -> None:
@@ -124,4 +145,4 @@ def _write(link: BulkLink, data: bytes) -> None:
         data = data[n:]
 
 
-__all__ = ["BulkLink", "Measurements", "PyUsbLink", "open_phdc", "run_usb_manager"]
+__all__ = ["BulkLink", "Measurements", "PyUsbLink", "UsbSource", "open_phdc", "run_usb_manager"]
