@@ -41,13 +41,18 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from bumble import gatt, hci, pairing
-from bumble.controller import Controller
-from bumble.core import AdvertisingData
-from bumble.device import Connection, Device
-from bumble.host import Host
-from bumble.link import LocalLink
-from bumble.transport.common import AsyncPipeSink
+from phg.errors import ConfigError
+
+try:
+    from bumble import gatt, hci, pairing
+    from bumble.controller import Controller
+    from bumble.core import AdvertisingData
+    from bumble.device import Connection, Device
+    from bumble.host import Host
+    from bumble.link import LocalLink
+    from bumble.transport.common import AsyncPipeSink
+except ModuleNotFoundError as exc:  # Bumble comes with the [demo] extra, not with the gateway itself
+    raise ConfigError("the emulated Bluetooth devices need Bumble: pip install 'phg[demo]'") from exc
 
 from phg.demo.bumble_backend import BumbleBackend, bumble_backend
 from phg.model import PatientRef

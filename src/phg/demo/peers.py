@@ -9,13 +9,15 @@
 
 Every peer is a subprocess bound to 127.0.0.1 on a free port, waited for (bounded), and stopped
 (terminate, then kill) when its context exits. Output goes to a log file whose tail is part of the
-error when a peer fails to start. The Node peers need ``npm ci --prefix peers`` (``make setup``).
+error when a peer fails to start. The Node peers' scripts ship with the package; :func:`install_node_peers`
+runs ``npm ci`` for them (in a checkout, ``make setup`` does).
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import httpx
+import platformdirs
 
 __all__ = [
     "DEFAULT_SCOPES",
@@ -42,6 +45,7 @@ __all__ = [
     "PeerError",
     "SekmetServer",
     "SmartStack",
+    "install_node_peers",
     "peers_dir",
     "smart_stack",
 ]
@@ -66,25 +70,76 @@ class PeerError(RuntimeError):
 # ---------------------------------------------------------------------------------------------- helpers
 
 
+SHIPPED = Path(__file__).parent / "node"
+"""The Node peers' scripts with their package.json and package-lock.json, shipped as package data. In a
+checkout this is a link to <repo>/peers, where ``make setup`` runs ``npm ci``."""
+NODE_MISSING = "Node.js 20+ with npm is not on PATH (it runs the OAuth server, the SMART gate and Medplum): see https://nodejs.org"
+
+
 def peers_dir() -> Path:
-    """The directory holding the Node peers: $PHG_PEERS_DIR, else <repo root>/peers."""
+    """Where the Node peers run: $PHG_PEERS_DIR; else the shipped scripts when their npm packages sit
+    next to them (a checkout after ``make setup``); else a copy in the user cache directory, made by
+    :func:`install_node_peers`."""
     env = os.environ.get("PHG_PEERS_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[3] / "peers"
+    if env:
+        return Path(env)
+    if (SHIPPED / "node_modules").is_dir():
+        return SHIPPED
+    digest = hashlib.sha256()
+    for path in _shipped_files():  # other peers (a new phg) get a fresh copy
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return platformdirs.user_cache_path("phg") / f"peers-{digest.hexdigest()[:16]}"
+
+
+def _shipped_files() -> list[Path]:
+    return sorted(p for p in SHIPPED.iterdir() if p.suffix == ".mjs" or p.name in ("package.json", "package-lock.json"))
+
+
+def node_peers_installed() -> bool:
+    return (peers_dir() / "node_modules").is_dir()
+
+
+def install_node_peers() -> Path:
+    """Make the Node peers runnable and return their directory: unless :func:`peers_dir` already holds
+    them with their npm packages, copy the shipped files into the cache directory and ``npm ci`` there
+    (the exact versions of package-lock.json). The copy is renamed into place only once complete.
+    Raises :class:`PeerError` (one line) without Node.js or npm, or when npm fails."""
+    directory = peers_dir()
+    if os.environ.get("PHG_PEERS_DIR") or (directory / "node_modules").is_dir():
+        return directory
+    npm = shutil.which("npm")
+    if npm is None or shutil.which("node") is None:
+        raise PeerError(NODE_MISSING)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="peers-", dir=directory.parent, ignore_cleanup_errors=True) as tmp:
+        for path in _shipped_files():
+            shutil.copyfile(path, Path(tmp) / path.name)
+        done = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=tmp,
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            last = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
+            raise PeerError(f"npm ci for the Node peers failed in {tmp} (exit {done.returncode}): {last}")
+        try:
+            Path(tmp).rename(directory)
+        except OSError:
+            if not (directory / "node_modules").is_dir():  # else another process finished first: use its copy
+                raise
+    return directory
 
 
 def _node_peer(script: str) -> list[str]:
-    directory = peers_dir()
-    path = directory / script
-    if not path.is_file():
-        raise PeerError(f"{path} not found (set PHG_PEERS_DIR to the peers directory of the phg repository)")
-    if not (directory / "node_modules").is_dir():
-        raise PeerError(
-            f"{directory}/node_modules is missing: install the test peers first "
-            f"(`make setup`, or `npm ci --prefix {directory}`)"
-        )
     node = shutil.which("node")
     if node is None:
-        raise PeerError("node (Node.js 20 or later) is not on PATH; it runs the OAuth server, the gate and Medplum")
+        raise PeerError(NODE_MISSING)
+    directory = install_node_peers()
+    path = directory / script
+    if not path.is_file():
+        raise PeerError(f"{path} not found (PHG_PEERS_DIR names a directory without phg's Node peers)")
+    if not (directory / "node_modules").is_dir():
+        raise PeerError(
+            f"{directory}/node_modules is missing: install the Node peers first "
+            f"(`make setup`, or `npm ci --prefix {directory}`)"
+        )
     return [node, str(path)]
 
 
@@ -287,7 +342,7 @@ class SekmetServer(_Peer):
             return str(exe)
         found = shutil.which("sekmet")
         if found is None:
-            raise PeerError("the `sekmet` command is missing: pip install 'sekmet-fhir==0.1.1' (the test extra)")
+            raise PeerError("the `sekmet` command (sekmet-fhir) is missing: pip install 'phg[demo]'")
         return found
 
     def _prepare(self) -> None:
