@@ -1,5 +1,5 @@
 """Token economy (issue #7, benchmark 3): token requests during continuous delivery by 32 concurrent
-senders sharing one SmartBackendAuth.
+senders sharing one TokenAuth (SMART Backend Services).
 
 The issue asks for 10 minutes with a 300 s token lifetime. Time is scaled down 50x, everything
 time-like together: token lifetime 6 s (oidc-provider's ClientCredentials TTL), 12 s of delivery
@@ -27,8 +27,7 @@ from pathlib import Path
 
 import httpx
 
-from phg.auth import generate_key, jwks, load_key
-from phg.auth.smart import SmartBackendAuth
+from phg.auth import ClientCredentials, PrivateKeyJwt, TokenAuth, generate_key, jwks, load_key
 from phg.config import DEFAULT_SCOPE
 from phg.delivery import Delivered
 from phg.delivery.fhir import FhirDestination
@@ -57,8 +56,9 @@ async def _deliver(base: str, token_url: str, client_id: str, key_file: Path) ->
         unauthorized += response.status_code == 401
 
     async with httpx.AsyncClient(http2=True, timeout=30.0, event_hooks={"response": [count_401]}) as client:
-        auth = SmartBackendAuth(fhir_base=base, client_id=client_id, key=load_key(key_file), scope=DEFAULT_SCOPE,
-                                token_url=token_url, refresh_margin=MARGIN, client=client, allow_insecure_http=True)
+        auth = TokenAuth(ClientCredentials(), PrivateKeyJwt(client_id, load_key(key_file)), fhir_base=base,
+                         scope=DEFAULT_SCOPE, token_url=token_url, refresh_margin=MARGIN, client=client,
+                         allow_insecure_http=True)
         requests = 0
         request_token = auth._request_token
 

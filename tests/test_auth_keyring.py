@@ -15,8 +15,8 @@ from joserfc import jws
 from phg.auth.jwks_server import JwksServer
 from phg.auth.keyring import KeyRing, state_path
 from phg.auth.keys import generate_key
-from phg.auth.settings import AuthSettings
-from phg.auth.tls import client_kwargs
+from phg.config import TlsSettings
+from phg.delivery.tls import httpx_options
 from phg.errors import ConfigError
 
 
@@ -105,22 +105,18 @@ async def test_jwks_server_publishes_the_ring(ring) -> None:
         assert (await client.post(server.url)).status_code == 405
 
 
-def settings(**values) -> AuthSettings:
-    return AuthSettings(method="none", fhir_base="https://x", client_id=None, key_file=None, scope="s", token_url=None,
-                        **values)
-
-
-def test_tls_client_kwargs(tmp_path: Path) -> None:
-    assert client_kwargs(settings()) == {}
-    assert client_kwargs(settings(proxy="http://proxy:3128")) == {"proxy": "http://proxy:3128"}
+def test_tls_client_options(tmp_path: Path) -> None:
+    """The token endpoint's client gets the one TLS policy (phg.delivery.tls) and the [auth] proxy."""
+    options = httpx_options(TlsSettings(source="[auth]"), "http://proxy:3128")
+    assert options["proxy"] == "http://proxy:3128"
     import certifi
 
-    context = client_kwargs(settings(ca_file=Path(certifi.where())))["verify"]
+    context = httpx_options(TlsSettings(ca_file=Path(certifi.where())))["verify"]
     assert isinstance(context, ssl.SSLContext) and context.verify_mode == ssl.CERT_REQUIRED
     bad = tmp_path / "ca.pem"
     bad.write_text("not a certificate")
     with pytest.raises(ConfigError, match="ca_file"):
-        client_kwargs(settings(ca_file=bad))
+        httpx_options(TlsSettings(ca_file=bad))
 
 
 def test_client_key_must_be_private(tmp_path: Path) -> None:
@@ -128,4 +124,4 @@ def test_client_key_must_be_private(tmp_path: Path) -> None:
     key.write_text("x")
     key.chmod(0o644)
     with pytest.raises(ConfigError, match="chmod 600"):
-        client_kwargs(settings(client_cert=key, client_key=key))
+        httpx_options(TlsSettings(client_cert=key, client_key=key))

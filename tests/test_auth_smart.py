@@ -1,4 +1,5 @@
-"""SmartBackendAuth against a fake token endpoint and FHIR server (httpx.MockTransport)."""
+"""SMART Backend Services (TokenAuth with PrivateKeyJwt) against a fake token endpoint and FHIR server
+(httpx.MockTransport)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from joserfc.jwk import ECKey
 
 from phg.auth.discovery import OAUTH_URIS, discover
 from phg.auth.keys import SigningKey
-from phg.auth.smart import JWT_BEARER, SmartBackendAuth
+from phg.auth.smart import JWT_BEARER, PrivateKeyJwt
+from phg.auth.token import ClientCredentials, TokenAuth
 from phg.errors import AuthError, ConfigError, DiscoveryError, TransientDeliveryError
 from shared_vectors import VECTORS as SHARED
 
@@ -77,6 +79,10 @@ class FakeServer:
         return [json.loads(jws.extract_compact(f["client_assertion"].encode()).payload)["jti"] for f in self.token_requests]
 
 
+def smart_auth(fhir_base: str = BASE, **kwargs) -> TokenAuth:
+    return TokenAuth(ClientCredentials(), PrivateKeyJwt(CLIENT_ID, KEY), fhir_base=fhir_base, scope=SCOPE, **kwargs)
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 1000.0
@@ -99,9 +105,7 @@ def clock() -> Clock:
 async def fhir(server: FakeServer, clock: Clock):
     transport = httpx.MockTransport(server.handler)
     async with httpx.AsyncClient(transport=transport) as client:
-        auth = SmartBackendAuth(
-            fhir_base=BASE, client_id=CLIENT_ID, key=KEY, scope=SCOPE, client=client, clock=clock
-        )
+        auth = smart_auth(client=client, clock=clock)
         client.auth = auth
         yield client
 
@@ -218,8 +222,7 @@ async def test_token_endpoint_unreachable_is_transient() -> None:
         raise httpx.ConnectError("connection refused", request=request)
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        auth = SmartBackendAuth(fhir_base=BASE, client_id=CLIENT_ID, key=KEY, scope=SCOPE, token_url=TOKEN_URL,
-                                client=client)
+        auth = smart_auth(token_url=TOKEN_URL, client=client)
         with pytest.raises(TransientDeliveryError, match="unreachable"):
             await client.get(f"{BASE}/Patient", auth=auth)
 
@@ -237,7 +240,7 @@ async def test_discovery_falls_back_to_capability_statement(server: FakeServer) 
     async with httpx.AsyncClient(transport=httpx.MockTransport(server.handler)) as client:
         configuration = await discover(client, BASE)
         assert (configuration.token_endpoint, configuration.source) == (TOKEN_URL, "capability-statement")
-        auth = SmartBackendAuth(fhir_base=BASE, client_id=CLIENT_ID, key=KEY, scope=SCOPE, client=client)
+        auth = smart_auth(client=client)
         assert (await client.get(f"{BASE}/Patient", auth=auth)).status_code == 201
 
 
@@ -274,32 +277,30 @@ async def test_capabilities_that_rule_out_backend_services_are_reported(server: 
         "token_endpoint_auth_signing_alg_values_supported": ["RS384"],
     })
     async with httpx.AsyncClient(transport=httpx.MockTransport(server.handler)) as client:
-        problems = (await discover(client, BASE)).backend_services_problems("ES384")
+        problems = smart_auth(client=client).configuration_problems(await discover(client, BASE))
     assert len(problems) == 2 and "client_credentials" in problems[0] and "ES384" in problems[1]
 
 
 @pytest.mark.parametrize("url", ["http://ehr.example.org/fhir", "ftp://ehr.example.org/fhir", "/fhir"])
 def test_insecure_fhir_base_refused(url: str) -> None:
     with pytest.raises(ConfigError, match="https"):
-        SmartBackendAuth(fhir_base=url, client_id=CLIENT_ID, key=KEY, scope=SCOPE)
+        smart_auth(url)
 
 
 def test_insecure_token_url_refused() -> None:
     with pytest.raises(ConfigError, match="token endpoint"):
-        SmartBackendAuth(fhir_base=BASE, client_id=CLIENT_ID, key=KEY, scope=SCOPE,
-                         token_url="http://auth.example.org/token")
+        smart_auth(token_url="http://auth.example.org/token")
 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:8080/fhir", "http://127.8.9.10/fhir", "http://[::1]:8080/fhir",
                                  "http://localhost:8080/fhir"])
 async def test_plain_http_allowed_to_loopback(url: str) -> None:
-    auth = SmartBackendAuth(fhir_base=url, client_id=CLIENT_ID, key=KEY, scope=SCOPE)
+    auth = smart_auth(url)
     await auth.aclose()
 
 
 async def test_plain_http_allowed_when_configured() -> None:
-    auth = SmartBackendAuth(fhir_base="http://ehr.lan/fhir", client_id=CLIENT_ID, key=KEY, scope=SCOPE,
-                            allow_insecure_http=True)
+    auth = smart_auth("http://ehr.lan/fhir", allow_insecure_http=True)
     await auth.aclose()
 
 
@@ -317,7 +318,7 @@ async def test_bearer_never_sent_to_another_origin(fhir: httpx.AsyncClient, serv
 
 
 async def test_sync_client_refused() -> None:
-    auth = SmartBackendAuth(fhir_base=BASE, client_id=CLIENT_ID, key=KEY, scope=SCOPE, token_url=TOKEN_URL)
+    auth = smart_auth(token_url=TOKEN_URL)
     with httpx.Client(transport=httpx.MockTransport(lambda r: httpx.Response(200))) as client:
         with pytest.raises(RuntimeError, match="AsyncClient"):
             client.get(f"{BASE}/Patient", auth=auth)

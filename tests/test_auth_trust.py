@@ -21,16 +21,16 @@ from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
+from phg.auth import build_auth
 from phg.auth.discovery import discover
 from phg.auth.envelope import load_envelope
 from phg.auth.keys import SigningKey
 from phg.auth.registration import register
-from phg.auth.secret import ClientSecretAuth, PasswordAuth
-from phg.auth.settings import auth_settings
-from phg.auth.smart import SmartBackendAuth
+from phg.auth.secret import ClientSecret, PasswordGrant, PublicClient
+from phg.auth.smart import PrivateKeyJwt
+from phg.auth.token import ClientCredentials, TokenAuth
 from phg.cli import main
 from phg.config import load_config
-from phg.daemon import build_auth
 from phg.errors import AuthError, ConfigError, TransientDeliveryError
 from phg.terminal import PrintableFormatter, printable
 from phg.transport import redact_url
@@ -58,11 +58,20 @@ class Hostile:
         return httpx.Response(201)
 
 
-def secret_auth(kind: str, client: httpx.AsyncClient, **kwargs) -> ClientSecretAuth:
+def secret_auth(kind: str, client: httpx.AsyncClient, **kwargs) -> TokenAuth:
     common = dict(fhir_base=BASE, scope=SCOPE, client=client, **kwargs)
     if kind == "password":  # a public client: only the resource owner's password is secret
-        return PasswordAuth(username="nurse", password="pw-123", client_id="gw", **common)
-    return ClientSecretAuth(client_id="gw", client_secret="s3cr3t", style=kind, **common)
+        return TokenAuth(PasswordGrant("nurse", "pw-123"), PublicClient("gw"), **common)
+    return TokenAuth(ClientCredentials(), ClientSecret("gw", "s3cr3t", kind), **common)
+
+
+def smart_auth(fhir_base: str, client: httpx.AsyncClient) -> TokenAuth:
+    return TokenAuth(ClientCredentials(), PrivateKeyJwt("gw", KEY), fhir_base=fhir_base, scope=SCOPE, client=client)
+
+
+def client_secret_auth(client: httpx.AsyncClient, fhir_base: str, token_url: str) -> TokenAuth:
+    return TokenAuth(ClientCredentials(), ClientSecret("gw", "s"), fhir_base=fhir_base, token_url=token_url,
+                     scope=SCOPE, client=client)
 
 
 # ---------------------------------------------------------------------------------------------- finding 6
@@ -95,7 +104,7 @@ async def test_a_secret_follows_discovery_to_a_trusted_host_or_the_fhir_origin(k
 async def test_a_signed_assertion_follows_discovery_anywhere() -> None:
     hostile = Hostile(FOREIGN)
     async with httpx.AsyncClient(transport=httpx.MockTransport(hostile.handler)) as client:
-        client.auth = SmartBackendAuth(fhir_base=BASE, client_id="gw", key=KEY, scope=SCOPE, client=client)
+        client.auth = smart_auth(BASE, client)
         assert (await client.get(f"{BASE}/Patient")).status_code == 201
     [request] = hostile.token_requests
     assert "client_assertion" in parse_qs(request.content.decode())
@@ -111,13 +120,13 @@ def write_config(tmp_path: Path, auth: str, mode: int = 0o600) -> Path:
 def test_trusted_token_hosts_is_read_and_checked(tmp_path: Path) -> None:
     path = write_config(tmp_path, 'client_id = "gw"\nclient_secret = "s"\n'
                                   'trusted_token_hosts = ["Auth.Example.org", "[::1]", "10.0.0.7"]')
-    assert auth_settings(load_config(path, env={}), env={}).trusted_token_hosts == (
+    assert load_config(path, env={}).auth.trusted_token_hosts == (
         "auth.example.org", "::1", "10.0.0.7")
-    for wrong in ('"auth.example.org"', '["https://auth.example.org"]', '["auth.example.org:443"]',
+    for wrong in ('["https://auth.example.org"]', '["auth.example.org:443"]',
                   '["auth.example.org/token"]', '[""]', "[7]"):
         path = write_config(tmp_path, f"trusted_token_hosts = {wrong}")
         with pytest.raises(ConfigError, match=r"\[auth\] trusted_token_hosts"):
-            auth_settings(load_config(path, env={}), env={})
+            load_config(path, env={})
 
 
 # ---------------------------------------------------------------------------------------------- finding 7
@@ -128,7 +137,7 @@ def test_credentials_in_token_url_are_refused_and_never_shown(tmp_path: Path, ca
     path = write_config(tmp_path, 'client_id = "gw"\nclient_secret = "s"\n'
                                   'token_url = "https://gw:hunter2-pass@auth.example.org/token"')
     with pytest.raises(ConfigError, match=r"\[auth\] token_url https://\*\*\*@auth.example.org/token carries") as caught:
-        build_auth(auth_settings(load_config(path, env={}), env={}))
+        build_auth(load_config(path, env={}).auth)
     assert "hunter2" not in str(caught.value) and "hunter2" not in caplog.text
 
 
@@ -193,8 +202,7 @@ async def test_discovery_and_token_endpoint_down_are_unreachable(caplog) -> None
     async with httpx.AsyncClient(timeout=5) as client:
         with pytest.raises(TransientDeliveryError) as discovery:
             await discover(client, f"{down}/fhir")
-        auth = ClientSecretAuth(fhir_base=f"{down}/fhir", token_url=f"{down}/token", client_id="gw",
-                                client_secret="s", scope=SCOPE, client=client)
+        auth = client_secret_auth(client, f"{down}/fhir", f"{down}/token")
         with pytest.raises(TransientDeliveryError) as token:
             await auth.token()
     assert discovery.value.reached is False and token.value.reached is False
@@ -207,11 +215,10 @@ async def test_a_discovered_endpoint_with_credentials_is_never_shown(caplog) -> 
     caplog.set_level(logging.DEBUG)
     hostile = Hostile(f"http://collector:hunter2-pass@127.0.0.1:{closed_port()}/token")
     async with httpx.AsyncClient(transport=httpx.MockTransport(hostile.handler)) as mock:
-        auth = SmartBackendAuth(fhir_base="http://127.0.0.1/fhir", client_id="gw", key=KEY, scope=SCOPE,
-                                client=mock)
+        auth = smart_auth("http://127.0.0.1/fhir", mock)
         configuration = await auth.configuration()
     async with httpx.AsyncClient(timeout=5) as real:
-        auth = SmartBackendAuth(fhir_base="http://127.0.0.1/fhir", client_id="gw", key=KEY, scope=SCOPE, client=real)
+        auth = smart_auth("http://127.0.0.1/fhir", real)
         auth._configuration = configuration
         with pytest.raises(TransientDeliveryError) as caught:
             await auth.token()
@@ -224,8 +231,7 @@ async def test_tls_failure_is_unreachable_a_silent_server_is_not() -> None:
     with listener(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n") as plain, listener(None) as silent:
         async with httpx.AsyncClient(timeout=httpx.Timeout(0.5, connect=5)) as client:
             for url, reached in ((f"https://127.0.0.1:{plain}/token", False), (f"http://127.0.0.1:{silent}/token", True)):
-                auth = ClientSecretAuth(fhir_base="https://127.0.0.1/fhir", token_url=url, client_id="gw",
-                                        client_secret="s", scope=SCOPE, client=client)
+                auth = client_secret_auth(client, "https://127.0.0.1/fhir", url)
                 with pytest.raises(TransientDeliveryError) as caught:
                     await auth.token()
                 assert caught.value.reached is reached, (url, caught.value)
@@ -268,8 +274,7 @@ async def test_token_refusal_text_is_printable() -> None:
         return httpx.Response(400, json={"error": "invalid_client\x1b[5m", "error_description": f"no{ESCAPES}"})
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        auth = ClientSecretAuth(fhir_base=BASE, token_url=FOREIGN, client_id="gw", client_secret="s", scope=SCOPE,
-                                client=client)
+        auth = client_secret_auth(client, BASE, FOREIGN)
         with pytest.raises(AuthError) as caught:
             await auth.token()
     assert printable(str(caught.value)) == str(caught.value) and "no[2J" in str(caught.value)

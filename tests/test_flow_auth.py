@@ -208,12 +208,12 @@ def test_rotation_while_delivering_no_request_fails(gate: Gate, tmp_path):
     run_register(path)
     config = load_config(path, env={})
     from phg.auth.keyring import KeyRing
-    from phg.auth.smart import SmartBackendAuth
+    from phg.auth.smart import PrivateKeyJwt
 
     ring = KeyRing(config.key_file)
     first = ring.signing_key().kid
     kids: list[str] = []
-    sign = SmartBackendAuth._sign
+    sign = PrivateKeyJwt._sign
 
     def spy(self, url):
         kids.append(self.keys.signing_key().kid)
@@ -246,7 +246,7 @@ def test_rotation_while_delivering_no_request_fails(gate: Gate, tmp_path):
             await worker
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(SmartBackendAuth, "_sign", spy)
+        mp.setattr(PrivateKeyJwt, "_sign", spy)
         mp.setattr(TokenAuth, "_accept", stale)
         with Outbox(config.outbox_path) as outbox:
             asyncio.run(scenario(outbox))

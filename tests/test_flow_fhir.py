@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from phg.auth import generate_key, jwks, load_key
-from phg.auth.smart import SmartBackendAuth
+from phg.auth.token import TokenAuth
 from phg.config import DEFAULT_SCOPE, Config
 from phg.daemon import deliver
 from phg.demo.peers import Gate, OAuthServer, SekmetServer, free_port
@@ -122,14 +122,14 @@ def test_delivery_continues_across_token_expiries(start_stack, tmp_path, monkeyp
     stack = start_stack("sekmet", ttl=3)
     config = make_config(tmp_path, stack.base_url, stack.oauth)
     tokens = []
-    request_token = SmartBackendAuth._request_token
+    request_token = TokenAuth._request_token
 
     async def counting(self):
         token = await request_token(self)
         tokens.append(token.expires_in)
         return token
 
-    monkeypatch.setattr(SmartBackendAuth, "_request_token", counting)
+    monkeypatch.setattr(TokenAuth, "_request_token", counting)
     rounds = [simulated_readings(patient(), START, per_device=1, seed=n) for n in range(5)]
 
     async def scenario(outbox: Outbox) -> None:

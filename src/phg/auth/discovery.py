@@ -40,22 +40,11 @@ class SmartConfiguration:
     capabilities: tuple[str, ...] = ()
     registration_endpoint: str | None = None
 
-    def backend_services_problems(self, alg: str) -> list[str]:
-        """What the server declares that rules out private_key_jwt client_credentials with ``alg``.
-
-        Only declared lists are checked (an absent optional field is not a problem).
-        """
-        checks = (
-            (self.grant_types_supported, "client_credentials", "grant_types_supported"),
-            (self.token_endpoint_auth_methods_supported, "private_key_jwt", "token_endpoint_auth_methods_supported"),
-            (self.token_endpoint_auth_signing_alg_values_supported, alg,
-             "token_endpoint_auth_signing_alg_values_supported"),
-        )
-        return [
-            f"{name} {list(declared)} does not include {wanted}"
-            for declared, wanted, name in checks
-            if declared and wanted not in declared
-        ]
+    def undeclared(self, name: str, wanted: str) -> list[str]:
+        """A problem when the server declares list ``name`` and ``wanted`` is not in it (an absent
+        optional list is no problem: SMART App Launch 2.2.0, "Conformance", marks them optional)."""
+        declared = getattr(self, name)
+        return [f"{name} {list(declared)} does not include {wanted}"] if declared and wanted not in declared else []
 
 
 async def discover(
@@ -67,7 +56,7 @@ async def discover(
     ``/metadata``. Raises TransientDeliveryError when the server could not be reached (``reached``
     False when the connection itself failed) or answered 408/429/5xx (try again later),
     DiscoveryError when it answered but declares no token endpoint.
-    Requests are sent with ``auth=None`` so a client that carries SmartBackendAuth can be reused.
+    Requests are sent with ``auth=None`` so a client that carries a TokenAuth can be reused.
     """
     base = fhir_base.rstrip("/")
     require_secure_url(base, "FHIR base", allow_insecure_http=allow_insecure_http)

@@ -1,19 +1,23 @@
-"""The token cache every OAuth grant shares: one httpx.Auth base class, one place for the rules.
+"""The token cache every OAuth grant shares, composed with a grant and a client authentication.
 
-A grant (SMART Backend Services, client secret, password, a static bearer token) only says how its
-token request is built (``_token_request``) and what to tell a person when the server refuses it
-(``_credentials_hint``). Everything else lives here once:
+``TokenAuth(grant, client_auth, ...)`` is one httpx.Auth: the grant says what is asked for
+(``ClientCredentials`` here, ``PasswordGrant`` in phg.auth.secret: RFC 6749 sections 4.4 and 4.3),
+the client authentication how the client proves who it is at the token endpoint (RFC 6749
+section 2.3, the ``token_endpoint_auth_method`` of RFC 7591 section 2: ``PrivateKeyJwt`` in
+phg.auth.smart, ``ClientSecret`` and ``PublicClient`` in phg.auth.secret). A static bearer token
+needs no cache: ``StaticBearerAuth`` in phg.auth.secret. The rules live here once:
 
 - one token shared by all concurrent requests, with a single token request in flight;
 - refresh ``refresh_margin`` seconds before expiry (but never in the first half of a short lifetime);
 - a 401 from the resource server invalidates the token and the request is re-sent once;
 - the token is only ever sent to the FHIR server's own origin;
-- a grant that sends a reusable secret (client secret, password) sends it only to a token endpoint
-  the config names (``token_url``, ``trusted_token_hosts``) or one on the FHIR server's origin, never
-  to wherever a discovery document points; a signed assertion may follow discovery (its ``aud`` binds
-  it to that endpoint, RFC 7523 section 3);
+- a client authentication that sends a reusable secret (client secret), or a grant that does
+  (password), sends it only to a token endpoint the config names (``token_url``,
+  ``trusted_token_hosts``) or one on the FHIR server's origin, never to wherever a discovery
+  document points; a signed assertion may follow discovery (its ``aud`` binds it to that endpoint,
+  RFC 7523 section 3);
 - RFC 6749 section 5.2 error answers become an AuthError saying what to fix; 408/429/5xx and
-  connection trouble a TransientDeliveryError (retry later);
+  connection trouble a TransientDeliveryError (retry later, ``reached`` False when no connection);
 - the token endpoint is ``token_url`` or found by SMART discovery (lazily, once).
 """
 
@@ -25,7 +29,7 @@ import math
 import time
 from collections.abc import AsyncGenerator, Callable, Generator, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -50,7 +54,7 @@ DEFAULT_EXPIRES_IN = 300.0
 TOKEN_TIMEOUT = httpx.Timeout(30.0)
 
 # What to fix, per RFC 6749 section 5.2 error code. Some servers answer invalid_grant where the
-# spec says invalid_client (authentication failure), so both get the grant's credentials hint.
+# spec says invalid_client (authentication failure), so both get the grant's and the client's hints.
 _HINTS = {
     "invalid_scope": "the requested scope {scope!r} is not allowed for this client; "
     "request only granted scopes or have them granted by the server administrator",
@@ -58,7 +62,7 @@ _HINTS = {
     "register it for this grant (phg register) or ask the server administrator",
     "unsupported_grant_type": "this token endpoint does not offer the {grant} grant; check token_url and [auth] method",
     "invalid_request": "the server found the token request malformed; check token_url and that the "
-    "server supports [auth] method {method!r}",
+    "server supports {description}",
 }
 
 
@@ -73,8 +77,70 @@ class AccessToken:
     refresh_at: float
 
 
+class Grant(Protocol):
+    """What the token request asks for: its ``grant_type`` and that grant's own form fields."""
+
+    grant_type: str
+    sends_reusable_secret: bool  # True: the fields carry a secret usable elsewhere (a password)
+
+    def fields(self) -> dict[str, str]: ...
+
+    def credentials_hint(self) -> str | None:
+        """What to check when the server refuses the grant's credentials (None: the grant has none)."""
+        ...
+
+    def configuration_problems(self, configuration: SmartConfiguration) -> list[str]: ...
+
+
+class ClientAuthentication(Protocol):
+    """How the client authenticates at the token endpoint; ``name`` is its RFC 7591
+    token_endpoint_auth_method."""
+
+    name: str
+    client_id: str | None
+    sends_reusable_secret: bool
+
+    async def authenticate(self, url: str, form: dict[str, str]) -> dict[str, str]:
+        """Add this client's credentials for a token request to ``url``: form fields into
+        ``form``; the extra headers are returned."""
+        ...
+
+    def credentials_hint(self) -> str: ...
+
+    def configuration_problems(self, configuration: SmartConfiguration) -> list[str]: ...
+
+
+class ClientCredentials:
+    """grant_type=client_credentials (RFC 6749 section 4.4): the client acts on its own behalf."""
+
+    grant_type = "client_credentials"
+    sends_reusable_secret = False
+
+    def __repr__(self) -> str:
+        return "ClientCredentials()"
+
+    def fields(self) -> dict[str, str]:
+        return {}
+
+    def credentials_hint(self) -> str | None:
+        return None
+
+    def configuration_problems(self, configuration: SmartConfiguration) -> list[str]:
+        return configuration.undeclared("grant_types_supported", self.grant_type)
+
+
+def require_own_origin(request: httpx.Request, fhir_base: str) -> None:
+    """A bearer token goes only to the FHIR server's own origin (RFC 6750 section 5.3: never hand
+    it to another party)."""
+    if origin(request.url) != origin(httpx.URL(fhir_base)):
+        raise ConfigError(
+            f"refusing to send the bearer token for {redact_url(fhir_base)} to another origin ({request.url.host})"
+        )
+
+
 class TokenAuth(httpx.Auth):
-    """Base of phg's httpx auth flows; use with an ``httpx.AsyncClient``.
+    """A token cache composed with a grant and a client authentication; use with an
+    ``httpx.AsyncClient``.
 
     Token and discovery requests go through ``client`` (or a private AsyncClient, closed by
     ``aclose``) with ``auth=None``, so the same client that carries this auth may be passed in
@@ -82,17 +148,13 @@ class TokenAuth(httpx.Auth):
     ``clock`` is monotonic seconds, injectable for tests.
     """
 
-    method = "token"  # the [auth] method name, for messages
-    grant = "client_credentials"
-    reauthenticate_on_401 = True
-    sends_reusable_secret = False  # True: the token request carries a client secret or a password
-
     def __init__(
         self,
+        grant: Grant,
+        client_auth: ClientAuthentication,
         *,
         fhir_base: str,
-        client_id: str | None = None,
-        scope: str = "",
+        scope: str,
         token_url: str | None = None,
         refresh_margin: float = 30.0,
         client: httpx.AsyncClient | None = None,
@@ -100,12 +162,15 @@ class TokenAuth(httpx.Auth):
         trusted_token_hosts: Iterable[str] = (),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if not scope.strip():
+            raise ConfigError("[auth] scope is empty (the token request requires it)")
         require_secure_url(fhir_base, "FHIR base", allow_insecure_http=allow_insecure_http)
         if token_url is not None:
             refuse_credentials(token_url, "[auth] token_url")
             require_secure_url(token_url, "token endpoint", allow_insecure_http=allow_insecure_http)
+        self.grant = grant
+        self.client_auth = client_auth
         self.fhir_base = fhir_base.rstrip("/")
-        self.client_id = client_id
         self.scope = scope
         self._token_url = token_url
         self._refresh_margin = refresh_margin
@@ -120,32 +185,24 @@ class TokenAuth(httpx.Auth):
         self._token_lock = asyncio.Lock()
         self._discovery_lock = asyncio.Lock()
 
-    # ------------------------------------------------------------------ what a grant provides
-    async def _token_request(self, url: str) -> tuple[dict[str, str], dict[str, str]]:
-        """The form fields and extra headers of one token request to ``url``."""
-        raise NotImplementedError
+    def __repr__(self) -> str:
+        return f"TokenAuth({self.grant!r}, {self.client_auth!r})"
 
-    def _credentials_hint(self) -> str:
-        """What to check when the server says invalid_client / invalid_grant."""
-        return f"check client_id {self.client_id!r} and its credentials"
-
-    def _configuration_problems(self, configuration: SmartConfiguration) -> list[str]:
-        """What the server's SMART configuration declares that rules this grant out."""
-        return []
+    @property
+    def description(self) -> str:
+        """The grant and the client authentication, for messages."""
+        return f"the {self.grant.grant_type} grant with {self.client_auth.name} client authentication"
 
     # ------------------------------------------------------------------ the flow
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        raise RuntimeError(f"{type(self).__name__} needs an httpx.AsyncClient (token refresh is async)")
+        raise RuntimeError("TokenAuth needs an httpx.AsyncClient (token refresh is async)")
 
     async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        if origin(request.url) != self._origin:
-            raise ConfigError(
-                f"refusing to send the bearer token for {redact_url(self.fhir_base)} to another origin ({request.url.host})"
-            )
+        require_own_origin(request, self.fhir_base)
         token = await self.token()
         request.headers["Authorization"] = f"Bearer {token.value}"
         response = yield request
-        if response.status_code != 401 or not self.reauthenticate_on_401:
+        if response.status_code != 401:
             return
         # The token may have been revoked or expired early: get a new one and try once more.
         # A second 401 goes back to the caller as is.
@@ -173,16 +230,21 @@ class TokenAuth(httpx.Auth):
                 self._configuration = await discover(
                     self._client, self.fhir_base, allow_insecure_http=self._allow_insecure_http
                 )
-                for problem in self._configuration_problems(self._configuration):
+                for problem in self.configuration_problems(self._configuration):
                     log.warning("SMART configuration of %s: %s", self.fhir_base, problem)
             return self._configuration
+
+    def configuration_problems(self, configuration: SmartConfiguration) -> list[str]:
+        """What the server's SMART configuration declares that rules out this grant or client
+        authentication (only declared lists are checked)."""
+        return self.grant.configuration_problems(configuration) + self.client_auth.configuration_problems(configuration)
 
     async def token_endpoint(self) -> str:
         """``token_url``, else the discovered endpoint (refused for a reusable secret when untrusted)."""
         if self._token_url:
             return self._token_url
         url = (await self.configuration()).token_endpoint
-        if self.sends_reusable_secret:
+        if self.grant.sends_reusable_secret or self.client_auth.sends_reusable_secret:
             self._require_trusted(url)
         return url
 
@@ -196,8 +258,8 @@ class TokenAuth(httpx.Auth):
         shown = redact_url(url)
         raise AuthError(
             f"the SMART configuration of {redact_url(self.fhir_base)} names the token endpoint {shown}, on another "
-            f"origin than the FHIR server: phg sends the [auth] method {self.method} credentials only where the "
-            f"config says; if it is the server's real token endpoint, add [auth] token_url = \"{shown}\" or "
+            f"origin than the FHIR server: phg sends the credentials of {self.description} only where the config "
+            f"says; if it is the server's real token endpoint, add [auth] token_url = \"{shown}\" or "
             f"[auth] trusted_token_hosts = [\"{parsed.host}\"]"
         )
 
@@ -212,9 +274,10 @@ class TokenAuth(httpx.Auth):
             self._token = None
 
     async def _request_token(self) -> AccessToken:
-        """One token request, built by the grant, sent and judged here."""
+        """One token request, built from the grant and the client authentication, sent and judged here."""
         url = await self.token_endpoint()
-        form, headers = await self._token_request(url)
+        form = {"grant_type": self.grant.grant_type, **self.grant.fields(), "scope": self.scope}
+        headers = await self.client_auth.authenticate(url, form)
         started = self._clock()
         try:
             response = await self._client.post(
@@ -258,10 +321,12 @@ class TokenAuth(httpx.Auth):
         description = printable(description[:500]) if isinstance(description, str) else "no error_description"
         message = f"{printable(error[:100])}: {description} (token endpoint {url})"
         if error in ("invalid_client", "invalid_grant"):
-            message += "; " + self._credentials_hint()
+            hints = (self.grant.credentials_hint(), self.client_auth.credentials_hint())
+            message += "; " + "; ".join(hint for hint in hints if hint)
         elif error in _HINTS:
             message += "; " + _HINTS[error].format(
-                client_id=self.client_id, scope=self.scope, grant=self.grant, method=self.method
+                client_id=self.client_auth.client_id, scope=self.scope, grant=self.grant.grant_type,
+                description=self.description,
             )
         return AuthError(message)
 
