@@ -543,6 +543,18 @@ async def run_source(settings: BleSettings, *, intake: Intake, stop: asyncio.Eve
         await asyncio.gather(*busy.values(), return_exceptions=True)
 
 
+@dataclass(frozen=True)
+class BleSource:
+    """The Bluetooth source as a source of `phg run` (phg.sources.supervisor): run_source."""
+
+    settings: BleSettings
+    backend: Any = None
+    name: str = "ble"
+
+    async def run(self, intake: Intake, stop: asyncio.Event) -> None:
+        await run_source(self.settings, intake=intake, stop=stop, backend=self.backend)
+
+
 async def _can_store(intake: Intake) -> bool:
     """Whether readings can be stored now (a heartbeat marker is)."""
     try:
