@@ -5,13 +5,16 @@ If these fail, integration tests of phg against the peers mean nothing.
 
 from __future__ import annotations
 
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
 
-from phg.demo.peers import PeerError, SekmetServer, peers_dir
+from phg.demo import peers
+from phg.demo.peers import NODE_MISSING, PeerError, SekmetServer, install_node_peers, peers_dir
 
 pytestmark = pytest.mark.peers
 
@@ -307,3 +310,53 @@ def test_launcher_stops_process(tmp_path):
         assert httpx.get(f"{server.base_url}/metadata").status_code == 200
     assert process.poll() is not None
     assert not server.running
+
+
+@pytest.fixture
+def shipped_only(tmp_path, monkeypatch) -> Path:
+    """An installed phg: the shipped Node peers without node_modules; fake `node` and `npm` on PATH (npm
+    logs each call in tmp_path/npm.log and creates node_modules, or fails when NPM_FAIL is set)."""
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    for name in ("gate.mjs", "package.json", "package-lock.json"):
+        (shipped / name).write_text(name)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    npm = (f"import os, sys\nwith open({str(tmp_path / 'npm.log')!r}, 'a') as log:\n"
+           "    print(os.getcwd(), *sys.argv[1:], file=log)\n"
+           "if os.environ.get('NPM_FAIL'):\n    sys.exit('npm ERR! 404 Not Found')\nos.mkdir('node_modules')")
+    for name, body in {"node": "", "npm": npm}.items():
+        (bin_dir / name).write_text(f"#!{sys.executable}\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setattr(peers, "SHIPPED", shipped)
+    monkeypatch.delenv("PHG_PEERS_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("PATH", str(bin_dir))
+    return shipped
+
+
+def test_installed_node_peers_are_npm_installed_once_into_the_user_cache(shipped_only, tmp_path):
+    directory = install_node_peers()
+    assert directory == peers_dir() and directory.parent == tmp_path / "cache" / "phg"
+    assert (directory / "gate.mjs").read_text() == "gate.mjs" and (directory / "node_modules").is_dir()
+    assert install_node_peers() == directory
+    calls = (tmp_path / "npm.log").read_text().splitlines()
+    assert len(calls) == 1 and calls[0].endswith(" ci --no-audit --no-fund --loglevel=error")
+    assert peers._node_peer("gate.mjs")[1] == str(directory / "gate.mjs")
+    (shipped_only / "gate.mjs").write_text("a newer gate")  # another phg version: its own copy
+    assert peers_dir() != directory
+
+
+def test_a_failed_npm_install_says_why_in_one_line_and_leaves_nothing(shipped_only, tmp_path, monkeypatch):
+    monkeypatch.setenv("NPM_FAIL", "1")
+    with pytest.raises(PeerError, match=r"npm ci for the Node peers failed \(exit 1\): npm ERR! 404 Not Found$"):
+        install_node_peers()
+    assert not peers_dir().exists() and list((tmp_path / "cache" / "phg").iterdir()) == []
+
+
+def test_without_node_the_launcher_says_what_to_install(shipped_only, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
+    for start in (install_node_peers, peers.OAuthServer(workdir=tmp_path / "oauth").start):
+        with pytest.raises(PeerError) as caught:
+            start()
+        assert str(caught.value) == NODE_MISSING

@@ -118,7 +118,7 @@ def install_node_peers() -> Path:
                               stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
         if done.returncode != 0:
             last = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
-            raise PeerError(f"npm ci for the Node peers failed in {tmp} (exit {done.returncode}): {last}")
+            raise PeerError(f"npm ci for the Node peers failed (exit {done.returncode}): {last}")
         try:
             Path(tmp).rename(directory)
         except OSError:
