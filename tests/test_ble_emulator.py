@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 from datetime import datetime
 from decimal import Decimal
 
@@ -161,3 +164,15 @@ def test_indicating_device_sends_stored_measurements_then_ends_the_link():
             assert len(got) == 2 and cuff.measurements == []
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("command", [("simulate", "--no-deliver"), ("ble", "scan", "--emulated")])
+def test_without_bumble_the_emulated_devices_say_what_to_install(tmp_path, command):
+    """Bumble is the [demo] extra's: without it, one line saying so (exit 3), no traceback."""
+    blocked = "import sys; sys.modules['bumble'] = None; from phg.cli import main; sys.argv[0] = 'phg'; main()"
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path),
+           "PHG_CONFIG": "", "PHG_OUTBOX": str(tmp_path / "outbox.sqlite"), "PHG_GATEWAY_SYSTEM_ID": "02AB7FFFFE00C11C"}
+    result = subprocess.run([sys.executable, "-c", blocked, *command], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.strip() == "error: the emulated Bluetooth devices need Bumble: pip install 'phg[demo]'"
