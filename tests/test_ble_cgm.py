@@ -26,7 +26,7 @@ from phg.model import Device, PatientRef, parse_reading
 from phg.outbox import Outbox
 from phg.sources.ble.gatt import cgm
 from phg.sources.ble.gatt.numbers import crc16_mcrf4xx
-from phg.sources.ble.session import Collector, fetch, marker_name
+from phg.sources.ble.session import PROFILES, CgmRecords, Collector, GlucoseRecords, fetch, marker_name
 
 PATIENT = PatientRef("urn:oid:1.2.3.4.5", "pt-cgm")
 OFFSET = timedelta(hours=1)  # the gateway's UTC offset: NOT the one the CGM records are placed with
@@ -194,3 +194,18 @@ def test_a_new_sensor_session_is_fetched_from_its_start(tmp_path):
         assert outbox.source_state(marker_name(ADDRESS, "cgm_session")) == "2026-12-12T06:00:00+02:00"
     assert [(str(r.metrics[0].value), r.metrics[0].time.isoformat()) for r in got[-2:]] == [
         ("90", "2026-12-12T06:00:00+02:00"), ("91", "2026-12-12T06:05:00+02:00")]
+
+
+def test_each_racp_profile_downloads_by_its_own_record_strategy():
+    """One strategy per profile from the PROFILES table (was: `profile.name == "cgm"` branches)."""
+    strategies = {p.name: p.records for p in PROFILES if p.records is not None}
+    assert {name: type(s) for name, s in strategies.items()} == {"glucose": GlucoseRecords, "cgm": CgmRecords}
+    # RACP "Report stored records" >= marker + 1, operand filter type 0x01 (GLS 4.11: sequence number;
+    # CGMS 3.7: time offset)
+    assert strategies["glucose"].request_after(7) == strategies["cgm"].request_after(7) == bytes.fromhex("0103010800")
+    assert strategies["glucose"].context(ADDRESS, {}) == {}
+    start = cgm.decode_cgm_session_start_time(emu.cgm_session_start_time(S0, 4, 4))
+    assert strategies["cgm"].context(ADDRESS, {"session_start": start}) == {
+        marker_name(ADDRESS, "cgm_session"): "2026-11-28T06:00:00+02:00"}
+    with pytest.raises(LookupError, match="no usable CGM Session Start Time"):
+        strategies["cgm"].context(ADDRESS, {"session_start": None})
