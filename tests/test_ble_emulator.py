@@ -25,7 +25,7 @@ VECTORS = SHARED / "gatt" / "vectors.json"
 
 
 def test_sfloat_and_float_keep_the_digits():
-    assert emu.sfloat(Decimal("0.00120")) == bytes.fromhex("78b0")  # FORMATS.md: 120 mg/dL = 0xB078
+    assert emu.sfloat(Decimal("0.00120")) == bytes.fromhex("78b0")  # GSS SFLOAT: 120 mg/dL = 0xB078
     assert emu.sfloat(Decimal("0.0055")) == bytes.fromhex("37c0")  # 5.5 mmol/L = 0xC037
     assert emu.float32(Decimal("36.50")) == (3650 | (0xFE << 24)).to_bytes(4, "little")
     for special in (Decimal(2046), Decimal(2047), Decimal(-2046), Decimal(-2048)):

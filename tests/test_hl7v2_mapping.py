@@ -1,6 +1,6 @@
 """Readings -> IHE PCD-01 ORU^R01 (HL7 v2.6 ER7): every rendered message passes hl7apy strict
-validation and the project's PCD-01 checker; the structure follows PCD TF-2 / Continua WAN
-(../shared/docs/pcd01-facts.md); the shared IPF example messages parse and re-check clean, and the
+validation and the project's PCD-01 checker; the structure follows IHE PCD TF-2 PCD-01 / Continua WAN
+(ITU-T H.812); the shared IPF example messages parse and re-check clean, and the
 checker finds the defects it should. Also `phg hl7 check FILE`."""
 
 from __future__ import annotations

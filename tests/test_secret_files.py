@@ -1,4 +1,4 @@
-"""Secret-bearing files and clear-text links: refused or made private, as design.md requires."""
+"""Secret-bearing files and clear-text links: refused or made private, as phg requires (mode 0600, or refused)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Code tables: IEEE 11073-10101 (MDC) measurement codes, UCUM units and LOINC vital-signs codes.
 
-Tables are data, not if-chains. Sources: ../shared/vectors/phd/code_map.json (HL7 PHD IG 2.0.0
-examples and FSH), FHIR R4 vital-signs profile (http://hl7.org/fhir/R4/observation-vitalsigns.html).
+Tables are data, not if-chains. Sources: the HL7 PHD IG 2.0.0, http://hl7.org/fhir/uv/phd/STU2 (its examples and
+FSH, https://github.com/HL7/phd), the IEEE 11073-10101 nomenclature (NIST RTMMS, https://rtmms.nist.gov),
+FHIR R4 vital-signs profile (http://hl7.org/fhir/R4/observation-vitalsigns.html).
 MDC 32-bit code = partition * 65536 + term code.
 """
 
@@ -99,7 +100,7 @@ MEASUREMENT_STATUS: tuple[str, ...] = (
 
 # ---------------------------------------------------------------- devices and clocks
 # PHD IG 2.0.0 PhdDevice / PhgDevice profiles (input/fsh/StructureDefinition.PhdDevice.fsh, PhgDevice.fsh);
-# codes as gathered in ../shared/vectors/phd/code_map.json "device_and_time_codes".
+# and the IEEE 11073-10101 terms they name.
 MDC_MOC_VMS_MDS_SIMP = 65573  # PhdDevice.type: a personal health device (simple MDS)
 MDC_MOC_VMS_MDS_AHD = 531981  # PhgDevice.type: application hosting device, i.e. the gateway
 MDC_TIME_SYNC_PROTOCOL = 68220  # Device.property type: time synchronisation protocol
@@ -129,7 +130,7 @@ TIME_SYNC: dict[int, str] = {
 
 # ---------------------------------------------------------------- HL7 v2 (IHE PCD-01) codes
 # MDC unit codes (partition 4, 32-bit) for the UCUM units above, as OBX-6 carries them
-# (../shared/vectors/phd/code_map.json "units_mdc_to_ucum"): UCUM -> (MDC code, MDC reference id).
+# (IEEE 11073-10101 partition 4 dimensions, NIST RTMMS): UCUM -> (MDC code, MDC reference id).
 UNITS_MDC: dict[str, tuple[int, str]] = {
     "mg/dL": (264274, "MDC_DIM_MILLI_G_PER_DL"),
     "mmol/L": (266866, "MDC_DIM_MILLI_MOLE_PER_L"),
@@ -148,7 +149,7 @@ UNITS_MDC: dict[str, tuple[int, str]] = {
 MDC_MOC_VMS_MDS_SIMP_REF = "MDC_MOC_VMS_MDS_SIMP"
 
 # ---------------------------------------------------------------- Bluetooth SIG health profiles (phg.sources.ble.gatt)
-# Rows the BLE decoders produce beyond those above. Terms from ../shared/vectors/phd/code_map.json and the
+# Rows the BLE decoders produce beyond those above. Terms from the PHD IG and the
 # IEEE 11073-10417/-10408 nomenclature headers (glucose sample types; thermometer sites, MDC_PART_SCADA).
 # Site temperatures keep the vital-signs LOINC 8310-5 (FHIR bodytemp requires it whatever the site).
 MEASUREMENTS.update({

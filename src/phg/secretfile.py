@@ -12,7 +12,7 @@ from phg.errors import ConfigError
 
 
 def require_private(path: Path | str, what: str) -> None:
-    """Refuse a secret file that group or others can read (design.md: private keys 0600 or refused)."""
+    """Refuse a secret file that group or others can read (phg's rule: private keys are mode 0600 or refused)."""
     try:
         mode = os.stat(path).st_mode
     except OSError as exc:

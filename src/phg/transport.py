@@ -14,7 +14,8 @@ import httpx
 from phg.errors import ConfigError, TransientDeliveryError
 
 # Connection-level trouble is transient too (httpx.TransportError); of the answers: request
-# timeout, too many requests and every server error (issue #2; RFC 9110 section 15.5.9, 15.6).
+# timeout, too many requests and every server error (RFC 9110 sections 15.5.9
+# and 15.6, RFC 6585 section 4).
 TRANSIENT_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
 
 # httpx errors raised before a request could reach the server: no connection (refused, no route,

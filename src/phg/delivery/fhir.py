@@ -69,7 +69,7 @@ class FhirDestination:
                 self.render([reading])
             except MappingError as exc:
                 refused[i] = f"cannot map to FHIR: {exc}"
-            except Exception as exc:  # a mapping bug must cost this reading only (issue 10)
+            except Exception as exc:  # a mapping bug must cost this reading only
                 refused[i] = f"cannot map to FHIR: {exc.__class__.__name__}: {exc}"
         rest = [r for i, r in enumerate(readings) if i not in refused]
         return (*self.render(rest), refused) if rest else (None, b"", refused)

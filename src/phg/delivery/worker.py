@@ -1,6 +1,6 @@
 """The delivery worker: outbox -> destination, with backoff, batch splitting and dead letters.
 
-Rules (issues #2 and #10, design.md "delivery"):
+Rules (the delivery paragraph of docs/architecture.md):
 - Take up to batch_size due items under a lease, so a crash leaves them to be retried, never lost.
   Every lease has a token and every outcome is reported under it (a lease that expired and was
   taken by another leaser makes the report stale: ignored). Every lease the worker holds (the batch

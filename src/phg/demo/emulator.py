@@ -25,7 +25,8 @@ Current Time (0x1805, 0x2A2B read), and its health service:
 `bonding=True` makes the readable characteristics and the RACP require an encrypted link, so the
 gateway must pair ("just works" on both sides) and, once bonded, re-encrypt on every connection.
 
-The payloads are ENCODED here (the test side of the formats in shared/vectors/gatt/FORMATS.md);
+The payloads are ENCODED here (the test side of the formats of the
+Bluetooth SIG GATT Specification Supplement, https://www.bluetooth.com/specifications/gss/);
 the gateway's decoders live in phg.sources.ble.gatt and share no code with these encoders.
 """
 
@@ -384,7 +385,7 @@ def _log_failure(task: asyncio.Task) -> None:
         logger.debug("emulator task ended: %r", task.exception())
 
 
-# RACP (GLS 1.0.1 4.11 / FORMATS.md): op codes, operators, response codes
+# RACP (GLS 1.0.1 section 4.11; GATT Specification Supplement): op codes, operators, response codes
 REPORT, DELETE, ABORT, REPORT_NUMBER, NUMBER_RESPONSE, RESPONSE = 1, 2, 3, 4, 5, 6
 ALL, LE, GE, RANGE, FIRST, LAST = 1, 2, 3, 4, 5, 6
 SUCCESS, OP_NOT_SUPPORTED, INVALID_OPERATOR, OPERATOR_NOT_SUPPORTED, INVALID_OPERAND, NO_RECORDS = 1, 2, 3, 4, 5, 6

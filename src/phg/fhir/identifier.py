@@ -2,7 +2,8 @@
 ifNoneExist query that carries it.
 
 PHD IG 2.0.0, "The Observation Identifier" and "Generating the Time Stamp Part of the Identifier"
-(input/pagecontent/ObservationIdentifier.md, GeneratingtheTimeStampPartIdentifier.md):
+(http://hl7.org/fhir/uv/phd/STU2/ObservationIdentifier.html,
+http://hl7.org/fhir/uv/phd/STU2/GeneratingtheTimeStampPartIdentifier.html):
     device-patient-type-timestamp[..duration][-supplemental...]
 PHD IG 1.1.0, Numeric Observation profile, "Conditional Create Identifier Generation":
     device-patient-type-value-units-timestamp[-supplemental...]

@@ -1,8 +1,8 @@
 """What differs between PHD IG releases, and the IG's measurement-status table, as data.
 
 2.0.0 (STU 2, IEEE 11073-10206 ACOM) is the default; 1.1.0 (STU 1.1, IEEE 11073-20601) stays
-selectable. Sources: HL7/phd input/fsh and input/pagecontent at each release, and the examples in
-../shared/vectors/phd/v2.0.0 and v1.1.0.
+selectable. Sources: the IG's source (https://github.com/HL7/phd: input/fsh, input/pagecontent and
+input/examples) at each release, published at http://hl7.org/fhir/uv/phd/STU2 and .../STU1.1.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def rules_for(ig_version: str) -> IgRules:
 
 
 # ---------------------------------------------------------------- measurement status
-# PHD IG, PhdBaseObservation "Measurement Status" table (input/pagecontent/BaseObservationProfile.md):
+# PHD IG, PhdBaseObservation "Measurement Status" table (http://hl7.org/fhir/uv/phd/STU2/BaseObservationProfile.html):
 # each IEEE 11073-20601 MeasurementStatus bit lands in dataAbsentReason, interpretation or meta.security.
 DATA_ABSENT_SYSTEM = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
 MEASUREMENT_STATUS_SYSTEM = "http://hl7.org/fhir/uv/pocd/CodeSystem/measurement-status"  # PoCD IG
@@ -110,7 +110,7 @@ CLOCK_TYPES: dict[int, tuple[str, str]] = {  # MDC code -> (reference id, text a
     68072: ("MDC_ATTR_TIME_REL_HI_RES", "High resolution relative time"),
 }
 TIME_SYNC_NONE = 532224  # MDC_TIME_SYNC_NONE: the clock is not externally synchronised
-# The IG gives the CTS no identifier ("created every connection", CoincidentTimeStampObservationProfile.md;
+# The IG gives the CTS no identifier ("created every connection", CoincidentTimeStampObservationProfile.html;
 # coin-example-1 "has no identifier ... always 'created'"). phg gives it one anyway, only so that a re-sent
 # transaction does not create it twice: a name-based urn:uuid of its content, an RFC 3986 URI.
 URI_SYSTEM = "urn:ietf:rfc:3986"

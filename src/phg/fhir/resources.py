@@ -93,7 +93,7 @@ def _firmware(firmware: str | None) -> list[dict]:
 
 
 def patient(ref: PatientRef) -> Resource:
-    """PhdPatient: just the identifier the EHR knows the patient by (PhdPatientProfile.md)."""
+    """PhdPatient: just the identifier the EHR knows the patient by (PhdPatientProfile.html)."""
     return {
         "resourceType": "Patient",
         "meta": _profile("PhdPatient"),
@@ -244,9 +244,9 @@ def _quantity(value: Decimal, unit: str | None) -> dict:
 
 
 # ---------------------------------------------------------------- device clock (PHD IG "Coincident Time Stamp")
-# Rules: input/pagecontent/CoincidentTimeStamp.md ("Coincident Timestamp Basics", 2.0.0; same logic in 1.1.0)
-# and CoincidentTimeStampObservationProfile.md. For an absolute clock whose timestamps are on its current
-# timeline (the model has no per-measurement flag, so every timestamp is taken to be):
+# Rules: http://hl7.org/fhir/uv/phd/STU2/CoincidentTimeStamp.html ("Coincident Timestamp Basics", 2.0.0;
+# same logic in 1.1.0) and CoincidentTimeStampObservationProfile.html. For an absolute clock whose timestamps are
+# on its current timeline (the model has no per-measurement flag, so every timestamp is taken to be):
 # - PHD not externally synchronised: the PHG maps the timestamps to its own timeline, the CTS being the
 #   anchor: effective = device timestamp + (gateway_time - device_time); CTS effective = PHG time, value = PHD time.
 # - PHD externally synchronised and the PHG better synchronised: the same correction.
@@ -267,7 +267,7 @@ def _externally_synced(sync: int | None) -> bool:
 
 def phd_better_synchronised(clock: DeviceClock, gateway: Gateway) -> bool:
     """Whether the device keeps better time than the gateway. The IG leaves the comparison to the PHG
-    (sync protocol and accuracy, CoincidentTimeStamp.md); phg's rule: only a device that reports an external
+    (sync protocol and accuracy, CoincidentTimeStamp.html); phg's rule: only a device that reports an external
     synchronisation, next to a gateway that reports none (a PHG is required to synchronise to UTC)."""
     return _externally_synced(clock.sync) and not _externally_synced(gateway.time_sync)
 

@@ -1,7 +1,8 @@
 """The PCD-01 rules hl7apy's v2.6 structure validation does not check (IHE PCD TF-2 PCD-01 / Continua WAN).
 
 hl7apy (strict) checks segment order, required v2.6 fields and data-type formats. This checker adds
-the profile's own rules (../shared/docs/pcd01-facts.md):
+the profile's own rules (IHE PCD TF-2 transaction PCD-01, https://www.ihe.net/resources/technical_frameworks/#pcd;
+Continua Design Guidelines, ITU-T H.812 WAN interface):
 
 - MSH-1, 2, 7, 9, 10, 11, 12, 15, 16 and 21 present (IPF's Continua WAN validator's list);
   MSH-9 ORU^R01^ORU_R01, MSH-12 2.6.

@@ -3,7 +3,8 @@
 Pure: no I/O, no clock read unless `now` is omitted. One message per reading, so that one ACK
 answers exactly one reading (its MSA-2 must equal the message's MSH-10; see ack.py).
 
-Shape (../shared/docs/pcd01-facts.md; vectors/hl7v2/ipf-pcd01-request-bp.hl7):
+Shape (IHE PCD TF-2 transaction PCD-01, https://www.ihe.net/resources/technical_frameworks/#pcd;
+the PCD-01 example request of the IPF project, https://github.com/oehf/ipf):
 
     MSH  MSH-3 <ns>^<gateway EUI-64>^EUI-64, ORU^R01^ORU_R01, 2.6, NE/AL, MSH-21 = PCD-01 profile
     PID  PID-3 from the patient binding, PID-5 (name type U "unspecified" when the name is unknown)
@@ -140,7 +141,7 @@ def render_batch(readings: Sequence[Reading], gateway: Gateway, *, now: datetime
                                               receiving_facility=receiving_facility)))
         except MappingError as exc:
             out.append(exc)
-        except Exception as exc:  # a renderer bug must cost this reading only (issue 10)
+        except Exception as exc:  # a renderer bug must cost this reading only
             out.append(MappingError(f"{exc.__class__.__name__}: {exc}"))
     return out
 

@@ -22,8 +22,9 @@ Bluetooth API rather than of this code. A malformed notification (the decoder ra
 GattError) is logged without its bytes and skipped; everything else continues.
 
 Times. Bluetooth health measurements carry the device's local wall-clock time without offset; the
-gateway's UTC offset is attached (FORMATS.md "Timestamps"). The device clock read from Current
-Time Service 0x2A2B goes with every reading as a DeviceClock, for the PHD IG coincident time stamp.
+gateway's UTC offset is attached (the Date Time characteristic, GATT Specification Supplement). The
+device clock read from Current Time Service 0x2A2B goes with every reading as a DeviceClock, for the
+PHD IG coincident time stamp.
 CGM records are placed with the CGM Session Start Time 0x2AAA, which carries the sensor's own time
 zone and DST offset (used instead of the gateway's when known).
 

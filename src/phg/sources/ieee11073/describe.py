@@ -1,5 +1,5 @@
 """A JSON description of an APDU, for `phg decode 11073 HEX` and for comparing with the documented
-decodings of the shared samples (../shared/vectors/ieee11073/samples.json use the same shape).
+decodings of published APDU samples (the test vectors of tests/shared_vectors.py use the same shape).
 
 A fixed-format scan report can only be read with its configuration: pass `config` (a standard one
 is found from the dev-config-id; else the configuration report the agent sent). Raises ApduError.

@@ -1,7 +1,7 @@
 """Decoded GATT measurements -> model Metrics (MDC code, UCUM unit, Decimal value, zoned time, status).
 
 Codes and units per the PHD IG and the Bluetooth SIG PHD transcoding white paper (BLE devices are
-mapped as if they were IEEE 11073 devices): ../shared/vectors/phd/code_map.json.
+mapped as if they were IEEE 11073 devices): HL7 PHD IG 2.0.0, http://hl7.org/fhir/uv/phd/STU2; phg.mdc holds the tables.
 
 Time. The BLE health profiles send local wall-clock time without a zone (GLS, BLS, WSS, BCS, HTS,
 PLXS); the gateway knows the zone, so `utc_offset` is either a fixed offset or a function from the
