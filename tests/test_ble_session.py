@@ -271,17 +271,17 @@ def test_glucose_readings_reach_the_fhir_server_once(gate, oauth, tmp_path):
     import httpx
 
     from phg.auth import generate_key, jwks, load_key
-    from phg.config import DEFAULT_SCOPE, Config
+    from phg.config import DEFAULT_SCOPE, load_config
     from phg.daemon import deliver
     from phg.fhir import conditional_identifier
-    from phg.model import Gateway
 
     key_file = tmp_path / "gateway.pem"
     generate_key(key_file, "ES384")
     client = oauth.register_client(jwks([load_key(key_file)]), scope=DEFAULT_SCOPE)
-    config = Config(gateway=Gateway(system_id="02AB7FFFFE00C1C1", serial="TEST-GW"), outbox_path=tmp_path / "o.sqlite",
-                    fhir_base=gate.base_url, client_id=client["client_id"], key_file=key_file, scope=DEFAULT_SCOPE,
-                    source="test")
+    config = load_config(env={}, document={
+        "gateway": {"system_id": "02AB7FFFFE00C1C1", "serial": "TEST-GW"}, "fhir": {"base_url": gate.base_url},
+        "auth": {"client_id": client["client_id"], "key_file": str(key_file), "scope": DEFAULT_SCOPE},
+        "outbox": {"path": str(tmp_path / "o.sqlite")}})
     patient = PatientRef("urn:oid:1.2.3.4.5", f"pt-{uuid.uuid4().hex[:12]}")
     meter = meter_with(6)
     meter.drop_after = 4  # and a lost link on the way, for good measure

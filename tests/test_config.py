@@ -21,8 +21,8 @@ def test_template_loads(tmp_path):
     path = write(tmp_path, render_template(tmp_path / "k.pem", tmp_path / "o.sqlite"))
     config = load_config(path, env={})
     assert config.fhir_base == "https://ehr.example.org/fhir"
-    assert config.client_id == "my-gateway"
-    assert config.key_file == tmp_path / "k.pem"
+    assert config.auth.client_id == "my-gateway"
+    assert config.auth.key_file == tmp_path / "k.pem"
     assert config.outbox_path == tmp_path / "o.sqlite"
     assert len(config.gateway.system_id) == 16
 
@@ -31,7 +31,7 @@ def test_environment_overrides_file(tmp_path):
     path = write(tmp_path, '[fhir]\nbase_url = "https://a.example/fhir/"\n')
     config = load_config(path, env={"PHG_FHIR_BASE_URL": "https://b.example/fhir", "PHG_CLIENT_ID": "c1"})
     assert config.fhir_base == "https://b.example/fhir"
-    assert config.client_id == "c1"
+    assert config.auth.client_id == "c1"
     assert load_config(path, env={}).fhir_base == "https://a.example/fhir"
 
 
@@ -75,14 +75,14 @@ def test_destinations_tables(tmp_path):
                            '[destinations.lab]\ntype = "mllp"\nhost = "hl7.example.org"\nport = 2575\n')
     config = load_config(path, env={})
     assert config.destination_names == ["fhir", "lab"]
-    assert config.destinations[0].settings == {"host": "hl7.example.org", "port": 2575}
+    assert (config.destinations[1].host, config.destinations[1].port) == ("hl7.example.org", 2575)
     only_v2 = write(tmp_path, '[destinations.lab]\ntype = "http"\nurl = "https://x.example/hl7"\n')
     assert load_config(only_v2, env={}).destination_names == ["lab"]
     assert load_config(write(tmp_path, ""), env={}).destination_names == ["fhir"]  # queued until configured
 
 
 @pytest.mark.parametrize("text, words", [
-    ('[destinations.lab]\ntype = "ftp"\n', "[destinations.lab] type must be one of mllp, http, soap"),
+    ('[destinations.lab]\ntype = "ftp"\n', "[destinations.lab] type must be one of fhir, mllp, hl7-http, http, soap"),
     ('[destinations.fhir]\ntype = "mllp"\n', "the name 'fhir' is the [fhir] server's"),
     ('[destinations]\nlab = 3\n', "[destinations.lab] must be a table"),
 ])
@@ -99,9 +99,12 @@ def test_unknown_key_is_named(tmp_path):
         load_config(path, env={})
 
 
-def test_auth_table_kept_whole_for_phg_auth(tmp_path):
-    path = write(tmp_path, '[auth]\nclient_id = "a"\nmethod = "client_secret_basic"\n')
-    assert load_config(path, env={"PHG_CLIENT_ID": "b"}).auth == {"client_id": "b", "method": "client_secret_basic"}
+def test_auth_parsed_once_by_the_loader(tmp_path):
+    path = write(tmp_path, '[auth]\nclient_id = "a"\nmethod = "client-secret-basic"\n')
+    auth = load_config(path, env={"PHG_CLIENT_ID": "b"}).auth
+    assert (auth.client_id, auth.method) == ("b", "client-secret-basic")
+    with pytest.raises(ConfigError, match=r"\[auth\] method must be one of"):
+        load_config(write(tmp_path, '[auth]\nmethod = "client_secret_basic"\n'), env={})
 
 
 def test_patient_and_bluetooth(tmp_path):
@@ -116,8 +119,89 @@ def test_patient_and_bluetooth(tmp_path):
 @pytest.mark.parametrize("text, words", [
     ('[ble]\npair_new = true\n', "[ble] collects readings for a [patient]"),
     ('[patient]\nsystem = "urn:oid:1"\n', "[patient] needs both system and value"),
-    ('[patient]\nsystem = "a"\nvalue = "b"\n[ble]\nallow = [1]\n', "[ble] allow must be a list of Bluetooth addresses"),
+    ('[patient]\nsystem = "a"\nvalue = "b"\n[ble]\nallow = [1]\n', "[ble] allow must be a list of strings"),
 ])
 def test_bluetooth_errors(tmp_path, text, words):
     with pytest.raises(ConfigError, match=re.escape(words)):
         load_config(write(tmp_path, text), env={})
+
+
+# ------------------------------------------------------------------------------------------ issue 11: one table
+
+
+def test_the_table_every_setting_defined_once_with_one_variable(tmp_path):
+    """Issue 11 acceptance: every row has a unique PHG_* name, its default parses, its variable
+    overrides the file, and the template written by `phg init` or the README mentions it."""
+    from phg.config import ROWS, SETTINGS
+
+    assert len(ROWS) == len(SETTINGS)  # no (section, key) twice
+    variables = [row.variable for row in SETTINGS]
+    assert len(set(variables)) == len(variables) and all(v.startswith("PHG_") for v in variables)
+    template = render_template(tmp_path / "k.pem", tmp_path / "o.sqlite")
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    for row in SETTINGS:
+        if row.default is not None:
+            assert row.parse(row.default, "default") == row.default, row
+        documented = f"{row.key} =" in template or re.search(rf"`(\[{row.section}\] )?{row.key}`", readme)
+        assert documented, f"[{row.section}] {row.key} is undocumented"
+        derived = f"PHG_{row.section}_{row.key}".upper()
+        assert row.variable == derived or row.variable in readme, f"{row.variable} is undocumented"
+
+
+@pytest.mark.parametrize(("section", "key", "file_value", "env_value", "expected"), [
+    ("fhir", "timeout", "30", "45", 45.0), ("delivery", "batch_size", "10", "20", 20),
+    ("auth", "scope", '"a"', "b", "b"), ("ble", "pair_new", "false", "true", True),
+    ("outbox", "keep_delivered", '"7d"', "1h", 3600.0), ("ieee11073", "max_connections", "4", "8", 8),
+])
+def test_each_variable_overrides_the_file(tmp_path, section, key, file_value, env_value, expected):
+    from phg.config import ROWS
+
+    extra = '[patient]\nsystem = "s"\nvalue = "v"\n' if section == "ble" else ""
+    path = write(tmp_path, f"{extra}[{section}]\n{key} = {file_value}\n")
+    config = load_config(path, env={ROWS[(section, key)].variable: env_value})
+    found = {("fhir", "timeout"): lambda c: c.fhir.timeout, ("delivery", "batch_size"): lambda c: c.batch_size,
+             ("auth", "scope"): lambda c: c.auth.scope, ("ble", "pair_new"): lambda c: c.ble_pair_new,
+             ("outbox", "keep_delivered"): lambda c: c.keep_delivered,
+             ("ieee11073", "max_connections"): lambda c: c.ieee11073_max_connections}[(section, key)](config)
+    assert found == expected
+
+
+def test_each_destination_type_has_its_settings_class(tmp_path):
+    from phg.config import FhirSettings, HttpHl7Settings, MllpSettings, SoapSettings
+
+    path = write(tmp_path, '[delivery]\nlease_seconds = 600\n'
+                           '[destinations.lab]\ntype = "mllp"\nhost = "127.0.0.1"\nport = 2575\nack_timeout = 5\n'
+                           '[destinations.old]\ntype = "http"\nurl = "https://x.example/hl7"\n'
+                           '[destinations.new]\ntype = "hl7-http"\nurl = "https://y.example/hl7"\nae_retries = 1\n'
+                           '[destinations.dec]\ntype = "soap"\nurl = "https://z.example/pcd01"\nusername = "gw"\n'
+                           '[destinations.ehr2]\ntype = "fhir"\nbase_url = "https://ehr2.example/fhir"\n'
+                           '[destinations.ehr2.auth]\nclient_id = "gw2"\n')
+    path.chmod(0o600)
+    config = load_config(path, env={})
+    kinds = [type(d) for d in config.destinations]
+    assert kinds == [MllpSettings, HttpHl7Settings, HttpHl7Settings, SoapSettings, FhirSettings]
+    assert config.destination_names == ["lab", "old", "new", "dec", "ehr2"]
+    assert config.destinations[2].ae_retries == 1 and config.destinations[3].username == "gw"
+    assert config.destinations[4].auth.client_id == "gw2" and config.destinations[4].auth.method == "smart-backend"
+
+
+@pytest.mark.parametrize(("table", "words"), [
+    ('type = "mllp"\nhost = "h"\nport = 1\nack_timout = 5\n', "unknown key 'ack_timout' in [destinations.lab] (type mllp)"),
+    ('type = "mllp"\nhost = "h"\n', "[destinations.lab] (type mllp) needs port"),
+    ('type = "http"\nurl = "https://x"\ntimeout = "soon"\n', "[destinations.lab] timeout must be a float"),
+    ('type = "soap"\nurl = "https://x"\nusername = "u"\nsaml_assertion = "<a/>"\n', "saml_assertion or username"),
+    ('type = "mllp"\nhost = "h"\nport = 1\nack_timeout = 600\n', "lease_seconds (120 s) must be at least"),
+])
+def test_destination_keys_are_refused_by_their_class(tmp_path, table, words):
+    """No **kwargs and no TypeError turned into a ConfigError: each class's own key list names the key."""
+    path = write(tmp_path, f"[destinations.lab]\n{table}")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    assert words in str(info.value) and str(path) in str(info.value)
+
+
+def test_flags_override_environment_and_file(tmp_path):
+    path = write(tmp_path, '[fhir]\nbase_url = "https://a.example/fhir"\n')
+    config = load_config(path, env={"PHG_FHIR_BASE_URL": "https://b.example/fhir"},
+                         flags={("fhir", "base_url"): "https://c.example/fhir/", ("auth", "client_id"): None})
+    assert config.fhir_base == "https://c.example/fhir" and config.auth.fhir_base == "https://c.example/fhir"

@@ -19,11 +19,11 @@ import json
 import hl7
 import pytest
 
+from hl7_destinations import http_destination, mllp_destination, soap_destination
+from phg.config import MllpSettings
 from phg.delivery import worker as worker_module
-from phg.delivery.hl7http import HttpHl7Destination
-from phg.delivery.mllp import MllpDestination, send_each
-from phg.delivery.outcome import Delivered, Rejected, Retry
-from phg.delivery.soap import SoapDestination
+from phg.delivery.hl7 import Hl7Destination
+from phg.delivery.outcome import Deferred, Delivered, Rejected
 from phg.delivery.worker import DeliveryWorker
 from phg.errors import TransientDeliveryError
 from phg.outbox import Outbox
@@ -72,7 +72,7 @@ def assert_poison_isolated(box: Outbox, name: str, received: list[str]) -> None:
 async def test_soap_control_character_and_huge_exponent_do_not_stop_the_queue(tmp_path):
     dec = Dec()
     with dec_server(dec) as url:
-        dest = SoapDestination(url=url, gateway=GATEWAY, timeout=5)
+        dest = soap_destination(url=url, gateway=GATEWAY, timeout=5)
         box = Outbox(tmp_path / "o.sqlite")
         poisoned_queue(box, "soap")
         assert await DeliveryWorker(box, dest).run_once()
@@ -84,7 +84,7 @@ async def test_soap_control_character_and_huge_exponent_do_not_stop_the_queue(tm
 @pytest.mark.peers
 async def test_mllp_control_character_and_huge_exponent_do_not_stop_the_queue(tmp_path):
     async with python_hl7_server() as receiver:
-        dest = MllpDestination(host="127.0.0.1", port=receiver.port, gateway=GATEWAY, ack_timeout=5)
+        dest = mllp_destination(host="127.0.0.1", port=receiver.port, gateway=GATEWAY, ack_timeout=5)
         box = Outbox(tmp_path / "o.sqlite")
         poisoned_queue(box, "mllp")
         assert await DeliveryWorker(box, dest).run_once()
@@ -107,7 +107,7 @@ async def test_control_characters_arrive_escaped_and_unescape_to_themselves():
     reading = readings_of_every_type()[3]
     reading = dataclasses.replace(reading, patient=dataclasses.replace(reading.patient, value="ab\x0bcd\x1c\x00"))
     with wsgi_server(app) as url:
-        dest = HttpHl7Destination(url=url, gateway=GATEWAY, timeout=5)
+        dest = http_destination(url=url, gateway=GATEWAY, timeout=5)
         assert isinstance((await dest.send([reading]))[0], Delivered)
         await dest.aclose()
     message = hl7.parse(bodies[0])
@@ -116,18 +116,18 @@ async def test_control_characters_arrive_escaped_and_unescape_to_themselves():
 
 
 async def test_soap_envelope_that_cannot_be_built_rejects_that_reading_only():
-    dest = SoapDestination(url="http://127.0.0.1:9/pcd01", gateway=GATEWAY)
+    dest = soap_destination(url="http://127.0.0.1:9/pcd01", gateway=GATEWAY)
     outcome = await dest.exchange("MSH|^~\\&|raw \x0b control", "CTRL1")  # lxml refuses it; nothing is sent
-    assert isinstance(outcome, Rejected) and "SOAP envelope" in outcome.reason
+    assert isinstance(outcome, Rejected) and "cannot render the request" in outcome.reason
     await dest.aclose()
 
 
 async def test_closed_port_is_unreachable_for_every_hl7_destination(unused_tcp_port):
     readings = readings_of_every_type()[:2]
     url = f"http://127.0.0.1:{unused_tcp_port}/pcd01"
-    for dest in (MllpDestination(host="127.0.0.1", port=unused_tcp_port, gateway=GATEWAY, connect_timeout=2),
-                 HttpHl7Destination(url=url, gateway=GATEWAY, timeout=2),
-                 SoapDestination(url=url, gateway=GATEWAY, timeout=2)):
+    for dest in (mllp_destination(host="127.0.0.1", port=unused_tcp_port, gateway=GATEWAY, connect_timeout=2),
+                 http_destination(url=url, gateway=GATEWAY, timeout=2),
+                 soap_destination(url=url, gateway=GATEWAY, timeout=2)):
         with pytest.raises(TransientDeliveryError) as info:
             await dest.send(readings)
         assert info.value.reached is False, dest.name
@@ -136,7 +136,7 @@ async def test_closed_port_is_unreachable_for_every_hl7_destination(unused_tcp_p
 
 async def test_an_answer_without_ack_still_counts_as_reached(tmp_path):
     with wsgi_server(HttpReceiver(["garbage"])) as url:
-        dest = HttpHl7Destination(url=url, gateway=GATEWAY, timeout=5)
+        dest = http_destination(url=url, gateway=GATEWAY, timeout=5)
         with pytest.raises(TransientDeliveryError) as info:
             await dest.send(readings_of_every_type()[:2])
         await dest.aclose()
@@ -147,16 +147,16 @@ async def test_retry_after_mid_batch_is_honoured(tmp_path):
     readings = readings_of_every_type()[:4]
     receiver = HttpReceiver(["AA", "503"])  # the 503 carries Retry-After: 7
     with wsgi_server(receiver) as url:
-        dest = HttpHl7Destination(url=url, gateway=GATEWAY, timeout=5)
+        dest = http_destination(url=url, gateway=GATEWAY, timeout=5)
         outcomes = await dest.send(readings)
         await dest.aclose()
     assert isinstance(outcomes[0], Delivered)
-    assert all(isinstance(o, Retry) and o.retry_after == 7.0 for o in outcomes[1:])
+    assert all(isinstance(o, Deferred) and o.retry_after == 7.0 for o in outcomes[1:])
     assert len(receiver.received) == 2
 
     receiver = HttpReceiver(["AA", "503"])
     with wsgi_server(receiver) as url:
-        dest = HttpHl7Destination(url=url, gateway=GATEWAY, timeout=5)
+        dest = http_destination(url=url, gateway=GATEWAY, timeout=5)
         box = Outbox(tmp_path / "o.sqlite")
         box.enqueue("http", [(r.key, r.to_json()) for r in readings])
         worker = DeliveryWorker(box, dest)
@@ -169,20 +169,26 @@ async def test_retry_after_mid_batch_is_honoured(tmp_path):
 
 async def test_connection_lost_mid_batch_keeps_the_acks_already_obtained():
     """A peer that closes after each ACK and then cannot be connected to: the first reading stays
-    delivered, the rest are Retry; only a failure before any outcome is the batch's TransientDeliveryError."""
+    delivered, the rest are Deferred; only a failure before any outcome is the batch's TransientDeliveryError."""
     calls = []
 
-    async def exchange(message: str, control_id: str):
-        calls.append(control_id)
-        if len(calls) == 1:
-            return Delivered(f"AA {control_id}")
-        raise TransientDeliveryError("cannot connect", reached=False)
+    class Exchange:
+        where = "mllp://x"
 
-    rendered = [(f"C{i}", f"MSH|{i}") for i in range(3)]
-    outcomes = await send_each("mllp", "mllp://x", rendered, exchange)
-    assert isinstance(outcomes[0], Delivered) and all(isinstance(o, Retry) for o in outcomes[1:])
-    assert calls == ["C0", "C1"]
-    calls.append("first fails")
+        async def __call__(self, message: str, control_id: str):
+            calls.append(control_id)
+            if len(calls) == 1:
+                return Delivered(f"AA {control_id}")
+            return Deferred("cannot connect", reached=False)
+
+        async def aclose(self) -> None:
+            pass
+
+    readings = readings_of_every_type()[:3]
+    dest = Hl7Destination(MllpSettings(name="mllp", source="test", host="127.0.0.1", port=9), GATEWAY, Exchange())
+    outcomes = await dest.send(readings)
+    assert isinstance(outcomes[0], Delivered) and all(isinstance(o, Deferred) for o in outcomes[1:])
+    assert len(calls) == 2
     with pytest.raises(TransientDeliveryError) as info:
-        await send_each("mllp", "mllp://x", rendered[1:], exchange)
+        await dest.send(readings[1:])
     assert info.value.reached is False

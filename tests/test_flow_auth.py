@@ -113,8 +113,8 @@ def test_register_then_deliver_with_the_fresh_client(gate: Gate, tmp_path):
     output = run_register(path)  # the registration endpoint is discovered through the gate's SMART document
     assert "registered client_id" in output
     stored = load_config(path, env={})
-    assert stored.auth["method"] == "smart-backend" and stored.client_id
-    assert stored.auth["registration_client_uri"].startswith("http://127.0.0.1")
+    assert stored.auth.method == "smart-backend" and stored.client_id
+    assert stored.auth.registration_client_uri.startswith("http://127.0.0.1")
     text = path.read_text()
     assert "# written by the test; phg register adds its keys below" in text and "# test gateway" in text
     assert os.stat(path).st_mode & 0o777 == 0o600  # it holds the registration access token now
@@ -134,7 +134,7 @@ def test_client_secret_basic_and_post(gate: Gate, oauth: OAuthServer, tmp_path, 
     path = write_config(tmp_path, gate.base_url, trusted_token_hosts=TRUSTED)
     run_register(path, "--method", method, "--endpoint", oauth.registration_endpoint)
     config = load_config(path, env={})
-    assert config.auth["method"] == method.replace("_", "-") and config.auth["client_secret"]
+    assert config.auth.method == method.replace("_", "-") and config.auth.client_secret
     assert deliver_some(path) == (5, 0)
 
 
@@ -184,8 +184,8 @@ def test_revoked_registration_stops_delivery_and_keeps_the_queue(gate: Gate, tmp
 
     async def revoke() -> None:
         async with httpx.AsyncClient() as client:
-            await delete_registration(client, config.auth["registration_client_uri"],
-                                      config.auth["registration_access_token"])
+            await delete_registration(client, config.auth.registration_client_uri,
+                                      config.auth.registration_access_token)
 
     asyncio.run(revoke())  # the OAuth peer enables RFC 7592 (peers/oauth-server.mjs registrationManagement)
     message = refused_and_kept(path, "invalid_client")
@@ -545,8 +545,8 @@ def test_no_secret_in_any_log_output(gate: Gate, oauth: OAuthServer, tmp_path, c
 
     config = load_config(path, env={})
     smart_config = load_config(smart, env={})
-    secrets = [config.auth["client_secret"], config.auth["registration_access_token"],
-               smart_config.auth["registration_access_token"], load_config(bad, env={}).auth["client_secret"], *seen]
+    secrets = [config.auth.client_secret, config.auth.registration_access_token,
+               smart_config.auth.registration_access_token, load_config(bad, env={}).auth.client_secret, *seen]
     pem = (smart_dir / "gw.pem").read_text()
     secrets += [line for line in pem.splitlines() if line and not line.startswith("-----")]
     from phg.auth.keys import load_key

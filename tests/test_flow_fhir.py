@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 
 from phg.auth import generate_key, jwks, load_key
 from phg.auth.token import TokenAuth
-from phg.config import DEFAULT_SCOPE, Config
+from phg.config import DEFAULT_SCOPE, Config, load_config
 from phg.daemon import deliver
 from phg.demo.peers import Gate, OAuthServer, SekmetServer, free_port
 from phg.demo.sim import simulated_readings
@@ -43,9 +44,15 @@ def make_config(tmp_path: Path, base: str, oauth: OAuthServer, alg: str = "ES384
     key_file = tmp_path / f"gateway-{alg}.pem"
     generate_key(key_file, alg)
     client = oauth.register_client(jwks([load_key(key_file)]), scope=scope)
-    config = Config(gateway=GATEWAY, outbox_path=tmp_path / "outbox.sqlite", fhir_base=base,
-                    client_id=client["client_id"], key_file=key_file, scope=scope, source="test")
-    return config.with_overrides(**overrides)
+    return fhir_config(tmp_path, base, {"client_id": client["client_id"], "key_file": str(key_file), "scope": scope,
+                                        **overrides})
+
+
+def fhir_config(tmp_path: Path, base: str, auth: dict[str, str]) -> Config:
+    """The settings of a gateway sending to `base` with this [auth], through the one loader."""
+    return load_config(env={}, document={"gateway": {"system_id": GATEWAY.system_id, "serial": GATEWAY.serial},
+                                         "fhir": {"base_url": base}, "auth": auth,
+                                         "outbox": {"path": str(tmp_path / "outbox.sqlite")}})
 
 
 def enqueue(outbox: Outbox, readings: list[Reading]) -> list[int]:
@@ -82,7 +89,7 @@ def test_five_device_types_arrive_once_and_resending_adds_nothing(server, alg, r
     # The same readings again, from a fresh queue (as after a lost outbox): the server adds nothing.
     with Outbox(tmp_path / "second.sqlite") as outbox:
         enqueue(outbox, readings)
-        summary = asyncio.run(deliver(config.with_overrides(outbox_path=outbox.path), outbox, until_idle=True))
+        summary = asyncio.run(deliver(replace(config, outbox_path=outbox.path), outbox, until_idle=True))
         assert summary.delivered == len(readings)
     assert count_everywhere(gate.upstream, readings) == [1] * sum(len(r.metrics) for r in readings)
 
@@ -178,7 +185,7 @@ def test_unregistered_key_stops_delivery_and_keeps_the_queue(gate, oauth, tmp_pa
     config = make_config(tmp_path, gate.base_url, oauth)
     other = tmp_path / "not-registered.pem"
     generate_key(other, "ES384")
-    config = config.with_overrides(key_file=other)
+    config = fhir_config(tmp_path, gate.base_url, {"client_id": config.auth.client_id, "key_file": str(other)})
     with Outbox(config.outbox_path) as outbox:
         enqueue(outbox, simulated_readings(patient(), START))
         with pytest.raises(AuthError, match="invalid_client") as info:

@@ -18,11 +18,12 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from phg.config import ENVIRONMENT, KEYS, Config, load_config
+from phg.config import SECTIONS, SETTINGS, Config, load_config
 from phg.errors import ConfigError
 
 FUZZ = settings(max_examples=100, deadline=1000, suppress_health_check=[HealthCheck.too_slow])
-KNOWN_KEYS = sorted({key for keys in KEYS.values() for key in keys} | {"type", "host", "port", "method", "url"})
+KNOWN_KEYS = sorted({row.key for row in SETTINGS} | {"type", "host", "port", "url"})
+ENVIRONMENT = sorted(row.variable for row in SETTINGS)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +85,7 @@ tables = st.dictionaries(keys, values, max_size=6)
 destinations = st.dictionaries(st.text(max_size=8) | st.just("fhir"),
                                st.dictionaries(st.sampled_from(["type", "host", "port", "url"]) | keys, values,
                                                max_size=4) | values, max_size=3)
-documents = st.dictionaries(st.sampled_from([*KEYS, "destinations", "unknown"]) | st.text(max_size=10),
+documents = st.dictionaries(st.sampled_from([*SECTIONS, "destinations", "unknown"]) | st.text(max_size=10),
                             tables | values, max_size=6) | st.fixed_dictionaries({"destinations": destinations})
 
 
@@ -128,7 +129,7 @@ def test_well_formed_toml_with_any_sections_keys_and_values(workdir, doc):
 
 
 @FUZZ
-@given(env=st.dictionaries(st.sampled_from(sorted(ENVIRONMENT)), st.text(max_size=40), max_size=len(ENVIRONMENT)))
+@given(env=st.dictionaries(st.sampled_from(ENVIRONMENT), st.text(max_size=40), max_size=len(ENVIRONMENT)))
 @example(env={"PHG_GATEWAY_SYSTEM_ID": "02-AB-7F"})
 @example(env={"PHG_IG_VERSION": "3.0.0"})
 def test_any_environment(workdir, env):

@@ -7,8 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from phg.delivery.outcome import Delivered, Rejected, Retry
-from phg.hl7v2.ack import UNBOUNDED, AckError, classify, is_transient, parse_ack
+from phg.delivery.hl7 import classify, unanswered
+from phg.delivery.outcome import Deferred, Delivered, Rejected
+from phg.hl7v2.ack import AckError, parse_ack
 from shared_vectors import VECTORS as SHARED
 
 SHARED_ACK = (SHARED / "hl7v2/ipf-pcd01-ack.hl7").read_text()
@@ -28,7 +29,7 @@ def test_shared_ipf_ack_parses():
 def test_accept_is_delivered_only_for_its_own_control_id(code):
     assert isinstance(classify(ack(code), "C1"), Delivered)
     other = classify(ack(code), "C2")
-    assert isinstance(other, Retry) and is_transient(other) and "does not match" in other.reason
+    assert isinstance(other, Deferred) and unanswered(other) and "does not match" in other.reason
 
 
 @pytest.mark.parametrize("code", ["AR", "CR"])
@@ -41,8 +42,8 @@ def test_reject_is_dead_with_the_err_text(code):
 @pytest.mark.parametrize("code", ["AE", "CE"])
 def test_error_is_retried_ae_retries_times(code):
     result = classify(ack(code, err="ERR|||207^Application internal error^HL70357|E"), "C1", ae_retries=4)
-    assert result == Retry(f"{code} for C1: Application internal error", 5)
-    assert not is_transient(result)
+    assert result == Deferred(f"{code} for C1: Application internal error", refusals=5)
+    assert not unanswered(result)
 
 
 def test_msa3_and_v24_err1_texts():
@@ -54,7 +55,7 @@ def test_msa3_and_v24_err1_texts():
 @pytest.mark.parametrize("answer", [None, b"", b"garbage", "MSH|^~\\&|x\rPID|1", ack("ZZ"), "MSA|AA|C1", "MSH"])
 def test_garbled_or_missing_answers_are_transient(answer):
     result = classify(answer, "C1")
-    assert isinstance(result, Retry) and result.max_attempts == UNBOUNDED
+    assert isinstance(result, Deferred) and unanswered(result)
 
 
 def test_python_hl7_create_ack_classifies():
@@ -84,6 +85,6 @@ def test_fuzzed_ack_parsing_never_crashes(answer):
     except AckError:
         pass
     result = classify(answer, "C1")
-    assert isinstance(result, Delivered | Rejected | Retry)
+    assert isinstance(result, Delivered | Rejected | Deferred)
     if isinstance(result, Delivered):
         assert parse_ack(answer).control_id == "C1"

@@ -17,9 +17,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import hl7
 import pytest
 
+from hl7_destinations import http_destination, mllp_destination
 from phg.delivery import worker as worker_module
-from phg.delivery.hl7http import HttpHl7Destination
-from phg.delivery.mllp import MllpDestination
 from phg.delivery.worker import DeliveryWorker
 from phg.errors import AuthError, ConfigError, TransientDeliveryError
 from phg.outbox import Outbox
@@ -90,7 +89,7 @@ async def test_http_post_every_reading_type(tmp_path):
     readings = readings_of_every_type()
     receiver = HttpReceiver()
     with wsgi_server(receiver) as url:
-        dest = HttpHl7Destination(url=url, gateway=GATEWAY, timeout=5)
+        dest = http_destination(url=url, gateway=GATEWAY, timeout=5)
         box, summary = await deliver(tmp_path, dest, readings)
         await dest.aclose()
     items = box.items("http")
@@ -103,7 +102,7 @@ async def test_http_post_every_reading_type(tmp_path):
 async def test_https_with_mutual_tls(tmp_path, pki):  # noqa: F811
     receiver = HttpReceiver()
     with wsgi_server(receiver, pki.server_context(require_client=True)) as url:
-        dest = HttpHl7Destination(url=url, gateway=GATEWAY, ca_file=pki.ca, client_cert=pki.client_cert,
+        dest = http_destination(url=url, gateway=GATEWAY, ca_file=pki.ca, client_cert=pki.client_cert,
                                   client_key=pki.client_key, timeout=5)
         box, _ = await deliver(tmp_path, dest, readings_of_every_type()[:2])
         await dest.aclose()
@@ -114,7 +113,7 @@ async def test_http_fault_answers(tmp_path):
     readings = readings_of_every_type()[:4]
     receiver = HttpReceiver(["AE", "AR", "AA", "garbage"])
     with wsgi_server(receiver) as url:
-        dest = HttpHl7Destination(url=url, gateway=GATEWAY, timeout=5, ae_retries=1)
+        dest = http_destination(url=url, gateway=GATEWAY, timeout=5, ae_retries=1)
         box = Outbox(tmp_path / "o.sqlite")
         box.enqueue("http", [(r.key, r.to_json()) for r in readings])
         worker = DeliveryWorker(box, dest)
@@ -131,7 +130,7 @@ async def test_http_fault_answers(tmp_path):
 async def test_http_503_is_transient_with_retry_after_and_401_stops(tmp_path):
     receiver = HttpReceiver(["503", "401"])
     with wsgi_server(receiver) as url:
-        dest = HttpHl7Destination(url=url, gateway=GATEWAY, timeout=5)
+        dest = http_destination(url=url, gateway=GATEWAY, timeout=5)
         with pytest.raises(TransientDeliveryError) as info:
             await dest.send(readings_of_every_type()[:2])
         assert info.value.retry_after == 7.0
@@ -142,8 +141,8 @@ async def test_http_503_is_transient_with_retry_after_and_401_stops(tmp_path):
 
 def test_plain_http_only_to_loopback():
     with pytest.raises(ConfigError):
-        HttpHl7Destination(url="http://ehr.example/pcd01", gateway=GATEWAY)
-    HttpHl7Destination(url="http://ehr.example/pcd01", gateway=GATEWAY, allow_insecure_http=True)
+        http_destination(url="http://ehr.example/pcd01", gateway=GATEWAY)
+    http_destination(url="http://ehr.example/pcd01", gateway=GATEWAY, allow_insecure_http=True)
 
 
 @pytest.mark.peers
@@ -154,8 +153,8 @@ async def test_one_reading_to_two_destinations_each_with_its_own_queue_state(tmp
     http_receiver = HttpReceiver(["AE"])
     async with python_hl7_server() as mllp_receiver:
         with wsgi_server(http_receiver) as url:
-            mllp = MllpDestination(host="127.0.0.1", port=mllp_receiver.port, gateway=GATEWAY, ack_timeout=5)
-            http = HttpHl7Destination(url=url, gateway=GATEWAY, timeout=5)
+            mllp = mllp_destination(host="127.0.0.1", port=mllp_receiver.port, gateway=GATEWAY, ack_timeout=5)
+            http = http_destination(url=url, gateway=GATEWAY, timeout=5)
             box = Outbox(tmp_path / "o.sqlite")
             box.enqueue(["mllp", "http"], [(r.key, r.to_json()) for r in readings])
             first_http = None

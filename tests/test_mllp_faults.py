@@ -11,8 +11,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from hl7_destinations import mllp_destination
 from phg.delivery import worker as worker_module
-from phg.delivery.mllp import MllpDestination
+from phg.delivery.hl7 import Hl7Destination
 from phg.delivery.worker import DeliveryWorker
 from phg.errors import TransientDeliveryError
 from phg.outbox import Outbox
@@ -100,12 +101,12 @@ def outbox(tmp_path):
     box.close()
 
 
-def destination(peer: Scripted, **kwargs) -> MllpDestination:
-    return MllpDestination(host="127.0.0.1", port=peer.port, gateway=GATEWAY, ack_timeout=ACK_TIMEOUT,
+def destination(peer: Scripted, **kwargs) -> Hl7Destination:
+    return mllp_destination(host="127.0.0.1", port=peer.port, gateway=GATEWAY, ack_timeout=ACK_TIMEOUT,
                            connect_timeout=2, **kwargs)
 
 
-async def run(outbox: Outbox, dest: MllpDestination, readings, rounds: int) -> DeliveryWorker:
+async def run(outbox: Outbox, dest: Hl7Destination, readings, rounds: int) -> DeliveryWorker:
     outbox.enqueue(dest.name, [(r.key, r.to_json()) for r in readings])
     worker = DeliveryWorker(outbox, dest, batch_size=10)
     for _ in range(rounds):
@@ -201,7 +202,7 @@ async def test_fault_on_the_first_message_puts_the_whole_batch_back(outbox):
 
 
 async def test_refused_connection_is_transient(outbox, unused_tcp_port):
-    dest = MllpDestination(host="127.0.0.1", port=unused_tcp_port, gateway=GATEWAY, connect_timeout=1)
+    dest = mllp_destination(host="127.0.0.1", port=unused_tcp_port, gateway=GATEWAY, connect_timeout=1)
     await run(outbox, dest, readings_of_every_type()[:2], rounds=2)
     assert set(states(outbox)) <= {"queued", "inflight"}  # waiting out the outage, whole (the worker's circuit)
     with pytest.raises(TransientDeliveryError, match="cannot connect") as info:

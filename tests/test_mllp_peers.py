@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from phg.delivery.mllp import MllpDestination
+from hl7_destinations import mllp_destination
 from phg.delivery.worker import DeliveryWorker, Summary
 from phg.demo.peers import Hl7Receiver
 from phg.errors import TransientDeliveryError
@@ -265,12 +265,12 @@ def assert_all_delivered_once(box: Outbox, destination_name: str, readings: list
 async def test_python_hl7_server_keeps_connection(tmp_path):
     readings = readings_of_every_type()
     async with python_hl7_server() as receiver:
-        dest = MllpDestination(host="127.0.0.1", port=receiver.port, gateway=GATEWAY, ack_timeout=5)
+        dest = mllp_destination(host="127.0.0.1", port=receiver.port, gateway=GATEWAY, ack_timeout=5)
         box, summary = await deliver(tmp_path, dest, readings)
         await dest.aclose()
     assert summary.delivered == len(readings)
     assert_all_delivered_once(box, "mllp", readings, receiver.received)
-    assert dest.connections == 1
+    assert dest.exchange.connections == 1
 
 
 @pytest.mark.peers
@@ -279,7 +279,7 @@ async def test_python_hl7_server_over_tls(tmp_path, pki, mutual):
     readings = readings_of_every_type()
     async with python_hl7_server(pki.server_context(require_client=mutual)) as receiver:
         client = {"client_cert": pki.client_cert, "client_key": pki.client_key} if mutual else {}
-        dest = MllpDestination(host="127.0.0.1", port=receiver.port, gateway=GATEWAY, tls=True, ca_file=pki.ca,
+        dest = mllp_destination(host="127.0.0.1", port=receiver.port, gateway=GATEWAY, tls=True, ca_file=pki.ca,
                                ack_timeout=5, **client)
         box, summary = await deliver(tmp_path, dest, readings)
         await dest.aclose()
@@ -291,7 +291,7 @@ async def test_tls_refuses_an_unknown_server_certificate(tmp_path, pki):
     """Verification is on: a server whose CA is not trusted is not delivered to (and nothing is sent)."""
     other = make_pki(tmp_path / "other")
     async with python_hl7_server(other.server_context()) as receiver:
-        dest = MllpDestination(host="127.0.0.1", port=receiver.port, gateway=GATEWAY, tls=True, ca_file=pki.ca,
+        dest = mllp_destination(host="127.0.0.1", port=receiver.port, gateway=GATEWAY, tls=True, ca_file=pki.ca,
                                connect_timeout=3, ack_timeout=3)
         box, summary = await deliver(tmp_path, dest, readings_of_every_type()[:1])
         with pytest.raises(TransientDeliveryError, match="CERTIFICATE_VERIFY_FAILED") as info:
@@ -307,23 +307,23 @@ async def test_tls_refuses_an_unknown_server_certificate(tmp_path, pki):
 async def test_hl7apy_validating_server_closes_after_each_ack(tmp_path):
     readings = readings_of_every_type()
     with hl7apy_server() as receiver:
-        dest = MllpDestination(host="127.0.0.1", port=receiver.port, gateway=GATEWAY, ack_timeout=5)
+        dest = mllp_destination(host="127.0.0.1", port=receiver.port, gateway=GATEWAY, ack_timeout=5)
         box, summary = await deliver(tmp_path, dest, readings)
         await dest.aclose()
     assert_all_delivered_once(box, "mllp", readings, receiver.received)
-    assert dest.connections == len(readings)  # one connection per message: the server closes each
+    assert dest.exchange.connections == len(readings)  # one connection per message: the server closes each
 
 
 @pytest.mark.peers
 async def test_medplum_hl7_receiver(tmp_path):
     readings = readings_of_every_type()
     with Hl7Receiver(workdir=tmp_path / "medplum-hl7") as receiver:
-        dest = MllpDestination(host="127.0.0.1", port=receiver.port, gateway=GATEWAY, ack_timeout=5)
+        dest = mllp_destination(host="127.0.0.1", port=receiver.port, gateway=GATEWAY, ack_timeout=5)
         box, summary = await deliver(tmp_path, dest, readings)
         await dest.aclose()
         received = receiver.received()
     assert_all_delivered_once(box, "mllp", readings, received)
-    assert dest.connections == 1
+    assert dest.exchange.connections == 1
 
 
 def test_every_reading_type_renders_clean():

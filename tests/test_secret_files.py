@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from phg.delivery.mllp import MllpDestination
+from hl7_destinations import mllp_destination
 from phg.errors import ConfigError
 from phg.model import Gateway
 from phg.secretfile import require_private, write_private
@@ -32,34 +32,34 @@ def test_require_private_names_the_file_and_the_fix(tmp_path):
 
 
 def test_plain_mllp_only_to_loopback_unless_allowed():
-    MllpDestination(host="127.0.0.1", port=2575, gateway=GATEWAY)
+    mllp_destination(host="127.0.0.1", port=2575, gateway=GATEWAY)
     with pytest.raises(ConfigError, match="MLLP without TLS to hl7.example.org"):
-        MllpDestination(host="hl7.example.org", port=2575, gateway=GATEWAY)
-    MllpDestination(host="hl7.example.org", port=2575, gateway=GATEWAY, allow_insecure=True)
-    MllpDestination(host="hl7.example.org", port=2575, gateway=GATEWAY, tls=True)
+        mllp_destination(host="hl7.example.org", port=2575, gateway=GATEWAY)
+    mllp_destination(host="hl7.example.org", port=2575, gateway=GATEWAY, allow_insecure=True)
+    mllp_destination(host="hl7.example.org", port=2575, gateway=GATEWAY, tls=True)
 
 
 @pytest.mark.parametrize("key", ["client_secret", "password", "token", "registration_access_token"])
 def test_a_config_file_holding_a_secret_must_be_private(tmp_path, key):
-    from phg.auth.settings import auth_settings
+
     from phg.config import load_config
 
     path = tmp_path / "phg.toml"
     path.write_text(f'[fhir]\nbase_url = "https://ehr.example.org/fhir"\n\n[auth]\n{key} = "s3cret"\n')
     path.chmod(0o644)
     with pytest.raises(ConfigError, match=f"holds \\[auth\\] {key}.*mode 0644.*chmod 600 {path}") as caught:
-        auth_settings(load_config(path, env={}), env={})
+        load_config(path, env={})
     assert "s3cret" not in str(caught.value)
     path.chmod(0o600)
-    auth_settings(load_config(path, env={}), env={})
+    assert load_config(path, env={}).auth.secrets() == ["s3cret"]
 
 
 def test_a_config_file_without_secrets_may_be_readable(tmp_path):
-    from phg.auth.settings import auth_settings
+
     from phg.config import load_config
 
     path = tmp_path / "phg.toml"
     path.write_text('[auth]\nclient_id = "gw"\nmethod = "client-secret-basic"\n')
     path.chmod(0o644)
-    settings = auth_settings(load_config(path, env={}), env={"PHG_CLIENT_SECRET": "from-the-environment"})
+    settings = load_config(path, env={"PHG_CLIENT_SECRET": "from-the-environment"}).auth
     assert settings.client_secret == "from-the-environment"

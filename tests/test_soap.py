@@ -20,8 +20,9 @@ import pytest
 import six
 from lxml import etree
 
+from hl7_destinations import soap_destination
 from phg.delivery import worker as worker_module
-from phg.delivery.soap import ACTION, PCD_NS, SOAP12, WSA, WSSE, SoapDestination, envelope, read_response
+from phg.delivery.soap import ACTION, PCD_NS, SOAP12, WSA, WSSE, envelope, read_response
 from phg.delivery.worker import DeliveryWorker
 from phg.errors import AuthError, TransientDeliveryError
 from phg.hl7v2 import check, render_messages
@@ -130,7 +131,7 @@ async def test_soap_end_to_end_every_reading_type(tmp_path):
     readings = readings_of_every_type()
     dec = Dec()
     with dec_server(dec) as url:
-        dest = SoapDestination(url=url, gateway=GATEWAY, timeout=5)
+        dest = soap_destination(url=url, gateway=GATEWAY, timeout=5)
         box, _ = await deliver(tmp_path, dest, readings)
         await dest.aclose()
     assert [i.state for i in box.items("soap")] == ["delivered"] * len(readings)
@@ -143,7 +144,7 @@ async def test_soap_over_mutual_tls_with_ws_security(tmp_path, pki, security):  
     dec = Dec(require=security)
     token = {"saml_assertion": SAML} if security == "saml" else {"username": "gw1", "password": "s3cret"}
     with dec_server(dec, pki.server_context(require_client=True)) as url:
-        dest = SoapDestination(url=url, gateway=GATEWAY, ca_file=pki.ca, client_cert=pki.client_cert,
+        dest = soap_destination(url=url, gateway=GATEWAY, ca_file=pki.ca, client_cert=pki.client_cert,
                                client_key=pki.client_key, timeout=5, **token)
         box, _ = await deliver(tmp_path, dest, readings_of_every_type()[:2])
         await dest.aclose()
@@ -153,7 +154,7 @@ async def test_soap_over_mutual_tls_with_ws_security(tmp_path, pki, security):  
 async def test_ws_security_refused_is_an_auth_error(tmp_path):
     dec = Dec(require="username")
     with dec_server(dec) as url:
-        dest = SoapDestination(url=url, gateway=GATEWAY, timeout=5, username="gw1", password="wrong")
+        dest = soap_destination(url=url, gateway=GATEWAY, timeout=5, username="gw1", password="wrong")
         with pytest.raises(AuthError, match="FailedAuthentication"):
             await dest.send(readings_of_every_type()[:1])
         await dest.aclose()
@@ -164,7 +165,7 @@ async def test_soap_ack_codes_and_faults(tmp_path):
     readings = readings_of_every_type()[:3]
     dec = Dec(["AE", "AR"])
     with dec_server(dec) as url:
-        dest = SoapDestination(url=url, gateway=GATEWAY, timeout=5, ae_retries=2)
+        dest = soap_destination(url=url, gateway=GATEWAY, timeout=5, ae_retries=2)
         box = Outbox(tmp_path / "o.sqlite")
         box.enqueue("soap", [(r.key, r.to_json()) for r in readings])
         await DeliveryWorker(box, dest).run_once()
@@ -175,7 +176,7 @@ async def test_soap_ack_codes_and_faults(tmp_path):
 
 
 async def test_soap_transport_trouble_is_transient(unused_tcp_port):
-    dest = SoapDestination(url=f"http://127.0.0.1:{unused_tcp_port}/pcd01", gateway=GATEWAY, timeout=2)
+    dest = soap_destination(url=f"http://127.0.0.1:{unused_tcp_port}/pcd01", gateway=GATEWAY, timeout=2)
     with pytest.raises(TransientDeliveryError):
         await dest.send(readings_of_every_type()[:1])
     await dest.aclose()

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from phg.delivery import Delivered, DeliveryWorker, Rejected, Retry
+from phg.delivery import Deferred, Delivered, DeliveryWorker, Rejected
 from phg.delivery.worker import backoff
 from phg.demo.sim import simulated_readings
 from phg.errors import AuthError, PermanentDeliveryError, TransientDeliveryError
@@ -91,7 +91,7 @@ def test_backoff_grows_with_jitter_and_cap():
 async def test_retry_outcome_retries_then_goes_dead(outbox):
     class Busy(Scripted):
         async def send(self, readings):
-            return [Retry("AE: try later", max_attempts=2) if r.key == BAD else Delivered("ok") for r in readings]
+            return [Deferred("AE: try later", refusals=2) if r.key == BAD else Delivered("ok") for r in readings]
 
     worker = DeliveryWorker(outbox, Busy(), batch_size=50, max_backoff=0.01)
     assert await worker.run_once()  # one batch: on a slow machine run() could already retry the busy one
@@ -181,7 +181,7 @@ async def test_an_outage_does_not_use_up_the_ae_retries(outbox):
             self.batches.append(len(readings))
             if len(self.batches) <= 3:
                 raise TransientDeliveryError("connection refused", reached=False)
-            return [Retry("AE: busy", max_attempts=2) if r.key == BAD else Delivered("ok") for r in readings]
+            return [Deferred("AE: busy", refusals=2) if r.key == BAD else Delivered("ok") for r in readings]
 
     worker = DeliveryWorker(outbox, OutageThenAE(), batch_size=50, max_backoff=0.01)
     for _ in range(4):  # three failed tries (the outage), then the answer

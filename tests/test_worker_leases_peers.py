@@ -18,8 +18,8 @@ import httpx
 import pytest
 
 from faultproxy import FaultProxy
+from hl7_destinations import mllp_destination
 from phg.delivery.fhir import FhirDestination
-from phg.delivery.mllp import MllpDestination
 from phg.delivery.worker import DeliveryWorker
 from phg.demo.sim import simulated_readings
 from phg.model import Gateway, PatientRef
@@ -82,7 +82,7 @@ async def test_a_slow_mllp_receiver_gets_every_message_once(tmp_path, workers, p
     box = Outbox(tmp_path / "outbox.sqlite")
     box.enqueue("lab", [(r.key, r.to_json()) for r in readings])
     async with slow_receiver(delay=0.03) as (port, received):
-        destinations = [MllpDestination(host="127.0.0.1", port=port, gateway=GATEWAY, name="lab", ack_timeout=5)
+        destinations = [mllp_destination(host="127.0.0.1", port=port, gateway=GATEWAY, name="lab", ack_timeout=5)
                         for _ in range(workers)]
         try:
             await drain(box, [DeliveryWorker(box, d, batch_size=50, lease_seconds=0.5) for d in destinations],

@@ -1,8 +1,16 @@
-"""Configuration: one TOML file, overridden by environment variables, overridden by flags.
+"""Settings, parsed once: flags, PHG_* environment variables and one TOML file become frozen, typed
+settings. Nothing else in phg reads the file or the environment.
 
 Precedence (highest first): command-line flags, PHG_* environment variables, the config file
 (--config, else $PHG_CONFIG, else <user config dir>/phg/phg.toml if it exists), built-in defaults.
-A wrong value stops start-up with a ConfigError naming the file and the key.
+
+Every setting is one row of SETTINGS (section, key, parse, default, environment variable): the row
+is the whole definition, so a key is checked, overridden and documented in one place. Each
+destination type has its own settings class (FhirSettings, MllpSettings, HttpHl7Settings,
+SoapSettings) whose KEYS are the rows of its [destinations.NAME] table; the top-level [fhir] and
+[auth] sections (and --fhir-base) are sugar for one FHIR destination named "fhir".
+
+A wrong value stops start-up with a ConfigError naming the file (or variable, or flag) and the key.
 """
 
 from __future__ import annotations
@@ -11,28 +19,27 @@ import os
 import re
 import tomllib
 import uuid
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+import httpx
 
 from phg.errors import ConfigError
 from phg.model import Gateway, PatientRef
+from phg.secretfile import require_private
+from phg.transport import require_secure_url
 
 DEFAULT_SCOPE = "system/Patient.cu system/Device.cu system/Observation.c"
 IG_VERSIONS = ("2.0.0", "1.1.0")
 KEEP_DELIVERED = 7 * 86400.0  # [outbox] keep_delivered: seconds a delivered reading's payload stays in the outbox
+DEFAULT_PUBLISH_DELAY = 600.0  # [auth] key_publish_delay (phg.auth.keyring)
+DEFAULT_GRACE = 86400.0  # [auth] key_rotation_grace (phg.auth.keyring)
+AUTH_METHODS = ("smart-backend", "client-secret-basic", "client-secret-post", "password", "bearer", "none")
+FHIR_DESTINATION = "fhir"
 
-# environment variable -> (section, key)
-ENVIRONMENT = {
-    "PHG_FHIR_BASE_URL": ("fhir", "base_url"),
-    "PHG_IG_VERSION": ("fhir", "ig_version"),
-    "PHG_CLIENT_ID": ("auth", "client_id"),
-    "PHG_KEY_FILE": ("auth", "key_file"),
-    "PHG_SCOPE": ("auth", "scope"),
-    "PHG_TOKEN_URL": ("auth", "token_url"),
-    "PHG_OUTBOX": ("outbox", "path"),
-    "PHG_GATEWAY_SYSTEM_ID": ("gateway", "system_id"),
-}
+Parse = Callable[[Any, str], Any]  # (value as given, "where: [section] key") -> typed value, or ConfigError
 
 
 def user_config_path() -> Path:
@@ -55,36 +62,504 @@ def default_gateway_system_id() -> str:
     return mac[:6] + "FFFE" + mac[6:]
 
 
-# Destination types besides the FHIR server of [fhir]/[auth]: "module:class" of each, built with
-# the keys of its [destinations.NAME] table as keyword arguments (their docs list them).
-DESTINATION_TYPES = {
-    "mllp": "phg.delivery.mllp:MllpDestination",
-    "http": "phg.delivery.hl7http:HttpHl7Destination",
-    "soap": "phg.delivery.soap:SoapDestination",
-}
-FHIR_DESTINATION = "fhir"
+# ------------------------------------------------------------------------------------------ parsers
 
-# The keys each section accepts; anything else is a typo worth stopping for. [auth] keys beyond
-# these are read by phg.auth for the other ways servers are secured (its docs list them).
-KEYS = {
-    "gateway": {"system_id", "manufacturer", "model", "serial", "firmware"},
-    "fhir": {"base_url", "ig_version", "allow_insecure_http", "timeout"},
-    "auth": {"client_id", "key_file", "scope", "token_url"},
-    "outbox": {"path", "keep_delivered"},
-    "delivery": {"batch_size", "max_retry_delay", "lease_seconds"},
-    "patient": {"system", "value"},
-    "ble": {"allow", "pair_new", "scan_seconds"},
-}
+
+def text(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{where} must be a string, not {value!r:.60}")
+    return value.strip()
+
+
+def secret(value: Any, where: str) -> str:
+    """A string kept as given (a password may start with a space); never quoted in a message."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{where} must be a string, not {type(value).__name__}")
+    return value
+
+
+def flag(value: Any, where: str) -> bool:
+    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on", "0", "false", "no", "off", ""):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where} must be true or false, not {value!r:.60}")
+    return value
+
+
+def path(value: Any, where: str) -> Path:
+    return Path(text(value, where)).expanduser()
+
+
+def readable_file(value: Any, where: str) -> Path:
+    found = path(value, where)
+    if not found.is_file():
+        raise ConfigError(f"{where}: {found} is not a readable file")
+    return found
+
+
+def number(kind: type, low: float, high: float, unit: str = "") -> Parse:
+    """An int (kind=int) or a number of seconds (kind=float) from `low` to `high`."""
+    def parse(value: Any, where: str) -> Any:
+        if isinstance(value, str) and re.fullmatch(r"\s*\d{1,12}(\.\d{1,9})?\s*", value) and value.isascii():
+            value = float(value) if "." in value else int(value)  # "²" and "٣" are not numbers here
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ConfigError(f"{where} must be a {kind.__name__}, not {value!r:.60}")
+        if not low <= value <= high:  # NaN fails this too
+            raise ConfigError(f"{where} must be {low:g}..{high:g}{unit}")
+        return value
+    return parse
+
+
+def host_port(value: Any, where: str) -> tuple[str, int] | None:
+    """"HOST:PORT" ("[::1]:6024" for an IPv6 address) -> (host, port); None when empty."""
+    found = text(value, where)
+    if not found:
+        return None
+    match = re.fullmatch(r"(?:\[([0-9A-Fa-f:.]+)\]|([^\s:\[\]]+)):(\d{1,5})", found)
+    if match is None or not 1 <= int(match[3]) <= 65535:
+        raise ConfigError(f"{where} must be HOST:PORT (such as \"127.0.0.1:6024\", port 1..65535), "
+                          f"not {found!r:.60}")
+    return match[1] or match[2], int(match[3])
+
+
+def choice(*options: str) -> Parse:
+    def parse(value: Any, where: str) -> str:
+        if value not in options:
+            raise ConfigError(f"{where} must be one of {', '.join(options)}, not {value!r:.60}")
+        return value
+    return parse
+
+
+def url(value: Any, where: str) -> str | None:
+    """A URL without trailing slash (None when empty); https unless loopback is checked where it is
+    used, with the destination's allow_insecure_http."""
+    found = text(value, where).rstrip("/")
+    if not found:
+        return None
+    try:
+        httpx.URL(found)
+    except httpx.InvalidURL as exc:
+        raise ConfigError(f"{where} is not a valid URL: {exc}") from None
+    return found
+
+
+def strings(value: Any, where: str) -> tuple[str, ...]:
+    """A list of strings; from the environment, comma-separated."""
+    if isinstance(value, str):
+        value = [v for v in value.split(",") if v.strip()]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where} must be a list of strings")
+    return tuple(v.strip() for v in value)
+
+
+def eui64(value: Any, where: str) -> str:
+    found = text(value, where).replace("-", "").replace(":", "").upper()
+    if len(found) != 16 or any(c not in "0123456789ABCDEF" for c in found):
+        raise ConfigError(f"{where} must be an EUI-64 (16 hex digits), not {found!r:.40}")
+    return found
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(value: Any, where: str) -> float:
+    """Seconds (a number, 0 = not at all) or a whole number with a unit: "90s", "30m", "12h", "7d";
+    at most 3650 days."""
+    seconds = value
+    if isinstance(value, str) and (match := re.fullmatch(r"\s*(\d{1,7})\s*([smhd]?)\s*", value)):
+        seconds = int(match[1]) * _DURATION_UNITS[match[2] or "s"]
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 <= seconds <= 3650 * 86400:
+        raise ConfigError(f'{where} must be seconds (0 to 315360000) or a duration such as "7d", "12h", "30m", '
+                          f"not {value!r:.40}")
+    return float(seconds)
+
+
+def hosts(value: Any, where: str) -> tuple[str, ...]:
+    """trusted_token_hosts: host names or IP addresses (no scheme, port or path), compared with the
+    token endpoint's host (httpx.URL.host: lower case, IPv6 without brackets)."""
+    if isinstance(value, str):  # from the environment: comma-separated
+        value = [v for v in value.split(",") if v.strip()]
+    if not isinstance(value, list | tuple) or not all(isinstance(host, str) for host in value):
+        raise ConfigError(f"{where} must be a list of host names, such as [\"auth.example.org\"]")
+    found = tuple(host.strip().strip("[]").lower() for host in value)
+    for host in found:
+        try:
+            parsed = httpx.URL(f"https://[{host}]/" if ":" in host else f"https://{host}/")
+        except httpx.InvalidURL:
+            parsed = None
+        if not host or parsed is None or parsed.host != host:
+            raise ConfigError(f"{where}: {host!r} is not a host name (give it without scheme, port or path, "
+                              "such as \"auth.example.org\")")
+    return found
+
+
+def jku(value: Any, where: str) -> str | bool:
+    """The JWKS URL put into the assertion header, or true (= jwks_uri)."""
+    if value is True or (isinstance(value, str) and value.strip().lower() == "true"):
+        return True
+    if value is False:
+        return False
+    return url(value, where)
+
+
+def subtable(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a table")
+    return value
+
+
+def headers(value: Any, where: str) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ConfigError(f"{where} must be a table of header names and string values")
+    return tuple(value.items())
+
+
+# ------------------------------------------------------------------------------------------ the table
 
 
 @dataclass(frozen=True)
-class DestinationConfig:
-    """One [destinations.NAME] table: where else readings go (HL7 v2 receivers)."""
+class Setting:
+    """One setting: where it sits, how it is checked, its default and its environment variable."""
+
+    section: str
+    key: str
+    parse: Parse = field(repr=False)
+    default: Any = None
+    env: str = ""  # the PHG_* variable; "" = PHG_<SECTION>_<KEY>
+    doc: str = ""
+
+    @property
+    def variable(self) -> str:
+        return self.env or f"PHG_{self.section}_{self.key}".upper()
+
+    @property
+    def secret(self) -> bool:
+        return self.parse is secret
+
+
+def _rows(section: str, *rows: tuple) -> tuple[Setting, ...]:
+    return tuple(Setting(section, *row) for row in rows)
+
+
+SETTINGS: tuple[Setting, ...] = (
+    *_rows("gateway",
+           ("system_id", eui64, None, "PHG_GATEWAY_SYSTEM_ID", "EUI-64 (default: from this machine's MAC)"),
+           ("manufacturer", text, Gateway.manufacturer), ("model", text, Gateway.model),
+           ("serial", text), ("firmware", text)),
+    *_rows("fhir",
+           ("base_url", url, None, "PHG_FHIR_BASE_URL", "FHIR R4 base URL of the EHR"),
+           ("ig_version", choice(*IG_VERSIONS), "2.0.0", "PHG_IG_VERSION", "PHD IG version of the resources"),
+           ("allow_insecure_http", flag, False, "", "plain http beyond loopback"),
+           ("timeout", number(float, 1, 600, " s"), 30.0, "", "seconds for one HTTP exchange")),
+    *_rows("auth",
+           ("method", choice(*AUTH_METHODS), None, "PHG_AUTH_METHOD", "default: inferred from the keys set"),
+           ("client_id", text, None, "PHG_CLIENT_ID"),
+           ("key_file", path, None, "PHG_KEY_FILE", "signing key(s), mode 0600"),
+           ("scope", text, DEFAULT_SCOPE, "PHG_SCOPE"),
+           ("token_url", url, None, "PHG_TOKEN_URL", "else discovered (.well-known/smart-configuration)"),
+           ("trusted_token_hosts", hosts, ()),
+           ("client_secret", secret, None, "PHG_CLIENT_SECRET"),
+           ("username", text, None, "PHG_USERNAME"),
+           ("password", secret, None, "PHG_PASSWORD"),
+           ("token", secret, None, "PHG_BEARER_TOKEN"),
+           ("registration_endpoint", url), ("initial_access_token", secret, None, "PHG_INITIAL_ACCESS_TOKEN"),
+           ("software_statement", text, None, "PHG_SOFTWARE_STATEMENT"),
+           ("registration_access_token", secret, None, "PHG_REGISTRATION_ACCESS_TOKEN"),
+           ("registration_client_uri", url), ("jwks_uri", url), ("jku", jku),
+           ("key_publish_delay", number(float, 0, 365 * 86400, " s"), DEFAULT_PUBLISH_DELAY),
+           ("key_rotation_grace", number(float, 0, 365 * 86400, " s"), DEFAULT_GRACE),
+           ("ca_file", readable_file), ("client_cert", readable_file), ("client_key", readable_file),
+           ("proxy", text), ("encrypt_to", text), ("encrypt_kid", text)),
+    *_rows("outbox",
+           ("path", path, None, "PHG_OUTBOX", "the queue file (default: user data dir)"),
+           ("keep_delivered", duration, KEEP_DELIVERED)),
+    *_rows("delivery",
+           ("batch_size", number(int, 1, 1000), 50),
+           ("max_retry_delay", number(int, 1, 86400, " s"), 300),
+           ("lease_seconds", number(float, 1, 3600, " s"), 120.0)),
+    *_rows("patient", ("system", text), ("value", text)),
+    *_rows("ble",
+           ("allow", strings, ()), ("pair_new", flag, False),
+           ("scan_seconds", number(float, 0.1, 3600, " s"), 5.0)),
+    *_rows("ieee11073",
+           ("listen", host_port, None, "", "HOST:PORT of the 11073-20601 TCP listener (unset: off)"),
+           ("max_connections", number(int, 1, 10000), 32),
+           ("configs", path, None, "", "file of known 11073 device configurations")),
+    *_rows("usb",
+           ("enabled", flag, False), ("vendor_id", number(int, 0, 0xFFFF)), ("product_id", number(int, 0, 0xFFFF))),
+)
+ROWS: dict[tuple[str, str], Setting] = {(s.section, s.key): s for s in SETTINGS}
+SECTIONS: dict[str, list[str]] = {}
+for _setting in SETTINGS:
+    SECTIONS.setdefault(_setting.section, []).append(_setting.key)
+
+
+class Values:
+    """The parsed value of every row, and where each came from (for messages)."""
+
+    def __init__(self, values: dict[tuple[str, str], Any], origin: dict[tuple[str, str], str], source: str):
+        self.values, self.origin, self.source = values, origin, source
+
+    def __call__(self, section: str, key: str) -> Any:
+        return self.values.get((section, key), ROWS[(section, key)].default)
+
+    def where(self, section: str, key: str) -> str:
+        return f"{self.origin.get((section, key), '(default)')}: [{section}] {key}"
+
+    def given(self, section: str) -> bool:
+        return any(s == section for s, _ in self.values)
+
+
+# ------------------------------------------------------------------------------------------ classes
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """One TLS policy for every client (phg.delivery.tls): a CA bundle replacing the system trust
+    store, and a client certificate with its key (mode 0600) for mutual TLS."""
+
+    ca_file: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    source: str = ""  # where they were configured, for messages
+
+    @property
+    def custom(self) -> bool:
+        return self.ca_file is not None or self.client_cert is not None
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """[auth]: how phg.auth authorizes requests to a FHIR server. Secret fields are kept out of repr."""
+
+    method: str
+    fhir_base: str | None
+    client_id: str | None = None
+    key_file: Path | None = None
+    scope: str = DEFAULT_SCOPE
+    token_url: str | None = None
+    allow_insecure_http: bool = False
+    client_secret: str | None = field(default=None, repr=False)
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    registration_endpoint: str | None = None
+    initial_access_token: str | None = field(default=None, repr=False)
+    software_statement: str | None = field(default=None, repr=False)
+    registration_access_token: str | None = field(default=None, repr=False)
+    registration_client_uri: str | None = None
+    jwks_uri: str | None = None
+    jku: str | None = None
+    key_publish_delay: float = DEFAULT_PUBLISH_DELAY
+    key_rotation_grace: float = DEFAULT_GRACE
+    ca_file: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    proxy: str | None = None
+    encrypt_to: str | None = None
+    encrypt_kid: str | None = None
+    trusted_token_hosts: tuple[str, ...] = ()
+    source: str = "(defaults)"
+
+    @property
+    def tls(self) -> TlsSettings:
+        return TlsSettings(self.ca_file, self.client_cert, self.client_key, f"{self.source}: [auth]")
+
+    def secrets(self) -> list[str]:
+        """Every secret value configured (for tests and log scrubbing)."""
+        return [v for v in (self.client_secret, self.password, self.token, self.initial_access_token,
+                            self.registration_access_token) if v]
+
+
+def _auth(values: Values, fhir_base: str | None, insecure: bool) -> AuthSettings:
+    """[auth] rows into AuthSettings, with the checks that join several keys."""
+    given = {key: value for (section, key), value in values.values.items() if section == "auth"}
+    for key in ("registration_endpoint", "registration_client_uri", "jwks_uri", "token_url"):
+        if key in given:
+            require_secure_url(given[key], values.where("auth", key), allow_insecure_http=insecure)
+    jku_value = given.pop("jku", None)
+    if jku_value is True:
+        if "jwks_uri" not in given:
+            raise ConfigError(f"{values.where('auth', 'jku')} = true needs [auth] jwks_uri")
+        given["jku"] = given["jwks_uri"]
+    elif isinstance(jku_value, str):
+        require_secure_url(jku_value, values.where("auth", "jku"), allow_insecure_http=insecure)
+        given["jku"] = jku_value
+    if "proxy" in given and not given["proxy"].startswith(("http://", "https://", "socks5://")):
+        raise ConfigError(f"{values.where('auth', 'proxy')} must be an http://, https:// or socks5:// URL")
+    if given.get("encrypt_to", "").startswith(("http://", "https://")):
+        require_secure_url(given["encrypt_to"], values.where("auth", "encrypt_to"), allow_insecure_http=insecure)
+    if ("client_cert" in given) != ("client_key" in given):
+        raise ConfigError(f"{values.source}: [auth] client_cert and client_key go together (mutual TLS)")
+    method = given.pop("method", None) or (
+        "bearer" if given.get("token") else
+        "client-secret-basic" if given.get("client_secret") and "key_file" not in given else
+        "smart-backend" if given.get("client_id") else "none")
+    return AuthSettings(method=method, fhir_base=fhir_base, allow_insecure_http=insecure, source=values.source,
+                        **given)
+
+
+@dataclass(frozen=True)
+class DestinationSettings:
+    """What every [destinations.NAME] settings class shares: its name, its type and where it was set.
+    KEYS: the rows of its table (key, parse, default); unknown keys are refused with file and key."""
+
+    KEYS: ClassVar[tuple[Setting, ...]] = ()
+    type: ClassVar[str] = ""
 
     name: str
-    type: str
-    settings: dict[str, Any] = field(repr=False)  # may hold a password
-    source: str = ""
+    source: str
+
+    @property
+    def request_timeout(self) -> tuple[str, float]:
+        """The key bounding one request, and its value (the lease must outlast it)."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_table(cls, name: str, table: Mapping[str, Any], source: str) -> DestinationSettings:
+        section = f"destinations.{name}"
+        known = {row.key: row for row in cls.KEYS}
+        parsed: dict[str, Any] = {}
+        for key, value in table.items():
+            if key not in known:
+                raise ConfigError(f"{source}: unknown key {key!r} in [{section}] (type {cls.type}); "
+                                  f"known: {', '.join(sorted(known))}")
+            parsed[key] = known[key].parse(value, f"{source}: [{section}] {key}")
+        for row in cls.KEYS:
+            if row.default is REQUIRED and row.key not in parsed:
+                raise ConfigError(f"{source}: [{section}] (type {cls.type}) needs {row.key}")
+        return cls(name=name, source=source, **cls.build(parsed, source, section))
+
+    @classmethod
+    def build(cls, parsed: dict[str, Any], source: str, section: str) -> dict[str, Any]:
+        """The constructor's fields from the parsed keys (TLS keys gathered into a TlsSettings)."""
+        tls_keys = {key: parsed.pop(key) for key in ("ca_file", "client_cert", "client_key") if key in parsed}
+        if "tls_settings" in {f.name for f in fields(cls)}:
+            if "client_cert" in tls_keys and "client_key" not in tls_keys:
+                tls_keys["client_key"] = tls_keys["client_cert"]  # a PEM holding both
+            parsed["tls_settings"] = TlsSettings(**tls_keys, source=f"{source}: [{section}]")
+        return parsed
+
+
+REQUIRED = object()  # a destination key without a default
+_TLS_KEYS = _rows("destinations.*", ("ca_file", readable_file), ("client_cert", readable_file),
+                  ("client_key", readable_file))
+_HL7_KEYS = _rows("destinations.*", ("ae_retries", number(int, 0, 100), 3),
+                  ("receiving_application", text, ""), ("receiving_facility", text, ""))
+
+
+@dataclass(frozen=True)
+class FhirSettings(DestinationSettings):
+    """A FHIR R4 server taking transaction Bundles (PHD IG); [fhir] + [auth] or a [destinations.NAME]
+    table of type "fhir" (its auth in [destinations.NAME.auth], without environment variables)."""
+
+    KEYS: ClassVar[tuple[Setting, ...]] = _rows(
+        "destinations.*", ("base_url", url, REQUIRED), ("ig_version", choice(*IG_VERSIONS), "2.0.0"),
+        ("allow_insecure_http", flag, False), ("timeout", number(float, 1, 600, " s"), 30.0), ("auth", subtable, {}))
+    type: ClassVar[str] = "fhir"
+
+    base_url: str | None = None
+    ig_version: str = "2.0.0"
+    allow_insecure_http: bool = False
+    timeout: float = 30.0
+    auth: AuthSettings = field(default_factory=lambda: AuthSettings("none", None))
+
+    @property
+    def request_timeout(self) -> tuple[str, float]:
+        return "timeout", self.timeout
+
+    @classmethod
+    def build(cls, parsed: dict[str, Any], source: str, section: str) -> dict[str, Any]:
+        table = parsed.pop("auth", {})
+        values = _section_values({"auth": table}, {}, {}, source, f"{section}.")
+        parsed["auth"] = _auth(values, parsed["base_url"], parsed.get("allow_insecure_http", False))
+        return parsed
+
+
+@dataclass(frozen=True)
+class MllpSettings(DestinationSettings):
+    """HL7 v2 PCD-01 over MLLP, optionally TLS (plain MLLP only to loopback unless allow_insecure)."""
+
+    KEYS: ClassVar[tuple[Setting, ...]] = (*_rows(
+        "destinations.*", ("host", text, REQUIRED), ("port", number(int, 1, 65535), REQUIRED), ("tls", flag, False),
+        ("server_hostname", text), ("connect_timeout", number(float, 0.1, 600, " s"), 10.0),
+        ("ack_timeout", number(float, 0.1, 600, " s"), 30.0), ("allow_insecure", flag, False)),
+        *_TLS_KEYS, *_HL7_KEYS)
+    type: ClassVar[str] = "mllp"
+
+    host: str = ""
+    port: int = 0
+    tls: bool = False
+    tls_settings: TlsSettings = TlsSettings()
+    server_hostname: str | None = None
+    connect_timeout: float = 10.0
+    ack_timeout: float = 30.0
+    allow_insecure: bool = False
+    ae_retries: int = 3
+    receiving_application: str = ""
+    receiving_facility: str = ""
+
+    @property
+    def request_timeout(self) -> tuple[str, float]:
+        return "ack_timeout", self.ack_timeout
+
+
+@dataclass(frozen=True)
+class HttpHl7Settings(DestinationSettings):
+    """HL7 v2 PCD-01 POSTed as text over HTTP(S), one message per request (type "hl7-http"; "http"
+    is accepted as its older name)."""
+
+    KEYS: ClassVar[tuple[Setting, ...]] = (*_rows(
+        "destinations.*", ("url", url, REQUIRED), ("timeout", number(float, 0.1, 600, " s"), 30.0),
+        ("headers", headers, ()), ("allow_insecure_http", flag, False)), *_TLS_KEYS, *_HL7_KEYS)
+    type: ClassVar[str] = "hl7-http"
+
+    url: str = ""
+    timeout: float = 30.0
+    headers: tuple[tuple[str, str], ...] = ()
+    allow_insecure_http: bool = False
+    tls_settings: TlsSettings = TlsSettings()
+    ae_retries: int = 3
+    receiving_application: str = ""
+    receiving_facility: str = ""
+
+    @property
+    def request_timeout(self) -> tuple[str, float]:
+        return "timeout", self.timeout
+
+
+@dataclass(frozen=True)
+class SoapSettings(HttpHl7Settings):
+    """HL7 v2 PCD-01 in the IHE DEC / Continua WAN SOAP 1.2 binding, with optional WS-Security: a
+    SAML assertion (XML text or a file, mode 0600) or a username token."""
+
+    KEYS: ClassVar[tuple[Setting, ...]] = (*HttpHl7Settings.KEYS, *_rows(
+        "destinations.*", ("saml_assertion", secret), ("username", text), ("password", secret)))
+    type: ClassVar[str] = "soap"
+
+    saml_assertion: str | None = field(default=None, repr=False)
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def build(cls, parsed: dict[str, Any], source: str, section: str) -> dict[str, Any]:
+        if "saml_assertion" in parsed and "username" in parsed:
+            raise ConfigError(f"{source}: [{section}] give saml_assertion or username, not both")
+        saml = parsed.get("saml_assertion")
+        if saml is not None and not saml.lstrip().startswith("<"):  # a file name
+            require_private(Path(saml).expanduser(), f"{source}: [{section}] saml_assertion")
+            parsed["saml_assertion"] = Path(saml).expanduser().read_text(encoding="utf-8")
+        return super().build(parsed, source, section)
+
+
+DESTINATION_TYPES: dict[str, type[DestinationSettings]] = {
+    "fhir": FhirSettings, "mllp": MllpSettings, "hl7-http": HttpHl7Settings, "http": HttpHl7Settings,
+    "soap": SoapSettings}
+
+
+# ------------------------------------------------------------------------------------------ Config
 
 
 @dataclass(frozen=True)
@@ -92,23 +567,22 @@ class Config:
     gateway: Gateway
     outbox_path: Path
     keep_delivered: float = KEEP_DELIVERED
-    fhir_base: str | None = None
-    ig_version: str = "2.0.0"
     batch_size: int = 50
     max_retry_delay: float = 300.0
     lease_seconds: float = 120.0  # how long a batch stays leased; a killed daemon's batch is sent again after it
-    allow_insecure_http: bool = False
-    timeout: float = 30.0  # seconds for one HTTP exchange with the FHIR server (a Bundle of batch_size readings)
-    client_id: str | None = None
-    key_file: Path | None = None
-    scope: str = DEFAULT_SCOPE
-    token_url: str | None = None
-    destinations: tuple[DestinationConfig, ...] = ()
-    auth: dict[str, Any] = field(default_factory=dict, repr=False)  # the whole [auth] table (secrets: no repr)
+    destinations: tuple[DestinationSettings, ...] = ()  # in order: "fhir" (sugar) first, then [destinations.*]
+    auth: AuthSettings = field(default_factory=lambda: AuthSettings("none", None))  # the top-level [auth]
+    ig_version: str = "2.0.0"  # [fhir] ig_version (also what phg render uses)
     patient: PatientRef | None = None  # whom the devices' readings belong to (sources without their own binding)
     ble_allow: tuple[str, ...] = ()  # Bluetooth addresses to collect from
     ble_pair_new: bool = False  # accept (and pair) any health device in range
     ble_scan_seconds: float = 5.0
+    ieee11073_listen: tuple[str, int] | None = None  # (host, port) of the 11073-20601 TCP listener
+    ieee11073_max_connections: int = 32
+    ieee11073_configs: Path | None = None
+    usb_enabled: bool = False
+    usb_vendor_id: int | None = None
+    usb_product_id: int | None = None
     source: str = "(defaults)"  # where the settings came from, for messages
 
     @property
@@ -117,201 +591,181 @@ class Config:
 
     @property
     def destination_names(self) -> list[str]:
-        """Every queue a reading goes to: the FHIR server (when set, or when nothing else is)
-        and each [destinations.NAME]."""
-        names = [d.name for d in self.destinations]
-        return ([FHIR_DESTINATION] if self.fhir_base or not names else []) + names
+        """Every queue a reading goes to."""
+        return [d.name for d in self.destinations]
 
-    def with_overrides(self, **values: Any) -> Config:
-        return replace(self, **{k: v for k, v in values.items() if v is not None})
+    @property
+    def fhir(self) -> FhirSettings | None:
+        """The FHIR destination of [fhir]/[auth] (or --fhir-base), when there is one."""
+        found = [d for d in self.destinations if d.name == FHIR_DESTINATION]
+        return found[0] if found and isinstance(found[0], FhirSettings) else None
 
+    @property
+    def fhir_base(self) -> str | None:
+        return self.fhir.base_url if self.fhir else None
 
-@dataclass
-class _Raw:
-    """Settings as read, with where each came from (for error messages)."""
-
-    values: dict[tuple[str, str], Any] = field(default_factory=dict)
-    origin: dict[tuple[str, str], str] = field(default_factory=dict)
-
-    def get(self, section: str, key: str, kind: type, default: Any = None) -> Any:
-        if (section, key) not in self.values:
-            return default
-        value = self.values[(section, key)]
-        where = self.origin[(section, key)]
-        if kind is int and isinstance(value, str) and value.isascii() and value.isdigit():  # not "²": int() refuses it
-            value = int(value)
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if kind is bool and isinstance(value, str):
-            value = value.lower() in ("1", "true", "yes", "on")
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise ConfigError(f"{where}: [{section}] {key} must be a {kind.__name__}, not {value!r}")
-        return value
-
-    def bounded(self, section: str, key: str, kind: type, default: Any, high: float, unit: str = "") -> Any:
-        """A number from 1 to `high`, or a ConfigError naming where it came from."""
-        value = self.get(section, key, kind, default)
-        if not 1 <= value <= high:
-            raise ConfigError(f"{self.origin[(section, key)]}: [{section}] {key} must be 1..{high}{unit}")
-        return value
+    @property
+    def deliverable(self) -> bool:
+        """Somewhere to deliver to (a FHIR queue without base URL only waits)."""
+        return any(not isinstance(d, FhirSettings) or d.base_url for d in self.destinations)
 
 
-def load_config(path: Path | None = None, env: dict[str, str] | None = None) -> Config:
-    """Read the config file (if any) and the environment into a Config."""
+def load_config(path: Path | None = None, env: Mapping[str, str] | None = None,
+                flags: Mapping[tuple[str, str], Any] | None = None, *,
+                document: Mapping[str, Any] | None = None) -> Config:
+    """The one loader: the TOML file (or `document`, the same tables in memory, for tests and the
+    demo), the PHG_* variables of `env` (default os.environ) and the command-line `flags`
+    ({(section, key): value}, None = not given) into a Config."""
     env = dict(os.environ) if env is None else env
-    raw = _Raw()
-    if path is None and env.get("PHG_CONFIG"):
+    if path is None and document is None and env.get("PHG_CONFIG"):
         path = Path(env["PHG_CONFIG"])
-    if path is None and user_config_path().exists():
+    if path is None and document is None and user_config_path().exists():
         path = user_config_path()
-    source = "(defaults)"
-    destinations: tuple[DestinationConfig, ...] = ()
-    if path is not None:
-        source = str(path)
-        try:
-            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found (phg init writes one)") from None
-        except OSError as exc:  # a directory, unreadable, ...
-            raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from None
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}): TOML files are UTF-8") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-        destinations = _destinations(data.pop("destinations", {}), str(path))
-        for section, table in data.items():
-            if section not in KEYS or not isinstance(table, dict):
-                raise ConfigError(f"{path}: unknown section [{section}]")
-            for key, value in table.items():
-                if key not in KEYS[section] and section != "auth":
-                    known = ", ".join(sorted(KEYS[section]))
-                    raise ConfigError(f"{path}: unknown key {key!r} in [{section}]; known: {known}")
-                raw.values[(section, key)] = value
-                raw.origin[(section, key)] = str(path)
-    for name, target in ENVIRONMENT.items():
-        if env.get(name):
-            raw.values[target] = env[name]
-            raw.origin[target] = f"environment {name}"
+    source = str(path) if path is not None else "(defaults)"
+    data = dict(document or {}) if path is None else _read(path)
+    tables = data.pop("destinations", {})
+    values = _section_values(data, env, {k: v for k, v in (flags or {}).items() if v is not None}, source, "")
+    auth = _auth(values, values("fhir", "base_url"), values("fhir", "allow_insecure_http"))
+    destinations = _destinations(tables, values, auth, source)
+    _require_private_file(path, values, destinations)
+    return _config(values, destinations, auth, source)
 
-    system_id = raw.get("gateway", "system_id", str, None) or default_gateway_system_id()
-    system_id = system_id.replace("-", "").replace(":", "").upper()
-    if len(system_id) != 16 or any(c not in "0123456789ABCDEF" for c in system_id):
-        raise ConfigError(f"{raw.origin.get(('gateway', 'system_id'))}: [gateway] system_id must be an EUI-64 "
-                          f"(16 hex digits), not {system_id!r}")
-    gateway = Gateway(
-        system_id=system_id,
-        manufacturer=raw.get("gateway", "manufacturer", str, Gateway.manufacturer),
-        model=raw.get("gateway", "model", str, Gateway.model),
-        serial=raw.get("gateway", "serial", str, None),
-        firmware=raw.get("gateway", "firmware", str, None),
-    )
-    ig_version = raw.get("fhir", "ig_version", str, "2.0.0")
-    if ig_version not in IG_VERSIONS:
-        raise ConfigError(f"{raw.origin[('fhir', 'ig_version')]}: [fhir] ig_version must be one of "
-                          f"{', '.join(IG_VERSIONS)}, not {ig_version!r}")
-    batch_size = raw.bounded("delivery", "batch_size", int, 50, 1000)
-    max_retry_delay = raw.bounded("delivery", "max_retry_delay", int, 300, 86400, " s")
-    timeout = raw.bounded("fhir", "timeout", float, 30.0, 600, " s")
-    lease_seconds = raw.bounded("delivery", "lease_seconds", float, 120.0, 3600, " s")
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found (phg init writes one)") from None
+    except OSError as exc:  # a directory, unreadable, ...
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}): TOML files are UTF-8") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+def _section_values(data: Mapping[str, Any], env: Mapping[str, str], flags: Mapping[tuple[str, str], Any],
+                    source: str, prefix: str) -> Values:
+    """Every row given in the file, the environment or a flag, parsed, with its origin."""
+    given: dict[tuple[str, str], tuple[Any, str]] = {}
+    for section, table in data.items():
+        if section not in SECTIONS or not isinstance(table, dict):
+            raise ConfigError(f"{source}: unknown section [{prefix}{section}]")
+        for key, value in table.items():
+            if key not in SECTIONS[section]:
+                known = ", ".join(sorted(SECTIONS[section]))
+                raise ConfigError(f"{source}: unknown key {key!r} in [{prefix}{section}]; known: {known}")
+            given[(section, key)] = (value, source)
+    for row in SETTINGS:
+        if env.get(row.variable):
+            given[(row.section, row.key)] = (env[row.variable], f"environment {row.variable}")
+    for (section, key), value in flags.items():
+        given[(section, key)] = (value, f"--{key.replace('_', '-')}")
+    values: dict[tuple[str, str], Any] = {}
+    origin: dict[tuple[str, str], str] = {}
+    for (section, key), (value, where) in given.items():
+        values[(section, key)] = ROWS[(section, key)].parse(value, f"{where}: [{prefix}{section}] {key}")
+        origin[(section, key)] = where
+    return Values(values, origin, source)
+
+
+def _require_private_file(path: Path | None, values: Values, destinations: tuple[DestinationSettings, ...]) -> None:
+    """A config file holding a secret is refused when group or others can read it, like a key."""
+    if path is None:
+        return
+    held = [f"[auth] {row.key}" for row in SETTINGS
+            if row.secret and values.origin.get((row.section, row.key)) == str(path)]
+    for destination in destinations:
+        held += [f"[destinations.{destination.name}] {row.key}" for row in destination.KEYS
+                 if row.secret and getattr(destination, row.key, None)]
+        if isinstance(destination, FhirSettings) and destination.name != FHIR_DESTINATION and \
+                destination.auth.secrets():
+            held.append(f"[destinations.{destination.name}.auth]")
+    if held:
+        require_private(path, f"the config file (it holds {held[0]})")
+
+
+def _destinations(tables: Any, values: Values, auth: AuthSettings, source: str) -> tuple[DestinationSettings, ...]:
+    """The FHIR destination of [fhir]/[auth] (when set, or when nothing else is: readings then wait
+    for it), then each [destinations.NAME] built by its type's settings class."""
+    if not isinstance(tables, dict):
+        raise ConfigError(f"{source}: [destinations] must hold tables such as [destinations.lab]")
+    found: list[DestinationSettings] = []
+    for name, table in tables.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: [destinations.{name}] must be a table")
+        if name == FHIR_DESTINATION:
+            raise ConfigError(f"{source}: [destinations.{name}]: the name {name!r} is the [fhir] server's; "
+                              "choose another")
+        kind = table.get("type")
+        if not isinstance(kind, str) or kind not in DESTINATION_TYPES:
+            raise ConfigError(f"{source}: [destinations.{name}] type must be one of "
+                              f"{', '.join(DESTINATION_TYPES)}, not {kind!r:.40}")
+        found.append(DESTINATION_TYPES[kind].from_table(name, {k: v for k, v in table.items() if k != "type"},
+                                                        source))
+    base = values("fhir", "base_url")
+    if base or not found:
+        found.insert(0, FhirSettings(name=FHIR_DESTINATION, source=source, base_url=base,
+                                     ig_version=values("fhir", "ig_version"), timeout=values("fhir", "timeout"),
+                                     allow_insecure_http=values("fhir", "allow_insecure_http"), auth=auth))
+    return tuple(found)
+
+
+def _config(values: Values, destinations: tuple[DestinationSettings, ...], auth: AuthSettings, source: str) -> Config:
     patient = None
-    if ("patient", "system") in raw.values or ("patient", "value") in raw.values:
-        patient = PatientRef(raw.get("patient", "system", str, ""), raw.get("patient", "value", str, ""))
-        if not (patient.system.strip() and patient.value.strip()):
+    if values.given("patient"):
+        patient = PatientRef(values("patient", "system") or "", values("patient", "value") or "")
+        if not (patient.system and patient.value):
             raise ConfigError(f"{source}: [patient] needs both system and value (the EHR's patient identifier)")
-    ble_allow = raw.get("ble", "allow", list, [])
-    if not all(isinstance(a, str) for a in ble_allow):
-        raise ConfigError(f"{source}: [ble] allow must be a list of Bluetooth addresses (strings)")
-    ble_pair_new = raw.get("ble", "pair_new", bool, False)
-    if (ble_allow or ble_pair_new) and patient is None:
-        raise ConfigError(f"{source}: [ble] collects readings for a [patient]: set [patient] system and value")
-    _lease_covers_requests(raw, lease_seconds, destinations)
-    key_file = raw.get("auth", "key_file", str, None)
-    outbox = raw.get("outbox", "path", str, None)
+    for section, on in (("ble", values("ble", "allow") or values("ble", "pair_new")),
+                        ("ieee11073", values("ieee11073", "listen")), ("usb", values("usb", "enabled"))):
+        if on and patient is None:
+            raise ConfigError(f"{source}: [{section}] collects readings for a [patient]: "
+                              "set [patient] system and value")
+    _lease_covers_requests(values, destinations)
+    outbox = values("outbox", "path")
     return Config(
-        gateway=gateway,
-        outbox_path=Path(outbox).expanduser() if outbox else user_data_dir() / "outbox.sqlite",
-        keep_delivered=_keep_delivered(raw),
-        fhir_base=(raw.get("fhir", "base_url", str, None) or "").rstrip("/") or None,
-        ig_version=ig_version,
-        batch_size=batch_size,
-        max_retry_delay=float(max_retry_delay),
-        lease_seconds=lease_seconds,
-        timeout=timeout,
-        allow_insecure_http=raw.get("fhir", "allow_insecure_http", bool, False),
-        client_id=raw.get("auth", "client_id", str, None),
-        key_file=Path(key_file).expanduser() if key_file else None,
-        scope=raw.get("auth", "scope", str, DEFAULT_SCOPE),
-        token_url=raw.get("auth", "token_url", str, None),
+        gateway=Gateway(system_id=values("gateway", "system_id") or default_gateway_system_id(),
+                        **{key: values("gateway", key) for key in ("manufacturer", "model", "serial", "firmware")}),
+        outbox_path=outbox or user_data_dir() / "outbox.sqlite",
+        keep_delivered=values("outbox", "keep_delivered"),
+        batch_size=values("delivery", "batch_size"),
+        max_retry_delay=float(values("delivery", "max_retry_delay")),
+        lease_seconds=values("delivery", "lease_seconds"),
         destinations=destinations,
-        auth={key: value for (section, key), value in raw.values.items() if section == "auth"},
+        auth=auth,
+        ig_version=values("fhir", "ig_version"),
         patient=patient,
-        ble_allow=tuple(ble_allow),
-        ble_pair_new=ble_pair_new,
-        ble_scan_seconds=raw.get("ble", "scan_seconds", float, 5.0),
+        ble_allow=values("ble", "allow"),
+        ble_pair_new=values("ble", "pair_new"),
+        ble_scan_seconds=values("ble", "scan_seconds"),
+        ieee11073_listen=values("ieee11073", "listen"),
+        ieee11073_max_connections=values("ieee11073", "max_connections"),
+        ieee11073_configs=values("ieee11073", "configs"),
+        usb_enabled=values("usb", "enabled"),
+        usb_vendor_id=values("usb", "vendor_id"),
+        usb_product_id=values("usb", "product_id"),
         source=source,
     )
 
 
-# The key bounding one request to each kind of destination, and its default (the destinations' own).
-REQUEST_TIMEOUTS = {"mllp": ("ack_timeout", 30.0), "http": ("timeout", 30.0), "soap": ("timeout", 30.0)}
-
-
-def _lease_covers_requests(raw: _Raw, lease_seconds: float, destinations: tuple[DestinationConfig, ...]) -> None:
+def _lease_covers_requests(values: Values, destinations: tuple[DestinationSettings, ...]) -> None:
     """A batch's lease must outlast any one request of its send: the worker renews it between, but a
     lease shorter than a request's timeout lets another leaser take (and send again) what is on the
     wire. ConfigError naming both keys otherwise."""
-    timeouts = []
-    if raw.values.get(("fhir", "base_url")) or not destinations:  # the FHIR destination is in use
-        timeouts.append(("[fhir] timeout", raw.origin.get(("fhir", "timeout")), raw.get("fhir", "timeout", float, 30.0)))
-    for table in destinations:
-        key, default = REQUEST_TIMEOUTS[table.type]
-        value = table.settings.get(key, default)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            timeouts.append((f"[destinations.{table.name}] {key}", table.source, value))
-    for name, where, timeout in timeouts:
-        if lease_seconds < timeout:
-            origin = raw.origin.get(("delivery", "lease_seconds"), "(default)")
-            raise ConfigError(f"{origin}: [delivery] lease_seconds ({lease_seconds:g} s) must be at least {name} "
-                              f"({timeout:g} s, {where or 'default'}): a send could outlast its lease and be "
+    lease = values("delivery", "lease_seconds")
+    for destination in destinations:
+        key, timeout = destination.request_timeout
+        if lease < timeout:
+            section = "[fhir]" if destination.name == FHIR_DESTINATION else f"[destinations.{destination.name}]"
+            raise ConfigError(f"{values.where('delivery', 'lease_seconds')} ({lease:g} s) must be at least {section} "
+                              f"{key} ({timeout:g} s, {destination.source}): a send could outlast its lease and be "
                               "sent twice; raise lease_seconds or lower the timeout")
-
-
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def _keep_delivered(raw: _Raw) -> float:
-    """[outbox] keep_delivered: seconds (a number, 0 = not at all) or a whole number with a unit:
-    "90s", "30m", "12h", "7d"; at most 3650 days."""
-    value = raw.get("outbox", "keep_delivered", object, KEEP_DELIVERED)
-    seconds = value
-    if isinstance(value, str) and (match := re.fullmatch(r"\s*(\d{1,7})\s*([smhd]?)\s*", value)):
-        seconds = int(match[1]) * _DURATION_UNITS[match[2] or "s"]
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 <= seconds <= 3650 * 86400:
-        raise ConfigError(f"{raw.origin[('outbox', 'keep_delivered')]}: [outbox] keep_delivered must be seconds "
-                          f'(0 to 315360000) or a duration such as "7d", "12h", "30m", not {value!r}')
-    return float(seconds)
-
-
-def _destinations(tables: Any, path: str) -> tuple[DestinationConfig, ...]:
-    if not isinstance(tables, dict):
-        raise ConfigError(f"{path}: [destinations] must hold tables such as [destinations.lab]")
-    found = []
-    for name, table in tables.items():
-        if not isinstance(table, dict):
-            raise ConfigError(f"{path}: [destinations.{name}] must be a table")
-        if name == FHIR_DESTINATION:
-            raise ConfigError(f"{path}: [destinations.{name}]: the name {name!r} is the [fhir] server's; choose another")
-        kind = table.get("type")
-        if not isinstance(kind, str) or kind not in DESTINATION_TYPES:
-            raise ConfigError(f"{path}: [destinations.{name}] type must be one of {', '.join(DESTINATION_TYPES)}, "
-                              f"not {kind!r}")
-        settings = {k: v for k, v in table.items() if k != "type"}
-        found.append(DestinationConfig(name, kind, settings, path))
-    return tuple(found)
 
 
 CONFIG_TEMPLATE = '''\
 # phg configuration (TOML). Environment variables PHG_* and command-line flags override it.
+# Every key and its variable: README.md, "Configuration".
 
 [gateway]
 # This gateway's own identity: an EUI-64 (16 hex digits). It becomes the PhgDevice resource
@@ -351,7 +805,7 @@ keep_delivered = "7d"
 # allow = ["C0:00:00:00:18:08"]
 # pair_new = false     # true: accept and pair any health device in range
 
-# More destinations, each with its own queue: HL7 v2 IHE PCD-01 over MLLP, HTTP or SOAP.
+# More destinations, each with its own queue: type "fhir", "mllp", "hl7-http" or "soap".
 # [destinations.lab]
 # type = "mllp"
 # host = "hl7.example.org"

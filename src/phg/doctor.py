@@ -1,8 +1,10 @@
 """`phg doctor`: check each link of the delivery chain and say which step fails, what the server
 answered, and what to do, in words a person can act on. Secrets are never printed.
 
-Steps, in the order a request meets them:
-  config        [fhir] base_url and the [auth] table parse; credentials / keys load
+Every configured destination is checked in its own terms (phg.config.Config.destinations):
+
+FHIR, in the order a request meets them:
+  config        base_url and the [auth] table parse; credentials / keys load
   tls           the FHIR server is reachable over TLS (CA bundle, client certificate, proxy);
                 GET /metadata (FHIR version, transaction support)
   discovery     the SMART configuration (token endpoint), unless token_url is set
@@ -11,6 +13,12 @@ Steps, in the order a request meets them:
   scope         the granted scope covers creating Patient, Device and Observation
   write         the server accepts the token and an empty transaction Bundle (writes nothing)
   envelope      the server's encryption key loads ([auth] encrypt_to)
+MLLP:
+  connect       a connection (TLS when configured: CA bundle, client certificate) is made
+  test          with send_test, one test message (MSH-11 = T) is sent and its ACK read
+HL7 over HTTP, SOAP:
+  connect       the URL answers (TLS when https), and does not refuse who we are (401/403)
+Then:
   outbox        the queue file opens
 """
 
@@ -25,7 +33,7 @@ from pathlib import Path
 
 import httpx
 
-from phg.config import Config
+from phg.config import Config, FhirSettings, HttpHl7Settings, MllpSettings
 from phg.errors import PhgError
 from phg.terminal import printable
 from phg.transport import require_secure_url
@@ -58,37 +66,45 @@ def _tag(step: str) -> str:
     return f"[{step}] " if step else ""
 
 
-async def run_checks(config: Config, echo: Echo) -> bool:
-    """Run every step, printing through ``echo`` without control characters (lines quote servers)."""
+async def run_checks(config: Config, echo: Echo, *, send_test: bool = False) -> bool:
+    """Check every configured destination, then the outbox, printing through ``echo`` without
+    control characters (lines quote servers). `send_test`: MLLP destinations get one test message."""
     def printed(line: str) -> None:
         echo(printable(line))
 
     checks = Checks(printed)
-    ok = await _run(checks, config, printed)
+    printed(f"config: {config.source}")
+    for destination in config.destinations:
+        printed(f"destination {destination.name} ({destination.type}):")
+        if isinstance(destination, FhirSettings):
+            await _fhir(checks, destination, printed)
+        elif isinstance(destination, MllpSettings):
+            await _mllp(checks, destination, config, send_test)
+        elif isinstance(destination, HttpHl7Settings):
+            await _http(checks, destination)
+    _outbox(checks, config)
     if checks.failed_step:
         printed(f"first failing step: {checks.failed_step}")
-    return ok and checks.ok
+    return checks.ok
 
 
-async def _run(checks: Checks, config: Config, echo: Echo) -> bool:
-    echo(f"config: {config.source}")
-    if not config.fhir_base:
+async def _fhir(checks: Checks, fhir: FhirSettings, echo: Echo) -> bool:
+    if not fhir.base_url:
         checks.bad("no FHIR base URL", "set [fhir] base_url, PHG_FHIR_BASE_URL or --fhir-base", "config")
         return False
     try:
-        require_secure_url(config.fhir_base, "[fhir] base_url", allow_insecure_http=config.allow_insecure_http)
-        checks.good(f"FHIR base {config.fhir_base}", "config")
+        require_secure_url(fhir.base_url, "base_url", allow_insecure_http=fhir.allow_insecure_http)
+        checks.good(f"FHIR base {fhir.base_url}", "config")
     except PhgError as exc:
         checks.bad(str(exc), "use an https URL", "config")
         return False
 
-    from phg.auth.settings import auth_settings
-    from phg.auth.tls import client_kwargs
-    from phg.daemon import build_auth
+    from phg.auth import build_auth
+    from phg.delivery.tls import httpx_options
 
+    settings = fhir.auth
     try:
-        settings = auth_settings(config)
-        kwargs = client_kwargs(settings)
+        kwargs = httpx_options(settings.tls, settings.proxy)
     except PhgError as exc:
         checks.bad(str(exc), "fix the [auth] table of the config file", "config")
         return False
@@ -100,17 +116,88 @@ async def _run(checks: Checks, config: Config, echo: Echo) -> bool:
             return False
         _describe_auth(checks, settings, auth)
         try:
-            if not await _tls_and_capabilities(checks, client, config.fhir_base, settings):
+            if not await _tls_and_capabilities(checks, client, fhir.base_url, settings):
                 return False
-            if auth is not None and not await _token(checks, config, settings, auth, client):
+            if auth is not None and not await _token(checks, settings, auth, client):
                 return False
-            await _empty_transaction(checks, client, config.fhir_base, auth)
+            await _empty_transaction(checks, client, fhir.base_url, auth)
             await _envelope(checks, settings, client)
         finally:
             if auth is not None:
                 await auth.aclose()  # type: ignore[attr-defined]
-    _outbox(checks, config)
     return checks.ok
+
+
+async def _mllp(checks: Checks, settings: MllpSettings, config: Config, send_test: bool) -> None:
+    """Connect (TLS when configured); with send_test, one test message (MSH-11 = T: HL7 v2.6
+    section 2.14.9.11, processing ID "T" = training/test) and its ACK."""
+    from phg.delivery.mllp import MllpExchange
+    from phg.delivery.outcome import Delivered
+
+    try:
+        exchange = MllpExchange(settings)
+    except PhgError as exc:
+        checks.bad(str(exc), "fix the destination's table", "config")
+        return
+    try:
+        try:
+            await exchange._connect()
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            checks.bad(f"cannot connect to {exchange.where}: {type(exc).__name__}: {exc}",
+                       "check host, port, TLS settings (ca_file, client_cert) and that the receiver runs", "connect")
+            return
+        checks.good(f"connected to {exchange.where}" + (" over TLS" if exchange.ssl else ""), "connect")
+        if send_test:
+            control_id, message = _test_message(config)
+            result = await exchange(message, control_id)
+            if isinstance(result, Delivered):
+                checks.good(f"test message {control_id} (MSH-11 = T) acknowledged", "test")
+            else:
+                checks.bad(f"test message {control_id}: {getattr(result, 'reason', result)}",
+                           "see the receiver's answer above", "test")
+    finally:
+        await exchange.aclose()
+
+
+def _test_message(config: Config) -> tuple[str, str]:
+    """One PCD-01 message of a simulated reading, marked as a test (MSH-11 = T)."""
+    from datetime import UTC, datetime
+
+    from phg.demo.sim import simulated_readings
+    from phg.hl7v2.pcd01 import render_batch
+    from phg.model import PatientRef
+
+    patient = config.patient or PatientRef("urn:oid:1.2.3.4.5", "phg-doctor")
+    [rendered] = render_batch(simulated_readings(patient, datetime.now(UTC))[:1], config.gateway)
+    assert not isinstance(rendered, Exception)
+    control_id, message = rendered
+    fields = message.split("\r")[0].split("|")
+    fields[10] = "T"  # MSH-11 processing ID (fields[n - 1] is MSH-n)
+    return control_id, "\r".join(["|".join(fields), *message.split("\r")[1:]])
+
+
+async def _http(checks: Checks, settings: HttpHl7Settings) -> None:
+    """Reachability (TLS when https) and whether the endpoint refuses who we are: an empty POST."""
+    from phg.delivery.tls import httpx_options
+
+    try:
+        require_secure_url(settings.url, "url", allow_insecure_http=settings.allow_insecure_http)
+        options = httpx_options(settings.tls_settings)
+    except PhgError as exc:
+        checks.bad(str(exc), "fix the destination's table", "config")
+        return
+    async with httpx.AsyncClient(timeout=min(settings.timeout, 15.0), **options) as client:
+        try:
+            response = await client.post(settings.url, content=b"", headers=dict(settings.headers))
+        except httpx.TransportError as exc:
+            checks.bad(f"cannot connect to {settings.url}: {type(exc).__name__}: {exc}",
+                       "check the URL, TLS settings (ca_file, client_cert) and that the receiver runs", "connect")
+            return
+    if response.status_code in (401, 403):
+        checks.bad(f"{settings.url} answered HTTP {response.status_code}: it refuses who we are",
+                   "check the client certificate, headers or WS-Security credentials", "connect")
+        return
+    checks.good(f"{settings.url} answers (HTTP {response.status_code} to an empty request)", "connect")
 
 
 def _describe_auth(checks: Checks, settings, auth) -> None:
@@ -119,8 +206,8 @@ def _describe_auth(checks: Checks, settings, auth) -> None:
         return
     what = f"auth method {settings.method}"
     if settings.method == "smart-backend":
-        key = auth.key
-        published = auth.keys.published()
+        key = auth.client_auth.key
+        published = auth.client_auth.keys.published()
         what += (f", client_id {settings.client_id!r}, signing key {key.kid} ({key.alg}), "
                  f"{len(published)} key(s) published")
     elif settings.method != "bearer":
@@ -182,10 +269,10 @@ def _capabilities(checks: Checks, response: httpx.Response) -> None:
         checks.warn("CapabilityStatement does not declare transaction (checked below with an empty Bundle)")
 
 
-async def _token(checks: Checks, config: Config, settings, auth, client: httpx.AsyncClient) -> bool:
+async def _token(checks: Checks, settings, auth, client: httpx.AsyncClient) -> bool:
     if settings.method != "bearer":
-        if config.token_url:
-            checks.good(f"token endpoint {config.token_url} (configured)", "discovery")
+        if settings.token_url:
+            checks.good(f"token endpoint {settings.token_url} (configured)", "discovery")
         else:
             try:
                 smart = await auth.configuration()
@@ -193,10 +280,10 @@ async def _token(checks: Checks, config: Config, settings, auth, client: httpx.A
                 checks.bad(str(exc), "set [auth] token_url, or fix the FHIR base URL", "discovery")
                 return False
             checks.good(f"SMART configuration ({smart.source}): token endpoint {smart.token_endpoint}", "discovery")
-            for problem in auth._configuration_problems(smart):
+            for problem in auth.configuration_problems(smart):
                 checks.warn(problem, "discovery")
     if settings.registration_client_uri and settings.registration_access_token:
-        if not await _registration(checks, config, settings, client):
+        if not await _registration(checks, settings, client):
             return False
     try:
         token = await auth.token()
@@ -232,7 +319,7 @@ def _covers(scope: str, resource: str, permission: str) -> bool:
     return False
 
 
-async def _registration(checks: Checks, config: Config, settings, client: httpx.AsyncClient) -> bool:
+async def _registration(checks: Checks, settings, client: httpx.AsyncClient) -> bool:
     from phg.auth.registration import read_registration
 
     try:
@@ -240,12 +327,12 @@ async def _registration(checks: Checks, config: Config, settings, client: httpx.
     except PhgError as exc:
         checks.bad(str(exc), "register again: phg register --force", "registration")
         return False
-    if found.registration_access_token != settings.registration_access_token and config.source != "(defaults)":
+    if found.registration_access_token != settings.registration_access_token and settings.source != "(defaults)":
         from pathlib import Path
 
         from phg.auth.registration import store_in_config
 
-        store_in_config(Path(config.source), {"registration_access_token": found.registration_access_token or ""},
+        store_in_config(Path(settings.source), {"registration_access_token": found.registration_access_token or ""},
                         secret=True)
         checks.warn("the server rotated the registration access token on read; stored the new one", "registration")
     checks.good(f"client {found.client_id} is registered ({found.token_endpoint_auth_method})", "registration")

@@ -35,13 +35,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from phg.auth.keys import SigningKey, generate_key, jwks, load_key
+from phg.config import DEFAULT_GRACE, DEFAULT_PUBLISH_DELAY  # [auth] key_publish_delay, key_rotation_grace
 from phg.errors import ConfigError
 from phg.secretfile import write_private
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PUBLISH_DELAY = 600.0  # seconds a new key is published before it signs
-DEFAULT_GRACE = 86400.0  # seconds an old key stays published after the new one signs
 
 
 class KeySource(Protocol):
@@ -52,7 +51,7 @@ class KeySource(Protocol):
 
 @dataclass(frozen=True)
 class StaticKey:
-    """One fixed key (tests, and callers that hand SmartBackendAuth a SigningKey)."""
+    """One fixed key (tests, and callers that hand PrivateKeyJwt a SigningKey)."""
 
     key: SigningKey
 

@@ -15,14 +15,14 @@ EXIT_INPUT, EXIT_CONFIG, EXIT_TEMPFAIL = 1, 3, 75
 
 
 class Context:
-    def __init__(self, config_path: Path | None, overrides: dict[str, Any]):
+    def __init__(self, config_path: Path | None, flags: dict[tuple[str, str], Any]):
         self.config_path = config_path
-        self.overrides = overrides
+        self.flags = flags  # {(section, key): value or None}: the global options, parsed with the config
 
     def config(self):
         from phg.config import load_config
 
-        return load_config(self.config_path).with_overrides(**self.overrides)
+        return load_config(self.config_path, flags=self.flags)
 
     def outbox(self):
         from phg.outbox import Outbox

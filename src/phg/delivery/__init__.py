@@ -6,7 +6,7 @@ batch later), PermanentDeliveryError (the batch as a whole was refused: split it
 at fault) or AuthError (stop; the queue stays intact). The worker (worker.py) does the rest.
 """
 
-from phg.delivery.outcome import Delivered, Destination, Rejected, Retry
+from phg.delivery.outcome import Deferred, Delivered, Destination, Outcome, Rejected
 from phg.delivery.worker import DeliveryWorker, Summary
 
-__all__ = ["Delivered", "Destination", "DeliveryWorker", "Rejected", "Retry", "Summary"]
+__all__ = ["Deferred", "Delivered", "Destination", "DeliveryWorker", "Outcome", "Rejected", "Summary"]

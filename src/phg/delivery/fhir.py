@@ -20,32 +20,61 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qsl
 
 import httpx
 
 from phg.auth.envelope import Envelope, seal
+from phg.config import FhirSettings
 from phg.delivery.outcome import Delivered, Outcome, Rejected
 from phg.errors import AuthError, ConfigError, MappingError, PermanentDeliveryError, TransientDeliveryError
 from phg.fhir import build_transaction, to_json
 from phg.fhir.bundle import Transaction
 from phg.model import Gateway, Reading
-from phg.transport import TRANSIENT_STATUSES, transient_error
+from phg.transport import TRANSIENT_STATUSES, require_secure_url, transient_error
 
 log = logging.getLogger(__name__)
 
 FHIR_JSON = "application/fhir+json"
 
 
+@asynccontextmanager
+async def open_fhir(settings: FhirSettings, gateway: Gateway) -> AsyncIterator[FhirDestination]:
+    """One pooled HTTP client (keep-alive, HTTP/2 where the server offers it) for the destination,
+    with the TLS policy of phg.delivery.tls and the [auth] CA bundle / client certificate / proxy,
+    shared by the auth's token requests; Bundles go in an encrypted envelope when [auth] encrypt_to
+    is set."""
+    from phg.auth import build_auth
+    from phg.auth.envelope import load_envelope
+    from phg.delivery.tls import httpx_options
+
+    section = "[fhir]" if settings.name == "fhir" else f"[destinations.{settings.name}]"
+    if not settings.base_url:
+        raise ConfigError(f"{settings.source}: {section} base_url is not set (or pass --fhir-base / PHG_FHIR_BASE_URL)")
+    require_secure_url(settings.base_url, f"{section} base_url", allow_insecure_http=settings.allow_insecure_http)
+    auth_settings = settings.auth
+    timeout = httpx.Timeout(settings.timeout, connect=min(10.0, settings.timeout))
+    async with httpx.AsyncClient(http2=True, timeout=timeout,
+                                 **httpx_options(auth_settings.tls, auth_settings.proxy)) as client:
+        auth = build_auth(auth_settings, client)
+        client.auth = auth
+        try:
+            envelope = await load_envelope(auth_settings.encrypt_to, client, auth_settings.encrypt_kid)
+            yield FhirDestination(client, settings.base_url, gateway, settings.ig_version, envelope, settings.name)
+        finally:
+            if auth is not None:
+                await auth.aclose()  # type: ignore[attr-defined]
+
+
 class FhirDestination:
     """Sends transaction Bundles to one FHIR server through one pooled AsyncClient."""
 
-    name = "fhir"
-
     def __init__(self, client: httpx.AsyncClient, base_url: str, gateway: Gateway, ig_version: str = "2.0.0",
-                 envelope: Envelope | None = None):
+                 envelope: Envelope | None = None, name: str = "fhir"):
+        self.name = name
         self.client = client
         self.base_url = base_url.rstrip("/")
         self.gateway = gateway

@@ -1,105 +1,102 @@
-"""PCD-01 over HTTP(S): each ER7 message POSTed as text/plain, the ACK read from the response body
-(the "HL7 over HTTP" style that HIEs and interface engines accept; ../shared/docs/pcd01-facts.md).
+"""HL7 v2 over HTTP(S) for phg.delivery.hl7.Hl7Destination: one POST per message, the ACK read from
+the response. Two bindings share the exchange: `Er7Binding`, each ER7 message as text/plain (the
+"HL7 over HTTP" style that HIEs and interface engines accept:
+https://hapifhir.github.io/hapi-hl7v2/hapi-hl7overhttp/specification.html), and
+phg.delivery.soap.SoapBinding (IHE DEC / Continua WAN SOAP 1.2). Answers:
 
-One request per reading, so that one ACK answers exactly one reading; the pooled httpx client keeps
-the connection open between them. Answers:
-- a body holding an ACK: classified like MLLP (phg.hl7v2.ack), whatever the status code;
+- a body holding an ACK: classified by phg.delivery.hl7, whatever the status code;
 - 401/403: AuthError (credentials are fixed by a person; the queue is untouched);
-- a connection that cannot be made (refused, DNS, connect timeout, TLS handshake): TransientDeliveryError
-  with reached=False, an outage that says nothing about the readings;
+- a connection that cannot be made (refused, DNS, connect timeout, TLS handshake): Deferred with
+  reached=False, an outage that says nothing about the readings;
 - 408, 429, 5xx or a connection error after the request went out, without an ACK: not delivered,
-  retried. A Retry-After on any message of a batch ends the batch there: the messages before keep
-  their ACK, the rest are Retry with that retry_after, for which the worker holds the whole
-  destination (RFC 9110 section 10.2.3);
+  retried; a Retry-After on a transient status is carried in the Deferred, for which the worker
+  holds the whole destination (RFC 9110 section 10.2.3);
 - any other answer without an ACK: not delivered, retried (the receiver's state is unknown).
 """
 
 from __future__ import annotations
 
-import asyncio
-import ssl
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping
+from typing import Protocol
 
 import httpx
 
-from phg.delivery.mllp import send_each, tls_context
-from phg.delivery.outcome import Outcome, Retry
-from phg.errors import AuthError, TransientDeliveryError
-from phg.hl7v2.ack import UNBOUNDED, AckError, outcome, parse_ack
-from phg.hl7v2.pcd01 import render_batch
-from phg.model import Gateway, Reading
-from phg.transport import TRANSIENT_STATUSES, require_secure_url, retry_after
-
-ER7_CONTENT_TYPE = "text/plain; charset=utf-8"
+from phg.config import HttpHl7Settings
+from phg.delivery.hl7 import ack_outcome
+from phg.delivery.outcome import Deferred, Outcome, Rejected
+from phg.delivery.tls import httpx_options
+from phg.errors import AuthError
+from phg.hl7v2.ack import Ack, AckError, parse_ack
+from phg.transport import NEVER_SENT, TRANSIENT_STATUSES, require_secure_url, retry_after
 
 
-class HttpHl7Destination:
-    """POSTs one PCD-01 message per reading to `url`. Pass an httpx.AsyncClient to share a pool (and
-    its auth); else one is made from ca_file / client_cert / client_key / timeout."""
+class NoAck(ValueError):
+    """The response holds no answer to the message (its status code then tells what to do)."""
 
-    def __init__(self, *, url: str, gateway: Gateway, name: str = "http", client: httpx.AsyncClient | None = None,
-                 ca_file: str | Path | None = None, client_cert: str | Path | None = None,
-                 client_key: str | Path | None = None, timeout: float = 30.0, ae_retries: int = 3,
-                 headers: Mapping[str, str] | None = None, allow_insecure_http: bool = False,
-                 receiving_application: str = "", receiving_facility: str = ""):
-        require_secure_url(url, f"destination {name} url", allow_insecure_http=allow_insecure_http)
-        self.name = name
-        self.url = url
-        self.gateway = gateway
-        self.ae_retries = ae_retries
-        self.headers = dict(headers or {})
-        self.receiving_application = receiving_application
-        self.receiving_facility = receiving_facility
-        self._own_client = client is None
-        if client is None:
-            verify: ssl.SSLContext | bool = tls_context(ca_file, client_cert, client_key)
-            client = httpx.AsyncClient(verify=verify, timeout=timeout)
-        self.client = client
 
-    async def send(self, readings: Sequence[Reading]) -> list[Outcome]:
-        rendered = await asyncio.to_thread(render_batch, readings, self.gateway,
-                                           receiving_application=self.receiving_application,
-                                           receiving_facility=self.receiving_facility)
-        return await send_each(self.name, self.url, rendered, self.exchange)
+class Binding(Protocol):
+    """How a message travels in an HTTP request and its ACK in the response."""
 
-    async def post(self, content: bytes, headers: Mapping[str, str], what: str,
-                   control_id: str) -> httpx.Response | Retry:
-        """POST one message: the response, a Retry when no answer came, AuthError on 401/403,
-        TransientDeliveryError(reached=False) when no connection could be made."""
+    headers: Mapping[str, str]
+    what: str  # for messages: "an HL7 v2 message", "CommunicatePCDData"
+
+    def body(self, message: str, url: str) -> bytes: ...
+
+    def read(self, content: bytes, url: str, control_id: str) -> Ack | Outcome:
+        """The ACK, an Outcome the response decides by itself (a SOAP fault), or NoAck."""
+        ...
+
+
+class Er7Binding:
+    """The ER7 message as the body, the ACK as the response body."""
+
+    headers = {"Content-Type": "text/plain; charset=utf-8", "Accept": "text/plain, */*"}
+    what = "an HL7 v2 message"
+
+    def body(self, message: str, url: str) -> bytes:
+        return message.encode("utf-8")
+
+    def read(self, content: bytes, url: str, control_id: str) -> Ack:
         try:
-            response = await self.client.post(self.url, content=content, headers={**headers, **self.headers})
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # TLS handshake failures are ConnectError
-            raise TransientDeliveryError(f"cannot connect to {self.url}: {exc.__class__.__name__}: {exc}",
-                                         reached=False) from exc
-        except httpx.HTTPError as exc:
-            return Retry(f"{self.url}: {exc.__class__.__name__}: {exc} (no ACK for {control_id})", UNBOUNDED)
-        if response.status_code in (401, 403):
-            raise AuthError(f"{self.url} answered HTTP {response.status_code} to {what}")
-        return response
-
-    async def exchange(self, message: str, control_id: str) -> Outcome:
-        response = await self.post(message.encode("utf-8"), {"Content-Type": ER7_CONTENT_TYPE,
-                                                              "Accept": "text/plain, */*"},
-                                   "an HL7 v2 message", control_id)
-        if isinstance(response, Retry):
-            return response
-        try:
-            ack = parse_ack(response.content)
+            return parse_ack(content)
         except AckError as exc:
-            return self.unanswered(response, f"without a usable ACK for {control_id}: {exc}")
-        return outcome(ack, control_id, self.ae_retries)
+            raise NoAck(f"without a usable ACK for {control_id}: {exc}") from None
 
-    def unanswered(self, response: httpx.Response, why: str) -> Retry:
-        """A response without an answer to the message: not delivered (Retry). When the status is
-        transient and carries a Retry-After, TransientDeliveryError(retry_after) instead: send_each
-        ends the batch there and carries the wait to the worker."""
-        text = f"{self.url} answered HTTP {response.status_code} {why}"
-        wait = retry_after(response) if response.status_code in TRANSIENT_STATUSES else None
-        if wait is None:
-            return Retry(text, UNBOUNDED)
-        raise TransientDeliveryError(text, retry_after=wait)
+
+class HttpExchange:
+    """POSTs one message per request to the settings' url through one pooled client (TLS policy of
+    phg.delivery.tls, the settings' extra headers)."""
+
+    def __init__(self, settings: HttpHl7Settings, binding: Binding):
+        require_secure_url(settings.url, f"{settings.source}: [destinations.{settings.name}] url",
+                           allow_insecure_http=settings.allow_insecure_http)
+        self.settings = settings
+        self.binding = binding
+        self.where = settings.url
+        self.client = httpx.AsyncClient(timeout=settings.timeout, **httpx_options(settings.tls_settings))
+
+    async def __call__(self, message: str, control_id: str) -> Outcome:
+        try:
+            body = self.binding.body(message, self.where)
+        except Exception as exc:  # e.g. lxml refusing text XML 1.0 cannot carry: this reading's problem only
+            return Rejected(f"cannot render the request for {control_id}: {exc.__class__.__name__}: {exc}")
+        try:
+            response = await self.client.post(self.where, content=body,
+                                              headers={**self.binding.headers, **dict(self.settings.headers)})
+        except httpx.HTTPError as exc:  # TLS handshake failures are ConnectError
+            if isinstance(exc, NEVER_SENT):
+                return Deferred(f"cannot connect to {self.where}: {exc.__class__.__name__}: {exc}", reached=False)
+            return Deferred(f"{self.where}: {exc.__class__.__name__}: {exc} (no ACK for {control_id})")
+        if response.status_code in (401, 403):
+            raise AuthError(f"{self.where} answered HTTP {response.status_code} to {self.binding.what}")
+        try:
+            answer = self.binding.read(response.content, self.where, control_id)
+        except NoAck as exc:
+            wait = retry_after(response) if response.status_code in TRANSIENT_STATUSES else None
+            return Deferred(f"{self.where} answered HTTP {response.status_code} {exc}", retry_after=wait)
+        if isinstance(answer, Ack):
+            return ack_outcome(answer, control_id, self.settings.ae_retries)
+        return answer
 
     async def aclose(self) -> None:
-        if self._own_client:
-            await self.client.aclose()
+        await self.client.aclose()

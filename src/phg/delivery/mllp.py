@@ -1,37 +1,30 @@
 """HL7 v2 over MLLP (HL7 v2.x Transport Specification: MLLP Release 1): <VT> message <FS><CR>.
 
-`MllpCodec` is the framing, sans I/O (design: style.md, h11): bytes in (`receive_data`, b"" = the
-peer closed), messages out (`next_message`), every malformed input an MllpError. `MllpDestination`
-moves its bytes over asyncio streams, optionally TLS, one PCD-01 message per reading:
+`MllpCodec` is the framing, sans I/O (like h11; https://sans-io.readthedocs.io/): bytes in (`receive_data`, b"" = the
+peer closed), messages out (`next_message`), every malformed input an MllpError. `MllpExchange`
+moves its bytes over asyncio streams, optionally TLS (phg.delivery.tls), one message at a time, for
+phg.delivery.hl7.Hl7Destination:
 
 - the connection is kept open while the peer keeps it; a peer that closes after each ACK is
   followed (reconnect per message; a stale connection found closed before any answer is retried once
   on a fresh one, which is safe because the receiver never saw the message);
-- ACKs are classified by phg.hl7v2.ack (AA/CA delivered only when MSA-2 == MSH-10; AR/CR dead;
-  AE/CE retried `ae_retries` times); no answer within `ack_timeout`, a garbled answer, a wrong MSA-2
-  or a close mid-frame = not delivered: the connection is dropped (its state is unknown) and the
-  rest of the batch waits for the worker's backoff. Nothing is sent after such a failure in a batch;
-- a connection that cannot be made at all (refused, DNS, connect timeout, TLS handshake) is a
-  TransientDeliveryError with reached=False: an outage says nothing about the readings.
+- ACKs are classified by phg.delivery.hl7; no answer within `ack_timeout`, a garbled answer, a wrong
+  MSA-2 or a close mid-frame = not delivered: the connection is dropped (its state is unknown);
+- a connection that cannot be made at all (refused, DNS, connect timeout, TLS handshake) is
+  Deferred(reached=False): an outage says nothing about the readings.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import ssl
-from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
 
-from phg.delivery.outcome import Outcome, Rejected, Retry
-from phg.errors import ConfigError, MappingError, TransientDeliveryError
-from phg.hl7v2.ack import UNBOUNDED, classify, is_transient
-from phg.hl7v2.pcd01 import render_batch
-from phg.model import Gateway, Reading
-from phg.secretfile import require_private
+from phg.config import MllpSettings
+from phg.delivery.hl7 import classify, unanswered
+from phg.delivery.outcome import Deferred, Outcome
+from phg.delivery.tls import client_context
+from phg.errors import ConfigError
 from phg.transport import is_loopback
-
-log = logging.getLogger(__name__)
 
 START_BLOCK = b"\x0b"
 END_BLOCK = b"\x1c\r"
@@ -96,96 +89,24 @@ class MllpCodec:
         return None
 
 
-def tls_context(ca_file: str | Path | None = None, client_cert: str | Path | None = None,
-                client_key: str | Path | None = None) -> ssl.SSLContext:
-    """A verifying client context (system CAs, or the CA bundle given), with an optional client
-    certificate for mutual TLS. The key file must not be group/other accessible (design.md)."""
-    try:
-        context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"{ca_file}: cannot load CA bundle: {exc}") from exc
-    if client_cert:
-        require_private(client_key or client_cert, "client key")
-        try:
-            context.load_cert_chain(str(client_cert), str(client_key) if client_key else None)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"{client_cert}: cannot load client certificate/key: {exc}") from exc
-    return context
-
-
-async def send_each(name: str, where: str, rendered: Sequence[tuple[str, str] | MappingError],
-                    exchange: Callable[[str, str], Awaitable[Outcome]]) -> list[Outcome]:
-    """Send a batch's messages one at a time, in order, and collect one Outcome per reading
-    (shared by the MLLP, HTTP and SOAP destinations). A reading that cannot be rendered is Rejected.
-    `exchange` gives one message's Outcome, or raises TransientDeliveryError when the peer cannot be
-    reached (reached=False) or asked us to wait (retry_after). After a message whose fate is unknown
-    (no usable ACK, no connection, Retry-After) nothing more is sent in this batch: if no reading had an
-    outcome yet, the whole batch is that TransientDeliveryError (the worker's backoff); otherwise the
-    readings already answered keep their outcome and the rest are Retry (with the server's retry_after)."""
-    outcomes: list[Outcome] = []
-    for n, item in enumerate(rendered):
-        if isinstance(item, MappingError):
-            outcomes.append(Rejected(f"cannot map to HL7 v2 PCD-01: {item}"))
-            continue
-        control_id, message = item
-        try:
-            result = await exchange(message, control_id)
-        except TransientDeliveryError as exc:
-            if not outcomes:
-                raise
-            result = Retry(str(exc), UNBOUNDED, exc.retry_after)
-        if not is_transient(result):
-            outcomes.append(result)
-            continue
-        if not outcomes:
-            raise TransientDeliveryError(f"{where}: message {control_id} not acknowledged",
-                                         detail=result.reason)  # type: ignore[union-attr]
-        outcomes.append(result)
-        wait = result.retry_after  # type: ignore[union-attr]
-        outcomes += [Retry("not sent: an earlier message of the batch was not acknowledged", UNBOUNDED, wait)
-                     ] * (len(rendered) - n - 1)
-        break
-    accepted = sum(1 for o in outcomes if not isinstance(o, Retry | Rejected))
-    log.info("%s: %d of %d messages acknowledged (AA/CA)", name, accepted, len(rendered))
-    return outcomes
-
-
 class _Stale(Exception):
     """A reused connection turned out closed before the peer answered anything."""
 
 
-class MllpDestination:
-    """PCD-01 over MLLP (optionally TLS). One message per reading; one connection, kept while the
-    peer keeps it. `tls` may be True (system CAs), or an ssl.SSLContext; ca_file/client_cert/client_key
-    build one (see tls_context)."""
+class MllpExchange:
+    """One MLLP connection (optionally TLS), kept while the peer keeps it. Plain MLLP is refused
+    except to loopback unless the settings say allow_insecure: PID-3 and OBX-5 are patient data."""
 
-    def __init__(self, *, host: str, port: int, gateway: Gateway, name: str = "mllp",
-                 tls: bool | ssl.SSLContext = False, ca_file: str | Path | None = None,
-                 client_cert: str | Path | None = None, client_key: str | Path | None = None,
-                 server_hostname: str | None = None, connect_timeout: float = 10.0, ack_timeout: float = 30.0,
-                 ae_retries: int = 3, receiving_application: str = "", receiving_facility: str = "",
-                 allow_insecure: bool = False):
-        self.name = name
-        self.host = host
-        self.port = port
-        self.gateway = gateway
-        if isinstance(tls, ssl.SSLContext):
-            self.ssl: ssl.SSLContext | None = tls
-        elif tls or ca_file or client_cert:
-            self.ssl = tls_context(ca_file, client_cert, client_key)
-        else:
-            self.ssl = None
-        if self.ssl is None and not (allow_insecure or is_loopback(host)):
-            # PID-3 and OBX-5 are patient data: TLS, as for FHIR, unless the operator says otherwise.
-            raise ConfigError(f"destination {name}: MLLP without TLS to {host}, which is not loopback; set tls = true "
-                              "(ca_file, client_cert, client_key as needed), or allow_insecure = true on a network "
-                              "you trust")
-        self.server_hostname = server_hostname
-        self.connect_timeout = connect_timeout
-        self.ack_timeout = ack_timeout
-        self.ae_retries = ae_retries
-        self.receiving_application = receiving_application
-        self.receiving_facility = receiving_facility
+    def __init__(self, settings: MllpSettings):
+        self.settings = settings
+        self.host, self.port = settings.host, settings.port
+        self.ssl = client_context(settings.tls_settings) if settings.tls or settings.tls_settings.custom else None
+        if self.ssl is None and not (settings.allow_insecure or is_loopback(settings.host)):
+            raise ConfigError(f"{settings.source}: [destinations.{settings.name}] MLLP without TLS to {settings.host}, "
+                              "which is not loopback; set tls = true (ca_file, client_cert, client_key as needed), "
+                              "or allow_insecure = true on a network you trust")
+        self.connect_timeout = settings.connect_timeout
+        self.ack_timeout = settings.ack_timeout
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._codec = MllpCodec()
@@ -195,24 +116,16 @@ class MllpDestination:
     def where(self) -> str:
         return f"mllp{'s' if self.ssl else ''}://{self.host}:{self.port}"
 
-    async def send(self, readings: Sequence[Reading]) -> list[Outcome]:
-        rendered = await asyncio.to_thread(render_batch, readings, self.gateway,
-                                           receiving_application=self.receiving_application,
-                                           receiving_facility=self.receiving_facility)
-        return await send_each(self.name, self.where, rendered,
-                               lambda message, control_id: self.exchange(message.encode("utf-8"), control_id))
-
-    async def exchange(self, message: bytes, control_id: str) -> Outcome:
-        """Send one message and classify the answer. Raises TransientDeliveryError(reached=False) when
-        no connection can be made; any trouble after that is a Retry outcome."""
+    async def __call__(self, message: str, control_id: str) -> Outcome:
+        """Send one message and classify the answer; Deferred(reached=False) when no connection can be made."""
+        data = message.encode("utf-8")
         for _ in range(2):
             try:
                 reused = await self._connect()
             except (OSError, TimeoutError, ssl.SSLError) as exc:  # refused, DNS, timeout, TLS handshake
-                raise TransientDeliveryError(f"cannot connect to {self.where}: {exc.__class__.__name__}: {exc}",
-                                             reached=False) from exc
+                return Deferred(f"cannot connect to {self.where}: {exc.__class__.__name__}: {exc}", reached=False)
             try:
-                answer = await self._round_trip(message, reused)
+                answer = await self._round_trip(data, reused)
             except _Stale:
                 await self.aclose()
                 continue
@@ -221,14 +134,14 @@ class MllpDestination:
                 return classify(None, control_id)
             except (MllpError, OSError, ssl.SSLError) as exc:
                 await self.aclose()
-                return Retry(f"{self.where}: {exc.__class__.__name__}: {exc} (no ACK for {control_id})", UNBOUNDED)
-            result = classify(answer, control_id, self.ae_retries)
-            if is_transient(result):
+                return Deferred(f"{self.where}: {exc.__class__.__name__}: {exc} (no ACK for {control_id})")
+            result = classify(answer, control_id, self.settings.ae_retries)
+            if unanswered(result):
                 await self.aclose()  # out of step with the peer: start afresh
             elif self._reader is not None and self._reader.at_eof():
                 await self.aclose()  # the peer closes after each ACK
             return result
-        return Retry(f"{self.where} closed the connection before answering {control_id}", UNBOUNDED)
+        return Deferred(f"{self.where} closed the connection before answering {control_id}")
 
     async def _connect(self) -> bool:
         """Open a connection unless one is open; True when an existing one is reused."""
@@ -239,7 +152,7 @@ class MllpDestination:
         async with asyncio.timeout(self.connect_timeout):
             self._reader, self._writer = await asyncio.open_connection(
                 self.host, self.port, ssl=self.ssl,
-                server_hostname=(self.server_hostname or self.host) if self.ssl else None)
+                server_hostname=(self.settings.server_hostname or self.host) if self.ssl else None)
         self._codec = MllpCodec()
         self.connections += 1
         return False

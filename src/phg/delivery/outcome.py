@@ -1,4 +1,8 @@
-"""What a destination says about each reading of a batch."""
+"""What a destination says about each reading of a batch: a closed set of three outcomes.
+
+Every destination (FHIR, MLLP, HL7 over HTTP, SOAP) answers with these; the worker maps them onto
+the outbox (delivered, dead, retry later) without knowing which destination spoke.
+"""
 
 from __future__ import annotations
 
@@ -24,27 +28,36 @@ class Rejected:
 
 
 @dataclass(frozen=True)
-class Retry:
-    """The server could not take this reading now but may later (e.g. an HL7 v2 AE ACK): retry it
-    with backoff until the server has answered so `max_attempts` times (outages in between do not
-    count), then it goes dead with `reason`. `retry_after`: the server asked that nothing be sent to
-    it for this many seconds (an HTTP Retry-After in the middle of an HL7 v2 batch)."""
+class Deferred:
+    """Not delivered now, perhaps later.
+
+    - `refusals`: the server answered and refused it for now (an HL7 v2 AE/CE ACK): after that many
+      such answers it goes dead with `reason`. None: no answer (no ACK, garbled, an outage): as many
+      tries as it takes, spaced by the worker's backoff.
+    - `retry_after`: the server asked that nothing be sent to it for this many seconds (an HTTP
+      Retry-After, RFC 9110 section 10.2.3): the worker holds the whole destination.
+    - `reached`: False when no connection could be made at all (the worker's circuit opens)."""
 
     reason: str
-    max_attempts: int
     retry_after: float | None = None
+    reached: bool = True
+    refusals: int | None = None
+
+    @property
+    def counts_as_refusal(self) -> bool:
+        return self.refusals is not None
 
 
-UNBOUNDED = 2**31  # Retry.max_attempts of "no answer" retries: as many as it takes, like any outage
-
-Outcome = Delivered | Rejected | Retry
+Outcome = Delivered | Rejected | Deferred
 
 
 class Destination(Protocol):
-    """A place readings go. `name` keys its queue in the outbox."""
+    """A place readings go, opened as an async context manager (phg.delivery.registry). `name` keys
+    its queue in the outbox."""
 
     name: str
 
     async def send(self, readings: Sequence[Reading]) -> list[Outcome]:
-        """Send one batch; one Outcome per reading, in order."""
+        """Send one batch; one Outcome per reading, in order. A batch-wide failure raises a
+        DeliveryError (phg.errors) instead: transient (retry the batch), permanent (split it), auth."""
         ...

@@ -6,6 +6,9 @@ urn:ihe:pcd:2010:CommunicatePCDData; request body <CommunicatePCDData> = the ER7
 response <CommunicatePCDDataResponse> = the ACK as a string. ER7 segment separators are CRs, which XML
 would normalise to LF unless written as &#13; (lxml does), and the ACK parser accepts either.
 
+`SoapBinding` is the body and answer of phg.delivery.hl7http.HttpExchange for this binding (the
+exchange, TLS and status handling are the HL7-over-HTTP ones).
+
 Security: TLS (mutual TLS optional, as for MLLP), and an optional WS-Security 1.0 header (OASIS WSS
 SOAP Message Security) with a wsu:Timestamp and either a configured SAML assertion (Continua: SAML token
 profile; the assertion is issued elsewhere and given as XML) or a UsernameToken (PasswordText; TLS
@@ -19,17 +22,14 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any
 
 from lxml import etree
 
-from phg.delivery.hl7http import HttpHl7Destination
-from phg.delivery.outcome import Outcome, Rejected, Retry
+from phg.config import SoapSettings
+from phg.delivery.hl7http import NoAck
+from phg.delivery.outcome import Deferred, Outcome, Rejected
 from phg.errors import AuthError, ConfigError
-from phg.hl7v2.ack import UNBOUNDED, AckError, outcome, parse_ack
-from phg.model import Gateway
-from phg.secretfile import require_private
+from phg.hl7v2.ack import Ack, AckError, parse_ack
 
 SOAP12 = "http://www.w3.org/2003/05/soap-envelope"
 WSA = "http://www.w3.org/2005/08/addressing"
@@ -131,56 +131,38 @@ def read_response(content: bytes) -> str:
     return payload.text or ""
 
 
-class SoapDestination(HttpHl7Destination):
-    """The IHE DEC / Continua WAN SOAP 1.2 client: one CommunicatePCDData call per reading. Connection
-    settings, batching and closing as HttpHl7Destination; WS-Security with a SAML assertion (XML text
-    or a file) or a username token."""
+class SoapBinding:
+    """CommunicatePCDData requests (with the settings' WS-Security header) and their answers."""
 
-    def __init__(self, *, url: str, gateway: Gateway, name: str = "soap", saml_assertion: str | Path | None = None,
-                 username: str | None = None, password: str | None = None, **http: Any):
-        if saml_assertion is not None and username is not None:
-            raise ConfigError(f"destination {name}: give a SAML assertion or a username token, not both")
-        super().__init__(url=url, gateway=gateway, name=name, **http)
-        if isinstance(saml_assertion, str) and not saml_assertion.lstrip().startswith("<"):
-            saml_assertion = Path(saml_assertion)  # a file name, as the config file gives it
-        if isinstance(saml_assertion, Path):
-            require_private(saml_assertion, f"destination {name} saml_assertion")
-            saml_assertion = saml_assertion.read_text(encoding="utf-8")
-        self._saml = saml_assertion
-        self._username = username
-        self._password = password
+    headers = {"Content-Type": f'application/soap+xml; charset=utf-8; action="{ACTION}"',
+               "Accept": "application/soap+xml, text/xml"}
+    what = "CommunicatePCDData"
 
-    def _security(self) -> etree._Element | None:
-        if self._saml is None and self._username is None:
-            return None
-        return security_header(saml_assertion=self._saml, username=self._username, password=self._password)
+    def __init__(self, settings: SoapSettings):
+        self.settings = settings
 
-    async def exchange(self, message: str, control_id: str) -> Outcome:
-        security = self._security()
+    def body(self, message: str, url: str) -> bytes:
+        security = None
+        if self.settings.saml_assertion is not None or self.settings.username is not None:
+            security = security_header(saml_assertion=self.settings.saml_assertion, username=self.settings.username,
+                                       password=self.settings.password)
+        return envelope(message, to=url, message_id=f"urn:uuid:{uuid.uuid4()}", security=security)
+
+    def read(self, content: bytes, url: str, control_id: str) -> Ack | Outcome:
         try:
-            body = envelope(message, to=self.url, message_id=f"urn:uuid:{uuid.uuid4()}", security=security)
-        except Exception as exc:  # e.g. lxml refusing text XML 1.0 cannot carry: this reading's problem only
-            return Rejected(f"cannot render the SOAP envelope for {control_id}: {exc.__class__.__name__}: {exc}")
-        response = await self.post(body, {"Content-Type": f'application/soap+xml; charset=utf-8; action="{ACTION}"',
-                                          "Accept": "application/soap+xml, text/xml"},
-                                   "CommunicatePCDData", control_id)
-        if isinstance(response, Retry):
-            return response
-        try:
-            ack_text = read_response(response.content)
+            ack_text = read_response(content)
         except SoapFault as fault:
             if WSSE_FAULTS & set(fault.subcodes):
-                raise AuthError(f"{self.url}: WS-Security refused: {fault}") from None
+                raise AuthError(f"{url}: WS-Security refused: {fault}") from None
             if WSA_FAULTS & set(fault.subcodes):
-                raise ConfigError(f"{self.url}: WS-Addressing refused ({', '.join(fault.subcodes)}): check the "
+                raise ConfigError(f"{url}: WS-Addressing refused ({', '.join(fault.subcodes)}): check the "
                                   "destination's url") from None
             if fault.code == "Sender":
                 return Rejected(f"{fault} (for {control_id})")
-            return Retry(f"{self.url}: {fault} (for {control_id})", UNBOUNDED)
+            return Deferred(f"{url}: {fault} (for {control_id})")
         except ValueError as exc:
-            return self.unanswered(response, f"without a SOAP response for {control_id}: {exc}")
+            raise NoAck(f"without a SOAP response for {control_id}: {exc}") from None
         try:
-            ack = parse_ack(ack_text)
+            return parse_ack(ack_text)
         except AckError as exc:
-            return Retry(f"garbled ACK for {control_id} in the SOAP response: {exc}", UNBOUNDED)
-        return outcome(ack, control_id, self.ae_retries)
+            return Deferred(f"garbled ACK for {control_id} in the SOAP response: {exc}")

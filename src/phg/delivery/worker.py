@@ -42,7 +42,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
-from phg.delivery.outcome import UNBOUNDED, Delivered, Destination, Outcome, Rejected, Retry
+from phg.delivery.outcome import Deferred, Delivered, Destination, Outcome, Rejected
 from phg.errors import (
     AuthError,
     ConfigError,
@@ -379,17 +379,17 @@ class DeliveryWorker:
         if delivered:
             await self._report(self.outbox.delivered, [i for i, _ in delivered], [o.result for _, o in delivered])
             self.summary.delivered += len(delivered)
-            log.info("%s: delivered %d readings", self.destination.name, len(delivered))
+            log.debug("%s: delivered %d readings", self.destination.name, len(delivered))
         for (item, _), outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, Rejected):
                 await self._dead([item], outcome.reason)
-            elif isinstance(outcome, Retry):
-                if item.refusals + 1 >= outcome.max_attempts:
+            elif isinstance(outcome, Deferred):
+                if outcome.refusals is not None and item.refusals + 1 >= outcome.refusals:
                     await self._dead([item], f"{outcome.reason} (after {item.refusals + 1} attempts)")
                 else:
                     delay = self._delay(outcome.retry_after, item.attempts)
-                    refused = outcome.max_attempts < UNBOUNDED  # an answer (AE), not silence
-                    await self._report(self.outbox.retry_later, [item], delay, outcome.reason, refused)
+                    await self._report(self.outbox.retry_later, [item], delay, outcome.reason,
+                                       outcome.counts_as_refusal)
                     self.summary.retried += 1
 
     async def _dead(self, items: Sequence[Item], reason: str) -> None:

@@ -17,15 +17,15 @@ import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import httpx
 
 from phg import mdc
 from phg.auth import generate_key, jwks, load_key
-from phg.config import DEFAULT_SCOPE, Config
+from phg.config import DEFAULT_SCOPE, Config, load_config
 from phg.daemon import deliver
 from phg.demo.emulator import collect_emulated
 from phg.demo.peers import (
@@ -38,6 +38,7 @@ from phg.demo.peers import (
     smart_stack,
 )
 from phg.doctor import run_checks
+from phg.intake import Intake
 from phg.model import MDC_ATTR_TIME_ABS, Gateway, PatientRef
 from phg.outbox import Outbox
 
@@ -84,9 +85,11 @@ def _check_installed(server: str, auth: bool) -> None:
         raise PeerError(f"{NODE_MISSING}; or run `phg demo --no-auth` (sekmet-fhir alone, Python only)")
 
 
-def _config(work: Path, fhir_base: str, **auth: Any) -> Config:
-    return Config(gateway=GATEWAY, outbox_path=work / "outbox.sqlite", fhir_base=fhir_base, patient=PATIENT,
-                  source="phg demo", **auth)
+def _config(work: Path, fhir_base: str, **auth: str) -> Config:
+    return load_config(env={}, document={
+        "gateway": {"system_id": GATEWAY.system_id, "serial": GATEWAY.serial or ""}, "fhir": {"base_url": fhir_base},
+        "auth": auth, "patient": {"system": PATIENT.system, "value": PATIENT.value},
+        "outbox": {"path": str(work / "outbox.sqlite")}})
 
 
 def _register(stack: SmartStack, work: Path, echo: Echo) -> Config:
@@ -97,7 +100,7 @@ def _register(stack: SmartStack, work: Path, echo: Echo) -> Config:
     echo(f"FHIR base (behind the gate): {stack.base_url}")
     echo(f"registered SMART backend-services client {client['client_id']} (ES384 key, kid "
          f"{load_key(key_file).kid})")
-    return _config(work, stack.base_url, client_id=client["client_id"], key_file=key_file)
+    return _config(work, stack.base_url, client_id=client["client_id"], key_file=str(key_file))
 
 
 def _run(config: Config, upstream: str, work: Path, echo: Echo) -> int:
@@ -110,9 +113,9 @@ def _run(config: Config, upstream: str, work: Path, echo: Echo) -> int:
     now = datetime.now()
     for attempt, label in ((1, "first delivery"), (2, "the same records again, from a fresh queue")):
         with Outbox(work / f"outbox-{attempt}.sqlite") as outbox:
-            fetched = asyncio.run(collect_emulated(outbox, config.destination_names, PATIENT, now))
+            fetched = asyncio.run(collect_emulated(Intake(outbox, config.destination_names), PATIENT, now))
             echo(f"\nBluetooth LE: {_describe(fetched)}")
-            summary = asyncio.run(deliver(config.with_overrides(outbox_path=outbox.path), outbox, until_idle=True))
+            summary = asyncio.run(deliver(replace(config, outbox_path=outbox.path), outbox, until_idle=True))
             collected = sum(f.readings for f in fetched)
         echo(f"{label}: delivered {summary.delivered}, dead {summary.dead}")
         if summary.dead or summary.delivered != collected:

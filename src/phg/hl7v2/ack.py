@@ -1,10 +1,5 @@
-"""HL7 v2 ACK parsing and classification, as interface engines do it (../shared/docs/pcd01-facts.md).
-
-    AA / CA                      delivered (only when MSA-2 equals the message's MSH-10)
-    AR / CR                      rejected: dead-lettered with the ERR / MSA-3 text
-    AE / CE                      application error: retried `ae_retries` times, then dead
-    no ACK, garbled ACK,         not delivered: retried (transient)
-    MSA-2 != MSH-10
+"""HL7 v2 ACK parsing (HL7 v2.6 chapter 2: MSH, MSA, ERR). What an ACK means for delivery
+(delivered, rejected, retried) is decided in phg.delivery.hl7, not here: this is a format module.
 
 `parse_ack` reads whatever bytes a peer sent and never raises anything but AckError: it is
 written by hand rather than with python-hl7 because only MSH-1/2, MSA and ERR matter here and
@@ -15,11 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from phg.delivery.outcome import UNBOUNDED, Delivered, Outcome, Rejected, Retry
-
 ACK_CODES = frozenset({"AA", "AE", "AR", "CA", "CE", "CR"})
-# A transient "not delivered" (no or bad ACK) is Retry(..., UNBOUNDED): as many tries as it takes, like
-# any outage; the worker's backoff spaces them. AE/CE are bounded by ae_retries.
 
 
 class AckError(ValueError):
@@ -81,30 +72,3 @@ def _err_text(fields: list[str], component_sep: str) -> str:
     text = get(8) or (code[1] if len(code) > 1 and code[1] else code[0]) or get(1).replace(component_sep, " ").strip()
     location = get(2).replace(component_sep, ".").strip(".")
     return f"{text} (at {location})" if text and location else text
-
-
-def classify(answer: bytes | str | None, control_id: str, ae_retries: int = 3) -> Outcome:
-    """The outcome of one message from the peer's answer (None: no answer at all)."""
-    if answer is None:
-        return Retry(f"no ACK for {control_id}", UNBOUNDED)
-    try:
-        ack = parse_ack(answer)
-    except AckError as exc:
-        return Retry(f"garbled ACK for {control_id}: {exc}", UNBOUNDED)
-    return outcome(ack, control_id, ae_retries)
-
-
-def outcome(ack: Ack, control_id: str, ae_retries: int = 3) -> Outcome:
-    if ack.control_id != control_id:
-        return Retry(f"ACK MSA-2 {ack.control_id[:40]!r} does not match MSH-10 {control_id}", UNBOUNDED)
-    if ack.accepted:
-        return Delivered(f"{ack.code} {control_id}")
-    reason = f"{ack.code} for {control_id}: {ack.text or 'no error text'}"
-    if ack.code in ("AR", "CR"):
-        return Rejected(reason)
-    return Retry(reason, 1 + max(0, ae_retries))
-
-
-def is_transient(result: Outcome) -> bool:
-    """A 'not delivered' outcome (no ACK, garbled, wrong MSA-2): the link, not the content, failed."""
-    return isinstance(result, Retry) and result.max_attempts == UNBOUNDED
