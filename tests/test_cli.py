@@ -115,7 +115,7 @@ def test_send_while_the_server_is_unreachable_keeps_readings_queued(reading_file
     result = phg("send", *map(str, reading_files), env=env)
     assert result.returncode == 75, result.stderr
     assert "delivered 0" in result.stdout and "5 waiting" in result.stdout
-    show = json.loads(phg("queue", "show", "1", env=env).stdout)
+    show = json.loads(phg("queue", "show", "1", "--json", env=env).stdout)
     assert show["state"] == "queued" and show["attempts"] == 1 and "ConnectError" in show["last_error"]
 
 
@@ -241,3 +241,184 @@ def test_render_refuses_the_bad_document_and_renders_the_rest(tmp_path, reading_
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert refusals["exponent.json"] in result.stderr and refusals["vt.json"] in result.stderr
     assert result.stdout.count("MSH|") == 1
+
+
+# ------------------------------------------------------------------------ issue 11, part 6: rough edges
+
+
+def test_send_counts_distinct_readings_and_says_duplicates_were_dropped(reading_files, env):
+    twice = [str(reading_files[0]), str(reading_files[0]), str(reading_files[1])]
+    result = phg("send", "--no-deliver", *twice, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "queued 2 reading(s)" in result.stdout and "1 already queued or repeated: dropped" in result.stdout
+    again = phg("send", "--no-deliver", "--json", *twice, env=env)
+    summary = json.loads(again.stdout)
+    assert summary["queued"] == 0 and summary["dropped"] == 3 and summary["refused"] == []
+
+
+def test_send_json_summary_with_refusals_and_delivery(tmp_path, reading_files, env):
+    (tmp_path / "nan.json").write_text(with_value(json.loads(reading_files[0].read_text()), "NaN"))
+    env = {**env, "PHG_FHIR_BASE_URL": f"http://127.0.0.1:{free_port()}/fhir"}
+    result = phg("send", "--json", str(reading_files[1]), str(tmp_path / "nan.json"), env=env)
+    assert result.returncode == 1
+    summary = json.loads(result.stdout)  # stdout is the JSON document alone
+    assert summary["queued"] == 1 and summary["delivered"] == 0 and summary["waiting"] == 1
+    assert len(summary["refused"]) == 1 and "NaN is not a number" in summary["refused"][0]
+
+
+def test_queue_ls_has_a_header_patient_and_type_and_json(reading_files, env):
+    phg("send", "--no-deliver", str(reading_files[0]), str(reading_files[1]), env=env)
+    listing = phg("queue", "ls", env=env).stdout.splitlines()
+    assert listing[1].split()[:6] == ["ID", "DEST", "STATE", "TRIES", "CREATED", "PATIENT"]
+    assert "urn:oid:1.2.3.4.5|cli-patient" in listing[2] and "Glucose" in listing[2]
+    assert "Blood pressure, Pulse rate" in listing[3]
+    data = json.loads(phg("queue", "ls", "--json", env=env).stdout)
+    assert data["counts"]["queued"] == 2 and data["items"][0]["patient"] == "urn:oid:1.2.3.4.5|cli-patient"
+    assert datetime.fromisoformat(data["items"][0]["created"]).tzinfo is not None
+
+
+def test_queue_show_prints_iso_8601_times(reading_files, env):
+    phg("send", "--no-deliver", str(reading_files[0]), env=env)
+    shown = json.loads(phg("queue", "show", "1", "--json", env=env).stdout)
+    for key in ("created", "updated", "next_attempt"):
+        assert shown[key].endswith("Z") and datetime.fromisoformat(shown[key]).year >= 2026
+    assert shown["payload"]["patient"]["value"] == "cli-patient"
+    text = phg("queue", "show", "1", env=env).stdout
+    assert f"created:      {shown['created']}" in text and "reading:" in text
+
+
+def test_render_prints_the_wire_bytes_in_the_delivery_batches(tmp_path, reading_files, env):
+    doc = json.loads(reading_files[0].read_text())
+    doc["metrics"][0]["value"] = "98.60"
+    (tmp_path / "digits.json").write_text(json.dumps(doc))
+    config = tmp_path / "phg.toml"
+    config.write_text("[delivery]\nbatch_size = 2\n")
+    files = [str(tmp_path / "digits.json"), *map(str, reading_files[1:]), str(reading_files[1])]  # 5 distinct
+    result = phg("--config", str(config), "render", *files, env=env)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3  # 2 + 2 + 1: [delivery] batch_size readings per transaction, the repeat dropped
+    assert [json.loads(line)["type"] for line in lines] == ["transaction"] * 3
+    assert '"value":98.60,' in lines[0]  # the digits, as the FHIR destination sends them (not 98.6)
+
+
+def test_keys_generate_out_records_the_key_in_the_config(tmp_path, env):
+    config, key = tmp_path / "phg.toml", tmp_path / "keys" / "gw.pem"
+    assert phg("--config", str(config), "init", env=env).returncode == 0
+    generated = phg("--config", str(config), "keys", "generate", "--out", str(key), env=env)
+    assert generated.returncode == 0, generated.stderr
+    assert f'key_file = "{key}"' in config.read_text()
+    listed = phg("--config", str(config), "keys", "jwks", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout) == json.loads(generated.stdout)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="BlueZ over D-Bus is Linux's Bluetooth stack")
+def test_ble_scan_without_bluez_says_what_is_missing(env):
+    result = phg("ble", "scan", "--seconds", "0.5", env={**env, "DBUS_SYSTEM_BUS_ADDRESS": "unix:path=/nonexistent/bus"})
+    assert result.returncode == 3
+    assert result.stderr.count("\n") == 1 and "BlueZ" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_ble_scan_with_bluez_stopped_says_so(monkeypatch):
+    from click.testing import CliRunner
+    from dbus_fast.errors import DBusError
+
+    import phg.sources.ble.session
+    from phg.cli.ble import ble
+
+    async def no_bluez(*args, **kwargs):
+        raise DBusError("org.freedesktop.DBus.Error.ServiceUnknown", "The name org.bluez was not provided")
+
+    monkeypatch.setattr(phg.sources.ble.session, "scan", no_bluez)
+    result = CliRunner().invoke(ble, ["scan"])
+    assert result.exit_code == 3 and "BlueZ (bluetoothd) is not running" in result.stderr
+
+
+def test_11073_listen_legacy_patient_flags_and_a_busy_port(env):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = phg("11073", "listen", "--tcp", str(port), "--patient-system", "urn:oid:1.2.3.4.5",
+                     "--patient", "pt-old", "--utc-offset", "+01:00", env=env)
+    assert result.returncode == 3, result.stderr
+    assert "--patient-system is deprecated" in result.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "Traceback" not in result.stderr
+    assert phg("11073", "listen", "--tcp", "1", "--patient", "pt-only", env=env).returncode == 2  # SYSTEM|VALUE
+    assert phg("11073", "listen", "--tcp", "1", "--utc-offset", "1.5", env=env).returncode == 2  # +HH:MM only
+
+
+def run_on_a_terminal(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    """Run phg with stderr on a pseudo-terminal (a person's screen) and stdout on a pipe."""
+    import os
+    import pty
+    import threading
+
+    master, slave = pty.openpty()
+    screen = bytearray()
+
+    def drain() -> None:
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # the terminal closed
+                return
+            if not chunk:
+                return
+            screen.extend(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        done = subprocess.run([PHG, *args], env={**os.environ, **env, "TERM": "xterm-256color"}, stdout=subprocess.PIPE,
+                              stderr=slave, text=True, timeout=120)
+    finally:
+        os.close(slave)
+        reader.join(10)
+        os.close(master)
+    return done.returncode, done.stdout, screen.decode(errors="replace")
+
+
+def test_delivery_shows_progress_on_a_terminal_and_nothing_extra_in_a_pipe(reading_files, env):
+    env = {**env, "PHG_FHIR_BASE_URL": f"http://127.0.0.1:{free_port()}/fhir"}
+    code, out, screen = run_on_a_terminal(["send", *map(str, reading_files)], env)
+    assert code == 75 and "delivered 0" in out
+    assert "delivering" in screen and "0/5" in screen  # rich's bar on the terminal, erased when done
+    piped = phg("send", *map(str, reading_files), env=env)
+    assert "delivering" not in piped.stderr and "\x1b[" not in piped.stderr + piped.stdout
+
+
+@pytest.mark.peers
+def test_an_authorization_error_is_printed_once(reading_files, smart_env):
+    result = phg("send", *map(str, reading_files), env={**smart_env, "PHG_CLIENT_ID": "nobody"})
+    assert result.returncode == 3
+    assert result.stderr.count("invalid_client") == 1, result.stderr
+    assert "delivery stopped" in result.stderr
+
+
+@pytest.mark.peers
+def test_verbose_delivery_logs_a_total_not_a_line_per_batch(tmp_path, smart_env):
+    many = simulated_readings(PatientRef("urn:oid:1.2.3.4.5", "cli-many"), datetime(2026, 11, 28, 9, tzinfo=UTC),
+                              per_device=30)
+    (tmp_path / "many.jsonl").write_text("\n".join(r.to_json() for r in many) + "\n")
+    result = phg("-v", "send", str(tmp_path / "many.jsonl"), env=smart_env)
+    assert result.returncode == 0, result.stderr
+    assert f"delivered {len(many)}, dead 0" in result.stdout
+    assert "delivered 50 readings" not in result.stderr  # no line per batch of 50
+
+
+@pytest.mark.peers
+def test_queue_retry_now_delivers_at_once(tmp_path, reading_files, smart_env):
+    from phg.outbox import Outbox
+
+    with Outbox(tmp_path / "outbox.sqlite") as outbox:
+        (item,) = outbox.enqueue("fhir", [(READINGS[0].key, READINGS[0].to_json())])
+        outbox.lease("fhir", 1, 60)
+        outbox.dead([item], "HTTP 400: refused (since fixed)")
+    result = phg("queue", "retry", str(item), "--now", env=smart_env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "delivered 1, dead 0" in result.stdout
+    assert json.loads(phg("queue", "show", str(item), "--json", env=smart_env).stdout)["state"] == "delivered"

@@ -48,6 +48,8 @@ def test_listen_queues_an_agents_readings(tmp_path):
             process.wait(10)
         except subprocess.TimeoutExpired:
             process.kill()
+    # Without -v it says where it listens (issue 11: 6), on stderr.
+    assert f"listening for IEEE 11073-20601 agents on 127.0.0.1:{port}" in process.stderr.read()
     with Outbox(outbox_path) as outbox:
         items = outbox.items("fhir")
     assert len(items) == 2  # acknowledged only after they were durable: both are here

@@ -6,7 +6,8 @@ import json
 
 from click.testing import CliRunner
 
-from phg.cli.decode import decode_ble, parse_utc_offset
+from phg.cli.decode import decode_ble
+from phg.cli.options import parse_utc_offset
 
 
 def test_decode_blood_pressure_vector() -> None:
@@ -39,10 +40,10 @@ def test_malformed_payload_is_one_error_line() -> None:
 
 
 def test_unknown_characteristic_bad_hex_and_offset() -> None:
-    for args, why in ((["2A00", "00"], "no decoder"), (["2A35", "zz"], "not hex"),
-                      (["2A37", "0055", "--utc-offset", "1h"], "not a UTC offset")):
+    for args, why, code in ((["2A00", "00"], "no decoder", 1), (["2A35", "zz"], "not hex", 1),
+                            (["2A37", "0055", "--utc-offset", "1h"], "not a UTC offset", 2)):  # 2: a usage error
         result = CliRunner().invoke(decode_ble, args)
-        assert result.exit_code == 1 and why in result.stderr
+        assert result.exit_code == code and why in result.stderr
 
 
 def test_parse_utc_offset() -> None:

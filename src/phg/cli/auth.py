@@ -19,7 +19,7 @@ from phg.auth import generate_key, jwks, load_key
 def _key_path(obj, given: Path | None) -> Path:
     from phg.config import user_data_dir
 
-    return given or obj.config().key_file or user_data_dir() / "phg-key.pem"
+    return given or obj.config().auth.key_file or user_data_dir() / "phg-key.pem"
 
 
 def _config_file(obj, config) -> Path:
@@ -55,6 +55,24 @@ def keys_generate(obj, alg: str, out: Path | None) -> None:
     generate_key(path, alg)
     click.echo(f"wrote {path} (mode 0600); register this JWKS with the EHR:", err=True)
     click.echo(json.dumps(jwks([load_key(path)]), indent=2))
+    if out is not None:
+        _record_key_file(obj, path)
+
+
+def _record_key_file(obj, path: Path) -> None:
+    """`keys generate --out PATH`: the config file names the new key ([auth] key_file), so that
+    `phg keys jwks`, `phg register` and delivery use it."""
+    from phg.auth.registration import store_in_config
+    from phg.errors import ConfigError
+
+    try:
+        config_file = _config_file(obj, obj.config())
+    except ConfigError:
+        click.echo(f"no config file yet: run `phg init`, then set [auth] key_file = \"{path}\" "
+                   "(or pass --key to each command)", err=True)
+        return
+    store_in_config(config_file, {"key_file": str(path.resolve())}, secret=False)
+    click.echo(f"recorded [auth] key_file = \"{path.resolve()}\" in {config_file}", err=True)
 
 
 @keys.command("jwks")
@@ -79,10 +97,9 @@ def keys_rotate(obj, alg: str | None, publish_delay: float | None, grace: float 
     after the grace period. With an inline JWKS registered via phg register, the registration is
     updated (RFC 7592) so the server knows the new key at once."""
     from phg.auth.keyring import KeyRing
-    from phg.auth.settings import auth_settings
 
     config = obj.config()
-    settings = auth_settings(config)
+    settings = config.auth
     ring = KeyRing(_key_path(obj, None))
     delay = settings.key_publish_delay if publish_delay is None else publish_delay
     key = ring.rotate(alg, publish_delay=delay, grace=settings.key_rotation_grace if grace is None else grace)
@@ -101,12 +118,12 @@ async def _update_registered_jwks(obj, config, settings, ring) -> None:
     import httpx
 
     from phg.auth.registration import client_metadata, store_in_config, update_registration
-    from phg.auth.tls import client_kwargs
+    from phg.delivery.tls import httpx_options
 
     metadata = client_metadata(scope=settings.scope, jwks=ring.jwks(), signing_alg=None,
                                client_name=f"phg gateway {config.gateway.system_id}")
     metadata["client_id"] = settings.client_id
-    async with httpx.AsyncClient(timeout=30.0, **client_kwargs(settings)) as client:
+    async with httpx.AsyncClient(timeout=30.0, **httpx_options(settings.tls, settings.proxy)) as client:
         updated = await update_registration(client, settings.registration_client_uri,
                                             settings.registration_access_token, metadata)
     if updated.registration_access_token and updated.registration_access_token != settings.registration_access_token:
@@ -147,27 +164,26 @@ async def _register(obj, endpoint, auth_method, jwks_uri, alg, initial_access_to
     from phg.auth.discovery import discover
     from phg.auth.keyring import KeyRing
     from phg.auth.registration import client_metadata, register, store_in_config
-    from phg.auth.settings import auth_settings
-    from phg.auth.tls import client_kwargs
     from phg.config import user_data_dir
+    from phg.delivery.tls import httpx_options
     from phg.errors import ConfigError
 
     config = obj.config()
-    settings = auth_settings(config)
+    settings = config.auth
     path = _config_file(obj, config)
-    if (settings.registration_client_uri or (config.client_id and settings.method != "none")) and not force:
-        raise ConfigError(f"{path}: already registered as client_id {config.client_id!r}; "
+    if (settings.registration_client_uri or (config.auth.client_id and settings.method != "none")) and not force:
+        raise ConfigError(f"{path}: already registered as client_id {config.auth.client_id!r}; "
                           "use --force to register a new client")
     stored: dict[str, str] = {}
     jwks_uri = jwks_uri or settings.jwks_uri
     document = signing_alg = None
     if auth_method == "private_key_jwt":
-        key_file = config.key_file or user_data_dir() / "phg-key.pem"
+        key_file = config.auth.key_file or user_data_dir() / "phg-key.pem"
         if not key_file.exists() and not Path(str(key_file) + ".keyring.json").exists():
             key_file.parent.mkdir(parents=True, exist_ok=True)
             generate_key(key_file, alg)
             click.echo(f"wrote a new {alg} key {key_file} (mode 0600)", err=True)
-        if config.key_file is None:
+        if config.auth.key_file is None:
             stored["key_file"] = str(key_file)
         ring = KeyRing(key_file)
         signing_alg = ring.signing_key().alg
@@ -178,23 +194,23 @@ async def _register(obj, endpoint, auth_method, jwks_uri, alg, initial_access_to
     statement = software_statement or settings.software_statement
     if statement and Path(statement).expanduser().is_file():
         statement = Path(statement).expanduser().read_text().strip()
-    metadata = client_metadata(auth_method=auth_method, scope=config.scope, jwks=document, jwks_uri=jwks_uri,
+    metadata = client_metadata(auth_method=auth_method, scope=config.auth.scope, jwks=document, jwks_uri=jwks_uri,
                                signing_alg=signing_alg, software_statement=statement,
                                client_name=client_name or f"phg gateway {config.gateway.system_id}")
-    async with httpx.AsyncClient(timeout=30.0, **client_kwargs(settings)) as client:
+    async with httpx.AsyncClient(timeout=30.0, **httpx_options(settings.tls, settings.proxy)) as client:
         endpoint = endpoint or settings.registration_endpoint
         if endpoint is None:
             if not config.fhir_base:
                 raise ConfigError(f"{path}: set [fhir] base_url (to discover the registration endpoint) "
                                   "or pass --endpoint")
-            smart = await discover(client, config.fhir_base, allow_insecure_http=config.allow_insecure_http)
+            smart = await discover(client, config.fhir_base, allow_insecure_http=config.auth.allow_insecure_http)
             endpoint = smart.registration_endpoint
             if endpoint is None:
                 raise ConfigError(f"{config.fhir_base} declares no registration_endpoint; ask the server operator "
                                   "for one (--endpoint) or register the client by hand")
         from phg.transport import require_secure_url
 
-        require_secure_url(endpoint, "registration endpoint", allow_insecure_http=config.allow_insecure_http)
+        require_secure_url(endpoint, "registration endpoint", allow_insecure_http=config.auth.allow_insecure_http)
         registration = await register(client, endpoint, metadata,
                                       initial_access_token=initial_access_token or settings.initial_access_token)
     stored.update(registration.config_values())
@@ -202,8 +218,8 @@ async def _register(obj, endpoint, auth_method, jwks_uri, alg, initial_access_to
     await asyncio.to_thread(store_in_config, path, stored, secret=secret)
     click.echo(f"registered client_id {registration.client_id} ({registration.token_endpoint_auth_method}) "
                f"at {endpoint}")
-    if registration.scope and set(registration.scope.split()) != set(config.scope.split()):
-        click.echo(f"note: the server registered scope {registration.scope!r} (asked {config.scope!r})", err=True)
+    if registration.scope and set(registration.scope.split()) != set(config.auth.scope.split()):
+        click.echo(f"note: the server registered scope {registration.scope!r} (asked {config.auth.scope!r})", err=True)
     click.echo(f"stored {', '.join(sorted(stored))} in {path}" + (" (mode 0600)" if secret else "")
                + "; phg run will use it")
 

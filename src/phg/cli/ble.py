@@ -6,14 +6,18 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from phg.cli.common import EXIT_INPUT, EXIT_TEMPFAIL, Context, Group, fail
+from phg.cli.common import EXIT_CONFIG, EXIT_INPUT, EXIT_TEMPFAIL, Context, Group, fail
+from phg.cli.options import patient_option
+
+if TYPE_CHECKING:
+    from phg.model import PatientRef
 
 
-async def _with_radio(emulated: bool, work: Callable[[Any], Awaitable[Any]]) -> Any:
+async def _on_radio(emulated: bool, work: Callable[[Any], Awaitable[Any]]) -> Any:
     """Run `work(backend)` on the platform's Bluetooth (backend None) or on the emulated devices."""
     if not emulated:
         return await work(None)
@@ -23,13 +27,19 @@ async def _with_radio(emulated: bool, work: Callable[[Any], Awaitable[Any]]) -> 
         return await work(radio.backend)
 
 
-def _patient(text: str):
-    from phg.model import PatientRef
-
-    system, sep, value = text.rpartition("|")
-    if not sep or not system or not value:
-        raise click.BadParameter("give SYSTEM|VALUE, e.g. urn:oid:1.2.3.4.5|pt-42", param_hint="--patient")
-    return PatientRef(system, value)
+def _with_radio(emulated: bool, work: Callable[[Any], Awaitable[Any]]) -> Any:
+    """`_on_radio`, run; a platform without a usable Bluetooth stack ends in one line saying what is
+    missing (on Linux bleak talks to BlueZ over the D-Bus system bus), not a traceback."""
+    try:
+        return asyncio.run(_on_radio(emulated, work))
+    except OSError as exc:  # the D-Bus socket is absent or refuses: no BlueZ to talk to
+        fail(f"Bluetooth: the system's Bluetooth service is not reachable ({exc.strerror or exc}); on Linux "
+             "phg needs BlueZ: install it and start dbus and bluetoothd (or try --emulated)", EXIT_CONFIG)
+    except Exception as exc:
+        if type(exc).__name__ == "DBusError" and "ServiceUnknown" in str(getattr(exc, "type", "")):
+            fail("Bluetooth: BlueZ (bluetoothd) is not running; start it (systemctl start bluetooth) or try "
+                 "--emulated", EXIT_CONFIG)
+        raise
 
 
 _EMULATED = click.option("--emulated", is_flag=True,
@@ -53,7 +63,7 @@ def scan(seconds: float, show_all: bool, as_json: bool, emulated: bool) -> None:
     from phg.sources.ble.session import scan as ble_scan
 
     try:
-        entries = asyncio.run(_with_radio(emulated, lambda b: ble_scan(seconds, backend=b, health_only=not show_all)))
+        entries = _with_radio(emulated, lambda b: ble_scan(seconds, backend=b, health_only=not show_all))
     except BleakError as exc:
         fail(f"Bluetooth: {exc}", EXIT_TEMPFAIL)
     if as_json:
@@ -69,13 +79,12 @@ def scan(seconds: float, show_all: bool, as_json: bool, emulated: bool) -> None:
 
 @ble.command()
 @click.argument("address")
-@click.option("--patient", "patient_text", metavar="SYSTEM|VALUE",
-              help="Whose readings these are, as the EHR knows the patient (default: [patient] in the config).")
+@patient_option()
 @click.option("--timeout", default=20.0, show_default=True, help="Seconds to find and connect to the device.")
 @click.option("--no-pair", is_flag=True, help="Do not pair, even if the device asks for it.")
 @_EMULATED
 @click.pass_obj
-def fetch(obj: Context, address: str, patient_text: str | None, timeout: float, no_pair: bool, emulated: bool) -> None:
+def fetch(obj: Context, address: str, patient: PatientRef | None, timeout: float, no_pair: bool, emulated: bool) -> None:
     """Download new readings from the device at ADDRESS once and queue them (`phg run` delivers)."""
     from bleak.exc import BleakError
 
@@ -84,14 +93,14 @@ def fetch(obj: Context, address: str, patient_text: str | None, timeout: float, 
     from phg.sources.ble.session import fetch as ble_fetch
 
     config = obj.config()
-    patient = _patient(patient_text) if patient_text else config.patient
+    patient = patient or config.patient
     if patient is None:
         raise click.UsageError("whose readings are these? give --patient SYSTEM|VALUE or set [patient] in the config")
     outbox = obj.outbox()
     try:
-        result = asyncio.run(_with_radio(emulated, lambda b: ble_fetch(
+        result = _with_radio(emulated, lambda b: ble_fetch(
             address, intake=Intake(outbox, config.destination_names), patient=patient, backend=b,
-            pair=not no_pair, timeout=timeout)))
+            pair=not no_pair, timeout=timeout))
     except DeviceNotFound as exc:
         fail(f"{exc}; is it advertising (press its button / take a measurement)?", EXIT_TEMPFAIL)
     except LookupError as exc:

@@ -6,36 +6,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import sys
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from enum import Enum
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
+from phg.cli.common import EXIT_INPUT, fail
+from phg.cli.options import utc_offset_option
 from phg.errors import MappingError
 from phg.model import _metric_document
 from phg.sources.ble.gatt.numbers import Bits, DateTime, GattError
 from phg.sources.ble.gatt.readings import to_metrics
 from phg.sources.ble.gatt.registry import lookup
-
-_OFFSET = re.compile(r"^(?:Z|([+-])(\d{2}):?(\d{2}))$")
-
-
-def parse_utc_offset(text: str) -> timedelta:
-    """"+01:00", "-0530", "Z" -> timedelta; ValueError otherwise."""
-    match = _OFFSET.match(text.strip())
-    if not match:
-        raise ValueError(f"{text!r} is not a UTC offset such as +01:00 or -05:30")
-    if text.strip() == "Z":
-        return timedelta(0)
-    sign, hours, minutes = match.groups()
-    if int(hours) > 14 or int(minutes) > 59:
-        raise ValueError(f"{text!r} is not a UTC offset such as +01:00 or -05:30")
-    delta = timedelta(hours=int(hours), minutes=int(minutes))
-    return -delta if sign == "-" else delta
 
 
 def local_offset(wall: datetime) -> timedelta:
@@ -69,41 +54,30 @@ def jsonable(value: Any) -> Any:
 @click.command("ble")
 @click.argument("characteristic", metavar="CHAR")
 @click.argument("payload", metavar="HEX")
-@click.option("--utc-offset", "utc_offset", metavar="+HH:MM",
-              help="The UTC offset of the device's local clock (default: this machine's zone).")
-def decode_ble(characteristic: str, payload: str, utc_offset: str | None) -> None:
+@utc_offset_option("The UTC offset of the device's local clock (default: this machine's zone).")
+def decode_ble(characteristic: str, payload: str, utc_offset: timedelta | None) -> None:
     """Decode a Bluetooth characteristic value: CHAR is a 16-bit UUID (2A18 or 0x2A18) or the
     128-bit form, HEX the value as sent (spaces and colons allowed)."""
     try:
         char = lookup(characteristic)
     except KeyError as exc:
-        _fail(str(exc.args[0]))
+        fail(str(exc.args[0]), EXIT_INPUT)
     try:
         data = bytes.fromhex(re.sub(r"[\s:]", "", payload))
     except ValueError:
-        _fail(f"{payload!r} is not hex")
-    offset: timedelta | Callable[[datetime], timedelta] = local_offset
-    if utc_offset is not None:
-        try:
-            offset = parse_utc_offset(utc_offset)
-        except ValueError as exc:
-            _fail(str(exc))
+        fail(f"{payload!r} is not hex", EXIT_INPUT)
+    offset: timedelta | Callable[[datetime], timedelta] = local_offset if utc_offset is None else utc_offset
     try:
         decoded = char.decode(data)
         received = datetime.now(timezone(offset)) if isinstance(offset, timedelta) else datetime.now().astimezone()
         metrics = to_metrics(decoded, utc_offset=offset, received=received)
     except (GattError, MappingError) as exc:
-        _fail(str(exc))
+        fail(str(exc), EXIT_INPUT)
     click.echo(json.dumps({
         "characteristic": f"0x{char.uuid16:04X} {char.name}",
         "decoded": jsonable(decoded),
         "metrics": [_metric_document(m) for m in metrics],
     }, indent=2, ensure_ascii=False))
-
-
-def _fail(message: str) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(1)
 
 
 @click.command("11073")
@@ -125,7 +99,6 @@ def decode_11073(hex_text: tuple[str, ...], config_hex: str | None) -> None:
             report = decode_config_report(apdu.message.info)
             config = standard(report.config_id) if not report.objects else Configuration.from_report(report)
         text = "".join(hex_text)
-        print(json.dumps(describe_hex(text, config), indent=2, ensure_ascii=False))
+        click.echo(json.dumps(describe_hex(text, config), indent=2, ensure_ascii=False))
     except (ApduError, ValueError) as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+        fail(str(exc), EXIT_INPUT)

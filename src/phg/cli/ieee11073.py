@@ -5,8 +5,23 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+from phg.cli.common import EXIT_CONFIG, fail
+from phg.cli.options import patient_option, utc_offset_option
+
+if TYPE_CHECKING:
+    from phg.model import PatientRef
+
+
+def _legacy_patient_system(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """`--patient-system S --patient V`, the old two-flag form: kept as an alias of `--patient S|V`
+    (eager, so it is known when --patient is parsed)."""
+    if value:
+        ctx.meta["patient_system"] = value
+        click.echo("warning: --patient-system is deprecated: give --patient SYSTEM|VALUE", err=True)
 
 
 @click.group("11073")
@@ -17,33 +32,30 @@ def ieee11073() -> None:
 @ieee11073.command("listen")
 @click.option("--tcp", "port", type=int, required=True, help="TCP port to accept agents on.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--patient-system", help="Patient identifier system the readings belong to (default: [patient]).")
-@click.option("--patient", "patient_value", help="Patient identifier value (default: [patient] in the config).")
+@patient_option()
+@click.option("--patient-system", hidden=True, is_eager=True, expose_value=False, callback=_legacy_patient_system,
+              help="Deprecated: give --patient SYSTEM|VALUE.")
 @click.option("--outbox", "outbox_path", type=click.Path(path_type=Path), default=None,
               help="Outbox file (default: the configured outbox).")
 @click.option("--configs", "configs_path", type=click.Path(path_type=Path), default=None,
               help="JSON file remembering agents' extended configurations.")
-@click.option("--utc-offset", type=float, default=None,
-              help="Hours to add to agents' local time (default: this computer's current offset).")
+@utc_offset_option("The UTC offset of the agents' local clocks (default: this computer's current offset).")
 @click.option("--max-connections", type=click.IntRange(1), default=32, show_default=True,
               help="Agent connections served at once; more are closed when accepted (the agent retries).")
 @click.pass_context
-def listen(ctx: click.Context, port: int, host: str, patient_system: str | None, patient_value: str | None,
-           outbox_path: Path | None, configs_path: Path | None, utc_offset: float | None,
-           max_connections: int) -> None:
+def listen(ctx: click.Context, port: int, host: str, patient: PatientRef | None, outbox_path: Path | None,
+           configs_path: Path | None, utc_offset: timedelta | None, max_connections: int) -> None:
     """Run the manager: accept agents on TCP PORT and queue their readings."""
     from phg.intake import Intake
-    from phg.model import PatientRef
     from phg.outbox import Outbox
     from phg.sources.ieee11073.configs import FileConfigStore, MemoryConfigStore
     from phg.sources.ieee11073.tcp import ManagerSettings, run_tcp_manager
 
     obj = ctx.find_root().obj
     config = obj.config() if obj is not None and hasattr(obj, "config") else None
-    patient = PatientRef(patient_system, patient_value) if patient_system and patient_value else (
-        config.patient if config is not None else None)
+    patient = patient or (config.patient if config is not None else None)
     if patient is None:
-        raise click.UsageError("whose readings are these? give --patient-system and --patient, or set [patient]")
+        raise click.UsageError("whose readings are these? give --patient SYSTEM|VALUE or set [patient] in the config")
     outbox_path = outbox_path or (config.outbox_path if config is not None else None)
     if outbox_path is None:
         raise click.UsageError("give --outbox (or run as `phg 11073 listen` with a config)")
@@ -52,13 +64,17 @@ def listen(ctx: click.Context, port: int, host: str, patient_system: str | None,
     if not is_loopback(host):
         click.echo(f"warning: agents on {host} are not authenticated (IEEE 11073-20601 has no authentication): "
                    "anyone who can reach this port can queue readings for this patient", err=True)
-    offset = timedelta(hours=utc_offset) if utc_offset is not None else datetime.now().astimezone().utcoffset()
+    offset = utc_offset if utc_offset is not None else datetime.now().astimezone().utcoffset()
     settings = ManagerSettings(patient, utc_offset=offset or timedelta(0),
                                store=FileConfigStore(configs_path) if configs_path else MemoryConfigStore(),
                                max_connections=max_connections)
     destinations = config.destination_names if config is not None else ["fhir"]
     with Outbox(outbox_path) as outbox:
+        click.echo(f"listening for IEEE 11073-20601 agents on {host}:{port}; their readings queue in "
+                   f"{outbox_path} (Ctrl-C stops)", err=True)
         try:
             asyncio.run(run_tcp_manager(Intake(outbox, destinations), settings, port, host))
         except KeyboardInterrupt:
             pass
+        except OSError as exc:
+            fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", EXIT_CONFIG)

@@ -1,0 +1,243 @@
+"""`phg render`, `phg send`, `phg simulate` and `phg run`: readings in, queued, delivered.
+
+Exit codes (phg.cli): 0 done; 1 bad input or readings dead-lettered; 3 configuration or
+authorization problem (the queue is intact); 74 the outbox could not be written; 75 readings still
+queued for a retry."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from typing import Any
+
+import click
+
+from phg.cli.common import EXIT_CONFIG, EXIT_INPUT, EXIT_TEMPFAIL, Context, fail
+from phg.cli.output import JSON_OPTION, print_json, progress
+from phg.errors import AuthError, ConfigError, StorageError
+
+EXIT_IOERR = 74
+
+
+def read_readings(files: tuple[str, ...]) -> tuple[list, list[str]]:
+    """Parse every document of every file; invalid ones (a bad file, document or JSON Lines line)
+    are reported, never block the valid ones."""
+    from phg.model import MAX_INPUT_BYTES, parse_documents
+
+    readings, errors = [], []
+    for name in files:
+        source = "stdin" if name == "-" else name
+        try:
+            if name == "-":
+                data = sys.stdin.buffer.read(MAX_INPUT_BYTES + 1)  # one byte over: parse_documents refuses it
+            else:
+                with open(name, "rb") as file:
+                    data = file.read(MAX_INPUT_BYTES + 1)
+        except OSError as exc:
+            errors.append(f"{source}: {exc.strerror}")
+            continue
+        found, refused = parse_documents(data, source)
+        readings += found
+        errors += map(str, refused)
+    for error in errors:
+        click.secho(f"refused: {error}", fg="red", err=True)
+    return readings, errors
+
+
+def distinct(readings: list) -> list:
+    """The readings without repeats (same key), first occurrence kept: what the queue stores."""
+    return list({r.key: r for r in reversed(readings)}.values())[::-1]
+
+
+@click.command()
+@click.argument("files", nargs=-1, required=True)
+@click.option("--format", "fmt", type=click.Choice(["fhir", "hl7v2"]), default="fhir", show_default=True)
+@click.option("--ig-version", type=click.Choice(["2.0.0", "1.1.0"]), help="PHD IG version (default: config).")
+@click.pass_obj
+def render(obj: Context, files: tuple[str, ...], fmt: str, ig_version: str | None) -> None:
+    """Print what would be sent for FILES (no network, no queue).
+
+    FHIR: the transaction Bundles byte for byte as the FHIR destination sends them (numbers keep
+    their digits), one per line, batched as delivery batches them ([delivery] batch_size readings
+    each, in file order, repeats dropped as the queue drops them). HL7 v2: the PCD-01 messages, one
+    per reading, segments one per line here (CR on the wire)."""
+    readings, errors = read_readings(files)
+    if not readings:
+        sys.exit(EXIT_INPUT)
+    config = obj.config()
+    readings = distinct(readings)
+    if fmt == "hl7v2":
+        from phg.hl7v2 import render_messages
+
+        messages = render_messages(readings, config.gateway)
+        click.echo("\n\n".join(message.replace("\r", "\n").rstrip("\n") for message in messages))
+    else:
+        from phg.fhir import build_transaction, to_json
+
+        size = config.batch_size
+        for start in range(0, len(readings), size):
+            bundle = build_transaction(readings[start:start + size], config.gateway, ig_version or config.ig_version)
+            sys.stdout.buffer.write(to_json(bundle.bundle) + b"\n")
+    sys.exit(EXIT_INPUT if errors else 0)
+
+
+def _queued_line(new: int, known: int, outbox_path: Any) -> str:
+    dropped = f" ({known} already queued or repeated: dropped)" if known else ""
+    return f"queued {new} reading(s) in {outbox_path}{dropped}"
+
+
+@click.command()
+@click.argument("files", nargs=-1, required=True)
+@click.option("--no-deliver", is_flag=True, help="Only queue; `phg run` delivers later.")
+@JSON_OPTION
+@click.pass_obj
+def send(obj: Context, files: tuple[str, ...], no_deliver: bool, as_json: bool) -> None:
+    """Queue the readings in FILES (or - for stdin) durably, then deliver what is due.
+
+    Exit 74 (EX_IOERR) when the outbox cannot store them (disk full, read-only, not an outbox):
+    nothing of this call was queued, the source must keep its readings."""
+    from phg.intake import Intake, Stored
+
+    readings, errors = read_readings(files)
+    config = obj.config()
+    try:
+        outbox = obj.outbox()
+        stored = Intake(outbox, config.destination_names).store(readings) if readings else Stored(0, 0)
+    except StorageError as exc:
+        fail(f"{exc}\nnothing was queued: {len(readings)} reading(s) not stored; send them again once the "
+             "outbox is writable", EXIT_IOERR)
+    summary: dict[str, Any] = {"outbox": str(config.outbox_path), "queued": stored.new, "dropped": stored.known,
+                               "refused": errors}
+    if not as_json:
+        click.echo(_queued_line(stored.new, stored.known, config.outbox_path)
+                   + (f", refused {len(errors)}" if errors else ""))
+    code = EXIT_INPUT if errors else 0
+    if not no_deliver and not config.deliverable:
+        summary["note"] = "no destination configured: readings wait in the queue (phg run delivers them)"
+        if not as_json:
+            click.echo(summary["note"])
+        no_deliver = True
+    if not no_deliver:
+        delivered = deliver_until_idle(config, outbox, summary, as_json)
+        code = code or delivered  # refused input says so even when the rest waits in the queue (75)
+    if as_json:
+        print_json(summary)
+    sys.exit(code)
+
+
+def deliver_until_idle(config: Any, outbox: Any, summary: dict[str, Any], as_json: bool) -> int:
+    """Deliver what is due, with a progress bar on a terminal; add the totals to ``summary`` (printed
+    here as one line unless ``as_json``) and return the exit code."""
+    from phg.daemon import deliver
+
+    def waiting() -> int:
+        counts = outbox.counts()
+        return counts["queued"] + counts["inflight"]
+
+    async def go(stop: asyncio.Event) -> Any:
+        async with progress(waiting, "delivering", show=not as_json):
+            return await deliver(config, outbox, until_idle=True, stop=stop)
+
+    return report(_run(go), outbox, summary, as_json)
+
+
+def report(totals: Any, outbox: Any, summary: dict[str, Any], as_json: bool) -> int:
+    """Add delivery's totals and the queue's state to ``summary`` (printed here as one line unless
+    ``as_json``); the exit code: 1 readings dead-lettered, 75 readings still waiting, else 0."""
+    counts = outbox.counts()
+    summary.update(delivered=totals.delivered, dead=totals.dead,
+                   waiting=counts["queued"] + counts["inflight"], dead_in_queue=counts["dead"])
+    if not as_json:
+        click.echo(f"delivered {totals.delivered}, dead {totals.dead}; "
+                   f"queue: {summary['waiting']} waiting, {counts['dead']} dead")
+        if totals.dead:
+            click.echo("see `phg queue ls --state dead` and `phg queue show ID` for the server's reasons")
+    if totals.dead:
+        return EXIT_INPUT
+    return EXIT_TEMPFAIL if summary["waiting"] else 0
+
+
+class _Shown(logging.Handler):
+    """Remembers the errors phg's loggers have shown (delivery logs a destination that stops, when it
+    stops), so that the CLI does not print them a second time."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.errors: list[BaseException] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.errors += [arg for arg in record.args or () if isinstance(arg, BaseException)]
+
+
+def _run(work: Any) -> Any:
+    """Run ``work(stop)`` until done or SIGINT / SIGTERM (which set ``stop``); phg's delivery errors
+    become one line (once) and an exit code."""
+    import signal
+
+    async def go() -> Any:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        return await work(stop)
+
+    shown = _Shown()
+    logging.getLogger("phg").addHandler(shown)
+    try:
+        return asyncio.run(go())
+    except (AuthError, ConfigError) as exc:
+        told = any(error is exc for error in shown.errors)
+        fail(("" if told else f"{exc}\n") + "delivery stopped; the queue is intact", EXIT_CONFIG)
+    except StorageError as exc:  # only a run until idle gets here; `phg run` waits for the disk instead
+        fail(f"{exc}\ndelivery stopped: the outbox cannot record it; what is queued stays queued "
+             "(a reading sent meanwhile is sent again later, harmlessly)", EXIT_IOERR)
+    finally:
+        logging.getLogger("phg").removeHandler(shown)
+
+
+@click.command()
+@JSON_OPTION
+@click.pass_obj
+def run(obj: Context, as_json: bool) -> None:
+    """Deliver whatever is queued, retrying while the server is unreachable, and collect from the
+    configured sources, until stopped (Ctrl-C, SIGTERM); then print what was delivered."""
+    from phg.daemon import run_gateway
+
+    config = obj.config()
+    if not logging.getLogger().isEnabledFor(logging.INFO):
+        logging.getLogger().setLevel(logging.INFO)
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+    outbox = obj.outbox()
+    summary: dict[str, Any] = {}
+    code = report(_run(lambda stop: run_gateway(config, outbox, stop)), outbox, summary, as_json)
+    if as_json:
+        print_json(summary)
+    sys.exit(0 if code == EXIT_TEMPFAIL else code)  # what waits is for the next run
+
+
+@click.command()
+@click.option("--no-deliver", is_flag=True, help="Only queue; `phg run` delivers later.")
+@JSON_OPTION
+@click.pass_obj
+def simulate(obj: Context, no_deliver: bool, as_json: bool) -> None:
+    """Collect from the built-in emulated Bluetooth devices (glucose meter, BP cuff, scale,
+    thermometer, pulse oximeter) through the real Bluetooth session, queue, then deliver."""
+    from phg.demo.emulator import collect_emulated
+    from phg.intake import Intake
+    from phg.model import PatientRef
+
+    config = obj.config()
+    patient = config.patient or PatientRef("urn:oid:1.2.3.4.5", "demo-patient-001")
+    outbox = obj.outbox()
+    fetched = asyncio.run(collect_emulated(Intake(outbox, config.destination_names), patient))
+    summary: dict[str, Any] = {"outbox": str(config.outbox_path), "devices": len(fetched),
+                               "queued": sum(f.readings for f in fetched)}
+    if not as_json:
+        click.echo(f"queued {summary['queued']} reading(s) from {len(fetched)} emulated devices")
+    code = 0
+    if not no_deliver and config.deliverable:
+        code = deliver_until_idle(config, outbox, summary, as_json)
+    if as_json:
+        print_json(summary)
+    sys.exit(code)
