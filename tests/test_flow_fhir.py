@@ -44,8 +44,8 @@ def make_config(tmp_path: Path, base: str, oauth: OAuthServer, alg: str = "ES384
     key_file = tmp_path / f"gateway-{alg}.pem"
     generate_key(key_file, alg)
     client = oauth.register_client(jwks([load_key(key_file)]), scope=scope)
-    return fhir_config(tmp_path, base, {"client_id": client["client_id"], "key_file": str(key_file), "scope": scope,
-                                        **overrides})
+    config = fhir_config(tmp_path, base, {"client_id": client["client_id"], "key_file": str(key_file), "scope": scope})
+    return replace(config, **overrides)
 
 
 def fhir_config(tmp_path: Path, base: str, auth: dict[str, str]) -> Config:
@@ -107,7 +107,9 @@ def test_server_down_then_up_delivers_everything_once(oauth, tmp_path):
         try:
             await asyncio.sleep(2.0)
             assert outbox.counts("fhir")["delivered"] == 0
-            assert min(i.attempts for i in outbox.items(limit=200)) >= 1  # tried, and waiting
+            # Tried, and waiting: one probe batch at a time (the destination-wide circuit), the rest untouched.
+            attempted = [i for i in outbox.items(limit=200) if i.attempts >= 1]
+            assert 1 <= len(attempted) <= 50, len(attempted)
             with SekmetServer(workdir=tmp_path / "sekmet") as fhir:
                 with Gate(fhir.base_url, oauth, port=port, workdir=tmp_path / "gate"):
                     deadline = time.monotonic() + 60
@@ -161,10 +163,11 @@ def test_delivery_continues_across_token_expiries(start_stack, tmp_path, monkeyp
     assert len(tokens) >= 3 and max(tokens) <= 3
 
 
-def test_one_reading_the_server_refuses_among_fifty(gate, oauth, tmp_path):
+def test_one_reading_that_cannot_be_sent_among_fifty(gate, oauth, tmp_path):
+    """A stored reading that no longer passes phg's bounds (here 1E+400, which an older phg accepted and
+    sekmet-fhir refuses as no double) goes dead alone with its reason; the other 49 are delivered."""
     readings = simulated_readings(patient(), START, per_device=10)
     bad = readings[23]
-    # A value phg accepts (a valid FHIR decimal) but this server refuses: 1E+400 is no double.
     metric = bad.metrics[0]
     bad = Reading(bad.device, bad.patient, (Metric(metric.code, metric.time, Decimal("1E+400"), metric.unit),
                                              *bad.metrics[1:]))
@@ -176,7 +179,7 @@ def test_one_reading_the_server_refuses_among_fifty(gate, oauth, tmp_path):
         assert (summary.delivered, summary.dead) == (49, 1)
         dead = outbox.items(state="dead")
         assert [i.id for i in dead] == [ids[23]]
-        assert "HTTP 400" in dead[0].last_error and "Decimal" in dead[0].last_error
+        assert "metrics[0].value" in dead[0].last_error and "exponent" in dead[0].last_error
     good = readings[:23] + readings[24:]
     assert count_everywhere(gate.upstream, good) == [1] * sum(len(r.metrics) for r in good)
 
