@@ -422,3 +422,17 @@ def test_queue_retry_now_delivers_at_once(tmp_path, reading_files, smart_env):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "delivered 1, dead 0" in result.stdout
     assert json.loads(phg("queue", "show", str(item), "--json", env=smart_env).stdout)["state"] == "delivered"
+
+
+@pytest.mark.peers
+def test_doctor_json_reports_each_check_as_data(smart_env):
+    result = phg("doctor", "--json", env=smart_env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)  # stdout holds the JSON document alone
+    assert report["ok"] is True and report["checks"]
+    assert {c["status"] for c in report["checks"]} <= {"ok", "warn"}
+    assert any(c["destination"] == "fhir" and c["step"] == "token" for c in report["checks"])
+    assert any(c["destination"] is None and "outbox" in c["what"] for c in report["checks"])
+    broken = json.loads(phg("doctor", "--json", env={**smart_env, "PHG_CLIENT_ID": "nobody"}).stdout)
+    (failed,) = [c for c in broken["checks"] if c["status"] == "fail"]
+    assert broken["ok"] is False and "invalid_client" in failed["what"] and failed["fix"]

@@ -45,20 +45,32 @@ LOW_SPACE = 32 * 2**20  # bytes free on the outbox's file system below which doc
 
 
 class Checks:
+    """Prints each result as a line through ``echo`` and keeps it as data in ``results`` (one dict per
+    check: destination, step, status ok|fail|warn, what, fix), for `phg doctor --json`."""
+
     def __init__(self, echo: Echo):
         self.echo = echo
         self.ok = True
         self.failed_step: str | None = None
+        self.destination: str | None = None  # the destination being checked; None for the outbox
+        self.results: list[dict[str, str | None]] = []
+
+    def _keep(self, status: str, what: str, step: str, fix: str | None = None) -> None:
+        self.results.append({"destination": self.destination, "step": step or None, "status": status,
+                             "what": printable(what), "fix": fix and printable(fix)})
 
     def good(self, what: str, step: str = "") -> None:
+        self._keep("ok", what, step)
         self.echo(f"  ok    {_tag(step)}{what}")
 
     def bad(self, what: str, fix: str, step: str = "") -> None:
         self.ok = False
         self.failed_step = self.failed_step or step or None
+        self._keep("fail", what, step, fix)
         self.echo(f"  FAIL  {_tag(step)}{what}\n        -> {fix}")
 
     def warn(self, what: str, step: str = "") -> None:
+        self._keep("warn", what, step)
         self.echo(f"  warn  {_tag(step)}{what}")
 
 
@@ -66,15 +78,20 @@ def _tag(step: str) -> str:
     return f"[{step}] " if step else ""
 
 
-async def run_checks(config: Config, echo: Echo, *, send_test: bool = False) -> bool:
+async def run_checks(config: Config, echo: Echo, *, send_test: bool = False,
+                     results: list[dict[str, str | None]] | None = None) -> bool:
     """Check every configured destination, then the outbox, printing through ``echo`` without
-    control characters (lines quote servers). `send_test`: MLLP destinations get one test message."""
+    control characters (lines quote servers). `send_test`: MLLP destinations get one test message.
+    `results`, when given, receives every check as data (Checks.results)."""
     def printed(line: str) -> None:
         echo(printable(line))
 
     checks = Checks(printed)
+    if results is not None:
+        checks.results = results
     printed(f"config: {config.source}")
     for destination in config.destinations:
+        checks.destination = destination.name
         printed(f"destination {destination.name} ({destination.type}):")
         if isinstance(destination, FhirSettings):
             await _fhir(checks, destination, printed)
@@ -82,6 +99,7 @@ async def run_checks(config: Config, echo: Echo, *, send_test: bool = False) -> 
             await _mllp(checks, destination, config, send_test)
         elif isinstance(destination, HttpHl7Settings):
             await _http(checks, destination)
+    checks.destination = None
     _outbox(checks, config)
     if checks.failed_step:
         printed(f"first failing step: {checks.failed_step}")

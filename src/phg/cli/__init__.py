@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from phg.cli.common import EXIT_CONFIG, EXIT_INPUT, Context, Group, fail
+from phg.cli.output import JSON_OPTION, print_json
 
 
 @click.group(cls=Group, lazy={
@@ -92,15 +93,22 @@ def decode() -> None:
 
 @main.command()
 @click.option("--send-test", is_flag=True, help="Send one test message (MSH-11 = T) to each MLLP destination.")
+@JSON_OPTION
 @click.pass_obj
-def doctor(obj: Context, send_test: bool) -> None:
+def doctor(obj: Context, send_test: bool, as_json: bool) -> None:
     """Check every destination (FHIR: key, TLS, discovery, token, transactions; MLLP, HL7 HTTP, SOAP:
-    connection and TLS) and the outbox; say what is wrong."""
+    connection and TLS) and the outbox; say what is wrong. --json: {"ok", "config", "checks": [{destination,
+    step, status (ok, fail, warn), what, fix}]}."""
     import asyncio
 
     from phg.doctor import run_checks
 
-    ok = asyncio.run(run_checks(obj.config(), lambda line: click.echo(line), send_test=send_test))
+    config = obj.config()
+    checks: list[dict[str, str | None]] = []
+    echo = (lambda line: None) if as_json else click.echo
+    ok = asyncio.run(run_checks(config, echo, send_test=send_test, results=checks))
+    if as_json:
+        print_json({"ok": ok, "config": config.source, "checks": checks})
     sys.exit(0 if ok else EXIT_CONFIG)
 
 

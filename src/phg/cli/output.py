@@ -1,9 +1,8 @@
 """How commands print: ISO 8601 times, JSON for scripts (`--json`), progress for a person on a
-terminal and nothing extra in a pipe."""
+terminal and nothing extra in a pipe. Imported by `phg --help`: no asyncio or rich at import time."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import sys
@@ -35,6 +34,8 @@ async def progress(waiting: Callable[[], int], what: str, *, show: bool) -> Asyn
     if not (show and sys.stderr.isatty()):
         yield
         return
+    import asyncio
+
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
