@@ -436,3 +436,18 @@ def test_doctor_json_reports_each_check_as_data(smart_env):
     broken = json.loads(phg("doctor", "--json", env={**smart_env, "PHG_CLIENT_ID": "nobody"}).stdout)
     (failed,) = [c for c in broken["checks"] if c["status"] == "fail"]
     assert broken["ok"] is False and "invalid_client" in failed["what"] and failed["fix"]
+
+
+def test_run_prints_a_json_summary_when_stopped(reading_files, env):
+    import signal
+    import time
+
+    phg("send", "--no-deliver", str(reading_files[0]), str(reading_files[1]), env=env)
+    env = {**os.environ, **env, "PHG_FHIR_BASE_URL": f"http://127.0.0.1:{free_port()}/fhir"}
+    process = subprocess.Popen([PHG, "run", "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    time.sleep(2)  # long enough to start and try once
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert json.loads(out) == {"delivered": 0, "dead": 0, "waiting": 2, "dead_in_queue": 0}

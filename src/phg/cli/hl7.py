@@ -7,6 +7,8 @@ import sys
 
 import click
 
+from phg.cli.common import EXIT_INPUT, fail
+
 
 @click.group("hl7")
 def hl7() -> None:
@@ -23,8 +25,7 @@ def check_command(file, strict: bool) -> None:
     text = file.read()
     messages = split_messages(text) if text.strip() else []
     if not messages:
-        click.echo(f"{file.name}: no message found", err=True)
-        sys.exit(1)
+        fail(f"{file.name}: no message found", EXIT_INPUT)
     failed = 0
     for n, message in enumerate(messages, 1):
         problems = [str(p) for p in check(message)]
