@@ -113,7 +113,7 @@ def test_register_then_deliver_with_the_fresh_client(gate: Gate, tmp_path):
     output = run_register(path)  # the registration endpoint is discovered through the gate's SMART document
     assert "registered client_id" in output
     stored = load_config(path, env={})
-    assert stored.auth.method == "smart-backend" and stored.client_id
+    assert stored.auth.method == "smart-backend" and stored.auth.client_id
     assert stored.auth.registration_client_uri.startswith("http://127.0.0.1")
     text = path.read_text()
     assert "# written by the test; phg register adds its keys below" in text and "# test gateway" in text
@@ -156,7 +156,8 @@ def test_a_smart_assertion_follows_discovery_to_another_origin(gate: Gate, oauth
     """A signed assertion is bound to the discovered endpoint by its aud: no trust setting needed."""
     path = write_config(tmp_path, gate.base_url, key_file=str(tmp_path / "gw.pem"))
     run_register(path, "--endpoint", oauth.registration_endpoint)
-    assert not {"token_url", "trusted_token_hosts"} & set(load_config(path, env={}).auth)
+    auth = load_config(path, env={}).auth
+    assert auth.token_url is None and auth.trusted_token_hosts == ()
     assert deliver_some(path) == (5, 0)
 
 
@@ -189,7 +190,7 @@ def test_revoked_registration_stops_delivery_and_keeps_the_queue(gate: Gate, tmp
 
     asyncio.run(revoke())  # the OAuth peer enables RFC 7592 (peers/oauth-server.mjs registrationManagement)
     message = refused_and_kept(path, "invalid_client")
-    assert config.client_id in message
+    assert config.auth.client_id in message
 
 
 @pytest.mark.parametrize("skew", [-4.0, 4.0])
@@ -210,7 +211,7 @@ def test_rotation_while_delivering_no_request_fails(gate: Gate, tmp_path):
     from phg.auth.keyring import KeyRing
     from phg.auth.smart import PrivateKeyJwt
 
-    ring = KeyRing(config.key_file)
+    ring = KeyRing(config.auth.key_file)
     first = ring.signing_key().kid
     kids: list[str] = []
     sign = PrivateKeyJwt._sign
@@ -540,7 +541,7 @@ def test_no_secret_in_any_log_output(gate: Gate, oauth: OAuthServer, tmp_path, c
     output += run_register(smart)
     assert deliver_some(smart) == (5, 0)
     bad = write_config(tmp_path, gate.base_url, method="client-secret-basic", trusted_token_hosts=TRUSTED,
-                       client_id=load_config(path, env={}).client_id, client_secret="wrong-" + uuid.uuid4().hex)
+                       client_id=load_config(path, env={}).auth.client_id, client_secret="wrong-" + uuid.uuid4().hex)
     refused_and_kept(bad, "invalid_client")
 
     config = load_config(path, env={})
