@@ -20,7 +20,7 @@ import re
 import tomllib
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -434,12 +434,7 @@ class DestinationSettings:
 
     @classmethod
     def build(cls, parsed: dict[str, Any], source: str, section: str) -> dict[str, Any]:
-        """The constructor's fields from the parsed keys (TLS keys gathered into a TlsSettings)."""
-        tls_keys = {key: parsed.pop(key) for key in ("ca_file", "client_cert", "client_key") if key in parsed}
-        if "tls_settings" in {f.name for f in fields(cls)}:
-            if "client_cert" in tls_keys and "client_key" not in tls_keys:
-                tls_keys["client_key"] = tls_keys["client_cert"]  # a PEM holding both
-            parsed["tls_settings"] = TlsSettings(**tls_keys, source=f"{source}: [{section}]")
+        """The constructor's fields from the parsed keys."""
         return parsed
 
 
@@ -479,27 +474,44 @@ class FhirSettings(DestinationSettings):
 
 
 @dataclass(frozen=True)
-class MllpSettings(DestinationSettings):
+class Hl7Settings(DestinationSettings):
+    """What every HL7 v2 PCD-01 destination takes: TLS, how often an AE/CE ACK is retried, and
+    MSH-5/MSH-6 (receiving application and facility)."""
+
+    KEYS: ClassVar[tuple[Setting, ...]] = (*_TLS_KEYS, *_HL7_KEYS)
+
+    tls_settings: TlsSettings = TlsSettings()
+    ae_retries: int = 3
+    receiving_application: str = ""
+    receiving_facility: str = ""
+
+    @classmethod
+    def build(cls, parsed: dict[str, Any], source: str, section: str) -> dict[str, Any]:
+        """ca_file, client_cert, client_key gathered into a TlsSettings (client_key defaults to the
+        client_cert file: one PEM may hold both)."""
+        tls = {key: parsed.pop(key) for key in ("ca_file", "client_cert", "client_key") if key in parsed}
+        if "client_cert" in tls:
+            tls.setdefault("client_key", tls["client_cert"])
+        return {**parsed, "tls_settings": TlsSettings(**tls, source=f"{source}: [{section}]")}
+
+
+@dataclass(frozen=True)
+class MllpSettings(Hl7Settings):
     """HL7 v2 PCD-01 over MLLP, optionally TLS (plain MLLP only to loopback unless allow_insecure)."""
 
-    KEYS: ClassVar[tuple[Setting, ...]] = (*_rows(
+    KEYS: ClassVar[tuple[Setting, ...]] = (*Hl7Settings.KEYS, *_rows(
         "destinations.*", ("host", text, REQUIRED), ("port", number(int, 1, 65535), REQUIRED), ("tls", flag, False),
         ("server_hostname", text), ("connect_timeout", number(float, 0.1, 600, " s"), 10.0),
-        ("ack_timeout", number(float, 0.1, 600, " s"), 30.0), ("allow_insecure", flag, False)),
-        *_TLS_KEYS, *_HL7_KEYS)
+        ("ack_timeout", number(float, 0.1, 600, " s"), 30.0), ("allow_insecure", flag, False)))
     type: ClassVar[str] = "mllp"
 
     host: str = ""
     port: int = 0
     tls: bool = False
-    tls_settings: TlsSettings = TlsSettings()
     server_hostname: str | None = None
     connect_timeout: float = 10.0
     ack_timeout: float = 30.0
     allow_insecure: bool = False
-    ae_retries: int = 3
-    receiving_application: str = ""
-    receiving_facility: str = ""
 
     @property
     def request_timeout(self) -> tuple[str, float]:
@@ -507,23 +519,19 @@ class MllpSettings(DestinationSettings):
 
 
 @dataclass(frozen=True)
-class HttpHl7Settings(DestinationSettings):
+class HttpHl7Settings(Hl7Settings):
     """HL7 v2 PCD-01 POSTed as text over HTTP(S), one message per request (type "hl7-http"; "http"
     is accepted as its older name)."""
 
-    KEYS: ClassVar[tuple[Setting, ...]] = (*_rows(
+    KEYS: ClassVar[tuple[Setting, ...]] = (*Hl7Settings.KEYS, *_rows(
         "destinations.*", ("url", url, REQUIRED), ("timeout", number(float, 0.1, 600, " s"), 30.0),
-        ("headers", headers, ()), ("allow_insecure_http", flag, False)), *_TLS_KEYS, *_HL7_KEYS)
+        ("headers", headers, ()), ("allow_insecure_http", flag, False)))
     type: ClassVar[str] = "hl7-http"
 
     url: str = ""
     timeout: float = 30.0
     headers: tuple[tuple[str, str], ...] = ()
     allow_insecure_http: bool = False
-    tls_settings: TlsSettings = TlsSettings()
-    ae_retries: int = 3
-    receiving_application: str = ""
-    receiving_facility: str = ""
 
     @property
     def request_timeout(self) -> tuple[str, float]:

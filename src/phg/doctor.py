@@ -159,7 +159,7 @@ async def _mllp(checks: Checks, settings: MllpSettings, config: Config, send_tes
         return
     try:
         try:
-            await exchange._connect()
+            await exchange.connect()
         except (OSError, TimeoutError, ssl.SSLError) as exc:
             checks.bad(f"cannot connect to {exchange.where}: {type(exc).__name__}: {exc}",
                        "check host, port, TLS settings (ca_file, client_cert) and that the receiver runs", "connect")

@@ -22,7 +22,7 @@ import logging
 from collections.abc import Sequence
 from typing import Protocol
 
-from phg.config import HttpHl7Settings, MllpSettings
+from phg.config import Hl7Settings
 from phg.delivery.outcome import Deferred, Delivered, Outcome, Rejected
 from phg.errors import MappingError, TransientDeliveryError
 from phg.hl7v2.ack import Ack, AckError, parse_ack
@@ -74,7 +74,7 @@ class Exchange(Protocol):
 class Hl7Destination:
     """PCD-01 messages (phg.hl7v2.pcd01) through an exchange; an async context manager that closes it."""
 
-    def __init__(self, settings: MllpSettings | HttpHl7Settings, gateway: Gateway, exchange: Exchange):
+    def __init__(self, settings: Hl7Settings, gateway: Gateway, exchange: Exchange):
         self.name = settings.name
         self.settings = settings
         self.gateway = gateway

@@ -121,7 +121,7 @@ class MllpExchange:
         data = message.encode("utf-8")
         for _ in range(2):
             try:
-                reused = await self._connect()
+                reused = await self.connect()
             except (OSError, TimeoutError, ssl.SSLError) as exc:  # refused, DNS, timeout, TLS handshake
                 return Deferred(f"cannot connect to {self.where}: {exc.__class__.__name__}: {exc}", reached=False)
             try:
@@ -143,7 +143,7 @@ class MllpExchange:
             return result
         return Deferred(f"{self.where} closed the connection before answering {control_id}")
 
-    async def _connect(self) -> bool:
+    async def connect(self) -> bool:
         """Open a connection unless one is open; True when an existing one is reused."""
         if self._writer is not None and self._reader is not None and not self._reader.at_eof() \
                 and not self._writer.is_closing():
