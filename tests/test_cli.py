@@ -451,3 +451,19 @@ def test_run_prints_a_json_summary_when_stopped(reading_files, env):
     out, err = process.communicate(timeout=30)
     assert process.returncode == 0, err
     assert json.loads(out) == {"delivered": 0, "dead": 0, "waiting": 2, "dead_in_queue": 0}
+
+
+def test_only_the_cli_imports_click_or_the_cli():
+    import ast
+
+    src = Path(__file__).resolve().parents[1] / "src"
+    offenders = []
+    for path in sorted((src / "phg").rglob("*.py")):
+        if path.relative_to(src).parts[:2] == ("phg", "cli"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.relative_to(src)}:{node.lineno} imports {name}" for name in names
+                          if name.split(".")[0] == "click" or name == "phg.cli" or name.startswith("phg.cli.")]
+    assert offenders == []
