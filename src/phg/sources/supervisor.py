@@ -54,7 +54,7 @@ async def _keep_running(source: Source, intake: Intake, stop: asyncio.Event, min
         try:
             await source.run(intake, stop)
             if stop.is_set():
-                return
+                break
             log.warning("source %s stopped on its own: starting it again in %.0f s", source.name, backoff)
         except Exception as exc:  # noqa: BLE001 - any failure of one source is that source's alone
             log.error("source %s failed: %s: %s; starting it again in %.0f s", source.name, type(exc).__name__,
