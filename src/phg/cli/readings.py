@@ -46,8 +46,9 @@ def read_readings(files: tuple[str, ...]) -> tuple[list, list[str]]:
 
 
 def distinct(readings: list) -> list:
-    """The readings without repeats (same key), first occurrence kept: what the queue stores."""
-    return list({r.key: r for r in reversed(readings)}.values())[::-1]
+    """The readings without repeats, in order: what the queue stores (a reading's key is its content
+    hash, so readings with one key are the same reading)."""
+    return list({r.key: r for r in readings}.values())
 
 
 @click.command()
@@ -82,11 +83,6 @@ def render(obj: Context, files: tuple[str, ...], fmt: str, ig_version: str | Non
     sys.exit(EXIT_INPUT if errors else 0)
 
 
-def _queued_line(new: int, known: int, outbox_path: Any) -> str:
-    dropped = f" ({known} already queued or repeated: dropped)" if known else ""
-    return f"queued {new} reading(s) in {outbox_path}{dropped}"
-
-
 @click.command()
 @click.argument("files", nargs=-1, required=True)
 @click.option("--no-deliver", is_flag=True, help="Only queue; `phg run` delivers later.")
@@ -110,7 +106,8 @@ def send(obj: Context, files: tuple[str, ...], no_deliver: bool, as_json: bool) 
     summary: dict[str, Any] = {"outbox": str(config.outbox_path), "queued": stored.new, "dropped": stored.known,
                                "refused": errors}
     if not as_json:
-        click.echo(_queued_line(stored.new, stored.known, config.outbox_path)
+        dropped = f" ({stored.known} already queued or repeated: dropped)" if stored.known else ""
+        click.echo(f"queued {stored.new} reading(s) in {config.outbox_path}{dropped}"
                    + (f", refused {len(errors)}" if errors else ""))
     code = EXIT_INPUT if errors else 0
     if not no_deliver and not config.deliverable:
