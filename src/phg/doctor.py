@@ -28,8 +28,9 @@ import json
 import os
 import re
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -93,12 +94,7 @@ async def run_checks(config: Config, echo: Echo, *, send_test: bool = False,
     for destination in config.destinations:
         checks.destination = destination.name
         printed(f"destination {destination.name} ({destination.type}):")
-        if isinstance(destination, FhirSettings):
-            await _fhir(checks, destination, printed)
-        elif isinstance(destination, MllpSettings):
-            await _mllp(checks, destination, config, send_test)
-        elif isinstance(destination, HttpHl7Settings):
-            await _http(checks, destination)
+        await CHECKS[destination.type](checks, destination, config, send_test)
     checks.destination = None
     _outbox(checks, config)
     if checks.failed_step:
@@ -106,7 +102,7 @@ async def run_checks(config: Config, echo: Echo, *, send_test: bool = False,
     return checks.ok
 
 
-async def _fhir(checks: Checks, fhir: FhirSettings, echo: Echo) -> bool:
+async def _fhir(checks: Checks, fhir: FhirSettings, config: Config, send_test: bool) -> bool:
     if not fhir.base_url:
         checks.bad("no FHIR base URL", "set [fhir] base_url, PHG_FHIR_BASE_URL or --fhir-base", "config")
         return False
@@ -178,23 +174,28 @@ async def _mllp(checks: Checks, settings: MllpSettings, config: Config, send_tes
 
 
 def _test_message(config: Config) -> tuple[str, str]:
-    """One PCD-01 message of a simulated reading, marked as a test (MSH-11 = T)."""
+    """One PCD-01 message of a body temperature of the gateway itself, marked as a test: MSH-11
+    processing ID "T" (HL7 v2.6 section 2.14.9.11, table 0103: training), so that a receiver does
+    not file it. MSH-n is field n - 1 of the MSH segment split on "|"."""
     from datetime import UTC, datetime
+    from decimal import Decimal
 
-    from phg.demo.sim import simulated_readings
     from phg.hl7v2.pcd01 import render_batch
-    from phg.model import PatientRef
+    from phg.model import Device, Metric, PatientRef, Reading
 
     patient = config.patient or PatientRef("urn:oid:1.2.3.4.5", "phg-doctor")
-    [rendered] = render_batch(simulated_readings(patient, datetime.now(UTC))[:1], config.gateway)
+    reading = Reading(Device(system_id=config.gateway.system_id, model="phg doctor"), patient,
+                      (Metric(150364, datetime.now(UTC), Decimal("36.6"), "Cel"),))  # MDC_TEMP_BODY
+    [rendered] = render_batch([reading], config.gateway)
     assert not isinstance(rendered, Exception)
     control_id, message = rendered
-    fields = message.split("\r")[0].split("|")
-    fields[10] = "T"  # MSH-11 processing ID (fields[n - 1] is MSH-n)
-    return control_id, "\r".join(["|".join(fields), *message.split("\r")[1:]])
+    msh, *rest = message.split("\r")
+    fields = msh.split("|")
+    fields[10] = "T"
+    return control_id, "\r".join(["|".join(fields), *rest])
 
 
-async def _http(checks: Checks, settings: HttpHl7Settings) -> None:
+async def _http(checks: Checks, settings: HttpHl7Settings, config: Config, send_test: bool) -> None:
     """Reachability (TLS when https) and whether the endpoint refuses who we are: an empty POST."""
     from phg.delivery.tls import httpx_options
 
@@ -216,6 +217,11 @@ async def _http(checks: Checks, settings: HttpHl7Settings) -> None:
                    "check the client certificate, headers or WS-Security credentials", "connect")
         return
     checks.good(f"{settings.url} answers (HTTP {response.status_code} to an empty request)", "connect")
+
+
+# Each destination type checked in its own terms (the types of phg.delivery.registry).
+CHECKS: dict[str, Callable[[Checks, Any, Config, bool], Awaitable[object]]] = {
+    "fhir": _fhir, "mllp": _mllp, "hl7-http": _http, "soap": _http}
 
 
 def _describe_auth(checks: Checks, settings, auth) -> None:
