@@ -1,4 +1,5 @@
-"""The Intake: where every source hands over what it collected (docs/architecture.md "The seams").
+"""The Intake: where every source hands over what it collected (sources -> Intake -> queue -> worker ->
+destination).
 
 A source stores readings, and the progress marker that says how far it has collected (a glucose
 meter's last sequence number, say), in ONE durable step: the marker is never ahead of the readings it
