@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from phg.config import SECTIONS, SETTINGS, Config, load_config
+from phg.config import DESTINATION_TYPES, SECTIONS, SETTINGS, Config, load_config
 from phg.errors import ConfigError
 
 FUZZ = settings(max_examples=100, deadline=1000, suppress_health_check=[HealthCheck.too_slow])
@@ -88,6 +88,10 @@ destinations = st.dictionaries(st.text(max_size=8) | st.just("fhir"),
 documents = st.dictionaries(st.sampled_from([*SECTIONS, "destinations", "unknown"]) | st.text(max_size=10),
                             tables | values, max_size=6) | st.fixed_dictionaries({"destinations": destinations})
 
+# [destinations.lab] of each type, with that type's own keys (and stray ones) holding any value
+destination_tables = st.sampled_from(sorted(DESTINATION_TYPES)).flatmap(lambda kind: st.fixed_dictionaries(
+    {"type": st.just(kind)}, optional={**{row.key: values for row in DESTINATION_TYPES[kind].KEYS}, "extra": values}))
+
 
 # ------------------------------------------------------------------------------------ the properties
 
@@ -143,3 +147,18 @@ def test_a_path_that_is_not_a_readable_file(workdir):
         with pytest.raises(ConfigError) as caught:
             load_config(path, env={})
         assert str(path) in str(caught.value)
+
+
+@FUZZ
+@given(table=destination_tables)
+@example(table={"type": "mllp", "host": "127.0.0.1", "port": 70000})
+@example(table={"type": "fhir", "base_url": "https://x", "auth": {"method": 3}})
+@example(table={"type": "soap", "url": "https://x", "saml_assertion": "/nonexistent/assertion.xml"})
+def test_any_destination_table(workdir, table):
+    """Each type's settings class refuses what it cannot take with file and key: never a TypeError."""
+    path = workdir / "destination.toml"
+    path.write_text(toml_document({"destinations": {"lab": table}}), encoding="utf-8", errors="surrogatepass")
+    path.chmod(0o600)
+    config = load(path)
+    if config is not None:
+        assert isinstance(config.destinations[-1], DESTINATION_TYPES[table["type"]])
