@@ -9,12 +9,12 @@ from typing import Any
 
 import click
 
-_OFFSET = re.compile(r"^(?:Z|([+-])(\d{2}):?(\d{2}))$")
+_OFFSET = re.compile(r"(?:Z|([+-])([0-9]{2}):?([0-9]{2}))")
 
 
 def parse_utc_offset(text: str) -> timedelta:
     """"+01:00", "-0530", "Z" -> timedelta; ValueError otherwise (offsets stay within +-14:00)."""
-    match = _OFFSET.match(text.strip())
+    match = _OFFSET.fullmatch(text.strip())
     if not match:
         raise ValueError(f"{text!r} is not a UTC offset such as +01:00 or -05:30")
     if text.strip() == "Z":
