@@ -53,6 +53,9 @@ class Patient(click.ParamType):
             system, sep, text = ctx.meta["patient_system"], "|", value
         if not sep or not system or not text:
             self.fail("give SYSTEM|VALUE, e.g. urn:oid:1.2.3.4.5|pt-42", param, ctx)
+        if bad := next((c for c in value if not c.isprintable()), None):
+            # a control character would make every reading of this patient unreadable in the queue
+            self.fail(f"the patient holds the character U+{ord(bad):04X}: give printable text", param, ctx)
         return PatientRef(system, text)
 
 
