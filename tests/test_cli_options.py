@@ -34,7 +34,7 @@ def test_any_patient_text_is_system_and_value_or_a_usage_error(text: str) -> Non
     try:
         patient = PATIENT.convert(text, None, None)
     except click.BadParameter as exc:
-        assert "give SYSTEM|VALUE" in str(exc)
+        assert "give SYSTEM|VALUE" in str(exc) or "give printable text" in str(exc)
     else:
         assert f"{patient.system}|{patient.value}" == text and patient.system and patient.value
         assert text.isprintable()
@@ -42,7 +42,7 @@ def test_any_patient_text_is_system_and_value_or_a_usage_error(text: str) -> Non
 
 def test_the_system_may_hold_bars_the_value_is_after_the_last() -> None:
     assert PATIENT.convert("urn:x|a|pt-1", None, None) == PatientRef("urn:x|a", "pt-1")
-    with pytest.raises(click.BadParameter, match="U+000B"):
+    with pytest.raises(click.BadParameter, match=r"U\+000B"):
         PATIENT.convert("urn:x|pt\x0b1", None, None)
     with pytest.raises(click.BadParameter):
         UTC_OFFSET.convert("+15:00", None, None)
