@@ -11,6 +11,7 @@ import pytest
 from phg.auth import generate_key, jwks, load_key
 from phg.config import DEFAULT_SCOPE, load_config
 from phg.doctor import _test_message, run_checks
+from test_flow_destinations import write_config as fhir_and_mllp_config
 from test_hl7v2_http import HttpReceiver, wsgi_server
 from test_mllp_peers import pki, python_hl7_server  # noqa: F401 - pki is a fixture
 
@@ -18,29 +19,10 @@ pytestmark = pytest.mark.peers
 
 
 def write_config(tmp_path: Path, base: str, client_id: str, key: Path, mllp_port: int, ca: Path, http_url: str) -> Path:
-    path = tmp_path / "phg.toml"
-    path.write_text(f'''
-[gateway]
-system_id = "02AB7FFFFE00D0C7"
-[fhir]
-base_url = "{base}"
-[auth]
-client_id = "{client_id}"
-key_file = "{key}"
-[outbox]
-path = "{tmp_path / 'outbox.sqlite'}"
-[destinations.lab]
-type = "mllp"
-host = "127.0.0.1"
-port = {mllp_port}
-tls = true
-ca_file = "{ca}"
-ack_timeout = 5
-[destinations.v2http]
-type = "hl7-http"
-url = "{http_url}"
-timeout = 5
-''')
+    """The FHIR + MLLP config of test_flow_destinations, its MLLP over TLS, and an HL7 HTTP receiver."""
+    path = fhir_and_mllp_config(tmp_path, base, client_id, key, mllp_port)
+    path.write_text(path.read_text() + f'tls = true\nca_file = "{ca}"\n'
+                    f'[destinations.v2http]\ntype = "hl7-http"\nurl = "{http_url}"\ntimeout = 5\n')
     return path
 
 
