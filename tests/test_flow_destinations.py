@@ -88,3 +88,33 @@ async def test_refused_credentials_stop_only_their_destination(gate, oauth, tmp_
             assert outbox.counts("lab")["delivered"] == len(readings)  # the v2 receiver got everything
             fhir = outbox.counts("fhir")
             assert (fhir["queued"], fhir["inflight"], fhir["dead"]) == (len(readings), 0, 0)
+
+
+async def test_a_fhir_destination_table_with_its_own_auth(gate, oauth, tmp_path):
+    """[destinations.NAME] type = "fhir" with [destinations.NAME.auth]: the same settings class and
+    opener as the [fhir]/[auth] sugar, under its own queue name."""
+    key = tmp_path / "gw.pem"
+    generate_key(key, "ES384")
+    client = oauth.register_client(jwks([load_key(key)]), scope=DEFAULT_SCOPE)
+    path = tmp_path / "phg.toml"
+    path.write_text(f'''
+[gateway]
+system_id = "02AB7FFFFE00D00E"
+[outbox]
+path = "{tmp_path / 'outbox.sqlite'}"
+[destinations.ehr2]
+type = "fhir"
+base_url = "{gate.base_url}"
+[destinations.ehr2.auth]
+client_id = "{client["client_id"]}"
+key_file = "{key}"
+''')
+    config = load_config(path, env={})
+    assert config.destination_names == ["ehr2"]
+    readings = simulated_readings(patient(), START, per_device=1)
+    with Outbox(config.outbox_path) as outbox:
+        outbox.enqueue(config.destination_names, [(r.key, r.to_json()) for r in readings])
+        summary = await deliver(config, outbox, until_idle=True)
+        assert (summary.delivered, summary.dead) == (len(readings), 0)
+        assert outbox.counts("ehr2")["delivered"] == len(readings)
+    assert count_everywhere(gate.upstream, readings) == [1] * sum(len(r.metrics) for r in readings)
