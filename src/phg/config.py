@@ -228,7 +228,6 @@ class Setting:
     parse: Parse = field(repr=False)
     default: Any = None
     env: str = ""  # the PHG_* variable; "" = PHG_<SECTION>_<KEY>
-    doc: str = ""
 
     @property
     def variable(self) -> str:
@@ -245,20 +244,20 @@ def _rows(section: str, *rows: tuple) -> tuple[Setting, ...]:
 
 SETTINGS: tuple[Setting, ...] = (
     *_rows("gateway",
-           ("system_id", eui64, None, "PHG_GATEWAY_SYSTEM_ID", "EUI-64 (default: from this machine's MAC)"),
+           ("system_id", eui64, None, "PHG_GATEWAY_SYSTEM_ID"),
            ("manufacturer", text, Gateway.manufacturer), ("model", text, Gateway.model),
            ("serial", text), ("firmware", text)),
     *_rows("fhir",
-           ("base_url", url, None, "PHG_FHIR_BASE_URL", "FHIR R4 base URL of the EHR"),
-           ("ig_version", choice(*IG_VERSIONS), "2.0.0", "PHG_IG_VERSION", "PHD IG version of the resources"),
-           ("allow_insecure_http", flag, False, "", "plain http beyond loopback"),
-           ("timeout", number(float, 1, 600, " s"), 30.0, "", "seconds for one HTTP exchange")),
+           ("base_url", url, None, "PHG_FHIR_BASE_URL"),
+           ("ig_version", choice(*IG_VERSIONS), "2.0.0", "PHG_IG_VERSION"),
+           ("allow_insecure_http", flag, False),
+           ("timeout", number(float, 1, 600, " s"), 30.0)),
     *_rows("auth",
-           ("method", choice(*AUTH_METHODS), None, "PHG_AUTH_METHOD", "default: inferred from the keys set"),
+           ("method", choice(*AUTH_METHODS), None, "PHG_AUTH_METHOD"),
            ("client_id", text, None, "PHG_CLIENT_ID"),
-           ("key_file", path, None, "PHG_KEY_FILE", "signing key(s), mode 0600"),
+           ("key_file", path, None, "PHG_KEY_FILE"),
            ("scope", text, DEFAULT_SCOPE, "PHG_SCOPE"),
-           ("token_url", url, None, "PHG_TOKEN_URL", "else discovered (.well-known/smart-configuration)"),
+           ("token_url", url, None, "PHG_TOKEN_URL"),
            ("trusted_token_hosts", hosts, ()),
            ("client_secret", secret, None, "PHG_CLIENT_SECRET"),
            ("username", text, None, "PHG_USERNAME"),
@@ -273,7 +272,7 @@ SETTINGS: tuple[Setting, ...] = (
            ("ca_file", readable_file), ("client_cert", readable_file), ("client_key", readable_file),
            ("proxy", text), ("encrypt_to", text), ("encrypt_kid", text)),
     *_rows("outbox",
-           ("path", path, None, "PHG_OUTBOX", "the queue file (default: user data dir)"),
+           ("path", path, None, "PHG_OUTBOX"),
            ("keep_delivered", duration, KEEP_DELIVERED)),
     *_rows("delivery",
            ("batch_size", number(int, 1, 1000), 50),
@@ -284,9 +283,9 @@ SETTINGS: tuple[Setting, ...] = (
            ("allow", strings, ()), ("pair_new", flag, False),
            ("scan_seconds", number(float, 0.1, 3600, " s"), 5.0)),
     *_rows("ieee11073",
-           ("listen", host_port, None, "", "HOST:PORT of the 11073-20601 TCP listener (unset: off)"),
+           ("listen", host_port, None),
            ("max_connections", number(int, 1, 10000), 32),
-           ("configs", path, None, "", "file of known 11073 device configurations")),
+           ("configs", path, None)),
     *_rows("usb",
            ("enabled", flag, False), ("vendor_id", number(int, 0, 0xFFFF)), ("product_id", number(int, 0, 0xFFFF))),
 )
