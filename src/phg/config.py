@@ -290,9 +290,8 @@ SETTINGS: tuple[Setting, ...] = (
            ("enabled", flag, False), ("vendor_id", number(int, 0, 0xFFFF)), ("product_id", number(int, 0, 0xFFFF))),
 )
 ROWS: dict[tuple[str, str], Setting] = {(s.section, s.key): s for s in SETTINGS}
-SECTIONS: dict[str, list[str]] = {}
-for _setting in SETTINGS:
-    SECTIONS.setdefault(_setting.section, []).append(_setting.key)
+SECTIONS: dict[str, list[str]] = {section: [s.key for s in SETTINGS if s.section == section]
+                                   for section in dict.fromkeys(s.section for s in SETTINGS)}
 
 
 class Values:
