@@ -24,6 +24,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"intake", "auth"}),                               # what sources write to; credentials
     frozenset({"sources"}),                                      # device transports: write to the Intake only
     frozenset({"delivery"}),                                     # worker, destinations, registry
+    frozenset({"service"}),                                      # the API, status page, health and metrics
     frozenset({"daemon", "doctor"}),                             # the assembled pipeline
     frozenset({"cli", "demo"}),                                  # people's entry points
     frozenset({"phg"}),                                          # the library API

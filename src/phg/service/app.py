@@ -1,0 +1,42 @@
+"""The service's one ASGI application, assembled from its parts.
+
+Starlette rather than FastAPI: the reading document already has its JSON Schema
+(phg/reading.schema.json), which the OpenAPI document embeds as it is; FastAPI would want the same
+rules again as pydantic models. Starlette is the small, well-kept ASGI toolkit FastAPI itself is built
+on, and uvicorn is the server both use.
+
+Each part contributes its routes from its own module (`routes(ctx)`): `api` (ingest, queue, items,
+devices, patients' readings, OpenAPI), `page` (the status page), `ops` (/healthz, /readyz, /metrics);
+`security` wraps the whole app (API keys, client certificates, cross-site checks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from starlette.applications import Starlette
+
+from phg.config import Config
+from phg.delivery.status import DestinationStatus
+from phg.intake import Intake
+from phg.outbox import Outbox
+
+
+@dataclass
+class ServiceContext:
+    """What every part of the service reads: the settings, the queue, the intake sources and apps write to,
+    and each destination's live status (kept by its delivery worker)."""
+
+    config: Config
+    outbox: Outbox
+    intake: Intake
+    statuses: Mapping[str, DestinationStatus] = field(default_factory=dict)
+
+
+def create_app(ctx: ServiceContext) -> Starlette:
+    from phg.service import api, ops, page, security
+
+    app = Starlette(routes=[*api.routes(ctx), *ops.routes(ctx), *page.routes(ctx)])
+    app.state.ctx = ctx
+    return security.protect(app, ctx)
