@@ -33,6 +33,9 @@ from phg.transport import require_secure_url
 
 DEFAULT_SCOPE = "system/Patient.cu system/Device.cu system/Observation.c"
 IG_VERSIONS = ("2.0.0", "1.1.0")
+API_LISTEN = ("127.0.0.1", 8470)  # [api] listen when an [api] table is present
+API_MAX_BODY = 2**20  # [api] max_body: bytes of one POST /v1/readings body
+API_MAX_DOCUMENTS = 1000  # [api] max_documents: reading documents in one request
 KEEP_DELIVERED = 7 * 86400.0  # [outbox] keep_delivered: seconds a delivered reading's payload stays in the outbox
 DEFAULT_PUBLISH_DELAY = 600.0  # [auth] key_publish_delay (phg.auth.keyring)
 DEFAULT_GRACE = 86400.0  # [auth] key_rotation_grace (phg.auth.keyring)
@@ -288,6 +291,10 @@ SETTINGS: tuple[Setting, ...] = (
            ("configs", path, None)),
     *_rows("usb",
            ("enabled", flag, False), ("vendor_id", number(int, 0, 0xFFFF)), ("product_id", number(int, 0, 0xFFFF))),
+    *_rows("api",
+           ("listen", host_port),
+           ("max_body", number(int, 1024, 64 * 2**20, " bytes"), API_MAX_BODY),
+           ("max_documents", number(int, 1, 100_000), API_MAX_DOCUMENTS)),
 )
 ROWS: dict[tuple[str, str], Setting] = {(s.section, s.key): s for s in SETTINGS}
 SECTIONS: dict[str, list[str]] = {section: [s.key for s in SETTINGS if s.section == section]
@@ -569,6 +576,15 @@ DESTINATION_TYPES: dict[str, type[DestinationSettings]] = {
 
 
 @dataclass(frozen=True)
+class ApiSettings:
+    """The service `phg run` serves (phg.service): where it listens and what one request may hold."""
+
+    listen: tuple[str, int] = API_LISTEN
+    max_body: int = API_MAX_BODY
+    max_documents: int = API_MAX_DOCUMENTS
+
+
+@dataclass(frozen=True)
 class Config:
     gateway: Gateway
     outbox_path: Path
@@ -589,6 +605,7 @@ class Config:
     usb_enabled: bool = False
     usb_vendor_id: int | None = None
     usb_product_id: int | None = None
+    api: ApiSettings | None = None  # the service; None: no [api] table, nothing served
     source: str = "(defaults)"  # where the settings came from, for messages
 
     @property
@@ -634,7 +651,8 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None,
     auth = _auth(values, values("fhir", "base_url"), values("fhir", "allow_insecure_http"))
     destinations = _destinations(tables, values, auth, source)
     _require_private_file(path, values, destinations)
-    return _config(values, destinations, auth, source)
+    api = _api(values) if "api" in data or values.given("api") else None
+    return _config(values, destinations, auth, source, api=api)
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -717,7 +735,14 @@ def _destinations(tables: Any, values: Values, auth: AuthSettings, source: str) 
     return tuple(found)
 
 
-def _config(values: Values, destinations: tuple[DestinationSettings, ...], auth: AuthSettings, source: str) -> Config:
+def _api(values: Values) -> ApiSettings:
+    """[api]: present (even empty, or given by a PHG_API_* variable) means `phg run` serves."""
+    return ApiSettings(listen=values("api", "listen") or API_LISTEN, max_body=values("api", "max_body"),
+                       max_documents=values("api", "max_documents"))
+
+
+def _config(values: Values, destinations: tuple[DestinationSettings, ...], auth: AuthSettings, source: str, *,
+            api: ApiSettings | None = None) -> Config:
     patient = None
     if values.given("patient"):
         patient = PatientRef(values("patient", "system") or "", values("patient", "value") or "")
@@ -751,6 +776,7 @@ def _config(values: Values, destinations: tuple[DestinationSettings, ...], auth:
         usb_enabled=values("usb", "enabled"),
         usb_vendor_id=values("usb", "vendor_id"),
         usb_product_id=values("usb", "product_id"),
+        api=api,
         source=source,
     )
 
