@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from phg.model import Reading
 from phg.outbox import Outbox
@@ -28,6 +28,9 @@ class Stored:
 
     new: int
     known: int
+    ids: Mapping[str, tuple[int, ...]] = field(default_factory=dict, compare=False)  # reading key -> its
+    #                                     item id for each destination, in `Intake.destinations` order
+    fresh: frozenset[str] = field(default=frozenset(), compare=False)  # the keys this store queued
 
 
 class Intake:
@@ -39,14 +42,20 @@ class Intake:
         self._outbox = outbox
         self._destinations = tuple(destinations)
 
+    @property
+    def destinations(self) -> tuple[str, ...]:
+        return self._destinations
+
     def store(self, readings: Sequence[Reading], progress: Mapping[str, str] | None = None) -> Stored:
         """Queue `readings` and commit `progress` (marker name -> value) in one transaction; raises
         StorageError (nothing stored) when the queue cannot be written. A reading already stored for
         every destination counts as known and is not queued twice."""
         items = {r.key: r.to_json() for r in readings}
         known = self._outbox.stored_keys(self._destinations, list(items)) if items else set()
-        self._outbox.enqueue(self._destinations, list(items.items()), progress)
-        return Stored(new=len(items) - len(known), known=len(readings) - len(items) + len(known))
+        ids = self._outbox.enqueue(self._destinations, list(items.items()), progress)
+        per_key = {key: tuple(ids[n::len(items)]) for n, key in enumerate(items)}
+        return Stored(new=len(items) - len(known), known=len(readings) - len(items) + len(known), ids=per_key,
+                      fresh=frozenset(items) - known)
 
     def has(self, reading: Reading) -> bool:
         """Whether `reading` is already stored for every destination."""

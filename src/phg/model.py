@@ -499,17 +499,27 @@ def parse_documents(data: bytes | str, source: str) -> tuple[list[Reading], list
     bad: a bad document or JSON Lines line never costs the others. Refusals name the document as
     `source`, `source[3]` (the fourth of an array) or `source line 3` (JSON Lines)."""
     readings, errors = [], []
+    for parsed in parse_each(data, source):
+        (errors if isinstance(parsed, ReadingError) else readings).append(parsed)
+    return readings, errors
+
+
+def parse_each(data: bytes | str, source: str) -> Iterator[Reading | ReadingError]:
+    """`parse_documents` one document at a time, in order: each document's Reading or refusal (the
+    ingest API answers per document). A file refused as a whole (too large, not UTF-8, not JSON)
+    is one ReadingError naming `source`."""
     try:
         for label, doc in _documents(data, source):
-            try:
-                if isinstance(doc, ReadingError):
-                    raise doc
-                readings.append(parse_reading(doc, label))
-            except ReadingError as exc:
-                errors.append(exc)
-    except ReadingError as exc:  # the file as a whole: too large, not UTF-8, not JSON
-        errors.append(ReadingError(exc.where, exc.why, source))
-    return readings, errors
+            yield doc if isinstance(doc, ReadingError) else _reading_or_error(doc, label)
+    except ReadingError as exc:
+        yield ReadingError(exc.where, exc.why, source)
+
+
+def _reading_or_error(doc: Any, label: str) -> Reading | ReadingError:
+    try:
+        return parse_reading(doc, label)
+    except ReadingError as exc:
+        return exc
 
 
 def _documents(data: bytes | str, source: str) -> Iterator[tuple[str, Any]]:
