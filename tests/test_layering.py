@@ -16,7 +16,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "phg"
 # which re-exports lazily from below and is imported by nothing inside phg).
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"errors"}),
-    frozenset({"mdc", "terminal", "secretfile", "transport"}),  # tables and small helpers
+    frozenset({"mdc", "terminal", "secretfile", "transport",    # tables and small helpers
+               "metrics", "logformat"}),                       # counters every layer adds to; JSON logs
     frozenset({"model"}),                                        # the neutral Reading
     frozenset({"fhir", "hl7v2"}),                                # formats: pure mapping
     frozenset({"config"}),                                       # settings, parsed once

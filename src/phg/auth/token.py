@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from phg import metrics
 from phg.auth.discovery import SmartConfiguration, discover
 from phg.errors import AuthError, ConfigError
 from phg.terminal import printable
@@ -274,7 +275,13 @@ class TokenAuth(httpx.Auth):
             self._token = None
 
     async def _request_token(self) -> AccessToken:
-        """One token request, built from the grant and the client authentication, sent and judged here."""
+        """One token request, built from the grant and the client authentication, sent and judged here;
+        counted in phg.metrics (requests, and failures: refused, unreachable or a bad answer)."""
+        metrics.TOKEN_REQUESTS.inc()
+        with metrics.TOKEN_FAILURES.count_exceptions():
+            return await self._send_token_request()
+
+    async def _send_token_request(self) -> AccessToken:
         url = await self.token_endpoint()
         form = {"grant_type": self.grant.grant_type, **self.grant.fields(), "scope": self.scope}
         headers = await self.client_auth.authenticate(url, form)

@@ -38,15 +38,20 @@ from phg.cli.output import JSON_OPTION, print_json
 @click.option("--scope", help="Scopes to request (overrides [auth] scope).")
 @click.option("--outbox", "outbox_path", type=click.Path(path_type=Path), help="Outbox database (overrides [outbox] path).")
 @click.option("-v", "--verbose", count=True, help="-v: progress (INFO); -vv: DEBUG (may include server messages).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              envvar="PHG_LOG_FORMAT", help="json: one JSON object per log line (for journald, Loki...).")
 @click.version_option(package_name="phg")
 @click.pass_context
-def main(ctx: click.Context, config_path, fhir_base, client_id, key_file, scope, outbox_path, verbose) -> None:
+def main(ctx: click.Context, config_path, fhir_base, client_id, key_file, scope, outbox_path, verbose,
+         log_format) -> None:
     """phg: a Personal Health Gateway. Device readings -> FHIR (HL7 PHD IG) -> your EHR, securely,
     through a durable queue."""
+    from phg.logformat import JsonFormatter
     from phg.terminal import PrintableFormatter
 
     handler = logging.StreamHandler()  # log lines may quote a server: no control characters reach the terminal
-    handler.setFormatter(PrintableFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if log_format == "json"
+                         else PrintableFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)], handlers=[handler])
     if verbose < 2:
         logging.getLogger("httpx").setLevel(logging.WARNING)

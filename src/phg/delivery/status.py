@@ -1,5 +1,10 @@
 """Each destination's live status, kept by its delivery worker and read by the service (status page,
-/readyz, /metrics). Plain data, updated in the event loop's thread only."""
+/readyz, /metrics). Plain data, updated in the event loop's thread only.
+
+A worker sets BACKING_OFF when the destination cannot be reached (the circuit), when the server asked to
+wait (Retry-After) or when the outbox cannot be written, and DELIVERING again once the wait is over;
+STOPPED on an AuthError or a destination's ConfigError, with the error's text (what to fix) as `reason`.
+The text never holds a token: phg's errors name settings and endpoints, never credentials."""
 
 from __future__ import annotations
 
@@ -16,5 +21,5 @@ class DestinationStatus:
     type: str
     state: str = DELIVERING
     until: float | None = None  # wall-clock time the back-off ends (BACKING_OFF)
-    reason: str | None = None  # why it stopped (STOPPED), printable, no secrets
+    reason: str | None = None  # why it waits (BACKING_OFF) or stopped (STOPPED): printable, no secrets
     last_delivered: float | None = None  # wall-clock time of the last Delivered outcome

@@ -29,6 +29,9 @@ Rules (the delivery paragraph of docs/architecture.md):
   worker: it logs, waits (backoff) and tries again, so the daemon recovers when space returns. What
   it had leased keeps its lease; if the report of a delivery is what failed, the batch is sent again
   when the lease expires, which conditional create makes harmless. `until_idle` runs raise it instead.
+- The worker keeps its destination's live `status` (phg.delivery.status: delivering, backing off until
+  when and why, stopped and what to fix, the last delivery) and counts into phg.metrics (delivered,
+  rejected, retried, the latency from enqueue to the destination's acceptance).
 Outbox calls are blocking SQLite work, so they run in a thread, off the event loop.
 """
 
@@ -42,7 +45,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
+from phg import metrics
 from phg.delivery.outcome import Deferred, Delivered, Destination, Outcome, Rejected
+from phg.delivery.status import BACKING_OFF, DELIVERING, STOPPED, DestinationStatus
 from phg.errors import (
     AuthError,
     ConfigError,
@@ -53,6 +58,7 @@ from phg.errors import (
 )
 from phg.model import Reading, from_canonical_json
 from phg.outbox import Item, Outbox
+from phg.terminal import printable
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +99,11 @@ def _parse(items: Sequence[Item]) -> tuple[Batch, list[tuple[Item, str]]]:
 
 class DeliveryWorker:
     def __init__(self, outbox: Outbox, destination: Destination, *, batch_size: int = 50,
-                 lease_seconds: float = 120.0, max_backoff: float = 300.0, idle_poll: float = 1.0):
+                 lease_seconds: float = 120.0, max_backoff: float = 300.0, idle_poll: float = 1.0,
+                 status: DestinationStatus | None = None):
         self.outbox = outbox
         self.destination = destination
+        self.status = status or DestinationStatus(destination.name, "")
         self.batch_size = batch_size
         self.lease_seconds = lease_seconds
         self.max_backoff = max_backoff
@@ -130,6 +138,10 @@ class DeliveryWorker:
         stop = stop or asyncio.Event()
         try:
             return await self._run(stop, until_idle)
+        except (AuthError, ConfigError) as exc:
+            problem = "authorization" if isinstance(exc, AuthError) else "configuration"
+            self._set_state(STOPPED, f"{problem} problem: {exc}")
+            raise
         finally:
             await self._drop_prefetch()
             await self._put_back_probe()
@@ -152,6 +164,7 @@ class DeliveryWorker:
                 wait = backoff(storage_failures, cap=min(self.max_backoff, 30.0))
                 log.error("%s: the outbox cannot be written, delivery paused for %.1f s: %s",
                           self.destination.name, wait, exc)
+                self._set_state(BACKING_OFF, f"the outbox cannot be written: {exc}", wait)
             except (AuthError, ConfigError):
                 raise
             except Exception:  # a bug in the worker must not end `phg run`: what was leased comes due again
@@ -183,6 +196,8 @@ class DeliveryWorker:
         if time.monotonic() < self._resume_at:
             await self._drop_prefetch()
             return False
+        if self.status.state == BACKING_OFF:  # the wait is over
+            self._set_state(DELIVERING)
         batch = await self._next_batch()
         if batch is None:
             return False
@@ -327,6 +342,7 @@ class DeliveryWorker:
         self._resume_at = time.monotonic() + delay
         self._probe += batch
         self._outage_error = str(exc)
+        self._set_state(BACKING_OFF, f"unreachable: {exc}", delay)
         log.warning("%s: unreachable, %d readings wait, next try in %.1f s: %s",
                     self.destination.name, len(self._probe), delay, exc)
         await self._drop_prefetch()
@@ -350,7 +366,7 @@ class DeliveryWorker:
                     self.destination.name, len(batch), delay, exc)
         error = f"{exc}: {exc.detail}" if exc.detail else str(exc)
         await self._report(self.outbox.retry_later, [item for item, _ in batch], delay, error)
-        self.summary.retried += len(batch)
+        self._retried(len(batch))
 
     def _delay(self, retry_after: float | None, attempts: int) -> float:
         """Seconds until a retry: the server's Retry-After, for which the whole destination waits (RFC
@@ -360,7 +376,19 @@ class DeliveryWorker:
             return backoff(attempts, cap=self.max_backoff)
         delay = min(retry_after, self.max_backoff)
         self._resume_at = max(self._resume_at, time.monotonic() + delay)
+        self._set_state(BACKING_OFF, "the server asked to wait (Retry-After)", self._resume_at - time.monotonic())
         return delay
+
+    def _set_state(self, state: str, reason: str | None = None, seconds: float | None = None) -> None:
+        """The destination's live status: `reason` printable (it may quote a server), `seconds` until the
+        wait ends."""
+        self.status.state = state
+        self.status.reason = printable(reason) if reason else None
+        self.status.until = time.time() + seconds if seconds is not None else None
+
+    def _retried(self, n: int) -> None:
+        self.summary.retried += n
+        metrics.RETRIED.labels(self.destination.name).inc(n)
 
     async def _isolate(self, batch: Batch, reason: str, what: str) -> None:
         """The batch failed because of its content: split it in halves until the reading at fault is
@@ -378,7 +406,7 @@ class DeliveryWorker:
         delivered = [(item, o) for (item, _), o in zip(batch, outcomes, strict=True) if isinstance(o, Delivered)]
         if delivered:
             await self._report(self.outbox.delivered, [i for i, _ in delivered], [o.result for _, o in delivered])
-            self.summary.delivered += len(delivered)
+            self._delivered([i for i, _ in delivered])
             log.debug("%s: delivered %d readings", self.destination.name, len(delivered))
         for (item, _), outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, Rejected):
@@ -390,11 +418,23 @@ class DeliveryWorker:
                     delay = self._delay(outcome.retry_after, item.attempts)
                     await self._report(self.outbox.retry_later, [item], delay, outcome.reason,
                                        outcome.counts_as_refusal)
-                    self.summary.retried += 1
+                    self._retried(1)
+
+    def _delivered(self, items: Sequence[Item]) -> None:
+        """Count deliveries: the summary, the status's last delivery, and the metrics (latency: from the
+        item's enqueue to now, the destination's acceptance)."""
+        now = time.time()
+        self.summary.delivered += len(items)
+        self.status.last_delivered = now
+        metrics.DELIVERED.labels(self.destination.name).inc(len(items))
+        latency = metrics.LATENCY.labels(self.destination.name)
+        for item in items:
+            latency.observe(max(0.0, now - item.created))
 
     async def _dead(self, items: Sequence[Item], reason: str) -> None:
         await self._report(self.outbox.dead, items, reason)
         self.summary.dead += len(items)
+        metrics.REJECTED.labels(self.destination.name).inc(len(items))
         # The reason may quote measured values: it is kept in the outbox (phg queue show ID) and logged
         # only at DEBUG.
         ids = ",".join(str(i.id) for i in items)

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
+from phg import metrics
 from phg.errors import MappingError, StorageError
 from phg.intake import Intake
 from phg.mdc import MDC_DEV_SPEC_PROFILE_CGM
@@ -373,6 +374,7 @@ class _Session:
 
         async with BleakClient(target, disconnected_callback=on_disconnect, timeout=timeout,
                                backend=client_class) as client:
+            metrics.DEVICES_CONNECTED.labels("ble").inc()
             profile = next((p for p in PROFILES if client.services.get_service(uuid16(p.service))), None)
             if profile is None:
                 raise LookupError(f"BLE {self.address} offers none of the health services phg knows")
@@ -433,6 +435,7 @@ class _Session:
                     outcome = collector.feed(uuid, data)
                 except (GattError, MappingError) as exc:  # logged without the bytes: no values in logs
                     self.result.skipped += 1
+                    metrics.DECODE_ERRORS.labels("ble").inc()
                     logger.warning("BLE %s: malformed 0x%04X value skipped: %s", self.address, uuid, exc)
                     continue
                 if outcome is not None:
@@ -448,6 +451,7 @@ class _Session:
         progress = {self.marker: str(last_seq)} | self.marker_context if last_seq is not None else None
         await asyncio.to_thread(self.intake.store, readings, progress)
         self.result.readings += len(readings)
+        metrics.RECORDS_FETCHED.labels("ble").inc(len(readings))
         if last_seq is not None:
             self.result.last_seq = last_seq
 

@@ -23,6 +23,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from phg import metrics
 from phg.sources.ieee11073 import nomenclature as nom
 from phg.sources.ieee11073.apdu import (
     ABORT_CONFIGURATION_TIMEOUT,
@@ -295,12 +296,14 @@ class Manager:
         try:
             apdu = decode(raw)
         except ApduError as exc:
+            metrics.DECODE_ERRORS.labels("11073").inc()
             return self._abort(f"malformed APDU: {exc}", ABORT_UNDEFINED)
         try:
             return self._handle(apdu, now)
         except _Abort as exc:
             return self._abort(exc.reason, exc.code)
         except ApduError as exc:
+            metrics.DECODE_ERRORS.labels("11073").inc()
             return self._abort(f"malformed {type(apdu).__name__.upper()} content: {exc}", ABORT_UNDEFINED)
 
     def _handle(self, apdu, now: float) -> list[Event]:

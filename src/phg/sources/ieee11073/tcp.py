@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from phg import metrics
 from phg.errors import PhgError
 from phg.intake import Intake
 from phg.model import PatientRef, Reading
@@ -97,6 +98,7 @@ class Association:
         for ev in events:
             match ev:
                 case Associated():
+                    metrics.DEVICES_CONNECTED.labels("11073").inc()
                     log.info("11073 %s: agent %s associated (config %#06x, %s)", self.peer, ev.system_id,
                              ev.config_id, "known" if ev.known_configuration else "unknown configuration")
                 case Configured():
@@ -107,6 +109,7 @@ class Association:
                     try:
                         out.append((ev, self.builder.readings(ev, now)))
                     except (PhgError, ValueError, ArithmeticError) as exc:
+                        metrics.DECODE_ERRORS.labels("11073").inc()
                         self._end(self.manager.abort(f"report {ev.invoke_id} cannot become readings: {exc}"))
                 case Released():
                     log.info("11073 %s: association released by the %s", self.peer, ev.by)
@@ -128,6 +131,7 @@ class Association:
                 self._end(self.manager.abort(f"report {m.invoke_id} cannot become readings: {exc}"))
                 return
             self.manager.acknowledge(m)
+            metrics.RECORDS_FETCHED.labels("11073").inc(len(readings))
             log.info("11073 %s: %d reading(s), %d metric(s) stored", self.peer, len(readings),
                      sum(len(r.metrics) for r in readings))
             if self.settings.on_reading:
