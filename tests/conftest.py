@@ -9,6 +9,8 @@ Integration tests that use them are marked ``@pytest.mark.peers``. Peers:
   tokens of ``oauth`` (``.base_url`` = the FHIR base phg is pointed at)
 - ``start_oauth(ttl=3, ...)`` / ``start_stack("sekmet", ttl=3, ...)``: fresh peers for one test
   (short token lifetimes, other options), stopped when the test ends
+- ``c3pro_peer``: :class:`c3pro_peer.C3ProPeer`, a C3-PRO server and consumer built from
+  ../shared/docs/c3pro-facts.md (``.base_url`` = the /c3pro context root), fresh for each test
 - ``client_key(alg)``: a fresh ES384/RS384 key pair; ``register_client(...)``: a key pair registered
   with an OAuth server as a private_key_jwt client
 """
@@ -27,6 +29,7 @@ import pytest
 from joserfc import jws
 from joserfc.jwk import ECKey, RSAKey
 
+from c3pro_peer import C3ProPeer
 from phg.demo.peers import (
     Gate,
     MedplumServer,
@@ -204,3 +207,10 @@ def start_stack(tmp_path) -> Iterator[Callable[..., SmartStack]]:
             return stack.enter_context(smart_stack(fhir, workdir=tmp_path / f"stack-{count}", **kwargs))  # type: ignore[arg-type]
 
         yield start
+
+
+@pytest.fixture
+def c3pro_peer() -> Iterator[C3ProPeer]:
+    """A C3-PRO peer (register, 202 tokens, envelopes decrypted and kept), started for one test."""
+    with C3ProPeer() as peer:
+        yield peer
