@@ -29,7 +29,7 @@ import httpx
 from phg.errors import ConfigError
 from phg.model import Gateway, PatientRef
 from phg.secretfile import require_private
-from phg.transport import require_secure_url
+from phg.transport import is_loopback, require_secure_url
 
 DEFAULT_SCOPE = "system/Patient.cu system/Device.cu system/Observation.c"
 IG_VERSIONS = ("2.0.0", "1.1.0")
@@ -155,6 +155,15 @@ def strings(value: Any, where: str) -> tuple[str, ...]:
     if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{where} must be a list of strings")
     return tuple(v.strip() for v in value)
+
+
+def origins(value: Any, where: str) -> tuple[str, ...]:
+    """Web origins as browsers send them in Origin (RFC 6454 6.2: scheme://host[:port], no path)."""
+    found = tuple(item.lower().rstrip("/") for item in strings(value, where))
+    for item in found:
+        if not re.fullmatch(r"https?://[^/?#\s@]+", item):
+            raise ConfigError(f"{where}: {item!r:.60} is not an origin (such as \"https://gw.example.org:8470\")")
+    return found
 
 
 def eui64(value: Any, where: str) -> str:
@@ -294,7 +303,10 @@ SETTINGS: tuple[Setting, ...] = (
     *_rows("api",
            ("listen", host_port),
            ("max_body", number(int, 1024, 64 * 2**20, " bytes"), API_MAX_BODY),
-           ("max_documents", number(int, 1, 100_000), API_MAX_DOCUMENTS)),
+           ("max_documents", number(int, 1, 100_000), API_MAX_DOCUMENTS),
+           ("keys_file", path), ("tls_cert", readable_file), ("tls_key", readable_file),
+           ("client_ca", readable_file), ("allow_insecure", flag, False), ("require_auth", flag, False),
+           ("allowed_origins", origins, ())),
 )
 ROWS: dict[tuple[str, str], Setting] = {(s.section, s.key): s for s in SETTINGS}
 SECTIONS: dict[str, list[str]] = {section: [s.key for s in SETTINGS if s.section == section]
@@ -567,9 +579,77 @@ class SoapSettings(HttpHl7Settings):
         return super().build(parsed, source, section)
 
 
+C3PRO_RESOURCES = ("Patient", "Observation")
+
+
+def c3pro_resources(value: Any, where: str) -> tuple[str, ...]:
+    found = strings(value, where)
+    if not found or any(kind not in C3PRO_RESOURCES for kind in found):
+        raise ConfigError(f"{where} must list some of {', '.join(C3PRO_RESOURCES)}")
+    return found
+
+
+@dataclass(frozen=True)
+class C3proSettings(DestinationSettings):
+    """A C3-PRO server (phg.delivery.c3pro): base_url is its context root (https://host/c3pro).
+    antispam (or antispam_file, mode 0600) and receipt_data are what `phg register` sends; client_id
+    and client_secret what it stores; public_key the server's RSA key (DER or PEM X.509 certificate or
+    SubjectPublicKeyInfo) with its key_id; version the envelope's FHIR pipeline; resources what is sent;
+    journal the file recording each resource the server took (default: in the user data directory)."""
+
+    KEYS: ClassVar[tuple[Setting, ...]] = _rows(
+        "destinations.*", ("base_url", url, REQUIRED), ("public_key", readable_file, REQUIRED),
+        ("key_id", text, REQUIRED), ("version", text, "3.0.0"), ("resources", c3pro_resources, C3PRO_RESOURCES),
+        ("antispam", secret), ("antispam_file", path), ("receipt_data", text, "NO-APP-RECEIPT"),
+        ("client_id", text), ("client_secret", secret), ("journal", path),
+        ("allow_insecure_http", flag, False), ("timeout", number(float, 1, 600, " s"), 30.0))
+    type: ClassVar[str] = "c3pro"
+
+    base_url: str = ""
+    public_key: Path = Path()
+    key_id: str = ""
+    version: str = "3.0.0"
+    resources: tuple[str, ...] = C3PRO_RESOURCES
+    antispam: str | None = field(default=None, repr=False)
+    antispam_file: Path | None = None
+    receipt_data: str = "NO-APP-RECEIPT"
+    client_id: str | None = None
+    client_secret: str | None = field(default=None, repr=False)
+    journal: Path = Path()
+    allow_insecure_http: bool = False
+    timeout: float = 30.0
+
+    @property
+    def request_timeout(self) -> tuple[str, float]:
+        return "timeout", self.timeout
+
+    def antispam_token(self) -> str | None:
+        """The Antispam token: antispam, else the first line of antispam_file."""
+        if self.antispam_file is None:
+            return self.antispam
+        try:
+            return self.antispam_file.read_text(encoding="utf-8").strip() or None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{self.source}: [destinations.{self.name}] antispam_file {self.antispam_file}: "
+                              f"cannot read it ({exc})") from None
+
+    @classmethod
+    def build(cls, parsed: dict[str, Any], source: str, section: str) -> dict[str, Any]:
+        """antispam_file must be mode 0600 (like a key); the journal's default path."""
+        if "antispam" in parsed and "antispam_file" in parsed:
+            raise ConfigError(f"{source}: [{section}] give antispam or antispam_file, not both")
+        if (found := parsed.get("antispam_file")) is not None:
+            require_private(found, f"{source}: [{section}] antispam_file")
+        require_secure_url(parsed["base_url"], f"{source}: [{section}] base_url",
+                           allow_insecure_http=parsed.get("allow_insecure_http", False))
+        name = section.removeprefix("destinations.")
+        parsed.setdefault("journal", user_data_dir() / f"c3pro-{name}.sqlite")
+        return parsed
+
+
 DESTINATION_TYPES: dict[str, type[DestinationSettings]] = {
     "fhir": FhirSettings, "mllp": MllpSettings, "hl7-http": HttpHl7Settings, "http": HttpHl7Settings,
-    "soap": SoapSettings}
+    "soap": SoapSettings, "c3pro": C3proSettings}
 
 
 # ------------------------------------------------------------------------------------------ Config
@@ -582,6 +662,14 @@ class ApiSettings:
     listen: tuple[str, int] = API_LISTEN
     max_body: int = API_MAX_BODY
     max_documents: int = API_MAX_DOCUMENTS
+    # who may use it (phg.service.security): API keys (their SHA-256, mode 0600), TLS, mutual TLS
+    keys_file: Path = field(default_factory=lambda: user_data_dir() / "api-keys.json")
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    client_ca: Path | None = None
+    allow_insecure: bool = False
+    require_auth: bool = False
+    allowed_origins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -737,8 +825,29 @@ def _destinations(tables: Any, values: Values, auth: AuthSettings, source: str) 
 
 def _api(values: Values) -> ApiSettings:
     """[api]: present (even empty, or given by a PHG_API_* variable) means `phg run` serves."""
+    _api_tls(values)
+    keys = ("tls_cert", "tls_key", "client_ca", "allow_insecure", "require_auth", "allowed_origins")
     return ApiSettings(listen=values("api", "listen") or API_LISTEN, max_body=values("api", "max_body"),
-                       max_documents=values("api", "max_documents"))
+                       max_documents=values("api", "max_documents"),
+                       keys_file=values("api", "keys_file") or user_data_dir() / "api-keys.json",
+                       **{key: values("api", key) for key in keys})
+
+
+def _api_tls(values: Values) -> None:
+    """TLS for the service: cert and key together (the key 0600), client_ca only over TLS, and no plain
+    HTTP on an address other machines can reach unless allow_insecure says so (behind a TLS proxy)."""
+    cert, key = values("api", "tls_cert"), values("api", "tls_key")
+    if (cert is None) != (key is None):
+        raise ConfigError(f"{values.source}: [api] tls_cert and tls_key go together (the service's TLS)")
+    if key is not None:
+        require_private(key, f"{values.where('api', 'tls_key')}:")
+    if values("api", "client_ca") is not None and cert is None:
+        raise ConfigError(f"{values.where('api', 'client_ca')} (mutual TLS) needs [api] tls_cert and tls_key")
+    host = (values("api", "listen") or API_LISTEN)[0]
+    if cert is None and not values("api", "allow_insecure") and not is_loopback(host):
+        raise ConfigError(f"{values.where('api', 'listen')} = {host!r} is reachable from other machines: "
+                          "set [api] tls_cert and tls_key (HTTPS), or [api] allow_insecure = true only behind a "
+                          "TLS-terminating proxy on a trusted network")
 
 
 def _config(values: Values, destinations: tuple[DestinationSettings, ...], auth: AuthSettings, source: str, *,

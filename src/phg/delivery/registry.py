@@ -12,6 +12,7 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from typing import Any
 
 from phg.config import Config, DestinationSettings
+from phg.delivery.c3pro import open_c3pro
 from phg.delivery.fhir import open_fhir
 from phg.delivery.hl7 import Exchange, Hl7Destination
 from phg.delivery.hl7http import Er7Binding, HttpExchange
@@ -35,6 +36,7 @@ REGISTRY: dict[str, Opener] = {
     "mllp": _hl7(MllpExchange),
     "hl7-http": _hl7(lambda settings: HttpExchange(settings, Er7Binding())),
     "soap": _hl7(lambda settings: HttpExchange(settings, SoapBinding(settings))),
+    "c3pro": open_c3pro,
 }
 
 
