@@ -29,6 +29,7 @@ from phg.cli.output import JSON_OPTION, print_json
     "keys": ("phg.cli.auth:keys", "The gateway's signing keys: generate, rotate, show the public JWKS."),
     "register": ("phg.cli.auth:register", "Register this gateway with the server (RFC 7591) and save the client."),
     "serve-jwks": ("phg.cli.auth:serve_jwks", "Publish the public JWKS at a URL (for jwks_uri / jku)."),
+    "api-key": ("phg.cli.apikey:api_key", "API keys for the service: create (printed once), list, revoke."),
 })
 @click.option("--config", "config_path", type=click.Path(path_type=Path),
               help="Config file (default: $PHG_CONFIG or the user config dir).")
