@@ -503,6 +503,41 @@ class Outbox:
         )
         return dict.fromkeys(STATES, 0) | dict(rows)
 
+    # What the gateway has seen, for the status page and the service API: read-only queries over the kept
+    # payloads. A payload blanked by retention (module docstring, "Retention": keep_delivered, 7 days by
+    # default) no longer says whose reading it was, so these see as far back as the payloads are kept.
+    # SQLite gives a bare column of an aggregate query with min() or max() the value of the row holding
+    # that extreme (https://www.sqlite.org/lang_select.html#bareagg).
+
+    def latest_per_device(self) -> list[tuple[float, str]]:
+        """For each device (system id, else Bluetooth address) of a kept payload: when its newest reading
+        was stored and that payload, most recently heard from first."""
+        return [tuple(row) for row in self._read(
+            "SELECT max(created), payload FROM item WHERE payload <> ?"
+            " GROUP BY coalesce(json_extract(payload, '$.device.system_id'), json_extract(payload, '$.device.bt_address'))"
+            " ORDER BY 1 DESC", (PURGED,))]
+
+    def kept_payloads(self, patient: tuple[str, str] | None = None, limit: int = 1000) -> list[tuple[float, str]]:
+        """Kept payloads, each reading once however many destinations it is queued for, with when it was
+        first stored, newest first; only those of `patient` (identifier system, value) when given."""
+        return [tuple(row) for row in self._read(
+            "SELECT min(created), payload FROM item WHERE payload <> ?1 AND (?2 IS NULL OR"
+            " (json_extract(payload, '$.patient.system') = ?2 AND json_extract(payload, '$.patient.value') = ?3))"
+            " GROUP BY key ORDER BY 1 DESC LIMIT ?4", (PURGED, *(patient or (None, None)), limit))]
+
+    def activity(self, ends: Sequence[float], step: float) -> list[tuple[str, float, int, int]]:
+        """Per destination and per interval of `step` seconds ending at each of `ends`: (destination, end,
+        items delivered in the interval, items waiting (queued or inflight) at its end). Rebuilt from the
+        rows: an item waited from when it was stored until it was delivered or dead (`updated`), so a dead
+        item queued again by `retry` counts as waiting since it was first stored."""
+        return [tuple(row) for row in self._read(
+            "SELECT destination, edge.value,"
+            " sum(state = 'delivered' AND updated > edge.value - ?2 AND updated <= edge.value),"
+            " sum(created <= edge.value AND NOT (state IN ('delivered', 'dead') AND updated <= edge.value))"
+            " FROM json_each(?1) AS edge, item WHERE state IN ('queued', 'inflight') OR updated > ?3"
+            " GROUP BY destination, edge.value ORDER BY destination, edge.value",
+            (json.dumps(list(ends)), step, min(ends, default=0) - step))]
+
     def retry(self, id: int) -> bool:
         """Queue a dead (or queued) item again, due now, with a fresh attempt count so that the
         worker's backoff and attempt limit start over. False if the item is not dead or queued."""

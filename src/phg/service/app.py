@@ -5,15 +5,17 @@ Starlette rather than FastAPI: the reading document already has its JSON Schema
 rules again as pydantic models. Starlette is the small, well-kept ASGI toolkit FastAPI itself is built
 on, and uvicorn is the server both use.
 
-Each part contributes its routes from its own module (`routes(ctx)`): `api` (ingest, queue, items,
-devices, patients' readings, OpenAPI), `page` (the status page), `ops` (/healthz, /readyz, /metrics);
-`security` wraps the whole app (API keys, client certificates, cross-site checks).
+Each part contributes its routes from its own module (`routes(ctx)`) and its paths to the OpenAPI
+document (its `OPENAPI` constant, merged by `api.openapi_document`): `api` (ingest, queue, items,
+OpenAPI), `readings` (devices, patients' readings), `page` (the status page), `ops` (/healthz, /readyz,
+/metrics); `security` wraps the whole app (API keys, client certificates, cross-site checks).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import ModuleType
 
 from starlette.applications import Starlette
 
@@ -34,9 +36,16 @@ class ServiceContext:
     statuses: Mapping[str, DestinationStatus] = field(default_factory=dict)
 
 
-def create_app(ctx: ServiceContext) -> Starlette:
-    from phg.service import api, ops, page, security
+def parts() -> tuple[ModuleType, ...]:
+    """The modules that contribute routes, in the order they are matched."""
+    from phg.service import api, ops, page, readings
 
-    app = Starlette(routes=[*api.routes(ctx), *ops.routes(ctx), *page.routes(ctx)])
+    return api, readings, ops, page
+
+
+def create_app(ctx: ServiceContext) -> Starlette:
+    from phg.service import security
+
+    app = Starlette(routes=[route for part in parts() for route in part.routes(ctx)])
     app.state.ctx = ctx
     return security.protect(app, ctx)

@@ -1,0 +1,109 @@
+"""What the gateway has seen: `GET /v1/devices` and `GET /v1/patients/{system}|{value}/readings?since=`.
+
+Both read the payloads the outbox keeps: every reading until it is delivered, and a delivered one for
+`keep_delivered` (7 days by default) after which its payload is blanked (phg.outbox.sqlite, "Retention").
+So a device last heard from, or a reading stored, before that is no longer listed. The reading document
+carries no battery level, so no battery is reported.
+
+These answers hold measurement values and patient identifiers: they are for the gateway's operators
+(docs/service.md, "Security"), and nothing here logs them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Route
+
+from phg.model import Reading, from_canonical_json
+from phg.outbox import Outbox
+
+# FHIR token search syntax, `[system]|[value]`, split at the first `|` that is not escaped as `\|`
+# (FHIR R4 Search, "Escaping Search Parameters": `\|`, `\,`, `\$` and `\\` stand for the character).
+_TOKEN = re.compile(r"((?:[^|\\]|\\.)+)\|(.+)", re.DOTALL)
+_ESCAPE = re.compile(r"\\(.)", re.DOTALL)
+
+
+def parse_patient(text: str) -> tuple[str, str]:
+    """(system, value) of a patient written `system|value`; ValueError saying what is wrong."""
+    match = _TOKEN.fullmatch(text)
+    if match is None:
+        raise ValueError(f"patient {text!r} is not 'system|value' (an identifier system, '|', the identifier; "
+                         "a '|' inside either is written '\\|')")
+    system, value = (_ESCAPE.sub(r"\1", part) for part in match.groups())
+    return system, value
+
+
+def parse_since(text: str | None) -> datetime | None:
+    """The `since` query parameter: an RFC 3339 date-time with its UTC offset, or absent."""
+    if text is None:
+        return None
+    try:
+        since = datetime.fromisoformat(text)
+    except ValueError:
+        since = None
+    if since is None or since.tzinfo is None:
+        raise ValueError(f"since={text!r} is not a date-time with a UTC offset (e.g. 2026-11-28T09:00:00Z)")
+    return since
+
+
+def stamp(t: float) -> str:
+    """A stored (epoch) time as RFC 3339 in UTC."""
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One kept reading and when the gateway stored it (epoch seconds)."""
+
+    stored: float
+    reading: Reading
+
+
+def _seen(rows: list[tuple[float, str]]) -> list[Seen]:
+    return [Seen(stored, from_canonical_json(payload, f"outbox reading stored {stamp(stored)}"))
+            for stored, payload in rows]
+
+
+def devices(outbox: Outbox) -> list[Seen]:
+    """Each device seen, with its newest reading, most recently heard from first."""
+    return _seen(outbox.latest_per_device())
+
+
+def readings(outbox: Outbox, patient: tuple[str, str] | None = None, since: datetime | None = None,
+             limit: int = 1000) -> list[Seen]:
+    """Kept readings, newest stored first (of one patient when given), with a metric at or after `since`."""
+    return [seen for seen in _seen(outbox.kept_payloads(patient, limit))
+            if since is None or any(metric.time >= since for metric in seen.reading.metrics)]
+
+
+def _device_entry(seen: Seen) -> dict[str, Any]:
+    document = seen.reading.to_document()
+    return {"identity": seen.reading.device.identity, "device": document["device"],
+            "last_contact": stamp(seen.stored), "last_reading": document}
+
+
+def routes(ctx) -> list[BaseRoute]:
+    def list_devices(request: Request) -> JSONResponse:
+        return JSONResponse({"devices": [_device_entry(seen) for seen in devices(ctx.outbox)]})
+
+    def patient_readings(request: Request) -> JSONResponse:
+        try:
+            patient = parse_patient(request.path_params["patient"])
+            since = parse_since(request.query_params.get("since"))
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        found = readings(ctx.outbox, patient, since)
+        return JSONResponse({"patient": {"system": patient[0], "value": patient[1]},
+                             "readings": [{"stored": stamp(seen.stored), "reading": seen.reading.to_document()}
+                                          for seen in found]})
+
+    # Plain (not async) endpoints: Starlette runs them in its thread pool, so the outbox's reads never
+    # block the event loop.
+    return [Route("/v1/devices", list_devices, methods=["GET"]),
+            Route("/v1/patients/{patient:path}/readings", patient_readings, methods=["GET"])]
