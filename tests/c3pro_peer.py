@@ -18,6 +18,7 @@ test asserts ``peer.problems == []`` to prove the client never sent one.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import datetime as dt
@@ -164,6 +165,10 @@ class C3ProPeer:
         self.registrations: list[Registration] = []
         self.submissions: list[Submission] = []
         self.token_requests = 0
+        self._hold_after: int | None = None
+        self.holding = threading.Event()  # set while a post is held (see hold_after)
+        self.dropped = threading.Event()  # set when a held post was dropped, its client gone
+        self._release = threading.Event()
         self._lock = threading.Lock()
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -227,6 +232,16 @@ class C3ProPeer:
         with self._lock:
             self.clients[client_id] = sha1_base64(secret)
         return client_id, secret
+
+    def hold_after(self, count: int) -> None:
+        """Hold the next post once ``count`` envelopes are kept, before it is taken, until ``release()``
+        (``holding`` is set meanwhile). A held post whose client is gone by then is dropped untaken: to
+        a test that kills the client while ``holding``, the kill fell between two posts."""
+        self._hold_after = count
+
+    def release(self) -> None:
+        self._hold_after = None
+        self._release.set()
 
     def expire_tokens(self) -> None:
         """Every issued token expires now (the UserTokens rows pass their expirationDate)."""
@@ -318,6 +333,8 @@ class C3ProPeer:
         if request.method != "POST":
             return Response(status_code=405)
         body = (await request.body()).decode("utf-8", "replace")
+        if not await self._held(request):
+            return Response(status_code=200)  # nobody is listening
         submission = Submission(request.path_params.get("rest", ""), body)
         with self._lock:
             self.submissions.append(submission)
@@ -329,6 +346,21 @@ class C3ProPeer:
         submission.key_id, submission.version = envelope["key_id"], envelope["version"]
         self._consume(submission, envelope)
         return Response(status_code=200)
+
+    async def _held(self, request: Request) -> bool:
+        """Whether the post is to be taken: at once, or after a hold if its client is still there."""
+        with self._lock:
+            hold = self._hold_after is not None and len(self.submissions) >= self._hold_after
+        if not hold:
+            return True
+        self.holding.set()
+        deadline = time.monotonic() + 60
+        while not self._release.is_set() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        if await request.is_disconnected():
+            self.dropped.set()
+            return False
+        return True
 
     def _consume(self, submission: Submission, envelope: dict[str, str]) -> None:
         """C SQSListener.java 98-131, 156-215, 448-490: decrypt, then check what processing needs."""

@@ -7,7 +7,9 @@ from __future__ import annotations
 import base64
 import json
 import re
+import socket
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote_plus
 
 import httpx
@@ -214,3 +216,30 @@ def test_lenient_base64_reads_wrapped_and_urlsafe_text(data, width):
     wrapped = "\r\n".join(text[i:i + width] for i in range(0, len(text), width)) if width else text
     assert lenient_b64decode(wrapped) == data
     assert lenient_b64decode(base64.urlsafe_b64encode(data).decode().rstrip("=")) == data
+
+
+def test_a_held_post_whose_client_is_gone_is_not_taken(c3pro_peer):
+    """The peer's hook for crash tests: a client killed while its post is held never delivered it."""
+    public = c3pro_peer.certificate.public_key()
+    envelope = json.dumps(make_envelope(OBSERVATION, public, c3pro_peer.key_id, "3.0.0")).encode()
+    bearer = token(c3pro_peer)
+    c3pro_peer.hold_after(0)
+    with socket.create_connection(("127.0.0.1", c3pro_peer.port)) as sock:
+        sock.sendall(b"POST /c3pro/encfhir/Observation HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     + f"Authorization: Bearer {bearer}\r\nContent-Length: {len(envelope)}\r\n\r\n".encode() + envelope)
+        assert c3pro_peer.holding.wait(10)
+    c3pro_peer.release()
+    assert c3pro_peer.dropped.wait(10)
+    assert post(c3pro_peer, json.loads(envelope)).status_code == 200
+    assert len(c3pro_peer.submissions) == 1 and c3pro_peer.resources() == [OBSERVATION]
+
+
+def test_a_held_post_is_taken_on_release(c3pro_peer):
+    envelope = make_envelope(OBSERVATION, c3pro_peer.certificate.public_key(), c3pro_peer.key_id, "3.0.0")
+    c3pro_peer.hold_after(0)
+    with ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(post, c3pro_peer, envelope)
+        assert c3pro_peer.holding.wait(10) and c3pro_peer.submissions == []
+        c3pro_peer.release()
+        assert answer.result(timeout=10).status_code == 200
+    assert c3pro_peer.resources() == [OBSERVATION]
