@@ -1,0 +1,335 @@
+"""Who may use the service (phg.service.security): API keys, mutual TLS, loopback, cross-site requests, the TLS
+requirement off loopback and `phg api-key`. The policy is tested as a function of simulated requests (any peer
+address); real uvicorn servers prove it end to end: one on 127.0.0.1 with keys required by config, one on this
+machine's own non-loopback address when it has one, one with mutual TLS from the test CA."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
+
+from phg.cli import main
+from phg.config import ApiSettings, load_config
+from phg.errors import ConfigError
+from phg.intake import Intake
+from phg.model import Device, Metric, PatientRef, Reading
+from phg.outbox import Outbox
+from phg.service.app import ServiceContext, create_app
+from phg.service.security import Guard, KeyStore, server_options
+from tests.test_flow_auth import CertAuthority
+
+READING = Reading(Device(system_id="0A1B2C3D4E5F6001"), PatientRef("urn:oid:1.2.3", "bob"),
+                  (Metric(150456, datetime(2026, 11, 28, tzinfo=UTC), Decimal("97"), "%"),))
+
+
+def scope(path: str = "/v1/queue", method: str = "GET", *, peer: str = "192.0.2.9", host: str = "gw.example:8470",
+          scheme: str = "http", **headers: str) -> dict:
+    """An ASGI HTTP scope as uvicorn builds it (headers lower-case latin-1 bytes)."""
+    raw = [(b"host", host.encode())] + [(k.replace("_", "-").lower().encode(), v.encode("latin-1"))
+                                         for k, v in headers.items()]
+    return {"type": "http", "method": method, "path": path, "scheme": scheme, "client": (peer, 50000),
+            "headers": raw}
+
+
+@pytest.fixture
+def store(tmp_path) -> KeyStore:
+    return KeyStore(tmp_path / "api-keys.json")
+
+
+def remote(store: KeyStore, **kwargs) -> Guard:
+    return Guard("0.0.0.0", store, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------ keys
+
+
+def test_a_key_is_stored_only_as_its_sha256_in_a_private_file(store):
+    record, key = store.create("nurse station")
+    text = store.path.read_text()
+    assert key.startswith("phg_") and len(key) >= 4 + 43  # 256 bits, base64url
+    assert key not in text and record.sha256 in text and "nurse station" in text
+    assert os.stat(store.path).st_mode & 0o777 == 0o600
+    assert store.verify(key) == record and store.verify(key + "x") is None and store.verify("") is None
+
+
+def test_a_revoked_key_no_longer_verifies_and_the_running_store_sees_it(store, tmp_path):
+    _, key = store.create("app")
+    running = KeyStore(store.path)  # the service's own store, already loaded
+    assert running.verify(key) is not None
+    store.revoke(store.keys()[0].id)
+    assert running.verify(key) is None
+    with pytest.raises(ConfigError, match="no API key 'nope'"):
+        store.revoke("nope")
+
+
+def test_a_key_file_others_can_read_or_not_phgs_is_refused(store):
+    store.create("app")
+    store.path.chmod(0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        KeyStore(store.path).keys()
+    store.path.chmod(0o600)
+    store.path.write_text('{"keys": [{"id": 1}]}')
+    with pytest.raises(ConfigError, match="is not phg's"):
+        KeyStore(store.path).keys()
+
+
+def test_phg_api_key_create_prints_the_key_once_list_and_revoke(tmp_path):
+    keys_file = tmp_path / "keys.json"
+    config = tmp_path / "phg.toml"
+    config.write_text(f'[api]\nkeys_file = "{keys_file}"\n[outbox]\npath = "{tmp_path / "o.sqlite"}"\n')
+    run = CliRunner().invoke
+    created = run(main, ["--config", str(config), "api-key", "create", "--json", "tablet 3"])
+    assert created.exit_code == 0, created.output
+    found = json.loads(created.output)
+    assert KeyStore(keys_file).verify(found["key"]).name == "tablet 3"
+    listed = run(main, ["--config", str(config), "api-key", "list"])
+    assert found["id"] in listed.output and "active" in listed.output and found["key"] not in listed.output
+    assert run(main, ["--config", str(config), "api-key", "revoke", found["id"]]).exit_code == 0
+    assert KeyStore(keys_file).verify(found["key"]) is None
+    assert "revoked" in run(main, ["--config", str(config), "api-key", "list"]).output
+    assert run(main, ["--config", str(config), "api-key", "revoke", "nope"]).exit_code == 3
+
+
+# ------------------------------------------------------------------------------------------ the policy
+
+
+def test_off_loopback_without_a_key_401_revoked_401_valid_passes(store):
+    guard = remote(store)
+    _, key = store.create("app")
+    refused = guard.check(scope())
+    assert refused.status == 401 and refused.challenge
+    assert guard.check(scope(authorization=f"Bearer {key}")) is None
+    assert guard.check(scope(authorization=f"bearer {key}")) is None  # auth-scheme is case-insensitive
+    assert guard.check(scope(x_api_key=key)) is None
+    assert guard.check(scope(authorization="Basic " + base64.b64encode(f"any:{key}".encode()).decode())) is None
+    store.revoke(store.keys()[0].id)
+    assert guard.check(scope(authorization=f"Bearer {key}")).invalid_key
+
+
+def test_loopback_is_open_only_for_a_loopback_peer_without_proxy_headers_naming_loopback(store):
+    guard = Guard("127.0.0.1", store)
+    assert guard.check(scope(peer="127.0.0.1", host="127.0.0.1:8470")) is None
+    assert guard.check(scope(peer="::1", host="[::1]:8470")) is None
+    assert guard.check(scope(peer="127.0.0.1", host="localhost:8470")) is None
+    assert guard.check(scope(peer="192.0.2.9", host="127.0.0.1:8470")).status == 401
+    # a reverse proxy on loopback forwarding outside traffic: keys required
+    assert guard.check(scope(peer="127.0.0.1", host="127.0.0.1", x_forwarded_for="203.0.113.5")).status == 401
+    assert guard.check(scope(peer="127.0.0.1", host="127.0.0.1", forwarded="for=203.0.113.5")).status == 401
+    # DNS rebinding: a page of evil.example whose name now resolves to 127.0.0.1
+    assert guard.check(scope(peer="127.0.0.1", host="evil.example:8470")).status == 401
+    assert Guard("0.0.0.0", store).check(scope(peer="127.0.0.1", host="127.0.0.1")).status == 401
+    assert Guard("127.0.0.1", store, require_auth=True).check(scope(peer="127.0.0.1", host="127.0.0.1")).status == 401
+
+
+def test_healthz_and_readyz_are_open_metrics_and_openapi_are_not(store):
+    guard = remote(store)
+    assert guard.check(scope("/healthz")) is None and guard.check(scope("/readyz", "HEAD")) is None
+    assert guard.check(scope("/metrics")).status == 401 and guard.check(scope("/openapi.json")).status == 401
+    assert guard.check(scope("/healthz", "POST")).status == 401
+
+
+def test_client_certificate_connections_are_authenticated(store):
+    guard = remote(store, client_ca=True)
+    assert guard.check(scope(scheme="https")) is None
+    assert guard.check(scope(scheme="http")).status == 401  # not over the TLS listener that demands one
+
+
+def test_cross_site_posts_with_ambient_credentials_are_refused(store):
+    loopback = {"peer": "127.0.0.1", "host": "127.0.0.1:8470"}
+    retry = "/items/7/retry"
+    guard = Guard("127.0.0.1", store, allowed_origins=("https://gw.example.org",))
+    assert guard.check(scope(retry, "POST", **loopback, origin="http://127.0.0.1:8470")) is None
+    assert guard.check(scope(retry, "POST", **loopback)) is None  # no Origin, no Referer: not a browser
+    for headers in ({"origin": "http://evil.example"}, {"origin": "null"}, {"referer": "http://evil.example/x"},
+                    {"sec_fetch_site": "cross-site"}, {"origin": "http://127.0.0.1:9999"}):
+        refused = guard.check(scope(retry, "POST", **loopback, **headers))
+        assert refused is not None and refused.status == 403, headers
+    assert guard.check(scope(retry, "POST", **loopback, origin="https://gw.example.org")) is None
+    assert guard.check(scope(retry, "GET", **loopback, origin="http://evil.example")) is None  # safe method
+    # a client certificate and Basic are ambient too; a key in a header is not (no browser sends it on its own)
+    _, key = store.create("app")
+    certified = Guard("0.0.0.0", store, client_ca=True)
+    assert certified.check(scope(retry, "POST", scheme="https", origin="http://evil.example")).status == 403
+    basic = "Basic " + base64.b64encode(f":{key}".encode()).decode()
+    assert certified.check(scope(retry, "POST", authorization=basic, origin="http://evil.example")).status == 403
+    assert certified.check(scope(retry, "POST", authorization=f"Bearer {key}", origin="http://evil.example")) is None
+
+
+@given(st.dictionaries(st.sampled_from(["authorization", "x-api-key", "host", "origin", "referer", "forwarded",
+                                        "sec-fetch-site"]), st.text(st.characters(max_codepoint=255), max_size=60)),
+       st.sampled_from(["GET", "POST"]), st.sampled_from(["127.0.0.1", "::1", "192.0.2.9"]))
+def test_any_headers_are_decided_without_error_and_only_a_key_passes_off_loopback(tmp_path_factory, headers,
+                                                                                     method, peer):
+    store = KeyStore(tmp_path_factory.mktemp("k") / "keys.json")
+    found = {"type": "http", "method": method, "path": "/v1/queue", "scheme": "http", "client": (peer, 1),
+             "headers": [(k.encode(), v.encode("latin-1")) for k, v in headers.items()]}
+    assert remote(store).check(found).status == 401
+    refusal = Guard("127.0.0.1", store).check(found)
+    assert refusal is None or refusal.status in (401, 403)
+
+
+# ------------------------------------------------------------------------------------------ settings
+
+
+def test_off_loopback_without_tls_is_refused_naming_the_keys(tmp_path):
+    with pytest.raises(ConfigError, match=r"\[api\] listen = '0.0.0.0'.*tls_cert and tls_key.*allow_insecure"):
+        load_config(env={}, document={"api": {"listen": "0.0.0.0:8470"}})
+    with pytest.raises(ConfigError, match="PHG_API_LISTEN"):
+        load_config(env={"PHG_API_LISTEN": "192.0.2.2:8470"}, document={})
+    assert load_config(env={}, document={"api": {"listen": "0.0.0.0:8470", "allow_insecure": True}}).api
+    assert load_config(env={}, document={"api": {"listen": "[::1]:8470"}}).api.listen == ("::1", 8470)
+
+
+def test_phg_run_refuses_to_start_off_loopback_without_tls(tmp_path):
+    config = tmp_path / "phg.toml"
+    config.write_text('[api]\nlisten = "0.0.0.0:8470"\n')
+    result = CliRunner().invoke(main, ["--config", str(config), "run"])
+    assert result.exit_code == 3 and "allow_insecure" in result.output
+
+
+def test_tls_settings_go_together_and_the_key_is_private(tmp_path):
+    ca = CertAuthority(tmp_path)
+    cert, key = ca.issue("server", server=True)
+    with pytest.raises(ConfigError, match="tls_cert and tls_key go together"):
+        load_config(env={}, document={"api": {"tls_cert": str(cert)}})
+    with pytest.raises(ConfigError, match="client_ca.*needs"):
+        load_config(env={}, document={"api": {"client_ca": str(ca.ca_file)}})
+    with pytest.raises(ConfigError, match="not an origin"):
+        load_config(env={}, document={"api": {"allowed_origins": ["https://gw.example/path"]}})
+    key.chmod(0o644)
+    with pytest.raises(ConfigError, match="tls_key.*chmod 600"):
+        load_config(env={}, document={"api": {"tls_cert": str(cert), "tls_key": str(key)}})
+    key.chmod(0o600)
+    api = load_config(env={}, document={"api": {"listen": "0.0.0.0:8470", "tls_cert": str(cert), "tls_key": str(key),
+                                                "client_ca": str(ca.ca_file)}}).api
+    options = server_options(api)
+    assert options["ssl_cert_reqs"] == ssl.CERT_REQUIRED and options["ssl_ca_certs"] == str(ca.ca_file)
+    assert options["proxy_headers"] is False and "ssl_ciphers" in options
+    assert server_options(ApiSettings()) == {"proxy_headers": False}
+
+
+# ------------------------------------------------------------------------------------------ real servers
+
+
+def free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def serving(tmp_path: Path, api: dict) -> Iterator[tuple[ServiceContext, str]]:
+    """The service's app under a real uvicorn (in a thread) with [api] `api`; yields (ctx, base URL)."""
+    host = api.setdefault("listen", f"127.0.0.1:{free_port('127.0.0.1')}").rsplit(":", 1)[0]
+    config = load_config(env={}, document={"api": {"keys_file": str(tmp_path / "keys.json"), **api},
+                                           "fhir": {"base_url": "http://127.0.0.1:9/fhir"},
+                                           "outbox": {"path": str(tmp_path / "outbox.sqlite")}})
+    outbox = Outbox(config.outbox_path, config.keep_delivered)
+    ctx = ServiceContext(config, outbox, Intake(outbox, config.destination_names))
+    server = uvicorn.Server(uvicorn.Config(create_app(ctx), host=host.strip("[]"), port=config.api.listen[1],
+                                           log_config=None, access_log=False, **server_options(config.api)))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.started
+    try:
+        yield ctx, f"{'https' if config.api.tls_cert else 'http'}://{host}:{config.api.listen[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        outbox.close()
+
+
+def post_reading(base: str, **kwargs) -> httpx.Response:
+    verify = kwargs.pop("verify", True)
+    with httpx.Client(base_url=base, verify=verify, timeout=10) as client:
+        return client.post("/v1/readings", content=READING.to_json(),
+                           headers={"content-type": "application/json", **kwargs.pop("headers", {})}, **kwargs)
+
+
+def check_keys(tmp_path: Path, base: str) -> None:
+    """Without a key 401, with a revoked key 401, with a valid key 202."""
+    store = KeyStore(tmp_path / "keys.json")
+    _, revoked = store.create("old tablet")
+    store.revoke(store.keys()[0].id)
+    _, valid = store.create("tablet")
+    refused = post_reading(base)
+    assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Bearer")
+    assert post_reading(base, headers={"authorization": f"Bearer {revoked}"}).status_code == 401
+    accepted = post_reading(base, headers={"authorization": f"Bearer {valid}"})
+    assert accepted.status_code == 202, accepted.text
+
+
+def test_real_server_on_loopback_with_keys_required_by_config(tmp_path):
+    with serving(tmp_path, {"require_auth": True}) as (_, base):
+        check_keys(tmp_path, base)
+        assert httpx.get(f"{base}/healthz").status_code == 200
+
+
+def own_address() -> str | None:
+    """This machine's own non-loopback address (hostname -I), if it has one."""
+    try:
+        found = subprocess.run(["hostname", "-I"], capture_output=True, text=True, timeout=5).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return next((address for address in found if "." in address and not address.startswith("127.")), None)
+
+
+@pytest.mark.skipif(own_address() is None, reason="this machine has no non-loopback IPv4 address")
+def test_real_server_on_this_machines_non_loopback_address(tmp_path):
+    """Bound off loopback (plain HTTP through allow_insecure: the TLS of a real deployment is tested below)."""
+    with serving(tmp_path, {"listen": f"{own_address()}:{free_port(own_address())}", "allow_insecure": True}) \
+            as (_, base):
+        check_keys(tmp_path, base)
+
+
+def test_mutual_tls_with_the_test_ca(tmp_path):
+    ca = CertAuthority(tmp_path)
+    cert, key = ca.issue("server", server=True)
+    client_cert, client_key = ca.issue("tablet", server=False)
+    (tmp_path / "other").mkdir()
+    stranger = CertAuthority(tmp_path / "other", name="other CA").issue("stranger", server=False)
+    api = {"tls_cert": str(cert), "tls_key": str(key), "client_ca": str(ca.ca_file), "require_auth": True}
+    with serving(tmp_path, api) as (_, base):
+        trusted = ssl.create_default_context(cafile=str(ca.ca_file))
+        trusted.load_cert_chain(client_cert, client_key)
+        assert post_reading(base, verify=trusted).status_code == 202  # the certificate is the credential
+        for chain in (None, stranger):
+            context = ssl.create_default_context(cafile=str(ca.ca_file))
+            if chain:
+                context.load_cert_chain(*chain)
+            with pytest.raises((httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)):
+                post_reading(base, verify=context)
+
+
+def test_a_cross_origin_post_to_the_retry_action_is_refused(tmp_path):
+    with serving(tmp_path, {}) as (ctx, base):
+        ctx.intake.store([READING])
+        item = ctx.outbox.lease("fhir", 1, 60)[0]
+        ctx.outbox.dead([item.id], "HTTP 422")
+        for path in (f"/items/{item.id}/retry", f"/v1/items/{item.id}/retry"):
+            forged = httpx.post(base + path, headers={"origin": "http://evil.example"})
+            assert forged.status_code == 403 and "cross-origin" in forged.json()["error"]
+        assert ctx.outbox.get(item.id).state == "dead"
+        own = httpx.post(f"{base}/items/{item.id}/retry", headers={"origin": base})
+        assert own.status_code < 400 and ctx.outbox.get(item.id).state == "queued"
