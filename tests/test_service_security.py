@@ -25,6 +25,7 @@ import uvicorn
 from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
+from tests.test_flow_auth import CertAuthority
 
 from phg.cli import main
 from phg.config import ApiSettings, load_config
@@ -34,7 +35,6 @@ from phg.model import Device, Metric, PatientRef, Reading
 from phg.outbox import Outbox
 from phg.service.app import ServiceContext, create_app
 from phg.service.security import Guard, KeyStore, server_options
-from tests.test_flow_auth import CertAuthority
 
 READING = Reading(Device(system_id="0A1B2C3D4E5F6001"), PatientRef("urn:oid:1.2.3", "bob"),
                   (Metric(150456, datetime(2026, 11, 28, tzinfo=UTC), Decimal("97"), "%"),))
