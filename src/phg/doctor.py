@@ -18,6 +18,11 @@ MLLP:
   test          with send_test, one test message (MSH-11 = T) is sent and its ACK read
 HL7 over HTTP, SOAP:
   connect       the URL answers (TLS when https), and does not refuse who we are (401/403)
+C3-PRO (nothing is sent to /encfhir: every envelope the server takes is a new message):
+  config        the server's public key loads (DER or PEM certificate, or public key)
+  registration  client_id and client_secret are stored (phg register --destination NAME)
+  token         <root>/oauth issues a token
+  journal       the record of what was delivered opens; posts whose answer was lost are counted
 Then:
   outbox        the queue file opens
 """
@@ -27,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sqlite3
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -34,7 +40,7 @@ from typing import Any
 
 import httpx
 
-from phg.config import Config, FhirSettings, HttpHl7Settings, MllpSettings
+from phg.config import C3proSettings, Config, FhirSettings, HttpHl7Settings, MllpSettings, TlsSettings
 from phg.errors import PhgError
 from phg.terminal import printable
 from phg.transport import require_secure_url
@@ -219,9 +225,53 @@ async def _http(checks: Checks, settings: HttpHl7Settings, config: Config, send_
     checks.good(f"{settings.url} answers (HTTP {response.status_code} to an empty request)", "connect")
 
 
+async def _c3pro(checks: Checks, settings: C3proSettings, config: Config, send_test: bool) -> None:
+    """The server's key loads, phg is registered, the token endpoint issues a token; nothing is sent
+    to /encfhir (every envelope the server takes is a new message: C3-PRO has no test mode)."""
+    from phg.delivery.c3pro import Journal, c3pro_auth, load_public_key
+    from phg.delivery.tls import httpx_options
+
+    section = f"[destinations.{settings.name}]"
+    try:
+        key = load_public_key(settings.public_key, f"{section} public_key")
+    except PhgError as exc:
+        checks.bad(str(exc), "use the DER or PEM certificate (or public key) the C3-PRO deployment hands out", "config")
+        return
+    checks.good(f"C3-PRO root {settings.base_url}, public key {settings.public_key} (RSA {key.key_size} bits), "
+                f"key_id {settings.key_id!r}, version {settings.version!r}", "config")
+    if not settings.client_id or not settings.client_secret:
+        checks.bad(f"{section} is not registered (no client_id and client_secret)",
+                   f"run phg register --destination {settings.name} (needs the Antispam token)", "registration")
+        return
+    checks.good(f"registered as client_id {settings.client_id!r}", "registration")
+    async with httpx.AsyncClient(timeout=min(settings.timeout, 15.0), **httpx_options(TlsSettings())) as client:
+        auth = c3pro_auth(settings, client)
+        try:
+            token = await auth.token()  # type: ignore[attr-defined]
+        except PhgError as exc:
+            checks.bad(str(exc), f"check the registration (phg register --destination {settings.name} --force)",
+                       "token")
+            return
+        finally:
+            await auth.aclose()  # type: ignore[attr-defined]
+    checks.good(f"token issued at {settings.base_url}/oauth, expires in {token.expires_in:.0f} s", "token")
+    try:
+        journal = Journal(settings.journal)
+        lost = journal.possible_duplicates
+        journal.close()
+    except (OSError, sqlite3.Error) as exc:
+        checks.bad(f"journal {settings.journal}: {exc}", "make its directory writable, or set journal", "journal")
+        return
+    if lost:
+        checks.warn(f"{lost} post(s) lost their answer and were sent again: possible duplicates on the server",
+                    "journal")
+    else:
+        checks.good(f"journal {settings.journal}", "journal")
+
+
 # Each destination type checked in its own terms (the types of phg.delivery.registry).
 CHECKS: dict[str, Callable[[Checks, Any, Config, bool], Awaitable[object]]] = {
-    "fhir": _fhir, "mllp": _mllp, "hl7-http": _http, "soap": _http}
+    "fhir": _fhir, "mllp": _mllp, "hl7-http": _http, "soap": _http, "c3pro": _c3pro}
 
 
 def _describe_auth(checks: Checks, settings, auth) -> None:

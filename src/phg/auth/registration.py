@@ -21,6 +21,7 @@ URI, not its origin; a URI elsewhere would take the token to a third party).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -128,6 +129,55 @@ async def register(
     return _registration(response, endpoint, metadata)
 
 
+# ---------------------------------------------------------------------------------------------- C3-PRO
+
+# C3-PRO's 201 answer ends its object with '",\n}' (S RegisterServer.java 67-73): one comma before the
+# closing brace, which JSON forbids. Exactly that comma is dropped; anything else stays invalid.
+_C3PRO_TRAILING_COMMA = re.compile(r'(?<=["\d\]}el]),(\s*\}\s*)\Z')  # right after a value
+
+
+def c3pro_json(text: str) -> Any:
+    """JSON, or C3-PRO's registration answer with its one trailing comma before the final brace."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        if not _C3PRO_TRAILING_COMMA.search(text):
+            raise
+    return json.loads(_C3PRO_TRAILING_COMMA.sub(r"\1", text))
+
+
+def c3pro_metadata(receipt_data: str, client_name: str = "phg") -> dict[str, Any]:
+    """The body C3-PRO's apps send (p2/OAuth2 OAuth2DynReg.swift 92-140 with the iOS framework's
+    OAuth2DynRegAppStore.swift 69-74); the server reads only receipt-data (RegisterServer.java 98-103)."""
+    return {"client_name": client_name, "grant_types": ["client_credentials", "refresh_token"],
+            "token_endpoint_auth_method": "client_secret_basic", "sandbox": False, "receipt-data": receipt_data}
+
+
+async def register_c3pro(client: httpx.AsyncClient, root: str, antispam: str, receipt_data: str,
+                         client_name: str = "phg") -> Registration:
+    """POST <root>/register with the Antispam header (RegisterServer.java 46, 86-95); 201 with
+    client_id and client_secret (client_secret_basic, no registration access token)."""
+    endpoint = f"{root.rstrip('/')}/register"
+    headers = {"Accept": "application/json", "Content-Type": "application/json; charset=utf-8", "Antispam": antispam}
+    metadata = c3pro_metadata(receipt_data, client_name)
+    try:
+        response = await client.post(endpoint, headers=headers, content=json.dumps(metadata).encode(), auth=None)
+    except httpx.TransportError as exc:
+        raise connection_error(exc, f"registration endpoint {redact_url(endpoint)} unreachable") from exc
+    if response.status_code in TRANSIENT_STATUSES:
+        raise transient_error(response, "registration endpoint")
+    if response.status_code != 201:
+        error = _refusal("registration", endpoint, response, True)
+        if response.status_code == 401:
+            raise AuthError(f"{error}; check the Antispam token (antispam or antispam_file) and receipt_data")
+        raise error
+    found = _registration(response, endpoint, metadata, parse=c3pro_json)
+    if found.token_endpoint_auth_method != "client_secret_basic":
+        raise AuthError(f"registration endpoint {redact_url(endpoint)} registered {found.token_endpoint_auth_method}; "
+                        "C3-PRO clients use client_secret_basic, so nothing was stored")
+    return found
+
+
 async def read_registration(client: httpx.AsyncClient, uri: str, access_token: str) -> Registration:
     """GET the client configuration (RFC 7592 section 2.1)."""
     response = await _call(client, "GET", uri, _bearer(access_token))
@@ -169,10 +219,10 @@ async def _call(client: httpx.AsyncClient, method: str, url: str, headers: dict[
 
 
 def _registration(response: httpx.Response, url: str, sent: Mapping[str, Any],
-                  previous_token: str | None = None) -> Registration:
+                  previous_token: str | None = None, parse: Any = json.loads) -> Registration:
     """The answer (RFC 7591 section 3.2.1, RFC 7592 section 3) as a Registration, once it is checked."""
     try:
-        body = response.json()
+        body = parse(response.text)
     except ValueError:
         body = None
     where = f"registration endpoint {redact_url(url)}"
@@ -301,20 +351,18 @@ def set_table_keys(text: str, table: str, values: Mapping[str, str]) -> str:
 
 def _toml_string(value: str) -> str:
     """A TOML basic string (JSON's escapes are a subset of TOML's)."""
-    import json
-
     return json.dumps(value, ensure_ascii=False)
 
 
-def store_in_config(path: Path, values: Mapping[str, str], *, secret: bool) -> None:
-    """Write ``values`` into the [auth] table of the config file at ``path``, atomically. A file that
-    holds a secret ends up mode 0600."""
+def store_in_config(path: Path, values: Mapping[str, str], *, secret: bool, table: str = "auth") -> None:
+    """Write ``values`` into the [auth] table (or `table`) of the config file at ``path``, atomically.
+    A file that holds a secret ends up mode 0600."""
     try:
         text = path.read_text()
         mode = os.stat(path).st_mode & 0o777
     except FileNotFoundError:
         text, mode = "", 0o600
-    new = set_table_keys(text, "auth", values)
+    new = set_table_keys(text, table, values)
     if secret:
         mode = 0o600
     write_private(path, new, mode)

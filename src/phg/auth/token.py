@@ -295,14 +295,15 @@ class TokenAuth(httpx.Auth):
         if response.status_code in TRANSIENT_STATUSES:
             raise transient_error(response, "token endpoint")
         body = _json_object(response)
-        if response.status_code != 200:
+        if not 200 <= response.status_code < 300:  # RFC 6749 section 5.1 says 200; C3-PRO answers 202
             raise self._refusal(redact_url(url), response.status_code, body)
-        return self._accept(redact_url(url), body, started)
+        return self._accept(redact_url(url), response.status_code, body, started)
 
-    def _accept(self, url: str, body: dict[str, Any], started: float) -> AccessToken:
+    def _accept(self, url: str, status: int, body: dict[str, Any], started: float) -> AccessToken:
+        """Any 2xx with a valid token body (access_token, token_type bearer) is a token."""
         value = body.get("access_token")
         if not isinstance(value, str) or not value:
-            raise AuthError(f"token endpoint {url} answered 200 without an access_token")
+            raise AuthError(f"token endpoint {url} answered HTTP {status} without an access_token")
         token_type = body.get("token_type")
         if not isinstance(token_type, str) or token_type.lower() != "bearer":
             raise AuthError(f"token endpoint {url} issued token_type {token_type!r}; only bearer is supported")
@@ -347,7 +348,10 @@ def _json_object(response: httpx.Response) -> dict[str, Any]:
 
 
 def _seconds(value: Any) -> float:
-    """expires_in as positive seconds; absent or unusable values fall back to the SMART default."""
+    """expires_in as positive seconds, a number or a numeric string (C3-PRO's README shows "3600");
+    absent or unusable values fall back to the SMART default."""
+    if isinstance(value, bool):
+        return DEFAULT_EXPIRES_IN
     try:
         seconds = float(value)
     except (TypeError, ValueError):

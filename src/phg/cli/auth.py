@@ -149,12 +149,56 @@ async def _update_registered_jwks(obj, config, settings, ring) -> None:
 @click.option("--software-statement", help="RFC 7591 software statement: a JWT or a file holding one.")
 @click.option("--client-name", help="Human-readable client name (default: phg gateway <system id>).")
 @click.option("--force", is_flag=True, help="Register a new client even if one is configured.")
+@click.option("--destination", metavar="NAME",
+              help="Register with the C3-PRO server of [destinations.NAME] (type c3pro) instead.")
+@click.option("--antispam", envvar="PHG_C3PRO_ANTISPAM", show_envvar=True,
+              help="C3-PRO Antispam token (default: the destination's antispam or antispam_file).")
+@click.option("--antispam-file", type=click.Path(path_type=Path), help="A file (mode 0600) holding the Antispam token.")
 @click.pass_obj
 def register(obj, endpoint, auth_method, jwks_uri, alg, initial_access_token, software_statement, client_name,
-             force) -> None:
-    """Register this gateway with the server (RFC 7591) and store the issued client_id in the config."""
+             force, destination, antispam, antispam_file) -> None:
+    """Register this gateway with the server (RFC 7591) and store the issued client_id in the config;
+    with --destination, with a C3-PRO server (its Antispam header) into that destination's table."""
+    if destination:
+        asyncio.run(_register_c3pro(obj, destination, antispam, antispam_file, client_name, force))
+        return
     asyncio.run(_register(obj, endpoint, auth_method, jwks_uri, alg, initial_access_token, software_statement,
                           client_name, force))
+
+
+async def _register_c3pro(obj, name, antispam, antispam_file, client_name, force) -> None:
+    """POST <root>/register (C3-PRO): client_id and client_secret go into [destinations.NAME]."""
+    import httpx
+
+    from phg.auth.registration import register_c3pro, store_in_config
+    from phg.config import C3proSettings, TlsSettings
+    from phg.delivery.tls import httpx_options
+    from phg.errors import ConfigError
+    from phg.secretfile import require_private
+
+    config = obj.config()
+    path = _config_file(obj, config)
+    found = [d for d in config.destinations if d.name == name]
+    if not found or not isinstance(found[0], C3proSettings):
+        raise ConfigError(f"{path}: no [destinations.{name}] of type c3pro")
+    settings = found[0]
+    if settings.client_id and not force:
+        raise ConfigError(f"{path}: [destinations.{name}] is already registered as client_id {settings.client_id!r}; "
+                          "use --force to register a new client")
+    if antispam_file is not None:
+        require_private(antispam_file, "--antispam-file")
+        antispam = antispam_file.read_text(encoding="utf-8").strip()
+    antispam = antispam or settings.antispam_token()
+    if not antispam:
+        raise ConfigError(f"{path}: [destinations.{name}] needs an Antispam token to register: antispam_file, "
+                          "antispam, PHG_C3PRO_ANTISPAM or --antispam-file")
+    async with httpx.AsyncClient(timeout=settings.timeout, **httpx_options(TlsSettings())) as client:
+        registration = await register_c3pro(client, settings.base_url, antispam, settings.receipt_data,
+                                            client_name or f"phg gateway {config.gateway.system_id}")
+    stored = {"client_id": registration.client_id, "client_secret": registration.client_secret or ""}
+    await asyncio.to_thread(store_in_config, path, stored, secret=True, table=f"destinations.{name}")
+    click.echo(f"registered client_id {registration.client_id} at {settings.base_url}/register; stored client_id, "
+               f"client_secret in [destinations.{name}] of {path} (mode 0600)")
 
 
 async def _register(obj, endpoint, auth_method, jwks_uri, alg, initial_access_token, software_statement,
