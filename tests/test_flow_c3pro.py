@@ -1,0 +1,150 @@
+"""Issue 12, acceptance: phg speaks C3-PRO to the test peer built from ../shared/docs/c3pro-facts.md
+(tests/c3pro_peer.py, which decrypts with the consumer's algorithms, not with phg's): the iOS AES
+vector, register with Antispam, the 202 token, every reading type delivered as valid FHIR STU3 with the
+right subject, and nothing posted twice across a SIGKILL between two posts."""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fhir.resources.STU3 import get_fhir_model_class
+
+from c3pro_peer import VECTOR_CIPHERTEXT, VECTOR_KEY, VECTOR_PLAINTEXT, C3ProPeer
+from phg.config import load_config
+from phg.daemon import deliver
+from phg.delivery.c3pro import aes_encrypt
+from phg.demo.sim import simulated_readings
+from phg.fhir import conditional_identifier
+from phg.mdc import MDC_SYSTEM
+from phg.model import PatientRef, Reading
+from phg.outbox import Outbox
+from test_mllp_peers import readings_of_every_type
+
+pytestmark = pytest.mark.peers
+
+PHG = str(Path(sys.executable).parent / "phg")
+START = datetime(2026, 11, 28, 9, tzinfo=UTC)
+
+
+def write_config(tmp_path: Path, peer: C3ProPeer, *, registered: bool = True, **extra: str) -> Path:
+    """A config with one [destinations.c3] of type c3pro, the peer's DER certificate, the outbox and
+    journal under tmp_path; with `registered`, a client made at the peer (else `phg register` adds it)."""
+    certificate = peer.write_certificate(tmp_path / "public.crt")  # DER, as deployments hand it out
+    antispam = tmp_path / "antispam"
+    antispam.write_text(peer.antispam + "\n")
+    antispam.chmod(0o600)
+    lines = [f'base_url = "{peer.base_url}"', f'public_key = "{certificate}"', f'key_id = "{peer.key_id}"',
+             f'antispam_file = "{antispam}"', f'journal = "{tmp_path / "journal.sqlite"}"', "timeout = 5"]
+    if registered:
+        client_id, secret = peer.register_client()
+        lines += [f'client_id = "{client_id}"', f'client_secret = "{secret}"']
+    lines += [f'{key} = "{value}"' for key, value in extra.items()]
+    path = tmp_path / "phg.toml"
+    path.write_text(f'[gateway]\nsystem_id = "02AB7FFFFE00C3C3"\n[outbox]\npath = "{tmp_path / "outbox.sqlite"}"\n'
+                    "[delivery]\nmax_retry_delay = 1\nlease_seconds = 5\n"
+                    "[destinations.c3]\ntype = \"c3pro\"\n" + "\n".join(lines) + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def every_reading_type() -> list[Reading]:
+    """Each device of the simulator and each reading document of the mapping tests: every
+    measurement phg maps (glucose, blood pressure, pulse and heart rate, SpO2, temperature in Cel and
+    degF, weight, height, BMI), with measurement status and a patient identifier full of delimiters."""
+    return simulated_readings(PatientRef("urn:oid:1.2.3.4.5", "c3pro-sim"), START) + readings_of_every_type()
+
+
+def observations_by_identifier(peer: C3ProPeer) -> Counter[tuple[str, str]]:
+    return Counter((o["identifier"][0].get("system"), o["identifier"][0]["value"]) for o in peer.resources("Observation"))
+
+
+def assert_delivered_once(peer: C3ProPeer, readings: list[Reading]) -> None:
+    """Each metric's Observation arrived exactly once, valid STU3, with the MDC code, and its subject
+    is the Patient (also at the peer, valid STU3) that carries the reading's patient identifier."""
+    assert peer.problems == []
+    for resource in peer.resources():
+        get_fhir_model_class(resource["resourceType"]).model_validate(resource)  # raises if not STU3
+    patients = {p["id"]: (p["identifier"][0]["system"], p["identifier"][0]["value"]) for p in peer.resources("Patient")}
+    observations = {(o["identifier"][0].get("system"), o["identifier"][0]["value"]): o
+                    for o in peer.resources("Observation")}
+    wanted = {conditional_identifier(r, m): (r, m) for r in readings for m in r.metrics}
+    assert observations_by_identifier(peer) == Counter(dict.fromkeys(wanted, 1))
+    for identifier, (reading, metric) in wanted.items():
+        observation = observations[identifier]
+        kind, _, pid = observation["subject"]["reference"].partition("/")
+        assert kind == "Patient" and patients[pid] == (reading.patient.system, reading.patient.value)
+        assert {"system": MDC_SYSTEM, "code": str(metric.code)}.items() <= observation["code"]["coding"][0].items()
+
+
+def test_phg_reproduces_the_ios_aes_vector():
+    """I Tests/EncryptionTests.swift 22-24, 55-66, with phg's own AES-CBC zero-IV function."""
+    assert base64.b64encode(aes_encrypt(VECTOR_KEY, VECTOR_PLAINTEXT)).decode() == VECTOR_CIPHERTEXT
+
+
+async def test_every_reading_type_arrives_once_as_stu3_with_its_subject(c3pro_peer, tmp_path):
+    config = load_config(write_config(tmp_path, c3pro_peer), env={})
+    readings = every_reading_type()
+    with Outbox(config.outbox_path) as outbox:
+        outbox.enqueue(config.destination_names, [(r.key, r.to_json()) for r in readings])
+        summary = await deliver(config, outbox, until_idle=True)
+        assert (summary.delivered, summary.dead) == (len(readings), 0)
+        assert c3pro_peer.token_requests == 1  # one token for the whole run (1800 s)
+        # Sending the same readings again (a resend after the outbox lost track) posts nothing new.
+        outbox.enqueue(config.destination_names, [(r.key + "-again", r.to_json()) for r in readings])
+        await deliver(config, outbox, until_idle=True)
+    assert_delivered_once(c3pro_peer, readings)
+    assert {s.path for s in c3pro_peer.submissions} == {"Patient", "Observation"}
+    assert all(s.path == s.resource["resourceType"] for s in c3pro_peer.submissions if s.resource)
+    assert {(s.key_length, s.key_id, s.version) for s in c3pro_peer.submissions} == {(32, c3pro_peer.key_id, "3.0.0")}
+
+
+def daemon(config: Path, tmp_path: Path, log: Any) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "config"),
+           "XDG_DATA_HOME": str(tmp_path / "data"), "PHG_CONFIG": str(config)}
+    return subprocess.Popen([PHG, "run"], env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def test_sigkill_between_two_posts_posts_nothing_twice(tmp_path):
+    """`phg run` is killed (SIGKILL) while its next post is held at the peer, i.e. after the server's
+    last 200 and before it takes another; restarted, it posts only what the server has not taken."""
+    readings = simulated_readings(PatientRef("urn:oid:1.2.3.4.5", "c3pro-crash"), START, per_device=4)
+    with C3ProPeer() as peer:
+        config = write_config(tmp_path, peer)
+        queued = subprocess.run([PHG, "send", "--no-deliver", "-"], capture_output=True, timeout=120,
+                                env={**os.environ, "HOME": str(tmp_path), "PHG_CONFIG": str(config)},
+                                input="\n".join(r.to_json() for r in readings).encode())
+        assert queued.returncode == 0, queued.stderr
+        peer.hold_after(7)  # mid-batch, mid-reading: the Patient and some Observations taken
+        with (tmp_path / "daemon.log").open("ab") as log:
+            proc = daemon(config, tmp_path, log)
+            try:
+                assert peer.holding.wait(60), (tmp_path / "daemon.log").read_text()
+                proc.send_signal(signal.SIGKILL)
+                assert proc.wait(timeout=30) == -signal.SIGKILL
+            finally:
+                peer.release()
+            assert peer.dropped.wait(10)
+            assert len(peer.submissions) == 7
+            proc = daemon(config, tmp_path, log)
+            try:
+                wanted = sum(len(r.metrics) for r in readings)
+                deadline = time.monotonic() + 60
+                while len(peer.resources("Observation")) < wanted and time.monotonic() < deadline:
+                    assert proc.poll() is None, (tmp_path / "daemon.log").read_text()
+                    time.sleep(0.1)
+                time.sleep(1)  # a duplicate would arrive now
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=30)
+        assert_delivered_once(peer, readings)
+        assert len(peer.resources("Patient")) == 1
