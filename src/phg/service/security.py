@@ -68,6 +68,18 @@ PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
 # Mozilla's "intermediate" TLS 1.2 suites (TLS 1.3 suites are not affected by set_ciphers); uvicorn's own
 # default, "TLSv1", would admit CBC and non-forward-secret suites.
 CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL"
+# The OpenAPI 3.1 document's part (merged by phg.service.api): the ways to authenticate; `{}` first because
+# loopback needs none (OAS 3.1 4.8.30: an empty requirement makes security optional).
+OPENAPI: dict[str, Any] = {
+    "components": {"securitySchemes": {
+        "bearer": {"type": "http", "scheme": "bearer", "description": "An API key (`phg api-key create`), RFC 6750"},
+        "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key", "description": "The same API key"},
+        "basic": {"type": "http", "scheme": "basic",
+                  "description": "The API key as the password, any user name (a browser opening the status page)"},
+        "clientCertificate": {"type": "mutualTLS", "description": "A client certificate issued by [api] client_ca"},
+    }},
+    "security": [{}, {"bearer": []}, {"apiKey": []}, {"basic": []}, {"clientCertificate": []}],
+}
 
 
 # ------------------------------------------------------------------------------------------ the key store
