@@ -30,8 +30,8 @@ def _label(t: float) -> str:
 
 
 def line_chart(title: str, series: Sequence[Series], unit: str) -> str:
-    """An SVG line chart of `series` against time, its y axis from the lowest to the highest value,
-    labelled with `unit`. Every text is escaped."""
+    """A figure: `title`, an SVG line chart of `series` against time (its y axis from the lowest to the
+    highest value, labelled with `unit`) and the series' legend. Every text is escaped."""
     points = [p for s in series for p in s.points]
     if not points:
         return f'<p class="empty">{escape(title)}: nothing in this period</p>'
@@ -39,7 +39,8 @@ def line_chart(title: str, series: Sequence[Series], unit: str) -> str:
     v0, v1 = min(v for _, v in points), max(v for _, v in points)
     x = _scale(t0, t1, LEFT, WIDTH - RIGHT)
     y = _scale(v0, v1, HEIGHT - BOTTOM, TOP)
-    parts = [f'<svg class="chart" role="img" viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" height="{HEIGHT}"'
+    parts = [f'<figure><figcaption>{escape(title)}</figcaption>'
+             f'<svg class="chart" role="img" viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" height="{HEIGHT}"'
              f' aria-label="{escape(title)}"><title>{escape(title)}</title>',
              f'<line class="axis" x1="{LEFT}" y1="{HEIGHT - BOTTOM}" x2="{WIDTH - RIGHT}" y2="{HEIGHT - BOTTOM}"/>',
              f'<text x="{LEFT - 4}" y="{TOP + 8}" text-anchor="end">{v1:g}</text>',
@@ -54,4 +55,4 @@ def line_chart(title: str, series: Sequence[Series], unit: str) -> str:
                      f'<polyline points="{coordinates}"/>'
                      + "".join(f'<circle cx="{x(t):.1f}" cy="{y(v):.1f}" r="2"/>' for t, v in drawn) + "</g>")
     legend = " ".join(f'<span class="key s{i % 4}">{escape(s.label)}</span>' for i, s in enumerate(series))
-    return "".join(parts) + f'</svg><p class="legend">{legend}</p>'
+    return "".join(parts) + f'</svg><p class="legend">{legend}</p></figure>'

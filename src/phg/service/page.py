@@ -28,6 +28,7 @@ from phg.service.charts import Series, line_chart
 from phg.service.readings import Seen, devices, readings, stamp
 
 HOUR, STEP = 3600.0, 300.0  # the queue chart: the last hour in five-minute intervals
+SQLITE_MAX_INTEGER = 2**63 - 1  # no item id is larger (https://www.sqlite.org/datatype3.html)
 LISTED = 100  # queued items and dead letters listed (oldest first); the counts say how many there are
 
 # What the patients' charts show: MDC code -> (chart, line). Blood pressure comes as the components of
@@ -141,7 +142,7 @@ def routes(ctx) -> list[BaseRoute]:
 
     def retry(request: Request) -> HTMLResponse | RedirectResponse:
         item = request.path_params["id"]
-        if not ctx.outbox.retry(item):
+        if item > SQLITE_MAX_INTEGER or not ctx.outbox.retry(item):
             return HTMLResponse(f"<p>Item {item} is not a dead letter (it may have been retried already). "
                                 '<a href="/">Back to the status page</a></p>', status_code=409)
         return RedirectResponse("/#dead", status_code=303)  # See Other: the browser GETs the page again
