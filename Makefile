@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup demo test lint bench
+.PHONY: setup demo test lint bench browser
 
 setup: $(VENV)/.installed peers/node_modules/.installed
 
@@ -18,6 +18,12 @@ $(VENV)/.installed: pyproject.toml
 peers/node_modules/.installed: peers/package.json peers/package-lock.json
 	npm ci --prefix peers --no-audit --no-fund --loglevel=error
 	touch $@
+
+# The status page's browser test (tests/test_service_page_browser.py): Debian's chromium and its driver,
+# installed with apt-get when missing (as root: CI runs as root).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver; }
 
 demo: setup
 	$(BIN)/phg demo

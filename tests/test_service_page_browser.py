@@ -71,6 +71,7 @@ def served(seeded: ServiceContext) -> Iterator[str]:  # noqa: F811 (the fixture 
 
 @pytest.fixture
 def browser() -> Iterator:
+    assert CHROMIUM and CHROMEDRIVER, "PHG_REQUIRE_BROWSER=1 but chromium or chromedriver is missing (make browser)"
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
