@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import socket
 import ssl
@@ -333,3 +334,21 @@ def test_a_cross_origin_post_to_the_retry_action_is_refused(tmp_path):
         assert ctx.outbox.get(item.id).state == "dead"
         own = httpx.post(f"{base}/items/{item.id}/retry", headers={"origin": base})
         assert own.status_code < 400 and ctx.outbox.get(item.id).state == "queued"
+
+
+def test_refusals_are_logged_without_the_key_or_the_path(tmp_path, caplog):
+    """The path may name a patient; a presented key, even a wrong one, is a secret."""
+    caplog.set_level(logging.DEBUG, logger="phg")
+    with serving(tmp_path, {"require_auth": True}) as (_, base):
+        answer = httpx.get(f"{base}/v1/patients/urn:oid:1.2.3|alice/readings",
+                           headers={"authorization": "Bearer phg_wrong-key-0123456789"})
+    assert answer.status_code == 401
+    refusals = [r.getMessage() for r in caplog.records if r.name == "phg.service.security"]
+    assert any("unknown or revoked" in line for line in refusals)
+    assert not any("wrong-key" in line or "alice" in line for line in refusals)
+
+
+def test_a_service_nobody_can_use_says_so_at_start(tmp_path, caplog):
+    with serving(tmp_path, {"require_auth": True}):
+        pass
+    assert "phg api-key create" in caplog.text

@@ -295,8 +295,11 @@ class Protect:
 def protect(app: ASGIApp, ctx: Any) -> ASGIApp:
     """The app behind the Guard of ctx.config.api (the defaults when there is no [api] table). The key
     file is read now: a damaged one stops start-up rather than the first request."""
-    guard = Guard.from_settings(ctx.config.api or ApiSettings())
-    guard.keys.keys()
+    api = ctx.config.api or ApiSettings()
+    guard = Guard.from_settings(api)
+    if not (guard.open_loopback or guard.keys.keys() or api.client_ca):
+        log.warning("[api] requires an API key or a client certificate, and there is neither: nobody can use the "
+                    "service until `phg api-key create NAME` (keys file %s)", api.keys_file)
     return Protect(app, guard)
 
 
