@@ -343,7 +343,9 @@ def set_table_keys(text: str, table: str, values: Mapping[str, str]) -> str:
             last_key += 1
             end += 1
     result = "".join(lines)
-    parsed = tomllib.loads(result).get(table, {})
+    parsed: Any = tomllib.loads(result)
+    for part in table.split("."):  # a dotted name ("destinations.c3") is a nested table
+        parsed = parsed.get(part, {}) if isinstance(parsed, dict) else {}
     if any(parsed.get(key) != value for key, value in values.items()):
         raise ConfigError(f"could not update [{table}] safely; edit the file by hand")
     return result
