@@ -5,6 +5,7 @@ machine's own non-loopback address when it has one, one with mutual TLS from the
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -35,7 +36,7 @@ from phg.intake import Intake
 from phg.model import Device, Metric, PatientRef, Reading
 from phg.outbox import Outbox
 from phg.service.app import ServiceContext, create_app
-from phg.service.security import Guard, KeyStore, server_options
+from phg.service.security import Guard, KeyStore, Protect, server_options
 
 READING = Reading(Device(system_id="0A1B2C3D4E5F6001"), PatientRef("urn:oid:1.2.3", "bob"),
                   (Metric(150456, datetime(2026, 11, 28, tzinfo=UTC), Decimal("97"), "%"),))
@@ -172,6 +173,22 @@ def test_cross_site_posts_with_ambient_credentials_are_refused(store):
     basic = "Basic " + base64.b64encode(f":{key}".encode()).decode()
     assert certified.check(scope(retry, "POST", authorization=basic, origin="http://evil.example")).status == 403
     assert certified.check(scope(retry, "POST", authorization=f"Bearer {key}", origin="http://evil.example")) is None
+
+
+def test_a_cross_site_websocket_handshake_is_closed(store):
+    """Cross-site WebSocket hijacking: the handshake is a GET, but it opens a channel both ways (RFC 6455 10.2)."""
+    sent: list = []
+
+    async def app(scope, receive, send):
+        sent.append("reached the app")
+
+    async def send(message):
+        sent.append(message)
+
+    handshake = scope("/ws", peer="127.0.0.1", host="127.0.0.1:8470", origin="http://evil.example")
+    del handshake["method"]
+    asyncio.run(Protect(app, Guard("127.0.0.1", store))({**handshake, "type": "websocket"}, None, send))
+    assert sent == [{"type": "websocket.close", "code": 1008}]
 
 
 @given(st.dictionaries(st.sampled_from(["authorization", "x-api-key", "host", "origin", "referer", "forwarded",

@@ -3,7 +3,7 @@
 The policy (docs/service.md, "Security"):
 
 - **Loopback is open** when the service listens on a loopback address, the peer is a loopback address,
-  no proxy header (Forwarded, X-Forwarded-For, X-Real-IP) says the request came from elsewhere, and the
+  no proxy header (Forwarded, X-Forwarded-*, X-Real-IP) says the request came from elsewhere, and the
   Host header names loopback (a page on another site that re-binds its DNS name to 127.0.0.1 is then
   refused: its requests carry its own name). `[api] require_auth = true` closes loopback too (a machine
   with other users).
@@ -64,7 +64,7 @@ log = logging.getLogger(__name__)
 KEY_PREFIX = "phg_"  # makes a leaked key recognisable to secret scanners
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # RFC 9110 9.2.1
-PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
+PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-real-ip")
 # Mozilla's "intermediate" TLS 1.2 suites (TLS 1.3 suites are not affected by set_ciphers); uvicorn's own
 # default, "TLSv1", would admit CBC and non-forward-secret suites.
 CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL"
@@ -206,7 +206,7 @@ class Guard:
 
     def check(self, scope: Scope) -> Refusal | None:
         """None when the request may go on; else why not."""
-        method, headers = scope.get("method", "GET"), Headers(scope=scope)
+        method, headers = scope.get("method", "WEBSOCKET"), Headers(scope=scope)
         if scope["path"] in OPEN_PATHS and method in ("GET", "HEAD"):
             return None
         presented = _presented_key(headers)
@@ -230,7 +230,7 @@ class Guard:
     def _same_origin(self, scope: Scope, headers: Headers) -> Refusal | None:
         """Cross-site request forgery: a state-changing request from a browser must come from our own
         origin (OWASP CSRF cheat sheet, "Verifying Origin With Standard Headers")."""
-        if scope.get("method", "GET") in SAFE_METHODS:
+        if scope.get("method", "WEBSOCKET") in SAFE_METHODS:  # a WebSocket handshake is checked (RFC 6455 10.2)
             return None
         if headers.get("sec-fetch-site") == "cross-site":
             return Refusal(403, "cross-site request refused (Sec-Fetch-Site: cross-site)")
