@@ -1,5 +1,6 @@
 """The C3-PRO destination: each FHIR resource of a reading, encrypted in C3-PRO's own JSON envelope,
-POSTed alone to ``<root>/encfhir/<ResourceType>`` (docs: ../shared/docs/c3pro-facts.md, section 3).
+POSTed alone to ``<root>/encfhir/<ResourceType>``. Rules read from C3-PRO's code: github.com/C3-PRO
+c3-pro-server @bd7994f, c3-pro-consumer @039c28a, c3-pro-ios-framework @e5790c5 (files cited below).
 
 The envelope (C3-PRO consumer ``SQSListener.java`` 448-475, iOS ``AESUtility.swift``/``RSAUtility.swift``):
 ``{"message", "symmetric_key", "key_id", "version"}``, all strings. ``message`` is the resource's JSON
