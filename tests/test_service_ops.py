@@ -354,3 +354,25 @@ def test_the_containerfile_is_slim_non_root_without_node_and_checks_healthz():
     assert "/healthz" in healthcheck and "8470" in healthcheck
     assert not re.search(r"\b(node|nodejs|npm)\b", " ".join(lines))
     assert any(line.startswith("EXPOSE 8470") for line in lines)
+
+
+# ------------------------------------------------------------------------------------------ wake
+
+
+async def test_an_idle_worker_woken_delivers_at_once(outbox):
+    """An idle gateway delivers what the API queued without waiting for its next poll (idle_poll)."""
+    name = f"w-{uuid.uuid4().hex[:8]}"
+    worker = DeliveryWorker(outbox, Scripted(name), idle_poll=30.0)
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    await asyncio.sleep(0.2)  # idle: nothing queued
+    outbox.enqueue(name, [(READINGS[0].key, READINGS[0].to_json())])
+    started = time.monotonic()
+    worker.wake()
+    for _ in range(100):
+        if outbox.counts(name)["delivered"]:
+            break
+        await asyncio.sleep(0.02)
+    assert outbox.counts(name)["delivered"] == 1 and time.monotonic() - started < 1.5
+    stop.set()
+    await asyncio.wait_for(running, 5)

@@ -125,6 +125,8 @@ class DeliveryWorker:
         # renewed by _keep_leases so that no other leaser takes them while they are ours.
         self._held: set[str] = set()
         self._keeper: asyncio.Task[None] | None = None
+        # Set by wake() (something was queued): an idle wait ends at once instead of at the next poll.
+        self._woken = asyncio.Event()
 
     @property
     def horizon(self) -> float:
@@ -173,11 +175,22 @@ class DeliveryWorker:
                 storage_failures += 1
                 wait = backoff(storage_failures, cap=min(self.max_backoff, 30.0))
                 log.exception("%s: unexpected error, delivery paused for %.1f s", self.destination.name, wait)
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=wait)
-            except TimeoutError:
-                pass
+            await self._sleep(stop, wait)
         return self.summary
+
+    def wake(self) -> None:
+        """Readings were queued for this destination (by the API, say): end an idle wait now, so that an
+        idle gateway delivers them without waiting for its next poll. A back-off (Retry-After, the circuit)
+        is not cut short: the worker looks, finds it must still wait, and sleeps again. Call it in the
+        event loop's thread (loop.call_soon_threadsafe from another)."""
+        self._woken.set()
+
+    async def _sleep(self, stop: asyncio.Event, seconds: float) -> None:
+        """Wait `seconds`, or less if `stop` is set or wake() is called."""
+        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._woken.wait())]
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        for waiting in waits:
+            waiting.cancel()
 
     async def _idle_wait(self) -> float:
         """Seconds to sleep when nothing could be sent: until the circuit's probe, else until the next
@@ -193,6 +206,7 @@ class DeliveryWorker:
         """Lease and deliver one batch (or send the batch held through an outage again, as the probe).
         Returns False when nothing was due or the destination must be waited for (Retry-After, an
         open circuit)."""
+        self._woken.clear()  # what is queued from now on wakes the next idle wait (wake())
         if time.monotonic() < self._resume_at:
             await self._drop_prefetch()
             return False
