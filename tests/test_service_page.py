@@ -105,7 +105,8 @@ def test_a_patients_readings_since_a_time_each_once_whatever_the_destinations(se
 def test_a_malformed_patient_or_since_is_a_400_saying_what(seeded, path, says):
     with local(seeded) as client:
         answer = client.get(path)
-    assert answer.status_code == 400 and says in answer.json()["error"]
+    assert answer.status_code == 400 and says in answer.json()["detail"]
+    assert answer.headers["content-type"] == "application/problem+json"
 
 
 @given(st.text(min_size=1), st.text(min_size=1))

@@ -136,6 +136,22 @@ def render(ctx, now: float | None = None) -> str:
         stamp=stamp, keep_delivered=ctx.config.keep_delivered)
 
 
+OPENAPI = {"paths": {
+    "/": {"get": {"summary": "The status page (HTML, for the gateway's operators)", "operationId": "getStatusPage",
+                  "tags": ["page"],
+                  "responses": {"200": {"description": "The page", "content": {"text/html": {"schema": {
+                      "type": "string"}}}}}}},
+    "/items/{id}/retry": {"post": {
+        "summary": "The page's retry button: queue a dead letter again, then see the page (303)",
+        "operationId": "retryFromPage", "tags": ["page"],
+        "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}}],
+        "responses": {"303": {"description": "Queued again: the page, at its dead letters", "headers": {
+                          "Location": {"required": True, "schema": {"type": "string"}}}},
+                      "409": {"description": "Not a dead letter (nor queued): nothing done", "content": {
+                          "text/html": {"schema": {"type": "string"}}}}}}},
+}}
+
+
 def routes(ctx) -> list[BaseRoute]:
     def page(request: Request) -> HTMLResponse:
         return HTMLResponse(render(ctx))

@@ -88,6 +88,51 @@ def _device_entry(seen: Seen) -> dict[str, Any]:
             "last_contact": stamp(seen.stored), "last_reading": document}
 
 
+_TIME = {"type": "string", "format": "date-time"}
+_JSON = "application/json"
+OPENAPI: dict[str, Any] = {
+    "paths": {
+        "/v1/devices": {"get": {
+            "summary": "Devices seen (in the readings the queue keeps), each with its newest reading",
+            "operationId": "getDevices", "tags": ["readings"],
+            "responses": {"200": {"description": "Most recently heard from first", "content": {
+                _JSON: {"schema": {"$ref": "#/components/schemas/Devices"}}}}}}},
+        "/v1/patients/{patient}/readings": {"get": {
+            "summary": "A patient's readings the queue keeps, newest stored first", "operationId": "getPatientReadings",
+            "tags": ["readings"],
+            "parameters": [
+                {"name": "patient", "in": "path", "required": True,  # no control characters: a reading has none
+                 "schema": {"type": "string", "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]+$"},
+                 "description": "The patient identifier as FHIR token search writes it: system|value (a '|' or '\\' "
+                                "inside either written '\\|' or '\\\\')"},
+                {"name": "since", "in": "query", "required": False, "schema": _TIME,
+                 "description": "Only readings with a measurement at or after this time (RFC 3339, with offset)"}],
+            "responses": {
+                "200": {"description": "The readings", "content": {
+                    _JSON: {"schema": {"$ref": "#/components/schemas/PatientReadings"}}}},
+                "400": {"description": "The patient or since is malformed (detail says how)", "content": {
+                    "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}}}},
+    },
+    "components": {"schemas": {
+        "Devices": {"type": "object", "required": ["devices"], "additionalProperties": False, "properties": {
+            "devices": {"type": "array", "items": {
+                "type": "object", "required": ["identity", "device", "last_contact", "last_reading"],
+                "additionalProperties": False, "properties": {
+                    "identity": {"type": "string", "description": "System id (EUI-64), else Bluetooth address, "
+                                                                  "hex upper case without separators"},
+                    "device": {"$ref": "#/components/schemas/Reading/properties/device"},
+                    "last_contact": {**_TIME, "description": "When its newest reading was stored"},
+                    "last_reading": {"$ref": "#/components/schemas/Reading"}}}}}},
+        "PatientReadings": {
+            "type": "object", "required": ["patient", "readings"], "additionalProperties": False, "properties": {
+                "patient": {"$ref": "#/components/schemas/Reading/properties/patient"},
+                "readings": {"type": "array", "items": {
+                    "type": "object", "required": ["stored", "reading"], "additionalProperties": False,
+                    "properties": {"stored": _TIME, "reading": {"$ref": "#/components/schemas/Reading"}}}}}},
+    }},
+}
+
+
 def routes(ctx) -> list[BaseRoute]:
     def list_devices(request: Request) -> JSONResponse:
         return JSONResponse({"devices": [_device_entry(seen) for seen in devices(ctx.outbox)]})
@@ -96,8 +141,9 @@ def routes(ctx) -> list[BaseRoute]:
         try:
             patient = parse_patient(request.path_params["patient"])
             since = parse_since(request.query_params.get("since"))
-        except ValueError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
+        except ValueError as exc:  # an RFC 9457 problem detail, as the rest of the API answers
+            return JSONResponse({"type": "about:blank", "title": "Bad request", "status": 400, "detail": str(exc)},
+                                400, media_type="application/problem+json")
         found = readings(ctx.outbox, patient, since)
         return JSONResponse({"patient": {"system": patient[0], "value": patient[1]},
                              "readings": [{"stored": stamp(seen.stored), "reading": seen.reading.to_document()}
