@@ -237,6 +237,8 @@ def openapi_document() -> dict[str, Any]:
         document["paths"].update(extra.get("paths", {}))
         for kind, entries in extra.get("components", {}).items():
             document["components"].setdefault(kind, {}).update(entries)
+        if "security" in extra:  # the requirement every operation has (OAS 3.1 4.8.1), from security
+            document["security"] = extra["security"]
     return document
 
 
