@@ -13,6 +13,10 @@ machines here are noisy: absolute numbers are printed for context only.
 - tokens:    token requests of 32 concurrent senders sharing one SMART auth, time scaled 1/50
              (6 s tokens, 12 s), vs duration/TTL + 1. Target <= 1.0. bench/tokens.py; needs the Node
              peers (make setup).
+- service:   `phg run` with [api]: readings/s through POST /v1/readings from one keep-alive client vs the
+             in-process parse + Intake.store of the same bodies (target >= 0.5); p50/p99 of a single-reading
+             POST; end-to-end POST -> sekmet-fhir 2xx on an idle gateway (p50/p99, target p99 < 1 s).
+             bench/service.py; starts sekmet-fhir itself.
 
 --quick (or PHG_BENCH_QUICK=1) scales the delivery benchmark down from 10,000 to 1,000 readings.
 """
@@ -33,6 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from delivery import bench_delivery
+from service import bench_service
 from tokens import bench_tokens
 
 from phg.delivery import Delivered, DeliveryWorker
@@ -146,6 +151,7 @@ BENCHMARKS: dict[str, Callable[[], dict | list[dict]]] = {
     "footprint": bench_footprint,
     "delivery": bench_delivery,
     "tokens": bench_tokens,
+    "service": bench_service,
 }
 
 
