@@ -81,6 +81,7 @@ def test_the_wheel_ships_the_node_peers_without_their_packages(wheel):
     assert {"gate.mjs", "oauth-server.mjs", "medplum-fhir.mjs", "package.json", "package-lock.json"} <= shipped
     assert not any("node_modules" in n for n in names)
     assert "phg/reading.schema.json" in names
+    assert "phg/service/templates/status.html" in names  # the status page's template (package data)
 
 
 def test_installed_phg_is_the_wheel_not_the_checkout(venv, env):
