@@ -297,13 +297,13 @@ class TokenAuth(httpx.Auth):
         body = _json_object(response)
         if not 200 <= response.status_code < 300:  # RFC 6749 section 5.1 says 200; C3-PRO answers 202
             raise self._refusal(redact_url(url), response.status_code, body)
-        return self._accept(redact_url(url), response.status_code, body, started)
+        return self._accept(redact_url(url), body, started)
 
-    def _accept(self, url: str, status: int, body: dict[str, Any], started: float) -> AccessToken:
+    def _accept(self, url: str, body: dict[str, Any], started: float) -> AccessToken:
         """Any 2xx with a valid token body (access_token, token_type bearer) is a token."""
         value = body.get("access_token")
         if not isinstance(value, str) or not value:
-            raise AuthError(f"token endpoint {url} answered HTTP {status} without an access_token")
+            raise AuthError(f"token endpoint {url} answered without an access_token")
         token_type = body.get("token_type")
         if not isinstance(token_type, str) or token_type.lower() != "bearer":
             raise AuthError(f"token endpoint {url} issued token_type {token_type!r}; only bearer is supported")
