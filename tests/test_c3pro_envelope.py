@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 from decimal import Decimal
+from pathlib import Path
 
 import httpx
 import pytest
@@ -240,3 +241,13 @@ def test_the_antispam_token_is_a_secret(tmp_path):
 def test_a_wrong_c3pro_table_is_refused_naming_the_key(tmp_path, extra, message):
     with pytest.raises(ConfigError, match=message):
         load_config(env={}, document={"destinations": {"c3": c3pro_table(tmp_path, **extra)}})
+
+
+def test_the_weak_ciphers_are_spoken_only_to_a_c3pro_destination():
+    """AES-CBC with a zero IV and RSA-OAEP SHA-1 live in phg.delivery.c3pro, which only the registry
+    (for type "c3pro") and doctor import; every other envelope stays JWE (phg.auth.envelope)."""
+    src = Path(__file__).parent.parent / "src" / "phg"
+    users = {path.relative_to(src).as_posix() for path in src.rglob("*.py")
+             if "from phg.delivery.c3pro import" in path.read_text(encoding="utf-8")}
+    assert users == {"delivery/registry.py", "doctor.py"}
+    assert "SHA1" not in (src / "auth" / "envelope.py").read_text()
