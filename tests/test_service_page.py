@@ -21,7 +21,7 @@ from phg.model import Component, Device, Metric, PatientRef, Reading
 from phg.outbox import Outbox
 from phg.service.app import ServiceContext, create_app
 from phg.service.charts import Series, line_chart
-from phg.service.readings import parse_patient
+from phg.service.readings import parse_patient, parse_since
 
 ALICE = PatientRef("http://hospital.example/mrn", "alice|1")  # a '|' and '/' in the path: escaped and kept
 BOB = PatientRef("urn:oid:1.2.3", "bob")
@@ -114,6 +114,26 @@ def test_patient_tokens_round_trip_with_fhir_escaping(system, value):
     def escape(text: str) -> str:
         return text.replace("\\", "\\\\").replace("|", "\\|")
     assert parse_patient(f"{escape(system)}|{escape(value)}") == (system, value)
+
+
+@given(st.text())
+def test_any_patient_text_parses_or_is_refused_with_a_valueerror(text):
+    try:
+        system, value = parse_patient(text)
+    except ValueError as exc:
+        assert "is not 'system|value'" in str(exc)
+    else:
+        assert system and value and "|" in text
+
+
+@given(st.text())
+def test_any_since_text_parses_to_an_aware_time_or_is_refused_with_a_valueerror(text):
+    try:
+        since = parse_since(text)
+    except ValueError as exc:
+        assert "is not a date-time with a UTC offset" in str(exc)
+    else:
+        assert since.tzinfo is not None
 
 
 def test_the_page_shows_states_queue_dead_letters_devices_and_patients(seeded):

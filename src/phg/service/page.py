@@ -15,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 import jinja2
 from starlette.requests import Request
@@ -23,9 +24,12 @@ from starlette.routing import BaseRoute, Route
 
 from phg import mdc
 from phg.delivery.status import BACKING_OFF, STOPPED, DestinationStatus
-from phg.outbox import DEAD, INFLIGHT, QUEUED, Item
+from phg.outbox import DEAD, INFLIGHT, QUEUED, Item, Outbox
 from phg.service.charts import Series, line_chart
 from phg.service.readings import Seen, devices, readings, stamp
+
+if TYPE_CHECKING:
+    from phg.service.app import ServiceContext
 
 HOUR, STEP = 3600.0, 300.0  # the queue chart: the last hour in five-minute intervals
 SQLITE_MAX_INTEGER = 2**63 - 1  # no item id is larger (https://www.sqlite.org/datatype3.html)
@@ -78,20 +82,24 @@ def _values(seen: Seen) -> Iterable[tuple[int, Decimal, str | None, float]]:
             yield component.code, component.value, component.unit, at
 
 
+def _unit(ucum: str | None) -> str:
+    """A UCUM unit as people write it (mm[Hg] -> mmHg)."""
+    return mdc.UNIT_DISPLAY.get(ucum or "", ucum or "")
+
+
 def patient_charts(seen: Sequence[Seen]) -> dict[str, list[str]]:
     """Per patient (`system|value`), one SVG chart per measurement and unit of CHARTED."""
-    lines: dict[str, dict[tuple[str, str], dict[str, list[tuple[float, float]]]]] = defaultdict(
-        lambda: defaultdict(lambda: defaultdict(list)))
+    lines: dict[tuple[str, str, str], dict[str, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
     for one in seen:
         patient = f"{one.reading.patient.system}|{one.reading.patient.value}"
         for code, value, unit, at in _values(one):
             if code in CHARTED:
                 chart, line = CHARTED[code]
-                lines[patient][(chart, mdc.UNIT_DISPLAY.get(unit or "", unit or ""))][line].append((at, float(value)))
-    return {patient: [line_chart(f"{chart} of {patient}", [Series(label, points) for label, points in named.items()],
-                                 unit)
-                      for (chart, unit), named in sorted(charts.items())]
-            for patient, charts in sorted(lines.items())}
+                lines[(patient, chart, _unit(unit))][line].append((at, float(value)))
+    charts: dict[str, list[str]] = defaultdict(list)
+    for (patient, chart, unit), named in sorted(lines.items()):
+        charts[patient].append(line_chart(f"{chart} of {patient}", [Series(*line) for line in named.items()], unit))
+    return dict(charts)
 
 
 def last_values(seen: Seen) -> str:
@@ -99,11 +107,10 @@ def last_values(seen: Seen) -> str:
     def name(code: int) -> str:
         known = mdc.MEASUREMENTS.get(code)
         return known.display if known else f"MDC {code}"
-    return ", ".join(f"{name(code)} {value} {mdc.UNIT_DISPLAY.get(unit or '', unit or '')}".rstrip()
-                     for code, value, unit, _ in _values(seen))
+    return ", ".join(f"{name(code)} {value} {_unit(unit)}".rstrip() for code, value, unit, _ in _values(seen))
 
 
-def queue_charts(outbox, names: Sequence[str], now: float) -> dict[str, str]:
+def queue_charts(outbox: Outbox, names: Sequence[str], now: float) -> dict[str, str]:
     """Per destination, a chart of its waiting items and its deliveries per interval over the last hour."""
     ends = [now - HOUR + STEP * (i + 1) for i in range(int(HOUR // STEP))]
     waiting: dict[str, list[tuple[float, float]]] = defaultdict(list)
@@ -111,29 +118,32 @@ def queue_charts(outbox, names: Sequence[str], now: float) -> dict[str, str]:
     for destination, end, sent, queued in outbox.activity(ends, STEP):
         delivered[destination].append((end, sent))
         waiting[destination].append((end, queued))
+    nothing = [(end, 0.0) for end in ends]  # a destination without an item in the hour
     return {name: line_chart(f"Queue of {name}, last hour",
-                             [Series("waiting", waiting[name] or [(t, 0) for t in ends]),
-                              Series(f"delivered per {STEP / 60:.0f} min", delivered[name] or [(t, 0) for t in ends])],
-                             "items")
+                             [Series("waiting", waiting.get(name, nothing)),
+                              Series(f"delivered per {STEP / 60:.0f} min", delivered.get(name, nothing))], "items")
             for name in names}
 
 
-def render(ctx, now: float | None = None) -> str:
+def destination(name: str, status: DestinationStatus | None, outbox: Outbox) -> Destination:
+    """A destination's row; `status` is None when no delivery worker runs for it in this process."""
+    if status is None:
+        return Destination(name, "", "unknown", state_text(None), outbox.counts(name), None)
+    last = stamp(status.last_delivered) if status.last_delivered is not None else None
+    return Destination(name, status.type, status.state, state_text(status), outbox.counts(name), last)
+
+
+def render(ctx: ServiceContext, now: float | None = None) -> str:
     """The whole page, from the queue, the destinations' statuses and the kept readings."""
     now = time.time() if now is None else now
     outbox = ctx.outbox
     names = list(dict.fromkeys([*ctx.config.destination_names, *ctx.statuses]))
-    destinations = [Destination(name, status.type if status else "", status.state if status else "unknown",
-                                state_text(status), outbox.counts(name),
-                                stamp(status.last_delivered) if status and status.last_delivered else None)
-                    for name in names for status in [ctx.statuses.get(name)]]
     waiting: list[Item] = outbox.items(state=QUEUED, limit=LISTED) + outbox.items(state=INFLIGHT, limit=LISTED)
-    seen = readings(outbox)
     return _templates.get_template("status.html").render(
-        now=stamp(now), destinations=destinations, queue_charts=queue_charts(outbox, names, now),
-        waiting=sorted(waiting, key=lambda item: item.id), dead=outbox.items(state=DEAD, limit=LISTED),
-        devices=[(one, last_values(one)) for one in devices(outbox)], patients=patient_charts(seen),
-        stamp=stamp, keep_delivered=ctx.config.keep_delivered)
+        now=stamp(now), destinations=[destination(name, ctx.statuses.get(name), outbox) for name in names],
+        queue_charts=queue_charts(outbox, names, now), waiting=sorted(waiting, key=lambda item: item.id),
+        dead=outbox.items(state=DEAD, limit=LISTED), devices=[(one, last_values(one)) for one in devices(outbox)],
+        patients=patient_charts(readings(outbox)), stamp=stamp, keep_delivered=ctx.config.keep_delivered)
 
 
 OPENAPI = {"paths": {
@@ -152,7 +162,7 @@ OPENAPI = {"paths": {
 }}
 
 
-def routes(ctx) -> list[BaseRoute]:
+def routes(ctx: ServiceContext) -> list[BaseRoute]:
     def page(request: Request) -> HTMLResponse:
         return HTMLResponse(render(ctx))
 

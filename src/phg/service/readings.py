@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -22,6 +22,9 @@ from starlette.routing import BaseRoute, Route
 
 from phg.model import Reading, from_canonical_json
 from phg.outbox import Outbox
+
+if TYPE_CHECKING:
+    from phg.service.app import ServiceContext
 
 # FHIR token search syntax, `[system]|[value]`, split at the first `|` that is not escaped as `\|`
 # (FHIR R4 Search, "Escaping Search Parameters": `\|`, `\,`, `\$` and `\\` stand for the character).
@@ -133,7 +136,7 @@ OPENAPI: dict[str, Any] = {
 }
 
 
-def routes(ctx) -> list[BaseRoute]:
+def routes(ctx: ServiceContext) -> list[BaseRoute]:
     def list_devices(request: Request) -> JSONResponse:
         return JSONResponse({"devices": [_device_entry(seen) for seen in devices(ctx.outbox)]})
 
