@@ -30,6 +30,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -165,9 +166,9 @@ class C3ProPeer:
         self.registrations: list[Registration] = []
         self.submissions: list[Submission] = []
         self.token_requests = 0
-        self._hold_after: int | None = None
+        self._hold: tuple[int, bool] | None = None  # (after how many posts, lose the answer)
         self.holding = threading.Event()  # set while a post is held (see hold_after)
-        self.dropped = threading.Event()  # set when a held post was dropped, its client gone
+        self.dropped = threading.Event()  # set when the client of a held post went away
         self._release = threading.Event()
         self._lock = threading.Lock()
         self._server: uvicorn.Server | None = None
@@ -233,14 +234,16 @@ class C3ProPeer:
             self.clients[client_id] = sha1_base64(secret)
         return client_id, secret
 
-    def hold_after(self, count: int) -> None:
-        """Hold the next post once ``count`` envelopes are kept, before it is taken, until ``release()``
-        (``holding`` is set meanwhile). A held post whose client is gone by then is dropped untaken: to
-        a test that kills the client while ``holding``, the kill fell between two posts."""
-        self._hold_after = count
+    def hold_after(self, count: int, *, lose_answer: bool = False) -> None:
+        """Hold the next post once ``count`` envelopes are kept (one post; ``holding`` is set meanwhile).
+        By default it is held before it is taken, until ``release()``: if its client is gone by then, it
+        is dropped untaken (to a test that kills the client while ``holding``, the kill fell between two
+        posts). With ``lose_answer`` it is taken and never answered, until its client gives up waiting:
+        the client lost the answer to a post the server took."""
+        self._hold = (count, lose_answer)
 
     def release(self) -> None:
-        self._hold_after = None
+        self._hold = None
         self._release.set()
 
     def expire_tokens(self) -> None:
@@ -333,9 +336,17 @@ class C3ProPeer:
         if request.method != "POST":
             return Response(status_code=405)
         body = (await request.body()).decode("utf-8", "replace")
-        if not await self._held(request):
-            return Response(status_code=200)  # nobody is listening
-        submission = Submission(request.path_params.get("rest", ""), body)
+        lose_answer = self._claim_hold()
+        if lose_answer is False and not await self._client_still_there(request, self._release.is_set):
+            return Response(status_code=200)  # nobody is listening: the post was never taken
+        answer = self._take(request.path_params.get("rest", ""), body)
+        if lose_answer:
+            await self._client_still_there(request, lambda: False)
+        return answer
+
+    def _take(self, path: str, body: str) -> Response:
+        """S FHIREncServlet.java 36-59: the four fields, then (here at once) the consumer."""
+        submission = Submission(path, body)
         with self._lock:
             self.submissions.append(submission)
         envelope, missing = _read_envelope(body)
@@ -347,20 +358,25 @@ class C3ProPeer:
         self._consume(submission, envelope)
         return Response(status_code=200)
 
-    async def _held(self, request: Request) -> bool:
-        """Whether the post is to be taken: at once, or after a hold if its client is still there."""
+    def _claim_hold(self) -> bool | None:
+        """None: this post is not held; else whether its answer is to be lost (see hold_after)."""
         with self._lock:
-            hold = self._hold_after is not None and len(self.submissions) >= self._hold_after
-        if not hold:
-            return True
+            if self._hold is None or len(self.submissions) < self._hold[0]:
+                return None
+            (_, lose_answer), self._hold = self._hold, None
         self.holding.set()
+        return lose_answer
+
+    async def _client_still_there(self, request: Request, done: Callable[[], bool]) -> bool:
+        """Wait (60 s at most) until `done()` or the client is gone; False (and ``dropped`` set) if gone."""
         deadline = time.monotonic() + 60
-        while not self._release.is_set() and time.monotonic() < deadline:
+        while True:
+            if await request.is_disconnected():
+                self.dropped.set()
+                return False
+            if done() or time.monotonic() > deadline:
+                return True
             await asyncio.sleep(0.02)
-        if await request.is_disconnected():
-            self.dropped.set()
-            return False
-        return True
 
     def _consume(self, submission: Submission, envelope: dict[str, str]) -> None:
         """C SQSListener.java 98-131, 156-215, 448-490: decrypt, then check what processing needs."""

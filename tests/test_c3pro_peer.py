@@ -228,8 +228,8 @@ def test_a_held_post_whose_client_is_gone_is_not_taken(c3pro_peer):
         sock.sendall(b"POST /c3pro/encfhir/Observation HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                      + f"Authorization: Bearer {bearer}\r\nContent-Length: {len(envelope)}\r\n\r\n".encode() + envelope)
         assert c3pro_peer.holding.wait(10)
+    assert c3pro_peer.dropped.wait(10)  # noticed while held
     c3pro_peer.release()
-    assert c3pro_peer.dropped.wait(10)
     assert post(c3pro_peer, json.loads(envelope)).status_code == 200
     assert len(c3pro_peer.submissions) == 1 and c3pro_peer.resources() == [OBSERVATION]
 
@@ -243,3 +243,16 @@ def test_a_held_post_is_taken_on_release(c3pro_peer):
         c3pro_peer.release()
         assert answer.result(timeout=10).status_code == 200
     assert c3pro_peer.resources() == [OBSERVATION]
+
+
+def test_a_lost_answer_is_a_post_taken_and_never_answered(c3pro_peer):
+    envelope = make_envelope(OBSERVATION, c3pro_peer.certificate.public_key(), c3pro_peer.key_id, "3.0.0")
+    bearer = token(c3pro_peer)
+    c3pro_peer.hold_after(0, lose_answer=True)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{c3pro_peer.base_url}/encfhir/Observation", json=envelope,
+                   headers={"Authorization": f"Bearer {bearer}"}, timeout=0.5)
+    assert c3pro_peer.dropped.wait(10)
+    assert c3pro_peer.resources() == [OBSERVATION]  # the server took it all the same
+    assert post(c3pro_peer, envelope).status_code == 200  # one post only is held
+    assert c3pro_peer.resources() == [OBSERVATION, OBSERVATION]

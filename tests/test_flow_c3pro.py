@@ -5,6 +5,7 @@ and nothing posted twice across a SIGKILL between two posts. (The iOS AES vector
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -22,6 +23,7 @@ from fhir.resources.STU3 import get_fhir_model_class
 from c3pro_peer import C3ProPeer, sha1_base64
 from phg.config import load_config
 from phg.daemon import deliver
+from phg.delivery.c3pro import Journal
 from phg.demo.sim import simulated_readings
 from phg.fhir import conditional_identifier
 from phg.mdc import MDC_SYSTEM
@@ -35,7 +37,7 @@ PHG = str(Path(sys.executable).parent / "phg")
 START = datetime(2026, 11, 28, 9, tzinfo=UTC)
 
 
-def write_config(tmp_path: Path, peer: C3ProPeer, *, registered: bool = True, **extra: str) -> Path:
+def write_config(tmp_path: Path, peer: C3ProPeer, *, registered: bool = True, timeout: float = 5) -> Path:
     """A config with one [destinations.c3] of type c3pro, the peer's DER certificate, the outbox and
     journal under tmp_path; with `registered`, a client made at the peer (else `phg register` adds it)."""
     certificate = peer.write_certificate(tmp_path / "public.crt")  # DER, as deployments hand it out
@@ -43,11 +45,10 @@ def write_config(tmp_path: Path, peer: C3ProPeer, *, registered: bool = True, **
     antispam.write_text(peer.antispam + "\n")
     antispam.chmod(0o600)
     lines = [f'base_url = "{peer.base_url}"', f'public_key = "{certificate}"', f'key_id = "{peer.key_id}"',
-             f'antispam_file = "{antispam}"', f'journal = "{tmp_path / "journal.sqlite"}"', "timeout = 5"]
+             f'antispam_file = "{antispam}"', f'journal = "{tmp_path / "journal.sqlite"}"', f"timeout = {timeout}"]
     if registered:
         client_id, secret = peer.register_client()
         lines += [f'client_id = "{client_id}"', f'client_secret = "{secret}"']
-    lines += [f'{key} = "{value}"' for key, value in extra.items()]
     path = tmp_path / "phg.toml"
     path.write_text(f'[gateway]\nsystem_id = "02AB7FFFFE00C3C3"\n[outbox]\npath = "{tmp_path / "outbox.sqlite"}"\n'
                     "[delivery]\nmax_retry_delay = 1\nlease_seconds = 5\n"
@@ -83,6 +84,32 @@ def assert_delivered_once(peer: C3ProPeer, readings: list[Reading]) -> None:
         kind, _, pid = observation["subject"]["reference"].partition("/")
         assert kind == "Patient" and patients[pid] == (reading.patient.system, reading.patient.value)
         assert {"system": MDC_SYSTEM, "code": str(metric.code)}.items() <= observation["code"]["coding"][0].items()
+
+
+async def test_a_lost_answer_is_resent_once_and_counted(c3pro_peer, tmp_path):
+    """The server took a post but its answer never came (the client timed out): phg cannot tell, so it
+    posts that resource again (the one duplicate C3-PRO will hold) and counts it; nothing else doubles."""
+    config = load_config(write_config(tmp_path, c3pro_peer, timeout=1), env={})
+    readings = simulated_readings(PatientRef("urn:oid:1.2.3.4.5", "c3pro-lost"), START)
+    c3pro_peer.hold_after(3, lose_answer=True)
+    with Outbox(config.outbox_path) as outbox:
+        outbox.enqueue(config.destination_names, [(r.key, r.to_json()) for r in readings])
+        for _ in range(20):  # the retry is due after a back-off of up to 1 s
+            await deliver(config, outbox, until_idle=True)
+            if outbox.counts("c3")["delivered"] == len(readings):
+                break
+            await asyncio.sleep(0.5)
+        assert outbox.counts("c3")["delivered"] == len(readings)
+    lost = c3pro_peer.submissions[3].resource
+    counts = observations_by_identifier(c3pro_peer)
+    assert c3pro_peer.problems == [] and lost is not None
+    assert counts.pop((lost["identifier"][0]["system"], lost["identifier"][0]["value"])) == 2
+    assert set(counts.values()) == {1} and len(counts) == sum(len(r.metrics) for r in readings) - 1
+    journal = Journal(config.destinations[0].journal)  # type: ignore[attr-defined]
+    try:
+        assert journal.possible_duplicates == 1
+    finally:
+        journal.close()
 
 
 def phg_env(tmp_path: Path, config: Path) -> dict[str, str]:
@@ -162,9 +189,9 @@ def test_sigkill_between_two_posts_posts_nothing_twice(tmp_path):
                 assert peer.holding.wait(60), (tmp_path / "daemon.log").read_text()
                 proc.send_signal(signal.SIGKILL)
                 assert proc.wait(timeout=30) == -signal.SIGKILL
+                assert peer.dropped.wait(10)  # the held post is not taken
             finally:
                 peer.release()
-            assert peer.dropped.wait(10)
             assert len(peer.submissions) == 7
             proc = daemon(config, tmp_path, log)
             try:
