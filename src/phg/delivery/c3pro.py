@@ -118,12 +118,6 @@ def aes_encrypt(key: bytes, clear: bytes) -> bytes:
     return encryptor.update(padder.update(clear) + padder.finalize()) + encryptor.finalize()
 
 
-def aes_decrypt(key: bytes, sealed: bytes) -> bytes:
-    decryptor = Cipher(algorithms.AES(key), modes.CBC(ZERO_IV)).decryptor()
-    unpadder = padding.PKCS7(128).unpadder()
-    return unpadder.update(decryptor.update(sealed) + decryptor.finalize()) + unpadder.finalize()
-
-
 def seal(resource: bytes, public_key: rsa.RSAPublicKey, key_id: str, version: str) -> bytes:
     """One envelope for one resource's JSON, with a fresh AES-256 key wrapped by RSA-OAEP SHA-1."""
     key = os.urandom(KEY_BYTES)
@@ -136,18 +130,11 @@ def seal(resource: bytes, public_key: rsa.RSAPublicKey, key_id: str, version: st
     return json.dumps(envelope).encode()
 
 
-def open_envelope(body: bytes, private_key: rsa.RSAPrivateKey) -> bytes:
-    """The clear resource JSON, as C3-PRO's consumer gets it (for tests and the test peer)."""
-    envelope = json.loads(body)
-    key = private_key.decrypt(base64.b64decode(envelope["symmetric_key"]), _OAEP)
-    return aes_decrypt(key, base64.b64decode(envelope["message"]))
-
-
 def check_envelope(body: bytes, key_bytes: int) -> None:
     """Shape-check an envelope before it is sent (the server answers 200 even to a malformed one):
     a JSON object of the four strings, Base64, the wrapped key as long as the RSA modulus
-    (`key_bytes`), the message a non-empty whole number of AES blocks. AssertionError-free: raises
-    MappingError naming what is wrong."""
+    (`key_bytes`), the message a non-empty whole number of AES blocks. MappingError names what is
+    wrong (the reading is dead-lettered: a bug of phg's, never sent)."""
     try:
         envelope = json.loads(body)
     except ValueError as exc:
