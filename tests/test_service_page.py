@@ -187,3 +187,40 @@ def test_a_chart_is_valid_svg_with_its_text_escaped():
     assert ElementTree.fromstring(svg).find("figcaption").text == root.find("title").text == "<b>&"
     assert len(root.findall("g/polyline")) == 2 and len(root.findall("g/circle")) == 3
     assert line_chart("x", [Series("a", [])], "kg").startswith('<p class="empty">')
+
+
+@pytest.mark.peers
+async def test_the_page_shows_what_real_workers_report(gate, oauth, tmp_path):
+    """FHIR through the SMART gate delivers, an MLLP receiver that is down backs off, refused credentials
+    stop their destination with the reason: the page says each, as the delivery workers left it."""
+    from phg.auth import generate_key, jwks, load_key
+    from phg.config import DEFAULT_SCOPE
+    from phg.daemon import deliver
+    from phg.demo.peers import free_port
+    from phg.demo.sim import simulated_readings
+    from phg.errors import AuthError
+    from test_flow_destinations import write_config
+    from test_flow_fhir import START, patient
+
+    key = tmp_path / "gw.pem"
+    generate_key(key, "ES384")
+    client = oauth.register_client(jwks([load_key(key)]), scope=DEFAULT_SCOPE)
+    readings = simulated_readings(patient(), START)
+    pages = []
+    for run, client_id in enumerate((client["client_id"], "not-registered")):
+        (tmp_path / str(run)).mkdir()
+        config = load_config(write_config(tmp_path / str(run), gate.base_url, client_id, key, free_port()), env={})
+        statuses = {d.name: DestinationStatus(d.name, d.type) for d in config.destinations}
+        with Outbox(config.outbox_path, config.keep_delivered) as outbox:
+            intake = Intake(outbox, config.destination_names)
+            intake.store(readings)
+            try:
+                await deliver(config, outbox, until_idle=True, statuses=statuses)
+            except AuthError:
+                pass
+            with local(ServiceContext(config, outbox, intake, statuses)) as client_:
+                pages.append(client_.get("/").text)
+    delivering, refused = pages
+    assert '<td class="state-delivering">delivering</td>' in delivering
+    assert '<td class="state-backing-off">backing off until 20' in delivering
+    assert '<td class="state-stopped">stopped: ' in refused and "invalid_client" in refused
