@@ -32,8 +32,18 @@ from phg.auth.registration import c3pro_json
 from phg.auth.secret import ClientSecret
 from phg.auth.token import ClientCredentials, TokenAuth
 from phg.config import C3proSettings, load_config
-from phg.delivery.c3pro import aes_encrypt, check_envelope, load_public_key, patient_id, render, seal
-from phg.errors import AuthError, ConfigError, MappingError
+from phg.delivery.c3pro import (
+    C3proDestination,
+    Journal,
+    aes_encrypt,
+    check_envelope,
+    load_public_key,
+    patient_id,
+    render,
+    seal,
+)
+from phg.delivery.outcome import Delivered, Rejected
+from phg.errors import AuthError, ConfigError, MappingError, PermanentDeliveryError, TransientDeliveryError
 from phg.fhir import to_json
 from phg.model import Gateway, parse_reading
 from test_fhir_mapping import DOCS, PATIENT
@@ -251,3 +261,30 @@ def test_the_weak_ciphers_are_spoken_only_to_a_c3pro_destination():
              if "from phg.delivery.c3pro import" in path.read_text(encoding="utf-8")}
     assert users == {"delivery/registry.py", "doctor.py"}
     assert "SHA1" not in (src / "auth" / "envelope.py").read_text()
+
+
+@pytest.mark.parametrize(("status", "body", "outcome"), [
+    (200, b"", "delivered"), (200, b"{'error':'JSONObject[\"message\"] not found.'}", "refused"),
+    (404, b"", ConfigError), (503, b"", TransientDeliveryError), (400, b"", PermanentDeliveryError)])
+async def test_what_each_answer_means(tmp_path, status, body, outcome):
+    """200 with an empty body is success; a 200 with a body is C3-PRO's error written before its status
+    (Utils.sendJSONError): that resource is not recorded and the reading is refused."""
+    posted: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        posted.append(request.url.path)
+        return httpx.Response(status, content=body)
+
+    table = c3pro_table(tmp_path, resources=["Observation"], journal=str(tmp_path / "journal.sqlite"))
+    (settings,) = load_config(env={}, document={"destinations": {"c3": table}}).destinations
+    journal = Journal(settings.journal)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        destination = C3proDestination(settings, GATEWAY, client, KEY.public_key(), journal)
+        if isinstance(outcome, type):
+            with pytest.raises(outcome):
+                await destination.send([reading(DOCS["thermometer"])])
+            return
+        (result,) = await destination.send([reading(DOCS["thermometer"])])
+    assert posted == ["/c3pro/encfhir/Observation"]
+    assert isinstance(result, Delivered if outcome == "delivered" else Rejected)
+    assert journal.sent(render(reading(DOCS["thermometer"]), GATEWAY)[1][0]) == (outcome == "delivered")
