@@ -6,7 +6,7 @@ Precedence (highest first): command-line flags, PHG_* environment variables, the
 
 Every setting is one row of SETTINGS (section, key, parse, default, environment variable): the row
 is the whole definition, so a key is checked, overridden and documented in one place. Each
-destination type has its own settings class (FhirSettings, MllpSettings, HttpHl7Settings,
+destination type has its own settings class (FhirSettings, MllpSettings, HttpHl7Settings, C3proSettings,
 SoapSettings) whose KEYS are the rows of its [destinations.NAME] table; the top-level [fhir] and
 [auth] sections (and --fhir-base) are sugar for one FHIR destination named "fhir".
 
