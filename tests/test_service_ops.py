@@ -376,3 +376,26 @@ async def test_an_idle_worker_woken_delivers_at_once(outbox):
     assert outbox.counts(name)["delivered"] == 1 and time.monotonic() - started < 1.5
     stop.set()
     await asyncio.wait_for(running, 5)
+
+
+# ------------------------------------------------------------------------------------------ source events
+
+
+def test_a_bluetooth_fetch_counts_the_device_its_records_and_a_malformed_value(tmp_path):
+    """Over the emulated radio (Bumble): one device connected, ten records fetched, one value not decoded."""
+    from phg.demo import emulator as emu
+    from test_ble_session import collect, meter_with
+
+    meter = meter_with(10)
+    meter.garbage_after = 3
+    counters = (metrics.DEVICES_CONNECTED, metrics.RECORDS_FETCHED, metrics.DECODE_ERRORS)
+    before = [c.labels("ble")._value.get() for c in counters]
+
+    async def scenario(outbox: Outbox):
+        async with emu.EmulatedLink([meter]) as radio:
+            return await collect(radio, outbox, meter.address)
+
+    with Outbox(tmp_path / "outbox.sqlite") as outbox:
+        result = asyncio.run(scenario(outbox))
+    assert (result.readings, result.skipped) == (10, 1)
+    assert [c.labels("ble")._value.get() - b for c, b in zip(counters, before, strict=True)] == [1, 10, 1]
