@@ -8,22 +8,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from phg.config import Config
 from phg.delivery import DeliveryWorker, Summary
 from phg.delivery.registry import open_destinations
+from phg.delivery.status import DestinationStatus
 from phg.errors import AuthError, ConfigError, PhgError
 from phg.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
 
-async def deliver(config: Config, outbox: Outbox, *, until_idle: bool, stop: asyncio.Event | None = None) -> Summary:
+async def deliver(config: Config, outbox: Outbox, *, until_idle: bool, stop: asyncio.Event | None = None,
+                  statuses: Mapping[str, DestinationStatus] | None = None,
+                  workers: list[DeliveryWorker] | None = None) -> Summary:
     """Deliver what the outbox holds, one worker per destination, side by side. A destination whose
     credentials or URL are refused (AuthError, ConfigError) stops alone, its queue intact, while the
     others go on; the first such error is raised once the others are idle (until_idle) or when no
-    destination is left running."""
+    destination is left running. Each worker keeps `statuses[name]` current (the service reads them);
+    `workers` receives the running workers (the service wakes them when it queues readings)."""
     stopped: list[PhgError] = []
 
     async def run(worker: DeliveryWorker) -> Summary:
@@ -35,9 +40,12 @@ async def deliver(config: Config, outbox: Outbox, *, until_idle: bool, stop: asy
             return worker.summary
 
     async with open_destinations(config) as destinations:
-        workers = [DeliveryWorker(outbox, d, batch_size=config.batch_size, max_backoff=config.max_retry_delay,
-                                  lease_seconds=config.lease_seconds) for d in destinations]
-        summaries = await asyncio.gather(*(run(w) for w in workers))
+        running = [DeliveryWorker(outbox, d, batch_size=config.batch_size, max_backoff=config.max_retry_delay,
+                                  lease_seconds=config.lease_seconds, status=(statuses or {}).get(d.name))
+                   for d in destinations]
+        if workers is not None:
+            workers += running
+        summaries = await asyncio.gather(*(run(w) for w in running))
     if stopped:
         raise stopped[0]
     total = Summary()
@@ -49,20 +57,39 @@ async def deliver(config: Config, outbox: Outbox, *, until_idle: bool, stop: asy
 
 
 async def run_gateway(config: Config, outbox: Outbox, stop: asyncio.Event, *, ble_backend: Any = None) -> Summary:
-    """`phg run`: delivery to every destination and every configured source (phg.sources.supervisor),
-    side by side until `stop` is set; then the sources stop (what they handed over is durable) and
-    delivery stops. Delivery failing for good (deliver raises) stops the sources too. `ble_backend`:
-    bleak backend classes (None: the platform's; the emulated radio's in tests and demos)."""
+    """`phg run`: delivery to every destination, every configured source (phg.sources.supervisor) and,
+    with [api], the service (phg.service.server), side by side until `stop` is set; then the server
+    finishes the requests in progress, the sources stop (what they handed over is durable) and delivery
+    stops. Delivery failing for good (deliver raises) stops the sources and the server too; the server
+    failing (its address in use) sets `stop`. `ble_backend`: bleak backend classes (None: the
+    platform's; the emulated radio's in tests and demos)."""
     from phg.intake import Intake
     from phg.sources.supervisor import configured_sources, supervise
 
+    intake = Intake(outbox, config.destination_names)
+    statuses = {d.name: DestinationStatus(d.name, d.type) for d in config.destinations}
+    workers: list[DeliveryWorker] = []
     sources = configured_sources(config, ble_backend=ble_backend)
-    supervisor = asyncio.create_task(supervise(sources, Intake(outbox, config.destination_names), stop))
+    tasks = [asyncio.create_task(supervise(sources, intake, stop))]
+    if config.api is not None:
+        from phg.service.app import ServiceContext
+        from phg.service.server import serve
+
+        ctx = ServiceContext(config, outbox, intake, statuses, wake=lambda: [w.wake() for w in workers])
+        tasks.append(asyncio.create_task(serve(ctx, stop)))
+        tasks[-1].add_done_callback(lambda served: _stop_if_failed(served, stop))
     try:
-        summary = await deliver(config, outbox, until_idle=False, stop=stop)
-        await supervisor
+        summary = await deliver(config, outbox, until_idle=False, stop=stop, statuses=statuses, workers=workers)
+        for task in tasks:
+            await task
         return summary
     finally:
-        supervisor.cancel()
-        await asyncio.gather(supervisor, return_exceptions=True)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
+
+def _stop_if_failed(task: asyncio.Task, stop: asyncio.Event) -> None:
+    """A part that failed (the server could not listen) stops the gateway; awaiting it raises its error."""
+    if not task.cancelled() and task.exception() is not None:
+        stop.set()

@@ -89,6 +89,8 @@ async def ingest(request: Request) -> Response:
                              "refused": len(parsed)}, 400)
     try:
         stored = await asyncio.to_thread(ctx.intake.store, readings)
+        if stored.new:
+            ctx.wake()
         results = await asyncio.to_thread(_results, ctx, parsed, stored)
     except StorageError:
         raise Refusal(503, "Queue not writable", "the gateway cannot store readings now (its queue is full or "

@@ -13,7 +13,7 @@ OpenAPI), `readings` (devices, patients' readings), `page` (the status page), `o
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
 
@@ -28,12 +28,14 @@ from phg.outbox import Outbox
 @dataclass
 class ServiceContext:
     """What every part of the service reads: the settings, the queue, the intake sources and apps write to,
-    and each destination's live status (kept by its delivery worker)."""
+    and each destination's live status (kept by its delivery worker); `wake` tells delivery that
+    readings were queued (an idle worker sends them at once, not at its next poll)."""
 
     config: Config
     outbox: Outbox
     intake: Intake
     statuses: Mapping[str, DestinationStatus] = field(default_factory=dict)
+    wake: Callable[[], object] = lambda: None
 
 
 def parts() -> tuple[ModuleType, ...]:

@@ -1,0 +1,153 @@
+"""Issue 13 acceptance: an app-like client posts 1,000 readings to `phg run` (the process, [api] set)
+while it delivers to the FHIR server behind the SMART gate; SIGKILL between the 202s and the delivery
+loses nothing; every reading is on the server once. And `phg run` with [api] stops on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from phg.auth import generate_key, jwks, load_key
+from phg.config import DEFAULT_SCOPE
+from phg.demo.peers import free_port
+from phg.demo.sim import simulated_readings
+from phg.outbox import Outbox
+from test_flow_fhir import START, matches, patient
+from test_flow_run_sources import until
+
+pytestmark = pytest.mark.peers
+
+PHG = str(Path(sys.executable).parent / "phg")
+
+
+def write_config(tmp_path: Path, base: str, client_id: str, key: Path, port: int) -> Path:
+    path = tmp_path / "phg.toml"
+    path.write_text(f'''[fhir]
+base_url = "{base}"
+timeout = 5
+[auth]
+client_id = "{client_id}"
+key_file = "{key}"
+[outbox]
+path = "{tmp_path / 'outbox.sqlite'}"
+[delivery]
+lease_seconds = 5
+[api]
+listen = "127.0.0.1:{port}"
+''')
+    return path
+
+
+async def start(config: Path, port: int) -> asyncio.subprocess.Process:
+    env = {**os.environ, "PHG_CONFIG": str(config)}
+    child = await asyncio.create_subprocess_exec(PHG, "run", env=env, stdout=asyncio.subprocess.PIPE,
+                                                 stderr=asyncio.subprocess.PIPE)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        for _ in range(150):
+            try:
+                if (await client.get("/v1/queue")).status_code == 200:
+                    return child
+            except httpx.TransportError:
+                await asyncio.sleep(0.1)
+    child.kill()
+    raise AssertionError(f"phg run does not serve on {port}: {(await child.communicate())[1].decode()[-2000:]}")
+
+
+def bodies(documents: list[dict]) -> list[tuple[bytes, str]]:
+    """Requests of 50 documents, as an app would send them: JSON arrays and JSON Lines, alternately."""
+    found = []
+    for n in range(0, len(documents), 50):
+        chunk = documents[n:n + 50]
+        if n // 50 % 2:
+            found.append(("\n".join(json.dumps(d) for d in chunk).encode(), "application/x-ndjson"))
+        else:
+            found.append((json.dumps(chunk).encode(), "application/json"))
+    return found
+
+
+async def post_all(port: int, documents: list[dict]) -> list[dict]:
+    """Each request on one keep-alive connection; every answer 202 with each document queued."""
+    answers = []
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        for body, media in bodies(documents):
+            answer = await client.post("/v1/readings", content=body, headers={"Content-Type": media})
+            assert answer.status_code == 202, answer.text
+            answers += answer.json()["results"]
+    return answers
+
+
+def delivered(outbox_path: Path) -> int:
+    with Outbox(outbox_path) as outbox:
+        return outbox.counts("fhir")["delivered"]
+
+
+async def test_an_app_posts_1000_readings_a_sigkill_after_the_202s_loses_none_each_on_the_server_once(
+        gate, oauth, tmp_path):
+    key = tmp_path / "gw.pem"
+    generate_key(key, "ES384")
+    client_id = oauth.register_client(jwks([load_key(key)]), scope=DEFAULT_SCOPE)["client_id"]
+    port = free_port()
+    config = write_config(tmp_path, gate.base_url, client_id, key, port)
+    outbox = tmp_path / "outbox.sqlite"
+    readings = simulated_readings(patient(), START, per_device=200)
+    documents = [r.to_document() for r in readings]
+    assert len(documents) == 1000
+
+    child = await start(config, port)
+    try:  # the first half while the gateway delivers
+        answers = await post_all(port, documents[:500])
+        assert [a["status"] for a in answers] == ["queued"] * 500
+        await until(lambda: delivered(outbox) == 500, 60)
+        answers = await post_all(port, documents[500:])  # the second half, then SIGKILL after the last 202
+        child.send_signal(signal.SIGKILL)
+        await child.wait()
+    finally:
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
+    assert [a["status"] for a in answers] == ["queued"] * 500
+    assert delivered(outbox) < 1000  # the kill came before delivery of some: else this proves nothing
+
+    child = await start(config, port)  # restarted: everything the 202s acknowledged is delivered
+    try:
+        await until(lambda: delivered(outbox) == 1000, 90)
+        again = await post_all(port, documents[:100])  # idempotent: known readings stay one item each
+        assert {a["status"] for a in again} == {"already delivered"}
+        child.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(child.communicate(), 30)
+    finally:
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
+    assert child.returncode == 0, err.decode()[-2000:]
+    with Outbox(outbox) as queue:
+        assert queue.counts() == {"queued": 0, "inflight": 0, "delivered": 1000, "dead": 0}
+    with ThreadPoolExecutor(8) as pool:
+        found = list(pool.map(lambda r: [matches(gate.upstream, r, m) for m in r.metrics], readings))
+    assert [n for per_reading in found for n in per_reading] == [1] * sum(len(r.metrics) for r in readings)
+
+
+async def test_phg_run_refuses_an_api_address_in_use(tmp_path):
+    """[api] listen on a port taken: phg run stops at once, exit 3, naming the key."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "phg.toml"
+        config.write_text(f'[fhir]\nbase_url = "http://127.0.0.1:{free_port()}/fhir"\n[auth]\nmethod = "none"\n'
+                          f'[outbox]\npath = "{tmp_path / "o.sqlite"}"\n[api]\nlisten = "127.0.0.1:{port}"\n')
+        child = await asyncio.create_subprocess_exec(PHG, "run", env={**os.environ, "PHG_CONFIG": str(config)},
+                                                     stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        _, err = await asyncio.wait_for(child.communicate(), 30)
+    assert child.returncode == 3, err.decode()
+    assert f"[api] listen 127.0.0.1:{port}: cannot listen there" in err.decode()
