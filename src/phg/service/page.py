@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 
 HOUR, STEP = 3600.0, 300.0  # the queue chart: the last hour in five-minute intervals
 SQLITE_MAX_INTEGER = 2**63 - 1  # no item id is larger (https://www.sqlite.org/datatype3.html)
-LISTED = 100  # queued items and dead letters listed (oldest first); the counts say how many there are
+LISTED = 100  # dead letters listed (oldest first); the counts say how many there are
+WAITING_LISTED = 20  # queued and inflight items listed (oldest first): the chart and counts say the rest
 
 # What the patients' charts show: MDC code -> (chart, line). Blood pressure comes as the components of
 # MDC_PRESS_BLD_NONINV or as separate systolic and diastolic metrics: either way the same two lines.
@@ -138,10 +139,13 @@ def render(ctx: ServiceContext, now: float | None = None) -> str:
     now = time.time() if now is None else now
     outbox = ctx.outbox
     names = list(dict.fromkeys([*ctx.config.destination_names, *ctx.statuses]))
-    waiting: list[Item] = outbox.items(state=QUEUED, limit=LISTED) + outbox.items(state=INFLIGHT, limit=LISTED)
+    waiting: list[Item] = outbox.items(state=QUEUED, limit=WAITING_LISTED) + outbox.items(state=INFLIGHT,
+                                                                                      limit=WAITING_LISTED)
+    total = outbox.counts()
     return _templates.get_template("status.html").render(
         now=stamp(now), destinations=[destination(name, ctx.statuses.get(name), outbox) for name in names],
-        queue_charts=queue_charts(outbox, names, now), waiting=sorted(waiting, key=lambda item: item.id),
+        queue_charts=queue_charts(outbox, names, now),
+        waiting=sorted(waiting, key=lambda item: item.id)[:WAITING_LISTED], waiting_total=total[QUEUED] + total[INFLIGHT],
         dead=outbox.items(state=DEAD, limit=LISTED), devices=[(one, last_values(one)) for one in devices(outbox)],
         patients=patient_charts(readings(outbox)), stamp=stamp, keep_delivered=ctx.config.keep_delivered)
 
