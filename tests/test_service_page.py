@@ -3,6 +3,7 @@ outbox's read queries behind them, on a gateway seeded through the Intake (no de
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -224,3 +225,24 @@ async def test_the_page_shows_what_real_workers_report(gate, oauth, tmp_path):
     assert '<td class="state-delivering">delivering</td>' in delivering
     assert '<td class="state-backing-off">backing off until 20' in delivering
     assert '<td class="state-stopped">stopped: ' in refused and "invalid_client" in refused
+
+
+def test_a_damaged_payload_is_left_out_and_logged_without_its_content(seeded, caplog):
+    with sqlite3.connect(seeded.config.outbox_path) as db:
+        db.execute("UPDATE item SET payload = json_set(payload, '$.metrics[0].time', 'secret 123')"
+                   " WHERE key = (SELECT key FROM item WHERE id = 5)")  # Bob's glucose, for both destinations
+    with local(seeded) as client:
+        page, found = client.get("/"), client.get("/v1/devices").json()["devices"]
+    assert page.status_code == 200 and "SpO2 of urn:oid:1.2.3|bob" in page.text  # the others are shown
+    assert "Glucose of urn:oid:1.2.3|bob" not in page.text
+    assert {device["identity"] for device in found} == {"0A1B2C3D4E5F6001", "AABBCCDDEE01"}
+    assert "cannot be read (at metrics[0].time)" in caplog.text and "secret 123" not in caplog.text
+
+
+def test_text_from_a_reading_is_escaped_on_the_page(seeded):
+    hostile = Device(system_id="0A1B2C3D4E5F6002", manufacturer="<script>alert(1)</script>", model="<b>")
+    seeded.intake.store([single(hostile, PatientRef("urn:x", "<img src=x onerror=alert(1)>"), 188736, "70", "kg", 0)])
+    with local(seeded) as client:
+        page = client.get("/").text
+    assert "<script" not in page and "<img" not in page and "<b>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&lt;img src=x onerror=alert(1)&gt;" in page

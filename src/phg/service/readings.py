@@ -11,6 +11,7 @@ These answers hold measurement values and patient identifiers: they are for the 
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
+from phg.errors import ReadingError
 from phg.model import Reading, from_canonical_json
 from phg.outbox import Outbox
 
@@ -28,6 +30,8 @@ if TYPE_CHECKING:
 
 # FHIR token search syntax, `[system]|[value]`, split at the first `|` that is not escaped as `\|`
 # (FHIR R4 Search, "Escaping Search Parameters": `\|`, `\,`, `\$` and `\\` stand for the character).
+log = logging.getLogger(__name__)
+
 _TOKEN = re.compile(r"((?:[^|\\]|\\.)+)\|(.+)", re.DOTALL)
 _ESCAPE = re.compile(r"\\(.)", re.DOTALL)
 
@@ -69,8 +73,16 @@ class Seen:
 
 
 def _seen(rows: list[tuple[float, str]]) -> list[Seen]:
-    return [Seen(stored, from_canonical_json(payload, f"outbox reading stored {stamp(stored)}"))
-            for stored, payload in rows]
+    """The rows' readings. One that cannot be read (a damaged payload) is left out and logged by where
+    it is wrong, not by its content, so that it hides no other reading."""
+    seen = []
+    for stored, payload in rows:
+        try:
+            seen.append(Seen(stored, from_canonical_json(payload, "outbox")))
+        except ReadingError as exc:
+            log.warning("a reading stored %s cannot be read (at %s): left out of the devices and readings",
+                        stamp(stored), exc.where)
+    return seen
 
 
 def devices(outbox: Outbox) -> list[Seen]:
