@@ -93,6 +93,14 @@ def test_a_document_is_queued_once_and_a_repeat_says_already_queued_then_deliver
     assert post(ctx, doc()).json()["results"][0]["status"] == "already delivered"
 
 
+def test_new_readings_wake_delivery_known_ones_do_not(ctx):
+    woken = []
+    ctx.wake = lambda: woken.append(1)
+    post(ctx, doc())
+    post(ctx, doc())
+    assert woken == [1]
+
+
 def test_each_destination_gets_an_item(tmp_path):
     mllp = {"type": "mllp", "host": "127.0.0.1", "port": 2575}
     ctx = context(tmp_path, destinations={"lab": mllp, "ward": mllp})
