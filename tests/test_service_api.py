@@ -105,8 +105,11 @@ def test_each_destination_gets_an_item(tmp_path):
     mllp = {"type": "mllp", "host": "127.0.0.1", "port": 2575}
     ctx = context(tmp_path, destinations={"lab": mllp, "ward": mllp})
     with ctx.outbox:
-        items = post(ctx, doc()).json()["results"][0]["items"]
-        assert [i["destination"] for i in items] == ["lab", "ward"] and len({i["id"] for i in items}) == 2
+        results = post(ctx, [doc("91"), doc("92")]).json()["results"]
+        for result, value in zip(results, ("91", "92"), strict=True):
+            assert [i["destination"] for i in result["items"]] == ["lab", "ward"]
+            assert {ctx.outbox.get(i["id"]).key for i in result["items"]} == {
+                parse_documents(json.dumps(doc(value)), "x")[0][0].key}
 
 
 def test_valid_documents_are_kept_when_others_are_refused_with_the_clis_words(ctx):

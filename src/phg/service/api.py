@@ -85,7 +85,8 @@ async def ingest(request: Request) -> Response:
     parsed = await asyncio.to_thread(_parse, body, limits.max_documents)
     readings = [p for p in parsed if isinstance(p, Reading)]
     if not readings:
-        return JSONResponse({"results": [_refused(p) for p in parsed], "queued": 0, "duplicates": 0,
+        return JSONResponse({"results": [_refused(p) for p in parsed if isinstance(p, ReadingError)], "queued": 0,
+                             "duplicates": 0,
                              "refused": len(parsed)}, 400)
     try:
         stored = await asyncio.to_thread(ctx.intake.store, readings)
@@ -162,7 +163,7 @@ def _results(ctx: ServiceContext, parsed: Sequence[Reading | ReadingError], stor
     return results
 
 
-def _refused(error: Reading | ReadingError) -> dict[str, Any]:  # a ReadingError (typed for list filtering)
+def _refused(error: ReadingError) -> dict[str, Any]:
     return {"status": "refused", "error": str(error)}
 
 
