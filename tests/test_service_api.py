@@ -289,3 +289,33 @@ def test_schemathesis_finds_no_server_error_and_every_answer_matches_the_schema(
     for result in schema.get_all_operations():
         test(result.ok())()
     assert {("POST /v1/readings", 400), ("GET /v1/queue", 200), ("GET /v1/items/{id}", 404)} <= answered, answered
+
+
+# ------------------------------------------------------------------------------------------ server
+
+
+async def test_the_servers_connections_send_without_nagles_delay():
+    """phg.service.server.listen: the connections it accepts have TCP_NODELAY (asyncio sets it only
+    when the listening socket says IPPROTO_TCP), so a keep-alive client's next request is not held
+    ~40 ms by a delayed ACK."""
+    import asyncio
+    import socket
+
+    from phg.service.server import listen
+
+    accepted: list[asyncio.BaseTransport] = []
+
+    class Keep(asyncio.Protocol):
+        def connection_made(self, transport):
+            accepted.append(transport)
+
+    sock = listen("127.0.0.1", 0)
+    server = await asyncio.get_running_loop().create_server(Keep, sock=sock)
+    async with server:
+        _, writer = await asyncio.open_connection(*sock.getsockname())
+        for _ in range(100):
+            if accepted:
+                break
+            await asyncio.sleep(0.01)
+        assert accepted[0].get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        writer.close()
