@@ -279,7 +279,7 @@ class C3ProPeer:
         URLDecoder.decode of the whole string, split(':'), JAAS login against the Users table."""
         if header is None or header[:5].lower() != "basic":
             return None
-        parts = header.split(" ")
+        parts = _java_split(header, " ")
         if len(parts) != 2:
             return None
         try:
@@ -288,9 +288,7 @@ class C3ProPeer:
             return None
         if _PERCENT.search(decoded):  # java.net.URLDecoder throws on an incomplete escape
             return None
-        cred = _url_decode(decoded).split(":")
-        while cred and cred[-1] == "":  # Java's String.split drops trailing empty strings
-            cred.pop()
+        cred = _java_split(_url_decode(decoded), ":")
         if len(cred) < 2:
             return None
         with self._lock:
@@ -323,7 +321,7 @@ class C3ProPeer:
         one token, valid while expirationDate > sysdate."""
         if header is None or header[:6].lower() != "bearer":
             return False
-        parts = header.split(" ")
+        parts = _java_split(header, " ")
         if len(parts) != 2:
             return False
         with self._lock:
@@ -394,6 +392,14 @@ class C3ProPeer:
             return
         submission.resource = resource if isinstance(resource, dict) else None
         submission.problem = _unprocessable(resource)
+
+
+def _java_split(text: str, separator: str) -> list[str]:
+    """Java's ``String.split``: as Python's, but trailing empty strings are dropped."""
+    parts = text.split(separator)
+    while parts and parts[-1] == "":
+        parts.pop()
+    return parts
 
 
 def _url_decode(text: str) -> str:

@@ -182,37 +182,36 @@ async def test_an_expired_token_is_renewed_once(c3pro_peer, tmp_path):
     assert c3pro_peer.problems == []
 
 
-def test_sigkill_between_two_posts_posts_nothing_twice(tmp_path):
+def test_sigkill_between_two_posts_posts_nothing_twice(c3pro_peer, tmp_path):
     """`phg run` is killed (SIGKILL) while its next post is held at the peer, i.e. after the server's
     last 200 and before it takes another; restarted, it posts only what the server has not taken."""
     readings = simulated_readings(PatientRef("urn:oid:1.2.3.4.5", "c3pro-crash"), START, per_device=4)
-    with C3ProPeer() as peer:
-        config = write_config(tmp_path, peer)
-        queued = phg(tmp_path, config, "send", "--no-deliver", "-", stdin="\n".join(r.to_json() for r in readings))
-        assert queued.returncode == 0, queued.stderr
-        peer.hold_after(7)  # mid-batch, mid-reading: the Patient and some Observations taken
-        with (tmp_path / "daemon.log").open("ab") as log:
-            proc = daemon(config, tmp_path, log)
-            try:
-                assert peer.holding.wait(60), (tmp_path / "daemon.log").read_text()
-                proc.send_signal(signal.SIGKILL)
-                assert proc.wait(timeout=30) == -signal.SIGKILL
-                assert peer.dropped.wait(10)  # the held post is not taken
-            finally:
-                peer.release()
-            assert len(peer.submissions) == 7
-            proc = daemon(config, tmp_path, log)
-            try:
-                wanted = sum(len(r.metrics) for r in readings)
-                deadline = time.monotonic() + 60
-                while len(observations_by_identifier(peer)) < wanted and time.monotonic() < deadline:
-                    assert proc.poll() is None, (tmp_path / "daemon.log").read_text()
-                    time.sleep(0.1)
-            finally:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(timeout=30)
-        assert_delivered_once(peer, readings)
-        assert len(peer.resources("Patient")) == 1
+    config = write_config(tmp_path, c3pro_peer)
+    queued = phg(tmp_path, config, "send", "--no-deliver", "-", stdin="\n".join(r.to_json() for r in readings))
+    assert queued.returncode == 0, queued.stderr
+    c3pro_peer.hold_after(7)  # mid-batch, mid-reading: the Patient and some Observations taken
+    with (tmp_path / "daemon.log").open("ab") as log:
+        proc = daemon(config, tmp_path, log)
+        try:
+            assert c3pro_peer.holding.wait(60), (tmp_path / "daemon.log").read_text()
+            proc.send_signal(signal.SIGKILL)
+            assert proc.wait(timeout=30) == -signal.SIGKILL
+            assert c3pro_peer.dropped.wait(10)  # the held post is not taken
+        finally:
+            c3pro_peer.release()
+        assert len(c3pro_peer.submissions) == 7
+        proc = daemon(config, tmp_path, log)
+        try:
+            wanted = sum(len(r.metrics) for r in readings)
+            deadline = time.monotonic() + 60
+            while len(observations_by_identifier(c3pro_peer)) < wanted and time.monotonic() < deadline:
+                assert proc.poll() is None, (tmp_path / "daemon.log").read_text()
+                time.sleep(0.1)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+    assert_delivered_once(c3pro_peer, readings)
+    assert len(c3pro_peer.resources("Patient")) == 1
 
 
 async def test_a_lost_answer_is_resent_once_and_counted(c3pro_peer, tmp_path):
