@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -23,7 +24,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
@@ -35,8 +35,9 @@ from phg.errors import ConfigError
 from phg.intake import Intake
 from phg.model import Device, Metric, PatientRef, Reading
 from phg.outbox import Outbox
-from phg.service.app import ServiceContext, create_app
+from phg.service.app import ServiceContext
 from phg.service.security import Guard, KeyStore, Protect, server_options
+from phg.service.server import GRACE, serve
 
 READING = Reading(Device(system_id="0A1B2C3D4E5F6001"), PatientRef("urn:oid:1.2.3", "bob"),
                   (Metric(150456, datetime(2026, 11, 28, tzinfo=UTC), Decimal("97"), "%"),))
@@ -255,26 +256,31 @@ def free_port(host: str) -> int:
 
 @contextmanager
 def serving(tmp_path: Path, api: dict) -> Iterator[tuple[ServiceContext, str]]:
-    """The service's app under a real uvicorn (in a thread) with [api] `api`; yields (ctx, base URL)."""
-    host = api.setdefault("listen", f"127.0.0.1:{free_port('127.0.0.1')}").rsplit(":", 1)[0]
+    """The service as `phg run` serves it (phg.service.server.serve, in a thread with its own event loop)
+    with [api] `api`; yields (ctx, base URL)."""
+    host, port = api.setdefault("listen", f"127.0.0.1:{free_port('127.0.0.1')}").rsplit(":", 1)
     config = load_config(env={}, document={"api": {"keys_file": str(tmp_path / "keys.json"), **api},
                                            "fhir": {"base_url": "http://127.0.0.1:9/fhir"},
                                            "outbox": {"path": str(tmp_path / "outbox.sqlite")}})
     outbox = Outbox(config.outbox_path, config.keep_delivered)
     ctx = ServiceContext(config, outbox, Intake(outbox, config.destination_names))
-    server = uvicorn.Server(uvicorn.Config(create_app(ctx), host=host.strip("[]"), port=config.api.listen[1],
-                                           log_config=None, access_log=False, **server_options(config.api)))
-    thread = threading.Thread(target=server.run, daemon=True)
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(ctx, stop),), daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host.strip("[]"), int(port)), timeout=1):
+            break
         time.sleep(0.02)
-    assert server.started
+    else:
+        raise AssertionError(f"the service did not listen on {host}:{port}")
     try:
-        yield ctx, f"{'https' if config.api.tls_cert else 'http'}://{host}:{config.api.listen[1]}"
+        yield ctx, f"{'https' if config.api.tls_cert else 'http'}://{host}:{port}"
     finally:
-        server.should_exit = True
-        thread.join(10)
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(GRACE + 5)
+        loop.close()
         outbox.close()
 
 
