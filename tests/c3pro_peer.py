@@ -176,7 +176,7 @@ class C3ProPeer:
         self.port = 0
 
     def __enter__(self) -> C3ProPeer:
-        sock = socket.socket()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # proto set: asyncio sets TCP_NODELAY
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(Starlette(routes=_routes(self)), log_level="warning", lifespan="off", access_log=False)
