@@ -399,3 +399,34 @@ def test_a_bluetooth_fetch_counts_the_device_its_records_and_a_malformed_value(t
         result = asyncio.run(scenario(outbox))
     assert (result.readings, result.skipped) == (10, 1)
     assert [c.labels("ble")._value.get() - b for c, b in zip(counters, before, strict=True)] == [1, 10, 1]
+
+
+def test_phg_run_tells_systemd_it_is_ready_pings_the_watchdog_and_stopping(tmp_path):
+    """`phg run` as the unit runs it (Type=notify, WatchdogSec): READY=1 once delivery runs, WATCHDOG=1 from
+    its event loop, STOPPING=1 on SIGTERM; then it exits 0."""
+    path = str(tmp_path / "notify")
+    config = tmp_path / "phg.toml"
+    with socket.socket() as closed:  # a port nothing listens on: the destination waits behind its circuit
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    config.write_text(f'[fhir]\nbase_url = "http://127.0.0.1:{port}/fhir"\n'
+                      f'[outbox]\npath = "{tmp_path / "outbox.sqlite"}"\n')
+    env = {**os.environ, "PHG_CONFIG": str(config), "HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path / "d"),
+           "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "200000"}
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(path)
+        server.settimeout(30)
+        process = subprocess.Popen([str(Path(sys.executable).parent / "phg"), "run"], env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            assert server.recv(100) == b"READY=1"
+            assert [server.recv(100), server.recv(100)] == [b"WATCHDOG=1", b"WATCHDOG=1"]
+            process.terminate()
+            messages = [server.recv(100)]
+            while messages[-1] == b"WATCHDOG=1":
+                messages.append(server.recv(100))
+            assert messages[-1] == b"STOPPING=1"
+            assert process.wait(30) == 0, process.stderr.read()
+        finally:
+            process.kill()
+            process.wait(30)

@@ -64,13 +64,15 @@ async def run_gateway(config: Config, outbox: Outbox, stop: asyncio.Event, *, bl
     failing (its address in use) sets `stop`. `ble_backend`: bleak backend classes (None: the
     platform's; the emulated radio's in tests and demos)."""
     from phg.intake import Intake
+    from phg.service import systemd
     from phg.sources.supervisor import configured_sources, supervise
 
     intake = Intake(outbox, config.destination_names)
     statuses = {d.name: DestinationStatus(d.name, d.type) for d in config.destinations}
     workers: list[DeliveryWorker] = []
     sources = configured_sources(config, ble_backend=ble_backend)
-    tasks = [asyncio.create_task(supervise(sources, intake, stop))]
+    tasks = [asyncio.create_task(supervise(sources, intake, stop)),
+             asyncio.create_task(systemd.lifecycle(stop, lambda: len(workers) == len(config.destinations)))]
     if config.api is not None:
         from phg.service.app import ServiceContext
         from phg.service.server import serve

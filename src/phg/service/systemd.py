@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 
 def notify(state: str, env: Mapping[str, str] = os.environ) -> bool:
@@ -49,3 +49,15 @@ async def watchdog(stop: asyncio.Event, env: Mapping[str, str] = os.environ) -> 
             await asyncio.wait_for(stop.wait(), timeout=interval)
         except TimeoutError:
             pass
+
+
+async def lifecycle(stop: asyncio.Event, started: Callable[[], bool], env: Mapping[str, str] = os.environ) -> None:
+    """`phg run` under systemd: READY=1 once `started()` holds (checked every 50 ms: every delivery worker
+    runs), the watchdog until `stop` is set, then STOPPING=1. Nothing at all outside systemd."""
+    if not env.get("NOTIFY_SOCKET"):
+        return
+    while not started() and not stop.is_set():
+        await asyncio.sleep(0.05)
+    notify("READY=1", env)
+    await watchdog(stop, env)
+    notify("STOPPING=1", env)
