@@ -371,6 +371,15 @@ def test_refusals_are_logged_without_the_key_or_the_path(tmp_path, caplog):
     assert not any("wrong-key" in line or "alice" in line for line in refusals)
 
 
+def test_a_key_file_made_readable_while_serving_refuses_every_key_with_503(tmp_path, caplog):
+    with serving(tmp_path, {"require_auth": True}) as (_, base):
+        _, key = KeyStore(tmp_path / "keys.json").create("tablet")
+        assert post_reading(base, headers={"authorization": f"Bearer {key}"}).status_code == 202
+        (tmp_path / "keys.json").chmod(0o644)
+        answer = post_reading(base, headers={"authorization": f"Bearer {key}"})
+    assert answer.status_code == 503 and "chmod 600" in caplog.text
+
+
 def test_a_service_nobody_can_use_says_so_at_start(tmp_path, caplog):
     with serving(tmp_path, {"require_auth": True}):
         pass

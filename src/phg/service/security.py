@@ -107,7 +107,7 @@ class KeyStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._seen: tuple[int, int, int] | None = None
+        self._seen: tuple[int, int, int, int] | None = None
         self._keys: list[ApiKey] = []
 
     def keys(self) -> list[ApiKey]:
@@ -115,9 +115,10 @@ class KeyStore:
             info = os.stat(self.path)
         except FileNotFoundError:
             return []
-        if self._seen != (info.st_ino, info.st_mtime_ns, info.st_size):
+        seen = (info.st_ino, info.st_mtime_ns, info.st_size, info.st_mode)  # a chmod is noticed too
+        if self._seen != seen:
             self._keys = self._read()
-            self._seen = (info.st_ino, info.st_mtime_ns, info.st_size)
+            self._seen = seen
         return self._keys
 
     def _read(self) -> list[ApiKey]:
@@ -275,7 +276,11 @@ class Protect:
         self.app, self.guard = app, guard
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        refusal = self.guard.check(scope) if scope["type"] in ("http", "websocket") else None
+        try:
+            refusal = self.guard.check(scope) if scope["type"] in ("http", "websocket") else None
+        except ConfigError as exc:  # the key file was made readable to others, or damaged, while serving
+            log.error("%s", exc)
+            refusal = Refusal(503, "the gateway cannot check API keys now (its key file is unusable: see its log)")
         if refusal is None:
             await self.app(scope, receive, send)
             return
