@@ -60,6 +60,11 @@ def client(ctx: ServiceContext) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://127.0.0.1")
 
 
+def sample(name: str, **labels: str) -> float:
+    """A sample of phg.metrics now (0 before it was first counted)."""
+    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 def scrape(text: str) -> dict[tuple[str, tuple], float]:
     """Every sample of an exposition, by (name, sorted labels)."""
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
@@ -223,15 +228,15 @@ async def test_the_assembled_service_serves_the_probes_and_lists_them(tmp_path, 
 
 async def test_token_requests_and_failures_are_counted():
     """Unit level (a scripted token endpoint): one token granted, one refused."""
-    requests, failures = metrics.TOKEN_REQUESTS._value.get(), metrics.TOKEN_FAILURES._value.get()
+    requests, failures = sample("phg_token_requests_total"), sample("phg_token_failures_total")
     granted = httpx.MockTransport(lambda request: httpx.Response(
         200, json={"access_token": "t", "token_type": "bearer", "expires_in": 300}))
     refused = httpx.MockTransport(lambda request: httpx.Response(400, json={"error": "invalid_client"}))
     await token_auth(granted).token()
     with pytest.raises(AuthError):
         await token_auth(refused).token()
-    assert metrics.TOKEN_REQUESTS._value.get() - requests == 2
-    assert metrics.TOKEN_FAILURES._value.get() - failures == 1
+    assert sample("phg_token_requests_total") - requests == 2
+    assert sample("phg_token_failures_total") - failures == 1
 
 
 def token_auth(transport: httpx.MockTransport):
@@ -246,11 +251,10 @@ def token_auth(transport: httpx.MockTransport):
 def test_a_malformed_apdu_counts_as_a_decode_error():
     from phg.sources.ieee11073.manager import Aborted, Manager
 
-    child = metrics.DECODE_ERRORS.labels("11073")
-    before = child._value.get()
+    before = sample("phg_source_decode_errors_total", source="11073")
     events = Manager().receive_data(bytes.fromhex("E200000400020000"), 0.0)
     assert any(isinstance(e, Aborted) for e in events)
-    assert child._value.get() - before == 1
+    assert sample("phg_source_decode_errors_total", source="11073") - before == 1
 
 
 # ------------------------------------------------------------------------------------------ logs
@@ -388,8 +392,9 @@ def test_a_bluetooth_fetch_counts_the_device_its_records_and_a_malformed_value(t
 
     meter = meter_with(10)
     meter.garbage_after = 3
-    counters = (metrics.DEVICES_CONNECTED, metrics.RECORDS_FETCHED, metrics.DECODE_ERRORS)
-    before = [c.labels("ble")._value.get() for c in counters]
+    counters = ("phg_source_devices_connected_total", "phg_source_records_fetched_total",
+                "phg_source_decode_errors_total")
+    before = [sample(c, source="ble") for c in counters]
 
     async def scenario(outbox: Outbox):
         async with emu.EmulatedLink([meter]) as radio:
@@ -398,7 +403,7 @@ def test_a_bluetooth_fetch_counts_the_device_its_records_and_a_malformed_value(t
     with Outbox(tmp_path / "outbox.sqlite") as outbox:
         result = asyncio.run(scenario(outbox))
     assert (result.readings, result.skipped) == (10, 1)
-    assert [c.labels("ble")._value.get() - b for c, b in zip(counters, before, strict=True)] == [1, 10, 1]
+    assert [sample(c, source="ble") - b for c, b in zip(counters, before, strict=True)] == [1, 10, 1]
 
 
 def test_phg_run_tells_systemd_it_is_ready_pings_the_watchdog_and_stopping(tmp_path):
