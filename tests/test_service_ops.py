@@ -119,6 +119,47 @@ async def test_metrics_match_the_queue_after_deliveries_a_dead_letter_and_a_retr
         assert "access_token" not in response.text and patient.value not in response.text
 
 
+@pytest.mark.peers
+async def test_phg_runs_metrics_over_http_match_its_queue(sekmet, tmp_path):
+    """The same through `phg run`'s own wiring (daemon.run_gateway with [api]: the workers' statuses in the
+    service, uvicorn on a real port): a 503 then deliveries and a dead letter, scraped over HTTP. (The
+    counters, per process, are checked exactly above, under a destination name of that test's own.)"""
+    from phg.daemon import run_gateway
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    patient = PatientRef("urn:oid:1.2.3.4.5", f"pt-{uuid.uuid4().hex[:12]}")
+    good = simulated_readings(patient, START, per_device=2)
+    bad = retired_device(simulated_readings(patient, START, per_device=1, devices=("glucose",))[0])
+    schedule = [Fault("pass"), Fault("503", 1)]  # the first POST carries it: refused (422); the next gets a 503
+    with FaultProxy(sekmet.base_url, schedule) as proxy, Outbox(tmp_path / "outbox.sqlite") as outbox:
+        proxy.refuse(RETIRED_DEVICE)
+        config = load_config(env={}, document={
+            "gateway": {"system_id": GATEWAY.system_id, "serial": GATEWAY.serial},
+            "fhir": {"base_url": proxy.url("/fhir")}, "outbox": {"path": str(tmp_path / "outbox.sqlite")},
+            "delivery": {"max_retry_delay": 1}, "api": {"listen": f"127.0.0.1:{port}"}})
+        outbox.enqueue("fhir", [(r.key, r.to_json()) for r in [*good, bad]])
+        stop = asyncio.Event()
+        gateway = asyncio.create_task(run_gateway(config, outbox, stop))
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as api:
+            for _ in range(300):
+                await asyncio.sleep(0.1)
+                if outbox.counts("fhir")["delivered"] + outbox.counts("fhir")["dead"] == len(good) + 1:
+                    break
+            response = await api.get("/metrics")
+        stop.set()
+        summary = await asyncio.wait_for(gateway, 30)
+        samples = scrape(response.text)
+        counts = outbox.counts("fhir")
+    assert counts == {"queued": 0, "inflight": 0, "delivered": len(good), "dead": 1}
+    for state, count in counts.items():
+        assert samples[("phg_queue_items", (("destination", "fhir"), ("state", state)))] == count
+    assert summary.retried >= 1 and [record.kind for record in proxy.records].count("503") == 1
+    assert samples[("phg_destination_state", (("destination", "fhir"), ("state", DELIVERING)))] == 1
+    assert samples[("phg_last_delivery_timestamp_seconds", (("destination", "fhir"),))] <= time.time()
+
+
 # ------------------------------------------------------------------------------------------ status
 
 
