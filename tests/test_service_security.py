@@ -13,7 +13,6 @@ import logging
 import os
 import socket
 import ssl
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -308,23 +307,6 @@ def test_real_server_on_loopback_with_keys_required_by_config(tmp_path):
     with serving(tmp_path, {"require_auth": True}) as (_, base):
         check_keys(tmp_path, base)
         assert httpx.get(f"{base}/healthz").status_code == 200
-
-
-def own_address() -> str | None:
-    """This machine's own non-loopback address (hostname -I), if it has one."""
-    try:
-        found = subprocess.run(["hostname", "-I"], capture_output=True, text=True, timeout=5).stdout.split()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return next((address for address in found if "." in address and not address.startswith("127.")), None)
-
-
-@pytest.mark.skipif(own_address() is None, reason="this machine has no non-loopback IPv4 address")
-def test_real_server_on_this_machines_non_loopback_address(tmp_path):
-    """Bound off loopback (plain HTTP through allow_insecure: the TLS of a real deployment is tested below)."""
-    with serving(tmp_path, {"listen": f"{own_address()}:{free_port(own_address())}", "allow_insecure": True}) \
-            as (_, base):
-        check_keys(tmp_path, base)
 
 
 def test_mutual_tls_with_the_test_ca(tmp_path):
