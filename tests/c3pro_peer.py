@@ -240,6 +240,7 @@ class C3ProPeer:
         is dropped untaken (to a test that kills the client while ``holding``, the kill fell between two
         posts). With ``lose_answer`` it is taken and never answered, until its client gives up waiting:
         the client lost the answer to a post the server took."""
+        self._release.clear()
         self._hold = (count, lose_answer)
 
     def release(self) -> None:
