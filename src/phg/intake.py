@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from phg.model import Reading
 from phg.outbox import Outbox
+from phg.viewstore import ViewStore
 
 
 @dataclass(frozen=True)
@@ -36,11 +37,13 @@ class Stored:
 class Intake:
     """Readings and progress markers in, queued for every destination in `destinations`."""
 
-    def __init__(self, outbox: Outbox, destinations: Sequence[str]) -> None:
+    def __init__(self, outbox: Outbox, destinations: Sequence[str], view: ViewStore | None = None) -> None:
+        """`view`: also keep every reading there for viewing (phg.viewstore; [view] configured)."""
         if not destinations:
             raise ValueError("an Intake needs at least one destination to queue readings for")
         self._outbox = outbox
         self._destinations = tuple(destinations)
+        self._view = view
 
     @property
     def destinations(self) -> tuple[str, ...]:
@@ -50,6 +53,8 @@ class Intake:
         """Queue `readings` and commit `progress` (marker name -> value) in one transaction; raises
         StorageError (nothing stored) when the queue cannot be written. A reading already stored for
         every destination counts as known and is not queued twice."""
+        if self._view is not None and readings:  # before the queue: phg.viewstore, "Durability and order"
+            self._view.keep(readings)
         items = {r.key: r.to_json() for r in readings}
         known = self._outbox.stored_keys(self._destinations, list(items)) if items else set()
         ids = self._outbox.enqueue(self._destinations, list(items.items()), progress)

@@ -1,0 +1,84 @@
+"""The reading store for viewing (phg.viewstore): kept by patient, type and time, retention, erasure per
+patient, its own file (0600, refused when another program's), and fed by the Intake before the queue."""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from phg.errors import StorageError
+from phg.intake import Intake
+from phg.model import Device, Metric, PatientRef, Reading
+from phg.outbox import Outbox
+from phg.viewstore import ViewStore
+
+ANN, BOB = PatientRef("urn:oid:1.2.3", "ann"), PatientRef("urn:oid:1.2.3", "bob")
+T0 = datetime(2026, 11, 28, 8, 0, tzinfo=UTC)
+
+
+def reading(patient: PatientRef, code: int, value: str, unit: str, hours: float = 0) -> Reading:
+    metric = Metric(code=code, value=Decimal(value), unit=unit, time=T0 + timedelta(hours=hours))
+    return Reading(Device(system_id="0A1B2C3D4E5F6001"), patient, (metric,))
+
+
+def ident(patient: PatientRef) -> tuple[str, str]:
+    return patient.system, patient.value
+
+
+def test_readings_are_queried_by_patient_type_and_time(tmp_path):
+    with ViewStore(tmp_path / "view.sqlite") as store:
+        store.keep([reading(ANN, 150456, "97", "%", 0), reading(ANN, 188736, "70", "kg", 1),
+                    reading(BOB, 150456, "91", "%", 2), reading(ANN, 150456, "95", "%", 3)])
+        store.keep([reading(ANN, 150456, "97", "%", 0)])  # the same reading again: kept once
+        ann = store.readings([ident(ANN)])
+        assert [k.reading.metrics[0].value for k in ann] == [Decimal(97), Decimal(70), Decimal(95)]
+        assert all(k.reading.patient == ANN for k in ann)
+        spo2 = store.readings([ident(ANN)], codes={150456})
+        assert [k.reading.metrics[0].value for k in spo2] == [Decimal(97), Decimal(95)]
+        later = store.readings([ident(ANN)], since=T0 + timedelta(hours=1))
+        assert [k.reading.metrics[0].value for k in later] == [Decimal(70), Decimal(95)]
+        assert len(store.readings([ident(ANN), ident(BOB)])) == 4
+        assert store.readings([("urn:oid:1.2.3", "carl")]) == []
+
+
+def test_retention_deletes_readings_stored_before_the_period(tmp_path):
+    now = [1_000_000.0]
+    with ViewStore(tmp_path / "view.sqlite", retention=86400, clock=lambda: now[0]) as store:
+        store.keep([reading(ANN, 150456, "97", "%")])
+        now[0] += 86400 + 61
+        store.keep([reading(ANN, 150456, "95", "%", 1)])
+        assert [k.reading.metrics[0].value for k in store.readings([ident(ANN)])] == [Decimal(95)]
+
+
+def test_forget_erases_one_patient_only(tmp_path):
+    with ViewStore(tmp_path / "view.sqlite") as store:
+        store.keep([reading(ANN, 150456, "97", "%"), reading(ANN, 188736, "70", "kg"), reading(BOB, 150456, "91", "%")])
+        assert store.forget(ident(ANN)) == 2
+        assert store.readings([ident(ANN)]) == [] and len(store.readings([ident(BOB)])) == 1
+        with sqlite3.connect(tmp_path / "view.sqlite") as db:  # the index rows went with their readings
+            assert db.execute("SELECT count(*) FROM measurement").fetchone()[0] == 1
+
+
+def test_its_file_is_private_and_another_programs_database_is_refused(tmp_path):
+    ViewStore(tmp_path / "view.sqlite").close()
+    assert stat.S_IMODE((tmp_path / "view.sqlite").stat().st_mode) == 0o600
+    with sqlite3.connect(tmp_path / "other.sqlite") as db:
+        db.execute("CREATE TABLE notes (text TEXT)")
+    (tmp_path / "other.sqlite").chmod(0o600)
+    with pytest.raises(StorageError, match=r"other.sqlite: not phg's view store"):
+        ViewStore(tmp_path / "other.sqlite")
+
+
+def test_the_intake_keeps_every_reading_for_viewing_before_it_queues_it(tmp_path):
+    with Outbox(tmp_path / "o.sqlite") as outbox, ViewStore(tmp_path / "view.sqlite") as view:
+        intake = Intake(outbox, ["fhir"], view=view)
+        intake.store([reading(ANN, 150456, "97", "%")])
+        assert len(view.readings([ident(ANN)])) == 1
+        view.close()  # the view store cannot be written: nothing is queued, the source keeps its reading
+        with pytest.raises(sqlite3.ProgrammingError):
+            intake.store([reading(ANN, 150456, "95", "%", 1)])
+        assert outbox.counts("fhir")["queued"] == 1
