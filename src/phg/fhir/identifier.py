@@ -16,7 +16,6 @@ and the duration is glued to the timestamp with "..", not joined with "-".
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from decimal import ROUND_FLOOR, Decimal
 from urllib.parse import quote
 
 from phg.errors import MappingError
@@ -49,11 +48,14 @@ def timestamp_v2(time: datetime, digits: int = 0) -> str:
     UTC-aligned clock with a TZ/DST offset reports (Bluetooth GHS / IEEE 11073-10206 timestamp),
     and the offset is appended on its own, so local wall time is recoverable from the two.
     A 1 s resolution (digits=0) gives no fraction; N digits print N digits, truncated as
-    model.format_time truncates them.
+    model.format_time truncates them. Integer arithmetic: the count of units of 10^-digits s, rounded
+    down (towards the past, also before 2000), then written with `digits` decimals.
     """
-    micros = Decimal((time - _EPOCH_2000) // _MICROSECOND).scaleb(-6)
-    seconds = micros.quantize(Decimal(1).scaleb(-digits), rounding=ROUND_FLOOR)
-    return f"{seconds}{_offset_quarters(time):+d}"
+    count = ((time - _EPOCH_2000) // _MICROSECOND) // 10 ** (6 - digits)
+    if digits:
+        sign, whole, fraction = "-" if count < 0 else "", *divmod(abs(count), 10 ** digits)
+        return f"{sign}{whole}.{fraction:0{digits}d}{_offset_quarters(time):+d}"
+    return f"{count}{_offset_quarters(time):+d}"
 
 
 def timestamp_v1(time: datetime) -> str:
@@ -74,8 +76,23 @@ def if_none_exist(system: str | None, value: str) -> str:
 
 
 def _encode(part: str) -> str:
+    if part.isascii():  # one pass over a table: the same text as the general path below
+        return part.translate(_ASCII_ENCODED)
     escaped = part.replace("\\", "\\\\").replace("|", "\\|").replace(",", "\\,").replace("$", "\\$")
     return quote(escaped, safe=":/")
+
+
+def _ascii_encoded() -> dict[int, str]:
+    """Each ASCII character as `_encode` writes it: FHIR-escaped, then percent-encoded as urllib.parse.quote
+    does with safe=":/" (letters, digits, "_.-~" and ":/" kept, everything else %XX in upper case)."""
+    kept = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~:/")
+    table = {c: chr(c) if chr(c) in kept else f"%{c:02X}" for c in range(128)}
+    for special in "\\|,$":
+        table[ord(special)] = "%5C" + table[ord(special)]
+    return table
+
+
+_ASCII_ENCODED = _ascii_encoded()
 
 
 def _offset_quarters(time: datetime) -> int:

@@ -95,7 +95,10 @@ PRELIMINARY = frozenset({"early-indication"})
 
 def data_absent_code(status: tuple[str, ...]) -> str | None:
     """The dataAbsentReason code for a metric's status bits, or None when the value is present."""
-    return next((code for name, code in DATA_ABSENT.items() if name in status), None)
+    for name, code in DATA_ABSENT.items() if status else ():
+        if name in status:
+            return code
+    return None
 
 
 # ---------------------------------------------------------------- Coincident Time Stamp
