@@ -195,6 +195,7 @@ function smartConfiguration() {
     code_challenge_methods_supported: ['S256'],
   };
   if (as.registration_endpoint) doc.registration_endpoint = as.registration_endpoint;
+  if (as.authorization_endpoint) doc.authorization_endpoint = as.authorization_endpoint; // SMART App Launch
   if (as.introspection_endpoint) doc.introspection_endpoint = as.introspection_endpoint;
   if (as.revocation_endpoint) doc.revocation_endpoint = as.revocation_endpoint;
   return doc;

@@ -1,11 +1,18 @@
 // A real OAuth 2.0 authorization server for phg's demo and integration tests:
 // panva's oidc-provider (certified), configured for SMART Backend Services
 // (client_credentials + private_key_jwt with RS384/ES384), token introspection (for the gate)
-// and open RFC 7591 dynamic client registration.
+// and open RFC 7591 dynamic client registration; and for SMART App Launch (EHR and standalone launch):
+// authorization_code with PKCE (S256, required of every client), the `launch` and `aud` request
+// parameters and the `patient` launch context in the token answer. The clinician is already signed in
+// (--user, the fhirUser claim) and grants what the app asks: no login or consent page.
 //
 // Usage: node oauth-server.mjs [--port 0] [--clients clients.json] [--ttl 300]
 //                              [--scopes "system/Patient.cu ..."] [--ready-file path]
-// Environment fallbacks: OAUTH_PORT, OAUTH_CLIENTS, OAUTH_TTL, OAUTH_SCOPES, OAUTH_READY_FILE.
+//                              [--launches launches.json] [--pick-patient ID] [--user Practitioner/ID]
+// Environment fallbacks: OAUTH_PORT, OAUTH_CLIENTS, OAUTH_TTL, OAUTH_SCOPES, OAUTH_READY_FILE,
+// OAUTH_LAUNCHES, OAUTH_PICK_PATIENT, OAUTH_USER.
+// launches.json: {"<launch value the EHR gave the app>": "<Patient id>"} (EHR launch); --pick-patient is
+// the patient the clinician picks in a standalone launch (scope launch/patient).
 // Binds 127.0.0.1 only. With --port 0 the OS picks the port; when listening it prints
 // "READY <port>" on stdout and, with --ready-file, writes {"port", "issuer"} to that file.
 //
@@ -28,6 +35,9 @@ const { values: args } = parseArgs({
     ttl: { type: 'string', default: process.env.OAUTH_TTL ?? '300' },
     scopes: { type: 'string', default: process.env.OAUTH_SCOPES ?? '' },
     'ready-file': { type: 'string', default: process.env.OAUTH_READY_FILE ?? '' },
+    launches: { type: 'string', default: process.env.OAUTH_LAUNCHES ?? '' },
+    'pick-patient': { type: 'string', default: process.env.OAUTH_PICK_PATIENT ?? '' },
+    user: { type: 'string', default: process.env.OAUTH_USER ?? 'Practitioner/phg-test-clinician' },
   },
 });
 
@@ -40,7 +50,15 @@ for (const t of RESOURCE_TYPES) {
     DEFAULT_SCOPES.push(`system/${t}.${s}`);
   }
 }
-const scopes = args.scopes.trim() ? args.scopes.trim().split(/\s+/) : DEFAULT_SCOPES;
+// SMART App Launch: the launch scopes and the patient/ and user/ read scopes a viewing app asks for.
+const LAUNCH_SCOPES = ['launch', 'launch/patient', 'fhirUser', 'openid', 'offline_access'];
+for (const t of RESOURCE_TYPES) {
+  for (const s of ['read', 'rs', 'r', 's']) LAUNCH_SCOPES.push(`patient/${t}.${s}`, `user/${t}.${s}`);
+}
+const scopes = [...new Set([...(args.scopes.trim() ? args.scopes.trim().split(/\s+/) : DEFAULT_SCOPES),
+  ...LAUNCH_SCOPES])];
+const launches = args.launches ? JSON.parse(readFileSync(args.launches, 'utf8')) : {};
+const grantPatients = new Map(); // grant id -> the Patient id of its launch context
 
 const ttl = Number(args.ttl);
 if (!Number.isFinite(ttl) || ttl <= 0) {
@@ -90,6 +108,37 @@ function smartAssertionRules(ctx, claims, header, client) {
   }
 }
 
+// The launch context of an authorization request: the patient its `launch` stands for (EHR launch), or
+// the one the clinician picks (standalone launch, scope launch/patient). undefined: no patient context.
+function launchPatient(params) {
+  const requested = String(params.scope ?? '').split(' ');
+  if (params.launch) return Object.hasOwn(launches, params.launch) ? launches[params.launch] : null;
+  if (requested.includes('launch/patient')) return args['pick-patient'] || null;
+  return undefined;
+}
+
+// The signed-in clinician approves the request as asked: a grant for every requested scope.
+async function approve(provider, req, res) {
+  const details = await provider.interactionDetails(req, res);
+  const { params, prompt } = details;
+  const patient = launchPatient(params);
+  if (patient === null) {
+    await provider.interactionFinished(req, res, {
+      error: 'invalid_request', error_description: 'unknown launch, or no patient to pick',
+    });
+    return;
+  }
+  if (prompt.name === 'login') {
+    await provider.interactionFinished(req, res, { login: { accountId: args.user } }, { mergeWithLastSubmission: false });
+    return;
+  }
+  const grant = new provider.Grant({ accountId: details.session.accountId, clientId: params.client_id });
+  grant.addOIDCScope(String(params.scope ?? ''));
+  const grantId = await grant.save();
+  if (patient !== undefined) grantPatients.set(grantId, patient);
+  await provider.interactionFinished(req, res, { consent: { grantId } }, { mergeWithLastSubmission: true });
+}
+
 // Bind first (port 0 -> the OS picks), then build the provider with the final issuer.
 let handler = (req, res) => {
   res.statusCode = 503;
@@ -104,6 +153,13 @@ server.listen(Number(args.port), '127.0.0.1', () => {
     clients,
     scopes,
     clockTolerance: CLOCK_TOLERANCE,
+    extraParams: ['launch', 'aud'],
+    pkce: { required: () => true }, // SMART App Launch 2.x: every app uses PKCE S256
+    conformIdTokenClaims: false, // fhirUser in the id_token (SMART "Scopes for requesting identity data")
+    claims: { openid: ['sub'], fhirUser: ['fhirUser'] },
+    interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },
+    extraTokenClaims: async (ctx, token) => (grantPatients.has(token.grantId)
+      ? { patient: grantPatients.get(token.grantId) } : undefined),
     features: {
       devInteractions: { enabled: false },
       clientCredentials: { enabled: true },
@@ -133,8 +189,9 @@ server.listen(Number(args.port), '127.0.0.1', () => {
     assertJwtClientAuthClaimsAndHeader: async (ctx, claims, header, client) => {
       smartAssertionRules(ctx, claims, header, client);
     },
-    async findAccount() {
-      return undefined; // no end users: backend services only
+    async findAccount(ctx, id) {
+      // The one signed-in clinician (SMART launches); backend services have no end user.
+      return id === args.user ? { accountId: id, claims: async () => ({ sub: id, fhirUser: id }) } : undefined;
     },
   });
 
@@ -152,7 +209,22 @@ server.listen(Number(args.port), '127.0.0.1', () => {
     console.error(`grant.success: client=${ctx.oidc.client?.clientId}`);
   });
 
-  handler = provider.callback();
+  // SMART App Launch: the token answer carries the launch's `patient` next to the access token.
+  provider.use(async (ctx, next) => {
+    await next();
+    if (ctx.oidc?.route === 'token' && ctx.status === 200 && ctx.body?.access_token) {
+      const grantId = ctx.oidc.entities.AuthorizationCode?.grantId ?? ctx.oidc.entities.RefreshToken?.grantId;
+      if (grantPatients.has(grantId)) ctx.body = { ...ctx.body, patient: grantPatients.get(grantId) };
+    }
+  });
+  const callback = provider.callback();
+  handler = (req, res) => (req.url.startsWith('/interaction/')
+    ? approve(provider, req, res).catch((err) => {
+      console.error('interaction:', err.message);
+      res.statusCode = 400;
+      res.end(err.message);
+    })
+    : callback(req, res));
   announceReady(args['ready-file'], { port, issuer });
 });
 

@@ -32,6 +32,7 @@ from phg.secretfile import require_private
 from phg.transport import is_loopback, require_secure_url
 
 DEFAULT_SCOPE = "system/Patient.cu system/Device.cu system/Observation.c"
+SMART_SCOPE = "launch openid fhirUser patient/Patient.rs"  # [smart] scope: SMART App Launch 2.x EHR launch
 IG_VERSIONS = ("2.0.0", "1.1.0")
 API_LISTEN = ("127.0.0.1", 8470)  # [api] listen when an [api] table is present
 API_MAX_BODY = 2**20  # [api] max_body: bytes of one POST /v1/readings body
@@ -307,6 +308,10 @@ SETTINGS: tuple[Setting, ...] = (
            ("keys_file", path), ("tls_cert", readable_file), ("tls_key", readable_file),
            ("client_ca", readable_file), ("allow_insecure", flag, False), ("require_auth", flag, False),
            ("allowed_origins", origins, ())),
+    *_rows("smart",
+           ("client_id", text), ("client_secret", secret), ("key_file", path),
+           ("scope", text, SMART_SCOPE), ("identifier_system", text), ("redirect_url", url), ("fhir_base", url),
+           ("frame_ancestors", origins, ()), ("session_lifetime", duration, 3600.0)),
 )
 ROWS: dict[tuple[str, str], Setting] = {(s.section, s.key): s for s in SETTINGS}
 SECTIONS: dict[str, list[str]] = {section: [s.key for s in SETTINGS if s.section == section]
@@ -673,6 +678,22 @@ class ApiSettings:
 
 
 @dataclass(frozen=True)
+class SmartSettings:
+    """[smart]: phg as a SMART app the clinician launches from the EHR (phg.service.smart): its
+    registration there, which identifiers match readings, and the view's framing and lifetime."""
+
+    client_id: str
+    redirect_url: str  # as registered with the EHR: https://<phg>/smart/callback
+    client_secret: str | None = field(default=None, repr=False)  # confidential client (else key_file, else public)
+    key_file: Path | None = None  # private_key_jwt (SMART "client-confidential-asymmetric")
+    scope: str = SMART_SCOPE
+    identifier_system: str | None = None  # None: every identifier of the EHR's Patient
+    fhir_base: str | None = None  # the EHR's FHIR base for a standalone launch
+    frame_ancestors: tuple[str, ...] = ()  # the EHR origins that may frame the view (CSP frame-ancestors)
+    session_lifetime: float = 3600.0
+
+
+@dataclass(frozen=True)
 class Config:
     gateway: Gateway
     outbox_path: Path
@@ -694,6 +715,7 @@ class Config:
     usb_vendor_id: int | None = None
     usb_product_id: int | None = None
     api: ApiSettings | None = None  # the service; None: no [api] table, nothing served
+    smart: SmartSettings | None = None  # the SMART app launch of the view; None: no [smart] table
     source: str = "(defaults)"  # where the settings came from, for messages
 
     @property
@@ -740,7 +762,8 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None,
     destinations = _destinations(tables, values, auth, source)
     _require_private_file(path, values, destinations)
     api = _api(values) if "api" in data or values.given("api") else None
-    return _config(values, destinations, auth, source, api=api)
+    smart = _smart(values) if "smart" in data or values.given("smart") else None
+    return _config(values, destinations, auth, source, api=api, smart=smart)
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -833,6 +856,19 @@ def _api(values: Values) -> ApiSettings:
                        **{key: values("api", key) for key in keys})
 
 
+def _smart(values: Values) -> SmartSettings:
+    """[smart]: client_id and redirect_url are what the EHR registered; a secret or a key, not both."""
+    for key in ("client_id", "redirect_url"):
+        if not values("smart", key):
+            raise ConfigError(f"{values.source}: [smart] needs {key} (as registered with the EHR)")
+    if values("smart", "client_secret") and values("smart", "key_file"):
+        raise ConfigError(f"{values.source}: [smart] give client_secret or key_file (private_key_jwt), not both")
+    for key in ("redirect_url", "fhir_base"):
+        if values("smart", key):
+            require_secure_url(values("smart", key), values.where("smart", key))
+    return SmartSettings(**{row.key: values("smart", row.key) for row in SETTINGS if row.section == "smart"})
+
+
 def _api_tls(values: Values) -> None:
     """TLS for the service: cert and key together (the key 0600), client_ca only over TLS, and no plain
     HTTP on an address other machines can reach unless allow_insecure says so (behind a TLS proxy)."""
@@ -851,7 +887,7 @@ def _api_tls(values: Values) -> None:
 
 
 def _config(values: Values, destinations: tuple[DestinationSettings, ...], auth: AuthSettings, source: str, *,
-            api: ApiSettings | None = None) -> Config:
+            api: ApiSettings | None = None, smart: SmartSettings | None = None) -> Config:
     patient = None
     if values.given("patient"):
         patient = PatientRef(values("patient", "system") or "", values("patient", "value") or "")
@@ -886,6 +922,7 @@ def _config(values: Values, destinations: tuple[DestinationSettings, ...], auth:
         usb_vendor_id=values("usb", "vendor_id"),
         usb_product_id=values("usb", "product_id"),
         api=api,
+        smart=smart,
         source=source,
     )
 

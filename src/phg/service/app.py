@@ -23,6 +23,7 @@ from phg.config import Config
 from phg.delivery.status import DestinationStatus
 from phg.intake import Intake
 from phg.outbox import Outbox
+from phg.service.smart import SmartSessions
 
 
 @dataclass
@@ -36,13 +37,14 @@ class ServiceContext:
     intake: Intake
     statuses: Mapping[str, DestinationStatus] = field(default_factory=dict)
     wake: Callable[[], object] = lambda: None
+    sessions: SmartSessions = field(default_factory=SmartSessions)  # the view's SMART launches (phg.service.smart)
 
 
 def parts() -> tuple[ModuleType, ...]:
     """The modules that contribute routes, in the order they are matched."""
-    from phg.service import api, ops, page, readings
+    from phg.service import api, ops, page, readings, smart
 
-    return api, readings, ops, page
+    return api, readings, smart, ops, page
 
 
 def create_app(ctx: ServiceContext) -> Starlette:
