@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import time
 import uuid
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -18,6 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
+from phg.auth.keys import generate_key, jwks, load_key
 from phg.config import load_config
 from phg.errors import ConfigError
 from phg.intake import Intake
@@ -32,8 +34,9 @@ LAUNCH = "launch-" + uuid.uuid4().hex
 
 
 def service(tmp_path: Path, **smart_table: object) -> TestClient:
+    smart_table = {"client_id": CLIENT_ID, "redirect_url": REDIRECT, **smart_table}
     config = load_config(document={"outbox": {"path": str(tmp_path / "outbox.sqlite")}, "api": {},
-                                   "smart": {"client_id": CLIENT_ID, "redirect_url": REDIRECT, **smart_table}},
+                                   "smart": smart_table},
                          env={})
     outbox = Outbox(config.outbox_path, config.keep_delivered)
     ctx = ServiceContext(config, outbox, Intake(outbox, ["fhir"]))
@@ -122,6 +125,36 @@ def test_standalone_launch_picks_the_patient(ehr, tmp_path):
     assert _ctx(app).sessions.session(done.headers["location"].removeprefix("/view/")).ehr_patient == patient
 
 
+def register(stack, **metadata: object) -> dict:
+    """A client registered with the EHR's authorization server (RFC 7591): its client_id and secret."""
+    body = {"redirect_uris": [REDIRECT], "grant_types": ["authorization_code"], "response_types": ["code"],
+            **metadata}
+    answer = httpx.post(stack.oauth.registration_endpoint, json=body, timeout=10)
+    assert answer.status_code == 201, answer.text
+    return answer.json()
+
+
+@pytest.mark.peers
+@pytest.mark.parametrize("method", ["client_secret_basic", "private_key_jwt"])
+def test_confidential_client_launches(ehr, tmp_path, method):
+    """A confidential client: client_secret_basic, or private_key_jwt with phg.auth's key (SMART
+    client-confidential-asymmetric: the assertion's aud is the token endpoint, the peer checks it)."""
+    stack, patient, _ = ehr
+    if method == "private_key_jwt":
+        key_file = tmp_path / "view-key.json"
+        generate_key(key_file)
+        client = register(stack, token_endpoint_auth_method=method, jwks=jwks([load_key(key_file)]))
+        table = {"client_id": client["client_id"], "key_file": str(key_file)}
+    else:
+        client = register(stack, token_endpoint_auth_method=method)
+        table = {"client_id": client["client_id"], "client_secret": client["client_secret"]}
+    app = service(tmp_path, **table)
+    answer = app.get("/smart/launch", params={"iss": stack.gate.base_url, "launch": LAUNCH})
+    done = app.get("/smart/callback", params=authorize(answer.headers["location"]))
+    assert done.status_code == 303, done.text
+    assert _ctx(app).sessions.session(done.headers["location"].removeprefix("/view/")).ehr_patient == patient
+
+
 @pytest.mark.peers
 def test_wrong_state_is_refused_before_any_token_request(ehr, tmp_path):
     stack, _, _ = ehr
@@ -192,6 +225,14 @@ def test_unknown_launch_is_refused_by_the_ehr(ehr, tmp_path):
 def test_iss_must_be_https_unless_loopback(tmp_path):
     answer = service(tmp_path).get("/smart/launch", params={"iss": "http://ehr.example.org/fhir", "launch": "x"})
     assert answer.status_code == 400 and "https" in answer.text
+
+
+def test_expired_sessions_are_gone_with_their_tokens():
+    sessions = smart.SmartSessions()
+    old = sessions.open(smart.ViewSession((("s", "v"),), "Practitioner/1", time.time() - 1), {"access_token": "t1"})
+    live = sessions.open(smart.ViewSession((("s", "v"),), "Practitioner/1", time.time() + 60), {"access_token": "t2"})
+    assert sessions.session(old) is None and sessions.session(live).fhir_user == "Practitioner/1"
+    assert [tokens["access_token"] for _, tokens in sessions._sessions.values()] == ["t2"]
 
 
 def test_pkce_challenge_is_s256_of_the_verifier():

@@ -100,8 +100,11 @@ class SmartSessions:
         self._pending: dict[str, Pending] = {}
 
     def open(self, view: ViewSession, tokens: dict[str, Any]) -> str:
+        """A new session's id (256 random bits); the expired ones, and their tokens, are dropped."""
         session_id = secrets.token_urlsafe(32)
         with self._lock:
+            now = time.time()
+            self._sessions = {k: v for k, v in self._sessions.items() if v[0].expires > now}
             self._sessions[session_id] = (view, tokens)
         return session_id
 
