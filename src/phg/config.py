@@ -37,6 +37,7 @@ IG_VERSIONS = ("2.0.0", "1.1.0")
 API_LISTEN = ("127.0.0.1", 8470)  # [api] listen when an [api] table is present
 API_MAX_BODY = 2**20  # [api] max_body: bytes of one POST /v1/readings body
 API_MAX_DOCUMENTS = 1000  # [api] max_documents: reading documents in one request
+VIEW_RETENTION = 365 * 86400.0  # [view] retention: seconds a reading stays in the reading store for viewing
 KEEP_DELIVERED = 7 * 86400.0  # [outbox] keep_delivered: seconds a delivered reading's payload stays in the outbox
 DEFAULT_PUBLISH_DELAY = 600.0  # [auth] key_publish_delay (phg.auth.keyring)
 DEFAULT_GRACE = 86400.0  # [auth] key_rotation_grace (phg.auth.keyring)
@@ -312,6 +313,9 @@ SETTINGS: tuple[Setting, ...] = (
            ("client_id", text), ("client_secret", secret), ("key_file", path),
            ("scope", text, SMART_SCOPE), ("identifier_system", text), ("redirect_url", url), ("fhir_base", url),
            ("frame_ancestors", origins, ()), ("session_lifetime", duration, 3600.0)),
+    *_rows("view",
+           ("path", path, None, "PHG_VIEW_PATH"),
+           ("retention", duration, VIEW_RETENTION)),
 )
 ROWS: dict[tuple[str, str], Setting] = {(s.section, s.key): s for s in SETTINGS}
 SECTIONS: dict[str, list[str]] = {section: [s.key for s in SETTINGS if s.section == section]
@@ -694,6 +698,14 @@ class SmartSettings:
 
 
 @dataclass(frozen=True)
+class ViewSettings:
+    """The reading store the SMART view reads (phg.viewstore): its file and how long it keeps a reading."""
+
+    path: Path
+    retention: float = VIEW_RETENTION
+
+
+@dataclass(frozen=True)
 class Config:
     gateway: Gateway
     outbox_path: Path
@@ -716,6 +728,7 @@ class Config:
     usb_product_id: int | None = None
     api: ApiSettings | None = None  # the service; None: no [api] table, nothing served
     smart: SmartSettings | None = None  # the SMART app launch of the view; None: no [smart] table
+    view: ViewSettings | None = None  # [view] (or [smart]): keep every reading for the SMART view; None: not kept
     source: str = "(defaults)"  # where the settings came from, for messages
 
     @property
@@ -923,8 +936,15 @@ def _config(values: Values, destinations: tuple[DestinationSettings, ...], auth:
         usb_product_id=values("usb", "product_id"),
         api=api,
         smart=smart,
+        view=_view(values, outbox) if values.given("view") or smart is not None else None,
         source=source,
     )
+
+
+def _view(values: Values, outbox: Path | None) -> ViewSettings:
+    """[view] (on with [smart]): the reading store's file, by default view.sqlite beside the outbox."""
+    beside = (outbox or user_data_dir() / "outbox.sqlite").with_name("view.sqlite")
+    return ViewSettings(values("view", "path") or beside, values("view", "retention"))
 
 
 def _lease_covers_requests(values: Values, destinations: tuple[DestinationSettings, ...]) -> None:

@@ -66,8 +66,10 @@ async def run_gateway(config: Config, outbox: Outbox, stop: asyncio.Event, *, bl
     from phg.intake import Intake
     from phg.service import systemd
     from phg.sources.supervisor import configured_sources, supervise
+    from phg.viewstore import ViewStore
 
-    intake = Intake(outbox, config.destination_names)
+    view = ViewStore(config.view.path, config.view.retention) if config.view is not None else None
+    intake = Intake(outbox, config.destination_names, view=view)
     statuses = {d.name: DestinationStatus(d.name, d.type) for d in config.destinations}
     workers: list[DeliveryWorker] = []
     sources = configured_sources(config, ble_backend=ble_backend)
@@ -77,7 +79,7 @@ async def run_gateway(config: Config, outbox: Outbox, stop: asyncio.Event, *, bl
         from phg.service.app import ServiceContext
         from phg.service.server import serve
 
-        ctx = ServiceContext(config, outbox, intake, statuses, wake=lambda: [w.wake() for w in workers])
+        ctx = ServiceContext(config, outbox, intake, statuses, wake=lambda: [w.wake() for w in workers], view=view)
         tasks.append(asyncio.create_task(serve(ctx, stop)))
         tasks[-1].add_done_callback(lambda served: _stop_if_failed(served, stop))
     try:
@@ -89,6 +91,8 @@ async def run_gateway(config: Config, outbox: Outbox, stop: asyncio.Event, *, bl
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if view is not None:
+            view.close()
 
 
 def _stop_if_failed(task: asyncio.Task, stop: asyncio.Event) -> None:

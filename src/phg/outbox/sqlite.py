@@ -495,6 +495,15 @@ class Outbox:
         )
         return [Item(*row) for row in rows]
 
+    def states(self, keys: Sequence[str]) -> dict[str, dict[str, str]]:
+        """Per reading key among `keys`: its state at each destination it is queued for."""
+        states: dict[str, dict[str, str]] = {}
+        for key, destination, state in self._read(
+                "SELECT key, destination, state FROM item WHERE key IN (SELECT value FROM json_each(?))",
+                (json.dumps(list(keys)),)):
+            states.setdefault(key, {})[destination] = state
+        return states
+
     def counts(self, destination: str | None = None) -> dict[str, int]:
         """Number of items in each state (every state present, zero included)."""
         rows = self._read(

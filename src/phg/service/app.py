@@ -24,6 +24,7 @@ from phg.delivery.status import DestinationStatus
 from phg.intake import Intake
 from phg.outbox import Outbox
 from phg.service.smart import SmartSessions
+from phg.viewstore import ViewStore
 
 
 @dataclass
@@ -38,13 +39,14 @@ class ServiceContext:
     statuses: Mapping[str, DestinationStatus] = field(default_factory=dict)
     wake: Callable[[], object] = lambda: None
     sessions: SmartSessions = field(default_factory=SmartSessions)  # the view's SMART launches (phg.service.smart)
+    view: ViewStore | None = None  # the reading store the SMART view reads ([view] or [smart])
 
 
 def parts() -> tuple[ModuleType, ...]:
     """The modules that contribute routes, in the order they are matched."""
-    from phg.service import api, ops, page, readings, smart
+    from phg.service import api, ops, page, readings, smart, view
 
-    return api, readings, smart, ops, page
+    return api, readings, smart, view, ops, page
 
 
 def create_app(ctx: ServiceContext) -> Starlette:

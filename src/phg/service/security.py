@@ -63,6 +63,9 @@ log = logging.getLogger(__name__)
 
 KEY_PREFIX = "phg_"  # makes a leaked key recognisable to secret scanners
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+# The SMART launch and the view it ends on: opened by a clinician's browser inside the EHR, which holds no
+# API key; OAuth (phg.service.smart) and the unguessable session id in the path (phg.service.view) decide.
+SESSION_PREFIXES = ("/smart/", "/view/")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # RFC 9110 9.2.1
 PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-real-ip")
 # Mozilla's "intermediate" TLS 1.2 suites (TLS 1.3 suites are not affected by set_ciphers); uvicorn's own
@@ -208,7 +211,7 @@ class Guard:
     def check(self, scope: Scope) -> Refusal | None:
         """None when the request may go on; else why not."""
         method, headers = scope.get("method", "WEBSOCKET"), Headers(scope=scope)
-        if scope["path"] in OPEN_PATHS and method in ("GET", "HEAD"):
+        if (scope["path"] in OPEN_PATHS or scope["path"].startswith(SESSION_PREFIXES)) and method in ("GET", "HEAD"):
             return None
         presented = _presented_key(headers)
         if presented is not None:

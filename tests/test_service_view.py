@@ -1,0 +1,97 @@
+"""The view in the EHR (phg.service.view, issue 14): the launched patient's readings in charts and a table
+with units, device, flags and delivery state; another patient is 403 with a valid session; framing by the
+configured EHR only, no referrer, GET only; every access logged with fhirUser and patient, never values."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from starlette.testclient import TestClient
+
+from phg.config import SmartSettings, load_config
+from phg.intake import Intake
+from phg.model import Component, Device, Metric, PatientRef, Reading
+from phg.outbox import Outbox
+from phg.service.app import ServiceContext, create_app
+from phg.service.smart import ViewSession
+from phg.viewstore import ViewStore
+
+ANN, BOB = PatientRef("urn:oid:1.2.36.146.595.217.0.1", "ann"), PatientRef("urn:oid:1.2.36.146.595.217.0.1", "bob")
+EHR = "https://ehr.example.org"
+
+
+def reading(patient: PatientRef, code: int, value: str, unit: str, days_ago: float, status: tuple[str, ...] = ()) -> Reading:
+    at = datetime.now(UTC).replace(microsecond=0) - timedelta(days=days_ago)
+    return Reading(Device(system_id="0A1B2C3D4E5F6001", manufacturer="Acme", model="BP-7"), patient,
+                   (Metric(code=code, value=Decimal(value), unit=unit, time=at, status=status),))
+
+
+def blood_pressure(patient: PatientRef, days_ago: float, systolic: int) -> Reading:
+    at = datetime.now(UTC).replace(microsecond=0) - timedelta(days=days_ago)
+    components = (Component(150021, Decimal(systolic), "mm[Hg]"), Component(150022, Decimal(80), "mm[Hg]"))
+    return Reading(Device(system_id="0A1B2C3D4E5F6002", manufacturer="Acme", model="BP-7"), patient,
+                   (Metric(code=150020, time=at, unit="mm[Hg]", components=components),))
+
+
+@pytest.fixture
+def served(tmp_path):
+    config = dataclasses.replace(load_config(None, {"PHG_OUTBOX": str(tmp_path / "o.sqlite")}),
+                                 smart=SmartSettings(client_id="phg", redirect_url="https://phg.example/smart/callback",
+                                                     frame_ancestors=(EHR,)))
+    with Outbox(config.outbox_path) as outbox, ViewStore(tmp_path / "view.sqlite") as view:
+        ctx = ServiceContext(config, outbox, Intake(outbox, ["fhir"], view=view), view=view)
+        ctx.intake.store([blood_pressure(ANN, 1, 128), blood_pressure(ANN, 20, 141),
+                          reading(ANN, 188736, "71.5", "kg", 2), reading(ANN, 150456, "96", "%", 3, ("questionable",)),
+                          reading(ANN, 149546, "64", "/min", 3), reading(ANN, 150364, "37.2", "Cel", 4, ("test-data",)),
+                          reading(ANN, 160184, "5.4", "mmol/L", 60), reading(BOB, 150456, "83.7", "%", 1)])
+        first = outbox.lease("fhir", 1, 60)  # the oldest item (Ann's newest blood pressure) was written to the EHR
+        outbox.delivered([first[0].id], token=first[0].lease)
+        sid = ctx.sessions.open(ViewSession(patient=((ANN.system, ANN.value),), fhir_user="Practitioner/dr-who",
+                                            expires=time.time() + 600, ehr_patient="Patient/123"), {})
+        yield TestClient(create_app(ctx), base_url="http://127.0.0.1:8470"), sid
+
+
+def test_the_view_charts_the_launched_patients_readings_with_units_device_flags_and_delivery(served):
+    client, sid = served
+    page = client.get(f"/view/{sid}")
+    assert page.status_code == 200
+    for chart in ("Blood pressure (mmHg)", "Weight (kg)", "SpO2 (%)", "Heart rate ({beat}/min)", "Temperature (C)"):
+        assert f"<figcaption>{chart}</figcaption>" in page.text, chart
+    assert "Glucose" not in page.text  # 60 days ago: outside the default 30 days
+    assert "Acme BP-7" in page.text and 'class="flag">questionable' in page.text and 'class="flag">test-data' in page.text
+    assert "written (fhir)" in page.text and "not yet" in page.text
+    assert "83.7" not in client.get(f"/view/{sid}/readings").text  # Bob's SpO2 is not Ann's
+    data = client.get(f"/view/{sid}/readings?period=90d").json()
+    assert {r["measurement"] for r in data["readings"]} >= {"Body weight", "Body temperature"}
+    assert any(r["code"] == 160184 and r["unit"] == "mmol/L" for r in data["readings"])
+    assert 'aria-current="page">90 days' in client.get(f"/view/{sid}?period=90d").text
+
+
+def test_another_patient_is_refused_with_a_valid_session(served):
+    client, sid = served
+    for path in (f"/view/{sid}", f"/view/{sid}/readings"):
+        refused = client.get(path, params={"patient": f"{BOB.system}|{BOB.value}"})
+        assert refused.status_code == 403 and "83.7" not in refused.text
+        assert client.get(path, params={"patient": f"{ANN.system}|{ANN.value}"}).status_code == 200
+    assert client.get("/view/not-a-session").status_code == 404
+    assert client.get(f"/view/{sid}?period=2y").status_code == 400
+
+
+def test_framed_only_by_the_ehr_without_referrer_read_only_and_logged_without_values(served, caplog):
+    client, sid = served
+    with caplog.at_level(logging.INFO, logger="phg.service.view"):
+        page = client.get(f"/view/{sid}", headers={"host": "phg.example"})  # off loopback: no API key needed
+    assert page.status_code == 200
+    assert f"frame-ancestors {EHR}" in page.headers["content-security-policy"]
+    assert "script-src" not in page.headers["content-security-policy"]  # default-src 'none': no script runs
+    assert page.headers["referrer-policy"] == "no-referrer" and page.headers["cache-control"] == "no-store"
+    assert "set-cookie" not in page.headers
+    assert client.post(f"/view/{sid}").status_code in (401, 405)  # read-only
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert "Practitioner/dr-who" in logged and "Patient/123" in logged
+    assert "128" not in logged and "71.5" not in logged and sid not in logged
