@@ -25,6 +25,7 @@ from phg.delivery.fhir import FhirDestination, outcome_text
 from phg.delivery.outcome import Delivered, Rejected
 from phg.delivery.worker import DeliveryWorker
 from phg.errors import ConfigError, DeliveryError, PermanentDeliveryError
+from phg.fhir.bundle import Transaction
 from phg.fhir.resources import phg_identifier
 from phg.model import Gateway, Metric
 from phg.outbox import Outbox
@@ -62,7 +63,7 @@ def test_odd_answers_are_delivery_errors_or_outcomes(body, status):
     dest = FhirDestination(httpx.AsyncClient(), BASE, Gateway("02AB7FFFFE000001"))
     response = httpx.Response(status, content=json.dumps(body).encode(), request=httpx.Request("POST", BASE))
     try:
-        outcomes = dest._outcomes(response, [[3], [4]], [0, 1, 2])
+        outcomes = dest._outcomes(dest._answers(response, 5), Transaction({}, [[3], [4]], [0, 1, 2]))
     except DeliveryError:
         return
     assert len(outcomes) == 2 and all(isinstance(o, Delivered | Rejected) for o in outcomes)

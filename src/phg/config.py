@@ -34,6 +34,7 @@ from phg.transport import is_loopback, require_secure_url
 DEFAULT_SCOPE = "system/Patient.cu system/Device.cu system/Observation.c"
 SMART_SCOPE = "launch openid fhirUser patient/Patient.rs"  # [smart] scope: SMART App Launch 2.x EHR launch
 IG_VERSIONS = ("2.0.0", "1.1.0")
+FHIR_STRATEGIES = ("auto", "transaction", "single")  # how a FHIR destination sends (phg.delivery.fhir)
 API_LISTEN = ("127.0.0.1", 8470)  # [api] listen when an [api] table is present
 API_MAX_BODY = 2**20  # [api] max_body: bytes of one POST /v1/readings body
 API_MAX_DOCUMENTS = 1000  # [api] max_documents: reading documents in one request
@@ -265,7 +266,9 @@ SETTINGS: tuple[Setting, ...] = (
            ("base_url", url, None, "PHG_FHIR_BASE_URL"),
            ("ig_version", choice(*IG_VERSIONS), "2.0.0", "PHG_IG_VERSION"),
            ("allow_insecure_http", flag, False),
-           ("timeout", number(float, 1, 600, " s"), 30.0)),
+           ("timeout", number(float, 1, 600, " s"), 30.0),
+           ("max_entries", number(int, 0, 100000), 0),
+           ("strategy", choice(*FHIR_STRATEGIES), "auto")),
     *_rows("auth",
            ("method", choice(*AUTH_METHODS), None, "PHG_AUTH_METHOD"),
            ("client_id", text, None, "PHG_CLIENT_ID"),
@@ -478,13 +481,17 @@ class FhirSettings(DestinationSettings):
 
     KEYS: ClassVar[tuple[Setting, ...]] = _rows(
         "destinations.*", ("base_url", url, REQUIRED), ("ig_version", choice(*IG_VERSIONS), "2.0.0"),
-        ("allow_insecure_http", flag, False), ("timeout", number(float, 1, 600, " s"), 30.0), ("auth", subtable, {}))
+        ("allow_insecure_http", flag, False), ("timeout", number(float, 1, 600, " s"), 30.0),
+        ("max_entries", number(int, 0, 100000), 0), ("strategy", choice(*FHIR_STRATEGIES), "auto"),
+        ("auth", subtable, {}))
     type: ClassVar[str] = "fhir"
 
     base_url: str | None = None
     ig_version: str = "2.0.0"
     allow_insecure_http: bool = False
     timeout: float = 30.0
+    max_entries: int = 0  # entries per transaction at most; 0: no limit but what the server teaches
+    strategy: str = "auto"  # "transaction", "single" (conditional creates) or "auto" (measured)
     auth: AuthSettings = field(default_factory=lambda: AuthSettings("none", None))
 
     @property
@@ -855,6 +862,7 @@ def _destinations(tables: Any, values: Values, auth: AuthSettings, source: str) 
     if base or not found:
         found.insert(0, FhirSettings(name=FHIR_DESTINATION, source=source, base_url=base,
                                      ig_version=values("fhir", "ig_version"), timeout=values("fhir", "timeout"),
+                                     max_entries=values("fhir", "max_entries"), strategy=values("fhir", "strategy"),
                                      allow_insecure_http=values("fhir", "allow_insecure_http"), auth=auth))
     return tuple(found)
 

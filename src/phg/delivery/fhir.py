@@ -14,12 +14,30 @@ conditional create that matched) and response.location (relative "Observation/1"
   When a Patient or Device of the transaction is ambiguous on the server (another client stored it
   twice), no reading can ever go through: ConfigError naming it, the queue stays intact.
 - Answers are read defensively: whatever shape the JSON has, the result is Outcomes or a DeliveryError.
+
+Batches that fit the server (issue 16). Each destination remembers, in memory for the life of the
+process (not persisted: a restart learns again, at the cost of one refused POST), how many entries a
+transaction may hold and which way of sending is fastest there:
+- The entry limit: [fhir] max_entries, or learned from a refusal like Medplum's ("Transaction requires
+  strict isolation but has too many entries": @medplum/fhir-router refuses any transaction holding a
+  conditional create and more than maxSerializableTransactionEntries = 8 entries; the answer does not
+  say the number, so a refusal of n entries teaches min(n - 1, 8)). The refused batch is sent again at
+  once, within the limit: its entries in order, in parts of at most that many. Every entry references
+  only entries before it (Patient, Devices and Coincident Time Stamps come first), so a reference to an
+  entry of an earlier part is rewritten to the literal "Type/id" the server answered for it (FHIR R4
+  references.html#literal); references inside a part stay urn:uuid (http.html#trules). One reading
+  too big for one transaction is sent this way too: it is never dead-lettered for its size.
+- The way ([fhir] strategy): "transaction" (Bundles, in parts when a limit applies), "single" (each
+  resource its own conditional create, POST [type] with If-None-Exist, http.html#ccreate, references
+  rewritten the same way), or "auto": both are timed per entry on real batches, the cheaper one is used,
+  and the other is timed again every RECHECK batches (the server may change, e.g. its database grows).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -28,7 +46,7 @@ from urllib.parse import parse_qsl
 import httpx
 
 from phg.auth.envelope import Envelope, seal
-from phg.config import FhirSettings
+from phg.config import FHIR_STRATEGIES, FhirSettings
 from phg.delivery.outcome import Delivered, Outcome, Rejected
 from phg.errors import AuthError, ConfigError, MappingError, PermanentDeliveryError, TransientDeliveryError
 from phg.fhir import build_transaction, to_json
@@ -39,6 +57,9 @@ from phg.transport import TRANSIENT_STATUSES, require_secure_url, transient_erro
 log = logging.getLogger(__name__)
 
 FHIR_JSON = "application/fhir+json"
+WAYS = FHIR_STRATEGIES[1:]  # "transaction", "single"
+MEDPLUM_ENTRIES = 8  # @medplum/fhir-router maxSerializableTransactionEntries (with a conditional create)
+RECHECK = 200  # under "auto", the way not in use is timed again once per this many batches
 
 
 @asynccontextmanager
@@ -63,7 +84,8 @@ async def open_fhir(settings: FhirSettings, gateway: Gateway) -> AsyncIterator[F
         client.auth = auth
         try:
             envelope = await load_envelope(auth_settings.encrypt_to, client, auth_settings.encrypt_kid)
-            yield FhirDestination(client, settings.base_url, gateway, settings.ig_version, envelope, settings.name)
+            yield FhirDestination(client, settings.base_url, gateway, settings.ig_version, envelope, settings.name,
+                                  max_entries=settings.max_entries or None, strategy=settings.strategy)
         finally:
             if auth is not None:
                 await auth.aclose()  # type: ignore[attr-defined]
@@ -73,13 +95,23 @@ class FhirDestination:
     """Sends transaction Bundles to one FHIR server through one pooled AsyncClient."""
 
     def __init__(self, client: httpx.AsyncClient, base_url: str, gateway: Gateway, ig_version: str = "2.0.0",
-                 envelope: Envelope | None = None, name: str = "fhir"):
+                 envelope: Envelope | None = None, name: str = "fhir", *, max_entries: int | None = None,
+                 strategy: str = "transaction"):
+        if strategy not in FHIR_STRATEGIES:
+            raise ValueError(f"strategy must be one of {', '.join(FHIR_STRATEGIES)}, not {strategy!r}")
         self.name = name
         self.client = client
         self.base_url = base_url.rstrip("/")
         self.gateway = gateway
         self.ig_version = ig_version
         self.envelope = envelope  # [auth] encrypt_to: Bundles go as a JWE (phg.auth.envelope)
+        # What this server takes, kept for the life of the process (module docstring): at most this many
+        # entries per transaction (None: no limit known), and seconds per entry each way cost lately.
+        self.max_entries = max_entries
+        # Only a transaction Bundle is sealed in an envelope: encrypted destinations never send singles.
+        self.strategy = "transaction" if envelope is not None else strategy
+        self.cost: dict[str, float] = {}
+        self._batches = 0
 
     def render(self, readings: Sequence[Reading]) -> tuple[Transaction, bytes]:
         tx = build_transaction(readings, self.gateway, self.ig_version)
@@ -106,28 +138,107 @@ class FhirDestination:
     async def send(self, readings: Sequence[Reading]) -> list[Outcome]:
         # Building and serialising a bundle is CPU work: keep it off the event loop.
         tx, body, refused = await asyncio.to_thread(self.render_each, readings)
-        sent = await self._transact(tx, body) if tx is not None else []
+        sent = await self._deliver(tx, body) if tx is not None else []
         answers = iter(sent)
         return [Rejected(refused[i]) if i in refused else next(answers) for i in range(len(readings))]
 
-    async def _transact(self, tx: Transaction, body: bytes) -> list[Outcome]:
+    def way(self) -> str:
+        """How the next batch goes: the configured strategy, or under "auto" each way once, then the one
+        that cost the least per entry, with the other timed again every RECHECK batches."""
+        if self.strategy != "auto":
+            return self.strategy
+        self._batches += 1
+        untried = [w for w in WAYS if w not in self.cost]
+        if untried:
+            return untried[0]
+        best = min(WAYS, key=self.cost.__getitem__)
+        if self._batches % RECHECK == 0:
+            return next(w for w in WAYS if w != best)
+        return best
+
+    async def _deliver(self, tx: Transaction, body: bytes) -> list[Outcome]:
+        way = self.way()
+        started = time.perf_counter()
+        answers = await (self._singles(tx) if way == "single" else self._transaction(tx, body))
+        seconds = (time.perf_counter() - started) / len(answers)
+        self.cost[way] = seconds if way not in self.cost else (self.cost[way] + seconds) / 2
+        return self._outcomes(answers, tx)
+
+    async def _transaction(self, tx: Transaction, body: bytes) -> list[dict]:
+        """The transaction's answers, entry by entry: one POST when it fits the server, else in parts."""
+        entries = len(tx.bundle["entry"])
+        if self.max_entries is None or entries <= self.max_entries:
+            response = await self._post_transaction(tx, body)
+            if not _too_many(response, entries):
+                return self._answers(response, entries)
+            self._learn(entries)
+        return await self._in_parts(tx)
+
+    async def _in_parts(self, tx: Transaction) -> list[dict]:
+        """The entries in order, in transactions of at most max_entries; a reference to an entry of an
+        earlier part becomes the "Type/id" the server answered for it."""
+        entries: list[dict] = tx.bundle["entry"]
+        answers: list[dict] = []
+        located: dict[str, str] = {}
+        while len(answers) < len(entries):
+            assert self.max_entries is not None
+            part = [_resolved(e, located) for e in entries[len(answers):len(answers) + self.max_entries]]
+            body = await asyncio.to_thread(to_json, {"resourceType": "Bundle", "type": "transaction", "entry": part})
+            response = await self._post_transaction(tx, body)
+            if _too_many(response, len(part)):
+                self._learn(len(part))
+                continue
+            for entry, answer in zip(part, self._answers(response, len(part)), strict=True):
+                located[entry["fullUrl"]] = location(answer)
+                answers.append(answer)
+        return answers
+
+    async def _singles(self, tx: Transaction) -> list[dict]:
+        """Each resource its own conditional create (FHIR R4 http.html#ccreate: POST [type] with
+        If-None-Exist; 201 Created, or 200 OK when it matched), in the transaction's order, references to
+        earlier entries rewritten to their "Type/id". The answers take the shape of transaction-response
+        entries, so they are judged alike."""
+        answers: list[dict] = []
+        located: dict[str, str] = {}
+        for entry in tx.bundle["entry"]:
+            request = entry["request"]
+            headers = {"If-None-Exist": request["ifNoneExist"]}
+            response = await self._post_conflicted(tx, to_json(_resolved(entry, located)["resource"]),
+                                                   f"{self.base_url}/{request['url']}", headers)
+            self._check(response)
+            answer = _single_answer(response, request["url"])
+            located[entry["fullUrl"]] = location(answer)
+            answers.append(answer)
+        return answers
+
+    def _learn(self, refused: int) -> None:
+        """A transaction of `refused` entries was too many: the limit is below it (Medplum's, 8, at most)."""
+        self.max_entries = max(1, min(refused - 1, MEDPLUM_ENTRIES, self.max_entries or refused))
+        log.info("%s: a transaction of %d entries was refused as too many; sending at most %d per transaction",
+                 self.name, refused, self.max_entries)
+
+    async def _post_transaction(self, tx: Transaction, body: bytes) -> httpx.Response:
         content_type = FHIR_JSON
         if self.envelope is not None:  # RSA + AES work: off the event loop too
             body, content_type = await asyncio.to_thread(seal, body, self.envelope)
-        response = await self._post(body, content_type)
+        return await self._post_conflicted(tx, body, self.base_url, {"Content-Type": content_type,
+                                                                      "Prefer": "return=minimal"})
+
+    async def _post_conflicted(self, tx: Transaction, body: bytes, url: str, headers: dict[str, str]) -> httpx.Response:
+        """POST; once more at once after a 409 (a conditional-create race another writer won); the cause
+        of a 412 found out (_refuse_ambiguous)."""
+        headers = {"Content-Type": FHIR_JSON, "Accept": FHIR_JSON, **headers}
+        response = await self._post(url, body, headers)
         if response.status_code == 409:  # a conditional-create race another writer won: benign, once more
-            log.info("%s answered 409 Conflict; posting the transaction once more", self.base_url)
-            response = await self._post(body, content_type)
+            log.info("%s answered 409 Conflict; posting once more", self.base_url)
+            response = await self._post(url, body, headers)
         if response.status_code == 412:
             await self._refuse_ambiguous(tx)
-        return self._outcomes(response, tx.reading_entries, tx.shared_entries)
+        return response
 
-    async def _post(self, body: bytes, content_type: str) -> httpx.Response:
+    async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
         try:
-            return await self.client.post(
-                self.base_url, content=body,
-                headers={"Content-Type": content_type, "Accept": FHIR_JSON, "Prefer": "return=minimal"},
-            )
+            return await self.client.post(url, content=body, headers=headers)
         except httpx.HTTPError as exc:  # connection, timeout, protocol and decoding trouble alike
             unreachable = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
             raise TransientDeliveryError(f"{self.base_url}: {exc.__class__.__name__}: {exc}",
@@ -155,8 +266,8 @@ class FhirDestination:
                     f"conditional create of it fails with 412 Precondition Failed: merge or delete the duplicate "
                     f"{request['url']} resources on the server (the readings stay queued)")
 
-    def _outcomes(self, response: httpx.Response, reading_entries: list[list[int]],
-                  shared_entries: list[int]) -> list[Outcome]:
+    def _check(self, response: httpx.Response) -> None:
+        """Raise what an error status means for the destination (a 2xx passes)."""
         status = response.status_code
         if status in TRANSIENT_STATUSES:
             raise transient_error(response, "FHIR server")
@@ -167,12 +278,17 @@ class FhirDestination:
             raise AuthError(f"{self.base_url} answered 403 Forbidden: the client lacks a scope or permission "
                             f"(create on Patient, Device and Observation is needed): {problem(response)}")
         if status in (404, 405):
-            # Our transactions reference nothing outside themselves (urn:uuid), so "not found" or "method
+            # Our requests reference nothing the server has not answered for, so "not found" or "method
             # not allowed" on the POST is about the endpoint, never about a reading: stop, keep the queue.
-            raise ConfigError(f"{self.base_url} answered {status} to a transaction POST: is [fhir] base_url the "
+            raise ConfigError(f"{self.base_url} answered {status} to a POST: is [fhir] base_url the "
                               f"server's FHIR base? {problem(response)}")
         if status >= 400:
             raise PermanentDeliveryError(f"HTTP {status}: {problem(response)}", status, _json(response))
+
+    def _answers(self, response: httpx.Response, entries: int) -> list[dict]:
+        """The entries of a transaction-response to a transaction of `entries` entries."""
+        self._check(response)
+        status = response.status_code
         bundle = _json(response)
         if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
             raise TransientDeliveryError(f"{self.base_url} answered {status} without a transaction-response Bundle")
@@ -180,20 +296,54 @@ class FhirDestination:
         if not isinstance(answers, list) or not all(
                 isinstance(a, dict) and isinstance(a.get("response") or {}, dict) for a in answers):
             raise TransientDeliveryError(f"{self.base_url} answered {status} with a malformed transaction-response")
-        if len(answers) != sum(map(len, reading_entries)) + len(shared_entries):
+        if len(answers) != entries:
             raise TransientDeliveryError(f"{self.base_url} answered {len(answers)} entries for a transaction of "
-                                         f"{sum(map(len, reading_entries)) + len(shared_entries)}")
-        failed_shared = [entry_problem(answers[i]) for i in shared_entries if not _ok(answers[i])]
+                                         f"{entries}")
+        return answers
+
+    def _outcomes(self, answers: list[dict], tx: Transaction) -> list[Outcome]:
+        failed_shared = [entry_problem(answers[i]) for i in tx.shared_entries if not _ok(answers[i])]
         if failed_shared:
-            raise PermanentDeliveryError(f"Patient/Device entry refused: {failed_shared[0]}", status, bundle)
+            raise PermanentDeliveryError(f"Patient/Device entry refused: {failed_shared[0]}", 200,
+                                         {"resourceType": "Bundle", "entry": answers})
         outcomes: list[Outcome] = []
-        for indices in reading_entries:
+        for indices in tx.reading_entries:
             refused = [entry_problem(answers[i]) for i in indices if not _ok(answers[i])]
             if refused:
                 outcomes.append(Rejected("; ".join(refused)))
             else:
                 outcomes.append(Delivered(" ".join(location(answers[i]) for i in indices)))
         return outcomes
+
+
+def _too_many(response: httpx.Response, entries: int) -> bool:
+    """Refused for its number of entries (Medplum: 400, "Transaction requires strict isolation but has
+    too many entries"); a transaction of one entry is never refused for that."""
+    return entries > 1 and response.status_code == 400 and "too many entries" in problem(response)
+
+
+def _resolved(value: Any, located: dict[str, str]) -> Any:
+    """`value` with every reference to a located urn:uuid replaced by its "Type/id" (a copy; the
+    original untouched)."""
+    if not located:
+        return value
+    if isinstance(value, dict):
+        return {k: located.get(v, v) if k == "reference" and isinstance(v, str) else _resolved(v, located)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolved(v, located) for v in value]
+    return value
+
+
+def _single_answer(response: httpx.Response, resource_type: str) -> dict:
+    """A 2xx answer to POST [type] as a transaction-response entry: its status, and where the resource
+    is (the Location header, else the returned resource's id; http.html#create)."""
+    where = response.headers.get("Location", "")
+    if not where:
+        resource = _json(response)
+        ident = resource.get("id") if isinstance(resource, dict) else None
+        where = f"{resource_type}/{ident}" if isinstance(ident, str) else ""
+    return {"response": {"status": str(response.status_code), "location": where}}
 
 
 def _json(response: httpx.Response) -> Any:

@@ -1,0 +1,233 @@
+"""Issue 16, batches that fit the server: the entry limit learned from Medplum's refusal, [fhir]
+max_entries, transactions in parts whose references stay resolvable, single conditional creates, and
+the strategy chosen by measurement.
+
+Against the real Medplum router (peers fixtures): a reading of 6 metrics (10 entries with its Patient,
+Devices and Coincident Time Stamp; Medplum takes at most 8 with a conditional create) is delivered, not
+dead-lettered; after the one refusal that teaches the limit, no POST is refused again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from decimal import Decimal
+
+import httpx
+import pytest
+
+from phg.config import load_config
+from phg.daemon import deliver
+from phg.delivery import fhir
+from phg.delivery.fhir import FhirDestination
+from phg.delivery.outcome import Delivered
+from phg.delivery.worker import DeliveryWorker
+from phg.demo.sim import simulated_readings
+from phg.model import Gateway, Reading, parse_reading
+from phg.outbox import Outbox
+from test_flow_fhir import START, count_everywhere, enqueue, make_config, patient
+
+GATEWAY = Gateway(system_id="02AB7FFFFE00C1C1", serial="TEST-GW")
+SCALE = {"system_id": "0011223344556677", "specializations": [{"code": 528399, "version": 2}]}
+CLOCK = {"gateway_time": "2026-11-28T09:10:00.000+01:00", "device_time": "2026-11-28T09:10:02.000+01:00"}
+
+
+def six_metrics(who: dict | None = None) -> Reading:
+    """A scale uploading six stored weights, with its clock: Patient, 2 Devices, 1 CTS and 6 Observations."""
+    metrics = [{"type": "body_weight", "value": f"72.{i}0", "unit": "kg", "time": f"2026-11-28T0{i}:00:00+01:00"}
+               for i in range(1, 7)]
+    who = who or {"system": "urn:oid:1.2.3.4.5", "value": f"pt-{uuid.uuid4().hex[:12]}"}
+    doc = {"device": SCALE, "patient": who, "metrics": metrics, "clock": CLOCK}
+    return parse_reading(json.loads(json.dumps(doc), parse_float=Decimal))
+
+
+def counting_client() -> tuple[httpx.AsyncClient, list[int]]:
+    """A client that records the status of every answer."""
+    statuses: list[int] = []
+
+    async def record(response: httpx.Response) -> None:
+        statuses.append(response.status_code)
+
+    return httpx.AsyncClient(timeout=30, event_hooks={"response": [record]}), statuses
+
+
+# ------------------------------------------------------------------------------------------ real Medplum
+
+
+@pytest.mark.peers
+def test_medplum_six_metric_reading_is_delivered_not_dead(medplum_gate, oauth, tmp_path):
+    """Through the SMART gate, as `phg run` sends (config, outbox, worker): today's code dead-letters it."""
+    config = make_config(tmp_path, medplum_gate.base_url, oauth)
+    reading = six_metrics()
+    with Outbox(config.outbox_path) as outbox:
+        enqueue(outbox, [reading])
+        summary = asyncio.run(deliver(config, outbox, until_idle=True))
+        assert (summary.delivered, summary.dead) == (1, 0)
+        [item] = outbox.items(state="delivered")
+        assert item.result is not None and len(item.result.split()) == 6
+    assert count_everywhere(medplum_gate.upstream, [reading]) == [1] * 6
+
+
+@pytest.mark.peers
+@pytest.mark.parametrize("strategy", ["transaction", "auto"])
+def test_medplum_learned_limit_stops_refusals(medplum, strategy, tmp_path):
+    """One refusal teaches the limit (8); every later batch, whatever its size, is sent within it at
+    once: no refused POST again, nothing dead, every Observation once on the server."""
+    readings = simulated_readings(patient(), START, per_device=8) + [six_metrics()]
+
+    async def run(outbox: Outbox) -> tuple[FhirDestination, list[int]]:
+        client, statuses = counting_client()
+        async with client:
+            destination = FhirDestination(client, medplum.base_url, GATEWAY, strategy=strategy)
+            worker = DeliveryWorker(outbox, destination, batch_size=10)
+            summary = await worker.run(until_idle=True)
+            assert (summary.delivered, summary.dead) == (len(readings), 0)
+        return destination, statuses
+
+    with Outbox(tmp_path / "outbox.sqlite") as outbox:
+        enqueue(outbox, readings)
+        destination, statuses = asyncio.run(run(outbox))
+    assert statuses.count(400) == 1 and statuses[0] == 400, statuses
+    assert destination.max_entries == fhir.MEDPLUM_ENTRIES
+    if strategy == "auto":
+        assert set(destination.cost) == {"transaction", "single"}
+    assert count_everywhere(medplum.base_url, readings) == [1] * sum(len(r.metrics) for r in readings)
+
+
+@pytest.mark.peers
+def test_sekmet_single_conditional_creates_arrive_once(sekmet, tmp_path):
+    """strategy = "single" on sekmet-fhir: every resource its own conditional create, references to the
+    ids the server answered; sending the same readings again adds nothing."""
+    readings = simulated_readings(patient(), START, per_device=2) + [six_metrics()]
+
+    async def run() -> list:
+        async with httpx.AsyncClient(timeout=30) as client:
+            return await FhirDestination(client, sekmet.base_url, GATEWAY, strategy="single").send(readings)
+
+    for _ in range(2):
+        outcomes = asyncio.run(run())
+        assert all(isinstance(o, Delivered) and o.result.startswith("Observation/") for o in outcomes), outcomes
+    assert count_everywhere(sekmet.base_url, readings) == [1] * sum(len(r.metrics) for r in readings)
+
+
+# ------------------------------------------------------------------------------------------ unit (mock server)
+
+
+def answering(posted: list[httpx.Request], limit: int | None = None):
+    """A mock FHIR server: transactions answered entry by entry (refused as Medplum does above `limit`
+    entries), single POSTs answered 201 with a Location."""
+    ids = iter(range(1, 10**6))
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        posted.append(request)
+        body = json.loads(request.content)
+        if body.get("resourceType") != "Bundle":
+            return httpx.Response(201, headers={"Location": f"{request.url.path.rsplit('/', 1)[1]}/{next(ids)}"})
+        entries = body["entry"]
+        if limit is not None and len(entries) > limit:
+            return httpx.Response(400, json={"resourceType": "OperationOutcome", "issue": [{
+                "severity": "error", "code": "invalid",
+                "details": {"text": "Transaction requires strict isolation but has too many entries"}}]})
+        return httpx.Response(200, json={"resourceType": "Bundle", "type": "transaction-response", "entry": [
+            {"response": {"status": "201 Created", "location": f"{e['request']['url']}/{next(ids)}/_history/1"}}
+            for e in entries]})
+    return handle
+
+
+def send(readings: list[Reading], posted: list[httpx.Request], limit: int | None = None, **options):
+    async def run() -> tuple[list, FhirDestination]:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(answering(posted, limit))) as client:
+            destination = FhirDestination(client, "http://fhir.test/fhir", GATEWAY, **options)
+            return [await destination.send(readings) for _ in range(2)], destination
+    return asyncio.run(run())
+
+
+def references(value) -> list[str]:
+    if isinstance(value, dict):
+        return [v for k, v in value.items() if k == "reference"] + [r for v in value.values() for r in references(v)]
+    if isinstance(value, list):
+        return [r for v in value for r in references(v)]
+    return []
+
+
+def test_parts_within_max_entries_keep_references_resolvable():
+    """max_entries = 4: each transaction holds at most 4 entries; a reference is a urn:uuid of its own
+    part or the literal Type/id the server answered for an earlier part (never a dangling urn:uuid)."""
+    posted: list[httpx.Request] = []
+    (first, second), _ = send([six_metrics()], posted, max_entries=4)
+    assert all(isinstance(o, Delivered) for o in first + second)
+    bundles = [json.loads(r.content) for r in posted]
+    assert [len(b["entry"]) for b in bundles] == [4, 4, 2] * 2
+    for bundle in bundles:
+        own = {e["fullUrl"] for e in bundle["entry"]}
+        for ref in references(bundle):
+            assert ref in own or (not ref.startswith("urn:") and ref.count("/") == 1), ref
+
+
+def test_refusal_teaches_limit_and_is_resent_at_once():
+    """The refused transaction of 10 entries is sent again at once in parts of 8 at most; the next batch
+    goes within the limit from the start (one refusal in all)."""
+    posted: list[httpx.Request] = []
+    (first, second), destination = send([six_metrics()], posted, limit=8)
+    assert all(isinstance(o, Delivered) for o in first + second)
+    assert destination.max_entries == 8
+    assert [len(json.loads(r.content)["entry"]) for r in posted] == [10, 8, 2, 8, 2]
+
+
+def test_a_limit_below_medplums_is_learned_too():
+    """A server that takes fewer: each refusal lowers the limit by one (the answer does not say how
+    many), once per process; the next batch is not refused."""
+    posted: list[httpx.Request] = []
+    (first, second), destination = send([six_metrics()], posted, limit=3)
+    assert all(isinstance(o, Delivered) for o in first + second)
+    assert destination.max_entries == 3
+    assert [len(json.loads(r.content)["entry"]) for r in posted] == [10, 8, 7, 6, 5, 4, 3, 3, 3, 1, 3, 3, 3, 1]
+
+
+def test_single_posts_conditional_creates_with_literal_references():
+    posted: list[httpx.Request] = []
+    (first, _), _ = send([six_metrics()], posted, strategy="single")
+    assert all(isinstance(o, Delivered) for o in first)
+    assert len(posted) == 20
+    assert all(r.headers["If-None-Exist"].startswith("identifier=") for r in posted)
+    for request in posted:
+        assert all(not ref.startswith("urn:") for ref in references(json.loads(request.content))), request.content
+
+
+def test_auto_tries_each_way_then_keeps_the_cheaper_and_rechecks():
+    destination = FhirDestination(httpx.AsyncClient(), "http://fhir.test/fhir", GATEWAY, strategy="auto")
+    assert destination.way() == "transaction"  # until timed, each way in turn
+    destination.cost["transaction"] = 0.002
+    assert destination.way() == "single"
+    destination.cost["single"] = 0.001
+    ways = [destination.way() for _ in range(fhir.RECHECK)]
+    assert ways.count("transaction") == 1 and ways.count("single") == fhir.RECHECK - 1
+
+
+def test_encrypted_destination_sends_transactions_only():
+    destination = FhirDestination(httpx.AsyncClient(), "http://fhir.test/fhir", GATEWAY,
+                                  envelope=object(), strategy="auto")  # type: ignore[arg-type]
+    assert {destination.way() for _ in range(fhir.RECHECK + 1)} == {"transaction"}
+
+
+def test_config_rows():
+    base = {"gateway": {"system_id": GATEWAY.system_id}, "fhir": {"base_url": "https://fhir.test/fhir"}}
+    [settings] = load_config(env={}, document=base).destinations
+    assert (settings.max_entries, settings.strategy) == (0, "auto")
+    document = base | {"fhir": {"base_url": "https://fhir.test/fhir", "max_entries": 8, "strategy": "single"}}
+    [settings] = load_config(env={}, document=document).destinations
+    assert (settings.max_entries, settings.strategy) == (8, "single")
+    table = {"type": "fhir", "base_url": "https://x.test/fhir", "strategy": "transaction", "max_entries": 20}
+    found = load_config(env={}, document=base | {"destinations": {"x": table}}).destinations
+    assert [(s.max_entries, s.strategy) for s in found if s.name == "x"] == [(20, "transaction")]
+
+
+@pytest.mark.parametrize("bad", [{"strategy": "fastest"}, {"max_entries": -1}])
+def test_config_rows_refuse_bad_values(bad):
+    from phg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="fhir"):
+        load_config(env={}, document={"gateway": {"system_id": GATEWAY.system_id},
+                                      "fhir": {"base_url": "https://fhir.test/fhir"} | bad})
+
