@@ -82,6 +82,7 @@ def test_the_wheel_ships_the_node_peers_without_their_packages(wheel):
     assert not any("node_modules" in n for n in names)
     assert "phg/reading.schema.json" in names
     assert "phg/service/templates/status.html" in names  # the status page's template (package data)
+    assert "phg/service/templates/charts.css" in names  # its charts' style, shared with the view in the EHR
 
 
 def test_installed_phg_is_the_wheel_not_the_checkout(venv, env):

@@ -20,6 +20,7 @@ once a minute). Times are the gateway's: the store time, not the device's clock,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ from pathlib import Path
 
 from phg.errors import ReadingError, StorageError
 from phg.model import Reading, from_canonical_json
-from phg.outbox.sqlite import storage_error
+from phg.outbox.sqlite import storage_errors
 from phg.secretfile import require_private
 
 log = logging.getLogger(__name__)
@@ -103,17 +104,14 @@ class ViewStore:
     @contextmanager
     def _storage_errors(self) -> Iterator[None]:
         try:
-            yield
-        except sqlite3.Error as exc:
-            error = storage_error(self.path, exc)
-            if error is None:
-                raise
-            raise error from None
-        except OSError as exc:
+            with storage_errors(self.path):
+                yield
+        except OSError as exc:  # the directory or the file could not be made
             raise StorageError(f"{self.path}: {exc.strerror}", str(self.path)) from None
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; on any failure nothing of it stays."""
         with self._lock, self._storage_errors():
             self._conn.execute("BEGIN IMMEDIATE")
             try:
@@ -121,7 +119,8 @@ class ViewStore:
                 self._conn.execute("COMMIT")
             except BaseException:
                 if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
+                    with contextlib.suppress(sqlite3.Error):  # the original error is the one to report
+                        self._conn.execute("ROLLBACK")
                 raise
 
     def keep(self, readings: Sequence[Reading]) -> None:

@@ -146,6 +146,19 @@ def storage_error(path: Path, exc: sqlite3.Error) -> StorageError | None:
     return StorageError(f"{path}: {_STORAGE_FAULTS[primary]} (sqlite: {exc})", str(path))
 
 
+@contextmanager
+def storage_errors(path: Path) -> Iterator[None]:
+    """sqlite3 errors that are storage faults become a StorageError naming the file (the view store
+    shares this: phg.viewstore)."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        error = storage_error(path, exc)
+        if error is None:
+            raise
+        raise error from exc
+
+
 def _fault(path: Path, exc: BaseException | None) -> int | None:
     """The SQLite primary result code of a storage fault (a key of _STORAGE_FAULTS), else None.
     SQLite reports a full disk met while growing its shared-memory file, or a read-only file system
@@ -303,16 +316,8 @@ class Outbox:
         return (self._conn.execute("PRAGMA application_id").fetchone()[0],
                 self._conn.execute("PRAGMA user_version").fetchone()[0])
 
-    @contextmanager
-    def _storage_errors(self) -> Iterator[None]:
-        """sqlite3 errors that are storage faults become a StorageError naming the file."""
-        try:
-            yield
-        except sqlite3.Error as exc:
-            error = storage_error(self.path, exc)
-            if error is None:
-                raise
-            raise error from exc
+    def _storage_errors(self) -> contextlib.AbstractContextManager[None]:
+        return storage_errors(self.path)
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
