@@ -24,12 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-import httpx
-
 from phg.errors import ConfigError
 from phg.model import Gateway, PatientRef
 from phg.secretfile import require_private
-from phg.transport import is_loopback, require_secure_url
 
 DEFAULT_SCOPE = "system/Patient.cu system/Device.cu system/Observation.c"
 SMART_SCOPE = "launch openid fhirUser patient/Patient.rs"  # [smart] scope: SMART App Launch 2.x EHR launch
@@ -141,6 +138,8 @@ def choice(*options: str) -> Parse:
 def url(value: Any, where: str) -> str | None:
     """A URL without trailing slash (None when empty); https unless loopback is checked where it is
     used, with the destination's allow_insecure_http."""
+    import httpx  # here, not at the top: `phg send` with a config without URLs starts without it (issue 16)
+
     found = text(value, where).rstrip("/")
     if not found:
         return None
@@ -194,6 +193,8 @@ def duration(value: Any, where: str) -> float:
 def hosts(value: Any, where: str) -> tuple[str, ...]:
     """trusted_token_hosts: host names or IP addresses (no scheme, port or path), compared with the
     token endpoint's host (httpx.URL.host: lower case, IPv6 without brackets)."""
+    import httpx
+
     if isinstance(value, str):  # from the environment: comma-separated
         value = [v for v in value.split(",") if v.strip()]
     if not isinstance(value, list | tuple) or not all(isinstance(host, str) for host in value):
@@ -400,6 +401,20 @@ class AuthSettings:
         """Every secret value configured (for tests and log scrubbing)."""
         return [v for v in (self.client_secret, self.password, self.token, self.initial_access_token,
                             self.registration_access_token) if v]
+
+
+def require_secure_url(url: str, what: str, *, allow_insecure_http: bool = False) -> None:
+    """phg.transport.require_secure_url, imported when a URL is there to check (it brings httpx)."""
+    from phg import transport
+
+    transport.require_secure_url(url, what, allow_insecure_http=allow_insecure_http)
+
+
+def is_loopback(host: str) -> bool:
+    """phg.transport.is_loopback, imported when a host is there to check (it brings httpx)."""
+    from phg import transport
+
+    return transport.is_loopback(host)
 
 
 def _auth(values: Values, fhir_base: str | None, insecure: bool) -> AuthSettings:

@@ -6,16 +6,18 @@ queued for a retry."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from phg.cli.common import EXIT_CONFIG, EXIT_INPUT, EXIT_TEMPFAIL, Context, fail
 from phg.cli.output import JSON_OPTION, print_json, progress
 from phg.errors import AuthError, ConfigError, StorageError
+
+if TYPE_CHECKING:
+    import asyncio
 
 EXIT_IOERR = 74
 
@@ -170,6 +172,7 @@ class _Shown(logging.Handler):
 def _run(work: Any) -> Any:
     """Run ``work(stop)`` until done or SIGINT / SIGTERM (which set ``stop``); phg's delivery errors
     become one line (once) and an exit code."""
+    import asyncio
     import signal
 
     async def go() -> Any:
@@ -220,6 +223,8 @@ def run(obj: Context, as_json: bool) -> None:
 def simulate(obj: Context, no_deliver: bool, as_json: bool) -> None:
     """Collect from the built-in emulated Bluetooth devices (glucose meter, BP cuff, scale,
     thermometer, pulse oximeter) through the real Bluetooth session, queue, then deliver."""
+    import asyncio
+
     from phg.demo.emulator import collect_emulated
     from phg.intake import Intake
     from phg.model import PatientRef
