@@ -89,9 +89,9 @@ def test_medplum_learned_limit_stops_refusals(medplum, strategy, tmp_path):
         enqueue(outbox, readings)
         destination, statuses = asyncio.run(run(outbox))
     assert statuses.count(400) == 1 and statuses[0] == 400, statuses
-    assert destination.max_entries == fhir.MEDPLUM_ENTRIES
+    assert destination.fit.max_entries == fhir.MEDPLUM_ENTRIES
     if strategy == "auto":
-        assert set(destination.cost) == {"transaction", "single"}
+        assert set(destination.fit.cost) == {"transaction", "single"}
     assert count_everywhere(medplum.base_url, readings) == [1] * sum(len(r.metrics) for r in readings)
 
 
@@ -155,7 +155,7 @@ def test_parts_within_max_entries_keep_references_resolvable():
     """max_entries = 4: each transaction holds at most 4 entries; a reference is a urn:uuid of its own
     part or the literal Type/id the server answered for an earlier part (never a dangling urn:uuid)."""
     posted: list[httpx.Request] = []
-    (first, second), _ = send([six_metrics()], posted, max_entries=4)
+    (first, second), _ = send([six_metrics()], posted, fit=fhir.Fit(max_entries=4))
     assert all(isinstance(o, Delivered) for o in first + second)
     bundles = [json.loads(r.content) for r in posted]
     assert [len(b["entry"]) for b in bundles] == [4, 4, 2] * 2
@@ -171,7 +171,7 @@ def test_refusal_teaches_limit_and_is_resent_at_once():
     posted: list[httpx.Request] = []
     (first, second), destination = send([six_metrics()], posted, limit=8)
     assert all(isinstance(o, Delivered) for o in first + second)
-    assert destination.max_entries == 8
+    assert destination.fit.max_entries == 8
     assert [len(json.loads(r.content)["entry"]) for r in posted] == [10, 8, 2, 8, 2]
 
 
@@ -181,7 +181,7 @@ def test_a_limit_below_medplums_is_learned_too():
     posted: list[httpx.Request] = []
     (first, second), destination = send([six_metrics()], posted, limit=3)
     assert all(isinstance(o, Delivered) for o in first + second)
-    assert destination.max_entries == 3
+    assert destination.fit.max_entries == 3
     assert [len(json.loads(r.content)["entry"]) for r in posted] == [10, 8, 7, 6, 5, 4, 3, 3, 3, 1, 3, 3, 3, 1]
 
 
@@ -198,9 +198,9 @@ def test_single_posts_conditional_creates_with_literal_references():
 def test_auto_tries_each_way_then_keeps_the_cheaper_and_rechecks():
     destination = FhirDestination(httpx.AsyncClient(), "http://fhir.test/fhir", GATEWAY, strategy="auto")
     assert destination.way() == "transaction"  # until timed, each way in turn
-    destination.cost["transaction"] = 0.002
+    destination.fit.cost["transaction"] = 0.002
     assert destination.way() == "single"
-    destination.cost["single"] = 0.001
+    destination.fit.cost["single"] = 0.001
     ways = [destination.way() for _ in range(fhir.RECHECK)]
     assert ways.count("transaction") == 1 and ways.count("single") == fhir.RECHECK - 1
 
@@ -231,3 +231,13 @@ def test_config_rows_refuse_bad_values(bad):
         load_config(env={}, document={"gateway": {"system_id": GATEWAY.system_id},
                                       "fhir": {"base_url": "https://fhir.test/fhir"} | bad})
 
+
+
+def test_what_is_learned_lasts_for_the_process():
+    """Every delivery run of a process (each `phg send`, phg run's worker) starts from what an earlier
+    one learned about that destination; [fhir] max_entries is where it starts."""
+    document = {"gateway": {"system_id": GATEWAY.system_id},
+                "fhir": {"base_url": f"https://{uuid.uuid4().hex}.test/fhir", "max_entries": 6}}
+    [settings] = load_config(env={}, document=document).destinations
+    fit = fhir.fit_of(settings)
+    assert fit.max_entries == 6 and fhir.fit_of(settings) is fit

@@ -40,6 +40,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -85,18 +86,39 @@ async def open_fhir(settings: FhirSettings, gateway: Gateway) -> AsyncIterator[F
         try:
             envelope = await load_envelope(auth_settings.encrypt_to, client, auth_settings.encrypt_kid)
             yield FhirDestination(client, settings.base_url, gateway, settings.ig_version, envelope, settings.name,
-                                  max_entries=settings.max_entries or None, strategy=settings.strategy)
+                                  strategy=settings.strategy, fit=fit_of(settings))
         finally:
             if auth is not None:
                 await auth.aclose()  # type: ignore[attr-defined]
+
+
+@dataclass
+class Fit:
+    """What one server takes, as this process has learned it (module docstring): at most max_entries
+    entries per transaction (None: no limit known), the seconds per entry each way cost lately, and
+    how many batches were sent under "auto"."""
+
+    max_entries: int | None = None
+    cost: dict[str, float] = field(default_factory=dict)
+    batches: int = 0
+
+
+# Kept for the life of the process, per destination and server, so that every delivery run of a process
+# (phg run's worker, each `phg send`'s delivery) starts from what was learned; not persisted.
+_FITS: dict[tuple[str, str], Fit] = {}
+
+
+def fit_of(settings: FhirSettings) -> Fit:
+    """The destination's Fit in this process, starting from [fhir] max_entries (0: none)."""
+    return _FITS.setdefault((settings.name, settings.base_url or ""), Fit(settings.max_entries or None))
 
 
 class FhirDestination:
     """Sends transaction Bundles to one FHIR server through one pooled AsyncClient."""
 
     def __init__(self, client: httpx.AsyncClient, base_url: str, gateway: Gateway, ig_version: str = "2.0.0",
-                 envelope: Envelope | None = None, name: str = "fhir", *, max_entries: int | None = None,
-                 strategy: str = "transaction"):
+                 envelope: Envelope | None = None, name: str = "fhir", *, strategy: str = "transaction",
+                 fit: Fit | None = None):
         if strategy not in FHIR_STRATEGIES:
             raise ValueError(f"strategy must be one of {', '.join(FHIR_STRATEGIES)}, not {strategy!r}")
         self.name = name
@@ -105,13 +127,9 @@ class FhirDestination:
         self.gateway = gateway
         self.ig_version = ig_version
         self.envelope = envelope  # [auth] encrypt_to: Bundles go as a JWE (phg.auth.envelope)
-        # What this server takes, kept for the life of the process (module docstring): at most this many
-        # entries per transaction (None: no limit known), and seconds per entry each way cost lately.
-        self.max_entries = max_entries
         # Only a transaction Bundle is sealed in an envelope: encrypted destinations never send singles.
         self.strategy = "transaction" if envelope is not None else strategy
-        self.cost: dict[str, float] = {}
-        self._batches = 0
+        self.fit = fit or Fit()
 
     def render(self, readings: Sequence[Reading]) -> tuple[Transaction, bytes]:
         tx = build_transaction(readings, self.gateway, self.ig_version)
@@ -147,12 +165,13 @@ class FhirDestination:
         that cost the least per entry, with the other timed again every RECHECK batches."""
         if self.strategy != "auto":
             return self.strategy
-        self._batches += 1
-        untried = [w for w in WAYS if w not in self.cost]
+        fit = self.fit
+        fit.batches += 1
+        untried = [w for w in WAYS if w not in fit.cost]
         if untried:
             return untried[0]
-        best = min(WAYS, key=self.cost.__getitem__)
-        if self._batches % RECHECK == 0:
+        best = min(WAYS, key=fit.cost.__getitem__)
+        if fit.batches % RECHECK == 0:
             return next(w for w in WAYS if w != best)
         return best
 
@@ -161,13 +180,14 @@ class FhirDestination:
         started = time.perf_counter()
         answers = await (self._singles(tx) if way == "single" else self._transaction(tx, body))
         seconds = (time.perf_counter() - started) / len(answers)
-        self.cost[way] = seconds if way not in self.cost else (self.cost[way] + seconds) / 2
+        cost = self.fit.cost
+        cost[way] = seconds if way not in cost else (cost[way] + seconds) / 2
         return self._outcomes(answers, tx)
 
     async def _transaction(self, tx: Transaction, body: bytes) -> list[dict]:
         """The transaction's answers, entry by entry: one POST when it fits the server, else in parts."""
         entries = len(tx.bundle["entry"])
-        if self.max_entries is None or entries <= self.max_entries:
+        if self.fit.max_entries is None or entries <= self.fit.max_entries:
             response = await self._post_transaction(tx, body)
             if not _too_many(response, entries):
                 return self._answers(response, entries)
@@ -181,8 +201,9 @@ class FhirDestination:
         answers: list[dict] = []
         located: dict[str, str] = {}
         while len(answers) < len(entries):
-            assert self.max_entries is not None
-            part = [_resolved(e, located) for e in entries[len(answers):len(answers) + self.max_entries]]
+            limit = self.fit.max_entries
+            assert limit is not None
+            part = [_resolved(e, located) for e in entries[len(answers):len(answers) + limit]]
             body = await asyncio.to_thread(to_json, {"resourceType": "Bundle", "type": "transaction", "entry": part})
             response = await self._post_transaction(tx, body)
             if _too_many(response, len(part)):
@@ -213,9 +234,9 @@ class FhirDestination:
 
     def _learn(self, refused: int) -> None:
         """A transaction of `refused` entries was too many: the limit is below it (Medplum's, 8, at most)."""
-        self.max_entries = max(1, min(refused - 1, MEDPLUM_ENTRIES, self.max_entries or refused))
+        self.fit.max_entries = max(1, min(refused - 1, MEDPLUM_ENTRIES, self.fit.max_entries or refused))
         log.info("%s: a transaction of %d entries was refused as too many; sending at most %d per transaction",
-                 self.name, refused, self.max_entries)
+                 self.name, refused, self.fit.max_entries)
 
     async def _post_transaction(self, tx: Transaction, body: bytes) -> httpx.Response:
         content_type = FHIR_JSON
