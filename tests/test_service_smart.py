@@ -211,6 +211,18 @@ def test_token_answer_for_another_patient_is_refused(ehr, tmp_path, monkeypatch)
 
 
 @pytest.mark.peers
+def test_callback_from_another_issuer_is_refused(ehr, tmp_path):
+    """RFC 9207: the authorization server names itself in the callback (oidc-provider does); a code
+    injected from another server (a mix-up) names another issuer."""
+    stack, _, _ = ehr
+    app = service(tmp_path)
+    callback = launch(app, stack.gate.base_url)
+    assert callback["iss"] == stack.oauth.issuer
+    answer = app.get("/smart/callback", params={**callback, "iss": "https://attacker.example"})
+    assert answer.status_code == 400 and "issuer" in answer.text
+
+
+@pytest.mark.peers
 def test_unknown_launch_is_refused_by_the_ehr(ehr, tmp_path):
     stack, _, _ = ehr
     app = service(tmp_path)

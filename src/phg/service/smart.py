@@ -88,6 +88,7 @@ class Pending:
     verifier: str
     nonce: str
     started: float
+    issuer: str | None = None  # the authorization server's, when the SMART configuration names it
 
 
 class SmartSessions:
@@ -181,7 +182,8 @@ async def authorize_url(sessions: SmartSessions, settings: SmartSettings, fhir_b
         configuration = await discover(client, fhir_base)
     verifier, challenge = pkce_pair()
     nonce = secrets.token_urlsafe(16)
-    state = sessions.start(Pending(fhir_base, configuration["token_endpoint"], verifier, nonce, time.time()))
+    issuer = configuration.get("issuer") if isinstance(configuration.get("issuer"), str) else None
+    state = sessions.start(Pending(fhir_base, configuration["token_endpoint"], verifier, nonce, time.time(), issuer))
     scope = settings.scope if launch else " ".join(
         "launch/patient" if s == "launch" else s for s in settings.scope.split())
     query = {"response_type": "code", "client_id": settings.client_id, "redirect_uri": settings.redirect_url,
@@ -190,11 +192,15 @@ async def authorize_url(sessions: SmartSessions, settings: SmartSettings, fhir_b
     return f"{configuration['authorization_endpoint']}?{urlencode(query)}"
 
 
-async def complete(sessions: SmartSessions, settings: SmartSettings, state: str, code: str) -> str:
-    """The callback: the code exchanged, the Patient read and matched; the new session's id."""
+async def complete(sessions: SmartSessions, settings: SmartSettings, state: str, code: str,
+                   iss: str | None = None) -> str:
+    """The callback: the code exchanged, the Patient read and matched; the new session's id. `iss`, when
+    the authorization server sends it (RFC 9207 2.4), must be the issuer this launch went to."""
     pending = sessions.finish(state)
     if pending is None:
         raise LaunchRefused("unknown, used or expired state: start the launch again from the EHR")
+    if iss is not None and pending.issuer is not None and iss != pending.issuer:
+        raise LaunchRefused(f"the callback comes from issuer {redact_url(iss)}, not the EHR's {redact_url(pending.issuer)}")
     async with httpx.AsyncClient(timeout=TIMEOUT) as client:
         tokens = await _exchange(client, settings, pending, code)
         patient_id = tokens["patient"]
@@ -301,7 +307,7 @@ def routes(ctx: ServiceContext) -> list[BaseRoute]:
             raise LaunchRefused(f"the EHR did not authorize the launch: {params['error'][:100]}")
         if not params.get("state") or not params.get("code"):
             raise LaunchRefused("the callback needs code and state")
-        session_id = await complete(ctx.sessions, settings(), params["state"], params["code"])
+        session_id = await complete(ctx.sessions, settings(), params["state"], params["code"], params.get("iss"))
         return RedirectResponse(f"/view/{session_id}", 303)
 
     return [Route(path, _refusals(handler), methods=["GET"]) for path, handler in
