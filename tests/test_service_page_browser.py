@@ -16,10 +16,12 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import uvicorn
+from starlette.types import ASGIApp
 
 from phg.service.app import ServiceContext, create_app
 from phg.service.page import WAITING_LISTED
@@ -51,12 +53,10 @@ def more_history(ctx: ServiceContext) -> None:
                        (now - 3500 + 200 * n, now - 3000 + 280 * n, item))
 
 
-@pytest.fixture
-def served(seeded: ServiceContext) -> Iterator[str]:  # noqa: F811 (the fixture imported above)
-    """The service on a free 127.0.0.1 port, in a thread; its base URL."""
-    more_history(seeded)
-    sock = socket.create_server(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(seeded), log_config=None, access_log=False))
+@contextmanager
+def serving(app: ASGIApp, sock: socket.socket) -> Iterator[str]:
+    """`app` served by uvicorn on the listening `sock`, in a thread, until the block ends; its base URL."""
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     for _ in range(200):  # up to 10 s
@@ -64,10 +64,20 @@ def served(seeded: ServiceContext) -> Iterator[str]:  # noqa: F811 (the fixture 
             break
         time.sleep(0.05)
     assert server.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server.should_exit = True
-    thread.join(10)
-    sock.close()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+@pytest.fixture
+def served(seeded: ServiceContext) -> Iterator[str]:  # noqa: F811 (the fixture imported above)
+    """The service on a free 127.0.0.1 port, in a thread; its base URL."""
+    more_history(seeded)
+    with serving(create_app(seeded), socket.create_server(("127.0.0.1", 0))) as base:
+        yield base
 
 
 @pytest.fixture

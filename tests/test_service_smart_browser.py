@@ -9,13 +9,11 @@ Screenshots in tests/artifacts/ (smart-view.png; docs/smart-view.png, shown in t
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from urllib.parse import urlencode
 
 import pytest
-import uvicorn
 
 from phg.config import load_config
 from phg.intake import Intake
@@ -24,7 +22,7 @@ from phg.outbox import Outbox
 from phg.service.app import ServiceContext, create_app
 from phg.viewstore import ViewStore
 from test_service_page import CUFF, SCALE, blood_pressure, single
-from test_service_page_browser import By, browser, screenshot  # noqa: F401 (browser: a fixture)
+from test_service_page_browser import By, browser, screenshot, serving  # noqa: F401 (browser: a fixture)
 from test_service_smart import LAUNCH, SYSTEM, ehr, register  # noqa: F401 (ehr: a fixture)
 
 LAUNCHED, OTHER = PatientRef(SYSTEM, "mrn-1"), PatientRef(SYSTEM, "mrn-2")
@@ -49,19 +47,8 @@ def phg(ehr, tmp_path) -> Iterator[str]:  # noqa: F811 (the fixture imported abo
     intake.store([blood_pressure(LAUNCHED, 6 * day, 118 + 3 * (day % 4)) for day in range(-7, 0)]
                  + [single(SCALE, LAUNCHED, 188736, f"{80 - day * 0.3:.1f}", "kg", 8 * day) for day in range(-7, 0)]
                  + [single(CUFF, OTHER, 160184, "9.9", "mmol/L", -5)])
-    server = uvicorn.Server(uvicorn.Config(create_app(ServiceContext(config, outbox, intake, view=view)),
-                                           log_config=None, access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    for _ in range(200):  # up to 10 s
-        if server.started:
-            break
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
-    yield base
-    server.should_exit = True
-    thread.join(10)
-    sock.close()
+    with serving(create_app(ServiceContext(config, outbox, intake, view=view)), sock):
+        yield base
     view.close()
 
 
