@@ -291,6 +291,16 @@ def test_id_token_of_another_launch_is_refused():
         smart._id_token_user(token(aud="someone-else", nonce="n1"), CLIENT_ID, "n1")
 
 
+@given(st.one_of(st.none(), st.text(), st.binary().map(lambda b: "h." + base64.urlsafe_b64encode(b).decode() + ".s"),
+                 st.recursive(st.none() | st.text() | st.integers(), lambda c: st.lists(c) | st.dictionaries(
+                     st.text(), c)).map(lambda v: "h." + base64.urlsafe_b64encode(json.dumps(v).encode()).decode())))
+def test_any_id_token_is_read_or_refused(id_token):
+    try:
+        assert isinstance(smart._id_token_user(id_token, CLIENT_ID, "n1"), str)
+    except smart.LaunchRefused:
+        pass
+
+
 def test_smart_settings_need_the_registration(tmp_path):
     with pytest.raises(ConfigError, match=r"\[smart\] needs redirect_url"):
         load_config(document={"smart": {"client_id": "x"}}, env={})

@@ -241,7 +241,9 @@ def _id_token_user(id_token: Any, client_id: str, nonce: str) -> str:
         payload = id_token.split(".")[1]
         claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     except (AttributeError, IndexError, ValueError):
-        raise LaunchRefused("the token answer has no readable id_token (scope openid fhirUser)") from None
+        claims = None
+    if not isinstance(claims, dict):
+        raise LaunchRefused("the token answer has no readable id_token (scope openid fhirUser)")
     audience = claims.get("aud")
     if client_id not in (audience if isinstance(audience, list) else [audience]):
         raise LaunchRefused("the id_token is for another client")
