@@ -247,6 +247,20 @@ def test_expired_sessions_are_gone_with_their_tokens():
     assert [tokens["access_token"] for _, tokens in sessions._sessions.values()] == ["t2"]
 
 
+def test_iss_other_than_the_configured_ehr_is_refused_before_any_request(tmp_path):
+    app = service(tmp_path, fhir_base="https://ehr.example.org/fhir")
+    answer = app.get("/smart/launch", params={"iss": "https://elsewhere.example/fhir", "launch": "x"})
+    assert answer.status_code == 400 and "fhir_base" in answer.text
+    assert not _ctx(app).sessions._pending
+
+
+def test_launches_in_progress_are_bounded(monkeypatch):
+    monkeypatch.setattr(smart, "MAX_PENDING", 3)
+    sessions = smart.SmartSessions()
+    states = [sessions.start(smart.Pending("b", "t", "v", "n", time.time())) for _ in range(5)]
+    assert len(sessions._pending) == 3 and sessions.finish(states[0]) is None and sessions.finish(states[4])
+
+
 def test_pkce_challenge_is_s256_of_the_verifier():
     verifier, challenge = smart.pkce_pair()
     assert len(verifier) >= 43  # RFC 7636 4.1
@@ -272,7 +286,7 @@ def test_every_identifier_with_a_system_is_matched_and_none_is_refused():
 @given(st.recursive(st.none() | st.text() | st.integers(), lambda c: st.lists(c) | st.dictionaries(st.text(), c)))
 def test_any_patient_identifier_shape_is_matched_or_refused(identifier):
     try:
-        found = smart.match_identifiers({"identifier": identifier} if isinstance(identifier, list) else {}, None)
+        found = smart.match_identifiers({"identifier": identifier}, None)
     except smart.LaunchRefused:
         return
     assert all(s and v for s, v in found)

@@ -5,7 +5,8 @@ patient's home readings (the view, phg.service.view). SMART App Launch 2.x
 - `GET /smart/launch?iss=&launch=` (EHR launch) and `GET /smart/standalone` (the clinician picks the
   patient at the EHR: scope `launch/patient` instead of `launch`, against `[smart] fhir_base`).
   Discovery from `{iss}/.well-known/smart-configuration` ("Retrieve .well-known/smart-configuration");
-  `iss` must be https unless loopback. The browser goes to the authorization endpoint with
+  `iss` must be https unless loopback, and `[smart] fhir_base` when that is set (phg then fetches
+  nothing from a URL a stranger's link names). The browser goes to the authorization endpoint with
   `response_type=code`, `aud=iss`, `state`, `nonce` and a PKCE S256 challenge ("Obtain authorization
   code": PKCE is required of every app, S256 only).
 - `GET /smart/callback?code=&state=`: the state must be one this service gave out and not yet used
@@ -60,6 +61,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PENDING_LIFETIME = 600.0  # seconds a started launch may take to come back to the callback
+MAX_PENDING = 10_000  # launches in progress at once: past it the oldest is dropped (memory stays bounded)
 TIMEOUT = 30.0  # seconds for each request to the EHR
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")  # FHIR R4 id datatype
 
@@ -122,6 +124,8 @@ class SmartSessions:
         state = secrets.token_urlsafe(32)
         with self._lock:
             self._pending = {s: p for s, p in self._pending.items() if p.started > time.time() - PENDING_LIFETIME}
+            if len(self._pending) >= MAX_PENDING:
+                del self._pending[next(iter(self._pending))]
             self._pending[state] = pending
         return state
 
@@ -269,7 +273,8 @@ async def _read_patient(client: httpx.AsyncClient, fhir_base: str, patient_id: s
 
 def match_identifiers(patient: dict[str, Any], system: str | None) -> tuple[tuple[str, str], ...]:
     """The (system, value) identifiers phg's readings of this Patient carry (module docstring)."""
-    found = [(i.get("system"), i.get("value")) for i in patient.get("identifier") or [] if isinstance(i, dict)]
+    listed = patient.get("identifier")
+    found = [(i.get("system"), i.get("value")) for i in listed if isinstance(i, dict)] if isinstance(listed, list) else []
     usable = sorted({(s, v) for s, v in found if isinstance(s, str) and s and isinstance(v, str) and v})
     if system is not None:
         usable = [(s, v) for s, v in usable if s == system]
@@ -295,6 +300,8 @@ def routes(ctx: ServiceContext) -> list[BaseRoute]:
         iss, launch_id = request.query_params.get("iss"), request.query_params.get("launch")
         if not iss or not launch_id:
             raise LaunchRefused("an EHR launch needs iss and launch")
+        if settings().fhir_base is not None and iss.rstrip("/") != settings().fhir_base.rstrip("/"):
+            raise LaunchRefused(f"iss {redact_url(iss)} is not this gateway's EHR ([smart] fhir_base)")
         return RedirectResponse(await authorize_url(ctx.sessions, settings(), iss, launch_id), 302)
 
     async def standalone(request: Request) -> Response:
