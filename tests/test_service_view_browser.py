@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -24,7 +23,6 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-import uvicorn
 
 from phg.config import load_config
 from phg.intake import Intake
@@ -32,7 +30,7 @@ from phg.model import Component, Device, Metric, PatientRef, Reading
 from phg.outbox import Outbox
 from phg.service.app import ServiceContext, create_app
 from phg.viewstore import ViewStore
-from test_service_page_browser import browser, screenshot  # noqa: F401 (browser: a fixture; skips without chromium)
+from test_service_page_browser import browser, screenshot, serving  # noqa: F401 (browser: a fixture; skips without chromium)
 
 SYSTEM = "urn:oid:1.2.3.4.5"
 LAUNCH = "launch-" + uuid.uuid4().hex
@@ -113,25 +111,12 @@ def launched(tmp_path) -> Iterator[tuple[str, str]]:
                 ctx = ServiceContext(config, outbox, Intake(outbox, ["fhir"], view=view), view=view)
                 seed(ctx.intake, PatientRef(SYSTEM, "mrn-1"), PatientRef(SYSTEM, "mrn-2"))
                 outbox.delivered([item.id for item in outbox.lease("fhir", 5, 60)])  # some were written to the EHR
-                server = uvicorn.Server(uvicorn.Config(create_app(ctx), log_config=None, access_log=False))
-                thread = threading.Thread(target=server.run, kwargs={"sockets": [phg_sock]}, daemon=True)
-                thread.start()
                 EhrPage.launch_url = (f"{base}/smart/launch?iss={quote(stack.gate.base_url, safe='')}"
                                       f"&launch={LAUNCH}")
-                ehr_thread = threading.Thread(target=ehr_server.serve_forever, daemon=True)
-                ehr_thread.start()
-                for _ in range(200):  # up to 10 s
-                    if server.started:
-                        break
-                    time.sleep(0.05)
-                assert server.started, "uvicorn did not start"
-                try:
+                threading.Thread(target=ehr_server.serve_forever, daemon=True).start()
+                with serving(create_app(ctx), phg_sock):
                     yield ehr_origin, base
-                finally:
-                    server.should_exit = True
-                    ehr_server.shutdown()
-                    thread.join(10)
-                    phg_sock.close()
+                ehr_server.shutdown()
 
 
 def test_the_ehr_launch_in_a_browser_ends_on_the_view_of_the_launched_patient(launched, browser):  # noqa: F811

@@ -37,6 +37,7 @@ def test_readings_are_queried_by_patient_type_and_time(tmp_path):
         ann = store.readings([ident(ANN)])
         assert [k.reading.metrics[0].value for k in ann] == [Decimal(97), Decimal(70), Decimal(95)]
         assert all(k.reading.patient == ANN for k in ann)
+        assert ann[0].key == reading(ANN, 150456, "97", "%", 0).key  # the key the Intake queued it under
         spo2 = store.readings([ident(ANN)], codes={150456})
         assert [k.reading.metrics[0].value for k in spo2] == [Decimal(97), Decimal(95)]
         later = store.readings([ident(ANN)], since=T0 + timedelta(hours=1))

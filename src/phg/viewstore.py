@@ -56,10 +56,12 @@ SCHEMA = (
 
 @dataclass(frozen=True)
 class Kept:
-    """One kept reading and when the gateway stored it (epoch seconds)."""
+    """One kept reading, when the gateway stored it (epoch seconds) and its key as the Intake stored it
+    (the outbox's key for it: a reading read back may differ from the one stored, e.g. a unit filled in)."""
 
     stored: float
     reading: Reading
+    key: str
 
 
 class ViewStore:
@@ -157,7 +159,7 @@ class ViewStore:
         kept = []
         for stored, payload, key in rows:
             try:
-                kept.append(Kept(stored, from_canonical_json(payload, "view store")))
+                kept.append(Kept(stored, from_canonical_json(payload, "view store"), key))
             except ReadingError as exc:
                 log.error("view store reading %s cannot be read (at %s): left out", key, exc.where)
         return kept

@@ -117,7 +117,7 @@ def rows(kept: Sequence[Kept], delivery: dict[str, dict[str, str]]) -> list[dict
     out = []
     for one in kept:
         device = one.reading.device
-        states = delivery.get(one.reading.key, {})
+        states = delivery.get(one.key, {})
         for metric in one.reading.metrics:
             values = [(metric.code, metric.value, metric.unit)] if metric.value is not None else []
             values += [(c.code, c.value, c.unit) for c in metric.components]
@@ -157,7 +157,7 @@ def routes(ctx: ServiceContext) -> list[BaseRoute]:
 
     def page(request: Request) -> Response:
         def render(session: ViewSession, chosen: str, kept: list[Kept]) -> HTMLResponse:
-            delivery = ctx.outbox.states([k.reading.key for k in kept])
+            delivery = ctx.outbox.states([k.key for k in kept])
             return HTMLResponse(_templates.get_template("view.html").render(
                 charts=charts(kept), rows=rows(kept, delivery)[::-1], periods=PERIODS, chosen=chosen,
                 patients=session.patient, base=request.url.path))
@@ -165,7 +165,7 @@ def routes(ctx: ServiceContext) -> list[BaseRoute]:
 
     def data(request: Request) -> Response:
         def render(session: ViewSession, chosen: str, kept: list[Kept]) -> JSONResponse:
-            delivery = ctx.outbox.states([k.reading.key for k in kept])
+            delivery = ctx.outbox.states([k.key for k in kept])
             return JSONResponse({"period": chosen, "patient": [{"system": s, "value": v} for s, v in session.patient],
                                  "readings": rows(kept, delivery)})
         return answer(request, render)
