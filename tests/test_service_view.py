@@ -11,6 +11,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from phg.config import SmartSettings, load_config
@@ -95,3 +97,14 @@ def test_framed_only_by_the_ehr_without_referrer_read_only_and_logged_without_va
     logged = " ".join(r.getMessage() for r in caplog.records)
     assert "Practitioner/dr-who" in logged and "Patient/123" in logged
     assert "128" not in logged and "71.5" not in logged and sid not in logged
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+@given(period=st.one_of(st.none(), st.text(max_size=12)), patient=st.one_of(st.none(), st.text(max_size=40)))
+def test_any_period_or_patient_is_answered_never_a_server_error(served, period, patient):
+    client, sid = served
+    params = {k: v for k, v in (("period", period), ("patient", patient)) if v is not None}
+    answer = client.get(f"/view/{sid}/readings", params=params)
+    assert answer.status_code in (200, 400, 403), answer.text
+    if answer.status_code == 200:
+        assert all(r["value"] != "83.7" for r in answer.json()["readings"])  # never Bob's
