@@ -4,7 +4,8 @@ sekmet holding the Patient) sends the browser to phg's launch URL; phg discovers
 through the authorization endpoint and back to phg's callback, and ends on the view of the launched
 patient, whose seeded readings are in the charts and another patient's are not. Launched at the top
 level and inside an iframe of the EHR's page (no third-party cookie involved: the session is in the URL).
-Screenshots in tests/artifacts/ (smart-view.png; docs/smart-view.png, shown in the README, is one)."""
+Screenshot in tests/artifacts/smart-view.png (the README shows docs/view-in-ehr.png, from
+test_service_view_browser.py)."""
 
 from __future__ import annotations
 
