@@ -1,17 +1,20 @@
-"""model.plainly_valid, the direct check of reading.schema.json that spares most documents the JSON Schema
-validator (issue 16): it may leave a document to the validator, but never accepts one the schema refuses."""
+"""The two fast checks of issue 16 may leave a document to the full check, never accept what it refuses:
+model.plainly_valid (reading.schema.json checked directly, sparing most documents the JSON Schema validator)
+and model._plain_canonical (a stored reading's bounds read off its text, sparing the per-field walk)."""
 
 from __future__ import annotations
 
 import copy
+import json
 from decimal import Decimal
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from phg.errors import ReadingError
-from phg.model import _validator, check_bounds, plainly_valid
+from phg.model import _plain_canonical, _validator, check_bounds, loads, parse_reading, plainly_valid
 from test_fhir_mapping import reading_docs
 
 ODD_VALUES = st.sampled_from([
@@ -66,3 +69,37 @@ def test_plainly_valid_never_accepts_what_the_schema_refuses(doc):
 @given(reading_docs())
 def test_plainly_valid_accepts_valid_documents(doc):
     assert plainly_valid(doc)
+
+
+def insertions() -> st.SearchStrategy[str]:
+    return st.sampled_from(['"', "\\", "\\n", "\\u0000", "\x01", "\x85", "\ud800", "[", "]", "{", "}", "[[[[[[[[[",
+                            "1" * 19, "-" + "9" * 18, "1.5", "1e5", "NaN", "-Infinity", "x" * 1025, ",", ":", " "])
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(reading_docs(), min_size=1, max_size=1),
+       st.lists(st.tuples(st.floats(0, 1), insertions()), max_size=3))
+def test_plain_canonical_reads_only_what_check_bounds_accepts(docs, edits):
+    """A stored text the fast path reads is the document `loads` reads, and within every bound."""
+    text = parse_reading(docs[0]).to_json()
+    for where, piece in edits:
+        at = int(where * len(text))
+        text = text[:at] + piece + text[at:]
+    found = _plain_canonical(text)
+    if found is not None:
+        assert found == loads(text)
+        check_bounds(found)
+
+
+@pytest.mark.parametrize("text", [
+    '{"a":' + "[" * 8 + "]" * 8 + "}",  # 9 levels
+    '{"a":"' + "x" * 1025 + '"}',
+    '{"a":"x\\u0001"}', '{"a":"\x01"}', '{"a":1234567890123456789}', '{"a":1.5}', '{"a":NaN}', '{"a":"\\\\"}',
+])
+def test_plain_canonical_leaves_every_bound_to_the_full_check(text):
+    assert _plain_canonical(text) is None
+
+
+def test_plain_canonical_reads_the_deepest_and_longest_allowed():
+    text = '{"a":' + "[" * 7 + '"' + "x" * 1024 + '",' + "9" * 18 + "]" * 7 + "}"
+    assert _plain_canonical(text) == json.loads(text)
