@@ -3,10 +3,15 @@ patient, its own file (0600, refused when another program's), and fed by the Int
 
 from __future__ import annotations
 
+import json
+import os
 import sqlite3
 import stat
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -83,3 +88,24 @@ def test_the_intake_keeps_every_reading_for_viewing_before_it_queues_it(tmp_path
         with pytest.raises(sqlite3.ProgrammingError):
             intake.store([reading(ANN, 150456, "95", "%", 1)])
         assert outbox.counts("fhir")["queued"] == 1
+
+
+def test_phg_send_keeps_readings_for_the_view_and_phg_view_forget_erases_a_patient(tmp_path):
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "c"), "XDG_DATA_HOME": str(tmp_path / "d"),
+           "PHG_OUTBOX": str(tmp_path / "o.sqlite"), "PHG_VIEW_PATH": str(tmp_path / "view.sqlite"),
+           "PHG_GATEWAY_SYSTEM_ID": "02AB7FFFFE00C11A", "PHG_CONFIG": "", "PHG_FHIR_BASE_URL": ""}
+    documents = [reading(ANN, 150456, "97", "%").to_document(), reading(BOB, 188736, "70", "kg").to_document()]
+    (tmp_path / "r.json").write_text(json.dumps(documents))
+    phg = str(Path(sys.executable).parent / "phg")
+    sent = subprocess.run([phg, "send", "--no-deliver", str(tmp_path / "r.json")], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert sent.returncode == 0, sent.stderr
+    with ViewStore(tmp_path / "view.sqlite") as store:
+        assert len(store.readings([ident(ANN), ident(BOB)])) == 2
+    forgot = subprocess.run([phg, "view", "forget", "urn:oid:1.2.3|ann"], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert forgot.returncode == 0 and forgot.stdout.startswith("forgot 1 reading(s)"), forgot.stderr
+    with ViewStore(tmp_path / "view.sqlite") as store:
+        assert store.readings([ident(ANN)]) == [] and len(store.readings([ident(BOB)])) == 1
+    refused = subprocess.run([phg, "view", "forget", "ann"], env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and "is not 'system|value'" in refused.stderr

@@ -66,9 +66,9 @@ async def run_gateway(config: Config, outbox: Outbox, stop: asyncio.Event, *, bl
     from phg.intake import Intake
     from phg.service import systemd
     from phg.sources.supervisor import configured_sources, supervise
-    from phg.viewstore import ViewStore
+    from phg.viewstore import open_view
 
-    view = ViewStore(config.view.path, config.view.retention) if config.view is not None else None
+    view = open_view(config.view)
     intake = Intake(outbox, config.destination_names, view=view)
     statuses = {d.name: DestinationStatus(d.name, d.type) for d in config.destinations}
     workers: list[DeliveryWorker] = []

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from phg.config import ViewSettings
 from phg.errors import ReadingError, StorageError
 from phg.model import Reading, from_canonical_json
 from phg.outbox.sqlite import storage_errors
@@ -52,6 +53,11 @@ SCHEMA = (
     "CREATE INDEX measurement_patient ON measurement (system, value, time)",
     "CREATE INDEX measurement_key ON measurement (key)",
 )
+
+
+def open_view(settings: ViewSettings | None) -> ViewStore | None:
+    """The store `[view]` (or `[smart]`) configures; None when the view is not configured."""
+    return ViewStore(settings.path, settings.retention) if settings is not None else None
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from phg.cli.output import JSON_OPTION, print_json
     "register": ("phg.cli.auth:register", "Register this gateway with the server (RFC 7591) and save the client."),
     "serve-jwks": ("phg.cli.auth:serve_jwks", "Publish the public JWKS at a URL (for jwks_uri / jku)."),
     "api-key": ("phg.cli.apikey:api_key", "API keys for the service: create (printed once), list, revoke."),
+    "view": ("phg.cli.view:view", "The reading store the view in the EHR reads: forget a patient."),
 })
 @click.option("--config", "config_path", type=click.Path(path_type=Path),
               help="Config file (default: $PHG_CONFIG or the user config dir).")

@@ -96,12 +96,14 @@ def send(obj: Context, files: tuple[str, ...], no_deliver: bool, as_json: bool) 
     Exit 74 (EX_IOERR) when the outbox cannot store them (disk full, read-only, not an outbox):
     nothing of this call was queued, the source must keep its readings."""
     from phg.intake import Intake, Stored
+    from phg.viewstore import open_view
 
     readings, errors = read_readings(files)
     config = obj.config()
     try:
         outbox = obj.outbox()
-        stored = Intake(outbox, config.destination_names).store(readings) if readings else Stored(0, 0)
+        intake = Intake(outbox, config.destination_names, view=open_view(config.view))  # [view]: kept for the view too
+        stored = intake.store(readings) if readings else Stored(0, 0)
     except StorageError as exc:
         fail(f"{exc}\nnothing was queued: {len(readings)} reading(s) not stored; send them again once the "
              "outbox is writable", EXIT_IOERR)
