@@ -235,8 +235,65 @@ _BOUNDS = (f"a value is at most {MAX_DIGITS} significant digits times 10^{MIN_EX
 def check_bounds(doc: Any) -> None:
     """Refuse (ReadingError naming the field) a document beyond the bounds above: too deep, too large,
     a string too long or holding a forbidden character, a number that is NaN, infinite or out of range.
-    One pass without recursion, cheap enough for every stored reading: a field's path (parent, key)
-    is joined only for containers and for a refusal."""
+    A document plainly within them (`_plainly_bounded`, one cheap pass) is done; any other is walked
+    field by field (`_check_fields`), which names what is wrong."""
+    if not _plainly_bounded(doc):
+        _check_fields(doc)
+
+
+def _plainly_bounded(doc: Any) -> bool:
+    """Whether `doc` is certainly within the bounds: one pass level by level that gathers the strings
+    and keys, then one length check and one regex search over all of them together (issue 16: the
+    per-field walk cost more than parsing). Anything unusual (a float, a subclass) answers False."""
+    size, depth, level, strings = 0, -1, [[doc]], []
+    while level:
+        depth += 1
+        if depth >= MAX_DEPTH + 1:
+            return False
+        below = []
+        for container in level:
+            size += len(container)
+            if type(container) is dict:
+                strings += container
+                children = container.values()
+            else:
+                children = container
+            for child in children:
+                kind = type(child)
+                if kind is str:
+                    strings.append(child)
+                elif kind is dict or kind is list:
+                    below.append(child)
+                elif kind is int:
+                    if not -10**MAX_DIGITS < child < 10**MAX_DIGITS:
+                        return False
+                elif kind is Decimal:
+                    if not _plain_decimal(child):
+                        return False
+                elif child is not None and kind is not bool:
+                    return False
+        if size > MAX_SIZE:
+            return False
+        level = below
+    try:
+        text = "".join(strings)  # keys that are not strings: TypeError
+    except TypeError:
+        return False
+    return (size + len(text) <= MAX_SIZE and not _FORBIDDEN.search(text)
+            and (not strings or max(map(len, strings)) <= MAX_STRING))
+
+
+def _plain_decimal(value: Decimal) -> bool:
+    try:
+        check_number(value, "")
+    except ReadingError:
+        return False
+    return True
+
+
+def _check_fields(doc: Any) -> None:
+    """check_bounds field by field, without recursion: a field's path (parent, key) is joined only for
+    containers and for a refusal."""
     size = 1
     stack: list[tuple[Any, tuple[str | int, ...], str | int | None]] = [(doc, (), None)]
     while stack:
@@ -553,59 +610,15 @@ def _build_clock(c: dict) -> DeviceClock:
 def from_canonical_json(text: str, source: str) -> Reading:
     """A Reading from canonical JSON (Reading.to_json, as the outbox stores it). That text was
     validated at intake, so the JSON Schema pass, which costs 20 times the rest of parsing, is
-    skipped; the bounds (read off the text when it plainly keeps them, `_plain_canonical`) and the semantic
-    checks still run and anything unexpected is a ReadingError."""
+    skipped; the bounds and the semantic checks still run and anything unexpected is a ReadingError."""
     try:
-        doc = _plain_canonical(text)
-        if doc is None:  # not plainly within bounds: the full check names what is wrong, if anything
-            doc = loads(text)
-            check_bounds(doc)
+        doc = loads(text)
+        check_bounds(doc)
         return _build(doc)
     except ReadingError as exc:
         raise ReadingError(exc.where, exc.why, source) from None
     except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
         raise ReadingError("(document)", f"not a canonical reading: {exc.__class__.__name__}: {exc}", source) from None
-
-
-class _NotPlain(Exception):
-    """A number that `_plain_canonical` leaves to the full bounds check."""
-
-
-def _not_plain(text: str) -> Any:
-    raise _NotPlain
-
-
-_STRING = re.compile(r'"[^"]*"')
-_LONG_RUN = re.compile(f'[^"]{{{MAX_STRING + 1}}}')
-_LONG_NUMBER = re.compile(f"[0-9]{{{MAX_DIGITS + 1}}}")
-
-
-def _plain_canonical(text: str) -> Any:
-    """The document of a stored reading's text when the text alone shows it within `check_bounds`, else
-    None. No backslash: every string is its characters between two quotes, so the text has no more
-    characters than the bounds count (MAX_SIZE), no run longer than MAX_STRING between quotes, no
-    forbidden character and no bracket inside a string; no run of more than MAX_DIGITS digits, and
-    no fraction, exponent, NaN or Infinity: the numbers are integers within bounds (canonical values
-    are strings, which `_build` checks). A few passes over the text instead of one check per field."""
-    if (len(text) > MAX_SIZE or "\\" in text or _FORBIDDEN.search(text) or _LONG_RUN.search(text)
-            or _LONG_NUMBER.search(text) or _depth(_STRING.sub("", text)) > MAX_DEPTH):
-        return None
-    try:
-        return json.loads(text, parse_float=_not_plain, parse_constant=_not_plain)
-    except (_NotPlain, ValueError, RecursionError):
-        return None
-
-
-def _depth(structure: str) -> int:
-    """How deeply the brackets of JSON text without strings nest."""
-    depth = deepest = 0
-    for char in structure.translate(_ONLY_BRACKETS):
-        depth += 1 if char in "[{" else -1
-        deepest = max(deepest, depth)
-    return deepest
-
-
-_ONLY_BRACKETS = {c: None for c in range(128) if chr(c) not in "[]{}"}
 
 
 def _json_number(text: str) -> int | Decimal:
