@@ -18,6 +18,10 @@ machines here are noisy: absolute numbers are printed for context only.
              POST; end-to-end POST -> sekmet-fhir 2xx on an idle gateway (p50/p99, target p99 < 1 s).
              bench/service.py; starts sekmet-fhir itself.
 
+- mapping, render, send: the client path (issue 16): build + encode vs json.dumps of the same dicts (<= 2),
+             `phg render` of 5,000 readings (<= 1 s, <= 100 MB), `phg send` of one reading --no-deliver vs
+             `python -c pass` (<= 4). bench/clientpath.py.
+
 --quick (or PHG_BENCH_QUICK=1) scales the delivery benchmark down from 10,000 to 1,000 readings.
 """
 
@@ -36,6 +40,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from clientpath import bench_mapping, bench_render, bench_send
 from delivery import bench_delivery
 from service import bench_service
 from tokens import bench_tokens
@@ -150,6 +155,9 @@ BENCHMARKS: dict[str, Callable[[], dict | list[dict]]] = {
     "cold-start": bench_cold_start,
     "footprint": bench_footprint,
     "delivery": bench_delivery,
+    "mapping": bench_mapping,
+    "render": bench_render,
+    "send": bench_send,
     "tokens": bench_tokens,
     "service": bench_service,
 }
