@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from functools import cache
-from importlib import resources
 from typing import Any
 
 from phg import mdc
@@ -361,7 +360,9 @@ def check_number(value: Decimal, where: str) -> None:
 
 @cache
 def _validator():
-    import jsonschema  # imported lazily: `phg --help` must stay fast
+    from importlib import resources  # both imported here: most documents never need the validator
+
+    import jsonschema
 
     schema = json.loads(resources.files("phg").joinpath("reading.schema.json").read_text())
     return jsonschema.Draft202012Validator(schema)
