@@ -91,6 +91,7 @@ def fetch(obj: Context, address: str, patient: PatientRef | None, timeout: float
     from phg.intake import Intake
     from phg.sources.ble.session import DeviceNotFound
     from phg.sources.ble.session import fetch as ble_fetch
+    from phg.viewstore import open_view
 
     config = obj.config()
     patient = patient or config.patient
@@ -99,8 +100,8 @@ def fetch(obj: Context, address: str, patient: PatientRef | None, timeout: float
     outbox = obj.outbox()
     try:
         result = _with_radio(emulated, lambda b: ble_fetch(
-            address, intake=Intake(outbox, config.destination_names), patient=patient, backend=b,
-            pair=not no_pair, timeout=timeout))
+            address, intake=Intake(outbox, config.destination_names, view=open_view(config.view)), patient=patient,
+            backend=b, pair=not no_pair, timeout=timeout))
     except DeviceNotFound as exc:
         fail(f"{exc}; is it advertising (press its button / take a measurement)?", EXIT_TEMPFAIL)
     except LookupError as exc:

@@ -50,6 +50,7 @@ def listen(ctx: click.Context, port: int, host: str, patient: PatientRef | None,
     from phg.outbox import Outbox
     from phg.sources.ieee11073.configs import FileConfigStore, MemoryConfigStore
     from phg.sources.ieee11073.tcp import ManagerSettings, run_tcp_manager
+    from phg.viewstore import open_view
 
     obj = ctx.find_root().obj
     config = obj.config() if obj is not None and hasattr(obj, "config") else None
@@ -73,7 +74,8 @@ def listen(ctx: click.Context, port: int, host: str, patient: PatientRef | None,
         click.echo(f"listening for IEEE 11073-20601 agents on {host}:{port}; their readings queue in "
                    f"{outbox_path} (Ctrl-C stops)", err=True)
         try:
-            asyncio.run(run_tcp_manager(Intake(outbox, destinations), settings, port, host))
+            view = open_view(config.view) if config is not None else None
+            asyncio.run(run_tcp_manager(Intake(outbox, destinations, view=view), settings, port, host))
         except KeyboardInterrupt:
             pass
         except OSError as exc:

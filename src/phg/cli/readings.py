@@ -230,11 +230,13 @@ def simulate(obj: Context, no_deliver: bool, as_json: bool) -> None:
     from phg.demo.emulator import collect_emulated
     from phg.intake import Intake
     from phg.model import PatientRef
+    from phg.viewstore import open_view
 
     config = obj.config()
     patient = config.patient or PatientRef("urn:oid:1.2.3.4.5", "demo-patient-001")
     outbox = obj.outbox()
-    fetched = asyncio.run(collect_emulated(Intake(outbox, config.destination_names), patient))
+    fetched = asyncio.run(collect_emulated(Intake(outbox, config.destination_names, view=open_view(config.view)),
+                                           patient))
     summary: dict[str, Any] = {"outbox": str(config.outbox_path), "devices": len(fetched),
                                "queued": sum(f.readings for f in fetched)}
     if not as_json:
