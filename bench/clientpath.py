@@ -79,8 +79,12 @@ def bench_mapping(n: int = 5000, batch: int = 50, rounds: int = 7) -> dict:
 
 
 def _env(tmp: str) -> dict[str, str]:
-    """A user without a config file: everything under tmp."""
-    return {**os.environ, "HOME": tmp, "XDG_CONFIG_HOME": f"{tmp}/config", "XDG_DATA_HOME": f"{tmp}/data",
+    """A user without a config file: everything under tmp. Bytecode is cached (under tmp), as an installed
+    package has it: with PYTHONDONTWRITEBYTECODE=1, as set here for the test suites, every start would
+    compile phg's modules from source again."""
+    inherited = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    return {**inherited, "PYTHONPYCACHEPREFIX": f"{tmp}/pycache",
+            "HOME": tmp, "XDG_CONFIG_HOME": f"{tmp}/config", "XDG_DATA_HOME": f"{tmp}/data",
             "PHG_CONFIG": "", "PHG_OUTBOX": f"{tmp}/outbox.sqlite", "PHG_GATEWAY_SYSTEM_ID": GATEWAY.system_id,
             "PHG_FHIR_BASE_URL": ""}
 
