@@ -94,6 +94,8 @@ def test_framed_only_by_the_ehr_without_referrer_read_only_and_logged_without_va
     assert page.headers["referrer-policy"] == "no-referrer" and page.headers["cache-control"] == "no-store"
     assert "set-cookie" not in page.headers
     assert client.post(f"/view/{sid}").status_code in (401, 405)  # read-only
+    for other in ("/v1/queue", f"/view/{sid}/../../v1/queue", "/viewer"):  # only the view passes without a key
+        assert client.get(other, headers={"host": "phg.example"}).status_code in (401, 404), other
     logged = " ".join(r.getMessage() for r in caplog.records)
     assert "Practitioner/dr-who" in logged and "Patient/123" in logged
     assert "128" not in logged and "71.5" not in logged and sid not in logged
