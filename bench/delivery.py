@@ -23,6 +23,7 @@ Observation is one resource on the server; a reading makes one or more); ratios 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import tempfile
 import time
@@ -32,10 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from fakefhir import FakeFhir
 
-from phg.config import Config
+from phg.config import Config, load_config
 from phg.daemon import deliver
-from phg.demo.peers import SekmetServer
+from phg.delivery.fhir import fit_of
+from phg.demo.peers import MedplumServer, SekmetServer
 from phg.demo.sim import simulated_readings
 from phg.fhir import build_transaction, to_json
 from phg.model import Gateway, PatientRef, Reading
@@ -81,11 +84,16 @@ def _run_ceiling(base: str, bodies: list[bytes]) -> float:
 def _phg(config: Config, outbox: Outbox, data: list[tuple[str, str]]) -> float:
     for i in range(0, len(data), 1000):
         outbox.enqueue("fhir", data[i:i + 1000])
+    return _drain(config, outbox, len(data))
+
+
+def _drain(config: Config, outbox: Outbox, expected: int) -> float:
+    """Seconds phg's delivery path takes to deliver the `expected` queued readings."""
     t0 = time.perf_counter()
     summary = asyncio.run(deliver(config, outbox, until_idle=True))
     seconds = time.perf_counter() - t0
-    if (summary.delivered, summary.dead) != (len(data), 0):
-        raise RuntimeError(f"phg delivered {summary.delivered}, dead {summary.dead} of {len(data)}")
+    if (summary.delivered, summary.dead) != (expected, 0):
+        raise RuntimeError(f"phg delivered {summary.delivered}, dead {summary.dead} of {expected}")
     return seconds
 
 
@@ -160,4 +168,111 @@ def bench_delivery() -> list[dict]:
          "baseline": f"one POST per resource, sequential: {naive_rate:,.0f} obs/s ({naive_obs:,} obs); "
                      f"ceiling/naive {ceiling_rate / naive_rate:.1f}",
          "ratio": phg_rate / naive_rate, "target": ">= 10", "ok": phg_rate / naive_rate >= 10},
+    ]
+
+
+# ---------------------------------------------------------------------------------- issue 16: fit the server
+
+FIT_ROUNDS = 4
+# Readings per side (--quick: a fifth). Medplum's in-memory router searches its whole store for every
+# conditional create, so it slows down fast as it fills: 600 readings per side there took over 15 minutes.
+FIT_READINGS = {"sekmet": 1_000, "medplum": 200}
+
+
+def _config(base: str, outbox: Path, **fhir: object) -> Config:
+    return load_config(env={}, document={
+        "gateway": {"system_id": GATEWAY.system_id, "serial": GATEWAY.serial}, "fhir": {"base_url": base, **fhir},
+        "outbox": {"path": str(outbox)}, "delivery": {"batch_size": BATCH}})
+
+
+def bench_fit(kind: str) -> dict:
+    """phg's "auto" strategy vs the best way for that server, each side on a fresh server of its own
+    (`kind`: sekmet or medplum), the same readings, FIT_ROUNDS interleaved rounds in a rotating order:
+    phg with strategy "transaction" (one 50-reading Bundle, in parts within a learned limit), phg with
+    "single" (conditional creates), and the naive client above (one POST per resource, Patient and
+    Devices once). Ratio: auto's Observations/s over the best of the others (target >= 0.9); and how many
+    POSTs auto had refused as too many after the first minute of the run (target 0)."""
+    server_class = {"sekmet": SekmetServer, "medplum": MedplumServer}[kind]
+    n = FIT_READINGS[kind] // (5 if os.environ.get("PHG_BENCH_QUICK") else 1)
+    chunk = n // FIT_ROUNDS
+    readings = _readings(0, n)
+    sides = ["auto", "transaction", "single", "naive"]
+    seconds = dict.fromkeys(sides, 0.0)
+    with tempfile.TemporaryDirectory(prefix="phg-bench-fit-") as tmp, contextlib.ExitStack() as stack:
+        servers = {s: stack.enter_context(server_class(workdir=Path(tmp) / s)) for s in sides}
+        outboxes = {s: stack.enter_context(Outbox(Path(tmp) / f"{s}.sqlite")) for s in sides}
+        configs = {s: _config(servers[s].base_url, outboxes[s].path, strategy=s) for s in sides if s != "naive"}
+        naive_client = stack.enter_context(httpx.Client(timeout=60.0))
+        ids: dict[str, str] = {}
+        observations = 0
+        started = time.monotonic()
+        for r in range(FIT_ROUNDS):
+            part = readings[r * chunk:(r + 1) * chunk]
+            queued = [(x.key, x.to_json()) for x in part]
+            bundles = [build_transaction(part[i:i + BATCH], GATEWAY).bundle for i in range(0, len(part), BATCH)]
+            observations += sum(map(_observations, bundles))
+            runs = {s: partial(_phg, configs[s], outboxes[s], queued) for s in configs}
+            runs["naive"] = partial(_naive_seconds, naive_client, servers["naive"].base_url, bundles, ids)
+            for side in sides[r % 4:] + sides[:r % 4]:
+                seconds[side] += runs[side]()
+        refused = fit_of(configs["auto"].destinations[0]).refused_at
+        late = sum(1 for t in refused if t - started > 60)
+    rates = {s: observations / seconds[s] for s in sides}
+    best = max(("transaction", "single", "naive"), key=rates.__getitem__)
+    ratio = rates["auto"] / rates[best]
+    return {"name": f"fit: {kind} auto vs best", "ratio": ratio, "target": ">= 0.9", "ok": ratio >= 0.9 and not late,
+            "figure": f"auto {rates['auto']:,.0f} obs/s; {len(refused)} refused as too many, {late} after 1 min",
+            "baseline": f"best = {best} {rates[best]:,.0f} obs/s (transaction {rates['transaction']:,.0f}, "
+                        f"single {rates['single']:,.0f}, naive {rates['naive']:,.0f}; {observations:,} obs per side)"}
+
+
+def _naive_seconds(client: httpx.Client, base: str, bundles: list[dict], ids: dict[str, str]) -> float:
+    return _naive(client, base, bundles, ids)[0]
+
+
+def bench_fit_sekmet() -> dict:
+    return bench_fit("sekmet")
+
+
+def bench_fit_medplum() -> dict:
+    return bench_fit("medplum")
+
+
+def bench_client() -> list[dict]:
+    """The client's own ceiling: phg's delivery path (transactions of 50 readings) against the fake
+    server of bench/fakefhir.py (answers cost it next to nothing) vs a bare httpx loop POSTing the same
+    Bundles pre-built, one in flight, interleaved rounds. Ratio readings/s (target >= 0.5); and the CPU
+    seconds this process spends per 1,000 readings delivered (process_time: every thread; target <= 0.1)."""
+    n = 2 * readings_count()  # 20,000 (--quick 2,000): each round's deliver() has a start-up cost of its own
+    rounds = 4
+    chunk = n // rounds
+    phg_readings, bare_readings = _readings(0, n), _readings(1, n)
+    seconds = {"phg": 0.0, "bare": 0.0}
+    cpu = 0.0
+    with (tempfile.TemporaryDirectory(prefix="phg-bench-client-") as tmp, FakeFhir() as server,
+          Outbox(Path(tmp) / "outbox.sqlite") as outbox):
+        config = _config(server.base_url, outbox.path, strategy="transaction")
+        for r in range(rounds):
+            part = slice(r * chunk, (r + 1) * chunk)
+            bodies = [to_json(build_transaction(bare_readings[part][i:i + BATCH], GATEWAY).bundle)
+                      for i in range(0, chunk, BATCH)]
+            queued = [(x.key, x.to_json()) for x in phg_readings[part]]
+            for i in range(0, len(queued), 1000):  # not timed
+                outbox.enqueue("fhir", queued[i:i + 1000])
+            sides = [("phg", partial(_drain, config, outbox, len(queued))),
+                     ("bare", partial(_run_ceiling, server.base_url, bodies))]
+            for side, run in sides[r % 2:] + sides[:r % 2]:
+                c0 = time.process_time()
+                seconds[side] += run()
+                cpu += time.process_time() - c0 if side == "phg" else 0.0
+    phg_rate, bare_rate = n / seconds["phg"], n / seconds["bare"]
+    per_1000 = cpu / n * 1000
+    figure = f"phg {phg_rate:,.0f} readings/s ({n:,} readings, transactions of {BATCH})"
+    return [
+        {"name": "client ceiling (fake FHIR)", "ratio": phg_rate / bare_rate, "target": ">= 0.5",
+         "ok": phg_rate / bare_rate >= 0.5, "figure": figure,
+         "baseline": f"bare httpx loop, same Bundles pre-built, 1 in flight: {bare_rate:,.0f} readings/s"},
+        {"name": "client CPU per 1k readings", "ratio": per_1000 / 0.1, "target": "<= 1.0", "ok": per_1000 <= 0.1,
+         "figure": f"{per_1000:.3f} CPU s per 1,000 readings (all threads of this process)",
+         "baseline": "0.1 CPU s per 1,000 readings"},
     ]

@@ -90,6 +90,7 @@ def test_medplum_learned_limit_stops_refusals(medplum, strategy, tmp_path):
         destination, statuses = asyncio.run(run(outbox))
     assert statuses.count(400) == 1 and statuses[0] == 400, statuses
     assert destination.fit.max_entries == fhir.MEDPLUM_ENTRIES
+    assert len(destination.fit.refused_at) == 1
     if strategy == "auto":
         assert set(destination.fit.cost) == {"transaction", "single"}
     assert count_everywhere(medplum.base_url, readings) == [1] * sum(len(r.metrics) for r in readings)

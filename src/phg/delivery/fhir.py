@@ -96,11 +96,14 @@ async def open_fhir(settings: FhirSettings, gateway: Gateway) -> AsyncIterator[F
 class Fit:
     """What one server takes, as this process has learned it (module docstring): at most max_entries
     entries per transaction (None: no limit known), the seconds per entry each way cost lately, and
-    how many batches were sent under "auto"."""
+    how many batches were sent under "auto"; refused_at: when (time.monotonic()) a transaction was
+    refused as too many (a refusal lowers max_entries, so there are few).
+    """
 
     max_entries: int | None = None
     cost: dict[str, float] = field(default_factory=dict)
     batches: int = 0
+    refused_at: list[float] = field(default_factory=list)
 
 
 # Kept for the life of the process, per destination and server, so that every delivery run of a process
@@ -235,6 +238,7 @@ class FhirDestination:
     def _learn(self, refused: int) -> None:
         """A transaction of `refused` entries was too many: the limit is below it (Medplum's, 8, at most)."""
         self.fit.max_entries = max(1, min(refused - 1, MEDPLUM_ENTRIES, self.fit.max_entries or refused))
+        self.fit.refused_at.append(time.monotonic())
         log.info("%s: a transaction of %d entries was refused as too many; sending at most %d per transaction",
                  self.name, refused, self.fit.max_entries)
 
