@@ -22,6 +22,11 @@ machines here are noisy: absolute numbers are printed for context only.
              `phg render` of 5,000 readings (<= 1 s, <= 100 MB), `phg send` of one reading --no-deliver vs
              `python -c pass` (<= 4). bench/clientpath.py.
 
+- fit-medplum, fit-sekmet: phg's strategy "auto" vs the best of "transaction", "single" and a naive client
+             on that server, a fresh server per side (target >= 0.9, no "too many entries" refusal after the
+             first minute). client: phg vs a bare httpx loop against bench/fakefhir.py (target >= 0.5) and
+             phg's CPU s per 1,000 readings (target <= 0.1). bench/delivery.py; issue 16.
+
 --quick (or PHG_BENCH_QUICK=1) scales the delivery benchmark down from 10,000 to 1,000 readings.
 """
 
@@ -41,7 +46,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from clientpath import bench_mapping, bench_render, bench_send
-from delivery import bench_delivery
+from delivery import bench_client, bench_delivery, bench_fit_medplum, bench_fit_sekmet
 from service import bench_service
 from tokens import bench_tokens
 
@@ -155,6 +160,9 @@ BENCHMARKS: dict[str, Callable[[], dict | list[dict]]] = {
     "cold-start": bench_cold_start,
     "footprint": bench_footprint,
     "delivery": bench_delivery,
+    "fit-medplum": bench_fit_medplum,
+    "fit-sekmet": bench_fit_sekmet,
+    "client": bench_client,
     "mapping": bench_mapping,
     "render": bench_render,
     "send": bench_send,
