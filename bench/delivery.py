@@ -175,8 +175,9 @@ def bench_delivery() -> list[dict]:
 
 FIT_ROUNDS = 4
 # Readings per side (--quick: a fifth). Medplum's in-memory router searches its whole store for every
-# conditional create, so it slows down fast as it fills: 600 readings per side there took over 15 minutes.
-FIT_READINGS = {"sekmet": 1_000, "medplum": 200}
+# conditional create, so it slows down fast as it fills: 600 readings per side there took over 15 minutes
+# (--quick does 20 readings on Medplum: one batch per round).
+FIT_READINGS = {"sekmet": 3_000, "medplum": 100}
 
 
 def _config(base: str, outbox: Path, **fhir: object) -> Config:

@@ -190,7 +190,7 @@ def test_single_posts_conditional_creates_with_literal_references():
     posted: list[httpx.Request] = []
     (first, _), _ = send([six_metrics()], posted, strategy="single")
     assert all(isinstance(o, Delivered) for o in first)
-    assert len(posted) == 20
+    assert len(posted) == 10 + 6  # the second batch: its Patient, Devices and clock are known, not sent again
     assert all(r.headers["If-None-Exist"].startswith("identifier=") for r in posted)
     for request in posted:
         assert all(not ref.startswith("urn:") for ref in references(json.loads(request.content))), request.content
@@ -242,3 +242,30 @@ def test_what_is_learned_lasts_for_the_process():
     [settings] = load_config(env={}, document=document).destinations
     fit = fhir.fit_of(settings)
     assert fit.max_entries == 6 and fhir.fit_of(settings) is fit
+
+
+def test_single_sends_known_resources_again_when_the_server_lost_one():
+    """A Patient deleted on the server after phg sent it: the Observation referring to it is refused, so
+    what this process remembered is forgotten and the batch goes whole (Patient first): delivered."""
+    posted: list[httpx.Request] = []
+    handle = answering(posted)
+    deleted: set[str] = set()
+
+    def forgetful(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/Observation") and set(references(json.loads(request.content))) & deleted:
+            posted.append(request)
+            return httpx.Response(400, json={"resourceType": "OperationOutcome", "issue": [
+                {"severity": "error", "code": "invalid", "diagnostics": "reference not found"}]})
+        return handle(request)
+
+    async def run() -> list:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(forgetful)) as client:
+            destination = FhirDestination(client, "http://fhir.test/fhir", GATEWAY, strategy="single")
+            reading = six_metrics()
+            await destination.send([reading])
+            deleted.update(v for v in destination.fit.located.values() if v.startswith("Patient/"))
+            return await destination.send([reading])
+
+    outcomes = asyncio.run(run())
+    assert all(isinstance(o, Delivered) for o in outcomes)
+    assert [r.url.path.rsplit("/", 1)[1] for r in posted[10:12]] == ["Observation", "Patient"]

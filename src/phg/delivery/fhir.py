@@ -104,6 +104,9 @@ class Fit:
     cost: dict[str, float] = field(default_factory=dict)
     batches: int = 0
     refused_at: list[float] = field(default_factory=list)
+    # "single": where the server keeps each Patient, Device and Coincident Time Stamp already sent, by
+    # fullUrl (a uuid5 of the conditional create's query), so that a batch sends only what is new.
+    located: dict[str, str] = field(default_factory=dict)
 
 
 # Kept for the life of the process, per destination and server, so that every delivery run of a process
@@ -221,10 +224,25 @@ class FhirDestination:
         """Each resource its own conditional create (FHIR R4 http.html#ccreate: POST [type] with
         If-None-Exist; 201 Created, or 200 OK when it matched), in the transaction's order, references to
         earlier entries rewritten to their "Type/id". The answers take the shape of transaction-response
-        entries, so they are judged alike."""
+        entries, so they are judged alike. Patient, Device and Coincident Time Stamp entries sent before
+        by this process are not sent again (Fit.located); if the server refuses anything while some were
+        left out (one may have been deleted there), they are forgotten and the batch is sent whole."""
+        known = dict(self.fit.located)
+        try:
+            return await self._singles_with(tx, known)
+        except PermanentDeliveryError:
+            if not known:
+                raise
+            self.fit.located.clear()
+            return await self._singles_with(tx, {})
+
+    async def _singles_with(self, tx: Transaction, located: dict[str, str]) -> list[dict]:
         answers: list[dict] = []
-        located: dict[str, str] = {}
+        shared = {tx.bundle["entry"][i]["fullUrl"] for i in tx.shared_entries}
         for entry in tx.bundle["entry"]:
+            if entry["fullUrl"] in located and entry["fullUrl"] in shared:
+                answers.append({"response": {"status": "200 OK", "location": located[entry["fullUrl"]]}})
+                continue
             request = entry["request"]
             headers = {"If-None-Exist": request["ifNoneExist"]}
             response = await self._post_conflicted(tx, to_json(_resolved(entry, located)["resource"]),
@@ -232,6 +250,8 @@ class FhirDestination:
             self._check(response)
             answer = _single_answer(response, request["url"])
             located[entry["fullUrl"]] = location(answer)
+            if entry["fullUrl"] in shared:
+                self.fit.located[entry["fullUrl"]] = location(answer)
             answers.append(answer)
         return answers
 
