@@ -30,7 +30,8 @@ transaction may hold and which way of sending is fastest there:
 - The way ([fhir] strategy): "transaction" (Bundles, in parts when a limit applies), "single" (each
   resource its own conditional create, POST [type] with If-None-Exist, http.html#ccreate, references
   rewritten the same way), or "auto": both are timed per entry on real batches, the cheaper one is used,
-  and the other is timed again every RECHECK batches (the server may change, e.g. its database grows).
+  and the other is timed again on a few readings (SAMPLE) of a batch every RECHECK batches (the server
+  may change, e.g. its database grows).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ FHIR_JSON = "application/fhir+json"
 WAYS = FHIR_STRATEGIES[1:]  # "transaction", "single"
 MEDPLUM_ENTRIES = 8  # @medplum/fhir-router maxSerializableTransactionEntries (with a conditional create)
 RECHECK = 200  # under "auto", the way not in use is timed again once per this many batches
+SAMPLE = 5  # readings of a batch sent the way not in use, to time it
 
 
 @asynccontextmanager
@@ -160,29 +162,36 @@ class FhirDestination:
         return (*self.render(rest), refused) if rest else (None, b"", refused)
 
     async def send(self, readings: Sequence[Reading]) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        for way, count in self.plan(len(readings)):
+            outcomes += await self._send(readings[len(outcomes):len(outcomes) + count], way)
+        return outcomes
+
+    def plan(self, readings: int) -> list[tuple[str, int]]:
+        """How a batch of `readings` goes: [(way, how many readings)], in order. The configured strategy;
+        under "auto", the way that cost the least per entry so far (transaction until both are timed),
+        with the first SAMPLE readings sent the other way to time it, in the first batch and every
+        RECHECK batches (a batch too small for a sample goes the untimed way whole)."""
+        if self.strategy != "auto":
+            return [(self.strategy, readings)]
+        fit = self.fit
+        fit.batches += 1
+        best = min(fit.cost, key=fit.cost.__getitem__) if len(fit.cost) == len(WAYS) else "transaction"
+        other = next(w for w in WAYS if w != best)
+        if other in fit.cost and fit.batches % RECHECK:
+            return [(best, readings)]
+        if readings <= SAMPLE:
+            return [(best if other in fit.cost else other, readings)]
+        return [(other, SAMPLE), (best, readings - SAMPLE)]
+
+    async def _send(self, readings: Sequence[Reading], way: str) -> list[Outcome]:
         # Building and serialising a bundle is CPU work: keep it off the event loop.
         tx, body, refused = await asyncio.to_thread(self.render_each, readings)
-        sent = await self._deliver(tx, body) if tx is not None else []
+        sent = await self._deliver(tx, body, way) if tx is not None else []
         answers = iter(sent)
         return [Rejected(refused[i]) if i in refused else next(answers) for i in range(len(readings))]
 
-    def way(self) -> str:
-        """How the next batch goes: the configured strategy, or under "auto" each way once, then the one
-        that cost the least per entry, with the other timed again every RECHECK batches."""
-        if self.strategy != "auto":
-            return self.strategy
-        fit = self.fit
-        fit.batches += 1
-        untried = [w for w in WAYS if w not in fit.cost]
-        if untried:
-            return untried[0]
-        best = min(WAYS, key=fit.cost.__getitem__)
-        if fit.batches % RECHECK == 0:
-            return next(w for w in WAYS if w != best)
-        return best
-
-    async def _deliver(self, tx: Transaction, body: bytes) -> list[Outcome]:
-        way = self.way()
+    async def _deliver(self, tx: Transaction, body: bytes, way: str) -> list[Outcome]:
         started = time.perf_counter()
         answers = await (self._singles(tx) if way == "single" else self._transaction(tx, body))
         seconds = (time.perf_counter() - started) / len(answers)
