@@ -197,18 +197,21 @@ def test_single_posts_conditional_creates_with_literal_references():
 
 
 def test_auto_times_both_ways_then_keeps_the_cheaper_and_rechecks():
-    """The first batch: a sample of SAMPLE readings as single POSTs, the rest as a transaction; then the
-    cheaper way, with the other timed again on a sample every RECHECK batches."""
+    """The first batch: a sample of SAMPLE readings each way, then the rest the cheaper way; later
+    batches the cheaper way, with the other timed again on a sample every RECHECK batches."""
     destination = FhirDestination(httpx.AsyncClient(), "http://fhir.test/fhir", GATEWAY, strategy="auto")
-    sample = fhir.SAMPLE
-    assert destination.plan(50) == [("single", sample), ("transaction", 50 - sample)]
-    destination.fit.cost.update(transaction=0.001, single=0.004)
-    plans = [destination.plan(50) for _ in range(fhir.RECHECK)]
-    assert plans.count([("transaction", 50)]) == fhir.RECHECK - 1
-    assert [("single", sample), ("transaction", 50 - sample)] in plans
-    destination.fit.cost.update(single=0.0001)
-    assert destination.plan(50) == [("single", 50)]
-    assert destination.plan(2) == [("single", 2)]
+    sample, fit = fhir.SAMPLE, destination.fit
+    assert destination.next_part(50, first=True) == ("transaction", sample)
+    fit.cost["transaction"] = 0.001
+    assert destination.next_part(50 - sample, first=False) == ("single", sample)
+    fit.cost["single"] = 0.004
+    assert destination.next_part(50 - 2 * sample, first=False) == ("transaction", 50 - 2 * sample)
+    parts = [destination.next_part(50, first=True) for _ in range(fhir.RECHECK)]
+    assert parts.count(("transaction", 50)) == fhir.RECHECK - 1 and ("single", sample) in parts
+    fit.cost["single"] = 0.0001
+    assert destination.next_part(50, first=True) == ("single", 50)
+    assert FhirDestination(httpx.AsyncClient(), "http://x.test", GATEWAY, strategy="auto").next_part(
+        2, first=True) == ("transaction", 2)
 
 
 def test_auto_delivers_and_times_both_ways_in_one_batch():
@@ -222,7 +225,7 @@ def test_auto_delivers_and_times_both_ways_in_one_batch():
 def test_encrypted_destination_sends_transactions_only():
     destination = FhirDestination(httpx.AsyncClient(), "http://fhir.test/fhir", GATEWAY,
                                   envelope=object(), strategy="auto")  # type: ignore[arg-type]
-    assert {tuple(destination.plan(50)) for _ in range(fhir.RECHECK + 1)} == {(("transaction", 50),)}
+    assert {destination.next_part(50, first=True) for _ in range(fhir.RECHECK + 1)} == {("transaction", 50)}
 
 
 def test_config_rows():

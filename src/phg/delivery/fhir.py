@@ -29,9 +29,9 @@ transaction may hold and which way of sending is fastest there:
   too big for one transaction is sent this way too: it is never dead-lettered for its size.
 - The way ([fhir] strategy): "transaction" (Bundles, in parts when a limit applies), "single" (each
   resource its own conditional create, POST [type] with If-None-Exist, http.html#ccreate, references
-  rewritten the same way), or "auto": both are timed per entry on real batches, the cheaper one is used,
-  and the other is timed again on a few readings (SAMPLE) of a batch every RECHECK batches (the server
-  may change, e.g. its database grows).
+  rewritten the same way), or "auto": each way is timed per entry on a few readings (SAMPLE) of the
+  first batch, the rest goes the cheaper way, and the other is timed again on a sample every RECHECK
+  batches (the server may change, e.g. its database grows).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ FHIR_JSON = "application/fhir+json"
 WAYS = FHIR_STRATEGIES[1:]  # "transaction", "single"
 MEDPLUM_ENTRIES = 8  # @medplum/fhir-router maxSerializableTransactionEntries (with a conditional create)
 RECHECK = 200  # under "auto", the way not in use is timed again once per this many batches
-SAMPLE = 5  # readings of a batch sent the way not in use, to time it
+SAMPLE = 5  # readings of a batch sent a way not in use, to time it
 
 
 @asynccontextmanager
@@ -163,26 +163,28 @@ class FhirDestination:
 
     async def send(self, readings: Sequence[Reading]) -> list[Outcome]:
         outcomes: list[Outcome] = []
-        for way, count in self.plan(len(readings)):
+        while len(outcomes) < len(readings):
+            way, count = self.next_part(len(readings) - len(outcomes), first=not outcomes)
             outcomes += await self._send(readings[len(outcomes):len(outcomes) + count], way)
         return outcomes
 
-    def plan(self, readings: int) -> list[tuple[str, int]]:
-        """How a batch of `readings` goes: [(way, how many readings)], in order. The configured strategy;
-        under "auto", the way that cost the least per entry so far (transaction until both are timed),
-        with the first SAMPLE readings sent the other way to time it, in the first batch and every
-        RECHECK batches (a batch too small for a sample goes the untimed way whole)."""
+    def next_part(self, left: int, first: bool) -> tuple[str, int]:
+        """How the next readings of a batch go, (way, how many), `left` of them unsent (`first`: none sent
+        yet). The configured strategy; under "auto", SAMPLE readings each way not timed yet, then the
+        rest the way that cost the least per entry; every RECHECK batches a sample of the other way is
+        timed again. A batch too small for a sample goes the untimed way whole."""
         if self.strategy != "auto":
-            return [(self.strategy, readings)]
+            return self.strategy, left
         fit = self.fit
-        fit.batches += 1
-        best = min(fit.cost, key=fit.cost.__getitem__) if len(fit.cost) == len(WAYS) else "transaction"
-        other = next(w for w in WAYS if w != best)
-        if other in fit.cost and fit.batches % RECHECK:
-            return [(best, readings)]
-        if readings <= SAMPLE:
-            return [(best if other in fit.cost else other, readings)]
-        return [(other, SAMPLE), (best, readings - SAMPLE)]
+        untimed = [w for w in WAYS if w not in fit.cost]
+        if untimed:
+            return untimed[0], SAMPLE if left > SAMPLE else left
+        best = min(WAYS, key=fit.cost.__getitem__)
+        if first:
+            fit.batches += 1
+            if fit.batches % RECHECK == 0 and left > SAMPLE:
+                return next(w for w in WAYS if w != best), SAMPLE
+        return best, left
 
     async def _send(self, readings: Sequence[Reading], way: str) -> list[Outcome]:
         # Building and serialising a bundle is CPU work: keep it off the event loop.
