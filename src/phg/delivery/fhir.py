@@ -97,7 +97,7 @@ async def open_fhir(settings: FhirSettings, gateway: Gateway) -> AsyncIterator[F
 @dataclass
 class Fit:
     """What one server takes, as this process has learned it (module docstring): at most max_entries
-    entries per transaction (None: no limit known), the seconds per entry each way cost lately, and
+    entries per transaction (None: no limit known), the seconds per entry each way cost when last timed, and
     how many batches were sent under "auto"; refused_at: when (time.monotonic()) a transaction was
     refused as too many (a refusal lowers max_entries, so there are few).
     """
@@ -106,6 +106,7 @@ class Fit:
     cost: dict[str, float] = field(default_factory=dict)
     batches: int = 0
     refused_at: list[float] = field(default_factory=list)
+    chosen: str | None = None  # "auto": the way in use
     # "single": where the server keeps each Patient, Device and Coincident Time Stamp already sent, by
     # fullUrl (a uuid5 of the conditional create's query), so that a batch sends only what is new.
     located: dict[str, str] = field(default_factory=dict)
@@ -179,12 +180,12 @@ class FhirDestination:
         untimed = [w for w in WAYS if w not in fit.cost]
         if untimed:
             return untimed[0], SAMPLE if left > SAMPLE else left
-        best = min(WAYS, key=fit.cost.__getitem__)
+        assert fit.chosen is not None  # chosen when the last untimed way was timed
         if first:
             fit.batches += 1
             if fit.batches % RECHECK == 0 and left > SAMPLE:
-                return next(w for w in WAYS if w != best), SAMPLE
-        return best, left
+                return next(w for w in WAYS if w != fit.chosen), SAMPLE
+        return fit.chosen, left
 
     async def _send(self, readings: Sequence[Reading], way: str) -> list[Outcome]:
         # Building and serialising a bundle is CPU work: keep it off the event loop.
@@ -197,8 +198,13 @@ class FhirDestination:
         started = time.perf_counter()
         answers = await (self._singles(tx) if way == "single" else self._transaction(tx, body))
         seconds = (time.perf_counter() - started) / len(answers)
-        cost = self.fit.cost
-        cost[way] = seconds if way not in cost else (cost[way] + seconds) / 2
+        # The server's cost drifts (a database that grows slows down every way), so the way is chosen only
+        # when a way not in use was just timed, against the chosen way's latest batch: never against a
+        # figure from long ago.
+        fit = self.fit
+        fit.cost[way] = seconds
+        if way != fit.chosen and len(fit.cost) == len(WAYS):
+            fit.chosen = min(WAYS, key=fit.cost.__getitem__)
         return self._outcomes(answers, tx)
 
     async def _transaction(self, tx: Transaction, body: bytes) -> list[dict]:
