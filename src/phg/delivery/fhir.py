@@ -29,9 +29,8 @@ transaction may hold and which way of sending is fastest there:
   too big for one transaction is sent this way too: it is never dead-lettered for its size.
 - The way ([fhir] strategy): "transaction" (Bundles, in parts when a limit applies), "single" (each
   resource its own conditional create, POST [type] with If-None-Exist, http.html#ccreate, references
-  rewritten the same way), or "auto": each way is timed per entry on a few readings (SAMPLE) of the
-  first batch, the rest goes the cheaper way, and the other is timed again on a sample every RECHECK
-  batches (the server may change, e.g. its database grows).
+  rewritten the same way), or "auto": both are timed per entry on real batches, the cheaper one is used,
+  and the other is timed again every RECHECK batches (the server may change, e.g. its database grows).
 """
 
 from __future__ import annotations
@@ -62,7 +61,6 @@ FHIR_JSON = "application/fhir+json"
 WAYS = FHIR_STRATEGIES[1:]  # "transaction", "single"
 MEDPLUM_ENTRIES = 8  # @medplum/fhir-router maxSerializableTransactionEntries (with a conditional create)
 RECHECK = 200  # under "auto", the way not in use is timed again once per this many batches
-SAMPLE = 5  # readings of a batch sent a way not in use, to time it
 
 
 @asynccontextmanager
@@ -97,7 +95,7 @@ async def open_fhir(settings: FhirSettings, gateway: Gateway) -> AsyncIterator[F
 @dataclass
 class Fit:
     """What one server takes, as this process has learned it (module docstring): at most max_entries
-    entries per transaction (None: no limit known), the seconds per entry each way cost when last timed, and
+    entries per transaction (None: no limit known), the seconds per entry each way cost lately, and
     how many batches were sent under "auto"; refused_at: when (time.monotonic()) a transaction was
     refused as too many (a refusal lowers max_entries, so there are few).
     """
@@ -106,7 +104,6 @@ class Fit:
     cost: dict[str, float] = field(default_factory=dict)
     batches: int = 0
     refused_at: list[float] = field(default_factory=list)
-    chosen: str | None = None  # "auto": the way in use
     # "single": where the server keeps each Patient, Device and Coincident Time Stamp already sent, by
     # fullUrl (a uuid5 of the conditional create's query), so that a batch sends only what is new.
     located: dict[str, str] = field(default_factory=dict)
@@ -163,48 +160,34 @@ class FhirDestination:
         return (*self.render(rest), refused) if rest else (None, b"", refused)
 
     async def send(self, readings: Sequence[Reading]) -> list[Outcome]:
-        outcomes: list[Outcome] = []
-        while len(outcomes) < len(readings):
-            way, count = self.next_part(len(readings) - len(outcomes), first=not outcomes)
-            outcomes += await self._send(readings[len(outcomes):len(outcomes) + count], way)
-        return outcomes
-
-    def next_part(self, left: int, first: bool) -> tuple[str, int]:
-        """How the next readings of a batch go, (way, how many), `left` of them unsent (`first`: none sent
-        yet). The configured strategy; under "auto", SAMPLE readings each way not timed yet, then the
-        rest the way that cost the least per entry; every RECHECK batches a sample of the other way is
-        timed again. A batch too small for a sample goes the untimed way whole."""
-        if self.strategy != "auto":
-            return self.strategy, left
-        fit = self.fit
-        untimed = [w for w in WAYS if w not in fit.cost]
-        if untimed:
-            return untimed[0], SAMPLE if left > SAMPLE else left
-        assert fit.chosen is not None  # chosen when the last untimed way was timed
-        if first:
-            fit.batches += 1
-            if fit.batches % RECHECK == 0 and left > SAMPLE:
-                return next(w for w in WAYS if w != fit.chosen), SAMPLE
-        return fit.chosen, left
-
-    async def _send(self, readings: Sequence[Reading], way: str) -> list[Outcome]:
         # Building and serialising a bundle is CPU work: keep it off the event loop.
         tx, body, refused = await asyncio.to_thread(self.render_each, readings)
-        sent = await self._deliver(tx, body, way) if tx is not None else []
+        sent = await self._deliver(tx, body) if tx is not None else []
         answers = iter(sent)
         return [Rejected(refused[i]) if i in refused else next(answers) for i in range(len(readings))]
 
-    async def _deliver(self, tx: Transaction, body: bytes, way: str) -> list[Outcome]:
+    def way(self) -> str:
+        """How the next batch goes: the configured strategy, or under "auto" each way once, then the one
+        that cost the least per entry, with the other timed again every RECHECK batches."""
+        if self.strategy != "auto":
+            return self.strategy
+        fit = self.fit
+        fit.batches += 1
+        untried = [w for w in WAYS if w not in fit.cost]
+        if untried:
+            return untried[0]
+        best = min(WAYS, key=fit.cost.__getitem__)
+        if fit.batches % RECHECK == 0:
+            return next(w for w in WAYS if w != best)
+        return best
+
+    async def _deliver(self, tx: Transaction, body: bytes) -> list[Outcome]:
+        way = self.way()
         started = time.perf_counter()
         answers = await (self._singles(tx) if way == "single" else self._transaction(tx, body))
         seconds = (time.perf_counter() - started) / len(answers)
-        # The server's cost drifts (a database that grows slows down every way), so the way is chosen only
-        # when a way not in use was just timed, against the chosen way's latest batch: never against a
-        # figure from long ago.
-        fit = self.fit
-        fit.cost[way] = seconds
-        if way != fit.chosen and len(fit.cost) == len(WAYS):
-            fit.chosen = min(WAYS, key=fit.cost.__getitem__)
+        cost = self.fit.cost
+        cost[way] = seconds if way not in cost else (cost[way] + seconds) / 2
         return self._outcomes(answers, tx)
 
     async def _transaction(self, tx: Transaction, body: bytes) -> list[dict]:
