@@ -134,8 +134,9 @@ def bench_delivery() -> list[dict]:
     ids: dict[str, str] = {}
     with (tempfile.TemporaryDirectory(prefix="phg-bench-") as tmp, SekmetServer(workdir=Path(tmp) / "sekmet") as server,
           Outbox(Path(tmp) / "outbox.sqlite") as outbox, httpx.Client(timeout=60.0) as naive_client):
-        config = Config(gateway=GATEWAY, outbox_path=outbox.path, fhir_base=server.base_url, batch_size=BATCH,
-                        allow_insecure_http=True, source="bench")
+        config = load_config(env={}, document={
+            "gateway": {"system_id": GATEWAY.system_id, "serial": GATEWAY.serial}, "outbox": {"path": str(outbox.path)},
+            "fhir": {"base_url": server.base_url, "allow_insecure_http": True}, "delivery": {"batch_size": BATCH}})
         for r in range(ROUNDS):
             part = slice(r * chunk, (r + 1) * chunk)
             bundles = [build_transaction(ceiling_readings[part][i:i + BATCH], GATEWAY).bundle
