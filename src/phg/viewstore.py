@@ -12,7 +12,8 @@ SQLite (a hub on JetStream or PostgreSQL would keep this file on the gateway all
 Durability and order. The Intake keeps readings here *before* it queues them (phg.intake): a source
 acknowledges its device only after the queue committed, so a crash between the two leaves at most a
 viewable reading the source sends again (kept once: the reading's content key is the primary key), never
-a queued reading missing from the view. WAL with synchronous=FULL, as the outbox, for the same reason.
+a queued reading missing from the view.
+WAL with synchronous=FULL and the WAL bound, as the outbox (phg.outbox.sqlite.use_wal), for the same reasons.
 
 Retention: a reading stored more than `retention` seconds ago is deleted by the next write (at most
 once a minute). Times are the gateway's: the store time, not the device's clock, which may be wrong.
@@ -20,10 +21,8 @@ once a minute). Times are the gateway's: the store time, not the device's clock,
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import sqlite3
 import threading
 import time
@@ -36,7 +35,7 @@ from pathlib import Path
 from phg.config import ViewSettings
 from phg.errors import ReadingError, StorageError
 from phg.model import Reading, from_canonical_json
-from phg.outbox.sqlite import storage_errors
+from phg.outbox.sqlite import create_private, storage_errors, transaction, use_wal
 from phg.secretfile import require_private
 
 log = logging.getLogger(__name__)
@@ -81,8 +80,7 @@ class ViewStore:
         self._lock = threading.Lock()
         with self._storage_errors():
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            if not self.path.exists():  # patient identifiers and measurements: readable by its owner only
-                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            create_private(self.path)  # patient identifiers and measurements: readable by its owner only
             require_private(self.path, "the view store (it holds health data)")
             self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
@@ -100,8 +98,7 @@ class ViewStore:
         if owner != APPLICATION_ID and (owner or tables):
             raise StorageError(f"{self.path}: not phg's view store (another program's database): "
                                "set [view] path to a file of its own", str(self.path))
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = FULL")
+        use_wal(conn)
         conn.execute("PRAGMA foreign_keys = ON")
         if not tables:
             with self._write() as tx:
@@ -120,16 +117,8 @@ class ViewStore:
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction; on any failure nothing of it stays."""
-        with self._lock, self._storage_errors():
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-                self._conn.execute("COMMIT")
-            except BaseException:
-                if self._conn.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):  # the original error is the one to report
-                        self._conn.execute("ROLLBACK")
-                raise
+        with self._lock, self._storage_errors(), transaction(self._conn) as tx:
+            yield tx
 
     def keep(self, readings: Sequence[Reading]) -> None:
         """Keep `readings` (one that is kept already stays as it was) in one durable transaction; raises

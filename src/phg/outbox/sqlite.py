@@ -159,6 +159,38 @@ def storage_errors(path: Path) -> Iterator[None]:
         raise error from exc
 
 
+def create_private(path: Path) -> None:
+    """Create `path` empty and readable by its owner only, unless it exists (O_EXCL: never another's file).
+    SQLite gives the -wal and -shm files the database's mode. Shared with the view store (phg.viewstore)."""
+    if not path.exists():
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
+def use_wal(conn: sqlite3.Connection) -> None:
+    """WAL with an fsync at every commit, and the WAL bound of the module docstring (small disks), for
+    every phg database (the outbox and the view store share one disk)."""
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
+    conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT}")
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction, holding SQLite's write lock from its first statement. On any failure,
+    COMMIT included, nothing of it stays: SQLite has already rolled back after some errors (SQLITE_FULL,
+    SQLITE_IOERR), so only a transaction still open is rolled back here."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):  # the original error is the one to report
+                conn.execute("ROLLBACK")
+        raise
+
+
 def _fault(path: Path, exc: BaseException | None) -> int | None:
     """The SQLite primary result code of a storage fault (a key of _STORAGE_FAULTS), else None.
     SQLite reports a full disk met while growing its shared-memory file, or a read-only file system
@@ -258,8 +290,7 @@ class Outbox:
         with self._storage_errors():
             # The file holds patient identifiers and measurements: readable by its owner only (SQLite gives
             # the -wal and -shm files the database's mode).
-            if not self.path.exists():
-                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            create_private(self.path)
             # isolation_level=None: the sqlite3 module opens no implicit transactions; _write() does.
             self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
@@ -267,10 +298,7 @@ class Outbox:
                 self._conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
                 self._refuse_foreign()  # before WAL mode, which would already rewrite another program's file
                 require_private(self.path, "the outbox (it holds health data)")
-                self._conn.execute("PRAGMA journal_mode = WAL")
-                self._conn.execute("PRAGMA synchronous = FULL")
-                self._conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
-                self._conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT}")
+                use_wal(self._conn)
                 self._migrate()
         except BaseException:
             self._conn.close()
@@ -321,19 +349,14 @@ class Outbox:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, holding SQLite's write lock from its first statement. On any
-        failure, COMMIT included, nothing of it stays: SQLite has already rolled back after some
-        errors (SQLITE_FULL, SQLITE_IOERR), so only a transaction still open is rolled back here."""
+        """One write transaction (`transaction`) that also applies retention; after a full disk the WAL
+        is truncated so that the space it held serves the next write."""
         with self._lock, self._storage_errors():
-            self._conn.execute("BEGIN IMMEDIATE")
             try:
-                yield self._conn
-                self._apply_retention()
-                self._conn.execute("COMMIT")
+                with transaction(self._conn) as conn:
+                    yield conn
+                    self._apply_retention()
             except BaseException as exc:
-                if self._conn.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):  # the original error is the one to report
-                        self._conn.execute("ROLLBACK")
                 if _fault(self.path, exc) == sqlite3.SQLITE_FULL:
                     with contextlib.suppress(sqlite3.Error):  # still full: the next write tries again
                         self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
