@@ -36,6 +36,7 @@ if not (CHROMIUM and CHROMEDRIVER) and os.environ.get("PHG_REQUIRE_BROWSER") != 
 
 webdriver = pytest.importorskip("selenium.webdriver")
 By = pytest.importorskip("selenium.webdriver.common.by").By
+WebDriverWait = pytest.importorskip("selenium.webdriver.support.wait").WebDriverWait
 
 
 def more_history(ctx: ServiceContext) -> None:
@@ -120,6 +121,8 @@ def test_the_page_shows_queued_and_dead_items_and_retry_queues_a_dead_letter(ser
 
     browser.find_element(By.CSS_SELECTOR, "#dead table button").click()
 
+    # The click starts the POST and the 303 back; wait (bounded) for that navigation to end before reading the page.
+    WebDriverWait(browser, 10).until(lambda driver: driver.current_url != f"{served}/")
     assert browser.current_url == f"{served}/#dead"
     assert browser.find_element(By.CSS_SELECTOR, "#dead p.empty").text == "No dead letters."
     assert rows(browser, "queued")[0].startswith("2 fhir queued 0")  # the oldest waiting item now
