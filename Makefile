@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup demo test lint bench browser
+.PHONY: setup demo test lint bench browser nats
 
 setup: $(VENV)/.installed peers/node_modules/.installed
 
@@ -24,6 +24,12 @@ peers/node_modules/.installed: peers/package.json peers/package-lock.json
 browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver; }
+
+# The hub tests (tests/test_hub_*.py) start their own three-node JetStream cluster: Debian's nats-server,
+# installed with apt-get when missing (as root: CI runs as root).
+nats:
+	@command -v nats-server >/dev/null || { apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nats-server; }
 
 demo: setup
 	$(BIN)/phg demo
