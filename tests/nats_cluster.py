@@ -1,0 +1,206 @@
+"""A three-node NATS JetStream cluster on loopback, started by the tests (issue 15: hub mode).
+
+`nats_cluster` (pytest fixture, module scope): three `nats-server` processes, each with JetStream, its
+own store directory under the test's temp dir and free 127.0.0.1 client, cluster (route) and monitoring
+ports, routed to each other; the fixture returns once JetStream has elected a meta leader. Never the
+system server on 4222: every port is a free one. Helpers: `kill(i)` (SIGKILL), `stop(i)` (SIGTERM),
+`start(i)` (the same ports and store: a restarted node), `stream_leader(stream)` (the index of the node
+leading a stream, from the monitoring endpoint /jsz), `wait_ready()`.
+
+Use it in a test module with `from nats_cluster import nats_cluster  # noqa: F401` (a fixture), or start a
+`NatsCluster(workdir)` yourself. Skipped when nats-server is missing, unless PHG_REQUIRE_NATS=1 (CI, which
+installs it with `make nats`): then the test fails. Debian's nats-server is 2.9.10 (see issue 15 for what
+that version does wrong; phg.outbox.jetstream copes with it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+NATS_SERVER = shutil.which("nats-server") or next(
+    (p for p in ("/usr/sbin/nats-server", "/usr/bin/nats-server") if Path(p).is_file()), None)
+CLUSTER_NAME = "phgtest"
+READY_TIMEOUT = 30.0  # seconds for three nodes to elect a JetStream meta leader
+
+
+def require_nats_server() -> str:
+    """The nats-server binary; skip the test without one, or fail under PHG_REQUIRE_NATS=1."""
+    if NATS_SERVER is None:
+        if os.environ.get("PHG_REQUIRE_NATS") == "1":
+            pytest.fail("PHG_REQUIRE_NATS=1 but nats-server is missing (make nats)")
+        pytest.skip("nats-server is not installed (make nats)")
+    return NATS_SERVER
+
+
+def _free_ports(n: int) -> list[int]:
+    """n distinct free TCP ports on 127.0.0.1 (held open together, so that none repeats)."""
+    socks = []
+    try:
+        for _ in range(n):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            socks.append(sock)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+@dataclass
+class NatsNode:
+    name: str
+    port: int
+    cluster_port: int
+    http_port: int
+    store: Path
+    config: Path
+    log: Path
+    process: subprocess.Popen | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def jsz(self, query: str = "") -> dict:
+        """The node's /jsz monitoring document (JetStream state), e.g. query "streams=true"."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/jsz?{query}", timeout=2) as answer:
+            return json.load(answer)
+
+
+class NatsCluster:
+    """Three routed nats-server processes with JetStream (module docstring)."""
+
+    def __init__(self, workdir: Path, size: int = 3):
+        self.binary = require_nats_server()
+        ports = _free_ports(3 * size)
+        self.nodes: list[NatsNode] = []
+        for i in range(size):
+            base = workdir / f"n{i}"
+            (base / "store").mkdir(parents=True, exist_ok=True)
+            self.nodes.append(NatsNode(f"n{i}", ports[3 * i], ports[3 * i + 1], ports[3 * i + 2], base / "store",
+                                       base / "nats.conf", base / "nats.log"))
+        for node in self.nodes:
+            routes = ", ".join(f'"nats-route://127.0.0.1:{other.cluster_port}"'
+                               for other in self.nodes if other is not node)
+            node.config.write_text(
+                f'server_name: "{node.name}"\n'
+                f'listen: "127.0.0.1:{node.port}"\n'
+                f'http: "127.0.0.1:{node.http_port}"\n'
+                f'jetstream {{ store_dir: "{node.store}", max_memory_store: 64MB, max_file_store: 2GB }}\n'
+                f'cluster {{ name: "{CLUSTER_NAME}", listen: "127.0.0.1:{node.cluster_port}", routes: [{routes}] }}\n',
+                encoding="utf-8")
+
+    @property
+    def urls(self) -> list[str]:
+        """The client URLs of every node (running or not): what phg's [queue] servers lists."""
+        return [node.url for node in self.nodes]
+
+    def start(self, i: int | None = None) -> None:
+        """Start node i (all nodes when None) with its own ports and store: a restart keeps its data."""
+        for node in self.nodes if i is None else [self.nodes[i]]:
+            if node.running:
+                continue
+            with node.log.open("ab") as log:
+                node.process = subprocess.Popen([self.binary, "-c", str(node.config)], stdout=log,
+                                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def kill(self, i: int) -> None:
+        """SIGKILL node i (a crash) and reap it."""
+        self._signal(i, signal.SIGKILL)
+
+    def stop(self, i: int) -> None:
+        """SIGTERM node i (a clean shutdown) and reap it."""
+        self._signal(i, signal.SIGTERM)
+
+    def _signal(self, i: int, sig: int) -> None:
+        node = self.nodes[i]
+        if node.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            node.process.send_signal(sig)
+        try:
+            node.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            node.process.kill()
+            node.process.wait(timeout=10)
+        node.process = None
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        """Until every running node answers and sees the same JetStream meta leader, a running node."""
+        deadline = time.monotonic() + timeout
+        running = {node.name for node in self.nodes if node.running}
+        last = "no answer"
+        while time.monotonic() < deadline:
+            try:
+                leaders = {node.jsz().get("meta_cluster", {}).get("leader") for node in self.nodes if node.running}
+            except OSError as exc:
+                last = str(exc)
+            else:
+                if len(leaders) == 1 and leaders <= running:
+                    return
+                last = f"meta leaders seen: {leaders}"
+            for node in self.nodes:
+                if node.process is not None and node.process.poll() is not None:
+                    raise RuntimeError(f"{node.name} exited ({node.process.returncode}): "
+                                       f"{node.log.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.2)
+        raise TimeoutError(f"the NATS cluster has no JetStream meta leader after {timeout:g} s ({last})")
+
+    def stream_leader(self, stream: str, account: str = "$G", timeout: float = 15.0) -> int:
+        """The index of the node leading `stream` (waits, bounded, while none is elected)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for node in self.nodes:
+                if not node.running:
+                    continue
+                with contextlib.suppress(OSError):
+                    for acc in node.jsz(f"accounts=true&streams=true&acc={account}").get("account_details", []):
+                        for detail in acc.get("stream_detail", []):
+                            if detail.get("name") == stream:
+                                leader = (detail.get("cluster") or {}).get("leader")
+                                names = [n.name for n in self.nodes]
+                                if leader in names and self.nodes[names.index(leader)].running:
+                                    return names.index(leader)
+            time.sleep(0.2)
+        raise TimeoutError(f"stream {stream} has no leader after {timeout:g} s")
+
+    def close(self) -> None:
+        for i in range(len(self.nodes)):
+            self.stop(i)
+
+    def __enter__(self) -> NatsCluster:
+        try:
+            self.start()
+            self.wait_ready()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+@pytest.fixture(scope="module")
+def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    """A running three-node JetStream cluster for the module; a test that kills a node restarts it (and
+    calls wait_ready) before it ends. Tests share it: give each its own stream prefix."""
+    with NatsCluster(tmp_path_factory.mktemp("nats")) as cluster:
+        yield cluster
