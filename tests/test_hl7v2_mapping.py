@@ -96,15 +96,17 @@ def test_pid_and_obr(messages):
 
 def test_obx_tree_gateway_device_metrics(messages):
     rows = obx_rows(messages[0])
-    assert list(rows) == ["0.0.0.1", "1", "1.0.0.1", "1.0.0.2"]
-    gateway = rows["0.0.0.1"]
-    assert (str(gateway[2]), str(gateway[3]), str(gateway[5])) == \
+    assert list(rows) == ["0", "0.0.0.1", "0.0.0.2", "0.0.0.3", "0.0.0.4", "1", "1.0.0.1", "1.0.0.2", "1.0.0.3"]
+    gateway, sync = rows["0"], rows["0.0.0.1"]
+    assert (str(gateway[3]), str(gateway[11]), str(gateway[18])) == \
+           ("531981^MDC_MOC_VMS_MDS_AHD^MDC", "X", "ECDE3D4E58532D31^EUI-64")
+    assert (str(sync[2]), str(sync[3]), str(sync[5])) == \
            ("CWE", "68220^MDC_TIME_SYNC_PROTOCOL^MDC", "532226^MDC_TIME_SYNC_NTPV4^MDC")
-    assert str(gateway[18]) == "ECDE3D4E58532D31^EUI-64"
     device = rows["1"]
     assert (str(device[3]), str(device[11]), str(device[18])) == \
            ("528401^MDC_DEV_SPEC_PROFILE_GLUCOSE^MDC", "X", "00601900010E9234^EUI-64")
-    glucose = rows["1.0.0.1"]
+    assert str(rows["1.0.0.1"][3]) == "67972^MDC_ATTR_SYS_ID^MDC"
+    glucose = rows["1.0.0.2"]
     assert (str(glucose[2]), str(glucose[3]), str(glucose[5])) == \
            ("NM", "160184^MDC_CONC_GLU_CAPILLARY_WHOLEBLOOD^MDC", "5.20")
     assert str(glucose[6]) == "266866^MDC_DIM_MILLI_MOLE_PER_L^MDC^mmol/L^mmol/L^UCUM"
@@ -112,23 +114,24 @@ def test_obx_tree_gateway_device_metrics(messages):
 
 
 def test_blood_pressure_is_a_compound_with_three_metrics(messages):
-    rows = obx_rows(messages[1])
-    assert list(rows) == ["0.0.0.1", "1", "1.0.1", "1.0.1.1", "1.0.1.2", "1.0.1.3", "1.0.0.1"]
+    rows = {sub_id: row for sub_id, row in obx_rows(messages[1]).items() if sub_id.startswith("1")}
+    assert list(rows) == ["1", "1.0.0.1", "1.0.1", "1.0.1.1", "1.0.1.2", "1.0.1.3", "1.0.0.2"]
     assert str(rows["1"][18]) == "B0495F001071^EUI-48"  # no EUI-64: the Bluetooth address
     assert (str(rows["1.0.1"][3]), str(rows["1.0.1"][2]), str(rows["1.0.1"][11])) == \
            ("150020^MDC_PRESS_BLD_NONINV^MDC", "", "X")
     assert [(str(rows[f"1.0.1.{i}"][3]).split("^")[0], str(rows[f"1.0.1.{i}"][5])) for i in (1, 2, 3)] == \
            [("150021", "116"), ("150022", "71"), ("150023", "86")]
     assert str(rows["1.0.1.1"][6]) == "266016^MDC_DIM_MMHG^MDC^mm[Hg]^mm[Hg]^UCUM"
-    assert str(rows["1.0.0.1"][6]) == "264864^MDC_DIM_BEAT_PER_MIN^MDC^/min^/min^UCUM"
+    assert str(rows["1.0.0.1"][3]) == "67880^MDC_ATTR_ID_MODEL^MDC"  # the device's model before its metrics
+    assert str(rows["1.0.0.2"][6]) == "264864^MDC_DIM_BEAT_PER_MIN^MDC^/min^/min^UCUM"
 
 
 def test_times_in_utc_with_device_fraction_and_status(messages):
     rows = obx_rows(messages[3])
-    assert str(rows["1.0.0.1"][14]) == "20261128080000.25+0000"
-    assert str(rows["1.0.0.1"][6]) == "268192^MDC_DIM_DEGC^MDC^Cel^Cel^UCUM"
+    assert str(rows["1.0.0.2"][14]) == "20261128080000.25+0000"
+    assert str(rows["1.0.0.2"][6]) == "268192^MDC_DIM_DEGC^MDC^Cel^Cel^UCUM"
     rows = obx_rows(messages[4])
-    assert str(rows["1.0.0.1"][14]) == "20261128130000.936+0000"  # -04:00 to UTC
+    assert str(rows["1.0.0.2"][14]) == "20261128130000.936+0000"  # -04:00 to UTC
     rows = obx_rows(messages[5])
     invalid, validated = rows["1.0.0.1"], rows["1.0.0.2"]
     assert (str(invalid[2]), str(invalid[5]), str(invalid[11])) == ("", "", "X")
@@ -144,10 +147,10 @@ def test_device_clock_when_known():
     strict(message)
     assert check(message) == []
     rows = obx_rows(message)
-    clock = rows["1.0.0.1"]
+    clock = rows["1.0.0.2"]  # after the system id
     assert (str(clock[2]), str(clock[3]), str(clock[5]), str(clock[14])) == \
            ("DTM", "67975^MDC_ATTR_TIME_ABS^MDC", "20261128115830+0100", "20261128120000+0000")
-    assert str(rows["1.0.0.2"][3]).startswith("150364^")
+    assert str(rows["1.0.0.3"][3]).startswith("150364^")
 
 
 def test_unit_without_mdc_code_is_a_mapping_error():

@@ -6,16 +6,30 @@ answers exactly one reading (its MSA-2 must equal the message's MSH-10; see ack.
 Shape (IHE PCD TF-2 transaction PCD-01, https://www.ihe.net/resources/technical_frameworks/#pcd;
 the PCD-01 example request of the IPF project, https://github.com/oehf/ipf):
 
-    MSH  MSH-3 <ns>^<gateway EUI-64>^EUI-64, ORU^R01^ORU_R01, 2.6, NE/AL, MSH-21 = PCD-01 profile
+    MSH  MSH-3 <ns>^<gateway EUI-64>^EUI-64, ORU^R01^ORU_R01, MSH-11 P (T for test data, below), 2.6,
+         NE/AL, MSH-21 = PCD-01 profile
     PID  PID-3 from the patient binding, PID-5 (name type U "unspecified" when the name is unknown)
     OBR  OBR-2/3 EIs in the gateway's EUI-64 namespace, OBR-4 monitoring of patient, OBR-7/8
-    OBX  0.0.0.1   the gateway: MDC_TIME_SYNC_PROTOCOL (OBX-18 = gateway EUI-64)
+    OBX  0         the gateway's MDS: MDC_MOC_VMS_MDS_AHD (the application hosting device), OBX-18 = its EUI-64
+    OBX  0.0.0.n   its attributes: MDC_TIME_SYNC_PROTOCOL (always 0.0.0.1), then model, serial, firmware
     OBX  1         the device's MDS: its specialization (MDC_DEV_SPEC_PROFILE_*), OBX-18 = device EUI-64
-    OBX  1.0.0.n   MDS attributes (MDC_ATTR_TIME_ABS when the device clock is known), then simple metrics
+    OBX  1.0.0.n   MDS attributes (system id, model, serial, firmware, time sync, MDC_ATTR_TIME_ABS when the
+                   device clock is known), then simple metrics
     OBX  1.0.c     compound metric c (blood pressure), its components at 1.0.c.1..k
 
-OBX-4 is MDS.VMD.CHAN.METRIC (PCD TF-2 "OBX-4 sub-id"; 0 = level not applicable). Times: OBX-14,
-OBR-7/8 and MSH-7 in UTC (+0000); the device's own wall clock, when known, rides in a DTM row.
+OBX-4 is MDS.VMD.CHAN.METRIC (PCD TF-2 "OBX-4 sub-id"; 0 = level not applicable): the gateway is MDS 0
+(Continua WAN: 0.0.0.1 is the gateway's time-sync row), the device MDS 1, its metrics and attributes in
+MDS 1 with the VMD and, for simple metrics, the channel level not applicable. Device attributes follow
+the IEEE 11073-20601 MDS object (System-Id, System-Model, Production-Specification, time sync) with
+their IEEE 11073-10101 terms, one OBX each, as the Continua WAN fixtures write MDS-level rows.
+Times: OBX-14, OBR-7/8 and MSH-7 in UTC (+0000); the device's own wall clock, when known, rides in a DTM row.
+
+Measurement status (IEEE 11073-20601 MeasurementStatus) goes to OBX-8 and OBX-11 per the IHE PCD TF-2
+measurement-status table (OBX-8 Abnormal Flags; restated in the HL7 Point-of-Care Device IG's v2
+mapping, https://build.fhir.org/ig/HL7/uv-pocd/mappingv2.html): see `STATUS_FLAGS`. A reading whose
+every metric is test or demonstration data is sent with MSH-11 = T (HL7 v2.6 section 2.14.9.11,
+table 0103: P production, T training, D debugging; demonstration data is not a debugging run), so that
+a receiver does not file it as a patient's; its OBX-8 flags still say which of the two it is.
 
 ER7 is written here rather than built with hl7apy's element tree: the message has one fixed shape,
 escaping is a few substitutions (HL7 v2.6 ch. 2.7), and hl7apy's tree is ~100x slower. The tests run
@@ -32,9 +46,14 @@ from decimal import Decimal
 
 from phg import mdc
 from phg.errors import MappingError
-from phg.model import MDC_ATTR_TIME_ABS, Gateway, Metric, Reading
+from phg.model import MDC_ATTR_TIME_ABS, Device, DeviceClock, Gateway, Metric, Reading
 
 PCD01_PROFILE = "IHE_PCD_001^IHE PCD^1.3.6.1.4.1.19376.1.6.1.1.1^ISO"
+# IEEE 11073-10101 terms of the MDS attributes the device rows carry (partition 1 attributes: 1 * 65536 + id;
+# partition 8 infrastructure: 8 * 65536 + id). mdc holds the gateway's (AHD, time sync, firmware).
+MDC_ATTR_ID_MODEL = 67880  # System-Model (2344)
+MDC_ATTR_SYS_ID = 67972  # System-Id (2436)
+MDC_ID_PROD_SPEC_SERIAL = 531972  # Production-Specification spec-type serial-number (7684)
 MONITORING_OF_PATIENT = "182777000^monitoring of patient^SNOMED-CT"
 SEGMENT_SEPARATOR = "\r"
 
@@ -152,7 +171,7 @@ def render_message(reading: Reading, gateway: Gateway, msh10: str, *, now: datet
         raise MappingError("a reading without metrics cannot be sent as PCD-01 (no OBX to report)")
     gw_hd = f"{escape(_namespace(gateway))}^{gateway.system_id}^EUI-64"
     msh = ("MSH|^~\\&|" + gw_hd + f"||{escape(receiving_application)}|{escape(receiving_facility)}|{dtm(now)}||"
-           f"ORU^R01^ORU_R01|{msh10}|P|2.6|||NE|AL||UNICODE UTF-8|||{PCD01_PROFILE}")
+           f"ORU^R01^ORU_R01|{msh10}|{processing_id(reading)}|2.6|||NE|AL||UNICODE UTF-8|||{PCD01_PROFILE}")
     times = [m.time for m in reading.metrics]
     ns = f"{escape(_namespace(gateway))}^{gateway.system_id}^EUI-64"
     obr = (f"OBR|1|{msh10}^{ns}|{msh10}^{ns}|{MONITORING_OF_PATIENT}|||{dtm(min(times))}|{dtm(max(times))}")
@@ -196,66 +215,139 @@ def _unit(ucum: str | None, where: str) -> str:
     return f"{code}^{ref}^MDC^{escape(ucum)}^{escape(ucum)}^UCUM"
 
 
-ABSENT = frozenset({"invalid", "not-available"})  # MeasurementStatus bits that void the value (as the FHIR mapping)
+# IHE PCD TF-2, OBX-8 Abnormal Flags, measurement-status table (IEEE 11073-10201/-20601 MeasurementStatus ->
+# OBX-8 flag, OBX-11 result status); restated in https://build.fhir.org/ig/HL7/uv-pocd/mappingv2.html.
+# Status name (mdc.MEASUREMENT_STATUS) -> OBX-8 flag. validated-data has no flag: it is OBX-11 F. The flags
+# repeat (OBX-8 is IS, repeating) in bit order.
+STATUS_FLAGS: dict[str, str] = {
+    "invalid": "INV",  # OBX-11 X
+    "questionable": "QUES",
+    "not-available": "NAV",  # OBX-11 X
+    "calibration-ongoing": "CAL",
+    "test-data": "TEST",
+    "demonstration-data": "DEMO",
+    "early-indication": "EARLY",
+    "msmt-ongoing": "BUSY",  # OBX-11 X: a new measurement is just being taken
+}
+# The statuses whose OBX-11 is X (HL7 table 0085: results cannot be obtained): the value is not sent, as the
+# FHIR mapping sends none (dataAbsentReason error / not-performed / temp-unknown).
+ABSENT = frozenset({"invalid", "not-available", "msmt-ongoing"})
+TEST_DATA = frozenset({"test-data", "demonstration-data"})
 
 
 def _result_status(metric: Metric) -> str:
-    """OBX-11 (HL7 table 0085): F for data the device marked validated, P for an early indication,
-    R (raw device data, not verified) otherwise."""
-    if "validated-data" in metric.status:
-        return "F"
-    return "P" if "early-indication" in metric.status else "R"
+    """OBX-11 (HL7 table 0085) per the PCD TF-2 measurement-status table: X when the value cannot be
+    obtained, F for data the device marked validated, R (raw device data, not verified) otherwise,
+    early indications included."""
+    if ABSENT & set(metric.status):
+        return "X"
+    return "F" if "validated-data" in metric.status else "R"
+
+
+def _flags(metric: Metric) -> str:
+    """OBX-8: the metric's measurement-status flags, repeated with ~ in MeasurementStatus bit order."""
+    return "~".join(STATUS_FLAGS[name] for name in mdc.MEASUREMENT_STATUS if name in metric.status
+                    and name in STATUS_FLAGS)
+
+
+def processing_id(reading: Reading) -> str:
+    """MSH-11: T (HL7 table 0103, training) when every metric of the reading is test or demonstration
+    data (IEEE 11073-20601 MeasurementStatus test-data / demo-data), else P (production)."""
+    return "T" if all(TEST_DATA & set(m.status) for m in reading.metrics) else "P"
 
 
 def _obx(value_type: str, ident: str, sub_id: str, value: str = "", units: str = "", status: str = "R",
-         time: str = "", equipment: str = "") -> str:
+         time: str = "", equipment: str = "", flags: str = "") -> str:
     """OBX-2..18 (OBX-1 is added by the caller)."""
-    fields = [value_type, ident, sub_id, value, units, "", "", "", "", status, "", "", time, "", "", "", equipment]
+    fields = [value_type, ident, sub_id, value, units, "", flags, "", "", status, "", "", time, "", "", "", equipment]
     return "|".join(fields).rstrip("|")
 
 
-def _observations(reading: Reading, gateway: Gateway, now: datetime) -> list[str]:
-    device = reading.device
-    sync = gateway.time_sync
-    rows = [_obx("CWE", f"{mdc.MDC_TIME_SYNC_PROTOCOL}^MDC_TIME_SYNC_PROTOCOL^MDC", "0.0.0.1",
-                 f"{sync}^{mdc.TIME_SYNC.get(sync, '')}^MDC", equipment=f"{gateway.system_id}^EUI-64")]
+def _ident(code: int, ref: str) -> str:
+    return f"{code}^{ref}^MDC"
+
+
+def _attributes(sub_id: str, *, system_id: str | None, manufacturer: str | None, model: str | None,
+                serial: str | None, firmware: str | None, sync: int | None) -> list[str]:
+    """An MDS's attribute rows at <sub_id>.0.0.n, n from 1, each present only when known: System-Id
+    (MDC_ATTR_SYS_ID, the EUI-64 as 16 hex digits), System-Model (MDC_ATTR_ID_MODEL: its two
+    IEEE 11073-20601 fields, manufacturer and model number, as two components), Production-Specification
+    entries (MDC_ID_PROD_SPEC_SERIAL, _FW: the spec-type term as OBX-3) and the time-synchronisation
+    protocol (MDC_TIME_SYNC_PROTOCOL, a CWE of an MDC_TIME_SYNC_* term)."""
+    values: list[tuple[str, str, str]] = []
+    if sync is not None:
+        values.append(("CWE", _ident(mdc.MDC_TIME_SYNC_PROTOCOL, "MDC_TIME_SYNC_PROTOCOL"),
+                       _ident(sync, mdc.TIME_SYNC.get(sync, ""))))
+    if system_id:
+        values.append(("ST", _ident(MDC_ATTR_SYS_ID, "MDC_ATTR_SYS_ID"), escape(system_id)))
+    if manufacturer or model:
+        values.append(("ST", _ident(MDC_ATTR_ID_MODEL, "MDC_ATTR_ID_MODEL"),
+                       f"{escape(manufacturer or '')}^{escape(model or '')}".rstrip("^")))
+    if serial:
+        values.append(("ST", _ident(MDC_ID_PROD_SPEC_SERIAL, "MDC_ID_PROD_SPEC_SERIAL"), escape(serial)))
+    if firmware:
+        values.append(("ST", _ident(mdc.MDC_ID_PROD_SPEC_FW, "MDC_ID_PROD_SPEC_FW"), escape(firmware)))
+    return [_obx(kind, ident, f"{sub_id}.0.0.{n}", value) for n, (kind, ident, value) in enumerate(values, 1)]
+
+
+def _gateway_rows(gateway: Gateway) -> list[str]:
+    """MDS 0, the gateway as the application hosting device (MDC_MOC_VMS_MDS_AHD, the PHD IG PhgDevice
+    type) with its EUI-64 in OBX-18, then its attributes; the time-sync protocol first, at 0.0.0.1
+    where the Continua WAN fixtures have it."""
+    mds = _obx("", _ident(mdc.MDC_MOC_VMS_MDS_AHD, "MDC_MOC_VMS_MDS_AHD"), "0", status="X",
+               equipment=f"{gateway.system_id}^EUI-64")
+    return [mds, *_attributes("0", system_id=None, manufacturer=gateway.manufacturer, model=gateway.model,
+                              serial=gateway.serial, firmware=gateway.firmware, sync=gateway.time_sync)]
+
+
+def _device_rows(device: Device, clock: DeviceClock | None) -> list[str]:
+    """MDS 1, the device: its (first) specialization, or a simple MDS when it names none, with OBX-18 its
+    EUI-64 (or, without one, its Bluetooth address as EUI-48), then its attributes and the device clock."""
     if device.specializations:
         spec = device.specializations[0].code
-        spec_text = f"{spec}^{mdc.SPECIALIZATIONS.get(spec, ('',))[0]}^MDC"
+        ident = _ident(spec, mdc.SPECIALIZATIONS.get(spec, ("",))[0])
     else:
-        spec_text = f"{mdc.MDC_MOC_VMS_MDS_SIMP}^{mdc.MDC_MOC_VMS_MDS_SIMP_REF}^MDC"
+        ident = _ident(mdc.MDC_MOC_VMS_MDS_SIMP, mdc.MDC_MOC_VMS_MDS_SIMP_REF)
     if device.system_id:
         equipment = f"{device.system_id}^EUI-64"
     elif device.bt_address:
         equipment = f"{device.bt_address.replace('-', '')}^EUI-48"
     else:
         raise MappingError("device has neither an EUI-64 system id nor a transport address")
-    rows.append(_obx("", spec_text, "1", status="X", equipment=equipment))
-    metric_n = 0
-    clock = reading.clock  # the device's clock as the gateway read it at upload, when a source knows it
+    rows = [_obx("", ident, "1", status="X", equipment=equipment)]
+    rows += _attributes("1", system_id=device.system_id, manufacturer=device.manufacturer, model=device.model,
+                        serial=device.serial, firmware=device.firmware, sync=clock.sync if clock else None)
     if clock is not None and clock.device_time is not None and clock.clock_type == MDC_ATTR_TIME_ABS:
-        metric_n += 1
-        rows.append(_obx("DTM", f"{MDC_ATTR_TIME_ABS}^MDC_ATTR_TIME_ABS^MDC", f"1.0.0.{metric_n}",
+        rows.append(_obx("DTM", _ident(MDC_ATTR_TIME_ABS, "MDC_ATTR_TIME_ABS"), f"1.0.0.{len(rows)}",
                          local_dtm(clock.device_time), time=dtm(clock.gateway_time)))
+    return rows
+
+
+def _observations(reading: Reading, gateway: Gateway, now: datetime) -> list[str]:
+    rows = _gateway_rows(gateway)
+    device_rows = _device_rows(reading.device, reading.clock)
+    rows += device_rows
+    metric_n = len(device_rows) - 1  # the device's attribute rows come first in 1.0.0.n
     chan = 0
     for i, m in enumerate(reading.metrics):
         where = f"metrics[{i}]"
         when = dtm(m.time, m.time_digits)
         absent = bool(ABSENT & set(m.status))
+        status, flags = _result_status(m), _flags(m)
         if m.components or (m.value is None and m.code in mdc.MEASUREMENTS and mdc.MEASUREMENTS[m.code].components):
             chan += 1
-            rows.append(_obx("", _code(m.code), f"1.0.{chan}", status="X", time=when))
+            rows.append(_obx("", _code(m.code), f"1.0.{chan}", status="X", time=when, flags=flags))
             if absent:  # an invalid compound reports no components (value cannot be obtained)
                 continue
             for j, c in enumerate(m.components, 1):
                 rows.append(_obx("NM", _code(c.code), f"1.0.{chan}.{j}", number(c.value),
-                                 _unit(c.unit, f"{where}.components[{j - 1}]"), _result_status(m), when))
+                                 _unit(c.unit, f"{where}.components[{j - 1}]"), status, when, flags=flags))
             continue
         metric_n += 1
         sub_id = f"1.0.0.{metric_n}"
-        if m.value is None or absent:  # invalid / not-available: no value, result status X (cannot be obtained)
-            rows.append(_obx("", _code(m.code), sub_id, status="X", time=when))
+        if m.value is None or absent:  # invalid / not-available / ongoing: no value, X (cannot be obtained)
+            rows.append(_obx("", _code(m.code), sub_id, status="X", time=when, flags=flags))
         else:
-            rows.append(_obx("NM", _code(m.code), sub_id, number(m.value), _unit(m.unit, where),
-                             _result_status(m), when))
+            rows.append(_obx("NM", _code(m.code), sub_id, number(m.value), _unit(m.unit, where), status, when,
+                             flags=flags))
     return rows
