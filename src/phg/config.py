@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from phg.errors import ConfigError
-from phg.model import Gateway, PatientRef
+from phg.model import Gateway, PatientRef, Reading
 from phg.secretfile import require_private
 
 DEFAULT_SCOPE = "system/Patient.cu system/Device.cu system/Observation.c"
@@ -41,6 +41,10 @@ DEFAULT_PUBLISH_DELAY = 600.0  # [auth] key_publish_delay (phg.auth.keyring)
 DEFAULT_GRACE = 86400.0  # [auth] key_rotation_grace (phg.auth.keyring)
 AUTH_METHODS = ("smart-backend", "client-secret-basic", "client-secret-post", "password", "bearer", "none")
 FHIR_DESTINATION = "fhir"
+QUEUE_ENGINES = ("sqlite", "jetstream")  # [queue] engine: phg.outbox.sqlite (embedded) or phg.outbox.jetstream (hub)
+QUEUE_MAX_AGE = 14 * 86400.0  # [queue] max_age: how long JetStream keeps an undelivered reading (and its markers)
+QUEUE_DUPLICATE_WINDOW = 120.0  # [queue] duplicate_window: JetStream's own default (Nats-Msg-Id deduplication)
+RUN_ROLES = ("all", "intake", "worker")  # [run] role: what `phg run` runs (phg.daemon.run_gateway)
 
 Parse = Callable[[Any, str], Any]  # (value as given, "where: [section] key") -> typed value, or ConfigError
 
@@ -292,11 +296,24 @@ SETTINGS: tuple[Setting, ...] = (
     *_rows("outbox",
            ("path", path, None, "PHG_OUTBOX"),
            ("keep_delivered", duration, KEEP_DELIVERED)),
+    *_rows("queue",
+           ("engine", choice(*QUEUE_ENGINES), "sqlite"),
+           ("servers", strings, ()), ("prefix", text, "phg"),
+           ("creds_file", path), ("nkey_seed_file", path), ("user", text), ("password", secret),
+           ("ca_file", readable_file), ("cert_file", readable_file), ("key_file", readable_file),
+           ("allow_insecure", flag, False),
+           ("stream_replicas", number(int, 1, 5), 1),
+           ("max_age", duration, QUEUE_MAX_AGE),
+           ("max_bytes", number(int, 0, 2**53), 0),
+           ("duplicate_window", duration, QUEUE_DUPLICATE_WINDOW),
+           ("max_deliver", number(int, 0, 100_000), 0),
+           ("max_in_flight", number(int, 1, 1_000_000), 1000)),
     *_rows("delivery",
            ("batch_size", number(int, 1, 1000), 50),
            ("max_retry_delay", number(int, 1, 86400, " s"), 300),
            ("lease_seconds", number(float, 1, 3600, " s"), 120.0)),
     *_rows("patient", ("system", text), ("value", text)),
+    *_rows("run", ("role", choice(*RUN_ROLES), "all")),
     *_rows("ble",
            ("allow", strings, ()), ("pair_new", flag, False),
            ("scan_seconds", number(float, 0.1, 3600, " s"), 5.0)),
@@ -683,6 +700,88 @@ DESTINATION_TYPES: dict[str, type[DestinationSettings]] = {
     "soap": SoapSettings, "c3pro": C3proSettings}
 
 
+# ------------------------------------------------------------------------------------------ routes
+
+
+ROUTE_MATCHERS = ("patient_system", "patient_value", "device")
+_DEVICE_PATTERN = re.compile(r"[0-9A-F*?\[\]!]+")
+
+
+@dataclass(frozen=True)
+class Route:
+    """One [[routes]] table: the readings it matches go to its `destinations`. A reading matches when
+    every matcher given holds: `patient_system` equals the patient identifier's system; `patient_value`
+    (a glob: *, ?, [seq], [!seq]; Python fnmatch, case-sensitive as FHIR identifier values are) matches
+    its value; `device` (a glob over hex digits, case and ":"/"-" separators ignored) matches the device's
+    system id (EUI-64) or its Bluetooth address (EUI-48). `default = true` matches every reading (a
+    catch-all, without matchers). `where` names the table for messages: "phg.toml: [[routes]] #2"."""
+
+    destinations: tuple[str, ...]
+    patient_system: str | None = None
+    patient_value: str | None = None
+    device: str | None = None  # normalised: upper case, no separators
+    default: bool = False
+    where: str = ""
+
+    def matches(self, reading: Reading) -> bool:
+        from fnmatch import fnmatchcase
+
+        if self.default:
+            return True
+        if self.patient_system is not None and reading.patient.system != self.patient_system:
+            return False
+        if self.patient_value is not None and not fnmatchcase(reading.patient.value, self.patient_value):
+            return False
+        if self.device is not None:
+            device = reading.device
+            identities = [i for i in (device.system_id, (device.bt_address or "").replace("-", "")) if i]
+            return any(fnmatchcase(i, self.device) for i in identities)
+        return True
+
+
+def _routes(tables: Any, destinations: tuple[DestinationSettings, ...], source: str) -> tuple[Route, ...]:
+    """[[routes]] (an array of tables, file only): each names configured destinations and has at least one
+    matcher, or is `default = true` and has none. ConfigError naming the file, the table and the key."""
+    if not isinstance(tables, list) or not all(isinstance(table, dict) for table in tables):
+        raise ConfigError(f"{source}: routes must be [[routes]] tables (an array of tables), each with "
+                          "destinations and a matcher")
+    names = [d.name for d in destinations]
+    known = ("destinations", *ROUTE_MATCHERS, "default")
+    found = []
+    for number_, table in enumerate(tables, 1):
+        where = f"{source}: [[routes]] #{number_}"
+        for key in table:
+            if key not in known:
+                raise ConfigError(f"{where}: unknown key {key!r}; known: {', '.join(known)}")
+        if "destinations" not in table:
+            raise ConfigError(f"{where} needs destinations (a list of destination names: {', '.join(names)})")
+        targets = strings(table["destinations"], f"{where} destinations")
+        if not targets:
+            raise ConfigError(f"{where} destinations is empty: name at least one of {', '.join(names)}")
+        for target in targets:
+            if target not in names:
+                raise ConfigError(f"{where} destinations names {target!r}, which is not configured "
+                                  f"(configured: {', '.join(names)})")
+        matchers = {key: text(table[key], f"{where} {key}") for key in ROUTE_MATCHERS if key in table}
+        for key, value in matchers.items():
+            if not value:
+                raise ConfigError(f"{where} {key} is empty (leave the key out to match any)")
+        if "device" in matchers:
+            matchers["device"] = matchers["device"].upper().replace(":", "").replace("-", "")
+            if not _DEVICE_PATTERN.fullmatch(matchers["device"]):
+                raise ConfigError(f"{where} device must be a pattern over the device's hex identity (system id "
+                                  f"or Bluetooth address, such as \"C0:00:*\"), not {table['device']!r:.60}")
+        default = flag(table.get("default", False), f"{where} default")
+        if default and matchers:
+            raise ConfigError(f"{where}: default = true matches every reading: drop {', '.join(matchers)} "
+                              "or default")
+        if not default and not matchers:
+            raise ConfigError(f"{where} needs a matcher ({', '.join(ROUTE_MATCHERS)}) or default = true "
+                              "(a catch-all)")
+        found.append(Route(destinations=tuple(dict.fromkeys(targets)), default=default, where=where, **matchers))
+    return tuple(found)
+
+
 # ------------------------------------------------------------------------------------------ Config
 
 
@@ -728,6 +827,75 @@ class ViewSettings:
 
 
 @dataclass(frozen=True)
+class QueueSettings:
+    """[queue]: where readings wait between intake and delivery. "sqlite" (default): the outbox file of
+    [outbox]. "jetstream": NATS JetStream (phg.outbox.jetstream, hub mode: docs/hub.md), reached at
+    `servers` with one of creds_file (a NATS .creds file), nkey_seed_file, or user + password, over TLS
+    (tls:// URLs, ca_file, cert_file + key_file) except on loopback unless allow_insecure."""
+
+    engine: str = "sqlite"
+    servers: tuple[str, ...] = ()
+    prefix: str = "phg"  # names its streams and buckets: <prefix>_queue, <prefix>_dead, <prefix>_state, ...
+    creds_file: Path | None = None
+    nkey_seed_file: Path | None = None
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    allow_insecure: bool = False
+    stream_replicas: int = 1
+    max_age: float = QUEUE_MAX_AGE
+    max_bytes: int = 0  # 0: no limit
+    duplicate_window: float = QUEUE_DUPLICATE_WINDOW
+    max_deliver: int = 0  # deliveries of one reading before it is dead-lettered; 0: no limit (as SQLite)
+    max_in_flight: int = 1000  # readings of one destination leased at once, by all workers together
+    source: str = "(defaults)"
+
+
+_NATS_URL = re.compile(r"(nats|tls)://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?")
+
+
+def _queue(values: Values) -> QueueSettings:
+    """[queue] rows into QueueSettings, with the checks that join several keys (file, key and fix named)."""
+    given = {row.key: values("queue", row.key) for row in SETTINGS if row.section == "queue"}
+    settings = QueueSettings(**given, source=values.source)
+    if settings.engine != "jetstream":
+        return settings
+    where = values.where("queue", "servers")
+    if not settings.servers:
+        raise ConfigError(f"{values.source}: [queue] engine = \"jetstream\" needs [queue] servers, such as "
+                          "[\"nats://nats1.example.org:4222\"]")
+    for server in settings.servers:
+        if not _NATS_URL.fullmatch(server):
+            raise ConfigError(f"{where}: {server!r:.80} is not a nats:// or tls:// URL (HOST[:PORT], no "
+                              "credentials in it: use [queue] creds_file, nkey_seed_file or user and password)")
+        host = _NATS_URL.fullmatch(server)[2].strip("[]")
+        tls = server.startswith("tls://") or settings.ca_file is not None or settings.cert_file is not None
+        if not (tls or settings.allow_insecure or is_loopback(host)):
+            raise ConfigError(f"{where}: {server} is plain NATS to another machine: use tls:// (or [queue] "
+                              "ca_file), or set [queue] allow_insecure = true on a trusted network")
+    credentials = [key for key in ("creds_file", "nkey_seed_file", "user") if given[key]]
+    if len(credentials) > 1:
+        raise ConfigError(f"{values.source}: [queue] give one of creds_file, nkey_seed_file or user + password, "
+                          f"not {' and '.join(credentials)}")
+    if (settings.user is None) != (settings.password is None):
+        raise ConfigError(f"{values.source}: [queue] user and password go together")
+    if (settings.cert_file is None) != (settings.key_file is None):
+        raise ConfigError(f"{values.source}: [queue] cert_file and key_file go together (mutual TLS)")
+    for key in ("creds_file", "nkey_seed_file", "key_file"):
+        if given[key] is not None:
+            require_private(given[key], f"{values.where('queue', key)}:")
+    if settings.duplicate_window > settings.max_age or settings.duplicate_window <= 0:
+        raise ConfigError(f"{values.where('queue', 'duplicate_window')} must be more than 0 and at most "
+                          f"[queue] max_age ({settings.max_age:g} s)")
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", settings.prefix):
+        raise ConfigError(f"{values.where('queue', 'prefix')} must be 1..32 letters, digits, _ or -, "
+                          f"not {settings.prefix!r:.40}")
+    return settings
+
+
+@dataclass(frozen=True)
 class Config:
     gateway: Gateway
     outbox_path: Path
@@ -751,6 +919,9 @@ class Config:
     api: ApiSettings | None = None  # the service; None: no [api] table, nothing served
     smart: SmartSettings | None = None  # the SMART app launch of the view; None: no [smart] table
     view: ViewSettings | None = None  # [view] (or [smart]): keep every reading for the SMART view; None: not kept
+    queue: QueueSettings = field(default_factory=QueueSettings)  # [queue]: the queue's engine (phg.outbox.open_queue)
+    routes: tuple[Route, ...] = ()  # [[routes]]; none: every reading goes to every destination
+    role: str = "all"  # [run] role: "intake" (sources, API), "worker" (delivery) or "all" (both)
     source: str = "(defaults)"  # where the settings came from, for messages
 
     @property
@@ -759,7 +930,7 @@ class Config:
 
     @property
     def destination_names(self) -> list[str]:
-        """Every queue a reading goes to."""
+        """Every destination's queue, in configured order (a reading goes to all without [[routes]])."""
         return [d.name for d in self.destinations]
 
     @property
@@ -792,13 +963,15 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None,
     source = str(path) if path is not None else "(defaults)"
     data = dict(document or {}) if path is None else _read(path)
     tables = data.pop("destinations", {})
+    routes = data.pop("routes", None)
     values = _section_values(data, env, {k: v for k, v in (flags or {}).items() if v is not None}, source, "")
     auth = _auth(values, values("fhir", "base_url"), values("fhir", "allow_insecure_http"))
     destinations = _destinations(tables, values, auth, source)
     _require_private_file(path, values, destinations)
     api = _api(values) if "api" in data or values.given("api") else None
     smart = _smart(values) if "smart" in data or values.given("smart") else None
-    return _config(values, destinations, auth, source, api=api, smart=smart)
+    return _config(values, destinations, auth, source, api=api, smart=smart,
+                   routes=_routes(routes, destinations, source) if routes is not None else ())
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -843,7 +1016,7 @@ def _require_private_file(path: Path | None, values: Values, destinations: tuple
     """A config file holding a secret is refused when group or others can read it, like a key."""
     if path is None:
         return
-    held = [f"[auth] {row.key}" for row in SETTINGS
+    held = [f"[{row.section}] {row.key}" for row in SETTINGS
             if row.secret and values.origin.get((row.section, row.key)) == str(path)]
     for destination in destinations:
         held += [f"[destinations.{destination.name}] {row.key}" for row in destination.KEYS
@@ -923,7 +1096,7 @@ def _api_tls(values: Values) -> None:
 
 
 def _config(values: Values, destinations: tuple[DestinationSettings, ...], auth: AuthSettings, source: str, *,
-            api: ApiSettings | None = None, smart: SmartSettings | None = None) -> Config:
+            api: ApiSettings | None = None, smart: SmartSettings | None = None, routes: tuple[Route, ...] = ()) -> Config:
     patient = None
     if values.given("patient"):
         patient = PatientRef(values("patient", "system") or "", values("patient", "value") or "")
@@ -960,6 +1133,9 @@ def _config(values: Values, destinations: tuple[DestinationSettings, ...], auth:
         api=api,
         smart=smart,
         view=_view(values, outbox) if values.given("view") or smart is not None else None,
+        queue=_queue(values),
+        routes=routes,
+        role=values("run", "role"),
         source=source,
     )
 

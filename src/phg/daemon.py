@@ -1,5 +1,5 @@
 """Wiring for a running gateway: settings -> destinations (phg.delivery.registry) -> one delivery
-worker each, and the sources beside them.
+worker each, and the sources beside them; in one process or split by role (intake, worker).
 
 Kept apart from the CLI so that the demo, the tests and `phg run` assemble the same pipeline.
 """
@@ -56,34 +56,52 @@ async def deliver(config: Config, outbox: Outbox, *, until_idle: bool, stop: asy
     return total
 
 
-async def run_gateway(config: Config, outbox: Outbox, stop: asyncio.Event, *, ble_backend: Any = None) -> Summary:
+async def run_gateway(config: Config, outbox: Outbox, stop: asyncio.Event, *, ble_backend: Any = None,
+                      role: str | None = None) -> Summary:
     """`phg run`: delivery to every destination, every configured source (phg.sources.supervisor) and,
     with [api], the service (phg.service.server), side by side until `stop` is set; then the server
     finishes the requests in progress, the sources stop (what they handed over is durable) and delivery
     stops. Delivery failing for good (deliver raises) stops the sources and the server too; the server
     failing (its address in use) sets `stop`. `ble_backend`: bleak backend classes (None: the
-    platform's; the emulated radio's in tests and demos)."""
+    platform's; the emulated radio's in tests and demos).
+
+    `role` (default [run] role): "all" runs all of it; "intake" the sources and the service, no delivery
+    (what they store waits in the queue for workers); "worker" delivery only, and with [api] the
+    operations endpoints (/healthz, /readyz, /metrics), no ingest. Intakes and workers share the queue
+    (one SQLite file, whose leases keep two workers off one item, or JetStream), any number of each,
+    started in any order."""
     from phg.intake import Intake
     from phg.service import systemd
     from phg.sources.supervisor import configured_sources, supervise
     from phg.viewstore import open_view
 
-    view = open_view(config.view)
-    intake = Intake(outbox, config.destination_names, view=view)
-    statuses = {d.name: DestinationStatus(d.name, d.type) for d in config.destinations}
+    role = role or config.role
+    takes, delivers = role in ("all", "intake"), role in ("all", "worker")
+    view = open_view(config.view) if takes else None
+    intake = Intake(outbox, config.destination_names, view=view, routes=config.routes)
+    statuses = {d.name: DestinationStatus(d.name, d.type) for d in config.destinations} if delivers else {}
     workers: list[DeliveryWorker] = []
-    sources = configured_sources(config, ble_backend=ble_backend)
+    sources = configured_sources(config, ble_backend=ble_backend) if takes else []
+    if role == "intake" and not sources and config.api is None:
+        log.warning("role intake without sources or [api]: nothing takes readings in this process")
+    started = (lambda: len(workers) == len(config.destinations)) if delivers else (lambda: True)
     tasks = [asyncio.create_task(supervise(sources, intake, stop)),
-             asyncio.create_task(systemd.lifecycle(stop, lambda: len(workers) == len(config.destinations)))]
+             asyncio.create_task(systemd.lifecycle(stop, started))]
     if config.api is not None:
         from phg.service.app import ServiceContext
         from phg.service.server import serve
 
-        ctx = ServiceContext(config, outbox, intake, statuses, wake=lambda: [w.wake() for w in workers], view=view)
+        ctx = ServiceContext(config, outbox, intake, statuses, wake=lambda: [w.wake() for w in workers], view=view,
+                             ingest=takes)
         tasks.append(asyncio.create_task(serve(ctx, stop)))
         tasks[-1].add_done_callback(lambda served: _stop_if_failed(served, stop))
+    log.info("phg run: role %s", role)
     try:
-        summary = await deliver(config, outbox, until_idle=False, stop=stop, statuses=statuses, workers=workers)
+        if delivers:
+            summary = await deliver(config, outbox, until_idle=False, stop=stop, statuses=statuses, workers=workers)
+        else:
+            summary = Summary()
+            await stop.wait()
         for task in tasks:
             await task
         return summary

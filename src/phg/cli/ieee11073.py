@@ -75,7 +75,8 @@ def listen(ctx: click.Context, port: int, host: str, patient: PatientRef | None,
                    f"{outbox_path} (Ctrl-C stops)", err=True)
         try:
             view = open_view(config.view) if config is not None else None
-            asyncio.run(run_tcp_manager(Intake(outbox, destinations, view=view), settings, port, host))
+            routes = config.routes if config is not None else ()
+            asyncio.run(run_tcp_manager(Intake(outbox, destinations, view=view, routes=routes), settings, port, host))
         except KeyboardInterrupt:
             pass
         except OSError as exc:

@@ -22,9 +22,10 @@ if TYPE_CHECKING:
 EXIT_IOERR = 74
 
 
-def read_readings(files: tuple[str, ...]) -> tuple[list, list[str]]:
+def read_readings(files: tuple[str, ...], refuse: Any = None) -> tuple[list, list[str]]:
     """Parse every document of every file; invalid ones (a bad file, document or JSON Lines line)
-    are reported, never block the valid ones."""
+    are reported, never block the valid ones. `refuse(reading, source)`: a ReadingError refusing a valid
+    reading too (one no [[routes]] entry matches), or None."""
     from phg.model import MAX_INPUT_BYTES, parse_documents
 
     readings, errors = [], []
@@ -40,6 +41,10 @@ def read_readings(files: tuple[str, ...]) -> tuple[list, list[str]]:
             errors.append(f"{source}: {exc.strerror}")
             continue
         found, refused = parse_documents(data, source)
+        if refuse is not None:
+            verdicts = [(reading, refuse(reading, source)) for reading in found]
+            found = [reading for reading, error in verdicts if error is None]
+            refused += [error for _, error in verdicts if error is not None]
         readings += found
         errors += map(str, refused)
     for error in errors:
@@ -93,16 +98,22 @@ def render(obj: Context, files: tuple[str, ...], fmt: str, ig_version: str | Non
 def send(obj: Context, files: tuple[str, ...], no_deliver: bool, as_json: bool) -> None:
     """Queue the readings in FILES (or - for stdin) durably, then deliver what is due.
 
+    With [[routes]], a reading no route matches is refused (exit 1) and the others are queued.
     Exit 74 (EX_IOERR) when the outbox cannot store them (disk full, read-only, not an outbox):
     nothing of this call was queued, the source must keep its readings."""
-    from phg.intake import Intake, Stored
+    from phg.intake import Intake, Stored, Unrouted, route
     from phg.viewstore import open_view
 
-    readings, errors = read_readings(files)
     config = obj.config()
+
+    def unrouted(reading: Any, source: str) -> Unrouted | None:
+        return None if route(reading, config.destination_names, config.routes) else Unrouted(reading, source)
+
+    readings, errors = read_readings(files, unrouted if config.routes else None)
     try:
         outbox = obj.outbox()
-        intake = Intake(outbox, config.destination_names, view=open_view(config.view))  # [view]: kept for the view too
+        intake = Intake(outbox, config.destination_names, view=open_view(config.view),  # [view]: kept for the view too
+                        routes=config.routes)
         stored = intake.store(readings) if readings else Stored(0, 0)
     except StorageError as exc:
         fail(f"{exc}\nnothing was queued: {len(readings)} reading(s) not stored; send them again once the "
@@ -199,13 +210,18 @@ def _run(work: Any) -> Any:
 
 
 @click.command()
+@click.option("--role", type=click.Choice(["all", "intake", "worker"]),
+              help="intake: sources and the API, no delivery; worker: delivery only (and /healthz, /readyz, "
+                   "/metrics with [api]); all: both (default: [run] role, else all).")
 @JSON_OPTION
 @click.pass_obj
-def run(obj: Context, as_json: bool) -> None:
+def run(obj: Context, role: str | None, as_json: bool) -> None:
     """Deliver whatever is queued, retrying while the server is unreachable, and collect from the
-    configured sources, until stopped (Ctrl-C, SIGTERM); then print what was delivered."""
+    configured sources, until stopped (Ctrl-C, SIGTERM); then print what was delivered. Intakes and
+    workers may run as separate processes on one queue (--role)."""
     from phg.daemon import run_gateway
 
+    obj.flags[("run", "role")] = role
     config = obj.config()
     if not logging.getLogger().isEnabledFor(logging.INFO):
         logging.getLogger().setLevel(logging.INFO)
@@ -235,8 +251,8 @@ def simulate(obj: Context, no_deliver: bool, as_json: bool) -> None:
     config = obj.config()
     patient = config.patient or PatientRef("urn:oid:1.2.3.4.5", "demo-patient-001")
     outbox = obj.outbox()
-    fetched = asyncio.run(collect_emulated(Intake(outbox, config.destination_names, view=open_view(config.view)),
-                                           patient))
+    fetched = asyncio.run(collect_emulated(Intake(outbox, config.destination_names, view=open_view(config.view),
+                                                  routes=config.routes), patient))
     summary: dict[str, Any] = {"outbox": str(config.outbox_path), "devices": len(fetched),
                                "queued": sum(f.readings for f in fetched)}
     if not as_json:

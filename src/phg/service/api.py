@@ -6,7 +6,9 @@ the same `phg.model.parse_each`, so a refused document gets the CLI's field-leve
 202 only once the readings are durable (the Intake's one fsynced transaction), with one result per
 document in request order; valid documents are stored even when others of the request are refused
 (202 with a status per document rather than WebDAV's 207, whose body RFC 4918 13 defines as XML). A
-request whose every document is refused stores nothing and is 400 with the same results.
+request whose every document is refused stores nothing and is 400 with the same results. With [[routes]]
+a document whose reading no route matches is refused the same way, its error naming the patient
+identifier (phg.intake, "Routing").
 docs/service.md states the rest: limits, content types, errors (RFC 9457 problem details).
 """
 
@@ -83,6 +85,7 @@ async def ingest(request: Request) -> Response:
     _require_json(request)
     body = await _body(request, limits.max_body)
     parsed = await asyncio.to_thread(_parse, body, limits.max_documents)
+    parsed = [p if isinstance(p, ReadingError) else ctx.intake.refusal(p, SOURCE) or p for p in parsed]
     readings = [p for p in parsed if isinstance(p, Reading)]
     if not readings:
         return JSONResponse({"results": [_refused(p) for p in parsed if isinstance(p, ReadingError)], "queued": 0,
@@ -151,11 +154,10 @@ def _results(ctx: ServiceContext, parsed: Sequence[Reading | ReadingError], stor
         key = parsed_one.key
         ids = stored.ids[key]
         if key in stored.fresh and key not in seen:
-            items = [{"id": id_, "destination": d, "state": QUEUED}
-                     for id_, d in zip(ids, ctx.intake.destinations, strict=True)]
+            items = [{"id": id_, "destination": d, "state": QUEUED} for d, id_ in ids.items()]
             status = "queued"
         else:
-            found = [ctx.outbox.get(id_) for id_ in ids]
+            found = [ctx.outbox.get(id_) for id_ in ids.values()]
             items = [{"id": i.id, "destination": i.destination, "state": i.state} for i in found if i is not None]
             status = "already delivered" if all(i["state"] == DELIVERED for i in items) else "already queued"
         seen.add(key)
@@ -293,7 +295,7 @@ ITEM_ID = {"name": "id", "in": "path", "required": True,
            "schema": {"type": "integer", "minimum": 0, "maximum": MAX_ITEM_ID}}
 PATHS: dict[str, Any] = {
     "/v1/readings": {"post": {
-        "summary": "Queue readings for every destination (what `phg send` takes)",
+        "summary": "Queue readings for their destinations (what `phg send` takes)",
         "operationId": "postReadings",
         "requestBody": {"required": True, "content": dict(_lines())},
         "responses": {

@@ -40,6 +40,7 @@ class ServiceContext:
     wake: Callable[[], object] = lambda: None
     sessions: SmartSessions = field(default_factory=SmartSessions)  # the view's SMART launches (phg.service.smart)
     view: ViewStore | None = None  # the reading store the SMART view reads ([view] or [smart])
+    ingest: bool = True  # False in a worker-only `phg run --role worker`: the operations endpoints alone
 
 
 def parts() -> tuple[ModuleType, ...]:
@@ -50,8 +51,11 @@ def parts() -> tuple[ModuleType, ...]:
 
 
 def create_app(ctx: ServiceContext) -> Starlette:
-    from phg.service import security
+    """The whole service; a worker-only process (`ctx.ingest` False) serves /healthz, /readyz and /metrics
+    alone: it takes no readings, and the queue and readings are the intakes' to show."""
+    from phg.service import ops, security
 
-    app = Starlette(routes=[route for part in parts() for route in part.routes(ctx)])
+    served = parts() if ctx.ingest else (ops,)
+    app = Starlette(routes=[route for part in served for route in part.routes(ctx)])
     app.state.ctx = ctx
     return security.protect(app, ctx)
