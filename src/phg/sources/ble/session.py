@@ -48,7 +48,7 @@ from phg.errors import MappingError, StorageError
 from phg.intake import Intake
 from phg.mdc import MDC_DEV_SPEC_PROFILE_CGM
 from phg.model import Device, DeviceClock, PatientRef, Reading, Specialization
-from phg.sources.ble.gatt import GattError, decode, to_metrics
+from phg.sources.ble.gatt import GattError, decode, quirks, to_metrics
 from phg.sources.ble.gatt.cgm import CgmMeasurement, CgmSessionStartTime
 from phg.sources.ble.gatt.glucose import (
     GlucoseMeasurement,
@@ -81,7 +81,7 @@ class GlucoseRecords:
     what = "glucose records after sequence number"
     reads_e2e_feature = False
 
-    def context(self, address: str, facts: dict[str, Any]) -> dict[str, str]:
+    def context(self, address: str, facts: dict[str, Any]) -> dict[str, str] | None:
         return {}
 
     def request_after(self, marker: int) -> bytes:
@@ -93,18 +93,20 @@ class CgmRecords:
     the Time Offset, minutes since the sensor session started). The marker `ble:<address>:cgm_offset`
     holds the highest offset collected, and `ble:<address>:cgm_session` (stored with it) the session it
     counts in: a new sensor session, whose offsets start again from 0, is fetched from its start. The
-    records are placed in time with the Session Start Time 0x2AAA, so a CGM without a usable one is
-    refused; its CGM Feature 0x2AA8 says whether records carry an E2E-CRC (CGMS 1.0.1 2.5)."""
+    records are placed in time with the Session Start Time 0x2AAA. A CGM without a usable one when the
+    session starts (quirk:cgm-before-session-start) has all its records fetched and held, and 0x2AAA read
+    again at the end: the records are stored once it is usable, else left on the sensor for the next
+    session. Its CGM Feature 0x2AA8 says whether records carry an E2E-CRC (CGMS 1.0.1 2.5)."""
 
     marker = "cgm_offset"
     what = "CGM records after time offset"
     reads_e2e_feature = True
 
-    def context(self, address: str, facts: dict[str, Any]) -> dict[str, str]:
+    def context(self, address: str, facts: dict[str, Any]) -> dict[str, str] | None:
+        """The session the offsets count in; None while no usable Session Start Time is known."""
         start = facts.get("session_start")
-        if start is None or start.start.naive is None:
-            raise LookupError(f"BLE {address}: no usable CGM Session Start Time (0x2AAA); "
-                              "its records cannot be placed in time")
+        if not usable_session_start(start):
+            return None
         return {marker_name(address, "cgm_session"): cgm_session_id(start)}
 
     def request_after(self, marker: int) -> bytes:
@@ -142,7 +144,7 @@ PROFILES: tuple[Profile, ...] = (
 )
 HEALTH_SERVICES: tuple[str, ...] = tuple(uuid16(p.service) for p in PROFILES)
 DIS_STRINGS = {"manufacturer": 0x2A29, "model": 0x2A24, "serial": 0x2A25, "firmware": 0x2A26}
-SYSTEM_ID, CURRENT_TIME = 0x2A23, 0x2A2B
+SYSTEM_ID, CURRENT_TIME, CGM_SESSION_START_TIME = 0x2A23, 0x2A2B, 0x2AAA
 CGM_FEATURE, CGM_E2E_CRC_SUPPORTED = 0x2AA8, 1 << 12  # CGMS 1.0.1 3.2: CGM Feature bit 12
 _SECURITY_ERRORS = {0x05, 0x0F}  # ATT Insufficient Authentication / Insufficient Encryption
 
@@ -191,6 +193,11 @@ def marker_name(address: str, kind: str = "glucose_seq") -> str:
     return f"ble:{address.upper()}:{kind}"
 
 
+def usable_session_start(start: CgmSessionStartTime | None) -> bool:
+    """Whether a CGM Session Start Time can place records in time (it was read and its date is known)."""
+    return start is not None and start.start.naive is not None
+
+
 def cgm_session_id(start: CgmSessionStartTime) -> str:
     """The CGM session a time offset counts in, as stored next to the offset marker: the Session Start
     Time, with its UTC offset when the sensor knows it ("2026-11-28T08:00:00+02:00")."""
@@ -231,9 +238,13 @@ class Collector:
         self.readings: list[Reading] = []
         self.last_seq: int | None = None  # glucose: sequence number; CGM: time offset
         self.cgm_e2e = False  # CGM Feature says E2E-CRC supported: records without one are refused
+        self.held: list[CgmMeasurement] = []  # CGM records waiting for a usable Session Start Time
 
     def feed(self, uuid: int, data: bytes) -> bool | None:
         value = decode(uuid, data)
+        if isinstance(value, CgmSessionStartTime):
+            self.session_start(value)
+            return None
         if isinstance(value, RacpMessage):
             if not value.is_response:
                 return None
@@ -243,15 +254,34 @@ class Collector:
         if isinstance(value, CgmMeasurement) and self.cgm_e2e and any(r.e2e_crc is None for r in value.records):
             raise MappingError("0x2AA7 CGM Measurement: a record without E2E-CRC from a sensor whose CGM Feature "
                                "announces E2E-CRC (CGMS 1.0.1 section 2.5): refused")
+        if isinstance(value, CgmMeasurement):
+            if not usable_session_start(self.facts.get("session_start")):
+                quirks.warn(quirks.CGM_BEFORE_SESSION_START, "0x2AA7 CGM Measurement",
+                            f"{len(value.records)} record(s) held until a usable CGM Session Start Time (0x2AAA) is read")
+                self.held.append(value)
+                return None
+            self._cgm(value)
+            return None
         metrics = to_metrics(value, utc_offset=self.utc_offset, received=datetime.now(UTC), **self.facts)
-        if isinstance(value, CgmMeasurement):  # one Reading per record: each has its own time
-            self.readings += [Reading(self.device, self.patient, (m,), clock=self.clock) for m in metrics]
-            self._advance(max(r.time_offset_min for r in value.records))
-        elif metrics:
+        if metrics:
             self.readings.append(Reading(self.device, self.patient, tuple(metrics), clock=self.clock))
         if isinstance(value, GlucoseMeasurement):
             self._advance(value.sequence_number)
         return None
+
+    def session_start(self, start: CgmSessionStartTime) -> None:
+        """A CGM Session Start Time (read or notified); a usable one places the records held so far."""
+        self.facts["session_start"] = start
+        if usable_session_start(start):
+            held, self.held = self.held, []
+            for measurement in held:
+                self._cgm(measurement)
+
+    def _cgm(self, value: CgmMeasurement) -> None:
+        """One Reading per record: each has its own time; the marker is the highest Time Offset placed."""
+        metrics = to_metrics(value, utc_offset=self.utc_offset, received=datetime.now(UTC), **self.facts)
+        self.readings += [Reading(self.device, self.patient, (m,), clock=self.clock) for m in metrics]
+        self._advance(max(r.time_offset_min for r in value.records))
 
     def _advance(self, position: int) -> None:
         self.last_seq = position if self.last_seq is None else max(self.last_seq, position)
@@ -385,9 +415,11 @@ class _Session:
             collector = Collector(device, self.patient, clock, self.utc_offset,
                                   **{k: v for k, v in facts.items() if v is not None})
             records = profile.records
+            context = None
             if records is not None:
                 self.marker = marker_name(self.address, records.marker)
-                self.marker_context = records.context(self.address, facts)
+                context = records.context(self.address, facts)
+                self.marker_context = context or {}
                 if records.reads_e2e_feature:
                     collector.cgm_e2e = await self._cgm_e2e(client)
             for uuid in profile.measurements:
@@ -397,16 +429,40 @@ class _Session:
                 await self._collect(collector, None, racp=False)
             else:
                 await self._gatt(client, client.start_notify, uuid16(RACP), self._on_value(RACP))
-                request = await self._racp_request(records)
+                if context is None:  # which session a stored marker counts in is unknown: ask for every record
+                    logger.warning("BLE %s: no usable CGM Session Start Time (0x2AAA) yet: fetching every record, "
+                                   "held until it is read again at the end", self.address)
+                    request = report_all_records()
+                else:
+                    request = await self._racp_request(records)
                 marker = collector.last_seq = self.result.last_seq
                 if request is None:  # the marker is at the end of what the operand can ask for
                     self.result.complete = True
                 else:
                     await self._gatt(client, client.write_gatt_char, uuid16(RACP), request, response=True)
                     await self._collect(collector, marker, racp=True)
+                    if collector.held:
+                        await self._late_session_start(client, records, collector)
         logger.info("BLE %s %s: %d readings, %d malformed values skipped, %s", self.address, self.result.profile,
                     self.result.readings, self.result.skipped, "complete" if self.result.complete else "incomplete")
         return self.result
+
+    async def _late_session_start(self, client: BleakClient, records: RecordStrategy, collector: Collector) -> None:
+        """CGM records that came before a usable Session Start Time (quirk:cgm-before-session-start): 0x2AAA
+        is read once more. Usable, it places them and they are stored with their marker and session; still
+        unusable, they are not stored and the marker does not move, so the next session fetches them again."""
+        start = await self._read(client, CGM_SESSION_START_TIME)
+        if start is not None:
+            collector.session_start(start)
+        context = records.context(self.address, {"session_start": start})
+        if context is None or collector.held:
+            logger.warning("BLE %s: %d CGM record(s) not stored: still no usable CGM Session Start Time (0x2AAA); "
+                           "the next session fetches them again", self.address,
+                           sum(len(m.records) for m in collector.held))
+            self.result.complete = False
+            return
+        self.marker_context = context
+        await self._store(collector.take(), collector.last_seq)
 
     def _on_value(self, uuid: int) -> Callable[[Any, bytearray], None]:
         def callback(_char: Any, data: bytearray) -> None:

@@ -54,7 +54,7 @@ def _decode(data: bytes, name: str, intermediate: bool) -> BloodPressureMeasurem
         status = Bits.decode(raw & ~0x18, MEASUREMENT_STATUS, 16)
         status = Bits(raw, status.names)
         pulse_range = r.enum(raw >> 3 & 0x3, PULSE_RATE_RANGE, "Pulse Rate Range Detection", at)
-    r.end()
+    r.finish()
     return BloodPressureMeasurement(flags, unit, systolic, diastolic, mean, timestamp, pulse, user, status, pulse_range,
                                     intermediate)
 

@@ -87,8 +87,8 @@ def decode_system_id(data: bytes) -> SystemId:
     r = Reader(data, "0x2A23 System ID")
     manufacturer = int.from_bytes(r.take(5, "Manufacturer Identifier"), "little")
     oui = int.from_bytes(r.take(3, "Organizationally Unique Identifier"), "little")
-    r.end()
-    return SystemId(bytes(data)[::-1].hex().upper(), manufacturer, oui)
+    r.finish()
+    return SystemId(bytes(data)[7::-1].hex().upper(), manufacturer, oui)
 
 
 # ---------------------------------------------------------------- regulatory certification data list
@@ -187,14 +187,14 @@ def decode_current_time(data: bytes) -> CurrentTime:
     day = r.enum(r.u8("Day of Week"), DAYS_OF_WEEK, "Day of Week", 7)
     fractions = r.u8("Fractions256")
     reason = Bits.decode(r.u8("Adjust Reason"), ADJUST_REASONS, 8)
-    r.end()
+    r.finish()
     return CurrentTime(stamp, day, fractions, reason)
 
 
 def decode_date_time(data: bytes) -> DateTime:
     r = Reader(data, "0x2A08 Date Time")
     stamp = r.date_time("Date Time")
-    r.end()
+    r.finish()
     return stamp
 
 
@@ -213,7 +213,7 @@ def decode_local_time_information(data: bytes) -> LocalTimeInformation:
         raise r.error("Time Zone", f"reserved value {zone} at byte 0 in Time Zone", 0)
     dst = r.u8("DST Offset")
     r.enum(dst, DST_OFFSETS, "DST Offset", 1)
-    r.end()
+    r.finish()
     return LocalTimeInformation(None if zone == -128 else zone, None if dst == 255 else dst)
 
 
@@ -225,7 +225,7 @@ class BatteryLevel:
 def decode_battery_level(data: bytes) -> BatteryLevel:
     r = Reader(data, "0x2A19 Battery Level")
     level = r.u8("Battery Level")
-    r.end()
+    r.finish()
     if level > 100:
         raise r.error("Battery Level", f"reserved value {level} at byte 0 in Battery Level (percent, 0-100)", 0)
     return BatteryLevel(level)

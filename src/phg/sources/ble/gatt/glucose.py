@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from phg.sources.ble.gatt import quirks
 from phg.sources.ble.gatt.numbers import Bits, DateTime, Number, Reader
 
 GLUCOSE_MEASUREMENT = 0x2A18
@@ -69,7 +70,7 @@ def decode_glucose_measurement(data: bytes) -> GlucoseMeasurement:
         kind = r.enum(nibbles & 0x0F, GLUCOSE_TYPES, "Type", at)
         location = r.enum(nibbles >> 4, SAMPLE_LOCATIONS, "Sample Location", at)
     status = Bits.decode(r.u16("Sensor Status Annunciation"), SENSOR_STATUS, 16) if flags & 0x08 else None
-    r.end()
+    r.finish()
     return GlucoseMeasurement(flags, sequence, base_time, offset, concentration, unit, kind, location, status,
                               bool(flags & 0x10))
 
@@ -140,7 +141,7 @@ def decode_glucose_context(data: bytes) -> GlucoseMeasurementContext:
         fields["medication_unit"] = "L" if flags & 0x20 else "kg"
     if flags & 0x40:
         fields["hba1c_pct"] = r.sfloat("HbA1c")
-    r.end()
+    r.finish()
     return GlucoseMeasurementContext(**fields)
 
 
@@ -168,7 +169,9 @@ _OPERATOR = {name: code for code, name in OPERATORS.items()}
 @dataclass(frozen=True)
 class RacpMessage:
     """One RACP value, request (op codes 1-4) or response (5-6). operands: the filter values of a
-    request (ints for sequence number / time offset, DateTime for user facing time)."""
+    request (ints for sequence number / time offset, DateTime for user facing time). A response naming
+    a request op code or a response code the specification reserves keeps it as "reserved op code N" /
+    "reserved response code N" (see quirks)."""
 
     op_code: str
     operator: str
@@ -194,25 +197,35 @@ def decode_racp(data: bytes) -> RacpMessage:
     operator = r.enum(r.u8("Operator"), OPERATORS, "Operator", 1)
     operand = r.data[2:]
     if op == "Response code":
-        request = r.enum(r.u8("Request Op Code"), OP_CODES, "Request Op Code", 2)
-        code = r.enum(r.u8("Response Code Value"), RESPONSE_CODES, "Response Code Value", 3)
+        request, code = r.u8("Request Op Code"), r.u8("Response Code Value")
         _null_operator(r, operator)
-        r.end()
-        return RacpMessage(op, operator, operand, request_op_code=request, response_code=code)
+        if request not in OP_CODES:
+            quirks.warn(quirks.RACP_RESERVED_REQUEST_OP_CODE, _RACP, f"response to the reserved op code {request} "
+                        "(byte 2) taken as the answer to the procedure in progress")
+        if code not in RESPONSE_CODES:
+            quirks.warn(quirks.RACP_RESERVED_RESPONSE_CODE, _RACP, f"reserved response code {code} (byte 3) "
+                        "taken as: the procedure ended, not successfully")
+        r.finish()
+        return RacpMessage(op, operator, operand, request_op_code=OP_CODES.get(request, f"reserved op code {request}"),
+                           response_code=RESPONSE_CODES.get(code, f"reserved response code {code}"))
     if op == "Number of stored records response":
-        count = r.u16("Number of Records")
+        if r.remaining == 1:
+            quirks.warn(quirks.RACP_SHORT_OPERAND, _RACP, "Number of Records in 1 byte (uint16 expected) read as uint8")
+            count = r.u8("Number of Records")
+        else:
+            count = r.u16("Number of Records")
         _null_operator(r, operator)
-        r.end()
+        r.finish()
         return RacpMessage(op, operator, operand, number_of_records=count)
     if op == "Abort operation":
         _null_operator(r, operator)
-        r.end()
+        r.finish()
         return RacpMessage(op, operator, operand)
     if operator == "Null":
         raise r.error("Operator", f"{op} needs an operator, got Null at byte 1", 1)
     values = {"Less than or equal to": 1, "Greater than or equal to": 1, "Within range of (inclusive)": 2}.get(operator, 0)
     if not values:
-        r.end()
+        r.finish()
         return RacpMessage(op, operator, operand)
     at = r.pos
     kind = r.enum(r.u8("Filter Type"), FILTER_TYPES, "Filter Type", at)
@@ -220,7 +233,7 @@ def decode_racp(data: bytes) -> RacpMessage:
         operands: tuple = tuple(r.u16("Operand") for _ in range(values))
     else:
         operands = tuple(r.date_time("Operand (user facing time)") for _ in range(values))
-    r.end()
+    r.finish()
     return RacpMessage(op, operator, operand, filter_type=kind, operands=operands)
 
 

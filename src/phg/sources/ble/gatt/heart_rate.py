@@ -42,5 +42,5 @@ def decode_heart_rate_measurement(data: bytes) -> HeartRateMeasurement:
             raise r.error("RR-Interval", f"truncated at byte {len(r.data) - 1} reading RR-Interval "
                                          f"(need 2 bytes, have 1): RR values are uint16")
         rr = tuple(r.u16("RR-Interval") for _ in range(r.remaining // 2))
-    r.end()
+    r.finish()
     return HeartRateMeasurement(flags, rate, SENSOR_CONTACT[flags >> 1 & 0x3], energy, rr)

@@ -17,6 +17,7 @@ from decimal import Decimal
 from enum import Enum
 
 from phg.errors import PhgError
+from phg.sources.ble.gatt import quirks
 
 
 class GattError(PhgError, ValueError):
@@ -213,10 +214,21 @@ class Reader:
         return stamp
 
     def end(self) -> None:
-        """Refuse bytes the flags did not announce (an over-long value)."""
+        """Refuse bytes the layout did not announce (an over-long value): for length-delimited structures
+        and where extra bytes could be an E2E-CRC, so that their meaning is ambiguous."""
         if self.remaining:
             raise self.error(None, f"{self.remaining} unexpected byte(s) at byte {self.pos}: "
                                    f"too long: need {self.pos} bytes, have {len(self.data)}")
+
+
+    def finish(self) -> None:
+        """The end of a characteristic value whose flags lay out every field: bytes after the last one
+        are padding some devices send (to a fixed length); they are logged as quirk:trailing-bytes and
+        ignored, and the fields keep what they decoded (see quirks)."""
+        if self.remaining:
+            quirks.warn(quirks.TRAILING_BYTES, self.characteristic,
+                        f"{self.remaining} byte(s) after the last field (at byte {self.pos}) ignored")
+            self.pos = len(self.data)
 
 
 def crc16_mcrf4xx(data: bytes) -> int:

@@ -80,7 +80,7 @@ def decode_plx_spot_check(data: bytes) -> PlxSpotCheckMeasurement:
     status = Bits.decode(r.u16("Measurement Status"), MEASUREMENT_STATUS, 16) if flags & 0x02 else None
     device = Bits.decode(r.u24("Device and Sensor Status"), DEVICE_AND_SENSOR_STATUS, 24) if flags & 0x04 else None
     pai = r.sfloat("Pulse Amplitude Index") if flags & 0x08 else None
-    r.end()
+    r.finish()
     return PlxSpotCheckMeasurement(flags, spo2, pulse, timestamp, status, device, pai, bool(flags & 0x10))
 
 
@@ -94,7 +94,7 @@ def decode_plx_continuous(data: bytes) -> PlxContinuousMeasurement:
     status = Bits.decode(r.u16("Measurement Status"), MEASUREMENT_STATUS, 16) if flags & 0x04 else None
     device = Bits.decode(r.u24("Device and Sensor Status"), DEVICE_AND_SENSOR_STATUS, 24) if flags & 0x08 else None
     pai = r.sfloat("Pulse Amplitude Index") if flags & 0x10 else None
-    r.end()
+    r.finish()
     return PlxContinuousMeasurement(flags, spo2, pulse, fast, slow, status, device, pai)
 
 
@@ -104,5 +104,5 @@ def decode_plx_features(data: bytes) -> PlxFeatures:
     status = Bits.decode(r.u16("Measurement Status Support"), MEASUREMENT_STATUS, 16) if features.raw & 0x01 else None
     device = (Bits.decode(r.u24("Device and Sensor Status Support"), DEVICE_AND_SENSOR_STATUS, 24)
               if features.raw & 0x02 else None)
-    r.end()
+    r.finish()
     return PlxFeatures(features, status, device)

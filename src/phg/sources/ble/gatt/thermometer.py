@@ -48,7 +48,7 @@ def _decode(data: bytes, name: str, intermediate: bool) -> TemperatureMeasuremen
     if flags & 0x04:
         at = r.pos
         kind = r.enum(r.u8("Temperature Type"), TEMPERATURE_TYPES, "Temperature Type", at)
-    r.end()
+    r.finish()
     return TemperatureMeasurement(flags, unit, value, timestamp, kind, intermediate)
 
 
@@ -63,5 +63,5 @@ def decode_intermediate_temperature(data: bytes) -> TemperatureMeasurement:
 def decode_temperature_type(data: bytes) -> TemperatureType:
     r = Reader(data, "0x2A1D Temperature Type")
     kind = r.enum(r.u8("Temperature Type"), TEMPERATURE_TYPES, "Temperature Type", 0)
-    r.end()
+    r.finish()
     return TemperatureType(kind)

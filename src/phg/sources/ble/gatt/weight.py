@@ -55,7 +55,7 @@ def decode_weight_measurement(data: bytes) -> WeightMeasurement:
     if flags & 0x08:
         bmi = scaled(r.u16("BMI"), -1)
         height = _height(r.u16("Height"), imperial)
-    r.end()
+    r.finish()
     return WeightMeasurement(flags, "imperial" if imperial else "SI", weight, "lb" if imperial else "kg", timestamp, user,
                              bmi, height, ("in" if imperial else "m") if flags & 0x08 else None)
 
@@ -100,7 +100,7 @@ class WeightScaleFeature:
 def decode_weight_scale_feature(data: bytes) -> WeightScaleFeature:
     r = Reader(data, "0x2A9E Weight Scale Feature")
     raw = r.u32("Weight Scale Feature")
-    r.end()
+    r.finish()
     weight_code, height_code = raw >> 3 & 0xF, raw >> 7 & 0x7
     if weight_code not in WEIGHT_RESOLUTIONS:
         raise r.error("Weight Measurement Resolution", f"reserved value {weight_code} in Weight Measurement "
@@ -165,7 +165,7 @@ def decode_body_composition_measurement(data: bytes) -> BodyCompositionMeasureme
         values["weight"] = _mass(r.u16("Weight"), imperial)
     if flags & 0x0800:
         values["height"] = _height(r.u16("Height"), imperial)
-    r.end()
+    r.finish()
     return BodyCompositionMeasurement(flags, "imperial" if imperial else "SI", mass_unit="lb" if imperial else "kg",
                                       height_unit="in" if imperial else "m",
                                       multiple_packet_measurement=bool(flags & 0x1000), **values)
