@@ -80,25 +80,69 @@ def decode_ble(characteristic: str, payload: str, utc_offset: timedelta | None) 
     }, indent=2, ensure_ascii=False))
 
 
+def parse_config_id(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    """--config-id: a dev-config-id, hexadecimal (0x05DC) or decimal (1500), 0..0xFFFF."""
+    if value is None:
+        return None
+    try:
+        config_id = int(value, 0)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a number (write 0x05DC or 1500)") from None
+    if not 0 <= config_id <= 0xFFFF:
+        raise click.BadParameter(f"{value!r} is not a dev-config-id (0..0xFFFF)")
+    return config_id
+
+
 @click.command("11073")
 @click.argument("hex_text", metavar="HEX", nargs=-1, required=True)
+@click.option("--config-id", "config_id", default=None, metavar="ID", callback=parse_config_id,
+              help="The agent's dev-config-id when it is a standard configuration "
+                   "(0x0190, 0x02BC, 0x0320, 0x05DC, 0x06A4): what a fixed-format scan report needs.")
 @click.option("--config", "config_hex", default=None,
-              help="Hex of the agent's configuration report APDU (for fixed-format scan reports).")
-def decode_11073(hex_text: tuple[str, ...], config_hex: str | None) -> None:
-    """Print an IEEE 11073-20601 APDU (hex) decoded, as JSON."""
-    from phg.sources.ieee11073.apdu import ApduError, EventReport, Prst, decode, decode_config_report
-    from phg.sources.ieee11073.configs import Configuration, standard
-    from phg.sources.ieee11073.describe import describe_hex
+              help="Hex of the agent's configuration report APDU (for an extended configuration).")
+@utc_offset_option("The UTC offset of the agent's local clock (default: this machine's current offset).")
+def decode_11073(hex_text: tuple[str, ...], config_id: int | None, config_hex: str | None,
+                 utc_offset: timedelta | None) -> None:
+    """Decode an IEEE 11073-20601 APDU (HEX) and print it as JSON. With the agent's configuration (a
+    standard one by its --config-id, or the --config report the agent sent) a scan report's values are
+    read and the readings they become are shown, as `phg 11073 listen` would queue them."""
+    from phg.sources.ieee11073.apdu import Aarq, ApduError, EventReport, Prst, decode, decode_config_report
+    from phg.sources.ieee11073.configs import STANDARD_NAMES, Configuration, standard
+    from phg.sources.ieee11073.describe import describe, metrics, specialization, standard_ids
 
+    if config_id is not None and config_hex is not None:
+        raise click.UsageError("give --config-id or --config, not both")
+    try:
+        data = bytes.fromhex(re.sub(r"[\s:]", "", "".join(hex_text)))
+    except ValueError:
+        fail(f"{''.join(hex_text)!r} is not hex", EXIT_INPUT)
     config = None
     try:
+        if config_id is not None:
+            config = standard(config_id)
+            if config is None:
+                raise ApduError(f"0x{config_id:04X} is not a standard configuration phg knows ({standard_ids()}); "
+                                "give the agent's configuration report with --config")
         if config_hex:
             apdu = decode(bytes.fromhex("".join(config_hex.split())))
             if not (isinstance(apdu, Prst) and isinstance(apdu.message, EventReport)):
                 raise ApduError("--config must be a configuration event report")
             report = decode_config_report(apdu.message.info)
             config = standard(report.config_id) if not report.objects else Configuration.from_report(report)
-        text = "".join(hex_text)
-        click.echo(json.dumps(describe_hex(text, config), indent=2, ensure_ascii=False))
+        out = describe(data, config)
+        if config is not None:
+            offset = utc_offset if utc_offset is not None else datetime.now().astimezone().utcoffset() or timedelta(0)
+            out["configuration"] = {"config-id": f"0x{config.config_id:04X}",
+                                    "standard": STANDARD_NAMES.get(config.config_id) if config.profile else None,
+                                    "specialization": specialization(config)}
+            out["readings"] = [{"metrics": [_metric_document(m) for m in reading]}
+                               for reading in metrics(data, config, offset, datetime.now(timezone(offset)))]
+        else:
+            apdu = decode(data)
+            ids = [p.info.dev_config_id for p in apdu.protocols if not isinstance(p.info, bytes)] \
+                if isinstance(apdu, Aarq) else []
+            if ids and ids[0] in STANDARD_NAMES:  # what to give --config-id for this agent's reports
+                out["configuration"] = {"config-id": f"0x{ids[0]:04X}", "standard": STANDARD_NAMES[ids[0]]}
     except (ApduError, ValueError) as exc:
         fail(str(exc), EXIT_INPUT)
+    click.echo(json.dumps(out, indent=2, ensure_ascii=False))

@@ -79,6 +79,13 @@ STANDARD: dict[int, tuple[int, ConfigReport]] = {
     ))),
 }
 
+# dev-config-id -> the standard that defines it (IEEE 11073-104xx), for people reading phg's messages.
+STANDARD_NAMES: dict[int, str] = {
+    0x0190: "IEEE 11073-10404 pulse oximeter", 0x02BC: "IEEE 11073-10407 blood pressure monitor",
+    0x0320: "IEEE 11073-10408 thermometer", 0x05DC: "IEEE 11073-10415 weighing scale",
+    0x06A4: "IEEE 11073-10417 glucose meter",
+}
+
 SCANNER_CLASSES = frozenset((16, 17, 18, 19))  # MDC_MOC_SCAN, _SCAN_CFG, _SCAN_CFG_EPI, _SCAN_CFG_PERI
 
 STANDARD_CONFIG_IDS = range(0x0001, 0x4000)  # 20601 §8.4.2: 0x4000..0x7FFF are extended configurations

@@ -1,14 +1,18 @@
 """A JSON description of an APDU, for `phg decode 11073 HEX` and for comparing with the documented
-decodings of published APDU samples (the test vectors of tests/shared_vectors.py use the same shape).
+decodings of published APDU samples (the test vectors of tests/shared_vectors.py use the same shape),
+and the metrics a scan report becomes.
 
-A fixed-format scan report can only be read with its configuration: pass `config` (a standard one
-is found from the dev-config-id; else the configuration report the agent sent). Raises ApduError.
+A fixed-format scan report carries no attribute ids, and no report says its configuration: it can only
+be read with its configuration, `config` (a standard one from its dev-config-id, configs.standard; else
+the configuration report the agent sent). Raises ApduError.
 """
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
+from phg.model import Metric
 from phg.sources.ieee11073 import nomenclature as nom
 from phg.sources.ieee11073.apdu import (
     ASSOCIATE_RESULTS,
@@ -43,8 +47,10 @@ from phg.sources.ieee11073.apdu import (
     decode_scan_report,
     handle_attr_val_map_bytes,
 )
-from phg.sources.ieee11073.configs import Configuration
+from phg.sources.ieee11073.configs import STANDARD_NAMES, Configuration
+from phg.sources.ieee11073.manager import MdsInfo, scan_observations
 from phg.sources.ieee11073.mder import AbsoluteTime, BaseOffsetTime, MderNumber
+from phg.sources.ieee11073.readings import metric_of
 
 A = nom
 
@@ -156,8 +162,13 @@ def _event_info(event_type: int, info: bytes, config: Configuration | None, obj_
         if o.data is None:
             return {"obj-handle": o.handle, "attributes": [_ava(a) for a in o.attributes]}
         if config is None or o.handle not in config.objects:
-            raise ApduError(f"fixed-format observation of handle {o.handle} needs its configuration")
-        values = decode_fixed_values(o.data, config.objects[o.handle].value_map)
+            raise ApduError(f"fixed-format observation of handle {o.handle} needs its configuration: the id of "
+                            f"a standard one ({standard_ids()}) or the configuration report the agent sent")
+        try:
+            values = decode_fixed_values(o.data, config.objects[o.handle].value_map)
+        except ApduError as exc:
+            raise ApduError(f"fixed-format observation of handle {o.handle} does not fit configuration "
+                            f"{config.config_id:#06x} (its Attribute-Value-Map): {exc}") from None
         return {"obj-handle": o.handle, "values": [{"attr": nom.name(A.ATTRIBUTES, a), "value": _value(a, v)}
                                                    for a, v in values]}
 
@@ -250,3 +261,33 @@ def _value(attr: int, v: Any) -> Any:
         case _ if hasattr(v, "__dataclass_fields__"):
             return {k: (_number(x) if isinstance(x, MderNumber) else x) for k, x in vars(v).items()}
     return v
+
+
+def standard_ids() -> str:
+    """The standard configurations phg knows, for messages: "0x0190 (IEEE 11073-10404 pulse oximeter), ..."."""
+    return ", ".join(f"0x{cid:04X} ({name})" for cid, name in STANDARD_NAMES.items())
+
+
+def specialization(config: Configuration) -> dict[str, Any] | None:
+    """The specialization of a standard configuration (its profile), as `phg decode 11073` shows it."""
+    if config.profile is None:
+        return None
+    return {"code32": nom.code32(nom.PART_INFRA, config.profile), "name": nom.name(nom.PROFILES, config.profile)}
+
+
+def metrics(data: bytes, config: Configuration, utc_offset: timedelta, received: datetime) -> list[list[Metric]]:
+    """The metrics an APDU's scan report becomes with its configuration, one list per reading as the
+    manager queues them (phg.sources.ieee11073.readings.readings_of: one per person, and per scan of a
+    grouped report); [] for an APDU that is no scan report. Absolute times take `utc_offset`,
+    base-offset times keep their own; relative times need the MDS clock read at association, which one
+    APDU does not carry, so they take `received`, as observations without a time stamp do."""
+    apdu = decode(data)
+    if not (isinstance(apdu, Prst) and isinstance(apdu.message, EventReport) and apdu.message.event_type in A.SCAN_LAYOUT):
+        return []
+    mds = MdsInfo("")
+    readings: dict[tuple[int | None, int | None], list[Metric]] = {}
+    for obs in scan_observations(config, apdu.message):
+        metric = metric_of(obs, mds, utc_offset, received, None)
+        if metric is not None:
+            readings.setdefault((obs.person_id, obs.group), []).append(metric)
+    return list(readings.values())

@@ -466,39 +466,54 @@ class Manager:
     def _measurements(self, invoke_id: int, report: EventReport) -> Measurements:
         config = self.configuration
         assert config is not None
-        scan = decode_scan_report(report.event_type, report.info)
-        observations: list[Observation] = []
-        scans = 0  # grouped: every ObservationScanGrouped in the report is one scan (MP: one per person entry)
-        for person in scan.persons:
-            if person.grouped:
-                observations += self._grouped(config, report.obj_handle, person.person_id, person.grouped, scans)
-                scans += len(person.grouped)
-            for o in person.observations:
-                obj = config.objects.get(o.handle)
-                if obj is None:
-                    raise _Abort(f"scan report names object {o.handle}, absent from configuration {config.config_id:#06x}")
-                if o.data is not None:
-                    values = decode_fixed_values(o.data, obj.value_map)
-                else:
-                    values = [(a.attr_id, decode_attribute(a.attr_id, a.value)) for a in o.attributes]
-                observations.append(_observation(obj, person.person_id, values))
-        return Measurements(invoke_id, report, tuple(observations), self.mds or MdsInfo(self.agent_id or ""), config,
+        try:
+            observations = scan_observations(config, report)
+        except NotInConfiguration as exc:
+            raise _Abort(exc.reason) from None
+        return Measurements(invoke_id, report, observations, self.mds or MdsInfo(self.agent_id or ""), config,
                             report.confirmed)
 
-    @staticmethod
-    def _grouped(config: Configuration, scanner_handle: int, person_id: int | None,
-                 groups: tuple[bytes, ...], first: int = 0) -> list[Observation]:
-        """Grouped scan reports (ScanReportInfoGrouped / ScanReportInfoMPGrouped, 20601 Annex A) come from a
-        scanner object (the event report's obj-handle) and carry bare values: each ObservationScanGrouped is one
-        scan, laid out by that scanner's Scan-Handle-Attr-Val-Map (20601 §6.3.9, signove/antidote
-        src/dim/cfg_scanner.c). One Observation per map entry per group; `group` keeps the scans apart."""
-        scanner = config.objects.get(scanner_handle)
-        if scanner is None or not scanner.handle_map:
-            raise _Abort(f"grouped scan report from object {scanner_handle}, which is no scanner with a "
-                         f"Scan-Handle-Attr-Val-Map in configuration {config.config_id:#06x}")
-        return [_observation(config.objects[handle], person_id, values, group=i)
-                for i, group in enumerate(groups, first)
-                for handle, values in decode_grouped_values(group, scanner.handle_map)]
+
+class NotInConfiguration(ApduError):
+    """A scan report that names an object its configuration does not have (or no scanner for a grouped one)."""
+
+
+def scan_observations(config: Configuration, report: EventReport) -> tuple[Observation, ...]:
+    """The observations of a scan report (any SCAN_LAYOUT event type), typed by its configuration. Raises
+    NotInConfiguration, or ApduError when values do not fit the configuration's Attribute-Value-Maps."""
+    scan = decode_scan_report(report.event_type, report.info)
+    observations: list[Observation] = []
+    scans = 0  # grouped: every ObservationScanGrouped in the report is one scan (MP: one per person entry)
+    for person in scan.persons:
+        if person.grouped:
+            observations += _grouped(config, report.obj_handle, person.person_id, person.grouped, scans)
+            scans += len(person.grouped)
+        for o in person.observations:
+            obj = config.objects.get(o.handle)
+            if obj is None:
+                raise NotInConfiguration(f"scan report names object {o.handle}, absent from configuration "
+                                         f"{config.config_id:#06x}")
+            if o.data is not None:
+                values = decode_fixed_values(o.data, obj.value_map)
+            else:
+                values = [(a.attr_id, decode_attribute(a.attr_id, a.value)) for a in o.attributes]
+            observations.append(_observation(obj, person.person_id, values))
+    return tuple(observations)
+
+
+def _grouped(config: Configuration, scanner_handle: int, person_id: int | None,
+             groups: tuple[bytes, ...], first: int = 0) -> list[Observation]:
+    """Grouped scan reports (ScanReportInfoGrouped / ScanReportInfoMPGrouped, 20601 Annex A) come from a
+    scanner object (the event report's obj-handle) and carry bare values: each ObservationScanGrouped is one
+    scan, laid out by that scanner's Scan-Handle-Attr-Val-Map (20601 §6.3.9, signove/antidote
+    src/dim/cfg_scanner.c). One Observation per map entry per group; `group` keeps the scans apart."""
+    scanner = config.objects.get(scanner_handle)
+    if scanner is None or not scanner.handle_map:
+        raise NotInConfiguration(f"grouped scan report from object {scanner_handle}, which is no scanner with a "
+                                 f"Scan-Handle-Attr-Val-Map in configuration {config.config_id:#06x}")
+    return [_observation(config.objects[handle], person_id, values, group=i)
+            for i, group in enumerate(groups, first)
+            for handle, values in decode_grouped_values(group, scanner.handle_map)]
 
 
 def _text(b: bytes) -> str:
