@@ -333,7 +333,7 @@ def test_empty_batch():
 
 
 HEX = "0123456789ABCDEF"
-SIMPLE = [c for c, m in mdc.MEASUREMENTS.items() if not m.components and c not in (150021, 150022, 150023)]
+SIMPLE = [c for c, m in mdc.MEASUREMENTS.items() if m.units and not m.components and c not in (150021, 150022, 150023)]
 offsets = st.integers(-48, 56).map(lambda q: f"{'+' if q >= 0 else '-'}{abs(q) * 15 // 60:02d}:{abs(q) * 15 % 60:02d}")
 times = st.builds(
     lambda dt, frac, off: dt.strftime("%Y-%m-%dT%H:%M:%S") + (f".{frac}" if frac else "") + off,

@@ -185,3 +185,78 @@ MDC_CGM_DEV_STATUS = 8418060
 # the Bluetooth CGMS profile (phg.sources.ble.session "cgm") is reported as. (528425 is MDC_DEV_SPEC_PROFILE_HF_CARDIO.)
 MDC_DEV_SPEC_PROFILE_CGM = 528409
 SPECIALIZATIONS[MDC_DEV_SPEC_PROFILE_CGM] = ("MDC_DEV_SPEC_PROFILE_CGM", "Continuous Glucose Monitor")
+
+# ---------------------------------------------------------------- status bits, context codes, supplemental types
+# (issue 17; the FHIR mapping is phg.fhir.enumerations, the rules in docs/fhir-mapping.md "Status, context and
+# supplemental types".) MDC_PART_PHD_DM (128) terms from the IEEE 11073-10417/-10425 nomenclature (the Continua
+# nomenclature headers, e.g. signove/antidote src/specializations/glucometer.h): 32-bit code = 128 * 65536 + term.
+MEASUREMENTS.update({
+    m.code: m
+    for m in (  # BITs status observations: no unit (PHD IG bpm-status.json, bits-observation.json)
+        Measurement(MDC_PULS_OXIM_DEV_STATUS, "MDC_PULS_OXIM_DEV_STATUS", "Pulse oximeter device and sensor status", ()),
+        Measurement(MDC_BPM_DEV_STATUS, "MDC_BLOOD_PRESSURE_MEASUREMENT_STATUS", "Blood pressure measurement status", ()),
+        Measurement(MDC_GLU_METER_DEV_STATUS, "MDC_GLU_METER_DEV_STATUS", "Glucose meter device and sensor status", ()),
+        Measurement(MDC_CGM_DEV_STATUS, "MDC_CGM_DEV_STAT", "CGM device and sensor status", ()),
+        # coded enumerations (PHD IG meal-context-observation.json: code 8417864 "MDC_CTXT_GLU_MEAL", text "Meal context")
+        Measurement(8417864, "MDC_CTXT_GLU_MEAL", "Meal context", ()),
+        Measurement(8417844, "MDC_CTXT_GLU_SAMPLELOCATION", "Sample location", ()),
+        Measurement(8417884, "MDC_CTXT_GLU_TESTER", "Tester", ()),
+        Measurement(8417820, "MDC_CTXT_GLU_HEALTH", "Health", ()),
+    )
+})
+MDC_CTXT_GLU_MEAL, MDC_CTXT_GLU_SAMPLELOCATION, MDC_CTXT_GLU_TESTER, MDC_CTXT_GLU_HEALTH = 8417864, 8417844, 8417884, 8417820
+
+# Values of the coded enumerations above: MDC code -> (reference id, text a clinician reads).
+CODED_VALUES: dict[int, tuple[str, str]] = {
+    8417868: ("MDC_CTXT_GLU_MEAL_PREPRANDIAL", "Before a meal"),
+    8417872: ("MDC_CTXT_GLU_MEAL_POSTPRANDIAL", "After a meal"),
+    8417876: ("MDC_CTXT_GLU_MEAL_FASTING", "Fasting"),
+    8417880: ("MDC_CTXT_GLU_MEAL_CASUAL", "Casual (snacks, drinks)"),
+    8417869: ("MDC_CTXT_GLU_MEAL_BEDTIME", "Bedtime"),
+    8417848: ("MDC_CTXT_GLU_SAMPLELOCATION_FINGER", "Finger"),
+    8417852: ("MDC_CTXT_GLU_SAMPLELOCATION_AST", "Alternate site test"),
+    8417856: ("MDC_CTXT_GLU_SAMPLELOCATION_EARLOBE", "Earlobe"),
+    8417860: ("MDC_CTXT_GLU_SAMPLELOCATION_CTRLSOLUTION", "Control solution"),
+    8417845: ("MDC_CTXT_GLU_SAMPLELOCATION_UNDETERMINED", "Undetermined"),
+    8417846: ("MDC_CTXT_GLU_SAMPLELOCATION_OTHER", "Other"),
+    8417888: ("MDC_CTXT_GLU_TESTER_SELF", "Self"),
+    8417892: ("MDC_CTXT_GLU_TESTER_HCP", "Health care professional"),
+    8417896: ("MDC_CTXT_GLU_TESTER_LAB", "Lab test"),
+    8417824: ("MDC_CTXT_GLU_HEALTH_MINOR", "Minor health issues"),
+    8417828: ("MDC_CTXT_GLU_HEALTH_MAJOR", "Major health issues"),
+    8417832: ("MDC_CTXT_GLU_HEALTH_MENSES", "During menses"),
+    8417836: ("MDC_CTXT_GLU_HEALTH_STRESS", "Under stress"),
+    8417840: ("MDC_CTXT_GLU_HEALTH_NONE", "No health issues"),
+}
+
+# ASN.1 names of the BITs status values: MDC code -> {MDER bit (0 = most significant): name}, as the PHD IG
+# ASN1ToHL7 code system lists "<code>.<bit>" (2.0.0 CodeSystem-ASN1ToHL7.json; every one an event bit).
+ASN1_BITS: dict[int, dict[int, str]] = {
+    MDC_PULS_OXIM_DEV_STATUS: dict(enumerate((
+        "sensor-disconnected", "sensor-malfunction", "sensor-displaced", "sensor-unsupported", "sensor-off",
+        "sensor-interference", "signal-searching", "signal-pulse-questionable", "signal-non-pulsatile", "signal-erratic",
+        "signal-low-perfusion", "signal-poor", "signal-inadequate", "signal-processing-irregularity",
+        "device-equipment-malfunction", "device-extended-update"))),
+    MDC_BPM_DEV_STATUS: dict(enumerate((
+        "body-movement", "cuff-too-loose", "irregular-pulse", "pulse-over-range-limit", "pulse-under-range-limit",
+        "improper-body-position"))),
+    MDC_GLU_METER_DEV_STATUS: dict(enumerate((
+        "device-battery-low", "sensor-malfunction", "sensor-sample-size-insufficient", "sensor-strip-insertion",
+        "sensor-strip-type-incorrect", "sensor-result-too-high", "sensor-result-too-low", "sensor-temp-too-high",
+        "sensor-temp-too-low", "sensor-read-interrupt", "device-gen-fault", "sensor-temp-out-of-range"))),
+    MDC_CGM_DEV_STATUS: {  # bits 1, 5 and 6 have no code in ASN1ToHL7
+        0: "sensor-session-stopped", 2: "sensor-type-incorrect", 3: "sensor-malfunction", 4: "device-specific-alert",
+        7: "sensor-calibration-not-allowed", 8: "sensor-calibration-recommended", 9: "sensor-calibration-required",
+        10: "sensor-temp-too-high", 11: "sensor-temp-too-low", 12: "sensor-result-below-patient-low",
+        13: "sensor-result-above-patient-high", 14: "sensor-low-hypo", 15: "sensor-high-hyper",
+        16: "sensor-rate-decrease-exceeded", 17: "sensor-rate-increase-exceeded", 18: "sensor-result-too-low",
+        19: "sensor-result-too-high", 20: "sensor-com-out-of-range"},
+}
+BITS_LENGTH: dict[int, int] = {MDC_PULS_OXIM_DEV_STATUS: 16, MDC_BPM_DEV_STATUS: 16, MDC_GLU_METER_DEV_STATUS: 16,
+                               MDC_CGM_DEV_STATUS: 32}
+
+# Supplemental-Types (PhdBaseObservation component 68193; numeric-spotnumeric.json): MDC code -> reference id.
+MDC_ATTR_SUPPLEMENTAL_TYPES = 68193
+MDC_MODALITY_FAST, MDC_MODALITY_SLOW, MDC_MODALITY_SPOT = 150580, 150584, 150588
+SUPPLEMENTAL_TYPES: dict[int, str] = {MDC_MODALITY_FAST: "MDC_MODALITY_FAST", MDC_MODALITY_SLOW: "MDC_MODALITY_SLOW",
+                                      MDC_MODALITY_SPOT: "MDC_MODALITY_SPOT"}

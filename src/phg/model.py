@@ -76,6 +76,35 @@ class Component:
 
 
 @dataclass(frozen=True)
+class Bit:
+    """One reported bit of an IEEE 11073 BITs value (Enum-Observed-Value-Simple/Basic-Bit-Str).
+
+    bit is the MDER bit number: bit 0 is the most significant bit (IEEE 11073-20601 MDER; PHD IG
+    ASN1ToHL7 code system, http://hl7.org/fhir/uv/phd/STU2/CodeSystem-ASN1ToHL7.html, "<code>.<bit>").
+    name is its ASN.1 name (the code system's display, e.g. "body-movement"), None when unknown.
+    set: an event bit is reported only when set; a state bit is reported set or cleared (PHD IG
+    BITs Enumeration Observation profile)."""
+
+    bit: int
+    name: str | None = None
+    set: bool = True
+
+
+@dataclass(frozen=True)
+class BitString:
+    """An IEEE 11073 ASN.1 BITS-8/16/32 value as the PHD IG PhdBitsEnumerationObservation needs it:
+    its length and the bits reported (with their meaning)."""
+
+    length: int
+    bits: tuple[Bit, ...]
+
+    @property
+    def raw(self) -> int:
+        """The integer as MDER sends it (bit 0 = the most significant of `length` bits)."""
+        return sum(1 << (self.length - 1 - b.bit) for b in self.bits if b.set)
+
+
+@dataclass(frozen=True)
 class Metric:
     """One measurement. value is None for compound metrics (components carry the values)."""
 
@@ -86,6 +115,12 @@ class Metric:
     time_digits: int = 0  # fractional-second digits the device gave (its time resolution)
     status: tuple[str, ...] = ()  # IEEE 11073-20601 MeasurementStatus names (mdc.MEASUREMENT_STATUS)
     components: tuple[Component, ...] = ()
+    # Values that are not numbers (PHD IG 2.0.0 profiles; README "The reading document"):
+    coded: int | None = None  # an MDC code as the value (Enum-Observed-Value-Simple-OID): meal context -> preprandial
+    bits: BitString | None = None  # a BITs value: device/measurement status (PhdBitsEnumerationObservation)
+    supplemental: tuple[int, ...] = ()  # Supplemental-Types MDC codes, e.g. 150588 MDC_MODALITY_SPOT
+    derived_from: int | None = None  # index in Reading.metrics of the metric this one qualifies (status, context)
+
 
 
 @dataclass(frozen=True)
@@ -179,6 +214,16 @@ def _metric_document(m: Metric) -> dict[str, Any]:
         doc["status"] = list(m.status)
     if m.components:
         doc["components"] = [{"code": c.code, "value": str(c.value), "unit": c.unit} for c in m.components]
+    if m.coded is not None:
+        doc["coded"] = m.coded
+    if m.bits is not None:
+        doc["bits"] = {"length": m.bits.length, "bits": [
+            {"bit": b.bit} | ({"name": b.name} if b.name else {}) | ({} if b.set else {"set": False})
+            for b in m.bits.bits]}
+    if m.supplemental:
+        doc["supplemental"] = list(m.supplemental)
+    if m.derived_from is not None:
+        doc["derived_from"] = m.derived_from
     return doc
 
 
@@ -449,9 +494,10 @@ _PATIENT_SYSTEM, _PATIENT_VALUE = re.compile(r"^\S+$"), re.compile(r"^\S(.*\S)?$
 _UNIT = re.compile(r"^[^\s]+(\s[^\s]+)*$")
 _VALUE_TEXT = re.compile(r"^[+-]?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]{1,3})?$")
 _DEVICE_TEXT = ("manufacturer", "model", "serial", "firmware")
+_VALUE_KEYS = ("coded", "bits", "supplemental", "derived_from")
 _KEYS = {"reading": {"device", "patient", "metrics", "clock"}, "patient": {"system", "value"},
          "device": {"system_id", "bt_address", *_DEVICE_TEXT, "specializations"}, "specialization": {"code", "version"},
-         "metric": {"code", "type", "value", "unit", "time", "status", "components"},
+         "metric": {"code", "type", "value", "unit", "time", "status", "components", *_VALUE_KEYS},
          "component": {"code", "type", "value", "unit"}, "clock": {"gateway_time", "device_time", "type", "sync"}}
 _UINT32 = 2**32 - 1
 
@@ -514,7 +560,24 @@ def _metric(m: Any) -> bool:
             and ("status" not in m or (type(status := m["status"]) is list and len(status) <= 16
                                        and all(type(s) is str for s in status) and len(set(status)) == len(status)))
             and ("components" not in m or (type(parts := m["components"]) is list and 1 <= len(parts) <= 16
-                                           and all(_component(c) for c in parts))))
+                                           and all(_component(c) for c in parts)))
+            and (not m.keys() & _VALUE_KEYS or _enumerated(m)))
+
+def _enumerated(m: dict) -> bool:
+    """The schema's rules for coded, bits, supplemental and derived_from (the cross-field ones are `_build`'s)."""
+    bits = m.get("bits")
+    return (("coded" not in m or _int(m["coded"])) and ("derived_from" not in m or _int(m["derived_from"], 4095))
+            and ("supplemental" not in m or (type(codes := m["supplemental"]) is list and 1 <= len(codes) <= 16
+                                             and all(_int(c) for c in codes)))
+            and (bits is None or (type(bits) is dict and bits.keys() == {"length", "bits"}
+                                  and bits["length"] in (8, 16, 32) and type(bits["length"]) is int
+                                  and type(listed := bits["bits"]) is list and len(listed) <= 32
+                                  and all(_bit(b) for b in listed))))
+
+
+def _bit(b: Any) -> bool:
+    return (type(b) is dict and "bit" in b and b.keys() <= {"bit", "name", "set"} and _int(b["bit"], 31)
+            and ("name" not in b or _string(b["name"], minimum=1)) and ("set" not in b or type(b["set"]) is bool))
 
 
 def _component(c: Any) -> bool:
@@ -572,14 +635,14 @@ def _build(doc: dict) -> Reading:
         for s in m.get("status", ()):
             if s not in mdc.MEASUREMENT_STATUS:
                 raise ReadingError(f"{where}.status", f"unknown status {s!r}; known: {', '.join(mdc.MEASUREMENT_STATUS)}")
-        unit = _unit(code, m.get("unit"), where)
+        unit = None if ("coded" in m or "bits" in m) and "unit" not in m else _unit(code, m.get("unit"), where)
         components = []
         for j, c in enumerate(m.get("components", ())):
             cwhere = f"{where}.components[{j}]"
             ccode = _code(c, cwhere)
             components.append(Component(ccode, _decimal(c["value"], f"{cwhere}.value"),
                                         _unit(ccode, c.get("unit", unit), cwhere)))
-        if "value" not in m and not components:
+        if "value" not in m and not components and "coded" not in m and "bits" not in m:
             if "invalid" not in m.get("status", ()) and "not-available" not in m.get("status", ()):
                 raise ReadingError(where, "needs a value, components, or status invalid/not-available")
         known = mdc.MEASUREMENTS.get(code)
@@ -593,9 +656,42 @@ def _build(doc: dict) -> Reading:
             unit=unit,
             status=tuple(m.get("status", ())),
             components=tuple(components),
+            **(_build_values(m, code, where, i, len(doc["metrics"])) if m.keys() & _VALUE_KEYS else {}),
         ))
     clock = _build_clock(doc["clock"]) if "clock" in doc else None
     return Reading(device, patient, tuple(metrics), clock)
+
+
+def _build_values(m: dict, code: int, where: str, index: int, count: int) -> dict[str, Any]:
+    """A metric's coded, bits, supplemental and derived_from (README, "The reading document"): a coded or
+    bits value stands alone (no value, unit or components); a bit appears once and lies within the length;
+    derived_from names another metric of the same reading. A bit without a name takes the ASN.1 name the
+    PHD IG's ASN1ToHL7 code system gives `<code>.<bit>` (mdc.ASN1_BITS), when it has one."""
+    values: dict[str, Any] = {}
+    if "coded" in m or "bits" in m:
+        if extra := [k for k in ("value", "unit", "components") if k in m] + (["bits"] if "coded" in m and "bits" in m else []):
+            raise ReadingError(where, f"a {'coded' if 'coded' in m else 'bits'} value stands alone: remove {', '.join(extra)}")
+    if "coded" in m:
+        values["coded"] = m["coded"]
+    if "bits" in m:
+        length, seen, bits = m["bits"]["length"], set(), []
+        for j, b in enumerate(m["bits"]["bits"]):
+            if b["bit"] >= length or b["bit"] in seen:
+                raise ReadingError(f"{where}.bits.bits[{j}].bit", f"bit {b['bit']} is "
+                                   + ("given twice" if b["bit"] in seen else f"beyond a {length}-bit value"))
+            seen.add(b["bit"])
+            bits.append(Bit(b["bit"], b.get("name") or mdc.ASN1_BITS.get(code, {}).get(b["bit"]), b.get("set", True)))
+        values["bits"] = BitString(length, tuple(bits))
+    if "supplemental" in m:
+        if len(set(m["supplemental"])) != len(m["supplemental"]):
+            raise ReadingError(f"{where}.supplemental", "a code is given twice")
+        values["supplemental"] = tuple(m["supplemental"])
+    if "derived_from" in m:
+        if not 0 <= m["derived_from"] < count or m["derived_from"] == index:
+            raise ReadingError(f"{where}.derived_from", f"{m['derived_from']} is not the index of another metric "
+                                                        f"of this reading (0..{count - 1})")
+        values["derived_from"] = m["derived_from"]
+    return values
 
 
 def _build_clock(c: dict) -> DeviceClock:

@@ -55,7 +55,7 @@ class _Entries:
         if (known := self.added.get((resource_type, *identifier))) is not None:
             return known
         query = if_none_exist(*identifier)
-        full_url = f"urn:uuid:{uuid5_url(f'{resource_type}?{query}')}"
+        full_url = _full_url(resource_type, identifier, query)
         if full_url not in self.index:
             self.index[full_url] = len(self.entries)
             self.entries.append({
@@ -65,6 +65,12 @@ class _Entries:
             })
         found = self.added[(resource_type, *identifier)] = full_url, self.index[full_url]
         return found
+
+
+def _full_url(resource_type: str, identifier: tuple[str | None, str], query: str | None = None) -> str:
+    """The fullUrl of a conditional create: also how an Observation names another of the same reading
+    (derivedFrom) before that one is added."""
+    return f"urn:uuid:{uuid5_url(f'{resource_type}?{query or if_none_exist(*identifier)}')}"
 
 
 _NAMESPACE_URL = uuid.NAMESPACE_URL.bytes
@@ -109,10 +115,12 @@ def build_transaction(readings: Sequence[Reading], gateway: Gateway, ig_version:
     for reading, (patient_url, phd_url, cts_url) in zip(readings, refs, strict=True):
         indices: list[int] = []
         correction = resources.time_correction(reading.clock, gateway)
-        for metric in reading.metrics:
-            identifier = conditional_identifier(reading, metric, ig_version)
+        identifiers = [conditional_identifier(reading, metric, ig_version) for metric in reading.metrics]
+        for metric, identifier in zip(reading.metrics, identifiers, strict=True):
+            derived = None if metric.derived_from is None else _full_url("Observation", identifiers[metric.derived_from])
             build = partial(resources.observation, metric, rules, identifier=identifier, patient_url=patient_url,
-                            phd_url=phd_url, phg_url=phg_url, cts_url=cts_url, time_correction=correction)
+                            phd_url=phd_url, phg_url=phg_url, cts_url=cts_url, time_correction=correction,
+                            derived_from_url=derived)
             _, n = entries.add("Observation", identifier, build)
             if n not in indices:
                 indices.append(n)

@@ -36,8 +36,9 @@ def conditional_identifier(reading: Reading, metric: Metric, ig_version: str = "
         parts = head + _value_units_v1(metric) + [timestamp_v1(metric.time)]
     else:
         parts = head + [timestamp_v2(metric.time, metric.time_digits)]
-    # Supplemental-Types codes would follow here; the model has none yet.
-    return rules.identifier_system, "-".join(parts)
+    # "-supplemental types": the Supplemental-Types codes, each joined with a dash (both releases;
+    # numeric-spotnumeric.json "...-149530-20181113175903.00-150588").
+    return rules.identifier_system, "-".join(parts + [str(code) for code in metric.supplemental])
 
 
 def timestamp_v2(time: datetime, digits: int = 0) -> str:
@@ -110,6 +111,12 @@ def _value_units_v1(metric: Metric) -> list[str]:
     code when the value is absent. A compound metric (no IG 1.1.0 rule found) gives value and units
     of each component in order."""
     absent = data_absent_code(metric.status)
+    # Coded and BITs enumerations have no units part: "device-patient-type-value-reported PHD timestamp-
+    # supplemental types", the value being the MDC code (or dataAbsentReason code) or the raw 16/32-bit integer
+    # (1.1.0 CodedEnumerationObservationProfile / BITsEnumerationObservationProfile, "Conditional Create
+    # Identifier Generation").
+    if metric.coded is not None or metric.bits is not None:
+        return [absent or (str(metric.coded) if metric.coded is not None else str(metric.bits.raw))]  # type: ignore[union-attr]
     if absent is not None:
         return [absent, metric.unit or ""]
     if metric.components:

@@ -15,7 +15,7 @@ from typing import Any
 
 from phg import mdc
 from phg.errors import MappingError
-from phg.fhir import ig
+from phg.fhir import enumerations, ig
 from phg.fhir.ig import IgRules
 from phg.model import (
     MDC_ATTR_TIME_ABS,
@@ -166,16 +166,21 @@ def _specialization(code: int, version: int | None) -> dict:
 
 def observation(metric: Metric, rules: IgRules, *, identifier: tuple[str | None, str], patient_url: str,
                 phd_url: str, phg_url: str, cts_url: str | None = None,
-                time_correction: timedelta | None = None) -> Resource:
+                time_correction: timedelta | None = None, derived_from_url: str | None = None) -> Resource:
     """One PhdNumericObservation, or a PhdCompoundNumericObservation when the metric has components
-    (blood pressure: systolic/diastolic/mean as components, PhdCompoundNumericObservation.fsh).
+    (blood pressure: systolic/diastolic/mean as components, PhdCompoundNumericObservation.fsh), a
+    PhdCodedEnumerationObservation for a coded value or a PhdBitsEnumerationObservation for a BITs value
+    (phg.fhir.enumerations, which also writes the supplemental-types components of any of them).
+    derived_from_url: the Observation of the metric this one qualifies (Metric.derived_from), in derivedFrom
+    (meal-context-observation.json's page: "should contain a derived-from reference pointing to the
+    measurement containing the glucose concentration"; bpm-status.json points at the blood pressure).
     Elements per PhdBaseObservation: gatewayDevice extension, conditional-create identifier, PHD (+ vital
     signs) category, MDC + LOINC code, subject, device, effectiveDateTime = the device time as given,
     moved by time_correction when the gateway corrects it (see `time_correction`). cts_url is the
     reading's Coincident Time Stamp: CoincidentTimeStampReference extension (2.0.0) or derivedFrom (1.x)."""
     known = mdc.MEASUREMENTS.get(metric.code)
     absent = ig.data_absent_code(metric.status)
-    meta: dict[str, Any] = _profile("PhdCompoundNumericObservation" if metric.components else "PhdNumericObservation")
+    meta: dict[str, Any] = _profile(_profile_name(metric))
     if ig.TEST_DATA.intersection(metric.status):
         meta["security"] = [dict(ig.HTEST)]
     system, value = identifier
@@ -198,16 +203,35 @@ def observation(metric: Metric, rules: IgRules, *, identifier: tuple[str | None,
         resource["dataAbsentReason"] = {"coding": [{"system": ig.DATA_ABSENT_SYSTEM, "code": absent}]}
     elif metric.value is not None:
         resource["valueQuantity"] = _quantity(metric.value, metric.unit)
+    elif metric.coded is not None:
+        resource["valueCodeableConcept"] = enumerations.coded_value(metric.coded)
     if interpretations := [ig.INTERPRETATION[s] for s in metric.status if s in ig.INTERPRETATION]:
         resource["interpretation"] = [
             {"coding": [{"system": ig.MEASUREMENT_STATUS_SYSTEM, "code": code}]} for code in interpretations
         ]
     resource["device"] = {"reference": phd_url}
-    if cts_url and rules.coincident_link == "derivedFrom":
-        resource["derivedFrom"] = [{"reference": cts_url}]
+    derived = [cts_url] if cts_url and rules.coincident_link == "derivedFrom" else []
+    if derived_from_url:
+        derived.append(derived_from_url)
+    if derived:
+        resource["derivedFrom"] = [{"reference": url} for url in derived]
+    components = []
     if metric.components and absent is None:
-        resource["component"] = [_component(c, rules) for c in metric.components]
+        components += [_component(c, rules) for c in metric.components]
+    if metric.bits is not None and absent is None:
+        components += enumerations.bits_components(metric.code, metric.bits, rules)
+    components += enumerations.supplemental_components(metric.supplemental, rules)
+    if components:
+        resource["component"] = components
     return resource
+
+
+def _profile_name(metric: Metric) -> str:
+    if metric.coded is not None:
+        return "PhdCodedEnumerationObservation"
+    if metric.bits is not None:
+        return "PhdBitsEnumerationObservation"
+    return "PhdCompoundNumericObservation" if metric.components else "PhdNumericObservation"
 
 
 def _loinc(code: int, rules: IgRules) -> str | None:
