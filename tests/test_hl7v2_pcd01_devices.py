@@ -208,6 +208,53 @@ def test_test_and_demonstration_data_are_msh11_t(statuses, msh11):
     assert str(hl7.parse(message).segment("MSH")[11]) == msh11
 
 
+# ---------------------------------------------------------------------------------------------- values
+
+
+STRIP = {"code": 8417752, "time": T, "bits": {"length": 16, "bits": [{"bit": 3, "name": "sensor-strip-insertion"}]}}
+
+
+def test_a_status_bits_value_is_the_continua_fixtures_cwe():
+    """MDC_GLU_METER_DEV_STATUS with bit 3 set: the same row as the IPF Continua glucose fixture's OBX 7,
+    field for field (but its sub-id and time); several bits repeat in bit order, a cleared state bit is 0."""
+    ours = obx_rows(render(reading([*GLUCOSE, STRIP])))["1.0.0.3"]
+    theirs = obx_rows("\r".join((VECTORS / "ipf-continua-wan-glucose.hl7").read_text().strip().splitlines()))["1.0.0.5"]
+    assert valued(ours) == valued(theirs) == {1, 2, 3, 4, 5, 11, 14}
+    assert fields(ours, 2, 3, 5, 6, 8, 11) == fields(theirs, 2, 3, 5, 6, 8, 11) == (
+        "CWE", "8417752^MDC_GLU_METER_DEV_STATUS^MDC", "1^sensor-strip-insertion(3)", "", "", "R")
+    bpm = {"code": 8410608, "time": T, "bits": {"length": 16, "bits": [
+        {"bit": 2, "name": "irregular-pulse"}, {"bit": 0, "name": "body-movement", "set": False}, {"bit": 5}]}}
+    row = obx_rows(render(reading([BP, bpm])))["1.0.0.2"]
+    assert fields(row, 2, 3, 5) == ("CWE", "8410608^MDC_BLOOD_PRESSURE_MEASUREMENT_STATUS^MDC",
+                                    "0^body-movement(0)~1^irregular-pulse(2)~1^improper-body-position(5)")
+
+
+def test_a_coded_value_is_a_cwe_of_its_mdc_code():
+    """Meal context and sample location: the value is an MDC code (CWE, no unit), a metric of the device
+    beside the glucose it qualifies, as the Continua fixture sends the glucose context metrics."""
+    meal = {"code": 8417864, "coded": 8417868, "time": T, "derived_from": 0}
+    site = {"code": 8417844, "coded": 8417848, "time": T, "derived_from": 0}
+    rows = obx_rows(render(reading([*GLUCOSE, meal, site])))
+    assert fields(rows["1.0.0.3"], 2, 3, 5, 6, 11) == (
+        "CWE", "8417864^MDC_CTXT_GLU_MEAL^MDC", "8417868^MDC_CTXT_GLU_MEAL_PREPRANDIAL^MDC", "", "R")
+    assert fields(rows["1.0.0.4"], 3, 5) == ("8417844^MDC_CTXT_GLU_SAMPLELOCATION^MDC",
+                                             "8417848^MDC_CTXT_GLU_SAMPLELOCATION_FINGER^MDC")
+    invalid = obx_rows(render(reading([*GLUCOSE, {**meal, "status": ["invalid"]}])))["1.0.0.3"]
+    assert fields(invalid, 2, 5, 8, 11) == ("", "", "INV", "X")
+
+
+def test_supplemental_types_are_the_metrics_attribute_row():
+    """Supplemental-Types (MDC_ATTR_SUPPLEMENTAL_TYPES 68193) one level below its metric, as the Continua
+    fixture's 1.0.0.2.1 attribute row; a compound's at 1.0.c.0.1; the checker holds them to their metric."""
+    spot = [{**GLUCOSE[0], "supplemental": [150588, 150580]}, {**BP, "supplemental": [150588]}]
+    rows = obx_rows(render(reading(spot)))
+    assert list(k for k in rows if k.startswith("1.")) == [
+        "1.0.0.1", "1.0.0.2", "1.0.0.2.1", "1.0.1", "1.0.1.1", "1.0.1.2", "1.0.1.3", "1.0.1.0.1"]
+    assert fields(rows["1.0.0.2.1"], 2, 3, 5, 11) == (
+        "CWE", "68193^MDC_ATTR_SUPPLEMENTAL_TYPES^MDC", "150588^MDC_MODALITY_SPOT^MDC~150580^MDC_MODALITY_FAST^MDC", "R")
+    assert fields(rows["1.0.1.0.1"], 3, 5) == ("68193^MDC_ATTR_SUPPLEMENTAL_TYPES^MDC", "150588^MDC_MODALITY_SPOT^MDC")
+
+
 # ---------------------------------------------------------------------------------------------- any input
 
 

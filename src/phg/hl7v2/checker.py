@@ -14,7 +14,8 @@ Continua Design Guidelines, ITU-T H.812 WAN interface):
   numeric per component; OBX-11 present.
 - The containment tree (PCD TF-2 OBX-4): a row inside MDS n (n >= 1) follows that MDS's own row
   (sub-id "n" as Continua writes it, or "n.0.0.0"); a metric attribute (the fifth level) follows its
-  metric's row. MDS 0, the gateway, may go without a row (the Continua fixtures send only its 0.0.0.1).
+  metric's row (1.0.0.2.1 follows 1.0.0.2; 1.0.1.0.1, an attribute of a compound, follows 1.0.1).
+  MDS 0, the gateway, may go without a row (the Continua fixtures send only its 0.0.0.1).
 - Measurement status (PCD TF-2 OBX-8 measurement-status table): an OBX-8 flag for a value that cannot
   be obtained (INV invalid, NAV not available, BUSY measurement ongoing) goes with OBX-11 X, and a row
   with OBX-11 X (HL7 table 0085: results cannot be obtained) has no OBX-5.
@@ -116,6 +117,14 @@ def check(text: str) -> list[Problem]:
     return problems
 
 
+def _owner(levels: list[str]) -> str:
+    """The row a metric attribute belongs to: its first four levels, a trailing "not applicable" 0 left
+    out (1.0.1.0.1 is an attribute of the compound 1.0.1)."""
+    while len(levels) > 1 and levels[-1] == "0":
+        levels = levels[:-1]
+    return ".".join(levels)
+
+
 class _Tree:
     """The containment levels seen so far in one message: which MDS rows and which metric rows."""
 
@@ -135,9 +144,8 @@ class _Tree:
         if levels[0] != "0" and levels[0] not in self.mds:
             problems.append(Problem(f"{where}-4", f"sub-id {sub_id} is in MDS {levels[0]}, whose MDS row "
                                                   f"({levels[0]} or {levels[0]}.0.0.0) has not come before it"))
-        if len(levels) == 5 and ".".join(levels[:4]) not in self.rows:
-            problems.append(Problem(f"{where}-4", f"attribute {sub_id} does not follow its metric's row "
-                                                  f"{'.'.join(levels[:4])}"))
+        if len(levels) == 5 and (owner := _owner(levels[:4])) not in self.rows:
+            problems.append(Problem(f"{where}-4", f"attribute {sub_id} does not follow its metric's row {owner}"))
         return problems
 
 

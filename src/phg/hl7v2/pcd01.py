@@ -269,11 +269,11 @@ def _ident(code: int, ref: str) -> str:
 
 def _attributes(sub_id: str, *, system_id: str | None, manufacturer: str | None, model: str | None,
                 serial: str | None, firmware: str | None, sync: int | None) -> list[str]:
-    """An MDS's attribute rows at <sub_id>.0.0.n, n from 1, each present only when known: System-Id
+    """An MDS's attribute rows at <sub_id>.0.0.n, n from 1, each present only when known: the
+    time-synchronisation protocol (MDC_TIME_SYNC_PROTOCOL, a CWE of an MDC_TIME_SYNC_* term), System-Id
     (MDC_ATTR_SYS_ID, the EUI-64 as 16 hex digits), System-Model (MDC_ATTR_ID_MODEL: its two
     IEEE 11073-20601 fields, manufacturer and model number, as two components), Production-Specification
-    entries (MDC_ID_PROD_SPEC_SERIAL, _FW: the spec-type term as OBX-3) and the time-synchronisation
-    protocol (MDC_TIME_SYNC_PROTOCOL, a CWE of an MDC_TIME_SYNC_* term)."""
+    entries (MDC_ID_PROD_SPEC_SERIAL, _FW: the spec-type term as OBX-3)."""
     values: list[tuple[str, str, str]] = []
     if sync is not None:
         values.append(("CWE", _ident(mdc.MDC_TIME_SYNC_PROTOCOL, "MDC_TIME_SYNC_PROTOCOL"),
@@ -336,18 +336,48 @@ def _observations(reading: Reading, gateway: Gateway, now: datetime) -> list[str
         status, flags = _result_status(m), _flags(m)
         if m.components or (m.value is None and m.code in mdc.MEASUREMENTS and mdc.MEASUREMENTS[m.code].components):
             chan += 1
-            rows.append(_obx("", _code(m.code), f"1.0.{chan}", status="X", time=when, flags=flags))
-            if absent:  # an invalid compound reports no components (value cannot be obtained)
-                continue
-            for j, c in enumerate(m.components, 1):
-                rows.append(_obx("NM", _code(c.code), f"1.0.{chan}.{j}", number(c.value),
-                                 _unit(c.unit, f"{where}.components[{j - 1}]"), status, when, flags=flags))
+            sub_id = f"1.0.{chan}"
+            rows.append(_obx("", _code(m.code), sub_id, status="X", time=when, flags=flags))
+            if not absent:  # an invalid compound reports no components (value cannot be obtained)
+                for j, c in enumerate(m.components, 1):
+                    rows.append(_obx("NM", _code(c.code), f"{sub_id}.{j}", number(c.value),
+                                     _unit(c.unit, f"{where}.components[{j - 1}]"), status, when, flags=flags))
+            rows += _supplemental(m, f"{sub_id}.0")
             continue
         metric_n += 1
         sub_id = f"1.0.0.{metric_n}"
-        if m.value is None or absent:  # invalid / not-available / ongoing: no value, X (cannot be obtained)
+        value_type, value, units = _value(m, where)
+        if not value_type or absent:  # invalid / not-available / ongoing: no value, X (cannot be obtained)
             rows.append(_obx("", _code(m.code), sub_id, status="X", time=when, flags=flags))
         else:
-            rows.append(_obx("NM", _code(m.code), sub_id, number(m.value), _unit(m.unit, where), status, when,
-                             flags=flags))
+            rows.append(_obx(value_type, _code(m.code), sub_id, value, units, status, when, flags=flags))
+        rows += _supplemental(m, sub_id)
     return rows
+
+
+def _value(m: Metric, where: str) -> tuple[str, str, str]:
+    """A simple metric's OBX-2, OBX-5 and OBX-6; ("", "", "") when it has no value. A number is NM with
+    its unit; an MDC code as the value (a coded enumeration: meal context, sample location) is a CWE of
+    that code; a BITs value (device and measurement status) is a CWE with one repetition per reported bit
+    in bit order, <1 set, 0 cleared>^<ASN.1 name>(<bit number>), as the Continua WAN glucose fixture writes
+    MDC_GLU_METER_DEV_STATUS (1^sensor-strip-insertion(3)); a bit whose name phg does not know is
+    written with its number alone."""
+    if m.coded is not None:
+        return "CWE", _ident(m.coded, mdc.CODED_VALUES.get(m.coded, ("",))[0]), ""
+    if m.bits is not None:
+        names = mdc.ASN1_BITS.get(m.code, {})
+        return "CWE", "~".join(f"{int(b.set)}^{escape(b.name or names.get(b.bit, ''))}({b.bit})"
+                               for b in sorted(m.bits.bits, key=lambda b: b.bit)), ""
+    if m.value is None:
+        return "", "", ""
+    return "NM", number(m.value), _unit(m.unit, where)
+
+
+def _supplemental(m: Metric, metric: str) -> list[str]:
+    """The metric's Supplemental-Types attribute (MDC_ATTR_SUPPLEMENTAL_TYPES, a CWE repeated per type) as
+    the row one level below the metric, <metric>.1: PCD TF-2's extra OBX-4 level for a metric attribute
+    (the Continua glucose fixture's 1.0.0.2.1). A compound's attribute is at 1.0.c.0.1: no metric level."""
+    if not m.supplemental:
+        return []
+    types = "~".join(_ident(code, mdc.SUPPLEMENTAL_TYPES.get(code, "")) for code in m.supplemental)
+    return [_obx("CWE", _ident(mdc.MDC_ATTR_SUPPLEMENTAL_TYPES, "MDC_ATTR_SUPPLEMENTAL_TYPES"), f"{metric}.1", types)]
