@@ -166,6 +166,17 @@ def test_parts_within_max_entries_keep_references_resolvable():
             assert ref in own or (not ref.startswith("urn:") and ref.count("/") == 1), ref
 
 
+def test_parts_send_the_patient_and_devices_first():
+    """Issue 17 (server limits): split across transactions, the first part holds the Patient, the
+    device's and the gateway's Device and the Coincident Time Stamp, before any measurement refers to them."""
+    posted: list[httpx.Request] = []
+    send([six_metrics()], posted, fit=fhir.Fit(max_entries=4))
+    kinds = [[(e["resource"]["resourceType"], e["resource"].get("code", {}).get("coding", [{}])[0].get("code"))
+              for e in json.loads(r.content)["entry"]] for r in posted[:3]]
+    assert kinds[0] == [("Patient", None), ("Device", None), ("Device", None), ("Observation", "67975")]  # CTS
+    assert kinds[1:] == [[("Observation", "188736")] * 4, [("Observation", "188736")] * 2]  # the 6 weights
+
+
 def test_refusal_teaches_limit_and_is_resent_at_once():
     """The refused transaction of 10 entries is sent again at once in parts of 8 at most; the next batch
     goes within the limit from the start (one refusal in all)."""
