@@ -1,0 +1,153 @@
+"""Roles (issue 15): `phg run --role intake` takes readings (the API here) and delivers none; `phg run
+--role worker` delivers and serves only /healthz, /readyz and /metrics; an intake process and a worker
+process on one queue, started in either order, deliver everything, each reading on the server once.
+Real processes, a real sekmet-fhir."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from phg.config import load_config
+from phg.demo.peers import free_port
+from phg.demo.sim import simulated_readings
+from phg.model import PatientRef
+from test_flow_fhir import START, matches
+
+PHG = str(Path(sys.executable).parent / "phg")
+
+
+def write_config(tmp_path: Path, base: str, port: int) -> Path:
+    """One config for every process: the queue, the FHIR server, [api] on `port` (a process given
+    PHG_API_LISTEN listens elsewhere)."""
+    path = tmp_path / "phg.toml"
+    path.write_text(f'[fhir]\nbase_url = "{base}"\ntimeout = 5\n[outbox]\npath = "{tmp_path / "outbox.sqlite"}"\n'
+                    f'[delivery]\nlease_seconds = 5\n[api]\nlisten = "127.0.0.1:{port}"\n')
+    return path
+
+
+class Process:
+    """`phg run --role ROLE` with the config, its API on `port`."""
+
+    def __init__(self, config: Path, role: str, port: int):
+        self.config, self.role, self.port = config, role, port
+        self.child: asyncio.subprocess.Process | None = None
+
+    async def __aenter__(self) -> Process:
+        env = {**os.environ, "PHG_CONFIG": str(self.config), "PHG_API_LISTEN": f"127.0.0.1:{self.port}"}
+        self.child = await asyncio.create_subprocess_exec(PHG, "run", "--role", self.role, env=env,
+                                                          stdout=asyncio.subprocess.PIPE,
+                                                          stderr=asyncio.subprocess.PIPE)
+        async with httpx.AsyncClient(base_url=self.url) as client:
+            for _ in range(150):
+                try:
+                    if (await client.get("/readyz")).status_code == 200:
+                        return self
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.1)
+        self.child.kill()
+        raise AssertionError(f"phg run --role {self.role} is not ready: "
+                             f"{(await self.child.communicate())[1].decode()[-2000:]}")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def stop(self) -> str:
+        """SIGTERM; the exit must be clean. Its stderr."""
+        assert self.child is not None
+        self.child.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(self.child.communicate(), 30)
+        assert self.child.returncode == 0, err.decode()[-2000:]
+        return err.decode()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self.child is not None and self.child.returncode is None:
+            self.child.kill()
+            await self.child.wait()
+
+
+async def post(url: str, documents: list[dict]) -> None:
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        for n in range(0, len(documents), 50):
+            answer = await client.post("/v1/readings", json=documents[n:n + 50])
+            assert answer.status_code == 202, answer.text
+            assert {r["status"] for r in answer.json()["results"]} == {"queued"}
+
+
+def on_server(base: str, readings: list) -> list[int]:
+    """How many times each metric of `readings` is on the FHIR server."""
+    with ThreadPoolExecutor(8) as pool:
+        found = list(pool.map(lambda r: [matches(base, r, m) for m in r.metrics], readings))
+    return [n for per_reading in found for n in per_reading]
+
+
+async def until_on_server(base: str, readings: list, seconds: float) -> None:
+    """Until every metric of `readings` is on the server once: a sample is polled, then all are checked."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    for each in (readings[::10] + readings[-1:], readings):
+        while (counts := await asyncio.to_thread(on_server, base, each)) != [1] * len(counts):
+            assert loop.time() < deadline, f"{counts.count(0)} of {len(counts)} observations missing"
+            await asyncio.sleep(1)
+
+
+def readings(n_per_device: int) -> list:
+    return simulated_readings(PatientRef("urn:oid:1.2.3.4.5", f"pt-roles-{uuid.uuid4().hex[:10]}"), START,
+                              per_device=n_per_device)
+
+
+@pytest.mark.peers
+async def test_an_intake_process_and_a_worker_process_on_one_queue_deliver_everything(sekmet, tmp_path):
+    intake_port, worker_port = free_port(), free_port()
+    config = write_config(tmp_path, sekmet.base_url, intake_port)
+    first, second = readings(10), readings(10)  # 50 readings each
+    async with Process(config, "intake", intake_port) as intake:
+        await post(intake.url, [r.to_document() for r in first])
+        await asyncio.sleep(2)  # an intake delivers nothing: the readings wait for a worker
+        assert set(await asyncio.to_thread(on_server, sekmet.base_url, first[::5])) == {0}
+        async with Process(config, "worker", worker_port) as worker:  # started after the intake
+            async with httpx.AsyncClient(base_url=worker.url) as client:
+                assert (await client.get("/healthz")).status_code == 200
+                assert "phg_queue_items" in (await client.get("/metrics")).text
+                for path in ("/v1/queue", "/"):  # no ingest, queue or page: the intakes' to serve
+                    assert (await client.get(path)).status_code == 404
+                assert (await client.post("/v1/readings", json=[first[0].to_document()])).status_code in (404, 405)
+            await until_on_server(sekmet.base_url, first, 120)
+            await post(intake.url, [r.to_document() for r in second])  # to a running worker, from another process
+            await until_on_server(sekmet.base_url, second, 120)
+            assert "role worker" in await worker.stop()
+        assert "role intake" in await intake.stop()
+
+
+@pytest.mark.peers
+async def test_a_worker_started_first_delivers_what_a_later_intake_takes(sekmet, tmp_path):
+    intake_port, worker_port = free_port(), free_port()
+    config = write_config(tmp_path, sekmet.base_url, intake_port)
+    batch = readings(4)
+    async with Process(config, "worker", worker_port) as worker, Process(config, "intake", intake_port) as intake:
+        await post(intake.url, [r.to_document() for r in batch])
+        await until_on_server(sekmet.base_url, batch, 60)
+        await intake.stop()
+        await worker.stop()
+
+
+def test_role_comes_from_the_flag_the_environment_or_run_role(tmp_path):
+    path = tmp_path / "phg.toml"
+    path.write_text('[run]\nrole = "worker"\n')
+    assert load_config(path, env={}).role == "worker"
+    assert load_config(path, env={"PHG_RUN_ROLE": "intake"}).role == "intake"
+    assert load_config(path, env={"PHG_RUN_ROLE": "intake"}, flags={("run", "role"): "all"}).role == "all"
+    assert load_config(None, env={}, document={}).role == "all"
+    path.write_text('[run]\nrole = "both"\n')
+    with pytest.raises(Exception, match=r"\[run\] role must be one of all, intake, worker, not 'both'"):
+        load_config(path, env={})
