@@ -2,7 +2,7 @@
 unambiguous: the value is decoded, the deviation is logged at WARNING under a stable name (the quirk
 and the characteristic; never a measured value), and the device's data is kept. What is really
 malformed (a mandatory field cut short, a length that contradicts the flags, a CRC that does not
-match) is still refused with GattError.
+match) is still refused with GattError. docs/device-quirks.md lists them for users.
 
 The widely used collector libraries accept the same values. NordicSemiconductor/Android-BLE-Common-
 Library (ble-common/src/main/java/no/nordicsemi/android/ble/common/callback/, e.g.
