@@ -23,8 +23,6 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-
 # name -> module that defines it
 _API = {
     "Reading": "phg.model", "Device": "phg.model", "Metric": "phg.model", "Component": "phg.model",
@@ -33,6 +31,7 @@ _API = {
     "build_transaction": "phg.fhir", "to_json": "phg.fhir", "conditional_identifier": "phg.fhir",
     "render_messages": "phg.hl7v2",
     "PhgError": "phg.errors", "ReadingError": "phg.errors", "MappingError": "phg.errors",
+    "__version__": "phg.version",
 }
 __all__ = [  # the names of _API, spelled out for readers and linters
     "Component", "Device", "Gateway", "MappingError", "Metric", "PatientRef", "PhgError", "Reading", "ReadingError",
@@ -45,6 +44,7 @@ if TYPE_CHECKING:
     from phg.fhir import build_transaction, conditional_identifier, to_json
     from phg.hl7v2 import render_messages
     from phg.model import Component, Device, Gateway, Metric, PatientRef, Reading, parse_documents, parse_reading
+    from phg.version import __version__
 
 
 def __getattr__(name: str) -> Any:

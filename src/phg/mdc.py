@@ -105,6 +105,7 @@ MDC_MOC_VMS_MDS_SIMP = 65573  # PhdDevice.type: a personal health device (simple
 MDC_MOC_VMS_MDS_AHD = 531981  # PhgDevice.type: application hosting device, i.e. the gateway
 MDC_TIME_SYNC_PROTOCOL = 68220  # Device.property type: time synchronisation protocol
 MDC_ID_PROD_SPEC_FW = 531976  # Device.version type: firmware revision
+MDC_ID_PROD_SPEC_SW = 531975  # Device.version type: software revision
 
 # IEEE 11073-20601 System-Type-Spec-List codes -> (reference id, text).
 SPECIALIZATIONS: dict[int, tuple[str, str]] = {
@@ -115,6 +116,7 @@ SPECIALIZATIONS: dict[int, tuple[str, str]] = {
     528401: ("MDC_DEV_SPEC_PROFILE_GLUCOSE", "Glucose Meter"),
     528404: ("MDC_DEV_SPEC_PROFILE_BCA", "Body Composition Analyzer"),
     528457: ("MDC_DEV_SPEC_PROFILE_GENERIC", "Generic PHD"),
+    528525: ("MDC_DEV_SUB_SPEC_PROFILE_HR", "Heart rate (ECG heart rate only)"),
 }
 
 # MDC time-synchronisation protocols (values of the 68220 property).

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -28,6 +28,7 @@ from typing import Any
 
 from phg import mdc
 from phg.errors import ReadingError
+from phg.version import __version__
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,45 @@ class Device:
         """The device part of the PHD IG conditional-create identifier: the system id, or the
         transport address for a BLE device without one (hex upper case, no separators)."""
         return self.system_id or (self.bt_address or "").replace("-", "")
+
+
+# ---------------------------------------------------------------- a device's specializations: the rule
+# IEEE 11073-10101 MDC_DEV_SPEC_PROFILE_* codes (partition INFRA 8: 8 * 65536 + term), as PHD IG PhdDevice lists
+# them (1.1.0 PhdDeviceProfile.html "System Type Spec List"; 2.0.0 ValueSet DeviceTypes11073MDC).
+MDC_DEV_SPEC_PROFILE_PULS_OXIM, MDC_DEV_SPEC_PROFILE_BP, MDC_DEV_SPEC_PROFILE_TEMP = 528388, 528391, 528392
+MDC_DEV_SPEC_PROFILE_SCALE, MDC_DEV_SPEC_PROFILE_GLUCOSE, MDC_DEV_SPEC_PROFILE_BCA = 528399, 528401, 528404
+MDC_DEV_SPEC_PROFILE_CGM = 528409  # IEEE 11073-10425
+MDC_DEV_SUB_SPEC_PROFILE_HR = 528525  # IEEE 11073-10406 basic ECG, the heart-rate-only sub-specialization
+MDC_DEV_SPEC_PROFILE_GENERIC = 528457  # a device following the standard without a specific specialization
+
+# Metric code -> the specialization standard that defines it (11073-104xx: 10404 pulse oximeter, 10407 blood
+# pressure, 10408 thermometer, 10415 weighing scale, 10417 glucose meter, 10420 body composition, 10425 CGM,
+# 10406 basic ECG); the status BITs and context codes of those standards with them.
+_SPECIALIZATION_OF_METRIC: dict[int, int] = {
+    **dict.fromkeys((150456, 149530, 150604), MDC_DEV_SPEC_PROFILE_PULS_OXIM),
+    **dict.fromkeys((150020, 150021, 150022, 150023, 149546, 8410608), MDC_DEV_SPEC_PROFILE_BP),
+    **dict.fromkeys((150364, 150392, 188420, 188424, 188428, 188432, 188448, 188452, 188456), MDC_DEV_SPEC_PROFILE_TEMP),
+    **dict.fromkeys((188736, 188740, 188752), MDC_DEV_SPEC_PROFILE_SCALE),
+    188748: MDC_DEV_SPEC_PROFILE_BCA,
+    **dict.fromkeys((160184, 160188, 160192, 160196, 160200, 160204, 160208, 160364, 160368, 8417752, 8417864),
+                    MDC_DEV_SPEC_PROFILE_GLUCOSE),
+    **dict.fromkeys((160212, 8418060), MDC_DEV_SPEC_PROFILE_CGM),
+    147842: MDC_DEV_SUB_SPEC_PROFILE_HR,
+}
+# What phg maps: the specializations the gateway reports supporting (PhgDevice.specialization).
+GATEWAY_SPECIALIZATIONS: tuple[int, ...] = tuple(sorted(set(_SPECIALIZATION_OF_METRIC.values())))
+
+
+def device_specializations(device: Device, metrics: Iterable[Metric]) -> tuple[Specialization, ...]:
+    """A device's specializations (PHD IG PhdDevice.specialization 1..*), by the rule in README "Device
+    specialization: the rule": what the source reported (an IEEE 11073 agent's System-Type-Spec-List with
+    its versions; a Bluetooth health service's specialization, version unknown; a reading document's
+    "specializations"), else what the metric codes say (the standard that defines each, first seen first,
+    version unknown), else MDC_DEV_SPEC_PROFILE_GENERIC, version unknown."""
+    if device.specializations:
+        return device.specializations
+    codes = dict.fromkeys(_SPECIALIZATION_OF_METRIC[m.code] for m in metrics if m.code in _SPECIALIZATION_OF_METRIC)
+    return tuple(Specialization(code) for code in codes) or (Specialization(MDC_DEV_SPEC_PROFILE_GENERIC),)
 
 
 @dataclass(frozen=True)
@@ -126,7 +166,8 @@ class Metric:
 @dataclass(frozen=True)
 class Gateway:
     """The gateway itself (PHD IG PhgDevice), from config. system_id: EUI-64, 16 hex upper case.
-    time_sync: MDC time-sync protocol code (68220 property), 532226 = MDC_TIME_SYNC_NTPV4."""
+    time_sync: MDC time-sync protocol code (68220 property), 532226 = MDC_TIME_SYNC_NTPV4.
+    software: phg's own version (PhgDevice.version MDC_ID_PROD_SPEC_SW); firmware: the host's, if configured."""
 
     system_id: str
     manufacturer: str = "phg project"
@@ -134,6 +175,7 @@ class Gateway:
     serial: str | None = None
     firmware: str | None = None
     time_sync: int = 532226
+    software: str = __version__
 
 
 # PHD IG PhdCoincidentTimeStampObservation.code (ValueSet MDCClockTypes): the device's clock type.

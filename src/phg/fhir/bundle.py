@@ -96,10 +96,10 @@ def build_transaction(readings: Sequence[Reading], gateway: Gateway, ig_version:
     phg_url = ""
     for reading in readings:
         patient_url, i = entries.add("Patient", (reading.patient.system, reading.patient.value),
-                                     partial(resources.patient, reading.patient))
+                                     partial(resources.patient, reading.patient, rules))
         phg_url, j = entries.add("Device", resources.phg_identifier(gateway), partial(resources.phg_device, gateway, rules))
         phd_url, k = entries.add("Device", resources.phd_identifier(reading.device),
-                                 partial(resources.phd_device, reading.device, rules))
+                                 partial(resources.phd_device, reading.device, rules, reading.metrics))
         shared.extend(n for n in (i, j, k) if n not in shared)
         cts_url = None
         if reading.clock is not None:

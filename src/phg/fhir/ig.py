@@ -19,6 +19,16 @@ VITAL_SIGNS_CATEGORY = {
 GATEWAY_EXTENSION = "http://hl7.org/fhir/StructureDefinition/observation-gatewayDevice"
 SYSID_SYSTEM = "urn:oid:1.2.840.10004.1.1.1.0.0.1.0.0.1.2680"  # IEEE EUI-64 system id
 BTMAC_SYSTEM = "http://hl7.org/fhir/sid/eui-48/bluetooth"
+ZERO_SYSID = "00-00-00-00-00-00-00-00"
+# The patient identifier's type: v2-0203 MR, as every PhdPatient of the IG's examples (1.1.0 and 2.0.0
+# patientExample-1, bundle-example-1, nonin-hdp-*): the identifier the EHR knows the patient by.
+PATIENT_IDENTIFIER_TYPE = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR",
+                                       "display": "Medical record number"}]}
+# What a PHD profile requires and the device did not report (PhdDevice manufacturer, modelNumber, a
+# specialization's version, a version value): FHIR R4 data-absent-reason on the primitive
+# (http://hl7.org/fhir/R4/extension-data-absent-reason.html), code "unknown", as the IG marks an unknown
+# device time (PhdCoincidentTimeStampObservation dataAbsentReason[TimeFault] = data-absent-reason#unknown).
+UNKNOWN = {"extension": [{"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode": "unknown"}]}
 
 
 @dataclass(frozen=True)
@@ -34,6 +44,10 @@ class IgRules:
     coincident_link: str = "extension"  # Observation -> CTS: "extension" (CoincidentTimeStampReference) or "derivedFrom"
     coincident_subject: str = "device"  # CTS subject: "device" (PhdDevice; device = PhgDevice) or "patient"
     coincident_sync_component: bool = True  # CTS component clockSyncMethod 68220 (2.0.0 only)
+    # PhdPatient.identifier.type (1.x: 1..1 with a v2-0203 coding; 2.0.0: 0..1), see PATIENT_IDENTIFIER_TYPE.
+    patient_identifier_type: bool = False
+    # A PhdDevice without a system id carries SYSID 00-00-00-00-00-00-00-00 (1.x: systemIdIdentifier 1..1).
+    zero_sysid: bool = False
 
     @property
     def phd_category(self) -> dict:
@@ -59,6 +73,10 @@ RULES: dict[str, IgRules] = {
         coincident_link="derivedFrom",
         coincident_subject="patient",
         coincident_sync_component=False,  # 1.x profile page: "no additional information reported in component elements"
+        patient_identifier_type=True,  # 1.1.0 PhdPatient: identifier.type 1..1, coding v2Coding 1..1
+        # 1.1.0 PhdDevice: identifier:systemIdIdentifier 1..1; PhdDeviceProfile.html "System Identifier": "When a
+        # PHG encounters such a device it shall enter 00-00-00-00-00-00-00-00" (2.0.0 makes the slice 0..1).
+        zero_sysid=True,
     ),
 }
 

@@ -9,6 +9,7 @@ Decimals stay Decimals so their digits survive to_json.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -18,6 +19,7 @@ from phg.errors import MappingError
 from phg.fhir import enumerations, ig
 from phg.fhir.ig import IgRules
 from phg.model import (
+    GATEWAY_SPECIALIZATIONS,
     MDC_ATTR_TIME_ABS,
     Component,
     Device,
@@ -26,6 +28,7 @@ from phg.model import (
     Metric,
     PatientRef,
     Reading,
+    device_specializations,
     format_time,
     time_digits,
 )
@@ -70,40 +73,62 @@ def _device_identifier(kind: str, system: str, value: str, rules: IgRules) -> di
     }
 
 
-def _names(resource: Resource, manufacturer: str | None, model: str | None, serial: str | None) -> None:
+def _unknown() -> dict:
+    """The primitive's sibling `_name` saying its value is unknown (ig.UNKNOWN: data-absent-reason)."""
+    return {"extension": [dict(e) for e in ig.UNKNOWN["extension"]]}
+
+
+def _names(resource: Resource, manufacturer: str | None, model: str | None, serial: str | None, *,
+           required: bool = False) -> None:
     """System-Model / Production-Specification fields shared by PhdDevice and PhgDevice
     (PhdDevice.fsh: manufacturer, modelNumber "from System-Model.model", serialNumber,
-    version typed MDC_ID_PROD_SPEC_FW); the model is also given as deviceName model-name."""
+    version typed MDC_ID_PROD_SPEC_FW); the model is also given as deviceName model-name. required: the
+    PhdDevice's manufacturer and modelNumber (1..1 in 1.1.0 and 2.0.0), unknown when the device did not say."""
     if manufacturer:
         resource["manufacturer"] = manufacturer
+    elif required:
+        resource["_manufacturer"] = _unknown()
     if serial:
         resource["serialNumber"] = serial
     if model:
         resource["deviceName"] = [{"name": model, "type": "model-name"}]
         resource["modelNumber"] = model
+    elif required:
+        resource["_modelNumber"] = _unknown()
 
 
-def _firmware(firmware: str | None) -> list[dict]:
-    if not firmware:
-        return []
-    return [{"type": _mdc_concept(mdc.MDC_ID_PROD_SPEC_FW, "MDC_ID_PROD_SPEC_FW", "Firmware revision"), "value": firmware}]
+def _version(code: int, ref_id: str, text: str, value: str | None) -> dict:
+    """A Device.version entry typed from MDCDeviceVersionTypes; its value unknown when None."""
+    version: dict[str, Any] = {"type": _mdc_concept(code, ref_id, text)}
+    if value:
+        version["value"] = value
+    else:
+        version["_value"] = _unknown()
+    return version
+
+
+def _firmware(firmware: str | None) -> dict:
+    return _version(mdc.MDC_ID_PROD_SPEC_FW, "MDC_ID_PROD_SPEC_FW", "Firmware revision", firmware)
 
 
 # ---------------------------------------------------------------- Patient and devices
 
 
-def patient(ref: PatientRef) -> Resource:
-    """PhdPatient: just the identifier the EHR knows the patient by (PhdPatientProfile.html)."""
-    return {
-        "resourceType": "Patient",
-        "meta": _profile("PhdPatient"),
-        "identifier": [{"system": ref.system, "value": ref.value}],
-    }
+def patient(ref: PatientRef, rules: IgRules) -> Resource:
+    """PhdPatient: just the identifier the EHR knows the patient by (PhdPatientProfile.html), typed where
+    the release requires it (1.1.0: identifier.type 1..1, v2-0203; ig.PATIENT_IDENTIFIER_TYPE)."""
+    identifier: dict[str, Any] = {"system": ref.system, "value": ref.value}
+    if rules.patient_identifier_type:
+        identifier = {"type": ig.PATIENT_IDENTIFIER_TYPE} | identifier
+    return {"resourceType": "Patient", "meta": _profile("PhdPatient"), "identifier": [identifier]}
 
 
 def phg_device(gateway: Gateway, rules: IgRules) -> Resource:
-    """PhgDevice: type MDC_MOC_VMS_MDS_AHD, SYSID identifier and the time-sync property 68220,
-    both required (PhgDevice.fsh; example vectors/phd/v2.0.0/phg-example.json)."""
+    """PhgDevice: type MDC_MOC_VMS_MDS_AHD, SYSID identifier and the time-sync property 68220
+    (PhgDevice.fsh; example vectors/phd/v2.0.0/phg-example.json); the specializations phg maps, without a
+    version (2.0.0 specialization:MDCType 1..*, version 0..1; 1.x PhgDeviceProfile: "the uploader can leave the
+    version field empty"); version (1..*): phg's own software version MDC_ID_PROD_SPEC_SW, as phg-example.json,
+    and the host's firmware when configured."""
     resource: Resource = {
         "resourceType": "Device",
         "meta": _profile("PhgDevice"),
@@ -111,8 +136,10 @@ def phg_device(gateway: Gateway, rules: IgRules) -> Resource:
     }
     _names(resource, gateway.manufacturer, gateway.model, gateway.serial)
     resource["type"] = _mdc_concept(mdc.MDC_MOC_VMS_MDS_AHD, "MDC_MOC_VMS_MDS_AHD", "Application Hosting Device, a.k.a. PHG")
-    if versions := _firmware(gateway.firmware):
-        resource["version"] = versions
+    resource["specialization"] = [_specialization(code) for code in GATEWAY_SPECIALIZATIONS]
+    resource["version"] = [_version(mdc.MDC_ID_PROD_SPEC_SW, "MDC_ID_PROD_SPEC_SW", "Software revision", gateway.software)]
+    if gateway.firmware:
+        resource["version"].append(_firmware(gateway.firmware))
     resource["property"] = [{
         "type": _mdc_concept(mdc.MDC_TIME_SYNC_PROTOCOL, "MDC_TIME_SYNC_PROTOCOL"),
         "valueCode": [_mdc_concept(gateway.time_sync, mdc.TIME_SYNC.get(gateway.time_sync))],
@@ -125,22 +152,25 @@ def phg_identifier(gateway: Gateway) -> tuple[str, str]:
     return ig.SYSID_SYSTEM, eui(gateway.system_id)
 
 
-def phd_device(device: Device, rules: IgRules) -> Resource:
+def phd_device(device: Device, rules: IgRules, metrics: Sequence[Metric] = ()) -> Resource:
     """PhdDevice: SYSID from the system id and BTMAC from the Bluetooth address, whichever are known
-    (a BLE device without a system id is identified by its transport address, PHD IG 2.0.0
-    PhdDevice profile); type MDC_MOC_VMS_MDS_SIMP; one specialization per System-Type-Spec-List entry."""
+    (a BLE device without a system id is identified by its transport address, PHD IG 2.0.0 PhdDevice
+    profile; 1.x requires the SYSID and prescribes the all-zero one, ig.ZERO_SYSID); type MDC_MOC_VMS_MDS_SIMP;
+    one specialization per entry of model.device_specializations (the source's System-Type-Spec-List, else the
+    metrics' standards), its version unknown when not reported; manufacturer, modelNumber and the firmware
+    version entry (1..1, 1..1 and version 1..* in 2.0.0) unknown when not reported (ig.UNKNOWN)."""
     identifiers = []
-    if device.system_id:
-        identifiers.append(_device_identifier("SYSID", ig.SYSID_SYSTEM, eui(device.system_id), rules))
+    if device.system_id or rules.zero_sysid:
+        system_id = eui(device.system_id) if device.system_id else ig.ZERO_SYSID
+        identifiers.append(_device_identifier("SYSID", ig.SYSID_SYSTEM, system_id, rules))
     if device.bt_address:
         identifiers.append(_device_identifier("BTMAC", ig.BTMAC_SYSTEM, eui(device.bt_address), rules))
     resource: Resource = {"resourceType": "Device", "meta": _profile("PhdDevice"), "identifier": identifiers}
-    _names(resource, device.manufacturer, device.model, device.serial)
+    _names(resource, device.manufacturer, device.model, device.serial, required=True)
     resource["type"] = _mdc_concept(mdc.MDC_MOC_VMS_MDS_SIMP, "MDC_MOC_VMS_MDS_SIMP", "Personal Health Device")
-    if device.specializations:
-        resource["specialization"] = [_specialization(s.code, s.version) for s in device.specializations]
-    if versions := _firmware(device.firmware):
-        resource["version"] = versions
+    resource["specialization"] = [_specialization(s.code, s.version, versioned=True)
+                                  for s in device_specializations(device, metrics)]
+    resource["version"] = [_firmware(device.firmware)]
     return resource
 
 
@@ -153,11 +183,15 @@ def phd_identifier(device: Device) -> tuple[str, str]:
     raise MappingError("device has neither system_id nor bt_address")
 
 
-def _specialization(code: int, version: int | None) -> dict:
+def _specialization(code: int, version: int | None = None, *, versioned: bool = False) -> dict:
+    """Device.specialization; versioned: the version is required (PhdDevice: "from the
+    System-Type-Spec-List[i].version", 1..1), so an unreported one is marked unknown."""
     ref_id, text = mdc.SPECIALIZATIONS.get(code, (None, None))
     spec: dict[str, Any] = {"systemType": _mdc_concept(code, ref_id, text)}
     if version is not None:
         spec["version"] = str(version)
+    elif versioned:
+        spec["_version"] = _unknown()
     return spec
 
 

@@ -1,0 +1,162 @@
+"""Every Bundle phg renders conforms to the PHD IG profiles it declares, for 2.0.0 and 1.1.0, for every source
+(issue 17): `../shared/tools/phd-validate/validate.sh` (the IG's own StructureDefinitions, run by a profile
+walker; README in that folder) over `phg render --format fhir` of readings of every type from every source:
+hand-written reading documents, the simulator, each Bluetooth health profile through its GATT decoder and the
+device the BLE session builds, and the five IEEE 11073-20601 standard configurations through the manager.
+
+Skipped only when node is missing and PHG_REQUIRE_BROWSER is unset (CI sets it; node is always in CI)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from ieee11073_agent import KINDS, Agent
+from phg.demo.sim import DEVICES, simulated_readings
+from phg.model import PatientRef, Reading
+from phg.sources.ble.gatt import decode, to_metrics
+from phg.sources.ble.session import PROFILES, device_of
+from phg.sources.ieee11073.apdu import decode as apdu_decode
+from phg.sources.ieee11073.manager import Manager, Measurements
+from phg.sources.ieee11073.readings import readings_of
+
+ROOT = Path(__file__).resolve().parents[1]
+VALIDATE = ROOT.parent / "shared" / "tools" / "phd-validate" / "validate.sh"
+PATIENT = PatientRef("urn:oid:2.999.1.2.3", "pt-conformance")
+PLUS_1 = timedelta(hours=1)
+RECEIVED = datetime(2026, 11, 28, 9, 0, 0, tzinfo=timezone(PLUS_1))
+
+
+# ---------------------------------------------------------------- the readings, one document per file
+
+
+def _documents() -> dict[str, dict]:
+    """Hand-written reading documents: each metric alias, every status kind, a device clock, the README
+    example, and devices that report as little as the schema allows (one identifier, nothing else)."""
+    t = "2026-11-28T09:00:00+01:00"
+    full = {"system_id": "00-1C-05-FF-FE-00-78-25", "bt_address": "00:1C:05:00:78:25", "manufacturer": "Acme",
+            "model": "Oxi 1", "serial": "A123", "firmware": "1.2", "specializations": [{"code": 528388, "version": 1}]}
+    docs: dict[str, dict] = {
+        "readme": {"device": full, "patient": {"system": "urn:oid:1.2.3.4", "value": "pt-001"}, "metrics": [
+            {"code": 150456, "value": "97", "unit": "%", "time": t},
+            {"code": 150020, "unit": "mm[Hg]", "time": t, "components": [
+                {"code": 150021, "value": "120"}, {"code": 150022, "value": "80"}, {"code": 150023, "value": "93"}]},
+            {"type": "glucose", "value": "5.6", "unit": "mmol/L", "time": t, "status": ["questionable"]}]},
+        "system-id-only": {"device": {"system_id": "0A1B2C3D4E5F0001"}, "metrics": [
+            {"type": "body_weight", "value": "71.30", "unit": "kg", "time": t}]},
+        "bt-address-only": {"device": {"bt_address": "F4:5E:AB:A8:08:32"}, "metrics": [
+            {"type": "glucose_plasma", "value": "101", "unit": "mg/dL", "time": t}]},
+        "specialization-without-version": {
+            "device": {"system_id": "0A1B2C3D4E5F0002", "specializations": [{"code": 528392}]},
+            "metrics": [{"type": "body_temperature", "value": "36.9", "unit": "Cel", "time": t}]},
+        "statuses": {"device": {"system_id": "0A1B2C3D4E5F0003", "manufacturer": "Acme", "model": "Oxi 2"},
+                     "metrics": [
+                         {"type": "spo2", "unit": "%", "time": t, "status": ["invalid"]},
+                         {"type": "spo2", "unit": "%", "time": "2026-11-28T09:01:00+01:00", "status": ["not-available"]},
+                         {"type": "pulse_rate_oximeter", "value": "70", "time": t, "status": ["early-indication"]},
+                         {"type": "spo2", "value": "96", "time": "2026-11-28T09:02:00+01:00",
+                          "status": ["test-data", "calibration-ongoing"]}]},
+        "clock": {"device": {"system_id": "0A1B2C3D4E5F0004"}, "metrics": [
+                      {"type": "heart_rate", "value": "64", "time": "2026-11-28T09:00:00.25+01:00"}],
+                  "clock": {"gateway_time": "2026-11-28T08:10:00Z", "device_time": "2026-11-28T09:09:30+01:00",
+                            "type": "absolute", "sync": 532224}},
+        "clock-fault": {"device": {"bt_address": "00:E5:DE:AD:77:C3", "manufacturer": "Acme"}, "metrics": [
+                            {"type": "body_height", "value": "172.5", "unit": "cm", "time": t}],
+                        "clock": {"gateway_time": "2026-11-28T08:10:00Z", "device_time": None, "type": "absolute"}},
+    }
+    aliases = ("spo2", "pulse_rate", "pulse_rate_oximeter", "heart_rate", "systolic", "diastolic",
+               "mean_arterial_pressure", "body_temperature", "body_weight", "body_height", "bmi")
+    docs["every-alias"] = {"device": {"system_id": "0A1B2C3D4E5F0005", "model": "Multi"}, "metrics": [
+        {"type": a, "value": "1.5", "time": f"2026-11-28T09:{n:02d}:00+01:00"} for n, a in enumerate(aliases)]}
+    for doc in docs.values():
+        doc.setdefault("patient", {"system": PATIENT.system, "value": PATIENT.value})
+    return docs
+
+
+def _simulated() -> dict[str, dict]:
+    start = datetime(2026, 11, 28, 9, 0, tzinfo=timezone(PLUS_1))
+    return {f"sim-{r.device.model}": r.to_document() for r in simulated_readings(PATIENT, start, devices=tuple(DEVICES))}
+
+
+# One measurement per Bluetooth health profile (payloads of tests/test_ble_gatt_readings.py), with the device the BLE
+# session builds from the Device Information Service (device_of).
+BLE_MEASUREMENTS: dict[str, tuple[tuple[int, str, dict], ...]] = {
+    "glucose": ((0x2A18, "03" "0100" "ea07" "0b1c" "090000" "0000" "78b0" "11", {}),),
+    "blood_pressure": ((0x2A35, "06" "7400" "4700" "5600" "ea070b1c080000" "3e00", {}),),
+    "scale": ((0x2A9D, "0ab036ea070b1c091e00f500d606", {"weight_feature": (0x2A9E, "8f000000")}),),
+    "thermometer": ((0x2A1C, "06b00e00fedc070c050b321b04", {}),),
+    "pulse_oximeter": ((0x2A5E, "0facf3bef5e8070b1d170839204022000066e3", {}),
+                       (0x2A5F, "1c5f005a00200000000057f0", {})),
+    "cgm": ((0x2AA7, "06000c10050006000c100600", {"session_start": (0x2AAA, "ea070b1c080000" "04" "00")}),),
+}
+
+
+def _bluetooth() -> dict[str, dict]:
+    docs = {}
+    for profile in PROFILES:
+        metrics = []
+        for uuid, payload, reads in BLE_MEASUREMENTS[profile.name]:
+            extra = {name: decode(u, bytes.fromhex(p)) for name, (u, p) in reads.items()}
+            metrics += to_metrics(decode(uuid, bytes.fromhex(payload)), utc_offset=PLUS_1, received=RECEIVED, **extra)
+        for label, dis in (("dis", {"manufacturer": "Acme BLE", "model": "M-1", "serial": "S1", "firmware": "F1"}),
+                           ("bare", {})):
+            device = device_of(profile, "00:E5:DE:AD:77:C3", system_id=None, **dis)
+            docs[f"ble-{profile.name}-{label}"] = Reading(device, PATIENT, tuple(metrics)).to_document()
+    return docs
+
+
+def _ieee11073() -> dict[str, dict]:
+    """The five standard configurations through the manager (association, MDS GET, one fixed scan report)."""
+    docs = {}
+    for kind in KINDS:
+        manager, agent = Manager(), Agent(kind)
+        manager.receive_data(agent.aarq(), 0.0)
+        data = manager.data_to_send()  # the AARE, then the manager's GET of the MDS
+        get = apdu_decode(data[4 + int.from_bytes(data[2:4], "big"):])
+        manager.receive_data(agent.get_response(get.invoke_id), 0.0)
+        _, apdu = agent.measurement(2)
+        (measurements,) = [e for e in manager.receive_data(apdu, 1.0) if isinstance(e, Measurements)]
+        at = datetime(2026, 11, 28, 8, 0, tzinfo=UTC)
+        for n, reading in enumerate(readings_of(measurements, PATIENT, PLUS_1, at, mds_read_at=at)):
+            docs[f"11073-{kind}-{n}"] = reading.to_document()
+    return docs
+
+
+def conformance_readings() -> dict[str, dict[str, dict]]:
+    """source -> name -> reading document, every type from every source."""
+    return {"documents": _documents(), "simulator": _simulated(), "bluetooth": _bluetooth(), "ieee11073": _ieee11073()}
+
+
+# ---------------------------------------------------------------- the check
+
+
+def _node_or_skip() -> None:
+    if shutil.which("node") is None:
+        if os.environ.get("PHG_REQUIRE_BROWSER"):
+            pytest.fail("node is required (PHG_REQUIRE_BROWSER is set) for ../shared/tools/phd-validate")
+        pytest.skip("node is not installed: the PHD profile validator cannot run")
+
+
+@pytest.mark.parametrize("ig_version", ["2.0.0", "1.1.0"])
+def test_every_resource_conforms_to_its_phd_profile(ig_version: str, tmp_path: Path) -> None:
+    _node_or_skip()
+    readings = tmp_path / "readings"
+    readings.mkdir()
+    for source, docs in conformance_readings().items():  # one file, so one Bundle, per source: one render each
+        (readings / f"{source}.json").write_text(json.dumps(list(docs.values())))
+    phg = Path(sys.executable).with_name("phg")
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "config"),
+           "PHD_VALIDATE_CACHE": os.environ.get("PHD_VALIDATE_CACHE",
+                                                str(Path.home() / ".cache" / "phd-validate"))}
+    done = subprocess.run([str(VALIDATE), str(phg), "--readings", str(readings), "--ig", ig_version, "--errors-only"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    *issues, verdict = done.stdout.strip().splitlines() or [""]
+    n, _, m = verdict.partition(" ")[0].partition("/")
+    assert done.returncode == 0 and n == m, "\n".join(issues + [verdict, done.stderr])
