@@ -601,6 +601,11 @@ class Outbox:
         with self._write():
             return self._blank_delivered(math.inf, destination)
 
+    def pause(self, destination: str, seconds: float) -> None:
+        """A Retry-After for every worker of `destination` (phg.outbox.queue.Queue): shared on JetStream,
+        where workers on many machines send to one server. Here nothing is stored: each worker waits out
+        the Retry-After it was given (phg.delivery.worker), and the others learn theirs from the server."""
+
     def next_due(self, destination: str, horizon: float | None = None) -> float | None:
         """When the next item of `destination` becomes due (a queued item's next attempt or an
         inflight item's lease deadline), or None when nothing is waiting: the worker sleeps until then.

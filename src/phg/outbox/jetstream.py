@@ -1,0 +1,845 @@
+"""The queue on NATS JetStream (`[queue] engine = "jetstream"`, hub mode): many intake and worker
+processes on many machines share one queue, with the guarantees of the SQLite outbox (phg.outbox.queue.Queue).
+
+Layout, named by `[queue] prefix` P (JetStream: https://docs.nats.io/nats-concepts/jetstream):
+- `P_queue`, a work-queue stream (retention=workqueue: a message is removed once acknowledged) on the
+  subjects `P.q.DESTINATION`, file storage, `stream_replicas` replicas, `max_age`, `max_bytes` (discard
+  new: a full stream refuses intake, it never drops a waiting reading), `duplicate_window`. One durable
+  pull consumer per destination, named after it: explicit acks, AckWait = the worker's lease_seconds,
+  MaxAckPending = `max_in_flight` (readings of the destination leased at once by all workers).
+- `P_dead`, the dead letters (limits retention, kept until purged): subject `P.dead.DESTINATION.SEQ`, the
+  reading as body, the reason (JSON string), the original sequence, key, time and attempts in headers.
+- Key-value buckets: `P_state` (source progress markers), `P_pause` (a Retry-After per destination, so
+  every worker waits), and per destination `P_done_DESTINATION` (a delivered marker per reading key, kept
+  `max_age`) and `P_tries_DESTINATION` (attempts, refusals and the last error of a reading that was put back).
+
+How the Queue maps onto it:
+- enqueue publishes each reading with Nats-Msg-Id "DESTINATION:KEY" (deduplicated within
+  duplicate_window: the same reading sent again is stored once, and PubAck.duplicate says so), waits for
+  every PubAck (publishing again what got none: the id makes that safe), and only then writes the
+  progress markers: a marker is never ahead of the readings it covers.
+- lease fetches up to `limit` messages with a short pull (PULL_TIMEOUT: a pull request lives on the
+  consumer leader only and is silently lost when leadership changes, so phg pulls again rather than
+  wait), checks each against the delivered markers BEFORE handing it out (a redelivered, long-acked message
+  is acknowledged and skipped), and returns the rest under one token naming the messages this process
+  holds. Item.id is the stream sequence; Item.attempts the delivery count.
+- renew sends an in-progress ack (+WPI) for each held message, which restarts its AckWait.
+- delivered writes the markers, then acknowledges (+ACK as a request, retried while unanswered: acks sent
+  while the consumer has no leader are lost; a message no longer stored counts as settled).
+- retry_later records attempts/refusals/error, then naks with the delay (-NAK {"delay": ns}); release naks
+  at once; dead publishes to the dead-letter stream, then terminates (+TERM, which removes it here).
+- retry(id) publishes a dead reading to its work subject again (a new id) and deletes the dead letter.
+
+Facts of nats-server this is built for (measured on Debian's 2.9.10 by issue 15):
+- A message that reaches the consumer's MaxDeliver stays stored but is neither pending nor ack-pending:
+  lost in limbo. So the consumer has no MaxDeliver; phg counts itself: a reading put back on its
+  `max_deliver`-th delivery goes to the dead letters instead, and one handed out a time more (its worker
+  died each time) is dead-lettered at lease.
+- Deduplication is per replica and a restarted node rebuilds it only from what it still stores: a reading
+  published again after a node restart can be stored (and delivered) again, long after it was delivered
+  (fixed in 2.10.14). The delivered markers make that copy harmless; phg warns at connect below 2.10.14.
+- A late ack from an earlier delivery still removes a message, and an answered ack does not say which
+  delivery it settled: a report after the lease's local deadline (the lease not renewed in time) is
+  stale, and only `delivered` still applies (the reading did reach the destination).
+
+Durability: a PubAck means the message is stored on a quorum of replicas (R3: two nodes), not that it
+is fsynced (nats-server syncs every 2 min by default): the replicas on separate machines are what
+survives a power cut of one, which is why production runs R3.
+
+What it cannot answer (and answers instead):
+- Delivered readings keep no payload, only a marker: items(state="delivered") is empty, purge_delivered
+  erases nothing (returns 0), get(id) of a delivered reading is None, counts()["delivered"] counts markers.
+- Per-reading state outside a lease: a stored message already handed out at least once is "inflight"
+  (ack-pending, or waiting out a Nak delay), the others "queued"; states(keys) knows only "delivered".
+- stored_keys: keys delivered at every destination (markers), or published by this process within the
+  duplicate window; another intake's recent readings are not known (they are deduplicated all the same).
+- latest_per_device, kept_payloads, activity (status page, the API's reading list): [] (configure [view]).
+- A progress marker written alone (heartbeat) is a key-value put; with readings, it follows their acks.
+
+Threads: the methods are synchronous (the worker and the Intake call them through asyncio.to_thread, as
+with SQLite). They run coroutines on this object's own event loop in one background thread
+(asyncio.run_coroutine_threadsafe) and wait a bounded time; JetStream that cannot be reached raises
+StorageError, which pauses a worker (it retries) and tells a source nothing was acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import secrets
+import ssl
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js import api
+
+from phg.config import QueueSettings
+from phg.errors import ConfigError, StorageError
+from phg.outbox.sqlite import DEAD, DELIVERED, INFLIGHT, QUEUED, STATES, Item
+
+log = logging.getLogger(__name__)
+
+MIN_SERVER = (2, 10, 14)  # deduplication kept across node restarts (issue 15; nats-server 2.10.14 release notes)
+PULL_TIMEOUT = 0.5  # seconds one pull waits for messages; short: a pull lost in a leader change is redone soon
+REQUEST_TIMEOUT = 5.0  # one JetStream API request
+CALL_TIMEOUT = 60.0  # the longest a method waits for its work on the loop (several requests, retried)
+ACK_TRIES = 5  # an +ACK/+TERM without an answer is sent again this often (acks without a leader are lost)
+ACK_TIMEOUT = 2.0
+PUBLISH_TRIES = 3  # a publish without a PubAck is published again (same Nats-Msg-Id: stored once)
+LEADER_WAIT = 20.0  # seconds an idempotent request is tried again while JetStream elects a leader (4-9 s here)
+POLL = 1.0  # next_due while messages are handed out but unsettled: look again this soon
+SEEN_LIMIT = 100_000  # keys this process remembers publishing (stored_keys), oldest forgotten first
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a destination as a subject token, consumer and bucket name
+
+H_KEY, H_CREATED, H_SEQ, H_ATTEMPTS, H_REASON = "Phg-Key", "Phg-Created", "Phg-Seq", "Phg-Attempts", "Phg-Reason"
+ACK, TERM, PROGRESS = b"+ACK", b"+TERM", b"+WPI"
+
+T = TypeVar("T")
+_FAILURES = (nats.errors.Error, TimeoutError, OSError)
+# What a leader change, or a reconnection to another node, looks like to one request: no answer, no
+# responder (no leader yet), 503, or a connection being re-established.
+_TRANSIENT = (TimeoutError, nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError,
+              nats.js.errors.ServiceUnavailableError, nats.errors.ConnectionReconnectingError,
+              nats.errors.StaleConnectionError)
+
+
+@dataclass
+class _Lease:
+    """Messages this process holds under one token, and until when (time.monotonic) they are surely ours."""
+
+    destination: str
+    messages: dict[int, Msg]
+    deadline: float
+    ack_wait: float
+
+
+@dataclass
+class _Consumer:
+    ack_wait: float
+    subscription: Any = field(repr=False)  # nats.js.JetStreamContext.PullSubscription
+
+
+def _headers(msg: Any) -> dict[str, str]:
+    return dict(msg.headers or {})
+
+
+def _epoch(value: Any) -> float:
+    return value.timestamp() if value is not None else 0.0
+
+
+class JetStreamQueue:
+    """phg's queue (phg.outbox.queue.Queue) on NATS JetStream: module docstring."""
+
+    def __init__(self, settings: QueueSettings):
+        self.settings = settings
+        p = settings.prefix
+        self.stream, self.dead_stream = f"{p}_queue", f"{p}_dead"
+        self._where = f"JetStream at {', '.join(settings.servers)}"
+        self._leases: dict[str, _Lease] = {}
+        self._consumers: dict[str, _Consumer] = {}
+        self._buckets: dict[str, Any] = {}
+        self._seen: OrderedDict[str, float] = OrderedDict()  # "destination:key" -> monotonic time published
+        self._closing = False
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="phg-jetstream", daemon=True)
+        self._thread.start()
+        try:
+            self._call(self._open(), "connect")
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    # -------------------------------------------------------------------------------- the loop thread
+
+    def _call(self, work: Awaitable[T], what: str) -> T:
+        """Run `work` on the loop and wait (bounded); JetStream failures become StorageError."""
+        future = asyncio.run_coroutine_threadsafe(work, self._loop)  # type: ignore[arg-type]
+        try:
+            return future.result(CALL_TIMEOUT)
+        except _FAILURES as exc:  # (concurrent.futures.TimeoutError is TimeoutError too: which one is it?)
+            if not future.done():
+                future.cancel()
+                raise StorageError(f"{self._where}: {what}: no answer in {CALL_TIMEOUT:g} s") from None
+            raise StorageError(f"{self._where}: {what} failed: {type(exc).__name__}: {exc}") from exc
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+    # -------------------------------------------------------------------------------- connection, layout
+
+    def _connect_options(self) -> dict[str, Any]:
+        """nats.connect's keyword arguments for the settings: servers, credentials, TLS (never logged)."""
+        s = self.settings
+        options: dict[str, Any] = {
+            "servers": list(s.servers), "name": "phg", "allow_reconnect": True, "max_reconnect_attempts": -1,
+            "reconnect_time_wait": 1, "connect_timeout": 5,
+            "error_cb": self._on_error, "disconnected_cb": self._on_disconnected, "reconnected_cb": self._on_reconnected,
+        }
+        if s.creds_file is not None or s.nkey_seed_file is not None:
+            try:
+                import nkeys  # noqa: F401  (nats-py signs the server's nonce with it)
+            except ImportError:
+                raise ConfigError("[queue] creds_file / nkey_seed_file need the nkeys package: "
+                                  "pip install 'nats-py[nkeys]'") from None
+            if s.creds_file is not None:
+                options["user_credentials"] = str(s.creds_file)
+            else:
+                options["nkeys_seed"] = str(s.nkey_seed_file)
+        if s.user is not None:
+            options["user"], options["password"] = s.user, s.password
+        if s.ca_file is not None or s.cert_file is not None or any(u.startswith("tls://") for u in s.servers):
+            context = ssl.create_default_context(cafile=str(s.ca_file) if s.ca_file else None)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            if s.cert_file is not None and s.key_file is not None:
+                context.load_cert_chain(str(s.cert_file), str(s.key_file))
+            options["tls"] = context
+        return options
+
+    async def _on_error(self, exc: Exception) -> None:
+        log.warning("%s: %s: %s", self._where, type(exc).__name__, exc)
+
+    async def _on_disconnected(self) -> None:
+        if not self._closing:
+            log.warning("%s: disconnected; reconnecting", self._where)
+
+    async def _on_reconnected(self) -> None:
+        log.info("%s: reconnected to %s", self._where, self._nc.connected_url.netloc if self._nc.connected_url else "?")
+
+    async def _open(self) -> None:
+        self._nc = await nats.connect(**self._connect_options())
+        version = self._nc.connected_server_version
+        found = (version.major, version.minor, version.patch)
+        if found < MIN_SERVER:
+            log.warning("%s: nats-server %s is older than %s: it can store and deliver again a reading published "
+                        "again after a node restart (issue 15, fixed in 2.10.14); phg's delivered markers keep it "
+                        "from being sent twice, but use 2.10.14 or newer in production", self._where,
+                        ".".join(map(str, found)), ".".join(map(str, MIN_SERVER)))
+        self._js = self._nc.jetstream(timeout=REQUEST_TIMEOUT)
+        s = self.settings
+        common = {"storage": api.StorageType.FILE, "num_replicas": s.stream_replicas, "discard": api.DiscardPolicy.NEW,
+                  "duplicate_window": s.duplicate_window, "max_bytes": s.max_bytes or -1}
+        await self._stream(api.StreamConfig(name=self.stream, subjects=[self._subject("*")],
+                                            retention=api.RetentionPolicy.WORK_QUEUE, max_age=s.max_age, **common))
+        await self._stream(api.StreamConfig(name=self.dead_stream, subjects=[f"{s.prefix}.dead.>"],
+                                            retention=api.RetentionPolicy.LIMITS, **common))
+        if s.duplicate_window < 60:
+            log.warning("%s: [queue] duplicate_window is %g s: a reading a source sends again later than that is "
+                        "queued again (never delivered twice: the delivered markers stop it)", self._where,
+                        s.duplicate_window)
+
+    async def _stream(self, config: api.StreamConfig) -> None:
+        """Create the stream, or bring an existing one to `config` (what JetStream lets change)."""
+        try:
+            await self._js.add_stream(config)
+        except nats.js.errors.BadRequestError as exc:
+            if exc.err_code != 10058:  # "stream name already in use with a different configuration"
+                raise
+            try:
+                await self._js.update_stream(config)
+            except nats.js.errors.BadRequestError as update:
+                raise ConfigError(f"{self._where}: stream {config.name} exists with settings phg cannot change "
+                                  f"({update.description}); delete it or set another [queue] prefix") from None
+
+    async def _bucket(self, name: str, ttl: float | None = None) -> Any:
+        """The key-value bucket `P_name`, created on first use (history 1, the stream's replicas)."""
+        bucket = f"{self.settings.prefix}_{name}"
+        if bucket not in self._buckets:
+            try:
+                self._buckets[bucket] = await self._js.key_value(bucket)
+            except nats.js.errors.BucketNotFoundError:
+                self._buckets[bucket] = await self._js.create_key_value(
+                    bucket=bucket, history=1, ttl=ttl, replicas=self.settings.stream_replicas,
+                    storage=api.StorageType.FILE)
+        return self._buckets[bucket]
+
+    def _subject(self, destination: str) -> str:
+        return f"{self.settings.prefix}.q.{destination}"
+
+    def _dead_subject(self, destination: str, seq: int | str) -> str:
+        return f"{self.settings.prefix}.dead.{destination}.{seq}"
+
+    @staticmethod
+    def _check(destination: str) -> str:
+        if not _NAME.fullmatch(destination):
+            raise ConfigError(f"destination {destination!r:.80}: on JetStream a destination's name is 1..64 "
+                              "letters, digits, _ or - (it names a subject, a consumer and buckets); rename it")
+        return destination
+
+    async def _consumer(self, destination: str, ack_wait: float) -> Any:
+        """The destination's durable pull consumer (created, or its AckWait set to `ack_wait`), bound."""
+        found = self._consumers.get(destination)
+        if found is not None and found.ack_wait == ack_wait:
+            return found.subscription
+        await self._js.add_consumer(self.stream, api.ConsumerConfig(
+            durable_name=destination, filter_subject=self._subject(destination), ack_policy=api.AckPolicy.EXPLICIT,
+            deliver_policy=api.DeliverPolicy.ALL, ack_wait=ack_wait, max_deliver=-1,
+            max_ack_pending=self.settings.max_in_flight))
+        if found is not None:
+            with contextlib.suppress(*_FAILURES):
+                await found.subscription.unsubscribe()
+        subscription = await self._js.pull_subscribe_bind(durable=destination, stream=self.stream)
+        self._consumers[destination] = _Consumer(ack_wait, subscription)
+        return subscription
+
+    async def _consumer_info(self, destination: str) -> api.ConsumerInfo | None:
+        try:
+            return await self._js.consumer_info(self.stream, destination)
+        except nats.js.errors.NotFoundError:
+            return None
+
+    # -------------------------------------------------------------------------------- intake
+
+    def enqueue(self, destination: str | Sequence[str], items: Sequence[tuple[str, str]],
+                state: Mapping[str, str] | None = None) -> list[int]:
+        """Publish `(key, payload)` pairs for one destination or several and return their stream sequences
+        (input order, destination by destination; a reading already stored within the duplicate window
+        gets its existing sequence); then commit `state` (source name -> value)."""
+        destinations = [destination] if isinstance(destination, str) else list(destination)
+        for name in destinations:
+            self._check(name)
+        return self._call(self._enqueue(destinations, items, state or {}), "storing readings")
+
+    async def _enqueue(self, destinations: list[str], items: Sequence[tuple[str, str]],
+                       state: Mapping[str, str]) -> list[int]:
+        now = time.time()
+        pending = {(d, key): payload for d in destinations for key, payload in items}
+        acks: dict[tuple[str, str], api.PubAck] = {}
+        for attempt in range(PUBLISH_TRIES):
+            waiting = {}
+            for (d, key), payload in pending.items():
+                if (d, key) not in acks:
+                    headers = {"Nats-Msg-Id": f"{d}:{key}", H_KEY: key, H_CREATED: f"{now:.6f}"}
+                    waiting[(d, key)] = await self._js.publish_async(self._subject(d), payload.encode(),
+                                                                     headers=headers, wait_stall=REQUEST_TIMEOUT)
+            if not waiting:
+                break
+            done, _ = await asyncio.wait(waiting.values(), timeout=REQUEST_TIMEOUT)
+            for pair, future in waiting.items():
+                if future in done and future.exception() is None:
+                    acks[pair] = future.result()
+                elif future in done and isinstance(future.exception(), nats.js.errors.APIError):
+                    raise future.exception()  # a refusal (stream full, ...): publishing again will not help
+                else:
+                    future.cancel()
+            if attempt + 1 < PUBLISH_TRIES and len(acks) < len(pending):
+                log.debug("%s: %d of %d readings without a PubAck; publishing them again", self._where,
+                          len(pending) - len(acks), len(pending))
+        if len(acks) < len(pending):
+            raise nats.errors.TimeoutError
+        seen = time.monotonic()
+        for d, key in pending:
+            self._seen[f"{d}:{key}"] = seen
+            self._seen.move_to_end(f"{d}:{key}")
+        while len(self._seen) > SEEN_LIMIT:
+            self._seen.popitem(last=False)
+        if state:
+            bucket = await self._bucket("state")
+            for name, value in state.items():
+                await _put(bucket, _state_key(name), value.encode())
+        return [acks[(d, key)].seq for d in destinations for key, _ in items]
+
+    def source_state(self, name: str) -> str | None:
+        """The progress marker last committed under `name`, or None."""
+        return self._call(self._source_state(name), "reading a progress marker")
+
+    async def _source_state(self, name: str) -> str | None:
+        bucket = await self._bucket("state")
+        try:
+            entry = await bucket.get(_state_key(name))
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        return entry.value.decode() if entry.value is not None else None
+
+    def stored_keys(self, destinations: Sequence[str], keys: Sequence[str]) -> set[str]:
+        """The keys among `keys` known at every one of `destinations`: delivered (markers), or published by
+        this process within the duplicate window (module docstring, "What it cannot answer")."""
+        return self._call(self._stored_keys(list(destinations), list(keys)), "looking up readings")
+
+    async def _stored_keys(self, destinations: list[str], keys: list[str]) -> set[str]:
+        recent = time.monotonic() - self.settings.duplicate_window
+        known = set(keys)
+        for destination in destinations:
+            self._check(destination)
+            fresh = {k for k in known if self._seen.get(f"{destination}:{k}", -1.0) > recent}
+            known = fresh | await self._delivered_keys(destination, sorted(known - fresh))
+        return known
+
+    async def _delivered_keys(self, destination: str, keys: Sequence[str]) -> set[str]:
+        """The keys among `keys` with a delivered marker at `destination`."""
+        if not keys:
+            return set()
+        bucket = await self._bucket(f"done_{destination}", self.settings.max_age)
+        found = await asyncio.gather(*(_get(bucket, key) for key in keys))
+        return {key for key, entry in zip(keys, found, strict=True) if entry is not None}
+
+    # -------------------------------------------------------------------------------- delivery
+
+    def lease(self, destination: str, limit: int, lease_seconds: float, now: float | None = None,
+              horizon: float | None = None) -> list[Item]:
+        """Up to `limit` readings of `destination` under one new token (none while it is paused). `now` is
+        not used (JetStream keeps the times); `horizon` bounds a stored pause as in SQLite's next_due."""
+        self._check(destination)
+        return self._call(self._lease(destination, limit, lease_seconds, horizon), "leasing readings")
+
+    async def _lease(self, destination: str, limit: int, lease_seconds: float, horizon: float | None) -> list[Item]:
+        if await self._paused_until(destination, horizon) is not None:
+            return []
+        subscription = await self._consumer(destination, lease_seconds)
+        try:
+            messages = await subscription.fetch(limit, timeout=PULL_TIMEOUT)
+        except TimeoutError:  # nothing came (nats-py raises its own subclass or asyncio's)
+            return []
+        keys = [_headers(m).get(H_KEY, "") for m in messages]
+        delivered = await self._delivered_keys(destination, [k for k in keys if k])
+        tries = await self._bucket(f"tries_{destination}", self.settings.max_age)
+        records = await asyncio.gather(*(_get(tries, k) if k and k not in delivered else _none() for k in keys))
+        token, held, items = secrets.token_hex(8), {}, []
+        for msg, key, record in zip(messages, keys, records, strict=True):
+            meta = msg.metadata
+            if key in delivered or not key:
+                log.debug("%s: stream seq %d already delivered (or without key): acknowledged, not sent again",
+                          destination, meta.sequence.stream)
+                await self._settle(msg, ACK)
+                continue
+            tried = json.loads(record.value) if record is not None and record.value else {}
+            if self.settings.max_deliver and meta.num_delivered > self.settings.max_deliver:
+                await self._dead_letter(destination, msg, f"handed out {meta.num_delivered - 1} times without an "
+                                        f"outcome (a worker stopped or died each time); last error: "
+                                        f"{tried.get('error')}")
+                continue
+            held[meta.sequence.stream] = msg
+            items.append(_item(destination, msg, INFLIGHT, attempts=meta.num_delivered, deadline=time.time() +
+                               lease_seconds, lease=token, tried=tried))
+        if held:
+            self._leases[token] = _Lease(destination, held, time.monotonic() + lease_seconds, lease_seconds)
+        return items
+
+    def renew(self, token: str, lease_seconds: float) -> int:
+        """Restart the AckWait of every message held under `token` (+WPI); how many are still held (0: all
+        reported, or the lease ran out before it was renewed and another worker may have them)."""
+        return self._call(self._renew(token), "renewing a lease")
+
+    async def _renew(self, token: str) -> int:
+        held = self._leases.get(token)
+        if held is None:
+            return 0
+        if time.monotonic() > held.deadline:
+            del self._leases[token]  # redelivered by now, perhaps to another worker: no longer ours
+            return 0
+        for msg in held.messages.values():
+            await self._nc.publish(msg.reply, PROGRESS)
+        await self._nc.flush(timeout=REQUEST_TIMEOUT)
+        held.deadline = time.monotonic() + held.ack_wait
+        return len(held.messages)
+
+    def _take(self, ids: Sequence[int], token: str | None, *, stale_too: bool = False) -> list[tuple[str, Msg]]:
+        """The held messages among `ids` (under `token`, or any token when None), no longer held; a lease
+        past its deadline is stale and yields nothing unless `stale_too` (module docstring)."""
+        wanted, taken = set(ids), []
+        for name, held in list(self._leases.items()):
+            if token is not None and name != token:
+                continue
+            if time.monotonic() > held.deadline and not stale_too:
+                continue
+            for seq in wanted & held.messages.keys():
+                taken.append((held.destination, held.messages.pop(seq)))
+            if not held.messages:
+                del self._leases[name]
+        return taken
+
+    def delivered(self, ids: Sequence[int], results: Sequence[str | None] | None = None, *,
+                  token: str | None = None) -> None:
+        """The destination accepted them: write each delivered marker, then acknowledge."""
+        if results is None:
+            results = [None] * len(ids)
+        if len(results) != len(ids):
+            raise ValueError(f"{len(ids)} ids but {len(results)} results")
+        self._call(self._delivered(list(ids), list(results), token), "recording deliveries")
+
+    async def _delivered(self, ids: list[int], results: list[str | None], token: str | None) -> None:
+        result_of = dict(zip(ids, results, strict=True))
+        taken = self._take(ids, token, stale_too=True)
+        now = time.time()
+        for destination, msg in taken:
+            bucket = await self._bucket(f"done_{destination}", self.settings.max_age)
+            seq = msg.metadata.sequence.stream
+            await _put(bucket, _headers(msg)[H_KEY],
+                       json.dumps({"seq": seq, "at": now, "result": result_of[seq]}).encode())
+        await asyncio.gather(*(self._settle(msg, ACK) for _, msg in taken))
+
+    def retry_later(self, ids: Sequence[int], delay: float, error: str, refused: bool = False, *,
+                    token: str | None = None) -> None:
+        """Put them back, due in `delay` seconds (-NAK with delay); on their max_deliver-th delivery they go
+        to the dead letters instead. `refused`: the destination refused them for now (counted)."""
+        self._call(self._retry_later(list(ids), delay, error, refused, token), "putting readings back")
+
+    async def _retry_later(self, ids: list[int], delay: float, error: str, refused: bool, token: str | None) -> None:
+        for destination, msg in self._take(ids, token):
+            meta, key = msg.metadata, _headers(msg)[H_KEY]
+            if self.settings.max_deliver and meta.num_delivered >= self.settings.max_deliver:
+                await self._dead_letter(destination, msg, f"{error} (after {meta.num_delivered} deliveries)")
+                continue
+            tries = await self._bucket(f"tries_{destination}", self.settings.max_age)
+            record = await _get(tries, key)
+            before = json.loads(record.value) if record is not None and record.value else {}
+            await _put(tries, key, json.dumps({"attempts": meta.num_delivered, "error": error,
+                                               "refusals": before.get("refusals", 0) + int(refused)}).encode())
+            await self._nc.publish(msg.reply, b"-NAK " + json.dumps({"delay": int(max(0.0, delay) * 1e9)}).encode())
+        await self._nc.flush(timeout=REQUEST_TIMEOUT)
+
+    def release(self, ids: Sequence[int], *, token: str | None = None) -> None:
+        """Give them back at once (-NAK): delivery stopped for a reason not theirs. JetStream still counts
+        the delivery (it cannot be taken back)."""
+        self._call(self._release(list(ids), token), "giving readings back")
+
+    async def _release(self, ids: list[int], token: str | None) -> None:
+        for _, msg in self._take(ids, token):
+            await self._nc.publish(msg.reply, b"-NAK")
+        await self._nc.flush(timeout=REQUEST_TIMEOUT)
+
+    def dead(self, ids: Sequence[int], reason: str, *, token: str | None = None) -> None:
+        """A permanent failure: to the dead-letter stream with `reason`, then terminated here (+TERM)."""
+        self._call(self._dead(list(ids), reason, token), "dead-lettering readings")
+
+    async def _dead(self, ids: list[int], reason: str, token: str | None) -> None:
+        for destination, msg in self._take(ids, token):
+            await self._dead_letter(destination, msg, reason)
+
+    async def _dead_letter(self, destination: str, msg: Msg, reason: str) -> None:
+        """Publish `msg` with `reason` to the dead letters (idempotent: Nats-Msg-Id), then +TERM it."""
+        meta, headers = msg.metadata, _headers(msg)
+        seq = meta.sequence.stream
+        letter = {"Nats-Msg-Id": f"dead:{destination}:{seq}", H_KEY: headers.get(H_KEY, ""),
+                  H_CREATED: headers.get(H_CREATED, f"{_epoch(meta.timestamp):.6f}"), H_SEQ: str(seq),
+                  H_ATTEMPTS: str(meta.num_delivered), H_REASON: json.dumps(reason)}
+        await _again(lambda: self._js.publish(self._dead_subject(destination, seq), msg.data, headers=dict(letter)))
+        await self._settle(msg, TERM)
+        if headers.get(H_KEY):
+            tries = await self._bucket(f"tries_{destination}", self.settings.max_age)
+            with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+                await tries.purge(headers[H_KEY])
+
+    async def _settle(self, msg: Msg, kind: bytes) -> bool:
+        """+ACK or +TERM `msg` as a request, sent again while unanswered (an ack sent while the consumer has
+        no leader is lost); settled too once the message is no longer stored. False if still unsure: the
+        message then comes back after AckWait, and a delivered one is stopped by its marker."""
+        seq = msg.metadata.sequence.stream
+        for _ in range(ACK_TRIES):
+            try:
+                await self._nc.request(msg.reply, kind, timeout=ACK_TIMEOUT)
+                return True
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+                pass
+            try:
+                await self._js.get_msg(self.stream, seq)
+            except nats.js.errors.NotFoundError:
+                return True
+            except _FAILURES:
+                pass
+        log.warning("%s: %s of stream seq %d got no answer after %d tries; it may be handed out again (a "
+                    "delivered one is then skipped)", self._where, kind.decode(), seq, ACK_TRIES)
+        return False
+
+    def pause(self, destination: str, seconds: float) -> None:
+        """Every worker of `destination` waits `seconds` (a Retry-After): shared through `P_pause`."""
+        self._check(destination)
+        self._call(self._pause(destination, seconds), "pausing a destination")
+
+    async def _pause(self, destination: str, seconds: float) -> None:
+        bucket = await self._bucket("pause")
+        until = time.time() + seconds
+        if (await self._paused_until(destination, None) or 0.0) < until:
+            await _put(bucket, destination, f"{until:.3f}".encode())
+
+    async def _paused_until(self, destination: str, horizon: float | None) -> float | None:
+        """The wall-clock end of the destination's pause, if it is paused now (a time further than now +
+        horizon is a clock error: not a pause)."""
+        entry = await _get(await self._bucket("pause"), destination)
+        if entry is None or not entry.value:
+            return None
+        until, now = float(entry.value), time.time()
+        return until if now < until <= now + (horizon if horizon is not None else float("inf")) else None
+
+    def next_due(self, destination: str, horizon: float | None = None) -> float | None:
+        """When to lease again: the pause's end, now while readings wait, soon while some are handed out
+        but unsettled (they may come back), else None (nothing waiting)."""
+        self._check(destination)
+        return self._call(self._next_due(destination, horizon), "looking for due readings")
+
+    async def _next_due(self, destination: str, horizon: float | None) -> float | None:
+        paused = await self._paused_until(destination, horizon)
+        if paused is not None:
+            return paused
+        queued, inflight = await self._waiting(destination)
+        now = time.time()
+        return now if queued else now + POLL if inflight else None
+
+    async def _waiting(self, destination: str) -> tuple[int, int]:
+        """(queued, inflight) of a destination: never handed out, and handed out but not settled."""
+        info = await self._consumer_info(destination)
+        if info is not None:
+            return info.num_pending or 0, info.num_ack_pending or 0
+        subject = self._subject(destination)
+        stream = await self._js.stream_info(self.stream, subjects_filter=subject)
+        return (stream.state.subjects or {}).get(subject, 0), 0
+
+    # -------------------------------------------------------------------------------- inspection and repair
+
+    def get(self, id: int) -> Item | None:
+        """The waiting or dead reading with this id (dead: its original sequence), else None."""
+        return self._call(self._get(id), "reading the queue")
+
+    async def _get(self, id: int) -> Item | None:
+        try:
+            msg = await self._js.get_msg(self.stream, id)
+        except nats.js.errors.NotFoundError:
+            return await self._get_dead(id)
+        destination = msg.subject.rsplit(".", 1)[-1]
+        info = await self._consumer_info(destination)
+        return await self._stored_item(destination, msg, info)
+
+    async def _stored_item(self, destination: str, msg: Any, info: api.ConsumerInfo | None) -> Item:
+        """An Item for a stored work message outside any lease of ours (state from the consumer's position)."""
+        for token, held in self._leases.items():
+            if msg.seq in held.messages:
+                meta = held.messages[msg.seq].metadata
+                return _item(destination, msg, INFLIGHT, attempts=meta.num_delivered, deadline=time.time(), lease=token)
+        handed_out = info is not None and info.delivered is not None and msg.seq <= info.delivered.stream_seq
+        key = _headers(msg).get(H_KEY, "")
+        record = await _get(await self._bucket(f"tries_{destination}", self.settings.max_age), key) if key else None
+        tried = json.loads(record.value) if record is not None and record.value else {}
+        return _item(destination, msg, INFLIGHT if handed_out else QUEUED, attempts=tried.get("attempts", 0),
+                     deadline=time.time(), tried=tried)
+
+    async def _get_dead(self, id: int) -> Item | None:
+        subjects = (await self._js.stream_info(self.dead_stream, subjects_filter=self._dead_subject("*", id))).state
+        for subject in subjects.subjects or {}:
+            msg = await self._js.get_last_msg(self.dead_stream, subject)
+            return _dead_item(msg)
+        return None
+
+    def items(self, destination: str | None = None, state: str | None = None, limit: int = 100) -> list[Item]:
+        """Waiting and dead readings, oldest first (delivered ones keep no payload: none listed)."""
+        if state is not None and state not in STATES:
+            raise ValueError(f"state must be one of {', '.join(STATES)}")
+        if destination is not None:
+            self._check(destination)
+        return self._call(self._items(destination, state, limit), "listing the queue")
+
+    async def _items(self, destination: str | None, state: str | None, limit: int) -> list[Item]:
+        found: list[Item] = []
+        if state in (None, QUEUED, INFLIGHT):
+            infos: dict[str, api.ConsumerInfo | None] = {}
+            async for msg in self._scan(self.stream, self._subject(destination or "*"), limit):
+                name = msg.subject.rsplit(".", 1)[-1]
+                if name not in infos:
+                    infos[name] = await self._consumer_info(name)
+                item = await self._stored_item(name, msg, infos[name])
+                if state in (None, item.state):
+                    found.append(item)
+                if len(found) >= limit:
+                    return found
+        if state in (None, DEAD):
+            async for msg in self._scan(self.dead_stream, self._dead_subject(destination or "*", "*"), limit - len(found)):
+                found.append(_dead_item(msg))
+        return found
+
+    async def _scan(self, stream: str, subject: str, limit: int) -> Any:
+        """Stored messages of `stream` on `subject` (wildcards allowed), oldest first, at most `limit` (direct
+        gets: next by subject)."""
+        seq = 0
+        for _ in range(max(0, limit) * 4 + 1):  # bounded even if the stream changes under the scan
+            try:
+                msg = await self._js.get_msg(stream, seq + 1, subject=subject, next=True)
+            except nats.js.errors.NotFoundError:
+                return
+            seq = msg.seq
+            yield msg
+            limit -= 1
+            if limit <= 0:
+                return
+
+    def states(self, keys: Sequence[str]) -> dict[str, dict[str, str]]:
+        """Per key among `keys`: "delivered" at each destination that has its marker (JetStream cannot say
+        more per key: module docstring)."""
+        return self._call(self._states(list(keys)), "reading delivery states")
+
+    async def _states(self, keys: list[str]) -> dict[str, dict[str, str]]:
+        states: dict[str, dict[str, str]] = {}
+        for destination in await self._destinations():
+            for key in await self._delivered_keys(destination, keys):
+                states.setdefault(key, {})[destination] = DELIVERED
+        return states
+
+    async def _destinations(self) -> list[str]:
+        """Every destination with a consumer (a worker has leased from it) or a reading waiting."""
+        names = {info.name for info in await self._js.consumers_info(self.stream)}
+        subjects = (await self._js.stream_info(self.stream, subjects_filter=self._subject("*"))).state.subjects or {}
+        return sorted(names | {subject.rsplit(".", 1)[-1] for subject in subjects})
+
+    def counts(self, destination: str | None = None) -> dict[str, int]:
+        """Readings in each state (every state, zero included); delivered: markers still kept."""
+        if destination is not None:
+            self._check(destination)
+        return self._call(self._counts(destination), "counting the queue")
+
+    async def _counts(self, destination: str | None) -> dict[str, int]:
+        counts = dict.fromkeys(STATES, 0)
+        for name in [destination] if destination is not None else await self._destinations():
+            queued, inflight = await self._waiting(name)
+            counts[QUEUED] += queued
+            counts[INFLIGHT] += inflight
+            try:
+                done = await self._js.stream_info(f"KV_{self.settings.prefix}_done_{name}")
+                counts[DELIVERED] += done.state.messages
+            except nats.js.errors.NotFoundError:
+                pass
+        dead = await self._js.stream_info(self.dead_stream, subjects_filter=self._dead_subject(destination or "*", "*"))
+        counts[DEAD] = sum((dead.state.subjects or {}).values())
+        return counts
+
+    def retry(self, id: int) -> bool:
+        """Queue a dead reading again (published anew: a new id, attempts from zero) and delete the dead
+        letter; True also for a reading still waiting. False if there is none with that id."""
+        return self._call(self._retry(id), "queueing a dead reading again")
+
+    async def _retry(self, id: int) -> bool:
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await self._js.get_msg(self.stream, id)
+            return True
+        subjects = (await self._js.stream_info(self.dead_stream, subjects_filter=self._dead_subject("*", id))).state
+        for subject in subjects.subjects or {}:
+            msg = await self._js.get_last_msg(self.dead_stream, subject)
+            destination, headers = subject.split(".")[-2], _headers(msg)
+            await self._js.publish(self._subject(destination), msg.data or b"", headers={
+                "Nats-Msg-Id": f"retry:{destination}:{id}:{msg.seq}", H_KEY: headers.get(H_KEY, ""),
+                H_CREATED: headers.get(H_CREATED, "")})
+            await self._js.delete_msg(self.dead_stream, msg.seq)
+            return True
+        return False
+
+    def purge_dead(self, destination: str | None = None) -> int:
+        """Delete dead letters (of one destination); return how many."""
+        if destination is not None:
+            self._check(destination)
+        return self._call(self._purge_dead(destination), "purging dead letters")
+
+    async def _purge_dead(self, destination: str | None) -> int:
+        subject = self._dead_subject(destination or "*", "*")
+        info = await self._js.stream_info(self.dead_stream, subjects_filter=subject)
+        count = sum((info.state.subjects or {}).values())
+        if count:
+            await self._js.purge_stream(self.dead_stream, subject=subject)
+        return count
+
+    def purge_delivered(self, destination: str | None = None) -> int:
+        """Nothing to erase: JetStream keeps no delivered payload (only markers, which must stay). 0."""
+        return 0
+
+    # What the status page and the API read from kept payloads: JetStream keeps none ([view] does).
+
+    def latest_per_device(self) -> list[tuple[float, str]]:
+        return []
+
+    def kept_payloads(self, patient: tuple[str, str] | None = None, limit: int = 1000) -> list[tuple[float, str]]:
+        return []
+
+    def activity(self, ends: Sequence[float], step: float) -> list[tuple[str, float, int, int]]:
+        return []
+
+    # -------------------------------------------------------------------------------- lifetime
+
+    def close(self) -> None:
+        """Flush the connection (acks and publishes sent go out), close it and stop the loop thread. What
+        is still held comes back to other workers after AckWait."""
+        if not self._thread.is_alive():
+            return
+        self._closing = True
+        with contextlib.suppress(StorageError):
+            self._call(self._close(), "closing")
+        self._stop_loop()
+
+    async def _close(self) -> None:
+        with contextlib.suppress(*_FAILURES):
+            await self._nc.flush(timeout=REQUEST_TIMEOUT)
+        if not self._nc.is_closed:
+            await self._nc.close()
+
+    def __enter__(self) -> JetStreamQueue:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _state_key(name: str) -> str:
+    """A progress marker's name as a key-value key (keys allow [-/_=.a-zA-Z0-9]: the name hex-encoded)."""
+    return "s." + name.encode().hex()
+
+
+async def _again(request: Callable[[], Awaitable[T]]) -> T:
+    """`request()`, made again while it fails as a leader change makes it fail (_TRANSIENT), for at most
+    LEADER_WAIT seconds: only for idempotent requests (a key-value put or get, a publish with a Nats-Msg-Id)."""
+    end, wait = time.monotonic() + LEADER_WAIT, 0.25
+    while True:
+        try:
+            return await request()
+        except _TRANSIENT:
+            if time.monotonic() + wait > end:
+                raise
+            await asyncio.sleep(wait)
+            wait = min(2 * wait, 2.0)
+
+
+async def _put(bucket: Any, key: str, value: bytes) -> None:
+    await _again(lambda: bucket.put(key, value))
+
+
+async def _get(bucket: Any, key: str) -> Any:
+    """The bucket's entry for `key`, or None (absent or deleted)."""
+    try:
+        return await _again(lambda: bucket.get(key))
+    except nats.js.errors.KeyNotFoundError:
+        return None
+
+
+async def _none() -> None:
+    return None
+
+
+def _item(destination: str, msg: Any, state: str, *, attempts: int, deadline: float, lease: str | None = None,
+          tried: Mapping[str, Any] | None = None) -> Item:
+    """An Item for a work message (`msg`: a delivered Msg or a stored RawStreamMsg)."""
+    headers = _headers(msg)
+    seq = msg.metadata.sequence.stream if isinstance(msg, Msg) else msg.seq
+    stored = _epoch(msg.metadata.timestamp) if isinstance(msg, Msg) else _epoch(getattr(msg, "time", None))
+    created = float(headers.get(H_CREATED) or stored)
+    tried = tried or {}
+    return Item(id=seq, destination=destination, key=headers.get(H_KEY, ""), payload=(msg.data or b"").decode(),
+                state=state, attempts=attempts, next_attempt=deadline, created=created, updated=stored or created,
+                last_error=tried.get("error"), result=None, refusals=tried.get("refusals", 0), lease=lease)
+
+
+def _dead_item(msg: Any) -> Item:
+    """An Item for a dead letter: its id is the reading's original sequence in the work stream."""
+    headers = _headers(msg)
+    stored = _epoch(getattr(msg, "time", None))
+    return Item(id=int(headers.get(H_SEQ, msg.seq)), destination=msg.subject.split(".")[-2],
+                key=headers.get(H_KEY, ""), payload=(msg.data or b"").decode(), state=DEAD,
+                attempts=int(headers.get(H_ATTEMPTS, 0)), next_attempt=stored,
+                created=float(headers.get(H_CREATED) or stored), updated=stored,
+                last_error=json.loads(headers[H_REASON]) if H_REASON in headers else None, result=None)

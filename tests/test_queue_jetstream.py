@@ -1,0 +1,305 @@
+"""The queue on NATS JetStream (issue 15): the Queue contract on both engines (SQLite and JetStream, where
+the behaviour is shared), then what only JetStream does, against a real three-node cluster started on
+loopback (tests/nats_cluster.py): idempotent intake, leases kept alive by in-progress acks, Nak delays,
+dead letters with their reason and `retry`, dead-lettering on the last allowed delivery, delivered markers
+that make a message JetStream hands out again harmless, progress markers, the stream leader killed mid-use,
+and credential files readable by others refused."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from nats_cluster import nats_cluster  # noqa: F401  (the fixture)
+from phg.config import QueueSettings, load_config
+from phg.errors import ConfigError
+from phg.outbox import DEAD, DELIVERED, INFLIGHT, QUEUED, Outbox, Queue, open_queue
+from phg.outbox.jetstream import JetStreamQueue
+
+_prefixes = itertools.count()
+DEST = "fhir"
+
+
+def readings(n: int, tag: str = "r") -> list[tuple[str, str]]:
+    return [(f"{tag}{i:04d}" + "0" * 32, f'{{"n": {i}}}') for i in range(n)]
+
+
+@pytest.fixture
+def settings(nats_cluster) -> QueueSettings:  # noqa: F811
+    """JetStream settings with a prefix of this test's own (the module shares one cluster)."""
+    return QueueSettings(engine="jetstream", servers=tuple(nats_cluster.urls), prefix=f"t{next(_prefixes)}",
+                         stream_replicas=3)
+
+
+@pytest.fixture
+def open_js(settings) -> Iterator[Callable[..., JetStreamQueue]]:
+    """Open JetStreamQueues (another one = another worker process), closed at the end."""
+    opened: list[JetStreamQueue] = []
+
+    def make(**changes) -> JetStreamQueue:
+        opened.append(JetStreamQueue(replace(settings, **changes)))
+        return opened[-1]
+
+    yield make
+    for queue in opened:
+        queue.close()
+
+
+@pytest.fixture(params=["sqlite", "jetstream"])
+def queue(request, tmp_path) -> Iterator[Queue]:
+    if request.param == "sqlite":
+        with Outbox(tmp_path / "outbox.sqlite") as outbox:
+            yield outbox
+    else:
+        yield request.getfixturevalue("open_js")()
+
+
+def lease_all(queue: Queue, expected: int, lease_seconds: float = 30, deadline: float = 10) -> list:
+    """Lease until `expected` items are held (JetStream hands them out over a few pulls), bounded."""
+    items: list = []
+    end = time.monotonic() + deadline
+    while len(items) < expected and time.monotonic() < end:
+        items += queue.lease(DEST, expected - len(items), lease_seconds)
+    return items
+
+
+# ------------------------------------------------------------------------------------------ the contract
+
+
+def test_both_engines_are_a_queue(queue):
+    assert isinstance(queue, Queue)
+
+
+def test_enqueue_is_idempotent_and_commits_the_progress_marker(queue):
+    items = readings(5)
+    first = queue.enqueue([DEST], items, {"ble:meter": "17"})
+    again = queue.enqueue([DEST], items)
+    assert first == again and len(set(first)) == 5
+    assert queue.counts(DEST)[QUEUED] == 5
+    assert queue.source_state("ble:meter") == "17" and queue.source_state("other") is None
+    assert queue.stored_keys([DEST], [k for k, _ in items] + ["unknown"]) == {k for k, _ in items}
+
+
+def test_lease_then_delivered_settles_each_reading_once(queue):
+    ids = queue.enqueue(DEST, readings(4))
+    leased = lease_all(queue, 4)
+    assert sorted(i.id for i in leased) == sorted(ids)
+    assert {i.state for i in leased} == {INFLIGHT} and len({i.lease for i in leased}) == 1
+    assert leased[0].payload.startswith('{"n": ') and leased[0].attempts == 1
+    queue.delivered([i.id for i in leased], ["ok"] * 4, token=leased[0].lease)
+    assert queue.lease(DEST, 10, 30) == []
+    counts = queue.counts(DEST)
+    assert counts[DELIVERED] == 4 and counts[QUEUED] == counts[INFLIGHT] == 0
+    assert queue.next_due(DEST) is None
+
+
+def test_retry_later_waits_its_delay_and_counts_the_refusal(queue):
+    queue.enqueue(DEST, readings(1))
+    [item] = lease_all(queue, 1)
+    queue.retry_later([item.id], 1.5, "503 busy", refused=True, token=item.lease)
+    assert queue.lease(DEST, 1, 30) == []  # not before its delay
+    time.sleep(1.6)
+    [again] = lease_all(queue, 1)
+    assert again.key == item.key and again.attempts == 2 and again.refusals == 1
+    assert again.last_error == "503 busy"
+
+
+def test_release_gives_the_reading_back_at_once(queue):
+    queue.enqueue(DEST, readings(2))
+    leased = lease_all(queue, 2)
+    queue.release([i.id for i in leased], token=leased[0].lease)
+    assert {i.key for i in lease_all(queue, 2)} == {i.key for i in leased}
+
+
+def test_dead_letter_keeps_the_reason_and_retry_brings_it_back(queue):
+    queue.enqueue(DEST, readings(2))
+    leased = lease_all(queue, 2)
+    poison, good = leased
+    queue.dead([poison.id], "422: Observation.value out of range\nsecond line", token=poison.lease)
+    queue.delivered([good.id], token=good.lease)
+    [dead] = queue.items(DEST, DEAD)
+    assert dead.id == poison.id and dead.key == poison.key and dead.payload == poison.payload
+    assert dead.last_error == "422: Observation.value out of range\nsecond line"
+    assert queue.get(poison.id).state == DEAD and queue.counts(DEST)[DEAD] == 1
+    assert queue.retry(poison.id) is True
+    assert queue.counts(DEST)[DEAD] == 0
+    [back] = lease_all(queue, 1)
+    assert back.key == poison.key and back.payload == poison.payload
+    queue.dead([back.id], "still bad", token=back.lease)
+    assert queue.purge_dead(DEST) == 1 and queue.items(state=DEAD) == []
+
+
+def test_a_stale_report_is_ignored(queue):
+    """Reports under a token that is not the lease's change nothing (the lease went to another)."""
+    queue.enqueue(DEST, readings(1))
+    [item] = lease_all(queue, 1)
+    queue.dead([item.id], "stale", token="not-the-token")
+    assert queue.counts(DEST)[DEAD] == 0
+    queue.delivered([item.id], token=item.lease)
+    assert queue.counts(DEST)[DELIVERED] == 1
+
+
+# ------------------------------------------------------------------------------------------ JetStream only
+
+
+def test_in_progress_acks_keep_a_lease_from_redelivery_past_ack_wait(open_js):
+    """The worker renews three times per lease (as phg.delivery.worker does) while another worker pulls."""
+    worker, other = open_js(), open_js()
+    worker.enqueue(DEST, readings(1))
+    [item] = lease_all(worker, 1, lease_seconds=2)
+    stop, renewals = threading.Event(), []
+
+    def keep() -> None:
+        while not stop.wait(2 / 3):
+            renewals.append(worker.renew(item.lease, 2))
+
+    keeper = threading.Thread(target=keep)
+    keeper.start()
+    try:
+        end = time.monotonic() + 5  # 2.5 AckWaits
+        while time.monotonic() < end:
+            assert other.lease(DEST, 1, 2) == []
+    finally:
+        stop.set()
+        keeper.join()
+    assert renewals and set(renewals) == {1}
+    time.sleep(2.3)  # no renewal: the lease runs out and the reading goes to the other worker
+    [taken] = lease_all(other, 1, lease_seconds=2)
+    assert taken.key == item.key and taken.attempts == 2
+    assert worker.renew(item.lease, 2) == 0  # no longer ours
+    worker.dead([item.id], "late", token=item.lease)  # a stale report: ignored
+    other.delivered([taken.id], token=taken.lease)
+    assert other.counts(DEST)[DEAD] == 0 and other.counts(DEST)[DELIVERED] == 1
+
+
+def test_a_delivered_marker_makes_a_reading_stored_again_harmless(open_js):
+    """Past the dedupe window (or after a 2.9 node restart) the same reading is stored again: lease skips it."""
+    queue = open_js(duplicate_window=1.0)
+    items = readings(3)
+    queue.enqueue(DEST, items)
+    leased = lease_all(queue, 3)
+    queue.delivered([i.id for i in leased], token=leased[0].lease)
+    time.sleep(1.2)
+    again = queue.enqueue(DEST, items)
+    assert set(again).isdisjoint(i.id for i in leased)  # stored anew: the window has passed
+    assert queue.lease(DEST, 10, 30) == [] and queue.lease(DEST, 10, 30) == []
+    assert queue.counts(DEST)[QUEUED] == 0 and queue.counts(DEST)[INFLIGHT] == 0
+
+
+def test_the_last_allowed_delivery_goes_to_the_dead_letters(open_js):
+    queue = open_js(max_deliver=2)
+    queue.enqueue(DEST, readings(1))
+    [first] = lease_all(queue, 1)
+    queue.retry_later([first.id], 0, "timeout", token=first.lease)
+    [second] = lease_all(queue, 1)
+    assert second.attempts == 2
+    queue.retry_later([second.id], 0, "timeout again", token=second.lease)
+    [dead] = queue.items(DEST, DEAD)
+    assert dead.key == first.key and dead.last_error == "timeout again (after 2 deliveries)"
+    assert queue.counts(DEST) == {QUEUED: 0, INFLIGHT: 0, DELIVERED: 0, DEAD: 1}
+
+
+def test_a_reading_whose_worker_dies_each_time_is_dead_lettered_at_lease(open_js):
+    queue = open_js(max_deliver=1)
+    queue.enqueue(DEST, readings(1))
+    [item] = lease_all(queue, 1, lease_seconds=1)  # and the worker "dies": no report, no renewal
+    time.sleep(1.3)
+    assert lease_all(queue, 1, lease_seconds=1, deadline=2) == []
+    [dead] = queue.items(DEST, DEAD)
+    assert dead.key == item.key and "without an outcome" in dead.last_error
+
+
+def test_a_pause_stops_every_worker_of_the_destination(open_js):
+    worker, other = open_js(), open_js()
+    worker.enqueue(DEST, readings(1))
+    worker.pause(DEST, 1.5)
+    assert other.lease(DEST, 1, 30) == [] and other.next_due(DEST) > time.time() + 1
+    time.sleep(1.6)
+    assert len(lease_all(other, 1)) == 1
+
+
+def test_leader_killed_mid_use_acks_are_retried_and_pulls_resume(open_js, nats_cluster):  # noqa: F811
+    queue = open_js()
+    items = readings(40)
+    queue.enqueue(DEST, items)
+    first = lease_all(queue, 20)
+    leader = nats_cluster.stream_leader(queue.stream)
+    nats_cluster.kill(leader)
+    try:
+        delivered = {i.key for i in first}
+        queue.delivered([i.id for i in first], token=first[0].lease)  # acks while leaders move: retried
+        end = time.monotonic() + 40
+        while len(delivered) < len(items) and time.monotonic() < end:
+            try:
+                batch = queue.lease(DEST, 10, 30)
+            except Exception:  # noqa: BLE001  (StorageError while no leader: pull again)
+                time.sleep(0.5)
+                continue
+            assert not delivered & {i.key for i in batch}, "a delivered reading was handed out again"
+            if batch:
+                queue.delivered([i.id for i in batch], token=batch[0].lease)
+                delivered |= {i.key for i in batch}
+        assert delivered == {k for k, _ in items}
+    finally:
+        nats_cluster.start(leader)
+        nats_cluster.wait_ready()
+    assert queue.lease(DEST, 10, 30) == []
+
+
+def test_an_old_server_is_named_in_a_warning(open_js, caplog):
+    with caplog.at_level(logging.WARNING, logger="phg.outbox.jetstream"):
+        open_js()
+    assert any("2.10.14" in r.getMessage() for r in caplog.records)
+
+
+def test_a_destination_name_that_cannot_be_a_subject_is_refused(open_js):
+    with pytest.raises(ConfigError, match="letters, digits"):
+        open_js().enqueue("lab.a", readings(1))
+
+
+def test_open_queue_opens_the_configured_engine(nats_cluster, tmp_path):  # noqa: F811
+    config = load_config(document={"queue": {"engine": "jetstream", "servers": nats_cluster.urls,
+                                             "prefix": f"t{next(_prefixes)}"}}, env={})
+    with open_queue(config) as queue:
+        assert isinstance(queue, JetStreamQueue)
+        queue.enqueue(DEST, readings(1))
+        assert queue.counts()[QUEUED] == 1
+    config = load_config(document={"outbox": {"path": str(tmp_path / "o.sqlite")}}, env={})
+    with open_queue(config) as queue:
+        assert isinstance(queue, Outbox)
+
+
+@pytest.mark.parametrize("key", ["creds_file", "nkey_seed_file"])
+def test_a_credentials_file_others_can_read_is_refused(tmp_path, key):
+    secret = tmp_path / "hub.creds"
+    secret.write_text("-----BEGIN NATS USER JWT-----\n")
+    os.chmod(secret, 0o644)
+    document = {"queue": {"engine": "jetstream", "servers": ["nats://127.0.0.1:4222"], key: str(secret)}}
+    with pytest.raises(ConfigError, match=rf"\[queue\] {key}.*chmod 600"):
+        load_config(document=document, env={})
+    os.chmod(secret, 0o600)
+    assert getattr(load_config(document=document, env={}).queue, key) == Path(secret)
+
+
+def test_a_password_in_the_config_file_needs_the_file_private(tmp_path):
+    config = tmp_path / "phg.toml"
+    config.write_text('[queue]\nengine = "jetstream"\nservers = ["nats://127.0.0.1:4222"]\n'
+                      'user = "phg"\npassword = "s3cret"\n')
+    os.chmod(config, 0o644)
+    with pytest.raises(ConfigError, match=r"\[queue\] password"):
+        load_config(config, env={})
+    os.chmod(config, 0o600)
+    assert "s3cret" not in repr(load_config(config, env={}).queue)
+
+
+def test_plain_nats_to_another_machine_is_refused():
+    with pytest.raises(ConfigError, match="tls://"):
+        load_config(document={"queue": {"engine": "jetstream", "servers": ["nats://nats.example.org"]}}, env={})
