@@ -13,9 +13,10 @@ the PCD-01 example request of the IPF project, https://github.com/oehf/ipf):
     OBX  0         the gateway's MDS: MDC_MOC_VMS_MDS_AHD (the application hosting device), OBX-18 = its EUI-64
     OBX  0.0.0.n   its attributes: MDC_TIME_SYNC_PROTOCOL (always 0.0.0.1), then model, serial, firmware
     OBX  1         the device's MDS: its specialization (MDC_DEV_SPEC_PROFILE_*), OBX-18 = device EUI-64
-    OBX  1.0.0.n   MDS attributes (system id, model, serial, firmware, time sync, MDC_ATTR_TIME_ABS when the
-                   device clock is known), then simple metrics
+    OBX  1.0.0.n   MDS attributes (time sync, system id, model, serial, firmware, MDC_ATTR_TIME_ABS when the
+                   device clock is known), then simple metrics: NM numbers, CWE codes and status bits
     OBX  1.0.c     compound metric c (blood pressure), its components at 1.0.c.1..k
+    OBX  ....1     a metric's attribute one level below it: Supplemental-Types (1.0.0.n.1, 1.0.c.0.1)
 
 OBX-4 is MDS.VMD.CHAN.METRIC (PCD TF-2 "OBX-4 sub-id"; 0 = level not applicable): the gateway is MDS 0
 (Continua WAN: 0.0.0.1 is the gateway's time-sync row), the device MDS 1, its metrics and attributes in
