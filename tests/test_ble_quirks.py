@@ -299,3 +299,16 @@ def test_a_cgm_without_any_usable_session_start_stores_nothing_and_moves_no_mark
     assert any("3 CGM record(s) not stored: still no usable CGM Session Start Time" in r.getMessage()
                for r in caplog.records)
 
+
+
+def test_decode_ble_shows_a_cgm_value_before_its_session_start() -> None:
+    """`phg decode ble 2AA7 HEX`: the records decode; their time needs the Session Start Time, so no metrics."""
+    from click.testing import CliRunner
+
+    from phg.cli.decode import decode_ble
+
+    result = CliRunner().invoke(decode_ble, ["2AA7", emu.cgm_measurement([emu.CgmRecord(5, Decimal(120))]).hex()])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert [(r["glucose"], r["time_offset_min"]) for r in out["decoded"]["records"]] == [("120", 5)]
+    assert out["metrics"] == [] and "CGM Session Start Time (0x2AAA)" in out["note"]

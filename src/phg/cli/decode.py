@@ -69,15 +69,15 @@ def decode_ble(characteristic: str, payload: str, utc_offset: timedelta | None) 
     offset: timedelta | Callable[[datetime], timedelta] = local_offset if utc_offset is None else utc_offset
     try:
         decoded = char.decode(data)
-        received = datetime.now(timezone(offset)) if isinstance(offset, timedelta) else datetime.now().astimezone()
-        metrics = to_metrics(decoded, utc_offset=offset, received=received)
-    except (GattError, MappingError) as exc:
+    except GattError as exc:
         fail(str(exc), EXIT_INPUT)
-    click.echo(json.dumps({
-        "characteristic": f"0x{char.uuid16:04X} {char.name}",
-        "decoded": jsonable(decoded),
-        "metrics": [_metric_document(m) for m in metrics],
-    }, indent=2, ensure_ascii=False))
+    out: dict[str, Any] = {"characteristic": f"0x{char.uuid16:04X} {char.name}", "decoded": jsonable(decoded)}
+    received = datetime.now(timezone(offset)) if isinstance(offset, timedelta) else datetime.now().astimezone()
+    try:
+        out["metrics"] = [_metric_document(m) for m in to_metrics(decoded, utc_offset=offset, received=received)]
+    except MappingError as exc:  # CGM records: placed in time by a Session Start Time no single value carries
+        out |= {"metrics": [], "note": str(exc)}
+    click.echo(json.dumps(out, indent=2, ensure_ascii=False))
 
 
 def parse_config_id(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
