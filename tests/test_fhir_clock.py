@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from urllib.parse import parse_qs
 
@@ -15,7 +15,11 @@ import pytest
 
 from phg.errors import MappingError
 from phg.fhir import IG_VERSIONS, build_transaction, conditional_identifier, to_json
-from phg.model import DeviceClock, Gateway, parse_reading
+from phg.model import Device, DeviceClock, Gateway, PatientRef, Reading, parse_reading
+from phg.sources.ble.gatt import decode, to_metrics
+from phg.sources.ieee11073.manager import MdsInfo, Observation
+from phg.sources.ieee11073.mder import AbsoluteTime, decode_base_offset_time, decode_sfloat
+from phg.sources.ieee11073.readings import metric_of
 from shared_vectors import VECTORS as SHARED
 from test_fhir_mapping import validate
 
@@ -277,3 +281,92 @@ def test_tick_clocks_are_refused_with_a_clear_error():
     r = replace(reading(), clock=DeviceClock(datetime.fromisoformat("2019-09-20T12:40:07-04:00"), None, clock_type=67983))
     with pytest.raises(MappingError, match="only absolute clocks"):
         build_transaction([r], GATEWAY)
+
+
+# ---------------------------------------------------------------- each source's clock -> the identifier's time part
+# (issue 17; docs/fhir-mapping.md "Source clock -> identifier time part": one row per test below)
+
+def identifier_times(metrics, version: str = "2.0.0") -> list[str]:
+    reading = Reading(Device(system_id="74E8FFFEFF051C00"), PatientRef(PATIENT["system"], PATIENT["value"]),
+                      tuple(metrics))
+    head = f"74E8FFFEFF051C00-{PATIENT['value']}-{PATIENT['system']}-"
+    parts = [conditional_identifier(reading, m, version)[1].removeprefix(head).split("-", 1)[1] for m in metrics]
+    return [p.rsplit("-", 1)[1] for p in parts] if version == "1.1.0" else parts  # 1.1.0: value-units-time
+
+
+def ble_metrics(uuid: int, payload: str, offset: timedelta, **kwargs):
+    received = datetime(2026, 11, 28, 9, 0, tzinfo=timezone(offset))
+    return to_metrics(decode(uuid, bytes.fromhex(payload)), utc_offset=offset, received=received, **kwargs)
+
+
+# The IG 1.1.0 page's own Bluetooth example: Date Time E0 07 05 17 11 34 11 = 2016-05-23 17:52:17 (local, no zone),
+# here in a Health Thermometer measurement (flags 02: time stamp; 37.60 Cel).
+THERMOMETER_IG_TIME = "02" "b00e00fe" "e0070517113411"
+# 2016-05-23T17:52:17 is 5987 days (16 years of which 4 leap, + 143 days of 2016) and 64337 s after 2000-01-01.
+assert 5987 * 86400 + 17 * 3600 + 52 * 60 + 17 == 517341137
+
+
+@pytest.mark.parametrize("offset", [timedelta(hours=1), timedelta(hours=-5), timedelta(hours=5, minutes=45)])
+def test_bluetooth_legacy_time_is_local_seconds_without_the_gateways_offset(offset):
+    """Two gateways in different zones receiving the same measurement compute the same identifier; the
+    offset they attach places the effective time only. Today's code: UTC seconds plus the gateway's offset."""
+    (metric,) = ble_metrics(0x2A1C, THERMOMETER_IG_TIME, offset)
+    assert metric.time.utcoffset() == offset  # effectiveDateTime: the wall time in the gateway's zone
+    assert identifier_times([metric]) == ["517341137"]
+    assert identifier_times([metric], "1.1.0") == ["20160523175217.00"]  # the IG 1.1.0 example's value
+
+
+def test_bluetooth_cgm_time_carries_the_sensors_own_time_zone():
+    """CGM Session Start Time 2026-11-28 08:00 with Time Zone +4 (1 h), DST 0: the device's offset, appended.
+    Record offsets 5 and 6 min: local 08:05 = 9828 days and 29100 s after 2000-01-01."""
+    session = decode(0x2AAA, bytes.fromhex("ea070b1c080000" "04" "00"))
+    assert 9828 * 86400 + 8 * 3600 + 5 * 60 == 849168300
+    for gateway in (timedelta(hours=-5), timedelta(hours=9)):
+        records = ble_metrics(0x2AA7, "06000c10050006000c100600", gateway, session_start=session)
+        assert identifier_times(records) == ["849168300+4", "849168360+4"]
+    unknown_zone = decode(0x2AAA, bytes.fromhex("ea070b1c080000" "80" "ff"))  # Time Zone -128, DST 255: unknown
+    records = ble_metrics(0x2AA7, "06000c10050006000c100600", timedelta(hours=-5), session_start=unknown_zone)
+    assert identifier_times(records) == ["849168300", "849168360"]
+
+
+def test_time_of_reception_is_the_gateways_utc_clock_with_its_offset():
+    """No device time (Heart Rate): the gateway is the clock: UTC seconds and its offset, as before."""
+    (metric,) = ble_metrics(0x2A37, "0055", timedelta(hours=1))  # received 09:00+01:00 = 08:00 UTC
+    assert identifier_times([metric]) == ["849168000+4"]
+
+
+def observation_metric(time, *, time_rel=None, time_hi_res=None):
+    mds = MdsInfo("74E8FFFEFF051C00", time_rel=time_rel, time_hi_res=time_hi_res)
+    obs = Observation(1, 150364, 6048, value=decode_sfloat(0xF170), time=time)
+    read_at = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    return metric_of(obs, mds, timedelta(hours=-5), read_at, read_at)
+
+
+def test_ieee11073_absolute_time_is_local_like_the_ig_example():
+    """The IG 1.1.0 page's own IEEE 11073 example: Absolute-Time 20 07 02 01 12 05 20 86 -> 20070201120520.86;
+    2.0.0: 2007-02-01 12:05:20.86 local = 2588 days (7 years, 2 leap, + 31) and 43520.86 s after 2000-01-01."""
+    metric = observation_metric(AbsoluteTime(bytes.fromhex("2007020112052086")))
+    assert 2588 * 86400 + 12 * 3600 + 5 * 60 + 20 == 223646720
+    assert identifier_times([metric]) == ["223646720.86"]
+    assert identifier_times([metric], "1.1.0") == ["20070201120520.86"]
+
+
+def test_ieee11073_base_offset_time_is_utc_with_the_devices_offset():
+    """The IG 1.1.0 page's Base-Offset-Time bytes D4 67 40 38 13 14 FE D4: 3563536440 s, 4884/65536 s, -300 min.
+    phg reads the seconds from IEEE 1588's 1970 (mder.BO_EPOCH): 3563536440 - 946684800 s after 2000-01-01 UTC,
+    0.074523 s (3 digits kept), offset -300 min = -20 quarter hours, reported by the device: appended."""
+    metric = observation_metric(decode_base_offset_time(bytes.fromhex("D467403813 14FED4".replace(" ", ""))))
+    assert identifier_times([metric]) == ["2616851640.074-20"]
+
+
+@pytest.mark.parametrize(("time", "expected"), [
+    (("rel", 8000 * 40 + 1), "40.000125"),  # Relative-Time, 1/8 ms ticks: the seconds they represent
+    (("hi-res", 123456789), "123.456789"),  # HighResRelativeTime, 1 us ticks
+])
+def test_ieee11073_relative_time_is_its_ticks(time, expected):
+    """The tick count, not where the gateway placed it: the same with or without the MDS's clock read."""
+    placed = observation_metric(time, time_rel=8000 * 100, time_hi_res=10**9)
+    unplaced = observation_metric(time)
+    assert placed.time != unplaced.time
+    assert identifier_times([placed]) == identifier_times([unplaced]) == [expected]
+    assert identifier_times([placed], "1.1.0") == [str(time[1])]

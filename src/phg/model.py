@@ -144,6 +144,60 @@ class BitString:
         return sum(1 << (self.length - 1 - b.bit) for b in self.bits if b.set)
 
 
+# Stamp.kind: the kind of clock a metric's time stamp was reported by.
+LOCAL, UTC_CLOCK, TICKS = "local", "utc", "ticks"
+TIME_KINDS = (LOCAL, UTC_CLOCK, TICKS)
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """What the device reported as a metric's time stamp, which the PHD IG duplicate-detection identifier
+    encodes exactly (PHD IG 2.0.0, "Generating the PHD Reported Timestamp Identifier",
+    http://hl7.org/fhir/uv/phd/STU2/GeneratingtheTimeStampPartIdentifier.html: "the reported value").
+
+    kind "local": wall-clock time without a zone (Bluetooth legacy profiles, IEEE 11073-20601 Absolute-Time);
+    Metric.time holds that wall time with the offset that places it on the timeline. kind "utc": a UTC
+    instant (a base-offset time, IEEE 11073-20601 Base-Offset-Time, is "utc" with the device's offset).
+    kind "ticks": a tick counter; `ticks` is its value and `tick_rate` its resolution in ticks per second
+    (8000 for 20601 Relative-Time, 1000000 for HighResRelativeTime); Metric.time is then the gateway's
+    placing of it. device_offset: whether the TZ/DST offset in Metric.time's offset came from the device
+    (appended to the identifier) or from the gateway (left out). The default is a reading document's:
+    an RFC 3339 time is a UTC instant with the offset its writer stated."""
+
+    kind: str = UTC_CLOCK
+    device_offset: bool = True
+    ticks: int | None = None
+    tick_rate: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in TIME_KINDS:
+            raise ValueError(f"time kind {self.kind!r} is not one of {', '.join(TIME_KINDS)}")
+        if (self.kind == TICKS) != (self.ticks is not None) or (self.ticks is None) != (self.tick_rate is None):
+            raise ValueError("a 'ticks' stamp needs ticks and tick_rate, and only it has them")
+        if self.kind == TICKS and (self.device_offset or self.ticks < 0 or tick_digits(self.tick_rate) is None):  # type: ignore[operator, arg-type]
+            raise ValueError(f"a tick counter has no offset, ticks >= 0 and a tick_rate whose tick is a finite "
+                             f"decimal fraction of a second (got {self.tick_rate})")
+
+
+def tick_digits(rate: int) -> int | None:
+    """The decimals that write every count of a `rate`-per-second counter in seconds exactly: 0 for 1/s,
+    3 for 1000/s, 6 for 8000/s (0.000125 s); None when a tick is no finite decimal fraction (a rate with a
+    prime factor other than 2 and 5, e.g. 3/s), or rate < 1."""
+    if rate < 1:
+        return None
+    twos = fives = 0
+    while rate % 2 == 0:
+        rate, twos = rate // 2, twos + 1
+    while rate % 5 == 0:
+        rate, fives = rate // 5, fives + 1
+    return max(twos, fives) if rate == 1 else None
+
+
+# The time of reception (PHD IG: no device timestamp -> time of reception): the gateway is then the clock that
+# reports, a UTC clock with its TZ/DST offset. With the offset, it never equals a zoneless local time's part.
+RECEIVED_STAMP = Stamp(UTC_CLOCK, device_offset=True)
+
+
 @dataclass(frozen=True)
 class Metric:
     """One measurement. value is None for compound metrics (components carry the values)."""
@@ -155,6 +209,7 @@ class Metric:
     time_digits: int = 0  # fractional-second digits the device gave (its time resolution)
     status: tuple[str, ...] = ()  # IEEE 11073-20601 MeasurementStatus names (mdc.MEASUREMENT_STATUS)
     components: tuple[Component, ...] = ()
+    stamp: Stamp = Stamp()  # how the device reported `time` (the identifier's time part)
     # Values that are not numbers (PHD IG 2.0.0 profiles; README "The reading document"):
     coded: int | None = None  # an MDC code as the value (Enum-Observed-Value-Simple-OID): meal context -> preprandial
     bits: BitString | None = None  # a BITs value: device/measurement status (PhdBitsEnumerationObservation)
@@ -266,6 +321,23 @@ def _metric_document(m: Metric) -> dict[str, Any]:
         doc["supplemental"] = list(m.supplemental)
     if m.derived_from is not None:
         doc["derived_from"] = m.derived_from
+    if m.stamp != _DEFAULT_STAMP:  # the default writes no key: readings stored before stamps keep their text
+        doc.update(_stamp_document(m.stamp))
+    return doc
+
+
+_DEFAULT_STAMP = Stamp()
+# Where a document's TZ/DST offset comes from when it does not say ("offset_from"): a UTC time states its
+# writer's offset, a local wall time has the gateway's (the device reported none).
+_DEVICE_OFFSET_DEFAULT = {UTC_CLOCK: True, LOCAL: False, TICKS: False}
+
+
+def _stamp_document(stamp: Stamp) -> dict[str, Any]:
+    doc: dict[str, Any] = {} if stamp.kind == UTC_CLOCK else {"time_kind": stamp.kind}
+    if stamp.kind == TICKS:
+        doc |= {"ticks": stamp.ticks, "tick_rate": stamp.tick_rate}
+    elif stamp.device_offset != _DEVICE_OFFSET_DEFAULT[stamp.kind]:
+        doc["offset_from"] = "device" if stamp.device_offset else "gateway"
     return doc
 
 
@@ -536,10 +608,11 @@ _PATIENT_SYSTEM, _PATIENT_VALUE = re.compile(r"^\S+$"), re.compile(r"^\S(.*\S)?$
 _UNIT = re.compile(r"^[^\s]+(\s[^\s]+)*$")
 _VALUE_TEXT = re.compile(r"^[+-]?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]{1,3})?$")
 _DEVICE_TEXT = ("manufacturer", "model", "serial", "firmware")
+_STAMP_KEYS = ("time_kind", "offset_from", "ticks", "tick_rate")
 _VALUE_KEYS = ("coded", "bits", "supplemental", "derived_from")
 _KEYS = {"reading": {"device", "patient", "metrics", "clock"}, "patient": {"system", "value"},
          "device": {"system_id", "bt_address", *_DEVICE_TEXT, "specializations"}, "specialization": {"code", "version"},
-         "metric": {"code", "type", "value", "unit", "time", "status", "components", *_VALUE_KEYS},
+         "metric": {"code", "type", "value", "unit", "time", "status", "components", *_STAMP_KEYS, *_VALUE_KEYS},
          "component": {"code", "type", "value", "unit"}, "clock": {"gateway_time", "device_time", "type", "sync"}}
 _UINT32 = 2**32 - 1
 
@@ -603,7 +676,7 @@ def _metric(m: Any) -> bool:
                                        and all(type(s) is str for s in status) and len(set(status)) == len(status)))
             and ("components" not in m or (type(parts := m["components"]) is list and 1 <= len(parts) <= 16
                                            and all(_component(c) for c in parts)))
-            and (not m.keys() & _VALUE_KEYS or _enumerated(m)))
+            and (not m.keys() & _STAMP_KEYS or _stamp(m)) and (not m.keys() & _VALUE_KEYS or _enumerated(m)))
 
 def _enumerated(m: dict) -> bool:
     """The schema's rules for coded, bits, supplemental and derived_from (the cross-field ones are `_build`'s)."""
@@ -620,6 +693,16 @@ def _enumerated(m: dict) -> bool:
 def _bit(b: Any) -> bool:
     return (type(b) is dict and "bit" in b and b.keys() <= {"bit", "name", "set"} and _int(b["bit"], 31)
             and ("name" not in b or _string(b["name"], minimum=1)) and ("set" not in b or type(b["set"]) is bool))
+
+def _stamp(m: dict) -> bool:
+    """The schema's time_kind rules: "ticks" needs ticks and tick_rate and has no offset_from; the others
+    may have offset_from and have neither ticks nor tick_rate."""
+    kind = m.get("time_kind", UTC_CLOCK)
+    if kind == TICKS:
+        return ("offset_from" not in m and "ticks" in m and "tick_rate" in m and _int(m["ticks"], None)
+                and _int(m["tick_rate"], None) and m["tick_rate"] >= 1)
+    return (kind in (LOCAL, UTC_CLOCK) and "ticks" not in m and "tick_rate" not in m
+            and m.get("offset_from", "device") in ("device", "gateway"))
 
 
 def _component(c: Any) -> bool:
@@ -643,6 +726,10 @@ def _schema_message(err) -> str:
         return _value_message(err.instance)
     if err.validator == "pattern":
         return f"{err.instance!r} is not in the expected format"
+    if err.validator == "not" and isinstance(err.validator_value, dict) and "required" in err.validator_value:
+        return (f"{err.validator_value['required'][0]!r} does not go with time_kind "
+                f"{err.instance.get('time_kind', UTC_CLOCK)!r}: ticks and tick_rate belong to 'ticks', "
+                "which has no offset_from")
     message = err.message  # it quotes the instance, which may be long: keep its start and the verdict
     return message if len(message) <= 200 else f"{message[:80]} ... {message[-100:]}"
 
@@ -698,6 +785,7 @@ def _build(doc: dict) -> Reading:
             unit=unit,
             status=tuple(m.get("status", ())),
             components=tuple(components),
+            stamp=_build_stamp(m, where) if m.keys() & _STAMP_KEYS else _DEFAULT_STAMP,
             **(_build_values(m, code, where, i, len(doc["metrics"])) if m.keys() & _VALUE_KEYS else {}),
         ))
     clock = _build_clock(doc["clock"]) if "clock" in doc else None
@@ -734,6 +822,21 @@ def _build_values(m: dict, code: int, where: str, index: int, count: int) -> dic
                                                         f"of this reading (0..{count - 1})")
         values["derived_from"] = m["derived_from"]
     return values
+
+
+def _build_stamp(m: dict, where: str) -> Stamp:
+    """A metric's Stamp from time_kind, offset_from, ticks and tick_rate (README, "The reading document")."""
+    kind = m.get("time_kind", UTC_CLOCK)
+    offset = m.get("offset_from")
+    if kind == TICKS and (offset is not None or "ticks" not in m or "tick_rate" not in m):
+        raise ReadingError(f"{where}.time_kind", "a 'ticks' time needs ticks and tick_rate, and has no offset_from")
+    if kind != TICKS and ("ticks" in m or "tick_rate" in m):
+        raise ReadingError(f"{where}.time_kind", f"ticks and tick_rate belong to time_kind 'ticks', not {kind!r}")
+    device_offset = _DEVICE_OFFSET_DEFAULT[kind] if offset is None else offset == "device"
+    if kind == TICKS and tick_digits(m["tick_rate"]) is None:
+        raise ReadingError(f"{where}.tick_rate", f"{m['tick_rate']} ticks per second: a tick must be a finite "
+                                                 "decimal fraction of a second (a rate of the form 2^a * 5^b)")
+    return Stamp(kind, device_offset, m.get("ticks"), m.get("tick_rate"))
 
 
 def _build_clock(c: dict) -> DeviceClock:

@@ -20,11 +20,13 @@ from urllib.parse import quote
 
 from phg.errors import MappingError
 from phg.fhir.ig import data_absent_code, rules_for
-from phg.model import Metric, Reading
+from phg.model import LOCAL, TICKS, UTC_CLOCK, Metric, Reading, Stamp, tick_digits
 
 _EPOCH_2000 = datetime(2000, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
+_EPOCH_2000_WALL = datetime(2000, 1, 1)
 _QUARTER_HOUR = timedelta(minutes=15)
+_DOCUMENT = Stamp()  # a reading document's default: a UTC instant with the offset its writer gave
 
 
 def conditional_identifier(reading: Reading, metric: Metric, ig_version: str = "2.0.0") -> tuple[str | None, str]:
@@ -33,35 +35,57 @@ def conditional_identifier(reading: Reading, metric: Metric, ig_version: str = "
     patient = f"{reading.patient.value}-{reading.patient.system}"
     head = [reading.device.identity, patient, str(metric.code)]
     if rules.version == "1.1.0":
-        parts = head + _value_units_v1(metric) + [timestamp_v1(metric.time)]
+        parts = head + _value_units_v1(metric) + [timestamp_v1(metric.time, metric.stamp)]
     else:
-        parts = head + [timestamp_v2(metric.time, metric.time_digits)]
+        parts = head + [timestamp_v2(metric.time, metric.time_digits, metric.stamp)]
     # "-supplemental types": the Supplemental-Types codes, each joined with a dash (both releases;
     # numeric-spotnumeric.json "...-149530-20181113175903.00-150588").
     return rules.identifier_system, "-".join(parts + [str(code) for code in metric.supplemental])
 
 
-def timestamp_v2(time: datetime, digits: int = 0) -> str:
-    """IG 2.0.0 timestamp part: seconds since 2000-01-01T00:00:00 at the device's resolution,
-    then the TZ/DST offset in 15-minute units with its sign ("+4" for +01:00, "+0" for UTC).
-
-    The count is of UTC seconds: the model keeps an instant plus its offset, which is what a
-    UTC-aligned clock with a TZ/DST offset reports (Bluetooth GHS / IEEE 11073-10206 timestamp),
-    and the offset is appended on its own, so local wall time is recoverable from the two.
+def timestamp_v2(time: datetime, digits: int = 0, stamp: Stamp = _DOCUMENT) -> str:
+    """IG 2.0.0 timestamp part: "the reported value" of the device's clock (PHD IG 2.0.0, "Generating the
+    PHD Reported Timestamp Identifier", http://hl7.org/fhir/uv/phd/STU2/GeneratingtheTimeStampPartIdentifier.html):
+    - a tick counter: the seconds it represents at its resolution ("12345.678" for 12345678 ticks of 1 ms);
+    - local or UTC time: the seconds since 2000-01-01T00:00:00 it represents at its resolution: for a
+      local clock the seconds of its wall time (`time` as written in its own offset), for a UTC clock those
+      of the instant;
+    - then, only when the device reported a TZ/DST offset (stamp.device_offset), that offset in 15-minute
+      units with its sign ("+4" for +01:00, "+0" for UTC), as IEEE 11073-10206 and Bluetooth GHS report it.
+    An offset the gateway supplied (a zoneless Bluetooth time) is the gateway's, not the reported value:
+    left out, so that two gateways in different zones compute the same identifier.
     A 1 s resolution (digits=0) gives no fraction; N digits print N digits, truncated as
     model.format_time truncates them. Integer arithmetic: the count of units of 10^-digits s, rounded
     down (towards the past, also before 2000), then written with `digits` decimals.
     """
-    count = ((time - _EPOCH_2000) // _MICROSECOND) // 10 ** (6 - digits)
-    if digits:
-        sign, whole, fraction = "-" if count < 0 else "", *divmod(abs(count), 10 ** digits)
-        return f"{sign}{whole}.{fraction:0{digits}d}{_offset_quarters(time):+d}"
-    return f"{count}{_offset_quarters(time):+d}"
+    if stamp.kind == TICKS:
+        places = tick_digits(stamp.tick_rate)  # type: ignore[arg-type]  # a TICKS Stamp has a valid rate
+        return _decimals(stamp.ticks * 10 ** places // stamp.tick_rate, places)  # type: ignore[operator]
+    since = time.replace(tzinfo=None) - _EPOCH_2000_WALL if stamp.kind == LOCAL else time - _EPOCH_2000
+    text = _decimals((since // _MICROSECOND) // 10 ** (6 - digits), digits)
+    return f"{text}{_offset_quarters(time):+d}" if stamp.device_offset else text
 
 
-def timestamp_v1(time: datetime) -> str:
-    """IG 1.1.0 timestamp part: the device's wall-clock time as HL7 DTM YYYYMMDDhhmmss.ss
-    ("Generating the PHD Reported Time Stamp Identifier"; e.g. 20181113175902.00)."""
+def _decimals(count: int, digits: int) -> str:
+    """`count` units of 10^-digits written with `digits` decimals ("690897390.567"; "-1.500" below zero)."""
+    if not digits:
+        return str(count)
+    sign, whole, fraction = "-" if count < 0 else "", *divmod(abs(count), 10 ** digits)
+    return f"{sign}{whole}.{fraction:0{digits}d}"
+
+
+def timestamp_v1(time: datetime, stamp: Stamp = _DOCUMENT) -> str:
+    """IG 1.1.0 timestamp part ("Generating the PHD Reported Time Stamp Identifier",
+    http://hl7.org/fhir/uv/phd/STU1.1/GeneratingtheReportedTimeStampIdentifier.html): absolute time as
+    HL7 DTM YYYYMMDDhhmmss.ss of the wall time the device reported (e.g. 20181113175902.00): a local clock's
+    wall time, a UTC clock's time in the device's offset when it reported one, else in UTC; a (high-resolution)
+    relative time as the reported tick count, a decimal integer without leading zeros.
+    Not followed: the page's "seconds.fraction.offset" text of the raw IEEE 11073-20601 Base-Offset-Time (whose
+    epoch it gives as 1900, against IEEE 1588's 1970): a base-offset time is written as DTM in its offset."""
+    if stamp.kind == TICKS:
+        return str(stamp.ticks)
+    if stamp.kind == UTC_CLOCK and not stamp.device_offset:
+        time = time.astimezone(UTC)
     return time.strftime("%Y%m%d%H%M%S") + f".{time.microsecond // 10000:02d}"
 
 

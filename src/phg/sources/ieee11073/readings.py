@@ -5,6 +5,7 @@ Spec-List); metric codes are 32-bit MDC codes, units UCUM. Device timestamps:
 - Absolute-Time is local wall-clock time without zone (20601 §6.3.2.1): the gateway attaches `utc_offset`
   (its own zone, as the BLE source does) -> aware datetime; 1/100 s digits kept when the device gave them.
 - Base-Offset-Time carries its own offset.
+Each Metric's stamp says which (model.Stamp): the PHD IG identifier encodes the reported value, not the placing.
 - Relative / high-resolution ticks are placed on the gateway's timeline through the MDS Relative-Time read
   at association (gateway time then + elapsed ticks); without that read, or with no timestamp at all, the
   time of reception is used (PHD IG: no device timestamp -> time of reception).
@@ -17,7 +18,20 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from phg.model import Component, Device, DeviceClock, Metric, PatientRef, Reading, Specialization
+from phg.model import (
+    LOCAL,
+    RECEIVED_STAMP,
+    TICKS,
+    UTC_CLOCK,
+    Component,
+    Device,
+    DeviceClock,
+    Metric,
+    PatientRef,
+    Reading,
+    Specialization,
+    Stamp,
+)
 from phg.sources.ieee11073 import nomenclature as nom
 from phg.sources.ieee11073.apdu import ApduError
 from phg.sources.ieee11073.manager import MdsInfo, Measurements, Observation
@@ -53,22 +67,33 @@ def device_clock(mds: MdsInfo, read_at: datetime | None, utc_offset: timedelta) 
     return DeviceClock(gateway_time=read_at, device_time=device_time, clock_type=MDC_ATTR_TIME_ABS_CODE, sync=sync)
 
 
+# How each 20601 time stamp is reported (model.Stamp, the PHD IG identifier's time part): Absolute-Time is
+# local wall time without a zone (the offset that places it is the gateway's); Base-Offset-Time a UTC instant
+# with the device's own offset; Relative-Time and HighResRelativeTime tick counters.
+ABSOLUTE_STAMP = Stamp(LOCAL, device_offset=False)
+BASE_OFFSET_STAMP = Stamp(UTC_CLOCK, device_offset=True)
+
+
 def metric_time(obs: Observation, mds: MdsInfo, utc_offset: timedelta, received_at: datetime,
-                read_at: datetime | None) -> tuple[datetime, int]:
-    """(aware device timestamp, fractional digits) of one observation."""
+                read_at: datetime | None) -> tuple[datetime, int, Stamp]:
+    """(aware device timestamp, fractional digits, how the device reported it) of one observation. A tick
+    counter's time stays its ticks in the Stamp even when it cannot be placed (the time of reception)."""
     t = obs.time
     if isinstance(t, AbsoluteTime) and not t.unset:
-        return t.local.replace(tzinfo=timezone(utc_offset)), 2 if t.hundredths else 0
+        return t.local.replace(tzinfo=timezone(utc_offset)), 2 if t.hundredths else 0, ABSOLUTE_STAMP
     if isinstance(t, BaseOffsetTime):
-        return t.datetime, 3 if t.fraction else 0
-    if isinstance(t, tuple) and read_at is not None:
+        return t.datetime, 3 if t.fraction else 0, BASE_OFFSET_STAMP
+    if isinstance(t, tuple):
         kind, ticks = t
-        if kind == "rel" and mds.time_rel is not None:
+        rate = TICKS_PER_SECOND if kind == "rel" else HI_RES_TICKS_PER_SECOND
+        stamp = Stamp(TICKS, device_offset=False, ticks=ticks, tick_rate=rate)
+        if kind == "rel" and read_at is not None and mds.time_rel is not None:
             delta = ((ticks - mds.time_rel + 2**31) % 2**32 - 2**31) / TICKS_PER_SECOND  # u32 wraps every 6.2 days
-            return read_at + timedelta(seconds=delta), 3
-        if kind == "hi-res" and mds.time_hi_res is not None:
-            return read_at + timedelta(seconds=(ticks - mds.time_hi_res) / HI_RES_TICKS_PER_SECOND), 6
-    return received_at, 0
+            return read_at + timedelta(seconds=delta), 3, stamp
+        if kind == "hi-res" and read_at is not None and mds.time_hi_res is not None:
+            return read_at + timedelta(seconds=(ticks - mds.time_hi_res) / HI_RES_TICKS_PER_SECOND), 6, stamp
+        return received_at, 0, stamp
+    return received_at, 0, RECEIVED_STAMP
 
 
 def _status(obs: Observation) -> tuple[str, ...]:
@@ -85,10 +110,10 @@ def metric_of(obs: Observation, mds: MdsInfo, utc_offset: timedelta, received_at
     unit = nom.UNITS.get(obs.unit or -1, (None, None))[1]
     if obs.type is None or unit is None or (obs.value is None and not obs.components):
         return None
-    time, digits = metric_time(obs, mds, utc_offset, received_at, read_at)
+    time, digits, stamp = metric_time(obs, mds, utc_offset, received_at, read_at)
     components = tuple(Component(code, n.decimal, unit) for code, n in obs.components if n.decimal is not None)
     return Metric(code=obs.type, time=time, value=obs.value.decimal if obs.value is not None else None,
-                  unit=unit, time_digits=digits, status=_status(obs), components=components)
+                  unit=unit, time_digits=digits, status=_status(obs), components=components, stamp=stamp)
 
 
 def readings_of(m: Measurements, patient: PatientRef, utc_offset: timedelta, received_at: datetime,

@@ -15,6 +15,10 @@ offset is attached. A measurement without a usable timestamp takes the time of r
 CGM records are minute offsets from the CGM Session Start Time (0x2AAA), which carries its own time
 zone and DST; without one the offset given here is used; without a session start there is no time.
 Times have 1 s resolution (Metric.time_digits 0); the time of reception is cut to whole seconds.
+Each Metric says how its time was reported (Metric.stamp, which the PHD IG identifier encodes): a Date Time
+is "local" with the gateway's offset; a CGM time is "local" with the device's offset when the Session Start
+Time carries Time Zone and DST, else the gateway's; the time of reception is the gateway's clock (UTC and
+its offset).
 
 Values. SFLOAT/FLOAT digits are kept (Decimal); unit conversions move the exponent, never round
 (0.00120 kg/L -> 120 mg/dL). A special value (NaN, NRes, +/-INF, reserved) or a "measurement
@@ -36,7 +40,7 @@ from datetime import datetime, timedelta, timezone, tzinfo
 from decimal import Decimal
 
 from phg.errors import MappingError
-from phg.model import Component, Metric
+from phg.model import LOCAL, RECEIVED_STAMP, Component, Metric, Stamp
 from phg.sources.ble.gatt.blood_pressure import BloodPressureMeasurement
 from phg.sources.ble.gatt.cgm import CgmMeasurement, CgmSessionStartTime
 from phg.sources.ble.gatt.glucose import GlucoseMeasurement
@@ -47,6 +51,9 @@ from phg.sources.ble.gatt.thermometer import TemperatureMeasurement, Temperature
 from phg.sources.ble.gatt.weight import BodyCompositionMeasurement, WeightMeasurement, WeightScaleFeature
 
 UtcOffset = timedelta | Callable[[datetime], timedelta]
+Timed = tuple[datetime, Stamp]  # a metric's time and how the device reported it (model.Stamp)
+# A legacy profile's Date Time: local wall time without a zone; the offset that places it is the gateway's.
+LOCAL_STAMP = Stamp(LOCAL, device_offset=False)
 
 # ---------------------------------------------------------------- tables
 
@@ -105,6 +112,11 @@ class _Context:
     session_start: CgmSessionStartTime | None
     temperature_type: TemperatureType | None
 
+    @property
+    def reception(self) -> Timed:
+        """The time of reception, for a measurement without a usable device timestamp: the gateway's clock."""
+        return self.received, RECEIVED_STAMP
+
 
 def to_metrics(measurement: object, *, utc_offset: UtcOffset, received: datetime,
                weight_feature: WeightScaleFeature | None = None, session_start: CgmSessionStartTime | None = None,
@@ -131,11 +143,13 @@ def to_metrics(measurement: object, *, utc_offset: UtcOffset, received: datetime
 # ---------------------------------------------------------------- helpers
 
 
-def _time(ctx: _Context, stamp: DateTime | None, plus: timedelta = timedelta(0)) -> datetime:
+def _time(ctx: _Context, stamp: DateTime | None, plus: timedelta = timedelta(0)) -> Timed:
+    """A Date Time field's wall time placed with the gateway's offset (Stamp "local", offset from the
+    gateway), or the time of reception when there is none."""
     wall = stamp.naive if stamp is not None else None
     if wall is None:
-        return ctx.received
-    return _zoned(wall + plus, ctx.utc_offset)
+        return ctx.reception
+    return _zoned(wall + plus, ctx.utc_offset), LOCAL_STAMP
 
 
 def _zoned(wall: datetime, utc_offset: UtcOffset) -> datetime:
@@ -157,9 +171,10 @@ def _number(value: Number | None) -> tuple[Decimal | None, tuple[str, ...]]:
     return _plain(value), ()
 
 
-def _metric(code: int, value: Number | None, unit: str, time: datetime, status: tuple[str, ...] = ()) -> Metric:
+def _metric(code: int, value: Number | None, unit: str, when: Timed, status: tuple[str, ...] = ()) -> Metric:
     number, extra = _number(value)
-    return Metric(code=code, time=time, value=number, unit=unit, time_digits=0, status=_ordered(status + extra))
+    return Metric(code=code, time=when[0], value=number, unit=unit, time_digits=0, status=_ordered(status + extra),
+                  stamp=when[1])
 
 
 def _ordered(names: tuple[str, ...]) -> tuple[str, ...]:
@@ -199,10 +214,10 @@ def _blood_pressure(m: BloodPressureMeasurement, ctx: _Context) -> list[Metric]:
         parts = [(BP_SYSTOLIC, m.systolic), (BP_DIASTOLIC, m.diastolic)]
         if isinstance(m.mean_arterial_pressure, Decimal):  # MAP is often NaN: the compound goes without it
             parts.append((BP_MEAN, m.mean_arterial_pressure))
-        metrics = [Metric(code=BP_COMPOUND, time=time, unit=unit, components=tuple(
+        metrics = [Metric(code=BP_COMPOUND, time=time[0], unit=unit, stamp=time[1], components=tuple(
             Component(code, _plain(value), unit) for code, value in parts))]
     else:
-        metrics = [Metric(code=BP_COMPOUND, time=time, unit=unit, status=("invalid",))]
+        metrics = [Metric(code=BP_COMPOUND, time=time[0], unit=unit, stamp=time[1], status=("invalid",))]
     if m.pulse_rate is not None:
         metrics.append(_metric(BP_PULSE, m.pulse_rate, "/min", time))
     return metrics
@@ -221,7 +236,7 @@ def _weight(m: WeightMeasurement, ctx: _Context) -> list[Metric]:
     return metrics
 
 
-def _height(height: Decimal, imperial: bool, feature: WeightScaleFeature | None, time: datetime) -> Metric:
+def _height(height: Decimal, imperial: bool, feature: WeightScaleFeature | None, time: Timed) -> Metric:
     if imperial:
         return _metric(BODY_HEIGHT, _quantize(height, feature.height_step_in if feature else None), "[in_i]", time)
     step = feature.height_step_m.scaleb(2) if feature and feature.height_step_m else None
@@ -247,19 +262,19 @@ def _temperature(m: TemperatureMeasurement, ctx: _Context) -> list[Metric]:
 
 
 def _plx_spot_check(m: PlxSpotCheckMeasurement, ctx: _Context) -> list[Metric]:
-    time = ctx.received if m.device_clock_not_set else _time(ctx, m.timestamp)
+    time = ctx.reception if m.device_clock_not_set else _time(ctx, m.timestamp)
     status = _plx_status(m.measurement_status)
     return [_metric(SPO2, m.spo2_pct, "%", time, status), _metric(PLX_PULSE, m.pulse_rate_bpm, "/min", time, status)]
 
 
 def _plx_continuous(m: PlxContinuousMeasurement, ctx: _Context) -> list[Metric]:
     status = _plx_status(m.measurement_status)
-    return [_metric(SPO2, m.spo2_pct, "%", ctx.received, status),
-            _metric(PLX_PULSE, m.pulse_rate_bpm, "/min", ctx.received, status)]
+    return [_metric(SPO2, m.spo2_pct, "%", ctx.reception, status),
+            _metric(PLX_PULSE, m.pulse_rate_bpm, "/min", ctx.reception, status)]
 
 
 def _heart_rate(m: HeartRateMeasurement, ctx: _Context) -> list[Metric]:
-    return [_metric(HEART_RATE, Decimal(m.heart_rate_bpm), "/min", ctx.received)]
+    return [_metric(HEART_RATE, Decimal(m.heart_rate_bpm), "/min", ctx.reception)]
 
 
 def _cgm(m: CgmMeasurement, ctx: _Context) -> list[Metric]:
@@ -268,9 +283,12 @@ def _cgm(m: CgmMeasurement, ctx: _Context) -> list[Metric]:
     if session is None or start is None:
         raise MappingError("0x2AA7 CGM Measurement: record times are offsets from the CGM Session Start Time "
                            "(0x2AAA); read it first (it is missing or its date is unknown)")
+    # The session start is local time; its Time Zone and DST Offset, when the sensor knows them, are the
+    # device's offset (appended to the identifier), else the gateway's is used (left out).
     offset: UtcOffset = session.utc_offset if session.utc_offset is not None else ctx.utc_offset
-    return [_metric(CGM_GLUCOSE, r.glucose, "mg/dL", _zoned(start + timedelta(minutes=r.time_offset_min), offset))
-            for r in m.records]
+    stamp = Stamp(LOCAL, device_offset=session.utc_offset is not None)
+    return [_metric(CGM_GLUCOSE, r.glucose, "mg/dL",
+                    (_zoned(start + timedelta(minutes=r.time_offset_min), offset), stamp)) for r in m.records]
 
 
 _MAPPERS: dict[type, Callable[..., list[Metric]]] = {
