@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
 import hl7
@@ -23,7 +23,7 @@ from phg.cli.hl7 import hl7 as hl7_group
 from phg.delivery.mllp import MllpCodec, frame
 from phg.hl7v2 import check, render_messages
 from phg.hl7v2.pcd01 import STATUS_FLAGS
-from phg.model import DeviceClock, Gateway, parse_reading
+from phg.model import Bit, BitString, DeviceClock, Gateway, Metric, parse_reading
 from test_hl7v2_mapping import NOW, VECTORS, obx_rows, strict
 from test_mllp_peers import GATEWAY, PATIENT
 
@@ -280,6 +280,27 @@ def test_any_device_text_and_status_render_clean(device, status):
         assert parsed.unescape(str(by_code["67880"][5][0][1])) == device["model"]
 
 
+bits_values = st.builds(
+    BitString, st.just(16),
+    st.lists(st.builds(Bit, st.integers(0, 15), st.none() | st.text(min_size=1, max_size=12), st.booleans()),
+             max_size=5, unique_by=lambda b: b.bit).map(tuple))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.one_of(
+    st.builds(lambda c: {"code": 8417864, "coded": c}, st.sampled_from(sorted(mdc.CODED_VALUES)) | st.integers(1, 2**32)),
+    st.builds(lambda b: {"code": 8417752, "bits": b}, bits_values),
+    st.builds(lambda v, s: {"code": 160184, "value": Decimal(v), "unit": "mg/dL", "supplemental": s},
+              st.integers(0, 999), st.lists(st.sampled_from(sorted(mdc.SUPPLEMENTAL_TYPES)), max_size=3).map(tuple)),
+), min_size=1, max_size=4), st.lists(st.sampled_from(mdc.MEASUREMENT_STATUS), unique=True, max_size=3).map(tuple))
+def test_any_coded_bits_or_supplemental_metric_renders_clean(metrics, status):
+    """Whatever codes, bits (named or not, any name) and supplemental types, with any status: strict v2.6
+    and a clean PCD-01 check, the containment tree included."""
+    when = datetime(2026, 11, 28, 8, tzinfo=UTC)
+    one = dataclasses.replace(reading(GLUCOSE), metrics=tuple(Metric(time=when, status=status, **m) for m in metrics))
+    render(one)
+
+
 # ---------------------------------------------------------------------------------------------- checker
 
 
@@ -325,6 +346,17 @@ def test_checker_keeps_a_metric_attribute_after_its_metric_and_the_fixtures_clea
     moved = (text.replace("|1.0.0.2|", "|metric|").replace("|1.0.0.2.1|", "|1.0.0.2|")
              .replace("|metric|", "|1.0.0.2.1|"))  # the exercise row and its duration row swap sub-ids
     assert [p.where for p in check(moved)] == ["OBX[6]-4"]
+
+
+def test_the_gateway_mds_row_is_optional():
+    """MDS 0 is the gateway: the Continua WAN messages send its 0.0.0.1 time-sync row without an MDS row,
+    which the checker accepts; any other MDS needs its row."""
+    segments = [line.split("|") for line in MESSAGE.split("\r") if not line.startswith("OBX|1|")]
+    for obx in segments[3:]:
+        obx[1] = str(int(obx[1]) - 1)
+    without = "\r".join("|".join(segment) for segment in segments)
+    assert [obx[4] for obx in segments[3:5]] == ["0.0.0.1", "0.0.0.2"] and check(without) == []
+    assert any("MDS 1" in p.message for p in check(without.replace("|1|||||||X|", "|2|||||||X|")))
 
 
 def test_cli_check_reports_a_broken_tree(tmp_path):
