@@ -14,13 +14,26 @@ import shutil
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
+import phg
 from ieee11073_agent import KINDS, Agent
 from phg.demo.sim import DEVICES, simulated_readings
-from phg.model import PatientRef, Reading
+from phg.fhir import build_transaction
+from phg.model import (
+    GATEWAY_SPECIALIZATIONS,
+    Component,
+    Device,
+    Gateway,
+    Metric,
+    PatientRef,
+    Reading,
+    Specialization,
+    device_specializations,
+)
 from phg.sources.ble.gatt import decode, to_metrics
 from phg.sources.ble.session import PROFILES, device_of
 from phg.sources.ieee11073.apdu import decode as apdu_decode
@@ -71,6 +84,17 @@ def _documents() -> dict[str, dict]:
                             {"type": "body_height", "value": "172.5", "unit": "cm", "time": t}],
                         "clock": {"gateway_time": "2026-11-28T08:10:00Z", "device_time": None, "type": "absolute"}},
     }
+    # status, context and supplemental types (PhdBitsEnumerationObservation, PhdCodedEnumerationObservation,
+    # supplementalTypesComponent), each qualifying the metric before it
+    docs["status-context"] = {"device": {"system_id": "0A1B2C3D4E5F0006"}, "metrics": [
+        {"type": "glucose", "value": "5.6", "unit": "mmol/L", "time": t},
+        {"code": 8417864, "coded": 8417868, "time": t, "derived_from": 0},
+        {"code": 8417844, "coded": 8417848, "time": t, "derived_from": 0},
+        {"code": 150020, "unit": "mm[Hg]", "time": t, "components": [
+            {"code": 150021, "value": "120"}, {"code": 150022, "value": "80"}]},
+        {"code": 8410608, "time": t, "derived_from": 3, "bits": {"length": 16, "bits": [
+            {"bit": 0, "name": "body-movement"}, {"bit": 2, "name": "irregular-pulse"}]}},
+        {"type": "spo2", "value": "97", "time": t, "supplemental": [150588]}]}
     aliases = ("spo2", "pulse_rate", "pulse_rate_oximeter", "heart_rate", "systolic", "diastolic",
                "mean_arterial_pressure", "body_temperature", "body_weight", "body_height", "bmi")
     docs["every-alias"] = {"device": {"system_id": "0A1B2C3D4E5F0005", "model": "Multi"}, "metrics": [
@@ -160,3 +184,85 @@ def test_every_resource_conforms_to_its_phd_profile(ig_version: str, tmp_path: P
     *issues, verdict = done.stdout.strip().splitlines() or [""]
     n, _, m = verdict.partition(" ")[0].partition("/")
     assert done.returncode == 0 and n == m, "\n".join(issues + [verdict, done.stderr])
+
+
+def test_every_source_and_type_is_in_the_readings() -> None:
+    readings = conformance_readings()
+    assert {name.split("-")[1] for name in readings["bluetooth"]} == {p.name for p in PROFILES}
+    assert len(readings["ieee11073"]) == len(KINDS) and len(readings["simulator"]) == len(DEVICES)
+
+
+# ---------------------------------------------------------------- the rule, field by field
+
+GATEWAY = Gateway("02AB7FFFFE000001")
+T = datetime(2026, 11, 28, 9, 0, tzinfo=timezone(PLUS_1))
+
+
+def _bundle(reading: Reading, ig_version: str = "2.0.0") -> dict[str, dict]:
+    """profile name -> resource (the first of each)."""
+    entries = build_transaction([reading], GATEWAY, ig_version).bundle["entry"]
+    found: dict[str, dict] = {}
+    for e in entries:
+        found.setdefault(e["resource"]["meta"]["profile"][0].rsplit("/", 1)[1], e["resource"] | {"_request": e["request"]})
+    return found
+
+
+def test_specializations_come_from_the_source_else_the_metric_codes_else_generic() -> None:
+    told = Device(system_id="0A1B2C3D4E5F0001", specializations=(Specialization(528401, 2),))
+    bp = (Metric(150020, T, unit="mm[Hg]", components=(Component(150021, Decimal(120), "mm[Hg]"),)),
+          Metric(149546, T, Decimal(60), "/min"))
+    assert device_specializations(told, bp) == (Specialization(528401, 2),)  # what the agent reported wins
+    bare = Device(system_id="0A1B2C3D4E5F0001")
+    mixed = (Metric(188736, T, Decimal(70), "kg"), *bp, Metric(188752, T, Decimal(22), "kg/m2"),
+             Metric(147842, T, Decimal(60), "/min"))
+    assert device_specializations(bare, mixed) == (Specialization(528399), Specialization(528391), Specialization(528525))
+    assert device_specializations(bare, (Metric(999999, T, Decimal(1)),)) == (Specialization(528457),)
+    assert {s for s in GATEWAY_SPECIALIZATIONS} >= {p.specialization for p in PROFILES}
+
+
+def test_an_unreported_version_manufacturer_and_model_are_unknown_not_missing() -> None:
+    unknown = {"extension": [{"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode": "unknown"}]}
+    reading = Reading(Device(bt_address="00-E5-DE-AD-77-C3"), PATIENT, (Metric(150364, T, Decimal("36.8"), "Cel"),))
+    phd = _bundle(reading)["PhdDevice"]
+    assert phd["specialization"] == [{"systemType": {"coding": [{"system": "urn:iso:std:iso:11073:10101", "code": "528392",
+                                                                  "display": "MDC_DEV_SPEC_PROFILE_TEMP"}],
+                                                     "text": "Thermometer"}, "_version": unknown}]
+    assert phd["_manufacturer"] == phd["_modelNumber"] == unknown and "manufacturer" not in phd
+    assert phd["version"] == [{"type": {"coding": [{"system": "urn:iso:std:iso:11073:10101", "code": "531976",
+                                                    "display": "MDC_ID_PROD_SPEC_FW"}], "text": "Firmware revision"},
+                               "_value": unknown}]
+    ble = device_of(PROFILES[0], "00:e5:de:ad:77:c3", system_id=None)
+    assert ble.specializations == (Specialization(PROFILES[0].specialization, None),)  # no invented version
+
+
+def test_a_reported_version_is_kept() -> None:
+    device = Device(system_id="0A1B2C3D4E5F0001", manufacturer="Acme", model="G1", firmware="2.1",
+                    specializations=(Specialization(528401, 1),))
+    phd = _bundle(Reading(device, PATIENT, (Metric(160184, T, Decimal(101), "mg/dL"),)))["PhdDevice"]
+    assert phd["specialization"][0]["version"] == "1" and "_version" not in phd["specialization"][0]
+    assert (phd["manufacturer"], phd["modelNumber"], phd["version"][0]["value"]) == ("Acme", "G1", "2.1")
+
+
+def test_the_gateway_always_carries_specializations_and_phg_version() -> None:
+    reading = Reading(Device(system_id="0A1B2C3D4E5F0001"), PATIENT, (Metric(150456, T, Decimal(97), "%"),))
+    for ig_version in ("2.0.0", "1.1.0"):
+        phg_device = _bundle(reading, ig_version)["PhgDevice"]
+        assert [s["systemType"]["coding"][0]["code"] for s in phg_device["specialization"]] == [
+            str(c) for c in GATEWAY_SPECIALIZATIONS]
+        assert [(v["type"]["coding"][0]["code"], v["value"]) for v in phg_device["version"]] == [("531975", phg.__version__)]
+    with_firmware = build_transaction([reading], Gateway("02AB7FFFFE000001", firmware="fw-7")).bundle["entry"][1]["resource"]
+    assert [v["value"] for v in with_firmware["version"]] == [phg.__version__, "fw-7"]
+
+
+def test_ig_1_1_0_types_the_patient_identifier_and_zero_fills_a_missing_system_id() -> None:
+    reading = Reading(Device(bt_address="F4-5E-AB-A8-08-32"), PATIENT, (Metric(160184, T, Decimal(101), "mg/dL"),))
+    old, new = _bundle(reading, "1.1.0"), _bundle(reading, "2.0.0")
+    assert old["PhdPatient"]["identifier"][0]["type"] == {"coding": [{
+        "system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR", "display": "Medical record number"}]}
+    assert "type" not in new["PhdPatient"]["identifier"][0]
+    assert [(i["type"]["coding"][0]["code"], i["value"]) for i in old["PhdDevice"]["identifier"]] == [
+        ("SYSID", "00-00-00-00-00-00-00-00"), ("BTMAC", "F4-5E-AB-A8-08-32")]
+    # the conditional create stays on the address: the all-zero SYSID identifies no device
+    assert old["PhdDevice"]["_request"]["ifNoneExist"] == new["PhdDevice"]["_request"]["ifNoneExist"] == (
+        "identifier=http://hl7.org/fhir/sid/eui-48/bluetooth|F4-5E-AB-A8-08-32")
+    assert [i["type"]["coding"][0]["code"] for i in new["PhdDevice"]["identifier"]] == ["BTMAC"]
