@@ -38,25 +38,25 @@ GLUCOSE_5_5_MMOL = "07" "0200" "ea07" "0b1c" "090000" "1e00" "37c0" "12"  # offs
 
 
 def test_glucose_kg_per_l_becomes_exact_mg_per_dl() -> None:
-    (m,) = metrics(0x2A18, GLUCOSE_120_MG_DL)
+    m, *_ = metrics(0x2A18, GLUCOSE_120_MG_DL)
     assert (m.code, m.unit, str(m.value), m.time_digits) == (160184, "mg/dL", "120", 0)
     assert m.time == datetime(2026, 11, 28, 9, 0, tzinfo=timezone(PLUS_1))
 
 
 def test_glucose_mol_per_l_becomes_mmol_per_l_and_time_offset_is_added() -> None:
-    (m,) = metrics(0x2A18, GLUCOSE_5_5_MMOL)
+    m, *_ = metrics(0x2A18, GLUCOSE_5_5_MMOL)
     assert (m.code, m.unit, str(m.value)) == (160188, "mmol/L", "5.5")
     assert doc(m)["time"] == "2026-11-28T09:30:00+01:00"
 
 
 def test_glucose_vector_sample_type_and_offset() -> None:
-    (m,) = metrics(0x2A18, "1b0100e307021b0b0a1efbff1e00120501")
+    m, *_ = metrics(0x2A18, "1b0100e307021b0b0a1efbff1e00120501")
     assert m.code == 160188 and m.unit == "mg/dL" and m.value == Decimal(3000000)  # 30 kg/L, as sent
     assert m.time.isoformat() == "2019-02-27T11:05:30+01:00"  # 11:10:30 - 5 min
 
 
 def test_glucose_nan_is_invalid_without_value() -> None:
-    (m,) = metrics(0x2A18, GLUCOSE_120_MG_DL.replace("78b0", "ff07"))
+    m, *_ = metrics(0x2A18, GLUCOSE_120_MG_DL.replace("78b0", "ff07"))
     assert m.value is None and m.status == ("invalid",)
 
 
@@ -76,7 +76,7 @@ def test_blood_pressure_is_compound_and_pulse_its_own() -> None:
 
 
 def test_blood_pressure_unknown_year_takes_time_of_reception() -> None:
-    bp, _ = metrics(0x2A35, BP_VECTOR)
+    bp, *_ = metrics(0x2A35, BP_VECTOR)
     assert bp.time == RECEIVED.replace(microsecond=0)
 
 
@@ -135,7 +135,7 @@ def test_temperature_site_and_unit() -> None:
 
 
 def test_plx_spot_check_status_maps_to_measurement_status() -> None:
-    spo2, pulse = metrics(0x2A5E, "0facf3bef5e8070b1d170839204022000066e3")
+    spo2, pulse, *_ = metrics(0x2A5E, "0facf3bef5e8070b1d170839204022000066e3")  # + device status bits
     assert (spo2.code, str(spo2.value), spo2.unit) == (150456, "94.0", "%")
     assert (pulse.code, str(pulse.value), pulse.unit) == (149530, "147.0", "/min")
     assert spo2.status == pulse.status == ("questionable", "msmt-ongoing")

@@ -217,7 +217,6 @@ class Metric:
     derived_from: int | None = None  # index in Reading.metrics of the metric this one qualifies (status, context)
 
 
-
 @dataclass(frozen=True)
 class Gateway:
     """The gateway itself (PHD IG PhgDevice), from config. system_id: EUI-64, 16 hex upper case.
@@ -678,6 +677,7 @@ def _metric(m: Any) -> bool:
                                            and all(_component(c) for c in parts)))
             and (not m.keys() & _STAMP_KEYS or _stamp(m)) and (not m.keys() & _VALUE_KEYS or _enumerated(m)))
 
+
 def _enumerated(m: dict) -> bool:
     """The schema's rules for coded, bits, supplemental and derived_from (the cross-field ones are `_build`'s)."""
     bits = m.get("bits")
@@ -693,6 +693,7 @@ def _enumerated(m: dict) -> bool:
 def _bit(b: Any) -> bool:
     return (type(b) is dict and "bit" in b and b.keys() <= {"bit", "name", "set"} and _int(b["bit"], 31)
             and ("name" not in b or _string(b["name"], minimum=1)) and ("set" not in b or type(b["set"]) is bool))
+
 
 def _stamp(m: dict) -> bool:
     """The schema's time_kind rules: "ticks" needs ticks and tick_rate and has no offset_from; the others
@@ -799,8 +800,9 @@ def _build_values(m: dict, code: int, where: str, index: int, count: int) -> dic
     PHD IG's ASN1ToHL7 code system gives `<code>.<bit>` (mdc.ASN1_BITS), when it has one."""
     values: dict[str, Any] = {}
     if "coded" in m or "bits" in m:
-        if extra := [k for k in ("value", "unit", "components") if k in m] + (["bits"] if "coded" in m and "bits" in m else []):
-            raise ReadingError(where, f"a {'coded' if 'coded' in m else 'bits'} value stands alone: remove {', '.join(extra)}")
+        kind = "coded" if "coded" in m else "bits"
+        if extra := [k for k in ("value", "unit", "components", "bits") if k in m and k != kind]:
+            raise ReadingError(where, f"a {kind} value stands alone: remove {', '.join(extra)}")
     if "coded" in m:
         values["coded"] = m["coded"]
     if "bits" in m:

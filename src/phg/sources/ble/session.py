@@ -52,6 +52,7 @@ from phg.sources.ble.gatt import GattError, decode, quirks, to_metrics
 from phg.sources.ble.gatt.cgm import CgmMeasurement, CgmSessionStartTime
 from phg.sources.ble.gatt.glucose import (
     GlucoseMeasurement,
+    GlucoseMeasurementContext,
     RacpMessage,
     racp_request,
     report_all_records,
@@ -236,8 +237,10 @@ class Collector:
     """Sans-I/O: characteristic values in (in arrival order), Readings out, one Reading per
     measurement. `feed` raises GattError/MappingError for a value it cannot use (the caller logs
     and skips it) and returns True/False when the RACP procedure ended (success or no records /
-    any other response code), None otherwise. Glucose context (0x2A34) is decoded (so a malformed
-    one is reported) but maps to no Metric (see gatt/readings.py)."""
+    any other response code), None otherwise. A Glucose Measurement whose Context Information Follows flag
+    is set waits for its Glucose Measurement Context (0x2A34, same Sequence Number; GLS 1.0 section 3.1.2.1:
+    it follows immediately), which is mapped with it (meal, tester, health: gatt/context.py); whatever else
+    comes next, or `take`, maps it without one."""
 
     def __init__(self, device: Device, patient: PatientRef, clock: DeviceClock | None, utc_offset: UtcOffset,
                  **facts: Any) -> None:
@@ -250,9 +253,14 @@ class Collector:
         self.last_seq: int | None = None  # glucose: sequence number; CGM: time offset
         self.cgm_e2e = False  # CGM Feature says E2E-CRC supported: records without one are refused
         self.held: list[CgmMeasurement] = []  # CGM records waiting for a usable Session Start Time
+        self.glucose: GlucoseMeasurement | None = None  # waiting for its 0x2A34 context
 
     def feed(self, uuid: int, data: bytes) -> bool | None:
         value = decode(uuid, data)
+        if isinstance(value, GlucoseMeasurementContext):
+            self._glucose_context(value)
+            return None
+        self._glucose_without_context()
         if isinstance(value, CgmSessionStartTime):
             self.session_start(value)
             return None
@@ -273,12 +281,36 @@ class Collector:
                 return None
             self._cgm(value)
             return None
-        metrics = to_metrics(value, utc_offset=self.utc_offset, received=datetime.now(UTC), **self.facts)
-        if metrics:
-            self.readings.append(Reading(self.device, self.patient, tuple(metrics), clock=self.clock))
+        if isinstance(value, GlucoseMeasurement) and value.context_information_follows:
+            self.glucose = value
+            self._advance(value.sequence_number)
+            return None
+        self._add(value)
         if isinstance(value, GlucoseMeasurement):
             self._advance(value.sequence_number)
         return None
+
+    def _add(self, value: object, **context: Any) -> None:
+        metrics = to_metrics(value, utc_offset=self.utc_offset, received=datetime.now(UTC), **self.facts, **context)
+        if metrics:
+            self.readings.append(Reading(self.device, self.patient, tuple(metrics), clock=self.clock))
+
+    def _glucose_context(self, context: GlucoseMeasurementContext) -> None:
+        """The context of the waiting measurement; one for another sequence number (or none waiting) is logged
+        and dropped: which measurement it describes is unknown."""
+        measurement, self.glucose = self.glucose, None
+        if measurement is not None and measurement.sequence_number == context.sequence_number:
+            self._add(measurement, glucose_context=context)
+            return
+        logger.warning("0x2A34 Glucose Measurement Context for sequence number %d matches no waiting 0x2A18: dropped",
+                       context.sequence_number)
+        if measurement is not None:
+            self._add(measurement)
+
+    def _glucose_without_context(self) -> None:
+        measurement, self.glucose = self.glucose, None
+        if measurement is not None:
+            self._add(measurement)
 
     def session_start(self, start: CgmSessionStartTime) -> None:
         """A CGM Session Start Time (read or notified); a usable one places the records held so far."""
@@ -290,15 +322,16 @@ class Collector:
 
     def _cgm(self, value: CgmMeasurement) -> None:
         """One Reading per record: each has its own time; the marker is the highest Time Offset placed."""
-        metrics = to_metrics(value, utc_offset=self.utc_offset, received=datetime.now(UTC), **self.facts)
-        self.readings += [Reading(self.device, self.patient, (m,), clock=self.clock) for m in metrics]
+        for record in value.records:  # with its Sensor Status Annunciation, if any (gatt/context.py)
+            self._add(CgmMeasurement((record,)))
         self._advance(max(r.time_offset_min for r in value.records))
 
     def _advance(self, position: int) -> None:
         self.last_seq = position if self.last_seq is None else max(self.last_seq, position)
 
     def take(self) -> list[Reading]:
-        """The readings collected since the last call."""
+        """The readings collected since the last call (a measurement still waiting for its context included)."""
+        self._glucose_without_context()
         readings, self.readings = self.readings, []
         return readings
 

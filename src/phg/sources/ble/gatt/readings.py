@@ -35,15 +35,17 @@ and RR intervals, CGM trend and quality.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone, tzinfo
 from decimal import Decimal
 
+from phg import mdc
 from phg.errors import MappingError
 from phg.model import LOCAL, RECEIVED_STAMP, Component, Metric, Stamp
+from phg.sources.ble.gatt import context as ble_context
 from phg.sources.ble.gatt.blood_pressure import BloodPressureMeasurement
 from phg.sources.ble.gatt.cgm import CgmMeasurement, CgmSessionStartTime
-from phg.sources.ble.gatt.glucose import GlucoseMeasurement
+from phg.sources.ble.gatt.glucose import GlucoseMeasurement, GlucoseMeasurementContext
 from phg.sources.ble.gatt.heart_rate import HeartRateMeasurement
 from phg.sources.ble.gatt.numbers import Bits, DateTime, Number, Special
 from phg.sources.ble.gatt.pulse_oximeter import PlxContinuousMeasurement, PlxSpotCheckMeasurement
@@ -111,6 +113,7 @@ class _Context:
     weight_feature: WeightScaleFeature | None
     session_start: CgmSessionStartTime | None
     temperature_type: TemperatureType | None
+    glucose_context: GlucoseMeasurementContext | None = None
 
     @property
     def reception(self) -> Timed:
@@ -120,7 +123,8 @@ class _Context:
 
 def to_metrics(measurement: object, *, utc_offset: UtcOffset, received: datetime,
                weight_feature: WeightScaleFeature | None = None, session_start: CgmSessionStartTime | None = None,
-               temperature_type: TemperatureType | None = None) -> list[Metric]:
+               temperature_type: TemperatureType | None = None,
+               glucose_context: GlucoseMeasurementContext | None = None) -> list[Metric]:
     """The Metrics of one decoded measurement. Pure: the same inputs give the same Metrics.
 
     utc_offset: the gateway's offset, fixed or as a function of the device's wall-clock time.
@@ -128,7 +132,9 @@ def to_metrics(measurement: object, *, utc_offset: UtcOffset, received: datetime
     without a usable timestamp (see the module docstring; a Date Time with year, month or day 0 is
     "unknown" and counts as no timestamp).
     weight_feature: 0x2A9E, for the scale's resolution (decimals kept); session_start: 0x2AAA, needed
-    for CGM records; temperature_type: 0x2A1D, the site when 0x2A1C does not carry one.
+    for CGM records; temperature_type: 0x2A1D, the site when 0x2A1C does not carry one; glucose_context:
+    the 0x2A34 that followed a 0x2A18 (same sequence number), mapped with it (gatt/context.py).
+    Status bits and glucose context become coded and BITs Metrics after the measurement's (gatt/context.py).
     A decoded value that is not a measurement (features, RACP, context, intermediate values) gives [].
     MappingError: a CGM record without a usable session start time."""
     if received.tzinfo is None or received.utcoffset() is None:
@@ -136,7 +142,8 @@ def to_metrics(measurement: object, *, utc_offset: UtcOffset, received: datetime
     mapper = _MAPPERS.get(type(measurement))
     if mapper is None:
         return []
-    ctx = _Context(utc_offset, received.replace(microsecond=0), weight_feature, session_start, temperature_type)
+    ctx = _Context(utc_offset, received.replace(microsecond=0), weight_feature, session_start, temperature_type,
+                   glucose_context)
     return mapper(measurement, ctx)
 
 
@@ -202,7 +209,11 @@ def _glucose(m: GlucoseMeasurement, ctx: _Context) -> list[Metric]:
     unit, shift = GLUCOSE_UNITS[m.concentration_unit]
     value = m.concentration.scaleb(shift) if isinstance(m.concentration, Decimal) else m.concentration
     time = _time(ctx, m.base_time, timedelta(minutes=m.time_offset_min or 0))
-    return [_metric(GLUCOSE_CODES[m.type], value, unit, time)]
+    glucose = _metric(GLUCOSE_CODES[m.type], value, unit, time)
+    metrics = [glucose, *ble_context.glucose_context(glucose, m, ctx.glucose_context)]
+    if (status := ble_context.glucose_status(m)) is not None:
+        metrics.append(ble_context.qualifier(glucose, mdc.MDC_GLU_METER_DEV_STATUS, bits=status))
+    return metrics
 
 
 def _blood_pressure(m: BloodPressureMeasurement, ctx: _Context) -> list[Metric]:
@@ -220,6 +231,8 @@ def _blood_pressure(m: BloodPressureMeasurement, ctx: _Context) -> list[Metric]:
         metrics = [Metric(code=BP_COMPOUND, time=time[0], unit=unit, stamp=time[1], status=("invalid",))]
     if m.pulse_rate is not None:
         metrics.append(_metric(BP_PULSE, m.pulse_rate, "/min", time))
+    if (status := ble_context.blood_pressure_status(m)) is not None:
+        metrics.append(ble_context.qualifier(metrics[0], mdc.MDC_BPM_DEV_STATUS, bits=status))
     return metrics
 
 
@@ -264,13 +277,29 @@ def _temperature(m: TemperatureMeasurement, ctx: _Context) -> list[Metric]:
 def _plx_spot_check(m: PlxSpotCheckMeasurement, ctx: _Context) -> list[Metric]:
     time = ctx.reception if m.device_clock_not_set else _time(ctx, m.timestamp)
     status = _plx_status(m.measurement_status)
-    return [_metric(SPO2, m.spo2_pct, "%", time, status), _metric(PLX_PULSE, m.pulse_rate_bpm, "/min", time, status)]
+    spot = (mdc.MDC_MODALITY_SPOT,)  # a spot-check is MDC_MODALITY_SPOT (PHD IG numeric-spotnumeric.json)
+    metrics = [replace(_metric(SPO2, m.spo2_pct, "%", time, status), supplemental=spot),
+               replace(_metric(PLX_PULSE, m.pulse_rate_bpm, "/min", time, status), supplemental=spot)]
+    return metrics + _plx_device_status(metrics[0], m.device_and_sensor_status)
 
 
 def _plx_continuous(m: PlxContinuousMeasurement, ctx: _Context) -> list[Metric]:
     status = _plx_status(m.measurement_status)
-    return [_metric(SPO2, m.spo2_pct, "%", ctx.reception, status),
-            _metric(PLX_PULSE, m.pulse_rate_bpm, "/min", ctx.reception, status)]
+    metrics = [_metric(SPO2, m.spo2_pct, "%", ctx.reception, status),
+               _metric(PLX_PULSE, m.pulse_rate_bpm, "/min", ctx.reception, status)]
+    # The other averaging times: the same metrics with Supplemental-Types MDC_MODALITY_FAST / _SLOW.
+    for pair, modality in ((m.fast, mdc.MDC_MODALITY_FAST), (m.slow, mdc.MDC_MODALITY_SLOW)):
+        if pair is not None:
+            metrics += [replace(_metric(SPO2, pair[0], "%", ctx.reception, status), supplemental=(modality,)),
+                        replace(_metric(PLX_PULSE, pair[1], "/min", ctx.reception, status), supplemental=(modality,))]
+    return metrics + _plx_device_status(metrics[0], m.device_and_sensor_status)
+
+
+def _plx_device_status(spo2: Metric, bits: Bits | None) -> list[Metric]:
+    """MDC_PULS_OXIM_DEV_STATUS for SpO2 and pulse rate alike: no derived_from (bits-observation.json)."""
+    status = ble_context.plx_device_status(bits)
+    return [] if status is None else [
+        ble_context.qualifier(spo2, mdc.MDC_PULS_OXIM_DEV_STATUS, bits=status, derived_from=None)]
 
 
 def _heart_rate(m: HeartRateMeasurement, ctx: _Context) -> list[Metric]:
@@ -287,8 +316,14 @@ def _cgm(m: CgmMeasurement, ctx: _Context) -> list[Metric]:
     # device's offset (appended to the identifier), else the gateway's is used (left out).
     offset: UtcOffset = session.utc_offset if session.utc_offset is not None else ctx.utc_offset
     stamp = Stamp(LOCAL, device_offset=session.utc_offset is not None)
-    return [_metric(CGM_GLUCOSE, r.glucose, "mg/dL",
-                    (_zoned(start + timedelta(minutes=r.time_offset_min), offset), stamp)) for r in m.records]
+    metrics: list[Metric] = []
+    for r in m.records:  # each record's Sensor Status Annunciation follows it, pointing at it
+        metrics.append(_metric(CGM_GLUCOSE, r.glucose, "mg/dL",
+                               (_zoned(start + timedelta(minutes=r.time_offset_min), offset), stamp)))
+        if (status := ble_context.cgm_status(r)) is not None:
+            metrics.append(ble_context.qualifier(metrics[-1], mdc.MDC_CGM_DEV_STATUS, bits=status,
+                                                 derived_from=len(metrics) - 1))
+    return metrics
 
 
 _MAPPERS: dict[type, Callable[..., list[Metric]]] = {

@@ -1,0 +1,109 @@
+"""Bluetooth status bits and glucose context -> model Metrics (coded and BITs values), per the PHD IG.
+
+The PHD IG maps Bluetooth SIG devices "as if they were IEEE 11073 devices" (PHD IG 2.0.0, Non11073PHDDevices;
+Bluetooth SIG Personal Health Devices Transcoding white paper), so each Bluetooth field becomes the IEEE 11073
+object it transcodes to:
+- status bit fields -> a BITs observation (PhdBitsEnumerationObservation) of the specialization's status
+  attribute, each Bluetooth bit (bit 0 = least significant) moved to its IEEE 11073 MDER bit (bit 0 = most
+  significant), named as the IG's ASN1ToHL7 code system names `<code>.<bit>` (mdc.ASN1_BITS);
+- Glucose sample location, and the context's meal, tester and health -> coded observations
+  (PhdCodedEnumerationObservation) of MDC_CTXT_GLU_SAMPLELOCATION / _MEAL / _TESTER / _HEALTH (IEEE 11073-10417).
+Each such Metric has the time of the measurement it qualifies and points at it (Metric.derived_from: the
+IG's meal-context example "should contain a derived-from reference pointing to the measurement containing the
+glucose concentration"; bpm-status.json points at the blood pressure), except the oximeter's device and
+sensor status, which qualifies SpO2 and pulse rate alike (bits-observation.json has no derivedFrom).
+
+Bluetooth -> MDER bits (by the meaning each names; the ASN1ToHL7 displays in mdc.ASN1_BITS):
+- BLS Measurement Status (0x2A35): bits 0-2 and 5 keep their numbers (body-movement, cuff-too-loose,
+  irregular-pulse, improper-body-position); the Pulse Rate Range field 1 / 2 is bit 3 / 4
+  (pulse-over-range-limit / pulse-under-range-limit).
+- GLS Sensor Status Annunciation (0x2A18): bits 0-10 keep their numbers (device-battery-low ...
+  device-gen-fault). Bit 11 "time fault" has no MDC_GLU_METER_DEV_STATUS bit (8417752.11 is
+  sensor-temp-out-of-range): not mapped.
+- PLXS Device and Sensor Status (0x2A5E/0x2A5F): Bluetooth bit n is MDER bit 15 - n (bit 0 "extended display
+  update ongoing" = device-extended-update(15) ... bit 15 "sensor disconnected" = sensor-disconnected(0));
+  bits 16-23 are reserved.
+- CGMS Sensor Status Annunciation (0x2AA7), MDC_CGM_DEV_STAT: Status octet bit n -> n, Cal/Temp octet bit n ->
+  6 + n, Warning octet bit n -> 12 + n. Bits without an ASN1ToHL7 code (device battery low 1, general device
+  fault 5, time synchronization required 6) and Cal/Temp "calibration pending" are not mapped.
+Every one of these bits is an event (ASN1ToHL7 eventOrState), so only set bits are reported.
+
+Not mapped (kept decoded): the context's carbohydrate, exercise, medication and HbA1c.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from phg import mdc
+from phg.model import Bit, BitString, Metric
+from phg.sources.ble.gatt.blood_pressure import BloodPressureMeasurement
+from phg.sources.ble.gatt.cgm import CgmRecord
+from phg.sources.ble.gatt.glucose import GlucoseMeasurement, GlucoseMeasurementContext
+from phg.sources.ble.gatt.numbers import Bits
+
+BP_STATUS_BITS: dict[str, int] = {"body movement detected": 0, "cuff too loose": 1, "irregular pulse detected": 2,
+                                  "improper measurement position": 5}
+BP_PULSE_RANGE_BITS: dict[str, int] = {"exceeds upper limit": 3, "less than lower limit": 4}
+GLUCOSE_STATUS_BITS = range(11)  # Bluetooth bit n = MDER bit n; bit 11 (time fault) has no counterpart
+CGM_OCTET_SHIFT = {"status": 0, "cal_temp": 6, "warning": 12}
+
+SAMPLE_LOCATIONS: dict[str, int] = {"finger": 8417848, "alternate site test": 8417852, "earlobe": 8417856,
+                                    "control solution": 8417860}  # "not available": no observation
+MEALS: dict[str, int] = {"preprandial": 8417868, "postprandial": 8417872, "fasting": 8417876, "casual": 8417880,
+                         "bedtime": 8417869}
+TESTERS: dict[str, int] = {"self": 8417888, "health care professional": 8417892, "lab test": 8417896}
+HEALTH: dict[str, int] = {"minor health issues": 8417824, "major health issues": 8417828, "during menses": 8417832,
+                          "under stress": 8417836, "no health issues": 8417840}
+_KEPT_STATUS = ("test-data", "demonstration-data")  # what the qualified measurement passes on (meta.security HTEST)
+
+
+def qualifier(of: Metric, code: int, *, coded: int | None = None, bits: BitString | None = None,
+              derived_from: int | None = 0) -> Metric:
+    """A Metric qualifying `of` (index derived_from in the same reading): its time, time resolution and stamp,
+    a coded or BITs value, and of's test/demonstration status."""
+    return replace(of, code=code, value=None, unit=None, components=(), supplemental=(), coded=coded, bits=bits,
+                   derived_from=derived_from, status=tuple(s for s in of.status if s in _KEPT_STATUS))
+
+
+def bits_value(code: int, numbers: set[int]) -> BitString | None:
+    """The BITs value of the set MDER bits that ASN1ToHL7 names, or None when none is set."""
+    names = mdc.ASN1_BITS[code]
+    kept = sorted(n for n in numbers if n in names)
+    return BitString(mdc.BITS_LENGTH[code], tuple(Bit(n, names[n]) for n in kept)) if kept else None
+
+
+def _set(bits: Bits | None) -> list[int]:
+    return [n for n in range(bits.raw.bit_length()) if bits.raw >> n & 1] if bits else []
+
+
+def blood_pressure_status(m: BloodPressureMeasurement) -> BitString | None:
+    numbers = {BP_STATUS_BITS[name] for name in (m.measurement_status.names if m.measurement_status else ())
+               if name in BP_STATUS_BITS}
+    if m.pulse_rate_range in BP_PULSE_RANGE_BITS:
+        numbers.add(BP_PULSE_RANGE_BITS[m.pulse_rate_range])
+    return bits_value(mdc.MDC_BPM_DEV_STATUS, numbers)
+
+
+def glucose_status(m: GlucoseMeasurement) -> BitString | None:
+    return bits_value(mdc.MDC_GLU_METER_DEV_STATUS, {n for n in _set(m.sensor_status) if n in GLUCOSE_STATUS_BITS})
+
+
+def plx_device_status(bits: Bits | None) -> BitString | None:
+    return bits_value(mdc.MDC_PULS_OXIM_DEV_STATUS, {15 - n for n in _set(bits) if n < 16})
+
+
+def cgm_status(record: CgmRecord) -> BitString | None:
+    numbers = {CGM_OCTET_SHIFT[octet] + n for octet in CGM_OCTET_SHIFT for n in _set(getattr(record, octet))}
+    return bits_value(mdc.MDC_CGM_DEV_STATUS, numbers)
+
+
+def glucose_context(glucose: Metric, m: GlucoseMeasurement, context: GlucoseMeasurementContext | None) -> list[Metric]:
+    """Coded Metrics for the sample location (0x2A18) and the meal, tester and health (0x2A34) of a glucose
+    Metric, each pointing at it (derived_from 0: the glucose is the reading's first metric)."""
+    coded = [(mdc.MDC_CTXT_GLU_SAMPLELOCATION, SAMPLE_LOCATIONS.get(m.sample_location or ""))]
+    if context is not None:
+        coded += [(mdc.MDC_CTXT_GLU_MEAL, MEALS.get(context.meal or "")),
+                  (mdc.MDC_CTXT_GLU_TESTER, TESTERS.get(context.tester or "")),
+                  (mdc.MDC_CTXT_GLU_HEALTH, HEALTH.get(context.health or ""))]
+    return [qualifier(glucose, code, coded=value) for code, value in coded if value is not None]
