@@ -96,7 +96,8 @@ def test_pid_and_obr(messages):
 
 def test_obx_tree_gateway_device_metrics(messages):
     rows = obx_rows(messages[0])
-    assert list(rows) == ["0", "0.0.0.1", "0.0.0.2", "0.0.0.3", "0.0.0.4", "1", "1.0.0.1", "1.0.0.2", "1.0.0.3"]
+    assert list(rows) == ["0", "0.0.0.1", "0.0.0.2", "0.0.0.3", "0.0.0.4", "0.0.0.5", "1", "1.0.0.1", "1.0.0.2",
+                          "1.0.0.3"]
     gateway, sync = rows["0"], rows["0.0.0.1"]
     assert (str(gateway[3]), str(gateway[11]), str(gateway[18])) == \
            ("531981^MDC_MOC_VMS_MDS_AHD^MDC", "X", "ECDE3D4E58532D31^EUI-64")

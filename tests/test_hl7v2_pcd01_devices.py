@@ -24,6 +24,7 @@ from phg.delivery.mllp import MllpCodec, frame
 from phg.hl7v2 import check, render_messages
 from phg.hl7v2.pcd01 import STATUS_FLAGS
 from phg.model import Bit, BitString, DeviceClock, Gateway, Metric, parse_reading
+from phg.version import __version__
 from test_hl7v2_mapping import NOW, VECTORS, obx_rows, strict
 from test_mllp_peers import GATEWAY, PATIENT
 
@@ -105,20 +106,21 @@ def test_attribute_rows_only_for_what_is_known():
 
 def test_the_gateway_is_the_ahd_mds_0():
     """The gateway as the application hosting device: MDS 0 (MDC_MOC_VMS_MDS_AHD, OBX-18 its EUI-64), its
-    time sync at 0.0.0.1 as in the Continua WAN messages, then its model, serial and firmware."""
+    time sync at 0.0.0.1 as in the Continua WAN messages, then its model, serial, firmware and software."""
     rows = {k: v for k, v in obx_rows(render(reading(GLUCOSE))).items() if k.startswith("0")}
-    assert list(rows) == ["0", "0.0.0.1", "0.0.0.2", "0.0.0.3", "0.0.0.4"]
+    assert list(rows) == ["0", "0.0.0.1", "0.0.0.2", "0.0.0.3", "0.0.0.4", "0.0.0.5"]
     assert fields(rows["0"], 2, 3, 5, 11, 18) == ("", "531981^MDC_MOC_VMS_MDS_AHD^MDC", "", "X",
                                                    "ECDE3D4E58532D31^EUI-64")
-    assert [fields(rows[f"0.0.0.{n}"], 2, 3, 5) for n in range(1, 5)] == [
+    assert [fields(rows[f"0.0.0.{n}"], 2, 3, 5) for n in range(1, 6)] == [
         ("CWE", "68220^MDC_TIME_SYNC_PROTOCOL^MDC", "532226^MDC_TIME_SYNC_NTPV4^MDC"),
         ("ST", "67880^MDC_ATTR_ID_MODEL^MDC", "phg project^phg"),
         ("ST", "531972^MDC_ID_PROD_SPEC_SERIAL^MDC", "0001"),
         ("ST", "531976^MDC_ID_PROD_SPEC_FW^MDC", "1.2.3"),
+        ("ST", "531975^MDC_ID_PROD_SPEC_SW^MDC", __version__),  # phg's own version
     ]
     plain = Gateway(system_id="0102030405060708")
     rows = obx_rows(render(reading(GLUCOSE), plain))
-    assert [k for k in rows if k.startswith("0")] == ["0", "0.0.0.1", "0.0.0.2"]
+    assert [k for k in rows if k.startswith("0")] == ["0", "0.0.0.1", "0.0.0.2", "0.0.0.3"]
 
 
 def test_rows_match_the_continua_wan_fixtures_field_by_field():
@@ -327,10 +329,10 @@ MESSAGE = render_messages([reading([BP, {**GLUCOSE[0], "status": ["questionable"
 
 @pytest.mark.parametrize(("defect", "where", "text"), [
     (lambda m: m.replace("|P|2.6|", "|X|2.6|"), "MSH-11", "table 0103"),
-    (lambda m: _replace_row(m, "1", _set(4, "2")), "OBX[10]-4", "MDS 1"),  # the device's rows lose their MDS
-    (lambda m: _replace_row(m, "1.0.1.1", _set(4, "1.0.1.1.1")), "OBX[13]-4", "does not follow"),
-    (lambda m: _replace_row(m, "1.0.0.3", _set(8, "INV")), "OBX[16]-11", "result status X"),
-    (lambda m: _replace_row(m, "1.0.0.3", _set(11, "X")), "OBX[16]-5", "result status X"),
+    (lambda m: _replace_row(m, "1", _set(4, "2")), "OBX[11]-4", "MDS 1"),  # the device's rows lose their MDS
+    (lambda m: _replace_row(m, "1.0.1.1", _set(4, "1.0.1.1.1")), "OBX[14]-4", "does not follow"),
+    (lambda m: _replace_row(m, "1.0.0.3", _set(8, "INV")), "OBX[17]-11", "result status X"),
+    (lambda m: _replace_row(m, "1.0.0.3", _set(11, "X")), "OBX[17]-5", "result status X"),
 ])
 def test_checker_finds_each_new_defect(defect, where, text):
     assert check(MESSAGE) == []

@@ -11,7 +11,7 @@ the PCD-01 example request of the IPF project, https://github.com/oehf/ipf):
     PID  PID-3 from the patient binding, PID-5 (name type U "unspecified" when the name is unknown)
     OBR  OBR-2/3 EIs in the gateway's EUI-64 namespace, OBR-4 monitoring of patient, OBR-7/8
     OBX  0         the gateway's MDS: MDC_MOC_VMS_MDS_AHD (the application hosting device), OBX-18 = its EUI-64
-    OBX  0.0.0.n   its attributes: MDC_TIME_SYNC_PROTOCOL (always 0.0.0.1), then model, serial, firmware
+    OBX  0.0.0.n   its attributes: MDC_TIME_SYNC_PROTOCOL (always 0.0.0.1), then model, serial, firmware, software
     OBX  1         the device's MDS: its specialization (MDC_DEV_SPEC_PROFILE_*), OBX-18 = device EUI-64
     OBX  1.0.0.n   MDS attributes (time sync, system id, model, serial, firmware, MDC_ATTR_TIME_ABS when the
                    device clock is known), then simple metrics: NM numbers, CWE codes and status bits
@@ -269,12 +269,12 @@ def _ident(code: int, ref: str) -> str:
 
 
 def _attributes(sub_id: str, *, system_id: str | None, manufacturer: str | None, model: str | None,
-                serial: str | None, firmware: str | None, sync: int | None) -> list[str]:
+                serial: str | None, firmware: str | None, sync: int | None, software: str | None = None) -> list[str]:
     """An MDS's attribute rows at <sub_id>.0.0.n, n from 1, each present only when known: the
     time-synchronisation protocol (MDC_TIME_SYNC_PROTOCOL, a CWE of an MDC_TIME_SYNC_* term), System-Id
     (MDC_ATTR_SYS_ID, the EUI-64 as 16 hex digits), System-Model (MDC_ATTR_ID_MODEL: its two
     IEEE 11073-20601 fields, manufacturer and model number, as two components), Production-Specification
-    entries (MDC_ID_PROD_SPEC_SERIAL, _FW: the spec-type term as OBX-3)."""
+    entries (MDC_ID_PROD_SPEC_SERIAL, _FW, _SW: the spec-type term as OBX-3)."""
     values: list[tuple[str, str, str]] = []
     if sync is not None:
         values.append(("CWE", _ident(mdc.MDC_TIME_SYNC_PROTOCOL, "MDC_TIME_SYNC_PROTOCOL"),
@@ -288,17 +288,20 @@ def _attributes(sub_id: str, *, system_id: str | None, manufacturer: str | None,
         values.append(("ST", _ident(MDC_ID_PROD_SPEC_SERIAL, "MDC_ID_PROD_SPEC_SERIAL"), escape(serial)))
     if firmware:
         values.append(("ST", _ident(mdc.MDC_ID_PROD_SPEC_FW, "MDC_ID_PROD_SPEC_FW"), escape(firmware)))
+    if software:
+        values.append(("ST", _ident(mdc.MDC_ID_PROD_SPEC_SW, "MDC_ID_PROD_SPEC_SW"), escape(software)))
     return [_obx(kind, ident, f"{sub_id}.0.0.{n}", value) for n, (kind, ident, value) in enumerate(values, 1)]
 
 
 def _gateway_rows(gateway: Gateway) -> list[str]:
     """MDS 0, the gateway as the application hosting device (MDC_MOC_VMS_MDS_AHD, the PHD IG PhgDevice
     type) with its EUI-64 in OBX-18, then its attributes; the time-sync protocol first, at 0.0.0.1
-    where the Continua WAN fixtures have it."""
+    where the Continua WAN fixtures have it; its software revision is phg's version."""
     mds = _obx("", _ident(mdc.MDC_MOC_VMS_MDS_AHD, "MDC_MOC_VMS_MDS_AHD"), "0", status="X",
                equipment=f"{gateway.system_id}^EUI-64")
     return [mds, *_attributes("0", system_id=None, manufacturer=gateway.manufacturer, model=gateway.model,
-                              serial=gateway.serial, firmware=gateway.firmware, sync=gateway.time_sync)]
+                              serial=gateway.serial, firmware=gateway.firmware, sync=gateway.time_sync,
+                              software=gateway.software)]
 
 
 def _device_rows(device: Device, clock: DeviceClock | None) -> list[str]:
