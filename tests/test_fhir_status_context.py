@@ -318,3 +318,26 @@ def test_sekmet_stores_before_a_meal_next_to_the_glucose(sekmet):
         assert meal["valueCodeableConcept"]["coding"][0]["code"] == "8417868"
         glucose = client.get(meal["derivedFrom"][0]["reference"]).json()
         assert glucose["code"]["coding"][0]["code"] == "160184" and Decimal(str(glucose["valueQuantity"]["value"])) == 99
+
+
+# ---------------------------------------------------------------- IEEE 11073-20601 enumerations
+
+
+def test_11073_enumerations_become_coded_and_bits_metrics():
+    """A 10417 meter's meal context (Enum-Observed-Value-Simple-OID: the term, partition from the Type) and its
+    device status (Basic-Bit-Str, MDER bit 0 = most significant), and a 10404 oximeter's Supplemental-Types."""
+    from phg.sources.ieee11073.manager import MdsInfo, Observation
+    from phg.sources.ieee11073.mder import AbsoluteTime, MderNumber
+    from phg.sources.ieee11073.readings import metric_of
+
+    mds = MdsInfo(system_id="00601900010E9234")
+    stamp = AbsoluteTime(bytes.fromhex("2017060215023500"))
+    meal = metric_of(Observation(2, 8417864, None, enum_value=29264, time=stamp), mds, EDT, RECEIVED, None)
+    assert (meal.coded, meal.time.isoformat()) == (8417872, "2017-06-02T15:02:35-04:00")
+    status = metric_of(Observation(3, 8417752, None, enum_value=0b1000_0000_1000_0000, enum_length=16, time=stamp),
+                       mds, EDT, RECEIVED, None)
+    assert status.bits == BitString(16, (Bit(0, "device-battery-low"), Bit(8, "sensor-temp-too-low")))
+    assert status.bits.raw == 0b1000_0000_1000_0000
+    pulse = metric_of(Observation(4, 149530, 2720, value=MderNumber(480, -1, width=2), time=stamp, supplemental=(150588,)),
+                      mds, EDT, RECEIVED, None)
+    assert (pulse.supplemental, str(pulse.value)) == ((150588,), "48.0")

@@ -147,7 +147,8 @@ class Observation:
     person_id: int | None = None
     value: MderNumber | None = None
     components: tuple[tuple[int, MderNumber], ...] = ()  # (32-bit code, value) for compound numerics
-    enum_value: int | None = None  # ENUM OID / bit string
+    enum_value: int | None = None  # ENUM OID term (its partition is the type's) / bit string as sent
+    enum_length: int = 0  # 0: enum_value is an OID; 16 / 32: a BITs value (Basic-Bit-Str / Simple-Bit-Str)
     status: int = 0  # MeasurementStatus bits
     time: AbsoluteTime | BaseOffsetTime | tuple[str, int] | None = None  # ("rel", ticks) / ("hi-res", µs)
     supplemental: tuple[int, ...] = ()
@@ -544,8 +545,12 @@ def _observation(obj, person_id: int | None, values: list[tuple[int, Any]], grou
                 kw["type"] = v
             case A.ATTR_UNIT_CODE:
                 kw["unit"] = v
-            case A.ATTR_ENUM_OBS_VAL_SIMP_OID | A.ATTR_ENUM_OBS_VAL_SIMP_BIT_STR | A.ATTR_ENUM_OBS_VAL_BASIC_BIT_STR:
+            case A.ATTR_ENUM_OBS_VAL_SIMP_OID:
                 kw["enum_value"] = v
+            case A.ATTR_ENUM_OBS_VAL_SIMP_BIT_STR:
+                kw.update(enum_value=v, enum_length=32)
+            case A.ATTR_ENUM_OBS_VAL_BASIC_BIT_STR:
+                kw.update(enum_value=v, enum_length=16)
             case A.ATTR_SUPPLEMENTAL_TYPES:
                 kw["supplemental"] = v
     return Observation(**kw)

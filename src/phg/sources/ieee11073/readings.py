@@ -18,11 +18,14 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
+from phg import mdc
 from phg.model import (
     LOCAL,
     RECEIVED_STAMP,
     TICKS,
     UTC_CLOCK,
+    Bit,
+    BitString,
     Component,
     Device,
     DeviceClock,
@@ -104,16 +107,35 @@ def _status(obs: Observation) -> tuple[str, ...]:
     return tuple(names)
 
 
+def enumerated_of(code: int, value: int, length: int) -> dict:
+    """An enumeration's value (of type `code`) as Metric keywords, per the PHD IG 2.0.0: an
+    Enum-Observed-Value-Simple-OID is a coded value whose partition is the Type's
+    (CodedEnumerationObservationProfile: "The partition is obtained from the Type attribute"); a
+    Basic/Simple-Bit-Str is a BITs value of 16/32 bits, its set bits by MDER number (bit 0 the most
+    significant) with the ASN1ToHL7 names phg knows. Only set bits are reported: the status attributes
+    phg names are all events (mdc.ASN1_BITS)."""
+    if not length:
+        return {"coded": nom.code32(code >> 16, value)}
+    names = mdc.ASN1_BITS.get(code, {})
+    return {"bits": BitString(length, tuple(Bit(n, names.get(n)) for n in range(length) if value >> (length - 1 - n) & 1))}
+
+
 def metric_of(obs: Observation, mds: MdsInfo, utc_offset: timedelta, received_at: datetime,
               read_at: datetime | None) -> Metric | None:
-    """A Metric, or None for what the neutral model cannot hold yet (enumerations, unknown units)."""
+    """A Metric (numeric, compound, coded or BITs, with its Supplemental-Types), or None for what the neutral
+    model cannot hold yet (strings, unknown units)."""
+    if obs.type is not None and obs.enum_value is not None:
+        time, digits, stamp = metric_time(obs, mds, utc_offset, received_at, read_at)
+        return Metric(code=obs.type, time=time, time_digits=digits, status=_status(obs), stamp=stamp,
+                      supplemental=obs.supplemental, **enumerated_of(obs.type, obs.enum_value, obs.enum_length))
     unit = nom.UNITS.get(obs.unit or -1, (None, None))[1]
     if obs.type is None or unit is None or (obs.value is None and not obs.components):
         return None
     time, digits, stamp = metric_time(obs, mds, utc_offset, received_at, read_at)
     components = tuple(Component(code, n.decimal, unit) for code, n in obs.components if n.decimal is not None)
     return Metric(code=obs.type, time=time, value=obs.value.decimal if obs.value is not None else None,
-                  unit=unit, time_digits=digits, status=_status(obs), components=components, stamp=stamp)
+                  unit=unit, time_digits=digits, status=_status(obs), components=components, stamp=stamp,
+                  supplemental=obs.supplemental)
 
 
 def readings_of(m: Measurements, patient: PatientRef, utc_offset: timedelta, received_at: datetime,
