@@ -118,6 +118,7 @@ def test_blood_pressure_is_a_compound_with_three_metrics(messages):
     rows = {sub_id: row for sub_id, row in obx_rows(messages[1]).items() if sub_id.startswith("1")}
     assert list(rows) == ["1", "1.0.0.1", "1.0.1", "1.0.1.1", "1.0.1.2", "1.0.1.3", "1.0.0.2"]
     assert str(rows["1"][18]) == "B0495F001071^EUI-48"  # no EUI-64: the Bluetooth address
+    assert str(rows["1"][3]) == "528391^MDC_DEV_SPEC_PROFILE_BP^MDC"  # from its metric codes
     assert (str(rows["1.0.1"][3]), str(rows["1.0.1"][2]), str(rows["1.0.1"][11])) == \
            ("150020^MDC_PRESS_BLD_NONINV^MDC", "", "X")
     assert [(str(rows[f"1.0.1.{i}"][3]).split("^")[0], str(rows[f"1.0.1.{i}"][5])) for i in (1, 2, 3)] == \

@@ -93,12 +93,15 @@ def test_the_device_mds_and_its_attribute_rows():
 
 
 def test_attribute_rows_only_for_what_is_known():
-    """A Bluetooth device with only its address: the MDS row alone (a simple MDS, OBX-18 its EUI-48), no
-    system id row; a model without manufacturer keeps the model in component 2."""
+    """A Bluetooth device with only its address: the MDS row alone (OBX-18 its EUI-48), no system id row;
+    its specialization by the rule the FHIR PhdDevice follows (the metric codes', else the generic one); a
+    model without manufacturer keeps the model in component 2."""
     bare = reading(GLUCOSE, system_id=None, bt_address="B0:49:5F:00:10:71")
     rows = {k: v for k, v in obx_rows(render(bare)).items() if k.startswith("1")}
     assert list(rows) == ["1", "1.0.0.1"]
-    assert fields(rows["1"], 3, 18) == ("65573^MDC_MOC_VMS_MDS_SIMP^MDC", "B0495F001071^EUI-48")
+    assert fields(rows["1"], 3, 18) == ("528401^MDC_DEV_SPEC_PROFILE_GLUCOSE^MDC", "B0495F001071^EUI-48")
+    unknown = reading([{"code": 12345, "value": 1, "unit": "%", "time": T}], system_id=None, bt_address="B0:49:5F:00:10:71")
+    assert str(obx_rows(render(unknown))["1"][3]) == "528457^MDC_DEV_SPEC_PROFILE_GENERIC^MDC"
     model_only = reading(GLUCOSE, model="Contour")
     rows = obx_rows(render(model_only))
     assert fields(rows["1.0.0.2"], 3, 5) == ("67880^MDC_ATTR_ID_MODEL^MDC", "^Contour")

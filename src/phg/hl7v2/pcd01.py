@@ -47,7 +47,7 @@ from decimal import Decimal
 
 from phg import mdc
 from phg.errors import MappingError
-from phg.model import MDC_ATTR_TIME_ABS, Device, DeviceClock, Gateway, Metric, Reading
+from phg.model import MDC_ATTR_TIME_ABS, Gateway, Metric, Reading, device_specializations
 
 PCD01_PROFILE = "IHE_PCD_001^IHE PCD^1.3.6.1.4.1.19376.1.6.1.1.1^ISO"
 # IEEE 11073-10101 terms of the MDS attributes the device rows carry (partition 1 attributes: 1 * 65536 + id;
@@ -304,14 +304,14 @@ def _gateway_rows(gateway: Gateway) -> list[str]:
                               software=gateway.software)]
 
 
-def _device_rows(device: Device, clock: DeviceClock | None) -> list[str]:
-    """MDS 1, the device: its (first) specialization, or a simple MDS when it names none, with OBX-18 its
-    EUI-64 (or, without one, its Bluetooth address as EUI-48), then its attributes and the device clock."""
-    if device.specializations:
-        spec = device.specializations[0].code
-        ident = _ident(spec, mdc.SPECIALIZATIONS.get(spec, ("",))[0])
-    else:
-        ident = _ident(mdc.MDC_MOC_VMS_MDS_SIMP, mdc.MDC_MOC_VMS_MDS_SIMP_REF)
+def _device_rows(reading: Reading) -> list[str]:
+    """MDS 1, the device: its specialization as the MDS row's OBX-3 (the first of model.device_specializations,
+    the rule the FHIR PhdDevice follows: what the source reported, else what the metric codes say, else
+    MDC_DEV_SPEC_PROFILE_GENERIC) with OBX-18 its EUI-64 (or, without one, its Bluetooth address as EUI-48),
+    then its attributes and the device clock."""
+    device, clock = reading.device, reading.clock
+    spec = device_specializations(device, reading.metrics)[0].code
+    ident = _ident(spec, mdc.SPECIALIZATIONS.get(spec, ("",))[0])
     if device.system_id:
         equipment = f"{device.system_id}^EUI-64"
     elif device.bt_address:
@@ -329,7 +329,7 @@ def _device_rows(device: Device, clock: DeviceClock | None) -> list[str]:
 
 def _observations(reading: Reading, gateway: Gateway, now: datetime) -> list[str]:
     rows = _gateway_rows(gateway)
-    device_rows = _device_rows(reading.device, reading.clock)
+    device_rows = _device_rows(reading)
     rows += device_rows
     metric_n = len(device_rows) - 1  # the device's attribute rows come first in 1.0.0.n
     chan = 0
