@@ -7,6 +7,7 @@ and credential files readable by others refused."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
@@ -14,13 +15,17 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from nats_cluster import nats_cluster  # noqa: F401  (the fixture)
 from phg.config import QueueSettings, load_config
-from phg.errors import ConfigError
+from phg.delivery import Delivered, DeliveryWorker
+from phg.demo.sim import simulated_readings
+from phg.errors import ConfigError, PermanentDeliveryError, TransientDeliveryError
+from phg.model import PatientRef
 from phg.outbox import DEAD, DELIVERED, INFLIGHT, QUEUED, Outbox, Queue, open_queue
 from phg.outbox.jetstream import JetStreamQueue
 
@@ -224,6 +229,41 @@ def test_a_pause_stops_every_worker_of_the_destination(open_js):
     assert other.lease(DEST, 1, 30) == [] and other.next_due(DEST) > time.time() + 1
     time.sleep(1.6)
     assert len(lease_all(other, 1)) == 1
+
+
+async def test_the_worker_on_jetstream_shares_a_retry_after_and_isolates_the_poison(open_js):
+    """phg.delivery.worker unchanged on JetStream: a 503 with Retry-After pauses every worker of the
+    destination (the other one leases nothing meanwhile), then the batch refused as a whole is split until
+    the reading at fault is alone: it is dead-lettered with the server's reason, the others delivered."""
+    readings_ = simulated_readings(PatientRef("urn:oid:1.2.3", "p1"), datetime(2026, 11, 28, 9, tzinfo=UTC), 4)
+    bad = readings_[5].key
+    worker_queue, other = open_js(), open_js()
+    worker_queue.enqueue(DEST, [(r.key, r.to_json()) for r in readings_])
+
+    class Server:
+        name = DEST
+        answers = [TransientDeliveryError("HTTP 503", retry_after=2.0)]
+
+        async def send(self, batch):
+            if self.answers:
+                raise self.answers.pop(0)
+            if any(r.key == bad for r in batch):
+                raise PermanentDeliveryError("HTTP 400: invalid value", 400)
+            return [Delivered(f"Observation/{r.key[:6]}") for r in batch]
+
+    worker = DeliveryWorker(worker_queue, Server(), batch_size=len(readings_), lease_seconds=10)
+    first = await worker.run(until_idle=True)
+    assert first.retried == len(readings_) and first.delivered == 0
+    assert other.lease(DEST, 50, 10) == []  # paused for every worker
+    await asyncio.sleep(2.1)
+    for _ in range(5):  # until_idle ends when a pull finds nothing: a redelivery may come a pull later
+        second = await worker.run(until_idle=True)
+        if second.delivered + second.dead == len(readings_):
+            break
+    assert second.dead == 1 and second.delivered == len(readings_) - 1  # (the summary counts both runs)
+    [dead] = other.items(DEST, DEAD)
+    assert dead.key == bad and dead.last_error == "HTTP 400: invalid value"
+    assert other.counts(DEST) == {QUEUED: 0, INFLIGHT: 0, DELIVERED: len(readings_) - 1, DEAD: 1}
 
 
 def test_leader_killed_mid_use_acks_are_retried_and_pulls_resume(open_js, nats_cluster):  # noqa: F811

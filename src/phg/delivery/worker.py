@@ -32,7 +32,7 @@ Rules (the delivery paragraph of docs/architecture.md):
 - The worker keeps its destination's live `status` (phg.delivery.status: delivering, backing off until
   when and why, stopped and what to fix, the last delivery) and counts into phg.metrics (delivered,
   rejected, retried, the latency from enqueue to the destination's acceptance).
-Outbox calls are blocking SQLite work, so they run in a thread, off the event loop.
+Queue calls block (an fsync on SQLite, a round trip on JetStream), so they run in a thread, off the event loop.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ from phg.errors import (
     TransientDeliveryError,
 )
 from phg.model import Reading, from_canonical_json
-from phg.outbox import Item, Outbox
+from phg.outbox import Item, Queue
 from phg.terminal import printable
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def _parse(items: Sequence[Item]) -> tuple[Batch, list[tuple[Item, str]]]:
 
 
 class DeliveryWorker:
-    def __init__(self, outbox: Outbox, destination: Destination, *, batch_size: int = 50,
+    def __init__(self, outbox: Queue, destination: Destination, *, batch_size: int = 50,
                  lease_seconds: float = 120.0, max_backoff: float = 300.0, idle_poll: float = 1.0,
                  status: DestinationStatus | None = None):
         self.outbox = outbox
@@ -364,7 +364,7 @@ class DeliveryWorker:
     async def _transient(self, batch: Batch, exc: TransientDeliveryError, isolate: bool) -> None:
         """The destination answered "not now" (408, 429, 5xx, a dropped answer): the batch backs off, or
         the whole destination waits out its Retry-After."""
-        delay = self._delay(exc.retry_after, max(item.attempts for item, _ in batch))
+        delay = await self._delay(exc.retry_after, max(item.attempts for item, _ in batch))
         if exc.detail:
             log.debug("%s: the peer said: %s", self.destination.name, exc.detail)
         if (isolate and len(batch) > 1 and exc.reached and exc.retry_after is None
@@ -382,15 +382,20 @@ class DeliveryWorker:
         await self._report(self.outbox.retry_later, [item for item, _ in batch], delay, error)
         self._retried(len(batch))
 
-    def _delay(self, retry_after: float | None, attempts: int) -> float:
+    async def _delay(self, retry_after: float | None, attempts: int) -> float:
         """Seconds until a retry: the server's Retry-After, for which the whole destination waits (RFC
         9110 section 10.2.3), capped at max_backoff (a misconfigured server must not park readings for
-        a day); else the backoff of the readings' attempts."""
+        a day), every worker of it included (Queue.pause: shared on JetStream); else the backoff of the
+        readings' attempts."""
         if retry_after is None:
             return backoff(attempts, cap=self.max_backoff)
         delay = min(retry_after, self.max_backoff)
         self._resume_at = max(self._resume_at, time.monotonic() + delay)
         self._set_state(BACKING_OFF, "the server asked to wait (Retry-After)", self._resume_at - time.monotonic())
+        try:
+            await asyncio.to_thread(self.outbox.pause, self.destination.name, delay)
+        except StorageError as exc:  # this worker waits all the same; the others learn it from the server
+            log.warning("%s: the Retry-After could not be shared with other workers: %s", self.destination.name, exc)
         return delay
 
     def _set_state(self, state: str, reason: str | None = None, seconds: float | None = None) -> None:
@@ -429,7 +434,7 @@ class DeliveryWorker:
                 if outcome.refusals is not None and item.refusals + 1 >= outcome.refusals:
                     await self._dead([item], f"{outcome.reason} (after {item.refusals + 1} attempts)")
                 else:
-                    delay = self._delay(outcome.retry_after, item.attempts)
+                    delay = await self._delay(outcome.retry_after, item.attempts)
                     await self._report(self.outbox.retry_later, [item], delay, outcome.reason,
                                        outcome.counts_as_refusal)
                     self._retried(1)

@@ -164,7 +164,11 @@ class JetStreamQueue:
 
     def _call(self, work: Awaitable[T], what: str) -> T:
         """Run `work` on the loop and wait (bounded); JetStream failures become StorageError."""
-        future = asyncio.run_coroutine_threadsafe(work, self._loop)  # type: ignore[arg-type]
+        try:
+            future = asyncio.run_coroutine_threadsafe(work, self._loop)  # type: ignore[arg-type]
+        except RuntimeError:  # the loop is closed: a call from a thread that outlived close()
+            work.close()  # type: ignore[attr-defined]
+            raise StorageError(f"{self._where}: {what}: the queue is closed") from None
         try:
             return future.result(CALL_TIMEOUT)
         except _FAILURES as exc:  # (concurrent.futures.TimeoutError is TimeoutError too: which one is it?)
@@ -174,6 +178,15 @@ class JetStreamQueue:
             raise StorageError(f"{self._where}: {what} failed: {type(exc).__name__}: {exc}") from exc
 
     def _stop_loop(self) -> None:
+        """End what still runs on the loop (nats-py's reader and pinger, a pull), then the loop and its thread."""
+        async def cancel_the_rest() -> None:
+            rest = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in rest:
+                task.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(cancel_the_rest(), self._loop).result(REQUEST_TIMEOUT)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
         if not self._thread.is_alive():
