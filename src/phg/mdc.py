@@ -189,7 +189,7 @@ MDC_DEV_SPEC_PROFILE_CGM = 528409
 SPECIALIZATIONS[MDC_DEV_SPEC_PROFILE_CGM] = ("MDC_DEV_SPEC_PROFILE_CGM", "Continuous Glucose Monitor")
 
 # ---------------------------------------------------------------- status bits, context codes, supplemental types
-# (issue 17; the FHIR mapping is phg.fhir.enumerations, the rules in docs/fhir-mapping.md "Status, context and
+# (issue 17; the FHIR mapping is phg.fhir.enumerations, the rules in README.md "Status, context and
 # supplemental types".) MDC_PART_PHD_DM (128) terms from the IEEE 11073-10417/-10425 nomenclature (the Continua
 # nomenclature headers, e.g. signove/antidote src/specializations/glucometer.h): 32-bit code = 128 * 65536 + term.
 MEASUREMENTS.update({
