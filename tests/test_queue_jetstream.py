@@ -294,9 +294,24 @@ def test_leader_killed_mid_use_acks_are_retried_and_pulls_resume(open_js, nats_c
     assert queue.lease(DEST, 10, 30) == []
 
 
+def test_inspect_reports_the_server_streams_and_consumers(open_js):
+    queue = open_js()
+    queue.enqueue(DEST, readings(2))
+    lease_all(queue, 1, lease_seconds=7)
+    found = queue.inspect([DEST, "lab"])
+    assert found.server_version.count(".") == 2 and found.connected_url.startswith("nats://127.0.0.1:")
+    assert [(s.name, s.replicas) for s in found.streams] == [(queue.stream, 3), (queue.dead_stream, 3)]
+    assert found.streams[0].messages == 2 and found.streams[0].leader is not None
+    fhir, lab = found.consumers
+    assert (fhir.exists, fhir.pending, fhir.ack_pending, fhir.ack_wait) == (True, 1, 1, 7.0)
+    assert not lab.exists and lab.pending is None
+
+
 def test_an_old_server_is_named_in_a_warning(open_js, caplog):
     with caplog.at_level(logging.WARNING, logger="phg.outbox.jetstream"):
-        open_js()
+        queue = open_js()
+    if queue.inspect([]).server_supported:
+        pytest.skip("this nats-server is 2.10.14 or newer")
     assert any("2.10.14" in r.getMessage() for r in caplog.records)
 
 

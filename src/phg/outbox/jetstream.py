@@ -124,6 +124,40 @@ class _Lease:
     ack_wait: float
 
 
+@dataclass(frozen=True)
+class StreamReport:
+    """One of phg's streams as JetStream reports it (for `phg doctor`)."""
+
+    name: str
+    replicas: int
+    messages: int
+    bytes: int
+    leader: str | None  # the server name of its leader; None while there is none
+
+
+@dataclass(frozen=True)
+class ConsumerReport:
+    """A destination's durable consumer: None fields when no worker has leased from it yet."""
+
+    destination: str
+    exists: bool
+    pending: int | None = None  # never handed out
+    ack_pending: int | None = None  # handed out, not settled
+    ack_wait: float | None = None  # the lease, in seconds
+    paused_until: float | None = None  # a shared Retry-After (wall clock), if one runs
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """What `JetStreamQueue.inspect` found: the server, phg's streams, and each destination's consumer."""
+
+    server_version: str
+    server_supported: bool  # at least MIN_SERVER (module docstring: deduplication across node restarts)
+    connected_url: str
+    streams: tuple[StreamReport, ...]
+    consumers: tuple[ConsumerReport, ...]
+
+
 @dataclass
 class _Consumer:
     ack_wait: float
@@ -773,6 +807,32 @@ class JetStreamQueue:
 
     def activity(self, ends: Sequence[float], step: float) -> list[tuple[str, float, int, int]]:
         return []
+
+    def inspect(self, destinations: Sequence[str]) -> Inspection:
+        """The server's version and the connection, phg's two streams (replicas, size, leader) and the
+        consumer of each of `destinations`: read-only, for `phg doctor`."""
+        for name in destinations:
+            self._check(name)
+        return self._call(self._inspect(list(destinations)), "inspecting JetStream")
+
+    async def _inspect(self, destinations: list[str]) -> Inspection:
+        version = self._nc.connected_server_version
+        streams = []
+        for name in (self.stream, self.dead_stream):
+            info = await self._js.stream_info(name)
+            streams.append(StreamReport(name, info.config.num_replicas or 1, info.state.messages, info.state.bytes,
+                                        info.cluster.leader if info.cluster is not None else None))
+        consumers = []
+        for name in destinations:
+            info = await self._consumer_info(name)
+            paused = await self._paused_until(name, None)
+            consumers.append(ConsumerReport(name, False, paused_until=paused) if info is None else ConsumerReport(
+                name, True, info.num_pending or 0, info.num_ack_pending or 0, info.config.ack_wait, paused))
+        url = self._nc.connected_url
+        return Inspection(f"{version.major}.{version.minor}.{version.patch}",
+                          (version.major, version.minor, version.patch) >= MIN_SERVER,
+                          f"{url.scheme}://{url.hostname}:{url.port}" if url is not None else "",
+                          tuple(streams), tuple(consumers))
 
     # -------------------------------------------------------------------------------- lifetime
 
