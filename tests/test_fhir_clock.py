@@ -370,3 +370,24 @@ def test_ieee11073_relative_time_is_its_ticks(time, expected):
     assert placed.time != unplaced.time
     assert identifier_times([placed]) == identifier_times([unplaced]) == [expected]
     assert identifier_times([placed], "1.1.0") == [str(time[1])]
+
+
+def test_a_measurement_queued_before_the_upgrade_is_recognised_after_it(tmp_path):
+    """Stored readings written before Metric.stamp carry no time_kind (UTC with the written offset); the same
+    Bluetooth measurement fetched again after the upgrade is local. The outbox key leaves the stamp out, so
+    the Intake recognises it and does not queue (and send, under a new identifier) a second copy."""
+    from phg.intake import Intake
+    from phg.outbox import Outbox
+
+    (metric,) = ble_metrics(0x2A1C, THERMOMETER_IG_TIME, timedelta(hours=1))
+    after = Reading(Device(bt_address="00-1C-05-FF-E8-74"), PatientRef(PATIENT["system"], PATIENT["value"]), (metric,))
+    old_document = after.to_document()
+    del old_document["metrics"][0]["time_kind"]  # the text a gateway before this change stored
+    before = parse_reading(old_document)
+    assert before.metrics[0].stamp != after.metrics[0].stamp
+    assert conditional_identifier(before, before.metrics[0]) != conditional_identifier(after, after.metrics[0])
+    with Outbox(tmp_path / "o.sqlite") as outbox:
+        intake = Intake(outbox, ["fhir"])
+        assert intake.store([before]).fresh
+        assert intake.has(after)
+        assert not intake.store([after]).fresh

@@ -293,9 +293,15 @@ class Reading:
         """Content hash of the canonical JSON without the device clock: the same measurement handed
         over twice, even in two sessions that read the device clock at different times (a Bluetooth
         cuff re-sending an unconfirmed indication, an 11073 agent re-sending an unacknowledged
-        report), has the same key, so it is one outbox item and one HL7 v2 control id (MSH-10)."""
+        report), has the same key, so it is one outbox item and one HL7 v2 control id (MSH-10).
+        Nor how its time was reported (Metric.stamp): a measurement queued before phg knew its clock's
+        kind, fetched again after an upgrade, is recognised, not queued and sent a second time."""
         document = self.to_document()
         document.pop("clock", None)
+        for metric in document["metrics"]:
+            if metric.keys() & _STAMP_KEYS:
+                for name in _STAMP_KEYS:
+                    metric.pop(name, None)
         return hashlib.sha256(json.dumps(document, sort_keys=True, separators=(",", ":"),
                                          ensure_ascii=False).encode()).hexdigest()
 
