@@ -16,12 +16,12 @@ from phg.delivery import DeliveryWorker, Summary
 from phg.delivery.registry import open_destinations
 from phg.delivery.status import DestinationStatus
 from phg.errors import AuthError, ConfigError, PhgError
-from phg.outbox import Outbox
+from phg.outbox import Queue
 
 log = logging.getLogger(__name__)
 
 
-async def deliver(config: Config, outbox: Outbox, *, until_idle: bool, stop: asyncio.Event | None = None,
+async def deliver(config: Config, outbox: Queue, *, until_idle: bool, stop: asyncio.Event | None = None,
                   statuses: Mapping[str, DestinationStatus] | None = None,
                   workers: list[DeliveryWorker] | None = None) -> Summary:
     """Deliver what the outbox holds, one worker per destination, side by side. A destination whose
@@ -56,7 +56,7 @@ async def deliver(config: Config, outbox: Outbox, *, until_idle: bool, stop: asy
     return total
 
 
-async def run_gateway(config: Config, outbox: Outbox, stop: asyncio.Event, *, ble_backend: Any = None,
+async def run_gateway(config: Config, outbox: Queue, stop: asyncio.Event, *, ble_backend: Any = None,
                       role: str | None = None) -> Summary:
     """`phg run`: delivery to every destination, every configured source (phg.sources.supervisor) and,
     with [api], the service (phg.service.server), side by side until `stop` is set; then the server

@@ -97,7 +97,7 @@ def fetch(obj: Context, address: str, patient: PatientRef | None, timeout: float
     patient = patient or config.patient
     if patient is None:
         raise click.UsageError("whose readings are these? give --patient SYSTEM|VALUE or set [patient] in the config")
-    outbox = obj.outbox()
+    outbox = obj.queue(config)
     try:
         result = _with_radio(emulated, lambda b: ble_fetch(
             address, intake=Intake(outbox, config.destination_names, view=open_view(config.view), routes=config.routes),

@@ -1,4 +1,4 @@
-"""What every phg command shares: the context (config, outbox), the exit codes, one failure path,
+"""What every phg command shares: the context (config, queue), the exit codes, one failure path,
 and the group that turns phg's errors into one line."""
 
 from __future__ import annotations
@@ -24,11 +24,18 @@ class Context:
 
         return load_config(self.config_path, flags=self.flags)
 
-    def outbox(self):
-        from phg.outbox import Outbox
+    def queue(self, config=None):
+        """The configured queue ([queue] engine: the SQLite outbox file, or JetStream), open."""
+        from phg.outbox import open_queue
 
-        config = self.config()
-        return Outbox(config.outbox_path, keep_delivered=config.keep_delivered)
+        return open_queue(config or self.config())
+
+
+def queue_name(config) -> str:
+    """Where readings queue, for a person: the outbox file, or JetStream's servers and prefix."""
+    if config.queue.engine == "jetstream":
+        return f"JetStream {', '.join(config.queue.servers)} (prefix {config.queue.prefix})"
+    return str(config.outbox_path)
 
 
 def fail(message: str, code: int) -> NoReturn:

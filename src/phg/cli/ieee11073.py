@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from phg.cli.common import EXIT_CONFIG, fail
+from phg.cli.common import EXIT_CONFIG, fail, queue_name
 from phg.cli.options import patient_option, utc_offset_option
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ def ieee11073() -> None:
 @click.option("--patient-system", hidden=True, is_eager=True, expose_value=False, callback=_legacy_patient_system,
               help="Deprecated: give --patient SYSTEM|VALUE.")
 @click.option("--outbox", "outbox_path", type=click.Path(path_type=Path), default=None,
-              help="Outbox file (default: the configured outbox).")
+              help="Outbox file (default: the configured queue, [queue] engine).")
 @click.option("--configs", "configs_path", type=click.Path(path_type=Path), default=None,
               help="JSON file remembering agents' extended configurations.")
 @utc_offset_option("The UTC offset of the agents' local clocks (default: this computer's current offset).")
@@ -47,7 +47,7 @@ def listen(ctx: click.Context, port: int, host: str, patient: PatientRef | None,
            configs_path: Path | None, utc_offset: timedelta | None, max_connections: int) -> None:
     """Run the manager: accept agents on TCP PORT and queue their readings."""
     from phg.intake import Intake
-    from phg.outbox import Outbox
+    from phg.outbox import Outbox, open_queue
     from phg.sources.ieee11073.configs import FileConfigStore, MemoryConfigStore
     from phg.sources.ieee11073.tcp import ManagerSettings, run_tcp_manager
     from phg.viewstore import open_view
@@ -57,8 +57,7 @@ def listen(ctx: click.Context, port: int, host: str, patient: PatientRef | None,
     patient = patient or (config.patient if config is not None else None)
     if patient is None:
         raise click.UsageError("whose readings are these? give --patient SYSTEM|VALUE or set [patient] in the config")
-    outbox_path = outbox_path or (config.outbox_path if config is not None else None)
-    if outbox_path is None:
+    if outbox_path is None and config is None:
         raise click.UsageError("give --outbox (or run as `phg 11073 listen` with a config)")
     from phg.transport import is_loopback
 
@@ -70,9 +69,9 @@ def listen(ctx: click.Context, port: int, host: str, patient: PatientRef | None,
                                store=FileConfigStore(configs_path) if configs_path else MemoryConfigStore(),
                                max_connections=max_connections)
     destinations = config.destination_names if config is not None else ["fhir"]
-    with Outbox(outbox_path) as outbox:
+    with Outbox(outbox_path) if outbox_path is not None else open_queue(config) as outbox:
         click.echo(f"listening for IEEE 11073-20601 agents on {host}:{port}; their readings queue in "
-                   f"{outbox_path} (Ctrl-C stops)", err=True)
+                   f"{outbox_path or queue_name(config)} (Ctrl-C stops)", err=True)
         try:
             view = open_view(config.view) if config is not None else None
             routes = config.routes if config is not None else ()

@@ -1,4 +1,6 @@
-"""`phg queue ls|show|retry|purge`: look into and repair the outbox. Times are ISO 8601 (UTC)."""
+"""`phg queue ls|show|retry|purge`: look into and repair the queue, on either engine ([queue] engine: the
+SQLite outbox or JetStream, whose answers differ where it keeps less: phg.outbox.jetstream, "What it cannot
+answer"). Times are ISO 8601 (UTC)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from phg.cli.output import JSON_OPTION, iso, print_json
 
 @click.group()
 def queue() -> None:
-    """Show and repair the outbox."""
+    """Show and repair the queue."""
 
 
 def describe(payload: str) -> tuple[str, str]:
@@ -47,9 +49,9 @@ def _row(item: Any) -> dict[str, Any]:
 def queue_ls(obj: Context, state: str | None, limit: int, as_json: bool) -> None:
     """List queued items: id, destination, state, attempts, created, patient, what was measured, last
     error (no measured values)."""
-    outbox = obj.outbox()
-    counts = outbox.counts()
-    rows = [_row(item) for item in outbox.items(state=state, limit=limit)]
+    with obj.queue() as outbox:
+        counts = outbox.counts()
+        rows = [_row(item) for item in outbox.items(state=state, limit=limit)]
     if as_json:
         print_json({"counts": counts, "items": rows})
         return
@@ -80,9 +82,10 @@ def queue_show(obj: Context, item_id: int, as_json: bool) -> None:
 
     from phg.terminal import printable
 
-    item = obj.outbox().get(item_id)
+    with obj.queue() as outbox:
+        item = outbox.get(item_id)
     if item is None:
-        fail(f"no outbox item {item_id}", EXIT_INPUT)
+        fail(f"no queue item {item_id} (a delivered reading keeps no item on JetStream)", EXIT_INPUT)
     data = asdict(item) | {"created": iso(item.created), "updated": iso(item.updated),
                            "next_attempt": iso(item.next_attempt), "payload": json.loads(item.payload)}
     data.pop("lease")  # a token of the process that leased it: nothing a person or a script can use
@@ -102,14 +105,15 @@ def queue_show(obj: Context, item_id: int, as_json: bool) -> None:
 @click.pass_obj
 def queue_retry(obj: Context, item_id: int, deliver_now: bool) -> None:
     """Queue a dead item again (after fixing what the server complained about)."""
-    outbox = obj.outbox()
-    if not outbox.retry(item_id):
-        fail(f"outbox item {item_id} does not exist or is delivered", EXIT_INPUT)
-    click.echo(f"item {item_id} queued")
-    if deliver_now:
-        from phg.cli.readings import deliver_until_idle
+    config = obj.config()
+    with obj.queue(config) as outbox:
+        if not outbox.retry(item_id):
+            fail(f"queue item {item_id} does not exist or is delivered", EXIT_INPUT)
+        click.echo(f"item {item_id} queued")
+        if deliver_now:
+            from phg.cli.readings import deliver_until_idle
 
-        sys.exit(deliver_until_idle(obj.config(), outbox, {}, as_json=False))
+            sys.exit(deliver_until_idle(config, outbox, {}, as_json=False))
 
 
 @queue.command("purge")
@@ -121,8 +125,11 @@ def queue_purge(obj: Context, dead: bool, delivered: bool) -> None:
     """Remove dead items and/or delivered readings for good."""
     if not (dead or delivered):
         raise click.UsageError("say what to purge: --dead, --delivered or both")
-    outbox = obj.outbox()
-    if dead:
-        click.echo(f"removed {outbox.purge_dead()} dead item(s)")
-    if delivered:
-        click.echo(f"erased the readings of {outbox.purge_delivered()} delivered item(s)")
+    config = obj.config()
+    with obj.queue(config) as outbox:
+        if dead:
+            click.echo(f"removed {outbox.purge_dead()} dead item(s)")
+        if delivered:
+            erased = outbox.purge_delivered()
+            kept = " (JetStream keeps no delivered reading: nothing to erase)" if config.queue.engine == "jetstream" else ""
+            click.echo(f"erased the readings of {erased} delivered item(s){kept}")

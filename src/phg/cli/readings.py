@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from phg.cli.common import EXIT_CONFIG, EXIT_INPUT, EXIT_TEMPFAIL, Context, fail
+from phg.cli.common import EXIT_CONFIG, EXIT_INPUT, EXIT_TEMPFAIL, Context, fail, queue_name
 from phg.cli.output import JSON_OPTION, print_json, progress
 from phg.errors import AuthError, ConfigError, StorageError
 
@@ -99,8 +99,8 @@ def send(obj: Context, files: tuple[str, ...], no_deliver: bool, as_json: bool) 
     """Queue the readings in FILES (or - for stdin) durably, then deliver what is due.
 
     With [[routes]], a reading no route matches is refused (exit 1) and the others are queued.
-    Exit 74 (EX_IOERR) when the outbox cannot store them (disk full, read-only, not an outbox):
-    nothing of this call was queued, the source must keep its readings."""
+    Exit 74 (EX_IOERR) when the queue cannot store them (disk full, read-only, not an outbox, JetStream
+    unreachable): the source must keep its readings and send them again (what was stored is recognised)."""
     from phg.intake import Intake, Stored, Unrouted, route
     from phg.viewstore import open_view
 
@@ -111,18 +111,21 @@ def send(obj: Context, files: tuple[str, ...], no_deliver: bool, as_json: bool) 
 
     readings, errors = read_readings(files, unrouted if config.routes else None)
     try:
-        outbox = obj.outbox()
+        outbox = obj.queue(config)
         intake = Intake(outbox, config.destination_names, view=open_view(config.view),  # [view]: kept for the view too
                         routes=config.routes)
         stored = intake.store(readings) if readings else Stored(0, 0)
     except StorageError as exc:
-        fail(f"{exc}\nnothing was queued: {len(readings)} reading(s) not stored; send them again once the "
-             "outbox is writable", EXIT_IOERR)
-    summary: dict[str, Any] = {"outbox": str(config.outbox_path), "queued": stored.new, "dropped": stored.known,
+        if config.queue.engine == "sqlite" and not config.routes:  # one transaction: all or nothing
+            fail(f"{exc}\nnothing was queued: {len(readings)} reading(s) not stored; send them again once the "
+                 "outbox is writable", EXIT_IOERR)
+        fail(f"{exc}\n{len(readings)} reading(s) not all stored; send them again once the queue is writable "
+             "(those already stored are recognised, not queued twice)", EXIT_IOERR)
+    summary: dict[str, Any] = {"outbox": queue_name(config), "queued": stored.new, "dropped": stored.known,
                                "refused": errors}
     if not as_json:
         dropped = f" ({stored.known} already queued or repeated: dropped)" if stored.known else ""
-        click.echo(f"queued {stored.new} reading(s) in {config.outbox_path}{dropped}"
+        click.echo(f"queued {stored.new} reading(s) in {queue_name(config)}{dropped}"
                    + (f", refused {len(errors)}" if errors else ""))
     code = EXIT_INPUT if errors else 0
     if not no_deliver and not config.deliverable:
@@ -133,6 +136,7 @@ def send(obj: Context, files: tuple[str, ...], no_deliver: bool, as_json: bool) 
     if not no_deliver:
         delivered = deliver_until_idle(config, outbox, summary, as_json)
         code = code or delivered  # refused input says so even when the rest waits in the queue (75)
+    outbox.close()
     if as_json:
         print_json(summary)
     sys.exit(code)
@@ -203,7 +207,7 @@ def _run(work: Any) -> Any:
         told = any(error is exc for error in shown.errors)
         fail(("" if told else f"{exc}\n") + "delivery stopped; the queue is intact", EXIT_CONFIG)
     except StorageError as exc:  # only a run until idle gets here; `phg run` waits for the disk instead
-        fail(f"{exc}\ndelivery stopped: the outbox cannot record it; what is queued stays queued "
+        fail(f"{exc}\ndelivery stopped: the queue cannot record it; what is queued stays queued "
              "(a reading sent meanwhile is sent again later, harmlessly)", EXIT_IOERR)
     finally:
         logging.getLogger("phg").removeHandler(shown)
@@ -226,9 +230,9 @@ def run(obj: Context, role: str | None, as_json: bool) -> None:
     if not logging.getLogger().isEnabledFor(logging.INFO):
         logging.getLogger().setLevel(logging.INFO)
         logging.getLogger("httpx").setLevel(logging.WARNING)
-    outbox = obj.outbox()
     summary: dict[str, Any] = {}
-    code = report(_run(lambda stop: run_gateway(config, outbox, stop)), outbox, summary, as_json)
+    with obj.queue(config) as outbox:
+        code = report(_run(lambda stop: run_gateway(config, outbox, stop)), outbox, summary, as_json)
     if as_json:
         print_json(summary)
     sys.exit(0 if code == EXIT_TEMPFAIL else code)  # what waits is for the next run
@@ -250,10 +254,10 @@ def simulate(obj: Context, no_deliver: bool, as_json: bool) -> None:
 
     config = obj.config()
     patient = config.patient or PatientRef("urn:oid:1.2.3.4.5", "demo-patient-001")
-    outbox = obj.outbox()
+    outbox = obj.queue(config)
     fetched = asyncio.run(collect_emulated(Intake(outbox, config.destination_names, view=open_view(config.view),
                                                   routes=config.routes), patient))
-    summary: dict[str, Any] = {"outbox": str(config.outbox_path), "devices": len(fetched),
+    summary: dict[str, Any] = {"outbox": queue_name(config), "devices": len(fetched),
                                "queued": sum(f.readings for f in fetched)}
     if not as_json:
         click.echo(f"queued {summary['queued']} reading(s) from {len(fetched)} emulated devices")

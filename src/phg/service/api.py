@@ -97,9 +97,11 @@ async def ingest(request: Request) -> Response:
             ctx.wake()
         results = await asyncio.to_thread(_results, ctx, parsed, stored)
     except StorageError:
-        raise Refusal(503, "Queue not writable", "the gateway cannot store readings now (its queue is full or "
-                      "read-only); nothing of this request was stored: send it again later",
-                      {"Retry-After": str(RETRY_AFTER)}) from None
+        atomic = ctx.config.queue.engine == "sqlite" and not ctx.config.routes  # one transaction: all or nothing
+        raise Refusal(503, "Queue not writable", "the gateway cannot store readings now (its queue is full, "
+                      "read-only or unreachable); " + ("nothing of this request was stored" if atomic else
+                      "not all of this request was stored (what was is recognised when sent again)") +
+                      ": send it again later", {"Retry-After": str(RETRY_AFTER)}) from None
     return JSONResponse({"results": results, "queued": stored.new, "duplicates": stored.known,
                          "refused": len(parsed) - len(readings)}, 202)
 

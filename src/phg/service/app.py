@@ -22,7 +22,7 @@ from starlette.applications import Starlette
 from phg.config import Config
 from phg.delivery.status import DestinationStatus
 from phg.intake import Intake
-from phg.outbox import Outbox
+from phg.outbox import Queue
 from phg.service.smart import SmartSessions
 from phg.viewstore import ViewStore
 
@@ -34,7 +34,7 @@ class ServiceContext:
     readings were queued (an idle worker sends them at once, not at its next poll)."""
 
     config: Config
-    outbox: Outbox
+    outbox: Queue  # either engine ([queue] engine)
     intake: Intake
     statuses: Mapping[str, DestinationStatus] = field(default_factory=dict)
     wake: Callable[[], object] = lambda: None

@@ -24,7 +24,7 @@ from starlette.routing import BaseRoute, Route
 
 from phg import mdc
 from phg.delivery.status import BACKING_OFF, STOPPED, DestinationStatus
-from phg.outbox import DEAD, INFLIGHT, QUEUED, Item, Outbox
+from phg.outbox import DEAD, INFLIGHT, QUEUED, Item, Queue
 from phg.service.charts import Series, line_chart
 from phg.service.readings import Seen, devices, readings, stamp
 
@@ -111,7 +111,7 @@ def last_values(seen: Seen) -> str:
     return ", ".join(f"{name(code)} {value} {_unit(unit)}".rstrip() for code, value, unit, _ in _values(seen))
 
 
-def queue_charts(outbox: Outbox, names: Sequence[str], now: float) -> dict[str, str]:
+def queue_charts(outbox: Queue, names: Sequence[str], now: float) -> dict[str, str]:
     """Per destination, a chart of its waiting items and its deliveries per interval over the last hour."""
     ends = [now - HOUR + STEP * (i + 1) for i in range(int(HOUR // STEP))]
     waiting: dict[str, list[tuple[float, float]]] = defaultdict(list)
@@ -126,7 +126,7 @@ def queue_charts(outbox: Outbox, names: Sequence[str], now: float) -> dict[str, 
             for name in names}
 
 
-def destination(name: str, status: DestinationStatus | None, outbox: Outbox) -> Destination:
+def destination(name: str, status: DestinationStatus | None, outbox: Queue) -> Destination:
     """A destination's row; `status` is None when no delivery worker runs for it in this process."""
     if status is None:
         return Destination(name, "", "unknown", state_text(None), outbox.counts(name), None)

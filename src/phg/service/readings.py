@@ -23,7 +23,7 @@ from starlette.routing import BaseRoute, Route
 
 from phg.errors import ReadingError
 from phg.model import Reading, from_canonical_json
-from phg.outbox import Outbox
+from phg.outbox import Queue
 
 if TYPE_CHECKING:
     from phg.service.app import ServiceContext
@@ -85,12 +85,12 @@ def _seen(rows: list[tuple[float, str]]) -> list[Seen]:
     return seen
 
 
-def devices(outbox: Outbox) -> list[Seen]:
+def devices(outbox: Queue) -> list[Seen]:
     """Each device seen, with its newest reading, most recently heard from first."""
     return _seen(outbox.latest_per_device())
 
 
-def readings(outbox: Outbox, patient: tuple[str, str] | None = None, since: datetime | None = None,
+def readings(outbox: Queue, patient: tuple[str, str] | None = None, since: datetime | None = None,
              limit: int = 1000) -> list[Seen]:
     """Kept readings, newest stored first (of one patient when given), with a metric at or after `since`."""
     return [seen for seen in _seen(outbox.kept_payloads(patient, limit))
