@@ -10,8 +10,13 @@ real FHIR server (sekmet-fhir) storing the meal context a clinician reads.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import httpx
 import pytest
@@ -33,6 +38,7 @@ EST, EDT = timedelta(hours=-5), timedelta(hours=-4)
 RECEIVED = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 V2 = VECTORS / "phd" / "v2.0.0"
 V1 = VECTORS / "phd" / "v1.1.0"
+VALIDATE = VECTORS.parent / "tools" / "phd-validate" / "validate.sh"
 
 
 def example(path) -> dict:
@@ -341,3 +347,55 @@ def test_11073_enumerations_become_coded_and_bits_metrics():
     pulse = metric_of(Observation(4, 149530, 2720, value=MderNumber(480, -1, width=2), time=stamp, supplemental=(150588,)),
                       mds, EDT, RECEIVED, None)
     assert (pulse.supplemental, str(pulse.value)) == ((150588,), "48.0")
+
+
+# ---------------------------------------------------------------- conformance of the new Observations
+
+
+def status_context_readings() -> list[Reading]:
+    """One reading of each new kind, from its source: Bluetooth BP, glucose (+ context), PLX spot-check and
+    continuous (fast/slow), CGM with their status; a document with every key."""
+    def ble(uuid: int, hex_: str, **kw) -> list[Metric]:
+        return to_metrics(decode(uuid, bytes.fromhex(hex_)), utc_offset=EST, received=RECEIVED, **kw)
+
+    collector = Collector(Device(system_id="00601900010E9234"), PATIENT, None, EDT)
+    collector.feed(0x2A18, bytes.fromhex("1A 0700 E1070602 0F0223 63B0 11 0100"))
+    collector.feed(0x2A34, bytes.fromhex("06 0700 01 12"))  # preprandial; tester health care professional, health minor
+    start = decode(0x2AAA, bytes.fromhex("EA070B1C080000 04 00"))
+    return [*collector.take(),
+            reading_of(ble(0x2A35, "16 7800 5000 5D00 E2070B0B13 0730 3C00 2100"), "74E8FFFEFF051C00", EST),
+            reading_of(ble(0x2A5E, "05 6100 E0F1 E2070B0B130730 382100"), "74E8FFFEFF051C00", EST),
+            reading_of(ble(0x2A5F, "0B 6100 E0F1 6200 DCF1 6000 D2F1 382100"), "74E8FFFEFF051C00", EST, clock=False),
+            reading_of(ble(0x2AA7, "09 E0 7800 0500 01 08 04", session_start=start), "74E8FFFEFF051C00", EST),
+            parse_reading(DOC | {"metrics": [
+                {"code": 160184, "value": "99", "unit": "mg/dL", "time": T},
+                {"code": 8417864, "coded": 8417876, "time": T, "derived_from": 0},
+                {"code": 8417752, "bits": {"length": 16, "bits": [{"bit": 2}, {"bit": 3, "set": False}]}, "time": T,
+                 "derived_from": 0, "status": ["test-data"]},
+                {"code": 8417864, "coded": 8417868, "time": T, "status": ["invalid"]}]})]
+
+
+def test_the_readings_hold_every_new_kind():
+    metrics = [m for r in status_context_readings() for m in r.metrics]
+    assert {m.code for m in metrics if m.bits} == {8410608, 8417752, 150604, 8418060}
+    assert {m.code for m in metrics if m.coded} == {8417864, 8417844, 8417884, 8417820}
+    assert {c for m in metrics for c in m.supplemental} == {150580, 150584, 150588}
+
+
+@pytest.mark.parametrize("ig_version", ["2.0.0", "1.1.0"])
+def test_the_new_observations_conform(ig_version, tmp_path):
+    """../shared/tools/phd-validate over them: every resource of the Bundle conforms to its PHD profile."""
+    if shutil.which("node") is None:
+        if os.environ.get("PHG_REQUIRE_BROWSER"):
+            pytest.fail("node is required (PHG_REQUIRE_BROWSER is set) for ../shared/tools/phd-validate")
+        pytest.skip("node is not installed: the PHD profile validator cannot run")
+    folder = tmp_path / "readings"
+    folder.mkdir()
+    (folder / "status-context.json").write_text(json.dumps([r.to_document() for r in status_context_readings()]))
+    env = {**os.environ, "HOME": str(tmp_path), "PHD_VALIDATE_CACHE": os.environ.get(
+        "PHD_VALIDATE_CACHE", os.path.expanduser("~/.cache/phd-validate"))}
+    done = subprocess.run([str(VALIDATE), str(Path(sys.executable).with_name("phg")), "--readings", str(folder),
+                           "--ig", ig_version, "--errors-only"], capture_output=True, text=True, env=env, timeout=300)
+    *issues, verdict = done.stdout.strip().splitlines() or [""]
+    n, _, m = verdict.partition(" ")[0].partition("/")
+    assert done.returncode == 0 and n == m and int(m) > 20, "\n".join(issues + [verdict, done.stderr])
