@@ -16,11 +16,11 @@ def test_decode_blood_pressure_vector() -> None:
     out = json.loads(result.output)
     assert out["characteristic"] == "0x2A35 Blood Pressure Measurement"
     assert out["decoded"]["systolic"] == "116" and out["decoded"]["timestamp"]["iso"] == "2026-11-28T08:00:00"
-    assert out["metrics"] == [
+    assert out["metrics"] == [  # a Bluetooth Date Time is local wall time; +01:00 is the gateway's (issue 17)
         {"code": 150020, "time": "2026-11-28T08:00:00+01:00", "unit": "mm[Hg]", "components": [
             {"code": 150021, "value": "116", "unit": "mm[Hg]"}, {"code": 150022, "value": "71", "unit": "mm[Hg]"},
-            {"code": 150023, "value": "86", "unit": "mm[Hg]"}]},
-        {"code": 149546, "time": "2026-11-28T08:00:00+01:00", "value": "62", "unit": "/min"},
+            {"code": 150023, "value": "86", "unit": "mm[Hg]"}], "time_kind": "local"},
+        {"code": 149546, "time": "2026-11-28T08:00:00+01:00", "value": "62", "unit": "/min", "time_kind": "local"},
     ]
 
 
