@@ -1,7 +1,8 @@
 """Roles (issue 15): `phg run --role intake` takes readings (the API here) and delivers none; `phg run
 --role worker` delivers and serves only /healthz, /readyz and /metrics; an intake process and a worker
 process on one queue, started in either order, deliver everything, each reading on the server once.
-Real processes, a real sekmet-fhir."""
+Real processes, a real sekmet-fhir, on both engines: the SQLite outbox file and a 3-node JetStream
+cluster (tests/nats_cluster.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from nats_cluster import nats_cluster  # noqa: F401  (a fixture: the JetStream engine's cluster)
 from phg.config import load_config
 from phg.demo.peers import free_port
 from phg.demo.sim import simulated_readings
@@ -25,12 +27,26 @@ from test_flow_fhir import START, matches
 PHG = str(Path(sys.executable).parent / "phg")
 
 
-def write_config(tmp_path: Path, base: str, port: int) -> Path:
+ENGINES = ["sqlite", "jetstream"]
+
+
+def queue_table(request: pytest.FixtureRequest, engine: str) -> str:
+    """The [queue] table of `engine`: nothing for SQLite (the [outbox] file), else the test's 3-node JetStream
+    cluster with replicated streams and a prefix of this test's own."""
+    if engine == "sqlite":
+        return ""
+    cluster = request.getfixturevalue("nats_cluster")
+    servers = ", ".join(f'"{url}"' for url in cluster.urls)
+    return (f'[queue]\nengine = "jetstream"\nservers = [{servers}]\nstream_replicas = 3\n'
+            f'prefix = "t{uuid.uuid4().hex[:12]}"\n')
+
+
+def write_config(tmp_path: Path, base: str, port: int, queue: str = "") -> Path:
     """One config for every process: the queue, the FHIR server, [api] on `port` (a process given
     PHG_API_LISTEN listens elsewhere)."""
     path = tmp_path / "phg.toml"
     path.write_text(f'[fhir]\nbase_url = "{base}"\ntimeout = 5\n[outbox]\npath = "{tmp_path / "outbox.sqlite"}"\n'
-                    f'[delivery]\nlease_seconds = 5\n[api]\nlisten = "127.0.0.1:{port}"\n')
+                    f'[delivery]\nlease_seconds = 5\n[api]\nlisten = "127.0.0.1:{port}"\n{queue}')
     return path
 
 
@@ -107,9 +123,11 @@ def readings(n_per_device: int) -> list:
 
 
 @pytest.mark.peers
-async def test_an_intake_process_and_a_worker_process_on_one_queue_deliver_everything(sekmet, tmp_path):
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_an_intake_process_and_a_worker_process_on_one_queue_deliver_everything(engine, request, sekmet,
+                                                                                      tmp_path):
     intake_port, worker_port = free_port(), free_port()
-    config = write_config(tmp_path, sekmet.base_url, intake_port)
+    config = write_config(tmp_path, sekmet.base_url, intake_port, queue_table(request, engine))
     first, second = readings(10), readings(10)  # 50 readings each
     async with Process(config, "intake", intake_port) as intake:
         await post(intake.url, [r.to_document() for r in first])
@@ -130,9 +148,10 @@ async def test_an_intake_process_and_a_worker_process_on_one_queue_deliver_every
 
 
 @pytest.mark.peers
-async def test_a_worker_started_first_delivers_what_a_later_intake_takes(sekmet, tmp_path):
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_a_worker_started_first_delivers_what_a_later_intake_takes(engine, request, sekmet, tmp_path):
     intake_port, worker_port = free_port(), free_port()
-    config = write_config(tmp_path, sekmet.base_url, intake_port)
+    config = write_config(tmp_path, sekmet.base_url, intake_port, queue_table(request, engine))
     batch = readings(4)
     async with Process(config, "worker", worker_port) as worker, Process(config, "intake", intake_port) as intake:
         await post(intake.url, [r.to_document() for r in batch])
