@@ -136,20 +136,35 @@ def _bluetooth() -> dict[str, dict]:
     return docs
 
 
+def _apdus(manager: Manager) -> list:
+    data, out = manager.data_to_send(), []
+    while data:
+        size = 4 + int.from_bytes(data[2:4], "big")
+        out.append(apdu_decode(data[:size]))
+        data = data[size:]
+    return out
+
+
 def _ieee11073() -> dict[str, dict]:
-    """The five standard configurations through the manager (association, MDS GET, one fixed scan report)."""
+    """The five standard configurations through the manager (association, MDS GET, one fixed scan report), and a
+    pulse oximeter's periodic scanner (extended configuration) with Absolute, Base-Offset and Relative time stamps."""
     docs = {}
-    for kind in KINDS:
-        manager, agent = Manager(), Agent(kind)
+    agents = {kind: Agent(kind) for kind in KINDS} | {f"scanner-{s}": Agent("pulse_oximeter", grouped=s)
+                                                      for s in ("abs", "bo", "rel")}
+    for name, agent in agents.items():
+        manager = Manager()
         manager.receive_data(agent.aarq(), 0.0)
-        data = manager.data_to_send()  # the AARE, then the manager's GET of the MDS
-        get = apdu_decode(data[4 + int.from_bytes(data[2:4], "big"):])
+        aare, *rest = _apdus(manager)
+        if aare.result == 3:  # accepted-unknown-config: the agent sends its configuration
+            manager.receive_data(agent.config_report(), 0.0)
+            rest = _apdus(manager)[1:]
+        (get,) = rest
         manager.receive_data(agent.get_response(get.invoke_id), 0.0)
         _, apdu = agent.measurement(2)
         (measurements,) = [e for e in manager.receive_data(apdu, 1.0) if isinstance(e, Measurements)]
         at = datetime(2026, 11, 28, 8, 0, tzinfo=UTC)
         for n, reading in enumerate(readings_of(measurements, PATIENT, PLUS_1, at, mds_read_at=at)):
-            docs[f"11073-{kind}-{n}"] = reading.to_document()
+            docs[f"11073-{name}-{n}"] = reading.to_document()
     return docs
 
 
@@ -189,7 +204,8 @@ def test_every_resource_conforms_to_its_phd_profile(ig_version: str, tmp_path: P
 def test_every_source_and_type_is_in_the_readings() -> None:
     readings = conformance_readings()
     assert {name.split("-")[1] for name in readings["bluetooth"]} == {p.name for p in PROFILES}
-    assert len(readings["ieee11073"]) == len(KINDS) and len(readings["simulator"]) == len(DEVICES)
+    assert {name.split("-")[1] for name in readings["ieee11073"]} == set(KINDS) | {"scanner"}
+    assert len(readings["simulator"]) == len(DEVICES)
 
 
 # ---------------------------------------------------------------- the rule, field by field
