@@ -159,27 +159,27 @@ def test_in_progress_acks_keep_a_lease_from_redelivery_past_ack_wait(open_js):
     """The worker renews three times per lease (as phg.delivery.worker does) while another worker pulls."""
     worker, other = open_js(), open_js()
     worker.enqueue(DEST, readings(1))
-    [item] = lease_all(worker, 1, lease_seconds=2)
+    [item] = lease_all(worker, 1, lease_seconds=1.5)
     stop, renewals = threading.Event(), []
 
     def keep() -> None:
-        while not stop.wait(2 / 3):
-            renewals.append(worker.renew(item.lease, 2))
+        while not stop.wait(0.5):
+            renewals.append(worker.renew(item.lease, 1.5))
 
     keeper = threading.Thread(target=keep)
     keeper.start()
     try:
-        end = time.monotonic() + 5  # 2.5 AckWaits
+        end = time.monotonic() + 4  # 2.7 AckWaits
         while time.monotonic() < end:
-            assert other.lease(DEST, 1, 2) == []
+            assert other.lease(DEST, 1, 1.5) == []
     finally:
         stop.set()
         keeper.join()
     assert renewals and set(renewals) == {1}
-    time.sleep(2.3)  # no renewal: the lease runs out and the reading goes to the other worker
-    [taken] = lease_all(other, 1, lease_seconds=2)
+    time.sleep(1.7)  # no renewal: the lease runs out and the reading goes to the other worker
+    [taken] = lease_all(other, 1, lease_seconds=1.5)
     assert taken.key == item.key and taken.attempts == 2
-    assert worker.renew(item.lease, 2) == 0  # no longer ours
+    assert worker.renew(item.lease, 1.5) == 0  # no longer ours
     worker.dead([item.id], "late", token=item.lease)  # a stale report: ignored
     other.delivered([taken.id], token=taken.lease)
     assert other.counts(DEST)[DEAD] == 0 and other.counts(DEST)[DELIVERED] == 1
@@ -212,12 +212,25 @@ def test_the_last_allowed_delivery_goes_to_the_dead_letters(open_js):
     assert queue.counts(DEST) == {QUEUED: 0, INFLIGHT: 0, DELIVERED: 0, DEAD: 1}
 
 
+def test_releases_count_as_no_attempt(open_js):
+    """A batch given back (a stop, a Retry-After that drops the batch leased ahead) is no try of its own."""
+    queue = open_js(max_deliver=1)
+    queue.enqueue(DEST, readings(1))
+    for _ in range(3):
+        [item] = lease_all(queue, 1)
+        assert item.attempts == 1
+        queue.release([item.id], token=item.lease)
+    [item] = lease_all(queue, 1)
+    queue.delivered([item.id], token=item.lease)
+    assert queue.counts(DEST)[DEAD] == 0 and queue.counts(DEST)[DELIVERED] == 1
+
+
 def test_a_reading_whose_worker_dies_each_time_is_dead_lettered_at_lease(open_js):
     queue = open_js(max_deliver=1)
     queue.enqueue(DEST, readings(1))
     [item] = lease_all(queue, 1, lease_seconds=1)  # and the worker "dies": no report, no renewal
     time.sleep(1.3)
-    assert lease_all(queue, 1, lease_seconds=1, deadline=2) == []
+    assert queue.lease(DEST, 1, 1) == []
     [dead] = queue.items(DEST, DEAD)
     assert dead.key == item.key and "without an outcome" in dead.last_error
 

@@ -98,6 +98,7 @@ ACK_TRIES = 5  # an +ACK/+TERM without an answer is sent again this often (acks 
 ACK_TIMEOUT = 2.0
 PUBLISH_TRIES = 3  # a publish without a PubAck is published again (same Nats-Msg-Id: stored once)
 LEADER_WAIT = 20.0  # seconds an idempotent request is tried again while JetStream elects a leader (4-9 s here)
+ABANDONED = 3600.0  # seconds past its deadline after which an unreported lease is forgotten
 POLL = 1.0  # next_due while messages are handed out but unsettled: look again this soon
 SEEN_LIMIT = 100_000  # keys this process remembers publishing (stored_keys), oldest forgotten first
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a destination as a subject token, consumer and bucket name
@@ -452,28 +453,47 @@ class JetStreamQueue:
             return []
         keys = [_headers(m).get(H_KEY, "") for m in messages]
         delivered = await self._delivered_keys(destination, [k for k in keys if k])
-        tries = await self._bucket(f"tries_{destination}", self.settings.max_age)
-        records = await asyncio.gather(*(_get(tries, k) if k and k not in delivered else _none() for k in keys))
+        # Only a reading handed out before can have a record of its tries (a first delivery has none).
+        tried = await asyncio.gather(*(
+            self._tried(destination, k) if k and k not in delivered and m.metadata.num_delivered > 1 else _no_record()
+            for m, k in zip(messages, keys, strict=True)))
         token, held, items = secrets.token_hex(8), {}, []
-        for msg, key, record in zip(messages, keys, records, strict=True):
+        for msg, key, record in zip(messages, keys, tried, strict=True):
             meta = msg.metadata
             if key in delivered or not key:
                 log.debug("%s: stream seq %d already delivered (or without key): acknowledged, not sent again",
                           destination, meta.sequence.stream)
                 await self._settle(msg, ACK)
                 continue
-            tried = json.loads(record.value) if record is not None and record.value else {}
-            if self.settings.max_deliver and meta.num_delivered > self.settings.max_deliver:
-                await self._dead_letter(destination, msg, f"handed out {meta.num_delivered - 1} times without an "
-                                        f"outcome (a worker stopped or died each time); last error: "
-                                        f"{tried.get('error')}")
+            attempts = meta.num_delivered - record.get("released", 0)
+            if self.settings.max_deliver and attempts > self.settings.max_deliver:
+                await self._dead_letter(destination, msg, f"handed out {attempts - 1} times without an outcome (a "
+                                        f"worker stopped or died each time); last error: {record.get('error')}")
                 continue
             held[meta.sequence.stream] = msg
-            items.append(_item(destination, msg, INFLIGHT, attempts=meta.num_delivered, deadline=time.time() +
-                               lease_seconds, lease=token, tried=tried))
+            items.append(_item(destination, msg, INFLIGHT, attempts=attempts, deadline=time.time() + lease_seconds,
+                               lease=token, tried=record))
+        self._forget_abandoned()
         if held:
             self._leases[token] = _Lease(destination, held, time.monotonic() + lease_seconds, lease_seconds)
         return items
+
+    def _forget_abandoned(self) -> None:
+        """Drop leases whose deadline passed long ago (never reported: their worker failed in this process);
+        their messages went back to the stream after AckWait."""
+        long_ago = time.monotonic() - ABANDONED
+        for token in [t for t, held in self._leases.items() if held.deadline < long_ago]:
+            del self._leases[token]
+
+    async def _tried(self, destination: str, key: str) -> dict[str, Any]:
+        """The record of a reading's earlier tries at `destination` (attempts, error, refusals, released)."""
+        record = await _get(await self._bucket(f"tries_{destination}", self.settings.max_age), key)
+        return json.loads(record.value) if record is not None and record.value else {}
+
+    async def _record_try(self, destination: str, key: str, **changes: Any) -> None:
+        record = await self._tried(destination, key)
+        record.update(changes)
+        await _put(await self._bucket(f"tries_{destination}", self.settings.max_age), key, json.dumps(record).encode())
 
     def renew(self, token: str, lease_seconds: float) -> int:
         """Restart the AckWait of every message held under `token` (+WPI); how many are still held (0: all
@@ -536,25 +556,26 @@ class JetStreamQueue:
 
     async def _retry_later(self, ids: list[int], delay: float, error: str, refused: bool, token: str | None) -> None:
         for destination, msg in self._take(ids, token):
-            meta, key = msg.metadata, _headers(msg)[H_KEY]
-            if self.settings.max_deliver and meta.num_delivered >= self.settings.max_deliver:
-                await self._dead_letter(destination, msg, f"{error} (after {meta.num_delivered} deliveries)")
+            key = _headers(msg)[H_KEY]
+            before = await self._tried(destination, key)
+            attempts = msg.metadata.num_delivered - before.get("released", 0)
+            if self.settings.max_deliver and attempts >= self.settings.max_deliver:
+                await self._dead_letter(destination, msg, f"{error} (after {attempts} deliveries)")
                 continue
-            tries = await self._bucket(f"tries_{destination}", self.settings.max_age)
-            record = await _get(tries, key)
-            before = json.loads(record.value) if record is not None and record.value else {}
-            await _put(tries, key, json.dumps({"attempts": meta.num_delivered, "error": error,
-                                               "refusals": before.get("refusals", 0) + int(refused)}).encode())
+            await self._record_try(destination, key, attempts=attempts, error=error,
+                                   refusals=before.get("refusals", 0) + int(refused))
             await self._nc.publish(msg.reply, b"-NAK " + json.dumps({"delay": int(max(0.0, delay) * 1e9)}).encode())
         await self._nc.flush(timeout=REQUEST_TIMEOUT)
 
     def release(self, ids: Sequence[int], *, token: str | None = None) -> None:
-        """Give them back at once (-NAK): delivery stopped for a reason not theirs. JetStream still counts
-        the delivery (it cannot be taken back)."""
+        """Give them back at once (-NAK): delivery stopped for a reason not theirs. JetStream counts the
+        delivery all the same; phg records the release, so that it counts as no attempt (max_deliver)."""
         self._call(self._release(list(ids), token), "giving readings back")
 
     async def _release(self, ids: list[int], token: str | None) -> None:
-        for _, msg in self._take(ids, token):
+        for destination, msg in self._take(ids, token):
+            before = await self._tried(destination, _headers(msg)[H_KEY])
+            await self._record_try(destination, _headers(msg)[H_KEY], released=before.get("released", 0) + 1)
             await self._nc.publish(msg.reply, b"-NAK")
         await self._nc.flush(timeout=REQUEST_TIMEOUT)
 
@@ -667,8 +688,7 @@ class JetStreamQueue:
                 return _item(destination, msg, INFLIGHT, attempts=meta.num_delivered, deadline=time.time(), lease=token)
         handed_out = info is not None and info.delivered is not None and msg.seq <= info.delivered.stream_seq
         key = _headers(msg).get(H_KEY, "")
-        record = await _get(await self._bucket(f"tries_{destination}", self.settings.max_age), key) if key else None
-        tried = json.loads(record.value) if record is not None and record.value else {}
+        tried = await self._tried(destination, key) if key else {}
         return _item(destination, msg, INFLIGHT if handed_out else QUEUED, attempts=tried.get("attempts", 0),
                      deadline=time.time(), tried=tried)
 
@@ -890,8 +910,8 @@ async def _get(bucket: Any, key: str) -> Any:
         return None
 
 
-async def _none() -> None:
-    return None
+async def _no_record() -> dict[str, Any]:
+    return {}
 
 
 def _item(destination: str, msg: Any, state: str, *, attempts: int, deadline: float, lease: str | None = None,
