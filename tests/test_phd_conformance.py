@@ -27,6 +27,7 @@ from phg.model import (
     GATEWAY_SPECIALIZATIONS,
     Component,
     Device,
+    DeviceClock,
     Gateway,
     Metric,
     PatientRef,
@@ -34,8 +35,8 @@ from phg.model import (
     Specialization,
     device_specializations,
 )
-from phg.sources.ble.gatt import decode, to_metrics
-from phg.sources.ble.session import PROFILES, device_of
+from phg.sources.ble.gatt import decode
+from phg.sources.ble.session import PROFILES, Collector, device_of
 from phg.sources.ieee11073.apdu import decode as apdu_decode
 from phg.sources.ieee11073.manager import Manager, Measurements
 from phg.sources.ieee11073.readings import readings_of
@@ -44,7 +45,6 @@ ROOT = Path(__file__).resolve().parents[1]
 VALIDATE = ROOT.parent / "shared" / "tools" / "phd-validate" / "validate.sh"
 PATIENT = PatientRef("urn:oid:2.999.1.2.3", "pt-conformance")
 PLUS_1 = timedelta(hours=1)
-RECEIVED = datetime(2026, 11, 28, 9, 0, 0, tzinfo=timezone(PLUS_1))
 
 
 # ---------------------------------------------------------------- the readings, one document per file
@@ -109,30 +109,36 @@ def _simulated() -> dict[str, dict]:
     return {f"sim-{r.device.model}": r.to_document() for r in simulated_readings(PATIENT, start, devices=tuple(DEVICES))}
 
 
-# One measurement per Bluetooth health profile (payloads of tests/test_ble_gatt_readings.py), with the device the BLE
-# session builds from the Device Information Service (device_of).
-BLE_MEASUREMENTS: dict[str, tuple[tuple[int, str, dict], ...]] = {
-    "glucose": ((0x2A18, "03" "0100" "ea07" "0b1c" "090000" "0000" "78b0" "11", {}),),
-    "blood_pressure": ((0x2A35, "06" "7400" "4700" "5600" "ea070b1c080000" "3e00", {}),),
-    "scale": ((0x2A9D, "0ab036ea070b1c091e00f500d606", {"weight_feature": (0x2A9E, "8f000000")}),),
-    "thermometer": ((0x2A1C, "06b00e00fedc070c050b321b04", {}),),
-    "pulse_oximeter": ((0x2A5E, "0facf3bef5e8070b1d170839204022000066e3", {}),
-                       (0x2A5F, "1c5f005a00200000000057f0", {})),
-    "cgm": ((0x2AA7, "06000c10050006000c100600", {"session_start": (0x2AAA, "ea070b1c080000" "04" "00")}),),
+# Each Bluetooth health profile's values as the device sends them (payloads of tests/test_ble_gatt_readings.py and
+# tests/test_fhir_status_context.py: a glucose record with its context, BP, weight with its feature, temperature,
+# PLX spot check and continuous, CGM with its session start), through the BLE session's Collector and the device
+# it builds from the Device Information Service (device_of), with and without DIS strings and a device clock.
+BLE_VALUES: dict[str, tuple[tuple[int, str], ...]] = {
+    "glucose": ((0x2A18, "03" "0100" "ea07" "0b1c" "090000" "0000" "78b0" "11"),
+                (0x2A18, "12 0700 E1070602 0F0223 63B0 11"), (0x2A34, "06 0700 01 12")),
+    "blood_pressure": ((0x2A35, "06" "7400" "4700" "5600" "ea070b1c080000" "3e00"),),
+    "scale": ((0x2A9D, "0ab036ea070b1c091e00f500d606"),),
+    "thermometer": ((0x2A1C, "06b00e00fedc070c050b321b04"),),
+    "pulse_oximeter": ((0x2A5E, "0facf3bef5e8070b1d170839204022000066e3"), (0x2A5F, "1c5f005a00200000000057f0")),
+    "cgm": ((0x2AAA, "ea070b1c080000" "04" "00"), (0x2AA7, "06000c10050006000c100600")),
 }
+BLE_FACTS = {"scale": {"weight_feature": (0x2A9E, "8f000000")}}
 
 
 def _bluetooth() -> dict[str, dict]:
     docs = {}
+    clock = DeviceClock(gateway_time=datetime(2026, 11, 28, 8, 10, tzinfo=UTC),
+                        device_time=datetime(2026, 11, 28, 9, 9, 30, tzinfo=timezone(PLUS_1)))
     for profile in PROFILES:
-        metrics = []
-        for uuid, payload, reads in BLE_MEASUREMENTS[profile.name]:
-            extra = {name: decode(u, bytes.fromhex(p)) for name, (u, p) in reads.items()}
-            metrics += to_metrics(decode(uuid, bytes.fromhex(payload)), utc_offset=PLUS_1, received=RECEIVED, **extra)
-        for label, dis in (("dis", {"manufacturer": "Acme BLE", "model": "M-1", "serial": "S1", "firmware": "F1"}),
-                           ("bare", {})):
-            device = device_of(profile, "00:E5:DE:AD:77:C3", system_id=None, **dis)
-            docs[f"ble-{profile.name}-{label}"] = Reading(device, PATIENT, tuple(metrics)).to_document()
+        facts = {name: decode(u, bytes.fromhex(p)) for name, (u, p) in BLE_FACTS.get(profile.name, {}).items()}
+        for label, dis, with_clock in (("dis", {"manufacturer": "Acme BLE", "model": "M-1", "serial": "S1",
+                                                "firmware": "F1"}, True), ("bare", {}, False)):
+            device = device_of(profile, "00:E5:DE:AD:77:C3", system_id="FEEDABEEDEAD77C3" if dis else None, **dis)
+            collector = Collector(device, PATIENT, clock if with_clock else None, PLUS_1, **facts)
+            for uuid, payload in BLE_VALUES[profile.name]:
+                collector.feed(uuid, bytes.fromhex(payload.replace(" ", "")))
+            for n, reading in enumerate(collector.take()):
+                docs[f"ble-{profile.name}-{label}-{n}"] = reading.to_document()
     return docs
 
 
