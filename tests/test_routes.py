@@ -19,6 +19,7 @@ import pytest
 from hypothesis import given, settings
 from starlette.testclient import TestClient
 
+from nats_cluster import nats_cluster  # noqa: F401  (a fixture: the JetStream engine's cluster)
 from phg.config import Route, load_config
 from phg.errors import ConfigError, ReadingError
 from phg.intake import Intake, Unrouted, route
@@ -237,16 +238,18 @@ def test_phg_send_refuses_the_unrouted_document_and_queues_the_rest(tmp_path):
 
 
 @pytest.mark.peers
-def test_two_clinics_patients_reach_two_fhir_servers_each_only_its_own(sekmet, tmp_path):
-    """Issue 15 acceptance (routing), on the SQLite queue: `phg send` of both clinics' readings, one
-    config with two FHIR destinations and a route each; each server holds its clinic's readings and
-    none of the other's."""
+@pytest.mark.parametrize("engine", ["sqlite", "jetstream"])
+def test_two_clinics_patients_reach_two_fhir_servers_each_only_its_own(engine, request, sekmet, tmp_path):
+    """Issue 15 acceptance (routing), on both engines: `phg send` of both clinics' readings, one config
+    with two FHIR destinations and a route each; each server holds its clinic's readings and none of the
+    other's."""
     from phg.demo.peers import SekmetServer
     from phg.demo.sim import simulated_readings
     from test_flow_fhir import START, matches
+    from test_roles import queue_table
 
     with SekmetServer(workdir=tmp_path / "sekmet-b") as other:
-        path = write(tmp_path, f'[outbox]\npath = "{tmp_path / "o.sqlite"}"\n'
+        path = write(tmp_path, f'[outbox]\npath = "{tmp_path / "o.sqlite"}"\n{queue_table(request, engine)}'
                      f'[destinations.clinic_a]\ntype = "fhir"\nbase_url = "{sekmet.base_url}"\n'
                      f'[destinations.clinic_b]\ntype = "fhir"\nbase_url = "{other.base_url}"\n'
                      f'[[routes]]\ndestinations = ["clinic_a"]\npatient_system = "{CLINIC_A}"\n'
