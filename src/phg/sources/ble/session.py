@@ -46,8 +46,19 @@ from typing import TYPE_CHECKING, Any
 from phg import metrics
 from phg.errors import MappingError, StorageError
 from phg.intake import Intake
-from phg.mdc import MDC_DEV_SPEC_PROFILE_CGM
-from phg.model import Device, DeviceClock, PatientRef, Reading, Specialization
+from phg.model import (
+    MDC_DEV_SPEC_PROFILE_BP,
+    MDC_DEV_SPEC_PROFILE_CGM,
+    MDC_DEV_SPEC_PROFILE_GLUCOSE,
+    MDC_DEV_SPEC_PROFILE_PULS_OXIM,
+    MDC_DEV_SPEC_PROFILE_SCALE,
+    MDC_DEV_SPEC_PROFILE_TEMP,
+    Device,
+    DeviceClock,
+    PatientRef,
+    Reading,
+    Specialization,
+)
 from phg.sources.ble.gatt import GattError, decode, quirks, to_metrics
 from phg.sources.ble.gatt.cgm import CgmMeasurement, CgmSessionStartTime
 from phg.sources.ble.gatt.glucose import (
@@ -134,12 +145,16 @@ class Profile:
 
 
 RACP = 0x2A52
+# Service (Bluetooth Assigned Numbers) -> the IEEE 11073-10101 specialization it maps to, as the PHD IG asks of
+# Bluetooth SIG devices ("mapped as if they had come from a compliant IEEE 11073 device", Non11073PHDDevices.html;
+# the codes of PhdDeviceProfile "System Type Spec List"): 11073-10417 glucose, -10407 blood pressure, -10415
+# weighing scale, -10408 thermometer, -10404 pulse oximeter, -10425 CGM. README "Device specialization: the rule".
 PROFILES: tuple[Profile, ...] = (
-    Profile("glucose", 0x1808, (0x2A18, 0x2A34), 528401, records=GlucoseRecords()),
-    Profile("blood_pressure", 0x1810, (0x2A35,), 528391),
-    Profile("scale", 0x181D, (0x2A9D,), 528399, reads=(("weight_feature", 0x2A9E),)),
-    Profile("thermometer", 0x1809, (0x2A1C,), 528392, reads=(("temperature_type", 0x2A1D),)),
-    Profile("pulse_oximeter", 0x1822, (0x2A5E,), 528388),
+    Profile("glucose", 0x1808, (0x2A18, 0x2A34), MDC_DEV_SPEC_PROFILE_GLUCOSE, records=GlucoseRecords()),
+    Profile("blood_pressure", 0x1810, (0x2A35,), MDC_DEV_SPEC_PROFILE_BP),
+    Profile("scale", 0x181D, (0x2A9D,), MDC_DEV_SPEC_PROFILE_SCALE, reads=(("weight_feature", 0x2A9E),)),
+    Profile("thermometer", 0x1809, (0x2A1C,), MDC_DEV_SPEC_PROFILE_TEMP, reads=(("temperature_type", 0x2A1D),)),
+    Profile("pulse_oximeter", 0x1822, (0x2A5E,), MDC_DEV_SPEC_PROFILE_PULS_OXIM),
     Profile("cgm", 0x181F, (0x2AA7,), MDC_DEV_SPEC_PROFILE_CGM, records=CgmRecords(),
             reads=(("session_start", 0x2AAA),)),
 )
