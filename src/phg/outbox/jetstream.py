@@ -541,11 +541,11 @@ class JetStreamQueue:
         result_of = dict(zip(ids, results, strict=True))
         taken = self._take(ids, token, stale_too=True)
         now = time.time()
-        for destination, msg in taken:
-            bucket = await self._bucket(f"done_{destination}", self.settings.max_age)
-            seq = msg.metadata.sequence.stream
-            await _put(bucket, _headers(msg)[H_KEY],
-                       json.dumps({"seq": seq, "at": now, "result": result_of[seq]}).encode())
+        buckets = {d: await self._bucket(f"done_{d}", self.settings.max_age) for d in {d for d, _ in taken}}
+        await asyncio.gather(*(  # every marker stored before any ack: never an ack without its marker
+            _put(buckets[d], _headers(msg)[H_KEY], json.dumps({"seq": msg.metadata.sequence.stream, "at": now,
+                                                               "result": result_of[msg.metadata.sequence.stream]}).encode())
+            for d, msg in taken))
         await asyncio.gather(*(self._settle(msg, ACK) for _, msg in taken))
 
     def retry_later(self, ids: Sequence[int], delay: float, error: str, refused: bool = False, *,
