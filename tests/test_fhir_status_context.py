@@ -240,6 +240,17 @@ def test_cgm_annunciation_octets_map_to_mdc_cgm_dev_stat():
     assert [[m.code for m in r.metrics] for r in collector.take()] == [[160212, 8418060], [160212, 8418060]]
 
 
+def test_context_carbohydrate_medication_and_hba1c_are_numeric_context():
+    """GLS carbohydrate (kg), medication (kg or L) and HbA1c become g, mg / mL and %, the exponent moved (no
+    rounding), coded by the 10417 Metric-Id; a NaN is an invalid metric without value."""
+    collector = Collector(Device(system_id="00601900010E9234"), PATIENT, None, EDT)
+    collector.feed(0x2A18, bytes.fromhex("12 0700 E1070602 0F0223 63B0 F1"))  # sample location not available
+    collector.feed(0x2A34, bytes.fromhex("71 0700 03 4BD0 05 0FD0 FF07"))  # dinner 75 g, pre-mixed 15 mL, HbA1c NaN
+    [reading] = collector.take()
+    assert [(m.code, m.value, m.unit, m.status, m.derived_from) for m in reading.metrics[1:]] == [
+        (8417776, Decimal(75), "g", (), 0), (160220, None, "%", ("invalid",), 0), (8417816, Decimal(15), "mL", (), 0)]
+
+
 def test_a_context_for_another_record_is_dropped_and_the_record_kept(caplog):
     collector = Collector(Device(system_id="00601900010E9234"), PATIENT, None, EDT)
     collector.feed(0x2A18, bytes.fromhex("12 0700 E1070602 0F0223 63B0 11"))
@@ -360,7 +371,8 @@ def status_context_readings() -> list[Reading]:
 
     collector = Collector(Device(system_id="00601900010E9234"), PATIENT, None, EDT)
     collector.feed(0x2A18, bytes.fromhex("1A 0700 E1070602 0F0223 63B0 11 0100"))
-    collector.feed(0x2A34, bytes.fromhex("06 0700 01 12"))  # preprandial; tester health care professional, health minor
+    # breakfast 75 g, preprandial, tester health care professional, health minor, rapid acting insulin 2 mg, HbA1c 6.5 %
+    collector.feed(0x2A34, bytes.fromhex("57 0700 01 4BD0 01 12 01 02A0 41F0"))
     start = decode(0x2AAA, bytes.fromhex("EA070B1C080000 04 00"))
     return [*collector.take(),
             reading_of(ble(0x2A35, "16 7800 5000 5D00 E2070B0B13 0730 3C00 2100"), "74E8FFFEFF051C00", EST),
@@ -379,6 +391,8 @@ def test_the_readings_hold_every_new_kind():
     metrics = [m for r in status_context_readings() for m in r.metrics]
     assert {m.code for m in metrics if m.bits} == {8410608, 8417752, 150604, 8418060}
     assert {m.code for m in metrics if m.coded} == {8417864, 8417844, 8417884, 8417820}
+    assert {(m.code, str(m.value), m.unit) for m in metrics if m.derived_from is not None and m.value is not None} == {
+        (8417768, "75", "g"), (8417800, "2", "mg"), (160220, "6.5", "%")}
     assert {c for m in metrics for c in m.supplemental} == {150580, 150584, 150588}
 
 

@@ -83,6 +83,9 @@ UNIT_DISPLAY: dict[str, str] = {
     "kg/m2": "kg/m2",
     "mg/dL": "mg/dL",
     "mmol/L": "mmol/L",
+    "g": "g",
+    "mg": "mg",
+    "mL": "mL",
 }
 
 # IEEE 11073-20601 MeasurementStatus bit names accepted in a metric's "status" list.
@@ -145,6 +148,9 @@ UNITS_MDC: dict[str, tuple[int, str]] = {
     "cm": (263441, "MDC_DIM_CENTI_M"),
     "[in_i]": (263520, "MDC_DIM_INCH"),
     "kg/m2": (264096, "MDC_DIM_KG_PER_M_SQ"),
+    "g": (263872, "MDC_DIM_X_G"),
+    "mg": (263890, "MDC_DIM_MILLI_G"),
+    "mL": (263762, "MDC_DIM_MILLI_L"),
     "Cel": (268192, "MDC_DIM_DEGC"),
     "[degF]": (266560, "MDC_DIM_FAHR"),
 }
@@ -207,6 +213,29 @@ MEASUREMENTS.update({
     )
 })
 MDC_CTXT_GLU_MEAL, MDC_CTXT_GLU_SAMPLELOCATION, MDC_CTXT_GLU_TESTER, MDC_CTXT_GLU_HEALTH = 8417864, 8417844, 8417884, 8417820
+# Numeric context (IEEE 11073-10417: Type MDC_CTXT_GLU_CARB / MDC_CTXT_MEDICATION, the kind in Metric-Id, which gives
+# the Observation.code, PHD IG "Obtaining the Observation.code"), and HbA1c (MDC_PART_SCADA term 29148).
+MDC_CONC_HBA1C = 160220
+MEASUREMENTS.update({
+    m.code: m
+    for m in (
+        *(Measurement(code, ref_id, text, ("g",)) for code, ref_id, text in (
+            (8417768, "MDC_CTXT_GLU_CARB_BREAKFAST", "Carbohydrate, breakfast"),
+            (8417772, "MDC_CTXT_GLU_CARB_LUNCH", "Carbohydrate, lunch"),
+            (8417776, "MDC_CTXT_GLU_CARB_DINNER", "Carbohydrate, dinner"),
+            (8417780, "MDC_CTXT_GLU_CARB_SNACK", "Carbohydrate, snack"),
+            (8417784, "MDC_CTXT_GLU_CARB_DRINK", "Carbohydrate, drink"),
+            (8417788, "MDC_CTXT_GLU_CARB_SUPPER", "Carbohydrate, supper"),
+            (8417792, "MDC_CTXT_GLU_CARB_BRUNCH", "Carbohydrate, brunch"))),
+        *(Measurement(code, ref_id, text, ("mg", "mL")) for code, ref_id, text in (
+            (8417800, "MDC_CTXT_MEDICATION_RAPIDACTING", "Rapid acting insulin"),
+            (8417804, "MDC_CTXT_MEDICATION_SHORTACTING", "Short acting insulin"),
+            (8417808, "MDC_CTXT_MEDICATION_INTERMEDIATEACTING", "Intermediate acting insulin"),
+            (8417812, "MDC_CTXT_MEDICATION_LONGACTING", "Long acting insulin"),
+            (8417816, "MDC_CTXT_MEDICATION_PREMIX", "Pre-mixed insulin"))),
+        Measurement(MDC_CONC_HBA1C, "MDC_CONC_HBA1C", "HbA1c", ("%",)),
+    )
+})
 
 # Values of the coded enumerations above: MDC code -> (reference id, text a clinician reads).
 CODED_VALUES: dict[int, tuple[str, str]] = {

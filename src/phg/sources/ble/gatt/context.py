@@ -28,19 +28,25 @@ Bluetooth -> MDER bits (by the meaning each names; the ASN1ToHL7 displays in mdc
   fault 5, time synchronization required 6) and Cal/Temp "calibration pending" are not mapped.
 Every one of these bits is an event (ASN1ToHL7 eventOrState), so only set bits are reported.
 
-Not mapped (kept decoded): the context's carbohydrate, exercise, medication and HbA1c.
+- the context's carbohydrate, medication and HbA1c -> numeric observations whose code is the 10417 Metric-Id
+  (MDC_CTXT_GLU_CARB_BREAKFAST ..., MDC_CTXT_MEDICATION_RAPIDACTING ...; PHD IG "Obtaining the Observation.code":
+  the term comes from the Metric-Id) or MDC_CONC_HBA1C, in g, mg or mL (the SFLOAT's exponent moved: kg -> g,
+  kg -> mg, L -> mL) and %.
+Not mapped (kept decoded): the context's exercise (its duration is a Measure-Active-Period, which the model
+does not hold).
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
+from decimal import Decimal
 
 from phg import mdc
 from phg.model import Bit, BitString, Metric
 from phg.sources.ble.gatt.blood_pressure import BloodPressureMeasurement
 from phg.sources.ble.gatt.cgm import CgmRecord
 from phg.sources.ble.gatt.glucose import GlucoseMeasurement, GlucoseMeasurementContext
-from phg.sources.ble.gatt.numbers import Bits
+from phg.sources.ble.gatt.numbers import Bits, Number
 
 BP_STATUS_BITS: dict[str, int] = {"body movement detected": 0, "cuff too loose": 1, "irregular pulse detected": 2,
                                   "improper measurement position": 5}
@@ -55,6 +61,12 @@ MEALS: dict[str, int] = {"preprandial": 8417868, "postprandial": 8417872, "fasti
 TESTERS: dict[str, int] = {"self": 8417888, "health care professional": 8417892, "lab test": 8417896}
 HEALTH: dict[str, int] = {"minor health issues": 8417824, "major health issues": 8417828, "during menses": 8417832,
                           "under stress": 8417836, "no health issues": 8417840}
+CARBOHYDRATES: dict[str, int] = {"breakfast": 8417768, "lunch": 8417772, "dinner": 8417776, "snack": 8417780,
+                                 "drink": 8417784, "supper": 8417788, "brunch": 8417792}
+MEDICATIONS: dict[str, int] = {"rapid acting insulin": 8417800, "short acting insulin": 8417804,
+                               "intermediate acting insulin": 8417808, "long acting insulin": 8417812,
+                               "pre-mixed insulin": 8417816}
+MEDICATION_UNITS: dict[str, tuple[str, int]] = {"kg": ("mg", 6), "L": ("mL", 3)}  # GLS unit -> (UCUM, exponent shift)
 _KEPT_STATUS = ("test-data", "demonstration-data")  # what the qualified measurement passes on (meta.security HTEST)
 
 
@@ -106,4 +118,23 @@ def glucose_context(glucose: Metric, m: GlucoseMeasurement, context: GlucoseMeas
         coded += [(mdc.MDC_CTXT_GLU_MEAL, MEALS.get(context.meal or "")),
                   (mdc.MDC_CTXT_GLU_TESTER, TESTERS.get(context.tester or "")),
                   (mdc.MDC_CTXT_GLU_HEALTH, HEALTH.get(context.health or ""))]
-    return [qualifier(glucose, code, coded=value) for code, value in coded if value is not None]
+    metrics = [qualifier(glucose, code, coded=value) for code, value in coded if value is not None]
+    if context is not None:
+        numbers = [(CARBOHYDRATES.get(context.carbohydrate_id or ""), context.carbohydrate_kg, "g", 3),
+                   (mdc.MDC_CONC_HBA1C, context.hba1c_pct, "%", 0)]
+        if context.medication_unit in MEDICATION_UNITS:
+            unit, shift = MEDICATION_UNITS[context.medication_unit]
+            numbers.append((MEDICATIONS.get(context.medication_id or ""), context.medication, unit, shift))
+        metrics += [numeric(glucose, code, value, unit, shift) for code, value, unit, shift in numbers
+                    if code is not None and value is not None]
+    return metrics
+
+
+def numeric(of: Metric, code: int, value: Number, unit: str, shift: int) -> Metric:
+    """A numeric Metric qualifying `of`: the value with its exponent moved by `shift` (no rounding), or no value
+    and status invalid for an SFLOAT special (NaN, NRes, ...)."""
+    metric = qualifier(of, code)
+    if not isinstance(value, Decimal):
+        return replace(metric, unit=unit, status=("invalid", *metric.status))
+    moved = value.scaleb(shift)
+    return replace(metric, value=moved.quantize(Decimal(1)) if moved.as_tuple().exponent > 0 else moved, unit=unit)
