@@ -23,8 +23,12 @@ C3-PRO (nothing is sent to /encfhir: every envelope the server takes is a new me
   registration  client_id and client_secret are stored (phg register --destination NAME)
   token         <root>/oauth issues a token
   journal       the record of what was delivered opens; posts whose answer was lost are counted
-Then:
-  outbox        the queue file opens
+Then the queue ([queue] engine):
+  outbox        SQLite: the queue file opens, and its file system has room
+  queue         JetStream: the servers answer (credentials, TLS), the server version (a warning below
+                2.10.14, issue 15), phg's streams (replicas, size, a leader each) and each
+                destination's consumer (a warning when no worker has leased from it yet); opening the
+                queue creates its streams when missing, as every phg process does
 """
 
 from __future__ import annotations
@@ -461,6 +465,9 @@ async def _envelope(checks: Checks, settings, client: httpx.AsyncClient) -> None
 def _outbox(checks: Checks, config: Config) -> None:
     from phg.outbox import Outbox
 
+    if config.queue.engine == "jetstream":
+        _jetstream(checks, config)
+        return
     try:
         with Outbox(config.outbox_path, keep_delivered=config.keep_delivered) as outbox:
             counts = outbox.counts()
@@ -470,6 +477,48 @@ def _outbox(checks: Checks, config: Config) -> None:
         checks.bad(f"outbox {config.outbox_path}: {exc}", "check the path and its permissions", "outbox")
         return
     _free_space(checks, config.outbox_path.parent)
+
+
+def _jetstream(checks: Checks, config: Config) -> None:
+    """The JetStream queue: reachable, a supported server, phg's streams each with a leader, a consumer per
+    destination (phg.outbox.jetstream.JetStreamQueue.inspect)."""
+    from phg.outbox import open_queue
+
+    where = f"JetStream {', '.join(config.queue.servers)}"
+    try:
+        with open_queue(config) as queue:
+            found = queue.inspect(config.destination_names)
+    except PhgError as exc:
+        checks.bad(f"{where}: {exc}", "check [queue] servers, the credentials (creds_file, nkey_seed_file or user "
+                   "and password), TLS (tls://, ca_file), and that nats-server runs with JetStream enabled", "queue")
+        return
+    checks.good(f"JetStream reached at {found.connected_url}, nats-server {found.server_version}", "queue")
+    if not found.server_supported:
+        checks.warn(f"nats-server {found.server_version} is older than 2.10.14: after a node restart it can store "
+                    "and deliver again a reading already delivered (phg's delivered markers keep it from being sent "
+                    "twice); use 2.10.14 or newer in production", "queue")
+    for stream in found.streams:
+        if stream.leader is None:
+            checks.bad(f"stream {stream.name} has no leader", "bring back enough JetStream nodes for a quorum "
+                       f"({stream.replicas // 2 + 1} of {stream.replicas})", "queue")
+        else:
+            checks.good(f"stream {stream.name}: {stream.messages} message(s), {stream.replicas} replica(s), "
+                        f"leader {stream.leader}", "queue")
+    for consumer in found.consumers:
+        if not consumer.exists:
+            checks.warn(f"destination {consumer.destination}: no worker has leased from it yet (its consumer is made "
+                        "by the first `phg run --role worker` or `all`)", "queue")
+            continue
+        paused = (f"; paused by a Retry-After until {_iso(consumer.paused_until)}"
+                  if consumer.paused_until is not None else "")
+        checks.good(f"destination {consumer.destination}: {consumer.pending} waiting, {consumer.ack_pending} being "
+                    f"delivered, lease {consumer.ack_wait:g} s{paused}", "queue")
+
+
+def _iso(seconds: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _free_space(checks: Checks, directory: Path) -> None:

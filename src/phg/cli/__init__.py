@@ -104,8 +104,8 @@ def decode() -> None:
 @click.pass_obj
 def doctor(obj: Context, send_test: bool, as_json: bool) -> None:
     """Check every destination (FHIR: key, TLS, discovery, token, transactions; MLLP, HL7 HTTP, SOAP:
-    connection and TLS) and the outbox; say what is wrong. --json: {"ok", "config", "checks": [{destination,
-    step, status (ok, fail, warn), what, fix}]}."""
+    connection and TLS) and the queue (the outbox file, or JetStream); say what is wrong. --json: {"ok",
+    "config", "checks": [{destination, step, status (ok, fail, warn), what, fix}]}."""
     import asyncio
 
     from phg.doctor import run_checks
