@@ -163,6 +163,7 @@ class Inspection:
 class _Consumer:
     ack_wait: float
     subscription: Any = field(repr=False)  # nats.js.JetStreamContext.PullSubscription
+    pulled: float = 0.0  # time.monotonic() when its last pull ended
 
 
 def _headers(msg: Any) -> dict[str, str]:
@@ -331,7 +332,12 @@ class JetStreamQueue:
         """The destination's durable pull consumer (created, or its AckWait set to `ack_wait`), bound."""
         found = self._consumers.get(destination)
         if found is not None and found.ack_wait == ack_wait:
-            return found.subscription
+            if not (found.subscription.pending_msgs and time.monotonic() - found.pulled > ack_wait / 2):
+                return found.subscription
+            # Messages that came after a pull had timed out wait in the subscription until the next pull; so
+            # long after, their AckWait may have run out and another worker may hold them: drop them with
+            # this subscription (they are redelivered), never hand them out.
+            log.debug("%s: %d messages that came late to a pull dropped", destination, found.subscription.pending_msgs)
         await self._js.add_consumer(self.stream, api.ConsumerConfig(
             durable_name=destination, filter_subject=self._subject(destination), ack_policy=api.AckPolicy.EXPLICIT,
             deliver_policy=api.DeliverPolicy.ALL, ack_wait=ack_wait, max_deliver=-1,
@@ -451,6 +457,8 @@ class JetStreamQueue:
             messages = await subscription.fetch(limit, timeout=PULL_TIMEOUT)
         except TimeoutError:  # nothing came (nats-py raises its own subclass or asyncio's)
             return []
+        finally:
+            self._consumers[destination].pulled = time.monotonic()
         keys = [_headers(m).get(H_KEY, "") for m in messages]
         delivered = await self._delivered_keys(destination, [k for k in keys if k])
         # Only a reading handed out before can have a record of its tries (a first delivery has none).
