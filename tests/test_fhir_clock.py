@@ -290,8 +290,9 @@ def identifier_times(metrics, version: str = "2.0.0") -> list[str]:
     reading = Reading(Device(system_id="74E8FFFEFF051C00"), PatientRef(PATIENT["system"], PATIENT["value"]),
                       tuple(metrics))
     head = f"74E8FFFEFF051C00-{PATIENT['value']}-{PATIENT['system']}-"
-    parts = [conditional_identifier(reading, m, version)[1].removeprefix(head).split("-", 1)[1] for m in metrics]
-    return [p.rsplit("-", 1)[1] for p in parts] if version == "1.1.0" else parts  # 1.1.0: value-units-time
+    # after the head: 2.0.0 "type-time", 1.1.0 "type-value-units-time" (these values and units hold no dash)
+    return [conditional_identifier(reading, m, version)[1].removeprefix(head).split("-", 3 if version == "1.1.0" else 1)[-1]
+            for m in metrics]
 
 
 def ble_metrics(uuid: int, payload: str, offset: timedelta, **kwargs):
@@ -351,12 +352,27 @@ def test_ieee11073_absolute_time_is_local_like_the_ig_example():
     assert identifier_times([metric], "1.1.0") == ["20070201120520.86"]
 
 
-def test_ieee11073_base_offset_time_is_utc_with_the_devices_offset():
+@pytest.mark.parametrize(("raw", "v2", "v1"), [
+    ("D4674038" "1314" "FED4", "2616851640.074-20", "3563536440.4884.-300"),  # the IG 1.1.0 page's own example
+    ("D4674038" "1314" "012C", "2616851640.074+20", "3563536440.4884.+300"),  # its "if offset is positive"
+    ("D4674038" "FFFF" "0000", "2616851640.999+0", "3563536440.65535.+0"),
+    ("D4674038" "0000" "0000", "2616851640+0", "3563536440.0.+0"),
+])
+def test_ieee11073_base_offset_time_is_utc_with_the_devices_offset(raw, v2, v1):
     """The IG 1.1.0 page's Base-Offset-Time bytes D4 67 40 38 13 14 FE D4: 3563536440 s, 4884/65536 s, -300 min.
-    phg reads the seconds from IEEE 1588's 1970 (mder.BO_EPOCH): 3563536440 - 946684800 s after 2000-01-01 UTC,
-    0.074523 s (3 digits kept), offset -300 min = -20 quarter hours, reported by the device: appended."""
-    metric = observation_metric(decode_base_offset_time(bytes.fromhex("D467403813 14FED4".replace(" ", ""))))
-    assert identifier_times([metric]) == ["2616851640.074-20"]
+    2.0.0: phg reads the seconds from IEEE 1588's 1970 (mder.BO_EPOCH): 3563536440 - 946684800 s after
+    2000-01-01 UTC, 0.074523 s (3 digits kept), offset -300 min = -20 quarter hours, the device's: appended.
+    1.1.0: the three fields as sent, "3563536440.4884.-300", exactly the page's example."""
+    metric = observation_metric(decode_base_offset_time(bytes.fromhex(raw)))
+    assert identifier_times([metric]) == [v2]
+    assert identifier_times([metric], "1.1.0") == [v1]
+
+
+def test_the_identifier_writes_base_offset_seconds_back_from_the_decoders_epoch():
+    from phg.fhir import identifier
+    from phg.sources.ieee11073 import mder
+
+    assert identifier._BO_EPOCH == mder.BO_EPOCH
 
 
 @pytest.mark.parametrize(("time", "expected"), [

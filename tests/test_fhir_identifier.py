@@ -245,6 +245,8 @@ def test_a_document_that_says_nothing_keeps_its_old_identifier_and_text():
     ("2021-11-22T12:56:30+01:00", {"offset_from": "gateway"}, "690897390", "20211122115630.00"),
     ("2021-11-22T12:56:30+01:00", {"time_kind": "utc", "offset_from": "device"}, "690897390+4", "20211122125630.00"),
     ("2021-11-22T12:56:30+01:00", {"time_kind": "ticks", "ticks": 12345678, "tick_rate": 1000}, "12345.678", "12345678"),
+    # 2021-11-22T11:56:30Z is 1637582190 s after 1970-01-01 (the 2000 count above + 946684800), offset 60 min
+    ("2021-11-22T12:56:30+01:00", {"time_kind": "base-offset"}, "690897390+4", "1637582190.0.+60"),
 ])
 def test_documents_say_how_the_device_reported_the_time(time, stamp, v2, v1):
     assert document_identifier(time, **stamp) == v2
@@ -258,6 +260,7 @@ def test_documents_say_how_the_device_reported_the_time(time, stamp, v2, v1):
     ({"time_kind": "ticks", "ticks": 5, "tick_rate": 3}, "metrics[0].tick_rate", "finite decimal fraction"),
     ({"time_kind": "zulu"}, "metrics[0].time_kind", "zulu"),
     ({"offset_from": "nobody"}, "metrics[0].offset_from", "nobody"),
+    ({"time_kind": "base-offset", "offset_from": "device"}, "metrics[0]", "'base-offset' take no offset_from"),
 ])
 def test_documents_with_a_bad_stamp_are_refused_naming_the_field(stamp, where, why):
     with pytest.raises(ReadingError) as caught:

@@ -20,7 +20,7 @@ ODD_VALUES = st.sampled_from([
     None, True, False, 0, -1, 7, 2**32 - 1, 2**32, Decimal("1.5"), Decimal("1.0"), Decimal("-1e146"), Decimal("1e145"),
     "", " ", "x", " x", "x ", "a  b", "a b", "5.20", "-0", "1e1234", "1E+2", "01", "1.", ".5", "+7",
     "00601900010E9234", "00:60:19:00:01:0E:92:34", "B0:49:5F:00:10:71", "B0495F001071", "absolute", "relative",
-    "glucose", "invalid", "2026-11-28T09:00:00+01:00", "local", "utc", "ticks", "device", "gateway",
+    "glucose", "invalid", "2026-11-28T09:00:00+01:00", "local", "utc", "base-offset", "ticks", "device", "gateway",
     [], [1], ["a", "a"], ["a", "b"], {}, {"code": 1}, {"type": "x"},
 ])
 KEYS = st.sampled_from(["device", "patient", "metrics", "clock", "system_id", "bt_address", "manufacturer",

@@ -20,11 +20,15 @@ from urllib.parse import quote
 
 from phg.errors import MappingError
 from phg.fhir.ig import data_absent_code, rules_for
-from phg.model import LOCAL, TICKS, UTC_CLOCK, Metric, Reading, Stamp, tick_digits
+from phg.model import BASE_OFFSET, LOCAL, TICKS, UTC_CLOCK, Metric, Reading, Stamp, tick_digits
 
 _EPOCH_2000 = datetime(2000, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _EPOCH_2000_WALL = datetime(2000, 1, 1)
+# IEEE 11073-20601 Base-Offset-Time counts from the IEEE 1588 epoch, as phg decodes it
+# (phg.sources.ieee11073.mder.BO_EPOCH): the 1.1.0 part writes back the seconds the device sent.
+_BO_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MINUTE = timedelta(minutes=1)
 _QUARTER_HOUR = timedelta(minutes=15)
 _DOCUMENT = Stamp()  # a reading document's default: a UTC instant with the offset its writer gave
 
@@ -48,8 +52,8 @@ def timestamp_v2(time: datetime, digits: int = 0, stamp: Stamp = _DOCUMENT) -> s
     PHD Reported Timestamp Identifier", http://hl7.org/fhir/uv/phd/STU2/GeneratingtheTimeStampPartIdentifier.html):
     - a tick counter: the seconds it represents at its resolution ("12345.678" for 12345678 ticks of 1 ms);
     - local or UTC time: the seconds since 2000-01-01T00:00:00 it represents at its resolution: for a
-      local clock the seconds of its wall time (`time` as written in its own offset), for a UTC clock those
-      of the instant;
+      local clock the seconds of its wall time (`time` as written in its own offset), for a UTC clock (and
+      an IEEE 11073 base-offset time) those of the instant;
     - then, only when the device reported a TZ/DST offset (stamp.device_offset), that offset in 15-minute
       units with its sign ("+4" for +01:00, "+0" for UTC), as IEEE 11073-10206 and Bluetooth GHS report it.
     An offset the gateway supplied (a zoneless Bluetooth time) is the gateway's, not the reported value:
@@ -79,11 +83,18 @@ def timestamp_v1(time: datetime, stamp: Stamp = _DOCUMENT) -> str:
     http://hl7.org/fhir/uv/phd/STU1.1/GeneratingtheReportedTimeStampIdentifier.html): absolute time as
     HL7 DTM YYYYMMDDhhmmss.ss of the wall time the device reported (e.g. 20181113175902.00): a local clock's
     wall time, a UTC clock's time in the device's offset when it reported one, else in UTC; a (high-resolution)
-    relative time as the reported tick count, a decimal integer without leading zeros.
-    Not followed: the page's "seconds.fraction.offset" text of the raw IEEE 11073-20601 Base-Offset-Time (whose
-    epoch it gives as 1900, against IEEE 1588's 1970): a base-offset time is written as DTM in its offset."""
+    relative time as the reported tick count, a decimal integer without leading zeros; a base-offset time
+    as "seconds.fraction.offset": the Base-Offset-Time's three fields as the device sent them (bo-seconds,
+    bo-fraction in 1/65536 s, bo-time-offset in signed minutes; the page's example "3563536440.4884.-300").
+    The page counts bo-seconds from 1900, IEEE 1588 (and phg's decoder) from 1970: the epoch phg read them
+    with writes back the number the device sent either way."""
     if stamp.kind == TICKS:
         return str(stamp.ticks)
+    if stamp.kind == BASE_OFFSET:
+        since = time - _BO_EPOCH
+        seconds, micro = divmod(since // _MICROSECOND, 1_000_000)
+        fraction = min(-(-micro * 65536 // 1_000_000), 65535)  # the decoder floored fraction * 10^6 / 65536
+        return f"{seconds}.{fraction}.{time.utcoffset() // _MINUTE:+d}"  # type: ignore[operator]
     if stamp.kind == UTC_CLOCK and not stamp.device_offset:
         time = time.astimezone(UTC)
     return time.strftime("%Y%m%d%H%M%S") + f".{time.microsecond // 10000:02d}"

@@ -20,10 +20,10 @@ from datetime import datetime, timedelta, timezone
 
 from phg import mdc
 from phg.model import (
+    BASE_OFFSET,
     LOCAL,
     RECEIVED_STAMP,
     TICKS,
-    UTC_CLOCK,
     Bit,
     BitString,
     Component,
@@ -72,9 +72,9 @@ def device_clock(mds: MdsInfo, read_at: datetime | None, utc_offset: timedelta) 
 
 # How each 20601 time stamp is reported (model.Stamp, the PHD IG identifier's time part): Absolute-Time is
 # local wall time without a zone (the offset that places it is the gateway's); Base-Offset-Time a UTC instant
-# with the device's own offset; Relative-Time and HighResRelativeTime tick counters.
+# with the device's own offset ("base-offset"); Relative-Time and HighResRelativeTime tick counters.
 ABSOLUTE_STAMP = Stamp(LOCAL, device_offset=False)
-BASE_OFFSET_STAMP = Stamp(UTC_CLOCK, device_offset=True)
+BASE_OFFSET_STAMP = Stamp(BASE_OFFSET, device_offset=True)
 
 
 def metric_time(obs: Observation, mds: MdsInfo, utc_offset: timedelta, received_at: datetime,
