@@ -17,12 +17,13 @@ from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
+import httpx
 import pytest
 
 import phg
 from ieee11073_agent import KINDS, Agent
 from phg.demo.sim import DEVICES, simulated_readings
-from phg.fhir import build_transaction
+from phg.fhir import build_transaction, to_json
 from phg.model import (
     GATEWAY_SPECIALIZATIONS,
     Component,
@@ -289,3 +290,27 @@ def test_ig_1_1_0_types_the_patient_identifier_and_zero_fills_a_missing_system_i
     assert old["PhdDevice"]["_request"]["ifNoneExist"] == new["PhdDevice"]["_request"]["ifNoneExist"] == (
         "identifier=http://hl7.org/fhir/sid/eui-48/bluetooth|F4-5E-AB-A8-08-32")
     assert [i["type"]["coding"][0]["code"] for i in new["PhdDevice"]["identifier"]] == ["BTMAC"]
+
+
+# ---------------------------------------------------------------- real servers store the unknowns as sent
+
+
+@pytest.mark.peers
+@pytest.mark.parametrize("server", ["sekmet", "medplum"])
+def test_servers_store_a_device_that_reported_nothing(server: str, request: pytest.FixtureRequest) -> None:
+    """A Bluetooth device without DIS strings or system id: the FHIR servers the tests run accept the
+    data-absent-reason extensions and give them back on read."""
+    base = request.getfixturevalue(server).base_url
+    address = f"00:E5:{datetime.now(UTC).microsecond % 256:02X}:AD:77:C3"  # this run's own device
+    device = device_of(PROFILES[3], address, system_id=None)  # a thermometer
+    reading = Reading(device, PATIENT, (Metric(150364, T, Decimal("36.8"), "Cel"),))
+    body = to_json(build_transaction([reading], GATEWAY).bundle)
+    with httpx.Client(timeout=30) as client:
+        answer = client.post(base, content=body, headers={"Content-Type": "application/fhir+json"})
+        assert answer.status_code == 200, answer.text
+        found = client.get(f"{base}/Device", params={
+            "identifier": f"http://hl7.org/fhir/sid/eui-48/bluetooth|{address.replace(':', '-')}"}).json()
+    (stored,) = [e["resource"] for e in found.get("entry", [])]
+    unknown = {"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode": "unknown"}
+    assert stored["_manufacturer"]["extension"] == [unknown] and stored["specialization"][0]["_version"]["extension"] == [
+        unknown]
