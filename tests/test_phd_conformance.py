@@ -19,6 +19,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import phg
 from ieee11073_agent import KINDS, Agent
@@ -314,3 +316,33 @@ def test_servers_store_a_device_that_reported_nothing(server: str, request: pyte
     unknown = {"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode": "unknown"}
     assert stored["_manufacturer"]["extension"] == [unknown] and stored["specialization"][0]["_version"]["extension"] == [
         unknown]
+
+
+# ---------------------------------------------------------------- any device: never a required element missing
+
+_text = st.none() | st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1, max_size=8)
+
+
+@settings(max_examples=200, deadline=None)
+@given(system_id=st.none() | st.from_regex(r"[0-9A-F]{16}", fullmatch=True),
+       manufacturer=_text, model=_text, firmware=_text,
+       specializations=st.lists(st.builds(Specialization, st.sampled_from(sorted(GATEWAY_SPECIALIZATIONS)),
+                                          st.none() | st.integers(0, 65535)), max_size=3),
+       codes=st.lists(st.sampled_from([150456, 150020, 188736, 160184, 147842, 999999]), min_size=1, max_size=4),
+       ig_version=st.sampled_from(["2.0.0", "1.1.0"]))
+def test_any_device_has_every_element_the_profiles_require(system_id, manufacturer, model, firmware, specializations,
+                                                           codes, ig_version) -> None:
+    device = Device(system_id=system_id, bt_address="00-E5-DE-AD-77-C3", manufacturer=manufacturer, model=model,
+                    firmware=firmware, specializations=tuple(specializations))
+    metrics = tuple(Metric(code, T, Decimal(1)) for code in codes)
+    phd = _bundle(Reading(device, PATIENT, metrics), ig_version)["PhdDevice"]
+    assert ("manufacturer" in phd) != ("_manufacturer" in phd)
+    assert ("modelNumber" in phd) != ("_modelNumber" in phd)
+    assert phd["specialization"] and all(("version" in s) != ("_version" in s) for s in phd["specialization"])
+    assert [s.code for s in device_specializations(device, metrics)] == [
+        int(s["systemType"]["coding"][0]["code"]) for s in phd["specialization"]]
+    assert len(phd["version"]) == 1 and ("value" in phd["version"][0]) != ("_value" in phd["version"][0])
+    sysids = [i["value"] for i in phd["identifier"] if i["type"]["coding"][0]["code"] == "SYSID"]
+    assert sysids == ([] if system_id is None and ig_version == "2.0.0" else
+                      ["00-00-00-00-00-00-00-00"] if system_id is None else ["-".join(
+                          system_id[i:i + 2] for i in range(0, 16, 2))])
