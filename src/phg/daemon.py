@@ -84,6 +84,9 @@ async def run_gateway(config: Config, outbox: Queue, stop: asyncio.Event, *, ble
     sources = configured_sources(config, ble_backend=ble_backend) if takes else []
     if role == "intake" and not sources and config.api is None:
         log.warning("role intake without sources or [api]: nothing takes readings in this process")
+    if role == "worker" and (config.ble_enabled or config.ieee11073_listen or config.usb_enabled):
+        log.warning("role worker: the configured sources ([ble], [ieee11073], [usb]) run only where the role is "
+                    "intake or all")
     started = (lambda: len(workers) == len(config.destinations)) if delivers else (lambda: True)
     tasks = [asyncio.create_task(supervise(sources, intake, stop)),
              asyncio.create_task(systemd.lifecycle(stop, started))]
