@@ -413,3 +413,39 @@ def test_the_new_observations_conform(ig_version, tmp_path):
     *issues, verdict = done.stdout.strip().splitlines() or [""]
     n, _, m = verdict.partition(" ")[0].partition("/")
     assert done.returncode == 0 and n == m and int(m) > 20, "\n".join(issues + [verdict, done.stderr])
+
+
+@pytest.mark.peers
+@pytest.mark.parametrize("strategy", ["transaction", "single"])
+def test_medplum_keeps_the_context_linked_when_the_reading_is_sent_in_parts(medplum, strategy, tmp_path):
+    """A glucose record with its full context is 12 entries (Patient, 2 Devices, 9 Observations): Medplum takes
+    8, so phg sends it in parts (or one resource per request); derivedFrom still reaches the glucose."""
+    import asyncio
+
+    from phg.delivery.fhir import FhirDestination
+    from phg.delivery.worker import DeliveryWorker
+    from phg.outbox import Outbox
+
+    collector = Collector(Device(system_id="00601900010E9234"), PATIENT, None, EDT)
+    collector.feed(0x2A18, bytes.fromhex("1A 0700 E1070602 0F0223 63B0 11 0100"))
+    collector.feed(0x2A34, bytes.fromhex("57 0700 01 4BD0 01 12 01 02A0 41F0"))
+    [reading] = collector.take()
+    patient = PatientRef(PATIENT.system, f"parts{strategy}{datetime.now(UTC).timestamp():.0f}")
+    reading = Reading(reading.device, patient, reading.metrics)
+    assert len(reading.metrics) == 9
+
+    async def run(outbox: Outbox) -> None:
+        async with httpx.AsyncClient(timeout=30) as client:
+            destination = FhirDestination(client, medplum.base_url, GATEWAY, strategy=strategy)
+            summary = await DeliveryWorker(outbox, destination, batch_size=10).run(until_idle=True)
+            assert (summary.delivered, summary.dead) == (1, 0)
+
+    with Outbox(tmp_path / "outbox.sqlite") as outbox:
+        outbox.enqueue("fhir", [(reading.key, reading.to_json())])
+        asyncio.run(run(outbox))
+    with httpx.Client(base_url=medplum.base_url + "/", timeout=30, headers={"Accept": "application/fhir+json"}) as c:
+        system, value = conditional_identifier(reading, reading.metrics[2])
+        [meal] = [e["resource"] for e in c.get("Observation", params={"identifier": f"{system}|{value}"}).json()["entry"]]
+        assert meal["valueCodeableConcept"]["text"] == "Before a meal"
+        glucose = c.get(meal["derivedFrom"][0]["reference"]).json()
+        assert glucose["code"]["coding"][0]["code"] == "160184" and glucose["valueQuantity"]["value"] == 99
