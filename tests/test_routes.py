@@ -198,6 +198,42 @@ def test_the_marker_is_committed_with_the_last_group_never_ahead(tmp_path):
         assert (stored.new, stored.known, intake.progress("m")) == (1, 1, "2")
 
 
+def test_a_source_does_not_acknowledge_an_unrouted_report_and_logs_why(tmp_path, caplog):
+    """An IEEE 11073 agent of a patient no route takes: its report is answered with an ABRT, not an
+    acknowledgement (the agent keeps it), nothing is stored, and the log names the patient."""
+    import asyncio
+
+    from ieee11073_agent import Agent, read_apdu
+    from phg.sources.ieee11073.apdu import Abrt
+    from phg.sources.ieee11073.tcp import ManagerSettings, start_tcp_manager
+
+    loaded = config(tmp_path, HUB)
+    stray = PatientRef(CLINIC_B, "X-11073")
+
+    async def scenario(outbox: Outbox) -> object:
+        server = await start_tcp_manager(Intake(outbox, loaded.destination_names, routes=loaded.routes),
+                                         ManagerSettings(stray), 0)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+        try:
+            agent = Agent("thermometer")
+            writer.write(agent.aarq())
+            await read_apdu(reader)
+            get = await read_apdu(reader)
+            writer.write(agent.get_response(get.invoke_id))
+            writer.write(agent.measurement(0)[1])
+            return await read_apdu(reader)
+        finally:
+            writer.close()
+            server.close()
+            await server.wait_closed()
+
+    with Outbox(loaded.outbox_path) as outbox:
+        answer = asyncio.run(asyncio.wait_for(scenario(outbox), 30))
+        assert isinstance(answer, Abrt)
+        assert sum(outbox.counts().values()) == 0
+    assert f"no [[routes]] entry matches patient {CLINIC_B}|X-11073" in caplog.text
+
+
 # ------------------------------------------------------------------------------------------ API, phg send
 
 

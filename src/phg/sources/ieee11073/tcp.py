@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from phg import metrics
-from phg.errors import PhgError
+from phg.errors import PhgError, ReadingError
 from phg.intake import Intake
 from phg.model import PatientRef, Reading
 from phg.sources.ieee11073.configs import ConfigStore, MemoryConfigStore
@@ -120,14 +120,14 @@ class Association:
     def store_and_ack(self, intake: Intake, reports: list[Report]) -> None:
         """Store each report's readings, then (only then: they are durable) acknowledge the report.
         Blocking (the store waits for the disk). A report whose readings cannot be stored as reading
-        documents ends the association with an ABRT (the agent keeps the report: nothing was
-        acknowledged); StorageError propagates, unacknowledged."""
+        documents, or that no [[routes]] entry takes (phg.intake.Unrouted), ends the association with an
+        ABRT (the agent keeps the report: nothing was acknowledged); StorageError propagates, unacknowledged."""
         for m, readings in reports:
             if self.ended is not None:
                 return
             try:
                 intake.store(readings)
-            except (ValueError, ArithmeticError) as exc:
+            except (ValueError, ArithmeticError, ReadingError) as exc:
                 self._end(self.manager.abort(f"report {m.invoke_id} cannot become readings: {exc}"))
                 return
             self.manager.acknowledge(m)
