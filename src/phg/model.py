@@ -145,8 +145,8 @@ class BitString:
 
 
 # Stamp.kind: the kind of clock a metric's time stamp was reported by.
-LOCAL, UTC_CLOCK, TICKS = "local", "utc", "ticks"
-TIME_KINDS = (LOCAL, UTC_CLOCK, TICKS)
+LOCAL, UTC_CLOCK, BASE_OFFSET, TICKS = "local", "utc", "base-offset", "ticks"
+TIME_KINDS = (LOCAL, UTC_CLOCK, BASE_OFFSET, TICKS)
 
 
 @dataclass(frozen=True)
@@ -157,7 +157,8 @@ class Stamp:
 
     kind "local": wall-clock time without a zone (Bluetooth legacy profiles, IEEE 11073-20601 Absolute-Time);
     Metric.time holds that wall time with the offset that places it on the timeline. kind "utc": a UTC
-    instant (a base-offset time, IEEE 11073-20601 Base-Offset-Time, is "utc" with the device's offset).
+    instant. kind "base-offset": IEEE 11073-20601 Base-Offset-Time, a UTC instant with the device's own
+    offset (always reported; IG 1.1.0 writes it in its own form).
     kind "ticks": a tick counter; `ticks` is its value and `tick_rate` its resolution in ticks per second
     (8000 for 20601 Relative-Time, 1000000 for HighResRelativeTime); Metric.time is then the gateway's
     placing of it. device_offset: whether the TZ/DST offset in Metric.time's offset came from the device
@@ -174,6 +175,8 @@ class Stamp:
             raise ValueError(f"time kind {self.kind!r} is not one of {', '.join(TIME_KINDS)}")
         if (self.kind == TICKS) != (self.ticks is not None) or (self.ticks is None) != (self.tick_rate is None):
             raise ValueError("a 'ticks' stamp needs ticks and tick_rate, and only it has them")
+        if self.kind == BASE_OFFSET and not self.device_offset:
+            raise ValueError("a base-offset time carries the device's offset")
         if self.kind == TICKS and (self.device_offset or self.ticks < 0 or tick_digits(self.tick_rate) is None):  # type: ignore[operator, arg-type]
             raise ValueError(f"a tick counter has no offset, ticks >= 0 and a tick_rate whose tick is a finite "
                              f"decimal fraction of a second (got {self.tick_rate})")
@@ -334,7 +337,7 @@ def _metric_document(m: Metric) -> dict[str, Any]:
 _DEFAULT_STAMP = Stamp()
 # Where a document's TZ/DST offset comes from when it does not say ("offset_from"): a UTC time states its
 # writer's offset, a local wall time has the gateway's (the device reported none).
-_DEVICE_OFFSET_DEFAULT = {UTC_CLOCK: True, LOCAL: False, TICKS: False}
+_DEVICE_OFFSET_DEFAULT = {UTC_CLOCK: True, LOCAL: False, BASE_OFFSET: True, TICKS: False}
 
 
 def _stamp_document(stamp: Stamp) -> dict[str, Any]:
@@ -702,13 +705,14 @@ def _bit(b: Any) -> bool:
 
 
 def _stamp(m: dict) -> bool:
-    """The schema's time_kind rules: "ticks" needs ticks and tick_rate and has no offset_from; the others
-    may have offset_from and have neither ticks nor tick_rate."""
+    """The schema's time_kind rules: "ticks" needs ticks and tick_rate; "ticks" and "base-offset" have no
+    offset_from; the others may have offset_from and have neither ticks nor tick_rate."""
     kind = m.get("time_kind", UTC_CLOCK)
     if kind == TICKS:
         return ("offset_from" not in m and "ticks" in m and "tick_rate" in m and _int(m["ticks"], None)
                 and _int(m["tick_rate"], None) and m["tick_rate"] >= 1)
-    return (kind in (LOCAL, UTC_CLOCK) and "ticks" not in m and "tick_rate" not in m
+    return (kind in (LOCAL, UTC_CLOCK, BASE_OFFSET) and "ticks" not in m and "tick_rate" not in m
+            and (kind != BASE_OFFSET or "offset_from" not in m)
             and m.get("offset_from", "device") in ("device", "gateway"))
 
 
@@ -735,8 +739,8 @@ def _schema_message(err) -> str:
         return f"{err.instance!r} is not in the expected format"
     if err.validator == "not" and isinstance(err.validator_value, dict) and "required" in err.validator_value:
         return (f"{err.validator_value['required'][0]!r} does not go with time_kind "
-                f"{err.instance.get('time_kind', UTC_CLOCK)!r}: ticks and tick_rate belong to 'ticks', "
-                "which has no offset_from")
+                f"{err.instance.get('time_kind', UTC_CLOCK)!r}: ticks and tick_rate belong to 'ticks'; "
+                "'ticks' and 'base-offset' take no offset_from")
     message = err.message  # it quotes the instance, which may be long: keep its start and the verdict
     return message if len(message) <= 200 else f"{message[:80]} ... {message[-100:]}"
 
@@ -842,6 +846,8 @@ def _build_stamp(m: dict, where: str) -> Stamp:
         raise ReadingError(f"{where}.time_kind", "a 'ticks' time needs ticks and tick_rate, and has no offset_from")
     if kind != TICKS and ("ticks" in m or "tick_rate" in m):
         raise ReadingError(f"{where}.time_kind", f"ticks and tick_rate belong to time_kind 'ticks', not {kind!r}")
+    if kind == BASE_OFFSET and offset is not None:
+        raise ReadingError(f"{where}.offset_from", "a base-offset time carries the device's offset: no offset_from")
     device_offset = _DEVICE_OFFSET_DEFAULT[kind] if offset is None else offset == "device"
     if kind == TICKS and tick_digits(m["tick_rate"]) is None:
         raise ReadingError(f"{where}.tick_rate", f"{m['tick_rate']} ticks per second: a tick must be a finite "
