@@ -87,7 +87,8 @@ class NatsNode:
 class NatsCluster:
     """Three routed nats-server processes with JetStream (module docstring)."""
 
-    def __init__(self, workdir: Path, size: int = 3):
+    def __init__(self, workdir: Path, size: int = 3, user: str | None = None, password: str | None = None):
+        """`size` nodes (1: a single server, no cluster); `user` and `password`: clients must give them."""
         self.binary = require_nats_server()
         ports = _free_ports(3 * size)
         self.nodes: list[NatsNode] = []
@@ -99,13 +100,15 @@ class NatsCluster:
         for node in self.nodes:
             routes = ", ".join(f'"nats-route://127.0.0.1:{other.cluster_port}"'
                                for other in self.nodes if other is not node)
+            cluster = (f'cluster {{ name: "{CLUSTER_NAME}", listen: "127.0.0.1:{node.cluster_port}", '
+                       f'routes: [{routes}] }}\n') if size > 1 else ""
+            auth = f'authorization {{ user: "{user}", password: "{password}" }}\n' if user is not None else ""
             node.config.write_text(
                 f'server_name: "{node.name}"\n'
                 f'listen: "127.0.0.1:{node.port}"\n'
                 f'http: "127.0.0.1:{node.http_port}"\n'
                 f'jetstream {{ store_dir: "{node.store}", max_memory_store: 64MB, max_file_store: 2GB }}\n'
-                f'cluster {{ name: "{CLUSTER_NAME}", listen: "127.0.0.1:{node.cluster_port}", routes: [{routes}] }}\n',
-                encoding="utf-8")
+                + cluster + auth, encoding="utf-8")
 
     @property
     def urls(self) -> list[str]:
@@ -153,7 +156,7 @@ class NatsCluster:
             except OSError as exc:
                 last = str(exc)
             else:
-                if len(leaders) == 1 and leaders <= running:
+                if len(leaders) == 1 and (leaders <= running or len(self.nodes) == 1):  # one server: no meta group
                     return
                 last = f"meta leaders seen: {leaders}"
             for node in self.nodes:

@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,11 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from nats_cluster import nats_cluster  # noqa: F401  (the fixture)
+from nats_cluster import NatsCluster, nats_cluster  # noqa: F401  (the fixture)
 from phg.config import QueueSettings, load_config
 from phg.delivery import Delivered, DeliveryWorker
 from phg.demo.sim import simulated_readings
-from phg.errors import ConfigError, PermanentDeliveryError, TransientDeliveryError
+from phg.errors import ConfigError, PermanentDeliveryError, StorageError, TransientDeliveryError
 from phg.model import PatientRef
 from phg.outbox import DEAD, DELIVERED, INFLIGHT, QUEUED, Outbox, Queue, open_queue
 from phg.outbox.jetstream import JetStreamQueue
@@ -343,6 +344,27 @@ def test_open_queue_opens_the_configured_engine(nats_cluster, tmp_path):  # noqa
     config = load_config(document={"outbox": {"path": str(tmp_path / "o.sqlite")}}, env={})
     with open_queue(config) as queue:
         assert isinstance(queue, Outbox)
+
+
+def test_user_and_password_open_the_queue_and_a_wrong_one_is_named_not_logged(tmp_path, caplog):
+    with NatsCluster(tmp_path, size=1, user="phg", password="right-secret") as server:
+        settings = QueueSettings(engine="jetstream", servers=tuple(server.urls), user="phg", password="right-secret")
+        with JetStreamQueue(settings) as queue:
+            queue.enqueue(DEST, readings(1))
+            assert queue.counts(DEST)[QUEUED] == 1
+        with caplog.at_level(logging.DEBUG), pytest.raises(ConfigError, match="refused phg's credentials") as refused:
+            JetStreamQueue(replace(settings, password="wrong-secret"))
+    assert "secret" not in str(refused.value) and "secret" not in caplog.text
+
+
+def test_no_server_to_reach_is_a_storage_error_soon():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(StorageError, match="cannot connect"):
+        JetStreamQueue(QueueSettings(engine="jetstream", servers=(f"nats://127.0.0.1:{closed}",)))
+    assert time.monotonic() - started < 15
 
 
 @pytest.mark.parametrize("key", ["creds_file", "nkey_seed_file"])

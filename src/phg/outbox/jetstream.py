@@ -91,6 +91,7 @@ from phg.outbox.sqlite import DEAD, DELIVERED, INFLIGHT, QUEUED, STATES, Item
 log = logging.getLogger(__name__)
 
 MIN_SERVER = (2, 10, 14)  # deduplication kept across node restarts (issue 15; nats-server 2.10.14 release notes)
+CONNECT_TRIES = 2  # each server is tried this often more before opening the queue fails
 PULL_TIMEOUT = 0.5  # seconds one pull waits for messages; short: a pull lost in a leader change is redone soon
 REQUEST_TIMEOUT = 5.0  # one JetStream API request
 CALL_TIMEOUT = 60.0  # the longest a method waits for its work on the loop (several requests, retried)
@@ -187,6 +188,7 @@ class JetStreamQueue:
         self._buckets: dict[str, Any] = {}
         self._seen: OrderedDict[str, float] = OrderedDict()  # "destination:key" -> monotonic time published
         self._closing = False
+        self._last_error: Exception | None = None  # the last error nats-py reported (why a connect failed)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="phg-jetstream", daemon=True)
         self._thread.start()
@@ -234,7 +236,7 @@ class JetStreamQueue:
         """nats.connect's keyword arguments for the settings: servers, credentials, TLS (never logged)."""
         s = self.settings
         options: dict[str, Any] = {
-            "servers": list(s.servers), "name": "phg", "allow_reconnect": True, "max_reconnect_attempts": -1,
+            "servers": list(s.servers), "name": "phg", "allow_reconnect": True, "max_reconnect_attempts": CONNECT_TRIES,
             "reconnect_time_wait": 1, "connect_timeout": 5,
             "error_cb": self._on_error, "disconnected_cb": self._on_disconnected, "reconnected_cb": self._on_reconnected,
         }
@@ -259,6 +261,7 @@ class JetStreamQueue:
         return options
 
     async def _on_error(self, exc: Exception) -> None:
+        self._last_error = exc
         log.warning("%s: %s: %s", self._where, type(exc).__name__, exc)
 
     async def _on_disconnected(self) -> None:
@@ -269,7 +272,16 @@ class JetStreamQueue:
         log.info("%s: reconnected to %s", self._where, self._nc.connected_url.netloc if self._nc.connected_url else "?")
 
     async def _open(self) -> None:
-        self._nc = await nats.connect(**self._connect_options())
+        self._nc = nats.NATS()
+        try:
+            await self._nc.connect(**self._connect_options())
+        except nats.errors.NoServersError:
+            cause = self._last_error
+            if isinstance(cause, nats.errors.AuthorizationError) or "authorization" in str(cause).lower():
+                raise ConfigError(f"{self._where} refused phg's credentials ([queue] creds_file, nkey_seed_file or "
+                                  "user and password)") from None
+            raise StorageError(f"{self._where}: cannot connect to any server: {cause}") from None
+        self._nc.options["max_reconnect_attempts"] = -1  # once connected, never give up: reconnect until closed
         version = self._nc.connected_server_version
         found = (version.major, version.minor, version.patch)
         if found < MIN_SERVER:
