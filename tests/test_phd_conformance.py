@@ -97,7 +97,9 @@ def _documents() -> dict[str, dict]:
             {"code": 150021, "value": "120"}, {"code": 150022, "value": "80"}]},
         {"code": 8410608, "time": t, "derived_from": 3, "bits": {"length": 16, "bits": [
             {"bit": 0, "name": "body-movement"}, {"bit": 2, "name": "irregular-pulse"}]}},
-        {"type": "spo2", "value": "97", "time": t, "supplemental": [150588]}]}
+        {"type": "spo2", "value": "97", "time": t, "supplemental": [150588]},
+        {"code": 8417768, "value": "45", "unit": "g", "time": t, "derived_from": 0},
+        {"code": 160220, "value": "6.1", "unit": "%", "time": t, "derived_from": 0}]}
     aliases = ("spo2", "pulse_rate", "pulse_rate_oximeter", "heart_rate", "systolic", "diastolic",
                "mean_arterial_pressure", "body_temperature", "body_weight", "body_height", "bmi")
     docs["every-alias"] = {"device": {"system_id": "0A1B2C3D4E5F0005", "model": "Multi"}, "metrics": [

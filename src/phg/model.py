@@ -77,8 +77,10 @@ _SPECIALIZATION_OF_METRIC: dict[int, int] = {
     **dict.fromkeys((150364, 150392, 188420, 188424, 188428, 188432, 188448, 188452, 188456), MDC_DEV_SPEC_PROFILE_TEMP),
     **dict.fromkeys((188736, 188740, 188752), MDC_DEV_SPEC_PROFILE_SCALE),
     188748: MDC_DEV_SPEC_PROFILE_BCA,
-    **dict.fromkeys((160184, 160188, 160192, 160196, 160200, 160204, 160208, 160364, 160368,
-                     8417752, 8417864, 8417844, 8417884, 8417820), MDC_DEV_SPEC_PROFILE_GLUCOSE),
+    **dict.fromkeys((160184, 160188, 160192, 160196, 160200, 160204, 160208, 160364, 160368, 160220,  # + HbA1c
+                     8417752, 8417864, 8417844, 8417884, 8417820,  # status; meal, sample location, tester, health
+                     *range(8417768, 8417793, 4), *range(8417800, 8417817, 4)),  # carbohydrate, medication
+                    MDC_DEV_SPEC_PROFILE_GLUCOSE),
     **dict.fromkeys((160212, 8418060), MDC_DEV_SPEC_PROFILE_CGM),
     147842: MDC_DEV_SUB_SPEC_PROFILE_HR,
 }
