@@ -810,33 +810,35 @@ def _build_values(m: dict, code: int, where: str, index: int) -> dict[str, Any]:
     bits value stands alone (no value, unit or components); a bit appears once and lies within the length;
     derived_from names an earlier metric of the same reading (delivery.fhir sends a Bundle's entries in parts,
     each referencing only entries before it). A bit without a name takes the ASN.1 name the
-    PHD IG's ASN1ToHL7 code system gives `<code>.<bit>` (mdc.ASN1_BITS), when it has one."""
+    PHD IG's ASN1ToHL7 code system gives `<code>.<bit>` (mdc.ASN1_BITS), when it has one. Numbers are ints
+    (the schema's integers may arrive as 16.0 or Decimal("16"))."""
     values: dict[str, Any] = {}
     if "coded" in m or "bits" in m:
         kind = "coded" if "coded" in m else "bits"
         if extra := [k for k in ("value", "unit", "components", "bits") if k in m and k != kind]:
             raise ReadingError(where, f"a {kind} value stands alone: remove {', '.join(extra)}")
     if "coded" in m:
-        values["coded"] = m["coded"]
+        values["coded"] = int(m["coded"])
     if "bits" in m:
-        length, seen, bits = m["bits"]["length"], set(), []
+        length, seen, bits = int(m["bits"]["length"]), set(), []
         for j, b in enumerate(m["bits"]["bits"]):
-            if b["bit"] >= length or b["bit"] in seen:
-                raise ReadingError(f"{where}.bits.bits[{j}].bit", f"bit {b['bit']} is "
-                                   + ("given twice" if b["bit"] in seen else f"beyond a {length}-bit value"))
-            seen.add(b["bit"])
-            bits.append(Bit(b["bit"], b.get("name") or mdc.ASN1_BITS.get(code, {}).get(b["bit"]), b.get("set", True)))
+            number = int(b["bit"])
+            if number >= length or number in seen:
+                raise ReadingError(f"{where}.bits.bits[{j}].bit", f"bit {number} is "
+                                   + ("given twice" if number in seen else f"beyond a {length}-bit value"))
+            seen.add(number)
+            bits.append(Bit(number, b.get("name") or mdc.ASN1_BITS.get(code, {}).get(number), b.get("set", True)))
         values["bits"] = BitString(length, tuple(bits))
     if "supplemental" in m:
         if len(set(m["supplemental"])) != len(m["supplemental"]):
             raise ReadingError(f"{where}.supplemental", "a code is given twice")
-        values["supplemental"] = tuple(m["supplemental"])
+        values["supplemental"] = tuple(map(int, m["supplemental"]))
     if "derived_from" in m:
         if not 0 <= m["derived_from"] < index:  # earlier: a Bundle's entries reference only entries before them
             raise ReadingError(f"{where}.derived_from", f"{m['derived_from']} is not the index of an earlier metric "
                                                         f"of this reading (0..{index - 1})" if index else
                                "the first metric qualifies no other (derived_from names an earlier metric)")
-        values["derived_from"] = m["derived_from"]
+        values["derived_from"] = int(m["derived_from"])
     return values
 
 
