@@ -23,13 +23,14 @@ its offset).
 Values. SFLOAT/FLOAT digits are kept (Decimal); unit conversions move the exponent, never round
 (0.00120 kg/L -> 120 mg/dL). A special value (NaN, NRes, +/-INF, reserved) or a "measurement
 unsuccessful" gives a Metric without value and with status "invalid" (the model has no slot for the
-special itself). Device and sensor status bits stay on the decoded dataclass (BITs observations are a
-later mapping); profile measurement-status bits (PLXS) become Metric.status names.
+special itself). Profile measurement-status bits (PLXS) become Metric.status names. Device and sensor
+status bits become BITs Metrics, the glucose sample location and context (0x2A34, given as glucose_context)
+coded and numeric Metrics, each after the measurement it qualifies (gatt/context.py); PLX spot-check metrics
+carry Supplemental-Types MDC_MODALITY_SPOT, the continuous fast/slow averages MDC_MODALITY_FAST/_SLOW.
 
-Not mapped to Metrics (kept decoded): Glucose Measurement Context (coded values; the model holds
-numbers only), intermediate values (0x2A36 cuff pressure, 0x2A1E temperature), PLX fast/slow averages
-and pulse amplitude index, body composition masses other than weight, BMR and impedance, HR energy
-and RR intervals, CGM trend and quality.
+Not mapped to Metrics (kept decoded): intermediate values (0x2A36 cuff pressure, 0x2A1E temperature),
+the pulse amplitude index, body composition masses other than weight, BMR and impedance, HR energy and RR
+intervals, CGM trend and quality, the glucose context's exercise.
 """
 
 from __future__ import annotations
