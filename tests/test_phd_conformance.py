@@ -118,14 +118,20 @@ def _simulated() -> dict[str, dict]:
 # tests/test_fhir_status_context.py: a glucose record with its context, BP, weight with its feature, temperature,
 # PLX spot check and continuous, CGM with its session start), through the BLE session's Collector and the device
 # it builds from the Device Information Service (device_of), with and without DIS strings and a device clock.
+# With status: a cuff's Measurement Status, a meter's Sensor Status Annunciation (and sample location), a PLX Device
+# and Sensor Status, a CGM record's annunciation (payloads of tests/test_fhir_status_context.py).
 BLE_VALUES: dict[str, tuple[tuple[int, str], ...]] = {
     "glucose": ((0x2A18, "03" "0100" "ea07" "0b1c" "090000" "0000" "78b0" "11"),
-                (0x2A18, "12 0700 E1070602 0F0223 63B0 11"), (0x2A34, "06 0700 01 12")),
-    "blood_pressure": ((0x2A35, "06" "7400" "4700" "5600" "ea070b1c080000" "3e00"),),
+                (0x2A18, "12 0700 E1070602 0F0223 63B0 11"), (0x2A34, "06 0700 01 12"),
+                (0x2A18, "1A 0800 E1070602 0F0223 63B0 11 0100"), (0x2A34, "02 0800 01")),
+    "blood_pressure": ((0x2A35, "06" "7400" "4700" "5600" "ea070b1c080000" "3e00"),
+                       (0x2A35, "16 7800 5000 5D00 E2070B0B13 0730 3C00 2100")),
     "scale": ((0x2A9D, "0ab036ea070b1c091e00f500d606"),),
     "thermometer": ((0x2A1C, "06b00e00fedc070c050b321b04"),),
-    "pulse_oximeter": ((0x2A5E, "0facf3bef5e8070b1d170839204022000066e3"), (0x2A5F, "1c5f005a00200000000057f0")),
-    "cgm": ((0x2AAA, "ea070b1c080000" "04" "00"), (0x2AA7, "06000c10050006000c100600")),
+    "pulse_oximeter": ((0x2A5E, "0facf3bef5e8070b1d170839204022000066e3"), (0x2A5F, "1c5f005a00200000000057f0"),
+                       (0x2A5E, "05 6100 E0F1 E2070B0B130730 382100")),
+    "cgm": ((0x2AAA, "ea070b1c080000" "04" "00"), (0x2AA7, "06000c10050006000c100600"),
+            (0x2AA7, "09 E0 7800 0500 01 08 04")),
 }
 BLE_FACTS = {"scale": {"weight_feature": (0x2A9E, "8f000000")}}
 
