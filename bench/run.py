@@ -27,6 +27,11 @@ machines here are noisy: absolute numbers are printed for context only.
              first minute). client: phg vs a bare httpx loop against bench/fakefhir.py (target >= 0.5) and
              phg's CPU s per 1,000 readings (target <= 0.1). bench/delivery.py; issue 16.
 
+- hub intake R1/R3, hub delivery fake/sekmet 2w/1w, hub worker CPU per 1k: hub mode on a three-node
+             JetStream cluster it starts (issue 15): durable intake vs the SQLite outbox, delivery with 1 and 2
+             `phg run --role worker` processes, a worker's CPU s per 1,000 readings (target <= 0.1).
+             bench/hub.py; figures in docs/hub.md.
+
 --quick (or PHG_BENCH_QUICK=1) scales the delivery benchmark down from 10,000 to 1,000 readings.
 """
 
@@ -47,6 +52,7 @@ from pathlib import Path
 
 from clientpath import bench_mapping, bench_render, bench_send
 from delivery import bench_client, bench_delivery, bench_fit_medplum, bench_fit_sekmet
+from hub import bench_hub
 from service import bench_service
 from tokens import bench_tokens
 
@@ -168,6 +174,7 @@ BENCHMARKS: dict[str, Callable[[], dict | list[dict]]] = {
     "send": bench_send,
     "tokens": bench_tokens,
     "service": bench_service,
+    "hub": bench_hub,
 }
 
 

@@ -12,6 +12,7 @@
 - :class:`PhgProcess`: `phg run --role ROLE --config FILE` as a subprocess (log to a file), SIGKILLed,
   restarted, stopped; :class:`Chaos`: SIGKILLs of one of several processes at moments drawn from
   ``random.Random(seed)`` while a drain runs, each followed by a restart.
+- :func:`stream_messages`: how many messages a JetStream stream holds (a node's /jsz).
 - :func:`wait_until`: a bounded wait that fails with what it waited for and the last state seen.
 """
 
@@ -191,6 +192,24 @@ class MllpRecorder:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def stream_messages(cluster: Any, stream: str) -> int | None:
+    """How many messages `stream` holds, from the /jsz monitoring document of the first running node of a
+    tests/nats_cluster.NatsCluster that answers (None: no node knows the stream). On a work-queue stream:
+    the readings not yet acknowledged."""
+    for node in cluster.nodes:
+        if not node.running:
+            continue
+        try:
+            accounts = node.jsz("accounts=true&streams=true").get("account_details", [])
+        except OSError:
+            continue
+        for account in accounts:
+            for detail in account.get("stream_detail", []):
+                if detail.get("name") == stream:
+                    return detail["state"]["messages"]
+    return None
 
 
 # ---------------------------------------------------------------------------------------------- config

@@ -51,6 +51,7 @@ from hub_harness import (
     MllpRecorder,
     PhgProcess,
     observation_ids,
+    stream_messages,
     wait_until,
     write_config,
 )
@@ -175,16 +176,6 @@ class Redeliveries:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(10)
-
-
-def stream_messages(cluster: NatsCluster, stream: str) -> int | None:
-    for node in cluster.nodes:
-        if node.running:
-            for account in node.jsz("accounts=true&streams=true").get("account_details", []):
-                for detail in account.get("stream_detail", []):
-                    if detail.get("name") == stream:
-                        return detail["state"]["messages"]
-    return None
 
 
 @pytest.fixture
