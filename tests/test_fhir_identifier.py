@@ -266,3 +266,36 @@ def test_documents_with_a_bad_stamp_are_refused_naming_the_field(stamp, where, w
     with pytest.raises(ReadingError) as caught:
         document_identifier("2021-11-22T12:56:30+01:00", **stamp)
     assert caught.value.where == where and why in caught.value.why
+
+
+stamps = st.one_of(
+    st.builds(Stamp, st.sampled_from(["local", "utc"]), st.booleans()),
+    st.just(Stamp("base-offset", True)),
+    st.builds(lambda ticks, a, b: Stamp("ticks", False, ticks, 2**a * 5**b), st.integers(0, 2**64), st.integers(0, 20),
+              st.integers(0, 9)),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(stamps, walls, offsets)
+def test_any_stamp_survives_the_canonical_document_and_leaves_the_key_alone(stamp, wall, offset):
+    """What the outbox stores (Reading.to_json) gives the same Stamp back, and so the same identifier; the
+    outbox key is the same whatever the stamp (a reading queued before stamps is recognised after)."""
+    metric = Metric(150456, wall.replace(microsecond=0, tzinfo=offset), Decimal("98"), "%", stamp=stamp)
+    reading = Reading(SYSID_DEVICE, PATIENT, (metric,))
+    again = parse_reading(reading.to_document())
+    assert again == reading
+    assert conditional_identifier(again, again.metrics[0]) == conditional_identifier(reading, metric)
+    assert reading.key == Reading(SYSID_DEVICE, PATIENT, (Metric(150456, metric.time, Decimal("98"), "%"),)).key
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"kind": "zulu"}, {"kind": "ticks"}, {"kind": "ticks", "ticks": 1}, {"kind": "utc", "ticks": 1, "tick_rate": 1},
+    {"kind": "ticks", "device_offset": True, "ticks": 1, "tick_rate": 1},
+    {"kind": "ticks", "device_offset": False, "ticks": -1, "tick_rate": 1},
+    {"kind": "ticks", "device_offset": False, "ticks": 1, "tick_rate": 3},
+    {"kind": "base-offset", "device_offset": False},
+])
+def test_impossible_stamps_are_refused(kwargs):
+    with pytest.raises(ValueError):
+        Stamp(**kwargs)
