@@ -27,7 +27,7 @@ from phg.delivery import Delivered, DeliveryWorker
 from phg.demo.sim import simulated_readings
 from phg.errors import ConfigError, PermanentDeliveryError, StorageError, TransientDeliveryError
 from phg.model import PatientRef
-from phg.outbox import DEAD, DELIVERED, INFLIGHT, QUEUED, Outbox, Queue, open_queue
+from phg.outbox import DEAD, DELIVERED, INFLIGHT, QUEUED, Outbox, Queue, jetstream, open_queue
 from phg.outbox.jetstream import JetStreamQueue
 
 _prefixes = itertools.count()
@@ -36,6 +36,12 @@ DEST = "fhir"
 
 def readings(n: int, tag: str = "r") -> list[tuple[str, str]]:
     return [(f"{tag}{i:04d}" + "0" * 32, f'{{"n": {i}}}') for i in range(n)]
+
+
+@pytest.fixture(autouse=True)
+def short_pulls(monkeypatch):
+    """Shorter pulls than in production (0.5 s): an empty lease, which many tests assert, costs one."""
+    monkeypatch.setattr(jetstream, "PULL_TIMEOUT", 0.25)
 
 
 @pytest.fixture

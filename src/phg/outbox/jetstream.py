@@ -189,6 +189,7 @@ class JetStreamQueue:
         self._seen: OrderedDict[str, float] = OrderedDict()  # "destination:key" -> monotonic time published
         self._closing = False
         self._last_error: Exception | None = None  # the last error nats-py reported (why a connect failed)
+        self._refused = False  # a server answered "Authorization Violation" (it may then reset the connection)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="phg-jetstream", daemon=True)
         self._thread.start()
@@ -262,6 +263,7 @@ class JetStreamQueue:
 
     async def _on_error(self, exc: Exception) -> None:
         self._last_error = exc
+        self._refused |= isinstance(exc, nats.errors.AuthorizationError) or "authorization" in str(exc).lower()
         log.warning("%s: %s: %s", self._where, type(exc).__name__, exc)
 
     async def _on_disconnected(self) -> None:
@@ -276,11 +278,10 @@ class JetStreamQueue:
         try:
             await self._nc.connect(**self._connect_options())
         except nats.errors.NoServersError:
-            cause = self._last_error
-            if isinstance(cause, nats.errors.AuthorizationError) or "authorization" in str(cause).lower():
+            if self._refused:
                 raise ConfigError(f"{self._where} refused phg's credentials ([queue] creds_file, nkey_seed_file or "
                                   "user and password)") from None
-            raise StorageError(f"{self._where}: cannot connect to any server: {cause}") from None
+            raise StorageError(f"{self._where}: cannot connect to any server: {self._last_error}") from None
         self._nc.options["max_reconnect_attempts"] = -1  # once connected, never give up: reconnect until closed
         version = self._nc.connected_server_version
         found = (version.major, version.minor, version.patch)
