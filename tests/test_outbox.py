@@ -104,11 +104,11 @@ def test_dead_retry_and_purge(outbox: Outbox) -> None:
     assert outbox.get(ids[0]).last_error == "Observation.code: unknown code"
     assert [i.id for i in outbox.items("ehr", "dead")] == ids[:2]
 
-    assert outbox.retry(ids[0]) is True
+    assert outbox.retry(ids[0]) == ids[0]  # the id it waits under again
     item = outbox.get(ids[0])
     assert (item.state, item.attempts) == ("queued", 0)
-    assert outbox.retry(ids[2]) is False  # inflight: its worker still owns it
-    assert outbox.retry(10_000) is False
+    assert outbox.retry(ids[2]) is None  # inflight: its worker still owns it
+    assert outbox.retry(10_000) is None
 
     assert outbox.purge_dead("ehr") == 1
     assert outbox.get(ids[1]) is None
@@ -373,7 +373,7 @@ class OutboxMachine(RuleBasedStateMachine):
     def retry(self, data: st.DataObject) -> None:
         id_ = data.draw(st.sampled_from(sorted(self.model)))
         destination, state = self.model[id_]
-        assert self.box.retry(id_) is (state in ("dead", "queued"))
+        assert self.box.retry(id_) == (id_ if state in ("dead", "queued") else None)
         if state == "dead":
             self.model[id_] = (destination, "queued")
 

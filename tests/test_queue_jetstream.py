@@ -141,10 +141,11 @@ def test_dead_letter_keeps_the_reason_and_retry_brings_it_back(queue):
     assert dead.id == poison.id and dead.key == poison.key and dead.payload == poison.payload
     assert dead.last_error == "422: Observation.value out of range\nsecond line"
     assert queue.get(poison.id).state == DEAD and queue.counts(DEST)[DEAD] == 1
-    assert queue.retry(poison.id) is True
-    assert queue.counts(DEST)[DEAD] == 0
+    again = queue.retry(poison.id)
+    assert again is not None and queue.counts(DEST)[DEAD] == 0
     [back] = lease_all(queue, 1)
-    assert back.key == poison.key and back.payload == poison.payload
+    assert back.id == again and back.key == poison.key and back.payload == poison.payload
+    assert queue.retry(back.id) is None  # handed out: its worker owns it
     queue.dead([back.id], "still bad", token=back.lease)
     assert queue.purge_dead(DEST) == 1 and queue.items(state=DEAD) == []
 

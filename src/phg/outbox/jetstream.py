@@ -306,12 +306,12 @@ class JetStreamQueue:
     async def _stream(self, config: api.StreamConfig) -> None:
         """Create the stream, or bring an existing one to `config` (what JetStream lets change)."""
         try:
-            await self._js.add_stream(config)
+            await _again(lambda: self._js.add_stream(config))  # idempotent: processes start together
         except nats.js.errors.BadRequestError as exc:
             if exc.err_code != 10058:  # "stream name already in use with a different configuration"
                 raise
             try:
-                await self._js.update_stream(config)
+                await _again(lambda: self._js.update_stream(config))
             except nats.js.errors.BadRequestError as update:
                 raise ConfigError(f"{self._where}: stream {config.name} exists with settings phg cannot change "
                                   f"({update.description}); delete it or set another [queue] prefix") from None
@@ -321,11 +321,11 @@ class JetStreamQueue:
         bucket = f"{self.settings.prefix}_{name}"
         if bucket not in self._buckets:
             try:
-                self._buckets[bucket] = await self._js.key_value(bucket)
+                self._buckets[bucket] = await _again(lambda: self._js.key_value(bucket))
             except nats.js.errors.BucketNotFoundError:
-                self._buckets[bucket] = await self._js.create_key_value(
+                self._buckets[bucket] = await _again(lambda: self._js.create_key_value(
                     bucket=bucket, history=1, ttl=ttl, replicas=self.settings.stream_replicas,
-                    storage=api.StorageType.FILE)
+                    storage=api.StorageType.FILE))
         return self._buckets[bucket]
 
     def _subject(self, destination: str) -> str:
@@ -351,20 +351,21 @@ class JetStreamQueue:
             # long after, their AckWait may have run out and another worker may hold them: drop them with
             # this subscription (they are redelivered), never hand them out.
             log.debug("%s: %d messages that came late to a pull dropped", destination, found.subscription.pending_msgs)
-        await self._js.add_consumer(self.stream, api.ConsumerConfig(
+        config = api.ConsumerConfig(
             durable_name=destination, filter_subject=self._subject(destination), ack_policy=api.AckPolicy.EXPLICIT,
             deliver_policy=api.DeliverPolicy.ALL, ack_wait=ack_wait, max_deliver=-1,
-            max_ack_pending=self.settings.max_in_flight))
+            max_ack_pending=self.settings.max_in_flight)
+        await _again(lambda: self._js.add_consumer(self.stream, config))  # creates, or sets AckWait: idempotent
         if found is not None:
             with contextlib.suppress(*_FAILURES):
                 await found.subscription.unsubscribe()
-        subscription = await self._js.pull_subscribe_bind(durable=destination, stream=self.stream)
+        subscription = await _again(lambda: self._js.pull_subscribe_bind(durable=destination, stream=self.stream))
         self._consumers[destination] = _Consumer(ack_wait, subscription)
         return subscription
 
     async def _consumer_info(self, destination: str) -> api.ConsumerInfo | None:
         try:
-            return await self._js.consumer_info(self.stream, destination)
+            return await _again(lambda: self._js.consumer_info(self.stream, destination))
         except nats.js.errors.NotFoundError:
             return None
 
@@ -800,25 +801,31 @@ class JetStreamQueue:
         counts[DEAD] = sum((dead.state.subjects or {}).values())
         return counts
 
-    def retry(self, id: int) -> bool:
-        """Queue a dead reading again (published anew: a new id, attempts from zero) and delete the dead
-        letter; True also for a reading still waiting. False if there is none with that id."""
+    def retry(self, id: int) -> int | None:
+        """Queue a dead reading again: published anew (a new id, attempts from zero), then its dead letter
+        deleted; returns the new id. A reading waiting and never handed out: its own id. Else None."""
         return self._call(self._retry(id), "queueing a dead reading again")
 
-    async def _retry(self, id: int) -> bool:
-        with contextlib.suppress(nats.js.errors.NotFoundError):
-            await self._js.get_msg(self.stream, id)
-            return True
+    async def _retry(self, id: int) -> int | None:
+        try:
+            msg = await self._js.get_msg(self.stream, id)
+        except nats.js.errors.NotFoundError:
+            pass
+        else:
+            destination = msg.subject.rsplit(".", 1)[-1]
+            item = await self._stored_item(destination, msg, await self._consumer_info(destination))
+            return id if item.state == QUEUED else None
         subjects = (await self._js.stream_info(self.dead_stream, subjects_filter=self._dead_subject("*", id))).state
-        for subject in subjects.subjects or {}:
-            msg = await self._js.get_last_msg(self.dead_stream, subject)
-            destination, headers = subject.split(".")[-2], _headers(msg)
-            await self._js.publish(self._subject(destination), msg.data or b"", headers={
-                "Nats-Msg-Id": f"retry:{destination}:{id}:{msg.seq}", H_KEY: headers.get(H_KEY, ""),
-                H_CREATED: headers.get(H_CREATED, "")})
-            await self._js.delete_msg(self.dead_stream, msg.seq)
-            return True
-        return False
+        subject = next(iter(subjects.subjects or {}), None)
+        if subject is None:
+            return None
+        letter = await self._js.get_last_msg(self.dead_stream, subject)
+        destination, headers = subject.split(".")[-2], _headers(letter)
+        again = {"Nats-Msg-Id": f"retry:{destination}:{id}:{letter.seq}", H_KEY: headers.get(H_KEY, ""),
+                 H_CREATED: headers.get(H_CREATED, "")}
+        ack = await _again(lambda: self._js.publish(self._subject(destination), letter.data or b"", headers=dict(again)))
+        await _again(lambda: self._js.delete_msg(self.dead_stream, letter.seq))
+        return ack.seq
 
     def purge_dead(self, destination: str | None = None) -> int:
         """Delete dead letters (of one destination); return how many."""

@@ -575,9 +575,10 @@ class Outbox:
             " GROUP BY destination, edge.value ORDER BY destination, edge.value",
             (json.dumps(list(ends)), step, min(ends, default=0) - step))]
 
-    def retry(self, id: int) -> bool:
+    def retry(self, id: int) -> int | None:
         """Queue a dead (or queued) item again, due now, with a fresh attempt count so that the
-        worker's backoff and attempt limit start over. False if the item is not dead or queued."""
+        worker's backoff and attempt limit start over. Returns the id it now waits under (here the
+        same; on JetStream a new one), None if the item is not dead or queued."""
         now = time.time()
         with self._write() as conn:
             cursor = conn.execute(
@@ -585,7 +586,7 @@ class Outbox:
                 " WHERE id = ? AND state IN ('dead', 'queued')",
                 (now, now, id),
             )
-            return cursor.rowcount == 1
+            return id if cursor.rowcount == 1 else None
 
     def purge_dead(self, destination: str | None = None) -> int:
         """Delete dead items; return how many."""
