@@ -107,9 +107,10 @@ def queue_retry(obj: Context, item_id: int, deliver_now: bool) -> None:
     """Queue a dead item again (after fixing what the server complained about)."""
     config = obj.config()
     with obj.queue(config) as outbox:
-        if not outbox.retry(item_id):
-            fail(f"queue item {item_id} does not exist or is delivered", EXIT_INPUT)
-        click.echo(f"item {item_id} queued")
+        again = outbox.retry(item_id)
+        if again is None:
+            fail(f"queue item {item_id} does not exist, is being delivered or is delivered", EXIT_INPUT)
+        click.echo(f"item {item_id} queued" if again == item_id else f"item {item_id} queued as item {again}")
         if deliver_now:
             from phg.cli.readings import deliver_until_idle
 

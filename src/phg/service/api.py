@@ -189,10 +189,14 @@ async def item(request: Request) -> Response:
 async def retry(request: Request) -> Response:
     ctx = _ctx(request)
     found = await _item(request)
-    if not await asyncio.to_thread(ctx.outbox.retry, found.id):
+    again = await asyncio.to_thread(ctx.outbox.retry, found.id)  # the id it waits under now (JetStream: a new one)
+    if again is None:
         raise Refusal(409, "Not retryable", f"item {found.id} is {found.state}: only a dead or queued item is "
                       "queued again")
-    return JSONResponse(item_json(await _item(request)))
+    queued = await asyncio.to_thread(ctx.outbox.get, again)
+    if queued is None:  # delivered meanwhile, by a worker that was quick
+        raise Refusal(404, "No such item", f"item {found.id} was queued again as {again}, which is gone already")
+    return JSONResponse(item_json(queued))
 
 
 async def _item(request: Request) -> Item:
@@ -319,7 +323,8 @@ PATHS: dict[str, Any] = {
         "parameters": [ITEM_ID],
         "responses": {"200": _json("#/components/schemas/Item", "The item"), **_problem(404)}}},
     "/v1/items/{id}/retry": {"post": {
-        "summary": "Queue a dead item again, due now, its attempts reset", "operationId": "retryItem",
+        "summary": "Queue a dead item again, due now, its attempts reset (on JetStream under a new id: the "
+                   "answer's id)", "operationId": "retryItem",
         "parameters": [ITEM_ID],
         "responses": {"200": _json("#/components/schemas/Item", "Queued again"), **_problem(404, 409)}}},
     "/openapi.json": {"get": {
