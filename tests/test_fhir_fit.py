@@ -88,11 +88,40 @@ def test_medplum_learned_limit_stops_refusals(medplum, strategy, tmp_path):
     with Outbox(tmp_path / "outbox.sqlite") as outbox:
         enqueue(outbox, readings)
         destination, statuses = asyncio.run(run(outbox))
-    assert statuses.count(400) == 1 and statuses[0] == 400, statuses
+    assert statuses.count(400) == 1, statuses
     assert destination.fit.max_entries == fhir.MEDPLUM_ENTRIES
     assert len(destination.fit.refused_at) == 1
-    if strategy == "auto":
+    if strategy == "transaction":
+        assert statuses[0] == 400
+    else:  # the shared entries went first as single POSTs, then the transaction sample was refused once
         assert set(destination.fit.cost) == {"transaction", "single"}
+    assert count_everywhere(medplum.base_url, readings) == [1] * sum(len(r.metrics) for r in readings)
+
+
+@pytest.mark.peers
+def test_medplum_auto_chooses_single_posts_after_one_sample(medplum, tmp_path):
+    """On Medplum's router single conditional creates cost less per entry than transactions of 8: auto
+    sends transactions only in the first batch's sample (SAMPLE Observations) and singles after it."""
+    readings = simulated_readings(patient(), START, per_device=12)  # 60 readings: 2 batches of 30
+
+    async def run(outbox: Outbox) -> tuple[FhirDestination, list[int]]:
+        bundles: list[int] = []
+
+        async def record(request: httpx.Request) -> None:
+            body = json.loads(request.content)
+            bundles.extend([len(body["entry"])] if body.get("resourceType") == "Bundle" else [])
+
+        async with httpx.AsyncClient(timeout=30, event_hooks={"request": [record]}) as client:
+            destination = FhirDestination(client, medplum.base_url, GATEWAY, strategy="auto")
+            summary = await DeliveryWorker(outbox, destination, batch_size=30).run(until_idle=True)
+            assert (summary.delivered, summary.dead) == (len(readings), 0)
+        return destination, bundles
+
+    with Outbox(tmp_path / "outbox.sqlite") as outbox:
+        enqueue(outbox, readings)
+        destination, bundles = asyncio.run(run(outbox))
+    assert destination.fit.cost["single"] < destination.fit.cost["transaction"], destination.fit.cost
+    assert bundles == [fhir.SAMPLE, 8, 8], bundles  # refused as too many once, then in parts of 8
     assert count_everywhere(medplum.base_url, readings) == [1] * sum(len(r.metrics) for r in readings)
 
 
@@ -207,14 +236,89 @@ def test_single_posts_conditional_creates_with_literal_references():
         assert all(not ref.startswith("urn:") for ref in references(json.loads(request.content))), request.content
 
 
-def test_auto_tries_each_way_then_keeps_the_cheaper_and_rechecks():
+def test_auto_samples_until_both_ways_are_timed_then_keeps_the_cheaper_and_rechecks():
     destination = FhirDestination(httpx.AsyncClient(), "http://fhir.test/fhir", GATEWAY, strategy="auto")
-    assert destination.way() == "transaction"  # until timed, each way in turn
+    assert destination.way() == "sample"  # until both are timed
     destination.fit.cost["transaction"] = 0.002
-    assert destination.way() == "single"
+    assert destination.way() == "sample"
     destination.fit.cost["single"] = 0.001
     ways = [destination.way() for _ in range(fhir.RECHECK)]
-    assert ways.count("transaction") == 1 and ways.count("single") == fhir.RECHECK - 1
+    assert ways.count("sample") == 1 and ways.count("single") == fhir.RECHECK - 1
+
+
+def slow(handle, bundle_seconds: float, single_seconds: float):
+    """`handle` (answering) behind a delay per POST: a transaction of any size, or a single resource."""
+    async def delayed(request: httpx.Request) -> httpx.Response:
+        single = json.loads(request.content).get("resourceType") != "Bundle"
+        await asyncio.sleep(single_seconds if single else bundle_seconds)
+        return handle(request)
+    return delayed
+
+
+def sampled(bundle_seconds: float, single_seconds: float) -> tuple[list[httpx.Request], list, FhirDestination]:
+    """Two batches of 40 readings (72 Observations, 7 shared entries) under "auto" against a server
+    whose answers take the given time per transaction and per single POST."""
+    posted: list[httpx.Request] = []
+    readings = simulated_readings(patient(), START, per_device=8)
+
+    async def run() -> tuple[list, FhirDestination]:
+        transport = httpx.MockTransport(slow(answering(posted), bundle_seconds, single_seconds))
+        async with httpx.AsyncClient(transport=transport) as client:
+            destination = FhirDestination(client, "http://fhir.test/fhir", GATEWAY, strategy="auto")
+            return [await destination.send(readings) for _ in range(2)], destination
+    outcomes, destination = asyncio.run(run())
+    assert all(isinstance(o, Delivered) for batch in outcomes for o in batch)
+    return posted, outcomes, destination
+
+
+def shape(posted: list[httpx.Request]) -> list[int]:
+    """Each POST: the entries of a transaction, or 0 for a single resource."""
+    return [len(body["entry"]) if body.get("resourceType") == "Bundle" else 0
+            for body in map(json.loads, (r.content for r in posted))]
+
+
+def test_auto_compares_equal_samples_then_sends_the_rest_the_cheaper_way():
+    """Where a single POST costs far less than a transaction: the first batch sends its shared entries
+    as singles, SAMPLE Observations in one transaction and the next SAMPLE as singles, then the rest as
+    singles; the next batch goes as singles, without its known Patient and Devices."""
+    posted, outcomes, destination = sampled(bundle_seconds=0.2, single_seconds=0.001)
+    entries = 7 + 72
+    assert shape(posted) == [0] * 7 + [fhir.SAMPLE] + [0] * (entries - 7 - fhir.SAMPLE) + [0] * 72
+    assert destination.fit.cost["single"] < destination.fit.cost["transaction"]
+    assert destination.way() == "single"
+    for request in posted[7:]:  # every reference to a shared entry is its Type/id on the server
+        assert all(not ref.startswith("urn:") for ref in references(json.loads(request.content)))
+
+
+def test_auto_sends_the_rest_as_one_transaction_where_that_is_cheaper():
+    posted, _, destination = sampled(bundle_seconds=0.001, single_seconds=0.02)
+    entries = 7 + 72
+    rest = entries - 7 - 2 * fhir.SAMPLE
+    assert shape(posted) == [0] * 7 + [fhir.SAMPLE] + [0] * fhir.SAMPLE + [rest] + [entries]
+    assert destination.way() == "transaction"
+    rest_bundle = json.loads(posted[7 + 1 + fhir.SAMPLE].content)
+    own = {e["fullUrl"] for e in rest_bundle["entry"]}
+    assert all(ref in own or ref.count("/") == 1 for ref in references(rest_bundle))
+
+
+def test_auto_samples_a_small_batch_in_halves():
+    """Six Observations: samples of three each way, nothing left for the cheaper way."""
+    posted: list[httpx.Request] = []
+    send([six_metrics()], posted, strategy="auto")
+    assert shape(posted)[:8] == [0] * 4 + [3] + [0] * 3  # Patient, 2 Devices, clock; 3 in a transaction; 3 single
+    assert json.loads(posted[0].content)["resourceType"] == "Patient"
+
+
+def test_auto_sends_a_batch_without_two_observations_as_one_transaction():
+    """Nothing to compare on: one transaction, untimed, and the next batch is sampled again."""
+    posted: list[httpx.Request] = []
+    one = parse_reading(json.loads(json.dumps({"device": SCALE, "metrics": [
+        {"type": "body_weight", "value": "70.5", "unit": "kg", "time": "2026-11-28T09:00:00+01:00"}],
+        "patient": {"system": "urn:oid:1.2.3.4.5", "value": "pt-one"}}), parse_float=Decimal))
+    (first, second), destination = send([one], posted, strategy="auto")
+    assert all(isinstance(o, Delivered) for o in first + second)
+    assert shape(posted) == [4, 4] and destination.fit.cost == {}
+    assert destination.way() == "sample"
 
 
 def test_encrypted_destination_sends_transactions_only():

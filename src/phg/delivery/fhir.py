@@ -29,8 +29,15 @@ transaction may hold and which way of sending is fastest there:
   too big for one transaction is sent this way too: it is never dead-lettered for its size.
 - The way ([fhir] strategy): "transaction" (Bundles, in parts when a limit applies), "single" (each
   resource its own conditional create, POST [type] with If-None-Exist, http.html#ccreate, references
-  rewritten the same way), or "auto": both are timed per entry on real batches, the cheaper one is used,
-  and the other is timed again every RECHECK batches (the server may change, e.g. its database grows).
+  rewritten the same way), or "auto": the ways are compared on samples of one batch (the first, and
+  again every RECHECK batches: the server may change, e.g. its database grows), the rest of which and
+  every batch until the next comparison go the cheaper way. In a sampled batch the shared entries go
+  first as single conditional creates (few, and needed by both samples), then SAMPLE Observation
+  entries as transactions and the next SAMPLE as single POSTs, back to back on one warm connection, each
+  timed per entry: equal samples of the same kind of entry at the same moment, so that neither way pays
+  the other's set-up (the first connection, the first creation of the Patient and Devices) and a server
+  that slows down as it fills weighs on both alike. Only SAMPLE entries of a batch go the dearer way,
+  where timing a whole batch each way cost a whole slow batch (a quarter of a short run on Medplum).
 """
 
 from __future__ import annotations
@@ -60,7 +67,8 @@ log = logging.getLogger(__name__)
 FHIR_JSON = "application/fhir+json"
 WAYS = FHIR_STRATEGIES[1:]  # "transaction", "single"
 MEDPLUM_ENTRIES = 8  # @medplum/fhir-router maxSerializableTransactionEntries (with a conditional create)
-RECHECK = 200  # under "auto", the way not in use is timed again once per this many batches
+RECHECK = 200  # under "auto", the ways are compared again (a sampled batch) once per this many batches
+SAMPLE = 16  # Observation entries per way in a sampled batch (two of Medplum's transactions of 8)
 
 
 @asynccontextmanager
@@ -95,9 +103,10 @@ async def open_fhir(settings: FhirSettings, gateway: Gateway) -> AsyncIterator[F
 @dataclass
 class Fit:
     """What one server takes, as this process has learned it (module docstring): at most max_entries
-    entries per transaction (None: no limit known), the seconds per entry each way cost lately, and
-    how many batches were sent under "auto"; refused_at: when (time.monotonic()) a transaction was
-    refused as too many (a refusal lowers max_entries, so there are few).
+    entries per transaction (None: no limit known), the seconds per entry each way cost in the samples
+    (a running mean over the sampled batches), and how many batches were sent under "auto"; refused_at:
+    when (time.monotonic()) a transaction was refused as too many (a refusal lowers max_entries, so there
+    are few).
     """
 
     max_entries: int | None = None
@@ -167,28 +176,65 @@ class FhirDestination:
         return [Rejected(refused[i]) if i in refused else next(answers) for i in range(len(readings))]
 
     def way(self) -> str:
-        """How the next batch goes: the configured strategy, or under "auto" each way once, then the one
-        that cost the least per entry, with the other timed again every RECHECK batches."""
+        """How the next batch goes: the configured strategy; under "auto", "sample" (both ways timed on
+        samples of the batch) until both are timed and then every RECHECK batches, else the way that cost
+        the least per entry."""
         if self.strategy != "auto":
             return self.strategy
         fit = self.fit
         fit.batches += 1
-        untried = [w for w in WAYS if w not in fit.cost]
-        if untried:
-            return untried[0]
-        best = min(WAYS, key=fit.cost.__getitem__)
-        if fit.batches % RECHECK == 0:
-            return next(w for w in WAYS if w != best)
-        return best
+        if len(fit.cost) < len(WAYS) or fit.batches % RECHECK == 0:
+            return "sample"
+        return min(WAYS, key=fit.cost.__getitem__)
 
     async def _deliver(self, tx: Transaction, body: bytes) -> list[Outcome]:
         way = self.way()
-        started = time.perf_counter()
-        answers = await (self._singles(tx) if way == "single" else self._transaction(tx, body))
-        seconds = (time.perf_counter() - started) / len(answers)
-        cost = self.fit.cost
-        cost[way] = seconds if way not in cost else (cost[way] + seconds) / 2
+        if way == "sample":
+            answers = await self._sampled(tx, body)
+        else:
+            answers = await (self._singles(tx) if way == "single" else self._transaction(tx, body))
         return self._outcomes(answers, tx)
+
+    async def _sampled(self, tx: Transaction, body: bytes) -> list[dict]:
+        """The batch with the ways compared on it (module docstring): the shared entries as single POSTs,
+        SAMPLE Observation entries each way, timed per entry, the rest the cheaper way. A batch with fewer
+        than two Observations to compare on goes as one transaction, untimed."""
+        entries: list[dict] = tx.bundle["entry"]
+        start = max(tx.shared_entries, default=-1) + 1  # build_transaction puts the shared entries first
+        size = min(SAMPLE, (len(entries) - start) // 2)
+        if size < 1:
+            return await self._transaction(tx, body)
+        known = dict(self.fit.located)
+        try:
+            return await self._sampled_with(tx, start, size, known)
+        except PermanentDeliveryError:  # as in _singles: a resource remembered may be gone from the server
+            if not known:
+                raise
+            self.fit.located.clear()
+            return await self._sampled_with(tx, start, size, {})
+
+    async def _sampled_with(self, tx: Transaction, start: int, size: int, located: dict[str, str]) -> list[dict]:
+        entries: list[dict] = tx.bundle["entry"]
+        answers = await self._singles_with(tx, located, entries[:start])
+        cost = self.fit.cost
+        for way in WAYS:
+            started = time.perf_counter()
+            answers += await self._by(way, tx, entries[len(answers):len(answers) + size], located)
+            seconds = (time.perf_counter() - started) / size
+            cost[way] = seconds if way not in cost else (cost[way] + seconds) / 2
+        best = min(WAYS, key=cost.__getitem__)
+        log.debug("%s: seconds per entry %s; sending the %s way", self.name,
+                  ", ".join(f"{w} {cost[w]:.6f}" for w in WAYS), best)
+        return answers + await self._by(best, tx, entries[len(answers):], located)
+
+    async def _by(self, way: str, tx: Transaction, entries: list[dict], located: dict[str, str]) -> list[dict]:
+        """The answers to `entries` (a run of the transaction's) sent `way`, references to earlier entries
+        resolved through `located`, which learns where these are."""
+        if not entries:
+            return []
+        if way == "single":
+            return await self._singles_with(tx, located, entries)
+        return await self._in_parts(tx, entries, located)
 
     async def _transaction(self, tx: Transaction, body: bytes) -> list[dict]:
         """The transaction's answers, entry by entry: one POST when it fits the server, else in parts."""
@@ -198,17 +244,15 @@ class FhirDestination:
             if not _too_many(response, entries):
                 return self._answers(response, entries)
             self._learn(entries)
-        return await self._in_parts(tx)
+        return await self._in_parts(tx, tx.bundle["entry"], {})
 
-    async def _in_parts(self, tx: Transaction) -> list[dict]:
-        """The entries in order, in transactions of at most max_entries; a reference to an entry of an
-        earlier part becomes the "Type/id" the server answered for it."""
-        entries: list[dict] = tx.bundle["entry"]
+    async def _in_parts(self, tx: Transaction, entries: list[dict], located: dict[str, str]) -> list[dict]:
+        """The entries in order, in transactions of at most max_entries (all in one without a limit); a
+        reference to an entry located before (an earlier part's, or in `located`) becomes the "Type/id"
+        the server answered for it."""
         answers: list[dict] = []
-        located: dict[str, str] = {}
         while len(answers) < len(entries):
-            limit = self.fit.max_entries
-            assert limit is not None
+            limit = self.fit.max_entries or len(entries)
             part = [_resolved(e, located) for e in entries[len(answers):len(answers) + limit]]
             body = await asyncio.to_thread(to_json, {"resourceType": "Bundle", "type": "transaction", "entry": part})
             response = await self._post_transaction(tx, body)
@@ -229,17 +273,17 @@ class FhirDestination:
         left out (one may have been deleted there), they are forgotten and the batch is sent whole."""
         known = dict(self.fit.located)
         try:
-            return await self._singles_with(tx, known)
+            return await self._singles_with(tx, known, tx.bundle["entry"])
         except PermanentDeliveryError:
             if not known:
                 raise
             self.fit.located.clear()
-            return await self._singles_with(tx, {})
+            return await self._singles_with(tx, {}, tx.bundle["entry"])
 
-    async def _singles_with(self, tx: Transaction, located: dict[str, str]) -> list[dict]:
+    async def _singles_with(self, tx: Transaction, located: dict[str, str], entries: list[dict]) -> list[dict]:
         answers: list[dict] = []
         shared = {tx.bundle["entry"][i]["fullUrl"] for i in tx.shared_entries}
-        for entry in tx.bundle["entry"]:
+        for entry in entries:
             if entry["fullUrl"] in located and entry["fullUrl"] in shared:
                 answers.append({"response": {"status": "200 OK", "location": located[entry["fullUrl"]]}})
                 continue
