@@ -22,8 +22,13 @@ How the Queue maps onto it:
   consumer leader only and is silently lost when leadership changes, so phg pulls again rather than
   wait), checks each against the delivered markers BEFORE handing it out (a redelivered, long-acked message
   is acknowledged and skipped), and returns the rest under one token naming the messages this process
-  holds. Item.id is the stream sequence; Item.attempts the delivery count.
-- renew sends an in-progress ack (+WPI) for each held message, which restarts its AckWait.
+  holds. Item.id is the stream sequence; Item.attempts the deliveries, releases not counted. A message
+  that reached this process after its pull had timed out waits in the subscription for the next pull;
+  one not pulled within half an AckWait is dropped with the subscription (it may be another's by then).
+  A consumer has one AckWait: every worker of a destination runs with the same lease_seconds (the last
+  one to lease sets it).
+- renew sends an in-progress ack (+WPI) for each held message, which restarts its AckWait; 0 once this
+  process's lease has run out unrenewed (the messages may be another worker's by now).
 - delivered writes the markers, then acknowledges (+ACK as a request, retried while unanswered: acks sent
   while the consumer has no leader are lost; a message no longer stored counts as settled).
 - retry_later records attempts/refusals/error, then naks with the delay (-NAK {"delay": ns}); release naks
@@ -43,8 +48,8 @@ Facts of nats-server this is built for (measured on Debian's 2.9.10 by issue 15)
   stale, and only `delivered` still applies (the reading did reach the destination).
 
 Durability: a PubAck means the message is stored on a quorum of replicas (R3: two nodes), not that it
-is fsynced (nats-server syncs every 2 min by default): the replicas on separate machines are what
-survives a power cut of one, which is why production runs R3.
+is fsynced (nats-server syncs its files periodically: `sync_interval`, 2 min by default): the replicas
+on separate machines are what survives a power cut of one, which is why production runs R3.
 
 What it cannot answer (and answers instead):
 - Delivered readings keep no payload, only a marker: items(state="delivered") is empty, purge_delivered
@@ -58,8 +63,12 @@ What it cannot answer (and answers instead):
 
 Threads: the methods are synchronous (the worker and the Intake call them through asyncio.to_thread, as
 with SQLite). They run coroutines on this object's own event loop in one background thread
-(asyncio.run_coroutine_threadsafe) and wait a bounded time; JetStream that cannot be reached raises
-StorageError, which pauses a worker (it retries) and tells a source nothing was acknowledged.
+(asyncio.run_coroutine_threadsafe) and wait a bounded time. Idempotent requests are made again while
+JetStream elects a leader (LEADER_WAIT); JetStream that still cannot be reached raises StorageError, which
+pauses a worker (it retries) and tells a source to keep its readings: some may be stored already, and
+storing them again within duplicate_window stores nothing twice. Opening fails fast (CONNECT_TRIES) when
+no server answers, with ConfigError when the credentials are refused; once connected, nats-py reconnects
+until closed.
 """
 
 from __future__ import annotations
