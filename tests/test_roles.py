@@ -160,6 +160,57 @@ async def test_a_worker_started_first_delivers_what_a_later_intake_takes(engine,
         await worker.stop()
 
 
+@pytest.mark.peers
+async def test_a_worker_started_before_its_jetstream_waits_for_it_then_delivers(sekmet, tmp_path):
+    """JetStream not up yet: `phg run --role worker` logs it, tries again with backoff and delivers once it
+    answers; stopped, it exits cleanly."""
+    from nats_cluster import NatsCluster, require_nats_server
+    from phg.intake import Intake
+    from phg.outbox import open_queue
+
+    require_nats_server()
+    cluster = NatsCluster(tmp_path / "nats", size=1)  # its port chosen, not started yet
+    servers = ", ".join(f'"{url}"' for url in cluster.urls)
+    config = write_config(tmp_path, sekmet.base_url, free_port(),
+                          f'[queue]\nengine = "jetstream"\nservers = [{servers}]\n')
+    env = {**os.environ, "PHG_CONFIG": str(config)}
+    child = await asyncio.create_subprocess_exec(PHG, "run", "--role", "worker", env=env,
+                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        await asyncio.sleep(4)
+        assert child.returncode is None  # waiting, not failed
+        with cluster:
+            cluster.wait_ready()
+            batch = readings(2)
+            loaded = load_config(config, env={})
+            with open_queue(loaded) as queue:
+                Intake(queue, loaded.destination_names).store(batch)
+            await until_on_server(sekmet.base_url, batch, 90)
+            child.send_signal(signal.SIGTERM)
+            _, err = await asyncio.wait_for(child.communicate(), 30)
+    finally:
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
+    assert child.returncode == 0, err.decode()[-2000:]
+    assert "the queue cannot be reached" in err.decode() and "trying again in 1 s" in err.decode()
+
+
+async def test_a_run_stopped_before_its_jetstream_answers_exits_cleanly(tmp_path):
+    from nats_cluster import require_nats_server
+
+    require_nats_server()
+    config = write_config(tmp_path, "http://127.0.0.1:9/fhir", free_port(),
+                          f'[queue]\nengine = "jetstream"\nservers = ["nats://127.0.0.1:{free_port()}"]\n')
+    child = await asyncio.create_subprocess_exec(PHG, "run", env={**os.environ, "PHG_CONFIG": str(config)},
+                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    await asyncio.sleep(3)
+    child.send_signal(signal.SIGTERM)
+    _, err = await asyncio.wait_for(child.communicate(), 30)
+    assert child.returncode == 0, err.decode()[-2000:]
+    assert "stopped before the queue could be reached" in err.decode()
+
+
 def test_role_comes_from_the_flag_the_environment_or_run_role(tmp_path):
     path = tmp_path / "phg.toml"
     path.write_text('[run]\nrole = "worker"\n')

@@ -15,7 +15,7 @@ from phg.config import Config
 from phg.delivery import DeliveryWorker, Summary
 from phg.delivery.registry import open_destinations
 from phg.delivery.status import DestinationStatus
-from phg.errors import AuthError, ConfigError, PhgError
+from phg.errors import AuthError, ConfigError, PhgError, StorageError
 from phg.outbox import Queue
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,29 @@ async def run_gateway(config: Config, outbox: Queue, stop: asyncio.Event, *, ble
         await asyncio.gather(*tasks, return_exceptions=True)
         if view is not None:
             view.close()
+
+
+async def open_queue_when_reachable(config: Config, stop: asyncio.Event, *, max_delay: float = 30.0) -> Queue | None:
+    """The configured queue, open, for `phg run`. JetStream that cannot be reached yet (a process started
+    before its cluster, a partition) is tried again, each failure logged, with a delay doubling up to
+    `max_delay`, until it answers or `stop` is set (then None): intakes and workers may start in any order,
+    before the cluster too. The SQLite outbox fails at once: its StorageError (a read-only disk, a path
+    that is not an outbox) needs a person."""
+    from phg.outbox import open_queue
+
+    delay = 1.0
+    while True:
+        try:
+            return await asyncio.to_thread(open_queue, config)
+        except StorageError as exc:
+            if config.queue.engine != "jetstream":
+                raise
+            log.warning("the queue cannot be reached: %s; trying again in %.0f s", exc, delay)
+        try:
+            await asyncio.wait_for(stop.wait(), delay)
+            return None
+        except TimeoutError:
+            delay = min(delay * 2, max_delay)
 
 
 def _stop_if_failed(task: asyncio.Task, stop: asyncio.Event) -> None:

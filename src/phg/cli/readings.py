@@ -223,7 +223,7 @@ def run(obj: Context, role: str | None, as_json: bool) -> None:
     """Deliver whatever is queued, retrying while the server is unreachable, and collect from the
     configured sources, until stopped (Ctrl-C, SIGTERM); then print what was delivered. Intakes and
     workers may run as separate processes on one queue (--role)."""
-    from phg.daemon import run_gateway
+    from phg.daemon import open_queue_when_reachable, run_gateway
 
     obj.flags[("run", "role")] = role
     config = obj.config()
@@ -231,8 +231,24 @@ def run(obj: Context, role: str | None, as_json: bool) -> None:
         logging.getLogger().setLevel(logging.INFO)
         logging.getLogger("httpx").setLevel(logging.WARNING)
     summary: dict[str, Any] = {}
-    with obj.queue(config) as outbox:
-        code = report(_run(lambda stop: run_gateway(config, outbox, stop)), outbox, summary, as_json)
+    opened: list[Any] = []
+
+    async def go(stop: asyncio.Event) -> Any:
+        queue = await open_queue_when_reachable(config, stop)  # JetStream not up yet: waited for
+        if queue is None:
+            return None
+        opened.append(queue)
+        return await run_gateway(config, queue, stop)
+
+    try:
+        totals = _run(go)
+        if not opened:
+            click.echo("stopped before the queue could be reached: nothing was collected or delivered", err=True)
+            sys.exit(0)
+        code = report(totals, opened[0], summary, as_json)
+    finally:
+        for queue in opened:
+            queue.close()
     if as_json:
         print_json(summary)
     sys.exit(0 if code == EXIT_TEMPFAIL else code)  # what waits is for the next run
