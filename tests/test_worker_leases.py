@@ -199,3 +199,60 @@ async def test_an_arbitrary_exception_kills_only_its_reading(outbox):
     [dead] = outbox.items("fhir", "dead")
     assert dead.key == bad and dead.last_error == "MemoryError: rendering a gigabyte of digits"
     assert outbox.counts("fhir")["inflight"] == 0
+
+
+class OneByOne:
+    """Sends a batch one reading at a time, `seconds` each (as an HL7 exchange does, message by message);
+    records the readings each call sent."""
+
+    name = "fhir"
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.calls: list[list[str]] = []
+
+    async def send(self, readings):
+        self.calls.append(sent := [])
+        for reading in readings:
+            await asyncio.sleep(self.seconds)
+            sent.append(reading.key)
+        return [Delivered("ok") for _ in readings]
+
+
+class Stalling(Outbox):
+    """An outbox whose lease renewals hang once `stalled` is set (a JetStream cluster without a leader)."""
+
+    stalled = False
+
+    def renew(self, token, lease_seconds):
+        if self.stalled:
+            time.sleep(1.5)
+            return 0
+        return super().renew(token, lease_seconds)
+
+
+async def test_a_lease_lost_mid_send_stops_the_send(tmp_path):
+    """The queue stalls while a batch is on the wire, so its lease cannot be renewed and runs out: the worker
+    stops sending that batch within a message (not the whole batch, which another worker now leases and
+    sends: here this same worker, under a new lease), reports nothing under the lost lease, and goes on.
+    Old code: the whole batch sent under the lost lease."""
+    box = Stalling(tmp_path / "o.sqlite")
+    box.enqueue("fhir", [(r.key, r.to_json()) for r in READINGS[:10]])
+    first = OneByOne(0.15)
+    worker = DeliveryWorker(box, first, batch_size=10, lease_seconds=0.6)
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    await asyncio.sleep(0.2)
+    box.stalled = True  # from here no renewal gets through: the lease ends about 0.6 s after it was taken
+    await asyncio.sleep(1.6)
+    stop.set()
+    await running
+    assert 1 <= len(first.calls[0]) <= 6, first.calls  # stopped within a message of the lease's end (0.6 s / 0.15 s)
+    assert box.counts("fhir")["delivered"] == 0  # nothing reported under a lost lease
+    box.stalled = False
+    second = OneByOne(0.0)
+    with Outbox(tmp_path / "o.sqlite") as other:  # another worker: the expired lease is due for it
+        await DeliveryWorker(other, second, batch_size=10, lease_seconds=5).run(until_idle=True)
+        assert other.counts("fhir")["delivered"] == 10
+    assert sorted(second.calls[0]) == sorted(r.key for r in READINGS[:10])
+    box.close()

@@ -6,7 +6,10 @@ Rules (the delivery paragraph of docs/architecture.md):
   taken by another leaser makes the report stale: ignored). Every lease the worker holds (the batch
   on the wire, the next one leased ahead, the batch held through an outage) is renewed three times
   per lease_seconds, so a send that outlasts its lease is never sent again by this worker's
-  look-ahead or by another worker on the same outbox. Stored times further ahead than the longest
+  look-ahead or by another worker on the same outbox. A lease that cannot be renewed in time (the
+  queue stalls) or that the queue no longer holds is lost: its batch is sent no further (a send in
+  progress is cancelled) and nothing is reported under it; the worker that leases it next sends it.
+  Stored times further ahead than the longest
   delay the worker sets (`horizon`) come from a clock that ran ahead and are due; in-process
   deadlines (Retry-After, the circuit) are time.monotonic().
 - The destination cannot be reached (TransientDeliveryError with reached=False: connect failure at
@@ -124,6 +127,11 @@ class DeliveryWorker:
         # Tokens of the leases this worker holds (batch on the wire, leased ahead, held as the probe),
         # renewed by _keep_leases so that no other leaser takes them while they are ours.
         self._held: set[str] = set()
+        # When each held lease was last renewed (time.monotonic() of the asking), the leases lost (_lose),
+        # and the send in progress under each token, cancelled when its lease is lost.
+        self._renewed: dict[str, float] = {}
+        self._lost: set[str] = set()
+        self._sending: dict[str, asyncio.Future[Sequence[Outcome]]] = {}
         self._keeper: asyncio.Task[None] | None = None
         # Set by wake() (something was queued): an idle wait ends at once instead of at the next poll.
         self._woken = asyncio.Event()
@@ -243,11 +251,12 @@ class DeliveryWorker:
     async def _take(self) -> Batch | None:
         """Lease and parse one batch (blocking work, in threads); None when nothing is due. A stored
         payload that no longer parses goes dead on its own."""
+        asked = time.monotonic()  # the lease runs from about now: count from before asking
         items = await asyncio.to_thread(self.outbox.lease, self.destination.name, self.batch_size,
                                         self.lease_seconds, None, self.horizon)
         if not items:
             return None
-        self._hold(items[0].lease)
+        self._hold(items[0].lease, asked)
         try:
             readings, broken = await asyncio.to_thread(_parse, items)
             for item, reason in broken:
@@ -259,14 +268,18 @@ class DeliveryWorker:
             self._unhold(items[0].lease)
         return readings
 
-    def _hold(self, token: str | None) -> None:
+    def _hold(self, token: str | None, since: float) -> None:
+        """Keep the lease `token`, taken (or last renewed) at time.monotonic() `since`, renewed."""
         assert token is not None
         self._held.add(token)
+        self._renewed[token] = since
         if self._keeper is None:
             self._keeper = asyncio.create_task(self._keep_leases())
 
     def _unhold(self, token: str | None) -> None:
         self._held.discard(token)  # type: ignore[arg-type]
+        self._renewed.pop(token, None)  # type: ignore[arg-type]
+        self._lost.discard(token)  # type: ignore[arg-type]
         if not self._held and self._keeper is not None:
             self._keeper.cancel()
             self._keeper = None
@@ -274,14 +287,37 @@ class DeliveryWorker:
     async def _keep_leases(self) -> None:
         """Renew every lease held, three times per lease: a batch on the wire, leased ahead or held
         through an outage is never due for another leaser (another process on the same outbox, or
-        this one), however long its send takes."""
+        this one), however long its send takes. A lease that could not be renewed in time (the queue
+        stalled: a JetStream cluster without a leader, say) or that the queue says is no longer ours is
+        lost: its batch is not sent, or no further (_lose)."""
         while True:
             await asyncio.sleep(self.lease_seconds / 3)
             for token in list(self._held):
+                asked = time.monotonic()
                 try:
-                    await asyncio.to_thread(self.outbox.renew, token, self.lease_seconds)
-                except StorageError as exc:  # the lease may run out: at worst a batch is sent twice
-                    log.warning("%s: a lease could not be renewed: %s", self.destination.name, exc)
+                    held = await asyncio.wait_for(asyncio.to_thread(self.outbox.renew, token, self.lease_seconds),
+                                                  self.lease_seconds / 3)
+                except (StorageError, TimeoutError) as exc:
+                    log.warning("%s: a lease could not be renewed: %s", self.destination.name, exc or "timed out")
+                    held = None
+                if held:
+                    self._renewed[token] = asked
+                elif held == 0 or asked - self._renewed.get(token, asked) >= self.lease_seconds:
+                    self._lose(token)
+
+    def _lose(self, token: str) -> None:
+        """The lease `token` ran out or was taken: another worker may be sending its readings now. What
+        is still to be sent under it is not sent by this worker (a send in progress is cancelled: an HL7
+        exchange stops between two messages, at most the one on the wire may reach the receiver twice),
+        and nothing is reported under it (the reports would be stale anyway)."""
+        if token in self._lost or token not in self._held:
+            return
+        self._lost.add(token)
+        sending = self._sending.get(token)
+        if sending is not None and not sending.done():
+            log.warning("%s: a lease ran out while its batch was being sent; the rest is left to the worker "
+                        "that leases it now", self.destination.name)
+            sending.cancel()
 
     async def _drop_prefetch(self) -> None:
         """Give back a batch leased ahead (when stopping or pausing), without counting an attempt."""
@@ -319,8 +355,20 @@ class DeliveryWorker:
             else:
                 await self._report(self.outbox.release, [item for item, _ in batch])
             return
+        token = batch[0][0].lease
+        if token in self._lost:
+            log.warning("%s: %d readings not sent: their lease ran out", self.destination.name, len(batch))
+            return
+        sending = asyncio.ensure_future(self.destination.send([reading for _, reading in batch]))
+        self._sending[token] = sending  # type: ignore[index]
+        sending.add_done_callback(lambda _: self._sending.pop(token, None))  # type: ignore[arg-type]
         try:
-            outcomes = await self.destination.send([reading for _, reading in batch])
+            outcomes = await sending
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if token in self._lost and current is not None and not current.cancelling():
+                return  # _lose: the lease ran out mid-send; nothing is reported under it
+            raise
         except TransientDeliveryError as exc:
             if not exc.reached and exc.retry_after is None:
                 await self._open_circuit(batch, exc)
