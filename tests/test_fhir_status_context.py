@@ -240,6 +240,41 @@ def test_cgm_annunciation_octets_map_to_mdc_cgm_dev_stat():
     assert [[m.code for m in r.metrics] for r in collector.take()] == [[160212, 8418060], [160212, 8418060]]
 
 
+# CGMS Sensor Status Annunciation (octet, bit) -> MDC_CGM_DEV_STAT 8418060.<MDER bit> by ASN1ToHL7's meanings; None:
+# no ASN1ToHL7 code (battery low, general device fault, time synchronization required, calibration pending) or reserved.
+CGM_ANNUNCIATION = {
+    ("status", 0): 0, ("status", 1): None, ("status", 2): 2, ("status", 3): 3, ("status", 4): 4, ("status", 5): None,
+    ("status", 6): None, ("status", 7): None,
+    ("cal_temp", 0): None, ("cal_temp", 1): 7, ("cal_temp", 2): 8, ("cal_temp", 3): 9, ("cal_temp", 4): 10,
+    ("cal_temp", 5): 11, ("cal_temp", 6): None, ("cal_temp", 7): None,
+    **{("warning", n): 12 + n for n in range(8)},
+}
+
+
+def cgm_status_bits(status: int, cal_temp: int, warning: int) -> list[tuple[int, str | None]]:
+    start = decode(0x2AAA, bytes.fromhex("EA070B1C080000 04 00"))
+    record = bytes([9, 0xE0]) + bytes.fromhex("7800 0500") + bytes([status, cal_temp, warning])
+    metrics = to_metrics(decode(0x2AA7, record), utc_offset=EST, received=RECEIVED, session_start=start)
+    return bits_of(metrics, 8418060) if len(metrics) > 1 else []
+
+
+@pytest.mark.parametrize(("octet", "bit"), sorted(CGM_ANNUNCIATION))
+def test_each_cgm_annunciation_bit_lands_on_its_own_meaning(octet, bit):
+    octets = {"status": 0, "cal_temp": 0, "warning": 0} | {octet: 1 << bit}
+    expected = CGM_ANNUNCIATION[(octet, bit)]
+    want = [] if expected is None else [(expected, mdc.ASN1_BITS[8418060][expected])]
+    assert cgm_status_bits(**octets) == want
+
+
+def test_calibration_pending_is_no_low_glucose_alert_and_reserved_bits_are_ignored():
+    """Cal/Temp 0x40 (calibration pending) is not sensor-result-below-patient-low (8418060.12); the Status
+    octet's reserved bit 7 is not sensor-calibration-not-allowed (8418060.7): both give no status observation."""
+    assert cgm_status_bits(0, 0x40, 0) == []
+    assert cgm_status_bits(0x80, 0, 0) == []
+    assert cgm_status_bits(0xC0, 0xC1, 0) == []  # reserved and unmapped only
+    assert cgm_status_bits(0xFF, 0xFF, 0xFF) == [(n, mdc.ASN1_BITS[8418060][n]) for n in (0, 2, 3, 4, *range(7, 20))]
+
+
 def test_context_carbohydrate_medication_and_hba1c_are_numeric_context():
     """GLS carbohydrate (kg), medication (kg or L) and HbA1c become g, mg / mL and %, the exponent moved (no
     rounding), coded by the 10417 Metric-Id; a NaN is an invalid metric without value."""

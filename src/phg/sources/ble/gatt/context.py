@@ -23,9 +23,15 @@ Bluetooth -> MDER bits (by the meaning each names; the ASN1ToHL7 displays in mdc
 - PLXS Device and Sensor Status (0x2A5E/0x2A5F): Bluetooth bit n is MDER bit 15 - n (bit 0 "extended display
   update ongoing" = device-extended-update(15) ... bit 15 "sensor disconnected" = sensor-disconnected(0));
   bits 16-23 are reserved.
-- CGMS Sensor Status Annunciation (0x2AA7), MDC_CGM_DEV_STAT: Status octet bit n -> n, Cal/Temp octet bit n ->
-  6 + n, Warning octet bit n -> 12 + n. Bits without an ASN1ToHL7 code (device battery low 1, general device
-  fault 5, time synchronization required 6) and Cal/Temp "calibration pending" are not mapped.
+- CGMS Sensor Status Annunciation (0x2AA7: Status, Cal/Temp and Warning octets, CGMS 1.0.1 CGM Measurement,
+  bit n of each octet as gatt/cgm.py names it) -> MDC_CGM_DEV_STAT 8418060, one explicit table per octet
+  (CGM_STATUS_BITS, CGM_CAL_TEMP_BITS, CGM_WARNING_BITS) by the meaning ASN1ToHL7 gives each 8418060.<bit>:
+  Status 0 session stopped -> 0, 2 sensor type incorrect -> 2, 3 sensor malfunction -> 3, 4 device specific
+  alert -> 4; Cal/Temp 1 calibration not allowed -> 7, 2 recommended -> 8, 3 required -> 9, 4 temperature too
+  high -> 10, 5 too low -> 11; Warning n -> 12 + n (below patient low ... higher than the device can process).
+  Dropped, for want of an ASN1ToHL7 code: Status 1 device battery low and 5 general device fault (8418060.1
+  and .5 are not in the code system), Cal/Temp 0 time synchronization required (.6 is not) and 6 calibration
+  pending. Reserved bits (Status 6-7, Cal/Temp 7) are ignored.
 Every one of these bits is an event (ASN1ToHL7 eventOrState), so only set bits are reported.
 
 - the context's carbohydrate, medication and HbA1c -> numeric observations whose code is the 10417 Metric-Id
@@ -52,7 +58,12 @@ BP_STATUS_BITS: dict[str, int] = {"body movement detected": 0, "cuff too loose":
                                   "improper measurement position": 5}
 BP_PULSE_RANGE_BITS: dict[str, int] = {"exceeds upper limit": 3, "less than lower limit": 4}
 GLUCOSE_STATUS_BITS = range(11)  # Bluetooth bit n = MDER bit n; bit 11 (time fault) has no counterpart
-CGM_OCTET_SHIFT = {"status": 0, "cal_temp": 6, "warning": 12}
+# CGMS Sensor Status Annunciation bit (per octet) -> MDC_CGM_DEV_STAT MDER bit; a bit not listed is dropped.
+CGM_STATUS_BITS: dict[int, int] = {0: 0, 2: 2, 3: 3, 4: 4}  # 1 battery low, 5 general fault: no code; 6-7 reserved
+CGM_CAL_TEMP_BITS: dict[int, int] = {1: 7, 2: 8, 3: 9, 4: 10, 5: 11}  # 0 time sync, 6 cal. pending: no code; 7 reserved
+CGM_WARNING_BITS: dict[int, int] = {n: 12 + n for n in range(8)}
+CGM_OCTETS: dict[str, dict[int, int]] = {"status": CGM_STATUS_BITS, "cal_temp": CGM_CAL_TEMP_BITS,
+                                         "warning": CGM_WARNING_BITS}
 
 SAMPLE_LOCATIONS: dict[str, int] = {"finger": 8417848, "alternate site test": 8417852, "earlobe": 8417856,
                                     "control solution": 8417860}  # "not available": no observation
@@ -106,7 +117,7 @@ def plx_device_status(bits: Bits | None) -> BitString | None:
 
 
 def cgm_status(record: CgmRecord) -> BitString | None:
-    numbers = {CGM_OCTET_SHIFT[octet] + n for octet in CGM_OCTET_SHIFT for n in _set(getattr(record, octet))}
+    numbers = {table[n] for octet, table in CGM_OCTETS.items() for n in _set(getattr(record, octet)) if n in table}
     return bits_value(mdc.MDC_CGM_DEV_STATUS, numbers)
 
 
