@@ -711,17 +711,17 @@ _DEVICE_PATTERN = re.compile(r"[0-9A-F*?\[\]!]+")
 class Route:
     """One [[routes]] table: the readings it matches go to its `destinations`. A reading matches when
     every matcher given holds: `patient_system` equals the patient identifier's system; `patient_value`
-    (a glob: *, ?, [seq], [!seq]; Python fnmatch, case-sensitive as FHIR identifier values are) matches
+    (a glob: *, ?, [seq], [!seq]: Python's fnmatch.fnmatchcase, https://docs.python.org/3/library/fnmatch.html;
+    case-sensitive, as FHIR matches identifier tokens, https://hl7.org/fhir/R4/search.html#token) matches
     its value; `device` (a glob over hex digits, case and ":"/"-" separators ignored) matches the device's
     system id (EUI-64) or its Bluetooth address (EUI-48). `default = true` matches every reading (a
-    catch-all, without matchers). `where` names the table for messages: "phg.toml: [[routes]] #2"."""
+    catch-all, without matchers)."""
 
     destinations: tuple[str, ...]
     patient_system: str | None = None
     patient_value: str | None = None
     device: str | None = None  # normalised: upper case, no separators
     default: bool = False
-    where: str = ""
 
     def matches(self, reading: Reading) -> bool:
         from fnmatch import fnmatchcase
@@ -778,7 +778,7 @@ def _routes(tables: Any, destinations: tuple[DestinationSettings, ...], source: 
         if not default and not matchers:
             raise ConfigError(f"{where} needs a matcher ({', '.join(ROUTE_MATCHERS)}) or default = true "
                               "(a catch-all)")
-        found.append(Route(destinations=tuple(dict.fromkeys(targets)), default=default, where=where, **matchers))
+        found.append(Route(destinations=tuple(dict.fromkeys(targets)), default=default, **matchers))
     return tuple(found)
 
 
