@@ -87,8 +87,10 @@ class NatsNode:
 class NatsCluster:
     """Three routed nats-server processes with JetStream (module docstring)."""
 
-    def __init__(self, workdir: Path, size: int = 3, user: str | None = None, password: str | None = None):
-        """`size` nodes (1: a single server, no cluster); `user` and `password`: clients must give them."""
+    def __init__(self, workdir: Path, size: int = 3, user: str | None = None, password: str | None = None,
+                 tls: tuple[Path, Path, Path] | None = None):
+        """`size` nodes (1: a single server, no cluster); `user` and `password`: clients must give them;
+        `tls` (certificate, key, CA): clients must speak TLS and show a certificate the CA signed."""
         self.binary = require_nats_server()
         ports = _free_ports(3 * size)
         self.nodes: list[NatsNode] = []
@@ -103,6 +105,9 @@ class NatsCluster:
             cluster = (f'cluster {{ name: "{CLUSTER_NAME}", listen: "127.0.0.1:{node.cluster_port}", '
                        f'routes: [{routes}] }}\n') if size > 1 else ""
             auth = f'authorization {{ user: "{user}", password: "{password}" }}\n' if user is not None else ""
+            if tls is not None:
+                auth += (f'tls {{ cert_file: "{tls[0]}", key_file: "{tls[1]}", ca_file: "{tls[2]}", verify: true, '
+                         'timeout: 5 }\n')
             node.config.write_text(
                 f'server_name: "{node.name}"\n'
                 f'listen: "127.0.0.1:{node.port}"\n'
@@ -114,6 +119,10 @@ class NatsCluster:
     def urls(self) -> list[str]:
         """The client URLs of every node (running or not): what phg's [queue] servers lists."""
         return [node.url for node in self.nodes]
+
+    @property
+    def tls_urls(self) -> list[str]:
+        return [node.url.replace("nats://", "tls://") for node in self.nodes]
 
     def start(self, i: int | None = None) -> None:
         """Start node i (all nodes when None) with its own ports and store: a restart keeps its data."""

@@ -29,6 +29,7 @@ from phg.errors import ConfigError, PermanentDeliveryError, StorageError, Transi
 from phg.model import PatientRef
 from phg.outbox import DEAD, DELIVERED, INFLIGHT, QUEUED, Outbox, Queue, jetstream, open_queue
 from phg.outbox.jetstream import JetStreamQueue
+from test_mllp_peers import make_pki
 
 _prefixes = itertools.count()
 DEST = "fhir"
@@ -362,6 +363,20 @@ def test_user_and_password_open_the_queue_and_a_wrong_one_is_named_not_logged(tm
         with caplog.at_level(logging.DEBUG), pytest.raises(ConfigError, match="refused phg's credentials") as refused:
             JetStreamQueue(replace(settings, password="wrong-secret"))
     assert "secret" not in str(refused.value) and "secret" not in caplog.text
+
+
+def test_mutual_tls_with_the_configured_ca_and_client_certificate(tmp_path):
+    pki = make_pki(tmp_path / "pki")
+    with NatsCluster(tmp_path, size=1, tls=(pki.server_cert, pki.server_key, pki.ca)) as server:
+        settings = QueueSettings(engine="jetstream", servers=tuple(server.tls_urls), ca_file=pki.ca,
+                                 cert_file=pki.client_cert, key_file=pki.client_key)
+        with JetStreamQueue(settings) as queue:
+            queue.enqueue(DEST, readings(1))
+            assert queue.inspect([]).connected_url.startswith("tls://127.0.0.1:")
+        with pytest.raises(StorageError, match="cannot connect"):  # no client certificate: refused
+            JetStreamQueue(replace(settings, cert_file=None, key_file=None))
+        with pytest.raises(ConfigError, match="certificate is not trusted"):  # the system's trust: unknown CA
+            JetStreamQueue(replace(settings, ca_file=None))
 
 
 def test_no_server_to_reach_is_a_storage_error_soon():

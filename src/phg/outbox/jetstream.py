@@ -101,6 +101,7 @@ log = logging.getLogger(__name__)
 
 MIN_SERVER = (2, 10, 14)  # deduplication kept across node restarts (issue 15; nats-server 2.10.14 release notes)
 CONNECT_TRIES = 2  # each server is tried this often more before opening the queue fails
+CONNECT_DEADLINE = 20.0  # seconds opening may take at most, whatever the servers do
 PULL_TIMEOUT = 0.5  # seconds one pull waits for messages; short: a pull lost in a leader change is redone soon
 REQUEST_TIMEOUT = 5.0  # one JetStream API request
 CALL_TIMEOUT = 60.0  # the longest a method waits for its work on the loop (several requests, retried)
@@ -199,6 +200,7 @@ class JetStreamQueue:
         self._closing = False
         self._last_error: Exception | None = None  # the last error nats-py reported (why a connect failed)
         self._refused = False  # a server answered "Authorization Violation" (it may then reset the connection)
+        self._untrusted = False  # a server's TLS certificate failed verification
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="phg-jetstream", daemon=True)
         self._thread.start()
@@ -273,6 +275,9 @@ class JetStreamQueue:
     async def _on_error(self, exc: Exception) -> None:
         self._last_error = exc
         self._refused |= isinstance(exc, nats.errors.AuthorizationError) or "authorization" in str(exc).lower()
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            self._untrusted = True
+            self._hopeless.set()
         log.warning("%s: %s: %s", self._where, type(exc).__name__, exc)
 
     async def _on_disconnected(self) -> None:
@@ -283,13 +288,26 @@ class JetStreamQueue:
         log.info("%s: reconnected to %s", self._where, self._nc.connected_url.netloc if self._nc.connected_url else "?")
 
     async def _open(self) -> None:
-        self._nc = nats.NATS()
+        self._nc, self._hopeless = nats.NATS(), asyncio.Event()
+        connecting = asyncio.ensure_future(self._nc.connect(**self._connect_options()))
+        hopeless = asyncio.ensure_future(self._hopeless.wait())
+        # Bounded, and ended by a certificate that failed verification (nats-py may then wait without end).
+        await asyncio.wait({connecting, hopeless}, timeout=CONNECT_DEADLINE, return_when=asyncio.FIRST_COMPLETED)
+        hopeless.cancel()
         try:
-            await self._nc.connect(**self._connect_options())
-        except nats.errors.NoServersError:
+            if not connecting.done():
+                raise TimeoutError
+            connecting.result()
+        except (nats.errors.NoServersError, TimeoutError):
+            connecting.cancel()
+            with contextlib.suppress(*_FAILURES, asyncio.CancelledError):
+                await asyncio.wait_for(self._nc.close(), REQUEST_TIMEOUT)
             if self._refused:
                 raise ConfigError(f"{self._where} refused phg's credentials ([queue] creds_file, nkey_seed_file or "
                                   "user and password)") from None
+            if self._untrusted:
+                raise ConfigError(f"{self._where}: the server's certificate is not trusted ([queue] ca_file: the "
+                                  f"CA that signed it; {self._last_error})") from None
             raise StorageError(f"{self._where}: cannot connect to any server: {self._last_error}") from None
         self._nc.options["max_reconnect_attempts"] = -1  # once connected, never give up: reconnect until closed
         version = self._nc.connected_server_version
@@ -535,13 +553,14 @@ class JetStreamQueue:
         held = self._leases.get(token)
         if held is None:
             return 0
-        if time.monotonic() > held.deadline:
+        asked = time.monotonic()  # the server restarts AckWait when +WPI arrives: after this, never before
+        if asked > held.deadline:
             del self._leases[token]  # redelivered by now, perhaps to another worker: no longer ours
             return 0
         for msg in held.messages.values():
             await self._nc.publish(msg.reply, PROGRESS)
         await self._nc.flush(timeout=REQUEST_TIMEOUT)
-        held.deadline = time.monotonic() + held.ack_wait
+        held.deadline = asked + held.ack_wait
         return len(held.messages)
 
     def _take(self, ids: Sequence[int], token: str | None, *, stale_too: bool = False) -> list[tuple[str, Msg]]:
