@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -20,6 +21,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given
+from hypothesis import settings as settings_
+from hypothesis import strategies as st
 
 from nats_cluster import NatsCluster, nats_cluster  # noqa: F401  (the fixture)
 from phg.config import QueueSettings, load_config
@@ -415,3 +419,20 @@ def test_a_password_in_the_config_file_needs_the_file_private(tmp_path):
 def test_plain_nats_to_another_machine_is_refused():
     with pytest.raises(ConfigError, match="tls://"):
         load_config(document={"queue": {"engine": "jetstream", "servers": ["nats://nats.example.org"]}}, env={})
+
+
+@settings_(max_examples=200, deadline=None)
+@given(server=st.text(max_size=60) | st.from_regex(r"(nats|tls)://[a-z0-9.]{1,20}(:\d{1,5})?", fullmatch=True),
+       prefix=st.text(max_size=40) | st.from_regex(r"[A-Za-z0-9_-]{1,40}", fullmatch=True), replicas=st.integers(-2, 9))
+@example(server="tls://nats1.example.org:4222", prefix="phg", replicas=3)
+def test_queue_settings_parse_or_name_the_key(server, prefix, replicas):
+    """Any [queue] servers / prefix / stream_replicas value is taken or refused with a ConfigError naming
+    [queue] (never another exception)."""
+    document = {"queue": {"engine": "jetstream", "servers": [server], "prefix": prefix, "stream_replicas": replicas}}
+    try:
+        found = load_config(document=document, env={}).queue
+    except ConfigError as exc:
+        assert "[queue]" in str(exc)
+    else:
+        assert found.servers == (server.strip(),) and 1 <= found.stream_replicas <= 5
+        assert re.fullmatch(r"(nats|tls)://[^/@\s]+", found.servers[0])
