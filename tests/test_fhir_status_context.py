@@ -275,6 +275,23 @@ def test_calibration_pending_is_no_low_glucose_alert_and_reserved_bits_are_ignor
     assert cgm_status_bits(0xFF, 0xFF, 0xFF) == [(n, mdc.ASN1_BITS[8418060][n]) for n in (0, 2, 3, 4, *range(7, 20))]
 
 
+def test_one_bedtime_code_for_bluetooth_fhir_and_the_11073_decoder():
+    """MDC_CTXT_GLU_MEAL_BEDTIME is 8417869 (PHD_DM term 29261) wherever phg names it: the Bluetooth meal 5, the
+    FHIR display and the 11073 decoder's term names, which are one table (mdc.CODED_VALUES); 29300 is INR's."""
+    from phg.sources.ble.gatt.context import MEALS
+    from phg.sources.ieee11073 import nomenclature
+
+    assert MEALS["bedtime"] == 8417869 == 128 << 16 | 29261
+    assert mdc.CODED_VALUES[8417869][0] == nomenclature.DM_TERMS[29261] == "MDC_CTXT_GLU_MEAL_BEDTIME"
+    assert 29300 not in nomenclature.DM_TERMS
+    assert nomenclature.DM_TERMS == {code - (128 << 16): ref for code, (ref, _) in mdc.CODED_VALUES.items()}
+    assert mdc.CODED_VALUES[128 << 16 | 29241][0] == "MDC_CTXT_GLU_SAMPLELOCATION_SUBCUTANEOUS"
+    reading = Reading(Device(system_id="00601900010E9234"), PATIENT, (Metric(8417864, RECEIVED, coded=8417869),))
+    value = observation(render(reading)[0], 8417864)["valueCodeableConcept"]
+    assert value["coding"][0] | {"system": None} == {"system": None, "code": "8417869",
+                                                      "display": "MDC_CTXT_GLU_MEAL_BEDTIME"}
+
+
 def test_context_carbohydrate_medication_and_hba1c_are_numeric_context():
     """GLS carbohydrate (kg), medication (kg or L) and HbA1c become g, mg / mL and %, the exponent moved (no
     rounding), coded by the 10417 Metric-Id; a NaN is an invalid metric without value."""

@@ -237,7 +237,14 @@ MEASUREMENTS.update({
     )
 })
 
-# Values of the coded enumerations above: MDC code -> (reference id, text a clinician reads).
+# Values of the coded enumerations above: MDC code -> (reference id, text a clinician reads); every one is a
+# MDC_PART_PHD_DM term (the 11073 decoder's names, sources.ieee11073.nomenclature.DM_TERMS, come from here).
+# The odd terms (BEDTIME 29261, SUBCUTANEOUS 29241, UNDETERMINED 29237, OTHER 29238) are IEEE 11073-10417's later
+# additions between the original multiples of 4, as the nomenclature table of LNI's IEEE 11073 -> FHIR encoder
+# lists them (Mdc.java, package com.lni.intermediary, PHD_DM: MDC_CTXT_GLU_MEAL_BEDTIME = 29261,
+# MDC_CTXT_GLU_SAMPLELOCATION_SUBCUTANEOUS = 29241). 29300 (8417908), which some public tables give
+# bedtime, is MDC_BATCHCODE_COAG of IEEE 11073-10418 (INR) in that table: its neighbour
+# 29301 = 8417909 is MDC_INR_METER_DEV_STATUS, whose bits the PHD IG's ASN1ToHL7 lists (8417909.0-.11).
 CODED_VALUES: dict[int, tuple[str, str]] = {
     8417868: ("MDC_CTXT_GLU_MEAL_PREPRANDIAL", "Before a meal"),
     8417872: ("MDC_CTXT_GLU_MEAL_POSTPRANDIAL", "After a meal"),
@@ -245,6 +252,7 @@ CODED_VALUES: dict[int, tuple[str, str]] = {
     8417880: ("MDC_CTXT_GLU_MEAL_CASUAL", "Casual (snacks, drinks)"),
     8417869: ("MDC_CTXT_GLU_MEAL_BEDTIME", "Bedtime"),
     8417848: ("MDC_CTXT_GLU_SAMPLELOCATION_FINGER", "Finger"),
+    8417849: ("MDC_CTXT_GLU_SAMPLELOCATION_SUBCUTANEOUS", "Subcutaneous tissue"),
     8417852: ("MDC_CTXT_GLU_SAMPLELOCATION_AST", "Alternate site test"),
     8417856: ("MDC_CTXT_GLU_SAMPLELOCATION_EARLOBE", "Earlobe"),
     8417860: ("MDC_CTXT_GLU_SAMPLELOCATION_CTRLSOLUTION", "Control solution"),

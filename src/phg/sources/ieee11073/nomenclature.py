@@ -6,6 +6,8 @@ Sources: IEEE 11073-20601 Annex A, signove/antidote src/dim/nomenclature.h.
 
 from __future__ import annotations
 
+from phg import mdc
+
 PART_OBJ, PART_SCADA, PART_DIM, PART_INFRA, PART_PHD_DM, PART_PHD_HF, PART_PHD_AI = 1, 2, 4, 8, 128, 129, 130
 
 # ---- object classes (partition OBJ)
@@ -116,8 +118,9 @@ TYPES = {
     8417864: "MDC_CTXT_GLU_MEAL", 8417760: "MDC_CTXT_GLU_EXERCISE", 8417752: "MDC_GLU_METER_DEV_STATUS",
     8410608: "MDC_BPM_DEV_STATUS",
 }
-DM_TERMS = {29260: "MDC_CTXT_GLU_MEAL_PREPRANDIAL", 29264: "MDC_CTXT_GLU_MEAL_POSTPRANDIAL",
-            29268: "MDC_CTXT_GLU_MEAL_FASTING", 29272: "MDC_CTXT_GLU_MEAL_CASUAL", 29300: "MDC_CTXT_GLU_MEAL_BEDTIME"}
+# Enumeration values of partition PHD_DM (meal, sample location, tester, health): term -> name, from the one table
+# phg.mdc.CODED_VALUES (32-bit code = 128 << 16 | term; its comment cites the codes).
+DM_TERMS = {code & 0xFFFF: ref_id for code, (ref_id, _) in mdc.CODED_VALUES.items() if code >> 16 == PART_PHD_DM}
 
 # ---- System-Type-Spec-List profile terms (partition INFRA); 32-bit code = 8 << 16 | term
 PROFILES = {4100: "MDC_DEV_SPEC_PROFILE_PULS_OXIM", 4103: "MDC_DEV_SPEC_PROFILE_BP", 4104: "MDC_DEV_SPEC_PROFILE_TEMP",
