@@ -96,8 +96,8 @@ def test_pid_and_obr(messages):
 
 def test_obx_tree_gateway_device_metrics(messages):
     rows = obx_rows(messages[0])
-    assert list(rows) == ["0", "0.0.0.1", "0.0.0.2", "0.0.0.3", "0.0.0.4", "0.0.0.5", "1", "1.0.0.1", "1.0.0.2",
-                          "1.0.0.3"]
+    assert list(rows) == ["0", "0.0.0.1", "0.0.0.2", "0.0.0.3", "0.0.0.4", "0.0.0.5", "0.0.0.6", "1", "1.0.0.1",
+                          "1.0.0.2", "1.0.0.3"]
     gateway, sync = rows["0"], rows["0.0.0.1"]
     assert (str(gateway[3]), str(gateway[11]), str(gateway[18])) == \
            ("531981^MDC_MOC_VMS_MDS_AHD^MDC", "X", "ECDE3D4E58532D31^EUI-64")
@@ -116,7 +116,7 @@ def test_obx_tree_gateway_device_metrics(messages):
 
 def test_blood_pressure_is_a_compound_with_three_metrics(messages):
     rows = {sub_id: row for sub_id, row in obx_rows(messages[1]).items() if sub_id.startswith("1")}
-    assert list(rows) == ["1", "1.0.0.1", "1.0.1", "1.0.1.1", "1.0.1.2", "1.0.1.3", "1.0.0.2"]
+    assert list(rows) == ["1", "1.0.0.1", "1.0.0.2", "1.0.1", "1.0.1.1", "1.0.1.2", "1.0.1.3", "1.0.0.3"]
     assert str(rows["1"][18]) == "B0495F001071^EUI-48"  # no EUI-64: the Bluetooth address
     assert str(rows["1"][3]) == "528391^MDC_DEV_SPEC_PROFILE_BP^MDC"  # from its metric codes
     assert (str(rows["1.0.1"][3]), str(rows["1.0.1"][2]), str(rows["1.0.1"][11])) == \
@@ -124,8 +124,9 @@ def test_blood_pressure_is_a_compound_with_three_metrics(messages):
     assert [(str(rows[f"1.0.1.{i}"][3]).split("^")[0], str(rows[f"1.0.1.{i}"][5])) for i in (1, 2, 3)] == \
            [("150021", "116"), ("150022", "71"), ("150023", "86")]
     assert str(rows["1.0.1.1"][6]) == "266016^MDC_DIM_MMHG^MDC^mm[Hg]^mm[Hg]^UCUM"
-    assert str(rows["1.0.0.1"][3]) == "67880^MDC_ATTR_ID_MODEL^MDC"  # the device's model before its metrics
-    assert str(rows["1.0.0.2"][6]) == "264864^MDC_DIM_BEAT_PER_MIN^MDC^/min^/min^UCUM"
+    assert [(str(rows[f"1.0.0.{n}"][3]), str(rows[f"1.0.0.{n}"][5])) for n in (1, 2)] == [  # before its metrics
+        ("531970^MDC_ID_MODEL_MANUFACTURER^MDC", "A\\T\\D"), ("531969^MDC_ID_MODEL_NUMBER^MDC", "UA-651BLE")]
+    assert str(rows["1.0.0.3"][6]) == "264864^MDC_DIM_BEAT_PER_MIN^MDC^/min^/min^UCUM"
 
 
 def test_times_in_utc_with_device_fraction_and_status(messages):

@@ -66,36 +66,38 @@ BP = {"type": "blood_pressure", "unit": "mm[Hg]", "time": T,
 
 def test_the_device_mds_and_its_attribute_rows():
     """IEEE 11073-20601 MDS attributes, one OBX each in MDS 1 before the metrics: time sync, System-Id,
-    System-Model (manufacturer^model, each escaped), Production-Specification serial and firmware, then
-    the device clock; the MDS row has the specialization and OBX-18 = EUI-64 as the Continua fixture."""
+    System-Model as two ST rows (manufacturer, model number: ST has no components, so a "^" in either is
+    escaped text, never a separator), Production-Specification serial and firmware, then the device clock;
+    the MDS row has the specialization and OBX-18 = EUI-64 as the Continua fixture."""
     one = reading(GLUCOSE, manufacturer="A&D", model="UA-651^BLE", serial="5150|12", firmware="1.3",
                   specializations=[{"code": 528401, "version": 1}])
     device_time = datetime(2026, 11, 28, 12, 58, 30, tzinfo=timezone(timedelta(hours=1)))
     one = dataclasses.replace(one, clock=DeviceClock(gateway_time=NOW, device_time=device_time, sync=532224))
     message = render(one)
     rows = {k: v for k, v in obx_rows(message).items() if k.startswith("1")}
-    assert list(rows) == ["1", "1.0.0.1", "1.0.0.2", "1.0.0.3", "1.0.0.4", "1.0.0.5", "1.0.0.6", "1.0.0.7"]
+    assert list(rows) == ["1", *(f"1.0.0.{n}" for n in range(1, 9))]
     assert fields(rows["1"], 2, 3, 5, 11, 18) == ("", "528401^MDC_DEV_SPEC_PROFILE_GLUCOSE^MDC", "", "X",
                                                    f"{EUI}^EUI-64")
-    assert [fields(rows[f"1.0.0.{n}"], 2, 3, 5, 11) for n in range(1, 7)] == [
+    assert [fields(rows[f"1.0.0.{n}"], 2, 3, 5, 11) for n in range(1, 8)] == [
         ("CWE", "68220^MDC_TIME_SYNC_PROTOCOL^MDC", "532224^MDC_TIME_SYNC_NONE^MDC", "R"),
         ("ST", "67972^MDC_ATTR_SYS_ID^MDC", EUI, "R"),
-        ("ST", "67880^MDC_ATTR_ID_MODEL^MDC", "A\\T\\D^UA-651\\S\\BLE", "R"),
+        ("ST", "531970^MDC_ID_MODEL_MANUFACTURER^MDC", "A\\T\\D", "R"),
+        ("ST", "531969^MDC_ID_MODEL_NUMBER^MDC", "UA-651\\S\\BLE", "R"),
         ("ST", "531972^MDC_ID_PROD_SPEC_SERIAL^MDC", "5150\\F\\12", "R"),
         ("ST", "531976^MDC_ID_PROD_SPEC_FW^MDC", "1.3", "R"),
         ("DTM", "67975^MDC_ATTR_TIME_ABS^MDC", "20261128125830+0100", "R"),
     ]
-    assert fields(rows["1.0.0.7"], 2, 3, 5) == ("NM", "160184^MDC_CONC_GLU_CAPILLARY_WHOLEBLOOD^MDC", "5.20")
-    parsed = hl7.parse(message)
-    model = rows["1.0.0.3"][5]  # python-hl7 reads the two components back to the device's own text
-    assert [parsed.unescape(str(model[0][i])) for i in (0, 1)] == ["A&D", "UA-651^BLE"]
-    assert parsed.unescape(str(rows["1.0.0.4"][5])) == "5150|12"
+    assert fields(rows["1.0.0.8"], 2, 3, 5) == ("NM", "160184^MDC_CONC_GLU_CAPILLARY_WHOLEBLOOD^MDC", "5.20")
+    parsed = hl7.parse(message)  # python-hl7 reads each ST back to the device's own text, one component
+    assert [parsed.unescape(str(rows[f"1.0.0.{n}"][5])) for n in (3, 4, 5)] == ["A&D", "UA-651^BLE", "5150|12"]
+    assert [str(rows[f"1.0.0.{n}"][5]) for n in (3, 4)] == ["A\\T\\D", "UA-651\\S\\BLE"]  # no component separator
+    strict(message)
 
 
 def test_attribute_rows_only_for_what_is_known():
     """A Bluetooth device with only its address: the MDS row alone (OBX-18 its EUI-48), no system id row;
     its specialization by the rule the FHIR PhdDevice follows (the metric codes', else the generic one); a
-    model without manufacturer keeps the model in component 2."""
+    model without manufacturer is the model number row alone."""
     bare = reading(GLUCOSE, system_id=None, bt_address="B0:49:5F:00:10:71")
     rows = {k: v for k, v in obx_rows(render(bare)).items() if k.startswith("1")}
     assert list(rows) == ["1", "1.0.0.1"]
@@ -104,26 +106,29 @@ def test_attribute_rows_only_for_what_is_known():
     assert str(obx_rows(render(unknown))["1"][3]) == "528457^MDC_DEV_SPEC_PROFILE_GENERIC^MDC"
     model_only = reading(GLUCOSE, model="Contour")
     rows = obx_rows(render(model_only))
-    assert fields(rows["1.0.0.2"], 3, 5) == ("67880^MDC_ATTR_ID_MODEL^MDC", "^Contour")
+    assert fields(rows["1.0.0.2"], 3, 5) == ("531969^MDC_ID_MODEL_NUMBER^MDC", "Contour")
+    assert str(rows["1.0.0.3"][3]).startswith("160184^")
 
 
 def test_the_gateway_is_the_ahd_mds_0():
     """The gateway as the application hosting device: MDS 0 (MDC_MOC_VMS_MDS_AHD, OBX-18 its EUI-64), its
-    time sync at 0.0.0.1 as in the Continua WAN messages, then its model, serial, firmware and software."""
+    time sync at 0.0.0.1 as in the Continua WAN messages, then its manufacturer, model, serial, firmware and
+    software."""
     rows = {k: v for k, v in obx_rows(render(reading(GLUCOSE))).items() if k.startswith("0")}
-    assert list(rows) == ["0", "0.0.0.1", "0.0.0.2", "0.0.0.3", "0.0.0.4", "0.0.0.5"]
+    assert list(rows) == ["0", *(f"0.0.0.{n}" for n in range(1, 7))]
     assert fields(rows["0"], 2, 3, 5, 11, 18) == ("", "531981^MDC_MOC_VMS_MDS_AHD^MDC", "", "X",
                                                    "ECDE3D4E58532D31^EUI-64")
-    assert [fields(rows[f"0.0.0.{n}"], 2, 3, 5) for n in range(1, 6)] == [
+    assert [fields(rows[f"0.0.0.{n}"], 2, 3, 5) for n in range(1, 7)] == [
         ("CWE", "68220^MDC_TIME_SYNC_PROTOCOL^MDC", "532226^MDC_TIME_SYNC_NTPV4^MDC"),
-        ("ST", "67880^MDC_ATTR_ID_MODEL^MDC", "phg project^phg"),
+        ("ST", "531970^MDC_ID_MODEL_MANUFACTURER^MDC", "phg project"),
+        ("ST", "531969^MDC_ID_MODEL_NUMBER^MDC", "phg"),
         ("ST", "531972^MDC_ID_PROD_SPEC_SERIAL^MDC", "0001"),
         ("ST", "531976^MDC_ID_PROD_SPEC_FW^MDC", "1.2.3"),
         ("ST", "531975^MDC_ID_PROD_SPEC_SW^MDC", __version__),  # phg's own version
     ]
     plain = Gateway(system_id="0102030405060708")
     rows = obx_rows(render(reading(GLUCOSE), plain))
-    assert [k for k in rows if k.startswith("0")] == ["0", "0.0.0.1", "0.0.0.2", "0.0.0.3"]
+    assert [k for k in rows if k.startswith("0")] == ["0", "0.0.0.1", "0.0.0.2", "0.0.0.3", "0.0.0.4"]
 
 
 def test_rows_match_the_continua_wan_fixtures_field_by_field():
@@ -281,8 +286,9 @@ def test_any_device_text_and_status_render_clean(device, status):
     for key, code in (("serial", "531972"), ("firmware", "531976")):
         if key in device:
             assert parsed.unescape(str(by_code[code][5])) == device[key]
-    if "model" in device:
-        assert parsed.unescape(str(by_code["67880"][5][0][1])) == device["model"]
+    for key, code in (("manufacturer", "531970"), ("model", "531969")):
+        if key in device:
+            assert parsed.unescape(str(by_code[code][5])) == device[key]
 
 
 bits_values = st.builds(
@@ -332,10 +338,10 @@ MESSAGE = render_messages([reading([BP, {**GLUCOSE[0], "status": ["questionable"
 
 @pytest.mark.parametrize(("defect", "where", "text"), [
     (lambda m: m.replace("|P|2.6|", "|X|2.6|"), "MSH-11", "table 0103"),
-    (lambda m: _replace_row(m, "1", _set(4, "2")), "OBX[11]-4", "MDS 1"),  # the device's rows lose their MDS
-    (lambda m: _replace_row(m, "1.0.1.1", _set(4, "1.0.1.1.1")), "OBX[14]-4", "does not follow"),
-    (lambda m: _replace_row(m, "1.0.0.3", _set(8, "INV")), "OBX[17]-11", "result status X"),
-    (lambda m: _replace_row(m, "1.0.0.3", _set(11, "X")), "OBX[17]-5", "result status X"),
+    (lambda m: _replace_row(m, "1", _set(4, "2")), "OBX[12]-4", "MDS 1"),  # the device's rows lose their MDS
+    (lambda m: _replace_row(m, "1.0.1.1", _set(4, "1.0.1.1.1")), "OBX[15]-4", "does not follow"),
+    (lambda m: _replace_row(m, "1.0.0.3", _set(8, "INV")), "OBX[18]-11", "result status X"),
+    (lambda m: _replace_row(m, "1.0.0.3", _set(11, "X")), "OBX[18]-5", "result status X"),
 ])
 def test_checker_finds_each_new_defect(defect, where, text):
     assert check(MESSAGE) == []

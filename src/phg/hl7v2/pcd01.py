@@ -52,8 +52,11 @@ from phg.model import MDC_ATTR_TIME_ABS, Gateway, Metric, Reading, device_specia
 PCD01_PROFILE = "IHE_PCD_001^IHE PCD^1.3.6.1.4.1.19376.1.6.1.1.1^ISO"
 # IEEE 11073-10101 terms of the MDS attributes the device rows carry (partition 1 attributes: 1 * 65536 + id;
 # partition 8 infrastructure: 8 * 65536 + id). mdc holds the gateway's (AHD, time sync, firmware).
-MDC_ATTR_ID_MODEL = 67880  # System-Model (2344)
 MDC_ATTR_SYS_ID = 67972  # System-Id (2436)
+# System-Model's two fields, each its own ST row (ST has no components): the PHD IG's "PHG Product Information"
+# table (System-Model: model number 531969 MDC_ID_MODEL_NUMBER, manufacturer name 531970 MDC_ID_MODEL_MANUFACTURER).
+MDC_ID_MODEL_NUMBER = 531969  # (7681)
+MDC_ID_MODEL_MANUFACTURER = 531970  # (7682)
 MDC_ID_PROD_SPEC_SERIAL = 531972  # Production-Specification spec-type serial-number (7684)
 MONITORING_OF_PATIENT = "182777000^monitoring of patient^SNOMED-CT"
 SEGMENT_SEPARATOR = "\r"
@@ -272,18 +275,19 @@ def _attributes(sub_id: str, *, system_id: str | None, manufacturer: str | None,
                 serial: str | None, firmware: str | None, sync: int | None, software: str | None = None) -> list[str]:
     """An MDS's attribute rows at <sub_id>.0.0.n, n from 1, each present only when known: the
     time-synchronisation protocol (MDC_TIME_SYNC_PROTOCOL, a CWE of an MDC_TIME_SYNC_* term), System-Id
-    (MDC_ATTR_SYS_ID, the EUI-64 as 16 hex digits), System-Model (MDC_ATTR_ID_MODEL: its two
-    IEEE 11073-20601 fields, manufacturer and model number, as two components), Production-Specification
-    entries (MDC_ID_PROD_SPEC_SERIAL, _FW, _SW: the spec-type term as OBX-3)."""
+    (MDC_ATTR_SYS_ID, the EUI-64 as 16 hex digits), System-Model (its two IEEE 11073-20601 fields, one ST row
+    each: MDC_ID_MODEL_MANUFACTURER, MDC_ID_MODEL_NUMBER), Production-Specification entries
+    (MDC_ID_PROD_SPEC_SERIAL, _FW, _SW: the spec-type term as OBX-3)."""
     values: list[tuple[str, str, str]] = []
     if sync is not None:
         values.append(("CWE", _ident(mdc.MDC_TIME_SYNC_PROTOCOL, "MDC_TIME_SYNC_PROTOCOL"),
                        _ident(sync, mdc.TIME_SYNC.get(sync, ""))))
     if system_id:
         values.append(("ST", _ident(MDC_ATTR_SYS_ID, "MDC_ATTR_SYS_ID"), escape(system_id)))
-    if manufacturer or model:
-        values.append(("ST", _ident(MDC_ATTR_ID_MODEL, "MDC_ATTR_ID_MODEL"),
-                       f"{escape(manufacturer or '')}^{escape(model or '')}".rstrip("^")))
+    if manufacturer:
+        values.append(("ST", _ident(MDC_ID_MODEL_MANUFACTURER, "MDC_ID_MODEL_MANUFACTURER"), escape(manufacturer)))
+    if model:
+        values.append(("ST", _ident(MDC_ID_MODEL_NUMBER, "MDC_ID_MODEL_NUMBER"), escape(model)))
     if serial:
         values.append(("ST", _ident(MDC_ID_PROD_SPEC_SERIAL, "MDC_ID_PROD_SPEC_SERIAL"), escape(serial)))
     if firmware:
