@@ -163,22 +163,41 @@ def test_meal_context_reproduces_meal_context_observation():
 
 def test_supplemental_type_reproduces_numeric_spotnumeric():
     """numeric-spotnumeric.json: a spot-check pulse rate carries MDC_MODALITY_SPOT as a component and as
-    the identifier's last part."""
+    the identifier's last part; every other field as the example, except what is named here and why."""
     spot = decode(0x2A5E, bytes.fromhex("01 6100 E0F1 E2070B0D113B03"))
     metrics = to_metrics(spot, utc_offset=EST, received=RECEIVED)
     assert [m.supplemental for m in metrics] == [(150588,), (150588,)]
     reading = reading_of(metrics, "74E8FFFEFF051C00", EST)
     bundle, entries = render(reading)
     ours, theirs = observation(bundle, 149530), example(V2 / "numeric-spotnumeric.json")
-    assert ours["component"] == theirs["component"]
-    assert ours["identifier"][0]["value"].endswith("-150588") and theirs["identifier"][0]["value"].endswith("-150588")
-    assert ours["identifier"][0]["value"] == conditional_identifier(reading, metrics[1])[1]
-    for key in ("meta", "status", "effectiveDateTime"):
-        assert ours[key] == theirs[key], key
-    assert sorted(json.dumps(c["coding"]) for c in ours["category"]) == \
-           sorted(json.dumps(c["coding"]) for c in theirs["category"])  # the example adds a text "Vital Signs"
-    assert {k: ours["valueQuantity"][k] for k in ("value", "system", "code")} == \
-           {k: theirs["valueQuantity"][k] for k in ("value", "system", "code")}  # the example's unit text has a typo
+    # The Accuracy extension: the example's device reported its accuracy (MDC_ATTR_NU_ACCUR_MSMT); a Bluetooth
+    # PLX spot-check has no such field, so phg has none to give. The other two extensions are the same.
+    accuracy = theirs["extension"].pop()
+    assert accuracy["url"] == "http://hl7.org/fhir/uv/phd/StructureDefinition/Accuracy"
+    # The identifier: the same system and parts, the supplemental type last; the time part is the 2.0.0 rule's
+    # (local seconds since 2000 of the Bluetooth clock, no offset: test_fhir_clock), the example's predates it.
+    ours_id, theirs_id = ours.pop("identifier"), theirs.pop("identifier")
+    assert ours_id[0]["system"] == theirs_id[0]["system"]
+    assert ours_id[0]["value"] == conditional_identifier(reading, metrics[1])[1]
+    head = "74E8FFFEFF051C00-sisansarahId-urn:oid:2.999.1.2.3.4.5.6.7.8.10-149530-"
+    assert ours_id[0]["value"].startswith(head) and theirs_id[0]["value"].startswith(head)
+    assert ours_id[0]["value"].endswith("-150588") and theirs_id[0]["value"].endswith("-150588")
+    # The categories: the same codings; the example adds the text "Vital Signs" and lists them the other way.
+    ours_categories, theirs_categories = ours.pop("category"), theirs.pop("category")
+    assert sorted(json.dumps(c["coding"]) for c in ours_categories) == \
+           sorted(json.dumps(c["coding"]) for c in theirs_categories)
+    # The code: the same codings except the LOINC display the example adds ("Heart rate"); phg adds a text.
+    ours_code, theirs_code = ours.pop("code"), theirs.pop("code")
+    assert ours_code["coding"][0] == theirs_code["coding"][0]
+    assert ours_code["coding"][1] == {k: theirs_code["coding"][1][k] for k in ("system", "code")}
+    assert theirs_code["coding"][1]["display"] == "Heart rate" and ours_code["text"] == "Pulse rate"
+    # The unit text: the example's "{beat}/min}" has a stray brace; the value, system and code are the same.
+    ours_value, theirs_value = ours.pop("valueQuantity"), theirs.pop("valueQuantity")
+    assert ours_value == theirs_value | {"unit": "{beat}/min"} and theirs_value["unit"] == "{beat}/min}"
+    # The performer: the example names the patient; who took a measurement is not something a Bluetooth
+    # oximeter tells the gateway, so phg names no performer (PhdBaseObservation.performer is 0..*).
+    assert resolved(theirs.pop("performer"), entries, EXAMPLE_REFERENCES) == [{"reference": "PhdPatient"}]
+    assert_reproduces(ours, theirs, entries, added=set())  # meta, extensions, status, subject, time, device, component
 
 
 def test_ig_110_shapes():
