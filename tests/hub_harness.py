@@ -12,7 +12,8 @@
 - :class:`PhgProcess`: `phg run --role ROLE --config FILE` as a subprocess (log to a file), SIGKILLed,
   restarted, stopped; :class:`Chaos`: SIGKILLs of one of several processes at moments drawn from
   ``random.Random(seed)`` while a drain runs, each followed by a restart.
-- :func:`stream_messages`: how many messages a JetStream stream holds (a node's /jsz).
+- :func:`stream_messages`: how many messages a JetStream stream holds (its leader's /jsz);
+  :func:`stream_views`: what every node says.
 - :func:`wait_until`: a bounded wait that fails with what it waited for and the last state seen.
 """
 
@@ -195,9 +196,16 @@ class MllpRecorder:
 
 
 def stream_messages(cluster: Any, stream: str) -> int | None:
-    """How many messages `stream` holds, from the /jsz monitoring document of the first running node of a
-    tests/nats_cluster.NatsCluster that answers (None: no node knows the stream). On a work-queue stream:
-    the readings not yet acknowledged."""
+    """How many messages `stream` holds as its leader reports it in /jsz (a tests/nats_cluster.NatsCluster;
+    a follower's view can lag, and a restarted replica's can differ) or, for a stream without a cluster
+    (R1 on one node), its one node; None while no running node leads it. On a work-queue stream: the
+    readings not yet acknowledged."""
+    return stream_views(cluster, stream).get("leader")
+
+
+def stream_views(cluster: Any, stream: str) -> dict[str, int]:
+    """Node name -> messages of `stream` in that node's /jsz, and "leader" -> the leader's figure."""
+    views: dict[str, int] = {}
     for node in cluster.nodes:
         if not node.running:
             continue
@@ -208,8 +216,10 @@ def stream_messages(cluster: Any, stream: str) -> int | None:
         for account in accounts:
             for detail in account.get("stream_detail", []):
                 if detail.get("name") == stream:
-                    return detail["state"]["messages"]
-    return None
+                    views[node.name] = detail["state"]["messages"]
+                    if (detail.get("cluster") or {}).get("leader", node.name) == node.name:
+                        views["leader"] = detail["state"]["messages"]
+    return views
 
 
 # ---------------------------------------------------------------------------------------------- config

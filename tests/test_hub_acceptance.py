@@ -10,7 +10,7 @@ with Retry-After is posted again, as an app does) and lets two worker processes 
   server exactly once (a batch whose answer was lost with its worker is sent again; its conditional
   creates make that harmless, and the proxy shows it happened);
 - the stream's leader node SIGKILLed mid-drain, half the readings posted while it is down, then
-  restarted: on the server exactly once;
+  restarted: on the server exactly once, and at an MLLP receiver every MSH-10 once;
 - a slow server: every FHIR answer held back and every MLLP ACK late, so that a batch stays on the
   wire about twice the consumer's AckWait (lease_seconds; the config refuses a request timeout longer than
   the lease, so no single answer can outlast it): in-progress acks keep the lease, no message is
@@ -52,6 +52,7 @@ from hub_harness import (
     PhgProcess,
     observation_ids,
     stream_messages,
+    stream_views,
     wait_until,
     write_config,
 )
@@ -297,28 +298,46 @@ def test_workers_killed_at_random_moments(hub_factory, sekmet):
 
 
 def test_stream_leader_killed_and_restarted_mid_drain(hub_factory, sekmet):
-    hub = hub_factory(lease=5)
-    readings = readings_for("hub-leader")
-    wanted = observation_ids(readings)
-    first, second = readings[:READINGS // 2], readings[READINGS // 2:]
-    hub.post(first)
-    wait_until(lambda: hub.proxy.seen(wanted) >= len(wanted) // 8, DRAIN, "delivery under way",
-               lambda: hub.proxy.seen(wanted), alive=hub.check)
-    leader = hub.cluster.stream_leader(f"{hub.prefix}_queue")
-    hub.cluster.kill(leader)
-    killed_at = (time.monotonic(), hub.proxy.seen(wanted))
-    hub.post(second)  # while the leader is down: the intakes publish to the new leader (or 503, posted again)
-    time.sleep(max(0.0, 5.0 - (time.monotonic() - killed_at[0])))
-    hub.cluster.start(leader)
-    hub.cluster.wait_ready()
-    restarted = hub.proxy.seen(wanted)
-    hub.drain(wanted)
-    settle(hub)
-    assert hub.stop() == [0, 0, 0, 0], hub.logs()
+    """FHIR and an MLLP receiver; the node leading the queue's stream dies with a quarter delivered and
+    comes back 5 s later. Every Observation once on the server, every MSH-10 once at the receiver: an ack
+    lost with the leader (or a reading Debian's 2.9.10 stores again after the restart) brings a message
+    back, and its delivered marker keeps it from being sent again."""
+    with MllpRecorder() as mllp:
+        hub = hub_factory(lease=5, mllp=mllp)
+        readings = readings_for("hub-leader")
+        wanted = observation_ids(readings)
+        first, second = readings[:READINGS // 2], readings[READINGS // 2:]
+        hub.post(first)
+        wait_until(lambda: hub.proxy.seen(wanted) >= len(wanted) // 8, DRAIN, "delivery under way",
+                   lambda: hub.proxy.seen(wanted), alive=hub.check)
+        leader = hub.cluster.stream_leader(f"{hub.prefix}_queue")
+        hub.cluster.kill(leader)
+        killed_at = (time.monotonic(), hub.proxy.seen(wanted), len(mllp.controls()))
+        hub.post(second)  # while the leader is down: the intakes publish to the new leader (or 503, posted again)
+        time.sleep(max(0.0, 5.0 - (time.monotonic() - killed_at[0])))
+        hub.cluster.start(leader)
+        hub.cluster.wait_ready()
+        restarted = hub.proxy.seen(wanted)
+        hub.drain(wanted)
+        wait_until(lambda: len(mllp.controls()) >= READINGS, 60, "every MSH-10 at the MLLP receiver",
+                   lambda: len(mllp.controls()), alive=hub.check)
+        settle(hub)
+        views = stream_views(hub.cluster, f"{hub.prefix}_queue")
+        # Debian's 2.9.10: the restarted replica may still hold messages acknowledged while it was down.
+        # Let it lead the stream: whatever it hands out again was delivered long ago and must stay unsent.
+        stale = {name: n for name, n in views.items() if n and name != "leader"}
+        if stale:
+            led = asyncio.run(_make_leader(hub.cluster, f"{hub.prefix}_queue", next(iter(stale))))
+            time.sleep(3 * 5)  # three AckWaits: anything redelivered from it has been handled by now
+            views = {**views, "stale_led": led, "after": stream_views(hub.cluster, f"{hub.prefix}_queue")}
+        assert hub.stop() == [0, 0, 0, 0], hub.logs()
+        controls = mllp.controls()
+    assert len(controls) == READINGS and max(controls.values()) == 1, \
+        f"{sum(1 for v in controls.values() if v > 1)} MSH-10 received twice"
     assert_once_on_server(sekmet, readings)
     again = sum(1 for v in hub.proxy.delivered().values() if v > 1)
-    report("leader", leader=leader, seen_at_kill=killed_at[1], seen_at_restart=restarted,
-           down_s=round(time.monotonic() - killed_at[0], 1), posted_again=again)
+    report("leader", leader=leader, seen_at_kill=killed_at[1], mllp_at_kill=killed_at[2], seen_at_restart=restarted,
+           down_s=round(time.monotonic() - killed_at[0], 1), posted_again=again, stream_views=views)
 
 
 def test_a_slow_server_gets_nothing_twice(hub_factory, sekmet):
@@ -347,6 +366,22 @@ def test_a_slow_server_gets_nothing_twice(hub_factory, sekmet):
     assert set(redelivered) == {"fhir", "lab"} and not any(redelivered.values()), redelivered
     assert_once_on_server(sekmet, readings)
     report("slow", posts=hub.proxy.stored_posts, redelivered=redelivered)
+
+
+async def _make_leader(cluster: NatsCluster, stream: str, name: str, tries: int = 6) -> bool:
+    """Ask the stream's leader to step down ($JS.API.STREAM.LEADER.STEPDOWN) until node `name` leads it
+    (bounded); whether it does."""
+    client = await nats.connect(servers=cluster.urls, connect_timeout=5, max_reconnect_attempts=3)
+    try:
+        names = [node.name for node in cluster.nodes]
+        for _ in range(tries):
+            if names[await asyncio.to_thread(cluster.stream_leader, stream)] == name:
+                return True
+            await client.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", b"", timeout=5)
+            await asyncio.sleep(2)
+        return names[await asyncio.to_thread(cluster.stream_leader, stream)] == name
+    finally:
+        await client.close()
 
 
 async def _dead_letters(servers: list[str], stream: str) -> list[tuple[dict[str, str], bytes]]:
