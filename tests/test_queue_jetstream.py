@@ -292,7 +292,7 @@ async def test_the_worker_on_jetstream_shares_a_retry_after_and_isolates_the_poi
     assert other.counts(DEST) == {QUEUED: 0, INFLIGHT: 0, DELIVERED: len(readings_) - 1, DEAD: 1}
 
 
-def test_leader_killed_mid_use_acks_are_retried_and_pulls_resume(open_js, nats_cluster):  # noqa: F811
+def test_leader_killed_mid_use_acks_publishes_and_pulls_resume(open_js, nats_cluster):  # noqa: F811
     queue = open_js()
     items = readings(40)
     queue.enqueue(DEST, items)
@@ -302,6 +302,10 @@ def test_leader_killed_mid_use_acks_are_retried_and_pulls_resume(open_js, nats_c
     try:
         delivered = {i.key for i in first}
         queue.delivered([i.id for i in first], token=first[0].lease)  # acks while leaders move: retried
+        late = readings(10, "late")
+        queue.enqueue(DEST, late, {"src": "late"})  # published again until a new leader answers
+        items += late
+        assert queue.source_state("src") == "late"
         end = time.monotonic() + 40
         while len(delivered) < len(items) and time.monotonic() < end:
             try:

@@ -15,8 +15,8 @@ Layout, named by `[queue] prefix` P (JetStream: https://docs.nats.io/nats-concep
 
 How the Queue maps onto it:
 - enqueue publishes each reading with Nats-Msg-Id "DESTINATION:KEY" (deduplicated within
-  duplicate_window: the same reading sent again is stored once, and PubAck.duplicate says so), waits for
-  every PubAck (publishing again what got none: the id makes that safe), and only then writes the
+  duplicate_window: the same reading sent again is stored once), waits for every PubAck (publishing
+  again, for up to LEADER_WAIT, what got none: the id makes that safe), and only then writes the
   progress markers: a marker is never ahead of the readings it covers.
 - lease fetches up to `limit` messages with a short pull (PULL_TIMEOUT: a pull request lives on the
   consumer leader only and is silently lost when leadership changes, so phg pulls again rather than
@@ -107,7 +107,6 @@ REQUEST_TIMEOUT = 5.0  # one JetStream API request
 CALL_TIMEOUT = 60.0  # the longest a method waits for its work on the loop (several requests, retried)
 ACK_TRIES = 5  # an +ACK/+TERM without an answer is sent again this often (acks without a leader are lost)
 ACK_TIMEOUT = 2.0
-PUBLISH_TRIES = 3  # a publish without a PubAck is published again (same Nats-Msg-Id: stored once)
 LEADER_WAIT = 20.0  # seconds an idempotent request is tried again while JetStream elects a leader (4-9 s here)
 ABANDONED = 3600.0  # seconds past its deadline after which an unreported lease is forgotten
 POLL = 1.0  # next_due while messages are handed out but unsettled: look again this soon
@@ -413,28 +412,28 @@ class JetStreamQueue:
         now = time.time()
         pending = {(d, key): payload for d in destinations for key, payload in items}
         acks: dict[tuple[str, str], api.PubAck] = {}
-        for attempt in range(PUBLISH_TRIES):
+        end = time.monotonic() + LEADER_WAIT
+        while len(acks) < len(pending):
             waiting = {}
             for (d, key), payload in pending.items():
                 if (d, key) not in acks:
                     headers = {"Nats-Msg-Id": f"{d}:{key}", H_KEY: key, H_CREATED: f"{now:.6f}"}
                     waiting[(d, key)] = await self._js.publish_async(self._subject(d), payload.encode(),
                                                                      headers=headers, wait_stall=REQUEST_TIMEOUT)
-            if not waiting:
-                break
             done, _ = await asyncio.wait(waiting.values(), timeout=REQUEST_TIMEOUT)
             for pair, future in waiting.items():
-                if future in done and future.exception() is None:
-                    acks[pair] = future.result()
-                elif future in done and isinstance(future.exception(), nats.js.errors.APIError):
-                    raise future.exception()  # a refusal (stream full, ...): publishing again will not help
-                else:
+                if future not in done:
                     future.cancel()
-            if attempt + 1 < PUBLISH_TRIES and len(acks) < len(pending):
+                elif future.exception() is None:
+                    acks[pair] = future.result()
+                elif not isinstance(future.exception(), _TRANSIENT):
+                    raise future.exception()  # a refusal (stream full, ...): publishing again will not help
+            if len(acks) < len(pending):
+                if time.monotonic() > end:
+                    raise nats.errors.TimeoutError
                 log.debug("%s: %d of %d readings without a PubAck; publishing them again", self._where,
                           len(pending) - len(acks), len(pending))
-        if len(acks) < len(pending):
-            raise nats.errors.TimeoutError
+                await asyncio.sleep(0.25)
         seen = time.monotonic()
         for d, key in pending:
             self._seen[f"{d}:{key}"] = seen
@@ -660,7 +659,7 @@ class JetStreamQueue:
             try:
                 await self._nc.request(msg.reply, kind, timeout=ACK_TIMEOUT)
                 return True
-            except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+            except _TRANSIENT:
                 pass
             try:
                 await self._js.get_msg(self.stream, seq)
@@ -852,7 +851,8 @@ class JetStreamQueue:
         again = {"Nats-Msg-Id": f"retry:{destination}:{id}:{letter.seq}", H_KEY: headers.get(H_KEY, ""),
                  H_CREATED: headers.get(H_CREATED, "")}
         ack = await _again(lambda: self._js.publish(self._subject(destination), letter.data or b"", headers=dict(again)))
-        await _again(lambda: self._js.delete_msg(self.dead_stream, letter.seq))
+        with contextlib.suppress(nats.js.errors.NotFoundError):  # deleted by a first try whose answer was lost
+            await _again(lambda: self._js.delete_msg(self.dead_stream, letter.seq))
         return ack.seq
 
     def purge_dead(self, destination: str | None = None) -> int:
