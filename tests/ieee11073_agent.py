@@ -211,6 +211,17 @@ class Agent:
         return encode(Rlrq(0))
 
 
+def sent(manager) -> list:
+    """The APDUs a manager has to send (Manager.data_to_send), decoded one by one: each is a 2-byte choice, a
+    2-byte length and that many bytes (IEEE 11073-20601 APDU)."""
+    data, out = manager.data_to_send(), []
+    while data:
+        size = 4 + int.from_bytes(data[2:4], "big")
+        out.append(decode(data[:size]))
+        data = data[size:]
+    return out
+
+
 async def read_apdu(reader: asyncio.StreamReader, timeout: float = 5.0):
     head = await asyncio.wait_for(reader.readexactly(4), timeout)
     body = await asyncio.wait_for(reader.readexactly(int.from_bytes(head[2:], "big")), timeout)

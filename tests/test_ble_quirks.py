@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import struct
 from datetime import datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -36,6 +38,15 @@ def quirk_messages(caplog: pytest.LogCaptureFixture, name: str) -> list[str]:
     return [r.getMessage() for r in caplog.records
             if r.levelno == logging.WARNING and r.getMessage().startswith(name + ": ")]
 
+
+
+def test_every_quirk_is_documented_for_users_and_every_documented_one_exists():
+    """docs/device-quirks.md has one table row per quirk name phg can log (quirks.QUIRKS, which lists every
+    quirk:... name the module defines), and no other."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "device-quirks.md").read_text()
+    rows = re.findall(r"^\| `(quirk:[a-z0-9-]+)` \|", doc, flags=re.MULTILINE)
+    assert sorted(rows) == sorted(quirks.QUIRKS)
+    assert set(quirks.QUIRKS) == {v for v in vars(quirks).values() if isinstance(v, str) and v.startswith("quirk:")}
 
 # ------------------------------------------------------------------------------- trailing bytes
 

@@ -284,7 +284,7 @@ def test_tick_clocks_are_refused_with_a_clear_error():
 
 
 # ---------------------------------------------------------------- each source's clock -> the identifier's time part
-# (issue 17; docs/fhir-mapping.md "Source clock -> identifier time part": one row per test below)
+# (issue 17; README.md "The identifier's time part: source clock -> identifier time part": one table row per test below)
 
 def identifier_times(metrics, version: str = "2.0.0") -> list[str]:
     reading = Reading(Device(system_id="74E8FFFEFF051C00"), PatientRef(PATIENT["system"], PATIENT["value"]),
@@ -325,15 +325,18 @@ def test_bluetooth_cgm_time_carries_the_sensors_own_time_zone():
     for gateway in (timedelta(hours=-5), timedelta(hours=9)):
         records = ble_metrics(0x2AA7, "06000c10050006000c100600", gateway, session_start=session)
         assert identifier_times(records) == ["849168300+4", "849168360+4"]
+        assert identifier_times(records, "1.1.0") == ["20261128080500.00", "20261128080600.00"]  # the local wall time
     unknown_zone = decode(0x2AAA, bytes.fromhex("ea070b1c080000" "80" "ff"))  # Time Zone -128, DST 255: unknown
     records = ble_metrics(0x2AA7, "06000c10050006000c100600", timedelta(hours=-5), session_start=unknown_zone)
     assert identifier_times(records) == ["849168300", "849168360"]
+    assert identifier_times(records, "1.1.0") == ["20261128080500.00", "20261128080600.00"]
 
 
 def test_time_of_reception_is_the_gateways_utc_clock_with_its_offset():
     """No device time (Heart Rate): the gateway is the clock: UTC seconds and its offset, as before."""
     (metric,) = ble_metrics(0x2A37, "0055", timedelta(hours=1))  # received 09:00+01:00 = 08:00 UTC
     assert identifier_times([metric]) == ["849168000+4"]
+    assert identifier_times([metric], "1.1.0") == ["20261128090000.00"]  # the gateway's wall time
 
 
 def observation_metric(time, *, time_rel=None, time_hi_res=None):

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ieee11073_agent import EXPECTED, KINDS, Agent
+from ieee11073_agent import EXPECTED, KINDS, Agent, sent
 from phg.model import PatientRef
 from phg.sources.ieee11073 import nomenclature as nom
 from phg.sources.ieee11073.apdu import (
@@ -38,15 +38,6 @@ from phg.sources.ieee11073.readings import readings_of
 
 PATIENT = PatientRef("urn:oid:1.2.3.4.5", "pt-11073")
 OFFSET = timedelta(hours=1)
-
-
-def sent(manager: Manager) -> list:
-    data, out = manager.data_to_send(), []
-    while data:
-        size = 4 + int.from_bytes(data[2:4], "big")
-        out.append(decode(data[:size]))
-        data = data[size:]
-    return out
 
 
 def associate(manager: Manager, agent: Agent, now: float = 0.0) -> list:

@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import phg
-from ieee11073_agent import KINDS, Agent
+from ieee11073_agent import KINDS, Agent, sent
 from phg.demo.sim import DEVICES, simulated_readings
 from phg.fhir import build_transaction, to_json
 from phg.model import (
@@ -40,7 +40,6 @@ from phg.model import (
 )
 from phg.sources.ble.gatt import decode
 from phg.sources.ble.session import PROFILES, Collector, device_of
-from phg.sources.ieee11073.apdu import decode as apdu_decode
 from phg.sources.ieee11073.manager import Manager, Measurements
 from phg.sources.ieee11073.readings import readings_of
 
@@ -153,15 +152,6 @@ def _bluetooth() -> dict[str, dict]:
     return docs
 
 
-def _apdus(manager: Manager) -> list:
-    data, out = manager.data_to_send(), []
-    while data:
-        size = 4 + int.from_bytes(data[2:4], "big")
-        out.append(apdu_decode(data[:size]))
-        data = data[size:]
-    return out
-
-
 def _ieee11073() -> dict[str, dict]:
     """The five standard configurations through the manager (association, MDS GET, one fixed scan report), and a
     pulse oximeter's periodic scanner (extended configuration) with Absolute, Base-Offset and Relative time stamps."""
@@ -171,10 +161,10 @@ def _ieee11073() -> dict[str, dict]:
     for name, agent in agents.items():
         manager = Manager()
         manager.receive_data(agent.aarq(), 0.0)
-        aare, *rest = _apdus(manager)
+        aare, *rest = sent(manager)
         if aare.result == 3:  # accepted-unknown-config: the agent sends its configuration
             manager.receive_data(agent.config_report(), 0.0)
-            rest = _apdus(manager)[1:]
+            rest = sent(manager)[1:]
         (get,) = rest
         manager.receive_data(agent.get_response(get.invoke_id), 0.0)
         _, apdu = agent.measurement(2)
