@@ -182,8 +182,11 @@ FIT_READINGS = {"sekmet": 3_000, "medplum": 100}
 
 
 def _config(base: str, outbox: Path, **fhir: object) -> Config:
+    """Timeout 120 s: on a loaded machine a filling Medplum router can take longer than the default 30 s to
+    answer one transaction, and a timed-out batch would leave the side short of its readings."""
     return load_config(env={}, document={
-        "gateway": {"system_id": GATEWAY.system_id, "serial": GATEWAY.serial}, "fhir": {"base_url": base, **fhir},
+        "gateway": {"system_id": GATEWAY.system_id, "serial": GATEWAY.serial},
+        "fhir": {"base_url": base, "timeout": 120.0, **fhir},
         "outbox": {"path": str(outbox)}, "delivery": {"batch_size": BATCH}})
 
 

@@ -126,6 +126,36 @@ def test_medplum_auto_chooses_single_posts_after_one_sample(medplum, tmp_path):
 
 
 @pytest.mark.peers
+def test_sekmet_auto_chooses_transactions_after_one_sample(sekmet, tmp_path):
+    """On sekmet-fhir a transaction costs far less per entry than single POSTs: after the first batch's
+    sample (SAMPLE Observations as single POSTs), every batch is one transaction."""
+    readings = simulated_readings(patient(), START, per_device=12)  # 60 readings: 2 batches of 30
+
+    async def run(outbox: Outbox) -> tuple[FhirDestination, list[int]]:
+        sizes: list[int] = []
+
+        async def record(request: httpx.Request) -> None:
+            body = json.loads(request.content)
+            sizes.append(len(body["entry"]) if body.get("resourceType") == "Bundle" else 0)
+
+        async with httpx.AsyncClient(timeout=30, event_hooks={"request": [record]}) as client:
+            destination = FhirDestination(client, sekmet.base_url, GATEWAY, strategy="auto")
+            summary = await DeliveryWorker(outbox, destination, batch_size=30).run(until_idle=True)
+            assert (summary.delivered, summary.dead) == (len(readings), 0)
+        return destination, sizes
+
+    with Outbox(tmp_path / "outbox.sqlite") as outbox:
+        enqueue(outbox, readings)
+        destination, sizes = asyncio.run(run(outbox))
+    assert destination.fit.cost["transaction"] < destination.fit.cost["single"], destination.fit.cost
+    shared = sizes.index(fhir.SAMPLE)  # the shared entries went first, as single POSTs
+    assert sizes[:shared] == [0] * shared and sizes[shared + 1:shared + 1 + fhir.SAMPLE] == [0] * fhir.SAMPLE
+    assert all(sizes[shared + 1 + fhir.SAMPLE:]), sizes  # the rest of the first batch, then the second: transactions
+    assert len(sizes) == shared + 1 + fhir.SAMPLE + 2
+    assert count_everywhere(sekmet.base_url, readings) == [1] * sum(len(r.metrics) for r in readings)
+
+
+@pytest.mark.peers
 def test_sekmet_single_conditional_creates_arrive_once(sekmet, tmp_path):
     """strategy = "single" on sekmet-fhir: every resource its own conditional create, references to the
     ids the server answered; sending the same readings again adds nothing."""
