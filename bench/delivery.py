@@ -253,7 +253,7 @@ def bench_client() -> list[dict]:
     chunk = n // rounds
     phg_readings, bare_readings = _readings(0, n), _readings(1, n)
     seconds = {"phg": 0.0, "bare": 0.0}
-    cpu = 0.0
+    cpu = {"phg": 0.0, "bare": 0.0}
     with (tempfile.TemporaryDirectory(prefix="phg-bench-client-") as tmp, FakeFhir() as server,
           Outbox(Path(tmp) / "outbox.sqlite") as outbox):
         config = _config(server.base_url, outbox.path, strategy="transaction")
@@ -269,9 +269,9 @@ def bench_client() -> list[dict]:
             for side, run in sides[r % 2:] + sides[:r % 2]:
                 c0 = time.process_time()
                 seconds[side] += run()
-                cpu += time.process_time() - c0 if side == "phg" else 0.0
+                cpu[side] += time.process_time() - c0
     phg_rate, bare_rate = n / seconds["phg"], n / seconds["bare"]
-    per_1000 = cpu / n * 1000
+    per_1000, bare_per_1000 = cpu["phg"] / n * 1000, cpu["bare"] / n * 1000
     figure = f"phg {phg_rate:,.0f} readings/s ({n:,} readings, transactions of {BATCH})"
     return [
         {"name": "client ceiling (fake FHIR)", "ratio": phg_rate / bare_rate, "target": ">= 0.5",
@@ -279,5 +279,7 @@ def bench_client() -> list[dict]:
          "baseline": f"bare httpx loop, same Bundles pre-built, 1 in flight: {bare_rate:,.0f} readings/s"},
         {"name": "client CPU per 1k readings", "ratio": per_1000 / 0.1, "target": "<= 1.0", "ok": per_1000 <= 0.1,
          "figure": f"{per_1000:.3f} CPU s per 1,000 readings (all threads of this process)",
-         "baseline": "0.1 CPU s per 1,000 readings"},
+         # The bare loop's CPU in the same run says how much a loaded machine inflates CPU seconds.
+         "baseline": f"0.1 CPU s per 1,000 readings (the bare loop: {bare_per_1000:.3f}, "
+                     f"phg/bare {per_1000 / bare_per_1000:.1f})"},
     ]
