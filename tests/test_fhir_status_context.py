@@ -328,8 +328,10 @@ def test_a_context_for_another_record_is_dropped_and_the_record_kept(caplog):
     collector.feed(0x2A34, bytes.fromhex("02 0800 01"))  # sequence number 8: not the waiting 7
     assert "matches no waiting 0x2A18" in caplog.text
     collector.feed(0x2A18, bytes.fromhex("12 0900 E1070602 0F0223 63B0 11"))  # no context came for 9 either
-    readings = collector.take()
-    assert [[m.code for m in r.metrics] for r in readings] == [[160184, 8417844], [160184, 8417844]]
+    readings = collector.take()  # 9 still waits for its context: not taken, not in the marker
+    assert [[m.code for m in r.metrics] for r in readings] == [[160184, 8417844]] and collector.last_seq == 7
+    assert collector.feed(0x2A52, bytes.fromhex("06000101")) is True  # the RACP procedure ended: 9 without one
+    assert [[m.code for m in r.metrics] for r in collector.take()] == [[160184, 8417844]]
     assert collector.last_seq == 9
 
 

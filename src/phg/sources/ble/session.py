@@ -8,10 +8,12 @@ Nothing lost, nothing doubled. Readings are stored as they arrive, in small grou
 arrived together), each group in one durable step. For a glucose meter the same step
 stores the highest sequence number collected (`ble:<address>:glucose_seq`), so the marker is never
 ahead of the readings it covers; the next session asks RACP for "records with sequence number >=
-marker + 1" (GLS 1.0 4.11; all records when no marker is stored). A link lost after record 7 of 20
-leaves records 1..7 durable and the marker at 7, and the next session fetches 8..20. A CGM (CGMS
-1.0.1) works the same way with its records' Time Offsets (minutes since the sensor session started;
-RACP filter type 0x01 is the Time Offset for CGMS): the marker `ble:<address>:cgm_offset` holds the
+marker + 1" (GLS 1.0 4.11; all records when no marker is stored). A glucose record whose context
+(0x2A34) is announced is collected only with it (or once something else shows it is not coming): a
+link lost in between leaves that record, and the marker before it, for the next session. A link lost
+after record 7 of 20 leaves records 1..7 durable and the marker at 7, and the next session fetches
+8..20. A CGM (CGMS 1.0.1) works the same way with its records' Time Offsets (minutes since the sensor
+session started; RACP filter type 0x01 is the Time Offset for CGMS): the marker `ble:<address>:cgm_offset` holds the
 highest offset collected, and `ble:<address>:cgm_session` (same step) the session it belongs
 to, so that a new sensor session, whose offsets start again from 0, is fetched from its start (one
 record strategy per profile says how: GlucoseRecords, CgmRecords). Devices without RACP (BLS, WSS,
@@ -254,8 +256,10 @@ class Collector:
     and skips it) and returns True/False when the RACP procedure ended (success or no records /
     any other response code), None otherwise. A Glucose Measurement whose Context Information Follows flag
     is set waits for its Glucose Measurement Context (0x2A34, same Sequence Number; GLS 1.0 section 3.1.2.1:
-    it follows immediately), which is mapped with it (meal, tester, health: gatt/context.py); whatever else
-    comes next, or `take`, maps it without one."""
+    it follows immediately, but as a notification of its own, often read after the measurement was), which is
+    mapped with it (meal, tester, health: gatt/context.py); whatever else comes next (another measurement, the
+    RACP response ending the procedure) maps it without one. While it waits it is neither taken nor counted in
+    `last_seq`, the marker stored with what `take` returns: a record is in the marker only once handed over."""
 
     def __init__(self, device: Device, patient: PatientRef, clock: DeviceClock | None, utc_offset: UtcOffset,
                  **facts: Any) -> None:
@@ -298,11 +302,11 @@ class Collector:
             return None
         if isinstance(value, GlucoseMeasurement) and value.context_information_follows:
             self.glucose = value
-            self._advance(value.sequence_number)
             return None
-        self._add(value)
         if isinstance(value, GlucoseMeasurement):
-            self._advance(value.sequence_number)
+            self._glucose(value)
+        else:
+            self._add(value)
         return None
 
     def _add(self, value: object, **context: Any) -> None:
@@ -310,22 +314,28 @@ class Collector:
         if metrics:
             self.readings.append(Reading(self.device, self.patient, tuple(metrics), clock=self.clock))
 
+    def _glucose(self, measurement: GlucoseMeasurement, context: GlucoseMeasurementContext | None = None) -> None:
+        """Hand a glucose record over (with its context, if any): its reading, and its sequence number into the
+        marker."""
+        self._add(measurement, **({"glucose_context": context} if context is not None else {}))
+        self._advance(measurement.sequence_number)
+
     def _glucose_context(self, context: GlucoseMeasurementContext) -> None:
         """The context of the waiting measurement; one for another sequence number (or none waiting) is logged
         and dropped: which measurement it describes is unknown."""
         measurement, self.glucose = self.glucose, None
         if measurement is not None and measurement.sequence_number == context.sequence_number:
-            self._add(measurement, glucose_context=context)
+            self._glucose(measurement, context)
             return
         logger.warning("0x2A34 Glucose Measurement Context for sequence number %d matches no waiting 0x2A18: dropped",
                        context.sequence_number)
         if measurement is not None:
-            self._add(measurement)
+            self._glucose(measurement)
 
     def _glucose_without_context(self) -> None:
         measurement, self.glucose = self.glucose, None
         if measurement is not None:
-            self._add(measurement)
+            self._glucose(measurement)
 
     def session_start(self, start: CgmSessionStartTime) -> None:
         """A CGM Session Start Time (read or notified); a usable one places the records held so far."""
@@ -345,8 +355,8 @@ class Collector:
         self.last_seq = position if self.last_seq is None else max(self.last_seq, position)
 
     def take(self) -> list[Reading]:
-        """The readings collected since the last call (a measurement still waiting for its context included)."""
-        self._glucose_without_context()
+        """The readings collected since the last call; a glucose measurement still waiting for its context is
+        not among them (nor in `last_seq`) until its context, or whatever shows none is coming, arrives."""
         readings, self.readings = self.readings, []
         return readings
 
@@ -556,6 +566,9 @@ class _Session:
             if readings or collector.last_seq != marker:
                 await self._store(readings, collector.last_seq if collector.last_seq != marker else None)
                 marker = collector.last_seq
+        if collector.glucose is not None:  # the link ended between a record and its announced context
+            logger.warning("BLE %s: glucose record %d not stored: its context (0x2A34) did not arrive; the next "
+                           "session fetches it again", self.address, collector.glucose.sequence_number)
         self.result.complete = ended
 
     async def _store(self, readings: list[Reading], last_seq: int | None) -> None:
