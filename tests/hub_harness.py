@@ -347,20 +347,23 @@ class Kill:
 
 class Chaos:
     """SIGKILL one of `processes` (drawn from random.Random(seed)) each time progress() reaches the next of
-    `kills` targets spread over [0, total * spread), plus a random delay of up to `jitter` s; restart it at
-    once. Progress is e.g. the readings the server has stored. Bounded by `timeout`."""
+    `kills` targets, spread at random over what is left to do when run() starts (from progress() then to
+    `total * spread`), plus a random delay of up to `jitter` s; restart it at once. Progress is e.g. the
+    readings the server has stored. Bounded by `timeout`."""
 
     def __init__(self, processes: list[PhgProcess], seed: int, kills: int, total: int, *,
                  jitter: float = 0.7, spread: float = 0.9):
         self.processes = processes
         self.rng = random.Random(seed)
-        self.targets = sorted(self.rng.sample(range(1, int(total * spread)), kills))
+        self.kills, self.total, self.spread = kills, total, spread
         self.jitter = jitter
         self.done: list[Kill] = []
 
     def run(self, progress: Callable[[], int], timeout: float, alive: Callable[[], None] = lambda: None) -> list[Kill]:
         began = time.monotonic()
-        for target in self.targets:
+        start, end = progress(), int(self.total * self.spread)
+        assert end - start > self.kills, f"too little left to kill during: {start} of {self.total} done already"
+        for target in sorted(self.rng.sample(range(start + 1, end), self.kills)):
             wait_until(lambda t=target: progress() >= t, timeout - (time.monotonic() - began),
                        f"progress to {target} before kill {len(self.done) + 1}", progress, every=0.05, alive=alive)
             time.sleep(self.rng.uniform(0.0, self.jitter))
