@@ -5,7 +5,9 @@ own store directory under the test's temp dir and free 127.0.0.1 client, cluster
 ports, routed to each other; the fixture returns once JetStream has elected a meta leader. Never the
 system server on 4222: every port is a free one. Helpers: `kill(i)` (SIGKILL), `stop(i)` (SIGTERM),
 `start(i)` (the same ports and store: a restarted node), `stream_leader(stream)` (the index of the node
-leading a stream, from the monitoring endpoint /jsz), `wait_ready()`.
+leading a stream, from the monitoring endpoint /jsz), `wait_ready()`. Authentication (single server tests):
+user/password, mutual TLS, an nkey (`nkey_pair()`), or JWTs (`Operator`: operator mode and .creds files,
+built here with nkeys since `nsc` is not installed).
 
 Use it in a test module with `from nats_cluster import nats_cluster  # noqa: F401` (a fixture), or start a
 `NatsCluster(workdir)` yourself. Skipped when nats-server is missing, unless PHG_REQUIRE_NATS=1 (CI, which
@@ -15,7 +17,9 @@ that version does wrong; phg.outbox.jetstream copes with it).
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -27,6 +31,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,6 +48,74 @@ def require_nats_server() -> str:
             pytest.fail("PHG_REQUIRE_NATS=1 but nats-server is missing (make nats)")
         pytest.skip("nats-server is not installed (make nats)")
     return NATS_SERVER
+
+
+def nkey_pair(role: str = "user") -> tuple[str, str, Any]:
+    """A fresh nkey pair: (seed, public key, nkeys.KeyPair) for role user/account/operator, as `nk -gen`
+    writes them (nkeys.encode_seed: "S" + role letter, base32 of the ed25519 seed and its CRC-16)."""
+    import nkeys
+
+    prefix = {"user": nkeys.PREFIX_BYTE_USER, "account": nkeys.PREFIX_BYTE_ACCOUNT,
+              "operator": nkeys.PREFIX_BYTE_OPERATOR}[role]
+    seed = nkeys.encode_seed(os.urandom(32), prefix).decode("ascii")
+    pair = nkeys.from_seed(bytearray(seed.encode("ascii")))
+    return seed, pair.public_key.decode("ascii"), pair
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _jwt(claims: dict[str, Any], issuer: Any) -> str:
+    """A NATS JWT (nats-io/jwt v2, what `nsc` writes): header {"typ": "JWT", "alg": "ed25519-nkey"}, the
+    claims with iat, iss (the issuer's public nkey) and jti (base32 SHA-512/256 of the claims), signed by the
+    issuer's nkey over "header.claims", each part base64url without padding (RFC 7519)."""
+    body = dict(claims, iat=int(time.time()), iss=issuer.public_key.decode("ascii"), jti="")
+    body["jti"] = base64.b32encode(hashlib.new("sha512_256", json.dumps(body).encode()).digest()).decode().rstrip("=")
+    signed = _b64url(b'{"typ":"JWT","alg":"ed25519-nkey"}') + "." + _b64url(json.dumps(body).encode())
+    return signed + "." + _b64url(issuer.sign(signed.encode("ascii")))
+
+
+class Operator:
+    """Decentralized JWT authentication without `nsc`: an operator, its system account and one account
+    with JetStream (no limits), for a server in operator mode with the in-memory account resolver
+    (`operator`, `system_account`, `resolver: MEMORY`, `resolver_preload`: the server config reference).
+    `creds(path, name)` writes a user's .creds file, mode 0600."""
+
+    def __init__(self, workdir: Path):
+        _, _, self._operator = nkey_pair("operator")
+        _, self.account, self._account = nkey_pair("account")
+        _, self.system, _ = nkey_pair("account")
+        self.jwt_file = workdir / "operator.jwt"
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.jwt_file.write_text(_jwt({"sub": self._operator.public_key.decode(), "name": "phgtest",
+                                       "nats": {"type": "operator", "version": 2}}, self._operator))
+        unlimited = {"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1, "wildcards": True,
+                     "conn": -1, "leaf": -1, "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1}
+        self._accounts = {
+            self.account: _jwt({"sub": self.account, "name": "PHG", "nats": {"limits": unlimited, "type": "account",
+                                                                             "version": 2}}, self._operator),
+            self.system: _jwt({"sub": self.system, "name": "SYS", "nats": {"type": "account", "version": 2}},
+                              self._operator)}
+
+    def server_config(self) -> str:
+        preload = ", ".join(f'{key}: "{jwt}"' for key, jwt in self._accounts.items())
+        return (f'operator: "{self.jwt_file}"\nsystem_account: {self.system}\nresolver: MEMORY\n'
+                f'resolver_preload: {{ {preload} }}\n')
+
+    def creds(self, path: Path, name: str = "phg") -> str:
+        """Write a user of the account to `path` as nats-io/jwt's FormatUserConfig does; its public key."""
+        seed, public, _ = nkey_pair("user")
+        user = _jwt({"sub": public, "name": name, "nats": {"pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1,
+                                                          "type": "user", "version": 2}}, self._account)
+        path.write_text(f"-----BEGIN NATS USER JWT-----\n{user}\n------END NATS USER JWT------\n\n"
+                        "************************* IMPORTANT *************************\n"
+                        "NKEY Seed printed below can be used to sign and prove identity.\n"
+                        "NKEYs are sensitive and should be treated as secrets.\n\n"
+                        f"-----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n\n"
+                        "*************************************************************\n")
+        os.chmod(path, 0o600)
+        return public
 
 
 def _free_ports(n: int) -> list[int]:
@@ -88,9 +161,12 @@ class NatsCluster:
     """Three routed nats-server processes with JetStream (module docstring)."""
 
     def __init__(self, workdir: Path, size: int = 3, user: str | None = None, password: str | None = None,
-                 tls: tuple[Path, Path, Path] | None = None):
+                 tls: tuple[Path, Path, Path] | None = None, nkey: str | None = None,
+                 operator: Operator | None = None):
         """`size` nodes (1: a single server, no cluster); `user` and `password`: clients must give them;
-        `tls` (certificate, key, CA): clients must speak TLS and show a certificate the CA signed."""
+        `tls` (certificate, key, CA): clients must speak TLS and show a certificate the CA signed; `nkey`
+        (a user's public key, "U..."): clients must sign the server's nonce with its seed; `operator`:
+        JWT authentication (users with an Operator's .creds files)."""
         self.binary = require_nats_server()
         ports = _free_ports(3 * size)
         self.nodes: list[NatsNode] = []
@@ -105,6 +181,10 @@ class NatsCluster:
             cluster = (f'cluster {{ name: "{CLUSTER_NAME}", listen: "127.0.0.1:{node.cluster_port}", '
                        f'routes: [{routes}] }}\n') if size > 1 else ""
             auth = f'authorization {{ user: "{user}", password: "{password}" }}\n' if user is not None else ""
+            if nkey is not None:
+                auth += f'authorization {{ users = [ {{ nkey: "{nkey}" }} ] }}\n'
+            if operator is not None:
+                auth += operator.server_config()
             if tls is not None:
                 auth += (f'tls {{ cert_file: "{tls[0]}", key_file: "{tls[1]}", ca_file: "{tls[2]}", verify: true, '
                          'timeout: 5 }\n')

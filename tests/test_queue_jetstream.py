@@ -25,7 +25,7 @@ from hypothesis import example, given
 from hypothesis import settings as settings_
 from hypothesis import strategies as st
 
-from nats_cluster import NatsCluster, nats_cluster  # noqa: F401  (the fixture)
+from nats_cluster import NatsCluster, Operator, nats_cluster, nkey_pair  # noqa: F401  (the fixture)
 from phg.config import QueueSettings, load_config
 from phg.delivery import Delivered, DeliveryWorker
 from phg.demo.sim import simulated_readings
@@ -440,3 +440,79 @@ def test_queue_settings_parse_or_name_the_key(server, prefix, replicas):
     else:
         assert found.servers == (server.strip(),) and 1 <= found.stream_replicas <= 5
         assert re.fullmatch(r"(nats|tls)://[^/@\s]+", found.servers[0])
+
+
+# ------------------------------------------------------------------------ nkey and JWT (.creds) login
+
+
+def round_trip(queue: JetStreamQueue) -> None:
+    """Enqueue, lease and settle two readings: the login can use JetStream, not only connect."""
+    queue.enqueue(DEST, readings(2))
+    leased = lease_all(queue, 2)
+    queue.delivered([i.id for i in leased], ["ok"] * 2, token=leased[0].lease)
+    assert queue.counts(DEST)[DELIVERED] == 2 and queue.lease(DEST, 5, 30) == []
+
+
+def private(path: Path, text: str) -> Path:
+    path.write_text(text)
+    os.chmod(path, 0o600)
+    return path
+
+
+def test_an_nkey_seed_file_logs_in_and_a_wrong_seed_is_named_never_shown(tmp_path, caplog):
+    seed, public, _ = nkey_pair()
+    other, _, _ = nkey_pair()
+    with NatsCluster(tmp_path, size=1, nkey=public) as server:
+        settings = QueueSettings(engine="jetstream", servers=tuple(server.urls),
+                                 nkey_seed_file=private(tmp_path / "phg.nk", seed + "\n"))
+        with caplog.at_level(logging.DEBUG):
+            with JetStreamQueue(settings) as queue:
+                round_trip(queue)
+            wrong = replace(settings, nkey_seed_file=private(tmp_path / "other.nk", other))
+            with pytest.raises(ConfigError, match=r"refused phg's credentials \(\[queue\] nkey_seed_file\)") as refused:
+                JetStreamQueue(wrong)
+            garbled = replace(settings, nkey_seed_file=private(tmp_path / "garbled.nk", seed[:-1] + "A"))
+            with pytest.raises(ConfigError, match=r"\[queue\] nkey_seed_file .*garbled.nk: not an nkey user seed"):
+                JetStreamQueue(garbled)  # the CRC-16 fails: refused before any connection
+        texts = str(refused.value) + caplog.text
+        assert seed not in texts and other not in texts and seed[2:20] not in texts
+        os.chmod(settings.nkey_seed_file, 0o640)
+        with pytest.raises(ConfigError, match=r"\[queue\] nkey_seed_file .*run: chmod 600"):
+            JetStreamQueue(settings)
+
+
+def test_a_creds_file_logs_in_to_a_server_in_operator_mode(tmp_path, caplog):
+    operator = Operator(tmp_path / "jwt")
+    creds = tmp_path / "phg.creds"
+    operator.creds(creds)
+    with NatsCluster(tmp_path, size=1, operator=operator) as server:
+        settings = QueueSettings(engine="jetstream", servers=tuple(server.urls), creds_file=creds)
+        with caplog.at_level(logging.DEBUG):
+            with JetStreamQueue(settings) as queue:
+                round_trip(queue)
+            stranger = tmp_path / "stranger.creds"  # a user of another operator's account: not trusted
+            Operator(tmp_path / "other").creds(stranger)
+            with pytest.raises(ConfigError, match=r"refused phg's credentials \(\[queue\] creds_file\)"):
+                JetStreamQueue(replace(settings, creds_file=stranger))
+        secrets_ = [line for text in (creds.read_text(), stranger.read_text()) for line in text.splitlines()
+                    if line.startswith(("SU", "eyJ"))]
+        assert len(secrets_) == 4 and not any(s in caplog.text for s in secrets_)
+        os.chmod(creds, 0o644)
+        with pytest.raises(ConfigError, match=r"\[queue\] creds_file .*run: chmod 600"):
+            JetStreamQueue(settings)
+
+
+@pytest.mark.parametrize("text, error", [
+    ("", "no line after 'BEGIN NATS USER JWT'"),  # nats-py's own reader would loop for ever on it
+    ("-----BEGIN NATS USER JWT-----\nnot a jwt\n", "is not a JWT"),
+    ("-----BEGIN NATS USER JWT-----\na.b.c\n", "no line after 'BEGIN USER NKEY SEED'"),
+    ("-----BEGIN NATS USER JWT-----\na.b.c\n-----BEGIN USER NKEY SEED-----\nSUAXXXX\n", "not an nkey user seed"),
+    ("-----BEGIN NATS USER JWT-----\r\na.b.c\r\n", "Windows line ends (CRLF)"),
+])
+def test_a_creds_file_that_is_not_one_is_named_before_connecting(tmp_path, text, error):
+    creds = private(tmp_path / "hub.creds", text)
+    settings = QueueSettings(engine="jetstream", servers=("nats://127.0.0.1:9",), creds_file=creds)
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match=rf"\[queue\] creds_file .*hub.creds: .*{re.escape(error)}") as refused:
+        JetStreamQueue(settings)
+    assert "SUAXXXX" not in str(refused.value) and time.monotonic() - started < 5

@@ -85,6 +85,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import nats
@@ -96,6 +97,7 @@ from nats.js import api
 from phg.config import QueueSettings
 from phg.errors import ConfigError, StorageError
 from phg.outbox.sqlite import DEAD, DELIVERED, INFLIGHT, QUEUED, STATES, Item
+from phg.secretfile import require_private
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +113,7 @@ LEADER_WAIT = 20.0  # seconds an idempotent request is tried again while JetStre
 ABANDONED = 3600.0  # seconds past its deadline after which an unreported lease is forgotten
 POLL = 1.0  # next_due while messages are handed out but unsettled: look again this soon
 SEEN_LIMIT = 100_000  # keys this process remembers publishing (stored_keys), oldest forgotten first
+_JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")  # base64url header.claims.signature (RFC 7519)
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a destination as a subject token, consumer and bucket name
 
 H_KEY, H_CREATED, H_SEQ, H_ATTEMPTS, H_REASON = "Phg-Key", "Phg-Created", "Phg-Seq", "Phg-Attempts", "Phg-Reason"
@@ -258,8 +261,11 @@ class JetStreamQueue:
                 raise ConfigError("[queue] creds_file / nkey_seed_file need the nkeys package: "
                                   "pip install 'nats-py[nkeys]'") from None
             if s.creds_file is not None:
+                _check_creds_file(s.creds_file)
                 options["user_credentials"] = str(s.creds_file)
             else:
+                _check_seed(_read_secret(s.nkey_seed_file, "[queue] nkey_seed_file").strip(),
+                            f"[queue] nkey_seed_file {s.nkey_seed_file}")
                 options["nkeys_seed"] = str(s.nkey_seed_file)
         if s.user is not None:
             options["user"], options["password"] = s.user, s.password
@@ -302,8 +308,8 @@ class JetStreamQueue:
             with contextlib.suppress(*_FAILURES, asyncio.CancelledError):
                 await asyncio.wait_for(self._nc.close(), REQUEST_TIMEOUT)
             if self._refused:
-                raise ConfigError(f"{self._where} refused phg's credentials ([queue] creds_file, nkey_seed_file or "
-                                  "user and password)") from None
+                raise ConfigError(f"{self._where} refused phg's credentials ({_credentials_keys(self.settings)})"
+                                  ) from None
             if self._untrusted:
                 raise ConfigError(f"{self._where}: the server's certificate is not trusted ([queue] ca_file: the "
                                   f"CA that signed it; {self._last_error})") from None
@@ -933,6 +939,63 @@ class JetStreamQueue:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _credentials_keys(settings: QueueSettings) -> str:
+    """The [queue] keys that hold the credentials in use (what a refusal names; never their values)."""
+    if settings.creds_file is not None:
+        return "[queue] creds_file"
+    if settings.nkey_seed_file is not None:
+        return "[queue] nkey_seed_file"
+    if settings.user is not None:
+        return "[queue] user and password"
+    return "none given: [queue] creds_file, nkey_seed_file or user and password"
+
+
+def _read_secret(path: Any, key: str) -> str:
+    """A credentials file's text, refused unless private (mode 0600, as at load_config: it may have changed)."""
+    require_private(path, key)
+    try:
+        return Path(path).read_bytes().decode("ascii")  # bytes: line ends as nats-py will read them
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{key} {path}: cannot read it as ASCII text ({type(exc).__name__})") from None
+
+
+def _check_seed(seed: str, where: str) -> None:
+    """Refuse anything but an nkey user seed ("SU" + base32 of the ed25519 seed and a CRC-16; nkeys'
+    decode_seed), naming where it is and never the seed: nats-py would fail later, less clearly."""
+    import nkeys
+
+    try:
+        prefix, raw = nkeys.decode_seed(bytearray(seed.encode("ascii")))
+        intact = nkeys.encode_seed(bytes(raw), prefix).decode("ascii") == seed  # the CRC-16 too
+    except (nkeys.NkeysError, ValueError, TypeError, UnicodeError):
+        prefix, intact = None, False
+    if prefix != nkeys.PREFIX_BYTE_USER or not intact:
+        raise ConfigError(f"{where}: not an nkey user seed (one line starting with SU, as `nsc` or `nk -gen user` "
+                          "write it)")
+
+
+def _check_creds_file(path: Any) -> None:
+    """A NATS credentials file as nats-io/jwt v2 formats it (creds_utils.go FormatUserConfig): the line after
+    "-----BEGIN NATS USER JWT-----" holds the user JWT (three base64url parts), the line after
+    "-----BEGIN USER NKEY SEED-----" the user's seed. Checked before nats-py reads it: without the JWT
+    marker its reader loops for ever."""
+    where = f"[queue] creds_file {path}"
+    text = _read_secret(path, "[queue] creds_file")
+    if "\r" in text:  # nats-py cuts one "\n" off each line: a "\r" would stay in the JWT and the seed
+        raise ConfigError(f"{where}: Windows line ends (CRLF); convert the file to \\n line ends (dos2unix)")
+    lines = text.split("\n")
+
+    def after(marker: str) -> str:
+        found = next((i for i, line in enumerate(lines) if marker in line), None)
+        if found is None or found + 1 >= len(lines):
+            raise ConfigError(f"{where}: no line after {marker!r} (not a .creds file: `nsc generate creds` writes one)")
+        return lines[found + 1]
+
+    if not _JWT.fullmatch(after("BEGIN NATS USER JWT")):
+        raise ConfigError(f"{where}: the line after 'BEGIN NATS USER JWT' is not a JWT (header.claims.signature)")
+    _check_seed(after("BEGIN USER NKEY SEED"), where)
 
 
 def _state_key(name: str) -> str:
