@@ -231,7 +231,9 @@ def _toml_value(value: Any, where: str) -> str:
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, str | Path):
-        return json.dumps(str(value))  # a JSON string is a TOML basic string (same escapes)
+        # A JSON string with raw non-ASCII is a TOML basic string (TOML 1.0 "String": the same escapes),
+        # once DEL, which TOML wants escaped and JSON does not, is escaped too.
+        return json.dumps(str(value), ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml_value(v, where) for v in value) + "]"
     raise TypeError(f"{where}: no TOML form for {type(value).__name__}")

@@ -32,6 +32,7 @@ import os
 import subprocess
 import threading
 import time
+import tomllib
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -40,9 +41,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import hl7
+import hl7.mllp
 import httpx
 import nats
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hub_harness import (
     PHG,
@@ -442,3 +447,66 @@ def test_poison_readings_are_dead_lettered_with_the_reason_and_retried(hub_facto
     ones = [r for r in poison if observation_ids([r]) <= delivered_poison()]
     assert len(ones) == 1 and delivered_poison() == observation_ids(ones), delivered_poison()
     assert max(hub.proxy.delivered()[k] for k in delivered_poison()) == 1
+
+
+# ---------------------------------------------------------------------------------------------- the instruments
+# The tests above are only as good as what they count with: a proxy that missed a second POST or a
+# receiver that missed a second MSH-10 would let a double delivery pass.
+
+
+def test_the_counting_proxy_counts_each_stored_post_and_not_a_refused_one(sekmet):
+    from phg.fhir import build_transaction, to_json
+    from phg.model import Gateway
+
+    readings = readings_for("hub-proxy", 5)
+    body = to_json(build_transaction(readings, Gateway(system_id=GATEWAY_ID)).bundle)
+    headers = {"Content-Type": "application/fhir+json"}
+    with CountingProxy(sekmet.base_url, hold=0.5) as proxy, httpx.Client(timeout=30) as client:
+        base = proxy.url(httpx.URL(sekmet.base_url).path)
+        t0 = time.monotonic()
+        assert client.post(base, content=body, headers=headers).status_code == 200
+        assert time.monotonic() - t0 >= 0.5  # held after the server stored it
+        assert client.post(base, content=body, headers=headers).status_code == 200  # stored again: counted again
+        proxy.refuse(readings[0].patient.value)
+        assert client.post(base, content=body, headers=headers).status_code == 422  # not stored: not counted
+    wanted = observation_ids(readings)
+    assert proxy.delivered() == dict.fromkeys(wanted, 2) and proxy.seen(wanted) == len(wanted)
+    assert proxy.stored_posts == 2
+    assert proxy.creates()[("Patient", f"identifier={readings[0].patient.system}|{readings[0].patient.value}")] == 2
+
+
+async def test_the_mllp_recorder_counts_every_message_by_msh10():
+    from phg.hl7v2.pcd01 import render_messages
+    from phg.model import Gateway
+
+    messages = render_messages(readings_for("hub-mllp", 2), Gateway(system_id=GATEWAY_ID))
+    with MllpRecorder() as recorder:
+        reader, writer = await hl7.mllp.open_hl7_connection("127.0.0.1", recorder.port, encoding="utf-8")
+        try:
+            for er7 in messages + messages[:1]:
+                writer.writemessage(hl7.parse(er7))
+                await writer.drain()
+                await reader.readmessage()  # its ACK
+        finally:
+            writer.close()
+    controls = recorder.controls()
+    first = messages[0].split("\r", 1)[0].split("|")[9]  # MSH-10 (MSH-1 is the field separator itself)
+    assert sorted(controls.values()) == [1, 2] and controls[first] == 2
+
+
+TOML_TEXT = st.characters(blacklist_categories=("Cs",))  # any text but lone surrogates (not UTF-8, not TOML)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.dictionaries(
+    st.sampled_from(["gateway", "fhir", "queue", "delivery", "destinations"]),
+    st.dictionaries(st.from_regex(r"[a-z_]{1,12}", fullmatch=True),
+                    st.one_of(st.booleans(), st.integers(-10**6, 10**6), st.text(TOML_TEXT, max_size=20),
+                              st.lists(st.text(TOML_TEXT, max_size=8), max_size=3),
+                              st.dictionaries(st.from_regex(r"[a-z]{1,6}", fullmatch=True), st.integers(), max_size=2)),
+                    max_size=4),
+    max_size=4))
+def test_write_config_writes_the_toml_of_the_document_mode_0600(tmp_path_factory, document):
+    path = write_config(tmp_path_factory.mktemp("cfg") / "phg.toml", document)
+    assert tomllib.loads(path.read_text(encoding="utf-8")) == document
+    assert path.stat().st_mode & 0o777 == 0o600
