@@ -3,7 +3,8 @@ the behaviour is shared), then what only JetStream does, against a real three-no
 loopback (tests/nats_cluster.py): idempotent intake, leases kept alive by in-progress acks, Nak delays,
 dead letters with their reason and `retry`, dead-lettering on the last allowed delivery, delivered markers
 that make a message JetStream hands out again harmless, progress markers, the stream leader killed mid-use,
-and credential files readable by others refused."""
+and the logins: user/password, mutual TLS, an nkey seed file and a JWT .creds file (single servers with
+that authorization), credential files readable by others or malformed refused by key, never shown."""
 
 from __future__ import annotations
 
@@ -516,3 +517,23 @@ def test_a_creds_file_that_is_not_one_is_named_before_connecting(tmp_path, text,
     with pytest.raises(ConfigError, match=rf"\[queue\] creds_file .*hub.creds: .*{re.escape(error)}") as refused:
         JetStreamQueue(settings)
     assert "SUAXXXX" not in str(refused.value) and time.monotonic() - started < 5
+
+
+@settings_(max_examples=200, deadline=None)
+@given(text=st.text(st.characters(codec="ascii"), max_size=300) | st.builds(
+    "-----BEGIN NATS USER JWT-----\n{}\n-----BEGIN USER NKEY SEED-----\n{}\n".format,
+    st.from_regex(r"[A-Za-z0-9_.-]{0,40}", fullmatch=True) | st.just("eyJ0.eyJ1.c2ln"),
+    st.from_regex(r"S[A-Z2-7]{0,60}", fullmatch=True) | st.builds(lambda: nkey_pair()[0])))
+def test_any_creds_text_is_taken_or_named_never_shown(tmp_path_factory, text):
+    """Whatever a .creds file holds, phg's check takes it (then nats-py can read it) or refuses it with a
+    ConfigError naming [queue] creds_file without echoing the file (no other exception, no hang)."""
+    creds = private(tmp_path_factory.mktemp("creds") / "hub.creds", text)
+    try:
+        jetstream._check_creds_file(creds)
+    except ConfigError as exc:
+        lines = text.split("\n")
+        held = [lines[i + 1] for i, line in enumerate(lines[:-1]) if "BEGIN" in line and len(lines[i + 1]) >= 8]
+        assert str(exc).startswith(f"[queue] creds_file {creds}") and not any(h in str(exc) for h in held)
+    else:
+        seed = text.split("BEGIN USER NKEY SEED")[1].split("\n")[1]
+        assert seed.startswith("SU") and len(seed) == 58
