@@ -537,3 +537,22 @@ def test_any_creds_text_is_taken_or_named_never_shown(tmp_path_factory, text):
     else:
         seed = text.split("BEGIN USER NKEY SEED")[1].split("\n")[1]
         assert seed.startswith("SU") and len(seed) == 58
+
+
+def test_delivered_markers_live_marker_age_and_max_age_without_it(open_js, settings, nats_cluster):  # noqa: F811
+    """[queue] marker_age sizes the delivered markers apart from the queue (docs/hub.md, "Storage")."""
+    for changes, expected in (({"marker_age": 3600.0}, 3600.0), ({}, 14 * 86400.0)):
+        queue = open_js(**changes, prefix=f"{settings.prefix}m{len(changes)}")
+        queue.enqueue(DEST, readings(1, str(expected)))
+        leased = lease_all(queue, 1)
+        queue.delivered([leased[0].id], token=leased[0].lease)
+        config = nats_cluster.nodes[0].jsz("accounts=true&streams=true&config=true")
+        ages = {s["name"]: s["config"]["max_age"] / 1e9 for a in config["account_details"] for s in a["stream_detail"]}
+        assert ages[f"KV_{queue.settings.prefix}_done_{DEST}"] == expected
+
+
+def test_marker_age_shorter_than_the_duplicate_window_is_refused(tmp_path):
+    path = tmp_path / "phg.toml"
+    path.write_text('[queue]\nengine = "jetstream"\nservers = ["nats://127.0.0.1:4222"]\nmarker_age = "1m"\n')
+    with pytest.raises(ConfigError, match=r"marker_age must be at least \[queue\] duplicate_window \(120 s\)"):
+        load_config(path, {})

@@ -306,6 +306,7 @@ SETTINGS: tuple[Setting, ...] = (
            ("max_age", duration, QUEUE_MAX_AGE),
            ("max_bytes", number(int, 0, 2**53), 0),
            ("duplicate_window", duration, QUEUE_DUPLICATE_WINDOW),
+           ("marker_age", duration, None),
            ("max_deliver", number(int, 0, 100_000), 0),
            ("max_in_flight", number(int, 1, 1_000_000), 1000)),
     *_rows("delivery",
@@ -848,6 +849,7 @@ class QueueSettings:
     max_age: float = QUEUE_MAX_AGE
     max_bytes: int = 0  # 0: no limit
     duplicate_window: float = QUEUE_DUPLICATE_WINDOW
+    marker_age: float | None = None  # how long a delivered marker is kept; None: max_age (docs/hub.md, "Storage")
     max_deliver: int = 0  # deliveries of one reading before it is dead-lettered; 0: no limit (as SQLite)
     max_in_flight: int = 1000  # readings of one destination leased at once, by all workers together
     source: str = "(defaults)"
@@ -889,6 +891,10 @@ def _queue(values: Values) -> QueueSettings:
     if settings.duplicate_window > settings.max_age or settings.duplicate_window <= 0:
         raise ConfigError(f"{values.where('queue', 'duplicate_window')} must be more than 0 and at most "
                           f"[queue] max_age ({settings.max_age:g} s)")
+    if settings.marker_age is not None and settings.marker_age < settings.duplicate_window:
+        raise ConfigError(f"{values.where('queue', 'marker_age')} must be at least [queue] duplicate_window "
+                          f"({settings.duplicate_window:g} s): a reading published again is recognised by one or "
+                          "the other")
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", settings.prefix):
         raise ConfigError(f"{values.where('queue', 'prefix')} must be 1..32 letters, digits, _ or -, "
                           f"not {settings.prefix!r:.40}")

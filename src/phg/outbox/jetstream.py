@@ -11,7 +11,8 @@ Layout, named by `[queue] prefix` P (JetStream: https://docs.nats.io/nats-concep
   reading as body, the reason (JSON string), the original sequence, key, time and attempts in headers.
 - Key-value buckets: `P_state` (source progress markers), `P_pause` (a Retry-After per destination, so
   every worker waits), and per destination `P_done_DESTINATION` (a delivered marker per reading key, kept
-  `max_age`) and `P_tries_DESTINATION` (attempts, refusals and the last error of a reading that was put back).
+  `marker_age`, by default `max_age`) and `P_tries_DESTINATION` (attempts, refusals and the last error of a
+  reading that was put back).
 
 How the Queue maps onto it:
 - enqueue publishes each reading with Nats-Msg-Id "DESTINATION:KEY" (deduplicated within
@@ -360,6 +361,13 @@ class JetStreamQueue:
                     storage=api.StorageType.FILE))
         return self._buckets[bucket]
 
+    async def _done(self, destination: str) -> Any:
+        """The destination's delivered markers, each kept [queue] marker_age (default max_age). The age is set
+        when the bucket is created: changing it later applies to a new prefix or a recreated bucket."""
+        settings = self.settings
+        return await self._bucket(f"done_{destination}",
+                                  settings.max_age if settings.marker_age is None else settings.marker_age)
+
     def _subject(self, destination: str) -> str:
         return f"{self.settings.prefix}.q.{destination}"
 
@@ -482,7 +490,7 @@ class JetStreamQueue:
         """The keys among `keys` with a delivered marker at `destination`."""
         if not keys:
             return set()
-        bucket = await self._bucket(f"done_{destination}", self.settings.max_age)
+        bucket = await self._done(destination)
         found = await asyncio.gather(*(_get(bucket, key) for key in keys))
         return {key for key, entry in zip(keys, found, strict=True) if entry is not None}
 
@@ -596,7 +604,7 @@ class JetStreamQueue:
         result_of = dict(zip(ids, results, strict=True))
         taken = self._take(ids, token, stale_too=True)
         now = time.time()
-        buckets = {d: await self._bucket(f"done_{d}", self.settings.max_age) for d in {d for d, _ in taken}}
+        buckets = {d: await self._done(d) for d in {d for d, _ in taken}}
         await asyncio.gather(*(  # every marker stored before any ack: never an ack without its marker
             _put(buckets[d], _headers(msg)[H_KEY], json.dumps({"seq": msg.metadata.sequence.stream, "at": now,
                                                                "result": result_of[msg.metadata.sequence.stream]}).encode())
