@@ -220,15 +220,19 @@ def bench_fit(kind: str) -> dict:
             runs["naive"] = partial(_naive_seconds, naive_client, servers["naive"].base_url, bundles, ids)
             for side in sides[r % 4:] + sides[:r % 4]:
                 seconds[side] += runs[side]()
-        refused = fit_of(configs["auto"].destinations[0]).refused_at
+        fit = fit_of(configs["auto"].destinations[0])
+        refused = fit.refused_at
         late = sum(1 for t in refused if t - started > 60)
+        chose = min(fit.cost, key=fit.cost.__getitem__) if fit.cost else "nothing (no sample)"
+        costs = ", ".join(f"{way} {seconds * 1000:.1f}" for way, seconds in fit.cost.items())
     rates = {s: observations / seconds[s] for s in sides}
     best = max(("transaction", "single", "naive"), key=rates.__getitem__)
     ratio = rates["auto"] / rates[best]
     return {"name": f"fit: {kind} auto vs best", "ratio": ratio, "target": ">= 0.9", "ok": ratio >= 0.9 and not late,
-            "figure": f"auto {rates['auto']:,.0f} obs/s; {len(refused)} refused as too many, {late} after 1 min",
-            "baseline": f"best = {best} {rates[best]:,.0f} obs/s (transaction {rates['transaction']:,.0f}, "
-                        f"single {rates['single']:,.0f}, naive {rates['naive']:,.0f}; {observations:,} obs per side)"}
+            "figure": f"auto {rates['auto']:,.1f} obs/s; {len(refused)} refused as too many, {late} after 1 min; "
+                      f"chose {chose} (ms per entry in the samples: {costs})",
+            "baseline": f"best = {best} {rates[best]:,.1f} obs/s (transaction {rates['transaction']:,.1f}, "
+                        f"single {rates['single']:,.1f}, naive {rates['naive']:,.1f}; {observations:,} obs per side)"}
 
 
 def _naive_seconds(client: httpx.Client, base: str, bundles: list[dict], ids: dict[str, str]) -> float:

@@ -29,15 +29,18 @@ transaction may hold and which way of sending is fastest there:
   too big for one transaction is sent this way too: it is never dead-lettered for its size.
 - The way ([fhir] strategy): "transaction" (Bundles, in parts when a limit applies), "single" (each
   resource its own conditional create, POST [type] with If-None-Exist, http.html#ccreate, references
-  rewritten the same way), or "auto": the ways are compared on samples of one batch (the first, and
-  again every RECHECK batches: the server may change, e.g. its database grows), the rest of which and
-  every batch until the next comparison go the cheaper way. In a sampled batch the shared entries go
-  first as single conditional creates (few, and needed by both samples), then SAMPLE Observation
-  entries as transactions and the next SAMPLE as single POSTs, back to back on one warm connection, each
-  timed per entry: equal samples of the same kind of entry at the same moment, so that neither way pays
-  the other's set-up (the first connection, the first creation of the Patient and Devices) and a server
-  that slows down as it fills weighs on both alike. Only SAMPLE entries of a batch go the dearer way,
-  where timing a whole batch each way cost a whole slow batch (a quarter of a short run on Medplum).
+  rewritten the same way), or "auto": the ways are compared on samples of one batch, the rest of which
+  and every batch until the next comparison go the cheaper way. Compared in batches 1, 2, 4, 8, ... and
+  then every RECHECK batches: which way is cheaper may change as the server's store grows (Medplum's
+  in-memory router searches its whole store for each conditional create, twice inside a transaction, so
+  transactions of 8 win on an empty store and single POSTs soon after), most likely early on. In a
+  sampled batch the shared entries go first as single conditional creates (few, and needed by both
+  samples), then SAMPLE Observation entries as transactions and the next SAMPLE as single POSTs, back
+  to back on one warm connection, each timed per entry: equal samples of the same kind of entry at the
+  same moment, so that neither way pays the other's set-up (the first connection, the first creation
+  of the Patient and Devices) and a server that slows down as it fills weighs on both alike. Only
+  SAMPLE entries of a batch go the dearer way, where timing a whole batch each way cost a whole slow
+  batch (a quarter of a short run on Medplum).
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ log = logging.getLogger(__name__)
 FHIR_JSON = "application/fhir+json"
 WAYS = FHIR_STRATEGIES[1:]  # "transaction", "single"
 MEDPLUM_ENTRIES = 8  # @medplum/fhir-router maxSerializableTransactionEntries (with a conditional create)
-RECHECK = 200  # under "auto", the ways are compared again (a sampled batch) once per this many batches
+RECHECK = 200  # under "auto", the ways are compared (a sampled batch) in batches 1, 2, 4, ... and then every RECHECK
 SAMPLE = 16  # Observation entries per way in a sampled batch (two of Medplum's transactions of 8)
 
 
@@ -103,8 +106,8 @@ async def open_fhir(settings: FhirSettings, gateway: Gateway) -> AsyncIterator[F
 @dataclass
 class Fit:
     """What one server takes, as this process has learned it (module docstring): at most max_entries
-    entries per transaction (None: no limit known), the seconds per entry each way cost in the samples
-    (a running mean over the sampled batches), and how many batches were sent under "auto"; refused_at:
+    entries per transaction (None: no limit known), the seconds per entry each way cost in the latest
+    sample, and how many batches were sent under "auto"; refused_at:
     when (time.monotonic()) a transaction was refused as too many (a refusal lowers max_entries, so there
     are few).
     """
@@ -177,13 +180,14 @@ class FhirDestination:
 
     def way(self) -> str:
         """How the next batch goes: the configured strategy; under "auto", "sample" (both ways timed on
-        samples of the batch) until both are timed and then every RECHECK batches, else the way that cost
-        the least per entry."""
+        samples of the batch) until both are timed, then in batches 2, 4, 8, ... and every RECHECK, else
+        the way that cost the least per entry in the latest sample."""
         if self.strategy != "auto":
             return self.strategy
         fit = self.fit
         fit.batches += 1
-        if len(fit.cost) < len(WAYS) or fit.batches % RECHECK == 0:
+        n = fit.batches
+        if len(fit.cost) < len(WAYS) or (n & (n - 1) == 0 if n < RECHECK else n % RECHECK == 0):
             return "sample"
         return min(WAYS, key=fit.cost.__getitem__)
 
@@ -220,8 +224,7 @@ class FhirDestination:
         for way in WAYS:
             started = time.perf_counter()
             answers += await self._by(way, tx, entries[len(answers):len(answers) + size], located)
-            seconds = (time.perf_counter() - started) / size
-            cost[way] = seconds if way not in cost else (cost[way] + seconds) / 2
+            cost[way] = (time.perf_counter() - started) / size
         best = min(WAYS, key=cost.__getitem__)
         log.debug("%s: seconds per entry %s; sending the %s way", self.name,
                   ", ".join(f"{w} {cost[w]:.6f}" for w in WAYS), best)
