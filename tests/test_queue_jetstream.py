@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import os
 import re
@@ -21,6 +22,8 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+import nats
+import nats.js.api
 import pytest
 from hypothesis import example, given
 from hypothesis import settings as settings_
@@ -211,6 +214,99 @@ def test_a_delivered_marker_makes_a_reading_stored_again_harmless(open_js):
     assert set(again).isdisjoint(i.id for i in leased)  # stored anew: the window has passed
     assert queue.lease(DEST, 10, 30) == [] and queue.lease(DEST, 10, 30) == []
     assert queue.counts(DEST)[QUEUED] == 0 and queue.counts(DEST)[INFLIGHT] == 0
+
+
+def _claims(settings: QueueSettings, work: Callable) -> object:
+    """Run `work(bucket)` on the destination's claim bucket (`P_claim_DEST`), through a connection of the test's
+    own (what another worker's lease would have written there)."""
+    async def run() -> object:
+        nc = await nats.connect(list(settings.servers))
+        try:
+            bucket = await nc.jetstream().create_key_value(
+                bucket=f"{settings.prefix}_claim_{DEST}", history=1, ttl=jetstream.CLAIM_TTL,
+                replicas=settings.stream_replicas, storage=nats.js.api.StorageType.FILE)
+            return await work(bucket)
+        finally:
+            await nc.close()
+
+    return asyncio.run(run())
+
+
+def _claim_of_another(settings: QueueSettings, key: str, until: float) -> None:
+    _claims(settings, lambda b: b.put(key, json.dumps({"token": "another", "until": until}).encode()))
+
+
+def test_a_reading_another_live_lease_claims_is_put_back_until_that_claim_runs_out(open_js, settings):
+    """What a consumer's new leader does after a leader kill (docs/hub.md): the reading another worker holds
+    is handed out again at once. Its claim keeps it from being sent: put back, due when the claim runs out."""
+    queue = open_js()
+    [(key, _)] = readings(1)
+    queue.enqueue(DEST, readings(1))
+    until = time.time() + 4
+    _claim_of_another(settings, key, until)
+    assert queue.lease(DEST, 1, 30) == []  # handed out by JetStream, not by phg: put back with a delay
+    while time.time() < until - 0.5:
+        assert queue.lease(DEST, 1, 30) == []
+    assert queue.counts(DEST)[INFLIGHT] == 1
+    [item] = lease_all(queue, 1, deadline=5)  # the claim has run out (its holder died): ours now
+    assert item.key == key and item.attempts == 1  # the put-back is no attempt (max_deliver)
+    queue.delivered([item.id], token=item.lease)
+    assert queue.counts(DEST)[DELIVERED] == 1
+
+
+def test_a_claim_run_out_is_taken_over_at_once(open_js, settings):
+    queue = open_js()
+    [(key, _)] = readings(1)
+    queue.enqueue(DEST, readings(1))
+    _claim_of_another(settings, key, time.time() - 1)
+    [item] = lease_all(queue, 1, deadline=2)
+    assert item.key == key
+    entry = _claims(settings, lambda b: b.get(key))
+    assert json.loads(entry.value)["token"] == item.lease
+
+
+@pytest.mark.parametrize("before", ["none", "run-out"])
+def test_of_two_leases_claiming_one_reading_at_once_exactly_one_wins(open_js, settings, before):
+    """The claim is a key-value create, or a compare-and-set over a claim that ran out: 20 races, one winner each."""
+    workers = [open_js(), open_js()]
+    keys = [key for key, _ in readings(20, before[0])]
+    if before == "run-out":
+        for key in keys:
+            _claim_of_another(settings, key, time.time() - 1)
+    for key in keys:
+        barrier, won = threading.Barrier(2), {}
+
+        def take(queue: JetStreamQueue, token: str, key: str = key, barrier: threading.Barrier = barrier,
+                 won: dict = won) -> None:
+            barrier.wait()
+            won[token] = queue._call(queue._claim(DEST, key, token, time.time() + 30), "claiming")
+
+        threads = [threading.Thread(target=take, args=(q, f"t{i}")) for i, q in enumerate(workers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        winners = [token for token, (revision, _) in won.items() if revision is not None]
+        assert len(winners) == 1, (key, won)
+        loser = next(token for token in won if token not in winners)
+        assert 20 < won[loser][1] <= 30 + jetstream.CLAIM_SKEW  # told about how long the winner's claim runs
+        assert json.loads(_claims(settings, lambda b, key=key: b.get(key)).value)["token"] == winners[0]
+
+
+def test_renewing_a_lease_extends_its_claims_and_a_put_back_gives_them_up(open_js, settings):
+    queue = open_js()
+    queue.enqueue(DEST, readings(2))
+    leased = lease_all(queue, 2, lease_seconds=3)  # (in one lease or two)
+    for _ in range(4):  # 4 s: past the first claims' end
+        time.sleep(1)
+        assert sum(queue.renew(token, 3) for token in {i.lease for i in leased}) == 2
+    for item in leased:
+        claim = json.loads(_claims(settings, lambda b, key=item.key: b.get(key)).value)
+        assert claim["token"] == item.lease and claim["until"] > time.time() + 1.5
+    queue.retry_later([leased[0].id], 0, "timeout", token=leased[0].lease)
+    queue.release([leased[1].id], token=leased[1].lease)
+    again = lease_all(queue, 2, deadline=3)  # at once: no claim of the old lease stands in the way
+    assert sorted(i.key for i in again) == sorted(i.key for i in leased)
 
 
 def test_the_last_allowed_delivery_goes_to_the_dead_letters(open_js):

@@ -110,6 +110,10 @@ REQUEST_TIMEOUT = 5.0  # one JetStream API request
 CALL_TIMEOUT = 60.0  # the longest a method waits for its work on the loop (several requests, retried)
 ACK_TRIES = 5  # an +ACK/+TERM without an answer is sent again this often (acks without a leader are lost)
 ACK_TIMEOUT = 2.0
+CLAIM_TTL = 7200.0  # seconds a claim is kept: longer than any lease ([delivery] lease_seconds is at most 3600)
+CLAIM_SKEW = 0.2  # seconds another host's claim is still honoured past its expiry (clocks kept by NTP)
+CLAIM_DEPTH = 4  # tickets of tickets followed at most (a takeover's winner that died before writing the claim)
+CLAIM_NAK_MARGIN = 1.0  # a reading claimed by another comes back this long after the claim runs out
 LEADER_WAIT = 20.0  # seconds an idempotent request is tried again while JetStream elects a leader (4-9 s here)
 ABANDONED = 3600.0  # seconds past its deadline after which an unreported lease is forgotten
 POLL = 1.0  # next_due while messages are handed out but unsettled: look again this soon
@@ -131,12 +135,16 @@ _TRANSIENT = (TimeoutError, nats.errors.NoRespondersError, nats.js.errors.NoStre
 
 @dataclass
 class _Lease:
-    """Messages this process holds under one token, and until when (time.monotonic) they are surely ours."""
+    """Messages this process holds under one token, and until when (time.monotonic) they are surely ours;
+    `claims`: stream seq -> the revision of its reading's claim, which runs until `until` (wall clock; module
+    docstring, "Claims")."""
 
     destination: str
     messages: dict[int, Msg]
     deadline: float
     ack_wait: float
+    claims: dict[int, int] = field(default_factory=dict)
+    until: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -507,6 +515,9 @@ class JetStreamQueue:
         if await self._paused_until(destination, horizon) is not None:
             return []
         subscription = await self._consumer(destination, lease_seconds)
+        # Before the pull: the AckWait of what comes runs from its delivery, and the claims (taken after it)
+        # must not outlive this process's own deadline.
+        started, until = time.monotonic(), time.time() + lease_seconds
         try:
             messages = await subscription.fetch(limit, timeout=PULL_TIMEOUT)
         except TimeoutError:  # nothing came (nats-py raises its own subclass or asyncio's)
@@ -515,30 +526,93 @@ class JetStreamQueue:
             self._consumers[destination].pulled = time.monotonic()
         keys = [_headers(m).get(H_KEY, "") for m in messages]
         delivered = await self._delivered_keys(destination, [k for k in keys if k])
+        settled = [m for m, k in zip(messages, keys, strict=True) if k in delivered or not k]
+        if settled:
+            log.debug("%s: %d already delivered (or without key): acknowledged, not sent again", destination,
+                      len(settled))
+        await asyncio.gather(*(self._settle(m, ACK) for m in settled))
+        fresh = [(m, k) for m, k in zip(messages, keys, strict=True) if k and k not in delivered]
+        token = secrets.token_hex(8)
+        claims = await asyncio.gather(*(self._claim(destination, k, token, until) for _, k in fresh))
+        others = [(m, k, left) for (m, k), (revision, left) in zip(fresh, claims, strict=True) if revision is None]
+        ours = [(m, k, revision) for (m, k), (revision, _) in zip(fresh, claims, strict=True) if revision is not None]
         # Only a reading handed out before can have a record of its tries (a first delivery has none).
-        tried = await asyncio.gather(*(
-            self._tried(destination, k) if k and k not in delivered and m.metadata.num_delivered > 1 else _no_record()
-            for m, k in zip(messages, keys, strict=True)))
-        token, held, items = secrets.token_hex(8), {}, []
-        for msg, key, record in zip(messages, keys, tried, strict=True):
+        tried = (await asyncio.gather(
+            *(self._tried(destination, k) if m.metadata.num_delivered > 1 else _no_record() for m, k, _ in ours),
+            *(self._leave(destination, m, k, left) for m, k, left in others)))[:len(ours)]
+        held, claimed, items = {}, {}, []
+        for (msg, _, revision), record in zip(ours, tried, strict=True):
             meta = msg.metadata
-            if key in delivered or not key:
-                log.debug("%s: stream seq %d already delivered (or without key): acknowledged, not sent again",
-                          destination, meta.sequence.stream)
-                await self._settle(msg, ACK)
-                continue
             attempts = meta.num_delivered - record.get("released", 0)
             if self.settings.max_deliver and attempts > self.settings.max_deliver:
                 await self._dead_letter(destination, msg, f"handed out {attempts - 1} times without an outcome (a "
                                         f"worker stopped or died each time); last error: {record.get('error')}")
+                await self._unclaim([(destination, msg, revision)])
                 continue
-            held[meta.sequence.stream] = msg
-            items.append(_item(destination, msg, INFLIGHT, attempts=attempts, deadline=time.time() + lease_seconds,
-                               lease=token, tried=record))
+            held[meta.sequence.stream], claimed[meta.sequence.stream] = msg, revision
+            items.append(_item(destination, msg, INFLIGHT, attempts=attempts, deadline=until, lease=token,
+                               tried=record))
         self._forget_abandoned()
         if held:
-            self._leases[token] = _Lease(destination, held, time.monotonic() + lease_seconds, lease_seconds)
+            self._leases[token] = _Lease(destination, held, started + lease_seconds, lease_seconds, claimed, until)
         return items
+
+    async def _claims(self, destination: str) -> Any:
+        """The destination's claims: reading key -> the lease holding it (module docstring, "Claims")."""
+        return await self._bucket(f"claim_{destination}", CLAIM_TTL)
+
+    async def _claim(self, destination: str, key: str, token: str, until: float) -> tuple[int | None, float]:
+        """Claim the reading `key` for the lease `token` until `until` (wall clock): (the claim's revision, 0)
+        when it is ours now; (None, seconds it still runs) when another lease holds it. Only key-value
+        creates decide (module docstring, "Claims"): a claim run out at revision R is taken over by whoever
+        creates the ticket "key.R" first, and the winner then writes the claim."""
+        bucket = await self._claims(destination)
+        value = json.dumps({"token": token, "until": round(until, 3)}).encode()
+        name = key  # the claim, then the ticket of its takeover, the ticket's ticket (its winner died)...
+        for _ in range(CLAIM_DEPTH):
+            try:
+                revision = await _again(lambda name=name: bucket.create(name, value))
+            except nats.js.errors.KeyWrongLastSequenceError:
+                entry = await _get(bucket, name)
+                if entry is None:  # run out of the bucket (CLAIM_TTL) meanwhile
+                    continue
+                holder, expiry = _claim_value(entry)
+                if holder != token:  # (ours: our own create, whose answer was lost and made again)
+                    left = expiry + CLAIM_SKEW - time.time()
+                    if left > 0:
+                        return None, left
+                    name = f"{name}.{entry.revision}"
+                    continue
+                revision = entry.revision
+            if name == key:
+                return revision, 0.0
+            return await _again(lambda: bucket.put(key, value)), 0.0  # the ticket is ours: so is the claim
+        return None, until - time.time()  # contested all the way: another lease won; it runs about as long
+
+    async def _leave(self, destination: str, msg: Msg, key: str, left: float) -> dict[str, Any]:
+        """A reading another live lease has claimed (JetStream handed it out again at once after a leader
+        change): put back, due once that claim has run out (by then delivered, or its holder gone). Recorded
+        as a release: no attempt of its own (max_deliver)."""
+        log.debug("%s: stream seq %d is claimed by another worker's lease for %.1f s more: put back", destination,
+                  msg.metadata.sequence.stream, left)
+        record = await self._tried(destination, key)
+        record["released"] = record.get("released", 0) + 1
+        await _put(await self._bucket(f"tries_{destination}", self.settings.max_age), key, json.dumps(record).encode())
+        await self._nc.publish(msg.reply, b"-NAK " + json.dumps({"delay": int((left + CLAIM_NAK_MARGIN) * 1e9)}).encode())
+        return record
+
+    async def _unclaim(self, taken: Sequence[tuple[str, Msg, int | None]]) -> None:
+        """Give up the claims of readings put back (due again before the claim would run out): marked run
+        out, at the revision taken (a claim another lease took since is left alone); the next lease takes
+        it over. (Not deleted: creating a deleted key again is a compare-and-set, which nats-server 2.9 does
+        not decide atomically in a cluster.)"""
+        async def one(destination: str, msg: Msg, revision: int) -> None:
+            bucket = await self._claims(destination)
+            with contextlib.suppress(*_FAILURES):  # not marked: it runs its course
+                await _again(lambda: bucket.update(_headers(msg)[H_KEY], json.dumps({"token": "", "until": 0}).encode(),
+                                                   last=revision))
+
+        await asyncio.gather(*(one(d, m, r) for d, m, r in taken if r is not None))
 
     def _forget_abandoned(self) -> None:
         """Drop leases whose deadline passed long ago (never reported: their worker failed in this process);
@@ -566,7 +640,7 @@ class JetStreamQueue:
         held = self._leases.get(token)
         if held is None:
             return 0
-        asked = time.monotonic()  # the server restarts AckWait when +WPI arrives: after this, never before
+        asked, until = time.monotonic(), time.time() + held.ack_wait  # AckWait restarts when +WPI arrives: after this
         if asked > held.deadline:
             del self._leases[token]  # redelivered by now, perhaps to another worker: no longer ours
             return 0
@@ -574,11 +648,45 @@ class JetStreamQueue:
             await self._nc.publish(msg.reply, PROGRESS)
         await self._nc.flush(timeout=REQUEST_TIMEOUT)
         held.deadline = asked + held.ack_wait
+        await self._extend_claims(token, held, until)
         return len(held.messages)
 
-    def _take(self, ids: Sequence[int], token: str | None, *, stale_too: bool = False) -> list[tuple[str, Msg]]:
-        """The held messages among `ids` (under `token`, or any token when None), no longer held; a lease
-        past its deadline is stale and yields nothing unless `stale_too` (module docstring)."""
+    async def _extend_claims(self, token: str, held: _Lease, until: float) -> None:
+        """The claims of a renewed lease run until `until` too (one compare-and-set each, all at once, one try
+        within a third of the lease: a claim not extended still runs its course). A claim another lease took
+        meanwhile (ours had run out) makes that reading no longer ours: dropped from the lease. Claims that
+        have run out, or nearly (CLAIM_SKEW), are left so: another lease may be taking them over right now."""
+        if time.time() + CLAIM_SKEW >= held.until:
+            return
+        bucket = await self._claims(held.destination)
+        value = json.dumps({"token": token, "until": round(until, 3)}).encode()
+        seqs = [seq for seq in held.messages if seq in held.claims]
+        updates = [asyncio.ensure_future(bucket.update(_headers(held.messages[seq])[H_KEY], value,
+                                                       last=held.claims[seq])) for seq in seqs]
+        if not updates:
+            return
+        await asyncio.wait(updates, timeout=min(REQUEST_TIMEOUT, held.ack_wait / 3))
+        extended = True
+        for seq, update in zip(seqs, updates, strict=True):
+            if not update.done():
+                update.cancel()
+                extended = False
+            elif update.exception() is None:
+                held.claims[seq] = update.result()
+            elif isinstance(update.exception(), nats.js.errors.KeyWrongLastSequenceError):
+                log.warning("%s: stream seq %d was claimed by another worker once this lease's claim had run out",
+                            held.destination, seq)
+                held.messages.pop(seq, None)
+                held.claims.pop(seq, None)
+            else:
+                extended = False
+        if extended:
+            held.until = until
+
+    def _take(self, ids: Sequence[int], token: str | None, *,
+              stale_too: bool = False) -> list[tuple[str, Msg, int | None]]:
+        """The held messages among `ids` (under `token`, or any token when None), no longer held, each with
+        its claim's revision; a lease past its deadline is stale and yields nothing unless `stale_too`."""
         wanted, taken = set(ids), []
         for name, held in list(self._leases.items()):
             if token is not None and name != token:
@@ -586,7 +694,7 @@ class JetStreamQueue:
             if time.monotonic() > held.deadline and not stale_too:
                 continue
             for seq in wanted & held.messages.keys():
-                taken.append((held.destination, held.messages.pop(seq)))
+                taken.append((held.destination, held.messages.pop(seq), held.claims.pop(seq, None)))
             if not held.messages:
                 del self._leases[name]
         return taken
@@ -604,12 +712,12 @@ class JetStreamQueue:
         result_of = dict(zip(ids, results, strict=True))
         taken = self._take(ids, token, stale_too=True)
         now = time.time()
-        buckets = {d: await self._done(d) for d in {d for d, _ in taken}}
+        buckets = {d: await self._done(d) for d in {d for d, _, _ in taken}}
         await asyncio.gather(*(  # every marker stored before any ack: never an ack without its marker
             _put(buckets[d], _headers(msg)[H_KEY], json.dumps({"seq": msg.metadata.sequence.stream, "at": now,
                                                                "result": result_of[msg.metadata.sequence.stream]}).encode())
-            for d, msg in taken))
-        await asyncio.gather(*(self._settle(msg, ACK) for _, msg in taken))
+            for d, msg, _ in taken))
+        await asyncio.gather(*(self._settle(msg, ACK) for _, msg, _ in taken))
 
     def retry_later(self, ids: Sequence[int], delay: float, error: str, refused: bool = False, *,
                     token: str | None = None) -> None:
@@ -618,7 +726,9 @@ class JetStreamQueue:
         self._call(self._retry_later(list(ids), delay, error, refused, token), "putting readings back")
 
     async def _retry_later(self, ids: list[int], delay: float, error: str, refused: bool, token: str | None) -> None:
-        for destination, msg in self._take(ids, token):
+        taken = self._take(ids, token)
+        await self._unclaim(taken)  # before the Nak: due again, it must find no claim of ours in its way
+        for destination, msg, _ in taken:
             key = _headers(msg)[H_KEY]
             before = await self._tried(destination, key)
             attempts = msg.metadata.num_delivered - before.get("released", 0)
@@ -636,7 +746,9 @@ class JetStreamQueue:
         self._call(self._release(list(ids), token), "giving readings back")
 
     async def _release(self, ids: list[int], token: str | None) -> None:
-        for destination, msg in self._take(ids, token):
+        taken = self._take(ids, token)
+        await self._unclaim(taken)
+        for destination, msg, _ in taken:
             before = await self._tried(destination, _headers(msg)[H_KEY])
             await self._record_try(destination, _headers(msg)[H_KEY], released=before.get("released", 0) + 1)
             await self._nc.publish(msg.reply, b"-NAK")
@@ -647,7 +759,9 @@ class JetStreamQueue:
         self._call(self._dead(list(ids), reason, token), "dead-lettering readings")
 
     async def _dead(self, ids: list[int], reason: str, token: str | None) -> None:
-        for destination, msg in self._take(ids, token):
+        taken = self._take(ids, token)
+        await self._unclaim(taken)  # `phg queue retry` may bring it back long before the claim runs out
+        for destination, msg, _ in taken:
             await self._dead_letter(destination, msg, reason)
 
     async def _dead_letter(self, destination: str, msg: Msg, reason: str) -> None:
@@ -1035,6 +1149,16 @@ async def _get(bucket: Any, key: str) -> Any:
         return await _again(lambda: bucket.get(key))
     except nats.js.errors.KeyNotFoundError:
         return None
+
+
+def _claim_value(entry: Any) -> tuple[str | None, float]:
+    """A claim's holder and expiry (its JSON value {"token", "until"}); (None, 0) = a claim that has run
+    out, when it cannot be read."""
+    try:
+        value = json.loads(entry.value or b"{}")
+        return str(value["token"]), float(value["until"])
+    except (ValueError, TypeError, KeyError):
+        return None, 0.0
 
 
 async def _no_record() -> dict[str, Any]:
