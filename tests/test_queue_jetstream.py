@@ -303,9 +303,10 @@ def test_renewing_a_lease_extends_its_claims_and_a_put_back_gives_them_up(open_j
     for item in leased:
         claim = json.loads(_claims(settings, lambda b, key=item.key: b.get(key)).value)
         assert claim["token"] == item.lease and claim["until"] > time.time() + 1.5
+    assert sum(queue.renew(token, 3) for token in {i.lease for i in leased}) == 2  # (the look took a while)
     queue.retry_later([leased[0].id], 0, "timeout", token=leased[0].lease)
     queue.release([leased[1].id], token=leased[1].lease)
-    again = lease_all(queue, 2, deadline=3)  # at once: no claim of the old lease stands in the way
+    again = lease_all(queue, 2, lease_seconds=3, deadline=3)  # at once: no claim of the old lease in the way
     assert sorted(i.key for i in again) == sorted(i.key for i in leased)
 
 
@@ -339,7 +340,7 @@ def test_a_reading_whose_worker_dies_each_time_is_dead_lettered_at_lease(open_js
     queue = open_js(max_deliver=1)
     queue.enqueue(DEST, readings(1))
     [item] = lease_all(queue, 1, lease_seconds=1)  # and the worker "dies": no report, no renewal
-    time.sleep(1.3)
+    time.sleep(1.8)  # past AckWait and the claim (a third of a lease longer)
     assert queue.lease(DEST, 1, 1) == []
     [dead] = queue.items(DEST, DEAD)
     assert dead.key == item.key and "without an outcome" in dead.last_error

@@ -28,12 +28,30 @@ How the Queue maps onto it:
   one not pulled within half an AckWait is dropped with the subscription (it may be another's by then).
   A consumer has one AckWait: every worker of a destination runs with the same lease_seconds (the last
   one to lease sets it).
+- Claims: before handing a message out (after the delivered-marker check), lease claims its reading in the
+  key-value bucket `P_claim_DESTINATION` (history 1, kept CLAIM_TTL): key = the reading key, value = the
+  lease's token and the claim's end (wall clock: a third of a lease after the lease's own end, _claim_end). A consumer's new
+  leader may not know the old one just delivered a message (its delivery state not yet replicated) and
+  hand it to another worker at once, not after AckWait: without claims both send it (issue 15, seen in
+  the hub leader test). Only key-value creates decide, as they are atomic on the bucket's leader: the
+  first claim is a create; a claim that has run out (its holder died, or it was put back) at revision R
+  is taken over by whoever creates the ticket "key.R" first, which then writes the claim (a ticket whose
+  winner died before that is taken over the same way, CLAIM_DEPTH deep). Compare-and-set updates do not
+  decide: nats-server 2.9.10 let both of two concurrent updates at the same revision succeed on an R3
+  bucket (14 of 30 races; creates: 0 of 30). A message another lease's live claim holds is put back
+  (-NAK) with the claim's remaining time (+CLAIM_NAK_MARGIN) as delay: by then its holder's delivered
+  marker stops it, or the claim has run out. Hosts' clocks must agree within CLAIM_SKEW (NTP). A lease
+  whose claims could not be extended ends when they would (less the third): renew then answers 0.
 - renew sends an in-progress ack (+WPI) for each held message, which restarts its AckWait; 0 once this
-  process's lease has run out unrenewed (the messages may be another worker's by now).
+  process's lease has run out unrenewed (the messages may be another worker's by now). It extends the
+  lease's claims too (a compare-and-set each, only while they surely run: another cannot be taking them
+  over then).
 - delivered writes the markers, then acknowledges (+ACK as a request, retried while unanswered: acks sent
   while the consumer has no leader are lost; a message no longer stored counts as settled).
 - retry_later records attempts/refusals/error, then naks with the delay (-NAK {"delay": ns}); release naks
-  at once; dead publishes to the dead-letter stream, then terminates (+TERM, which removes it here).
+  at once; dead publishes to the dead-letter stream, then terminates (+TERM, which removes it here). Each
+  first marks its readings' claims run out (due again, or retried, they must not wait for the claim). A
+  delivered reading's claim is left to CLAIM_TTL: its marker already stops it.
 - retry(id) publishes a dead reading to its work subject again (a new id) and deletes the dead letter.
 
 Facts of nats-server this is built for (measured on Debian's 2.9.10 by issue 15):
@@ -94,6 +112,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import api
+from nats.js.kv import KeyValue
 
 from phg.config import QueueSettings
 from phg.errors import ConfigError, StorageError
@@ -358,15 +377,20 @@ class JetStreamQueue:
                                   f"({update.description}); delete it or set another [queue] prefix") from None
 
     async def _bucket(self, name: str, ttl: float | None = None) -> Any:
-        """The key-value bucket `P_name`, created on first use (history 1, the stream's replicas)."""
+        """The key-value bucket `P_name`, created on first use (history 1, the stream's replicas), read
+        through its leader: nats-py creates buckets that allow direct gets, which any replica answers,
+        and a replica not yet caught up answers "not found" for a delivered marker or a claim written a
+        moment ago (a leader kill makes that likely)."""
         bucket = f"{self.settings.prefix}_{name}"
         if bucket not in self._buckets:
             try:
-                self._buckets[bucket] = await _again(lambda: self._js.key_value(bucket))
+                await _again(lambda: self._js.key_value(bucket))
             except nats.js.errors.BucketNotFoundError:
-                self._buckets[bucket] = await _again(lambda: self._js.create_key_value(
+                await _again(lambda: self._js.create_key_value(
                     bucket=bucket, history=1, ttl=ttl, replicas=self.settings.stream_replicas,
                     storage=api.StorageType.FILE))
+            self._buckets[bucket] = KeyValue(name=bucket, stream=f"KV_{bucket}", pre=f"$KV.{bucket}.", js=self._js,
+                                             direct=False)
         return self._buckets[bucket]
 
     async def _done(self, destination: str) -> Any:
@@ -515,9 +539,10 @@ class JetStreamQueue:
         if await self._paused_until(destination, horizon) is not None:
             return []
         subscription = await self._consumer(destination, lease_seconds)
-        # Before the pull: the AckWait of what comes runs from its delivery, and the claims (taken after it)
-        # must not outlive this process's own deadline.
-        started, until = time.monotonic(), time.time() + lease_seconds
+        await self._claims(destination)  # (created on first use: before the lease's time starts)
+        # Before the pull: the AckWait of what comes runs from its delivery. The claims run a third of a
+        # lease longer than this process holds the messages (_claim_end).
+        started, until = time.monotonic(), _claim_end(time.time(), lease_seconds)
         try:
             messages = await subscription.fetch(limit, timeout=PULL_TIMEOUT)
         except TimeoutError:  # nothing came (nats-py raises its own subclass or asyncio's)
@@ -547,11 +572,11 @@ class JetStreamQueue:
             if self.settings.max_deliver and attempts > self.settings.max_deliver:
                 await self._dead_letter(destination, msg, f"handed out {attempts - 1} times without an outcome (a "
                                         f"worker stopped or died each time); last error: {record.get('error')}")
-                await self._unclaim([(destination, msg, revision)])
+                await self._unclaim([(destination, msg, (token, revision))])
                 continue
             held[meta.sequence.stream], claimed[meta.sequence.stream] = msg, revision
-            items.append(_item(destination, msg, INFLIGHT, attempts=attempts, deadline=until, lease=token,
-                               tried=record))
+            items.append(_item(destination, msg, INFLIGHT, attempts=attempts, deadline=time.time() + lease_seconds,
+                               lease=token, tried=record))
         self._forget_abandoned()
         if held:
             self._leases[token] = _Lease(destination, held, started + lease_seconds, lease_seconds, claimed, until)
@@ -593,26 +618,33 @@ class JetStreamQueue:
         """A reading another live lease has claimed (JetStream handed it out again at once after a leader
         change): put back, due once that claim has run out (by then delivered, or its holder gone). Recorded
         as a release: no attempt of its own (max_deliver)."""
-        log.debug("%s: stream seq %d is claimed by another worker's lease for %.1f s more: put back", destination,
-                  msg.metadata.sequence.stream, left)
+        log.info("%s: stream seq %d is claimed by another worker's lease for %.1f s more (handed out again at "
+                 "once, as after a consumer leader change): put back", destination, msg.metadata.sequence.stream, left)
         record = await self._tried(destination, key)
         record["released"] = record.get("released", 0) + 1
         await _put(await self._bucket(f"tries_{destination}", self.settings.max_age), key, json.dumps(record).encode())
         await self._nc.publish(msg.reply, b"-NAK " + json.dumps({"delay": int((left + CLAIM_NAK_MARGIN) * 1e9)}).encode())
         return record
 
-    async def _unclaim(self, taken: Sequence[tuple[str, Msg, int | None]]) -> None:
-        """Give up the claims of readings put back (due again before the claim would run out): marked run
-        out, at the revision taken (a claim another lease took since is left alone); the next lease takes
-        it over. (Not deleted: creating a deleted key again is a compare-and-set, which nats-server 2.9 does
-        not decide atomically in a cluster.)"""
-        async def one(destination: str, msg: Msg, revision: int) -> None:
-            bucket = await self._claims(destination)
+    async def _unclaim(self, taken: Sequence[tuple[str, Msg, tuple[str, int] | None]]) -> None:
+        """Give up the claims (token, revision) of readings put back (due again before the claim would run
+        out): marked run out, at the claim's revision while it is still ours (a claim another lease took
+        since is left alone); the next lease takes it over. (Not deleted: creating a deleted key again is a
+        compare-and-set, which nats-server 2.9 does not decide atomically in a cluster.)"""
+        async def one(destination: str, msg: Msg, token: str, revision: int) -> None:
+            bucket, key = await self._claims(destination), _headers(msg)[H_KEY]
             with contextlib.suppress(*_FAILURES):  # not marked: it runs its course
-                await _again(lambda: bucket.update(_headers(msg)[H_KEY], json.dumps({"token": "", "until": 0}).encode(),
-                                                   last=revision))
+                for _ in range(2):
+                    try:
+                        await _again(lambda last=revision: bucket.update(key, b'{"token": "", "until": 0}', last=last))
+                        return
+                    except nats.js.errors.KeyWrongLastSequenceError:  # an extension whose answer came too late?
+                        entry = await _get(bucket, key)
+                        if entry is None or _claim_value(entry)[0] != token:
+                            return
+                        revision = entry.revision
 
-        await asyncio.gather(*(one(d, m, r) for d, m, r in taken if r is not None))
+        await asyncio.gather(*(one(d, m, *claim) for d, m, claim in taken if claim is not None))
 
     def _forget_abandoned(self) -> None:
         """Drop leases whose deadline passed long ago (never reported: their worker failed in this process);
@@ -640,15 +672,17 @@ class JetStreamQueue:
         held = self._leases.get(token)
         if held is None:
             return 0
-        asked, until = time.monotonic(), time.time() + held.ack_wait  # AckWait restarts when +WPI arrives: after this
+        asked, wall = time.monotonic(), time.time()  # AckWait restarts when +WPI arrives: after this, never before
         if asked > held.deadline:
             del self._leases[token]  # redelivered by now, perhaps to another worker: no longer ours
             return 0
         for msg in held.messages.values():
             await self._nc.publish(msg.reply, PROGRESS)
         await self._nc.flush(timeout=REQUEST_TIMEOUT)
-        held.deadline = asked + held.ack_wait
-        await self._extend_claims(token, held, until)
+        await self._extend_claims(token, held, _claim_end(wall, held.ack_wait))
+        # Ours while both hold: the AckWait, and the claims less their margin (a claim not extended runs out:
+        # then this process lets the messages go a third of a lease before another may take them over).
+        held.deadline = min(asked + held.ack_wait, asked + held.until - wall - held.ack_wait / 3)
         return len(held.messages)
 
     async def _extend_claims(self, token: str, held: _Lease, until: float) -> None:
@@ -684,9 +718,9 @@ class JetStreamQueue:
             held.until = until
 
     def _take(self, ids: Sequence[int], token: str | None, *,
-              stale_too: bool = False) -> list[tuple[str, Msg, int | None]]:
+              stale_too: bool = False) -> list[tuple[str, Msg, tuple[str, int] | None]]:
         """The held messages among `ids` (under `token`, or any token when None), no longer held, each with
-        its claim's revision; a lease past its deadline is stale and yields nothing unless `stale_too`."""
+        its claim (token, revision); a lease past its deadline is stale and yields nothing unless `stale_too`."""
         wanted, taken = set(ids), []
         for name, held in list(self._leases.items()):
             if token is not None and name != token:
@@ -694,7 +728,8 @@ class JetStreamQueue:
             if time.monotonic() > held.deadline and not stale_too:
                 continue
             for seq in wanted & held.messages.keys():
-                taken.append((held.destination, held.messages.pop(seq), held.claims.pop(seq, None)))
+                revision = held.claims.pop(seq, None)
+                taken.append((held.destination, held.messages.pop(seq), None if revision is None else (name, revision)))
             if not held.messages:
                 del self._leases[name]
         return taken
@@ -1149,6 +1184,13 @@ async def _get(bucket: Any, key: str) -> Any:
         return await _again(lambda: bucket.get(key))
     except nats.js.errors.KeyNotFoundError:
         return None
+
+
+def _claim_end(now: float, lease_seconds: float) -> float:
+    """When a claim taken (or extended) at wall-clock `now` runs out: a third of a lease after the lease it
+    covers, so that its holder learns at a renewal (three per lease: phg.delivery.worker) that the lease
+    is gone, and stops sending, before another worker may take the claim over."""
+    return now + lease_seconds * 4 / 3
 
 
 def _claim_value(entry: Any) -> tuple[str | None, float]:
