@@ -569,7 +569,8 @@ def test_an_nkey_seed_file_logs_in_and_a_wrong_seed_is_named_never_shown(tmp_pat
             wrong = replace(settings, nkey_seed_file=private(tmp_path / "other.nk", other))
             with pytest.raises(ConfigError, match=r"refused phg's credentials \(\[queue\] nkey_seed_file\)") as refused:
                 JetStreamQueue(wrong)
-            typo = seed[:-1] + ("B" if seed.endswith("A") else "A")  # never the seed itself (1 in 32 ends in A)
+            # One character of the key itself changed (the last one may hold only padding bits): the CRC-16 fails.
+            typo = seed[:10] + ("C" if seed[10] == "B" else "B") + seed[11:]
             garbled = replace(settings, nkey_seed_file=private(tmp_path / "garbled.nk", typo))
             with pytest.raises(ConfigError, match=r"\[queue\] nkey_seed_file .*garbled.nk: not an nkey user seed"):
                 JetStreamQueue(garbled)  # the CRC-16 fails: refused before any connection
