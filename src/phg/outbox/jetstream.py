@@ -116,7 +116,7 @@ from nats.js.kv import KeyValue
 
 from phg.config import QueueSettings
 from phg.errors import ConfigError, StorageError
-from phg.outbox.sqlite import DEAD, DELIVERED, INFLIGHT, QUEUED, STATES, Item
+from phg.outbox.sqlite import DEAD, DELIVERED, INFLIGHT, QUEUED, STATES, Item, delivery_results
 from phg.secretfile import require_private
 
 log = logging.getLogger(__name__)
@@ -737,11 +737,7 @@ class JetStreamQueue:
     def delivered(self, ids: Sequence[int], results: Sequence[str | None] | None = None, *,
                   token: str | None = None) -> None:
         """The destination accepted them: write each delivered marker, then acknowledge."""
-        if results is None:
-            results = [None] * len(ids)
-        if len(results) != len(ids):
-            raise ValueError(f"{len(ids)} ids but {len(results)} results")
-        self._call(self._delivered(list(ids), list(results), token), "recording deliveries")
+        self._call(self._delivered(list(ids), delivery_results(ids, results), token), "recording deliveries")
 
     async def _delivered(self, ids: list[int], results: list[str | None], token: str | None) -> None:
         result_of = dict(zip(ids, results, strict=True))

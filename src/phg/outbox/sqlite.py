@@ -244,6 +244,16 @@ def _once_more_when_full(method: Callable[P, T]) -> Callable[P, T]:
     return wrapper
 
 
+def delivery_results(ids: Sequence[int], results: Sequence[str | None] | None) -> list[str | None]:
+    """What `delivered` records per id (None when the destination said nothing), one per id or ValueError.
+    Shared by both queue engines."""
+    if results is None:
+        return [None] * len(ids)
+    if len(results) != len(ids):
+        raise ValueError(f"{len(ids)} ids but {len(results)} results")
+    return list(results)
+
+
 @dataclass(frozen=True)
 class Item:
     """One payload for one destination. For an inflight item `next_attempt` is its lease deadline.
@@ -468,10 +478,7 @@ class Outbox:
     def delivered(self, ids: Sequence[int], results: Sequence[str | None] | None = None, *,
                   token: str | None = None) -> None:
         """Mark items delivered, recording per item what the destination answered."""
-        if results is None:
-            results = [None] * len(ids)
-        if len(results) != len(ids):
-            raise ValueError(f"{len(ids)} ids but {len(results)} results")
+        results = delivery_results(ids, results)
         now = time.time()
         with self._write() as conn:
             conn.executemany(
