@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -33,7 +34,7 @@ from phg.errors import ConfigError, StorageError
 from phg.fhir import conditional_identifier
 from phg.model import PatientRef, Reading
 from phg.outbox import Outbox
-from phg.outbox.sqlite import WAL_LIMIT
+from phg.outbox.sqlite import ROOMY_CHECKPOINT_PAGES, ROOMY_FREE, WAL_CHECKPOINT_PAGES, WAL_LIMIT
 
 PHG = str(Path(sys.executable).parent / "phg")
 EXIT_IOERR = 74
@@ -320,6 +321,25 @@ def test_a_full_small_disk_fails_cleanly_and_recovers_with_less_space_than_the_w
     assert gateway.largest_wal <= WAL_LIMIT, gateway.largest_wal
     print(f"{gateway.failed_writes} writes failed for space after 384 KiB were freed; largest WAL "
           f"{gateway.largest_wal} bytes")
+
+
+def test_the_wal_has_sqlites_room_while_the_disk_has_room_and_the_tight_bound_once_it_has_not(tmp_path, monkeypatch):
+    """The bound costs a checkpoint per large batch (docs/benchmarks.md, section 1), so it applies only
+    below ROOMY_FREE free: the write after the free space fell below it brings the WAL back under WAL_LIMIT."""
+    free = ROOMY_FREE
+    monkeypatch.setattr(os, "statvfs", lambda path: SimpleNamespace(f_bavail=free, f_frsize=1, f_flag=0))
+    batch = readings(1000, seed=7)
+    with Outbox(tmp_path / "outbox.sqlite") as outbox:
+        for start in range(0, 800, 100):
+            outbox.enqueue("fhir", [(r.key, r.to_json()) for r in batch[start:start + 100]])
+        assert outbox._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == ROOMY_CHECKPOINT_PAGES
+        assert wal_size(outbox.path) > WAL_LIMIT  # grown as SQLite lets it: no checkpoint every 64 pages
+        free = ROOMY_FREE - 1
+        outbox.enqueue("fhir", [(r.key, r.to_json()) for r in batch[800:900]])  # commits, then checkpoints
+        outbox.enqueue("fhir", [(r.key, r.to_json()) for r in batch[900:]])  # starts the WAL over, cut back
+        assert outbox._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == WAL_CHECKPOINT_PAGES
+        assert wal_size(outbox.path) <= WAL_LIMIT
+        assert outbox.counts()["queued"] == 1000
 
 
 def test_doctor_warns_when_the_outboxs_file_system_is_low(tmp_path, monkeypatch):

@@ -47,6 +47,14 @@ reading an old snapshot. A write that fails for space runs `wal_checkpoint(TRUNC
 the WAL into the database and gives the WAL's space back to the file system, and `enqueue` is then
 tried once more. None of this touches durability: every commit is still fsynced (synchronous=FULL),
 and a checkpoint only copies committed pages (https://www.sqlite.org/wal.html#ckpt).
+That bound has a price where the disk has room: a checkpoint costs two more fsyncs and writes each
+page again into the database, and a batch of 100 readings into a queue of 20,000 rows fills more
+than 64 pages (its readings' keys land on random pages of the key index), so every such commit was
+followed by one (docs/benchmarks.md, section 1). So each outbox write first looks at the free space
+of the outbox's file system (statvfs, about a microsecond): from ROOMY_FREE free on, the outbox
+keeps SQLite's own checkpoint interval (ROOMY_CHECKPOINT_PAGES) and cuts the WAL back to
+ROOMY_WAL_LIMIT; below it, the bound above. A disk that fills between two writes is the full-disk
+case above: the write fails, the WAL's space goes back, and the next write sees the small disk.
 
 Retention. A delivered item's payload (health data) is kept `keep_delivered` seconds after its
 delivery, then replaced by PURGED (JSON null); the row and its key stay, so the same reading
@@ -222,6 +230,9 @@ _COLUMNS = ("id, destination, key, payload, state, attempts, next_attempt, creat
 _BUSY_TIMEOUT_MS = 30_000  # another process holding the write lock: wait, do not fail
 WAL_CHECKPOINT_PAGES = 64  # wal_autocheckpoint: 256 KiB of 4 KiB pages (SQLite's default is 1,000)
 WAL_LIMIT = 512 * 1024  # journal_size_limit: bytes the WAL is cut back to when it starts over
+ROOMY_FREE = 64 * 2**20  # free bytes on the outbox's file system from which the WAL has SQLite's room
+ROOMY_CHECKPOINT_PAGES = 1000  # SQLite's default wal_autocheckpoint
+ROOMY_WAL_LIMIT = 8 * 2**20  # journal_size_limit then: above what 1,000 pages and a large batch take
 PURGED = "null"  # a delivered item's payload once kept long enough (valid JSON: `phg queue show` reads it)
 _RETENTION_INTERVAL = 60.0  # seconds between two retention passes
 
@@ -292,6 +303,7 @@ class Outbox:
         self.keep_delivered = keep_delivered
         self._clock = clock
         self._retention_due = -math.inf
+        self._roomy = False  # use_wal set the tight WAL bound; _bound_wal widens it where there is room
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
@@ -362,6 +374,7 @@ class Outbox:
         """One write transaction (`transaction`) that also applies retention; after a full disk the WAL
         is truncated so that the space it held serves the next write."""
         with self._lock, self._storage_errors():
+            self._bound_wal()
             try:
                 with transaction(self._conn) as conn:
                     yield conn
@@ -371,6 +384,21 @@ class Outbox:
                     with contextlib.suppress(sqlite3.Error):  # still full: the next write tries again
                         self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 raise
+
+    def _bound_wal(self) -> None:
+        """The WAL bound for the free space the outbox's file system has now (module docstring, "Small
+        disks"): SQLite's own while there is room, the tight one below ROOMY_FREE or when statvfs fails."""
+        try:
+            fs = os.statvfs(self.path)
+        except OSError:
+            roomy = False
+        else:
+            roomy = fs.f_bavail * fs.f_frsize >= ROOMY_FREE
+        if roomy != self._roomy:
+            pages, limit = (ROOMY_CHECKPOINT_PAGES, ROOMY_WAL_LIMIT) if roomy else (WAL_CHECKPOINT_PAGES, WAL_LIMIT)
+            self._conn.execute(f"PRAGMA wal_autocheckpoint = {pages}")
+            self._conn.execute(f"PRAGMA journal_size_limit = {limit}")
+            self._roomy = roomy
 
     def _apply_retention(self) -> None:
         """Blank the payloads delivered more than keep_delivered ago, at most once a minute."""
