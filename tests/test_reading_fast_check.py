@@ -1,10 +1,12 @@
-"""The two fast checks of issue 16 may leave a document to the full check, never accept what it refuses:
-model.plainly_valid (reading.schema.json checked directly, sparing most documents the JSON Schema validator)
-and model._plainly_bounded (the bounds in one pass, sparing most documents the field-by-field walk)."""
+"""The fast checks of issue 16 may leave a document to the full check, never accept what it refuses:
+model.plainly_valid (reading.schema.json checked directly, sparing most documents the JSON Schema validator),
+model._plainly_bounded (the bounds in one pass, sparing most documents the field-by-field walk) and
+model._plainly_canonical (a stored reading's text read at once when the text shows it within the bounds)."""
 
 from __future__ import annotations
 
 import copy
+import json
 from decimal import Decimal
 from typing import Any
 
@@ -13,7 +15,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from phg.errors import ReadingError
-from phg.model import _check_fields, _plainly_bounded, _validator, check_bounds, plainly_valid
+from phg.model import (
+    _check_fields,
+    _plainly_bounded,
+    _plainly_canonical,
+    _validator,
+    check_bounds,
+    loads,
+    parse_reading,
+    plainly_valid,
+)
 from test_fhir_mapping import reading_docs
 
 ODD_VALUES = st.sampled_from([
@@ -97,3 +108,53 @@ def test_plainly_bounded_leaves_every_bound_to_the_field_walk(doc):
 
 def test_plainly_bounded_takes_the_deepest_and_longest_allowed():
     assert _plainly_bounded({"a": [[[[[[["x" * 1024, 10**18 - 1, Decimal("-1.5"), None, True]]]]]]]})
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal, and of the same types all the way down (1 == True == Decimal(1) for ==)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(map(same, a, b))
+    return a == b
+
+
+def texts_of(value: Any) -> st.SearchStrategy[str]:
+    """JSON texts of `value` as phg writes them and as others might (spaces, \\u escapes)."""
+    return st.sampled_from([
+        json.dumps(value, default=str, ensure_ascii=False, separators=(",", ":"), sort_keys=True),
+        json.dumps(value, default=str), json.dumps(value, default=str, ensure_ascii=False, indent=1)])
+
+
+@settings(max_examples=1500, deadline=None)
+@given((json_values | reading_docs() | mutated()).flatmap(texts_of))
+def test_plainly_canonical_reads_only_what_loads_reads_alike_within_the_bounds(text):
+    doc = _plainly_canonical(text)
+    if doc is not None:
+        assert same(doc, loads(text)), text
+        check_bounds(doc)
+
+
+@settings(max_examples=200, deadline=None)
+@given(reading_docs())
+def test_plainly_canonical_reads_the_outbox_texts(doc):
+    text = parse_reading(doc).to_json()
+    if "\\" not in text:  # an escape (a quote or backslash in a string, a control character) takes the long way
+        assert same(_plainly_canonical(text), loads(text))
+
+
+@pytest.mark.parametrize("text", [
+    '{"a":[[[[[[[[]]]]]]]]}', '{"a":{"b":{"c":{"d":{}}}}}',  # 9 levels; 5 dicts (each pass removes one level of each)
+    json.dumps({"a": "x" * 1025}), json.dumps({"x" * 1025: 1}), '{"a":"x\\u0001"}', '{"a":"q\\"q"}', '{"a":"\x7f"}',
+    '{"a":1000000000000000000}', '{"a":1.5}', '{"a":1e5}', '{"a":NaN}', '{"a":true}', "[" + '"x",' * 500_000 + "1]",
+    '{"a":[}', '"\ud800"',
+])
+def test_plainly_canonical_leaves_the_rest_to_loads_and_check_bounds(text):
+    assert _plainly_canonical(text) is None
+
+
+def test_plainly_canonical_takes_the_deepest_and_longest_allowed():
+    text = json.dumps({"a": [{"b": [{"c": ["x" * 1024, 10**18 - 1, -5, None]}]}]}, separators=(",", ":"))
+    assert same(_plainly_canonical(text), loads(text))
