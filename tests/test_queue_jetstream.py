@@ -265,14 +265,17 @@ def test_a_claim_run_out_is_taken_over_at_once(open_js, settings):
     assert json.loads(entry.value)["token"] == item.lease
 
 
-@pytest.mark.parametrize("before", ["none", "run-out"])
+@pytest.mark.parametrize("before", ["none", "run-out", "own-run-out"])
 def test_of_two_leases_claiming_one_reading_at_once_exactly_one_wins(open_js, settings, before):
-    """The claim is a key-value create, or a compare-and-set over a claim that ran out: 20 races, one winner each."""
+    """The claim is a key-value create, or a ticket's create over a claim that ran out (another lease's, or
+    one of the two racing, which claims its own again as a delivered batch's keeper does): 20 races, one
+    winner each."""
     workers = [open_js(), open_js()]
     keys = [key for key, _ in readings(20, before[0])]
-    if before == "run-out":
-        for key in keys:
-            _claim_of_another(settings, key, time.time() - 1)
+    for key in keys if before != "none" else []:
+        holder = "t0" if before == "own-run-out" else "another"
+        _claims(settings, lambda b, key=key, holder=holder: b.put(
+            key, json.dumps({"token": holder, "until": time.time() - 1}).encode()))
     for key in keys:
         barrier, won = threading.Barrier(2), {}
 
@@ -286,11 +289,68 @@ def test_of_two_leases_claiming_one_reading_at_once_exactly_one_wins(open_js, se
             thread.start()
         for thread in threads:
             thread.join()
-        winners = [token for token, (revision, _) in won.items() if revision is not None]
+        winners = [token for token, claimed in won.items() if claimed.revision is not None]
         assert len(winners) == 1, (key, won)
+        assert won[winners[0]].taken_over == (before != "none")
         loser = next(token for token in won if token not in winners)
-        assert 20 < won[loser][1] <= 30 + jetstream.CLAIM_SKEW  # told about how long the winner's claim runs
+        assert time.time() + 20 < won[loser].until <= time.time() + 30  # told about how long the winner's claim runs
         assert json.loads(_claims(settings, lambda b, key=key: b.get(key)).value)["token"] == winners[0]
+
+
+def test_a_delivered_batch_keeps_its_claims_until_its_markers_are_written(open_js, monkeypatch):
+    """The leader test's double (docs/hub.md, "Two workers, one reading"): a batch is sent, then its delivered
+    markers wait for their bucket's new leader longer than the lease and the claim. Meanwhile its AckWait is
+    restarted and its claims kept: the other worker is handed nothing, and once the markers are written,
+    nothing either."""
+    worker, other = open_js(), open_js()
+    other._call(other._tried(DEST, "k"), "creating the attempts bucket")  # (a new bucket's first answer is slow)
+    worker.enqueue(DEST, readings(3))
+    leased = lease_all(worker, 3, lease_seconds=1.5)
+    slow_put = jetstream._put
+
+    async def leaderless_markers(bucket, key, value):
+        if "_done_" in bucket._name:
+            await asyncio.sleep(6)  # past the lease (1.5 s), its claims (2 s) and a put-back (+1 s)
+        await slow_put(bucket, key, value)
+
+    monkeypatch.setattr(jetstream, "_put", leaderless_markers)
+    reporting = threading.Thread(target=worker.delivered, args=([i.id for i in leased],),
+                                 kwargs={"token": leased[0].lease})
+    reporting.start()
+    got = []
+    while reporting.is_alive():
+        got += other.lease(DEST, 3, 1.5)
+    reporting.join()
+    got += other.lease(DEST, 3, 1.5) + other.lease(DEST, 3, 1.5)
+    assert got == [] and other.counts(DEST)[DELIVERED] == 3
+
+
+def test_a_claim_taken_over_is_not_sent_when_its_marker_came_meanwhile(open_js, settings, monkeypatch):
+    """A claim that ran out is taken over, but its holder's marker landed after the lease's first look (it
+    waited for a bucket's leader): looked for again after the takeover, the reading is settled, not sent."""
+    queue = open_js()
+    [(key, _)] = readings(1)
+    queue.enqueue(DEST, readings(1))
+    _claim_of_another(settings, key, time.time() - 1)
+    writer = open_js()
+
+    async def mark() -> None:  # the holder's marker, written at last
+        await jetstream._put(await writer._done(DEST), key, b"{}")
+
+    writer._call(mark(), "marking")
+    looks = []
+    real = queue._delivered_keys
+
+    async def first_look_misses(destination, keys):
+        looks.append(list(keys))
+        return set() if len(looks) == 1 else await real(destination, keys)
+
+    monkeypatch.setattr(queue, "_delivered_keys", first_look_misses)
+    end = time.monotonic() + 5
+    while not looks and time.monotonic() < end:
+        assert queue.lease(DEST, 1, 30) == []
+    assert looks == [[key], [key]]  # the takeover looked again, and found the marker
+    assert queue.counts(DEST)[QUEUED] == 0 and queue.lease(DEST, 1, 30) == []
 
 
 def test_renewing_a_lease_extends_its_claims_and_a_put_back_gives_them_up(open_js, settings):

@@ -103,9 +103,9 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import nats
 import nats.errors
@@ -164,6 +164,15 @@ class _Lease:
     ack_wait: float
     claims: dict[int, int] = field(default_factory=dict)
     until: float = 0.0
+
+
+class _Claimed(NamedTuple):
+    """What claiming a reading gave: ours at `revision` (None: another lease's), running until `until` (wall
+    clock); `taken_over`: ours through a ticket, over a claim that had run out."""
+
+    revision: int | None
+    until: float
+    taken_over: bool = False
 
 
 @dataclass(frozen=True)
@@ -559,8 +568,18 @@ class JetStreamQueue:
         fresh = [(m, k) for m, k in zip(messages, keys, strict=True) if k and k not in delivered]
         token = secrets.token_hex(8)
         claims = await asyncio.gather(*(self._claim(destination, k, token, until) for _, k in fresh))
-        others = [(m, k, left) for (m, k), (revision, left) in zip(fresh, claims, strict=True) if revision is None]
-        ours = [(m, k, revision) for (m, k), (revision, _) in zip(fresh, claims, strict=True) if revision is not None]
+        now = time.time()
+        others = [(m, k, c.until + CLAIM_SKEW - now) for (m, k), c in zip(fresh, claims, strict=True) if c.revision is None]
+        ours = [(m, k, c.revision) for (m, k), c in zip(fresh, claims, strict=True) if c.revision is not None]
+        # A claim taken over had run out: its holder may have written its marker since the look above (it
+        # was waiting for a bucket's leader). Looked for again: such a reading is settled, not sent.
+        late = await self._delivered_keys(destination, [k for (_, k), c in zip(fresh, claims, strict=True)
+                                                        if c.taken_over])
+        if late:
+            log.info("%s: %d readings whose claims had run out were delivered meanwhile: acknowledged, not sent "
+                     "again", destination, len(late))
+            await asyncio.gather(*(self._settle(m, ACK) for m, k, _ in ours if k in late))
+            ours = [(m, k, revision) for m, k, revision in ours if k not in late]
         # Only a reading handed out before can have a record of its tries (a first delivery has none).
         tried = (await asyncio.gather(
             *(self._tried(destination, k) if m.metadata.num_delivered > 1 else _no_record() for m, k, _ in ours),
@@ -586,33 +605,32 @@ class JetStreamQueue:
         """The destination's claims: reading key -> the lease holding it (module docstring, "Claims")."""
         return await self._bucket(f"claim_{destination}", CLAIM_TTL)
 
-    async def _claim(self, destination: str, key: str, token: str, until: float) -> tuple[int | None, float]:
-        """Claim the reading `key` for the lease `token` until `until` (wall clock): (the claim's revision, 0)
-        when it is ours now; (None, seconds it still runs) when another lease holds it. Only key-value
-        creates decide (module docstring, "Claims"): a claim run out at revision R is taken over by whoever
-        creates the ticket "key.R" first, and the winner then writes the claim."""
+    async def _claim(self, destination: str, key: str, token: str, until: float) -> _Claimed:
+        """Claim the reading `key` for the lease `token` until `until` (wall clock). Only key-value creates
+        decide (module docstring, "Claims"): a claim run out at revision R (another lease's, or this one's,
+        which could not be extended in time) is taken over by whoever creates the ticket "key.R" first, and
+        the winner then writes the claim."""
         bucket = await self._claims(destination)
         value = json.dumps({"token": token, "until": round(until, 3)}).encode()
         name = key  # the claim, then the ticket of its takeover, the ticket's ticket (its winner died)...
         for _ in range(CLAIM_DEPTH):
             try:
-                revision = await _again(lambda name=name: bucket.create(name, value))
+                revision, expiry = await _again(lambda name=name: bucket.create(name, value)), until
             except nats.js.errors.KeyWrongLastSequenceError:
                 entry = await _get(bucket, name)
                 if entry is None:  # run out of the bucket (CLAIM_TTL) meanwhile
                     continue
                 holder, expiry = _claim_value(entry)
-                if holder != token:  # (ours: our own create, whose answer was lost and made again)
-                    left = expiry + CLAIM_SKEW - time.time()
-                    if left > 0:
-                        return None, left
+                if holder != token and expiry + CLAIM_SKEW > time.time():
+                    return _Claimed(None, expiry)
+                if holder != token or expiry <= time.time() + CLAIM_SKEW:  # run out: its ticket decides
                     name = f"{name}.{entry.revision}"
                     continue
-                revision = entry.revision
+                revision = entry.revision  # ours and running: our own create, whose answer was lost
             if name == key:
-                return revision, 0.0
-            return await _again(lambda: bucket.put(key, value)), 0.0  # the ticket is ours: so is the claim
-        return None, until - time.time()  # contested all the way: another lease won; it runs about as long
+                return _Claimed(revision, expiry)
+            return _Claimed(await _again(lambda: bucket.put(key, value)), until, taken_over=True)  # the ticket's ours
+        return _Claimed(None, until)  # contested all the way: another lease won; it runs about as long
 
     async def _leave(self, destination: str, msg: Msg, key: str, left: float) -> dict[str, Any]:
         """A reading another live lease has claimed (JetStream handed it out again at once after a leader
@@ -708,6 +726,11 @@ class JetStreamQueue:
             elif update.exception() is None:
                 held.claims[seq] = update.result()
             elif isinstance(update.exception(), nats.js.errors.KeyWrongLastSequenceError):
+                entry = await _get(bucket, _headers(held.messages[seq])[H_KEY])
+                if entry is not None and _claim_value(entry)[0] == token:  # an extension whose answer came late
+                    held.claims[seq] = entry.revision
+                    extended = False  # (until when, of our extensions, is not known)
+                    continue
                 log.warning("%s: stream seq %d was claimed by another worker once this lease's claim had run out",
                             held.destination, seq)
                 held.messages.pop(seq, None)
@@ -717,22 +740,30 @@ class JetStreamQueue:
         if extended:
             held.until = until
 
-    def _take(self, ids: Sequence[int], token: str | None, *,
-              stale_too: bool = False) -> list[tuple[str, Msg, tuple[str, int] | None]]:
-        """The held messages among `ids` (under `token`, or any token when None), no longer held, each with
-        its claim (token, revision); a lease past its deadline is stale and yields nothing unless `stale_too`."""
+    def _take_leases(self, ids: Sequence[int], token: str | None, *, stale_too: bool = False) -> list[tuple[str, _Lease]]:
+        """The held messages among `ids` (under `token`, or any token when None), no longer held: per token, a
+        lease of its own with their claims; a lease past its deadline is stale and yields nothing unless
+        `stale_too`."""
         wanted, taken = set(ids), []
         for name, held in list(self._leases.items()):
             if token is not None and name != token:
                 continue
             if time.monotonic() > held.deadline and not stale_too:
                 continue
-            for seq in wanted & held.messages.keys():
-                revision = held.claims.pop(seq, None)
-                taken.append((held.destination, held.messages.pop(seq), None if revision is None else (name, revision)))
+            seqs = wanted & held.messages.keys()
+            if seqs:
+                taken.append((name, _Lease(held.destination, {seq: held.messages.pop(seq) for seq in seqs},
+                                           held.deadline, held.ack_wait,
+                                           {seq: held.claims.pop(seq) for seq in seqs if seq in held.claims},
+                                           held.until)))
             if not held.messages:
                 del self._leases[name]
         return taken
+
+    def _take(self, ids: Sequence[int], token: str | None) -> list[tuple[str, Msg, tuple[str, int] | None]]:
+        """_take_leases, message by message: (destination, message, its claim (token, revision) or None)."""
+        return [(part.destination, msg, (name, part.claims[seq]) if seq in part.claims else None)
+                for name, part in self._take_leases(ids, token) for seq, msg in part.messages.items()]
 
     def delivered(self, ids: Sequence[int], results: Sequence[str | None] | None = None, *,
                   token: str | None = None) -> None:
@@ -741,14 +772,51 @@ class JetStreamQueue:
 
     async def _delivered(self, ids: list[int], results: list[str | None], token: str | None) -> None:
         result_of = dict(zip(ids, results, strict=True))
-        taken = self._take(ids, token, stale_too=True)
+        parts = self._take_leases(ids, token, stale_too=True)
         now = time.time()
-        buckets = {d: await self._done(d) for d in {d for d, _, _ in taken}}
-        await asyncio.gather(*(  # every marker stored before any ack: never an ack without its marker
-            _put(buckets[d], _headers(msg)[H_KEY], json.dumps({"seq": msg.metadata.sequence.stream, "at": now,
-                                                               "result": result_of[msg.metadata.sequence.stream]}).encode())
-            for d, msg, _ in taken))
-        await asyncio.gather(*(self._settle(msg, ACK) for _, msg, _ in taken))
+        buckets = {d: await self._done(d) for d in {part.destination for _, part in parts}}
+        # Every marker stored before any ack (never an ack without its marker), and the claims kept meanwhile.
+        keepers = [asyncio.ensure_future(self._keep_claims(name, replace(part, messages=dict(part.messages),
+                                                                         claims=dict(part.claims))))
+                   for name, part in parts]
+        try:
+            await asyncio.gather(*(
+                _put(buckets[part.destination], _headers(msg)[H_KEY],
+                     json.dumps({"seq": seq, "at": now, "result": result_of[seq]}).encode())
+                for _, part in parts for seq, msg in part.messages.items()))
+        finally:
+            for keeper in keepers:
+                keeper.cancel()
+        await asyncio.gather(*(self._settle(msg, ACK) for _, part in parts for msg in part.messages.values()))
+
+    async def _keep_claims(self, token: str, held: _Lease) -> None:
+        """While the delivered markers of `held` are being written (a bucket without a leader can hold them
+        for seconds), keep its claims and restart its AckWait (+WPI), six times a lease: no other worker is
+        handed these readings to find neither a marker nor a live claim (issue 15, the leader test). A claim
+        that ran out meanwhile (its bucket had no leader either) is claimed again as any claim that ran out
+        is, through its ticket: only one lease can win it."""
+        while held.messages:
+            await asyncio.sleep(held.ack_wait / 6)
+            with contextlib.suppress(*_FAILURES):
+                for msg in held.messages.values():
+                    await self._nc.publish(msg.reply, PROGRESS)
+            until = _claim_end(time.time(), held.ack_wait)
+            if time.time() + CLAIM_SKEW < held.until:
+                await self._extend_claims(token, held, until)
+                continue
+            seqs = list(held.messages)
+            claims = await asyncio.gather(*(self._claim(held.destination, _headers(held.messages[seq])[H_KEY],
+                                                        token, until) for seq in seqs), return_exceptions=True)
+            for seq, claim in zip(seqs, claims, strict=True):
+                if isinstance(claim, _Claimed) and claim.revision is None:
+                    log.warning("%s: stream seq %d was delivered, but its claim ran out before its delivered "
+                                "marker could be written and another worker took it over: it may be sent twice",
+                                held.destination, seq)
+                    held.messages.pop(seq)
+                elif isinstance(claim, _Claimed):
+                    held.claims[seq] = claim.revision
+            if all(isinstance(claim, _Claimed) for claim in claims):  # else: claimed again next time
+                held.until = min((claim.until for claim in claims if claim.revision is not None), default=held.until)
 
     def retry_later(self, ids: Sequence[int], delay: float, error: str, refused: bool = False, *,
                     token: str | None = None) -> None:
