@@ -17,12 +17,9 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
-import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 from phg.errors import ConfigError
 from phg.model import Gateway, PatientRef, Reading
@@ -65,6 +62,8 @@ def default_gateway_system_id() -> str:
     """EUI-64 from this machine's EUI-48 MAC (IEEE mapping: insert FFFE in the middle), so a
     gateway without configuration still has a stable identity. Configure gateway.system_id for a
     registered, documented one."""
+    import uuid  # here: with a system_id configured phg starts without it
+
     mac = f"{uuid.getnode():012X}"
     return mac[:6] + "FFFE" + mac[6:]
 
@@ -239,8 +238,94 @@ def headers(value: Any, where: str) -> tuple[tuple[str, str], ...]:
 # ------------------------------------------------------------------------------------------ the table
 
 
-@dataclass(frozen=True)
-class Setting:
+# ------------------------------------------------------------------------------------------ settings classes
+
+_MISSING = object()
+
+
+class _Field:
+    __slots__ = ("default", "factory", "repr")
+
+    def __init__(self, default: Any, factory: Callable[[], Any] | None, repr: bool):
+        self.default, self.factory, self.repr = default, factory, repr
+
+
+def field(*, default: Any = _MISSING, default_factory: Callable[[], Any] | None = None, repr: bool = True) -> Any:
+    """A field of a Frozen class whose default is made for each instance (``default_factory``), or which its
+    repr leaves out (``repr=False``: a secret), as in the standard library's dataclasses."""
+    return _Field(default, default_factory, repr)
+
+
+class Frozen:
+    """The settings classes: frozen records as the standard library's frozen dataclasses are (construction by
+    position in field order or by keyword, defaults, ==, hash and repr over the fields, no assignment), without
+    the code a dataclass generates and compiles for each class at import (issue 16: 16 classes were 3/5 of
+    importing phg.config). Fields: the class's annotations but ClassVar, base classes' first; a default is the
+    class attribute of that name, or field(...)."""
+
+    _fields: ClassVar[dict[str, _Field]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        fields = dict(cls._fields)
+        for name, kind in cls.__dict__.get("__annotations__", {}).items():
+            if not kind.startswith("ClassVar"):
+                given = cls.__dict__.get(name, _MISSING)
+                fields[name] = given if isinstance(given, _Field) else _Field(given, None, True)
+                if isinstance(given, _Field) and given.default is _MISSING:  # the class attribute: the default
+                    delattr(cls, name)
+                elif isinstance(given, _Field):
+                    setattr(cls, name, given.default)
+        optional = [f.default is not _MISSING or f.factory is not None for f in fields.values()]
+        if True in optional and False in optional[optional.index(True):]:
+            raise TypeError(f"{cls.__name__}: a field without a default follows one with a default")
+        cls._fields = fields
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        fields = self._fields
+        if len(args) > len(fields):
+            raise TypeError(f"{type(self).__name__}() takes {len(fields)} positional arguments but {len(args)} "
+                            "were given")
+        values = dict(zip(fields, args, strict=False))
+        for name, value in kwargs.items():
+            if name not in fields:
+                raise TypeError(f"{type(self).__name__}() got an unexpected keyword argument {name!r}")
+            if name in values:
+                raise TypeError(f"{type(self).__name__}() got multiple values for argument {name!r}")
+            values[name] = value
+        for name, f in fields.items():
+            if name not in values:
+                if f.factory is not None:
+                    values[name] = f.factory()
+                elif f.default is _MISSING:
+                    raise TypeError(f"{type(self).__name__}() missing required argument: {name!r}")
+                else:
+                    values[name] = f.default
+        self.__dict__.update((name, values[name]) for name in fields)
+
+    def _values(self) -> tuple[Any, ...]:
+        return tuple(self.__dict__[name] for name in self._fields)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._values() == other._values()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={self.__dict__[name]!r}" for name, f in self._fields.items() if f.repr)
+        return f"{type(self).__qualname__}({shown})"
+
+    def __setattr__(self, name: str, value: Any) -> NoReturn:
+        raise AttributeError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> NoReturn:
+        raise AttributeError(f"cannot delete field {name!r}")
+
+
+class Setting(Frozen):
     """One setting: where it sits, how it is checked, its default and its environment variable."""
 
     section: str
@@ -363,8 +448,7 @@ class Values:
 # ------------------------------------------------------------------------------------------ classes
 
 
-@dataclass(frozen=True)
-class TlsSettings:
+class TlsSettings(Frozen):
     """One TLS policy for every client (phg.delivery.tls): a CA bundle replacing the system trust
     store, and a client certificate with its key (mode 0600) for mutual TLS."""
 
@@ -378,8 +462,7 @@ class TlsSettings:
         return self.ca_file is not None or self.client_cert is not None
 
 
-@dataclass(frozen=True)
-class AuthSettings:
+class AuthSettings(Frozen):
     """[auth]: how phg.auth authorizes requests to a FHIR server. Secret fields are kept out of repr."""
 
     method: str
@@ -463,8 +546,7 @@ def _auth(values: Values, fhir_base: str | None, insecure: bool) -> AuthSettings
                         **given)
 
 
-@dataclass(frozen=True)
-class DestinationSettings:
+class DestinationSettings(Frozen):
     """What every [destinations.NAME] settings class shares: its name, its type and where it was set.
     KEYS: the rows of its table (key, parse, default); unknown keys are refused with file and key."""
 
@@ -507,7 +589,6 @@ _HL7_KEYS = _rows("destinations.*", ("ae_retries", number(int, 0, 100), 3),
                   ("receiving_application", text, ""), ("receiving_facility", text, ""))
 
 
-@dataclass(frozen=True)
 class FhirSettings(DestinationSettings):
     """A FHIR R4 server taking transaction Bundles (PHD IG); [fhir] + [auth] or a [destinations.NAME]
     table of type "fhir" (its auth in [destinations.NAME.auth], without environment variables)."""
@@ -539,7 +620,6 @@ class FhirSettings(DestinationSettings):
         return parsed
 
 
-@dataclass(frozen=True)
 class Hl7Settings(DestinationSettings):
     """What every HL7 v2 PCD-01 destination takes: TLS, how often an AE/CE ACK is retried, and
     MSH-5/MSH-6 (receiving application and facility)."""
@@ -561,7 +641,6 @@ class Hl7Settings(DestinationSettings):
         return {**parsed, "tls_settings": TlsSettings(**tls, source=f"{source}: [{section}]")}
 
 
-@dataclass(frozen=True)
 class MllpSettings(Hl7Settings):
     """HL7 v2 PCD-01 over MLLP, optionally TLS (plain MLLP only to loopback unless allow_insecure)."""
 
@@ -584,7 +663,6 @@ class MllpSettings(Hl7Settings):
         return "ack_timeout", self.ack_timeout
 
 
-@dataclass(frozen=True)
 class HttpHl7Settings(Hl7Settings):
     """HL7 v2 PCD-01 POSTed as text over HTTP(S), one message per request (type "hl7-http"; "http"
     is accepted as its older name)."""
@@ -604,7 +682,6 @@ class HttpHl7Settings(Hl7Settings):
         return "timeout", self.timeout
 
 
-@dataclass(frozen=True)
 class SoapSettings(HttpHl7Settings):
     """HL7 v2 PCD-01 in the IHE DEC / Continua WAN SOAP 1.2 binding, with optional WS-Security: a
     SAML assertion (XML text or a file, mode 0600) or a username token."""
@@ -638,7 +715,6 @@ def c3pro_resources(value: Any, where: str) -> tuple[str, ...]:
     return found
 
 
-@dataclass(frozen=True)
 class C3proSettings(DestinationSettings):
     """A C3-PRO server (phg.delivery.c3pro): base_url is its context root (https://host/c3pro).
     antispam (or antispam_file, mode 0600) and receipt_data are what `phg register` sends; client_id
@@ -708,8 +784,7 @@ ROUTE_MATCHERS = ("patient_system", "patient_value", "device")
 _DEVICE_PATTERN = re.compile(r"[0-9A-F*?\[\]!]+")
 
 
-@dataclass(frozen=True)
-class Route:
+class Route(Frozen):
     """One [[routes]] table: the readings it matches go to its `destinations`. A reading matches when
     every matcher given holds: `patient_system` equals the patient identifier's system; `patient_value`
     (a glob: *, ?, [seq], [!seq]: Python's fnmatch.fnmatchcase, https://docs.python.org/3/library/fnmatch.html;
@@ -786,8 +861,7 @@ def _routes(tables: Any, destinations: tuple[DestinationSettings, ...], source: 
 # ------------------------------------------------------------------------------------------ Config
 
 
-@dataclass(frozen=True)
-class ApiSettings:
+class ApiSettings(Frozen):
     """The service `phg run` serves (phg.service): where it listens and what one request may hold."""
 
     listen: tuple[str, int] = API_LISTEN
@@ -803,8 +877,7 @@ class ApiSettings:
     allowed_origins: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class SmartSettings:
+class SmartSettings(Frozen):
     """[smart]: phg as a SMART app the clinician launches from the EHR (phg.service.smart): its
     registration there, which identifiers match readings, and the view's framing and lifetime."""
 
@@ -819,16 +892,14 @@ class SmartSettings:
     session_lifetime: float = 3600.0
 
 
-@dataclass(frozen=True)
-class ViewSettings:
+class ViewSettings(Frozen):
     """The reading store the SMART view reads (phg.viewstore): its file and how long it keeps a reading."""
 
     path: Path
     retention: float = VIEW_RETENTION
 
 
-@dataclass(frozen=True)
-class QueueSettings:
+class QueueSettings(Frozen):
     """[queue]: where readings wait between intake and delivery. "sqlite" (default): the outbox file of
     [outbox]. "jetstream": NATS JetStream (phg.outbox.jetstream, hub mode: docs/hub.md), reached at
     `servers` with one of creds_file (a NATS .creds file), nkey_seed_file, or user + password, over TLS
@@ -901,8 +972,7 @@ def _queue(values: Values) -> QueueSettings:
     return settings
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(Frozen):
     gateway: Gateway
     outbox_path: Path
     keep_delivered: float = KEEP_DELIVERED
@@ -981,6 +1051,8 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None,
 
 
 def _read(path: Path) -> dict[str, Any]:
+    import tomllib  # here: without a config file (PHG_* variables and flags) phg starts without it
+
     try:
         return tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:

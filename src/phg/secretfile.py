@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import stat
-import tempfile
 from pathlib import Path
 
 from phg.errors import ConfigError
@@ -25,6 +24,8 @@ def require_private(path: Path | str, what: str) -> None:
 def write_private(path: Path, text: str, mode: int = 0o600) -> None:
     """Replace `path` with `text` atomically: a new 0600 file made exclusively beside it (no symlink
     can redirect it), synced, then given `mode` and renamed over the old one."""
+    import tempfile  # here: reading a secret file (what most commands do) does not need it
+
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w") as out:

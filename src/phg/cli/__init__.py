@@ -1,134 +1,111 @@
-"""The `phg` command. Heavy modules are imported inside the commands so that `phg --help` is instant.
+"""The `phg` command.
 
 Exit codes: 0 done; 1 bad input or readings dead-lettered; 2 usage; 3 configuration or
 authorization problem (the queue is intact); 74 (EX_IOERR) the outbox could not be written (nothing
 was queued); 75 (EX_TEMPFAIL) readings still queued for a retry.
+
+`main` is the console script (pyproject: phg.cli:main). A `phg send` command line of the form below is run
+at once, without importing click (issue 16: importing click alone costs about what the interpreter's own
+start-up does); every other command line, --help and every usage error go to the click group
+(phg.cli.commands.main), which `main` stands for otherwise: CliRunner().invoke(main, ...) reaches it. Both ways
+run phg.cli.sending.send; tests/test_cli_startup.py checks the table below against the click definitions
+and that both ways answer alike.
 """
 
 from __future__ import annotations
 
-import logging
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
-import click
-
-from phg.cli.common import EXIT_CONFIG, EXIT_INPUT, Context, Group, fail
-from phg.cli.output import JSON_OPTION, print_json
-
-
-@click.group(cls=Group, lazy={
-    "render": ("phg.cli.readings:render", "Print what would be sent for FILES, byte for byte (no network, no queue)."),
-    "send": ("phg.cli.readings:send", "Queue the readings in FILES (or - for stdin), then deliver what is due."),
-    "run": ("phg.cli.readings:run", "Collect from the configured sources and deliver, until stopped."),
-    "simulate": ("phg.cli.readings:simulate", "Collect from built-in emulated Bluetooth devices, queue, deliver."),
-    "queue": ("phg.cli.queue:queue", "Show and repair the outbox: ls, show, retry, purge."),
-    "ble": ("phg.cli.ble:ble", "Bluetooth LE health devices: scan, fetch."),
-    "11073": ("phg.cli.ieee11073:ieee11073", "IEEE 11073-20601 manager: listen for agents."),
-    "hl7": ("phg.cli.hl7:hl7", "HL7 v2 PCD-01 tools: check a message."),
-    "keys": ("phg.cli.auth:keys", "The gateway's signing keys: generate, rotate, show the public JWKS."),
-    "register": ("phg.cli.auth:register", "Register this gateway with the server (RFC 7591) and save the client."),
-    "serve-jwks": ("phg.cli.auth:serve_jwks", "Publish the public JWKS at a URL (for jwks_uri / jku)."),
-    "api-key": ("phg.cli.apikey:api_key", "API keys for the service: create (printed once), list, revoke."),
-    "view": ("phg.cli.view:view", "The reading store the view in the EHR reads: forget a patient."),
-})
-@click.option("--config", "config_path", type=click.Path(path_type=Path),
-              help="Config file (default: $PHG_CONFIG or the user config dir).")
-@click.option("--fhir-base", help="FHIR base URL (overrides [fhir] base_url).")
-@click.option("--client-id", help="SMART client_id (overrides [auth] client_id).")
-@click.option("--key", "key_file", type=click.Path(path_type=Path), help="Private key file (overrides [auth] key_file).")
-@click.option("--scope", help="Scopes to request (overrides [auth] scope).")
-@click.option("--outbox", "outbox_path", type=click.Path(path_type=Path), help="Outbox database (overrides [outbox] path).")
-@click.option("-v", "--verbose", count=True, help="-v: progress (INFO); -vv: DEBUG (may include server messages).")
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
-              envvar="PHG_LOG_FORMAT", help="json: one JSON object per log line (for journald, Loki...).")
-@click.version_option(package_name="phg")
-@click.pass_context
-def main(ctx: click.Context, config_path, fhir_base, client_id, key_file, scope, outbox_path, verbose,
-         log_format) -> None:
-    """phg: a Personal Health Gateway. Device readings -> FHIR (HL7 PHD IG) -> your EHR, securely,
-    through a durable queue."""
-    from phg.logformat import JsonFormatter
-    from phg.terminal import PrintableFormatter
-
-    handler = logging.StreamHandler()  # log lines may quote a server: no control characters reach the terminal
-    handler.setFormatter(JsonFormatter() if log_format == "json"
-                         else PrintableFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)], handlers=[handler])
-    if verbose < 2:
-        logging.getLogger("httpx").setLevel(logging.WARNING)
-    ctx.obj = Context(config_path, {("fhir", "base_url"): fhir_base, ("auth", "client_id"): client_id,
-                                    ("auth", "key_file"): key_file and str(key_file), ("auth", "scope"): scope,
-                                    ("outbox", "path"): outbox_path and str(outbox_path)})
+# The options a `phg send` command line is run with without click: phg's global options (before `send`) and
+# send's own, as option -> (parameter name in the click command, what it takes: "flag", "count", "path" or the
+# values of a Choice). Anything else (another option, --opt=value, -vv, --, a value that starts with "-") goes
+# to click.
+GLOBAL_OPTIONS: dict[str, tuple[str, Any]] = {
+    "--config": ("config_path", "path"), "--outbox": ("outbox_path", "path"),
+    "-v": ("verbose", "count"), "--verbose": ("verbose", "count"), "--log-format": ("log_format", ("text", "json"))}
+SEND_OPTIONS: dict[str, tuple[str, Any]] = {"--no-deliver": ("no_deliver", "flag"), "--json": ("as_json", "flag")}
+LOG_FORMAT_VARIABLE = "PHG_LOG_FORMAT"  # --log-format's environment variable
 
 
-# ------------------------------------------------------------------------------------------ init
+def parse_send(args: list[str], env: dict[str, str] | os._Environ) -> dict[str, Any] | None:
+    """The parameters click would give for ``args`` of the form `[GLOBAL OPTIONS] send FILES [OPTIONS]` (files:
+    any argument not starting with "-", or "-" for stdin), or None when ``args`` are not of that form."""
+    params: dict[str, Any] = {"config_path": None, "outbox_path": None, "verbose": 0, "log_format": None,
+                              "no_deliver": False, "as_json": False, "files": []}
+    options, at = GLOBAL_OPTIONS, 0
+    while at < len(args):
+        arg, at = args[at], at + 1
+        if options is GLOBAL_OPTIONS and arg == "send":
+            options = SEND_OPTIONS
+        elif arg == "-" or not arg.startswith("-"):
+            if options is GLOBAL_OPTIONS:
+                return None  # another command
+            params["files"].append(arg)
+        elif arg not in options:
+            return None
+        elif (takes := options[arg][1]) == "flag":
+            params[options[arg][0]] = True
+        elif takes == "count":
+            params[options[arg][0]] += 1
+        else:
+            if at == len(args) or not args[at] or args[at].startswith("-"):
+                return None
+            value, at = args[at], at + 1
+            if takes != "path" and value not in takes:
+                return None
+            params[options[arg][0]] = Path(value) if takes == "path" else value
+    if options is GLOBAL_OPTIONS or not params["files"] or env.get("_PHG_COMPLETE"):  # shell completion: click's
+        return None
+    if params["log_format"] is None:
+        params["log_format"] = env.get(LOG_FORMAT_VARIABLE) or GLOBAL_OPTIONS["--log-format"][1][0]
+        if params["log_format"] not in GLOBAL_OPTIONS["--log-format"][1]:
+            return None
+    return params
 
 
-@main.command()
-@click.option("--force", is_flag=True, help="Overwrite an existing file.")
-@click.pass_obj
-def init(obj: Context, force: bool) -> None:
-    """Write a commented config file to edit."""
-    from phg.config import render_template, user_config_path, user_data_dir
+def send(params: dict[str, Any]) -> None:
+    """`phg send` with ``params`` (parse_send's), as the click group runs it: logging, the context, phg's
+    errors as one line; Ctrl-C and a closed pipe end it as click's main ends a command."""
+    from phg.cli.common import Context, echo, one_line_errors, setup_logging
+    from phg.cli.sending import send as send_readings
 
-    path = obj.config_path or user_config_path()
-    if path.exists() and not force:
-        fail(f"{path} exists (use --force to overwrite)", EXIT_INPUT)
-    from phg.secretfile import write_private
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # 0600: the [auth] table may come to hold a client secret or a registration access token.
-    write_private(path, render_template(user_data_dir() / "phg-key.pem", user_data_dir() / "outbox.sqlite"))
-    click.echo(f"wrote {path}\nnext: edit [fhir] base_url and [auth] client_id, then run `phg keys generate` "
-               "and register the printed JWKS with your EHR")
-
-
-# ------------------------------------------------------------------------------------------ decode
+    try:
+        setup_logging(params["verbose"], params["log_format"])
+        with one_line_errors():
+            send_readings(Context.from_options(params["config_path"], outbox_path=params["outbox_path"]),
+                          tuple(params["files"]), params["no_deliver"], params["as_json"])
+    except (EOFError, KeyboardInterrupt):
+        echo("", err=True)
+        echo("Aborted!", err=True)
+        sys.exit(1)
+    except BrokenPipeError:
+        sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115  (nothing more can be written)
+        sys.exit(1)
 
 
-@main.group(cls=Group, lazy={
-    "ble": ("phg.cli.decode:decode_ble", "Decode a GATT characteristic: phg decode ble 2A18 HEX."),
-    "11073": ("phg.cli.decode:decode_11073", "Decode an IEEE 11073-20601 APDU: phg decode 11073 HEX."),
-})
-def decode() -> None:
-    """Decode a device payload (hex) and show what it becomes, as JSON."""
+class Main:
+    """`phg`: runs a `phg send` command line without click, anything else with the click group, which it
+    stands for otherwise (attributes are the group's)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if not args and not kwargs and (params := parse_send(sys.argv[1:], os.environ)) is not None:
+            send(params)
+        return self.group(*args, **kwargs)
+
+    @property
+    def group(self) -> Any:
+        from phg.cli.commands import main as group
+
+        return group
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.group, name)
 
 
-# ------------------------------------------------------------------------------------------ doctor / demo
-
-
-@main.command()
-@click.option("--send-test", is_flag=True, help="Send one test message (MSH-11 = T) to each MLLP destination.")
-@JSON_OPTION
-@click.pass_obj
-def doctor(obj: Context, send_test: bool, as_json: bool) -> None:
-    """Check every destination (FHIR: key, TLS, discovery, token, transactions; MLLP, HL7 HTTP, SOAP:
-    connection and TLS) and the queue (the outbox file, or JetStream); say what is wrong. --json: {"ok",
-    "config", "checks": [{destination, step, status (ok, fail, warn), what, fix}]}."""
-    import asyncio
-
-    from phg.doctor import run_checks
-
-    config = obj.config()
-    checks: list[dict[str, str | None]] = []
-    echo = (lambda line: None) if as_json else click.echo
-    ok = asyncio.run(run_checks(config, echo, send_test=send_test, results=checks))
-    if as_json:
-        print_json({"ok": ok, "config": config.source, "checks": checks})
-    sys.exit(0 if ok else EXIT_CONFIG)
-
-
-@main.command()
-@click.option("--server", type=click.Choice(["sekmet", "medplum"]), default="sekmet", show_default=True)
-@click.option("--no-auth", is_flag=True,
-              help="sekmet-fhir alone, without the OAuth server and the SMART gate: no Node.js needed.")
-def demo(server: str, no_auth: bool) -> None:
-    """Run everything locally: FHIR + OAuth servers, emulated Bluetooth devices, delivery, a summary."""
-    from phg.demo.run import run_demo
-
-    sys.exit(run_demo(server=server, auth=not no_auth, echo=click.echo))
-
+main = Main()
 
 if __name__ == "__main__":
     main()

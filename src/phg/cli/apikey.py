@@ -6,7 +6,8 @@ from __future__ import annotations
 import click
 
 from phg.cli.common import Context
-from phg.cli.output import JSON_OPTION, print_json
+from phg.cli.options import JSON_OPTION
+from phg.cli.output import print_json
 
 
 def _store(obj: Context):

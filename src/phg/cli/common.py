@@ -1,23 +1,34 @@
-"""What every phg command shares: the context (config, queue), the exit codes, one failure path,
-and the group that turns phg's errors into one line."""
+"""What every phg command shares, without click (`phg send` runs without importing it: phg.cli): the
+context (config, queue), the exit codes, logging, how a line is printed, and one failure path."""
 
 from __future__ import annotations
 
+import contextlib
+import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
-
-import click
 
 from phg.errors import AuthError, ConfigError, PhgError
 
 EXIT_INPUT, EXIT_CONFIG, EXIT_TEMPFAIL = 1, 3, 75
+_ANSI = re.compile(r"\033\[[;?0-9]*[a-zA-Z]")  # the codes click.echo strips when its stream is no terminal
 
 
 class Context:
     def __init__(self, config_path: Path | None, flags: dict[tuple[str, str], Any]):
         self.config_path = config_path
         self.flags = flags  # {(section, key): value or None}: the global options, parsed with the config
+
+    @classmethod
+    def from_options(cls, config_path: Path | None = None, fhir_base: str | None = None, client_id: str | None = None,
+                     key_file: Path | None = None, scope: str | None = None,
+                     outbox_path: Path | None = None) -> Context:
+        """The context of phg's global options (None: not given)."""
+        return cls(config_path, {("fhir", "base_url"): fhir_base, ("auth", "client_id"): client_id,
+                                 ("auth", "key_file"): key_file and str(key_file), ("auth", "scope"): scope,
+                                 ("outbox", "path"): outbox_path and str(outbox_path)})
 
     def config(self):
         from phg.config import load_config
@@ -31,6 +42,22 @@ class Context:
         return open_queue(config or self.config())
 
 
+def setup_logging(verbose: int, log_format: str) -> None:
+    """-v: INFO, -vv: DEBUG (httpx's own lines only then); "json": one JSON object per line (phg.logformat).
+    Log lines may quote a server: no control characters reach the terminal."""
+    import logging
+
+    from phg.logformat import JsonFormatter
+    from phg.terminal import PrintableFormatter
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if log_format == "json"
+                         else PrintableFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)], handlers=[handler])
+    if verbose < 2:
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
 def queue_name(config) -> str:
     """Where readings queue, for a person: the outbox file, or JetStream's servers and prefix."""
     if config.queue.engine == "jetstream":
@@ -38,51 +65,33 @@ def queue_name(config) -> str:
     return str(config.outbox_path)
 
 
+def echo(text: str, *, err: bool = False, red: bool = False) -> None:
+    """``text`` and a line feed on stdout (``err``: stderr), flushed, as click.echo (click.secho(fg="red")
+    with ``red``) writes it: colour and ANSI codes only on a terminal."""
+    stream = sys.stderr if err else sys.stdout
+    if red:
+        text = f"\033[31m{text}\033[0m"
+    if not stream.isatty():
+        text = _ANSI.sub("", text)
+    stream.write(text + "\n")
+    stream.flush()
+
+
 def fail(message: str, code: int) -> NoReturn:
     """Print ``message`` (without control characters: it may quote a server) and exit with ``code``."""
     from phg.terminal import printable
 
-    click.secho(f"error: {printable(message)}", fg="red", err=True)
+    echo(f"error: {printable(message)}", err=True, red=True)
     sys.exit(code)
 
 
-class Group(click.Group):
-    """Turns phg's own errors into one clear line and an exit code instead of a traceback.
-
-    `lazy` maps command names to ("module:attribute", short help) of commands that live beside
-    their feature (e.g. the Bluetooth commands in phg.cli.ble). They are imported
-    only when run: listing them uses the short help given here, which keeps `phg --help` fast."""
-
-    def __init__(self, *args: Any, lazy: dict[str, tuple[str, str]] | None = None, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.lazy = lazy or {}
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(set(super().list_commands(ctx)) | set(self.lazy))
-
-    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name in self.lazy:
-            from importlib import import_module
-
-            module, attribute = self.lazy[name][0].split(":")
-            return getattr(import_module(module), attribute)
-        return super().get_command(ctx, name)
-
-    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        rows = []
-        for name in self.list_commands(ctx):
-            if name in self.lazy:
-                rows.append((name, self.lazy[name][1]))
-            elif (command := super().get_command(ctx, name)) is not None and not command.hidden:
-                rows.append((name, command.get_short_help_str(formatter.width - 6 - max(map(len, self.list_commands(ctx))))))
-        if rows:
-            with formatter.section("Commands"):
-                formatter.write_dl(rows)
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except (ConfigError, AuthError) as exc:
-            fail(str(exc), EXIT_CONFIG)
-        except PhgError as exc:
-            fail(str(exc), EXIT_INPUT)
+@contextlib.contextmanager
+def one_line_errors() -> Iterator[None]:
+    """phg's own errors as one clear line and an exit code instead of a traceback: 3 for configuration and
+    authorization, 1 for the rest."""
+    try:
+        yield
+    except (ConfigError, AuthError) as exc:
+        fail(str(exc), EXIT_CONFIG)
+    except PhgError as exc:
+        fail(str(exc), EXIT_INPUT)

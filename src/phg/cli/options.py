@@ -1,4 +1,4 @@
-"""Option types every command shares: one patient form (`--patient SYSTEM|VALUE`) and one UTC
+"""Options every command shares: `--json`, one patient form (`--patient SYSTEM|VALUE`) and one UTC
 offset form (`+HH:MM`, ISO 8601-1:2019 5.3.4.2 with `Z` for UTC)."""
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ class Patient(click.ParamType):
         return PatientRef(system, text)
 
 
+JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts).")
 UTC_OFFSET = UtcOffset()
 PATIENT = Patient()
 

@@ -1,5 +1,5 @@
 """How commands print: ISO 8601 times, JSON for scripts (`--json`), progress for a person on a
-terminal and nothing extra in a pipe. Imported by `phg --help`: no asyncio or rich at import time."""
+terminal and nothing extra in a pipe. Imported by `phg send`: no click, asyncio or rich at import time."""
 
 from __future__ import annotations
 
@@ -10,9 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import click
-
-JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts).")
+from phg.cli.common import echo
 
 
 def iso(epoch: float | None) -> str | None:
@@ -23,7 +21,7 @@ def iso(epoch: float | None) -> str | None:
 
 
 def print_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    echo(json.dumps(data, indent=2, ensure_ascii=False))
 
 
 @contextlib.asynccontextmanager

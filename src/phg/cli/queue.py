@@ -11,7 +11,8 @@ from typing import Any
 import click
 
 from phg.cli.common import EXIT_INPUT, Context, fail
-from phg.cli.output import JSON_OPTION, iso, print_json
+from phg.cli.options import JSON_OPTION
+from phg.cli.output import iso, print_json
 
 
 @click.group()
@@ -112,7 +113,7 @@ def queue_retry(obj: Context, item_id: int, deliver_now: bool) -> None:
             fail(f"queue item {item_id} does not exist, is being delivered or is delivered", EXIT_INPUT)
         click.echo(f"item {item_id} queued" if again == item_id else f"item {item_id} queued as item {again}")
         if deliver_now:
-            from phg.cli.readings import deliver_until_idle
+            from phg.cli.sending import deliver_until_idle
 
             sys.exit(deliver_until_idle(config, outbox, {}, as_json=False))
 
