@@ -189,6 +189,38 @@ def test_enqueue_of_1000_items_is_one_transaction(outbox: Outbox) -> None:
     assert outbox.counts()["queued"] == 1000
 
 
+def test_each_report_is_one_statement_and_only_leases_commit_without_an_fsync(outbox: Outbox) -> None:
+    """The worker's writes per batch cost one statement each; a lease or renewal is committed with
+    synchronous=NORMAL (module docstring, "Durability"), everything else with FULL, restored at once."""
+    ids = outbox.enqueue("ehr", pairs(50))
+    statements: list[str] = []
+    outbox._conn.set_trace_callback(statements.append)
+    leased = outbox.lease("ehr", 50, 30)
+    token = leased[0].lease
+    assert outbox.renew(token, 30) == 50
+    outbox.delivered(ids[:20:-1], [f"Observation/{i}" for i in ids[:20:-1]], token=token)  # any order
+    outbox.retry_later(ids[10:20], 60, "503", token=token)
+    outbox.dead(ids[5:10], "refused", token=token)
+    outbox.release(ids[:5], token=token)
+    outbox._conn.set_trace_callback(None)
+
+    transactions, current, sync = [], [], "FULL"
+    for statement in statements:
+        if statement.startswith("PRAGMA synchronous"):
+            sync = statement.split()[-1]
+        elif statement == "BEGIN IMMEDIATE":
+            current = [sync]
+        elif statement == "COMMIT":
+            transactions.append(current)
+        else:
+            current.append(statement.split()[0])
+    assert transactions == [["NORMAL", "UPDATE"], ["NORMAL", "UPDATE"], *[["FULL", "UPDATE"]] * 4]
+    assert sync == "FULL" and outbox._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert all(outbox.get(i).result == f"Observation/{i}" for i in ids[21:])
+    assert outbox.get(ids[20]).state == "inflight"  # not reported
+    assert outbox.counts() == {"queued": 15, "inflight": 1, "delivered": 29, "dead": 5}
+
+
 def test_a_failing_batch_stores_nothing(outbox: Outbox) -> None:
     batch = [*pairs(999), ("bad", None)]  # NOT NULL payload fails on the last row
     with pytest.raises(sqlite3.IntegrityError):

@@ -6,7 +6,11 @@ the writer, and a commit is one sequential append to the -wal file) with `synchr
 the WAL is fsynced at every commit. With `synchronous=NORMAL` a WAL commit survives a process
 crash but the last transactions can roll back after a power loss, which would lose readings the
 device already considers uploaded (and may have erased from its memory). The cost, one fsync per
-commit, is paid per batch: `enqueue` stores a whole list of readings in one transaction.
+commit, is paid per batch: `enqueue` stores a whole list of readings in one transaction. A lease and
+its renewals are the exception: they commit with `synchronous=NORMAL`, written to the WAL (a killed
+process keeps them) but not fsynced. A power cut can therefore forget a lease, which puts its items
+back to due at once, as an expired lease would; the next fsynced commit (an outcome report, an
+enqueue) makes every earlier one durable with it, since the WAL is replayed in order.
 
 Leases. `lease` moves due items to `inflight` with a deadline in `next_attempt` and a fresh random
 token in `lease`, which it returns with the items. The outcome reports (`delivered`, `retry_later`,
@@ -370,11 +374,14 @@ class Outbox:
         return storage_errors(self.path)
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """One write transaction (`transaction`) that also applies retention; after a full disk the WAL
-        is truncated so that the space it held serves the next write."""
+        is truncated so that the space it held serves the next write. `durable=False`: committed without
+        an fsync (leases and renewals only: module docstring, "Durability")."""
         with self._lock, self._storage_errors():
             self._bound_wal()
+            if not durable:
+                self._conn.execute("PRAGMA synchronous = NORMAL")
             try:
                 with transaction(self._conn) as conn:
                     yield conn
@@ -384,6 +391,9 @@ class Outbox:
                     with contextlib.suppress(sqlite3.Error):  # still full: the next write tries again
                         self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 raise
+            finally:
+                if not durable:
+                    self._conn.execute("PRAGMA synchronous = FULL")
 
     def _bound_wal(self) -> None:
         """The WAL bound for the free space the outbox's file system has now (module docstring, "Small
@@ -478,20 +488,20 @@ class Outbox:
         was set by a clock that ran ahead, and is due now (module docstring, "Clocks")."""
         now = time.time() if now is None else now
         token = secrets.token_hex(8)
-        with self._write() as conn:
+        with self._write(durable=False) as conn:
             rows = conn.execute(
                 f"UPDATE item SET state = 'inflight', next_attempt = ?, attempts = attempts + 1, updated = ?, lease = ?"
                 f" WHERE id IN (SELECT id FROM item WHERE destination = ? AND state IN ('queued', 'inflight')"
                 f" AND (next_attempt <= ? OR next_attempt > ?) ORDER BY id LIMIT ?) RETURNING {_COLUMNS}",
                 (now + lease_seconds, now, token, destination, now, _beyond(now, horizon), limit),
             ).fetchall()
-        return sorted((Item(*row) for row in rows), key=lambda item: item.id)
+        return [Item(*row) for row in sorted(rows)]  # RETURNING promises no order; ids are unique
 
     def renew(self, token: str, lease_seconds: float) -> int:
         """Extend the lease `token` to `lease_seconds` from now; return how many items are still
         inflight under it (0: its items were all reported, or the lease expired and was taken)."""
         now = time.time()
-        with self._write() as conn:
+        with self._write(durable=False) as conn:
             return conn.execute(
                 "UPDATE item SET next_attempt = ?, updated = ? WHERE state = 'inflight' AND lease = ?",
                 (now + lease_seconds, now, token),
@@ -501,18 +511,19 @@ class Outbox:
     # under that lease. A report about an item that is no longer in flight (or no longer under the
     # reporter's lease) is stale, e.g. a worker whose lease expired reporting after another worker
     # delivered the item, and is ignored rather than allowed to undo a delivery or a dead-letter.
-    # `token=None` (tools, tests) applies to any inflight item.
+    # `token=None` (tools, tests) applies to any inflight item. Each report is one statement for the whole
+    # batch, the ids (and results) passed as one JSON array; `+state` keeps SQLite on the ids' primary key.
 
     def delivered(self, ids: Sequence[int], results: Sequence[str | None] | None = None, *,
                   token: str | None = None) -> None:
         """Mark items delivered, recording per item what the destination answered."""
-        results = delivery_results(ids, results)
-        now = time.time()
+        pairs = json.dumps(list(zip(ids, delivery_results(ids, results), strict=True)))
         with self._write() as conn:
-            conn.executemany(
-                "UPDATE item SET state = 'delivered', result = ?, updated = ?"
-                " WHERE id = ? AND state = 'inflight' AND (?4 IS NULL OR lease = ?4)",
-                [(result, now, id_, token) for id_, result in zip(ids, results, strict=True)],
+            conn.execute(
+                "UPDATE item SET state = 'delivered', result = json_extract(r.value, '$[1]'), updated = ?1"
+                " FROM json_each(?2) AS r WHERE item.id = json_extract(r.value, '$[0]')"
+                " AND +item.state = 'inflight' AND (?3 IS NULL OR item.lease = ?3)",
+                (time.time(), pairs, token),
             )
 
     def retry_later(self, ids: Sequence[int], delay: float, error: str, refused: bool = False, *,
@@ -540,9 +551,10 @@ class Outbox:
     def _update_inflight(self, ids: Sequence[int], token: str | None, assignments: str,
                          params: tuple[object, ...]) -> None:
         with self._write() as conn:
-            conn.executemany(
-                f"UPDATE item SET {assignments} WHERE id = ? AND state = 'inflight' AND (? IS NULL OR lease = ?)",
-                [(*params, id_, token, token) for id_ in ids],
+            conn.execute(
+                f"UPDATE item SET {assignments} WHERE id IN (SELECT value FROM json_each(?))"
+                " AND +state = 'inflight' AND (? IS NULL OR lease = ?)",
+                (*params, json.dumps(list(ids)), token, token),
             )
 
     def get(self, id: int) -> Item | None:
