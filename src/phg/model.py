@@ -908,15 +908,21 @@ def _plainly_canonical(text: str) -> Any:
     MAX_DIGITS + 1 digits, and brackets nested at most MAX_DEPTH deep (each pass of two str.replace calls
     removes at most two levels). The size needs no count: every member of a container takes at least one
     character of the text besides the strings'. Then orjson reads it: the same values `loads` gives."""
-    if len(text) > MAX_SIZE or _FORBIDDEN_OR_ESCAPE.search(text):
+    if len(text) > MAX_SIZE:
+        return None
+    if text.isascii():  # C0 controls, DEL and the backslash are the ASCII characters to find: no regex needed
+        data = text.encode()
+        if len(data.translate(None, _ASCII_REFUSED)) != len(data):
+            return None
+    elif _FORBIDDEN_OR_ESCAPE.search(text):
         return None
     pieces = text.split('"')
     if len(text) > MAX_STRING and max(map(len, pieces[1::2]), default=0) > MAX_STRING:
         return None
-    outside = "".join(pieces[::2])
-    if _FRACTION.search(outside) or _LONG_INTEGER.search(outside):
+    shape = "".join(pieces[::2]).translate(_SHAPE)
+    if "." in shape or "e" in shape or "E" in shape or _LONG_INTEGER in shape:
         return None
-    nesting = outside.translate(_BRACKETS_ONLY)
+    nesting = shape.replace("0", "").replace(",", "")
     for _ in range(MAX_DEPTH // 2):
         nesting = nesting.replace("{}", "").replace("[]", "")
     if nesting:
@@ -929,10 +935,12 @@ def _plainly_canonical(text: str) -> Any:
         return None
 
 
+_ASCII_REFUSED = bytes(range(32)) + b"\x7f\\"
 _FORBIDDEN_OR_ESCAPE = re.compile(f"[{_FORBIDDEN_CHARS}\\\\]")  # and the backslash
-_FRACTION = re.compile("[.eE]")  # also the e of true and false: a document with booleans takes the long way
-_LONG_INTEGER = re.compile(f"[0-9]{{{MAX_DIGITS + 1}}}")
-_BRACKETS_ONLY = {c: None for c in range(128) if chr(c) not in "[]{}"}
+# What lies outside the strings, reduced to its shape: each digit as 0, brackets, commas (between numbers), the
+# marks of a float (also the e of true and false: a document with booleans takes the long way); the rest dropped.
+_SHAPE = {c: "0" if chr(c).isdigit() else chr(c) if chr(c) in "[]{},.eE" else None for c in range(128)}
+_LONG_INTEGER = "0" * (MAX_DIGITS + 1)
 
 
 def _json_number(text: str) -> int | Decimal:
