@@ -18,7 +18,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -60,13 +59,18 @@ def settings(nats_cluster) -> QueueSettings:  # noqa: F811
                          stream_replicas=3)
 
 
+def _changed(settings: QueueSettings, **changes: object) -> QueueSettings:
+    """`settings` with `changes` (a settings class is a phg.frozen record: no dataclasses.replace)."""
+    return QueueSettings(**{**vars(settings), **changes})
+
+
 @pytest.fixture
 def open_js(settings) -> Iterator[Callable[..., JetStreamQueue]]:
     """Open JetStreamQueues (another one = another worker process), closed at the end."""
     opened: list[JetStreamQueue] = []
 
     def make(**changes) -> JetStreamQueue:
-        opened.append(JetStreamQueue(replace(settings, **changes)))
+        opened.append(JetStreamQueue(_changed(settings, **changes)))
         return opened[-1]
 
     yield make
@@ -306,14 +310,14 @@ def test_a_delivered_batch_keeps_its_claims_until_its_markers_are_written(open_j
     other._call(other._tried(DEST, "k"), "creating the attempts bucket")  # (a new bucket's first answer is slow)
     worker.enqueue(DEST, readings(3))
     leased = lease_all(worker, 3, lease_seconds=1.5)
-    slow_put = jetstream._put
+    publish_all = worker._publish_all
 
-    async def leaderless_markers(bucket, key, value):
-        if "_done_" in bucket._name:
+    async def leaderless_markers(messages, what):
+        if what == "delivered markers":
             await asyncio.sleep(6)  # past the lease (1.5 s), its claims (2 s) and a put-back (+1 s)
-        await slow_put(bucket, key, value)
+        return await publish_all(messages, what)
 
-    monkeypatch.setattr(jetstream, "_put", leaderless_markers)
+    monkeypatch.setattr(worker, "_publish_all", leaderless_markers)
     reporting = threading.Thread(target=worker.delivered, args=([i.id for i in leased],),
                                  kwargs={"token": leased[0].lease})
     reporting.start()
@@ -527,7 +531,7 @@ def test_user_and_password_open_the_queue_and_a_wrong_one_is_named_not_logged(tm
             queue.enqueue(DEST, readings(1))
             assert queue.counts(DEST)[QUEUED] == 1
         with caplog.at_level(logging.DEBUG), pytest.raises(ConfigError, match="refused phg's credentials") as refused:
-            JetStreamQueue(replace(settings, password="wrong-secret"))
+            JetStreamQueue(_changed(settings, password="wrong-secret"))
     assert "secret" not in str(refused.value) and "secret" not in caplog.text
 
 
@@ -540,9 +544,9 @@ def test_mutual_tls_with_the_configured_ca_and_client_certificate(tmp_path):
             queue.enqueue(DEST, readings(1))
             assert queue.inspect([]).connected_url.startswith("tls://127.0.0.1:")
         with pytest.raises(StorageError, match="cannot connect"):  # no client certificate: refused
-            JetStreamQueue(replace(settings, cert_file=None, key_file=None))
+            JetStreamQueue(_changed(settings, cert_file=None, key_file=None))
         with pytest.raises(ConfigError, match="certificate is not trusted"):  # the system's trust: unknown CA
-            JetStreamQueue(replace(settings, ca_file=None))
+            JetStreamQueue(_changed(settings, ca_file=None))
 
 
 def test_no_server_to_reach_is_a_storage_error_soon():
@@ -626,12 +630,12 @@ def test_an_nkey_seed_file_logs_in_and_a_wrong_seed_is_named_never_shown(tmp_pat
         with caplog.at_level(logging.DEBUG):
             with JetStreamQueue(settings) as queue:
                 round_trip(queue)
-            wrong = replace(settings, nkey_seed_file=private(tmp_path / "other.nk", other))
+            wrong = _changed(settings, nkey_seed_file=private(tmp_path / "other.nk", other))
             with pytest.raises(ConfigError, match=r"refused phg's credentials \(\[queue\] nkey_seed_file\)") as refused:
                 JetStreamQueue(wrong)
             # One character of the key itself changed (the last one may hold only padding bits): the CRC-16 fails.
             typo = seed[:10] + ("C" if seed[10] == "B" else "B") + seed[11:]
-            garbled = replace(settings, nkey_seed_file=private(tmp_path / "garbled.nk", typo))
+            garbled = _changed(settings, nkey_seed_file=private(tmp_path / "garbled.nk", typo))
             with pytest.raises(ConfigError, match=r"\[queue\] nkey_seed_file .*garbled.nk: not an nkey user seed"):
                 JetStreamQueue(garbled)  # the CRC-16 fails: refused before any connection
         texts = str(refused.value) + caplog.text
@@ -653,7 +657,7 @@ def test_a_creds_file_logs_in_to_a_server_in_operator_mode(tmp_path, caplog):
             stranger = tmp_path / "stranger.creds"  # a user of another operator's account: not trusted
             Operator(tmp_path / "other").creds(stranger)
             with pytest.raises(ConfigError, match=r"refused phg's credentials \(\[queue\] creds_file\)"):
-                JetStreamQueue(replace(settings, creds_file=stranger))
+                JetStreamQueue(_changed(settings, creds_file=stranger))
         secrets_ = [line for text in (creds.read_text(), stranger.read_text()) for line in text.splitlines()
                     if line.startswith(("SU", "eyJ"))]
         assert len(secrets_) == 4 and not any(s in caplog.text for s in secrets_)

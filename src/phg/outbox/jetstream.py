@@ -46,8 +46,10 @@ How the Queue maps onto it:
   process's lease has run out unrenewed (the messages may be another worker's by now). It extends the
   lease's claims too (a compare-and-set each, only while they surely run: another cannot be taking them
   over then).
-- delivered writes the markers, then acknowledges (+ACK as a request, retried while unanswered: acks sent
-  while the consumer has no leader are lost; a message no longer stored counts as settled).
+- delivered writes the markers (published at once, each PubAck awaited), keeping the lease's claims and
+  AckWait meanwhile (a bucket without a leader can hold them for seconds), then acknowledges: +ACK published
+  for each, the last as a request; without its answer each is sent as a request, retried while unanswered
+  (acks sent while the consumer has no leader are lost; a message no longer stored counts as settled).
 - retry_later records attempts/refusals/error, then naks with the delay (-NAK {"delay": ns}); release naks
   at once; dead publishes to the dead-letter stream, then terminates (+TERM, which removes it here). Each
   first marks its readings' claims run out (due again, or retried, they must not wait for the claim). A
@@ -144,6 +146,7 @@ H_KEY, H_CREATED, H_SEQ, H_ATTEMPTS, H_REASON = "Phg-Key", "Phg-Created", "Phg-S
 ACK, TERM, PROGRESS = b"+ACK", b"+TERM", b"+WPI"
 
 T = TypeVar("T")
+K = TypeVar("K")
 _FAILURES = (nats.errors.Error, TimeoutError, OSError)
 # What a leader change, or a reconnection to another node, looks like to one request: no answer, no
 # responder (no leader yet), 503, or a connection being re-established.
@@ -412,6 +415,10 @@ class JetStreamQueue:
     def _subject(self, destination: str) -> str:
         return f"{self.settings.prefix}.q.{destination}"
 
+    def _marker_subject(self, destination: str, key: str) -> str:
+        """The subject a key-value put of a delivered marker publishes to (the bucket of _done)."""
+        return f"$KV.{self.settings.prefix}_done_{destination}.{key}"
+
     def _dead_subject(self, destination: str, seq: int | str) -> str:
         return f"{self.settings.prefix}.dead.{destination}.{seq}"
 
@@ -465,30 +472,10 @@ class JetStreamQueue:
     async def _enqueue(self, destinations: list[str], items: Sequence[tuple[str, str]],
                        state: Mapping[str, str]) -> list[int]:
         now = time.time()
-        pending = {(d, key): payload for d in destinations for key, payload in items}
-        acks: dict[tuple[str, str], api.PubAck] = {}
-        end = time.monotonic() + LEADER_WAIT
-        while len(acks) < len(pending):
-            waiting = {}
-            for (d, key), payload in pending.items():
-                if (d, key) not in acks:
-                    headers = {"Nats-Msg-Id": f"{d}:{key}", H_KEY: key, H_CREATED: f"{now:.6f}"}
-                    waiting[(d, key)] = await self._js.publish_async(self._subject(d), payload.encode(),
-                                                                     headers=headers, wait_stall=REQUEST_TIMEOUT)
-            done, _ = await asyncio.wait(waiting.values(), timeout=REQUEST_TIMEOUT)
-            for pair, future in waiting.items():
-                if future not in done:
-                    future.cancel()
-                elif future.exception() is None:
-                    acks[pair] = future.result()
-                elif not isinstance(future.exception(), _TRANSIENT):
-                    raise future.exception()  # a refusal (stream full, ...): publishing again will not help
-            if len(acks) < len(pending):
-                if time.monotonic() > end:
-                    raise nats.errors.TimeoutError
-                log.debug("%s: %d of %d readings without a PubAck; publishing them again", self._where,
-                          len(pending) - len(acks), len(pending))
-                await asyncio.sleep(0.25)
+        pending = {(d, key): (self._subject(d), payload.encode(),
+                              {"Nats-Msg-Id": f"{d}:{key}", H_KEY: key, H_CREATED: f"{now:.6f}"})
+                   for d in destinations for key, payload in items}
+        acks = await self._publish_all(pending, "readings")
         seen = time.monotonic()
         for d, key in pending:
             self._seen[f"{d}:{key}"] = seen
@@ -500,6 +487,31 @@ class JetStreamQueue:
             for name, value in state.items():
                 await _put(bucket, _state_key(name), value.encode())
         return [acks[(d, key)].seq for d in destinations for key, _ in items]
+
+    async def _publish_all(self, messages: Mapping[K, tuple[str, bytes, dict[str, str]]], what: str) -> dict[K, api.PubAck]:
+        """Publish every (subject, payload, headers) at once and wait for each PubAck, publishing again, for
+        up to LEADER_WAIT, what got none: only for what is stored once however often it is published (a
+        Nats-Msg-Id within the duplicate window, a key-value put)."""
+        acks: dict[K, api.PubAck] = {}
+        end = time.monotonic() + LEADER_WAIT
+        while len(acks) < len(messages):
+            waiting = {name: await self._js.publish_async(subject, payload, headers=headers, wait_stall=REQUEST_TIMEOUT)
+                       for name, (subject, payload, headers) in messages.items() if name not in acks}
+            done, _ = await asyncio.wait(waiting.values(), timeout=REQUEST_TIMEOUT)
+            for name, future in waiting.items():
+                if future not in done:
+                    future.cancel()
+                elif future.exception() is None:
+                    acks[name] = future.result()
+                elif not isinstance(future.exception(), _TRANSIENT):
+                    raise future.exception()  # a refusal (stream full, ...): publishing again will not help
+            if len(acks) < len(messages):
+                if time.monotonic() > end:
+                    raise nats.errors.TimeoutError
+                log.debug("%s: %d of %d %s without a PubAck; publishing them again", self._where,
+                          len(messages) - len(acks), len(messages), what)
+                await asyncio.sleep(0.25)
+        return acks
 
     def source_state(self, name: str) -> str | None:
         """The progress marker last committed under `name`, or None."""
@@ -564,7 +576,7 @@ class JetStreamQueue:
         if settled:
             log.debug("%s: %d already delivered (or without key): acknowledged, not sent again", destination,
                       len(settled))
-        await asyncio.gather(*(self._settle(m, ACK) for m in settled))
+        await self._settle_all(settled, ACK)
         fresh = [(m, k) for m, k in zip(messages, keys, strict=True) if k and k not in delivered]
         token = secrets.token_hex(8)
         claims = await asyncio.gather(*(self._claim(destination, k, token, until) for _, k in fresh))
@@ -578,7 +590,7 @@ class JetStreamQueue:
         if late:
             log.info("%s: %d readings whose claims had run out were delivered meanwhile: acknowledged, not sent "
                      "again", destination, len(late))
-            await asyncio.gather(*(self._settle(m, ACK) for m, k, _ in ours if k in late))
+            await self._settle_all([m for m, k, _ in ours if k in late], ACK)
             ours = [(m, k, revision) for m, k, revision in ours if k not in late]
         # Only a reading handed out before can have a record of its tries (a first delivery has none).
         tried = (await asyncio.gather(
@@ -774,20 +786,20 @@ class JetStreamQueue:
         result_of = dict(zip(ids, results, strict=True))
         parts = self._take_leases(ids, token, stale_too=True)
         now = time.time()
-        buckets = {d: await self._done(d) for d in {part.destination for _, part in parts}}
+        for destination in {part.destination for _, part in parts}:
+            await self._done(destination)  # (created on first use)
         # Every marker stored before any ack (never an ack without its marker), and the claims kept meanwhile.
         keepers = [asyncio.ensure_future(self._keep_claims(name, replace(part, messages=dict(part.messages),
                                                                          claims=dict(part.claims))))
                    for name, part in parts]
         try:
-            await asyncio.gather(*(
-                _put(buckets[part.destination], _headers(msg)[H_KEY],
-                     json.dumps({"seq": seq, "at": now, "result": result_of[seq]}).encode())
-                for _, part in parts for seq, msg in part.messages.items()))
+            await self._publish_all({seq: (self._marker_subject(part.destination, _headers(msg)[H_KEY]),
+                                           json.dumps({"seq": seq, "at": now, "result": result_of[seq]}).encode(), {})
+                                     for _, part in parts for seq, msg in part.messages.items()}, "delivered markers")
         finally:
             for keeper in keepers:
                 keeper.cancel()
-        await asyncio.gather(*(self._settle(msg, ACK) for _, part in parts for msg in part.messages.values()))
+        await self._settle_all([msg for _, part in parts for msg in part.messages.values()], ACK)
 
     async def _keep_claims(self, token: str, held: _Lease) -> None:
         """While the delivered markers of `held` are being written (a bucket without a leader can hold them
@@ -876,6 +888,19 @@ class JetStreamQueue:
             tries = await self._bucket(f"tries_{destination}", self.settings.max_age)
             with contextlib.suppress(nats.js.errors.KeyNotFoundError):
                 await tries.purge(headers[H_KEY])
+
+    async def _settle_all(self, msgs: Sequence[Msg], kind: bytes) -> None:
+        """+ACK or +TERM several messages: published, the last one as a request. The consumer's leader
+        answers it after the others, sent before it on this connection, have reached it; without an answer
+        (a leader change), each is settled on its own (_settle). One lost all the same (sent to a leader that
+        died) comes back after AckWait, and its delivered marker settles it then."""
+        for msg in msgs[:-1]:
+            await self._nc.publish(msg.reply, kind)
+        if msgs:
+            try:
+                await self._nc.request(msgs[-1].reply, kind, timeout=ACK_TIMEOUT)
+            except _TRANSIENT:
+                await asyncio.gather(*(self._settle(msg, kind) for msg in msgs))
 
     async def _settle(self, msg: Msg, kind: bytes) -> bool:
         """+ACK or +TERM `msg` as a request, sent again while unanswered (an ack sent while the consumer has
