@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "phg"
 # Lowest first. A unit is a top-level module or package of phg (phg/__init__.py is "phg": the library API,
 # which re-exports lazily from below and is imported by nothing inside phg).
 LAYERS: tuple[frozenset[str], ...] = (
-    frozenset({"errors", "version"}),                            # errors; phg's own version
+    frozenset({"errors", "version", "frozen"}),                  # errors; phg's own version; records
     frozenset({"mdc", "terminal", "secretfile", "transport",    # tables and small helpers
                "metrics", "logformat"}),                       # counters every layer adds to; JSON logs
     frozenset({"model"}),                                        # the neutral Reading
