@@ -24,13 +24,12 @@ from phg.model import Gateway, PatientRef, from_canonical_json
 from test_cli import PHG, READINGS, env  # noqa: F401  (env: the fixture of a user without config)
 
 # What queueing one reading must not load (issue 16: `phg send --no-deliver` at most ~4x the interpreter's
-# start-up): click, TOML (no config file here), the HTTP client, the event loop, the JSON Schema validator, rich;
-# and phg's own delivery side: the FHIR and HL7 mappings, the destinations, auth, the JetStream queue, metrics,
-# orjson, TLS and sockets.
-HEAVY = ("click", "tomllib", "uuid", "httpx", "asyncio", "jsonschema", "rich", "phg.fhir", "phg.hl7v2", "phg.delivery",
-         "phg.auth", "phg.daemon",
-         "phg.outbox.jetstream", "phg.metrics", "prometheus_client", "orjson", "ssl", "socket", "concurrent.futures",
-         "importlib.metadata", "importlib.resources")
+# start-up): click, logging (nothing on the way logs: the CLI sets logging up only to deliver), TOML (no config
+# file here), the HTTP client, the event loop, the JSON Schema validator, rich; and phg's own delivery side: the
+# FHIR and HL7 mappings, the destinations, auth, the JetStream queue, metrics, orjson, TLS and sockets.
+HEAVY = ("click", "logging", "tomllib", "uuid", "httpx", "asyncio", "jsonschema", "rich", "phg.fhir", "phg.hl7v2",
+         "phg.delivery", "phg.auth", "phg.daemon", "phg.outbox.jetstream", "phg.metrics", "prometheus_client", "orjson",
+         "ssl", "socket", "concurrent.futures", "importlib.metadata", "importlib.resources")
 
 
 def _send_loads(tmp_path: Path, env: dict[str, str], modules: tuple[str, ...]) -> list[str]:  # noqa: F811

@@ -22,7 +22,6 @@ once a minute). Times are the gateway's: the store time, not the device's clock,
 from __future__ import annotations
 
 import json
-import logging
 import sqlite3
 import threading
 import time
@@ -37,8 +36,6 @@ from phg.errors import ReadingError, StorageError
 from phg.model import Reading, from_canonical_json
 from phg.outbox.sqlite import create_private, storage_errors, transaction, use_wal
 from phg.secretfile import require_private
-
-log = logging.getLogger(__name__)
 
 APPLICATION_ID = 0x70686776  # "phgv": PRAGMA application_id, this file is phg's view store
 RETENTION_EVERY = 60.0  # seconds between two retention passes
@@ -156,7 +153,10 @@ class ViewStore:
             try:
                 kept.append(Kept(stored, from_canonical_json(payload, "view store"), key))
             except ReadingError as exc:
-                log.error("view store reading %s cannot be read (at %s): left out", key, exc.where)
+                import logging  # here: `phg send`, which keeps readings here, starts without logging
+
+                logging.getLogger(__name__).error("view store reading %s cannot be read (at %s): left out", key,
+                                                  exc.where)
         return kept
 
     def forget(self, patient: tuple[str, str]) -> int:

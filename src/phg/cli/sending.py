@@ -1,10 +1,9 @@
 """The work of `phg send` (and of delivery until idle, which `run`, `simulate` and `queue retry` share),
-without click: phg.cli.main runs `send` without importing it, phg.cli.readings with it; both call
-`send` here. Exit codes as phg.cli's."""
+without click: the `send` here is what phg.cli.main runs without importing click and what the click
+command (phg.cli.readings) runs. Exit codes as phg.cli's."""
 
 from __future__ import annotations
 
-import logging
 import sys
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -81,7 +80,7 @@ def send(obj: Context, files: tuple[str, ...], no_deliver: bool, as_json: bool) 
     if not as_json:
         dropped = f" ({stored.known} already queued or repeated: dropped)" if stored.known else ""
         echo(f"queued {stored.new} reading(s) in {queue_name(config)}{dropped}"
-                   + (f", refused {len(errors)}" if errors else ""))
+             + (f", refused {len(errors)}" if errors else ""))
     code = EXIT_INPUT if errors else 0
     if not no_deliver and not config.deliverable:
         summary["note"] = "no destination configured: readings wait in the queue (phg run delivers them)"
@@ -130,23 +129,23 @@ def report(totals: Any, outbox: Any, summary: dict[str, Any], as_json: bool) -> 
     return EXIT_TEMPFAIL if summary["waiting"] else 0
 
 
-class _Shown(logging.Handler):
-    """Remembers the errors phg's loggers have shown (delivery logs a destination that stops, when it
-    stops), so that the CLI does not print them a second time."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.errors: list[BaseException] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.errors += [arg for arg in record.args or () if isinstance(arg, BaseException)]
-
-
 def run(work: Any) -> Any:
     """Run ``work(stop)`` until done or SIGINT / SIGTERM (which set ``stop``); phg's delivery errors
     become one line (once) and an exit code."""
     import asyncio
+    import logging
     import signal
+
+    class Shown(logging.Handler):
+        """Remembers the errors phg's loggers have shown (delivery logs a destination that stops, when it
+        stops), so that the CLI does not print them a second time."""
+
+        def __init__(self) -> None:
+            super().__init__(logging.ERROR)
+            self.errors: list[BaseException] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.errors += [arg for arg in record.args or () if isinstance(arg, BaseException)]
 
     async def go() -> Any:
         stop = asyncio.Event()
@@ -155,7 +154,7 @@ def run(work: Any) -> Any:
             loop.add_signal_handler(sig, stop.set)
         return await work(stop)
 
-    shown = _Shown()
+    shown = Shown()
     logging.getLogger("phg").addHandler(shown)
     try:
         return asyncio.run(go())
