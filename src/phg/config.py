@@ -20,9 +20,10 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar, NoReturn
+from typing import Any, ClassVar
 
 from phg.errors import ConfigError
+from phg.frozen import Frozen, field
 from phg.model import Gateway, PatientRef, Reading
 from phg.secretfile import require_private
 
@@ -237,93 +238,6 @@ def headers(value: Any, where: str) -> tuple[tuple[str, str], ...]:
 
 
 # ------------------------------------------------------------------------------------------ the table
-
-
-# ------------------------------------------------------------------------------------------ settings classes
-
-_MISSING = object()
-
-
-class _Field:
-    __slots__ = ("default", "factory", "repr")
-
-    def __init__(self, default: Any, factory: Callable[[], Any] | None, repr: bool):
-        self.default, self.factory, self.repr = default, factory, repr
-
-
-def field(*, default: Any = _MISSING, default_factory: Callable[[], Any] | None = None, repr: bool = True) -> Any:
-    """A field of a Frozen class whose default is made for each instance (``default_factory``), or which its
-    repr leaves out (``repr=False``: a secret), as in the standard library's dataclasses."""
-    return _Field(default, default_factory, repr)
-
-
-class Frozen:
-    """The settings classes: frozen records as the standard library's frozen dataclasses are (construction by
-    position in field order or by keyword, defaults, ==, hash and repr over the fields, no assignment), without
-    the code a dataclass generates and compiles for each class at import (issue 16: 16 classes were 3/5 of
-    importing phg.config). Fields: the class's annotations but ClassVar, base classes' first; a default is the
-    class attribute of that name, or field(...)."""
-
-    _fields: ClassVar[dict[str, _Field]] = {}
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        fields = dict(cls._fields)
-        for name, kind in cls.__dict__.get("__annotations__", {}).items():
-            if not kind.startswith("ClassVar"):
-                given = cls.__dict__.get(name, _MISSING)
-                fields[name] = given if isinstance(given, _Field) else _Field(given, None, True)
-                if isinstance(given, _Field) and given.default is _MISSING:  # the class attribute: the default
-                    delattr(cls, name)
-                elif isinstance(given, _Field):
-                    setattr(cls, name, given.default)
-        optional = [f.default is not _MISSING or f.factory is not None for f in fields.values()]
-        if True in optional and False in optional[optional.index(True):]:
-            raise TypeError(f"{cls.__name__}: a field without a default follows one with a default")
-        cls._fields = fields
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        fields = self._fields
-        if len(args) > len(fields):
-            raise TypeError(f"{type(self).__name__}() takes {len(fields)} positional arguments but {len(args)} "
-                            "were given")
-        values = dict(zip(fields, args, strict=False))
-        for name, value in kwargs.items():
-            if name not in fields:
-                raise TypeError(f"{type(self).__name__}() got an unexpected keyword argument {name!r}")
-            if name in values:
-                raise TypeError(f"{type(self).__name__}() got multiple values for argument {name!r}")
-            values[name] = value
-        for name, f in fields.items():
-            if name not in values:
-                if f.factory is not None:
-                    values[name] = f.factory()
-                elif f.default is _MISSING:
-                    raise TypeError(f"{type(self).__name__}() missing required argument: {name!r}")
-                else:
-                    values[name] = f.default
-        self.__dict__.update((name, values[name]) for name in fields)
-
-    def _values(self) -> tuple[Any, ...]:
-        return tuple(self.__dict__[name] for name in self._fields)
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        return self._values() == other._values()  # type: ignore[attr-defined]
-
-    def __hash__(self) -> int:
-        return hash(self._values())
-
-    def __repr__(self) -> str:
-        shown = ", ".join(f"{name}={self.__dict__[name]!r}" for name, f in self._fields.items() if f.repr)
-        return f"{type(self).__qualname__}({shown})"
-
-    def __setattr__(self, name: str, value: Any) -> NoReturn:
-        raise AttributeError(f"cannot assign to field {name!r}")
-
-    def __delattr__(self, name: str) -> NoReturn:
-        raise AttributeError(f"cannot delete field {name!r}")
 
 
 class Setting(Frozen):

@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 
 from phg.config import Route
 from phg.errors import ReadingError
+from phg.frozen import Frozen, field
 from phg.model import Reading
 from phg.outbox import Outbox
 from phg.viewstore import ViewStore
@@ -54,8 +54,7 @@ def route(reading: Reading, destinations: Sequence[str], routes: Sequence[Route]
     return tuple(name for name in destinations if name in wanted)
 
 
-@dataclass(frozen=True)
-class Stored:
+class Stored(Frozen):
     """What one `store` did: `new` readings were queued, `known` were already there (the same reading
     sent again: a device repeating itself, an agent resending a report whose acknowledgement it lost)."""
 

@@ -8,15 +8,14 @@ MDC 32-bit code = partition * 65536 + term code.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from phg.frozen import Frozen
 
 MDC_SYSTEM = "urn:iso:std:iso:11073:10101"
 UCUM_SYSTEM = "http://unitsofmeasure.org"
 LOINC_SYSTEM = "http://loinc.org"
 
 
-@dataclass(frozen=True)
-class Measurement:
+class Measurement(Frozen):
     """What phg knows about one MDC measurement code."""
 
     code: int

@@ -27,12 +27,12 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from phg.config import ViewSettings
 from phg.errors import ReadingError, StorageError
+from phg.frozen import Frozen
 from phg.model import Reading, from_canonical_json
 from phg.outbox.sqlite import create_private, storage_errors, transaction, use_wal
 from phg.secretfile import require_private
@@ -56,8 +56,7 @@ def open_view(settings: ViewSettings | None) -> ViewStore | None:
     return ViewStore(settings.path, settings.retention) if settings is not None else None
 
 
-@dataclass(frozen=True)
-class Kept:
+class Kept(Frozen):
     """One kept reading, when the gateway stored it (epoch seconds) and its key as the Intake stored it
     (the outbox's key for it: a reading read back may differ from the one stored, e.g. a unit filled in)."""
 

@@ -1,0 +1,119 @@
+"""Frozen records without code generated at import (issue 16: `phg send` starts in a few times the
+interpreter's own start-up; a frozen dataclass compiles six generated methods per class, about 0.5 ms each
+class, and importing dataclasses brings inspect, ast, dis and tokenize).
+
+A subclass of Frozen behaves as a ``@dataclass(frozen=True)`` with the same annotations and defaults:
+construction by position in field order or by keyword (defaults, ``field(default_factory=...)``), ``==``
+between instances of the same class, ``hash`` and ``repr`` over the fields (``field(repr=False)`` left out),
+and no assignment or deletion (AttributeError, as dataclasses' FrozenInstanceError is). Fields are the
+class's annotations but ClassVar, base classes' first; ``field(compare=False)`` is left out of == and hash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar, NoReturn
+
+_MISSING = object()
+
+
+class _Field:
+    __slots__ = ("default", "factory", "repr", "compare")
+
+    def __init__(self, default: Any, factory: Callable[[], Any] | None, repr: bool, compare: bool):
+        self.default, self.factory, self.repr, self.compare = default, factory, repr, compare
+
+
+def field(*, default: Any = _MISSING, default_factory: Callable[[], Any] | None = None, repr: bool = True,
+          compare: bool = True) -> Any:
+    """A field whose default is made for each instance (``default_factory``), which repr leaves out
+    (``repr=False``: a secret), or which == and hash leave out (``compare=False``), as dataclasses.field."""
+    return _Field(default, default_factory, repr, compare)
+
+
+def _is_class_var(annotation: Any) -> bool:
+    if isinstance(annotation, str):  # from __future__ import annotations
+        return annotation.startswith(("ClassVar", "typing.ClassVar"))
+    return annotation is ClassVar or getattr(annotation, "__origin__", None) is ClassVar
+
+
+class Frozen:
+    """The base of a frozen record (module docstring)."""
+
+    _names: ClassVar[tuple[str, ...]] = ()  # the fields, in order
+    _known: ClassVar[frozenset[str]] = frozenset()
+    _defaults: ClassVar[dict[str, Any]] = {}
+    _factories: ClassVar[dict[str, Callable[[], Any]]] = {}
+    _shown: ClassVar[tuple[str, ...]] = ()  # the fields repr shows
+    _compared: ClassVar[tuple[str, ...]] = ()  # the fields == and hash compare
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        fields = {name: _Field(cls._defaults.get(name, _MISSING), cls._factories.get(name), name in cls._shown,
+                               name in cls._compared) for name in cls._names}
+        for name, annotation in cls.__dict__.get("__annotations__", {}).items():
+            if not _is_class_var(annotation):
+                given = cls.__dict__.get(name, _MISSING)
+                fields[name] = given if isinstance(given, _Field) else _Field(given, None, True, True)
+                if isinstance(given, _Field) and given.default is _MISSING:  # the class attribute: the default,
+                    delattr(cls, name)                                          # as a dataclass leaves it
+                elif isinstance(given, _Field):
+                    setattr(cls, name, given.default)
+        optional = [f.default is not _MISSING or f.factory is not None for f in fields.values()]
+        if True in optional and False in optional[optional.index(True):]:
+            raise TypeError(f"{cls.__name__}: a field without a default follows one with a default")
+        cls._names, cls._known = tuple(fields), frozenset(fields)
+        cls._defaults = {name: f.default for name, f in fields.items() if f.default is not _MISSING}
+        cls._factories = {name: f.factory for name, f in fields.items() if f.factory is not None}
+        cls._shown = tuple(name for name, f in fields.items() if f.repr)
+        cls._compared = tuple(name for name, f in fields.items() if f.compare)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        names = self._names
+        if len(args) > len(names):
+            raise TypeError(f"{type(self).__name__}() takes {len(names)} positional arguments but {len(args)} "
+                            "were given")
+        values = dict(zip(names, args, strict=False))
+        if kwargs:
+            if not self._known.issuperset(kwargs):
+                unknown = next(name for name in kwargs if name not in self._known)
+                raise TypeError(f"{type(self).__name__}() got an unexpected keyword argument {unknown!r}")
+            if not values.keys().isdisjoint(kwargs):
+                twice = next(name for name in kwargs if name in values)
+                raise TypeError(f"{type(self).__name__}() got multiple values for argument {twice!r}")
+            values.update(kwargs)
+        if len(values) < len(names):
+            for name in names:
+                if name in values:
+                    continue
+                if name in self._defaults:
+                    values[name] = self._defaults[name]
+                elif name in self._factories:
+                    values[name] = self._factories[name]()
+                else:
+                    missing = [n for n in names if n not in values and n not in self._defaults and n not in self._factories]
+                    raise TypeError(f"{type(self).__name__}() missing required positional argument(s): "
+                                    f"{', '.join(map(repr, missing))}")
+        self.__dict__.update(values)
+
+    def _values(self) -> tuple[Any, ...]:
+        values = self.__dict__
+        return tuple(values[name] for name in self._compared)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._values() == other._values()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        values = self.__dict__
+        return f"{type(self).__qualname__}({', '.join(f'{name}={values[name]!r}' for name in self._shown)})"
+
+    def __setattr__(self, name: str, value: Any) -> NoReturn:
+        raise AttributeError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> NoReturn:
+        raise AttributeError(f"cannot delete field {name!r}")

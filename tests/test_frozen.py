@@ -1,0 +1,82 @@
+"""phg.frozen.Frozen behaves as @dataclass(frozen=True) with the same fields: each pair of classes below is
+declared both ways and must answer alike (construction, its errors, ==, hash, repr, assignment)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import pytest
+
+from phg.frozen import Frozen, field
+
+
+@dataclasses.dataclass(frozen=True)
+class DBase:
+    KIND: ClassVar[str] = "base"
+    name: str
+    source: str
+
+
+@dataclasses.dataclass(frozen=True)
+class DRecord(DBase):
+    size: int = 3
+    secret: str | None = dataclasses.field(default=None, repr=False)
+    tags: list = dataclasses.field(default_factory=list, compare=False)
+    pair: tuple = ()
+
+
+class FBase(Frozen):
+    KIND: ClassVar[str] = "base"
+    name: str
+    source: str
+
+
+class FRecord(FBase):
+    size: int = 3
+    secret: str | None = field(default=None, repr=False)
+    tags: list = field(default_factory=list, compare=False)
+    pair: tuple = ()
+
+
+CALLS = [((), {}), (("a",), {}), (("a", "b"), {}), (("a", "b", 4, "s", [1], (2,)), {}),
+         (("a", "b", 4, "s", [1], (2,), 7), {}), ((), {"name": "a", "source": "b", "secret": "x"}),
+         (("a",), {"source": "b", "tags": [9]}), (("a",), {"name": "b"}), (("a", "b"), {"colour": 1}),
+         ((), {"source": "b", "size": 1})]
+
+
+def _answer(cls: type, args: tuple, kwargs: dict) -> object:
+    try:
+        made = cls(*args, **kwargs)
+    except TypeError as exc:
+        return ("TypeError", "missing" in str(exc), "unexpected" in str(exc), "multiple" in str(exc),
+                "positional" in str(exc))
+    return (repr(made).removeprefix(cls.__name__), made == cls(*args, **kwargs), hash(made) == hash(cls(*args, **kwargs)),
+            [getattr(made, f) for f in ("name", "source", "size", "secret", "tags", "pair")])
+
+
+@pytest.mark.parametrize(("args", "kwargs"), CALLS)
+def test_a_frozen_class_is_made_as_a_frozen_dataclass(args, kwargs):
+    assert _answer(FRecord, args, kwargs) == _answer(DRecord, args, kwargs)
+
+
+def test_equality_hash_and_class_attributes_as_a_frozen_dataclass():
+    one, other = FRecord("a", "b", tags=[1]), FRecord("a", "b", tags=[2])
+    assert one == other and hash(one) == hash(other)  # tags: compare=False
+    assert one != FRecord("a", "b", secret="s") and one != FBase("a", "b") and FBase("a", "b") != DBase("a", "b")
+    assert FRecord.size == DRecord.size == 3 and FRecord.KIND == "base" and not hasattr(FRecord, "tags")
+    assert FRecord("a", "b").tags is not FRecord("a", "b").tags  # a factory: one list each
+    assert hash(FRecord("a", "b", pair=(1, 2))) == hash(DRecord("a", "b", pair=(1, 2)))
+
+
+def test_a_frozen_instance_refuses_assignment_and_deletion():
+    made = FRecord("a", "b")
+    for change in (lambda: setattr(made, "size", 4), lambda: setattr(made, "other", 1), lambda: delattr(made, "name")):
+        with pytest.raises(AttributeError, match="cannot (assign to|delete) field"):
+            change()
+    assert made.size == 3
+
+
+def test_a_field_without_default_after_one_with_is_refused_as_a_dataclass_refuses_it():
+    with pytest.raises(TypeError):
+        type("Bad", (Frozen,), {"__annotations__": {"a": "int", "b": "int"}, "a": 1})
