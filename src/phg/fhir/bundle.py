@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from phg.fhir import resources
-from phg.fhir.identifier import conditional_identifier, if_none_exist
+from phg.fhir.identifier import conditional_identifiers, if_none_exist
 from phg.fhir.ig import rules_for
 from phg.model import Gateway, Reading
 
@@ -93,11 +93,11 @@ def build_transaction(readings: Sequence[Reading], gateway: Gateway, ig_version:
     entries = _Entries()
     shared: list[int] = []
     refs: list[tuple[str, str, str | None]] = []  # per reading: (patient, PhdDevice, CTS or None) fullUrls
-    phg_url = ""
+    phg_url, phg_identifier = "", resources.phg_identifier(gateway)
     for reading in readings:
         patient_url, i = entries.add("Patient", (reading.patient.system, reading.patient.value),
                                      partial(resources.patient, reading.patient, rules))
-        phg_url, j = entries.add("Device", resources.phg_identifier(gateway), partial(resources.phg_device, gateway, rules))
+        phg_url, j = entries.add("Device", phg_identifier, partial(resources.phg_device, gateway, rules))
         phd_url, k = entries.add("Device", resources.phd_identifier(reading.device),
                                  partial(resources.phd_device, reading.device, rules, reading.metrics))
         shared.extend(n for n in (i, j, k) if n not in shared)
@@ -115,7 +115,7 @@ def build_transaction(readings: Sequence[Reading], gateway: Gateway, ig_version:
     for reading, (patient_url, phd_url, cts_url) in zip(readings, refs, strict=True):
         indices: list[int] = []
         correction = resources.time_correction(reading.clock, gateway)
-        identifiers = [conditional_identifier(reading, metric, ig_version) for metric in reading.metrics]
+        identifiers = conditional_identifiers(reading, ig_version)
         for metric, identifier in zip(reading.metrics, identifiers, strict=True):
             derived = None if metric.derived_from is None else _full_url("Observation", identifiers[metric.derived_from])
             build = partial(resources.observation, metric, rules, identifier=identifier, patient_url=patient_url,

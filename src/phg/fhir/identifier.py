@@ -15,7 +15,9 @@ and the duration is glued to the timestamp with "..", not joined with "-".
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from urllib.parse import quote
 
 from phg.errors import MappingError
@@ -35,16 +37,26 @@ _DOCUMENT = Stamp()  # a reading document's default: a UTC instant with the offs
 
 def conditional_identifier(reading: Reading, metric: Metric, ig_version: str = "2.0.0") -> tuple[str | None, str]:
     """(system, value) of the PHD IG duplicate-detection identifier (system None for 1.1.0)."""
+    return conditional_identifiers(reading, ig_version, (metric,))[0]
+
+
+def conditional_identifiers(reading: Reading, ig_version: str = "2.0.0",
+                            metrics: Sequence[Metric] | None = None) -> list[tuple[str | None, str]]:
+    """`conditional_identifier` of each of the reading's metrics (or of `metrics`), the device and
+    patient parts written once."""
     rules = rules_for(ig_version)
-    patient = f"{reading.patient.value}-{reading.patient.system}"
-    head = [reading.device.identity, patient, str(metric.code)]
-    if rules.version == "1.1.0":
-        parts = head + _value_units_v1(metric) + [timestamp_v1(metric.time, metric.stamp)]
-    else:
-        parts = head + [timestamp_v2(metric.time, metric.time_digits, metric.stamp)]
-    # "-supplemental types": the Supplemental-Types codes, each joined with a dash (both releases;
-    # numeric-spotnumeric.json "...-149530-20181113175903.00-150588").
-    return rules.identifier_system, "-".join(parts + [str(code) for code in metric.supplemental])
+    head = f"{reading.device.identity}-{reading.patient.value}-{reading.patient.system}-"
+    identifiers = []
+    for metric in reading.metrics if metrics is None else metrics:
+        if rules.version == "1.1.0":
+            parts = [str(metric.code), *_value_units_v1(metric), timestamp_v1(metric.time, metric.stamp)]
+        else:
+            parts = [str(metric.code), timestamp_v2(metric.time, metric.time_digits, metric.stamp)]
+        # "-supplemental types": the Supplemental-Types codes, each joined with a dash (both releases;
+        # numeric-spotnumeric.json "...-149530-20181113175903.00-150588").
+        parts += map(str, metric.supplemental)
+        identifiers.append((rules.identifier_system, head + "-".join(parts)))
+    return identifiers
 
 
 def timestamp_v2(time: datetime, digits: int = 0, stamp: Stamp = _DOCUMENT) -> str:
@@ -107,8 +119,15 @@ def if_none_exist(system: str | None, value: str) -> str:
     space ("+4" offset -> " 4"), matches nothing, and every retry would create a duplicate. '|' stays
     the token separator; a '|', ',' or '$' inside a part is escaped with '\\' (FHIR search.html#escaping).
     """
-    token = _encode(value) if system is None else f"{_encode(system)}|{_encode(value)}"
+    token = _encode(value) if system is None else f"{_encoded_system(system)}|{_encode(value)}"
     return f"identifier={token}"
+
+
+@lru_cache(maxsize=256)
+def _encoded_system(system: str) -> str:
+    """A system's part of the query: the same few systems (the IG's, the patient identifier's) come back for
+    every entry."""
+    return _encode(system)
 
 
 def _encode(part: str) -> str:

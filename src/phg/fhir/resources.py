@@ -12,12 +12,13 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 from phg import mdc
 from phg.errors import MappingError
 from phg.fhir import enumerations, ig
-from phg.fhir.ig import IgRules
+from phg.fhir.ig import IgRules, rules_for
 from phg.model import (
     GATEWAY_SPECIALIZATIONS,
     MDC_ATTR_TIME_ABS,
@@ -57,9 +58,10 @@ def _mdc_concept(code: int, display: str | None = None, text: str | None = None)
     return concept
 
 
+@lru_cache(maxsize=4096)
 def eui(hex_id: str) -> str:
     """EUI-64/EUI-48 as PhdDevice.identifier writes it: upper-case hex pairs joined by '-'
-    (PhdDevice.fsh: "FE-ED-AB-EE-DE-AD-77-C3")."""
+    (PhdDevice.fsh: "FE-ED-AB-EE-DE-AD-77-C3"). Cached: every reading of a device asks again."""
     digits = hex_id.replace("-", "").replace(":", "").upper()
     return "-".join(digits[i:i + 2] for i in range(0, len(digits), 2))
 
@@ -212,21 +214,22 @@ def observation(metric: Metric, rules: IgRules, *, identifier: tuple[str | None,
     signs) category, MDC + LOINC code, subject, device, effectiveDateTime = the device time as given,
     moved by time_correction when the gateway corrects it (see `time_correction`). cts_url is the
     reading's Coincident Time Stamp: CoincidentTimeStampReference extension (2.0.0) or derivedFrom (1.x)."""
-    known = mdc.MEASUREMENTS.get(metric.code)
-    absent = ig.data_absent_code(metric.status)
-    meta: dict[str, Any] = _profile(_profile_name(metric))
-    if ig.TEST_DATA.intersection(metric.status):
+    status = metric.status
+    absent = ig.data_absent_code(status) if status else None
+    meta: dict[str, Any] = {"profile": [_PROFILES[_profile_name(metric)]]}
+    if status and not ig.TEST_DATA.isdisjoint(status):
         meta["security"] = [dict(ig.HTEST)]
     system, value = identifier
-    loinc = _loinc(metric.code, rules)
+    code, loinc = _code(metric.code, rules)
+    category = [rules.phd_category, ig.VITAL_SIGNS_CATEGORY] if loinc else [rules.phd_category]
     resource: Resource = {
         "resourceType": "Observation",
         "meta": meta,
         "extension": [{"url": ig.GATEWAY_EXTENSION, "valueReference": {"reference": phg_url}}],
         "identifier": [{"system": system, "value": value} if system else {"value": value}],
-        "status": "preliminary" if ig.PRELIMINARY.intersection(metric.status) else "final",
-        "category": [rules.phd_category] + ([ig.VITAL_SIGNS_CATEGORY] if loinc else []),
-        "code": _code(metric.code, known, loinc),
+        "status": "preliminary" if status and not ig.PRELIMINARY.isdisjoint(status) else "final",
+        "category": category,
+        "code": code,
         "subject": {"reference": patient_url},
         "effectiveDateTime": effective_time(metric, time_correction),
     }
@@ -239,7 +242,7 @@ def observation(metric: Metric, rules: IgRules, *, identifier: tuple[str | None,
         resource["valueQuantity"] = _quantity(metric.value, metric.unit)
     elif metric.coded is not None:
         resource["valueCodeableConcept"] = enumerations.coded_value(metric.coded)
-    if interpretations := [ig.INTERPRETATION[s] for s in metric.status if s in ig.INTERPRETATION]:
+    if interpretations := [ig.INTERPRETATION[s] for s in status if s in ig.INTERPRETATION]:
         resource["interpretation"] = [
             {"coding": [{"system": ig.MEASUREMENT_STATUS_SYSTEM, "code": code}]} for code in interpretations
         ]
@@ -254,7 +257,8 @@ def observation(metric: Metric, rules: IgRules, *, identifier: tuple[str | None,
         components += [_component(c, rules) for c in metric.components]
     if metric.bits is not None and absent is None:
         components += enumerations.bits_components(metric.code, metric.bits, rules)
-    components += enumerations.supplemental_components(metric.supplemental, rules)
+    if metric.supplemental:
+        components += enumerations.supplemental_components(metric.supplemental, rules)
     if components:
         resource["component"] = components
     return resource
@@ -268,26 +272,35 @@ def _profile_name(metric: Metric) -> str:
     return "PhdCompoundNumericObservation" if metric.components else "PhdNumericObservation"
 
 
-def _loinc(code: int, rules: IgRules) -> str | None:
-    """The vital-signs LOINC code, if the measurement is a FHIR vital sign (PhdBaseObservation
-    code.coding[LoincCoding]: "Required if the measurement is a vital sign")."""
+_PROFILES = {name: ig.PROFILE_BASE + name for name in (
+    "PhdCodedEnumerationObservation", "PhdBitsEnumerationObservation", "PhdCompoundNumericObservation",
+    "PhdNumericObservation")}
+
+
+@lru_cache(maxsize=1024)
+def _measurement(code: int, version: str) -> tuple[str, str | None, str | None, str | None]:
+    """(code as text, reference id, display, LOINC) of an MDC measurement code in an IG release: the same
+    few codes come back for every Observation. LOINC: the vital-signs code, if the measurement is a FHIR
+    vital sign (PhdBaseObservation code.coding[LoincCoding]: "Required if the measurement is a vital sign")."""
     known = mdc.MEASUREMENTS.get(code)
-    return rules.loinc_overrides.get(code) or (known.loinc if known else None)
+    loinc = rules_for(version).loinc_overrides.get(code) or (known.loinc if known else None)
+    return str(code), known.ref_id if known else None, known.display if known else None, loinc
 
 
-def _code(code: int, known: mdc.Measurement | None, loinc: str | None) -> dict:
-    concept = _mdc_concept(code, known.ref_id if known else None, known.display if known else None)
-    if loinc:
-        concept["coding"].append({"system": mdc.LOINC_SYSTEM, "code": loinc})
-    return concept
+def _code(code: int, rules: IgRules) -> tuple[dict, str | None]:
+    """The CodeableConcept of a measurement (MDC coding, then LOINC's when it is a vital sign), and its LOINC."""
+    text, ref_id, display, loinc = _measurement(code, rules.version)
+    mdc_coding = {"system": mdc.MDC_SYSTEM, "code": text, "display": ref_id} if ref_id else \
+        {"system": mdc.MDC_SYSTEM, "code": text}
+    concept: dict[str, Any] = {"coding": [mdc_coding, {"system": mdc.LOINC_SYSTEM, "code": loinc}] if loinc else
+                               [mdc_coding]}
+    if display:
+        concept["text"] = display
+    return concept, loinc
 
 
 def _component(component: Component, rules: IgRules) -> dict:
-    known = mdc.MEASUREMENTS.get(component.code)
-    return {
-        "code": _code(component.code, known, _loinc(component.code, rules)),
-        "valueQuantity": _quantity(component.value, component.unit),
-    }
+    return {"code": _code(component.code, rules)[0], "valueQuantity": _quantity(component.value, component.unit)}
 
 
 def _quantity(value: Decimal, unit: str | None) -> dict:
