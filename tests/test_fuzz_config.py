@@ -136,6 +136,7 @@ def test_well_formed_toml_with_any_sections_keys_and_values(workdir, doc):
 @given(env=st.dictionaries(st.sampled_from(ENVIRONMENT), st.text(max_size=40), max_size=len(ENVIRONMENT)))
 @example(env={"PHG_GATEWAY_SYSTEM_ID": "02-AB-7F"})
 @example(env={"PHG_IG_VERSION": "3.0.0"})
+@example(env={"PHG_TOKEN_URL": " "})  # a blank URL is no URL (it was a TypeError from httpx)
 def test_any_environment(workdir, env):
     path = workdir / "empty.toml"
     path.write_text("")

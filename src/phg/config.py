@@ -437,7 +437,7 @@ def _auth(values: Values, fhir_base: str | None, insecure: bool) -> AuthSettings
     """[auth] rows into AuthSettings, with the checks that join several keys."""
     given = {key: value for (section, key), value in values.values.items() if section == "auth"}
     for key in ("registration_endpoint", "registration_client_uri", "jwks_uri", "token_url"):
-        if key in given:
+        if given.get(key) is not None:  # None: given blank
             require_secure_url(given[key], values.where("auth", key), allow_insecure_http=insecure)
     jku_value = given.pop("jku", None)
     if jku_value is True:
@@ -696,7 +696,7 @@ DESTINATION_TYPES: dict[str, type[DestinationSettings]] = {
 
 
 ROUTE_MATCHERS = ("patient_system", "patient_value", "device")
-_DEVICE_PATTERN = re.compile(r"[0-9A-F*?\[\]!]+")
+_DEVICE_PATTERN = r"[0-9A-F*?\[\]!]+"  # compiled when routes are read (re caches it)
 
 
 class Route(Frozen):
@@ -759,7 +759,7 @@ def _routes(tables: Any, destinations: tuple[DestinationSettings, ...], source: 
                 raise ConfigError(f"{where} {key} is empty (leave the key out to match any)")
         if "device" in matchers:
             matchers["device"] = matchers["device"].upper().replace(":", "").replace("-", "")
-            if not _DEVICE_PATTERN.fullmatch(matchers["device"]):
+            if not re.fullmatch(_DEVICE_PATTERN, matchers["device"]):
                 raise ConfigError(f"{where} device must be a pattern over the device's hex identity (system id "
                                   f"or Bluetooth address, such as \"C0:00:*\"), not {table['device']!r:.60}")
         default = flag(table.get("default", False), f"{where} default")
@@ -841,7 +841,7 @@ class QueueSettings(Frozen):
     source: str = "(defaults)"
 
 
-_NATS_URL = re.compile(r"(nats|tls)://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?")
+_NATS_URL = r"(nats|tls)://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?"  # compiled where used (re caches it)
 
 
 def _queue(values: Values) -> QueueSettings:
@@ -855,10 +855,10 @@ def _queue(values: Values) -> QueueSettings:
         raise ConfigError(f"{values.source}: [queue] engine = \"jetstream\" needs [queue] servers, such as "
                           "[\"nats://nats1.example.org:4222\"]")
     for server in settings.servers:
-        if not _NATS_URL.fullmatch(server):
+        if not re.fullmatch(_NATS_URL, server):
             raise ConfigError(f"{where}: {server!r:.80} is not a nats:// or tls:// URL (HOST[:PORT], no "
                               "credentials in it: use [queue] creds_file, nkey_seed_file or user and password)")
-        host = _NATS_URL.fullmatch(server)[2].strip("[]")
+        host = re.fullmatch(_NATS_URL, server)[2].strip("[]")
         tls = server.startswith("tls://") or settings.ca_file is not None or settings.cert_file is not None
         if not (tls or settings.allow_insecure or is_loopback(host)):
             raise ConfigError(f"{where}: {server} is plain NATS to another machine: use tls:// (or [queue] "

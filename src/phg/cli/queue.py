@@ -79,16 +79,14 @@ def _print_table(header: list[str], rows: list[list[str]]) -> None:
 @click.pass_obj
 def queue_show(obj: Context, item_id: int, as_json: bool) -> None:
     """Show one item: its reading, state, last error or the server's answer."""
-    from dataclasses import asdict
-
     from phg.terminal import printable
 
     with obj.queue() as outbox:
         item = outbox.get(item_id)
     if item is None:
         fail(f"no queue item {item_id} (a delivered reading keeps no item on JetStream)", EXIT_INPUT)
-    data = asdict(item) | {"created": iso(item.created), "updated": iso(item.updated),
-                           "next_attempt": iso(item.next_attempt), "payload": json.loads(item.payload)}
+    data = vars(item) | {"created": iso(item.created), "updated": iso(item.updated),
+                         "next_attempt": iso(item.next_attempt), "payload": json.loads(item.payload)}
     data.pop("lease")  # a token of the process that leased it: nothing a person or a script can use
     if as_json:
         print_json(data)
