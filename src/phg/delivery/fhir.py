@@ -401,11 +401,11 @@ class FhirDestination:
                                          {"resourceType": "Bundle", "entry": answers})
         outcomes: list[Outcome] = []
         for indices in tx.reading_entries:
-            refused = [entry_problem(answers[i]) for i in indices if not _ok(answers[i])]
-            if refused:
-                outcomes.append(Rejected("; ".join(refused)))
+            mine = [answers[i] for i in indices]
+            if all(map(_ok, mine)):
+                outcomes.append(Delivered(" ".join(map(location, mine))))
             else:
-                outcomes.append(Delivered(" ".join(location(answers[i]) for i in indices)))
+                outcomes.append(Rejected("; ".join(entry_problem(a) for a in mine if not _ok(a))))
         return outcomes
 
 
@@ -455,14 +455,16 @@ def _matches(bundle: Any) -> int:
 
 
 def _ok(entry: dict) -> bool:
-    return str((entry.get("response") or {}).get("status", "")).strip()[:1] == "2"
+    status = (entry.get("response") or {}).get("status", "")
+    return (status if type(status) is str else str(status)).lstrip()[:1] == "2"
 
 
 def location(entry: dict) -> str:
     """'Type/id' from a relative or absolute location, with any _history suffix dropped."""
     text = str((entry.get("response") or {}).get("location", ""))
-    parts = text.split("/_history/")[0].rstrip("/").split("/")
-    return "/".join(parts[-2:]) if len(parts) >= 2 else text
+    path = text.partition("/_history/")[0].rstrip("/")
+    last = path.rfind("/")
+    return path[path.rfind("/", 0, last) + 1:] if last >= 0 else text
 
 
 def outcome_text(outcome: Any) -> str:
