@@ -4,6 +4,9 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+# The suite's workers (pytest-xdist; tests/conftest.py says what stays together): its tests mostly wait on
+# peers, subprocesses and timers, so 4 workers on 2 cores; TEST_WORKERS=0 runs it serially.
+TEST_WORKERS ?= 4
 
 .PHONY: setup demo test lint bench browser nats
 
@@ -36,7 +39,7 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check src tests
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 bench: setup
 	$(BIN)/python bench/run.py

@@ -13,6 +13,12 @@ Integration tests that use them are marked ``@pytest.mark.peers``. Peers:
   ../shared/docs/c3pro-facts.md (``.base_url`` = the /c3pro context root), fresh for each test
 - ``client_key(alg)``: a fresh ES384/RS384 key pair; ``register_client(...)``: a key pair registered
   with an OAuth server as a private_key_jwt client
+
+In parallel (``make test``: pytest-xdist, ``-n 4 --dist loadgroup``) every worker starts its own session
+peers (each binds a free port), and a module whose tests share a module-scoped fixture (a 3-node JetStream
+cluster, a built wheel, an EHR) runs whole on one worker: the fixture is made once and those tests never
+run beside each other, as in a serial run. Other tests that must not run at once carry
+``@pytest.mark.xdist_group(NAME)``.
 """
 
 from __future__ import annotations
@@ -38,6 +44,19 @@ from phg.demo.peers import (
     SmartStack,
     smart_stack,
 )
+
+# ------------------------------------------------------------------------------------------ parallel
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test that uses a module-scoped fixture joins its module's xdist group (--dist loadgroup)."""
+    for item in items:
+        fixtures = getattr(item, "_fixtureinfo", None)  # pytest.Function's resolved fixtures
+        if fixtures is not None and any(d.scope == "module" for defs in fixtures.name2fixturedefs.values()
+                                        for d in defs):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
 
 # ---------------------------------------------------------------------------------------------- keys
 

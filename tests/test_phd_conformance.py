@@ -190,6 +190,7 @@ def _node_or_skip() -> None:
         pytest.skip("node is not installed: the PHD profile validator cannot run")
 
 
+@pytest.mark.xdist_group("phd-validate")  # one at a time in parallel runs: validate.sh's first run fills its cache
 @pytest.mark.parametrize("ig_version", ["2.0.0", "1.1.0"])
 def test_every_resource_conforms_to_its_phd_profile(ig_version: str, tmp_path: Path) -> None:
     _node_or_skip()
