@@ -84,11 +84,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 from phg.errors import ConfigError, StorageError
+from phg.frozen import Frozen
 from phg.secretfile import require_private
 
 QUEUED = "queued"
@@ -268,11 +268,10 @@ def delivery_results(ids: Sequence[int], results: Sequence[str | None] | None) -
     return list(results)
 
 
-@dataclass(frozen=True)
-class Item:
-    """One payload for one destination. For an inflight item `next_attempt` is its lease deadline.
-    `last_error` is the last transient error, or the reason an item is dead; `result` is what the
-    destination answered for a delivered item (e.g. the created resources' locations)."""
+class Item(Frozen):
+    """One payload for one destination (a frozen record, phg.frozen). For an inflight item `next_attempt`
+    is its lease deadline. `last_error` is the last transient error, or the reason an item is dead;
+    `result` is what the destination answered for a delivered item (e.g. the created resources' locations)."""
 
     id: int
     destination: str
