@@ -585,6 +585,9 @@ def _unit(code: int, given: str | None, where: str) -> str:
 
 def _decimal(value: Any, where: str) -> Decimal:
     number = value if isinstance(value, Decimal) else Decimal(str(value))
+    if type(value) is str and len(value) <= MAX_DIGITS and "e" not in value and "E" not in value \
+            and number.is_finite():
+        return number  # the common case: at most MAX_DIGITS digits and an exponent of -MAX_DIGITS..0
     check_number(number, where)
     return number
 

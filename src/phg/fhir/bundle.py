@@ -16,7 +16,6 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from functools import partial
 from typing import Any
 
 import orjson
@@ -49,9 +48,11 @@ class _Entries:
     index: dict[str, int] = field(default_factory=dict)
     added: dict[tuple[str, str | None, str], tuple[str, int]] = field(default_factory=dict)
 
-    def add(self, resource_type: str, identifier: tuple[str | None, str], build: Callable[[], dict]) -> tuple[str, int]:
-        """Add a conditional create (unless present); return its fullUrl and entry index. An identifier
-        seen before in this bundle (the Patient and Devices of every reading) costs one lookup."""
+    def add(self, resource_type: str, identifier: tuple[str | None, str], build: Callable[..., dict], /,
+            *args: Any, **kwargs: Any) -> tuple[str, int]:
+        """Add a conditional create (unless present), its resource build(*args, **kwargs); return its fullUrl
+        and entry index. An identifier seen before in this bundle (the Patient and Devices of every reading)
+        costs one lookup."""
         if (known := self.added.get((resource_type, *identifier))) is not None:
             return known
         query = if_none_exist(*identifier)
@@ -60,7 +61,7 @@ class _Entries:
             self.index[full_url] = len(self.entries)
             self.entries.append({
                 "fullUrl": full_url,
-                "resource": build(),
+                "resource": build(*args, **kwargs),
                 "request": {"method": "POST", "url": resource_type, "ifNoneExist": query},
             })
         found = self.added[(resource_type, *identifier)] = full_url, self.index[full_url]
@@ -95,18 +96,18 @@ def build_transaction(readings: Sequence[Reading], gateway: Gateway, ig_version:
     refs: list[tuple[str, str, str | None]] = []  # per reading: (patient, PhdDevice, CTS or None) fullUrls
     phg_url, phg_identifier = "", resources.phg_identifier(gateway)
     for reading in readings:
-        patient_url, i = entries.add("Patient", (reading.patient.system, reading.patient.value),
-                                     partial(resources.patient, reading.patient, rules))
-        phg_url, j = entries.add("Device", phg_identifier, partial(resources.phg_device, gateway, rules))
-        phd_url, k = entries.add("Device", resources.phd_identifier(reading.device),
-                                 partial(resources.phd_device, reading.device, rules, reading.metrics))
+        patient_url, i = entries.add("Patient", (reading.patient.system, reading.patient.value), resources.patient,
+                                     reading.patient, rules)
+        phg_url, j = entries.add("Device", phg_identifier, resources.phg_device, gateway, rules)
+        phd_url, k = entries.add("Device", resources.phd_identifier(reading.device), resources.phd_device,
+                                 reading.device, rules, reading.metrics)
         shared.extend(n for n in (i, j, k) if n not in shared)
         cts_url = None
         if reading.clock is not None:
             identifier = resources.clock_identifier(reading, rules)
-            cts_url, n = entries.add("Observation", identifier, partial(
-                resources.coincident_time_stamp, reading.clock, gateway, rules, identifier=identifier,
-                patient_url=patient_url, phd_url=phd_url, phg_url=phg_url))
+            cts_url, n = entries.add("Observation", identifier, resources.coincident_time_stamp, reading.clock, gateway,
+                                     rules, identifier=identifier, patient_url=patient_url, phd_url=phd_url,
+                                     phg_url=phg_url)
             if n not in shared:
                 shared.append(n)
         refs.append((patient_url, phd_url, cts_url))
@@ -118,10 +119,9 @@ def build_transaction(readings: Sequence[Reading], gateway: Gateway, ig_version:
         identifiers = conditional_identifiers(reading, ig_version)
         for metric, identifier in zip(reading.metrics, identifiers, strict=True):
             derived = None if metric.derived_from is None else _full_url("Observation", identifiers[metric.derived_from])
-            build = partial(resources.observation, metric, rules, identifier=identifier, patient_url=patient_url,
-                            phd_url=phd_url, phg_url=phg_url, cts_url=cts_url, time_correction=correction,
-                            derived_from_url=derived)
-            _, n = entries.add("Observation", identifier, build)
+            _, n = entries.add("Observation", identifier, resources.observation, metric, rules, identifier=identifier,
+                               patient_url=patient_url, phd_url=phd_url, phg_url=phg_url, cts_url=cts_url,
+                               time_correction=correction, derived_from_url=derived)
             if n not in indices:
                 indices.append(n)
         reading_entries.append(indices)
