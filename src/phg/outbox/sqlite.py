@@ -49,12 +49,12 @@ truncates it to WAL_LIMIT bytes (`journal_size_limit`): the WAL stays under WAL_
 transaction alone is bigger (a checkpoint never splits a transaction) or another connection keeps
 reading an old snapshot. A write that fails for space runs `wal_checkpoint(TRUNCATE)`, which moves
 the WAL into the database and gives the WAL's space back to the file system, and `enqueue` is then
-tried once more. None of this touches durability: every commit is still fsynced (synchronous=FULL),
+tried once more. None of this touches durability: every commit is fsynced as "Durability" says,
 and a checkpoint only copies committed pages (https://www.sqlite.org/wal.html#ckpt).
 That bound has a price where the disk has room: a checkpoint costs two more fsyncs and writes each
 page again into the database, and a batch of 100 readings into a queue of 20,000 rows fills more
-than 64 pages (its readings' keys land on random pages of the key index), so every such commit was
-followed by one (docs/benchmarks.md, section 1). So each outbox write first looks at the free space
+than 64 pages (its readings' keys land on random pages of the key index), so every such commit would
+be followed by one (docs/benchmarks.md, section 1). So each outbox write first looks at the free space
 of the outbox's file system (statvfs, about a microsecond): from ROOMY_FREE free on, the outbox
 keeps SQLite's own checkpoint interval (ROOMY_CHECKPOINT_PAGES) and cuts the WAL back to
 ROOMY_WAL_LIMIT; below it, the bound above. A disk that fills between two writes is the full-disk
