@@ -15,7 +15,7 @@ sekmet-fhir. Rows (ratios in one run; the machine is shared and noisy):
   workers on 2 cores that also run three nats-servers), against sekmet the server is.
 - hub worker CPU per 1k: CPU seconds (user + system, /proc) a worker process spends per 1,000 readings
   delivered to the fake server (2 workers: their sum over the readings), vs a `phg run --role worker` on a
-  SQLite outbox delivering the same number to the same server in the same run (target: at most 3x).
+  SQLite outbox delivering 4x as many to the same server in the same run (target: at most 3x).
 
 --quick (PHG_BENCH_QUICK=1) takes a quarter of the intake readings and a sixth of the delivered ones (about a minute).
 """
@@ -150,7 +150,8 @@ def bench_hub_delivery(cluster: NatsCluster, tmp: Path) -> list[dict]:
                          "figure": f"2 workers {two:,.0f} readings/s ({n:,} readings)",
                          "baseline": f"1 worker {one:,.0f} readings/s"})
         cpu1, cpu2 = results[("fake", 1)][1], results[("fake", 2)][1]
-        sqlite = _deliver(cluster, tmp, fake.base_url, 1, n_fake, "fake-sqlite", engine="sqlite")[1]
+        # 4x the readings: a SQLite worker delivers them 3-5x as fast, and /proc counts CPU in 10 ms ticks.
+        sqlite = _deliver(cluster, tmp, fake.base_url, 1, 4 * n_fake, "fake-sqlite", engine="sqlite")[1]
         rows.append({"name": "hub worker CPU per 1k", "ratio": cpu1 / sqlite, "target": "<= 3.0", "ok": cpu1 <= 3 * sqlite,
                      "figure": f"{cpu1:.3f} CPU s per 1,000 readings, 1 worker (2 workers: {cpu2:.3f} together)",
                      "baseline": f"SQLite outbox worker {sqlite:.3f} CPU s per 1,000 readings"})
