@@ -5,9 +5,6 @@ the SMART gate and to an HL7 v2 MLLP receiver; and `phg run` (the process) stops
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import sys
 import time
 import uuid
 from datetime import datetime
@@ -23,13 +20,11 @@ from phg.demo.emulator import EmulatedLink, demo_devices
 from phg.demo.peers import free_port
 from phg.model import from_canonical_json
 from phg.outbox import Outbox
+from phg_run import PhgRun
 from test_flow_fhir import matches
 from test_mllp_peers import python_hl7_server
 
 pytestmark = pytest.mark.peers
-
-PHG = str(Path(sys.executable).parent / "phg")
-
 
 def write_config(tmp_path: Path, *, listen: int, mllp_port: int, fhir: str = "", ble: tuple[str, ...] = ()) -> Path:
     path = tmp_path / "phg.toml"
@@ -111,20 +106,11 @@ async def test_phg_run_stops_cleanly_on_sigterm(tmp_path):
     port = free_port()
     async with python_hl7_server() as receiver:
         config = write_config(tmp_path, listen=port, mllp_port=receiver.port)
-        env = {**os.environ, "PHG_CONFIG": str(config), "PHG_FHIR_BASE_URL": ""}
-        child = await asyncio.create_subprocess_exec(PHG, "run", env=env, stdout=asyncio.subprocess.PIPE,
-                                                     stderr=asyncio.subprocess.PIPE)
-        try:
+        async with PhgRun(config, env={"PHG_FHIR_BASE_URL": ""}) as run:
             answered = await asyncio.wait_for(agent_session(port, Agent("thermometer"), reports=3), 30)
             assert answered["acks"] and answered["release"] == "Rlre"
             await until(lambda: len(receiver.received) == 3, 30)
-            child.send_signal(signal.SIGTERM)
-            out, err = await asyncio.wait_for(child.communicate(), 20)
-        finally:
-            if child.returncode is None:
-                child.kill()
-                await child.wait()
-    assert child.returncode == 0, err.decode()[-2000:]
-    assert "source 11073-tcp stopped" in err.decode()
+            err = await run.stop(20)
+    assert "source 11073-tcp stopped" in err
     with Outbox(tmp_path / "outbox.sqlite") as outbox:
         assert outbox.counts("lab")["delivered"] == 3

@@ -5,10 +5,9 @@ loses nothing; every reading is on the server once. And `phg run` with [api] sto
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-import os
-import signal
-import sys
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,13 +19,11 @@ from phg.config import DEFAULT_SCOPE
 from phg.demo.peers import free_port
 from phg.demo.sim import simulated_readings
 from phg.outbox import Outbox
+from phg_run import PhgRun
 from test_flow_fhir import START, matches, patient
 from test_flow_run_sources import until
 
 pytestmark = pytest.mark.peers
-
-PHG = str(Path(sys.executable).parent / "phg")
-
 
 def write_config(tmp_path: Path, base: str, client_id: str, key: Path, port: int) -> Path:
     path = tmp_path / "phg.toml"
@@ -46,19 +43,12 @@ listen = "127.0.0.1:{port}"
     return path
 
 
-async def start(config: Path, port: int) -> asyncio.subprocess.Process:
-    env = {**os.environ, "PHG_CONFIG": str(config)}
-    child = await asyncio.create_subprocess_exec(PHG, "run", env=env, stdout=asyncio.subprocess.PIPE,
-                                                 stderr=asyncio.subprocess.PIPE)
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-        for _ in range(150):
-            try:
-                if (await client.get("/v1/queue")).status_code == 200:
-                    return child
-            except httpx.TransportError:
-                await asyncio.sleep(0.1)
-    child.kill()
-    raise AssertionError(f"phg run does not serve on {port}: {(await child.communicate())[1].decode()[-2000:]}")
+@contextlib.asynccontextmanager
+async def serving(config: Path, port: int) -> AsyncIterator[PhgRun]:
+    """`phg run` with the config, once its API on `port` answers GET /v1/queue."""
+    async with PhgRun(config, api=f"http://127.0.0.1:{port}") as run:
+        await run.ready("/v1/queue")
+        yield run
 
 
 def bodies(documents: list[dict]) -> list[tuple[bytes, str]]:
@@ -101,33 +91,20 @@ async def test_an_app_posts_1000_readings_a_sigkill_after_the_202s_loses_none_ea
     documents = [r.to_document() for r in readings]
     assert len(documents) == 1000
 
-    child = await start(config, port)
-    try:  # the first half while the gateway delivers
+    async with serving(config, port) as run:  # the first half while the gateway delivers
         answers = await post_all(port, documents[:500])
         assert [a["status"] for a in answers] == ["queued"] * 500
         await until(lambda: delivered(outbox) == 500, 60)
         answers = await post_all(port, documents[500:])  # the second half, then SIGKILL after the last 202
-        child.send_signal(signal.SIGKILL)
-        await child.wait()
-    finally:
-        if child.returncode is None:
-            child.kill()
-            await child.wait()
+        await run.kill()
     assert [a["status"] for a in answers] == ["queued"] * 500
     assert delivered(outbox) < 1000  # the kill came before delivery of some: else this proves nothing
 
-    child = await start(config, port)  # restarted: everything the 202s acknowledged is delivered
-    try:
+    async with serving(config, port) as run:  # restarted: everything the 202s acknowledged is delivered
         await until(lambda: delivered(outbox) == 1000, 90)
         again = await post_all(port, documents[:100])  # idempotent: known readings stay one item each
         assert {a["status"] for a in again} == {"already delivered"}
-        child.send_signal(signal.SIGTERM)
-        _, err = await asyncio.wait_for(child.communicate(), 30)
-    finally:
-        if child.returncode is None:
-            child.kill()
-            await child.wait()
-    assert child.returncode == 0, err.decode()[-2000:]
+        await run.stop()
     with Outbox(outbox) as queue:
         assert queue.counts() == {"queued": 0, "inflight": 0, "delivered": 1000, "dead": 0}
     with ThreadPoolExecutor(8) as pool:
@@ -146,8 +123,7 @@ async def test_phg_run_refuses_an_api_address_in_use(tmp_path):
         config = tmp_path / "phg.toml"
         config.write_text(f'[fhir]\nbase_url = "http://127.0.0.1:{free_port()}/fhir"\n[auth]\nmethod = "none"\n'
                           f'[outbox]\npath = "{tmp_path / "o.sqlite"}"\n[api]\nlisten = "127.0.0.1:{port}"\n')
-        child = await asyncio.create_subprocess_exec(PHG, "run", env={**os.environ, "PHG_CONFIG": str(config)},
-                                                     stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        _, err = await asyncio.wait_for(child.communicate(), 30)
-    assert child.returncode == 3, err.decode()
+        async with PhgRun(config) as run:
+            _, err = await asyncio.wait_for(run.child.communicate(), 30)
+    assert run.child.returncode == 3, err.decode()
     assert f"[api] listen 127.0.0.1:{port}: cannot listen there" in err.decode()

@@ -7,10 +7,9 @@ cluster (tests/nats_cluster.py)."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import sys
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,10 +21,8 @@ from phg.config import load_config
 from phg.demo.peers import free_port
 from phg.demo.sim import simulated_readings
 from phg.model import PatientRef
+from phg_run import PhgRun
 from test_flow_fhir import START, matches
-
-PHG = str(Path(sys.executable).parent / "phg")
-
 
 ENGINES = ["sqlite", "jetstream"]
 
@@ -50,46 +47,13 @@ def write_config(tmp_path: Path, base: str, port: int, queue: str = "") -> Path:
     return path
 
 
-class Process:
-    """`phg run --role ROLE` with the config, its API on `port`."""
-
-    def __init__(self, config: Path, role: str, port: int):
-        self.config, self.role, self.port = config, role, port
-        self.child: asyncio.subprocess.Process | None = None
-
-    async def __aenter__(self) -> Process:
-        env = {**os.environ, "PHG_CONFIG": str(self.config), "PHG_API_LISTEN": f"127.0.0.1:{self.port}"}
-        self.child = await asyncio.create_subprocess_exec(PHG, "run", "--role", self.role, env=env,
-                                                          stdout=asyncio.subprocess.PIPE,
-                                                          stderr=asyncio.subprocess.PIPE)
-        async with httpx.AsyncClient(base_url=self.url) as client:
-            for _ in range(150):
-                try:
-                    if (await client.get("/readyz")).status_code == 200:
-                        return self
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.1)
-        self.child.kill()
-        raise AssertionError(f"phg run --role {self.role} is not ready: "
-                             f"{(await self.child.communicate())[1].decode()[-2000:]}")
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def stop(self) -> str:
-        """SIGTERM; the exit must be clean. Its stderr."""
-        assert self.child is not None
-        self.child.send_signal(signal.SIGTERM)
-        _, err = await asyncio.wait_for(self.child.communicate(), 30)
-        assert self.child.returncode == 0, err.decode()[-2000:]
-        return err.decode()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        if self.child is not None and self.child.returncode is None:
-            self.child.kill()
-            await self.child.wait()
+@contextlib.asynccontextmanager
+async def process(config: Path, role: str, port: int) -> AsyncIterator[PhgRun]:
+    """`phg run --role ROLE` with the config, its API on `port` (`.api`), once /readyz answers."""
+    async with PhgRun(config, "--role", role, api=f"http://127.0.0.1:{port}",
+                      env={"PHG_API_LISTEN": f"127.0.0.1:{port}"}) as run:
+        await run.ready("/readyz")
+        yield run
 
 
 async def post(url: str, documents: list[dict]) -> None:
@@ -129,19 +93,19 @@ async def test_an_intake_process_and_a_worker_process_on_one_queue_deliver_every
     intake_port, worker_port = free_port(), free_port()
     config = write_config(tmp_path, sekmet.base_url, intake_port, queue_table(request, engine))
     first, second = readings(10), readings(10)  # 50 readings each
-    async with Process(config, "intake", intake_port) as intake:
-        await post(intake.url, [r.to_document() for r in first])
+    async with process(config, "intake", intake_port) as intake:
+        await post(intake.api, [r.to_document() for r in first])
         await asyncio.sleep(2)  # an intake delivers nothing: the readings wait for a worker
         assert set(await asyncio.to_thread(on_server, sekmet.base_url, first[::5])) == {0}
-        async with Process(config, "worker", worker_port) as worker:  # started after the intake
-            async with httpx.AsyncClient(base_url=worker.url) as client:
+        async with process(config, "worker", worker_port) as worker:  # started after the intake
+            async with httpx.AsyncClient(base_url=worker.api) as client:
                 assert (await client.get("/healthz")).status_code == 200
                 assert "phg_queue_items" in (await client.get("/metrics")).text
                 for path in ("/v1/queue", "/"):  # no ingest, queue or page: the intakes' to serve
                     assert (await client.get(path)).status_code == 404
                 assert (await client.post("/v1/readings", json=[first[0].to_document()])).status_code in (404, 405)
             await until_on_server(sekmet.base_url, first, 120)
-            await post(intake.url, [r.to_document() for r in second])  # to a running worker, from another process
+            await post(intake.api, [r.to_document() for r in second])  # to a running worker, from another process
             await until_on_server(sekmet.base_url, second, 120)
             assert "role worker" in await worker.stop()
         assert "role intake" in await intake.stop()
@@ -153,8 +117,8 @@ async def test_a_worker_started_first_delivers_what_a_later_intake_takes(engine,
     intake_port, worker_port = free_port(), free_port()
     config = write_config(tmp_path, sekmet.base_url, intake_port, queue_table(request, engine))
     batch = readings(4)
-    async with Process(config, "worker", worker_port) as worker, Process(config, "intake", intake_port) as intake:
-        await post(intake.url, [r.to_document() for r in batch])
+    async with process(config, "worker", worker_port) as worker, process(config, "intake", intake_port) as intake:
+        await post(intake.api, [r.to_document() for r in batch])
         await until_on_server(sekmet.base_url, batch, 60)
         await intake.stop()
         await worker.stop()
@@ -173,12 +137,9 @@ async def test_a_worker_started_before_its_jetstream_waits_for_it_then_delivers(
     servers = ", ".join(f'"{url}"' for url in cluster.urls)
     config = write_config(tmp_path, sekmet.base_url, free_port(),
                           f'[queue]\nengine = "jetstream"\nservers = [{servers}]\n')
-    env = {**os.environ, "PHG_CONFIG": str(config)}
-    child = await asyncio.create_subprocess_exec(PHG, "run", "--role", "worker", env=env,
-                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        await asyncio.sleep(4)
-        assert child.returncode is None  # waiting, not failed
+    async with PhgRun(config, "--role", "worker") as worker:
+        logged = await worker.logged("the queue cannot be reached")
+        assert "trying again in 1 s" in logged
         with cluster:
             cluster.wait_ready()
             batch = readings(2)
@@ -186,14 +147,7 @@ async def test_a_worker_started_before_its_jetstream_waits_for_it_then_delivers(
             with open_queue(loaded) as queue:
                 Intake(queue, loaded.destination_names).store(batch)
             await until_on_server(sekmet.base_url, batch, 90)
-            child.send_signal(signal.SIGTERM)
-            _, err = await asyncio.wait_for(child.communicate(), 30)
-    finally:
-        if child.returncode is None:
-            child.kill()
-            await child.wait()
-    assert child.returncode == 0, err.decode()[-2000:]
-    assert "the queue cannot be reached" in err.decode() and "trying again in 1 s" in err.decode()
+            await worker.stop()  # waiting, not failed: it delivered, and it exits cleanly
 
 
 async def test_a_run_stopped_before_its_jetstream_answers_exits_cleanly(tmp_path):
@@ -202,13 +156,9 @@ async def test_a_run_stopped_before_its_jetstream_answers_exits_cleanly(tmp_path
     require_nats_server()
     config = write_config(tmp_path, "http://127.0.0.1:9/fhir", free_port(),
                           f'[queue]\nengine = "jetstream"\nservers = ["nats://127.0.0.1:{free_port()}"]\n')
-    child = await asyncio.create_subprocess_exec(PHG, "run", env={**os.environ, "PHG_CONFIG": str(config)},
-                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    await asyncio.sleep(3)
-    child.send_signal(signal.SIGTERM)
-    _, err = await asyncio.wait_for(child.communicate(), 30)
-    assert child.returncode == 0, err.decode()[-2000:]
-    assert "stopped before the queue could be reached" in err.decode()
+    async with PhgRun(config) as run:
+        await run.logged("the queue cannot be reached")
+        assert "stopped before the queue could be reached" in await run.stop()
 
 
 def test_role_comes_from_the_flag_the_environment_or_run_role(tmp_path):
