@@ -469,6 +469,7 @@ def test_the_readings_hold_every_new_kind():
     assert {c for m in metrics for c in m.supplemental} == {150580, 150584, 150588}
 
 
+@pytest.mark.xdist_group("phd-validate")  # one at a time in parallel runs: validate.sh's first run fills its cache
 @pytest.mark.parametrize("ig_version", ["2.0.0", "1.1.0"])
 def test_the_new_observations_conform(ig_version, tmp_path):
     """../shared/tools/phd-validate over them: every resource of the Bundle conforms to its PHD profile."""
