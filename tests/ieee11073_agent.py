@@ -228,6 +228,17 @@ async def read_apdu(reader: asyncio.StreamReader, timeout: float = 5.0):
     return decode(head + body)
 
 
+async def associated(port: int, agent: Agent) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection to the manager on 127.0.0.1:`port` with `agent` (of a standard configuration) associated
+    and the manager's GET of the MDS answered: ready for measurements."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(agent.aarq())
+    await read_apdu(reader)
+    get = await read_apdu(reader)
+    writer.write(agent.get_response(get.invoke_id))
+    return reader, writer
+
+
 async def session(host: str, port: int, agent: Agent, reports: int = 3) -> dict:
     """A full agent session; returns what the manager answered, for the test to check."""
     reader, writer = await asyncio.open_connection(host, port)
@@ -257,4 +268,4 @@ async def session(host: str, port: int, agent: Agent, reports: int = 3) -> dict:
     return seen
 
 
-__all__ = ["Abrt", "Agent", "EXPECTED", "GROUP_PERIOD_S", "GROUP_SCANS", "KINDS", "read_apdu", "session"]
+__all__ = ["Abrt", "Agent", "EXPECTED", "GROUP_PERIOD_S", "GROUP_SCANS", "KINDS", "associated", "read_apdu", "session"]

@@ -18,7 +18,7 @@ import threading
 import time
 from pathlib import Path
 
-from ieee11073_agent import Agent, read_apdu, session
+from ieee11073_agent import Agent, associated, read_apdu, session
 from phg.demo.peers import free_port
 from phg.intake import Intake
 from phg.model import PatientRef
@@ -81,11 +81,7 @@ def test_a_report_dated_31_february_gets_an_abort_and_the_listener_goes_on(tmp_p
 
     async def scenario(port):
         agent = Agent("thermometer")
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(agent.aarq())
-        await read_apdu(reader)
-        get = await read_apdu(reader)
-        writer.write(agent.get_response(get.invoke_id))
+        reader, writer = await associated(port, agent)
         writer.write(feb31_report(agent))
         answer = await read_apdu(reader)
         closed = await _closed_by_manager(reader, 5)

@@ -11,7 +11,7 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from ieee11073_agent import EXPECTED, KINDS, Agent, read_apdu, session
+from ieee11073_agent import EXPECTED, KINDS, Agent, associated, read_apdu, session
 from phg.intake import Intake
 from phg.model import PatientRef
 from phg.outbox import Outbox
@@ -104,11 +104,7 @@ def test_acknowledged_only_after_enqueue(tmp_path):
 
     async def scenario(port):
         agent = Agent("thermometer")
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(agent.aarq())
-        await read_apdu(reader)
-        get = await read_apdu(reader)
-        writer.write(agent.get_response(get.invoke_id))
+        reader, writer = await associated(port, agent)
         writer.write(agent.measurement(0)[1])
         await read_apdu(reader)
         order.append("acknowledged")

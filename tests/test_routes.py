@@ -203,7 +203,7 @@ def test_a_source_does_not_acknowledge_an_unrouted_report_and_logs_why(tmp_path,
     acknowledgement (the agent keeps it), nothing is stored, and the log names the patient."""
     import asyncio
 
-    from ieee11073_agent import Agent, read_apdu
+    from ieee11073_agent import Agent, associated, read_apdu
     from phg.sources.ieee11073.apdu import Abrt
     from phg.sources.ieee11073.tcp import ManagerSettings, start_tcp_manager
 
@@ -213,19 +213,14 @@ def test_a_source_does_not_acknowledge_an_unrouted_report_and_logs_why(tmp_path,
     async def scenario(outbox: Outbox) -> object:
         server = await start_tcp_manager(Intake(outbox, loaded.destination_names, routes=loaded.routes),
                                          ManagerSettings(stray), 0)
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
-        try:
-            agent = Agent("thermometer")
-            writer.write(agent.aarq())
-            await read_apdu(reader)
-            get = await read_apdu(reader)
-            writer.write(agent.get_response(get.invoke_id))
-            writer.write(agent.measurement(0)[1])
-            return await read_apdu(reader)
-        finally:
-            writer.close()
-            server.close()
-            await server.wait_closed()
+        agent = Agent("thermometer")
+        async with server:
+            reader, writer = await associated(server.sockets[0].getsockname()[1], agent)
+            try:
+                writer.write(agent.measurement(0)[1])
+                return await read_apdu(reader)
+            finally:
+                writer.close()
 
     with Outbox(loaded.outbox_path) as outbox:
         answer = asyncio.run(asyncio.wait_for(scenario(outbox), 30))
