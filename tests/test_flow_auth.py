@@ -19,7 +19,7 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -323,6 +323,36 @@ class CertAuthority:
 
 
 @contextmanager
+def threaded_server(handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+                    context: ssl.SSLContext | None = None) -> Iterator[int]:
+    """An asyncio stream server on 127.0.0.1 running ``handle`` on an event loop of its own in a thread (the
+    tests call phg synchronously); its errors are not logged. Yields its port; closed at the end."""
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    holder: dict = {}
+
+    async def main() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=context)
+        holder["server"] = server
+        ready.set()
+        async with server:
+            try:
+                await server.serve_forever()
+            except asyncio.CancelledError:
+                pass
+
+    thread = threading.Thread(target=lambda: loop.run_until_complete(main()), daemon=True)
+    loop.set_exception_handler(lambda loop, context: None)
+    thread.start()
+    ready.wait(10)
+    try:
+        yield holder["server"].sockets[0].getsockname()[1]
+    finally:
+        loop.call_soon_threadsafe(holder["server"].close)
+        thread.join(5)
+
+
+@contextmanager
 def tls_front(ca: CertAuthority, upstream_port: int) -> Iterator[int]:
     """A TLS-terminating front (our own; stdlib ssl + asyncio) requiring a client certificate
     issued by ``ca``; it pipes the decrypted bytes to 127.0.0.1:upstream_port. Yields its port."""
@@ -330,9 +360,6 @@ def tls_front(ca: CertAuthority, upstream_port: int) -> Iterator[int]:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(ca.ca_file))
     context.load_cert_chain(str(cert), str(key))
     context.verify_mode = ssl.CERT_REQUIRED
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    holder: dict = {}
 
     async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -352,26 +379,8 @@ def tls_front(ca: CertAuthority, upstream_port: int) -> Iterator[int]:
             return
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
-    async def main() -> None:
-        server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=context)
-        holder["port"] = server.sockets[0].getsockname()[1]
-        holder["server"] = server
-        ready.set()
-        async with server:
-            try:
-                await server.serve_forever()
-            except asyncio.CancelledError:
-                pass
-
-    thread = threading.Thread(target=lambda: loop.run_until_complete(main()), daemon=True)
-    loop.set_exception_handler(lambda loop, context: None)  # refused handshakes are the point
-    thread.start()
-    ready.wait(10)
-    try:
-        yield holder["port"]
-    finally:
-        loop.call_soon_threadsafe(holder["server"].close)
-        thread.join(5)
+    with threaded_server(handle, context) as port:  # refused handshakes are the point: not logged
+        yield port
 
 
 def test_mutual_tls_wrong_or_missing_certificate_refused_right_one_delivers(gate: Gate, oauth: OAuthServer, tmp_path):
@@ -415,9 +424,6 @@ def decrypting_receiver(private_key, upstream: str) -> Iterator[SimpleNamespace]
     """Our own receiver for encrypted envelopes (no standard server exists): opens each JWE with the
     server's private key, records the clear Bundle and forwards it to the FHIR server ``upstream``."""
     state = SimpleNamespace(received=[], url="")
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    holder: dict = {}
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -439,26 +445,9 @@ def decrypting_receiver(private_key, upstream: str) -> Iterator[SimpleNamespace]
         finally:
             writer.close()
 
-    async def main() -> None:
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        holder["server"] = server
-        state.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/fhir"
-        ready.set()
-        async with server:
-            try:
-                await server.serve_forever()
-            except asyncio.CancelledError:
-                pass
-
-    thread = threading.Thread(target=lambda: loop.run_until_complete(main()), daemon=True)
-    loop.set_exception_handler(lambda loop, context: None)
-    thread.start()
-    ready.wait(10)
-    try:
+    with threaded_server(handle) as port:
+        state.url = f"http://127.0.0.1:{port}/fhir"
         yield state
-    finally:
-        loop.call_soon_threadsafe(holder["server"].close)
-        thread.join(5)
 
 
 def _server_key(tmp_path: Path) -> tuple[rsa.RSAPrivateKey, Path]:
