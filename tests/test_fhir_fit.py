@@ -98,29 +98,35 @@ def test_medplum_learned_limit_stops_refusals(medplum, strategy, tmp_path):
     assert count_everywhere(medplum.base_url, readings) == [1] * sum(len(r.metrics) for r in readings)
 
 
+def deliver_auto(base_url: str, readings: list, tmp_path) -> tuple[FhirDestination, list[int]]:
+    """The readings delivered under strategy auto in batches of 30, and what each POST carried: a Bundle's
+    number of entries, 0 for a single resource."""
+    async def run(outbox: Outbox) -> tuple[FhirDestination, list[int]]:
+        sizes: list[int] = []
+
+        async def record(request: httpx.Request) -> None:
+            body = json.loads(request.content)
+            sizes.append(len(body["entry"]) if body.get("resourceType") == "Bundle" else 0)
+
+        async with httpx.AsyncClient(timeout=30, event_hooks={"request": [record]}) as client:
+            destination = FhirDestination(client, base_url, GATEWAY, strategy="auto")
+            summary = await DeliveryWorker(outbox, destination, batch_size=30).run(until_idle=True)
+            assert (summary.delivered, summary.dead) == (len(readings), 0)
+        return destination, sizes
+
+    with Outbox(tmp_path / "outbox.sqlite") as outbox:
+        enqueue(outbox, readings)
+        return asyncio.run(run(outbox))
+
+
 @pytest.mark.peers
 def test_medplum_auto_chooses_single_posts_after_one_sample(medplum, tmp_path):
     """On Medplum's router (a store that is not empty) single conditional creates cost less per entry than
     transactions of 8: auto ends up sending singles, and transactions in its samples (SAMPLE Observations,
     one transaction within Medplum's limit); at most one POST is refused as too many."""
     readings = simulated_readings(patient(), START, per_device=12)  # 60 readings: 2 batches of 30
-
-    async def run(outbox: Outbox) -> tuple[FhirDestination, list[int]]:
-        bundles: list[int] = []
-
-        async def record(request: httpx.Request) -> None:
-            body = json.loads(request.content)
-            bundles.extend([len(body["entry"])] if body.get("resourceType") == "Bundle" else [])
-
-        async with httpx.AsyncClient(timeout=30, event_hooks={"request": [record]}) as client:
-            destination = FhirDestination(client, medplum.base_url, GATEWAY, strategy="auto")
-            summary = await DeliveryWorker(outbox, destination, batch_size=30).run(until_idle=True)
-            assert (summary.delivered, summary.dead) == (len(readings), 0)
-        return destination, bundles
-
-    with Outbox(tmp_path / "outbox.sqlite") as outbox:
-        enqueue(outbox, readings)
-        destination, bundles = asyncio.run(run(outbox))
+    destination, sizes = deliver_auto(medplum.base_url, readings, tmp_path)
+    bundles = [n for n in sizes if n]
     assert destination.fit.cost["single"] < destination.fit.cost["transaction"], destination.fit.cost
     assert bundles[0] == fhir.SAMPLE and sum(1 for n in bundles if n > fhir.MEDPLUM_ENTRIES) <= 1, bundles
     assert count_everywhere(medplum.base_url, readings) == [1] * sum(len(r.metrics) for r in readings)
@@ -132,23 +138,7 @@ def test_sekmet_auto_chooses_transactions_after_one_sample(sekmet, tmp_path):
     Observations as single POSTs in its sample (both batches here: 1 and 2 are compared), the rest as one
     transaction."""
     readings = simulated_readings(patient(), START, per_device=12)  # 60 readings: 2 batches of 30
-
-    async def run(outbox: Outbox) -> tuple[FhirDestination, list[int]]:
-        sizes: list[int] = []
-
-        async def record(request: httpx.Request) -> None:
-            body = json.loads(request.content)
-            sizes.append(len(body["entry"]) if body.get("resourceType") == "Bundle" else 0)
-
-        async with httpx.AsyncClient(timeout=30, event_hooks={"request": [record]}) as client:
-            destination = FhirDestination(client, sekmet.base_url, GATEWAY, strategy="auto")
-            summary = await DeliveryWorker(outbox, destination, batch_size=30).run(until_idle=True)
-            assert (summary.delivered, summary.dead) == (len(readings), 0)
-        return destination, sizes
-
-    with Outbox(tmp_path / "outbox.sqlite") as outbox:
-        enqueue(outbox, readings)
-        destination, sizes = asyncio.run(run(outbox))
+    destination, sizes = deliver_auto(sekmet.base_url, readings, tmp_path)
     assert destination.fit.cost["transaction"] < destination.fit.cost["single"], destination.fit.cost
     shared = sizes.index(fhir.SAMPLE)  # the shared entries went first, as single POSTs
     sample = [fhir.SAMPLE] + [0] * fhir.SAMPLE
