@@ -329,6 +329,20 @@ def test_a_delivered_batch_keeps_its_claims_until_its_markers_are_written(open_j
     assert got == [] and other.counts(DEST)[DELIVERED] == 3
 
 
+def test_a_delivered_report_after_the_lease_ran_out_still_writes_the_markers(open_js):
+    """A renewal that comes too late ends the lease (renew answers 0, the worker stops sending), but a send
+    that had ended meanwhile is still reported: its markers are written, so nobody sends the batch again
+    (the leader test saw two whole MLLP batches twice when this report was dropped)."""
+    queue = open_js()
+    queue.enqueue(DEST, readings(2))
+    leased = lease_all(queue, 2, lease_seconds=1)
+    time.sleep(1.1)
+    assert sum(queue.renew(token, 1) for token in {i.lease for i in leased}) == 0
+    for token in {i.lease for i in leased}:
+        queue.delivered([i.id for i in leased if i.lease == token], token=token)
+    assert queue.counts(DEST)[DELIVERED] == 2 and queue.lease(DEST, 2, 1) == []
+
+
 def test_a_claim_taken_over_is_not_sent_when_its_marker_came_meanwhile(open_js, settings, monkeypatch):
     """A claim that ran out is taken over, but its holder's marker landed after the lease's first look (it
     waited for a bucket's leader): looked for again after the takeover, the reading is settled, not sent."""

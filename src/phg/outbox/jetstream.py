@@ -707,7 +707,8 @@ class JetStreamQueue:
             return 0
         asked, wall = time.monotonic(), time.time()  # AckWait restarts when +WPI arrives: after this, never before
         if asked > held.deadline:
-            del self._leases[token]  # redelivered by now, perhaps to another worker: no longer ours
+            # Redelivered by now, perhaps to another worker: no longer ours. Kept for a delivered report all the
+            # same (a send may have ended just now): its markers must be written (_take_leases, stale_too).
             return 0
         for msg in held.messages.values():
             await self._nc.publish(msg.reply, PROGRESS)
