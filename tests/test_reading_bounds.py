@@ -207,3 +207,20 @@ def test_fuzz_bytes_never_raise(data):
         from_canonical_json(data.decode("utf-8", "surrogateescape"), "item")
     except ReadingError as exc:
         assert exc.source == "item"
+
+
+@pytest.mark.parametrize("text", ["NaN", "-Infinity", "sNaN", "inf", "1_000", " 1.5", "1e5", "1E-129", "-0.5",
+                                  "123456789012345678", "1234567890123456789", "0.00000000000000001", "9" * 18])
+def test_a_value_string_is_held_to_the_bounds_on_the_short_way_too(text):
+    """model._decimal takes a short string without exponent as within the bounds once finite: the same verdict
+    as check_number's."""
+    from phg.model import _decimal, check_number
+
+    try:
+        check_number(Decimal(text), "v")
+    except ReadingError as exc:
+        with pytest.raises(ReadingError) as info:
+            _decimal(text, "v")
+        assert info.value.why == exc.why
+    else:
+        assert _decimal(text, "v") == Decimal(text)
