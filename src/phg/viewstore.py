@@ -141,12 +141,13 @@ class ViewStore:
         with self._lock, self._storage_errors():
             rows = self._conn.execute(
                 "SELECT r.stored, r.payload, r.key FROM reading r WHERE r.key IN ("
-                " SELECT m.key FROM measurement m JOIN json_each(?1) p"
+                " SELECT m.key FROM measurement m JOIN json_each(:patients) p"
                 " ON m.system = json_extract(p.value, '$[0]') AND m.value = json_extract(p.value, '$[1]')"
-                " WHERE m.time >= ?2 AND (?3 IS NULL OR m.code IN (SELECT value FROM json_each(?3))))"
-                " ORDER BY (SELECT min(time) FROM measurement WHERE key = r.key) LIMIT ?4",
-                (json.dumps([list(p) for p in patients]), since.timestamp() if since else float("-inf"),
-                 json.dumps(sorted(codes)) if codes is not None else None, limit)).fetchall()
+                " WHERE m.time >= :since AND (:codes IS NULL OR m.code IN (SELECT value FROM json_each(:codes))))"
+                " ORDER BY (SELECT min(time) FROM measurement WHERE key = r.key) LIMIT :limit",
+                {"patients": json.dumps([list(p) for p in patients]),
+                 "since": since.timestamp() if since else float("-inf"),
+                 "codes": json.dumps(sorted(codes)) if codes is not None else None, "limit": limit}).fetchall()
         kept = []
         for stored, payload, key in rows:
             try:
