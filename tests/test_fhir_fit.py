@@ -98,6 +98,9 @@ def test_medplum_learned_limit_stops_refusals(medplum, strategy, tmp_path):
     assert count_everywhere(medplum.base_url, readings) == [1] * sum(len(r.metrics) for r in readings)
 
 
+ATTEMPTS = 3  # runs of a timing-based choice before a test says it is wrong (see the sekmet test)
+
+
 def deliver_auto(base_url: str, readings: list, tmp_path) -> tuple[FhirDestination, list[int]]:
     """The readings delivered under strategy auto in batches of 30, and what each POST carried: a Bundle's
     number of entries, 0 for a single resource."""
@@ -124,28 +127,41 @@ def test_medplum_auto_chooses_single_posts_after_one_sample(medplum, tmp_path):
     """On Medplum's router (a store that is not empty) single conditional creates cost less per entry than
     transactions of 8: auto ends up sending singles, and transactions in its samples (SAMPLE Observations,
     one transaction within Medplum's limit); at most one POST is refused as too many."""
-    readings = simulated_readings(patient(), START, per_device=12)  # 60 readings: 2 batches of 30
-    destination, sizes = deliver_auto(medplum.base_url, readings, tmp_path)
-    bundles = [n for n in sizes if n]
-    assert destination.fit.cost["single"] < destination.fit.cost["transaction"], destination.fit.cost
-    assert bundles[0] == fhir.SAMPLE and sum(1 for n in bundles if n > fhir.MEDPLUM_ENTRIES) <= 1, bundles
-    assert count_everywhere(medplum.base_url, readings) == [1] * sum(len(r.metrics) for r in readings)
+    for attempt in range(ATTEMPTS):
+        readings = simulated_readings(patient(), START, per_device=12)  # 60 readings: 2 batches of 30
+        destination, sizes = deliver_auto(medplum.base_url, readings, tmp_path / str(attempt))
+        bundles = [n for n in sizes if n]
+        assert bundles[0] == fhir.SAMPLE and sum(1 for n in bundles if n > fhir.MEDPLUM_ENTRIES) <= 1, bundles
+        assert count_everywhere(medplum.base_url, readings) == [1] * sum(len(r.metrics) for r in readings)
+        if destination.fit.cost["single"] < destination.fit.cost["transaction"]:
+            return
+    pytest.fail(f"transactions timed cheaper than single POSTs on Medplum in {ATTEMPTS} runs: {destination.fit.cost}")
 
 
 @pytest.mark.peers
 def test_sekmet_auto_chooses_transactions_after_one_sample(sekmet, tmp_path):
     """On sekmet-fhir a transaction costs far less per entry than single POSTs: each batch sends SAMPLE
     Observations as single POSTs in its sample (both batches here: 1 and 2 are compared), the rest as one
-    transaction."""
-    readings = simulated_readings(patient(), START, per_device=12)  # 60 readings: 2 batches of 30
-    destination, sizes = deliver_auto(sekmet.base_url, readings, tmp_path)
-    assert destination.fit.cost["transaction"] < destination.fit.cost["single"], destination.fit.cost
-    shared = sizes.index(fhir.SAMPLE)  # the shared entries went first, as single POSTs
+    transaction. The choice rests on timings: a stall of the machine during one sample can reverse it
+    (seen under CI load), so the claim is that auto chooses transactions in one of ATTEMPTS runs (a
+    comparison that never favoured the cheaper way, or a cost kept under the wrong way, fails every run)."""
+    for attempt in range(ATTEMPTS):
+        readings = simulated_readings(patient(), START, per_device=12)  # 60 readings: 2 batches of 30
+        destination, sizes = deliver_auto(sekmet.base_url, readings, tmp_path / str(attempt))
+        assert count_everywhere(sekmet.base_url, readings) == [1] * sum(len(r.metrics) for r in readings)
+        if destination.fit.cost["transaction"] < destination.fit.cost["single"] and transactions_after_samples(sizes):
+            return
+    pytest.fail(f"auto did not choose transactions on sekmet in {ATTEMPTS} runs: {destination.fit.cost}, {sizes}")
+
+
+def transactions_after_samples(sizes: list[int]) -> bool:
+    """The shared entries first, as single POSTs; then in each of the two batches its samples (SAMPLE
+    Observations in one transaction, SAMPLE as single POSTs) and the rest as one transaction."""
+    shared = sizes.index(fhir.SAMPLE) if fhir.SAMPLE in sizes else 0
     sample = [fhir.SAMPLE] + [0] * fhir.SAMPLE
-    after = sizes[shared:]  # each batch (the second compared again): the samples, then one transaction
-    assert sizes[:shared] == [0] * shared and len(after) == 2 * (len(sample) + 1), sizes
-    assert after[:len(sample)] == after[len(sample) + 1:-1] == sample and after[len(sample)] and after[-1], sizes
-    assert count_everywhere(sekmet.base_url, readings) == [1] * sum(len(r.metrics) for r in readings)
+    after = sizes[shared:]
+    return (sizes[:shared] == [0] * shared and len(after) == 2 * (len(sample) + 1)
+            and after[:len(sample)] == after[len(sample) + 1:-1] == sample and after[len(sample)] > 0 and after[-1] > 0)
 
 
 @pytest.mark.peers
