@@ -24,6 +24,7 @@ from phg.delivery.worker import DeliveryWorker
 from phg.demo.sim import simulated_readings
 from phg.model import Gateway, PatientRef
 from phg.outbox import Outbox
+from test_worker_leases import Stalling
 
 GATEWAY = Gateway(system_id="ECDE3D4E58532D31", serial="0001", firmware="1.2.3")
 START = datetime(2026, 11, 28, 9, tzinfo=UTC)
@@ -93,6 +94,42 @@ async def test_a_slow_mllp_receiver_gets_every_message_once(tmp_path, workers, p
     twice = [control for control, n in Counter(received).items() if n > 1]
     assert not twice, f"{len(twice)} MSH-10 received twice"
     assert box.counts("lab")["delivered"] == len(readings) == len(received)
+    box.close()
+
+
+@pytest.mark.peers
+async def test_a_lease_lost_mid_batch_reports_what_the_receiver_acknowledged(tmp_path, caplog):
+    """The queue stalls while an MLLP batch is on the wire (each message ACKed 0.15 s late), so its lease
+    (0.6 s) is lost and the send stops between two messages; the messages already ACKed are reported
+    delivered under the lost lease (no other worker took them), so the lease that sends the rest (here the
+    same worker's next) does not send them again: at most the one on the wire reaches the receiver twice.
+    Before: every message ACKed before the loss was sent again (nothing was reported under a lost lease),
+    and the next message read the late ACK of the one on the wire (the connection was kept)."""
+    readings = simulated_readings(PatientRef("urn:oid:1.2.3", "lost"), START, per_device=2)
+    box = Stalling(tmp_path / "outbox.sqlite")
+    box.enqueue("lab", [(r.key, r.to_json()) for r in readings])
+    async with slow_receiver(delay=0.15) as (port, received):
+        async with mllp_destination(host="127.0.0.1", port=port, gateway=GATEWAY, name="lab",
+                                    ack_timeout=5) as destination:
+            worker = DeliveryWorker(box, destination, batch_size=10, lease_seconds=0.6)
+            stop = asyncio.Event()
+            running = asyncio.create_task(worker.run(stop))
+            await asyncio.sleep(0.2)
+            box.stalled = True  # no renewal gets through from here: the lease is lost
+            for _ in range(50):
+                if "a lease ran out while its batch was being sent" in caplog.text:
+                    break
+                await asyncio.sleep(0.05)
+            box.stalled = False
+            assert "a lease ran out while its batch was being sent" in caplog.text
+            acknowledged = box.counts("lab")["delivered"]
+            await drain(box, [], "lab", len(readings), timeout=10)
+            stop.set()
+            await running
+    assert 1 <= acknowledged < len(readings), acknowledged  # stopped part way, the ACKed ones reported at once
+    assert box.counts("lab")["delivered"] == len(readings)
+    twice = [control for control, n in Counter(received).items() if n > 1]
+    assert len(twice) <= 1, f"{len(twice)} MSH-10 received twice"
     box.close()
 
 

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from phg.config import Hl7Settings
-from phg.delivery.outcome import Deferred, Delivered, Outcome, Rejected
+from phg.delivery.outcome import Deferred, Delivered, Interrupted, Outcome, Rejected
 from phg.errors import MappingError, TransientDeliveryError
 from phg.hl7v2.ack import Ack, AckError, parse_ack
 from phg.hl7v2.pcd01 import render_batch
@@ -90,7 +90,12 @@ class Hl7Destination:
                 outcomes.append(Rejected(f"cannot map to HL7 v2 PCD-01: {item}"))
                 continue
             control_id, message = item
-            result = await self.exchange(message, control_id)
+            try:
+                result = await self.exchange(message, control_id)
+            except asyncio.CancelledError:
+                if outcomes:  # what was acknowledged before is reported (Interrupted), not sent again
+                    raise Interrupted(outcomes) from None
+                raise
             if not unanswered(result):
                 outcomes.append(result)
                 continue

@@ -129,6 +129,9 @@ class MllpExchange:
             except _Stale:
                 await self.aclose()
                 continue
+            except asyncio.CancelledError:  # the message may be on the wire: its ACK must not answer the next
+                self._abandon()
+                raise
             except TimeoutError:
                 await self.aclose()
                 return classify(None, control_id)
@@ -186,10 +189,16 @@ class MllpExchange:
                 received = received or bool(data)
                 self._codec.receive_data(data)
 
-    async def aclose(self) -> None:
+    def _abandon(self) -> asyncio.StreamWriter | None:
+        """Drop the connection at once (closing, not waiting): the next message opens a new one."""
         writer, self._reader, self._writer = self._writer, None, None
         if writer is not None:
             writer.close()
+        return writer
+
+    async def aclose(self) -> None:
+        writer = self._abandon()
+        if writer is not None:
             try:
                 async with asyncio.timeout(2):
                     await writer.wait_closed()

@@ -6,6 +6,7 @@ the outbox (delivered, dead, retry later) without knowing which destination spok
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -49,6 +50,17 @@ class Deferred:
 
 
 Outcome = Delivered | Rejected | Deferred
+
+
+class Interrupted(asyncio.CancelledError):
+    """A send cancelled part way through its batch (the worker cancels it when its lease is lost), raised
+    by a destination that sends reading by reading (an HL7 exchange): `outcomes` are those of the readings
+    it finished, the batch's first len(outcomes), so that what the receiver acknowledged is still reported
+    and not sent again by the worker that takes the batch over. A cancellation all the same."""
+
+    def __init__(self, outcomes: list[Outcome]):
+        super().__init__(f"cancelled after {len(outcomes)} readings")
+        self.outcomes = outcomes
 
 
 class Destination(Protocol):

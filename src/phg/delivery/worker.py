@@ -8,7 +8,8 @@ Rules (the delivery paragraph of docs/architecture.md):
   per lease_seconds, so a send that outlasts its lease is never sent again by this worker's
   look-ahead or by another worker on the same outbox. A lease that cannot be renewed in time (the
   queue stalls) or that the queue no longer holds is lost: its batch is sent no further (a send in
-  progress is cancelled) and nothing is reported under it; the worker that leases it next sends it.
+  progress is cancelled) and only what the receiver already acknowledged is reported under it (applied
+  where the lease still holds); the worker that leases it next sends the rest.
   Stored times further ahead than the longest
   delay the worker sets (`horizon`) come from a clock that ran ahead and are due; in-process
   deadlines (Retry-After, the circuit) are time.monotonic().
@@ -49,7 +50,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from phg import metrics
-from phg.delivery.outcome import Deferred, Delivered, Destination, Outcome, Rejected
+from phg.delivery.outcome import Deferred, Delivered, Destination, Interrupted, Outcome, Rejected
 from phg.delivery.status import BACKING_OFF, DELIVERING, STOPPED, DestinationStatus
 from phg.errors import (
     AuthError,
@@ -308,8 +309,9 @@ class DeliveryWorker:
     def _lose(self, token: str) -> None:
         """The lease `token` ran out or was taken: another worker may be sending its readings now. What
         is still to be sent under it is not sent by this worker (a send in progress is cancelled: an HL7
-        exchange stops between two messages, at most the one on the wire may reach the receiver twice),
-        and nothing is reported under it (the reports would be stale anyway)."""
+        exchange stops between two messages and reports those acknowledged, Interrupted, so that at most
+        the one on the wire may reach the receiver twice, unless another worker took the items meanwhile:
+        then the report is stale and ignored)."""
         if token in self._lost or token not in self._held:
             return
         self._lost.add(token)
@@ -364,10 +366,15 @@ class DeliveryWorker:
         sending.add_done_callback(lambda _: self._sending.pop(token, None))  # type: ignore[arg-type]
         try:
             outcomes = await sending
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as cancelled:
             current = asyncio.current_task()
             if token in self._lost and current is not None and not current.cancelling():
-                return  # _lose: the lease ran out mid-send; nothing is reported under it
+                # _lose: the lease ran out mid-send. What the receiver acknowledged before is reported
+                # under it all the same: the queue applies it only where the lease still holds (no other
+                # worker took those items), and so keeps them from being sent again.
+                if isinstance(cancelled, Interrupted):
+                    await self._outcomes(batch[:len(cancelled.outcomes)], cancelled.outcomes)
+                return
             raise
         except TransientDeliveryError as exc:
             if not exc.reached and exc.retry_after is None:
