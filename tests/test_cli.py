@@ -444,13 +444,21 @@ def test_doctor_json_reports_each_check_as_data(smart_env):
 
 def test_run_prints_a_json_summary_when_stopped(reading_files, env):
     import signal
-    import time
+    import threading
 
     phg("send", "--no-deliver", str(reading_files[0]), str(reading_files[1]), env=env)
     env = {**os.environ, **env, "PHG_FHIR_BASE_URL": f"http://127.0.0.1:{free_port()}/fhir"}
     process = subprocess.Popen([PHG, "run", "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
-    time.sleep(2)  # long enough to start and try once
+    # SIGTERM only once phg run logs from its event loop (its handler installed; a fixed sleep was too short
+    # under load: exit -15); a phg run that never gets there is killed after 60 s.
+    deadline = threading.Timer(60, process.kill)
+    deadline.start()
+    logged = ""
+    while "phg run: role" not in (line := process.stderr.readline()):
+        assert line, f"phg run exited without logging its role: {logged}"
+        logged += line
+    deadline.cancel()
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=30)
     assert process.returncode == 0, err
