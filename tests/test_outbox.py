@@ -40,6 +40,20 @@ def pairs(n: int, prefix: str = "k") -> list[tuple[str, str]]:
 # --- basics -------------------------------------------------------------------------------------
 
 
+def test_no_sql_in_phg_numbers_its_placeholders() -> None:
+    """?1-style placeholders bound from a sequence warn on Python 3.12+ (sqlite3 counts them as named) and are
+    an error on 3.14: phg's SQL uses plain ? with a sequence or :name with a dict."""
+    import ast
+    import re
+
+    numbered = re.compile(r"[\s(=,]\?\d")
+    offenders = [f"{path.name}:{node.lineno}" for path in sorted((Path(SRC) / "phg").rglob("*.py"))
+                 for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+                 if isinstance(node, ast.Constant) and isinstance(node.value, str) and numbered.search(node.value)]
+    assert offenders == []
+
+
+
 def test_enqueue_returns_ids_in_input_order_and_is_idempotent(outbox: Outbox) -> None:
     ids = outbox.enqueue("ehr", [("b", "B"), ("a", "A"), ("c", "C")])
     assert len(set(ids)) == 3

@@ -419,10 +419,11 @@ class Outbox:
     def _blank_delivered(self, before: float, destination: str | None = None) -> int:
         """Replace with PURGED the payloads of items delivered at or before `before`; return how many."""
         return self._conn.execute(
-            "UPDATE item SET payload = ?1 WHERE state = 'delivered' AND updated <= ?2 AND payload <> ?1"
-            " AND (?3 IS NULL OR destination = ?3)", (PURGED, before, destination)).rowcount
+            "UPDATE item SET payload = :purged WHERE state = 'delivered' AND updated <= :before"
+            " AND payload <> :purged AND (:destination IS NULL OR destination = :destination)",
+            {"purged": PURGED, "before": before, "destination": destination}).rowcount
 
-    def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
+    def _read(self, sql: str, params: Sequence[object] | Mapping[str, object] = ()) -> list[tuple]:
         with self._lock, self._storage_errors():
             return self._conn.execute(sql, params).fetchall()
 
@@ -471,8 +472,8 @@ class Outbox:
     def stored_keys(self, destinations: Sequence[str], keys: Sequence[str]) -> set[str]:
         """The keys among `keys` stored (in any state) for every one of `destinations`."""
         rows = self._read(
-            "SELECT key FROM item WHERE key IN (SELECT value FROM json_each(?1))"
-            " AND destination IN (SELECT value FROM json_each(?2)) GROUP BY key HAVING count(*) = ?3",
+            "SELECT key FROM item WHERE key IN (SELECT value FROM json_each(?))"
+            " AND destination IN (SELECT value FROM json_each(?)) GROUP BY key HAVING count(*) = ?",
             (json.dumps(list(keys)), json.dumps(sorted(set(destinations))), len(set(destinations))),
         )
         return {row[0] for row in rows}
@@ -518,10 +519,10 @@ class Outbox:
         pairs = json.dumps(list(zip(ids, delivery_results(ids, results), strict=True)))
         with self._write() as conn:
             conn.execute(
-                "UPDATE item SET state = 'delivered', result = json_extract(r.value, '$[1]'), updated = ?1"
-                " FROM json_each(?2) AS r WHERE item.id = json_extract(r.value, '$[0]')"
-                " AND +item.state = 'inflight' AND (?3 IS NULL OR item.lease = ?3)",
-                (time.time(), pairs, token),
+                "UPDATE item SET state = 'delivered', result = json_extract(r.value, '$[1]'), updated = :now"
+                " FROM json_each(:pairs) AS r WHERE item.id = json_extract(r.value, '$[0]')"
+                " AND +item.state = 'inflight' AND (:token IS NULL OR item.lease = :token)",
+                {"now": time.time(), "pairs": pairs, "token": token},
             )
 
     def retry_later(self, ids: Sequence[int], delay: float, error: str, refused: bool = False, *,
@@ -562,9 +563,9 @@ class Outbox:
     def items(self, destination: str | None = None, state: str | None = None, limit: int = 100) -> list[Item]:
         """Items oldest first, optionally of one destination and/or state."""
         rows = self._read(
-            f"SELECT {_COLUMNS} FROM item WHERE (?1 IS NULL OR destination = ?1) AND (?2 IS NULL OR state = ?2)"
-            " ORDER BY id LIMIT ?3",
-            (destination, state, limit),
+            f"SELECT {_COLUMNS} FROM item WHERE (:destination IS NULL OR destination = :destination)"
+            " AND (:state IS NULL OR state = :state) ORDER BY id LIMIT :limit",
+            {"destination": destination, "state": state, "limit": limit},
         )
         return [Item(*row) for row in rows]
 
@@ -580,8 +581,8 @@ class Outbox:
     def counts(self, destination: str | None = None) -> dict[str, int]:
         """Number of items in each state (every state present, zero included)."""
         rows = self._read(
-            "SELECT state, count(*) FROM item WHERE ?1 IS NULL OR destination = ?1 GROUP BY state",
-            (destination,),
+            "SELECT state, count(*) FROM item WHERE :destination IS NULL OR destination = :destination"
+            " GROUP BY state", {"destination": destination},
         )
         return dict.fromkeys(STATES, 0) | dict(rows)
 
@@ -602,10 +603,13 @@ class Outbox:
     def kept_payloads(self, patient: tuple[str, str] | None = None, limit: int = 1000) -> list[tuple[float, str]]:
         """Kept payloads, each reading once however many destinations it is queued for, with when it was
         first stored, newest first; only those of `patient` (identifier system, value) when given."""
+        system, value = patient or (None, None)
         return [tuple(row) for row in self._read(
-            "SELECT min(created), payload FROM item WHERE payload <> ?1 AND (?2 IS NULL OR"
-            " (json_extract(payload, '$.patient.system') = ?2 AND json_extract(payload, '$.patient.value') = ?3))"
-            " GROUP BY key ORDER BY 1 DESC LIMIT ?4", (PURGED, *(patient or (None, None)), limit))]
+            "SELECT min(created), payload FROM item WHERE payload <> :purged AND (:system IS NULL OR"
+            " (json_extract(payload, '$.patient.system') = :system"
+            " AND json_extract(payload, '$.patient.value') = :value))"
+            " GROUP BY key ORDER BY 1 DESC LIMIT :limit",
+            {"purged": PURGED, "system": system, "value": value, "limit": limit})]
 
     def activity(self, ends: Sequence[float], step: float) -> list[tuple[str, float, int, int]]:
         """Per destination and per interval of `step` seconds ending at each of `ends`: (destination, end,
@@ -614,11 +618,11 @@ class Outbox:
         item queued again by `retry` counts as waiting since it was first stored."""
         return [tuple(row) for row in self._read(
             "SELECT destination, edge.value,"
-            " sum(state = 'delivered' AND updated > edge.value - ?2 AND updated <= edge.value),"
+            " sum(state = 'delivered' AND updated > edge.value - ? AND updated <= edge.value),"
             " sum(created <= edge.value AND NOT (state IN ('delivered', 'dead') AND updated <= edge.value))"
-            " FROM json_each(?1) AS edge, item WHERE state IN ('queued', 'inflight') OR updated > ?3"
+            " FROM json_each(?) AS edge, item WHERE state IN ('queued', 'inflight') OR updated > ?"
             " GROUP BY destination, edge.value ORDER BY destination, edge.value",
-            (json.dumps(list(ends)), step, min(ends, default=0) - step))]
+            (step, json.dumps(list(ends)), min(ends, default=0) - step))]
 
     def retry(self, id: int) -> int | None:
         """Queue a dead (or queued) item again, due now, with a fresh attempt count so that the
@@ -637,7 +641,8 @@ class Outbox:
         """Delete dead items; return how many."""
         with self._write() as conn:
             cursor = conn.execute(
-                "DELETE FROM item WHERE state = 'dead' AND (?1 IS NULL OR destination = ?1)", (destination,)
+                "DELETE FROM item WHERE state = 'dead' AND (:destination IS NULL OR destination = :destination)",
+                {"destination": destination},
             )
             return cursor.rowcount
 
