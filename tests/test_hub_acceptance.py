@@ -306,7 +306,7 @@ def test_stream_leader_killed_and_restarted_mid_drain(hub_factory, sekmet):
     """FHIR and an MLLP receiver; the node leading the queue's stream dies with a quarter delivered and
     comes back 5 s later. Every Observation once on the server, every reading at the MLLP receiver, and
     every MSH-10 once there (docs/hub.md, "Two workers, one reading": the claims, kept until the delivered
-    markers are written; when not, the test ends XFAIL naming the count: open, 1 run in 11 under load): an
+    markers are written; when not, the test ends XFAIL naming the count: open, about 1 run in 10 under load): an
     ack lost with the leader (or a reading Debian's 2.9.10 stores again after the restart) brings a message
     back, and its delivered marker keeps it from being sent again."""
     with MllpRecorder() as mllp:
