@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -18,15 +19,17 @@ import pytest
 from phg.cli import GLOBAL_OPTIONS, LOG_FORMAT_VARIABLE, SEND_OPTIONS, parse_send
 from phg.cli.commands import main as group
 from phg.cli.readings import send as send_command
+from phg.demo.peers import free_port
 from phg.demo.sim import simulated_readings
 from phg.fhir import build_transaction, to_json
 from phg.model import Gateway, PatientRef, from_canonical_json
 from test_cli import PHG, READINGS, env  # noqa: F401  (env: the fixture of a user without config)
 
 # What queueing one reading must not load (issue 16: `phg send --no-deliver` at most ~4x the interpreter's
-# start-up): click, logging (nothing on the way logs: the CLI sets logging up only to deliver), TOML (no config
-# file here), the HTTP client, the event loop, the JSON Schema validator, rich; and phg's own delivery side: the
-# FHIR and HL7 mappings, the destinations, auth, the JetStream queue, metrics, orjson, TLS and sockets.
+# start-up): click, logging (queueing in SQLite logs nothing: the CLI sets logging up only to deliver or for
+# JetStream), TOML (no config file here), the HTTP client, the event loop, the JSON Schema validator, rich; and
+# phg's own delivery side: the FHIR and HL7 mappings, the destinations, auth, the JetStream queue, metrics, orjson,
+# TLS and sockets.
 HEAVY = ("click", "logging", "tomllib", "uuid", "httpx", "asyncio", "jsonschema", "rich", "phg.fhir", "phg.hl7v2",
          "phg.delivery", "phg.auth", "phg.daemon", "phg.outbox.jetstream", "phg.metrics", "prometheus_client", "orjson",
          "ssl", "socket", "concurrent.futures", "importlib.metadata", "importlib.resources")
@@ -171,6 +174,40 @@ def test_send_answers_alike_with_and_without_click(tmp_path, env, args, stdin, f
     answers = _both_ways(tmp_path, env, args, stdin)
     assert answers["main"][:3] == answers["click"][:3]
     assert answers["main"][3] == str(not fast)
+
+
+# Command lines that log, each with its environment: delivery to a server that refuses connections (75), with a
+# key file that is no key (3), and queueing in a JetStream that cannot be reached (74, phg.outbox.jetstream logs
+# each attempt); {key} is a file of mode 0600 that holds no key.
+_REFUSED = {"PHG_FHIR_BASE_URL": f"http://127.0.0.1:{free_port()}/fhir"}
+_VARIABLES = {"refused": _REFUSED, "bad key": {**_REFUSED, "PHG_CLIENT_ID": "phg", "PHG_KEY_FILE": "{key}"},
+              "jetstream": {"PHG_QUEUE_ENGINE": "jetstream", "PHG_QUEUE_SERVERS": f"nats://127.0.0.1:{free_port()}"}}
+_LOGGING_CASES = [  # (arguments, environment, exit code)
+    (["send", "{d}/one.json"], "refused", 75),
+    (["-v", "send", "{d}/one.json", "--json"], "refused", 75),
+    (["--log-format", "json", "-v", "send", "{d}/one.json"], "refused", 75),
+    (["send", "{d}/one.json"], "bad key", 3),
+    (["-v", "--log-format", "json", "send", "--json", "{d}/one.json"], "bad key", 3),
+    (["send", "{d}/one.json", "--no-deliver"], "jetstream", 74),
+    (["-v", "--log-format", "json", "send", "{d}/one.json", "--no-deliver", "--json"], "jetstream", 74),
+]
+# What differs from one run to the next in a log line: its time, and the retry's random share of its backoff.
+_CHANGING = re.compile(r'^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}|"time": "[^"]*"|next try in [\d.]+ s', re.MULTILINE)
+
+
+@pytest.mark.parametrize(("args", "variables", "code"), _LOGGING_CASES,
+                         ids=[f"{' '.join(args)} ({variables})" for args, variables, _ in _LOGGING_CASES])
+def test_send_logs_alike_with_and_without_click(tmp_path, env, args, variables, code):  # noqa: F811
+    """Where something on the way logs, both ways set logging up alike: the same lines (-v: INFO too; json:
+    one object per line), errors printed once, the same exit code; phg.cli.main runs each without click."""
+    key = tmp_path / "key.pem"
+    key.write_text("no key\n")
+    key.chmod(0o600)
+    answers = _both_ways(tmp_path, {**env, **{k: v.format(key=key) for k, v in _VARIABLES[variables].items()}}, args, None)
+    main, clicked = ((returned, *(_CHANGING.sub("...", text) for text in texts))
+                     for returned, *texts, _ in (answers["main"], answers["click"]))
+    assert main == clicked
+    assert answers["main"][0] == code and parse_send(args, {}) is not None  # (httpx imports click: no marker)
 
 
 @pytest.mark.parametrize("value", ["json", "bogus"])

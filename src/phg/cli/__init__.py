@@ -67,17 +67,21 @@ def parse_send(args: list[str], env: dict[str, str] | os._Environ) -> dict[str, 
 
 
 def send(params: dict[str, Any]) -> None:
-    """`phg send` with ``params`` (parse_send's), as the click group runs it: logging (when it delivers), the
-    context, phg's errors as one line; Ctrl-C and a closed pipe end it as click's main ends a command."""
+    """`phg send` with ``params`` (parse_send's), as the click group runs it: logging (when anything on the way
+    can log), the context, phg's errors as one line; Ctrl-C and a closed pipe end it as click's main ends a
+    command."""
     from phg.cli.common import Context, echo, one_line_errors, setup_logging
     from phg.cli.sending import send as send_readings
 
     try:
-        if not params["no_deliver"]:  # queueing logs nothing (tests/test_cli_startup.py: no logging imported)
-            setup_logging(params["verbose"], params["log_format"])
         with one_line_errors():
-            send_readings(Context.from_options(params["config_path"], outbox_path=params["outbox_path"]),
-                          tuple(params["files"]), params["no_deliver"], params["as_json"])
+            obj = Context.from_options(params["config_path"], outbox_path=params["outbox_path"])
+            config = obj.config()
+            # Only queueing in the SQLite outbox logs nothing (tests/test_cli_startup.py: no logging imported);
+            # delivery and the JetStream queue log.
+            if not params["no_deliver"] or config.queue.engine != "sqlite":
+                setup_logging(params["verbose"], params["log_format"])
+            send_readings(obj, config, tuple(params["files"]), params["no_deliver"], params["as_json"])
     except (EOFError, KeyboardInterrupt):
         echo("", err=True)
         echo("Aborted!", err=True)

@@ -65,7 +65,7 @@ def send(obj: Context, files: tuple[str, ...], no_deliver: bool, as_json: bool) 
     With [[routes]], a reading no route matches is refused (exit 1) and the others are queued.
     Exit 74 (EX_IOERR) when the queue cannot store them (disk full, read-only, not an outbox, JetStream
     unreachable): the source must keep its readings and send them again (what was stored is recognised)."""
-    sending.send(obj, files, no_deliver, as_json)
+    sending.send(obj, obj.config(), files, no_deliver, as_json)
 
 
 @click.command()

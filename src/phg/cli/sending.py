@@ -53,12 +53,11 @@ def distinct(readings: list) -> list:
     return list({r.key: r for r in readings}.values())
 
 
-def send(obj: Context, files: tuple[str, ...], no_deliver: bool, as_json: bool) -> NoReturn:
-    """`phg send FILES [--no-deliver] [--json]`: queue the readings durably, then deliver what is due."""
+def send(obj: Context, config: Any, files: tuple[str, ...], no_deliver: bool, as_json: bool) -> NoReturn:
+    """`phg send FILES [--no-deliver] [--json]` with ``obj.config()``: queue the readings durably, then deliver
+    what is due."""
     from phg.intake import Intake, Stored, Unrouted, route
     from phg.viewstore import open_view
-
-    config = obj.config()
 
     def unrouted(reading: Any, source: str) -> Unrouted | None:
         return None if route(reading, config.destination_names, config.routes) else Unrouted(reading, source)
