@@ -329,6 +329,30 @@ def test_a_delivered_batch_keeps_its_claims_until_its_markers_are_written(open_j
     assert got == [] and other.counts(DEST)[DELIVERED] == 3
 
 
+def test_an_unanswered_enqueue_bigger_than_nats_py_allows_pending_leaves_later_ones_working(open_js, monkeypatch):
+    """nats-py holds one of its 4,000 publish permits per unanswered PubAck. An enqueue of 4,001 readings
+    whose publishes get no answer (as while the stream has no leader) fails, and gives every permit back:
+    the next enqueue is stored (before: the first waited for a permit for ever, and so did every later one),
+    and one of 4,500 whose PubAcks come is stored whole."""
+    queue = open_js()
+    monkeypatch.setattr(jetstream, "CALL_TIMEOUT", 10.0)
+    monkeypatch.setattr(jetstream, "REQUEST_TIMEOUT", 0.5)
+    monkeypatch.setattr(jetstream, "LEADER_WAIT", 1.0)
+    publish, work = queue._nc.publish, queue._subject(DEST)
+
+    async def unanswered(subject, payload=b"", reply="", headers=None):
+        if subject != work:
+            await publish(subject, payload, reply=reply, headers=headers)
+
+    monkeypatch.setattr(queue._nc, "publish", unanswered)
+    with pytest.raises(StorageError):
+        queue.enqueue(DEST, readings(4001, "lost"))
+    monkeypatch.setattr(queue._nc, "publish", publish)
+    assert queue._js.publish_async_pending() == 0
+    assert len(queue.enqueue(DEST, readings(3))) == 3 and queue.counts(DEST)[QUEUED] == 3
+    assert len(set(queue.enqueue(DEST, readings(4500, "big")))) == 4500  # answered: more than 4,000 wait their turn
+
+
 def test_a_delivered_report_after_the_lease_ran_out_still_writes_the_markers(open_js):
     """A renewal that comes too late ends the lease (renew answers 0, the worker stops sending), but a send
     that had ended meanwhile is still reported: its markers are written, so nobody sends the batch again

@@ -131,6 +131,7 @@ REQUEST_TIMEOUT = 5.0  # one JetStream API request
 CALL_TIMEOUT = 60.0  # the longest a method waits for its work on the loop (several requests, retried)
 ACK_TRIES = 5  # an +ACK/+TERM without an answer is sent again this often (acks without a leader are lost)
 ACK_TIMEOUT = 2.0
+PUBLISH_PENDING = 4000  # PubAcks awaited at once (nats-py's publish_async_max_pending, its default)
 CLAIM_TTL = 7200.0  # seconds a claim is kept: longer than any lease ([delivery] lease_seconds is at most 3600)
 CLAIM_SKEW = 0.2  # seconds another host's claim is still honoured past its expiry (clocks kept by NTP)
 CLAIM_DEPTH = 4  # tickets of tickets followed at most (a takeover's winner that died before writing the claim)
@@ -362,7 +363,7 @@ class JetStreamQueue:
                         "again after a node restart (issue 15, fixed in 2.10.14); phg's delivered markers keep it "
                         "from being sent twice, but use 2.10.14 or newer in production", self._where,
                         ".".join(map(str, found)), ".".join(map(str, MIN_SERVER)))
-        self._js = self._nc.jetstream(timeout=REQUEST_TIMEOUT)
+        self._js = self._nc.jetstream(timeout=REQUEST_TIMEOUT, publish_async_max_pending=PUBLISH_PENDING)
         s = self.settings
         common = {"storage": api.StorageType.FILE, "num_replicas": s.stream_replicas, "discard": api.DiscardPolicy.NEW,
                   "duplicate_window": s.duplicate_window, "max_bytes": s.max_bytes or -1}
@@ -495,19 +496,27 @@ class JetStreamQueue:
         acks: dict[K, api.PubAck] = {}
         end = time.monotonic() + LEADER_WAIT
         while len(acks) < len(messages):
-            # No wait_stall: with one, nats-py takes its semaphore through asyncio.wait_for, a task that yields to
-            # the loop after each message, which then leaves in a socket write of its own (measured: one send(2)
-            # per reading). Without, a free semaphore never waits (at most a batch is pending: nats-py allows 4,000).
-            waiting = {name: await self._js.publish_async(subject, payload, headers=headers)
-                       for name, (subject, payload, headers) in messages.items() if name not in acks}
-            done, _ = await asyncio.wait(waiting.values(), timeout=REQUEST_TIMEOUT)
-            for name, future in waiting.items():
-                if future not in done:
+            waiting: dict[K, asyncio.Future[api.PubAck]] = {}
+            try:
+                for name, (subject, payload, headers) in messages.items():
+                    if name not in acks:
+                        try:
+                            waiting[name] = await self._js.publish_async(subject, payload, headers=headers,
+                                                                         wait_stall=self._stall())
+                        except nats.js.errors.TooManyStalledMsgsError:
+                            if asyncio.current_task().cancelling():  # (nats-py turns a cancellation into this)
+                                raise asyncio.CancelledError from None
+                            break  # every permit held (no PubAck for seconds): the rest in the next round
+                if waiting:
+                    await asyncio.wait(waiting.values(), timeout=REQUEST_TIMEOUT)
+                for name, future in waiting.items():
+                    if future.done() and future.exception() is None:
+                        acks[name] = future.result()
+                    elif future.done() and not isinstance(future.exception(), _TRANSIENT):
+                        raise future.exception()  # a refusal (stream full, ...): publishing again will not help
+            finally:
+                for future in waiting.values():  # an unanswered one would hold one of nats-py's permits for good
                     future.cancel()
-                elif future.exception() is None:
-                    acks[name] = future.result()
-                elif not isinstance(future.exception(), _TRANSIENT):
-                    raise future.exception()  # a refusal (stream full, ...): publishing again will not help
             if len(acks) < len(messages):
                 if time.monotonic() > end:
                     raise nats.errors.TimeoutError
@@ -515,6 +524,12 @@ class JetStreamQueue:
                           len(messages) - len(acks), len(messages), what)
                 await asyncio.sleep(0.25)
         return acks
+
+    def _stall(self) -> float | None:
+        """publish_async's wait_stall: none while one of its PUBLISH_PENDING permits is free. With one,
+        nats-py takes its semaphore through asyncio.wait_for, a task that yields to the loop after each
+        message, which then leaves in a socket write of its own (measured: one send(2) per reading)."""
+        return REQUEST_TIMEOUT if self._js.publish_async_pending() >= PUBLISH_PENDING else None
 
     def source_state(self, name: str) -> str | None:
         """The progress marker last committed under `name`, or None."""
