@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from phg.config import load_config
-from phg.errors import ConfigError
+from phg.errors import ConfigError, StorageError
 from phg.outbox import STATES, Outbox
 from phg.outbox.sqlite import PURGED, SCHEMA_VERSION
 
@@ -205,7 +206,7 @@ def test_enqueue_of_1000_items_is_one_transaction(outbox: Outbox) -> None:
 
 def test_each_report_is_one_statement_and_only_leases_commit_without_an_fsync(outbox: Outbox) -> None:
     """The worker's writes per batch cost one statement each; a lease or renewal is committed with
-    synchronous=NORMAL (module docstring, "Durability"), everything else with FULL, restored at once."""
+    synchronous=NORMAL (module docstring, "Durability"), everything else with FULL, set before it begins."""
     ids = outbox.enqueue("ehr", pairs(50))
     statements: list[str] = []
     outbox._conn.set_trace_callback(statements.append)
@@ -233,6 +234,59 @@ def test_each_report_is_one_statement_and_only_leases_commit_without_an_fsync(ou
     assert all(outbox.get(i).result == f"Observation/{i}" for i in ids[21:])
     assert outbox.get(ids[20]).state == "inflight"  # not reported
     assert outbox.counts() == {"queued": 15, "inflight": 1, "delivered": 29, "dead": 5}
+
+
+class _FailingOnce:
+    """The outbox's connection, but `statement` fails once with an I/O error."""
+
+    def __init__(self, conn: sqlite3.Connection, statement: str) -> None:
+        self.conn, self.statement, self.failed = conn, statement, False
+
+    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+        if sql == self.statement and not self.failed:
+            self.failed = True
+            error = sqlite3.OperationalError("disk I/O error")
+            error.sqlite_errorcode = sqlite3.SQLITE_IOERR
+            raise error
+        return self.conn.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.conn, name)
+
+
+def test_a_write_after_fsync_mode_could_not_be_set_back_is_fsynced_or_refused(outbox: Outbox) -> None:
+    """A lease commits at NORMAL; if FULL cannot be set again (an I/O error), no later durable write commits
+    at NORMAL silently: the write that cannot set FULL fails (nothing stored), the next one sets it."""
+    outbox.enqueue("ehr", pairs(2))
+    conn = outbox._conn
+    outbox._conn = _FailingOnce(conn, "PRAGMA synchronous = FULL")
+    with contextlib.suppress(StorageError):
+        outbox.lease("ehr", 1, 30)
+    stored = []
+    for attempt in range(2):
+        with contextlib.suppress(StorageError):
+            stored += outbox.enqueue("ehr", pairs(1, f"after{attempt}"))
+            assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert outbox._conn.failed and len(stored) == 1 and outbox.counts()["queued"] == 2
+
+
+def test_a_lease_runs_no_retention(tmp_path) -> None:
+    """A lease commits unsynced: a purge of delivered payloads waits for the next durable write."""
+    clock = Clock()
+    with Outbox(tmp_path / "o.sqlite", keep_delivered=10, clock=clock) as box:
+        box.enqueue("fhir", pairs(3))
+        ids = deliver(box, 1)
+        clock.now += 100
+        assert box.lease("fhir", 1, 60) and box.get(ids[0]).payload != PURGED
+        box.enqueue("fhir", pairs(1, "other"))
+        assert box.get(ids[0]).payload == PURGED
+
+
+def test_an_id_reported_twice_as_delivered_keeps_its_first_result(outbox: Outbox) -> None:
+    outbox.enqueue("ehr", pairs(2))
+    ids = [item.id for item in outbox.lease("ehr", 2, 30)]
+    outbox.delivered([ids[0], ids[1], ids[0], ids[1]], ["first", "second", "third", "fourth"])
+    assert [outbox.get(i).result for i in ids] == ["first", "second"]
 
 
 def test_a_failing_batch_stores_nothing(outbox: Outbox) -> None:

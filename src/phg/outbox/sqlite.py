@@ -10,7 +10,8 @@ commit, is paid per batch: `enqueue` stores a whole list of readings in one tran
 its renewals are the exception: they commit with `synchronous=NORMAL`, written to the WAL (a killed
 process keeps them) but not fsynced. A power cut can therefore forget a lease, which puts its items
 back to due at once, as an expired lease would; the next fsynced commit (an outcome report, an
-enqueue) makes every earlier one durable with it, since the WAL is replayed in order.
+enqueue) makes every earlier one durable with it, since the WAL is replayed in order. Each write sets
+the mode it needs before it begins, and only a durable write runs retention's purge (`_write`).
 
 Leases. `lease` moves due items to `inflight` with a deadline in `next_attempt` and a fresh random
 token in `lease`, which it returns with the items. The outcome reports (`delivered`, `retry_later`,
@@ -306,6 +307,7 @@ class Outbox:
         self._clock = clock
         self._retention_due = -math.inf
         self._roomy = False  # use_wal set the tight WAL bound; _bound_wal widens it where there is room
+        self._synchronous: str | None = "FULL"  # use_wal's; _write sets the one each write needs
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
@@ -375,23 +377,29 @@ class Outbox:
     def _write(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """One write transaction (`transaction`) that also applies retention; after a full disk the WAL
         is truncated so that the space it held serves the next write. `durable=False`: committed without
-        an fsync (leases and renewals only: module docstring, "Durability")."""
+        an fsync (leases and renewals only: module docstring, "Durability"), and without retention (a purge
+        of health data is committed only fsynced: the next durable write runs it)."""
         with self._lock, self._storage_errors():
             self._bound_wal()
-            if not durable:
-                self._conn.execute("PRAGMA synchronous = NORMAL")
+            self._set_synchronous("FULL" if durable else "NORMAL")
             try:
                 with transaction(self._conn) as conn:
                     yield conn
-                    self._apply_retention()
+                    if durable:
+                        self._apply_retention()
             except BaseException as exc:
                 if _fault(self.path, exc) == sqlite3.SQLITE_FULL:
                     with contextlib.suppress(sqlite3.Error):  # still full: the next write tries again
                         self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 raise
-            finally:
-                if not durable:
-                    self._conn.execute("PRAGMA synchronous = FULL")
+
+    def _set_synchronous(self, mode: str) -> None:
+        """Each write sets the fsync mode it needs before it begins (rather than a lease restoring FULL
+        after itself), so a durable write never commits at NORMAL: a mode that cannot be set fails the write."""
+        if mode != self._synchronous:
+            self._synchronous = None  # unknown until SQLite has taken the new one
+            self._conn.execute(f"PRAGMA synchronous = {mode}")
+            self._synchronous = mode
 
     def _bound_wal(self) -> None:
         """The WAL bound for the free space the outbox's file system has now (module docstring, "Small
@@ -515,8 +523,12 @@ class Outbox:
 
     def delivered(self, ids: Sequence[int], results: Sequence[str | None] | None = None, *,
                   token: str | None = None) -> None:
-        """Mark items delivered, recording per item what the destination answered."""
-        pairs = json.dumps(list(zip(ids, delivery_results(ids, results), strict=True)))
+        """Mark items delivered, recording per item what the destination answered (an id given twice: its
+        first result)."""
+        first: dict[int, str | None] = {}
+        for id, result in zip(ids, delivery_results(ids, results), strict=True):
+            first.setdefault(id, result)
+        pairs = json.dumps(list(first.items()))
         with self._write() as conn:
             conn.execute(
                 "UPDATE item SET state = 'delivered', result = json_extract(r.value, '$[1]'), updated = :now"
