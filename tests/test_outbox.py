@@ -22,7 +22,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from phg.config import load_config
 from phg.errors import ConfigError, StorageError
 from phg.outbox import STATES, Outbox
-from phg.outbox.sqlite import PURGED, SCHEMA_VERSION
+from phg.outbox.sqlite import PURGED, SCHEMA_VERSION, delivery_results
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 FAR_FUTURE = 1e12
@@ -287,6 +287,7 @@ def test_an_id_reported_twice_as_delivered_keeps_its_first_result(outbox: Outbox
     ids = [item.id for item in outbox.lease("ehr", 2, 30)]
     outbox.delivered([ids[0], ids[1], ids[0], ids[1]], ["first", "second", "third", "fourth"])
     assert [outbox.get(i).result for i in ids] == ["first", "second"]
+    assert delivery_results([7, 8, 7], ["a", "b", "c"]) == ["a", "b", "a"]  # JetStream's delivered records these
 
 
 def test_a_failing_batch_stores_nothing(outbox: Outbox) -> None:

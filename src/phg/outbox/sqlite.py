@@ -260,13 +260,14 @@ def _once_more_when_full(method: Callable[P, T]) -> Callable[P, T]:
 
 
 def delivery_results(ids: Sequence[int], results: Sequence[str | None] | None) -> list[str | None]:
-    """What `delivered` records per id (None when the destination said nothing), one per id or ValueError.
-    Shared by both queue engines."""
+    """What `delivered` records per id (None when the destination said nothing; an id given twice: its first
+    result), one per id or ValueError. Shared by both queue engines."""
     if results is None:
         return [None] * len(ids)
     if len(results) != len(ids):
         raise ValueError(f"{len(ids)} ids but {len(results)} results")
-    return list(results)
+    first: dict[int, str | None] = {}
+    return [first.setdefault(id, result) for id, result in zip(ids, results, strict=True)]
 
 
 class Item(Frozen):
@@ -525,10 +526,7 @@ class Outbox:
                   token: str | None = None) -> None:
         """Mark items delivered, recording per item what the destination answered (an id given twice: its
         first result)."""
-        first: dict[int, str | None] = {}
-        for id, result in zip(ids, delivery_results(ids, results), strict=True):
-            first.setdefault(id, result)
-        pairs = json.dumps(list(first.items()))
+        pairs = json.dumps(list(zip(ids, delivery_results(ids, results), strict=True)))
         with self._write() as conn:
             conn.execute(
                 "UPDATE item SET state = 'delivered', result = json_extract(r.value, '$[1]'), updated = :now"
