@@ -50,11 +50,14 @@ from phg.demo.peers import (
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Each test that uses a module-scoped fixture joins its module's xdist group (--dist loadgroup)."""
+    """Each test that uses a module-scoped fixture joins its module's xdist group (--dist loadgroup), unless it
+    has a group already: xdist would join both names into a third group ("a_b") holding that test alone. A test
+    in a group of its own (or a module's ``pytestmark``) keeps it; its module-scoped fixtures are made again on
+    the worker that runs it."""
     for item in items:
         fixtures = getattr(item, "_fixtureinfo", None)  # pytest.Function's resolved fixtures
-        if fixtures is not None and any(d.scope == "module" for defs in fixtures.name2fixturedefs.values()
-                                        for d in defs):
+        if fixtures is not None and item.get_closest_marker("xdist_group") is None and any(
+                d.scope == "module" for defs in fixtures.name2fixturedefs.values() for d in defs):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
