@@ -818,6 +818,9 @@ class JetStreamQueue:
         finally:
             for keeper in keepers:
                 keeper.cancel()
+            for outcome in await asyncio.gather(*keepers, return_exceptions=True):
+                if isinstance(outcome, Exception):  # not JetStream failing (a keeper outlives those): a bug
+                    log.error("%s: keeping the claims of delivered readings failed", self._where, exc_info=outcome)
         await self._settle_all([msg for _, part in parts for msg in part.messages.values()], ACK)
 
     async def _keep_claims(self, token: str, held: _Lease) -> None:
@@ -828,26 +831,35 @@ class JetStreamQueue:
         is, through its ticket: only one lease can win it."""
         while held.messages:
             await asyncio.sleep(held.ack_wait / 6)
-            with contextlib.suppress(*_FAILURES):
-                for msg in held.messages.values():
-                    await self._nc.publish(msg.reply, PROGRESS)
-            until = _claim_end(time.time(), held.ack_wait)
-            if time.time() + CLAIM_SKEW < held.until:
-                await self._extend_claims(token, held, until)
-                continue
-            seqs = list(held.messages)
-            claims = await asyncio.gather(*(self._claim(held.destination, _headers(held.messages[seq])[H_KEY],
-                                                        token, until) for seq in seqs), return_exceptions=True)
-            for seq, claim in zip(seqs, claims, strict=True):
-                if isinstance(claim, _Claimed) and claim.revision is None:
-                    log.warning("%s: stream seq %d was delivered, but its claim ran out before its delivered "
-                                "marker could be written and another worker took it over: it may be sent twice",
-                                held.destination, seq)
-                    held.messages.pop(seq)
-                elif isinstance(claim, _Claimed):
-                    held.claims[seq] = claim.revision
-            if all(isinstance(claim, _Claimed) for claim in claims):  # else: claimed again next time
-                held.until = min((claim.until for claim in claims if claim.revision is not None), default=held.until)
+            try:
+                await self._keep_round(token, held)
+            except _FAILURES as exc:  # (a key-value request still unanswered after LEADER_WAIT): next round
+                log.warning("%s: keeping the claims of %d delivered readings while their markers are written "
+                            "failed this time (%s: %s); trying again", held.destination, len(held.messages),
+                            type(exc).__name__, exc)
+
+    async def _keep_round(self, token: str, held: _Lease) -> None:
+        """One round of _keep_claims: +WPI for each message, then its claims extended or claimed again."""
+        with contextlib.suppress(*_FAILURES):
+            for msg in held.messages.values():
+                await self._nc.publish(msg.reply, PROGRESS)
+        until = _claim_end(time.time(), held.ack_wait)
+        if time.time() + CLAIM_SKEW < held.until:
+            await self._extend_claims(token, held, until)
+            return
+        seqs = list(held.messages)
+        claims = await asyncio.gather(*(self._claim(held.destination, _headers(held.messages[seq])[H_KEY],
+                                                    token, until) for seq in seqs), return_exceptions=True)
+        for seq, claim in zip(seqs, claims, strict=True):
+            if isinstance(claim, _Claimed) and claim.revision is None:
+                log.warning("%s: stream seq %d was delivered, but its claim ran out before its delivered "
+                            "marker could be written and another worker took it over: it may be sent twice",
+                            held.destination, seq)
+                held.messages.pop(seq)
+            elif isinstance(claim, _Claimed):
+                held.claims[seq] = claim.revision
+        if all(isinstance(claim, _Claimed) for claim in claims):  # else: claimed again next time
+            held.until = min((claim.until for claim in claims if claim.revision is not None), default=held.until)
 
     def retry_later(self, ids: Sequence[int], delay: float, error: str, refused: bool = False, *,
                     token: str | None = None) -> None:
