@@ -80,3 +80,12 @@ def test_a_frozen_instance_refuses_assignment_and_deletion():
 def test_a_field_without_default_after_one_with_is_refused_as_a_dataclass_refuses_it():
     with pytest.raises(TypeError):
         type("Bad", (Frozen,), {"__annotations__": {"a": "int", "b": "int"}, "a": 1})
+
+
+def test_asdict_gives_the_fields_in_field_order_as_dataclasses_asdict_does():
+    """Whatever order the fields were given in (`phg queue show` prints them in this order)."""
+    kwargs = {"pair": (1,), "tags": [2], "source": "b", "name": "a"}
+    made = FRecord(**kwargs)
+    assert list(vars(made)) != list(made._asdict())
+    assert made._asdict() == dataclasses.asdict(DRecord(**kwargs))
+    assert list(made._asdict()) == [f.name for f in dataclasses.fields(DRecord)]

@@ -7,6 +7,9 @@ construction by position in field order or by keyword (defaults, ``field(default
 between instances of the same class, ``hash`` and ``repr`` over the fields (``field(repr=False)`` left out),
 and no assignment or deletion (AttributeError, as dataclasses' FrozenInstanceError is). Fields are the
 class's annotations but ClassVar, base classes' first; ``field(compare=False)`` is left out of == and hash.
+``_asdict()`` gives the fields in field order (shallow, as a namedtuple's; ``vars()`` follows construction
+order). Not provided: ``dataclasses.replace/asdict/fields`` (they take dataclasses only), an
+``inspect.signature`` naming the fields, ``__match_args__``, and the mutable-default check.
 """
 
 from __future__ import annotations
@@ -95,6 +98,11 @@ class Frozen:
                     raise TypeError(f"{type(self).__name__}() missing required positional argument(s): "
                                     f"{', '.join(map(repr, missing))}")
         self.__dict__.update(values)
+
+    def _asdict(self) -> dict[str, Any]:
+        """The fields and their values, in field order."""
+        values = self.__dict__
+        return {name: values[name] for name in self._names}
 
     def _values(self) -> tuple[Any, ...]:
         values = self.__dict__

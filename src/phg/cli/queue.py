@@ -85,7 +85,7 @@ def queue_show(obj: Context, item_id: int, as_json: bool) -> None:
         item = outbox.get(item_id)
     if item is None:
         fail(f"no queue item {item_id} (a delivered reading keeps no item on JetStream)", EXIT_INPUT)
-    data = vars(item) | {"created": iso(item.created), "updated": iso(item.updated),
+    data = item._asdict() | {"created": iso(item.created), "updated": iso(item.updated),
                          "next_attempt": iso(item.next_attempt), "payload": json.loads(item.payload)}
     data.pop("lease")  # a token of the process that leased it: nothing a person or a script can use
     if as_json:
