@@ -95,7 +95,6 @@ def send(obj: Context, config: Any, files: tuple[str, ...], no_deliver: bool, as
     sys.exit(code)
 
 
-
 def deliver_until_idle(config: Any, outbox: Any, summary: dict[str, Any], as_json: bool) -> int:
     """Deliver what is due, with a progress bar on a terminal; add the totals to ``summary`` (printed
     here as one line unless ``as_json``) and return the exit code."""
@@ -120,7 +119,7 @@ def report(totals: Any, outbox: Any, summary: dict[str, Any], as_json: bool) -> 
                    waiting=counts["queued"] + counts["inflight"], dead_in_queue=counts["dead"])
     if not as_json:
         echo(f"delivered {totals.delivered}, dead {totals.dead}; "
-                   f"queue: {summary['waiting']} waiting, {counts['dead']} dead")
+             f"queue: {summary['waiting']} waiting, {counts['dead']} dead")
         if totals.dead:
             echo("see `phg queue ls --state dead` and `phg queue show ID` for the server's reasons")
     if totals.dead:
