@@ -220,6 +220,18 @@ def test_a_delivered_marker_makes_a_reading_stored_again_harmless(open_js):
     assert queue.counts(DEST)[QUEUED] == 0 and queue.counts(DEST)[INFLIGHT] == 0
 
 
+def test_delivered_markers_go_to_the_bucket_done_names(open_js, monkeypatch):
+    """One place names the delivered markers' bucket (`_done`): moved to another bucket, the markers follow
+    (before: their subject was written by hand beside it, and they went to the old bucket all the same)."""
+    queue = open_js()
+    monkeypatch.setattr(queue, "_done", lambda destination: queue._bucket(f"done_{destination}_moved"))
+    queue.enqueue(DEST, readings(2))
+    leased = lease_all(queue, 2)
+    queue.delivered([i.id for i in leased], token=leased[0].lease)
+    moved = queue._call(queue._bucket(f"done_{DEST}_moved"), "opening the moved bucket")
+    assert sorted(queue._call(moved.keys(), "listing markers")) == [key for key, _ in readings(2)]
+
+
 def _claims(settings: QueueSettings, work: Callable) -> object:
     """Run `work(bucket)` on the destination's claim bucket (`P_claim_DEST`), through a connection of the test's
     own (what another worker's lease would have written there)."""

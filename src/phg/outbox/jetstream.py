@@ -416,10 +416,6 @@ class JetStreamQueue:
     def _subject(self, destination: str) -> str:
         return f"{self.settings.prefix}.q.{destination}"
 
-    def _marker_subject(self, destination: str, key: str) -> str:
-        """The subject a key-value put of a delivered marker publishes to (the bucket of _done)."""
-        return f"$KV.{self.settings.prefix}_done_{destination}.{key}"
-
     def _dead_subject(self, destination: str, seq: int | str) -> str:
         return f"{self.settings.prefix}.dead.{destination}.{seq}"
 
@@ -805,14 +801,15 @@ class JetStreamQueue:
         result_of = dict(zip(ids, results, strict=True))
         parts = self._take_leases(ids, token, stale_too=True)
         now = time.time()
+        markers: dict[str, str] = {}  # destination -> where its markers go: a key-value put is "$KV.<bucket>." + key
         for destination in {part.destination for _, part in parts}:
-            await self._done(destination)  # (created on first use)
+            markers[destination] = (await self._done(destination))._pre  # (the bucket created on first use)
         # Every marker stored before any ack (never an ack without its marker), and the claims kept meanwhile.
         keepers = [asyncio.ensure_future(self._keep_claims(name, replace(part, messages=dict(part.messages),
                                                                          claims=dict(part.claims))))
                    for name, part in parts]
         try:
-            await self._publish_all({seq: (self._marker_subject(part.destination, _headers(msg)[H_KEY]),
+            await self._publish_all({seq: (markers[part.destination] + _headers(msg)[H_KEY],
                                            json.dumps({"seq": seq, "at": now, "result": result_of[seq]}).encode(), {})
                                      for _, part in parts for seq, msg in part.messages.items()}, "delivered markers")
         finally:
