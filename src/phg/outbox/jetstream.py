@@ -16,8 +16,9 @@ Layout, named by `[queue] prefix` P (JetStream: https://docs.nats.io/nats-concep
 
 How the Queue maps onto it:
 - enqueue publishes each reading with Nats-Msg-Id "DESTINATION:KEY" (deduplicated within
-  duplicate_window: the same reading sent again is stored once), waits for every PubAck (publishing
-  again, for up to LEADER_WAIT, what got none: the id makes that safe), and only then writes the
+  duplicate_window: the same reading sent again is stored once), waits for every PubAck (at most
+  PUBLISH_PENDING at once; publishing again, for up to LEADER_WAIT, what got none: the id makes that safe;
+  one given up is cancelled, which frees its nats-py permit), and only then writes the
   progress markers: a marker is never ahead of the readings it covers.
 - lease fetches up to `limit` messages with a short pull (PULL_TIMEOUT: a pull request lives on the
   consumer leader only and is silently lost when leadership changes, so phg pulls again rather than
