@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import http.client
 import json
 import logging
 import os
@@ -36,7 +37,7 @@ from phg.model import Device, Metric, PatientRef, Reading
 from phg.outbox import Outbox
 from phg.service.app import ServiceContext
 from phg.service.security import Guard, KeyStore, Protect, server_options
-from phg.service.server import GRACE, serve
+from phg.service.server import GRACE, _Limited, serve
 
 READING = Reading(Device(system_id="0A1B2C3D4E5F6001"), PatientRef("urn:oid:1.2.3", "bob"),
                   (Metric(150456, datetime(2026, 11, 28, tzinfo=UTC), Decimal("97"), "%"),))
@@ -366,3 +367,57 @@ def test_a_service_nobody_can_use_says_so_at_start(tmp_path, caplog):
     with serving(tmp_path, {"require_auth": True}):
         pass
     assert "phg api-key create" in caplog.text
+
+
+# ------------------------------------------------------------------------------------------ slow clients
+
+
+SLOW = [b"", b"POST /v1/readings HTTP/1.1\r\nHost: 127.0.0.1\r\n",
+        b"POST /v1/readings HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"]
+
+
+def address(base: str) -> tuple[str, int]:
+    host, port = base.split("://", 1)[1].rsplit(":", 1)
+    return host, int(port)
+
+
+@pytest.mark.parametrize("sent", SLOW, ids=["nothing", "half-the-headers", "half-the-body"])
+def test_a_slow_client_is_cut_off_at_the_deadline(tmp_path, monkeypatch, sent):
+    """uvicorn alone keeps such a connection open for ever (slowloris: enough of them take every file
+    descriptor of phg run); the service closes it once its request is not sent and answered in time."""
+    monkeypatch.setattr(_Limited, "deadline", 0.5)
+    with serving(tmp_path, {}) as (_, base), socket.create_connection(address(base), timeout=5) as sock:
+        sock.sendall(sent)
+        started = time.monotonic()
+        assert sock.recv(100) == b""  # closed by the service (a timeout here: still open after 5 s)
+        assert 0.3 < time.monotonic() - started < 3
+
+
+def test_each_answer_gives_a_keep_alive_connection_a_new_deadline(tmp_path, monkeypatch):
+    """Three requests 0.4 s apart on one connection, 1.2 s in all against a 0.6 s deadline: each answered."""
+    monkeypatch.setattr(_Limited, "deadline", 0.6)
+    with serving(tmp_path, {}) as (_, base):
+        connection = http.client.HTTPConnection(*address(base), timeout=5)
+        ports = set()
+        for _ in range(3):
+            connection.request("GET", "/healthz")
+            assert connection.getresponse().read() and connection.sock is not None
+            ports.add(connection.sock.getsockname()[1])
+            time.sleep(0.4)
+        connection.close()
+        assert len(ports) == 1
+
+
+def test_connections_beyond_the_cap_are_closed_at_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(_Limited, "max_connections", 4)
+    with serving(tmp_path, {}) as (_, base):
+        time.sleep(0.3)  # serving()'s own probe connection is gone
+        idle = [socket.create_connection(address(base), timeout=5) for _ in range(4)]
+        time.sleep(0.3)  # all four accepted
+        with socket.create_connection(address(base), timeout=5) as extra:
+            assert extra.recv(10) == b""  # closed at once, not left waiting
+        for sock in idle:
+            sock.close()
+        time.sleep(0.3)
+        with httpx.Client(base_url=base, timeout=5) as client:
+            assert client.get("/healthz").status_code == 200

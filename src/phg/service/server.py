@@ -14,9 +14,11 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 from collections.abc import Iterator
 
 import uvicorn
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from phg.errors import ConfigError
 from phg.service.app import ServiceContext, create_app
@@ -24,6 +26,48 @@ from phg.service.app import ServiceContext, create_app
 log = logging.getLogger(__name__)
 
 GRACE = 10.0  # seconds the requests in progress get to finish once `phg run` stops
+REQUEST_DEADLINE = 30.0  # seconds from a connection (or its previous answer) to the next request's answer
+MAX_CONNECTIONS = 256  # API connections open at once; the sources, the outbox and the workers need files too
+
+
+class _Limited(AutoHTTPProtocol):  # uvicorn's own HTTP protocol (httptools, else h11), with two limits it lacks
+    """uvicorn keeps a connection that sends nothing, half its headers or half its body open for ever (a
+    slowloris client holds it, and with enough of them every file descriptor of `phg run`). Here each request
+    must be sent and answered within `deadline` seconds of the connection or of the previous answer, else the
+    connection is closed (a request that was being stored still finishes: an ingest is idempotent by reading
+    key, so a client that sends it again doubles nothing); and a connection beyond `max_connections` is closed
+    at once."""
+
+    deadline = REQUEST_DEADLINE
+    max_connections = MAX_CONNECTIONS
+    warned = -60.0  # time.monotonic() of the last warning that the cap was reached
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._deadline: asyncio.TimerHandle | None = None
+        super().connection_made(transport)
+        if len(self.connections) > self.max_connections:
+            now = time.monotonic()
+            if now - _Limited.warned >= 60:  # one line a minute, not one per refused connection
+                _Limited.warned = now
+                log.warning("API: %d connections open, the most allowed: more are closed at once", self.max_connections)
+            transport.close()
+            return
+        self._deadline = self.loop.call_later(self.deadline, self._expired)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = self.loop.call_later(self.deadline, self._expired)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        super().connection_lost(exc)
+
+    def _expired(self) -> None:
+        log.info("API: a request not sent and answered within %.0f s: connection closed", self.deadline)
+        self.transport.close()
 
 
 class _Server(uvicorn.Server):
@@ -42,7 +86,8 @@ async def serve(ctx: ServiceContext, stop: asyncio.Event) -> None:
     assert api is not None  # called only with [api]
     sock = listen(*api.listen)
     config = uvicorn.Config(create_app(ctx), lifespan="off", log_config=None, access_log=False,  # paths name patients
-                            timeout_graceful_shutdown=GRACE, server_header=False, **server_options(api))
+                            timeout_graceful_shutdown=GRACE, server_header=False, http=_Limited,
+                            **server_options(api))
     server = _Server(config)
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     log.info("serving the API on %s:%d", *api.listen)
