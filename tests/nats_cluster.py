@@ -118,18 +118,20 @@ class Operator:
         return public
 
 
-def _free_ports(n: int) -> list[int]:
-    """n distinct free TCP ports on 127.0.0.1 (held open together, so that none repeats)."""
-    socks = []
+def _reserved_ports(n: int) -> list[socket.socket]:
+    """n sockets bound to distinct free ports on 127.0.0.1, not listening (a client is refused there as by a
+    server that is down). Kept bound until the servers start: no other process (another xdist worker's
+    peers) is given those ports meanwhile, however long a test waits before starting its cluster."""
+    socks: list[socket.socket] = []
     try:
         for _ in range(n):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            socks.append(sock)
-        return [s.getsockname()[1] for s in socks]
-    finally:
+            socks.append(socket.socket())
+            socks[-1].bind(("127.0.0.1", 0))
+    except BaseException:
         for sock in socks:
             sock.close()
+        raise
+    return socks
 
 
 @dataclass
@@ -168,7 +170,8 @@ class NatsCluster:
         (a user's public key, "U..."): clients must sign the server's nonce with its seed; `operator`:
         JWT authentication (users with an Operator's .creds files)."""
         self.binary = require_nats_server()
-        ports = _free_ports(3 * size)
+        self._reserved = _reserved_ports(3 * size)
+        ports = [sock.getsockname()[1] for sock in self._reserved]
         self.nodes: list[NatsNode] = []
         for i in range(size):
             base = workdir / f"n{i}"
@@ -206,6 +209,8 @@ class NatsCluster:
 
     def start(self, i: int | None = None) -> None:
         """Start node i (all nodes when None) with its own ports and store: a restart keeps its data."""
+        while self._reserved:  # the ports are the servers' from now on
+            self._reserved.pop().close()
         for node in self.nodes if i is None else [self.nodes[i]]:
             if node.running:
                 continue
@@ -240,6 +245,10 @@ class NatsCluster:
         running = {node.name for node in self.nodes if node.running}
         last = "no answer"
         while time.monotonic() < deadline:
+            for node in self.nodes:  # before its monitoring port is asked: another process may answer there
+                if node.process is not None and node.process.poll() is not None:
+                    raise RuntimeError(f"{node.name} exited ({node.process.returncode}): "
+                                       f"{node.log.read_text(errors='replace')[-2000:]}")
             try:
                 leaders = {node.jsz().get("meta_cluster", {}).get("leader") for node in self.nodes if node.running}
             except OSError as exc:
@@ -248,10 +257,6 @@ class NatsCluster:
                 if len(leaders) == 1 and (leaders <= running or len(self.nodes) == 1):  # one server: no meta group
                     return
                 last = f"meta leaders seen: {leaders}"
-            for node in self.nodes:
-                if node.process is not None and node.process.poll() is not None:
-                    raise RuntimeError(f"{node.name} exited ({node.process.returncode}): "
-                                       f"{node.log.read_text(errors='replace')[-2000:]}")
             time.sleep(0.2)
         raise TimeoutError(f"the NATS cluster has no JetStream meta leader after {timeout:g} s ({last})")
 
@@ -274,6 +279,8 @@ class NatsCluster:
         raise TimeoutError(f"stream {stream} has no leader after {timeout:g} s")
 
     def close(self) -> None:
+        while self._reserved:  # never started
+            self._reserved.pop().close()
         for i in range(len(self.nodes)):
             self.stop(i)
 
