@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.padding import MGF1, OAEP
 from cryptography.x509.oid import NameOID
 from fhir.resources.STU3.observation import Observation
 from fhir.resources.STU3.patient import Patient
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from c3pro_peer import (
@@ -172,13 +172,14 @@ def test_any_object_with_one_trailing_comma_reads_as_itself(obj, space):
 
 
 @given(st.text(max_size=40))
+@example("NaN")  # found by CI: json.loads takes it, and NaN != NaN
 def test_any_text_is_json_or_that_form_or_refused(text):
     try:
         found = c3pro_json(text)
     except ValueError:
         return
     try:
-        assert found == json.loads(text)
+        assert json.dumps(found) == json.dumps(json.loads(text))  # by their text: NaN (json.loads takes it) != NaN
     except ValueError:
         assert text.rstrip().endswith("}") and "," in text
 
