@@ -22,7 +22,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from phg.config import load_config
 from phg.errors import ConfigError, StorageError
 from phg.outbox import STATES, Outbox
-from phg.outbox.sqlite import PURGED, SCHEMA_VERSION, delivery_results
+from phg.outbox.sqlite import APPLICATION_ID, MIGRATIONS, PURGED, SCHEMA_VERSION, delivery_results
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 FAR_FUTURE = 1e12
@@ -85,6 +85,26 @@ def test_lease_then_delivered(outbox: Outbox) -> None:
     assert outbox.counts("ehr") == {"queued": 0, "inflight": 3, "delivered": 2, "dead": 0}
     with pytest.raises(ValueError):
         outbox.delivered(ids[2:4], ["only one"])
+
+
+def test_a_leased_item_is_what_the_outbox_stores(outbox: Outbox) -> None:
+    """`lease` builds its Items from what it set and what RETURNING gave: they equal the stored rows, for an
+    item that comes back after a refusal (error, refusals, attempts) and for an expired lease taken again."""
+    ids = outbox.enqueue("ehr", pairs(3))
+    first = outbox.lease("ehr", 3, 30)
+    outbox.retry_later(ids[:1], 0, "AE: busy", refused=True, token=first[0].lease)
+    again = outbox.lease("ehr", 3, 30, now=time.time() + 60)  # the other two: expired
+    assert again == [outbox.get(i) for i in ids]
+    assert [(i.attempts, i.refusals, i.last_error) for i in again] == [(2, 1, "AE: busy"), (2, 0, None), (2, 0, None)]
+    assert {i.lease for i in again} != {first[0].lease} and len({i.lease for i in again}) == 1
+
+
+def test_delivered_records_any_result_text(outbox: Outbox) -> None:
+    """The results travel as one JSON object: quotes, backslashes and non-ASCII come back as given."""
+    ids = outbox.enqueue("ehr", pairs(3))
+    results = ['Observation/"a"\\b/_history/1', "Observation/é\n", None]
+    outbox.delivered(ids, results, token=outbox.lease("ehr", 3, 30)[0].lease)
+    assert [outbox.get(i).result for i in ids] == results
 
 
 def test_delivered_stays_delivered_when_enqueued_again(outbox: Outbox) -> None:
@@ -188,6 +208,39 @@ def test_schema_version_is_recorded_and_a_newer_file_is_refused(tmp_path: Path) 
     conn.close()
     with pytest.raises(ConfigError, match="newer"):
         Outbox(path)
+
+
+def test_an_outbox_of_schema_4_is_upgraded_and_keeps_working(tmp_path: Path) -> None:
+    """Schema 5 drops the index item_due (no query read it): a file written before opens, keeps its items in
+    their states, and a lease taken before the upgrade is still reported under its token."""
+    path = tmp_path / "outbox.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    for statement in (s for migration in MIGRATIONS[:4] for s in migration):
+        conn.execute(statement)
+    conn.execute("PRAGMA user_version = 4")
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    now = time.time()
+    conn.executemany(
+        "INSERT INTO item (destination, key, payload, state, next_attempt, created, updated, lease)"
+        " VALUES ('ehr', ?, '{}', ?, ?, ?, ?, ?)",
+        [("q", "queued", now, now, now, None), ("i", "inflight", now + 60, now, now, "oldtoken"),
+         ("d", "delivered", now, now, now, None), ("x", "dead", now, now, now, None)])
+    conn.close()
+    os.chmod(path, 0o600)
+    with Outbox(path) as box:
+        indexes = {row[0] for row in box._conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert "item_due" not in indexes and "item_state" in indexes
+        assert box._schema() == (APPLICATION_ID, SCHEMA_VERSION)
+        assert [(i.key, i.state) for i in box.items()] == [("q", "queued"), ("i", "inflight"), ("d", "delivered"),
+                                                           ("x", "dead")]
+        assert box.counts() == {"queued": 1, "inflight": 1, "delivered": 1, "dead": 1}
+        assert box.next_due("ehr") == pytest.approx(now)
+        [queued] = box.lease("ehr", 10, 30)
+        assert queued.key == "q"
+        box.delivered([2], ["Observation/2"], token="oldtoken")
+        box.delivered([queued.id], token=queued.lease)
+        assert box.counts() == {"queued": 0, "inflight": 0, "delivered": 3, "dead": 1}
+        assert box.get(2).result == "Observation/2"
 
 
 # --- one transaction per batch ------------------------------------------------------------------

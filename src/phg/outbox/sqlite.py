@@ -133,6 +133,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # The token of the lease an inflight item is under: outcome reports apply under it only.
         "ALTER TABLE item ADD COLUMN lease TEXT",
     ),
+    (
+        # No query reads item_due (EXPLAIN QUERY PLAN: `lease` and `next_due` search item_state, which also
+        # yields a destination's waiting items in id order), yet every lease rewrote its entries and every
+        # outcome report deleted them: an index costs a b-tree delete and insert per row whose indexed
+        # columns change (https://www.sqlite.org/queryplanner.html). Issue 16.
+        "DROP INDEX item_due",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -495,15 +502,20 @@ class Outbox:
         so no item goes to two leasers. `horizon`: a due time or deadline later than `now + horizon`
         was set by a clock that ran ahead, and is due now (module docstring, "Clocks")."""
         now = time.time() if now is None else now
+        deadline = now + lease_seconds
         token = os.urandom(8).hex()  # what secrets.token_hex(8) returns, without importing secrets (hmac)
         with self._write(durable=False) as conn:
+            # RETURNING only what this statement does not set itself: each column returned costs per row.
             rows = conn.execute(
-                f"UPDATE item SET state = 'inflight', next_attempt = ?, attempts = attempts + 1, updated = ?, lease = ?"
-                f" WHERE id IN (SELECT id FROM item WHERE destination = ? AND state IN ('queued', 'inflight')"
-                f" AND (next_attempt <= ? OR next_attempt > ?) ORDER BY id LIMIT ?) RETURNING {_COLUMNS}",
-                (now + lease_seconds, now, token, destination, now, _beyond(now, horizon), limit),
+                "UPDATE item SET state = 'inflight', next_attempt = ?, attempts = attempts + 1, updated = ?, lease = ?"
+                " WHERE id IN (SELECT id FROM item WHERE destination = ? AND state IN ('queued', 'inflight')"
+                " AND (next_attempt <= ? OR next_attempt > ?) ORDER BY id LIMIT ?)"
+                " RETURNING id, key, payload, attempts, created, last_error, result, refusals",
+                (deadline, now, token, destination, now, _beyond(now, horizon), limit),
             ).fetchall()
-        return [Item(*row) for row in sorted(rows)]  # RETURNING promises no order; ids are unique
+        rows.sort()  # RETURNING promises no order; ids are unique
+        return [Item(id, destination, key, payload, INFLIGHT, attempts, deadline, created, now, last_error, result,
+                     refusals, token) for id, key, payload, attempts, created, last_error, result, refusals in rows]
 
     def renew(self, token: str, lease_seconds: float) -> int:
         """Extend the lease `token` to `lease_seconds` from now; return how many items are still
@@ -520,19 +532,20 @@ class Outbox:
     # reporter's lease) is stale, e.g. a worker whose lease expired reporting after another worker
     # delivered the item, and is ignored rather than allowed to undo a delivery or a dead-letter.
     # `token=None` (tools, tests) applies to any inflight item. Each report is one statement for the whole
-    # batch, the ids (and results) passed as one JSON array; `+state` keeps SQLite on the ids' primary key.
+    # batch, the ids passed as one JSON array (`delivered`: one JSON object, id -> result, which json_each
+    # reads without a second parse per row); `+state` keeps SQLite on the ids' primary key.
 
     def delivered(self, ids: Sequence[int], results: Sequence[str | None] | None = None, *,
                   token: str | None = None) -> None:
         """Mark items delivered, recording per item what the destination answered (an id given twice: its
         first result)."""
-        pairs = json.dumps(list(zip(ids, delivery_results(ids, results), strict=True)))
+        by_id = json.dumps(dict(zip(ids, delivery_results(ids, results), strict=True)))
         with self._write() as conn:
             conn.execute(
-                "UPDATE item SET state = 'delivered', result = json_extract(r.value, '$[1]'), updated = :now"
-                " FROM json_each(:pairs) AS r WHERE item.id = json_extract(r.value, '$[0]')"
+                "UPDATE item SET state = 'delivered', result = r.value, updated = :now"
+                " FROM json_each(:by_id) AS r WHERE item.id = CAST(r.key AS INTEGER)"
                 " AND +item.state = 'inflight' AND (:token IS NULL OR item.lease = :token)",
-                {"now": time.time(), "pairs": pairs, "token": token},
+                {"now": time.time(), "by_id": by_id, "token": token},
             )
 
     def retry_later(self, ids: Sequence[int], delay: float, error: str, refused: bool = False, *,
