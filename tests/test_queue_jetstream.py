@@ -176,8 +176,9 @@ def test_a_stale_report_is_ignored(queue):
 # ------------------------------------------------------------------------------------------ JetStream only
 
 
-def test_in_progress_acks_keep_a_lease_from_redelivery_past_ack_wait(open_js):
+def test_in_progress_acks_keep_a_lease_from_redelivery_past_ack_wait(open_js, monkeypatch):
     """The worker renews three times per lease (as phg.delivery.worker does) while another worker pulls."""
+    monkeypatch.setattr(jetstream, "_claim_grace", lambda: 0.5)  # (a dead worker's claims are kept that long)
     worker, other = open_js(), open_js()
     worker.enqueue(DEST, readings(1))
     [item] = lease_all(worker, 1, lease_seconds=1.5)
@@ -197,7 +198,7 @@ def test_in_progress_acks_keep_a_lease_from_redelivery_past_ack_wait(open_js):
         stop.set()
         keeper.join()
     assert renewals and set(renewals) == {1}
-    time.sleep(1.7)  # no renewal: the lease runs out and the reading goes to the other worker
+    time.sleep(1.7)  # no renewal: the lease runs out and, once its claim and grace have, the reading goes to the other
     [taken] = lease_all(other, 1, lease_seconds=1.5)
     assert taken.key == item.key and taken.attempts == 2
     assert worker.renew(item.lease, 1.5) == 0  # no longer ours
@@ -252,29 +253,32 @@ def _claim_of_another(settings: QueueSettings, key: str, until: float) -> None:
     _claims(settings, lambda b: b.put(key, json.dumps({"token": "another", "until": until}).encode()))
 
 
-def test_a_reading_another_live_lease_claims_is_put_back_until_that_claim_runs_out(open_js, settings):
+def test_a_reading_another_live_lease_claims_is_put_back_until_that_claim_and_its_grace_run_out(
+        open_js, settings, monkeypatch):
     """What a consumer's new leader does after a leader kill (docs/hub.md): the reading another worker holds
-    is handed out again at once. Its claim keeps it from being sent: put back, due when the claim runs out."""
+    is handed out again at once. Its claim keeps it from being sent: put back, due when the claim and its
+    grace (its holder may still be writing the delivered marker) have run out."""
+    monkeypatch.setattr(jetstream, "_claim_grace", lambda: 2.0)
     queue = open_js()
     [(key, _)] = readings(1)
     queue.enqueue(DEST, readings(1))
-    until = time.time() + 4
+    until = time.time() + 2
     _claim_of_another(settings, key, until)
     assert queue.lease(DEST, 1, 30) == []  # handed out by JetStream, not by phg: put back with a delay
-    while time.time() < until - 0.5:
+    while time.time() < until + 2.0 - 0.5:  # run out at `until`, but still in its grace
         assert queue.lease(DEST, 1, 30) == []
     assert queue.counts(DEST)[INFLIGHT] == 1
-    [item] = lease_all(queue, 1, deadline=5)  # the claim has run out (its holder died): ours now
+    [item] = lease_all(queue, 1, deadline=5)  # the claim and its grace have run out (its holder died): ours now
     assert item.key == key and item.attempts == 1  # the put-back is no attempt (max_deliver)
     queue.delivered([item.id], token=item.lease)
     assert queue.counts(DEST)[DELIVERED] == 1
 
 
-def test_a_claim_run_out_is_taken_over_at_once(open_js, settings):
+def test_a_claim_run_out_past_its_grace_is_taken_over_at_once(open_js, settings):
     queue = open_js()
     [(key, _)] = readings(1)
     queue.enqueue(DEST, readings(1))
-    _claim_of_another(settings, key, time.time() - 1)
+    _claim_of_another(settings, key, time.time() - jetstream.CLAIM_SKEW - jetstream._claim_grace() - 1)
     [item] = lease_all(queue, 1, deadline=2)
     assert item.key == key
     entry = _claims(settings, lambda b: b.get(key))
@@ -283,15 +287,16 @@ def test_a_claim_run_out_is_taken_over_at_once(open_js, settings):
 
 @pytest.mark.parametrize("before", ["none", "run-out", "own-run-out"])
 def test_of_two_leases_claiming_one_reading_at_once_exactly_one_wins(open_js, settings, before):
-    """The claim is a key-value create, or a ticket's create over a claim that ran out (another lease's, or
-    one of the two racing, which claims its own again as a delivered batch's keeper does): 20 races, one
-    winner each."""
+    """The claim is a key-value create, or a ticket's create over a claim that ran out (another lease's,
+    past its grace, or one of the two racing, which claims its own again as a delivered batch's keeper
+    does, and alone may in the grace): 20 races, one winner each."""
     workers = [open_js(), open_js()]
     keys = [key for key, _ in readings(20, before[0])]
+    ended = time.time() - 1 if before == "own-run-out" else time.time() - jetstream._claim_grace() - 1
     for key in keys if before != "none" else []:
         holder = "t0" if before == "own-run-out" else "another"
         _claims(settings, lambda b, key=key, holder=holder: b.put(
-            key, json.dumps({"token": holder, "until": time.time() - 1}).encode()))
+            key, json.dumps({"token": holder, "until": ended}).encode()))
     for key in keys:
         barrier, won = threading.Barrier(2), {}
 
@@ -309,7 +314,10 @@ def test_of_two_leases_claiming_one_reading_at_once_exactly_one_wins(open_js, se
         assert len(winners) == 1, (key, won)
         assert won[winners[0]].taken_over == (before != "none")
         loser = next(token for token in won if token not in winners)
-        assert time.time() + 20 < won[loser].until <= time.time() + 30  # told about how long the winner's claim runs
+        if before == "own-run-out":  # in the grace of its run-out claim, only its holder may claim it
+            assert winners == ["t0"] and round(won[loser].until, 3) in (round(ended, 3), round(won["t0"].until, 3))
+        else:  # told about how long the winner's claim runs
+            assert time.time() + 20 < won[loser].until <= time.time() + 30
         assert json.loads(_claims(settings, lambda b, key=key: b.get(key)).value)["token"] == winners[0]
 
 
@@ -364,6 +372,76 @@ def _leased_while_markers_wait(worker: JetStreamQueue, other: JetStreamQueue, mo
     return got + other.lease(DEST, 3, 1.5) + other.lease(DEST, 3, 1.5)
 
 
+def test_a_claim_run_out_while_its_markers_wait_keeps_others_away_for_its_grace(open_js, monkeypatch, caplog):
+    """The leader test's last double (docs/hub.md, "Two workers, one reading"): a batch is sent, then its
+    claims cannot be extended nor its AckWait restarted (the keeper's rounds fail: buckets and consumer
+    without leaders), its delivered markers are written only near the end of LEADER_WAIT (their bucket
+    without a leader) and its acks are lost. JetStream hands the batch to the other worker after AckWait:
+    the run-out claims keep it away until their grace (LEADER_WAIT + REQUEST_TIMEOUT) has passed, then it
+    finds the markers and settles the readings instead of sending them (before: it took the claims over as
+    soon as they ran out, found no marker yet, and was handed the batch to send again)."""
+    monkeypatch.setattr(jetstream, "LEADER_WAIT", 2.0)
+    grace = jetstream._claim_grace()
+    holder, other = open_js(), open_js()
+    other._call(other._tried(DEST, "k"), "creating the attempts bucket")  # (a new bucket's first answer is slow)
+    holder.enqueue(DEST, readings(3))
+    leased = lease_all(holder, 3, lease_seconds=1.5)
+    claims_end = max(held.until for held in holder._leases.values())
+    publish_all = holder._publish_all
+
+    async def keeper_unanswered(token, held):
+        raise nats.errors.TimeoutError
+
+    async def markers_at_the_last_round(messages, what):
+        if what == "delivered markers":
+            await asyncio.sleep(jetstream.LEADER_WAIT + jetstream.REQUEST_TIMEOUT - 1)
+        return await publish_all(messages, what)
+
+    async def acks_lost(msgs, kind):
+        pass
+
+    monkeypatch.setattr(holder, "_keep_round", keeper_unanswered)
+    monkeypatch.setattr(holder, "_publish_all", markers_at_the_last_round)
+    monkeypatch.setattr(holder, "_settle_all", acks_lost)
+    caplog.set_level(logging.INFO, logger="phg.outbox.jetstream")
+    reports = [threading.Thread(target=holder.delivered, args=([i.id for i in leased if i.lease == token],),
+                                kwargs={"token": token}) for token in {i.lease for i in leased}]
+    for report in reports:
+        report.start()
+    got, end = [], time.monotonic() + grace + 15
+    while other.counts(DEST)[INFLIGHT] and time.monotonic() < end:
+        got += other.lease(DEST, 3, 1.5)
+    settled = time.time()
+    for report in reports:
+        report.join()
+    assert got == []
+    assert other.counts(DEST) == {QUEUED: 0, INFLIGHT: 0, DELIVERED: 3, DEAD: 0}  # settled by the other worker
+    assert settled > claims_end + grace
+    put_back = [float(m[1]) for r in caplog.records
+                if (m := re.search(r"claimed by another worker's lease for ([0-9.]+) s more", r.getMessage()))]
+    assert put_back and min(put_back) > grace  # put back past the grace: no spinning meanwhile
+
+
+@pytest.mark.parametrize("how", ["release", "retry_later", "dead"])
+def test_a_claim_given_up_on_purpose_is_taken_over_at_once(open_js, settings, how):
+    """Released, put back to be retried, or dead-lettered (then queued again with `phg queue retry`): the
+    claim is given up, so another worker's lease takes the reading at once, without the grace of a claim
+    that ran out by time."""
+    worker, other = open_js(), open_js()
+    worker.enqueue(DEST, readings(1))
+    [item] = lease_all(worker, 1)
+    if how == "release":
+        worker.release([item.id], token=item.lease)
+    elif how == "retry_later":
+        worker.retry_later([item.id], 0, "timeout", token=item.lease)
+    else:
+        worker.dead([item.id], "refused", token=item.lease)
+        assert worker.retry(item.id) is not None
+    [again] = lease_all(other, 1, deadline=3)
+    assert again.key == item.key
+    assert json.loads(_claims(settings, lambda b: b.get(item.key)).value)["token"] == again.lease
+
+
 def test_an_unanswered_enqueue_bigger_than_nats_py_allows_pending_leaves_later_ones_working(open_js, monkeypatch):
     """nats-py holds one of its 4,000 publish permits per unanswered PubAck. An enqueue of 4,001 readings
     whose publishes get no answer (as while the stream has no leader) fails, and gives every permit back:
@@ -408,7 +486,7 @@ def test_a_claim_taken_over_is_not_sent_when_its_marker_came_meanwhile(open_js, 
     queue = open_js()
     [(key, _)] = readings(1)
     queue.enqueue(DEST, readings(1))
-    _claim_of_another(settings, key, time.time() - 1)
+    _claim_of_another(settings, key, time.time() - jetstream.CLAIM_SKEW - jetstream._claim_grace() - 1)
     writer = open_js()
 
     async def mark() -> None:  # the holder's marker, written at last
@@ -473,11 +551,12 @@ def test_releases_count_as_no_attempt(open_js):
     assert queue.counts(DEST)[DEAD] == 0 and queue.counts(DEST)[DELIVERED] == 1
 
 
-def test_a_reading_whose_worker_dies_each_time_is_dead_lettered_at_lease(open_js):
+def test_a_reading_whose_worker_dies_each_time_is_dead_lettered_at_lease(open_js, monkeypatch):
+    monkeypatch.setattr(jetstream, "_claim_grace", lambda: 0.5)
     queue = open_js(max_deliver=1)
     queue.enqueue(DEST, readings(1))
     [item] = lease_all(queue, 1, lease_seconds=1)  # and the worker "dies": no report, no renewal
-    time.sleep(1.8)  # past AckWait and the claim (a third of a lease longer)
+    time.sleep(1.8 + 0.5)  # past AckWait, the claim (a third of a lease longer) and its grace
     assert queue.lease(DEST, 1, 1) == []
     [dead] = queue.items(DEST, DEAD)
     assert dead.key == item.key and "without an outcome" in dead.last_error

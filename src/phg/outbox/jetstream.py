@@ -39,10 +39,15 @@ How the Queue maps onto it:
   is taken over by whoever creates the ticket "key.R" first, which then writes the claim (a ticket whose
   winner died before that is taken over the same way, CLAIM_DEPTH deep). Compare-and-set updates do not
   decide: nats-server 2.9.10 let both of two concurrent updates at the same revision succeed on an R3
-  bucket (14 of 30 races; creates: 0 of 30). A message another lease's live claim holds is put back
-  (-NAK) with the claim's remaining time (+CLAIM_NAK_MARGIN) as delay: by then its holder's delivered
-  marker stops it, or the claim has run out. Hosts' clocks must agree within CLAIM_SKEW (NTP). A lease
-  whose claims could not be extended ends when they would (less the third): renew then answers 0.
+  bucket (14 of 30 races; creates: 0 of 30). A claim that ran out by time keeps other leases away for a
+  grace after its end (_claim_grace: as long as its holder's delivered markers may still be written, when
+  the claim bucket had no leader to extend it while the marker bucket had none to take the markers):
+  only its holder may claim it again meanwhile, so another lease takes it over once the marker is there
+  or its holder gave up. A claim given up on purpose (_unclaim) has no grace. A message another lease's
+  claim holds is put back (-NAK) with the claim's remaining time and grace (+CLAIM_NAK_MARGIN) as delay:
+  by then its holder's delivered marker stops it, or the claim may be taken over. Hosts' clocks must agree
+  within CLAIM_SKEW (NTP). A lease whose claims could not be extended ends when they would (less the
+  third): renew then answers 0.
 - renew sends an in-progress ack (+WPI) for each held message, which restarts its AckWait; 0 once this
   process's lease has run out unrenewed (the messages may be another worker's by now). It extends the
   lease's claims too (a compare-and-set each, only while they surely run: another cannot be taking them
@@ -53,8 +58,8 @@ How the Queue maps onto it:
   (acks sent while the consumer has no leader are lost; a message no longer stored counts as settled).
 - retry_later records attempts/refusals/error, then naks with the delay (-NAK {"delay": ns}); release naks
   at once; dead publishes to the dead-letter stream, then terminates (+TERM, which removes it here). Each
-  first marks its readings' claims run out (due again, or retried, they must not wait for the claim). A
-  delivered reading's claim is left to CLAIM_TTL: its marker already stops it.
+  first gives up its readings' claims (due again, or retried, they must not wait for the claim or its
+  grace). A delivered reading's claim is left to CLAIM_TTL: its marker already stops it.
 - retry(id) publishes a dead reading to its work subject again (a new id) and deletes the dead letter.
 
 Facts of nats-server this is built for (measured on Debian's 2.9.10 by issue 15):
@@ -136,7 +141,7 @@ PUBLISH_PENDING = 4000  # PubAcks awaited at once (nats-py's publish_async_max_p
 CLAIM_TTL = 7200.0  # seconds a claim is kept: longer than any lease ([delivery] lease_seconds is at most 3600)
 CLAIM_SKEW = 0.2  # seconds another host's claim is still honoured past its expiry (clocks kept by NTP)
 CLAIM_DEPTH = 4  # tickets of tickets followed at most (a takeover's winner that died before writing the claim)
-CLAIM_NAK_MARGIN = 1.0  # a reading claimed by another comes back this long after the claim runs out
+CLAIM_NAK_MARGIN = 1.0  # a reading claimed by another comes back this long after the claim and its grace end
 LEADER_WAIT = 20.0  # seconds an idempotent request is tried again while JetStream elects a leader (4-9 s here)
 ABANDONED = 3600.0  # seconds past its deadline after which an unreported lease is forgotten
 POLL = 1.0  # next_due while messages are handed out but unsettled: look again this soon
@@ -595,8 +600,9 @@ class JetStreamQueue:
         fresh = [(m, k) for m, k in zip(messages, keys, strict=True) if k and k not in delivered]
         token = secrets.token_hex(8)
         claims = await asyncio.gather(*(self._claim(destination, k, token, until) for _, k in fresh))
-        now = time.time()
-        others = [(m, k, c.until + CLAIM_SKEW - now) for (m, k), c in zip(fresh, claims, strict=True) if c.revision is None]
+        now, grace = time.time(), _claim_grace()  # put back until the claim may be taken over
+        others = [(m, k, c.until + CLAIM_SKEW + grace - now) for (m, k), c in zip(fresh, claims, strict=True)
+                  if c.revision is None]
         ours = [(m, k, c.revision) for (m, k), c in zip(fresh, claims, strict=True) if c.revision is not None]
         # A claim taken over had run out: its holder may have written its marker since the look above (it
         # was waiting for a bucket's leader). Looked for again: such a reading is settled, not sent.
@@ -634,9 +640,9 @@ class JetStreamQueue:
 
     async def _claim(self, destination: str, key: str, token: str, until: float) -> _Claimed:
         """Claim the reading `key` for the lease `token` until `until` (wall clock). Only key-value creates
-        decide (module docstring, "Claims"): a claim run out at revision R (another lease's, or this one's,
-        which could not be extended in time) is taken over by whoever creates the ticket "key.R" first, and
-        the winner then writes the claim."""
+        decide (module docstring, "Claims"): a claim run out at revision R (another lease's past its grace,
+        or this one's, which could not be extended in time) is taken over by whoever creates the ticket
+        "key.R" first, and the winner then writes the claim."""
         bucket = await self._claims(destination)
         value = json.dumps({"token": token, "until": round(until, 3)}).encode()
         name = key  # the claim, then the ticket of its takeover, the ticket's ticket (its winner died)...
@@ -648,7 +654,7 @@ class JetStreamQueue:
                 if entry is None:  # run out of the bucket (CLAIM_TTL) meanwhile
                     continue
                 holder, expiry = _claim_value(entry)
-                if holder != token and expiry + CLAIM_SKEW > time.time():
+                if holder != token and expiry + CLAIM_SKEW + _claim_grace() > time.time():  # (given up: 0, past)
                     return _Claimed(None, expiry)
                 if holder != token or expiry <= time.time() + CLAIM_SKEW:  # run out: its ticket decides
                     name = f"{name}.{entry.revision}"
@@ -660,9 +666,10 @@ class JetStreamQueue:
         return _Claimed(None, until)  # contested all the way: another lease won; it runs about as long
 
     async def _leave(self, destination: str, msg: Msg, key: str, left: float) -> dict[str, Any]:
-        """A reading another live lease has claimed (JetStream handed it out again at once after a leader
-        change): put back, due once that claim has run out (by then delivered, or its holder gone). Recorded
-        as a release: no attempt of its own (max_deliver)."""
+        """A reading another lease has claimed (JetStream handed it out again at once after a leader change,
+        or after AckWait while its holder still writes the delivered markers): put back, due once that claim
+        and its grace have run out (by then delivered, or its holder gone). Recorded as a release: no attempt
+        of its own (max_deliver)."""
         log.info("%s: stream seq %d is claimed by another worker's lease for %.1f s more (handed out again at "
                  "once, as after a consumer leader change): put back", destination, msg.metadata.sequence.stream, left)
         record = await self._tried(destination, key)
@@ -673,9 +680,10 @@ class JetStreamQueue:
 
     async def _unclaim(self, taken: Sequence[tuple[str, Msg, tuple[str, int] | None]]) -> None:
         """Give up the claims (token, revision) of readings put back (due again before the claim would run
-        out): marked run out, at the claim's revision while it is still ours (a claim another lease took
-        since is left alone); the next lease takes it over. (Not deleted: creating a deleted key again is a
-        compare-and-set, which nats-server 2.9 does not decide atomically in a cluster.)"""
+        out): marked run out on purpose (until 0: no grace, _claim_grace), at the claim's revision while it
+        is still ours (a claim another lease took since is left alone); the next lease takes it over at
+        once. (Not deleted: creating a deleted key again is a compare-and-set, which nats-server 2.9 does not
+        decide atomically in a cluster.)"""
         async def one(destination: str, msg: Msg, token: str, revision: int) -> None:
             bucket, key = await self._claims(destination), _headers(msg)[H_KEY]
             with contextlib.suppress(*_FAILURES):  # not marked: it runs its course
@@ -826,7 +834,8 @@ class JetStreamQueue:
         for seconds), keep its claims and restart its AckWait (+WPI), six times a lease: no other worker is
         handed these readings to find neither a marker nor a live claim (issue 15, the leader test). A claim
         that ran out meanwhile (its bucket had no leader either) is claimed again as any claim that ran out
-        is, through its ticket: only one lease can win it."""
+        is, through its ticket: only one lease can win it, and during the claim's grace (_claim_grace) no
+        other lease tries."""
         while held.messages:
             await asyncio.sleep(held.ack_wait / 6)
             try:
@@ -1311,9 +1320,20 @@ def _claim_end(now: float, lease_seconds: float) -> float:
     return now + lease_seconds * 4 / 3
 
 
+def _claim_grace() -> float:
+    """Seconds past its end (and CLAIM_SKEW) a claim that ran out by time still keeps other leases away. Its
+    holder may be writing the delivered markers of a send that ended before the claim did (its lease ends
+    a third of a lease before its claims), with the claim bucket too long without a leader to extend the
+    claim: those writes end within LEADER_WAIT, the last round's PubAcks awaited REQUEST_TIMEOUT more
+    (_publish_all). Only after that may another lease take the claim over and look for the marker: then
+    it is there, or its holder gave up (a StorageError from delivered). The holder itself may claim it
+    again meanwhile (_keep_claims). The cost: a dead worker's readings are taken over this much later."""
+    return LEADER_WAIT + REQUEST_TIMEOUT
+
+
 def _claim_value(entry: Any) -> tuple[str | None, float]:
     """A claim's holder and expiry (its JSON value {"token", "until"}); (None, 0) = a claim that has run
-    out, when it cannot be read."""
+    out, when it cannot be read; ("", 0): given up on purpose (_unclaim)."""
     try:
         value = json.loads(entry.value or b"{}")
         return str(value["token"]), float(value["until"])
