@@ -54,8 +54,6 @@ def test_send_no_deliver_imports_nothing_heavy(tmp_path, env):  # noqa: F811
     assert _send_loads(tmp_path, env, HEAVY) == []
 
 
-@pytest.mark.xfail(strict=True, reason="phg.model (11 classes) and phg.config.Config (callers derive configs "
-                   "with dataclasses.replace) are dataclasses; once neither is, this passes and the mark must go")
 def test_send_no_deliver_imports_no_dataclasses(tmp_path, env):  # noqa: F811
     """Importing dataclasses brings inspect, ast, dis and tokenize, and each class compiles generated code."""
     assert _send_loads(tmp_path, env, ("dataclasses",)) == []

@@ -12,7 +12,6 @@ WSGI HL7-over-HTTP receiver):
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 
@@ -105,7 +104,7 @@ async def test_control_characters_arrive_escaped_and_unescape_to_themselves():
         return receiver(environ, start_response)
 
     reading = readings_of_every_type()[3]
-    reading = dataclasses.replace(reading, patient=dataclasses.replace(reading.patient, value="ab\x0bcd\x1c\x00"))
+    reading = reading._replace(patient=reading.patient._replace(value="ab\x0bcd\x1c\x00"))
     with wsgi_server(app) as url:
         dest = http_destination(url=url, gateway=GATEWAY, timeout=5)
         assert isinstance((await dest.send([reading]))[0], Delivered)

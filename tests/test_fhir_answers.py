@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import secrets
 from decimal import Decimal
@@ -113,7 +112,7 @@ async def test_409_is_posted_once_more_at_once(conflicts, delivered):
 async def test_a_reading_that_cannot_be_rendered_is_rejected_alone(sekmet):
     good = readings_of_every_type()
     metric = good[3].metrics[0]
-    nan = dataclasses.replace(good[3], metrics=(Metric(metric.code, metric.time, Decimal("NaN"), metric.unit),))
+    nan = good[3]._replace(metrics=(Metric(metric.code, metric.time, Decimal("NaN"), metric.unit),))
     async with httpx.AsyncClient(timeout=30) as client:
         dest = FhirDestination(client, sekmet.base_url, Gateway("02AB7FFFFE00A001"))
         outcomes = await dest.send([good[0], nan, good[2]])

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from urllib.parse import parse_qs
@@ -159,7 +158,7 @@ def test_synchronised_device_with_a_synchronised_gateway_is_corrected():
 def test_better_synchronised_device_keeps_its_times_and_the_cts_has_no_effective():
     """PhdCoincidentTimeStampObservation.fsh: effective[x] "Absent if PHD is better synchronized"; the PHG then
     reports the PHD's timestamps unmodified (CoincidentTimeStamp.md)."""
-    unsynced_gateway = replace(GATEWAY, time_sync=532224)
+    unsynced_gateway = GATEWAY._replace(time_sync=532224)
     bundle = build_transaction([reading(CLOCK | {"sync": 532226})], unsynced_gateway).bundle
     validate(bundle)
     (cts,) = ctss(bundle)
@@ -278,7 +277,7 @@ def test_readings_without_clock_map_as_before():
 
 
 def test_tick_clocks_are_refused_with_a_clear_error():
-    r = replace(reading(), clock=DeviceClock(datetime.fromisoformat("2019-09-20T12:40:07-04:00"), None, clock_type=67983))
+    r = reading()._replace(clock=DeviceClock(datetime.fromisoformat("2019-09-20T12:40:07-04:00"), None, clock_type=67983))
     with pytest.raises(MappingError, match="only absolute clocks"):
         build_transaction([r], GATEWAY)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import replace
 from datetime import datetime
 
 import pytest
@@ -22,8 +21,8 @@ async def test_run_collects_from_allowed_devices_and_delivers(gate, oauth, tmp_p
     patient = PatientRef("urn:oid:1.2.3.4.5", f"pt-ble-run-{time.monotonic_ns()}")
     devices = demo_devices(datetime.now())
     allowed = [devices[0].address, devices[1].address]  # the glucose meter and the BP cuff, not the others
-    config = replace(make_config(tmp_path, gate.base_url, oauth), patient=patient, ble_allow=tuple(allowed),
-                     ble_scan_seconds=0.5)
+    config = make_config(tmp_path, gate.base_url, oauth)._replace(patient=patient, ble_allow=tuple(allowed),
+                                                                  ble_scan_seconds=0.5)
     from phg.daemon import run_gateway
 
     with Outbox(config.outbox_path) as outbox:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -45,7 +44,7 @@ def make_config(tmp_path: Path, base: str, oauth: OAuthServer, alg: str = "ES384
     generate_key(key_file, alg)
     client = oauth.register_client(jwks([load_key(key_file)]), scope=scope)
     config = fhir_config(tmp_path, base, {"client_id": client["client_id"], "key_file": str(key_file), "scope": scope})
-    return replace(config, **overrides)
+    return config._replace(**overrides)
 
 
 def fhir_config(tmp_path: Path, base: str, auth: dict[str, str]) -> Config:
@@ -89,7 +88,7 @@ def test_five_device_types_arrive_once_and_resending_adds_nothing(server, alg, r
     # The same readings again, from a fresh queue (as after a lost outbox): the server adds nothing.
     with Outbox(tmp_path / "second.sqlite") as outbox:
         enqueue(outbox, readings)
-        summary = asyncio.run(deliver(replace(config, outbox_path=outbox.path), outbox, until_idle=True))
+        summary = asyncio.run(deliver(config._replace(outbox_path=outbox.path), outbox, until_idle=True))
         assert summary.delivered == len(readings)
     assert count_everywhere(gate.upstream, readings) == [1] * sum(len(r.metrics) for r in readings)
 

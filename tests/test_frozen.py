@@ -89,3 +89,63 @@ def test_asdict_gives_the_fields_in_field_order_as_dataclasses_asdict_does():
     assert list(vars(made)) != list(made._asdict())
     assert made._asdict() == dataclasses.asdict(DRecord(**kwargs))
     assert list(made._asdict()) == [f.name for f in dataclasses.fields(DRecord)]
+
+
+@dataclasses.dataclass(frozen=True)
+class DChecked:
+    low: int
+    high: int = 10
+
+    def __post_init__(self) -> None:
+        if self.low > self.high:
+            raise ValueError("low > high")
+
+
+class FChecked(Frozen):
+    low: int
+    high: int = 10
+
+    def __post_init__(self) -> None:
+        if self.low > self.high:
+            raise ValueError("low > high")
+
+
+@dataclasses.dataclass(frozen=True)
+class DOne:
+    only: int
+
+
+class FOne(Frozen):
+    only: int
+
+
+@pytest.mark.parametrize("changes", [{}, {"size": 5}, {"name": "z", "tags": [3]}, {"secret": "t", "pair": (9,)}])
+def test_replace_gives_what_dataclasses_replace_gives(changes):
+    made, declared = FRecord("a", "b", tags=[1]), DRecord("a", "b", tags=[1])
+    assert _answer(FRecord, (), made._replace(**changes)._asdict()) == \
+        _answer(DRecord, (), dataclasses.asdict(dataclasses.replace(declared, **changes)))
+    assert made == FRecord("a", "b", tags=[1])  # the original unchanged
+
+
+def test_replace_refuses_what_is_no_field_as_dataclasses_replace_does():
+    with pytest.raises(TypeError, match="unexpected keyword argument 'colour'"):
+        FRecord("a", "b")._replace(colour=1)
+    with pytest.raises(TypeError):
+        dataclasses.replace(DRecord("a", "b"), colour=1)
+
+
+def test_post_init_checks_construction_and_replace_as_a_dataclass_s_does():
+    assert FChecked(1) == FChecked(1, 10) and FChecked(1)._replace(high=2).high == 2
+    for make in (lambda cls: cls(11), lambda cls: cls(1, high=0)):
+        with pytest.raises(ValueError, match="low > high"):
+            make(DChecked)
+        with pytest.raises(ValueError, match="low > high"):
+            make(FChecked)
+    with pytest.raises(ValueError, match="low > high"):
+        FChecked(1)._replace(low=20)
+
+
+def test_one_field_compares_and_hashes_as_a_dataclass():
+    """== and hash over one field: a tuple of one value, as the dataclass's (more fields: test above)."""
+    assert FOne(1) == FOne(1) and FOne(1) != FOne(2) and hash(FOne(7)) == hash(DOne(7))
+    assert FOne(1) != DOne(1) and FOne(1) != 1

@@ -5,7 +5,6 @@ checker finds the defects it should. Also `phg hl7 check FILE`."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
@@ -76,7 +75,7 @@ def test_control_id_is_deterministic_and_unique_for_a_repeated_reading():
     assert ids == [str(hl7.parse(m).segment("MSH")[10]) for m in again]
     twice = render_messages([readings[0], readings[0]], GATEWAY, now=NOW)
     assert len({str(hl7.parse(m).segment("MSH")[10]) for m in twice}) == 2
-    other_gateway = render_messages(readings[:1], dataclasses.replace(GATEWAY, system_id="0000000000000001"), now=NOW)
+    other_gateway = render_messages(readings[:1], GATEWAY._replace(system_id="0000000000000001"), now=NOW)
     assert str(hl7.parse(other_gateway[0]).segment("MSH")[10]) != ids[0]
 
 
@@ -145,7 +144,7 @@ def test_times_in_utc_with_device_fraction_and_status(messages):
 def test_device_clock_when_known():
     reading = readings_of_every_type()[3]
     device_time = datetime(2026, 11, 28, 11, 58, 30, tzinfo=timezone(timedelta(hours=1)))
-    reading = dataclasses.replace(reading, clock=DeviceClock(gateway_time=NOW, device_time=device_time))
+    reading = reading._replace(clock=DeviceClock(gateway_time=NOW, device_time=device_time))
     (message,) = render_messages([reading], GATEWAY, now=NOW)
     strict(message)
     assert check(message) == []
@@ -179,7 +178,7 @@ def test_every_rendered_er7_passes_the_mllp_codec_and_the_checker(text):
     """Issue 10 finding 7: whatever text a reading holds, the ER7 phg renders frames and de-frames to
     itself (no raw VT/FS), passes the PCD-01 checker, and python-hl7 unescapes PID-3.1 back to the text."""
     reading = readings_of_every_type()[3]
-    reading = dataclasses.replace(reading, patient=dataclasses.replace(reading.patient, value=text))
+    reading = reading._replace(patient=reading.patient._replace(value=text))
     [message] = render_messages([reading], GATEWAY, now=NOW)
     codec = MllpCodec()
     codec.receive_data(frame(message))

@@ -6,7 +6,6 @@ the defects they are for."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from datetime import UTC, datetime, timedelta, timezone
@@ -72,7 +71,7 @@ def test_the_device_mds_and_its_attribute_rows():
     one = reading(GLUCOSE, manufacturer="A&D", model="UA-651^BLE", serial="5150|12", firmware="1.3",
                   specializations=[{"code": 528401, "version": 1}])
     device_time = datetime(2026, 11, 28, 12, 58, 30, tzinfo=timezone(timedelta(hours=1)))
-    one = dataclasses.replace(one, clock=DeviceClock(gateway_time=NOW, device_time=device_time, sync=532224))
+    one = one._replace(clock=DeviceClock(gateway_time=NOW, device_time=device_time, sync=532224))
     message = render(one)
     rows = {k: v for k, v in obx_rows(message).items() if k.startswith("1")}
     assert list(rows) == ["1", *(f"1.0.0.{n}" for n in range(1, 9))]
@@ -308,7 +307,7 @@ def test_any_coded_bits_or_supplemental_metric_renders_clean(metrics, status):
     """Whatever codes, bits (named or not, any name) and supplemental types, with any status: strict v2.6
     and a clean PCD-01 check, the containment tree included."""
     when = datetime(2026, 11, 28, 8, tzinfo=UTC)
-    one = dataclasses.replace(reading(GLUCOSE), metrics=tuple(Metric(time=when, status=status, **m) for m in metrics))
+    one = reading(GLUCOSE)._replace(metrics=tuple(Metric(time=when, status=status, **m) for m in metrics))
     render(one)
 
 

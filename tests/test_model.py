@@ -189,15 +189,14 @@ def test_canonical_json_round_trip_and_refusal():
 
 
 def test_key_ignores_the_device_clock():
-    from dataclasses import replace
     from datetime import datetime
 
     from phg.model import DeviceClock
 
     r = reading()
-    first = replace(r, clock=DeviceClock(gateway_time=datetime(2026, 11, 28, 9, tzinfo=UTC),
+    first = r._replace(clock=DeviceClock(gateway_time=datetime(2026, 11, 28, 9, tzinfo=UTC),
                                          device_time=datetime(2026, 11, 28, 9, 0, 5, tzinfo=UTC)))
-    again = replace(first, clock=DeviceClock(gateway_time=datetime(2026, 11, 28, 10, tzinfo=UTC),
+    again = first._replace(clock=DeviceClock(gateway_time=datetime(2026, 11, 28, 10, tzinfo=UTC),
                                              device_time=datetime(2026, 11, 28, 10, 0, 5, tzinfo=UTC)))
     assert first.key == again.key == r.key
     assert first.to_json() != again.to_json()

@@ -21,7 +21,6 @@ stored once. The unrepaired kind, retried too, goes dead again with the same rea
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import random
 import subprocess
@@ -51,13 +50,13 @@ RETIRED_DEVICE = "0A1B2C3D4E5F6011"
 
 
 def retired_device(reading: Reading) -> Reading:
-    return dataclasses.replace(reading, device=dataclasses.replace(reading.device, system_id=RETIRED_DEVICE,
-                                                                   serial="RETIRED-0007"))
+    return reading._replace(device=reading.device._replace(system_id=RETIRED_DEVICE,
+                                                           serial="RETIRED-0007"))
 
 
 def unknown_device(reading: Reading) -> Reading:
-    return dataclasses.replace(reading, device=dataclasses.replace(reading.device, system_id=UNKNOWN_DEVICE,
-                                                                   serial="QUARANTINE-0042"))
+    return reading._replace(device=reading.device._replace(system_id=UNKNOWN_DEVICE,
+                                                           serial="QUARANTINE-0042"))
 
 
 def phg(*args: str, outbox: Path, home: Path) -> subprocess.CompletedProcess[str]:

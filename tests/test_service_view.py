@@ -4,7 +4,6 @@ configured EHR only, no referrer, GET only; every access logged with fhirUser an
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from datetime import UTC, datetime, timedelta
@@ -42,9 +41,8 @@ def blood_pressure(patient: PatientRef, days_ago: float, systolic: int) -> Readi
 
 @pytest.fixture
 def served(tmp_path):
-    config = dataclasses.replace(load_config(None, {"PHG_OUTBOX": str(tmp_path / "o.sqlite")}),
-                                 smart=SmartSettings(client_id="phg", redirect_url="https://phg.example/smart/callback",
-                                                     frame_ancestors=(EHR,)))
+    config = load_config(None, {"PHG_OUTBOX": str(tmp_path / "o.sqlite")})._replace(
+        smart=SmartSettings(client_id="phg", redirect_url="https://phg.example/smart/callback", frame_ancestors=(EHR,)))
     with Outbox(config.outbox_path) as outbox, ViewStore(tmp_path / "view.sqlite") as view:
         ctx = ServiceContext(config, outbox, Intake(outbox, ["fhir"], view=view), view=view)
         ctx.intake.store([blood_pressure(ANN, 1, 128), blood_pressure(ANN, 20, 141),

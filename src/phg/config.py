@@ -15,7 +15,6 @@ A wrong value stops start-up with a ConfigError naming the file (or variable, or
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -887,9 +886,8 @@ def _queue(values: Values) -> QueueSettings:
     return settings
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
-    """All settings. A dataclass, unlike the classes above: callers derive a config with dataclasses.replace."""
+class Config(Frozen):
+    """All settings. Callers derive a config with ``config._replace(...)`` (phg.frozen)."""
 
     gateway: Gateway
     outbox_path: Path
@@ -898,7 +896,7 @@ class Config:
     max_retry_delay: float = 300.0
     lease_seconds: float = 120.0  # how long a batch stays leased; a killed daemon's batch is sent again after it
     destinations: tuple[DestinationSettings, ...] = ()  # in order: "fhir" (sugar) first, then [destinations.*]
-    auth: AuthSettings = dataclasses.field(default_factory=lambda: AuthSettings("none", None))  # the top-level [auth]
+    auth: AuthSettings = field(default_factory=lambda: AuthSettings("none", None))  # the top-level [auth]
     ig_version: str = "2.0.0"  # [fhir] ig_version (also what phg render uses)
     patient: PatientRef | None = None  # whom the devices' readings belong to (sources without their own binding)
     ble_allow: tuple[str, ...] = ()  # Bluetooth addresses to collect from
@@ -913,7 +911,7 @@ class Config:
     api: ApiSettings | None = None  # the service; None: no [api] table, nothing served
     smart: SmartSettings | None = None  # the SMART app launch of the view; None: no [smart] table
     view: ViewSettings | None = None  # [view] (or [smart]): keep every reading for the SMART view; None: not kept
-    queue: QueueSettings = dataclasses.field(default_factory=QueueSettings)  # [queue]: its engine (phg.outbox.open_queue)
+    queue: QueueSettings = field(default_factory=QueueSettings)  # [queue]: its engine (phg.outbox.open_queue)
     routes: tuple[Route, ...] = ()  # [[routes]]; none: every reading goes to every destination
     role: str = "all"  # [run] role: "intake" (sources, API), "worker" (delivery) or "all" (both)
     source: str = "(defaults)"  # where the settings came from, for messages

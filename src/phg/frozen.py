@@ -7,15 +7,20 @@ construction by position in field order or by keyword (defaults, ``field(default
 between instances of the same class, ``hash`` and ``repr`` over the fields (``field(repr=False)`` left out),
 and no assignment or deletion (AttributeError, as dataclasses' FrozenInstanceError is). Fields are the
 class's annotations but ClassVar, base classes' first; ``field(compare=False)`` is left out of == and hash.
-``_asdict()`` gives the fields in field order (shallow, as a namedtuple's; ``vars()`` follows construction
-order). Not provided: ``dataclasses.replace/asdict/fields`` (they take dataclasses only), an
-``inspect.signature`` naming the fields, ``__match_args__``, and the mutable-default check.
+``_asdict()`` gives the fields in field order (shallow, as a namedtuple's; ``vars()`` need not be in that
+order). ``_replace(**changes)`` is a copy with some fields changed, made by the class (as dataclasses.replace
+and a namedtuple's _replace). ``__post_init__``, when a subclass defines it, runs after construction and may refuse
+the values (as a dataclass's). Not provided: ``dataclasses.replace/asdict/fields`` (they take dataclasses only),
+an ``inspect.signature`` naming the fields, ``__match_args__``, and the mutable-default check.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, ClassVar, NoReturn
+from operator import attrgetter
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 _MISSING = object()
 
@@ -49,6 +54,7 @@ class Frozen:
     _factories: ClassVar[dict[str, Callable[[], Any]]] = {}
     _shown: ClassVar[tuple[str, ...]] = ()  # the fields repr shows
     _compared: ClassVar[tuple[str, ...]] = ()  # the fields == and hash compare
+    _key: ClassVar[Callable[[Any], tuple[Any, ...]]]  # their values, as a tuple
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -69,10 +75,17 @@ class Frozen:
         cls._defaults = {name: f.default for name, f in fields.items() if f.default is not _MISSING}
         cls._factories = {name: f.factory for name, f in fields.items() if f.factory is not None}
         cls._shown = tuple(name for name, f in fields.items() if f.repr)
-        cls._compared = tuple(name for name, f in fields.items() if f.compare)
+        cls._compared = compared = tuple(name for name, f in fields.items() if f.compare)
+        # attrgetter: one C call for ==, != and hash (a Python loop over the fields costs 6 times more; issue 16)
+        cls._key = attrgetter(*compared) if len(compared) > 1 else staticmethod(lambda record: (
+            tuple(getattr(record, name) for name in compared)))  # (an attrgetter is no method: it stays unbound)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         names = self._names
+        if len(args) == len(names) and not kwargs:  # every field by position: nothing to check or fill
+            self.__dict__.update(zip(names, args, strict=True))
+            self.__post_init__()
+            return
         if len(args) > len(names):
             raise TypeError(f"{type(self).__name__}() takes {len(names)} positional arguments but {len(args)} "
                             "were given")
@@ -86,35 +99,38 @@ class Frozen:
                 raise TypeError(f"{type(self).__name__}() got multiple values for argument {twice!r}")
             values.update(kwargs)
         if len(values) < len(names):
-            for name in names:
-                if name in values:
-                    continue
-                if name in self._defaults:
-                    values[name] = self._defaults[name]
-                elif name in self._factories:
+            values = {**self._defaults, **values}
+            if len(values) < len(names):
+                for name in self._factories.keys() - values.keys():
                     values[name] = self._factories[name]()
-                else:
-                    missing = [n for n in names if n not in values and n not in self._defaults and n not in self._factories]
+                if len(values) < len(names):
+                    missing = [name for name in names if name not in values]
                     raise TypeError(f"{type(self).__name__}() missing required positional argument(s): "
                                     f"{', '.join(map(repr, missing))}")
         self.__dict__.update(values)
+        self.__post_init__()
 
     def _asdict(self) -> dict[str, Any]:
         """The fields and their values, in field order."""
         values = self.__dict__
         return {name: values[name] for name in self._names}
 
-    def _values(self) -> tuple[Any, ...]:
-        values = self.__dict__
-        return tuple(values[name] for name in self._compared)
+    def _replace(self, **changes: Any) -> Any:
+        """A new record of this class with ``changes`` to the fields (TypeError for a name that is no field),
+        made and checked as the constructor makes and checks one."""
+        return type(self)(**{**self._asdict(), **changes})
+
+    def __post_init__(self) -> None:
+        """Checks a subclass makes of a new record's values (ValueError, TypeError)."""
 
     def __eq__(self, other: object) -> bool:
         if other.__class__ is not self.__class__:
             return NotImplemented
-        return self._values() == other._values()  # type: ignore[attr-defined]
+        key = self._key
+        return key(self) == key(other)
 
     def __hash__(self) -> int:
-        return hash(self._values())
+        return hash(self._key(self))
 
     def __repr__(self) -> str:
         values = self.__dict__

@@ -17,7 +17,6 @@ import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -115,7 +114,7 @@ def _run(config: Config, upstream: str, work: Path, echo: Echo) -> int:
         with Outbox(work / f"outbox-{attempt}.sqlite") as outbox:
             fetched = asyncio.run(collect_emulated(Intake(outbox, config.destination_names), PATIENT, now))
             echo(f"\nBluetooth LE: {_describe(fetched)}")
-            summary = asyncio.run(deliver(replace(config, outbox_path=outbox.path), outbox, until_idle=True))
+            summary = asyncio.run(deliver(config._replace(outbox_path=outbox.path), outbox, until_idle=True))
             collected = sum(f.readings for f in fetched)
         echo(f"{label}: delivered {summary.delivered}, dead {summary.dead}")
         if summary.dead or summary.delivered != collected:

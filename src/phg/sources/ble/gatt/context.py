@@ -44,7 +44,6 @@ does not hold).
 
 from __future__ import annotations
 
-from dataclasses import replace
 from decimal import Decimal
 
 from phg import mdc
@@ -85,7 +84,7 @@ def qualifier(of: Metric, code: int, *, coded: int | None = None, bits: BitStrin
               derived_from: int | None = 0) -> Metric:
     """A Metric qualifying `of` (index derived_from in the same reading): its time, time resolution and stamp,
     a coded or BITs value, and of's test/demonstration status."""
-    return replace(of, code=code, value=None, unit=None, components=(), supplemental=(), coded=coded, bits=bits,
+    return of._replace(code=code, value=None, unit=None, components=(), supplemental=(), coded=coded, bits=bits,
                    derived_from=derived_from, status=tuple(s for s in of.status if s in _KEPT_STATUS))
 
 
@@ -146,6 +145,6 @@ def numeric(of: Metric, code: int, value: Number, unit: str, shift: int) -> Metr
     and status invalid for an SFLOAT special (NaN, NRes, ...)."""
     metric = qualifier(of, code)
     if not isinstance(value, Decimal):
-        return replace(metric, unit=unit, status=("invalid", *metric.status))
+        return metric._replace(unit=unit, status=("invalid", *metric.status))
     moved = value.scaleb(shift)
-    return replace(metric, value=moved.quantize(Decimal(1)) if moved.as_tuple().exponent > 0 else moved, unit=unit)
+    return metric._replace(value=moved.quantize(Decimal(1)) if moved.as_tuple().exponent > 0 else moved, unit=unit)

@@ -36,7 +36,7 @@ intervals, CGM trend and quality, the glucose context's exercise.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone, tzinfo
 from decimal import Decimal
 
@@ -279,8 +279,8 @@ def _plx_spot_check(m: PlxSpotCheckMeasurement, ctx: _Context) -> list[Metric]:
     time = ctx.reception if m.device_clock_not_set else _time(ctx, m.timestamp)
     status = _plx_status(m.measurement_status)
     spot = (mdc.MDC_MODALITY_SPOT,)  # a spot-check is MDC_MODALITY_SPOT (PHD IG numeric-spotnumeric.json)
-    metrics = [replace(_metric(SPO2, m.spo2_pct, "%", time, status), supplemental=spot),
-               replace(_metric(PLX_PULSE, m.pulse_rate_bpm, "/min", time, status), supplemental=spot)]
+    metrics = [_metric(SPO2, m.spo2_pct, "%", time, status)._replace(supplemental=spot),
+               _metric(PLX_PULSE, m.pulse_rate_bpm, "/min", time, status)._replace(supplemental=spot)]
     return metrics + _plx_device_status(metrics[0], m.device_and_sensor_status)
 
 
@@ -291,8 +291,8 @@ def _plx_continuous(m: PlxContinuousMeasurement, ctx: _Context) -> list[Metric]:
     # The other averaging times: the same metrics with Supplemental-Types MDC_MODALITY_FAST / _SLOW.
     for pair, modality in ((m.fast, mdc.MDC_MODALITY_FAST), (m.slow, mdc.MDC_MODALITY_SLOW)):
         if pair is not None:
-            metrics += [replace(_metric(SPO2, pair[0], "%", ctx.reception, status), supplemental=(modality,)),
-                        replace(_metric(PLX_PULSE, pair[1], "/min", ctx.reception, status), supplemental=(modality,))]
+            metrics += [_metric(SPO2, pair[0], "%", ctx.reception, status)._replace(supplemental=(modality,)),
+                        _metric(PLX_PULSE, pair[1], "/min", ctx.reception, status)._replace(supplemental=(modality,))]
     return metrics + _plx_device_status(metrics[0], m.device_and_sensor_status)
 
 
