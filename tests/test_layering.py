@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "phg"
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"errors", "version", "frozen"}),                  # errors; phg's own version; records
     frozenset({"mdc", "terminal", "secretfile", "transport",    # tables and small helpers
-               "metrics", "logformat"}),                       # counters every layer adds to; JSON logs
+               "metrics", "logformat", "process"}),            # counters every layer adds to; JSON logs; GC
     frozenset({"model"}),                                        # the neutral Reading
     frozenset({"fhir", "hl7v2"}),                                # formats: pure mapping
     frozenset({"config"}),                                       # settings, parsed once

@@ -58,6 +58,7 @@ import httpx
 
 from phg.auth.envelope import Envelope, seal
 from phg.config import FHIR_STRATEGIES, FhirSettings
+from phg.delivery.cpu import batch_work
 from phg.delivery.outcome import Delivered, Outcome, Rejected
 from phg.errors import AuthError, ConfigError, MappingError, PermanentDeliveryError, TransientDeliveryError
 from phg.fhir import build_transaction, to_json
@@ -173,8 +174,7 @@ class FhirDestination:
         return (*self.render(rest), refused) if rest else (None, b"", refused)
 
     async def send(self, readings: Sequence[Reading]) -> list[Outcome]:
-        # Building and serialising a bundle is CPU work: keep it off the event loop.
-        tx, body, refused = await asyncio.to_thread(self.render_each, readings)
+        tx, body, refused = await batch_work(len(readings), self.render_each, readings)
         sent = await self._deliver(tx, body) if tx is not None else []
         answers = iter(sent)
         return [Rejected(refused[i]) if i in refused else next(answers) for i in range(len(readings))]

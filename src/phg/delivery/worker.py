@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from phg import metrics
+from phg.delivery.cpu import batch_work
 from phg.delivery.outcome import Deferred, Delivered, Destination, Interrupted, Outcome, Rejected
 from phg.delivery.status import BACKING_OFF, DELIVERING, STOPPED, DestinationStatus
 from phg.errors import (
@@ -259,7 +260,7 @@ class DeliveryWorker:
             return None
         self._hold(items[0].lease, asked)
         try:
-            readings, broken = await asyncio.to_thread(_parse, items)
+            readings, broken = await batch_work(len(items), _parse, items)
             for item, reason in broken:
                 await self._dead([item], reason)
         except BaseException:  # what was leased comes due when its lease, no longer renewed, expires
