@@ -8,6 +8,8 @@ import subprocess
 import sys
 import threading
 
+import pytest
+
 from phg.delivery.cpu import INLINE_READINGS, batch_work
 from phg.process import GEN0
 
@@ -40,9 +42,5 @@ def test_batch_work_passes_arguments_and_raises_what_the_work_raises():
 
     for readings in (1, INLINE_READINGS + 1):
         assert asyncio.run(batch_work(readings, work, 7, 2)) == 3
-        try:
+        with pytest.raises(ZeroDivisionError, match="b is 0"):
             asyncio.run(batch_work(readings, work, 7, 0))
-        except ZeroDivisionError as exc:
-            assert str(exc) == "b is 0"
-        else:
-            raise AssertionError("no error")
