@@ -389,8 +389,11 @@ MAX_SIZE = 1_000_000  # per document: the characters of its strings and keys plu
 MAX_INPUT_BYTES = 16 * 2**20  # one file or stdin
 # Refused in every string: C0 controls (none excepted), DEL, C1 controls, lone surrogates (not Unicode
 # scalar values, RFC 8259 section 8.2) and U+FFFE/U+FFFF (not XML 1.0 Chars, section 2.2: SOAP needs XML).
+# As a pattern's text, compiled by `re` when first searched (re caches it): its ranges beyond Latin-1 cost
+# compiling more than parsing a document does, and ASCII text is checked without it (issue 16: `phg send`).
 _FORBIDDEN_CHARS = "\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff"
-_FORBIDDEN = re.compile(f"[{_FORBIDDEN_CHARS}]")
+_FORBIDDEN = f"[{_FORBIDDEN_CHARS}]"
+_ASCII_FORBIDDEN = bytes(range(32)) + b"\x7f"  # its ASCII characters, for bytes.translate
 _BOUNDS = (f"a value is at most {MAX_DIGITS} significant digits times 10^{MIN_EXPONENT}..10^{MAX_EXPONENT} "
            "(FHIR decimal precision, IEEE 11073 FLOAT exponent)")
 
@@ -406,8 +409,9 @@ def check_bounds(doc: Any) -> None:
 
 def _plainly_bounded(doc: Any) -> bool:
     """Whether `doc` is certainly within the bounds: one pass level by level that gathers the strings
-    and keys, then one length check and one regex search over all of them together (issue 16: the
-    per-field walk cost more than parsing). Anything unusual (a float, a subclass) answers False."""
+    and keys, then one length check and one search for a forbidden character over all of them together
+    (bytes.translate for ASCII text; issue 16: the per-field walk cost more than parsing). Anything unusual
+    (a float, a subclass) answers False."""
     size, depth, level, strings = 0, -1, [[doc]], []
     while level:
         depth += 1
@@ -442,8 +446,12 @@ def _plainly_bounded(doc: Any) -> bool:
         text = "".join(strings)  # keys that are not strings: TypeError
     except TypeError:
         return False
-    return (size + len(text) <= MAX_SIZE and not _FORBIDDEN.search(text)
-            and (not strings or max(map(len, strings)) <= MAX_STRING))
+    if size + len(text) > MAX_SIZE or (strings and max(map(len, strings)) > MAX_STRING):
+        return False
+    if text.isascii():
+        data = text.encode()
+        return len(data.translate(None, _ASCII_FORBIDDEN)) == len(data)
+    return re.search(_FORBIDDEN, text) is None
 
 
 def _plain_decimal(value: Decimal) -> bool:
@@ -502,7 +510,7 @@ def _check_size(size: int) -> None:
 def _check_text(text: str, parent: tuple[str | int, ...], key: str | int | None, what: str) -> None:
     if len(text) > MAX_STRING:
         raise ReadingError(_path(_at(parent, key)), f"{what} is {len(text):,} characters long; at most {MAX_STRING}")
-    if match := _FORBIDDEN.search(text):
+    if match := re.search(_FORBIDDEN, text):
         raise ReadingError(_path(_at(parent, key)),
                            f"{what} holds the character U+{ord(match[0]):04X} at position {match.start()}: "
                            "strings may not hold C0 or C1 control characters, DEL, surrogates, U+FFFE or U+FFFF")
@@ -539,7 +547,7 @@ def _path(parts) -> str:
     return text or "(document)"
 
 
-_DECIMAL_RE = re.compile(r"[+-]?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?\Z")
+_DECIMAL = r"[+-]?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?\Z"  # a pattern's text (as _FORBIDDEN): for messages
 _TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.(\d{1,6}))?(Z|[+-]\d{2}:\d{2})$")
 
 
@@ -748,7 +756,7 @@ def _schema_message(err) -> str:
 
 def _value_message(value: Any) -> str:
     """Why a metric or component value is refused: out of bounds, or not a decimal at all."""
-    if isinstance(value, str) and _DECIMAL_RE.match(value):
+    if isinstance(value, str) and re.match(_DECIMAL, value):
         try:
             check_number(Decimal(value), "value")
         except ReadingError as exc:
@@ -908,7 +916,7 @@ def _plainly_canonical(text: str) -> Any:
         data = text.encode()
         if len(data.translate(None, _ASCII_REFUSED)) != len(data):
             return None
-    elif _FORBIDDEN_OR_ESCAPE.search(text):
+    elif re.search(_FORBIDDEN_OR_ESCAPE, text):
         return None
     pieces = text.split('"')
     if len(text) > MAX_STRING and max(map(len, pieces[1::2]), default=0) > MAX_STRING:
@@ -929,8 +937,8 @@ def _plainly_canonical(text: str) -> Any:
         return None
 
 
-_ASCII_REFUSED = bytes(range(32)) + b"\x7f\\"
-_FORBIDDEN_OR_ESCAPE = re.compile(f"[{_FORBIDDEN_CHARS}\\\\]")  # and the backslash
+_ASCII_REFUSED = _ASCII_FORBIDDEN + b"\\"
+_FORBIDDEN_OR_ESCAPE = f"[{_FORBIDDEN_CHARS}\\\\]"  # and the backslash (a pattern's text, as _FORBIDDEN)
 # What lies outside the strings, reduced to its shape: each digit as 0, brackets, commas (between numbers), the
 # marks of a float (also the e of true and false: a document with booleans takes the long way); the rest dropped.
 _SHAPE = {c: "0" if chr(c).isdigit() else chr(c) if chr(c) in "[]{},.eE" else None for c in range(128)}
