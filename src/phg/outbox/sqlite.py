@@ -135,9 +135,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     (
         # No query reads item_due (EXPLAIN QUERY PLAN: `lease` and `next_due` search item_state, which also
-        # yields a destination's waiting items in id order), yet every lease rewrote its entries and every
-        # outcome report deleted them: an index costs a b-tree delete and insert per row whose indexed
-        # columns change (https://www.sqlite.org/queryplanner.html). Issue 16.
+        # yields a destination's waiting items in id order), yet every lease rewrote its entry (a changed
+        # next_attempt) and every outcome report deleted it: about 2 us per leased item (issue 16,
+        # docs/benchmarks.md section 1).
         "DROP INDEX item_due",
     ),
 )
