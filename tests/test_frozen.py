@@ -149,3 +149,10 @@ def test_one_field_compares_and_hashes_as_a_dataclass():
     """== and hash over one field: a tuple of one value, as the dataclass's (more fields: test above)."""
     assert FOne(1) == FOne(1) and FOne(1) != FOne(2) and hash(FOne(7)) == hash(DOne(7))
     assert FOne(1) != DOne(1) and FOne(1) != 1
+
+
+def test_a_class_var_annotated_with_typing_s_object_is_no_field():
+    """Without `from __future__ import annotations` an annotation is typing's object, not its text."""
+    made = type("Counted", (Frozen,), {"__annotations__": {"LIMIT": ClassVar[int], "BARE": ClassVar, "size": int},
+                                       "LIMIT": 3, "BARE": 1})
+    assert made._names == ("size",) and made(5).size == 5 and made.LIMIT == 3

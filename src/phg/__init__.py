@@ -21,7 +21,6 @@ The names are imported on first use, so `import phg` (and `phg --help`) stays li
 from __future__ import annotations
 
 from importlib import import_module
-from typing import TYPE_CHECKING, Any
 
 # name -> module that defines it
 _API = {
@@ -39,7 +38,10 @@ __all__ = [  # the names of _API, spelled out for readers and linters
     "render_messages", "to_json",
 ]
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (issue 16: `phg send` starts without it)
 if TYPE_CHECKING:
+    from typing import Any
+
     from phg.errors import MappingError, PhgError, ReadingError
     from phg.fhir import build_transaction, conditional_identifier, to_json
     from phg.hl7v2 import render_messages

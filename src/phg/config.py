@@ -17,14 +17,19 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar
 
 from phg.errors import ConfigError
 from phg.frozen import Frozen, field
 from phg.model import Gateway, PatientRef, Reading
 from phg.secretfile import require_private
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (issue 16: `phg send` starts without it)
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import Any, ClassVar
+
+    Parse = Callable[[Any, str], Any]  # (value as given, "where: [section] key") -> typed value, or ConfigError
 
 DEFAULT_SCOPE = "system/Patient.cu system/Device.cu system/Observation.c"
 SMART_SCOPE = "launch openid fhirUser patient/Patient.rs"  # [smart] scope: SMART App Launch 2.x EHR launch
@@ -43,8 +48,6 @@ QUEUE_ENGINES = ("sqlite", "jetstream")  # [queue] engine: phg.outbox.sqlite (em
 QUEUE_MAX_AGE = 14 * 86400.0  # [queue] max_age: how long JetStream keeps an undelivered reading (and its markers)
 QUEUE_DUPLICATE_WINDOW = 120.0  # [queue] duplicate_window: JetStream's own default (Nats-Msg-Id deduplication)
 RUN_ROLES = ("all", "intake", "worker")  # [run] role: what `phg run` runs (phg.daemon.run_gateway)
-
-Parse = Callable[[Any, str], Any]  # (value as given, "where: [section] key") -> typed value, or ConfigError
 
 
 def user_config_path() -> Path:

@@ -17,10 +17,11 @@ an ``inspect.signature`` naming the fields, ``__match_args__``, and the mutable-
 from __future__ import annotations
 
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (issue 16: `phg send` starts without it)
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from typing import Any, ClassVar, NoReturn
 
 _MISSING = object()
 
@@ -40,9 +41,10 @@ def field(*, default: Any = _MISSING, default_factory: Callable[[], Any] | None 
 
 
 def _is_class_var(annotation: Any) -> bool:
-    if isinstance(annotation, str):  # from __future__ import annotations
-        return annotation.startswith(("ClassVar", "typing.ClassVar"))
-    return annotation is ClassVar or getattr(annotation, "__origin__", None) is ClassVar
+    """ClassVar or ClassVar[...], by the annotation's text (from __future__ import annotations) or, for typing's
+    object, by its repr ("typing.ClassVar[int]"): typing is not imported to compare it."""
+    text = annotation if isinstance(annotation, str) else repr(annotation)
+    return text.startswith(("ClassVar", "typing.ClassVar"))
 
 
 class Frozen:

@@ -22,16 +22,16 @@ import re
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from functools import cache
-from typing import TYPE_CHECKING, Any
 
 from phg import mdc
 from phg.errors import ReadingError
 from phg.frozen import Frozen, field
 from phg.version import __version__
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (issue 16: `phg send` starts without it)
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
-    from typing import TypeVar
+    from typing import Any, TypeVar
 
     _T = TypeVar("_T")
 

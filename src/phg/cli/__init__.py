@@ -17,7 +17,10 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (issue 16: `phg send` starts without it)
+if TYPE_CHECKING:
+    from typing import Any
 
 # The options a `phg send` command line is run with without click: phg's global options (before `send`) and
 # send's own, as option -> (parameter name in the click command, what it takes: "flag", "count", "path" or the

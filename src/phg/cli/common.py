@@ -8,9 +8,12 @@ import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NoReturn
 
 from phg.errors import AuthError, ConfigError, PhgError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (issue 16: `phg send` starts without it)
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 EXIT_INPUT, EXIT_CONFIG, EXIT_TEMPFAIL = 1, 3, 75
 _ANSI = re.compile(r"\033\[[;?0-9]*[a-zA-Z]")  # the codes click.echo strips when its stream is no terminal

@@ -8,9 +8,12 @@ import json
 import sys
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
-from typing import Any
 
 from phg.cli.common import echo
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (issue 16: `phg send` starts without it)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def iso(epoch: float | None) -> str | None:

@@ -5,14 +5,15 @@ command (phg.cli.readings) runs. Exit codes as phg.cli's."""
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any, NoReturn
 
 from phg.cli.common import EXIT_CONFIG, EXIT_INPUT, EXIT_TEMPFAIL, Context, echo, fail, queue_name
 from phg.cli.output import print_json, progress
 from phg.errors import AuthError, ConfigError, StorageError
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (issue 16: `phg send` starts without it)
 if TYPE_CHECKING:
     import asyncio
+    from typing import Any, NoReturn
 
 EXIT_IOERR = 74
 

@@ -10,15 +10,25 @@ when configured: it needs the `hub` extra). `open_queue(config)` opens the confi
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from phg.outbox.queue import Queue
 from phg.outbox.sqlite import DEAD, DELIVERED, INFLIGHT, QUEUED, STATES, Item, Outbox
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (issue 16: `phg send` starts without it)
 if TYPE_CHECKING:
     from phg.config import Config
+    from phg.outbox.queue import Queue
 
 __all__ = ["DEAD", "DELIVERED", "INFLIGHT", "QUEUED", "STATES", "Item", "Outbox", "Queue", "open_queue"]
+
+
+def __getattr__(name: str) -> type:
+    """PEP 562: `Queue`, imported when first asked for (its Protocol imports typing, which queueing a reading
+    with `phg send` does without: issue 16)."""
+    if name != "Queue":
+        raise AttributeError(f"module 'phg.outbox' has no attribute {name!r}")
+    from phg.outbox.queue import Queue
+
+    globals()["Queue"] = Queue
+    return Queue
 
 
 def open_queue(config: Config) -> Queue:
