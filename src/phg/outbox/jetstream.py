@@ -670,8 +670,9 @@ class JetStreamQueue:
         or after AckWait while its holder still writes the delivered markers): put back, due once that claim
         and its grace have run out (by then delivered, or its holder gone). Recorded as a release: no attempt
         of its own (max_deliver)."""
-        log.info("%s: stream seq %d is claimed by another worker's lease for %.1f s more (handed out again at "
-                 "once, as after a consumer leader change): put back", destination, msg.metadata.sequence.stream, left)
+        log.info("%s: stream seq %d is claimed by another worker's lease for %.1f s more (its end and grace; handed "
+                 "out again after a consumer leader change or AckWait): put back", destination,
+                 msg.metadata.sequence.stream, left)
         record = await self._tried(destination, key)
         record["released"] = record.get("released", 0) + 1
         await _put(await self._bucket(f"tries_{destination}", self.settings.max_age), key, json.dumps(record).encode())
