@@ -86,11 +86,17 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import ParamSpec, TypeVar
 
 from phg.errors import ConfigError, StorageError
 from phg.frozen import Frozen
 from phg.secretfile import require_private
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (issue 16: `phg send` starts without it)
+if TYPE_CHECKING:
+    from typing import ParamSpec, TypeVar
+
+    P = ParamSpec("P")
+    T = TypeVar("T")
 
 QUEUED = "queued"
 INFLIGHT = "inflight"
@@ -246,9 +252,6 @@ ROOMY_CHECKPOINT_PAGES = 1000  # SQLite's default wal_autocheckpoint
 ROOMY_WAL_LIMIT = 8 * 2**20  # journal_size_limit then: above what 1,000 pages and a large batch take
 PURGED = "null"  # a delivered item's payload once kept long enough (valid JSON: `phg queue show` reads it)
 _RETENTION_INTERVAL = 60.0  # seconds between two retention passes
-
-P = ParamSpec("P")
-T = TypeVar("T")
 
 
 def _once_more_when_full(method: Callable[P, T]) -> Callable[P, T]:
