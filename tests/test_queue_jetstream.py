@@ -409,7 +409,7 @@ def test_a_claim_run_out_while_its_markers_wait_keeps_others_away_for_its_grace(
     for report in reports:
         report.start()
     got, end = [], time.monotonic() + grace + 15
-    while other.counts(DEST)[INFLIGHT] and time.monotonic() < end:
+    while (other.counts(DEST)[INFLIGHT] or other.counts(DEST)[QUEUED]) and time.monotonic() < end:
         got += other.lease(DEST, 3, 1.5)
     settled = time.time()
     for report in reports:
