@@ -12,13 +12,18 @@ import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from unittest import mock
 
 import click
+import platformdirs
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from phg.cli import GLOBAL_OPTIONS, LOG_FORMAT_VARIABLE, SEND_OPTIONS, parse_send
 from phg.cli.commands import main as group
 from phg.cli.readings import send as send_command
+from phg.config import user_config_path, user_data_dir
 from phg.demo.peers import free_port
 from phg.demo.sim import simulated_readings
 from phg.fhir import build_transaction, to_json
@@ -59,6 +64,39 @@ def test_send_no_deliver_imports_no_dataclasses_nor_typing(tmp_path, env):  # no
     records are phg.frozen's); typing is ~9 M instructions (callgrind), and phg's modules on this path import it
     only for type checkers (``TYPE_CHECKING = False``)."""
     assert _send_loads(tmp_path, env, ("dataclasses", "typing")) == []
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="elsewhere phg.config asks platformdirs itself")
+@pytest.mark.parametrize("outbox", ["given", "default"])
+def test_send_no_deliver_on_linux_imports_no_platformdirs(tmp_path, env, outbox):  # noqa: F811
+    """The default config file is looked for (PHG_CONFIG empty), and with "default" the outbox is the data
+    directory's, both found by phg.config itself: platformdirs imports tempfile, shutil, lzma and more."""
+    if outbox == "default":
+        env = {**env, "PHG_OUTBOX": ""}
+    assert _send_loads(tmp_path, env, ("platformdirs",)) == []
+
+
+# A directory variable: unset (None), empty, blank, relative, absolute, with trailing or doubled slashes, a tilde.
+_DIRECTORY = st.none() | st.sampled_from(["", " ", " /x", "/", "//", "/home/u", "/home/u/", "//srv/u", "/a//b/",
+                                          "rel", "rel/dir", "~", "~/x", "/x y"]) | st.text("/ab ~.", max_size=8)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="elsewhere phg.config asks platformdirs itself")
+@settings(max_examples=400, deadline=None)
+@given(home=_DIRECTORY, config=_DIRECTORY, data=_DIRECTORY)
+@example(home=None, config=None, data=None).via("no variable: platformdirs asks the password database")
+@example(home="/", config="rel", data="").via("HOME is the root")
+def test_the_default_directories_are_platformdirs(home, config, data):
+    """phg.config's default directories are platformdirs', whatever HOME, XDG_CONFIG_HOME and XDG_DATA_HOME hold
+    (on Linux it finds the common case itself; issue 16)."""
+    with mock.patch.dict(os.environ):
+        for name, value in (("HOME", home), ("XDG_CONFIG_HOME", config), ("XDG_DATA_HOME", data)):
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        assert user_config_path() == Path(platformdirs.user_config_dir("phg")) / "phg.toml"
+        assert user_data_dir() == Path(platformdirs.user_data_dir("phg"))
 
 
 # ------------------------------------------------------------------------------------------ send without click

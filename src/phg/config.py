@@ -11,12 +11,18 @@ SoapSettings) whose KEYS are the rows of its [destinations.NAME] table; the top-
 [auth] sections (and --fhir-base) are sugar for one FHIR destination named "fhir".
 
 A wrong value stops start-up with a ConfigError naming the file (or variable, or flag) and the key.
+
+The default directories (the config file's, the data directory: outbox, keys) are platformdirs', which remains
+the authority; on Linux the common case is found without importing it (`_user_dir`: platformdirs imports
+tempfile, shutil, lzma and more, a sixth of `phg send`'s start-up, issue 16), and tests/test_cli_startup.py
+compares both answers over many environments.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 
 from phg.errors import ConfigError
@@ -51,15 +57,26 @@ RUN_ROLES = ("all", "intake", "worker")  # [run] role: what `phg run` runs (phg.
 
 
 def user_config_path() -> Path:
-    import platformdirs
-
-    return Path(platformdirs.user_config_dir("phg")) / "phg.toml"
+    return _user_dir("XDG_CONFIG_HOME", ".config", "user_config_dir") / "phg.toml"
 
 
 def user_data_dir() -> Path:
+    return _user_dir("XDG_DATA_HOME", ".local/share", "user_data_dir")
+
+
+def _user_dir(variable: str, in_home: str, kind: str) -> Path:
+    """platformdirs' `kind` directory for phg (module docstring). Where platformdirs takes its Unix branch with
+    XDG (sys.platform "linux", not Android by platformdirs' own test) and $`variable` or $HOME is absolute, the
+    answer is platformdirs' and found here: the variable when absolute (XDG Base Directory Specification), else
+    $HOME/`in_home`, then /phg. Everything else: platformdirs."""
+    base, home = os.environ.get(variable, ""), os.environ.get("HOME", "")
+    android = hasattr(sys, "getandroidapilevel") or (
+        os.environ.get("ANDROID_DATA") == "/data" and os.environ.get("ANDROID_ROOT") == "/system")
+    if sys.platform == "linux" and not android and (base[:1] == "/" or home[:1] == "/"):
+        return Path(base if base[:1] == "/" else f"{home.rstrip('/')}/{in_home}") / "phg"
     import platformdirs
 
-    return Path(platformdirs.user_data_dir("phg"))
+    return Path(getattr(platformdirs, kind)("phg"))
 
 
 def default_gateway_system_id() -> str:
