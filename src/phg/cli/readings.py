@@ -79,9 +79,11 @@ def run(obj: Context, role: str | None, as_json: bool) -> None:
     configured sources, until stopped (Ctrl-C, SIGTERM); then print what was delivered. Intakes and
     workers may run as separate processes on one queue (--role)."""
     from phg.daemon import open_queue_when_reachable, run_gateway
+    from phg.process import tune_collector
 
     obj.flags[("run", "role")] = role
     config = obj.config()
+    tune_collector()  # a long-running process: start-up's objects frozen, a batch's freed between collections
     if not logging.getLogger().isEnabledFor(logging.INFO):
         logging.getLogger().setLevel(logging.INFO)
         logging.getLogger("httpx").setLevel(logging.WARNING)
