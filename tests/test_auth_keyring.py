@@ -72,6 +72,37 @@ def test_another_process_rotating_is_seen(ring) -> None:
     assert reader.signing_key().kid != first
 
 
+def test_the_server_learns_a_new_key_before_the_ring_lets_it_sign(ring, tmp_path: Path) -> None:
+    """`phg keys rotate --publish-delay 0` with a registration (RFC 7592): a running `phg run` re-reads
+    the ring and signs with the new key as soon as it may, so publish(jwks) runs before the ring changes
+    (it failed under load: the daemon's token request, signed with the new key, reached the server before
+    the registration update did: invalid_client, delivery stopped)."""
+    keys, clock = ring
+    reader = KeyRing(keys.key_file, clock=clock)  # the running daemon's view
+    first = reader.signing_key().kid
+    seen: list[tuple[list[str], str]] = []
+
+    def publish(jwks: dict) -> None:
+        seen.append(([k["kid"] for k in jwks["keys"]], reader.signing_key().kid))
+
+    new = keys.rotate(publish_delay=0, grace=60, publish=publish)
+    assert seen == [([first, new.kid], first)]  # both keys published while the old one still signed
+    assert reader.signing_key().kid == new.kid
+
+
+def test_a_failed_publish_leaves_the_ring_as_it_was(ring, tmp_path: Path) -> None:
+    keys, _ = ring
+    before = sorted(p.name for p in tmp_path.iterdir())
+
+    def publish(jwks: dict) -> None:
+        raise httpx.ConnectError("registration endpoint unreachable")
+
+    with pytest.raises(httpx.ConnectError):
+        keys.rotate(publish_delay=0, grace=60, publish=publish)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no new key file, no state file
+    assert kids(keys.published()) == [keys.signing_key().kid]
+
+
 def test_a_ring_with_no_usable_key_says_so(ring) -> None:
     keys, clock = ring
     keys.rotate(publish_delay=100, grace=0)

@@ -151,10 +151,15 @@ class KeyRing:
 
     # ------------------------------------------------------------------ rotating
     def rotate(self, alg: str | None = None, *, publish_delay: float = DEFAULT_PUBLISH_DELAY,
-               grace: float = DEFAULT_GRACE) -> SigningKey:
+               grace: float = DEFAULT_GRACE, publish: Callable[[dict[str, Any]], None] | None = None) -> SigningKey:
         """Add a new key (same alg as the current one unless given): published now, signing after
         ``publish_delay`` s; the keys that sign now retire ``grace`` s after that. Keys already
-        retired leave the ring and their files are deleted."""
+        retired leave the ring and their files are deleted.
+
+        ``publish(jwks)``, when given, makes the new JWKS known to the server (RFC 7592) before the ring
+        changes: a running `phg run` re-reads the ring and signs with the new key as soon as it may (at once
+        with publish_delay 0), so the server must know it first, or its token requests fail as
+        invalid_client. If publish raises, the ring is left as it was and the new key file removed."""
         if publish_delay < 0 or grace < 0:
             raise ConfigError("publish delay and grace must be >= 0 seconds")
         now = self._clock()
@@ -183,6 +188,12 @@ class KeyRing:
                 retire_at = min(entry.retire_at, retire_at)
             kept.append(RingEntry(entry.file, entry.kid, entry.alg, entry.added, entry.sign_from, retire_at))
         kept.append(RingEntry(path.name, key.kid, key.alg, now, sign_from, None))
+        if publish is not None:
+            try:
+                publish(jwks([self._load(e) for e in kept if e.published_at(now)]))
+            except BaseException:
+                path.unlink(missing_ok=True)
+                raise
         _write_state(self.state_file, kept)
         with self._lock:
             self._stamp = None

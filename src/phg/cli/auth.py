@@ -102,25 +102,28 @@ def keys_rotate(obj, alg: str | None, publish_delay: float | None, grace: float 
     settings = config.auth
     ring = KeyRing(_key_path(obj, None))
     delay = settings.key_publish_delay if publish_delay is None else publish_delay
-    key = ring.rotate(alg, publish_delay=delay, grace=settings.key_rotation_grace if grace is None else grace)
+    registered = not settings.jwks_uri and settings.registration_client_uri and settings.registration_access_token
+    # With a registration to update, the server learns the new JWKS before the ring changes (KeyRing.rotate):
+    # a running `phg run` may sign with the new key the moment the ring says so.
+    publish = (lambda jwks: asyncio.run(_update_registered_jwks(obj, config, settings, jwks))) if registered else None
+    key = ring.rotate(alg, publish_delay=delay, grace=settings.key_rotation_grace if grace is None else grace,
+                      publish=publish)
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() + delay))
     click.echo(f"added key {key.kid} ({key.alg}); it signs from {when}")
     if settings.jwks_uri:
         click.echo(f"published at {settings.jwks_uri} (phg serve-jwks serves the ring)")
-    elif settings.registration_client_uri and settings.registration_access_token:
-        asyncio.run(_update_registered_jwks(obj, config, settings, ring))
-    else:
+    elif not registered:
         click.echo("register this JWKS with the server before then:", err=True)
         click.echo(json.dumps(ring.jwks(), indent=2))
 
 
-async def _update_registered_jwks(obj, config, settings, ring) -> None:
+async def _update_registered_jwks(obj, config, settings, jwks: dict) -> None:
     import httpx
 
     from phg.auth.registration import client_metadata, store_in_config, update_registration
     from phg.delivery.tls import httpx_options
 
-    metadata = client_metadata(scope=settings.scope, jwks=ring.jwks(), signing_alg=None,
+    metadata = client_metadata(scope=settings.scope, jwks=jwks, signing_alg=None,
                                client_name=f"phg gateway {config.gateway.system_id}")
     metadata["client_id"] = settings.client_id
     async with httpx.AsyncClient(timeout=30.0, **httpx_options(settings.tls, settings.proxy)) as client:
