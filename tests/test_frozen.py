@@ -3,7 +3,9 @@ declared both ways and must answer alike (construction, its errors, ==, hash, re
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import pickle
 from typing import ClassVar
 
 import pytest
@@ -135,14 +137,22 @@ def test_replace_refuses_what_is_no_field_as_dataclasses_replace_does():
 
 
 def test_post_init_checks_construction_and_replace_as_a_dataclass_s_does():
+    """cls(20, 10) gives every field by position: Frozen's fast path, which must run __post_init__ too."""
     assert FChecked(1) == FChecked(1, 10) and FChecked(1)._replace(high=2).high == 2
-    for make in (lambda cls: cls(11), lambda cls: cls(1, high=0)):
+    for make in (lambda cls: cls(11), lambda cls: cls(1, high=0), lambda cls: cls(20, 10)):
         with pytest.raises(ValueError, match="low > high"):
             make(DChecked)
         with pytest.raises(ValueError, match="low > high"):
             make(FChecked)
     with pytest.raises(ValueError, match="low > high"):
         FChecked(1)._replace(low=20)
+
+
+def test_a_record_with_post_init_survives_pickle_and_deepcopy_as_a_dataclass_does():
+    """Both restore __dict__ without calling __init__, so __post_init__ does not run again (as a dataclass's)."""
+    for made in (FChecked(1, 5), DChecked(1, 5)):
+        for again in (pickle.loads(pickle.dumps(made)), copy.deepcopy(made)):
+            assert again == made and type(again) is type(made) and (again.low, again.high) == (1, 5)
 
 
 def test_one_field_compares_and_hashes_as_a_dataclass():
