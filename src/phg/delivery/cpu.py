@@ -1,27 +1,35 @@
-"""Where a batch's CPU work runs: on the event loop when the batch is small, else in a thread.
+"""Where a batch's CPU work runs: on the event loop when it is small, else in a thread (issue 16).
 
 Parsing stored readings and rendering a batch are pure Python: under the GIL a thread runs them no
-faster, and hands the GIL back and forth with the loop thread (issue 16: the delivery path spent about
-13% of its CPU on those hand-offs). A thread keeps the loop answering only because the interpreter
-switches threads every sys.getswitchinterval() (5 ms); a batch of up to INLINE_READINGS readings maps in
-about that long (about 50 us a reading), so it runs on the loop directly. A larger batch (batch_size goes
-up to 1,000) goes to a thread, so that nothing else on the loop (the API, lease renewals) waits for it.
-Blocking I/O (SQLite, files) always goes to a thread.
+faster, and hands the GIL back and forth with the loop thread (the delivery path spent about 13% of its
+CPU on those hand-offs). A thread keeps the loop answering only because the interpreter switches threads
+every sys.getswitchinterval() (5 ms), so work that takes about that long runs on the loop directly; larger
+work goes to a thread, so that nothing else on the loop (the API, the sources, lease renewals) waits
+longer for it. The bounds are in what sets the cost, measured on the simulator's readings (Python 3.11):
+- parsing: the stored text, 0.045 us a character (0.065 through the checks of a text not plainly within
+  the bounds): INLINE_CHARS, about 5 ms (a batch of 50 usual readings is about 21,000 characters);
+- rendering: the metrics, about 17 us each (FHIR; HL7 v2 costs less): INLINE_METRICS, about 5 ms (a batch of
+  50 usual readings has about 90).
+Cryptography (c3pro's envelopes) and blocking I/O (SQLite, files) always go to a thread.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import TypeVar
 
-INLINE_READINGS = 100
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import TypeVar
 
-_T = TypeVar("_T")
+    _T = TypeVar("_T")
+
+INLINE_CHARS = 100_000
+INLINE_METRICS = 300
 
 
-async def batch_work(readings: int, work: Callable[..., _T], /, *args: object) -> _T:
-    """work(*args), the CPU work of a batch of `readings` readings: on the loop or in a thread (above)."""
-    if readings <= INLINE_READINGS:
+async def batch_work(inline: bool, work: Callable[..., _T], /, *args: object) -> _T:
+    """work(*args): on the loop when `inline` (the caller's bound above holds), else in a thread."""
+    if inline:
         return work(*args)
     return await asyncio.to_thread(work, *args)

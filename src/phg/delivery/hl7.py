@@ -20,9 +20,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from functools import partial
 from typing import Protocol
 
 from phg.config import Hl7Settings
+from phg.delivery.cpu import INLINE_METRICS, batch_work
 from phg.delivery.outcome import Deferred, Delivered, Interrupted, Outcome, Rejected
 from phg.errors import MappingError, TransientDeliveryError
 from phg.hl7v2.ack import Ack, AckError, parse_ack
@@ -81,9 +83,10 @@ class Hl7Destination:
         self.exchange = exchange
 
     async def send(self, readings: Sequence[Reading]) -> list[Outcome]:
-        rendered = await asyncio.to_thread(render_batch, readings, self.gateway,
-                                           receiving_application=self.settings.receiving_application,
-                                           receiving_facility=self.settings.receiving_facility)
+        rendered = await batch_work(sum(len(r.metrics) for r in readings) <= INLINE_METRICS,
+                                    partial(render_batch, readings, self.gateway,
+                                            receiving_application=self.settings.receiving_application,
+                                            receiving_facility=self.settings.receiving_facility))
         outcomes: list[Outcome] = []
         for n, item in enumerate(rendered):
             if isinstance(item, MappingError):

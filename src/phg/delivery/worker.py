@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from phg import metrics
-from phg.delivery.cpu import batch_work
+from phg.delivery.cpu import INLINE_CHARS, batch_work
 from phg.delivery.outcome import Deferred, Delivered, Destination, Interrupted, Outcome, Rejected
 from phg.delivery.status import BACKING_OFF, DELIVERING, STOPPED, DestinationStatus
 from phg.errors import (
@@ -91,8 +91,8 @@ def backoff(attempts: int, base: float = 1.0, cap: float = 300.0) -> float:
 
 
 def _parse(items: Sequence[Item]) -> tuple[Batch, list[tuple[Item, str]]]:
-    """Stored payloads back to Readings (CPU work: run in a thread). A payload that no longer
-    parses (written by another version, say) is dead-lettered alone."""
+    """Stored payloads back to Readings (CPU work: phg.delivery.cpu says where it runs). A payload that no
+    longer parses (written by another version, say) is dead-lettered alone."""
     readings, broken = [], []
     for item in items:
         try:
@@ -260,7 +260,7 @@ class DeliveryWorker:
             return None
         self._hold(items[0].lease, asked)
         try:
-            readings, broken = await batch_work(len(items), _parse, items)
+            readings, broken = await batch_work(sum(len(i.payload) for i in items) <= INLINE_CHARS, _parse, items)
             for item, reason in broken:
                 await self._dead([item], reason)
         except BaseException:  # what was leased comes due when its lease, no longer renewed, expires
