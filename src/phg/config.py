@@ -68,7 +68,8 @@ def _user_dir(variable: str, in_home: str, kind: str) -> Path:
     """platformdirs' `kind` directory for phg (module docstring). Where platformdirs takes its Unix branch with
     XDG (sys.platform "linux", not Android by platformdirs' own test) and $`variable` or $HOME is absolute, the
     answer is platformdirs' and found here: the variable when absolute (XDG Base Directory Specification), else
-    $HOME/`in_home`, then /phg. Everything else: platformdirs."""
+    $HOME/`in_home`, then /phg. platformdirs ignores a relative value too from 4.11.8 (tox-dev/platformdirs#540),
+    pyproject's floor. Everything else: platformdirs."""
     base, home = os.environ.get(variable, ""), os.environ.get("HOME", "")
     android = hasattr(sys, "getandroidapilevel") or (
         os.environ.get("ANDROID_DATA") == "/data" and os.environ.get("ANDROID_ROOT") == "/system")
