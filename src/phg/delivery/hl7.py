@@ -93,12 +93,11 @@ class Hl7Destination:
                 outcomes.append(Rejected(f"cannot map to HL7 v2 PCD-01: {item}"))
                 continue
             control_id, message = item
+            exchange = asyncio.ensure_future(self.exchange(message, control_id))
             try:
-                result = await self.exchange(message, control_id)
+                result = await asyncio.shield(exchange)
             except asyncio.CancelledError:
-                if outcomes:  # what was acknowledged before is reported (Interrupted), not sent again
-                    raise Interrupted(outcomes) from None
-                raise
+                raise await self._interrupted(exchange, outcomes) from None
             if not unanswered(result):
                 outcomes.append(result)
                 continue
@@ -112,6 +111,20 @@ class Hl7Destination:
         accepted = sum(1 for o in outcomes if isinstance(o, Delivered))
         log.info("%s: %d of %d messages acknowledged (AA/CA)", self.name, accepted, len(rendered))
         return outcomes
+
+    @staticmethod
+    async def _interrupted(exchange: asyncio.Future, outcomes: list[Outcome]) -> asyncio.CancelledError:
+        """The send was cancelled (its lease lost, say) while a message was on the wire: its exchange ends
+        first, within its own ack_timeout, so that an acknowledged message is reported with those before it
+        (Interrupted) and the next holder of the batch does not send it again (issue 15's leader test: one
+        MSH-10 twice). A second cancellation ends the exchange at once (the exchange drops its connection)."""
+        try:
+            result = await exchange
+        except (asyncio.CancelledError, Exception):  # the batch ends here all the same: report what came before
+            result = None
+        if result is not None and not unanswered(result):
+            outcomes.append(result)
+        return Interrupted(outcomes) if outcomes else asyncio.CancelledError()
 
     def _batch_error(self, result: Deferred, control_id: str) -> TransientDeliveryError:
         """The first message went unanswered: the batch as a whole waits (backoff, Retry-After, circuit)."""
