@@ -233,6 +233,38 @@ def test_delivered_markers_go_to_the_bucket_done_names(open_js, monkeypatch):
     assert sorted(queue._call(moved.keys(), "listing markers")) == [key for key, _ in readings(2)]
 
 
+@pytest.mark.parametrize("leader_wait", [2.1, 2.3], ids=["no-round-past-leader-wait", "last-round-cut-short"])
+def test_publishing_without_a_puback_ends_within_leader_wait_and_a_request_timeout(monkeypatch, leader_wait):
+    """What _claim_grace relies on: _publish_all starts no round past LEADER_WAIT, and its last round's waits
+    (for a permit, for the PubAcks) end REQUEST_TIMEOUT after. Two messages, one permit, no PubAck ever: a
+    round publishes one, waits REQUEST_TIMEOUT for a permit for the other, then REQUEST_TIMEOUT for the
+    PubAck (before: a round could start 0.25 s past LEADER_WAIT and take both waits whole, 4.25 s here)."""
+    monkeypatch.setattr(jetstream, "LEADER_WAIT", leader_wait)
+    monkeypatch.setattr(jetstream, "REQUEST_TIMEOUT", 1.0)
+    monkeypatch.setattr(jetstream, "PUBLISH_PENDING", 1)
+    pending: set[asyncio.Future] = set()
+
+    class Unanswered:  # nats-py's JetStream context: its one permit held by a message no PubAck answers
+        def publish_async_pending(self) -> int:
+            return len(pending)
+
+        async def publish_async(self, subject: str, payload: bytes, headers: dict, wait_stall: float | None):
+            if pending:
+                await asyncio.sleep(wait_stall)  # no permit comes free
+                raise nats.js.errors.TooManyStalledMsgsError
+            future = asyncio.get_running_loop().create_future()
+            pending.add(future)
+            future.add_done_callback(pending.discard)
+            return future
+
+    queue = object.__new__(JetStreamQueue)  # no cluster: _publish_all and its _stall only
+    queue._js, queue._where = Unanswered(), "JetStream (a double)"
+    started = time.monotonic()
+    with pytest.raises(nats.errors.TimeoutError):
+        asyncio.run(queue._publish_all({n: ("s", b"{}", {}) for n in (1, 2)}, "delivered markers"))
+    assert time.monotonic() - started <= leader_wait + 1.0 + 0.2
+
+
 def _claims(settings: QueueSettings, work: Callable) -> object:
     """Run `work(bucket)` on the destination's claim bucket (`P_claim_DEST`), through a connection of the test's
     own (what another worker's lease would have written there)."""

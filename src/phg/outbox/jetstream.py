@@ -494,9 +494,12 @@ class JetStreamQueue:
     async def _publish_all(self, messages: Mapping[K, tuple[str, bytes, dict[str, str]]], what: str) -> dict[K, api.PubAck]:
         """Publish every (subject, payload, headers) at once and wait for each PubAck, publishing again, for
         up to LEADER_WAIT, what got none: only for what is stored once however often it is published (a
-        Nats-Msg-Id within the duplicate window, a key-value put)."""
+        Nats-Msg-Id within the duplicate window, a key-value put). No round starts past LEADER_WAIT, and
+        the last one's wait for a permit (_stall) and for its PubAcks ends REQUEST_TIMEOUT after it: the whole
+        returns or raises within LEADER_WAIT + REQUEST_TIMEOUT of its start, which _claim_grace relies on."""
         acks: dict[K, api.PubAck] = {}
         end = time.monotonic() + LEADER_WAIT
+        limit = end + REQUEST_TIMEOUT
         while len(acks) < len(messages):
             waiting: dict[K, asyncio.Future[api.PubAck]] = {}
             try:
@@ -504,13 +507,14 @@ class JetStreamQueue:
                     if name not in acks:
                         try:
                             waiting[name] = await self._js.publish_async(subject, payload, headers=headers,
-                                                                         wait_stall=self._stall())
+                                                                         wait_stall=self._stall(limit))
                         except nats.js.errors.TooManyStalledMsgsError:
                             if asyncio.current_task().cancelling():  # (nats-py turns a cancellation into this)
                                 raise asyncio.CancelledError from None
                             break  # every permit held (no PubAck for seconds): the rest in the next round
                 if waiting:
-                    await asyncio.wait(waiting.values(), timeout=REQUEST_TIMEOUT)
+                    await asyncio.wait(waiting.values(),
+                                       timeout=min(REQUEST_TIMEOUT, max(limit - time.monotonic(), 0.0)))
                 for name, future in waiting.items():
                     if future.done() and future.exception() is None:
                         acks[name] = future.result()
@@ -520,18 +524,21 @@ class JetStreamQueue:
                 for future in waiting.values():  # an unanswered one would hold one of nats-py's permits for good
                     future.cancel()
             if len(acks) < len(messages):
-                if time.monotonic() > end:
+                if time.monotonic() + 0.25 > end:  # (the next round would start past LEADER_WAIT)
                     raise nats.errors.TimeoutError
                 log.debug("%s: %d of %d %s without a PubAck; publishing them again", self._where,
                           len(messages) - len(acks), len(messages), what)
                 await asyncio.sleep(0.25)
         return acks
 
-    def _stall(self) -> float | None:
+    def _stall(self, limit: float) -> float | None:
         """publish_async's wait_stall: none while one of its PUBLISH_PENDING permits is free. With one,
         nats-py takes its semaphore through asyncio.wait_for, a task that yields to the loop after each
-        message, which then leaves in a socket write of its own (measured: one send(2) per reading)."""
-        return REQUEST_TIMEOUT if self._js.publish_async_pending() >= PUBLISH_PENDING else None
+        message, which then leaves in a socket write of its own (measured: one send(2) per reading).
+        Else REQUEST_TIMEOUT, but never past `limit` (time.monotonic; 0 past it: a permit now, or none)."""
+        if self._js.publish_async_pending() < PUBLISH_PENDING:
+            return None
+        return min(REQUEST_TIMEOUT, max(limit - time.monotonic(), 0.0))
 
     def source_state(self, name: str) -> str | None:
         """The progress marker last committed under `name`, or None."""
@@ -1323,12 +1330,15 @@ def _claim_end(now: float, lease_seconds: float) -> float:
 
 def _claim_grace() -> float:
     """Seconds past its end (and CLAIM_SKEW) a claim that ran out by time still keeps other leases away. Its
-    holder may be writing the delivered markers of a send that ended before the claim did (its lease ends
-    a third of a lease before its claims), with the claim bucket too long without a leader to extend the
-    claim: those writes end within LEADER_WAIT, the last round's PubAcks awaited REQUEST_TIMEOUT more
-    (_publish_all). Only after that may another lease take the claim over and look for the marker: then
-    it is there, or its holder gave up (a StorageError from delivered). The holder itself may claim it
-    again meanwhile (_keep_claims). The cost: a dead worker's readings are taken over this much later."""
+    holder may be writing the delivered markers of a send that ended before the claim did, with the claim
+    bucket too long without a leader to extend the claim. The bound has two parts: the send ends by its
+    lease's end, a third of a lease (lease_seconds/3, _claim_end) before its claims', and that slack is what
+    lets the report reach _publish_all before the claims end; _publish_all then returns or raises within
+    LEADER_WAIT + REQUEST_TIMEOUT of its start (no round starts past LEADER_WAIT, and the last round's waits
+    for a permit and for its PubAcks end REQUEST_TIMEOUT after). So the markers are written, or the holder
+    gave up (a StorageError from delivered), within this grace of the claims' end. Only then may another
+    lease take the claim over and look for the marker. The holder itself may claim it again meanwhile
+    (_keep_claims). The cost: a dead worker's readings are taken over this much later."""
     return LEADER_WAIT + REQUEST_TIMEOUT
 
 
