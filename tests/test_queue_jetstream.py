@@ -419,6 +419,7 @@ def test_a_claim_run_out_while_its_markers_wait_keeps_others_away_for_its_grace(
     holder.enqueue(DEST, readings(3))
     leased = lease_all(holder, 3, lease_seconds=1.5)
     claims_end = max(held.until for held in holder._leases.values())
+    claim_end_of = {seq: held.until for held in holder._leases.values() for seq in held.messages}
     publish_all = holder._publish_all
 
     async def keeper_unanswered(token, held):
@@ -449,9 +450,14 @@ def test_a_claim_run_out_while_its_markers_wait_keeps_others_away_for_its_grace(
     assert got == []
     assert other.counts(DEST) == {QUEUED: 0, INFLIGHT: 0, DELIVERED: 3, DEAD: 0}  # settled by the other worker
     assert settled > claims_end + grace
-    put_back = [float(m[1]) for r in caplog.records
-                if (m := re.search(r"claimed by another worker's lease for ([0-9.]+) s more", r.getMessage()))]
-    assert put_back and min(put_back) > grace  # put back past the grace: no spinning meanwhile
+    # Put back past the grace (no spinning meanwhile): each put-back is due, from its log record's time, no
+    # earlier than its claim's end + CLAIM_SKEW + grace (less 0.05 s: the log's one decimal).
+    put_back = [(r.created, int(m[1]), float(m[2])) for r in caplog.records
+                if (m := re.search(r"stream seq (\d+) is claimed by another worker's lease for ([0-9.]+) s more",
+                                   r.getMessage()))]
+    assert put_back
+    for at, seq, left in put_back:
+        assert at + left >= claim_end_of[seq] + jetstream.CLAIM_SKEW + grace - 0.05, (seq, left)
 
 
 @pytest.mark.parametrize("how", ["release", "retry_later", "dead"])
