@@ -353,7 +353,8 @@ def test_stream_leader_killed_and_restarted_mid_drain(hub_factory, sekmet):
     if twice:  # known and open (docs/hub.md, "Two workers, one reading"): shown as XFAIL in the summary, never hidden
         pytest.xfail(f"{len(twice)} MSH-10 received twice across the leader change (e.g. {twice[:2]}): a takeover "
                      "before the holder's markers (docs/hub.md, \"Open\": a marker bucket without a leader past "
-                     "LEADER_WAIT, a frozen worker, the message on the wire of a lease lost mid-send)")
+                     "LEADER_WAIT, a frozen worker, a send whose last exchange outlasts its lease by more than a third of a "
+                     "lease)")
 
 
 def test_a_slow_server_gets_nothing_twice(hub_factory, sekmet):
