@@ -8,7 +8,7 @@ time the oldest generation, which walks every object of the process (modules, co
 clients). Measured in `bench/run.py client`: 12% of the delivery path's CPU (0.43 s of 3.4 s for 20,000
 readings), 0.02 s after `tune_collector()`.
 
-`tune_collector()`, called once start-up is done (`phg run`): what start-up made is collected once and
+`tune_collector()`, called by `phg run` once it has read its configuration: what exists then is collected once and
 then frozen (gc.freeze: the permanent generation, never walked again), and the youngest generation may
 grow to GEN0 objects, more than a batch makes. Cyclic garbage (rare here: an exception with its traceback,
 say) is still collected, a little later.

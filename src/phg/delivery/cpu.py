@@ -19,13 +19,26 @@ import asyncio
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
     from typing import TypeVar
+
+    from phg.model import Reading
+    from phg.outbox import Item
 
     _T = TypeVar("_T")
 
 INLINE_CHARS = 100_000
 INLINE_METRICS = 300
+
+
+def parse_inline(items: Sequence[Item]) -> bool:
+    """Whether parsing these stored readings stays within the bound above (their characters)."""
+    return sum(len(item.payload) for item in items) <= INLINE_CHARS
+
+
+def render_inline(readings: Sequence[Reading]) -> bool:
+    """Whether rendering these readings stays within the bound above (their metrics)."""
+    return sum(len(reading.metrics) for reading in readings) <= INLINE_METRICS
 
 
 async def batch_work(inline: bool, work: Callable[..., _T], /, *args: object) -> _T:

@@ -59,7 +59,7 @@ import orjson
 
 from phg.auth.envelope import Envelope, seal
 from phg.config import FHIR_STRATEGIES, FhirSettings
-from phg.delivery.cpu import INLINE_METRICS, batch_work
+from phg.delivery.cpu import batch_work, render_inline
 from phg.delivery.outcome import Delivered, Outcome, Rejected
 from phg.errors import AuthError, ConfigError, MappingError, PermanentDeliveryError, TransientDeliveryError
 from phg.fhir import build_transaction, to_json
@@ -175,8 +175,7 @@ class FhirDestination:
         return (*self.render(rest), refused) if rest else (None, b"", refused)
 
     async def send(self, readings: Sequence[Reading]) -> list[Outcome]:
-        tx, body, refused = await batch_work(sum(len(r.metrics) for r in readings) <= INLINE_METRICS, self.render_each,
-                                             readings)
+        tx, body, refused = await batch_work(render_inline(readings), self.render_each, readings)
         sent = await self._deliver(tx, body) if tx is not None else []
         answers = iter(sent)
         return [Rejected(refused[i]) if i in refused else next(answers) for i in range(len(readings))]

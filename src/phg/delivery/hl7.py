@@ -24,7 +24,7 @@ from functools import partial
 from typing import Protocol
 
 from phg.config import Hl7Settings
-from phg.delivery.cpu import INLINE_METRICS, batch_work
+from phg.delivery.cpu import batch_work, render_inline
 from phg.delivery.outcome import Deferred, Delivered, Interrupted, Outcome, Rejected
 from phg.errors import MappingError, TransientDeliveryError
 from phg.hl7v2.ack import Ack, AckError, parse_ack
@@ -83,7 +83,7 @@ class Hl7Destination:
         self.exchange = exchange
 
     async def send(self, readings: Sequence[Reading]) -> list[Outcome]:
-        rendered = await batch_work(sum(len(r.metrics) for r in readings) <= INLINE_METRICS,
+        rendered = await batch_work(render_inline(readings),
                                     partial(render_batch, readings, self.gateway,
                                             receiving_application=self.settings.receiving_application,
                                             receiving_facility=self.settings.receiving_facility))

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from phg import metrics
-from phg.delivery.cpu import INLINE_CHARS, batch_work
+from phg.delivery.cpu import batch_work, parse_inline
 from phg.delivery.outcome import Deferred, Delivered, Destination, Interrupted, Outcome, Rejected
 from phg.delivery.status import BACKING_OFF, DELIVERING, STOPPED, DestinationStatus
 from phg.errors import (
@@ -260,7 +260,7 @@ class DeliveryWorker:
             return None
         self._hold(items[0].lease, asked)
         try:
-            readings, broken = await batch_work(sum(len(i.payload) for i in items) <= INLINE_CHARS, _parse, items)
+            readings, broken = await batch_work(parse_inline(items), _parse, items)
             for item, reason in broken:
                 await self._dead([item], reason)
         except BaseException:  # what was leased comes due when its lease, no longer renewed, expires
