@@ -112,7 +112,8 @@ async def run(outbox: Outbox, dest: Hl7Destination, readings, rounds: int) -> De
     for _ in range(rounds):
         if not await worker.run_once():
             break
-    await dest.aclose()
+    await worker._drop_prefetch()  # as a stopping worker does: a batch leased ahead is given back, so the
+    await dest.aclose()            # states read next do not depend on whether the look-ahead ran before the report
     return worker
 
 
