@@ -357,7 +357,8 @@ SETTINGS: tuple[Setting, ...] = (
            ("frame_ancestors", origins, ()), ("session_lifetime", duration, 3600.0)),
     *_rows("view",
            ("path", path, None, "PHG_VIEW_PATH"),
-           ("retention", duration, VIEW_RETENTION)),
+           ("retention", duration, VIEW_RETENTION),
+           ("url", text), ("password_file", path), ("ca_file", readable_file), ("allow_insecure", flag, False)),
 )
 ROWS: dict[tuple[str, str], Setting] = {(s.section, s.key): s for s in SETTINGS}
 SECTIONS: dict[str, list[str]] = {section: [s.key for s in SETTINGS if s.section == section]
@@ -828,10 +829,19 @@ class SmartSettings(Frozen):
 
 
 class ViewSettings(Frozen):
-    """The reading store the SMART view reads (phg.viewstore): its file and how long it keeps a reading."""
+    """The reading store the SMART view reads (phg.viewstore): its SQLite file, or the PostgreSQL database
+    `url` names (shared by a hub's intakes), and how long it keeps a reading. PostgreSQL: the password in
+    `password_file` (mode 0600), never in the URL; `sslmode` is what phg passes to libpq (None: libpq's own
+    default, on loopback or with allow_insecure), with `ca_file` as its sslrootcert."""
 
-    path: Path
+    path: Path | None
     retention: float = VIEW_RETENTION
+    url: str | None = None
+    password_file: Path | None = None
+    ca_file: Path | None = None
+    allow_insecure: bool = False
+    sslmode: str | None = None
+    source: str = "(defaults)"
 
 
 class QueueSettings(Frozen):
@@ -1156,9 +1166,57 @@ def _config(values: Values, destinations: tuple[DestinationSettings, ...], auth:
 
 
 def _view(values: Values, outbox: Path | None) -> ViewSettings:
-    """[view] (on with [smart]): the reading store's file, by default view.sqlite beside the outbox."""
-    beside = (outbox or user_data_dir() / "outbox.sqlite").with_name("view.sqlite")
-    return ViewSettings(values("view", "path") or beside, values("view", "retention"))
+    """[view] (on with [smart]): the reading store's file, by default view.sqlite beside the outbox; or with
+    `url` its PostgreSQL database (_postgres_view)."""
+    if not values("view", "url"):
+        beside = (outbox or user_data_dir() / "outbox.sqlite").with_name("view.sqlite")
+        return ViewSettings(values("view", "path") or beside, values("view", "retention"))
+    return _postgres_view(values)
+
+
+# A libpq connection URI (PostgreSQL 15 docs, 34.1.1.2 "Connection URIs"):
+# postgresql://[userspec@][hostspec][/dbname][?paramspec], hostspec = host[:port][,...]
+_POSTGRES_URL = r"postgres(?:ql)?://(?:(?P<user>[^@/?]*)@)?(?P<hosts>[^/?]*)(?:/(?P<dbname>[^?]*))?(?:\?(?P<query>.*))?"
+_POSTGRES_HOST = r"(\[[0-9A-Fa-f:.]+\]|[^:,\[\]]*)(?::\d{1,5})?"
+_VERIFIED = "verify-full"  # libpq verifies the server's certificate chain and that its name is the host's
+
+
+def _postgres_view(values: Values) -> ViewSettings:
+    """[view] url: a PostgreSQL database for the view store (phg.viewstore.postgres), with the checks that
+    join several keys: not with `path`; no password in the URL (`password_file`, mode 0600); and TLS that
+    verifies the server (sslmode=verify-full, libpq's "Protection Provided in Different Modes", PostgreSQL
+    15 docs 34.19.3) to any host that is not this machine, unless allow_insecure."""
+    from urllib.parse import parse_qs, unquote  # here: a config without [view] url does not need them
+
+    url, where = values("view", "url"), values.where("view", "url")
+    if values("view", "path") is not None:
+        raise ConfigError(f"{where} and {values.where('view', 'path')}: give one of them (url: PostgreSQL, shared "
+                          "by a hub's intakes; path: an SQLite file of this gateway's own)")
+    match = re.fullmatch(_POSTGRES_URL, url)
+    if match is None or not match["dbname"]:
+        raise ConfigError(f"{where} must be a PostgreSQL URL naming its database, such as "
+                          "\"postgresql://phg@db.example.org:5432/phg_view\"")
+    query = {key: found[-1] for key, found in parse_qs(match["query"] or "", keep_blank_values=True).items()}
+    if ":" in (match["user"] or "") or "password" in query:
+        raise ConfigError(f"{where}: the URL holds a password: put it in [view] password_file (a file of mode "
+                          "0600) and give the URL without it")
+    hosts = [re.fullmatch(_POSTGRES_HOST, unquote(h)) for h in match["hosts"].split(",")]
+    if not all(hosts):
+        raise ConfigError(f"{where}: {match['hosts']!r:.80} is not HOST[:PORT][,HOST[:PORT]...]")
+    # where libpq connects: the URL's hosts, or its host= and hostaddr= parameters (34.1.2), which win
+    names = [h[1].strip("[]") for h in hosts] + [n for key in ("host", "hostaddr") for n in query.get(key, "").split(",")]
+    local = all(not n or n.startswith("/") or is_loopback(n) for n in names)  # "" or /dir: a Unix socket here
+    insecure, given = values("view", "allow_insecure"), query.get("sslmode")
+    if not (local or insecure) and given not in (None, _VERIFIED):
+        raise ConfigError(f"{where}: sslmode={given} to another machine does not verify the server: use "
+                          f"sslmode={_VERIFIED} (phg's default there; [view] ca_file: the CA that signed the "
+                          "server's certificate), or set [view] allow_insecure = true on a trusted network")
+    password_file = values("view", "password_file")
+    if password_file is not None:
+        require_private(password_file, f"{values.where('view', 'password_file')}:")
+    return ViewSettings(None, values("view", "retention"), url=url, password_file=password_file,
+                        ca_file=values("view", "ca_file"), allow_insecure=insecure,
+                        sslmode=None if local or insecure or given else _VERIFIED, source=values.source)
 
 
 def _lease_covers_requests(values: Values, destinations: tuple[DestinationSettings, ...]) -> None:

@@ -1,0 +1,185 @@
+"""The view store's PostgreSQL engine (phg.viewstore: the rules of both engines), for a hub: every intake
+of it keeps readings in one database (`[view] url`), so the view any intake serves shows them all.
+
+The database. phg keeps its tables in the schema `phg_view` of the database the URL names: `reading`,
+`measurement` (phg.viewstore.SCHEMA) and `store`, whose one row says the schema is phg's view store and
+its version. On connecting phg creates them when the database holds no tables at all (one process at a
+time: a transaction-scoped advisory lock), and refuses, with a StorageError naming the URL, a database
+that holds other tables and not phg's `store` row (the SQLite engine's application_id check): give phg a
+database of its own (`CREATE DATABASE phg_view OWNER phg`).
+
+Durable on commit: each session sets synchronous_commit = on (whatever the server's default), so a keep
+has reached the server's WAL on disk when it returns (PostgreSQL 15 docs, 20.5.1 "synchronous_commit").
+
+One connection per store, used by one thread at a time (psycopg 3's sync API: the Intake, the sources and
+the view's endpoints call it off the event loop). A call that fails on the database raises StorageError
+naming the URL (never a password, never a reading) and the Intake refuses the readings (nothing is lost:
+the source sends them again). A connection the server dropped (a restart, a failover) is replaced: the
+call is tried once more on a new one, which is harmless (a keep inserts by key, ON CONFLICT DO NOTHING),
+and while the server is away every call raises StorageError until it answers again. Bounded waits:
+connecting (CONNECT_TIMEOUT), a statement (STATEMENT_TIMEOUT, e.g. behind a lock another intake holds), a
+lost network (TCP_USER_TIMEOUT).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from phg.config import ViewSettings
+from phg.errors import StorageError
+from phg.viewstore import SCHEMA, MeasurementRow, ReadingRow, ViewStore
+
+TABLE = "phg_view."  # phg's schema: every table of the view store is in it
+APPLICATION, VERSION = "phg view store", 1  # the row of phg_view.store
+CREATE_LOCK = 0x70686776  # "phgv": the advisory lock held while one process checks and creates the schema
+CONNECT_TIMEOUT = 10  # seconds (libpq connect_timeout)
+TCP_USER_TIMEOUT = 30_000  # ms unacknowledged data may wait before the connection counts as lost (libpq)
+SESSION = ("SET synchronous_commit = on", "SET statement_timeout = '30s'",
+           "SET idle_in_transaction_session_timeout = '60s'")  # the last: a frozen intake's locks are freed
+
+
+def shown(url: str) -> str:
+    """`url` with any password masked, for messages (phg.config refuses one in [view] url)."""
+    return re.sub(r"(password=)[^&]*", r"\1***", re.sub(r"^([^/]*//[^/@:]*):[^/@]*@", r"\1:***@", url))
+
+
+class PostgresViewStore(ViewStore):
+    """Readings kept for viewing, in a PostgreSQL database (module docstring)."""
+
+    FORGET = f"DELETE FROM {TABLE}reading WHERE system = %s AND value = %s"
+    EXPIRE = f"DELETE FROM {TABLE}reading WHERE stored < %s"
+
+    def __init__(self, settings: ViewSettings, clock: Callable[[], float] = time.time):
+        """Connects and checks the database now: a wrong URL, a server that does not answer or another
+        program's database stop start-up (StorageError). `clock`: as SqliteViewStore's."""
+        if settings.url is None:
+            raise ValueError("PostgresViewStore needs [view] url")
+        self.path, self._settings = shown(settings.url), settings
+        self._start(settings.retention, clock)
+        self._conn: psycopg.Connection | None = None
+        self._closed = False
+        self._query(lambda conn: None)
+
+    def _connect(self) -> psycopg.Connection:
+        settings = self._settings
+        extra: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT, "tcp_user_timeout": TCP_USER_TIMEOUT,
+                                 "fallback_application_name": "phg"}
+        if settings.sslmode is not None:
+            extra["sslmode"] = settings.sslmode
+        if settings.ca_file is not None:
+            extra["sslrootcert"] = str(settings.ca_file)
+        if settings.password_file is not None:
+            try:  # read at each connection: a changed password is taken without restarting phg
+                extra["password"] = settings.password_file.read_text().rstrip("\r\n")
+            except OSError as exc:
+                raise StorageError(f"{self.path}: cannot read [view] password_file {settings.password_file}: "
+                                   f"{exc.strerror}", self.path) from None
+        conn = psycopg.connect(settings.url, autocommit=True, **extra)
+        try:
+            for statement in SESSION:
+                conn.execute(statement)
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (CREATE_LOCK,))
+                self._own(conn)
+        except BaseException:
+            conn.close()
+            raise
+        import logging  # here, as phg.viewstore's
+
+        logging.getLogger(__name__).info("view store: connected to %s", self.path)
+        return conn
+
+    def _own(self, conn: psycopg.Connection) -> None:
+        """Check that the database is phg's view store; make it one when it holds no tables."""
+        if conn.execute(f"SELECT to_regclass('{TABLE}store') IS NOT NULL").fetchone()[0]:
+            found = conn.execute(f"SELECT application, version FROM {TABLE}store").fetchall()
+            if found != [(APPLICATION, VERSION)]:
+                raise StorageError(f"{self.path}: not phg's view store, or another version of it ({TABLE}store "
+                                   f"holds {found!r:.80}; this phg writes version {VERSION})", self.path)
+            return
+        tables = conn.execute("SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                              " WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')"
+                              " AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'").fetchone()[0]
+        if tables:
+            raise StorageError(f"{self.path}: not phg's view store (another program's database: {tables} table(s) "
+                               "and no phg_view.store): set [view] url to a database of its own", self.path)
+        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {TABLE.rstrip('.')}")
+        for statement in SCHEMA:
+            conn.execute(statement.format(table=TABLE, real="DOUBLE PRECISION"))
+        conn.execute(f"CREATE TABLE {TABLE}store (application TEXT NOT NULL, version INTEGER NOT NULL)")
+        conn.execute(f"INSERT INTO {TABLE}store VALUES (%s, %s)", (APPLICATION, VERSION))
+
+    def _run(self, work: Callable[[psycopg.Connection], Any], write: bool) -> Any:
+        with self._lock:
+            if self._closed:
+                raise StorageError(f"{self.path}: the view store is closed", self.path)
+            for again in (True, False):
+                reused = self._conn is not None
+                try:
+                    if self._conn is None:
+                        self._conn = self._connect()
+                    if not write:
+                        return work(self._conn)
+                    with self._conn.transaction():
+                        return work(self._conn)
+                except psycopg.Error as exc:
+                    lost = self._conn is None or self._conn.broken or self._conn.closed
+                    if lost:
+                        self._drop()
+                    if not (lost and reused and again):  # else: a dropped connection, tried once more anew
+                        raise StorageError(f"{self.path}: the view store's database failed: "
+                                           f"{_first_line(exc)}", self.path) from None
+        raise AssertionError("unreachable")
+
+    def _transaction(self, work: Callable[[psycopg.Connection], Any]) -> Any:
+        return self._run(work, write=True)
+
+    def _query(self, work: Callable[[psycopg.Connection], Any]) -> Any:
+        return self._run(work, write=False)
+
+    def _insert(self, tx: psycopg.Connection, readings: list[ReadingRow],
+                measurements: dict[str, list[MeasurementRow]]) -> None:
+        """Two statements for any number of readings (arrays, unnest): one round trip each."""
+        if not readings:
+            return
+        added = tx.execute(f"INSERT INTO {TABLE}reading SELECT * FROM unnest(%s::text[], %s::text[], %s::text[],"
+                           " %s::float8[], %s::text[]) ON CONFLICT (key) DO NOTHING RETURNING key",
+                           [list(column) for column in zip(*readings, strict=True)]).fetchall()
+        rows = [row for (key,) in added for row in measurements[key]]
+        if rows:
+            tx.execute(f"INSERT INTO {TABLE}measurement SELECT * FROM unnest(%s::text[], %s::text[], %s::text[],"
+                       " %s::int[], %s::float8[])", [list(column) for column in zip(*rows, strict=True)])
+
+    def _select(self, conn: psycopg.Connection, patients: list[list[str]], since: float, codes: list[int] | None,
+                limit: int) -> list[tuple[float, str, str]]:
+        return conn.execute(
+            f"SELECT r.stored, r.payload, r.key FROM {TABLE}reading r WHERE r.key IN ("
+            f" SELECT m.key FROM {TABLE}measurement m JOIN unnest(%(systems)s::text[], %(values)s::text[])"
+            " AS p(system, value) ON m.system = p.system AND m.value = p.value"
+            " WHERE m.time >= %(since)s AND (%(codes)s::int[] IS NULL OR m.code = ANY(%(codes)s::int[])))"
+            f" ORDER BY (SELECT min(time) FROM {TABLE}measurement WHERE key = r.key) LIMIT %(limit)s",
+            {"systems": [p[0] for p in patients], "values": [p[1] for p in patients], "since": since,
+             "codes": codes, "limit": limit}).fetchall()
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            try:
+                conn.close()
+            except psycopg.Error:
+                pass
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._drop()
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of a psycopg error (the server's or libpq's primary message: no query parameters)."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)

@@ -1,0 +1,101 @@
+"""The view store's SQLite engine (phg.viewstore: the rules of both engines): one file per gateway,
+`[view] path`, by default `view.sqlite` beside the outbox, readable by its owner only.
+
+WAL with synchronous=FULL and the WAL bound, as the outbox (phg.outbox.sqlite.use_wal), for the same
+reasons: a keep is on disk when it returns. A file that another program made (tables without phg's
+PRAGMA application_id) is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from phg.errors import StorageError
+from phg.outbox.sqlite import create_private, storage_errors, transaction, use_wal
+from phg.secretfile import require_private
+from phg.viewstore import SCHEMA, MeasurementRow, ReadingRow, ViewStore
+
+APPLICATION_ID = 0x70686776  # "phgv": PRAGMA application_id, this file is phg's view store
+
+
+class SqliteViewStore(ViewStore):
+    """Readings kept for viewing, in one SQLite file (module docstring)."""
+
+    FORGET = "DELETE FROM reading WHERE system = ? AND value = ?"
+    EXPIRE = "DELETE FROM reading WHERE stored < ?"
+
+    def __init__(self, path: Path | str, retention: float | None = None, clock: Callable[[], float] = time.time):
+        """`retention`: seconds a reading is kept after it was stored (None: kept, for a process that does
+        not know the configured period). `clock` tells retention the time (tests pass their own)."""
+        self.path = Path(path)
+        self._start(retention, clock)
+        with self._storage_errors():
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            create_private(self.path)  # patient identifiers and measurements: readable by its owner only
+            require_private(self.path, "the view store (it holds health data)")
+            self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            with self._storage_errors():
+                self._open()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _open(self) -> None:
+        conn = self._conn
+        conn.execute("PRAGMA busy_timeout = 5000")
+        owner = conn.execute("PRAGMA application_id").fetchone()[0]
+        tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if owner != APPLICATION_ID and (owner or tables):
+            raise StorageError(f"{self.path}: not phg's view store (another program's database): "
+                               "set [view] path to a file of its own", str(self.path))
+        use_wal(conn)
+        conn.execute("PRAGMA foreign_keys = ON")
+        if not tables:
+            with transaction(conn) as tx:
+                for statement in SCHEMA:
+                    tx.execute(statement.format(table="", real="REAL"))
+                tx.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+
+    @contextmanager
+    def _storage_errors(self) -> Iterator[None]:
+        try:
+            with storage_errors(self.path):
+                yield
+        except OSError as exc:  # the directory or the file could not be made
+            raise StorageError(f"{self.path}: {exc.strerror}", str(self.path)) from None
+
+    def _transaction(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
+        with self._lock, self._storage_errors(), transaction(self._conn) as tx:
+            return work(tx)
+
+    def _query(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
+        with self._lock, self._storage_errors():
+            return work(self._conn)
+
+    def _insert(self, tx: sqlite3.Connection, readings: list[ReadingRow],
+                measurements: dict[str, list[MeasurementRow]]) -> None:
+        for row in readings:
+            if tx.execute("INSERT OR IGNORE INTO reading VALUES (?, ?, ?, ?, ?)", row).rowcount:
+                tx.executemany("INSERT INTO measurement VALUES (?, ?, ?, ?, ?)", measurements[row[0]])
+
+    def _select(self, conn: sqlite3.Connection, patients: list[list[str]], since: float, codes: list[int] | None,
+                limit: int) -> list[tuple[float, str, str]]:
+        return conn.execute(
+            "SELECT r.stored, r.payload, r.key FROM reading r WHERE r.key IN ("
+            " SELECT m.key FROM measurement m JOIN json_each(:patients) p"
+            " ON m.system = json_extract(p.value, '$[0]') AND m.value = json_extract(p.value, '$[1]')"
+            " WHERE m.time >= :since AND (:codes IS NULL OR m.code IN (SELECT value FROM json_each(:codes))))"
+            " ORDER BY (SELECT min(time) FROM measurement WHERE key = r.key) LIMIT :limit",
+            {"patients": json.dumps(patients), "since": since,
+             "codes": json.dumps(codes) if codes is not None else None, "limit": limit}).fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
