@@ -1,5 +1,7 @@
 """The reading store for viewing (phg.viewstore): kept by patient, type and time, retention, erasure per
-patient, its own file (0600, refused when another program's), and fed by the Intake before the queue."""
+patient, its own file (0600, refused when another program's), and fed by the Intake before the queue. The
+contract runs on both engines (`engine`: SQLite, and PostgreSQL on 127.0.0.1:5432: tests/postgres_db.py);
+tests/test_viewstore_postgres.py has what only a shared database has (two intakes, a server that goes away)."""
 
 from __future__ import annotations
 
@@ -9,17 +11,22 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
+from phg.config import ViewSettings
 from phg.errors import StorageError
 from phg.intake import Intake
 from phg.model import Device, Metric, PatientRef, Reading
 from phg.outbox import Outbox
 from phg.viewstore import ViewStore
+from phg.viewstore.postgres import PostgresViewStore
+from postgres_db import postgres_url  # noqa: F401  (the fixture: a fresh PostgreSQL database)
 
 ANN, BOB = PatientRef("urn:oid:1.2.3", "ann"), PatientRef("urn:oid:1.2.3", "bob")
 T0 = datetime(2026, 11, 28, 8, 0, tzinfo=UTC)
@@ -34,8 +41,30 @@ def ident(patient: PatientRef) -> tuple[str, str]:
     return patient.system, patient.value
 
 
-def test_readings_are_queried_by_patient_type_and_time(tmp_path):
-    with ViewStore(tmp_path / "view.sqlite") as store:
+class Engine:
+    """One engine of the view store for a test: `open` a store on it (the same file or database each time)
+    and count the rows of one of its tables."""
+
+    def __init__(self, name: str, open: Callable[..., ViewStore], table_prefix: str, variables: dict[str, str]):
+        self.name, self.open, self._prefix, self.variables = name, open, table_prefix, variables
+
+    def count(self, store: ViewStore, table: str) -> int:
+        return store._query(lambda conn: conn.execute(f"SELECT count(*) FROM {self._prefix}{table}").fetchone()[0])
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def engine(request, tmp_path) -> Engine:
+    if request.param == "sqlite":
+        return Engine("sqlite", lambda retention=None, clock=time.time: ViewStore(tmp_path / "view.sqlite", retention,
+                                                                                  clock), "",
+                      {"PHG_VIEW_PATH": str(tmp_path / "view.sqlite")})
+    url = request.getfixturevalue("postgres_url")
+    return Engine("postgres", lambda retention=None, clock=time.time: PostgresViewStore(
+        ViewSettings(None, retention, url=url), clock), "phg_view.", {"PHG_VIEW_URL": url})
+
+
+def test_readings_are_queried_by_patient_type_and_time(engine):
+    with engine.open() as store:
         store.keep([reading(ANN, 150456, "97", "%", 0), reading(ANN, 188736, "70", "kg", 1),
                     reading(BOB, 150456, "91", "%", 2), reading(ANN, 150456, "95", "%", 3)])
         store.keep([reading(ANN, 150456, "97", "%", 0)])  # the same reading again: kept once
@@ -51,22 +80,45 @@ def test_readings_are_queried_by_patient_type_and_time(tmp_path):
         assert store.readings([("urn:oid:1.2.3", "carl")]) == []
 
 
-def test_retention_deletes_readings_stored_before_the_period(tmp_path):
+def test_retention_deletes_readings_stored_before_the_period(engine):
     now = [1_000_000.0]
-    with ViewStore(tmp_path / "view.sqlite", retention=86400, clock=lambda: now[0]) as store:
-        store.keep([reading(ANN, 150456, "97", "%")])
-        now[0] += 86400 + 61
-        store.keep([reading(ANN, 150456, "95", "%", 1)])
-        assert [k.reading.metrics[0].value for k in store.readings([ident(ANN)])] == [Decimal(95)]
+    with engine.open(retention=86400, clock=lambda: now[0]) as store:
+        def values() -> list[int]:
+            return [int(k.reading.metrics[0].value) for k in store.readings([ident(ANN)])]
+
+        store.keep([reading(ANN, 150456, "97", "%")])  # a retention pass (the first write)
+        now[0] += 86400 - 30
+        store.keep([reading(ANN, 150456, "96", "%", 1)])  # a pass: nothing is old enough yet
+        now[0] += 40
+        store.keep([reading(ANN, 150456, "95", "%", 2)])  # the first is due, but the last pass was 40 s ago
+        assert values() == [97, 96, 95]
+        now[0] += 21
+        store.keep([reading(ANN, 150456, "94", "%", 3)])  # a pass: the first goes
+        assert values() == [96, 95, 94]
+        assert engine.count(store, "measurement") == 3  # the index rows went with their readings
 
 
-def test_forget_erases_one_patient_only(tmp_path):
-    with ViewStore(tmp_path / "view.sqlite") as store:
+def test_the_query_limit_and_a_payload_that_cannot_be_read(engine, caplog):
+    with engine.open() as store:
+        store.keep([reading(ANN, 150456, str(90 + n), "%", n) for n in range(5)])
+        assert [k.reading.metrics[0].value for k in store.readings([ident(ANN)], limit=2)] == [Decimal(90), Decimal(91)]
+        broken = reading(ANN, 150456, "91", "%", 1).key
+        prefix = "phg_view." if engine.name == "postgres" else ""
+        mark = "%s" if engine.name == "postgres" else "?"
+        store._transaction(lambda tx: tx.execute(f"UPDATE {prefix}reading SET payload = 'not json' WHERE key = {mark}",
+                                                 (broken,)))
+        with caplog.at_level("ERROR", logger="phg.viewstore"):
+            kept = store.readings([ident(ANN)])
+        assert [k.reading.metrics[0].value for k in kept] == [Decimal(90), Decimal(92), Decimal(93), Decimal(94)]
+        assert broken in caplog.text and "not json" not in caplog.text
+
+
+def test_forget_erases_one_patient_only(engine):
+    with engine.open() as store:
         store.keep([reading(ANN, 150456, "97", "%"), reading(ANN, 188736, "70", "kg"), reading(BOB, 150456, "91", "%")])
         assert store.forget(ident(ANN)) == 2
         assert store.readings([ident(ANN)]) == [] and len(store.readings([ident(BOB)])) == 1
-        with sqlite3.connect(tmp_path / "view.sqlite") as db:  # the index rows went with their readings
-            assert db.execute("SELECT count(*) FROM measurement").fetchone()[0] == 1
+        assert engine.count(store, "measurement") == 1  # the index rows went with their readings
 
 
 def test_its_file_is_private_and_another_programs_database_is_refused(tmp_path):
@@ -79,20 +131,20 @@ def test_its_file_is_private_and_another_programs_database_is_refused(tmp_path):
         ViewStore(tmp_path / "other.sqlite")
 
 
-def test_the_intake_keeps_every_reading_for_viewing_before_it_queues_it(tmp_path):
-    with Outbox(tmp_path / "o.sqlite") as outbox, ViewStore(tmp_path / "view.sqlite") as view:
+def test_the_intake_keeps_every_reading_for_viewing_before_it_queues_it(tmp_path, engine):
+    with Outbox(tmp_path / "o.sqlite") as outbox, engine.open() as view:
         intake = Intake(outbox, ["fhir"], view=view)
         intake.store([reading(ANN, 150456, "97", "%")])
         assert len(view.readings([ident(ANN)])) == 1
         view.close()  # the view store cannot be written: nothing is queued, the source keeps its reading
-        with pytest.raises(sqlite3.ProgrammingError):
+        with pytest.raises(sqlite3.ProgrammingError if engine.name == "sqlite" else StorageError):
             intake.store([reading(ANN, 150456, "95", "%", 1)])
         assert outbox.counts("fhir")["queued"] == 1
 
 
-def test_phg_send_keeps_readings_for_the_view_and_phg_view_forget_erases_a_patient(tmp_path):
+def test_phg_send_keeps_readings_for_the_view_and_phg_view_forget_erases_a_patient(tmp_path, engine):
     env = {**os.environ, "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "c"), "XDG_DATA_HOME": str(tmp_path / "d"),
-           "PHG_OUTBOX": str(tmp_path / "o.sqlite"), "PHG_VIEW_PATH": str(tmp_path / "view.sqlite"),
+           "PHG_OUTBOX": str(tmp_path / "o.sqlite"), **engine.variables,
            "PHG_GATEWAY_SYSTEM_ID": "02AB7FFFFE00C11A", "PHG_CONFIG": "", "PHG_FHIR_BASE_URL": ""}
     documents = [reading(ANN, 150456, "97", "%").to_document(), reading(BOB, 188736, "70", "kg").to_document()]
     (tmp_path / "r.json").write_text(json.dumps(documents))
@@ -100,12 +152,12 @@ def test_phg_send_keeps_readings_for_the_view_and_phg_view_forget_erases_a_patie
     sent = subprocess.run([phg, "send", "--no-deliver", str(tmp_path / "r.json")], env=env, capture_output=True,
                           text=True, timeout=120)
     assert sent.returncode == 0, sent.stderr
-    with ViewStore(tmp_path / "view.sqlite") as store:
+    with engine.open() as store:
         assert len(store.readings([ident(ANN), ident(BOB)])) == 2
     forgot = subprocess.run([phg, "view", "forget", "urn:oid:1.2.3|ann"], env=env, capture_output=True, text=True,
                             timeout=120)
     assert forgot.returncode == 0 and forgot.stdout.startswith("forgot 1 reading(s)"), forgot.stderr
-    with ViewStore(tmp_path / "view.sqlite") as store:
+    with engine.open() as store:
         assert store.readings([ident(ANN)]) == [] and len(store.readings([ident(BOB)])) == 1
     refused = subprocess.run([phg, "view", "forget", "ann"], env=env, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 1 and "is not 'system|value'" in refused.stderr

@@ -1,0 +1,136 @@
+"""The view store on PostgreSQL (phg.viewstore.postgres) as a hub's intakes share it: two stores (two
+intakes) on one database see each other's readings and keep a reading sent to both at once once; phg's
+schema is made once when two start together, and another program's database is refused; a server that goes
+away makes each call raise StorageError naming the URL (never the password, never a reading) until it is
+back, and the next call then works without restarting phg. The contract both engines share:
+tests/test_viewstore.py (its `engine` fixture)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import psycopg
+import pytest
+
+from phg.config import ViewSettings
+from phg.errors import StorageError
+from phg.model import Device, Metric, PatientRef, Reading
+from phg.viewstore import ViewStore, open_view
+from phg.viewstore.postgres import PostgresViewStore
+from postgres_db import postgres_url, private_postgres  # noqa: F401  (fixtures)
+
+ANN = PatientRef("urn:oid:1.2.3", "pt-7731")
+T0 = datetime(2026, 11, 28, 8, 0, tzinfo=UTC)
+
+
+def reading(value: int, minutes: float = 0, patient: PatientRef = ANN) -> Reading:
+    metric = Metric(code=150456, value=Decimal(value), unit="%", time=T0 + timedelta(minutes=minutes))
+    return Reading(Device(system_id="0A1B2C3D4E5F6001"), patient, (metric,))
+
+
+def store(url: str, **settings) -> ViewStore:
+    return open_view(ViewSettings(None, url=url, **settings))
+
+
+def counts(url: str) -> tuple[int, int]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        return tuple(conn.execute(f"SELECT count(*) FROM phg_view.{table}").fetchone()[0]
+                     for table in ("reading", "measurement"))
+
+
+def values(found: ViewStore) -> list[int]:
+    return [int(k.reading.metrics[0].value) for k in found.readings([(ANN.system, ANN.value)])]
+
+
+def test_two_intakes_on_one_database_see_each_others_readings(postgres_url):  # noqa: F811
+    with store(postgres_url) as a, store(postgres_url) as b:
+        assert isinstance(a, PostgresViewStore) and a.path == postgres_url
+        a.keep([reading(97, 0)])
+        b.keep([reading(95, 1)])
+        assert values(a) == values(b) == [97, 95]
+        assert b.forget((ANN.system, ANN.value)) == 2
+        assert values(a) == []
+
+
+def test_the_same_readings_kept_by_two_intakes_at_once_are_kept_once(postgres_url):  # noqa: F811
+    """Two stores on an empty database start at once (phg's schema is made once), then keep the same 200
+    readings at the same moment, in opposite order, ten times over: each is kept once, no call fails (the
+    keys are inserted in key order: the two transactions never deadlock)."""
+    stores: list[ViewStore] = [None, None]  # type: ignore[list-item]
+    start = threading.Barrier(2, timeout=30)
+    failures: list[BaseException] = []
+
+    def intake(n: int) -> None:
+        try:
+            start.wait()
+            stores[n] = store(postgres_url)
+            for round_ in range(10):
+                batch = [reading(90 + i % 10, round_ * 1000 + i) for i in range(200)]
+                start.wait()
+                stores[n].keep(batch if n == 0 else batch[::-1])
+        except BaseException as exc:  # noqa: BLE001  (reported below, with the other thread's)
+            failures.append(exc)
+            start.abort()
+
+    threads = [threading.Thread(target=intake, args=(n,)) for n in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    try:
+        assert not failures, failures
+        assert not any(thread.is_alive() for thread in threads)
+        assert counts(postgres_url) == (2000, 2000)
+        assert len(stores[1].readings([(ANN.system, ANN.value)], limit=5000)) == 2000
+    finally:
+        for one in stores:
+            if one is not None:
+                one.close()
+
+
+def test_another_programs_database_is_refused_naming_the_url(postgres_url):  # noqa: F811
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE notes (text TEXT)")
+    with pytest.raises(StorageError, match=r"phg_view_[0-9a-f]+: not phg's view store \(another program's") as info:
+        store(postgres_url)
+    assert info.value.path == postgres_url
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("DROP TABLE notes")
+    store(postgres_url).close()  # an empty database becomes phg's
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("UPDATE phg_view.store SET version = 2")
+    with pytest.raises(StorageError, match=r"another version of it"):
+        store(postgres_url)
+
+
+def test_a_server_phg_cannot_verify_is_refused(postgres_url):  # noqa: F811
+    """sslmode=verify-full (what phg asks for off loopback) reaches libpq: without a CA that signed the
+    server's certificate (or without TLS on the server) there is no connection."""
+    with pytest.raises(StorageError, match=r"the view store.s database failed: .*(SSL|certificate)"):
+        store(postgres_url, sslmode="verify-full")
+
+
+def test_a_server_that_goes_away_and_comes_back(private_postgres, tmp_path, caplog):  # noqa: F811
+    password = tmp_path / "view-password"
+    password.write_text(private_postgres.PASSWORD + "\n")
+    password.chmod(0o600)
+    with pytest.raises(StorageError, match="no password supplied"):
+        store(private_postgres.url)  # the server asks for one: password_file is what answers
+    with caplog.at_level(logging.INFO), store(private_postgres.url, password_file=password) as view:
+        view.keep([reading(97, 0)])
+        private_postgres.stop()
+        for _ in range(2):  # every call while it is away, not only the first
+            with pytest.raises(StorageError) as info:
+                view.keep([reading(96, 1)])
+            assert str(info.value).startswith(f"{private_postgres.url}: the view store's database failed")
+            assert info.value.path == private_postgres.url
+        with pytest.raises(StorageError):
+            view.readings([(ANN.system, ANN.value)])
+        private_postgres.start()
+        view.keep([reading(95, 2)])  # the same store: a new connection
+        assert values(view) == [97, 95]
+    logged = caplog.text
+    assert private_postgres.PASSWORD not in logged and ANN.value not in logged and "97" not in logged
