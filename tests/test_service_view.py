@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -20,7 +21,8 @@ from phg.model import Component, Device, Metric, PatientRef, Reading
 from phg.outbox import Outbox
 from phg.service.app import ServiceContext, create_app
 from phg.service.smart import ViewSession
-from phg.viewstore import ViewStore
+from phg.viewstore import ViewStore, open_view
+from postgres_db import postgres_url  # noqa: F401  (the fixture: a fresh PostgreSQL database)
 
 ANN, BOB = PatientRef("urn:oid:1.2.36.146.595.217.0.1", "ann"), PatientRef("urn:oid:1.2.36.146.595.217.0.1", "bob")
 EHR = "https://ehr.example.org"
@@ -108,3 +110,29 @@ def test_any_period_or_patient_is_answered_never_a_server_error(served, period, 
     assert answer.status_code in (200, 400, 403), answer.text
     if answer.status_code == 200:
         assert all(r["value"] != "83.7" for r in answer.json()["readings"])  # never Bob's
+
+
+def test_two_intakes_on_one_postgresql_view_store_show_each_others_readings(tmp_path, postgres_url):  # noqa: F811
+    """A hub (docs/hub.md): intake A takes a reading (POST /v1/readings), and the view intake B serves shows
+    it, both with `[view] url` naming one PostgreSQL database (phg.viewstore.postgres)."""
+    smart = SmartSettings(client_id="phg", redirect_url="https://phg.example/smart/callback", frame_ancestors=(EHR,))
+    apps = []
+    with ExitStack() as stack:
+        for name in ("a", "b"):
+            config = load_config(None, {"PHG_OUTBOX": str(tmp_path / f"o-{name}.sqlite"), "PHG_VIEW_URL": postgres_url,
+                                        "PHG_API_LISTEN": "127.0.0.1:8470"})._replace(smart=smart)
+            outbox = stack.enter_context(Outbox(config.outbox_path))
+            view = stack.enter_context(open_view(config.view))
+            ctx = ServiceContext(config, outbox, Intake(outbox, ["fhir"], view=view), view=view)
+            apps.append((ctx, TestClient(create_app(ctx), base_url="http://127.0.0.1:8470", client=("127.0.0.1", 50000))))
+        (ctx_a, a), (ctx_b, b) = apps
+        document = reading(ANN, 188736, "71.5", "kg", 1).to_document()
+        assert a.post("/v1/readings", json=[document]).status_code == 202
+        sid = ctx_b.sessions.open(ViewSession(patient=((ANN.system, ANN.value),), fhir_user="Practitioner/dr-who",
+                                              expires=time.time() + 600, ehr_patient="Patient/123"), {})
+        shown = b.get(f"/view/{sid}/readings").json()["readings"]
+        assert [(r["measurement"], r["value"], r["unit"]) for r in shown] == [("Body weight", "71.5", "kg")]
+        assert "<figcaption>Weight (kg)</figcaption>" in b.get(f"/view/{sid}").text
+        ctx_a.view.close()  # A's view store cannot be written (as while its server is away): A refuses, queues nothing
+        refused = a.post("/v1/readings", json=[reading(ANN, 188736, "72", "kg", 0).to_document()])
+        assert refused.status_code == 503 and ctx_a.outbox.counts("fhir")["queued"] == 1
