@@ -2,7 +2,8 @@
 intakes) on one database see each other's readings and keep a reading sent to both at once once; phg's
 schema is made once when two start together, and another program's database is refused; a server that goes
 away makes each call raise StorageError naming the URL (never the password, never a reading) until it is
-back, and the next call then works without restarting phg. The contract both engines share:
+back, and the next call then works without restarting phg (after a restart between two calls, the first
+call already works). The contract both engines share:
 tests/test_viewstore.py (its `engine` fixture)."""
 
 from __future__ import annotations
@@ -132,5 +133,9 @@ def test_a_server_that_goes_away_and_comes_back(private_postgres, tmp_path, capl
         private_postgres.start()
         view.keep([reading(95, 2)])  # the same store: a new connection
         assert values(view) == [97, 95]
+        private_postgres.stop()  # a restart between two calls: the dropped connection is replaced, no call fails
+        private_postgres.start()
+        view.keep([reading(94, 3)])
+        assert values(view) == [97, 95, 94]
     logged = caplog.text
     assert private_postgres.PASSWORD not in logged and ANN.value not in logged and "97" not in logged

@@ -1291,6 +1291,16 @@ max_retry_delay = 300
 # killed mid-send, that batch is sent again once its lease expires (harmless: the server recognises
 # it). At least [fhir] timeout and each destination's ack_timeout (MLLP) or timeout (HTTP, SOAP).
 lease_seconds = 120
+
+# The reading store the view in the EHR reads (on with [smart] or any [view] key): an SQLite file of
+# this gateway (path, default view.sqlite beside the outbox), or, for a hub whose intakes share one,
+# a PostgreSQL database (url; not both). Readings stay there `retention` after they were stored.
+# [view]
+# retention = "365d"
+# url = "postgresql://phg@db.example.org:5432/phg_view"   # no password in it: password_file
+# password_file = "/etc/phg/view-password"                # mode 0600 or refused
+# ca_file = "/etc/phg/db-ca.pem"       # off loopback phg requires sslmode=verify-full (its default there)
+# allow_insecure = false               # true: another machine without verified TLS (a trusted network)
 '''
 
 
