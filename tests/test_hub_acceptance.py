@@ -310,10 +310,13 @@ def test_stream_leader_killed_and_restarted_mid_drain(hub_factory, sekmet):
     comes back 5 s later. Every Observation once on the server, every reading at the MLLP receiver, and
     every MSH-10 once there (docs/hub.md, "Two workers, one reading": the claims, kept until the delivered
     markers are written, and honoured for a grace after they run out by time, until the markers are written
-    or given up; a reading still received twice ends the test XFAIL naming the count: 1-5 runs in 10
-    before the grace, 1 in 41 since, statistical, so the branch stays): an ack lost with the leader (or a
-    reading Debian's 2.9.10 stores again after the restart) brings a message back, and its delivered marker
-    keeps it from being sent again."""
+    or given up; the message on the wire when a lease is lost is awaited and reported, feca62a): an ack lost
+    with the leader (or a reading Debian's 2.9.10 stores again after the restart) brings a message back, and
+    its delivered marker keeps it from being sent again. Strict since 2026-12-01 (docs/hub.md: 22 of 22 runs
+    after feca62a without an MSH-10 twice); before, a double ended the test XFAIL (1-5 runs in 10 before the
+    claims' grace, 1 in 41 with it). A double now fails it, naming the count and examples: see "Open" in
+    docs/hub.md for the causes still possible (a marker bucket without a leader past LEADER_WAIT, a frozen
+    worker, a send whose last exchange outlasts its lease by more than a third of a lease)."""
     with MllpRecorder() as mllp:
         hub = hub_factory(lease=5, mllp=mllp)
         readings = readings_for("hub-leader")
@@ -350,11 +353,10 @@ def test_stream_leader_killed_and_restarted_mid_drain(hub_factory, sekmet):
     again = sum(1 for v in hub.proxy.delivered().values() if v > 1)
     report("leader", leader=leader, seen_at_kill=killed_at[1], mllp_at_kill=killed_at[2], seen_at_restart=restarted,
            down_s=round(time.monotonic() - killed_at[0], 1), posted_again=again, stream_views=views, mllp_twice=len(twice))
-    if twice:  # known and open (docs/hub.md, "Two workers, one reading"): shown as XFAIL in the summary, never hidden
-        pytest.xfail(f"{len(twice)} MSH-10 received twice across the leader change (e.g. {twice[:2]}): a takeover "
-                     "before the holder's markers (docs/hub.md, \"Open\": a marker bucket without a leader past "
-                     "LEADER_WAIT, a frozen worker, a send whose last exchange outlasts its lease by more than a third of a "
-                     "lease)")
+    assert not twice, (f"{len(twice)} MSH-10 received twice across the leader change (e.g. {twice[:3]}): a takeover "
+                       "before the holder's markers? (docs/hub.md, \"Open\": a marker bucket without a leader past "
+                       "LEADER_WAIT, a frozen worker, a send whose last exchange outlasts its lease by more than a third "
+                       f"of a lease)\n{hub.logs()}")
 
 
 def test_a_slow_server_gets_nothing_twice(hub_factory, sekmet):
