@@ -46,10 +46,10 @@ class Engine:
     and count the rows of one of its tables."""
 
     def __init__(self, name: str, open: Callable[..., ViewStore], table_prefix: str, variables: dict[str, str]):
-        self.name, self.open, self._prefix, self.variables = name, open, table_prefix, variables
+        self.name, self.open, self.prefix, self.variables = name, open, table_prefix, variables
 
     def count(self, store: ViewStore, table: str) -> int:
-        return store._query(lambda conn: conn.execute(f"SELECT count(*) FROM {self._prefix}{table}").fetchone()[0])
+        return store._query(lambda conn: conn.execute(f"SELECT count(*) FROM {self.prefix}{table}").fetchone()[0])
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -78,6 +78,44 @@ def test_readings_are_queried_by_patient_type_and_time(engine):
         assert [k.reading.metrics[0].value for k in later] == [Decimal(70), Decimal(95)]
         assert len(store.readings([ident(ANN), ident(BOB)])) == 4
         assert store.readings([("urn:oid:1.2.3", "carl")]) == []
+
+
+def test_each_devices_newest_reading_and_the_recent_readings_newest_stored_first(engine):
+    """What the status page and GET /v1/devices, /v1/patients/{p}/readings read with [view] (phg.service.readings):
+    each device's newest reading (by when it was stored; among those stored at once, the one measured last),
+    and readings newest stored first, of one patient, with a measurement since a time, at most `limit`."""
+    clock = [1000.0]
+    scale = Device(system_id="0A1B2C3D4E5F6009")
+    with engine.open(clock=lambda: clock[0]) as store:
+        store.keep([reading(ANN, 150456, "97", "%", 0), reading(ANN, 150456, "96", "%", 2)])  # one keep: one time
+        clock[0] = 1010.0
+        store.keep([reading(BOB, 150456, "91", "%", 1)._replace(device=scale)])
+        clock[0] = 1020.0
+        store.keep([reading(ANN, 150456, "95", "%", -5)])  # stored last, measured first
+        latest = store.latest_per_device()
+        assert [(k.reading.device.system_id, k.stored, k.reading.metrics[0].value) for k in latest] == [
+            ("0A1B2C3D4E5F6001", 1020.0, Decimal(95)), ("0A1B2C3D4E5F6009", 1010.0, Decimal(91))]
+        clock[0] = 1030.0
+        store.keep([reading(BOB, 150456, "90", "%", 3)])  # Bob on Ann's oximeter: its newest now
+        assert [(k.reading.device.system_id, k.reading.metrics[0].value) for k in store.latest_per_device()] == [
+            ("0A1B2C3D4E5F6001", Decimal(90)), ("0A1B2C3D4E5F6009", Decimal(91))]
+        values = lambda kept: [k.reading.metrics[0].value for k in kept]  # noqa: E731
+        assert [k.stored for k in store.recent()] == [1030.0, 1020.0, 1010.0, 1000.0, 1000.0]
+        assert values(store.recent(ident(ANN)))[0] == Decimal(95) and sorted(values(store.recent(ident(ANN)))[1:]) == [
+            Decimal(96), Decimal(97)]
+        assert values(store.recent(ident(ANN), since=T0 + timedelta(hours=1))) == [Decimal(96)]
+        assert values(store.recent(since=T0 + timedelta(hours=1))) == [Decimal(90), Decimal(91), Decimal(96)]
+        assert values(store.recent(limit=2)) == [Decimal(90), Decimal(95)]
+        assert store.recent(("urn:oid:1.2.3", "carl")) == []
+        store.check()  # it answers
+        assert store.forget(ident(BOB)) == 2  # the oximeter's newest was Bob's: Ann's newest again, the scale gone
+        assert [(k.reading.device.system_id, k.reading.metrics[0].value) for k in store.latest_per_device()] == [
+            ("0A1B2C3D4E5F6001", Decimal(95))]
+        store.keep([reading(BOB, 150456, "89", "%", 4)._replace(device=scale)])
+        store._transaction(lambda tx: tx.execute(f"DROP TABLE {engine.prefix}device"))  # a store made before it
+    with engine.open() as store:  # opened again: the table is made and filled from the readings
+        assert [(k.reading.device.system_id, k.reading.metrics[0].value) for k in store.latest_per_device()] == [
+            ("0A1B2C3D4E5F6009", Decimal(89)), ("0A1B2C3D4E5F6001", Decimal(95))]
 
 
 def test_retention_deletes_readings_stored_before_the_period(engine):

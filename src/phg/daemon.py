@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
-from phg.config import Config
+from phg.config import Config, ViewSettings
 from phg.delivery import DeliveryWorker, Summary
 from phg.delivery.registry import open_destinations
 from phg.delivery.status import DestinationStatus
 from phg.errors import AuthError, ConfigError, PhgError, StorageError
 from phg.outbox import Queue
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from phg.viewstore import PendingView
+
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 async def deliver(config: Config, outbox: Queue, *, until_idle: bool, stop: asyncio.Event | None = None,
@@ -69,15 +74,25 @@ async def run_gateway(config: Config, outbox: Queue, stop: asyncio.Event, *, ble
     (what they store waits in the queue for workers); "worker" delivery only, and with [api] the
     operations endpoints (/healthz, /readyz, /metrics), no ingest. Intakes and workers share the queue
     (one SQLite file, whose leases keep two workers off one item, or JetStream), any number of each,
-    started in any order."""
+    started in any order.
+
+    With [view], an intake opens the view store off the event loop: a SQLite file before anything starts
+    (its StorageError, a phg.viewstore.ViewStoreError, stops `phg run`: a person must act), a PostgreSQL
+    database in the background (open_view_when_reachable), so that the gateway starts and serves while its
+    database is down, refusing readings with the view store named until it opens."""
     from phg.intake import Intake
     from phg.service import systemd
     from phg.sources.supervisor import configured_sources, supervise
-    from phg.viewstore import open_view
+    from phg.viewstore import PendingView
 
     role = role or config.role
     takes, delivers = role in ("all", "intake"), role in ("all", "worker")
-    view = open_view(config.view) if takes else None
+    view = PendingView(config.view) if takes and config.view is not None else None
+    opening = None
+    if view is not None:  # in a thread; PostgreSQL not answering yet: again in the background (a task below)
+        opening = asyncio.create_task(open_view_when_reachable(config.view, view, stop))
+        if config.view.url is None:
+            await opening  # the SQLite file: open before anything starts, or stop with its error
     intake = Intake(outbox, config.destination_names, view=view, routes=config.routes)
     statuses = {d.name: DestinationStatus(d.name, d.type) for d in config.destinations} if delivers else {}
     workers: list[DeliveryWorker] = []
@@ -90,6 +105,9 @@ async def run_gateway(config: Config, outbox: Queue, stop: asyncio.Event, *, ble
     started = (lambda: len(workers) == len(config.destinations)) if delivers else (lambda: True)
     tasks = [asyncio.create_task(supervise(sources, intake, stop)),
              asyncio.create_task(systemd.lifecycle(stop, started))]
+    if opening is not None and not opening.done():
+        tasks.append(opening)
+        opening.add_done_callback(lambda opened: _stop_if_failed(opened, stop))  # not a StorageError: stop
     if config.api is not None:
         from phg.service.app import ServiceContext
         from phg.service.server import serve
@@ -124,14 +142,47 @@ async def open_queue_when_reachable(config: Config, stop: asyncio.Event, *, max_
     that is not an outbox) needs a person."""
     from phg.outbox import open_queue
 
+    return await open_when_reachable(lambda: open_queue(config), stop, retried=config.queue.engine == "jetstream",
+                                     failed=lambda exc, delay: log.warning(
+                                         "the queue cannot be reached: %s; trying again in %.0f s", exc, delay),
+                                     max_delay=max_delay)
+
+
+async def open_view_when_reachable(settings: ViewSettings, view: PendingView, stop: asyncio.Event, *,
+                                   max_delay: float = 30.0) -> None:
+    """Open the view store into `view` (phg.viewstore.PendingView), in a thread (PostgreSQL's connect
+    blocks up to its timeout), for `phg run`. PostgreSQL that does not answer yet is tried again as the
+    JetStream queue is (open_when_reachable), each failure logged at ERROR with the URL (its password
+    masked) and the reason: `phg run` starts and serves meanwhile, refusing readings with the view store
+    named, so an intake may start before its database, as it may before its cluster. The SQLite file fails
+    at once, as the SQLite outbox does (a read-only disk, another program's file: a person must act)."""
+    from phg.viewstore import open_view
+
+    def failed(exc: StorageError, delay: float) -> None:
+        view.reason = str(exc)
+        log.error("%s; readings are refused until it opens: trying again in %.0f s", exc, delay)
+
+    opened = await open_when_reachable(lambda: open_view(settings), stop, retried=settings.url is not None,
+                                       failed=failed, max_delay=max_delay)
+    if opened is not None:
+        view.opened(opened)
+        log.info("view store %s open: readings are taken", view.path)
+
+
+async def open_when_reachable(open_: Callable[[], T], stop: asyncio.Event, *, retried: bool,
+                              failed: Callable[[StorageError, float], object], max_delay: float) -> T | None:
+    """`open_()` in a thread until it returns (its result) or `stop` is set (None). A StorageError is raised
+    at once unless `retried`; else `failed(error, delay)` is told and it is tried again after `delay`
+    seconds, doubling from 1 up to `max_delay` (a server restarting is retried soon, one down for long
+    every `max_delay`)."""
     delay = 1.0
     while True:
         try:
-            return await asyncio.to_thread(open_queue, config)
+            return await asyncio.to_thread(open_)
         except StorageError as exc:
-            if config.queue.engine != "jetstream":
+            if not retried:
                 raise
-            log.warning("the queue cannot be reached: %s; trying again in %.0f s", exc, delay)
+            failed(exc, delay)
         try:
             await asyncio.wait_for(stop.wait(), delay)
             return None

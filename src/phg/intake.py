@@ -95,7 +95,8 @@ class Intake:
     def store(self, readings: Sequence[Reading], progress: Mapping[str, str] | None = None) -> Stored:
         """Queue `readings` for their destinations and commit `progress` (marker name -> value) with the
         last of them; raises StorageError when the queue cannot be written (the marker is then not
-        committed) and Unrouted, before storing anything, when a reading has no route. A reading already
+        committed), phg.viewstore.ViewStoreError (a StorageError) when the view store cannot keep them
+        (nothing is queued then) and Unrouted, before storing anything, when a reading has no route. A reading already
         stored for every one of its destinations counts as known and is not queued twice."""
         groups: dict[tuple[str, ...], dict[str, str]] = {}
         for reading in readings:
@@ -130,7 +131,10 @@ class Intake:
         return self._outbox.source_state(name)
 
     def heartbeat(self, source: str) -> None:
-        """Commit a marker `<source>:heartbeat` and nothing else: the cheapest proof that readings can be
-        stored now (StorageError when not). A source whose device forgets what it handed over checks
-        this before talking to the device."""
+        """Commit a marker `<source>:heartbeat` and nothing else, then ask the view store (when there is
+        one) whether it answers: the cheapest proof that readings can be stored now (StorageError when
+        not; a phg.viewstore.ViewStoreError when the view store is the cause, the queue being writable). A
+        source whose device forgets what it handed over checks this before talking to the device."""
         self._outbox.enqueue(self._destinations, [], {f"{source}:heartbeat": f"{time.time():.0f}"})
+        if self._view is not None:
+            self._view.check()

@@ -1,8 +1,8 @@
 """The `phg` command.
 
 Exit codes: 0 done; 1 bad input or readings dead-lettered; 2 usage; 3 configuration or
-authorization problem (the queue is intact); 74 (EX_IOERR) the outbox could not be written (nothing
-was queued); 75 (EX_TEMPFAIL) readings still queued for a retry.
+authorization problem (the queue is intact); 74 (EX_IOERR) the outbox, or the view store ([view]), could
+not be written (nothing was queued); 75 (EX_TEMPFAIL) readings still queued for a retry.
 
 `main` is the console script (pyproject: phg.cli:main). A `phg send` command line of the form below is run
 at once, without importing click (issue 16: importing click alone costs about what the interpreter's own

@@ -1,8 +1,8 @@
 """`phg render`, `phg send`, `phg simulate` and `phg run`: readings in, queued, delivered.
 
 Exit codes (phg.cli): 0 done; 1 bad input or readings dead-lettered; 3 configuration or
-authorization problem (the queue is intact); 74 the outbox could not be written; 75 readings still
-queued for a retry."""
+authorization problem (the queue is intact); 74 the outbox or the view store could not be written; 75
+readings still queued for a retry."""
 
 from __future__ import annotations
 

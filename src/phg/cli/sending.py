@@ -70,6 +70,11 @@ def send(obj: Context, config: Any, files: tuple[str, ...], no_deliver: bool, as
                         routes=config.routes)
         stored = intake.store(readings) if readings else Stored(0, 0)
     except StorageError as exc:
+        from phg.viewstore import ViewStoreError
+
+        if isinstance(exc, ViewStoreError):  # kept there before they are queued (phg.intake): nothing queued
+            fail(f"{exc}\nnothing was queued: {len(readings)} reading(s) not stored, as the view store ([view]) "
+                 "cannot keep them; send them again once it can", EXIT_IOERR)
         if config.queue.engine == "sqlite" and not config.routes:  # one transaction: all or nothing
             fail(f"{exc}\nnothing was queued: {len(readings)} reading(s) not stored; send them again once the "
                  "outbox is writable", EXIT_IOERR)
@@ -161,6 +166,11 @@ def run(work: Any) -> Any:
         told = any(error is exc for error in shown.errors)
         fail(("" if told else f"{exc}\n") + "delivery stopped; the queue is intact", EXIT_CONFIG)
     except StorageError as exc:  # only a run until idle gets here; `phg run` waits for the disk instead
+        from phg.viewstore import ViewStoreError
+
+        if isinstance(exc, ViewStoreError):  # `phg run`'s SQLite view store at start-up (phg.daemon)
+            fail(f"{exc}\nphg run stopped: its view store ([view] path) cannot be used; what is queued stays "
+                 "queued", EXIT_IOERR)
         fail(f"{exc}\ndelivery stopped: the queue cannot record it; what is queued stays queued "
              "(a reading sent meanwhile is sent again later, harmlessly)", EXIT_IOERR)
     finally:

@@ -85,7 +85,10 @@ What it cannot answer (and answers instead):
   (ack-pending, or waiting out a Nak delay), the others "queued"; states(keys) knows only "delivered".
 - stored_keys: keys delivered at every destination (markers), or published by this process within the
   duplicate window; another intake's recent readings are not known (they are deduplicated all the same).
-- latest_per_device, kept_payloads, activity (status page, the API's reading list): [] (configure [view]).
+- latest_per_device, kept_payloads, activity: [] (the status page's queue charts stay empty). Its devices
+  and per-patient charts and the API's GET /v1/devices and /v1/patients/{p}/readings read the view store
+  instead when [view] is configured (phg.service.readings; `[view] url`: one PostgreSQL database that
+  every intake of the hub shares).
 - A progress marker written alone (heartbeat) is a key-value put; with readings, it follows their acks.
 
 Threads: the methods are synchronous (the worker and the Intake call them through asyncio.to_thread, as

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from functools import cache
@@ -33,7 +34,9 @@ from phg.intake import Stored
 from phg.model import Reading, parse_each
 from phg.outbox import DELIVERED, QUEUED, STATES, Item
 from phg.service.app import ServiceContext, parts
+from phg.viewstore import ViewStoreError
 
+log = logging.getLogger(__name__)
 SOURCE = "request"  # how a refusal names the body: "request[3]: metrics[0].time: ..."
 MEDIA_TYPES = ("application/json", "application/x-ndjson", "application/jsonl")
 RETRY_AFTER = 30  # seconds a client waits before sending again when the queue cannot be written
@@ -96,6 +99,12 @@ async def ingest(request: Request) -> Response:
         if stored.new:
             ctx.wake()
         results = await asyncio.to_thread(_results, ctx, parsed, stored)
+    except ViewStoreError as exc:  # kept there before anything is queued (phg.intake): nothing of it was stored
+        log.warning("POST /v1/readings refused (503): %s", exc)  # where and why for the operators, not the apps
+        raise Refusal(503, "View store not writable", "the gateway cannot store readings now (its view store, "
+                      "[view], cannot be written: its database does not answer, or its disk is full or read-only); "
+                      "nothing of this request was stored: send it again later",
+                      {"Retry-After": str(RETRY_AFTER)}) from None
     except StorageError:
         atomic = ctx.config.queue.engine == "sqlite" and not ctx.config.routes  # one transaction: all or nothing
         raise Refusal(503, "Queue not writable", "the gateway cannot store readings now (its queue is full, "
@@ -295,7 +304,8 @@ DESCRIPTIONS = {
     409: "The item is neither dead nor queued",
     413: "Nothing stored: the body is larger than [api] max_body or holds more than [api] max_documents documents",
     415: "Nothing stored: not a JSON media type",
-    503: "Nothing stored: the queue cannot be written now; send again after Retry-After seconds",
+    503: "Nothing stored: the queue or the view store ([view]) cannot be written now (detail names which); send "
+         "again after Retry-After seconds",
 }
 ITEM_ID = {"name": "id", "in": "path", "required": True,
            "schema": {"type": "integer", "minimum": 0, "maximum": MAX_ITEM_ID}}

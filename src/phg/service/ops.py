@@ -3,8 +3,10 @@
 - /healthz: the process is alive and its event loop answers. Always 200; for liveness probes and the
   container's HEALTHCHECK.
 - /readyz: the gateway can take readings and deliver them: the queue can be written (a heartbeat marker
-  is committed, the cheapest real write: a read-only or full disk fails it) and no destination is stopped
-  by a configuration or authorization problem (a person must fix those). 200 or 503, with the problems.
+  is committed, the cheapest real write: a read-only or full disk fails it), the view store, where one
+  is configured, answers (one query: while `phg run` is still opening it, or its database is away, the
+  Intake refuses readings) and no destination is stopped by a configuration or authorization problem (a
+  person must fix those). 200 or 503, with the problems.
 - /metrics: Prometheus text exposition (prometheus_client). The counters and the latency histogram of
   phg.metrics, and, read at scrape time: the items per destination and state (from the outbox: the
   queue is the truth, not a counter that a restart resets), each destination's state and its last
@@ -27,11 +29,13 @@ from starlette.routing import BaseRoute, Route
 from phg import metrics
 from phg.delivery.status import BACKING_OFF, DELIVERING, STOPPED
 from phg.errors import StorageError
+from phg.viewstore import ViewStoreError
 
 OPENAPI = {"paths": {
     "/healthz": {"get": {"summary": "The process is alive.", "tags": ["operations"],
                          "responses": {"200": {"description": "alive"}}}},
-    "/readyz": {"get": {"summary": "The queue can be written and no destination is stopped.", "tags": ["operations"],
+    "/readyz": {"get": {"summary": "The queue can be written, the view store ([view]) answers and no destination is "
+                                   "stopped.", "tags": ["operations"],
                         "responses": {"200": {"description": "ready"},
                                       "503": {"description": "not ready; `problems` says why"}}}},
     "/metrics": {"get": {"summary": "Prometheus metrics (text exposition format).", "tags": ["operations"],
@@ -71,7 +75,9 @@ def problems(ctx) -> list[str]:
     """Why the gateway is not ready (empty: ready). Writes a heartbeat marker: blocking, run in a thread."""
     found = [f"destination {s.name} stopped: {s.reason}" for s in ctx.statuses.values() if s.state == STOPPED]
     try:
-        ctx.intake.heartbeat("service")
+        ctx.intake.heartbeat("service")  # the queue, then the view store (phg.intake)
+    except ViewStoreError as exc:  # its message names the view store, where and why
+        found.append(str(exc))
     except StorageError as exc:
         found.append(f"the queue cannot be written: {exc}")
     return found

@@ -27,6 +27,7 @@ from phg.delivery.status import BACKING_OFF, STOPPED, DestinationStatus
 from phg.outbox import DEAD, INFLIGHT, QUEUED, Item, Queue
 from phg.service.charts import Series, line_chart
 from phg.service.readings import Seen, devices, readings, stamp
+from phg.viewstore import ViewStoreError
 
 if TYPE_CHECKING:
     from phg.service.app import ServiceContext
@@ -142,12 +143,17 @@ def render(ctx: ServiceContext, now: float | None = None) -> str:
     waiting: list[Item] = outbox.items(state=QUEUED, limit=WAITING_LISTED) + outbox.items(state=INFLIGHT,
                                                                                       limit=WAITING_LISTED)
     total = outbox.counts()
+    try:  # [view]: the view store's readings (phg.service.readings), else the outbox's kept payloads
+        seen, kept, unavailable = devices(outbox, ctx.view), readings(outbox, view=ctx.view), None
+    except ViewStoreError as exc:
+        seen, kept, unavailable = [], [], str(exc)
     return _templates.get_template("status.html").render(
         now=stamp(now), destinations=[destination(name, ctx.statuses.get(name), outbox) for name in names],
         queue_charts=queue_charts(outbox, names, now),
         waiting=sorted(waiting, key=lambda item: item.id)[:WAITING_LISTED], waiting_total=total[QUEUED] + total[INFLIGHT],
-        dead=outbox.items(state=DEAD, limit=LISTED), devices=[(one, last_values(one)) for one in devices(outbox)],
-        patients=patient_charts(readings(outbox)), stamp=stamp, keep_delivered=ctx.config.keep_delivered)
+        dead=outbox.items(state=DEAD, limit=LISTED), devices=[(one, last_values(one)) for one in seen],
+        patients=patient_charts(kept), stamp=stamp, keep_delivered=ctx.config.keep_delivered,
+        view=ctx.config.view if ctx.view is not None else None, view_unavailable=unavailable)
 
 
 OPENAPI = {"paths": {

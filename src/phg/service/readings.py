@@ -1,9 +1,14 @@
-"""What the gateway has seen: `GET /v1/devices` and `GET /v1/patients/{system}|{value}/readings?since=`.
+"""What the gateway has seen: `GET /v1/devices` and `GET /v1/patients/{system}|{value}/readings?since=`
+(and the status page's devices and charts, phg.service.page).
 
-Both read the payloads the outbox keeps: every reading until it is delivered, and a delivered one for
-`keep_delivered` (7 days by default) after which its payload is blanked (phg.outbox.sqlite, "Retention").
-So a device last heard from, or a reading stored, before that is no longer listed. The reading document
-carries no battery level, so no battery is reported.
+With [view] (or [smart]) configured, both read the view store (phg.viewstore): every reading the Intake
+took, kept for `[view] retention` (365 days by default); with `[view] url` one PostgreSQL database that
+every intake of a hub shares, so each intake lists what all of them took. While the view store cannot be
+read they answer 503 naming it (the status page says so in place of its devices and charts). Without
+[view] they read the payloads the outbox keeps: every reading until it is delivered, and a delivered one
+for `keep_delivered` (7 days by default) after which its payload is blanked (phg.outbox.sqlite,
+"Retention"); JetStream keeps none (phg.outbox.jetstream), so there these lists are empty. The reading
+document carries no battery level, so no battery is reported.
 
 These answers hold measurement values and patient identifiers: they are for the gateway's operators
 (docs/service.md, "Security"), and nothing here logs them.
@@ -24,6 +29,7 @@ from starlette.routing import BaseRoute, Route
 from phg.errors import ReadingError
 from phg.model import Reading, from_canonical_json
 from phg.outbox import Queue
+from phg.viewstore import Kept, ViewStore, ViewStoreError
 
 if TYPE_CHECKING:
     from phg.service.app import ServiceContext
@@ -85,16 +91,33 @@ def _seen(rows: list[tuple[float, str]]) -> list[Seen]:
     return seen
 
 
-def devices(outbox: Queue) -> list[Seen]:
-    """Each device seen, with its newest reading, most recently heard from first."""
+def _kept(kept: list[Kept]) -> list[Seen]:
+    return [Seen(one.stored, one.reading) for one in kept]
+
+
+def devices(outbox: Queue, view: ViewStore | None = None) -> list[Seen]:
+    """Each device seen, with its newest reading, most recently heard from first: from `view` when given
+    (ViewStoreError when it cannot be read), else from the payloads the outbox keeps (module docstring)."""
+    if view is not None:
+        return _kept(view.latest_per_device())
     return _seen(outbox.latest_per_device())
 
 
 def readings(outbox: Queue, patient: tuple[str, str] | None = None, since: datetime | None = None,
-             limit: int = 1000) -> list[Seen]:
-    """Kept readings, newest stored first (of one patient when given), with a metric at or after `since`."""
+             limit: int = 1000, view: ViewStore | None = None) -> list[Seen]:
+    """Kept readings, newest stored first (of one patient when given), with a metric at or after `since`:
+    from `view` when given (ViewStoreError when it cannot be read), else from the outbox's payloads."""
+    if view is not None:
+        return _kept(view.recent(patient, since, limit))
     return [seen for seen in _seen(outbox.kept_payloads(patient, limit))
             if since is None or any(metric.time >= since for metric in seen.reading.metrics)]
+
+
+def unavailable(exc: ViewStoreError) -> JSONResponse:
+    """The 503 (an RFC 9457 problem detail) of a list the view store cannot give now."""
+    return JSONResponse({"type": "about:blank", "title": "View store unavailable", "status": 503,
+                         "detail": f"the readings are kept in the view store, which cannot be read now: {exc}"},
+                        503, headers={"Retry-After": "30"}, media_type="application/problem+json")
 
 
 def _device_entry(seen: Seen) -> dict[str, Any]:
@@ -105,15 +128,24 @@ def _device_entry(seen: Seen) -> dict[str, Any]:
 
 _TIME = {"type": "string", "format": "date-time"}
 _JSON = "application/json"
+_UNAVAILABLE = {"503": {"description": "The view store ([view]) cannot be read now; try again after Retry-After",
+                        "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}}
 OPENAPI: dict[str, Any] = {
     "paths": {
         "/v1/devices": {"get": {
-            "summary": "Devices seen (in the readings the queue keeps), each with its newest reading",
+            "summary": "Devices seen, each with its newest reading",
+            "description": "From the view store with [view] configured (readings kept for [view] retention; "
+                           "on a hub, every intake's); else from the payloads the queue keeps ([outbox] "
+                           "keep_delivered; none on JetStream).",
             "operationId": "getDevices", "tags": ["readings"],
             "responses": {"200": {"description": "Most recently heard from first", "content": {
-                _JSON: {"schema": {"$ref": "#/components/schemas/Devices"}}}}}}},
+                _JSON: {"schema": {"$ref": "#/components/schemas/Devices"}}}},
+                **_UNAVAILABLE}}},
         "/v1/patients/{patient}/readings": {"get": {
-            "summary": "A patient's readings the queue keeps, newest stored first", "operationId": "getPatientReadings",
+            "summary": "A patient's readings, newest stored first (at most 1,000)",
+            "description": "From the view store with [view] configured (readings kept for [view] retention; "
+                           "on a hub, every intake's); else from the payloads the queue keeps ([outbox] "
+                           "keep_delivered; none on JetStream).", "operationId": "getPatientReadings",
             "tags": ["readings"],
             "parameters": [
                 {"name": "patient", "in": "path", "required": True,  # no control characters: a reading has none
@@ -126,7 +158,8 @@ OPENAPI: dict[str, Any] = {
                 "200": {"description": "The readings", "content": {
                     _JSON: {"schema": {"$ref": "#/components/schemas/PatientReadings"}}}},
                 "400": {"description": "The patient or since is malformed (detail says how)", "content": {
-                    "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}}}},
+                    "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}},
+                **_UNAVAILABLE}}},
     },
     "components": {"schemas": {
         "Devices": {"type": "object", "required": ["devices"], "additionalProperties": False, "properties": {
@@ -150,7 +183,10 @@ OPENAPI: dict[str, Any] = {
 
 def routes(ctx: ServiceContext) -> list[BaseRoute]:
     def list_devices(request: Request) -> JSONResponse:
-        return JSONResponse({"devices": [_device_entry(seen) for seen in devices(ctx.outbox)]})
+        try:
+            return JSONResponse({"devices": [_device_entry(seen) for seen in devices(ctx.outbox, ctx.view)]})
+        except ViewStoreError as exc:
+            return unavailable(exc)
 
     def patient_readings(request: Request) -> JSONResponse:
         try:
@@ -159,7 +195,10 @@ def routes(ctx: ServiceContext) -> list[BaseRoute]:
         except ValueError as exc:  # an RFC 9457 problem detail, as the rest of the API answers
             return JSONResponse({"type": "about:blank", "title": "Bad request", "status": 400, "detail": str(exc)},
                                 400, media_type="application/problem+json")
-        found = readings(ctx.outbox, patient, since)
+        try:
+            found = readings(ctx.outbox, patient, since, view=ctx.view)
+        except ViewStoreError as exc:
+            return unavailable(exc)
         return JSONResponse({"patient": {"system": patient[0], "value": patient[1]},
                              "readings": [{"stored": stamp(seen.stored), "reading": seen.reading.to_document()}
                                           for seen in found]})

@@ -36,7 +36,7 @@ from phg.outbox import DELIVERED
 from phg.service.charts import Series, line_chart
 from phg.service.page import CHARTED, _unit, _values
 from phg.service.readings import Seen, parse_patient, stamp
-from phg.viewstore import Kept
+from phg.viewstore import Kept, ViewStoreError
 
 if TYPE_CHECKING:
     from phg.service.app import ServiceContext
@@ -145,7 +145,11 @@ def routes(ctx: ServiceContext) -> list[BaseRoute]:
         if ctx.view is None:
             raise Refused(503, "no reading store is configured ([view] or [smart])")
         since = datetime.now(UTC) - timedelta(days=PERIODS[chosen])
-        return session, chosen, ctx.view.readings(shown, since=since)
+        try:
+            return session, chosen, ctx.view.readings(shown, since=since)
+        except ViewStoreError as exc:  # its database is away: the operators' log names it, the clinician gets a 503
+            log.error("view: %s", exc)
+            raise Refused(503, "the gateway's reading store cannot be read now: try again in a minute") from None
 
     def answer(request: Request, render) -> Response:
         try:
@@ -184,7 +188,8 @@ OPENAPI: dict[str, Any] = {"paths": {
         "responses": {"200": {"description": "The view", "content": {"text/html": {"schema": {"type": "string"}}}},
                       "400": {"description": "A malformed period or patient"},
                       "403": {"description": "A patient the session was not launched for"},
-                      "404": {"description": "No such session (expired)"}}}},
+                      "404": {"description": "No such session (expired)"},
+                      "503": {"description": "No reading store configured, or it cannot be read now"}}}},
     "/view/{session}/readings": {"get": {
         "summary": "The same readings as JSON", "operationId": "getViewReadings", "tags": ["view"], "security": [],
         "parameters": [{"name": "session", "in": "path", "required": True, "schema": {"type": "string"}},
@@ -194,5 +199,6 @@ OPENAPI: dict[str, Any] = {"paths": {
                           "type": "object"}}}},
                       "400": {"description": "A malformed period or patient"},
                       "403": {"description": "A patient the session was not launched for"},
-                      "404": {"description": "No such session (expired)"}}}},
+                      "404": {"description": "No such session (expired)"},
+                      "503": {"description": "No reading store configured, or it cannot be read now"}}}},
 }}

@@ -25,23 +25,25 @@ Retention: a reading stored more than `retention` seconds ago is deleted by the 
 once a minute per process). Times are the gateway's: the store time, not the device's clock, which may
 be wrong.
 
-Both engines hold the same two tables (SCHEMA): `reading` (one row per reading, its canonical JSON) and
-`measurement` (one row per metric: the index the view's queries use), and answer the same queries.
+Both engines hold the same three tables (SCHEMA, DEVICE_TABLE): `reading` (one row per reading, its
+canonical JSON), `measurement` (one row per metric: the index the view's queries use) and `device` (each
+device's newest reading: the status page's device list), and answer the same queries.
 """
 
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 from phg.config import ViewSettings
-from phg.errors import ReadingError
+from phg.errors import ReadingError, StorageError
 from phg.frozen import Frozen
 from phg.model import Reading, from_canonical_json
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (issue 16: `phg send` starts without it)
 if TYPE_CHECKING:
-    from collections.abc import Callable, Collection, Sequence
+    from collections.abc import Callable, Collection, Iterator, Sequence
     from datetime import datetime
     from typing import Any
 
@@ -59,20 +61,79 @@ SCHEMA = (
     "CREATE INDEX measurement_key ON {table}measurement (key)",
 )
 
+# Each device's newest reading (the status page's devices): one row per device, its system id else its
+# Bluetooth address (as the outbox's latest_per_device groups them), that keep() writes; among readings
+# stored at once (one keep), the one measured last. A store made before this table gets it, filled
+# (DEVICE_FILL), when it is opened; forget() fills it again. {table}, {real}: as SCHEMA's.
+DEVICE_TABLE = (
+    "CREATE TABLE {table}device (device TEXT PRIMARY KEY, key TEXT NOT NULL REFERENCES {table}reading"
+    " ON DELETE CASCADE, stored {real} NOT NULL, time {real} NOT NULL)",
+    "CREATE INDEX device_key ON {table}device (key)",
+)
+# The engine's words ({device}: its expression for a reading's device on `r.payload`; {p[name]}: its
+# placeholder for parameter `name`).
+DEVICE_FILL = (
+    "DELETE FROM {table}device",
+    "INSERT INTO {table}device (device, key, stored, time) SELECT device, key, stored, time FROM ("
+    " SELECT device, key, stored, time, row_number() OVER (PARTITION BY device ORDER BY stored DESC, time DESC, key)"
+    " AS n FROM (SELECT {device} AS device, r.key, r.stored, coalesce((SELECT max(m.time) FROM {table}measurement m"
+    " WHERE m.key = r.key), 0) AS time FROM {table}reading r) AS readings) AS ranked WHERE n = 1 AND device IS NOT NULL",
+)
+DEVICE_NEWER = ("INSERT INTO {table}device AS d VALUES ({p[device]}, {p[key]}, {p[stored]}, {p[time]})"
+                " ON CONFLICT (device) DO UPDATE SET key = excluded.key, stored = excluded.stored, time = excluded.time"
+                " WHERE excluded.stored > d.stored OR (excluded.stored = d.stored AND excluded.time > d.time)")
+LATEST = ("SELECT r.stored, r.payload, r.key FROM {table}device d JOIN {table}reading r ON r.key = d.key"
+          " ORDER BY d.stored DESC, d.time DESC, d.device")
+# Readings newest stored first; {where}: one of RECENT_WHERE (a patient's: the measurement index).
+RECENT = "SELECT r.stored, r.payload, r.key FROM {table}reading r{where} ORDER BY r.stored DESC, r.key LIMIT {p[limit]}"
+RECENT_WHERE = {
+    "patient": " WHERE r.key IN (SELECT m.key FROM {table}measurement m WHERE m.system = {p[system]}"
+               " AND m.value = {p[value]} AND m.time >= {p[since]})",
+    "since": " WHERE EXISTS (SELECT 1 FROM {table}measurement m WHERE m.key = r.key AND m.time >= {p[since]})",
+    "all": ""}
+RECENT_LIMIT = 1000  # readings recent() gives at the most: as many as the outbox's kept_payloads (the status page)
+
 ReadingRow = tuple[str, str, str, float, str]  # key, patient system, patient value, stored, payload
 MeasurementRow = tuple[str, str, str, int, float]  # key, patient system, patient value, code, time
 
 
+class ViewStoreError(StorageError):
+    """The view store (not the queue) cannot be opened, read or written: a StorageError, so that whoever
+    stops on the queue's stops on it too, and its own type, so that messages name the real cause (the API's
+    503, /readyz, the CLI). Every StorageError of the interface below and of open_view is one of these."""
+
+
+@contextmanager
+def _faults() -> Iterator[None]:
+    try:
+        yield
+    except ViewStoreError:
+        raise
+    except StorageError as exc:
+        raise ViewStoreError(str(exc), exc.path) from exc.__cause__
+
+
 def open_view(settings: ViewSettings | None) -> ViewStore | None:
     """The store `[view]` (or `[smart]`) configures; None when the view is not configured. PostgreSQL
-    (and psycopg) only when `[view] url` is set: `phg send` on SQLite starts without it (issue 16)."""
+    (and psycopg) only when `[view] url` is set: `phg send` on SQLite starts without it (issue 16). Blocks
+    (PostgreSQL: up to its connect timeout): `phg run` calls it in a thread (phg.daemon)."""
     if settings is None:
         return None
-    if settings.url is not None:
-        from phg.viewstore.postgres import PostgresViewStore
+    with _faults():
+        if settings.url is not None:
+            from phg.viewstore.postgres import PostgresViewStore
 
-        return PostgresViewStore(settings)
-    return ViewStore(settings.path, settings.retention)
+            return PostgresViewStore(settings)
+        return ViewStore(settings.path, settings.retention)
+
+
+def shown_location(settings: ViewSettings) -> str:
+    """Where the view store is, for messages: the file, or the URL with any password masked."""
+    if settings.url is None:
+        return str(settings.path)
+    from phg.viewstore.postgres import shown
+
+    return shown(settings.url)
 
 
 class Kept(Frozen):
@@ -92,6 +153,9 @@ class ViewStore:
     StorageError; the rules are here."""
 
     path: Path | str
+    TABLE: str  # the tables' name prefix (SCHEMA's {table})
+    DEVICE: str  # a reading's device (DEVICE_FILL's {device}): an expression on its payload, `r.payload`
+    PARAMETER: str  # a named parameter, % its name (":%s", "%%(%s)s")
     FORGET: str  # DELETE one patient's readings: parameters (system, value)
     EXPIRE: str  # DELETE the readings stored before a time: parameter (before,)
 
@@ -119,14 +183,35 @@ class ViewStore:
         """work(connection) outside a write transaction."""
         raise NotImplementedError
 
-    def _insert(self, tx: Any, readings: list[ReadingRow], measurements: dict[str, list[MeasurementRow]]) -> None:
-        """Insert `readings` that are not kept yet (by key) and, for those only, their `measurements`."""
+    def _insert(self, tx: Any, readings: list[ReadingRow], measurements: dict[str, list[MeasurementRow]]) -> set[str]:
+        """Insert `readings` that are not kept yet (by key) and, for those only, their `measurements`; the
+        keys of those inserted."""
         raise NotImplementedError
 
     def _select(self, conn: Any, patients: list[list[str]], since: float, codes: list[int] | None,
                 limit: int) -> list[tuple[float, str, str]]:
         """(stored, payload, key) of the readings() query."""
         raise NotImplementedError
+
+    def _sql(self, template: str, **parts: str) -> str:
+        """`template` (DEVICE_FILL, LATEST, RECENT, ...) in this engine's words: its TABLE, DEVICE, PARAMETER."""
+        class Placeholders:
+            def __getitem__(_, name: str) -> str:
+                return self.PARAMETER % name
+        return template.format(table=self.TABLE, device=self.DEVICE, p=Placeholders(),
+                               **{k: v.format(table=self.TABLE, p=Placeholders()) for k, v in parts.items()})
+
+    def _fill_devices(self, tx: Any) -> None:
+        """Each device's newest reading, from the readings (DEVICE_FILL), in transaction `tx`."""
+        for statement in DEVICE_FILL:
+            tx.execute(self._sql(statement))
+
+    def _recent(self, conn: Any, patient: list[str] | None, since: float, limit: int) -> list[tuple[float, str, str]]:
+        """(stored, payload, key) of the recent() query, newest stored first."""
+        where = "patient" if patient else "since" if since != float("-inf") else "all"
+        system, value = patient or (None, None)
+        return conn.execute(self._sql(RECENT, where=RECENT_WHERE[where]),
+                            {"system": system, "value": value, "since": since, "limit": limit}).fetchall()
 
     def close(self) -> None:
         raise NotImplementedError
@@ -139,20 +224,31 @@ class ViewStore:
         now = self._clock()
         rows: dict[str, ReadingRow] = {}
         measurements: dict[str, list[MeasurementRow]] = {}
+        devices: dict[str, str] = {}
         for reading in readings:
             patient = reading.patient
             if reading.key not in rows:
+                devices[reading.key] = reading.device.system_id or reading.device.bt_address or ""
                 rows[reading.key] = (reading.key, patient.system, patient.value, now, reading.to_json())
                 measurements[reading.key] = [(reading.key, patient.system, patient.value, m.code, m.time.timestamp())
                                              for m in reading.metrics]
         expire = self.retention is not None and now >= self._retention_due
 
         def work(tx: Any) -> None:
-            self._insert(tx, sorted(rows.values()), measurements)  # in key order: two intakes never deadlock
+            added = self._insert(tx, sorted(rows.values()), measurements)  # in key order: two intakes never deadlock
+            newest: dict[str, dict[str, Any]] = {}
+            for key in added:
+                device = devices[key]
+                at = max(row[4] for row in measurements[key])
+                if device not in newest or (at, key) > (newest[device]["time"], newest[device]["key"]):
+                    newest[device] = {"device": device, "key": key, "stored": now, "time": at}
+            for device in sorted(newest):  # in device order, as the readings
+                tx.execute(self._sql(DEVICE_NEWER), newest[device])
             if expire:
                 tx.execute(self.EXPIRE, (now - self.retention,))
 
-        self._transaction(work)
+        with _faults():
+            self._transaction(work)
         if expire:
             self._retention_due = now + RETENTION_EVERY
 
@@ -162,9 +258,33 @@ class ViewStore:
         `codes` (every type when None) at or after `since`, in measurement time order (a reading's earliest
         metric), at most `limit`. A payload that cannot be read is left out (its key is named in the error
         log, never its content)."""
-        found = self._query(lambda conn: self._select(
+        return self._kept(lambda conn: self._select(
             conn, [list(p) for p in patients], since.timestamp() if since else float("-inf"),
             sorted(codes) if codes is not None else None, limit))
+
+    def latest_per_device(self) -> list[Kept]:
+        """Each device's newest kept reading (a device: its system id, else its Bluetooth address, as the
+        outbox's latest_per_device groups them), most recently stored first: the status page's devices."""
+        return self._kept(lambda conn: conn.execute(self._sql(LATEST)).fetchall())
+
+    def recent(self, patient: tuple[str, str] | None = None, since: datetime | None = None,
+               limit: int = RECENT_LIMIT) -> list[Kept]:
+        """Kept readings, newest stored first, at most `limit`; of `patient` (system, value) only when given,
+        with a measurement at or after `since` when given: what the outbox's kept_payloads gives the status
+        page and `GET /v1/patients/{p}/readings`, for as long as `retention` keeps them."""
+        return self._kept(lambda conn: self._recent(conn, list(patient) if patient else None,
+                                                    since.timestamp() if since else float("-inf"), limit))
+
+    def check(self) -> None:
+        """Raise ViewStoreError when the store cannot be reached now (/readyz): one query."""
+        with _faults():
+            self._query(lambda conn: conn.execute("SELECT 1").fetchall())
+
+    def _kept(self, query: Callable[[Any], list[tuple[float, str, str]]]) -> list[Kept]:
+        """The readings of the rows `query(connection)` gives. A payload that cannot be read is left out
+        (its key is named in the error log, never its content)."""
+        with _faults():
+            found = self._query(query)
         kept = []
         for stored, payload, key in found:
             try:
@@ -178,7 +298,14 @@ class ViewStore:
 
     def forget(self, patient: tuple[str, str]) -> int:
         """Delete every reading of `patient` (system, value); how many there were."""
-        return self._transaction(lambda tx: tx.execute(self.FORGET, tuple(patient)).rowcount)
+        def work(tx: Any) -> int:
+            count = tx.execute(self.FORGET, tuple(patient)).rowcount
+            if count:
+                self._fill_devices(tx)  # a device of theirs may have older readings of another patient
+            return count
+
+        with _faults():
+            return self._transaction(work)
 
     def __enter__(self) -> ViewStore:
         return self
@@ -186,3 +313,58 @@ class ViewStore:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+
+
+class PendingView(ViewStore):
+    """The view store `phg run` opens (phg.daemon): in a thread, off the event loop, and, while its
+    database does not answer, again and again in the background with a bounded back-off, so that phg
+    starts anyway. Until then each call raises ViewStoreError naming the store and why it is not open
+    (the Intake refuses readings, the API answers 503, /readyz is not ready, naming the view store); from
+    `opened` on, each call is the store's."""
+
+    def __init__(self, settings: ViewSettings) -> None:
+        self.path = shown_location(settings)
+        self.store: ViewStore | None = None
+        self.reason = f"{self.path}: opening it"
+        self._guard = threading.Lock()
+        self._closed = False
+
+    def opened(self, store: ViewStore) -> None:
+        """The store is open: calls go to it from now on (closed at once when this one is closed already)."""
+        with self._guard:
+            if not self._closed:
+                self.store, store = store, None
+        if store is not None:
+            store.close()
+
+    def _open(self) -> ViewStore:
+        store = self.store
+        if store is None:
+            raise ViewStoreError(f"the view store is not open ({self.reason}); phg keeps trying", self.path)
+        return store
+
+    def keep(self, readings: Sequence[Reading]) -> None:
+        self._open().keep(readings)
+
+    def readings(self, patients: Collection[tuple[str, str]], since: datetime | None = None,
+                 codes: Collection[int] | None = None, limit: int = 10_000) -> list[Kept]:
+        return self._open().readings(patients, since, codes, limit)
+
+    def latest_per_device(self) -> list[Kept]:
+        return self._open().latest_per_device()
+
+    def recent(self, patient: tuple[str, str] | None = None, since: datetime | None = None,
+               limit: int = RECENT_LIMIT) -> list[Kept]:
+        return self._open().recent(patient, since, limit)
+
+    def check(self) -> None:
+        self._open().check()
+
+    def forget(self, patient: tuple[str, str]) -> int:
+        return self._open().forget(patient)
+
+    def close(self) -> None:
+        with self._guard:
+            self._closed, store, self.store = True, self.store, None
+        if store is not None:
+            store.close()

@@ -2,11 +2,13 @@
 of it keeps readings in one database (`[view] url`), so the view any intake serves shows them all.
 
 The database. phg keeps its tables in the schema `phg_view` of the database the URL names: `reading`,
-`measurement` (phg.viewstore.SCHEMA) and `store`, whose one row says the schema is phg's view store and
-its version. On connecting phg creates them when the database holds no tables at all (one process at a
-time: a transaction-scoped advisory lock), and refuses, with a StorageError naming the URL, a database
+`measurement`, `device` (phg.viewstore.SCHEMA, DEVICE_TABLE) and `store`, whose one row says the schema
+is phg's view store and its version. On connecting phg creates them when the database holds no tables at
+all (one process at a time: a transaction-scoped advisory lock), and refuses, with a StorageError naming the URL, a database
 that holds other tables and not phg's `store` row (the SQLite engine's application_id check): give phg a
-database of its own (`CREATE DATABASE phg_view OWNER phg`).
+database of its own (`CREATE DATABASE phg_view OWNER phg`). A store of version 1 made before the
+`device` table gets it, filled from its readings, at the first connect of a phg that has it (additive: the
+version stays 1).
 
 Durable on commit: each session sets synchronous_commit = on (whatever the server's default), so a keep
 has reached the server's WAL on disk when it returns (PostgreSQL 15 docs, 20.5.1 "synchronous_commit").
@@ -32,7 +34,7 @@ import psycopg
 
 from phg.config import ViewSettings
 from phg.errors import StorageError
-from phg.viewstore import SCHEMA, MeasurementRow, ReadingRow, ViewStore
+from phg.viewstore import DEVICE_TABLE, SCHEMA, MeasurementRow, ReadingRow, ViewStore
 
 TABLE = "phg_view."  # phg's schema: every table of the view store is in it
 APPLICATION, VERSION = "phg view store", 1  # the row of phg_view.store
@@ -51,6 +53,8 @@ def shown(url: str) -> str:
 class PostgresViewStore(ViewStore):
     """Readings kept for viewing, in a PostgreSQL database (module docstring)."""
 
+    TABLE, PARAMETER = TABLE, "%%(%s)s"
+    DEVICE = "coalesce(r.payload::jsonb #>> '{device,system_id}', r.payload::jsonb #>> '{device,bt_address}')"
     FORGET = f"DELETE FROM {TABLE}reading WHERE system = %s AND value = %s"
     EXPIRE = f"DELETE FROM {TABLE}reading WHERE stored < %s"
 
@@ -101,6 +105,10 @@ class PostgresViewStore(ViewStore):
             if found != [(APPLICATION, VERSION)]:
                 raise StorageError(f"{self.path}: not phg's view store, or another version of it ({TABLE}store "
                                    f"holds {found!r:.80}; this phg writes version {VERSION})", self.path)
+            if not conn.execute(f"SELECT to_regclass('{TABLE}device') IS NOT NULL").fetchone()[0]:
+                for statement in DEVICE_TABLE:  # a store made before the device table: add it, filled (once)
+                    conn.execute(statement.format(table=TABLE, real="DOUBLE PRECISION"))
+                self._fill_devices(conn)
             return
         tables = conn.execute("SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
                               " WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')"
@@ -109,7 +117,7 @@ class PostgresViewStore(ViewStore):
             raise StorageError(f"{self.path}: not phg's view store (another program's database: {tables} table(s) "
                                "and no phg_view.store): set [view] url to a database of its own", self.path)
         conn.execute(f"CREATE SCHEMA IF NOT EXISTS {TABLE.rstrip('.')}")
-        for statement in SCHEMA:
+        for statement in SCHEMA + DEVICE_TABLE:
             conn.execute(statement.format(table=TABLE, real="DOUBLE PRECISION"))
         conn.execute(f"CREATE TABLE {TABLE}store (application TEXT NOT NULL, version INTEGER NOT NULL)")
         conn.execute(f"INSERT INTO {TABLE}store VALUES (%s, %s)", (APPLICATION, VERSION))
@@ -143,10 +151,10 @@ class PostgresViewStore(ViewStore):
         return self._run(work, write=False)
 
     def _insert(self, tx: psycopg.Connection, readings: list[ReadingRow],
-                measurements: dict[str, list[MeasurementRow]]) -> None:
+                measurements: dict[str, list[MeasurementRow]]) -> set[str]:
         """Two statements for any number of readings (arrays, unnest): one round trip each."""
         if not readings:
-            return
+            return set()
         added = tx.execute(f"INSERT INTO {TABLE}reading SELECT * FROM unnest(%s::text[], %s::text[], %s::text[],"
                            " %s::float8[], %s::text[]) ON CONFLICT (key) DO NOTHING RETURNING key",
                            [list(column) for column in zip(*readings, strict=True)]).fetchall()
@@ -154,6 +162,7 @@ class PostgresViewStore(ViewStore):
         if rows:
             tx.execute(f"INSERT INTO {TABLE}measurement SELECT * FROM unnest(%s::text[], %s::text[], %s::text[],"
                        " %s::int[], %s::float8[])", [list(column) for column in zip(*rows, strict=True)])
+        return {key for (key,) in added}
 
     def _select(self, conn: psycopg.Connection, patients: list[list[str]], since: float, codes: list[int] | None,
                 limit: int) -> list[tuple[float, str, str]]:

@@ -19,7 +19,7 @@ from typing import Any
 from phg.errors import StorageError
 from phg.outbox.sqlite import create_private, storage_errors, transaction, use_wal
 from phg.secretfile import require_private
-from phg.viewstore import SCHEMA, MeasurementRow, ReadingRow, ViewStore
+from phg.viewstore import DEVICE_TABLE, SCHEMA, MeasurementRow, ReadingRow, ViewStore
 
 APPLICATION_ID = 0x70686776  # "phgv": PRAGMA application_id, this file is phg's view store
 
@@ -27,6 +27,8 @@ APPLICATION_ID = 0x70686776  # "phgv": PRAGMA application_id, this file is phg's
 class SqliteViewStore(ViewStore):
     """Readings kept for viewing, in one SQLite file (module docstring)."""
 
+    TABLE, PARAMETER = "", ":%s"
+    DEVICE = "coalesce(json_extract(r.payload, '$.device.system_id'), json_extract(r.payload, '$.device.bt_address'))"
     FORGET = "DELETE FROM reading WHERE system = ? AND value = ?"
     EXPIRE = "DELETE FROM reading WHERE stored < ?"
 
@@ -59,17 +61,30 @@ class SqliteViewStore(ViewStore):
         conn.execute("PRAGMA foreign_keys = ON")
         if not tables:
             with transaction(conn) as tx:
-                for statement in SCHEMA:
+                for statement in SCHEMA + DEVICE_TABLE:
                     tx.execute(statement.format(table="", real="REAL"))
                 tx.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        elif not self._has_devices(conn):
+            with transaction(conn) as tx:  # a file made before the device table: add it, filled (once)
+                if not self._has_devices(tx):
+                    for statement in DEVICE_TABLE:
+                        tx.execute(statement.format(table="", real="REAL"))
+                    self._fill_devices(tx)
+
+    @staticmethod
+    def _has_devices(conn: sqlite3.Connection) -> bool:
+        found = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'device'")
+        return bool(found.fetchone()[0])
 
     @contextmanager
     def _storage_errors(self) -> Iterator[None]:
         try:
             with storage_errors(self.path):
                 yield
+        except StorageError as exc:  # the outbox's words, about this file: say which store it is
+            raise StorageError(f"view store {exc}", str(self.path)) from exc.__cause__
         except OSError as exc:  # the directory or the file could not be made
-            raise StorageError(f"{self.path}: {exc.strerror}", str(self.path)) from None
+            raise StorageError(f"view store {self.path}: {exc.strerror}", str(self.path)) from None
 
     def _transaction(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
         with self._lock, self._storage_errors(), transaction(self._conn) as tx:
@@ -80,10 +95,13 @@ class SqliteViewStore(ViewStore):
             return work(self._conn)
 
     def _insert(self, tx: sqlite3.Connection, readings: list[ReadingRow],
-                measurements: dict[str, list[MeasurementRow]]) -> None:
+                measurements: dict[str, list[MeasurementRow]]) -> set[str]:
+        added = set()
         for row in readings:
             if tx.execute("INSERT OR IGNORE INTO reading VALUES (?, ?, ?, ?, ?)", row).rowcount:
                 tx.executemany("INSERT INTO measurement VALUES (?, ?, ?, ?, ?)", measurements[row[0]])
+                added.add(row[0])
+        return added
 
     def _select(self, conn: sqlite3.Connection, patients: list[list[str]], since: float, codes: list[int] | None,
                 limit: int) -> list[tuple[float, str, str]]:
