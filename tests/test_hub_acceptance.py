@@ -77,6 +77,11 @@ GATEWAY_ID = "02AB7FFFFE00C7A5"
 START = datetime(2026, 11, 28, 9, tzinfo=UTC)
 DRAIN = 150.0  # seconds a drain may take before the test fails (a hang fails instead of blocking the suite)
 POST_SIZE = 250  # readings per API request
+# MSH-10 at the MLLP receiver before the leader test kills the stream's leader: enough to show the lab
+# destination delivering (past its first exchange), few enough that the kill falls inside its first batch
+# (100 messages, one exchange each) and leaves 1,990 of the 2,000 MLLP sends, and their claims and markers,
+# to cross the leader change.
+MLLP_AT_KILL = 10
 
 
 def readings_for(name: str, n: int = READINGS) -> list[Reading]:
@@ -306,8 +311,8 @@ def test_workers_killed_at_random_moments(hub_factory, sekmet):
 
 
 def test_stream_leader_killed_and_restarted_mid_drain(hub_factory, sekmet):
-    """FHIR and an MLLP receiver; the node leading the queue's stream dies with a quarter delivered and
-    comes back 5 s later. Every Observation once on the server, every reading at the MLLP receiver, and
+    """FHIR and an MLLP receiver; the node leading the queue's stream dies once both deliver (an eighth of
+    the Observations at the server and MLLP_AT_KILL MSH-10 at the receiver) and comes back 5 s later. Every Observation once on the server, every reading at the MLLP receiver, and
     every MSH-10 once there (docs/hub.md, "Two workers, one reading": the claims, kept until the delivered
     markers are written, and honoured for a grace after they run out by time, until the markers are written
     or given up; the message on the wire when a lease is lost is awaited and reported, feca62a): an ack lost
@@ -323,8 +328,14 @@ def test_stream_leader_killed_and_restarted_mid_drain(hub_factory, sekmet):
         wanted = observation_ids(readings)
         first, second = readings[:READINGS // 2], readings[READINGS // 2:]
         hub.post(first)
-        wait_until(lambda: hub.proxy.seen(wanted) >= len(wanted) // 8, DRAIN, "delivery under way",
-                   lambda: hub.proxy.seen(wanted), alive=hub.check)
+        # The kill must land while both destinations deliver: an eighth of the Observations at the server
+        # and MLLP_AT_KILL MSH-10 at the receiver. Waiting for FHIR alone, 8 of 20 runs killed the leader
+        # before any MLLP message had arrived, so no MLLP send was cut (docs/hub.md, the leader test's runs).
+        wait_until(lambda: hub.proxy.seen(wanted) >= len(wanted) // 8 and len(mllp.controls()) >= MLLP_AT_KILL,
+                   DRAIN, f"delivery under way at both destinations (FHIR: {len(wanted) // 8} Observations at "
+                   f"the server, MLLP: {MLLP_AT_KILL} MSH-10 at the receiver)",
+                   lambda: f"FHIR {hub.proxy.seen(wanted)}, MLLP {len(mllp.controls())}\n{hub.logs()}",
+                   alive=hub.check)
         leader = hub.cluster.stream_leader(f"{hub.prefix}_queue")
         hub.cluster.kill(leader)
         killed_at = (time.monotonic(), hub.proxy.seen(wanted), len(mllp.controls()))
@@ -332,7 +343,7 @@ def test_stream_leader_killed_and_restarted_mid_drain(hub_factory, sekmet):
         time.sleep(max(0.0, 5.0 - (time.monotonic() - killed_at[0])))
         hub.cluster.start(leader)
         hub.cluster.wait_ready()
-        restarted = hub.proxy.seen(wanted)
+        restarted, mllp_restarted = hub.proxy.seen(wanted), len(mllp.controls())
         hub.drain(wanted)
         wait_until(lambda: len(mllp.controls()) >= READINGS, 60, "every MSH-10 at the MLLP receiver",
                    lambda: len(mllp.controls()), alive=hub.check)
@@ -352,6 +363,7 @@ def test_stream_leader_killed_and_restarted_mid_drain(hub_factory, sekmet):
     assert_once_on_server(sekmet, readings)
     again = sum(1 for v in hub.proxy.delivered().values() if v > 1)
     report("leader", leader=leader, seen_at_kill=killed_at[1], mllp_at_kill=killed_at[2], seen_at_restart=restarted,
+           mllp_at_restart=mllp_restarted,
            down_s=round(time.monotonic() - killed_at[0], 1), posted_again=again, stream_views=views, mllp_twice=len(twice))
     assert not twice, (f"{len(twice)} MSH-10 received twice across the leader change (e.g. {twice[:3]}): a takeover "
                        "before the holder's markers? (docs/hub.md, \"Open\": a marker bucket without a leader past "
