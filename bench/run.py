@@ -26,6 +26,9 @@ machines here are noisy: absolute numbers are printed for context only.
              on that server, a fresh server per side (target >= 0.9, no "too many entries" refusal after the
              first minute). client: phg vs a bare httpx loop against bench/fakefhir.py (target >= 0.5) and
              phg's CPU s per 1,000 readings (target <= 0.1). bench/delivery.py; issue 16.
+- client-before: the same client path's CPU per reading in the tree before issue 16 (a git worktree of
+             f8f0590) over this tree's, alternating child processes (target >= 3: the issue's "three times
+             cheaper"). bench/clientbefore.py.
 
 - hub intake R1/R3, hub delivery fake/sekmet 2w/1w, hub worker CPU per 1k: hub mode on a three-node
              JetStream cluster it starts (issue 15): durable intake vs the SQLite outbox, delivery with 1 and 2
@@ -50,6 +53,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from clientbefore import bench_client_before
 from clientpath import bench_mapping, bench_render, bench_send
 from delivery import bench_client, bench_delivery, bench_fit_medplum, bench_fit_sekmet
 from hub import bench_hub
@@ -177,6 +181,7 @@ BENCHMARKS: dict[str, Callable[[], dict | list[dict]]] = {
     "fit-medplum": bench_fit_medplum,
     "fit-sekmet": bench_fit_sekmet,
     "client": bench_client,
+    "client-before": bench_client_before,
     "mapping": bench_mapping,
     "render": bench_render,
     "send": bench_send,
