@@ -199,3 +199,36 @@ def test_phg_send_keeps_readings_for_the_view_and_phg_view_forget_erases_a_patie
         assert store.readings([ident(ANN)]) == [] and len(store.readings([ident(BOB)])) == 1
     refused = subprocess.run([phg, "view", "forget", "ann"], env=env, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 1 and "is not 'system|value'" in refused.stderr
+
+
+def test_a_retention_pass_that_fails_never_fails_the_keep(engine, caplog, monkeypatch):
+    """Review R of db9b6c3, finding 1: retention runs after the keep committed, in its own transactions of
+    at most EXPIRE_BATCH readings; a pass that fails (here a trigger refuses the DELETE, as a statement
+    timeout would) is logged and tried again a minute later, and every keep is kept meanwhile."""
+    import phg.viewstore as viewstore
+
+    monkeypatch.setattr(viewstore, "EXPIRE_BATCH", 2)
+    now = [1_000_000.0]
+    with engine.open(retention=86400, clock=lambda: now[0]) as store:
+        store.keep([reading(ANN, 150456, str(90 + n), "%", n) for n in range(9)])
+        if engine.name == "sqlite":
+            refuse = ["CREATE TRIGGER refuse BEFORE DELETE ON reading BEGIN SELECT RAISE(ABORT, 'refused'); END"]
+        else:
+            refuse = ["CREATE FUNCTION phg_view.refuse() RETURNS trigger LANGUAGE plpgsql AS"
+                      " $$BEGIN RAISE EXCEPTION 'refused'; END$$",
+                      "CREATE TRIGGER refuse BEFORE DELETE ON phg_view.reading FOR EACH ROW EXECUTE FUNCTION"
+                      " phg_view.refuse()"]
+        store._transaction(lambda tx: [tx.execute(statement) for statement in refuse])
+        now[0] += 86400 + 61
+        with caplog.at_level("WARNING", logger="phg.viewstore"):
+            store.keep([reading(ANN, 150456, "80", "%", 10)])  # the pass fails: the keep does not
+        assert "a retention pass failed" in caplog.text and "refused" in caplog.text and "ann" not in caplog.text
+        assert store._retention_due == now[0] + 60
+        assert len(store.readings([ident(ANN)])) == 10
+        store._transaction(lambda tx: tx.execute("DROP TRIGGER refuse" + (" ON phg_view.reading" if engine.name
+                                                                             == "postgres" else "")))
+        now[0] += 61
+        store.keep([reading(ANN, 150456, "81", "%", 11)])  # 4 batches of 2: 8 of the 9 old readings go
+        assert engine.count(store, "reading") == 3 and store._retention_due == now[0]  # the rest: the next write
+        store.keep([reading(ANN, 150456, "82", "%", 12)])
+        assert [int(k.reading.metrics[0].value) for k in store.readings([ident(ANN)])] == [80, 81, 82]

@@ -21,9 +21,14 @@ a queued reading missing from the view. Each keep is one transaction, durable wh
 WAL with synchronous=FULL; PostgreSQL: synchronous_commit=on); when it cannot be written the call raises
 StorageError and nothing of it is kept (the Intake then queues nothing: the source sends again).
 
-Retention: a reading stored more than `retention` seconds ago is deleted by the next write (at most
+Retention: a reading stored more than `retention` seconds ago is deleted after the next write (at most
 once a minute per process). Times are the gateway's: the store time, not the device's clock, which may
-be wrong.
+be wrong. A retention pass never makes a keep fail: it runs after the keep committed, in transactions of
+its own of at most EXPIRE_BATCH readings (at most EXPIRE_BATCHES of them per pass; a larger backlog, e.g.
+after `retention` was lowered, goes over the next writes), on PostgreSQL one intake at a time; a pass that
+fails is logged (WARNING, the store and the database's reason, never a reading) and tried again a minute
+later (review R of db9b6c3, finding 1: a DELETE inside the keep passed the statement timeout and made
+every keep fail).
 
 Both engines hold the same three tables (SCHEMA, DEVICE_TABLE): `reading` (one row per reading, its
 canonical JSON), `measurement` (one row per metric: the index the view's queries use) and `device` (each
@@ -48,6 +53,8 @@ if TYPE_CHECKING:
     from typing import Any
 
 RETENTION_EVERY = 60.0  # seconds between two retention passes (of one process)
+EXPIRE_BATCH = 5000  # readings one retention transaction deletes at the most (the oldest first)
+EXPIRE_BATCHES = 4  # transactions one pass runs at the most: a pass adds well under a second to a keep
 # Both engines' tables: {table} is the engine's name prefix ("" in SQLite's own file, "phg_view." in
 # PostgreSQL: phg's schema), {real} its 8-byte float type (PostgreSQL's REAL is 4 bytes: not for epoch seconds).
 SCHEMA = (
@@ -157,7 +164,7 @@ class ViewStore:
     DEVICE: str  # a reading's device (DEVICE_FILL's {device}): an expression on its payload, `r.payload`
     PARAMETER: str  # a named parameter, % its name (":%s", "%%(%s)s")
     FORGET: str  # DELETE one patient's readings: parameters (system, value)
-    EXPIRE: str  # DELETE the readings stored before a time: parameter (before,)
+    EXPIRE: str  # DELETE at most `limit` of the readings stored before a time, oldest first: (before, limit)
 
     def __new__(cls, *args: Any, **kwargs: Any) -> ViewStore:
         if cls is ViewStore:
@@ -213,6 +220,11 @@ class ViewStore:
         return conn.execute(self._sql(RECENT, where=RECENT_WHERE[where]),
                             {"system": system, "value": value, "since": since, "limit": limit}).fetchall()
 
+    def _expire_lock(self, tx: Any) -> bool:
+        """Whether this process may run a retention batch now, in transaction `tx` (PostgreSQL: no other
+        intake is running one)."""
+        return True
+
     def close(self) -> None:
         raise NotImplementedError
 
@@ -244,13 +256,33 @@ class ViewStore:
                     newest[device] = {"device": device, "key": key, "stored": now, "time": at}
             for device in sorted(newest):  # in device order, as the readings
                 tx.execute(self._sql(DEVICE_NEWER), newest[device])
-            if expire:
-                tx.execute(self.EXPIRE, (now - self.retention,))
 
         with _faults():
             self._transaction(work)
         if expire:
-            self._retention_due = now + RETENTION_EVERY
+            self._retention_due = now + RETENTION_EVERY  # also when the pass fails: tried again a minute later
+            self._expire(now - self.retention)
+
+    def _expire(self, before: float) -> None:
+        """A retention pass: delete the readings stored before `before`, in at most EXPIRE_BATCHES
+        transactions of EXPIRE_BATCH readings, after a keep committed (module docstring: "Retention"). A
+        backlog left brings the next pass forward to the next write; a failure is logged, never raised."""
+        def batch(tx: Any) -> int | None:
+            if not self._expire_lock(tx):
+                return None  # another intake is running a pass
+            return tx.execute(self.EXPIRE, (before, EXPIRE_BATCH)).rowcount
+
+        try:
+            for _ in range(EXPIRE_BATCHES):
+                deleted = self._transaction(batch)
+                if deleted is None or deleted < EXPIRE_BATCH:
+                    return
+            self._retention_due = self._clock()  # more to delete: the next write goes on
+        except Exception as exc:  # noqa: BLE001  (any engine's fault: the keep is committed, the pass waits)
+            import logging  # here, as _kept's
+
+            logging.getLogger(__name__).warning("view store %s: a retention pass failed (tried again in %.0f s): %s",
+                                                self.path, RETENTION_EVERY, exc)
 
     def readings(self, patients: Collection[tuple[str, str]], since: datetime | None = None,
                  codes: Collection[int] | None = None, limit: int = 10_000) -> list[Kept]:

@@ -39,6 +39,7 @@ from phg.viewstore import DEVICE_TABLE, SCHEMA, MeasurementRow, ReadingRow, View
 TABLE = "phg_view."  # phg's schema: every table of the view store is in it
 APPLICATION, VERSION = "phg view store", 1  # the row of phg_view.store
 CREATE_LOCK = 0x70686776  # "phgv": the advisory lock held while one process checks and creates the schema
+EXPIRE_LOCK = 0x70686765  # "phge": held by the one intake running a retention batch (phg.viewstore._expire)
 CONNECT_TIMEOUT = 10  # seconds (libpq connect_timeout)
 TCP_USER_TIMEOUT = 30_000  # ms unacknowledged data may wait before the connection counts as lost (libpq)
 SESSION = ("SET synchronous_commit = on", "SET statement_timeout = '30s'",
@@ -56,7 +57,8 @@ class PostgresViewStore(ViewStore):
     TABLE, PARAMETER = TABLE, "%%(%s)s"
     DEVICE = "coalesce(r.payload::jsonb #>> '{device,system_id}', r.payload::jsonb #>> '{device,bt_address}')"
     FORGET = f"DELETE FROM {TABLE}reading WHERE system = %s AND value = %s"
-    EXPIRE = f"DELETE FROM {TABLE}reading WHERE stored < %s"
+    EXPIRE = (f"DELETE FROM {TABLE}reading WHERE key IN (SELECT key FROM {TABLE}reading WHERE stored < %s"
+              " ORDER BY stored LIMIT %s)")
 
     def __init__(self, settings: ViewSettings, clock: Callable[[], float] = time.time):
         """Connects and checks the database now: a wrong URL, a server that does not answer or another
@@ -174,6 +176,11 @@ class PostgresViewStore(ViewStore):
             f" ORDER BY (SELECT min(time) FROM {TABLE}measurement WHERE key = r.key) LIMIT %(limit)s",
             {"systems": [p[0] for p in patients], "values": [p[1] for p in patients], "since": since,
              "codes": codes, "limit": limit}).fetchall()
+
+    def _expire_lock(self, tx: psycopg.Connection) -> bool:
+        """A transaction-scoped advisory lock that is not waited for: when another intake holds it, this
+        one skips its pass (PostgreSQL 15 docs, 9.27.10 "Advisory Lock Functions", pg_try_advisory_xact_lock)."""
+        return bool(tx.execute("SELECT pg_try_advisory_xact_lock(%s)", (EXPIRE_LOCK,)).fetchone()[0])
 
     def _drop(self) -> None:
         if self._conn is not None:

@@ -30,7 +30,7 @@ class SqliteViewStore(ViewStore):
     TABLE, PARAMETER = "", ":%s"
     DEVICE = "coalesce(json_extract(r.payload, '$.device.system_id'), json_extract(r.payload, '$.device.bt_address'))"
     FORGET = "DELETE FROM reading WHERE system = ? AND value = ?"
-    EXPIRE = "DELETE FROM reading WHERE stored < ?"
+    EXPIRE = "DELETE FROM reading WHERE key IN (SELECT key FROM reading WHERE stored < ? ORDER BY stored LIMIT ?)"
 
     def __init__(self, path: Path | str, retention: float | None = None, clock: Callable[[], float] = time.time):
         """`retention`: seconds a reading is kept after it was stored (None: kept, for a process that does
