@@ -21,7 +21,7 @@ from phg.errors import StorageError
 from phg.model import Device, Metric, PatientRef, Reading
 from phg.viewstore import ViewStore, open_view
 from phg.viewstore.postgres import PostgresViewStore
-from postgres_db import postgres_url, private_postgres  # noqa: F401  (fixtures)
+from postgres_db import ADMIN_URL, postgres_url, private_postgres  # noqa: F401  (fixtures)
 
 ANN = PatientRef("urn:oid:1.2.3", "pt-7731")
 T0 = datetime(2026, 11, 28, 8, 0, tzinfo=UTC)
@@ -139,3 +139,42 @@ def test_a_server_that_goes_away_and_comes_back(private_postgres, tmp_path, capl
         assert values(view) == [97, 95, 94]
     logged = caplog.text
     assert private_postgres.PASSWORD not in logged and ANN.value not in logged and "97" not in logged
+
+
+def test_a_read_only_database_is_not_ready_and_its_connection_is_replaced(postgres_url):  # noqa: F811
+    """Review R of db9b6c3, finding 3: check() (/readyz) proves the store can be written. A database that
+    became read-only (as a demoted primary, a standby, answers) fails it, and the read-only error (SQLSTATE
+    25006) drops the connection: once the database is writable again, the same store answers."""
+    name = postgres_url.rsplit("/", 1)[1]
+    with store(postgres_url) as view:
+        view.check()
+        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f"ALTER DATABASE {name} SET default_transaction_read_only = on")
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s"
+                         " AND pid <> pg_backend_pid()", (name,))  # the session now: read-only
+        with pytest.raises(StorageError, match="read-only transaction"):
+            view.check()
+        with pytest.raises(StorageError, match="read-only transaction"):
+            view.keep([reading(97, 0)])
+        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f"ALTER DATABASE {name} RESET default_transaction_read_only")
+        view.check()  # a new connection: writable again
+        view.keep([reading(97, 0)])
+        assert values(view) == [97]
+
+
+def test_the_sqlite_store_is_not_ready_while_another_process_holds_its_write_lock(tmp_path):
+    import sqlite3
+
+    with ViewStore(tmp_path / "view.sqlite") as view:
+        view.check()
+        other = sqlite3.connect(tmp_path / "view.sqlite", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        view._conn.execute("PRAGMA busy_timeout = 100")
+        try:
+            with pytest.raises(StorageError, match="view store"):
+                view.check()
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        view.check()

@@ -308,9 +308,15 @@ class ViewStore:
                                                     since.timestamp() if since else float("-inf"), limit))
 
     def check(self) -> None:
-        """Raise ViewStoreError when the store cannot be reached now (/readyz): one query."""
+        """Raise ViewStoreError when the store cannot be written now (/readyz): a write that is rolled back,
+        so that an intake whose database became a standby (read-only) is not ready (review R of db9b6c3,
+        finding 3; the queue's readiness is a write too, docs/service.md)."""
         with _faults():
-            self._query(lambda conn: conn.execute("SELECT 1").fetchall())
+            self._query(self._writable)
+
+    def _writable(self, conn: Any) -> None:
+        """Raise the engine's error when `conn` cannot write now; writes nothing."""
+        raise NotImplementedError
 
     def _kept(self, query: Callable[[Any], list[tuple[float, str, str]]]) -> list[Kept]:
         """The readings of the rows `query(connection)` gives. A payload that cannot be read is left out

@@ -138,7 +138,10 @@ class PostgresViewStore(ViewStore):
                     with self._conn.transaction():
                         return work(self._conn)
                 except psycopg.Error as exc:
-                    lost = self._conn is None or self._conn.broken or self._conn.closed
+                    # a read-only session (SQLSTATE 25006): the server is a standby now (a failover); a
+                    # new connection may reach the primary (libpq target_session_attrs=read-write)
+                    lost = (self._conn is None or self._conn.broken or self._conn.closed
+                            or isinstance(exc, psycopg.errors.ReadOnlySqlTransaction))
                     if lost:
                         self._drop()
                     if not (lost and reused and again):  # else: a dropped connection, tried once more anew
@@ -176,6 +179,13 @@ class PostgresViewStore(ViewStore):
             f" ORDER BY (SELECT min(time) FROM {TABLE}measurement WHERE key = r.key) LIMIT %(limit)s",
             {"systems": [p[0] for p in patients], "values": [p[1] for p in patients], "since": since,
              "codes": codes, "limit": limit}).fetchall()
+
+    def _writable(self, conn: psycopg.Connection) -> None:
+        """An UPDATE of no row in a transaction that is rolled back: a read-only session (a standby, or a
+        primary demoted by a failover: SQLSTATE 25006, read_only_sql_transaction) or a role without the right
+        fails, and the former drops the connection (_run)."""
+        with conn.transaction(force_rollback=True):
+            conn.execute(f"UPDATE {TABLE}store SET version = version WHERE false")
 
     def _expire_lock(self, tx: psycopg.Connection) -> bool:
         """A transaction-scoped advisory lock that is not waited for: when another intake holds it, this

@@ -114,6 +114,15 @@ class SqliteViewStore(ViewStore):
             {"patients": json.dumps(patients), "since": since,
              "codes": json.dumps(codes) if codes is not None else None, "limit": limit}).fetchall()
 
+    def _writable(self, conn: sqlite3.Connection) -> None:
+        """Take the write lock and give it back (SQLite docs, "BEGIN TRANSACTION": IMMEDIATE starts a write
+        transaction at once): a read-only file or directory, or a lock held past busy_timeout, fails."""
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:  # "database is locked" too: not writable now, not ready
+            raise StorageError(f"view store {self.path}: cannot be written now: {exc}", str(self.path)) from None
+        conn.execute("ROLLBACK")
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()
