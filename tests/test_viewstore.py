@@ -232,3 +232,19 @@ def test_a_retention_pass_that_fails_never_fails_the_keep(engine, caplog, monkey
         assert engine.count(store, "reading") == 3 and store._retention_due == now[0]  # the rest: the next write
         store.keep([reading(ANN, 150456, "82", "%", 12)])
         assert [int(k.reading.metrics[0].value) for k in store.readings([ident(ANN)])] == [80, 81, 82]
+
+
+def test_forget_rewrites_only_the_devices_whose_newest_reading_it_erased(engine):
+    """Review R of db9b6c3, finding 2: forget recomputes the device rows of the readings it erased, not the
+    whole table (which, on a large store, passed the statement timeout and locked every device)."""
+    scale = Device(system_id="0A1B2C3D4E5F6009")
+    with engine.open() as store:
+        store.keep([reading(BOB, 150456, "91", "%", 0), reading(ANN, 150456, "97", "%", 1)])  # the oximeter's: Ann's
+        store.keep([reading(BOB, 188736, "70", "kg", 2)._replace(device=scale)])
+        mark = "%s" if engine.name == "postgres" else "?"
+        store._transaction(lambda tx: tx.execute(f"UPDATE {engine.prefix}device SET time = 12345 WHERE device = {mark}",
+                                                 (scale.system_id,)))  # a mark: rewritten rows lose it
+        assert store.forget(ident(ANN)) == 1
+        rows = store._query(lambda conn: conn.execute(f"SELECT device, time FROM {engine.prefix}device ORDER BY device"
+                                                      ).fetchall())
+        assert [tuple(row) for row in rows] == [("0A1B2C3D4E5F6001", T0.timestamp()), (scale.system_id, 12345.0)]

@@ -178,3 +178,25 @@ def test_the_sqlite_store_is_not_ready_while_another_process_holds_its_write_loc
             other.execute("ROLLBACK")
             other.close()
         view.check()
+
+
+def test_the_device_fill_and_forget_run_past_the_statement_timeout(postgres_url, monkeypatch):  # noqa: F811
+    """Review R of db9b6c3, finding 2: filling the device table (at the first open of a store made before it,
+    and in forget) scans every reading; it runs without the statement timeout (here 100 ms, for 60,000
+    readings), so a large store still opens and a patient can still be erased."""
+    import phg.viewstore.postgres as postgres
+
+    other = Reading(Device(system_id="0A1B2C3D4E5F6002"), PatientRef("urn:oid:1.2.3", "bob"),
+                    reading(91, 0).metrics)
+    with store(postgres_url) as view:
+        view.keep([reading(97, 0)])
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO phg_view.reading SELECT md5(i::text), 'urn:oid:1.2.3', 'bob', 1000 + i, %s"
+                     " FROM generate_series(1, 60000) i", (other.to_json(),))
+        conn.execute("DROP TABLE phg_view.device")  # a store made before the device table
+    monkeypatch.setattr(postgres, "SESSION", ("SET synchronous_commit = on", "SET statement_timeout = '100ms'"))
+    with store(postgres_url) as view:
+        assert sorted(k.reading.device.system_id for k in view.latest_per_device()) == [
+            "0A1B2C3D4E5F6001", "0A1B2C3D4E5F6002"]
+        assert view.forget((ANN.system, ANN.value)) == 1
+        assert [k.reading.device.system_id for k in view.latest_per_device()] == ["0A1B2C3D4E5F6002"]

@@ -70,25 +70,34 @@ SCHEMA = (
 
 # Each device's newest reading (the status page's devices): one row per device, its system id else its
 # Bluetooth address (as the outbox's latest_per_device groups them), that keep() writes; among readings
-# stored at once (one keep), the one measured last. A store made before this table gets it, filled
-# (DEVICE_FILL), when it is opened; forget() fills it again. {table}, {real}: as SCHEMA's.
+# stored at once (one keep), the one measured last (then the larger key, as keep() picks). A store made
+# before this table gets it, filled (DEVICE_FILL, no {where}), when it is opened; forget() fills it again
+# for the devices whose newest reading it erased only ({where}: DEVICE_ONLY). {table}, {real}: as SCHEMA's.
 DEVICE_TABLE = (
     "CREATE TABLE {table}device (device TEXT PRIMARY KEY, key TEXT NOT NULL REFERENCES {table}reading"
     " ON DELETE CASCADE, stored {real} NOT NULL, time {real} NOT NULL)",
     "CREATE INDEX device_key ON {table}device (key)",
 )
 # The engine's words ({device}: its expression for a reading's device on `r.payload`; {p[name]}: its
-# placeholder for parameter `name`).
+# placeholder for parameter `name`; {any[name]}: "is one of the list parameter `name`"; {lock}: its
+# row lock for a SELECT, PostgreSQL's FOR UPDATE).
 DEVICE_FILL = (
-    "DELETE FROM {table}device",
     "INSERT INTO {table}device (device, key, stored, time) SELECT device, key, stored, time FROM ("
-    " SELECT device, key, stored, time, row_number() OVER (PARTITION BY device ORDER BY stored DESC, time DESC, key)"
-    " AS n FROM (SELECT {device} AS device, r.key, r.stored, coalesce((SELECT max(m.time) FROM {table}measurement m"
-    " WHERE m.key = r.key), 0) AS time FROM {table}reading r) AS readings) AS ranked WHERE n = 1 AND device IS NOT NULL",
-)
+    " SELECT device, key, stored, time, row_number() OVER (PARTITION BY device ORDER BY stored DESC, time DESC,"
+    " key DESC) AS n FROM (SELECT {device} AS device, r.key, r.stored, coalesce((SELECT max(m.time) FROM"
+    " {table}measurement m WHERE m.key = r.key), 0) AS time FROM {table}reading r{where}) AS readings) AS ranked"
+    " WHERE n = 1 AND device IS NOT NULL")
+DEVICE_ONLY = " WHERE {device} {any[devices]}"
+# Deleting readings (retention's batch, forget): {keys} is the readings' SELECT. The device rows that go
+# with them (ON DELETE CASCADE) are locked first, in device order, as keep() locks them, so that a delete
+# and a keep of several devices never deadlock (review R of db9b6c3, finding 2).
+EXPIRED = "SELECT key FROM {table}reading WHERE stored < {p[before]} ORDER BY stored LIMIT {p[limit]}"
+FORGOTTEN = "SELECT key FROM {table}reading WHERE system = {p[system]} AND value = {p[value]}"
+LOCK_DEVICES = "SELECT device FROM {table}device WHERE key IN ({keys}) ORDER BY device{lock}"
+DELETE = "DELETE FROM {table}reading WHERE key IN ({keys})"
 DEVICE_NEWER = ("INSERT INTO {table}device AS d VALUES ({p[device]}, {p[key]}, {p[stored]}, {p[time]})"
                 " ON CONFLICT (device) DO UPDATE SET key = excluded.key, stored = excluded.stored, time = excluded.time"
-                " WHERE excluded.stored > d.stored OR (excluded.stored = d.stored AND excluded.time > d.time)")
+                " WHERE (excluded.stored, excluded.time, excluded.key) > (d.stored, d.time, d.key)")
 LATEST = ("SELECT r.stored, r.payload, r.key FROM {table}device d JOIN {table}reading r ON r.key = d.key"
           " ORDER BY d.stored DESC, d.time DESC, d.device")
 # Readings newest stored first; {where}: one of RECENT_WHERE (a patient's: the measurement index).
@@ -163,8 +172,8 @@ class ViewStore:
     TABLE: str  # the tables' name prefix (SCHEMA's {table})
     DEVICE: str  # a reading's device (DEVICE_FILL's {device}): an expression on its payload, `r.payload`
     PARAMETER: str  # a named parameter, % its name (":%s", "%%(%s)s")
-    FORGET: str  # DELETE one patient's readings: parameters (system, value)
-    EXPIRE: str  # DELETE at most `limit` of the readings stored before a time, oldest first: (before, limit)
+    ANY: str  # "is one of a list parameter", % its name (DEVICE_ONLY's {any[devices]})
+    LOCK: str  # a SELECT's row lock (LOCK_DEVICES' {lock})
 
     def __new__(cls, *args: Any, **kwargs: Any) -> ViewStore:
         if cls is ViewStore:
@@ -201,17 +210,40 @@ class ViewStore:
         raise NotImplementedError
 
     def _sql(self, template: str, **parts: str) -> str:
-        """`template` (DEVICE_FILL, LATEST, RECENT, ...) in this engine's words: its TABLE, DEVICE, PARAMETER."""
+        """`template` (DEVICE_FILL, LATEST, RECENT, ...) in this engine's words: its TABLE, DEVICE, PARAMETER,
+        ANY, LOCK; `parts` are in its words too."""
         class Placeholders:
-            def __getitem__(_, name: str) -> str:
-                return self.PARAMETER % name
-        return template.format(table=self.TABLE, device=self.DEVICE, p=Placeholders(),
-                               **{k: v.format(table=self.TABLE, p=Placeholders()) for k, v in parts.items()})
+            def __init__(self, pattern: str) -> None:
+                self.pattern = pattern
 
-    def _fill_devices(self, tx: Any) -> None:
-        """Each device's newest reading, from the readings (DEVICE_FILL), in transaction `tx`."""
-        for statement in DEVICE_FILL:
-            tx.execute(self._sql(statement))
+            def __getitem__(self, name: str) -> str:
+                return self.pattern % name
+        words = {"table": self.TABLE, "device": self.DEVICE, "p": Placeholders(self.PARAMETER),
+                 "any": Placeholders(self.ANY), "lock": self.LOCK}
+        return template.format(**words, **{k: v.format(**words) for k, v in parts.items()})
+
+    def _list(self, values: list[str]) -> Any:
+        """A list parameter (ANY's) in this engine's form."""
+        raise NotImplementedError
+
+    def _unbounded(self, tx: Any) -> None:
+        """Lift the statement timeout for the rest of transaction `tx` (PostgreSQL's; SQLite has none)."""
+
+    def _fill_devices(self, tx: Any, devices: list[str] | None = None) -> None:
+        """Each device's newest reading, from the readings (DEVICE_FILL), in transaction `tx`: of `devices`
+        only when given (their rows are gone), else of every device (the table is new, empty). A scan of
+        every reading: without the statement timeout."""
+        self._unbounded(tx)
+        if devices is None:
+            tx.execute(self._sql(DEVICE_FILL, where=""))
+        elif devices:
+            tx.execute(self._sql(DEVICE_FILL, where=DEVICE_ONLY), {"devices": self._list(devices)})
+
+    def _delete(self, tx: Any, keys: str, parameters: dict[str, Any]) -> tuple[int, list[str]]:
+        """Delete the readings the SELECT `keys` (EXPIRED, FORGOTTEN) gives, their device rows locked first
+        (LOCK_DEVICES): how many, and the devices whose newest reading went."""
+        devices = [device for (device,) in tx.execute(self._sql(LOCK_DEVICES, keys=keys), parameters).fetchall()]
+        return tx.execute(self._sql(DELETE, keys=keys), parameters).rowcount, devices
 
     def _recent(self, conn: Any, patient: list[str] | None, since: float, limit: int) -> list[tuple[float, str, str]]:
         """(stored, payload, key) of the recent() query, newest stored first."""
@@ -270,7 +302,7 @@ class ViewStore:
         def batch(tx: Any) -> int | None:
             if not self._expire_lock(tx):
                 return None  # another intake is running a pass
-            return tx.execute(self.EXPIRE, (before, EXPIRE_BATCH)).rowcount
+            return self._delete(tx, EXPIRED, {"before": before, "limit": EXPIRE_BATCH})[0]  # older: no newer left
 
         try:
             for _ in range(EXPIRE_BATCHES):
@@ -335,11 +367,12 @@ class ViewStore:
         return kept
 
     def forget(self, patient: tuple[str, str]) -> int:
-        """Delete every reading of `patient` (system, value); how many there were."""
+        """Delete every reading of `patient` (system, value); how many there were. A device whose newest
+        reading was theirs gets its newest remaining one (of another patient), recomputed for those devices
+        only (review R of db9b6c3, finding 2: not the whole table)."""
         def work(tx: Any) -> int:
-            count = tx.execute(self.FORGET, tuple(patient)).rowcount
-            if count:
-                self._fill_devices(tx)  # a device of theirs may have older readings of another patient
+            count, devices = self._delete(tx, FORGOTTEN, {"system": patient[0], "value": patient[1]})
+            self._fill_devices(tx, devices)
             return count
 
         with _faults():

@@ -56,9 +56,7 @@ class PostgresViewStore(ViewStore):
 
     TABLE, PARAMETER = TABLE, "%%(%s)s"
     DEVICE = "coalesce(r.payload::jsonb #>> '{device,system_id}', r.payload::jsonb #>> '{device,bt_address}')"
-    FORGET = f"DELETE FROM {TABLE}reading WHERE system = %s AND value = %s"
-    EXPIRE = (f"DELETE FROM {TABLE}reading WHERE key IN (SELECT key FROM {TABLE}reading WHERE stored < %s"
-              " ORDER BY stored LIMIT %s)")
+    ANY, LOCK = "= ANY(%%(%s)s)", " FOR UPDATE"
 
     def __init__(self, settings: ViewSettings, clock: Callable[[], float] = time.time):
         """Connects and checks the database now: a wrong URL, a server that does not answer or another
@@ -179,6 +177,13 @@ class PostgresViewStore(ViewStore):
             f" ORDER BY (SELECT min(time) FROM {TABLE}measurement WHERE key = r.key) LIMIT %(limit)s",
             {"systems": [p[0] for p in patients], "values": [p[1] for p in patients], "since": since,
              "codes": codes, "limit": limit}).fetchall()
+
+    def _list(self, values: list[str]) -> list[str]:
+        return values  # a text[] (psycopg adapts a list to an array)
+
+    def _unbounded(self, tx: psycopg.Connection) -> None:
+        """SET LOCAL: until the transaction ends (PostgreSQL 15 docs, SET; statement_timeout 0: none)."""
+        tx.execute("SET LOCAL statement_timeout = 0")
 
     def _writable(self, conn: psycopg.Connection) -> None:
         """An UPDATE of no row in a transaction that is rolled back: a read-only session (a standby, or a

@@ -29,8 +29,7 @@ class SqliteViewStore(ViewStore):
 
     TABLE, PARAMETER = "", ":%s"
     DEVICE = "coalesce(json_extract(r.payload, '$.device.system_id'), json_extract(r.payload, '$.device.bt_address'))"
-    FORGET = "DELETE FROM reading WHERE system = ? AND value = ?"
-    EXPIRE = "DELETE FROM reading WHERE key IN (SELECT key FROM reading WHERE stored < ? ORDER BY stored LIMIT ?)"
+    ANY, LOCK = "IN (SELECT value FROM json_each(:%s))", ""  # one writer at a time: no row locks
 
     def __init__(self, path: Path | str, retention: float | None = None, clock: Callable[[], float] = time.time):
         """`retention`: seconds a reading is kept after it was stored (None: kept, for a process that does
@@ -113,6 +112,9 @@ class SqliteViewStore(ViewStore):
             " ORDER BY (SELECT min(time) FROM measurement WHERE key = r.key) LIMIT :limit",
             {"patients": json.dumps(patients), "since": since,
              "codes": json.dumps(codes) if codes is not None else None, "limit": limit}).fetchall()
+
+    def _list(self, values: list[str]) -> str:
+        return json.dumps(values)  # json_each's
 
     def _writable(self, conn: sqlite3.Connection) -> None:
         """Take the write lock and give it back (SQLite docs, "BEGIN TRANSACTION": IMMEDIATE starts a write
