@@ -9,7 +9,10 @@ tests/test_viewstore.py (its `engine` fixture)."""
 from __future__ import annotations
 
 import logging
+import re
+import socket
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -126,11 +129,13 @@ def test_a_server_that_goes_away_and_comes_back(private_postgres, tmp_path, capl
         for _ in range(2):  # every call while it is away, not only the first
             with pytest.raises(StorageError) as info:
                 view.keep([reading(96, 1)])
-            assert str(info.value).startswith(f"{private_postgres.url}: the view store's database failed")
+            assert str(info.value).startswith((f"{private_postgres.url}: the view store's database failed",
+                                               f"{private_postgres.url}: the view store's database is not answering"))
             assert info.value.path == private_postgres.url
         with pytest.raises(StorageError):
             view.readings([(ANN.system, ANN.value)])
         private_postgres.start()
+        time.sleep(max(0.0, view._retry_at - time.monotonic()))  # the back-off after the failed connect
         view.keep([reading(95, 2)])  # the same store: a new connection
         assert values(view) == [97, 95]
         private_postgres.stop()  # a restart between two calls: the dropped connection is replaced, no call fails
@@ -200,3 +205,54 @@ def test_the_device_fill_and_forget_run_past_the_statement_timeout(postgres_url,
             "0A1B2C3D4E5F6001", "0A1B2C3D4E5F6002"]
         assert view.forget((ANN.system, ANN.value)) == 1
         assert [k.reading.device.system_id for k in view.latest_per_device()] == ["0A1B2C3D4E5F6002"]
+
+
+def test_a_database_that_does_not_answer_holds_one_caller_only(postgres_url, monkeypatch):  # noqa: F811
+    """Review R of db9b6c3, finding 4: a server that accepts and never answers (a partition). One call tries
+    to connect (up to the connect timeout); the others, and every call during the back-off after it
+    failed, fail at once naming the URL; close() does not wait for the connect in progress."""
+    import phg.viewstore.postgres as postgres
+
+    monkeypatch.setattr(postgres, "CONNECT_TIMEOUT", 2)
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(50)
+    view = store(postgres_url)
+    try:
+        view._settings = ViewSettings(None, url=f"postgresql://postgres@127.0.0.1:{hole.getsockname()[1]}/x")
+        view._drop()  # the server moved away
+        start, ended, errors = time.monotonic(), [], []
+
+        def call() -> None:
+            try:
+                view.check()
+            except StorageError as exc:
+                ended.append(time.monotonic() - start)
+                errors.append(str(exc))
+
+        threads = [threading.Thread(target=call) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+            time.sleep(0.2)
+        for thread in threads[1:]:
+            thread.join(timeout=1)
+            assert not thread.is_alive()  # failed at once: another call is connecting
+        threads[0].join(timeout=10)
+        assert sorted(ended)[:2] < [1.0, 1.0] and 1.5 < max(ended) < 5, ended
+        assert sum("another call is connecting" in e for e in errors) == 2, errors
+        before = time.monotonic()
+        with pytest.raises(StorageError, match=re.escape(postgres_url) + r": the view store's database is not "
+                                               r"answering \(connection timeout expired\); next try in 1 s"):
+            view.check()  # the back-off: at once
+        assert time.monotonic() - before < 0.5
+        time.sleep(max(0.0, view._retry_at - time.monotonic()))
+        connecting = threading.Thread(target=call)
+        connecting.start()
+        time.sleep(0.3)
+        before = time.monotonic()
+        view.close()  # a connect in progress: close() does not wait for it
+        assert time.monotonic() - before < 0.5
+        connecting.join(timeout=10)
+    finally:
+        view.close()
+        hole.close()

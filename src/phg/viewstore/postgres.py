@@ -18,7 +18,8 @@ the view's endpoints call it off the event loop). A call that fails on the datab
 naming the URL (never a password, never a reading) and the Intake refuses the readings (nothing is lost:
 the source sends them again). A connection the server dropped (a restart, a failover) is replaced: the
 call is tried once more on a new one, which is harmless (a keep inserts by key, ON CONFLICT DO NOTHING),
-and while the server is away every call raises StorageError until it answers again. Bounded waits:
+and while the server is away every call raises StorageError until it answers again (after a connect that
+failed, at once for a back-off: BACKOFF_FIRST, BACKOFF_MAX). Bounded waits:
 connecting (CONNECT_TIMEOUT), a statement (STATEMENT_TIMEOUT, e.g. behind a lock another intake holds), a
 lost network (TCP_USER_TIMEOUT).
 """
@@ -41,6 +42,10 @@ APPLICATION, VERSION = "phg view store", 1  # the row of phg_view.store
 CREATE_LOCK = 0x70686776  # "phgv": the advisory lock held while one process checks and creates the schema
 EXPIRE_LOCK = 0x70686765  # "phge": held by the one intake running a retention batch (phg.viewstore._expire)
 CONNECT_TIMEOUT = 10  # seconds (libpq connect_timeout)
+# After a connect that failed, calls fail at once for a back-off (1 s, doubling up to 30 s) instead of each
+# trying its own connect of up to CONNECT_TIMEOUT (review R of db9b6c3, finding 4: callers queued behind
+# the lock for 10 s each and filled asyncio's default thread pool); one connect is tried at a time.
+BACKOFF_FIRST, BACKOFF_MAX = 1.0, 30.0
 TCP_USER_TIMEOUT = 30_000  # ms unacknowledged data may wait before the connection counts as lost (libpq)
 SESSION = ("SET synchronous_commit = on", "SET statement_timeout = '30s'",
            "SET idle_in_transaction_session_timeout = '60s'")  # the last: a frozen intake's locks are freed
@@ -66,7 +71,8 @@ class PostgresViewStore(ViewStore):
         self.path, self._settings = shown(settings.url), settings
         self._start(settings.retention, clock)
         self._conn: psycopg.Connection | None = None
-        self._closed = False
+        self._closed = self._connecting = False
+        self._backoff, self._retry_at, self._why = 0.0, 0.0, ""
         self._query(lambda conn: None)
 
     def _connect(self) -> psycopg.Connection:
@@ -122,29 +128,69 @@ class PostgresViewStore(ViewStore):
         conn.execute(f"CREATE TABLE {TABLE}store (application TEXT NOT NULL, version INTEGER NOT NULL)")
         conn.execute(f"INSERT INTO {TABLE}store VALUES (%s, %s)", (APPLICATION, VERSION))
 
+    def _connection(self) -> psycopg.Connection:
+        """The connection, made when there is none; called with `_lock` held, which connecting releases
+        meanwhile (so close() and other calls do not wait for it: they fail at once, as every call does
+        during the back-off after a connect that failed)."""
+        if self._conn is not None:
+            return self._conn
+        wait = self._retry_at - time.monotonic()
+        if self._connecting or wait > 0:
+            why = "another call is connecting" if self._connecting else self._why
+            raise StorageError(f"{self.path}: the view store's database is not answering ({why}); next try in "
+                               f"{max(wait, 0):.0f} s", self.path)
+        self._connecting = True
+        self._lock.release()
+        try:
+            conn = self._connect()
+        except (psycopg.Error, StorageError) as exc:
+            self._lock.acquire()
+            self._backoff = min(max(self._backoff * 2, BACKOFF_FIRST), BACKOFF_MAX)
+            self._retry_at, self._why = time.monotonic() + self._backoff, _first_line(exc)
+            raise
+        except BaseException:
+            self._lock.acquire()
+            raise
+        else:
+            self._lock.acquire()
+            self._backoff, self._retry_at = 0.0, 0.0
+        finally:
+            self._connecting = False
+        if self._closed:  # closed while connecting
+            conn.close()
+            raise StorageError(f"{self.path}: the view store is closed", self.path)
+        self._conn = conn
+        return conn
+
     def _run(self, work: Callable[[psycopg.Connection], Any], write: bool) -> Any:
         with self._lock:
-            if self._closed:
-                raise StorageError(f"{self.path}: the view store is closed", self.path)
-            for again in (True, False):
-                reused = self._conn is not None
-                try:
-                    if self._conn is None:
-                        self._conn = self._connect()
-                    if not write:
-                        return work(self._conn)
-                    with self._conn.transaction():
-                        return work(self._conn)
-                except psycopg.Error as exc:
-                    # a read-only session (SQLSTATE 25006): the server is a standby now (a failover); a
-                    # new connection may reach the primary (libpq target_session_attrs=read-write)
-                    lost = (self._conn is None or self._conn.broken or self._conn.closed
-                            or isinstance(exc, psycopg.errors.ReadOnlySqlTransaction))
-                    if lost:
-                        self._drop()
-                    if not (lost and reused and again):  # else: a dropped connection, tried once more anew
-                        raise StorageError(f"{self.path}: the view store's database failed: "
-                                           f"{_first_line(exc)}", self.path) from None
+            try:
+                return self._attempts(work, write)
+            finally:
+                if self._closed:  # close() came while this call held the lock: the connection goes now
+                    self._drop()
+
+    def _attempts(self, work: Callable[[psycopg.Connection], Any], write: bool) -> Any:
+        if self._closed:
+            raise StorageError(f"{self.path}: the view store is closed", self.path)
+        for again in (True, False):
+            reused = self._conn is not None
+            try:
+                conn = self._connection()
+                if not write:
+                    return work(conn)
+                with conn.transaction():
+                    return work(conn)
+            except psycopg.Error as exc:
+                # a read-only session (SQLSTATE 25006): the server is a standby now (a failover); a
+                # new connection may reach the primary (libpq target_session_attrs=read-write)
+                lost = (self._conn is None or self._conn.broken or self._conn.closed
+                        or isinstance(exc, psycopg.errors.ReadOnlySqlTransaction))
+                if lost:
+                    self._drop()
+                if not (lost and reused and again):  # else: a dropped connection, tried once more anew
+                    raise StorageError(f"{self.path}: the view store's database failed: "
+                                       f"{_first_line(exc)}", self.path) from None
         raise AssertionError("unreachable")
 
     def _transaction(self, work: Callable[[psycopg.Connection], Any]) -> Any:
@@ -206,9 +252,14 @@ class PostgresViewStore(ViewStore):
                 pass
 
     def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            self._drop()
+        """Never waits (phg.daemon calls it on the event loop): when a call holds the connection, that call
+        drops it as it ends (_run); a connect in progress is closed as it ends (_connection)."""
+        self._closed = True
+        if self._lock.acquire(blocking=False):
+            try:
+                self._drop()
+            finally:
+                self._lock.release()
 
 
 def _first_line(exc: BaseException) -> str:
