@@ -103,3 +103,21 @@ def test_view_on_sqlite_keeps_phg_send_free_of_postgresql(tmp_path, env):  # noq
     loaded = _send_loads(tmp_path, {**env, "PHG_VIEW_PATH": str(tmp_path / "view.sqlite")},
                          (*HEAVY, "psycopg", "phg.viewstore.postgres"))
     assert loaded == []
+
+
+def test_view_url_without_a_host_is_local_only_when_libpq_adds_none(tmp_path, monkeypatch):
+    """Review R of db9b6c3, finding 5: libpq fills a host the URL leaves empty from PGHOST, a hostaddr from
+    PGHOSTADDR, and anything from a service (service=, PGSERVICE): then the server may be another machine,
+    and phg asks for verify-full as for any other."""
+    for name in ("PGHOST", "PGHOSTADDR", "PGSERVICE"):
+        monkeypatch.delenv(name, raising=False)
+    assert view(tmp_path, PHG_VIEW_URL="postgresql:///phg_view").sslmode is None  # the local Unix socket
+    assert view(tmp_path, PHG_VIEW_URL="postgresql:///phg_view?service=prod").sslmode == "verify-full"
+    with pytest.raises(ConfigError, match="sslmode=disable to another machine"):
+        view(tmp_path, PHG_VIEW_URL="postgresql:///phg_view?service=prod&sslmode=disable")
+    for name, value in (("PGHOST", "db.example.org"), ("PGHOSTADDR", "10.0.0.5"), ("PGSERVICE", "prod")):
+        monkeypatch.setenv(name, value)
+        assert view(tmp_path, PHG_VIEW_URL="postgresql:///phg_view").sslmode == "verify-full", name
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("PGHOST", "db.example.org")  # the URL's own host wins over PGHOST
+    assert view(tmp_path, PHG_VIEW_URL="postgresql://phg@127.0.0.1/phg_view").sslmode is None

@@ -1205,7 +1205,7 @@ def _postgres_view(values: Values) -> ViewSettings:
         raise ConfigError(f"{where}: {match['hosts']!r:.80} is not HOST[:PORT][,HOST[:PORT]...]")
     # where libpq connects: the URL's hosts, or its host= and hostaddr= parameters (34.1.2), which win
     names = [h[1].strip("[]") for h in hosts] + [n for key in ("host", "hostaddr") for n in query.get(key, "").split(",")]
-    local = all(not n or n.startswith("/") or is_loopback(n) for n in names)  # "" or /dir: a Unix socket here
+    local = all(n.startswith("/") or is_loopback(n) for n in names if n) and _libpq_adds_no_host(query, [h[1] for h in hosts])
     insecure, given = values("view", "allow_insecure"), query.get("sslmode")
     if not (local or insecure) and given not in (None, _VERIFIED):
         raise ConfigError(f"{where}: sslmode={given} to another machine does not verify the server: use "
@@ -1217,6 +1217,22 @@ def _postgres_view(values: Values) -> ViewSettings:
     return ViewSettings(None, values("view", "retention"), url=url, password_file=password_file,
                         ca_file=values("view", "ca_file"), allow_insecure=insecure,
                         sslmode=None if local or insecure or given else _VERIFIED, source=values.source)
+
+
+def _libpq_adds_no_host(query: Mapping[str, str], url_hosts: list[str]) -> bool:
+    """Whether libpq connects only where the URL says (review R of db9b6c3, finding 5). It takes a host the
+    URL leaves empty from PGHOST, a hostaddr it does not give from PGHOSTADDR, and any parameter from a
+    service (`service=` or PGSERVICE, read from pg_service.conf) (PostgreSQL 15 docs, 34.15 "Environment
+    Variables", 34.17 "The Connection Service File"); an empty host with none of them is the local Unix
+    socket. libpq reads the process's environment: os.environ, whatever `env` phg was loaded with."""
+    def variable(name: str) -> bool:
+        return bool(os.environ.get(name))
+
+    if "service" in query or variable("PGSERVICE"):
+        return False
+    if "hostaddr" not in query and variable("PGHOSTADDR"):
+        return False
+    return not (any(not n for n in url_hosts) and "host" not in query and variable("PGHOST"))
 
 
 def _lease_covers_requests(values: Values, destinations: tuple[DestinationSettings, ...]) -> None:
