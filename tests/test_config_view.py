@@ -121,3 +121,20 @@ def test_view_url_without_a_host_is_local_only_when_libpq_adds_none(tmp_path, mo
         monkeypatch.delenv(name)
     monkeypatch.setenv("PGHOST", "db.example.org")  # the URL's own host wins over PGHOST
     assert view(tmp_path, PHG_VIEW_URL="postgresql://phg@127.0.0.1/phg_view").sslmode is None
+
+
+def test_view_url_without_psycopg_says_what_to_install(monkeypatch):
+    """Review R of db9b6c3, finding 9: as open_queue for JetStream without nats-py, a ConfigError naming
+    the extra, not a traceback; the URL is still shown (masked) without psycopg."""
+    import sys
+
+    from phg.config import ViewSettings
+    from phg.viewstore import open_view, shown_location
+
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # import psycopg raises ImportError
+    monkeypatch.delitem(sys.modules, "phg.viewstore.postgres", raising=False)
+    settings = ViewSettings(None, url=REMOTE, source="/etc/phg/phg.toml")
+    assert shown_location(settings) == REMOTE
+    with pytest.raises(ConfigError, match=r"/etc/phg/phg.toml: \[view\] url \(PostgreSQL\) needs psycopg: "
+                                          r"pip install 'phg\[hub\]'"):
+        open_view(settings)

@@ -137,19 +137,28 @@ def open_view(settings: ViewSettings | None) -> ViewStore | None:
         return None
     with _faults():
         if settings.url is not None:
-            from phg.viewstore.postgres import PostgresViewStore
+            try:
+                from phg.viewstore.postgres import PostgresViewStore
+            except ImportError as exc:  # as open_queue says it for nats-py (phg.outbox; review R, finding 9)
+                from phg.errors import ConfigError
 
+                raise ConfigError(f"{settings.source}: [view] url (PostgreSQL) needs psycopg: "
+                                  f"pip install 'phg[hub]' ({exc})") from None
             return PostgresViewStore(settings)
         return ViewStore(settings.path, settings.retention)
 
 
 def shown_location(settings: ViewSettings) -> str:
     """Where the view store is, for messages: the file, or the URL with any password masked."""
-    if settings.url is None:
-        return str(settings.path)
-    from phg.viewstore.postgres import shown
+    return str(settings.path) if settings.url is None else shown(settings.url)
 
-    return shown(settings.url)
+
+def shown(url: str) -> str:
+    """`url` with any password masked, for messages (phg.config refuses one in [view] url). Here, not in
+    phg.viewstore.postgres: it needs no psycopg."""
+    import re
+
+    return re.sub(r"(password=)[^&]*", r"\1***", re.sub(r"^([^/]*//[^/@:]*):[^/@]*@", r"\1:***@", url))
 
 
 class Kept(Frozen):

@@ -26,7 +26,6 @@ lost network (TCP_USER_TIMEOUT).
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -35,7 +34,7 @@ import psycopg
 
 from phg.config import ViewSettings
 from phg.errors import StorageError
-from phg.viewstore import DEVICE_TABLE, SCHEMA, MeasurementRow, ReadingRow, ViewStore
+from phg.viewstore import DEVICE_TABLE, SCHEMA, MeasurementRow, ReadingRow, ViewStore, shown
 
 TABLE = "phg_view."  # phg's schema: every table of the view store is in it
 APPLICATION, VERSION = "phg view store", 1  # the row of phg_view.store
@@ -49,11 +48,6 @@ BACKOFF_FIRST, BACKOFF_MAX = 1.0, 30.0
 TCP_USER_TIMEOUT = 30_000  # ms unacknowledged data may wait before the connection counts as lost (libpq)
 SESSION = ("SET synchronous_commit = on", "SET statement_timeout = '30s'",
            "SET idle_in_transaction_session_timeout = '60s'")  # the last: a frozen intake's locks are freed
-
-
-def shown(url: str) -> str:
-    """`url` with any password masked, for messages (phg.config refuses one in [view] url)."""
-    return re.sub(r"(password=)[^&]*", r"\1***", re.sub(r"^([^/]*//[^/@:]*):[^/@]*@", r"\1:***@", url))
 
 
 class PostgresViewStore(ViewStore):
