@@ -256,3 +256,32 @@ def test_a_database_that_does_not_answer_holds_one_caller_only(postgres_url, mon
     finally:
         view.close()
         hole.close()
+
+
+def test_phg_run_stops_on_a_database_that_refuses_phg_and_retries_one_that_does_not_answer(postgres_url):  # noqa: F811
+    """Review R of db9b6c3, finding 10: at start-up (phg.daemon), a database that answered and refused phg
+    (here one that does not exist, and another program's) needs a person: ViewStoreRefused, raised at once
+    (exit 74, as SQLite); one that does not answer is tried again until it does or phg stops."""
+    import asyncio
+
+    from phg.daemon import open_view_when_reachable
+    from phg.viewstore import PendingView, ViewStoreRefused
+
+    async def start(url: str, wait: float) -> list[str]:
+        settings = ViewSettings(None, url=url)
+        stop, view = asyncio.Event(), PendingView(settings)
+        asyncio.get_running_loop().call_later(wait, stop.set)
+        await open_view_when_reachable(settings, view, stop)
+        return [view.reason]
+
+    with pytest.raises(ViewStoreRefused, match="database .* does not exist"):
+        asyncio.run(start(postgres_url + "_missing", 30))
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE notes (text TEXT)")
+    with pytest.raises(ViewStoreRefused, match="not phg's view store"):
+        asyncio.run(start(postgres_url, 30))
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens: retried until stop
+    assert "Connection refused" in asyncio.run(start(f"postgresql://postgres@127.0.0.1:{port}/x", 1.5))[0]

@@ -155,24 +155,30 @@ async def open_view_when_reachable(settings: ViewSettings, view: PendingView, st
     JetStream queue is (open_when_reachable), each failure logged at ERROR with the URL (its password
     masked) and the reason: `phg run` starts and serves meanwhile, refusing readings with the view store
     named, so an intake may start before its database, as it may before its cluster. The SQLite file fails
-    at once, as the SQLite outbox does (a read-only disk, another program's file: a person must act)."""
-    from phg.viewstore import open_view
+    at once, as the SQLite outbox does (a read-only disk, another program's file: a person must act), and
+    so does a PostgreSQL database that answered and refused phg (ViewStoreRefused: not phg's view store or
+    another version, an unreadable password_file, a failed login): `phg run` stops, exit 74."""
+    from phg.viewstore import ViewStoreRefused, open_view
 
     def failed(exc: StorageError, delay: float) -> None:
         view.reason = str(exc)
         log.error("%s; readings are refused until it opens: trying again in %.0f s", exc, delay)
 
-    opened = await open_when_reachable(lambda: open_view(settings), stop, retried=settings.url is not None,
+    def retried(exc: StorageError) -> bool:  # a database that does not answer, not one that refused phg
+        return settings.url is not None and not isinstance(exc, ViewStoreRefused)
+
+    opened = await open_when_reachable(lambda: open_view(settings), stop, retried=retried,
                                        failed=failed, max_delay=max_delay)
     if opened is not None:
         view.opened(opened)
         log.info("view store %s open: readings are taken", view.path)
 
 
-async def open_when_reachable(open_: Callable[[], T], stop: asyncio.Event, *, retried: bool,
+async def open_when_reachable(open_: Callable[[], T], stop: asyncio.Event, *,
+                              retried: bool | Callable[[StorageError], bool],
                               failed: Callable[[StorageError, float], object], max_delay: float) -> T | None:
     """`open_()` in a thread until it returns (its result) or `stop` is set (None). A StorageError is raised
-    at once unless `retried`; else `failed(error, delay)` is told and it is tried again after `delay`
+    at once unless `retried` (or `retried(error)`); else `failed(error, delay)` is told and it is tried again after `delay`
     seconds, doubling from 1 up to `max_delay` (a server restarting is retried soon, one down for long
     every `max_delay`)."""
     delay = 1.0
@@ -180,7 +186,7 @@ async def open_when_reachable(open_: Callable[[], T], stop: asyncio.Event, *, re
         try:
             return await asyncio.to_thread(open_)
         except StorageError as exc:
-            if not retried:
+            if not (retried(exc) if callable(retried) else retried):
                 raise
             failed(exc, delay)
         try:

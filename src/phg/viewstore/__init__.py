@@ -119,6 +119,14 @@ class ViewStoreError(StorageError):
     503, /readyz, the CLI). Every StorageError of the interface below and of open_view is one of these."""
 
 
+class ViewStoreRefused(ViewStoreError):
+    """The view store's database answered and refused phg, so that waiting will not help and a person must
+    act: not phg's view store or another version of it, an unreadable [view] password_file, a failed login
+    (no password, a wrong one, an unknown role or database, no pg_hba.conf entry), a server certificate that
+    does not verify. `phg run` stops on it at start-up (exit 74, as for a SQLite view store it cannot open)
+    where it retries a database that does not answer (review R of db9b6c3, finding 10; phg.daemon)."""
+
+
 @contextmanager
 def _faults() -> Iterator[None]:
     try:

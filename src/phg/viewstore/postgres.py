@@ -26,6 +26,7 @@ lost network (TCP_USER_TIMEOUT).
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -34,7 +35,7 @@ import psycopg
 
 from phg.config import ViewSettings
 from phg.errors import StorageError
-from phg.viewstore import DEVICE_TABLE, SCHEMA, MeasurementRow, ReadingRow, ViewStore, shown
+from phg.viewstore import DEVICE_TABLE, SCHEMA, MeasurementRow, ReadingRow, ViewStore, ViewStoreRefused, shown
 
 TABLE = "phg_view."  # phg's schema: every table of the view store is in it
 APPLICATION, VERSION = "phg view store", 1  # the row of phg_view.store
@@ -81,7 +82,7 @@ class PostgresViewStore(ViewStore):
             try:  # read at each connection: a changed password is taken without restarting phg
                 extra["password"] = settings.password_file.read_text().rstrip("\r\n")
             except OSError as exc:
-                raise StorageError(f"{self.path}: cannot read [view] password_file {settings.password_file}: "
+                raise ViewStoreRefused(f"{self.path}: cannot read [view] password_file {settings.password_file}: "
                                    f"{exc.strerror}", self.path) from None
         conn = psycopg.connect(settings.url, autocommit=True, **extra)
         try:
@@ -103,7 +104,7 @@ class PostgresViewStore(ViewStore):
         if conn.execute(f"SELECT to_regclass('{TABLE}store') IS NOT NULL").fetchone()[0]:
             found = conn.execute(f"SELECT application, version FROM {TABLE}store").fetchall()
             if found != [(APPLICATION, VERSION)]:
-                raise StorageError(f"{self.path}: not phg's view store, or another version of it ({TABLE}store "
+                raise ViewStoreRefused(f"{self.path}: not phg's view store, or another version of it ({TABLE}store "
                                    f"holds {found!r:.80}; this phg writes version {VERSION})", self.path)
             if not conn.execute(f"SELECT to_regclass('{TABLE}device') IS NOT NULL").fetchone()[0]:
                 for statement in DEVICE_TABLE:  # a store made before the device table: add it, filled (once)
@@ -114,7 +115,7 @@ class PostgresViewStore(ViewStore):
                               " WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')"
                               " AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'").fetchone()[0]
         if tables:
-            raise StorageError(f"{self.path}: not phg's view store (another program's database: {tables} table(s) "
+            raise ViewStoreRefused(f"{self.path}: not phg's view store (another program's database: {tables} table(s) "
                                "and no phg_view.store): set [view] url to a database of its own", self.path)
         conn.execute(f"CREATE SCHEMA IF NOT EXISTS {TABLE.rstrip('.')}")
         for statement in SCHEMA + DEVICE_TABLE:
@@ -183,8 +184,9 @@ class PostgresViewStore(ViewStore):
                 if lost:
                     self._drop()
                 if not (lost and reused and again):  # else: a dropped connection, tried once more anew
-                    raise StorageError(f"{self.path}: the view store's database failed: "
-                                       f"{_first_line(exc)}", self.path) from None
+                    refused = self._conn is None and _needs_person(exc)
+                    raise (ViewStoreRefused if refused else StorageError)(
+                        f"{self.path}: the view store's database failed: {_first_line(exc)}", self.path) from None
         raise AssertionError("unreachable")
 
     def _transaction(self, work: Callable[[psycopg.Connection], Any]) -> Any:
@@ -254,6 +256,19 @@ class PostgresViewStore(ViewStore):
                 self._drop()
             finally:
                 self._lock.release()
+
+
+# libpq's and the server's words for a connection refused by configuration, not by an outage (psycopg
+# gives no SQLSTATE for a failed connect: the message is all there is; PostgreSQL 15 docs, 21.15
+# "Authentication Problems"). A server starting up or full of connections is not in it: that passes.
+NEEDS_PERSON = re.compile(r"password authentication failed|no password supplied|role \S+ does not exist|database \S+ "
+                          r"does not exist|no pg_hba\.conf entry|authentication failed|certificate verify failed"
+                          r"|server certificate for .* does not match")
+
+
+def _needs_person(exc: psycopg.Error) -> bool:
+    """Whether a failed connect needs a person (ViewStoreRefused), not time."""
+    return NEEDS_PERSON.search(str(exc)) is not None
 
 
 def _first_line(exc: BaseException) -> str:
