@@ -105,7 +105,7 @@ def test_another_programs_database_is_refused_naming_the_url(postgres_url):  # n
         conn.execute("DROP TABLE notes")
     store(postgres_url).close()  # an empty database becomes phg's
     with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute("UPDATE phg_view.store SET version = 2")
+        conn.execute("UPDATE phg_view.store SET version = 3")
     with pytest.raises(StorageError, match=r"another version of it"):
         store(postgres_url)
 
@@ -285,3 +285,19 @@ def test_phg_run_stops_on_a_database_that_refuses_phg_and_retries_one_that_does_
     port = closed.getsockname()[1]
     closed.close()  # nothing listens: retried until stop
     assert "Connection refused" in asyncio.run(start(f"postgresql://postgres@127.0.0.1:{port}/x", 1.5))[0]
+
+
+def test_a_version_1_store_becomes_version_2_with_its_device_table(postgres_url):  # noqa: F811
+    """Review R of db9b6c3, finding 8: the device table came with version 2; a version 1 store (made before
+    it) gets it, filled, and version 2 at the first connect, so an older phg, which writes no device rows,
+    refuses it instead of leaving the device list stale."""
+    with store(postgres_url) as view:
+        view.keep([reading(97, 0)])
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        assert conn.execute("SELECT version FROM phg_view.store").fetchall() == [(2,)]
+        conn.execute("DROP TABLE phg_view.device")
+        conn.execute("UPDATE phg_view.store SET version = 1")
+    with store(postgres_url) as view:
+        assert [k.reading.device.system_id for k in view.latest_per_device()] == ["0A1B2C3D4E5F6001"]
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        assert conn.execute("SELECT version FROM phg_view.store").fetchall() == [(2,)]

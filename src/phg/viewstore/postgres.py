@@ -6,9 +6,10 @@ The database. phg keeps its tables in the schema `phg_view` of the database the 
 is phg's view store and its version. On connecting phg creates them when the database holds no tables at
 all (one process at a time: a transaction-scoped advisory lock), and refuses, with a StorageError naming the URL, a database
 that holds other tables and not phg's `store` row (the SQLite engine's application_id check): give phg a
-database of its own (`CREATE DATABASE phg_view OWNER phg`). A store of version 1 made before the
-`device` table gets it, filled from its readings, at the first connect of a phg that has it (additive: the
-version stays 1).
+database of its own (`CREATE DATABASE phg_view OWNER phg`). A store of version 1 (before the `device`
+table) becomes version 2 at the first connect of a phg that has it: the table is added, filled from its
+readings; from then on a phg that writes version 1 refuses the store, so a hub's intakes are upgraded
+together (one of each version would leave the device list stale).
 
 Durable on commit: each session sets synchronous_commit = on (whatever the server's default), so a keep
 has reached the server's WAL on disk when it returns (PostgreSQL 15 docs, 20.5.1 "synchronous_commit").
@@ -38,7 +39,9 @@ from phg.errors import StorageError
 from phg.viewstore import DEVICE_TABLE, SCHEMA, MeasurementRow, ReadingRow, ViewStore, ViewStoreRefused, shown
 
 TABLE = "phg_view."  # phg's schema: every table of the view store is in it
-APPLICATION, VERSION = "phg view store", 1  # the row of phg_view.store
+# The row of phg_view.store. Version 2 added the `device` table (review R of db9b6c3, finding 8): a phg
+# that writes version 1 leaves it stale, so it refuses a store of version 2 and cannot share it unnoticed.
+APPLICATION, VERSION = "phg view store", 2
 CREATE_LOCK = 0x70686776  # "phgv": the advisory lock held while one process checks and creates the schema
 EXPIRE_LOCK = 0x70686765  # "phge": held by the one intake running a retention batch (phg.viewstore._expire)
 CONNECT_TIMEOUT = 10  # seconds (libpq connect_timeout)
@@ -103,13 +106,15 @@ class PostgresViewStore(ViewStore):
         """Check that the database is phg's view store; make it one when it holds no tables."""
         if conn.execute(f"SELECT to_regclass('{TABLE}store') IS NOT NULL").fetchone()[0]:
             found = conn.execute(f"SELECT application, version FROM {TABLE}store").fetchall()
-            if found != [(APPLICATION, VERSION)]:
+            if found not in ([(APPLICATION, 1)], [(APPLICATION, VERSION)]):
                 raise ViewStoreRefused(f"{self.path}: not phg's view store, or another version of it ({TABLE}store "
-                                   f"holds {found!r:.80}; this phg writes version {VERSION})", self.path)
+                                       f"holds {found!r:.80}; this phg writes version {VERSION})", self.path)
             if not conn.execute(f"SELECT to_regclass('{TABLE}device') IS NOT NULL").fetchone()[0]:
                 for statement in DEVICE_TABLE:  # a store made before the device table: add it, filled (once)
                     conn.execute(statement.format(table=TABLE, real="DOUBLE PRECISION"))
                 self._fill_devices(conn)
+            if found == [(APPLICATION, 1)]:  # version 1 to 2: the device table is there and filled
+                conn.execute(f"UPDATE {TABLE}store SET version = %s", (VERSION,))
             return
         tables = conn.execute("SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
                               " WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')"
