@@ -114,10 +114,13 @@ def readings(outbox: Queue, patient: tuple[str, str] | None = None, since: datet
 
 
 def unavailable(exc: ViewStoreError) -> JSONResponse:
-    """The 503 (an RFC 9457 problem detail) of a list the view store cannot give now."""
+    """The 503 (an RFC 9457 problem detail) of a list the view store cannot give now; Retry-After as the
+    ingest API's 503 (phg.service.api.RETRY_AFTER)."""
+    from phg.service.api import RETRY_AFTER  # here: phg.service.api imports the service's app at its import
+
     return JSONResponse({"type": "about:blank", "title": "View store unavailable", "status": 503,
                          "detail": f"the readings are kept in the view store, which cannot be read now: {exc}"},
-                        503, headers={"Retry-After": "30"}, media_type="application/problem+json")
+                        503, headers={"Retry-After": str(RETRY_AFTER)}, media_type="application/problem+json")
 
 
 def _device_entry(seen: Seen) -> dict[str, Any]:

@@ -285,11 +285,13 @@ class ViewStore:
         now = self._clock()
         rows: dict[str, ReadingRow] = {}
         measurements: dict[str, list[MeasurementRow]] = {}
-        devices: dict[str, str] = {}
+        devices: dict[str, str] = {}  # a reading's device (keep's key: DEVICE_FILL's {device})
         for reading in readings:
             patient = reading.patient
             if reading.key not in rows:
-                devices[reading.key] = reading.device.system_id or reading.device.bt_address or ""
+                device = reading.device.system_id or reading.device.bt_address  # None: no device row, as DEVICE_FILL
+                if device is not None:
+                    devices[reading.key] = device
                 rows[reading.key] = (reading.key, patient.system, patient.value, now, reading.to_json())
                 measurements[reading.key] = [(reading.key, patient.system, patient.value, m.code, m.time.timestamp())
                                              for m in reading.metrics]
@@ -298,7 +300,7 @@ class ViewStore:
         def work(tx: Any) -> None:
             added = self._insert(tx, sorted(rows.values()), measurements)  # in key order: two intakes never deadlock
             newest: dict[str, dict[str, Any]] = {}
-            for key in added:
+            for key in added & devices.keys():
                 device = devices[key]
                 at = max(row[4] for row in measurements[key])
                 if device not in newest or (at, key) > (newest[device]["time"], newest[device]["key"]):
