@@ -301,3 +301,21 @@ def test_a_version_1_store_becomes_version_2_with_its_device_table(postgres_url)
         assert [k.reading.device.system_id for k in view.latest_per_device()] == ["0A1B2C3D4E5F6001"]
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         assert conn.execute("SELECT version FROM phg_view.store").fetchall() == [(2,)]
+
+
+def test_one_intake_at_a_time_runs_a_retention_pass(postgres_url):  # noqa: F811
+    """Review R of db9b6c3, finding 1: while another intake holds the retention lock (EXPIRE_LOCK), this
+    one skips its pass, keeps its readings and tries again a minute later."""
+    from phg.viewstore.postgres import EXPIRE_LOCK
+
+    now = [1_000_000.0]
+    with PostgresViewStore(ViewSettings(None, 86400, url=postgres_url), clock=lambda: now[0]) as view:
+        view.keep([reading(97, 0)])
+        now[0] += 86400 + 61
+        with psycopg.connect(postgres_url) as other:  # a transaction that holds the lock
+            other.execute("SELECT pg_advisory_xact_lock(%s)", (EXPIRE_LOCK,))
+            view.keep([reading(96, 1)])
+            assert values(view) == [97, 96] and view._retention_due == now[0] + 60
+        now[0] += 61
+        view.keep([reading(95, 2)])
+        assert values(view) == [96, 95]
