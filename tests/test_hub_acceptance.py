@@ -312,7 +312,8 @@ def test_workers_killed_at_random_moments(hub_factory, sekmet):
 
 def test_stream_leader_killed_and_restarted_mid_drain(hub_factory, sekmet):
     """FHIR and an MLLP receiver; the node leading the queue's stream dies once both deliver (an eighth of
-    the Observations at the server and MLLP_AT_KILL MSH-10 at the receiver) and comes back 5 s later. Every Observation once on the server, every reading at the MLLP receiver, and
+    the Observations at the server and MLLP_AT_KILL MSH-10 at the receiver) and comes back 5 s later. Every
+    Observation once on the server, every reading at the MLLP receiver, and
     every MSH-10 once there (docs/hub.md, "Two workers, one reading": the claims, kept until the delivered
     markers are written, and honoured for a grace after they run out by time, until the markers are written
     or given up; the message on the wire when a lease is lost is awaited and reported, feca62a): an ack lost

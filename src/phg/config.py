@@ -1204,8 +1204,10 @@ def _postgres_view(values: Values) -> ViewSettings:
     if not all(hosts):
         raise ConfigError(f"{where}: {match['hosts']!r:.80} is not HOST[:PORT][,HOST[:PORT]...]")
     # where libpq connects: the URL's hosts, or its host= and hostaddr= parameters (34.1.2), which win
-    names = [h[1].strip("[]") for h in hosts] + [n for key in ("host", "hostaddr") for n in query.get(key, "").split(",")]
-    local = all(n.startswith("/") or is_loopback(n) for n in names if n) and _libpq_adds_no_host(query, [h[1] for h in hosts])
+    names = [h[1].strip("[]") for h in hosts]
+    names += [n for key in ("host", "hostaddr") for n in query.get(key, "").split(",")]
+    local = (all(n.startswith("/") or is_loopback(n) for n in names if n)
+             and _libpq_adds_no_host(query, [h[1] for h in hosts]))
     insecure, given = values("view", "allow_insecure"), query.get("sslmode")
     if not (local or insecure) and given not in (None, _VERIFIED):
         raise ConfigError(f"{where}: sslmode={given} to another machine does not verify the server: use "
