@@ -111,7 +111,9 @@ def deliver_auto(base_url: str, readings: list, tmp_path) -> tuple[FhirDestinati
             body = json.loads(request.content)
             sizes.append(len(body["entry"]) if body.get("resourceType") == "Bundle" else 0)
 
-        async with httpx.AsyncClient(timeout=30, event_hooks={"request": [record]}) as client:
+        # 120 s, as bench/delivery.py's: on a loaded machine Medplum's router can take over 30 s to refuse a
+        # transaction of 38 entries (CI, 2026-12-01), and a timeout teaches no limit, so the next POST is over it too
+        async with httpx.AsyncClient(timeout=120, event_hooks={"request": [record]}) as client:
             destination = FhirDestination(client, base_url, GATEWAY, strategy="auto")
             summary = await DeliveryWorker(outbox, destination, batch_size=30).run(until_idle=True)
             assert (summary.delivered, summary.dead) == (len(readings), 0)

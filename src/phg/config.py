@@ -115,7 +115,13 @@ def flag(value: Any, where: str) -> bool:
 
 
 def path(value: Any, where: str) -> Path:
-    return Path(text(value, where)).expanduser()
+    """A file name, `~` and `~user` expanded; ConfigError for a `~user` with no home directory (pathlib raises
+    RuntimeError: found by tests/test_fuzz_config.py with PHG_VIEW_PASSWORD_FILE=~0)."""
+    given = text(value, where)
+    try:
+        return Path(given).expanduser()
+    except RuntimeError:
+        raise ConfigError(f"{where}: {given!r:.80} names a home directory this machine does not have") from None
 
 
 def readable_file(value: Any, where: str) -> Path:
@@ -636,8 +642,9 @@ class SoapSettings(HttpHl7Settings):
             raise ConfigError(f"{source}: [{section}] give saml_assertion or username, not both")
         saml = parsed.get("saml_assertion")
         if saml is not None and not saml.lstrip().startswith("<"):  # a file name
-            require_private(Path(saml).expanduser(), f"{source}: [{section}] saml_assertion")
-            parsed["saml_assertion"] = Path(saml).expanduser().read_text(encoding="utf-8")
+            file = path(saml, f"{source}: [{section}] saml_assertion")
+            require_private(file, f"{source}: [{section}] saml_assertion")
+            parsed["saml_assertion"] = file.read_text(encoding="utf-8")
         return super().build(parsed, source, section)
 
 
