@@ -56,6 +56,15 @@ def test_missing_file(tmp_path):
         load_config(tmp_path / "nope.toml", env={})
 
 
+@pytest.mark.parametrize("name", ["~0", "~no-such-user-here/key.pem"])
+def test_a_home_directory_this_machine_lacks_is_named(name):
+    """`~user` of a user without a home directory: a ConfigError naming the variable and key (pathlib raises
+    RuntimeError; tests/test_fuzz_config.py found it in CI with PHG_VIEW_PASSWORD_FILE=~0)."""
+    env = {"PHG_VIEW_URL": "postgresql://phg@127.0.0.1/phg_view", "PHG_VIEW_PASSWORD_FILE": name}
+    with pytest.raises(ConfigError, match=r"PHG_VIEW_PASSWORD_FILE: \[view\] password_file: .*home directory"):
+        load_config(None, env=env)
+
+
 @pytest.mark.parametrize("url", ["https://ehr.example.org/fhir", "http://127.0.0.1:8080/fhir",
                                  "http://localhost/fhir", "http://[::1]:9/fhir"])
 def test_allowed_urls(url):
