@@ -319,3 +319,26 @@ def test_one_intake_at_a_time_runs_a_retention_pass(postgres_url):  # noqa: F811
         now[0] += 61
         view.keep([reading(95, 2)])
         assert values(view) == [96, 95]
+
+
+def test_forget_deletes_only_the_readings_it_chose_and_keeps_a_device_kept_meanwhile(postgres_url):  # noqa: F811
+    """Review R2, finding 2: a keep of another intake that commits while forget() runs (here: just before its
+    DELETE) adds a reading that stays, and the device row of that reading with it; before, the DELETE chose
+    the keys again, erased that reading and, through the cascade, the device of another patient's readings."""
+    import phg.viewstore as rules
+
+    bob, scale = PatientRef("urn:oid:1.2.3", "bob"), Device(system_id="0A1B2C3D4E5F6009")
+    with store(postgres_url) as a, store(postgres_url) as b:
+        b.keep([reading(97, 0)])
+        b.keep([reading(70, 1, bob)._replace(device=scale)])  # the scale's newest: Bob's
+        sql = a._sql
+
+        def racing(template: str, **parts: str) -> str:
+            if template == rules.DELETE:  # another intake keeps Ann on the scale, committed now
+                b.keep([reading(71, 2)._replace(device=scale)])
+            return sql(template, **parts)
+
+        a._sql = racing
+        assert a.forget((ANN.system, ANN.value)) == 1
+        assert sorted(k.reading.device.system_id for k in b.latest_per_device()) == [scale.system_id]
+        assert [int(k.reading.metrics[0].value) for k in b.recent()] == [71, 70]

@@ -86,15 +86,19 @@ DEVICE_FILL = (
     " SELECT device, key, stored, time, row_number() OVER (PARTITION BY device ORDER BY stored DESC, time DESC,"
     " key DESC) AS n FROM (SELECT {device} AS device, r.key, r.stored, coalesce((SELECT max(m.time) FROM"
     " {table}measurement m WHERE m.key = r.key), 0) AS time FROM {table}reading r{where}) AS readings) AS ranked"
-    " WHERE n = 1 AND device IS NOT NULL")
+    " WHERE n = 1 AND device IS NOT NULL ON CONFLICT (device) DO NOTHING")  # a row left: the newest is kept
 DEVICE_ONLY = " WHERE {device} {any[devices]}"
-# Deleting readings (retention's batch, forget): {keys} is the readings' SELECT. The device rows that go
-# with them (ON DELETE CASCADE) are locked first, in device order, as keep() locks them, so that a delete
-# and a keep of several devices never deadlock (review R of db9b6c3, finding 2).
-EXPIRED = "SELECT key FROM {table}reading WHERE stored < {p[before]} ORDER BY stored LIMIT {p[limit]}"
-FORGOTTEN = "SELECT key FROM {table}reading WHERE system = {p[system]} AND value = {p[value]}"
-LOCK_DEVICES = "SELECT device FROM {table}device WHERE key IN ({keys}) ORDER BY device{lock}"
-DELETE = "DELETE FROM {table}reading WHERE key IN ({keys})"
+# Deleting readings (retention's batch, forget): the keys are chosen once (EXPIRED, FORGOTTEN: the
+# readings locked), and only those are deleted ({any[keys]}): a keep that commits meanwhile adds readings
+# that stay (review R2, finding 2: a second SELECT saw a reading kept in between and took its device row
+# with it). The device rows that go with them (ON DELETE CASCADE) are locked first, in device order, as
+# keep() locks them, so that a delete and a keep of several devices never deadlock (review R of db9b6c3,
+# finding 2); forget() fills again the rows of the devices of the readings it deleted (DEVICES_OF).
+EXPIRED = "SELECT key FROM {table}reading WHERE stored < {p[before]} ORDER BY stored, key LIMIT {p[limit]}{lock}"
+FORGOTTEN = "SELECT key FROM {table}reading WHERE system = {p[system]} AND value = {p[value]} ORDER BY stored, key{lock}"
+LOCK_DEVICES = "SELECT device FROM {table}device WHERE key {any[keys]} ORDER BY device{lock}"
+DEVICES_OF = "SELECT DISTINCT {device} FROM {table}reading r WHERE r.key {any[keys]}"
+DELETE = "DELETE FROM {table}reading WHERE key {any[keys]}"
 DEVICE_NEWER = ("INSERT INTO {table}device AS d VALUES ({p[device]}, {p[key]}, {p[stored]}, {p[time]})"
                 " ON CONFLICT (device) DO UPDATE SET key = excluded.key, stored = excluded.stored, time = excluded.time"
                 " WHERE (excluded.stored, excluded.time, excluded.key) > (d.stored, d.time, d.key)")
@@ -256,11 +260,15 @@ class ViewStore:
         elif devices:
             tx.execute(self._sql(DEVICE_FILL, where=DEVICE_ONLY), {"devices": self._list(devices)})
 
-    def _delete(self, tx: Any, keys: str, parameters: dict[str, Any]) -> tuple[int, list[str]]:
-        """Delete the readings the SELECT `keys` (EXPIRED, FORGOTTEN) gives, their device rows locked first
-        (LOCK_DEVICES): how many, and the devices whose newest reading went."""
-        devices = [device for (device,) in tx.execute(self._sql(LOCK_DEVICES, keys=keys), parameters).fetchall()]
-        return tx.execute(self._sql(DELETE, keys=keys), parameters).rowcount, devices
+    def _delete(self, tx: Any, select: str, parameters: dict[str, Any], devices: bool = False) -> tuple[int, list[str]]:
+        """Delete the readings the SELECT `select` (EXPIRED, FORGOTTEN) gives, chosen once, their device rows
+        locked first (LOCK_DEVICES): how many, and, when `devices`, the devices of the readings deleted
+        (DEVICES_OF: those whose newest reading went are to be filled again; the others are left, ON CONFLICT)."""
+        keys = {"keys": self._list([key for (key,) in tx.execute(self._sql(select), parameters).fetchall()])}
+        locked = [device for (device,) in tx.execute(self._sql(LOCK_DEVICES), keys).fetchall()]
+        of = [device for (device,) in tx.execute(self._sql(DEVICES_OF), keys).fetchall()] if devices else []
+        count = tx.execute(self._sql(DELETE), keys).rowcount
+        return count, sorted({*locked, *(device for device in of if device is not None)})
 
     def _recent(self, conn: Any, patient: list[str] | None, since: float, limit: int) -> list[tuple[float, str, str]]:
         """(stored, payload, key) of the recent() query, newest stored first."""
@@ -390,7 +398,7 @@ class ViewStore:
         reading was theirs gets its newest remaining one (of another patient), recomputed for those devices
         only (review R of db9b6c3, finding 2: not the whole table)."""
         def work(tx: Any) -> int:
-            count, devices = self._delete(tx, FORGOTTEN, {"system": patient[0], "value": patient[1]})
+            count, devices = self._delete(tx, FORGOTTEN, {"system": patient[0], "value": patient[1]}, devices=True)
             self._fill_devices(tx, devices)
             return count
 
