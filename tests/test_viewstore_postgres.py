@@ -342,3 +342,49 @@ def test_forget_deletes_only_the_readings_it_chose_and_keeps_a_device_kept_meanw
         assert a.forget((ANN.system, ANN.value)) == 1
         assert sorted(k.reading.device.system_id for k in b.latest_per_device()) == [scale.system_id]
         assert [int(k.reading.metrics[0].value) for k in b.recent()] == [71, 70]
+
+
+def test_a_commit_that_waits_for_a_synchronous_standby_ends_and_holds_up_no_other_call(
+        private_postgres, tmp_path, monkeypatch):  # noqa: F811
+    """Review R2, finding 1: with a synchronous standby that is down, a keep's COMMIT waits without a limit
+    (statement_timeout does not cover it). The keep ends after COMMIT_WAIT with StorageError (its connection
+    dropped), and meanwhile another call of the process fails after LOCK_WAIT ("busy") instead of waiting."""
+    import phg.viewstore
+    import phg.viewstore.postgres
+
+    password = tmp_path / "view-password"
+    password.write_text(private_postgres.PASSWORD + "\n")
+    password.chmod(0o600)
+    monkeypatch.setattr(phg.viewstore.postgres, "COMMIT_WAIT", 2.0)
+    monkeypatch.setattr(phg.viewstore, "LOCK_WAIT", 0.5)
+    with store(private_postgres.url, password_file=password) as view:
+        view.keep([reading(97, 0)])  # the schema is made before the standby is required
+        with psycopg.connect(private_postgres.admin_url, autocommit=True) as admin:
+            admin.execute("ALTER SYSTEM SET synchronous_standby_names = 'ghost'")
+            admin.execute("SELECT pg_reload_conf()")
+        time.sleep(0.5)
+        outcome: list[BaseException | None] = []
+
+        def keep() -> None:
+            try:
+                view.keep([reading(96, 1)])
+                outcome.append(None)
+            except BaseException as exc:  # noqa: BLE001
+                outcome.append(exc)
+
+        started = time.monotonic()
+        thread = threading.Thread(target=keep, daemon=True)
+        thread.start()
+        time.sleep(0.5)
+        with pytest.raises(StorageError, match="busy: another call has waited"):
+            view.check()
+        assert time.monotonic() - started < 1.9
+        thread.join(15)
+        assert not thread.is_alive() and isinstance(outcome[0], StorageError), outcome
+        assert "did not confirm the commit within 2 s" in str(outcome[0]) and view._conn is None
+        with psycopg.connect(private_postgres.admin_url, autocommit=True) as admin:
+            admin.execute("ALTER SYSTEM RESET synchronous_standby_names")
+            admin.execute("SELECT pg_reload_conf()")
+        time.sleep(0.5)
+        view.keep([reading(96, 1)])  # the source sends it again: kept once
+        assert values(view) == [97, 96]

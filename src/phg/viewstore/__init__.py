@@ -55,6 +55,11 @@ if TYPE_CHECKING:
 RETENTION_EVERY = 60.0  # seconds between two retention passes (of one process)
 EXPIRE_BATCH = 5000  # readings one retention transaction deletes at the most (the oldest first)
 EXPIRE_BATCHES = 4  # transactions one pass runs at the most: a pass adds well under a second to a keep
+# Seconds a call waits at the most for the store's connection while another call of the process uses it;
+# then it fails at once ("busy", StorageError), so that a call stuck on the database (e.g. a COMMIT waiting
+# for a synchronous standby) never holds up every other call, /readyz's and the thread pool's (review R2,
+# finding 1; review R of db9b6c3, finding 4).
+LOCK_WAIT = 2.0
 # Both engines' tables: {table} is the engine's name prefix ("" in SQLite's own file, "phg_view." in
 # PostgreSQL: phg's schema), {real} its 8-byte float type (PostgreSQL's REAL is 4 bytes: not for epoch seconds).
 SCHEMA = (
@@ -208,7 +213,26 @@ class ViewStore:
         not know the configured period). `clock` tells retention the time (tests pass their own)."""
         self.retention, self._clock = retention, clock
         self._retention_due = 0.0
-        self._lock = threading.Lock()  # one connection, used by one thread at a time
+        self._lock = threading.Lock()  # one connection, used by one thread at a time (_acquire)
+        self._held_since = 0.0  # time.monotonic() when the call that holds `_lock` took it
+
+    def _acquire(self) -> None:
+        """Take `_lock`, waiting LOCK_WAIT seconds at the most; else raise StorageError ("busy")."""
+        import time
+
+        if not self._lock.acquire(timeout=LOCK_WAIT):
+            raise StorageError(f"{self.path}: the view store is busy: another call has waited "
+                               f"{time.monotonic() - self._held_since:.0f} s on its database", str(self.path))
+        self._held_since = time.monotonic()
+
+    @contextmanager
+    def _held(self) -> Iterator[None]:
+        """`_lock`, taken by _acquire, for the block."""
+        self._acquire()
+        try:
+            yield
+        finally:
+            self._lock.release()
 
     # -------------------------------------------------------------------- what each engine gives
 

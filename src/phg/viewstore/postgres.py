@@ -21,13 +21,16 @@ the source sends them again). A connection the server dropped (a restart, a fail
 call is tried once more on a new one, which is harmless (a keep inserts by key, ON CONFLICT DO NOTHING),
 and while the server is away every call raises StorageError until it answers again (after a connect that
 failed, at once for a back-off: BACKOFF_FIRST, BACKOFF_MAX). Bounded waits:
-connecting (CONNECT_TIMEOUT), a statement (STATEMENT_TIMEOUT, e.g. behind a lock another intake holds), a
-lost network (TCP_USER_TIMEOUT).
+connecting (CONNECT_TIMEOUT), a statement (the session's statement_timeout, e.g. behind a lock another
+intake holds), a write's COMMIT (COMMIT_WAIT, a client-side deadline: the server does not bound it), a lost
+network (TCP_USER_TIMEOUT), and the connection while another call of the process uses it
+(phg.viewstore.LOCK_WAIT).
 """
 
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -50,6 +53,14 @@ CONNECT_TIMEOUT = 10  # seconds (libpq connect_timeout)
 # the lock for 10 s each and filled asyncio's default thread pool); one connect is tried at a time.
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 30.0
 TCP_USER_TIMEOUT = 30_000  # ms unacknowledged data may wait before the connection counts as lost (libpq)
+# Seconds a write's COMMIT may take. statement_timeout does not cover it: PostgreSQL turns the statement
+# timeout off before it commits, and a COMMIT waits, without a limit, for a synchronous standby
+# (synchronous_standby_names) that is down (review R2, finding 1; PostgreSQL 15 docs, 27.2.8 "Synchronous
+# Replication"). Past it, the call cancels the wait (psycopg's Connection.cancel_safe, from another thread),
+# drops the connection and raises StorageError: the outcome is unknown (a cancelled wait leaves the transaction
+# committed on the primary only), so the Intake queues nothing and the source sends the readings again (keep
+# is idempotent).
+COMMIT_WAIT = 10.0
 SESSION = ("SET synchronous_commit = on", "SET statement_timeout = '30s'",
            "SET idle_in_transaction_session_timeout = '60s'")  # the last: a frozen intake's locks are freed
 
@@ -163,12 +174,13 @@ class PostgresViewStore(ViewStore):
         return conn
 
     def _run(self, work: Callable[[psycopg.Connection], Any], write: bool) -> Any:
-        with self._lock:
-            try:
-                return self._attempts(work, write)
-            finally:
-                if self._closed:  # close() came while this call held the lock: the connection goes now
-                    self._drop()
+        self._acquire()  # LOCK_WAIT at the most: "busy" (phg.viewstore)
+        try:
+            return self._attempts(work, write)
+        finally:
+            if self._closed:  # close() came while this call held the lock: the connection goes now
+                self._drop()
+            self._lock.release()
 
     def _attempts(self, work: Callable[[psycopg.Connection], Any], write: bool) -> Any:
         if self._closed:
@@ -179,8 +191,7 @@ class PostgresViewStore(ViewStore):
                 conn = self._connection()
                 if not write:
                     return work(conn)
-                with conn.transaction():
-                    return work(conn)
+                return self._committed(conn, work)
             except psycopg.Error as exc:
                 # a read-only session (SQLSTATE 25006): the server is a standby now (a failover); a
                 # new connection may reach the primary (libpq target_session_attrs=read-write)
@@ -193,6 +204,37 @@ class PostgresViewStore(ViewStore):
                     raise (ViewStoreRefused if refused else StorageError)(
                         f"{self.path}: the view store's database failed: {_first_line(exc)}", self.path) from None
         raise AssertionError("unreachable")
+
+    def _committed(self, conn: psycopg.Connection, work: Callable[[psycopg.Connection], Any]) -> Any:
+        """work(conn) in a transaction whose COMMIT may take COMMIT_WAIT seconds at the most."""
+        cancelled = threading.Event()
+
+        def cancel() -> None:
+            cancelled.set()
+            try:
+                conn.cancel_safe(timeout=CONNECT_TIMEOUT)
+            except psycopg.Error:
+                pass  # the connection is dropped anyway
+
+        deadline = None
+        try:
+            with conn.transaction():
+                result = work(conn)
+                deadline = threading.Timer(COMMIT_WAIT, cancel)  # from here on: the COMMIT
+                deadline.daemon = True
+                deadline.start()
+        except psycopg.Error:
+            if not cancelled.is_set():
+                raise
+        finally:
+            if deadline is not None:
+                deadline.cancel()
+        if cancelled.is_set():
+            self._drop()
+            raise StorageError(f"{self.path}: the view store's database did not confirm the commit within "
+                               f"{COMMIT_WAIT:.0f} s (a synchronous standby that is down?): nothing is sure to be "
+                               "kept", self.path)
+        return result
 
     def _transaction(self, work: Callable[[psycopg.Connection], Any]) -> Any:
         return self._run(work, write=True)

@@ -86,11 +86,11 @@ class SqliteViewStore(ViewStore):
             raise StorageError(f"view store {self.path}: {exc.strerror}", str(self.path)) from None
 
     def _transaction(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
-        with self._lock, self._storage_errors(), transaction(self._conn) as tx:
+        with self._held(), self._storage_errors(), transaction(self._conn) as tx:
             return work(tx)
 
     def _query(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
-        with self._lock, self._storage_errors():
+        with self._held(), self._storage_errors():
             return work(self._conn)
 
     def _insert(self, tx: sqlite3.Connection, readings: list[ReadingRow],
