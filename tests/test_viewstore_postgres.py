@@ -388,3 +388,15 @@ def test_a_commit_that_waits_for_a_synchronous_standby_ends_and_holds_up_no_othe
         time.sleep(0.5)
         view.keep([reading(96, 1)])  # the source sends it again: kept once
         assert values(view) == [97, 96]
+
+
+def test_a_version_1_store_with_a_stale_device_table_gets_it_filled_anew(postgres_url):  # noqa: F811
+    """Review R2, finding 5: a version 1 store made by 42a0c40..6925233 has the device table already; an
+    older intake that shared it wrote no rows, so the move to version 2 empties and fills it again."""
+    with store(postgres_url) as view:
+        view.keep([reading(97, 0)])
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("DELETE FROM phg_view.device")  # an older intake's keeps: no device row
+        conn.execute("UPDATE phg_view.store SET version = 1")
+    with store(postgres_url) as view:
+        assert [k.reading.device.system_id for k in view.latest_per_device()] == ["0A1B2C3D4E5F6001"]

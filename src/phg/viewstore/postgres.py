@@ -7,8 +7,8 @@ is phg's view store and its version. On connecting phg creates them when the dat
 all (one process at a time: a transaction-scoped advisory lock), and refuses, with a StorageError naming the URL, a database
 that holds other tables and not phg's `store` row (the SQLite engine's application_id check): give phg a
 database of its own (`CREATE DATABASE phg_view OWNER phg`). A store of version 1 (before the `device`
-table) becomes version 2 at the first connect of a phg that has it: the table is added, filled from its
-readings; from then on a phg that writes version 1 refuses the store, so a hub's intakes are upgraded
+table) becomes version 2 at the first connect of a phg that has it: the table is added when missing and
+filled anew from its readings; from then on a phg that writes version 1 refuses the store, so a hub's intakes are upgraded
 together (one of each version would leave the device list stale).
 
 Durable on commit: each session sets synchronous_commit = on (whatever the server's default), so a keep
@@ -120,11 +120,14 @@ class PostgresViewStore(ViewStore):
             if found not in ([(APPLICATION, 1)], [(APPLICATION, VERSION)]):
                 raise ViewStoreRefused(f"{self.path}: not phg's view store, or another version of it ({TABLE}store "
                                        f"holds {found!r:.80}; this phg writes version {VERSION})", self.path)
-            if not conn.execute(f"SELECT to_regclass('{TABLE}device') IS NOT NULL").fetchone()[0]:
-                for statement in DEVICE_TABLE:  # a store made before the device table: add it, filled (once)
-                    conn.execute(statement.format(table=TABLE, real="DOUBLE PRECISION"))
+            if found == [(APPLICATION, 1)]:  # version 1 to 2: the device table, added when missing, filled anew
+                if not conn.execute(f"SELECT to_regclass('{TABLE}device') IS NOT NULL").fetchone()[0]:
+                    for statement in DEVICE_TABLE:
+                        conn.execute(statement.format(table=TABLE, real="DOUBLE PRECISION"))
+                # a version 1 store made by 42a0c40..6925233 has the table already, and an older intake
+                # that shared it wrote no rows to it: its rows are stale (review R2, finding 5)
+                conn.execute(f"DELETE FROM {TABLE}device")
                 self._fill_devices(conn)
-            if found == [(APPLICATION, 1)]:  # version 1 to 2: the device table is there and filled
                 conn.execute(f"UPDATE {TABLE}store SET version = %s", (VERSION,))
             return
         tables = conn.execute("SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
