@@ -400,3 +400,37 @@ def test_a_version_1_store_with_a_stale_device_table_gets_it_filled_anew(postgre
         conn.execute("UPDATE phg_view.store SET version = 1")
     with store(postgres_url) as view:
         assert [k.reading.device.system_id for k in view.latest_per_device()] == ["0A1B2C3D4E5F6001"]
+
+
+def test_a_connection_made_while_the_store_is_closed_is_closed(postgres_url):  # noqa: F811
+    """Review R2, finding 4: close() during a connect (which releases the store's lock) does not wait for it,
+    and the connection that connect then makes is closed at once, not kept open until the process exits."""
+    view = store(postgres_url)
+    view._drop()  # the next call connects
+    connect, connecting, go_on, made = view._connect, threading.Event(), threading.Event(), []
+
+    def slow_connect() -> psycopg.Connection:
+        connecting.set()
+        go_on.wait(10)
+        made.append(connect())
+        return made[0]
+
+    view._connect = slow_connect
+    failed: list[BaseException] = []
+
+    def check() -> None:
+        try:
+            view.check()
+        except StorageError as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=check, daemon=True)
+    thread.start()
+    assert connecting.wait(10)
+    started = time.monotonic()
+    view.close()  # never waits for the connect
+    assert time.monotonic() - started < 1
+    go_on.set()
+    thread.join(10)
+    assert "the view store is closed" in str(failed[0])
+    assert made[0].closed and view._conn is None

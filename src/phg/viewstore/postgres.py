@@ -184,6 +184,12 @@ class PostgresViewStore(ViewStore):
             if self._closed:  # close() came while this call held the lock: the connection goes now
                 self._drop()
             self._lock.release()
+            # close() may have come after that check and found the lock held (review R2, finding 4)
+            if self._closed and self._conn is not None and self._lock.acquire(blocking=False):
+                try:
+                    self._drop()
+                finally:
+                    self._lock.release()
 
     def _attempts(self, work: Callable[[psycopg.Connection], Any], write: bool) -> Any:
         if self._closed:
