@@ -69,7 +69,7 @@ class PostgresViewStore(ViewStore):
     """Readings kept for viewing, in a PostgreSQL database (module docstring)."""
 
     TABLE, PARAMETER = TABLE, "%%(%s)s"
-    DEVICE = "coalesce(r.payload::jsonb #>> '{device,system_id}', r.payload::jsonb #>> '{device,bt_address}')"
+    PAYLOAD_DEVICE = "coalesce(r.payload::jsonb #>> '{device,system_id}', r.payload::jsonb #>> '{device,bt_address}')"
     ANY, LOCK = "= ANY(%%(%s)s)", " FOR UPDATE"
 
     def __init__(self, settings: ViewSettings, clock: Callable[[], float] = time.time):
@@ -120,14 +120,18 @@ class PostgresViewStore(ViewStore):
             if found not in ([(APPLICATION, 1)], [(APPLICATION, VERSION)]):
                 raise ViewStoreRefused(f"{self.path}: not phg's view store, or another version of it ({TABLE}store "
                                        f"holds {found!r:.80}; this phg writes version {VERSION})", self.path)
-            if found == [(APPLICATION, 1)]:  # version 1 to 2: the device table, added when missing, filled anew
-                if not conn.execute(f"SELECT to_regclass('{TABLE}device') IS NOT NULL").fetchone()[0]:
-                    for statement in DEVICE_TABLE:
-                        conn.execute(statement.format(table=TABLE, real="DOUBLE PRECISION"))
+            if not conn.execute(f"SELECT to_regclass('{TABLE}reading_device') IS NOT NULL").fetchone()[0]:
+                self._add_device_column(conn)  # a store made before the reading's device column
+            missing = not conn.execute(f"SELECT to_regclass('{TABLE}device') IS NOT NULL").fetchone()[0]
+            if missing:  # a store made before the device table: add it
+                for statement in DEVICE_TABLE:
+                    conn.execute(statement.format(table=TABLE, real="DOUBLE PRECISION"))
+            if missing or found == [(APPLICATION, 1)]:  # version 1 to 2 too: the device table filled anew
                 # a version 1 store made by 42a0c40..6925233 has the table already, and an older intake
                 # that shared it wrote no rows to it: its rows are stale (review R2, finding 5)
                 conn.execute(f"DELETE FROM {TABLE}device")
                 self._fill_devices(conn)
+            if found == [(APPLICATION, 1)]:
                 conn.execute(f"UPDATE {TABLE}store SET version = %s", (VERSION,))
             return
         tables = conn.execute("SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
@@ -139,6 +143,7 @@ class PostgresViewStore(ViewStore):
         conn.execute(f"CREATE SCHEMA IF NOT EXISTS {TABLE.rstrip('.')}")
         for statement in SCHEMA + DEVICE_TABLE:
             conn.execute(statement.format(table=TABLE, real="DOUBLE PRECISION"))
+        self._add_device_column(conn)
         conn.execute(f"CREATE TABLE {TABLE}store (application TEXT NOT NULL, version INTEGER NOT NULL)")
         conn.execute(f"INSERT INTO {TABLE}store VALUES (%s, %s)", (APPLICATION, VERSION))
 
@@ -256,8 +261,9 @@ class PostgresViewStore(ViewStore):
         """Two statements for any number of readings (arrays, unnest): one round trip each."""
         if not readings:
             return set()
-        added = tx.execute(f"INSERT INTO {TABLE}reading SELECT * FROM unnest(%s::text[], %s::text[], %s::text[],"
-                           " %s::float8[], %s::text[]) ON CONFLICT (key) DO NOTHING RETURNING key",
+        added = tx.execute(f"INSERT INTO {TABLE}reading (key, system, value, stored, payload, device) SELECT * FROM"
+                           " unnest(%s::text[], %s::text[], %s::text[], %s::float8[], %s::text[], %s::text[])"
+                           " ON CONFLICT (key) DO NOTHING RETURNING key",
                            [list(column) for column in zip(*readings, strict=True)]).fetchall()
         rows = [row for (key,) in added for row in measurements[key]]
         if rows:

@@ -28,7 +28,8 @@ class SqliteViewStore(ViewStore):
     """Readings kept for viewing, in one SQLite file (module docstring)."""
 
     TABLE, PARAMETER = "", ":%s"
-    DEVICE = "coalesce(json_extract(r.payload, '$.device.system_id'), json_extract(r.payload, '$.device.bt_address'))"
+    PAYLOAD_DEVICE = ("coalesce(json_extract(r.payload, '$.device.system_id'),"
+                      " json_extract(r.payload, '$.device.bt_address'))")
     ANY, LOCK = "IN (SELECT value FROM json_each(:%s))", ""  # one writer at a time: no row locks
 
     def __init__(self, path: Path | str, retention: float | None = None, clock: Callable[[], float] = time.time):
@@ -62,8 +63,14 @@ class SqliteViewStore(ViewStore):
             with transaction(conn) as tx:
                 for statement in SCHEMA + DEVICE_TABLE:
                     tx.execute(statement.format(table="", real="REAL"))
+                self._add_device_column(tx)
                 tx.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-        elif not self._has_devices(conn):
+            return
+        if not self._has("index", "reading_device"):
+            with transaction(conn) as tx:  # a file made before the reading's device column: added, filled (once)
+                if not self._has("index", "reading_device"):
+                    self._add_device_column(tx)
+        if not self._has_devices(conn):
             with transaction(conn) as tx:  # a file made before the device table: add it, filled (once)
                 if not self._has_devices(tx):
                     for statement in DEVICE_TABLE:
@@ -73,6 +80,10 @@ class SqliteViewStore(ViewStore):
     @staticmethod
     def _has_devices(conn: sqlite3.Connection) -> bool:
         found = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'device'")
+        return bool(found.fetchone()[0])
+
+    def _has(self, kind: str, name: str) -> bool:
+        found = self._conn.execute("SELECT count(*) FROM sqlite_master WHERE type = ? AND name = ?", (kind, name))
         return bool(found.fetchone()[0])
 
     @contextmanager
@@ -97,7 +108,8 @@ class SqliteViewStore(ViewStore):
                 measurements: dict[str, list[MeasurementRow]]) -> set[str]:
         added = set()
         for row in readings:
-            if tx.execute("INSERT OR IGNORE INTO reading VALUES (?, ?, ?, ?, ?)", row).rowcount:
+            if tx.execute("INSERT OR IGNORE INTO reading (key, system, value, stored, payload, device)"
+                          " VALUES (?, ?, ?, ?, ?, ?)", row).rowcount:
                 tx.executemany("INSERT INTO measurement VALUES (?, ?, ?, ?, ?)", measurements[row[0]])
                 added.add(row[0])
         return added
