@@ -456,3 +456,26 @@ def test_forget_finds_a_devices_readings_by_an_index(postgres_url):  # noqa: F81
         assert "reading_device" in str(plan), plan
         assert view.forget((ANN.system, ANN.value)) == 1
         assert [k.reading.device.system_id for k in view.latest_per_device()] == ["0A1B2C3D4E5F6002"]
+
+
+def test_with_several_hosts_only_a_refusal_by_every_host_needs_a_person(postgres_url):  # noqa: F811
+    """Review R2, finding 6: with `db1,db2`, one host refusing phg (here: no such database) while the other is
+    only down (a failover) is an outage phg waits out, not ViewStoreRefused; a quoted name with a space counts."""
+    from phg.viewstore.postgres import _needs_person
+
+    def failure(url: str) -> psycopg.Error:
+        with pytest.raises(psycopg.Error) as info:
+            psycopg.connect(url, connect_timeout=5)
+        return info.value
+
+    port = socket.socket()
+    port.bind(("127.0.0.1", 0))  # a port nothing listens on (bound, not listening: refused)
+    down = port.getsockname()[1]
+    try:
+        assert _needs_person(failure("postgresql://postgres@127.0.0.1:5432/no_such_phg_db"))
+        assert _needs_person(failure("postgresql://postgres@127.0.0.1:5432,127.0.0.1:5432/no_such_phg_db"))
+        assert not _needs_person(failure(f"postgresql://postgres@127.0.0.1:5432,127.0.0.1:{down}/no_such_phg_db"))
+        assert not _needs_person(failure(f"postgresql://postgres@127.0.0.1:{down},127.0.0.1:5432/no_such_phg_db"))
+        assert _needs_person(failure("postgresql://no%20such%20role@127.0.0.1:5432/postgres"))
+    finally:
+        port.close()

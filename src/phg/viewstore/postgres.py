@@ -323,14 +323,21 @@ class PostgresViewStore(ViewStore):
 # libpq's and the server's words for a connection refused by configuration, not by an outage (psycopg
 # gives no SQLSTATE for a failed connect: the message is all there is; PostgreSQL 15 docs, 21.15
 # "Authentication Problems"). A server starting up or full of connections is not in it: that passes.
-NEEDS_PERSON = re.compile(r"password authentication failed|no password supplied|role \S+ does not exist|database \S+ "
-                          r"does not exist|no pg_hba\.conf entry|authentication failed|certificate verify failed"
-                          r"|server certificate for .* does not match")
+NEEDS_PERSON = re.compile(r"password authentication failed|no password supplied|role (?:\"[^\"]*\"|\S+) does not exist"
+                          r"|database (?:\"[^\"]*\"|\S+) does not exist|no pg_hba\.conf entry|authentication failed"
+                          r"|certificate verify failed|server certificate for .* does not match")
+# psycopg's message when a URL names several hosts: one "- host: ..." line (and its continuation) per attempt
+# (psycopg 3.3's connection_failed; review R2, finding 6)
+ATTEMPTS = "Multiple connection attempts failed. All failures were:"
 
 
 def _needs_person(exc: psycopg.Error) -> bool:
-    """Whether a failed connect needs a person (ViewStoreRefused), not time."""
-    return NEEDS_PERSON.search(str(exc)) is not None
+    """Whether a failed connect needs a person (ViewStoreRefused), not time: with several hosts, only when
+    every host's attempt does (one may be refusing phg while the other is only down during a failover)."""
+    text = str(exc)
+    _, several, attempts = text.partition(ATTEMPTS)
+    parts = attempts.split("\n- host: ")[1:] if several else [text]
+    return bool(parts) and all(NEEDS_PERSON.search(part) is not None for part in parts)
 
 
 def _first_line(exc: BaseException) -> str:
