@@ -248,3 +248,19 @@ def test_forget_rewrites_only_the_devices_whose_newest_reading_it_erased(engine)
         rows = store._query(lambda conn: conn.execute(f"SELECT device, time FROM {engine.prefix}device ORDER BY device"
                                                       ).fetchall())
         assert [tuple(row) for row in rows] == [("0A1B2C3D4E5F6001", T0.timestamp()), (scale.system_id, 12345.0)]
+
+
+def test_a_sqlite_file_made_before_the_readings_device_column_gets_it_filled(tmp_path):
+    """Review R2, finding 3: the reading's device column (and its index), which forget() uses, is added to a
+    file made without it and filled from the payloads when the file is opened."""
+    path = tmp_path / "view.sqlite"
+    with ViewStore(path) as store:
+        store.keep([reading(ANN, 150456, "97", "%")])
+    conn = sqlite3.connect(path)
+    conn.execute("DROP INDEX reading_device")
+    conn.execute("ALTER TABLE reading DROP COLUMN device")
+    conn.commit()
+    conn.close()
+    with ViewStore(path) as store:
+        assert store._query(lambda c: c.execute("SELECT device FROM reading").fetchall()) == [("0A1B2C3D4E5F6001",)]
+        assert store.forget((ANN.system, ANN.value)) == 1 and store.latest_per_device() == []
