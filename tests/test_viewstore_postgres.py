@@ -245,14 +245,14 @@ def test_a_database_that_does_not_answer_holds_one_caller_only(postgres_url, mon
         with pytest.raises(StorageError, match=re.escape(postgres_url) + r": the view store's database is not "
                                                r"answering \(connection timeout expired\); next try in 1 s"):
             view.check()  # the back-off: at once
-        assert time.monotonic() - before < 0.5
+        assert time.monotonic() - before < 1.0  # not the 1.5 s and more of a connect
         time.sleep(max(0.0, view._retry_at - time.monotonic()))
         connecting = threading.Thread(target=call)
         connecting.start()
         time.sleep(0.3)
         before = time.monotonic()
         view.close()  # a connect in progress: close() does not wait for it
-        assert time.monotonic() - before < 0.5
+        assert time.monotonic() - before < 1.0
         connecting.join(timeout=10)
     finally:
         view.close()
@@ -356,7 +356,7 @@ def test_a_commit_that_waits_for_a_synchronous_standby_ends_and_holds_up_no_othe
     password = tmp_path / "view-password"
     password.write_text(private_postgres.PASSWORD + "\n")
     password.chmod(0o600)
-    monkeypatch.setattr(phg.viewstore.postgres, "COMMIT_WAIT", 2.0)
+    monkeypatch.setattr(phg.viewstore.postgres, "COMMIT_WAIT", 5.0)
     monkeypatch.setattr(phg.viewstore, "LOCK_WAIT", 0.5)
     with store(private_postgres.url, password_file=password) as view:
         view.keep([reading(97, 0)])  # the schema is made before the standby is required
@@ -379,10 +379,10 @@ def test_a_commit_that_waits_for_a_synchronous_standby_ends_and_holds_up_no_othe
         time.sleep(0.5)
         with pytest.raises(StorageError, match="busy: another call has waited"):
             view.check()
-        assert time.monotonic() - started < 1.9
+        assert time.monotonic() - started < 4.0  # 0.5 + LOCK_WAIT, not the keep's COMMIT_WAIT (5 s)
         thread.join(15)
         assert not thread.is_alive() and isinstance(outcome[0], StorageError), outcome
-        assert "did not confirm the commit within 2 s" in str(outcome[0]) and view._conn is None
+        assert "did not confirm the commit within 5 s" in str(outcome[0]) and view._conn is None
         with psycopg.connect(private_postgres.admin_url, autocommit=True) as admin:
             admin.execute("ALTER SYSTEM RESET synchronous_standby_names")
             admin.execute("SELECT pg_reload_conf()")
@@ -430,7 +430,7 @@ def test_a_connection_made_while_the_store_is_closed_is_closed(postgres_url):  #
     assert connecting.wait(10)
     started = time.monotonic()
     view.close()  # never waits for the connect
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - started < 3  # the connect waits up to 10 s
     go_on.set()
     thread.join(10)
     assert "the view store is closed" in str(failed[0])

@@ -59,7 +59,7 @@ EXPIRE_BATCHES = 4  # transactions one pass runs at the most: a pass adds well u
 # then it fails at once ("busy", StorageError), so that a call stuck on the database (e.g. a COMMIT waiting
 # for a synchronous standby) never holds up every other call, /readyz's and the thread pool's (review R2,
 # finding 1; review R of db9b6c3, finding 4).
-LOCK_WAIT = 2.0
+LOCK_WAIT = 5.0  # far above a keep's usual milliseconds: only a call stuck on the database is waited out
 # Both engines' tables: {table} is the engine's name prefix ("" in SQLite's own file, "phg_view." in
 # PostgreSQL: phg's schema), {real} its 8-byte float type (PostgreSQL's REAL is 4 bytes: not for epoch seconds).
 SCHEMA = (
