@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from phg.config import Config, ViewSettings
 from phg.delivery import DeliveryWorker, Summary
 from phg.delivery.registry import open_destinations
 from phg.delivery.status import DestinationStatus
+from phg.delivery.worker import QUEUE_CALLS
 from phg.errors import AuthError, ConfigError, PhgError, StorageError
 from phg.outbox import Queue
 
@@ -33,7 +35,14 @@ async def deliver(config: Config, outbox: Queue, *, until_idle: bool, stop: asyn
     credentials or URL are refused (AuthError, ConfigError) stops alone, its queue intact, while the
     others go on; the first such error is raised once the others are idle (until_idle) or when no
     destination is left running. Each worker keeps `statuses[name]` current (the service reads them);
-    `workers` receives the running workers (the service wakes them when it queues readings)."""
+    `workers` receives the running workers (the service wakes them when it queues readings).
+
+    The workers' queue calls run in a thread pool of their own (QUEUE_CALLS threads per worker), not in the
+    event loop's default executor, which the Intake's calls fill while the view store hangs (phg.delivery.worker):
+    delivery never waits behind intake. Isolating delivery rather than the Intake: delivery's calls are the few
+    (one worker per destination, a handful of calls each), the Intake's callers are many (the API, each source).
+    The pool is shut down on return without waiting (the event loop must not block): every worker has finished,
+    so at most a lease renewal given up on (its timeout) is still running, and its thread ends with it."""
     stopped: list[PhgError] = []
 
     async def run(worker: DeliveryWorker) -> Summary:
@@ -45,12 +54,16 @@ async def deliver(config: Config, outbox: Queue, *, until_idle: bool, stop: asyn
             return worker.summary
 
     async with open_destinations(config) as destinations:
-        running = [DeliveryWorker(outbox, d, batch_size=config.batch_size, max_backoff=config.max_retry_delay,
-                                  lease_seconds=config.lease_seconds, status=(statuses or {}).get(d.name))
-                   for d in destinations]
-        if workers is not None:
-            workers += running
-        summaries = await asyncio.gather(*(run(w) for w in running))
+        pool = ThreadPoolExecutor(QUEUE_CALLS * max(1, len(destinations)), thread_name_prefix="phg-delivery")
+        try:
+            running = [DeliveryWorker(outbox, d, batch_size=config.batch_size, max_backoff=config.max_retry_delay,
+                                      lease_seconds=config.lease_seconds, status=(statuses or {}).get(d.name), pool=pool)
+                       for d in destinations]
+            if workers is not None:
+                workers += running
+            summaries = await asyncio.gather(*(run(w) for w in running))
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
     if stopped:
         raise stopped[0]
     total = Summary()

@@ -17,8 +17,10 @@ one group per write, the progress marker with the last: a failure part-way leave
 was, so what is already queued is simply handed over again (and recognised: the queue keys readings by
 their content).
 
-The methods block on the disk or the network (an fsync, a JetStream publish acknowledgement): async
-sources call them through `asyncio.to_thread`, as the delivery worker does with the queue.
+The methods block on the disk or the network (an fsync, a JetStream publish acknowledgement, the view
+store's database): async sources and the API call them through `asyncio.to_thread`, the event loop's default
+executor. The delivery workers call the queue in a pool of their own (phg.delivery.worker), so that delivery
+never waits behind these calls, which a view store that hangs holds for seconds each.
 """
 
 from __future__ import annotations

@@ -36,7 +36,12 @@ Rules (the delivery paragraph of docs/architecture.md):
 - The worker keeps its destination's live `status` (phg.delivery.status: delivering, backing off until
   when and why, stopped and what to fix, the last delivery) and counts into phg.metrics (delivered,
   rejected, retried, the latency from enqueue to the destination's acceptance).
-Queue calls block (an fsync on SQLite, a round trip on JetStream), so they run in a thread, off the event loop.
+Queue calls block (an fsync on SQLite, a round trip on JetStream), so they run in a thread, off the event loop:
+in the worker's `pool`, which phg.daemon.deliver makes for its workers alone (QUEUE_CALLS threads each), not in
+the event loop's default executor. That one the Intake's calls share (the API's POST /v1/readings, the sources),
+and a view store whose database hangs holds each of them for seconds (phg.viewstore.LOCK_WAIT, the PostgreSQL
+engine's waits): with six such calls the default executor (min(32, CPUs + 4) threads) is full, and readings
+already queued would wait behind the view store for their lease and their report.
 """
 
 from __future__ import annotations
@@ -46,8 +51,10 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 from phg import metrics
 from phg.delivery.cpu import batch_work, parse_inline
@@ -71,6 +78,9 @@ SPLIT_AFTER = 3  # transient failures of the same readings before their batch is
 # Seconds beyond the longest delay the worker sets (max_backoff, lease_seconds) after which a stored due
 # time or lease deadline is taken for a clock that ran ahead, and is due now.
 CLOCK_MARGIN = 60.0
+# Queue calls one worker has in flight at the most: the look-ahead lease, the report of the batch on the wire (or
+# the Retry-After it shares) and a lease renewal; a pool gets this many threads per worker (phg.daemon.deliver).
+QUEUE_CALLS = 3
 
 Batch = list[tuple[Item, Reading]]
 
@@ -105,8 +115,11 @@ def _parse(items: Sequence[Item]) -> tuple[Batch, list[tuple[Item, str]]]:
 class DeliveryWorker:
     def __init__(self, outbox: Queue, destination: Destination, *, batch_size: int = 50,
                  lease_seconds: float = 120.0, max_backoff: float = 300.0, idle_poll: float = 1.0,
-                 status: DestinationStatus | None = None):
+                 status: DestinationStatus | None = None, pool: Executor | None = None):
+        """`pool`: where the queue calls run (the module docstring says why apart from the default executor);
+        None: the event loop's default executor, for a worker made alone (a test that drives one)."""
         self.outbox = outbox
+        self._pool = pool
         self.destination = destination
         self.status = status or DestinationStatus(destination.name, "")
         self.batch_size = batch_size
@@ -207,7 +220,7 @@ class DeliveryWorker:
         item is due (and any Retry-After has passed), polling at most idle_poll * 30 apart."""
         if self._probe:
             return max(0.05, self._resume_at - time.monotonic())
-        due = await asyncio.to_thread(self.outbox.next_due, self.destination.name, self.horizon)
+        due = await self._queue(self.outbox.next_due, self.destination.name, self.horizon)
         if due is None:
             return self.idle_poll
         return min(self.idle_poll * 30, max(0.05, due - time.time(), self._resume_at - time.monotonic()))
@@ -254,8 +267,8 @@ class DeliveryWorker:
         """Lease and parse one batch (blocking work, in threads); None when nothing is due. A stored
         payload that no longer parses goes dead on its own."""
         asked = time.monotonic()  # the lease runs from about now: count from before asking
-        items = await asyncio.to_thread(self.outbox.lease, self.destination.name, self.batch_size,
-                                        self.lease_seconds, None, self.horizon)
+        items = await self._queue(self.outbox.lease, self.destination.name, self.batch_size, self.lease_seconds, None,
+                                  self.horizon)
         if not items:
             return None
         self._hold(items[0].lease, asked)
@@ -269,6 +282,10 @@ class DeliveryWorker:
         if not readings:
             self._unhold(items[0].lease)
         return readings
+
+    async def _queue(self, call: Callable[..., Any], *args: object) -> Any:
+        """call(*args), a blocking queue call, in a thread of the worker's pool."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, partial(call, *args))
 
     def _hold(self, token: str | None, since: float) -> None:
         """Keep the lease `token`, taken (or last renewed) at time.monotonic() `since`, renewed."""
@@ -297,7 +314,7 @@ class DeliveryWorker:
             for token in list(self._held):
                 asked = time.monotonic()
                 try:
-                    held = await asyncio.wait_for(asyncio.to_thread(self.outbox.renew, token, self.lease_seconds),
+                    held = await asyncio.wait_for(self._queue(self.outbox.renew, token, self.lease_seconds),
                                                   self.lease_seconds / 3)
                 except (StorageError, TimeoutError) as exc:
                     log.warning("%s: a lease could not be renewed: %s", self.destination.name, exc or "timed out")
@@ -347,7 +364,7 @@ class DeliveryWorker:
     async def _report(self, outcome: Callable[..., None], items: Sequence[Item], *args: object) -> None:
         """An outcome for items of one batch, under the batch's lease token (stale if it was lost)."""
         if items:
-            await asyncio.to_thread(partial(outcome, [item.id for item in items], *args, token=items[0].lease))
+            await self._queue(partial(outcome, [item.id for item in items], *args, token=items[0].lease))
 
     async def _send(self, batch: Batch, isolate: bool = True) -> None:
         if not batch:
@@ -449,7 +466,7 @@ class DeliveryWorker:
         self._resume_at = max(self._resume_at, time.monotonic() + delay)
         self._set_state(BACKING_OFF, "the server asked to wait (Retry-After)", self._resume_at - time.monotonic())
         try:
-            await asyncio.to_thread(self.outbox.pause, self.destination.name, delay)
+            await self._queue(self.outbox.pause, self.destination.name, delay)
         except StorageError as exc:  # this worker waits all the same; the others learn it from the server
             log.warning("%s: the Retry-After could not be shared with other workers: %s", self.destination.name, exc)
         return delay

@@ -1,0 +1,174 @@
+"""Delivery never waits behind the Intake or the view store (brief V): the delivery workers' queue calls run
+in a thread pool of their own (phg.daemon.deliver, phg.delivery.worker), not in the event loop's default
+executor, which the API's POST /v1/readings and the sources fill while the view store's database hangs."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+
+from phg.config import load_config
+from phg.daemon import deliver, run_gateway
+from phg.demo.peers import free_port
+from phg.demo.sim import simulated_readings
+from phg.model import PatientRef
+from phg.outbox import Outbox
+from phg.viewstore import LOCK_WAIT
+from postgres_db import postgres_url  # noqa: F401  (fixture: a fresh database)
+from test_reliability_faults import GATEWAY
+
+START = datetime(2026, 11, 30, 9, tzinfo=UTC)
+SYSTEM = "urn:oid:1.2.36.146.595.217.0.1"
+POSTERS = 12  # concurrent POSTs, twice the default executor's threads on a 2-CPU machine
+
+
+class HangingProxy:
+    """A TCP listener on 127.0.0.1 in front of `upstream`: it forwards both ways until hang(); from then on it
+    reads what the client sends (TCP acknowledges it) and forwards none of it, and accepts new connections
+    without answering them: a database that accepts TCP and never answers. close() shuts every socket, which
+    ends the calls waiting on it. (A URL to a bare listener that never answers would not do: `phg run` would
+    never open the view store, and the Intake would refuse readings at once instead of hanging.)"""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self.hung = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = [self.listener]
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            self.sockets.append(client)
+            if self.hung.is_set():
+                continue  # accepted, never answered
+            server = socket.create_connection(self.upstream, timeout=5)
+            server.settimeout(None)
+            self.sockets.append(server)
+            for source, sink in ((client, server), (server, client)):
+                self.threads.append(threading.Thread(target=self._pump, args=(source, sink), daemon=True))
+                self.threads[-1].start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        while True:
+            try:
+                data = source.recv(65536)
+                if not data:
+                    sink.shutdown(socket.SHUT_WR)
+                    return
+                if not self.hung.is_set():
+                    sink.sendall(data)
+            except OSError:
+                return  # closed
+
+    def hang(self) -> None:
+        self.hung.set()
+
+    def close(self) -> None:
+        for each in self.sockets:
+            try:
+                each.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in recv or accept (close alone does not)
+            except OSError:
+                pass
+            each.close()
+        for thread in self.threads:
+            thread.join(timeout=5)
+
+
+@pytest.mark.peers
+async def test_queued_readings_are_delivered_while_posts_hang_on_the_view_store(sekmet, tmp_path,
+                                                                               postgres_url):  # noqa: F811
+    """`phg run`'s wiring in-process (run_gateway: the API on a real port, the delivery worker to sekmet) with
+    `[view] url` through a proxy that, once the view store is open, stops answering. POSTERS clients post
+    readings again and again, each POST holding a default-executor thread on the view store (the call on its
+    connection without end, the others LOCK_WAIT each); readings queued meanwhile reach the FHIR server far
+    sooner than LOCK_WAIT, while every POST still hangs. Before the worker had its own pool, its queue calls waited
+    in the default executor's queue behind the POSTs: many seconds."""
+    host, port = postgres_url.split("@", 1)[1].split("/", 1)[0].split(":")
+    proxy = HangingProxy((host, int(port)))
+    api_port = free_port()
+    config = load_config(env={}, document={
+        "gateway": {"system_id": GATEWAY.system_id, "serial": GATEWAY.serial},
+        "fhir": {"base_url": sekmet.base_url}, "outbox": {"path": str(tmp_path / "outbox.sqlite")},
+        "api": {"listen": f"127.0.0.1:{api_port}"},
+        "view": {"url": postgres_url.replace(f":{port}/", f":{proxy.port}/")}})
+    queued = simulated_readings(PatientRef(SYSTEM, "queued"), START, per_device=2)
+    answers: list[int] = []
+    stop = asyncio.Event()
+    with Outbox(config.outbox_path) as outbox:
+        gateway = asyncio.create_task(run_gateway(config, outbox, stop))
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=30) as api:
+                for _ in range(150):  # ready: the view store is open (through the proxy)
+                    await asyncio.sleep(0.1)
+                    try:
+                        if (await api.get("/readyz")).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                else:
+                    raise AssertionError("phg run's API never became ready")
+                proxy.hang()
+
+                async def post(n: int) -> None:
+                    for attempt in range(1000):
+                        patient = PatientRef(SYSTEM, f"post-{n}-{attempt}")
+                        document = simulated_readings(patient, START, devices=("scale",))[0].to_document()
+                        answers.append((await api.post("/v1/readings", json=[document])).status_code)
+
+                posters = [asyncio.create_task(post(n)) for n in range(POSTERS)]
+                try:
+                    await asyncio.sleep(0.5)  # every POST is on the view store now
+                    outbox.enqueue("fhir", [(r.key, r.to_json()) for r in queued])
+                    started = time.monotonic()
+                    while outbox.counts("fhir")["delivered"] < len(queued):  # far sooner than LOCK_WAIT
+                        assert time.monotonic() - started < LOCK_WAIT / 2, f"not delivered: {outbox.counts('fhir')}"
+                        await asyncio.sleep(0.05)
+                    assert answers == []  # meanwhile every POST hung on the view store
+                finally:
+                    for poster in posters:
+                        poster.cancel()
+                    await asyncio.gather(*posters, return_exceptions=True)
+        finally:
+            proxy.close()  # the calls waiting on the view store end
+            stop.set()
+            await asyncio.wait_for(gateway, 30)
+
+
+async def test_deliver_needs_no_default_executor_thread_and_leaves_none_of_its_own(tmp_path):
+    """deliver() with the default executor's only thread held (as hanging intake calls hold them all): its
+    workers' queue calls run in its own pool, and every deliver() shuts its pool down (`phg send` and the
+    tests call it often), even when the workers are kept (`workers`, as the service keeps them)."""
+    config = load_config(env={}, document={"fhir": {"base_url": "http://127.0.0.1:9/fhir"},
+                                           "outbox": {"path": str(tmp_path / "outbox.sqlite")}})
+    held, release = ThreadPoolExecutor(1), threading.Event()
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(held)
+    held.submit(release.wait)
+    try:
+        with Outbox(config.outbox_path) as outbox:
+            kept: list = []
+            for _ in range(5):
+                summary = await asyncio.wait_for(deliver(config, outbox, until_idle=True, workers=kept), 5)
+                assert summary.delivered == 0
+    finally:
+        release.set()
+    for _ in range(50):
+        if not [t for t in threading.enumerate() if t.name.startswith("phg-delivery")]:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError(f"delivery threads left: {threading.enumerate()}")
+    assert len(kept) == 5
