@@ -180,3 +180,51 @@ async def test_a_secret_method_with_its_secret_is_stored() -> None:
     async with httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(201, json=body))) as client:
         found = await register(client, "https://as/reg", client_metadata(scope="s", jwks={"keys": []}))
     assert found.config_values() == {"client_id": "c1", "method": "client-secret-post", "client_secret": "cs"}
+
+
+# --- `~` in the file settings outside phg.config: one rule (phg.config.path) --------------------------------------
+
+
+def public_pem(server_key: rsa.RSAPrivateKey) -> bytes:
+    return server_key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+async def test_encrypt_to_expands_home_and_names_itself_for_a_user_with_none(server_key, tmp_path, monkeypatch) -> None:
+    from phg.auth.envelope import load_envelope
+
+    (tmp_path / "server.pem").write_bytes(public_pem(server_key))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    async with httpx.AsyncClient() as client:
+        assert (await load_envelope("~/server.pem", client)).kid
+        with pytest.raises(ConfigError, match=r"\[auth\] encrypt_to: '~nosuchuser0/key.pem' names a home directory"):
+            await load_envelope("~nosuchuser0/key.pem", client)
+
+
+def test_a_software_statement_is_a_jwt_or_a_file_with_home_expanded(tmp_path, monkeypatch) -> None:
+    from phg.cli.auth import _software_statement
+
+    jwt = "eyJhbGciOiJFUzM4NCJ9." + "eyJpc3MiOiJ2ZW5kb3IifQ" * 20 + ".c2ln"  # longer than a file name may be
+    (tmp_path / "statement.jwt").write_text(f"{jwt}\n")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert _software_statement(jwt, "--software-statement") == jwt
+    assert _software_statement("~/statement.jwt", "--software-statement") == jwt
+    assert _software_statement(None, "[auth] software_statement") is None
+    with pytest.raises(ConfigError, match=r"^\[auth\] software_statement: '~nosuchuser0/x' names a home directory"):
+        _software_statement("~nosuchuser0/x", "[auth] software_statement")
+
+
+def test_register_with_a_statement_under_a_missing_home_stops_before_writing_a_key(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from phg.cli import main
+
+    config = tmp_path / "phg.toml"
+    config.write_text(f'[fhir]\nbase_url = "https://127.0.0.1:9/fhir"\n\n[auth]\nkey_file = "{tmp_path / "k.pem"}"\n'
+                      f'[outbox]\npath = "{tmp_path / "o.sqlite"}"\n')
+    config.chmod(0o600)
+    result = CliRunner().invoke(main, ["--config", str(config), "register", "--software-statement", "~nosuchuser0/x"])
+    shown = result.stdout + result.stderr
+    assert result.exit_code == 3, shown
+    assert "--software-statement: '~nosuchuser0/x' names a home directory" in shown and "Traceback" not in shown
+    assert not (tmp_path / "k.pem").exists()

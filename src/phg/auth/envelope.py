@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from joserfc import jwe
 from joserfc.jwk import RSAKey
 
+from phg import config
 from phg.errors import ConfigError
 from phg.transport import connection_error, redact_url
 
@@ -120,7 +121,7 @@ async def load_envelope(encrypt_to: str | None, client: httpx.AsyncClient, kid: 
     if not encrypt_to:
         return None
     if not encrypt_to.startswith(("https://", "http://")):
-        return envelope_from_file(Path(encrypt_to).expanduser(), kid)
+        return envelope_from_file(config.path(encrypt_to, "[auth] encrypt_to"), kid)
     where = f"[auth] encrypt_to {redact_url(encrypt_to)}"
     try:
         response = await client.get(encrypt_to, headers={"Accept": "application/json"}, auth=None)

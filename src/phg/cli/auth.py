@@ -204,6 +204,26 @@ async def _register_c3pro(obj, name, antispam, antispam_file, client_name, force
                f"client_secret in [destinations.{name}] of {path} (mode 0600)")
 
 
+def _software_statement(value: str | None, where: str) -> str | None:
+    """The RFC 7591 software statement: the JWT as given, or read from the file it names (`~` and `~user`
+    expanded as for every file setting, phg.config.path). os.path.isfile, not Path.is_file: a JWT is
+    often longer than a file name may be, which Path.is_file raises for (ENAMETOOLONG)."""
+    from phg.config import path
+    from phg.errors import ConfigError
+
+    if not value:
+        return None
+    found = path(value, where)
+    if not os.path.isfile(found):
+        return value
+    try:
+        return found.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"{where} {found}: cannot read ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where} {found}: not a JWT (the file is not UTF-8 text)") from None
+
+
 async def _register(obj, endpoint, auth_method, jwks_uri, alg, initial_access_token, software_statement,
                     client_name, force) -> None:
     import httpx
@@ -221,6 +241,8 @@ async def _register(obj, endpoint, auth_method, jwks_uri, alg, initial_access_to
     if (settings.registration_client_uri or (config.auth.client_id and settings.method != "none")) and not force:
         raise ConfigError(f"{path}: already registered as client_id {config.auth.client_id!r}; "
                           "use --force to register a new client")
+    statement = _software_statement(software_statement, "--software-statement") if software_statement \
+        else _software_statement(settings.software_statement, "[auth] software_statement")
     stored: dict[str, str] = {}
     jwks_uri = jwks_uri or settings.jwks_uri
     document = signing_alg = None
@@ -238,9 +260,6 @@ async def _register(obj, endpoint, auth_method, jwks_uri, alg, initial_access_to
             document = ring.jwks()
         elif jwks_uri != settings.jwks_uri:
             stored["jwks_uri"] = jwks_uri
-    statement = software_statement or settings.software_statement
-    if statement and Path(statement).expanduser().is_file():
-        statement = Path(statement).expanduser().read_text().strip()
     metadata = client_metadata(auth_method=auth_method, scope=config.auth.scope, jwks=document, jwks_uri=jwks_uri,
                                signing_alg=signing_alg, software_statement=statement,
                                client_name=client_name or f"phg gateway {config.gateway.system_id}")
