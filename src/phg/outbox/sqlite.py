@@ -109,9 +109,10 @@ DEAD = "dead"
 STATES = (QUEUED, INFLIGHT, DELIVERED, DEAD)
 
 PURGED = "null"  # a delivered item's payload once kept long enough (valid JSON: `phg queue show` reads it)
-# The rows retention can still change. Spelled once, with PURGED as a literal, for both the index over them and
-# the purge: SQLite uses a partial index only for a query whose WHERE implies the index's, which a bound
-# parameter never does (https://www.sqlite.org/partialindex.html, section 3).
+# The rows retention can still change, spelled once for both the index over them and the purge, with PURGED as a
+# literal: SQLite uses a partial index only for a query whose WHERE implies the index's
+# (https://www.sqlite.org/partialindex.html), which the same text always does; a bound parameter would be matched
+# only by its value when the statement is prepared (SQLite's test/index9.test).
 _UNPURGED = f"state = 'delivered' AND payload <> '{PURGED}'"
 
 # One tuple of statements per schema version; `PRAGMA user_version` records how many have been
