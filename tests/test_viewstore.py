@@ -264,3 +264,15 @@ def test_a_sqlite_file_made_before_the_readings_device_column_gets_it_filled(tmp
     with ViewStore(path) as store:
         assert store._query(lambda c: c.execute("SELECT device FROM reading").fetchall()) == [("0A1B2C3D4E5F6001",)]
         assert store.forget((ANN.system, ANN.value)) == 1 and store.latest_per_device() == []
+
+
+def test_a_statement_is_formatted_once_per_engine_not_at_each_call(engine):
+    """keep() asks for DEVICE_NEWER once per device: the engine's text of a template (with its parts) is made
+    once (phg.viewstore._in_words) and the same string is given again."""
+    from phg.viewstore import DEVICE_NEWER, RECENT, RECENT_WHERE
+
+    with engine.open() as store:
+        assert store._sql(DEVICE_NEWER) is store._sql(DEVICE_NEWER)
+        patient = store._sql(RECENT, where=RECENT_WHERE["patient"])
+        assert patient is store._sql(RECENT, where=RECENT_WHERE["patient"])
+        assert patient != store._sql(RECENT, where=RECENT_WHERE["all"]) and engine.prefix + "reading" in patient

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 
 from phg.config import ViewSettings
@@ -107,11 +108,10 @@ DEVICE_ONLY = " WHERE {device} {any[devices]}"
 # that stay (review R2, finding 2: a second SELECT saw a reading kept in between and took its device row
 # with it). The device rows that go with them (ON DELETE CASCADE) are locked first, in device order, as
 # keep() locks them, so that a delete and a keep of several devices never deadlock (review R of db9b6c3,
-# finding 2); forget() fills again the rows of the devices of the readings it deleted (DEVICES_OF).
+# finding 2); forget() fills again the rows of those devices (their newest reading went), and only those.
 EXPIRED = "SELECT key FROM {table}reading WHERE stored < {p[before]} ORDER BY stored, key LIMIT {p[limit]}{lock}"
 FORGOTTEN = "SELECT key FROM {table}reading WHERE system = {p[system]} AND value = {p[value]} ORDER BY stored, key{lock}"
 LOCK_DEVICES = "SELECT device FROM {table}device WHERE key {any[keys]} ORDER BY device{lock}"
-DEVICES_OF = "SELECT DISTINCT {device} FROM {table}reading r WHERE r.key {any[keys]}"
 DELETE = "DELETE FROM {table}reading WHERE key {any[keys]}"
 DEVICE_NEWER = ("INSERT INTO {table}device AS d VALUES ({p[device]}, {p[key]}, {p[stored]}, {p[time]})"
                 " ON CONFLICT (device) DO UPDATE SET key = excluded.key, stored = excluded.stored, time = excluded.time"
@@ -185,6 +185,25 @@ def shown(url: str) -> str:
     import re
 
     return re.sub(r"(password=)[^&]*", r"\1***", re.sub(r"^([^/]*//[^/@:]*):[^/@]*@", r"\1:***@", url))
+
+
+class _Placeholders:
+    """A template's {p[name]} and {any[name]}: the engine's `pattern` % name."""
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+
+    def __getitem__(self, name: str) -> str:
+        return self.pattern % name
+
+
+@lru_cache(maxsize=256)  # a few dozen: the templates above, each engine's words, the parts each is given
+def _in_words(template: str, words: tuple[str, str, str, str, str, str], parts: tuple[tuple[str, str], ...]) -> str:
+    """ViewStore._sql's text: `words` are the engine's TABLE, DEVICE, PAYLOAD_DEVICE, PARAMETER, ANY and LOCK."""
+    table, device, payload_device, parameter, any_, lock = words
+    named = {"table": table, "device": device, "payload_device": payload_device, "p": _Placeholders(parameter),
+             "any": _Placeholders(any_), "lock": lock}
+    return template.format(**named, **{name: part.format(**named) for name, part in parts})
 
 
 class Kept(Frozen):
@@ -265,18 +284,11 @@ class ViewStore:
         raise NotImplementedError
 
     def _sql(self, template: str, **parts: str) -> str:
-        """`template` (DEVICE_FILL, LATEST, RECENT, ...) in this engine's words: its TABLE, DEVICE, PARAMETER,
-        ANY, LOCK; `parts` are in its words too."""
-        class Placeholders:
-            def __init__(self, pattern: str) -> None:
-                self.pattern = pattern
-
-            def __getitem__(self, name: str) -> str:
-                return self.pattern % name
-        words = {"table": self.TABLE, "device": self.DEVICE, "payload_device": self.PAYLOAD_DEVICE,
-                 "p": Placeholders(self.PARAMETER),
-                 "any": Placeholders(self.ANY), "lock": self.LOCK}
-        return template.format(**words, **{k: v.format(**words) for k, v in parts.items()})
+        """`template` (DEVICE_FILL, LATEST, RECENT, ...) in this engine's words: its TABLE, DEVICE, PAYLOAD_DEVICE,
+        PARAMETER, ANY, LOCK; `parts` are in its words too. Formatted once per engine, template and parts
+        (_in_words): keep() asks for DEVICE_NEWER once per device."""
+        return _in_words(template, (self.TABLE, self.DEVICE, self.PAYLOAD_DEVICE, self.PARAMETER, self.ANY, self.LOCK),
+                         tuple(sorted(parts.items())))
 
     def _list(self, values: list[str]) -> Any:
         """A list parameter (ANY's) in this engine's form."""
@@ -301,15 +313,16 @@ class ViewStore:
         elif devices:
             tx.execute(self._sql(DEVICE_FILL, where=DEVICE_ONLY), {"devices": self._list(devices)})
 
-    def _delete(self, tx: Any, select: str, parameters: dict[str, Any], devices: bool = False) -> tuple[int, list[str]]:
+    def _delete(self, tx: Any, select: str, parameters: dict[str, Any]) -> tuple[int, list[str]]:
         """Delete the readings the SELECT `select` (EXPIRED, FORGOTTEN) gives, chosen once, their device rows
-        locked first (LOCK_DEVICES): how many, and, when `devices`, the devices of the readings deleted
-        (DEVICES_OF: those whose newest reading went are to be filled again; the others are left, ON CONFLICT)."""
+        locked first (LOCK_DEVICES): how many, and the devices whose row went with them (ON DELETE CASCADE), to
+        be filled again. Those are exactly the rows LOCK_DEVICES locked, whose reading is among the deleted: a
+        row it did not lock cannot come to point at one of them before the DELETE (a keep points a row only at
+        a reading it inserted, never at one already kept), and a device of the deleted readings whose row points
+        elsewhere keeps its row, which a fill would leave as it is (ON CONFLICT DO NOTHING)."""
         keys = {"keys": self._list([key for (key,) in tx.execute(self._sql(select), parameters).fetchall()])}
         locked = [device for (device,) in tx.execute(self._sql(LOCK_DEVICES), keys).fetchall()]
-        of = [device for (device,) in tx.execute(self._sql(DEVICES_OF), keys).fetchall()] if devices else []
-        count = tx.execute(self._sql(DELETE), keys).rowcount
-        return count, sorted({*locked, *(device for device in of if device is not None)})
+        return tx.execute(self._sql(DELETE), keys).rowcount, locked
 
     def _recent(self, conn: Any, patient: list[str] | None, since: float, limit: int) -> list[tuple[float, str, str]]:
         """(stored, payload, key) of the recent() query, newest stored first."""
@@ -334,13 +347,10 @@ class ViewStore:
         now = self._clock()
         rows: dict[str, ReadingRow] = {}
         measurements: dict[str, list[MeasurementRow]] = {}
-        devices: dict[str, str] = {}  # a reading's device (keep's key: DEVICE_FILL's {device})
         for reading in readings:
             patient = reading.patient
             if reading.key not in rows:
                 device = reading.device.system_id or reading.device.bt_address  # None: no device row, as DEVICE_FILL
-                if device is not None:
-                    devices[reading.key] = device
                 rows[reading.key] = (reading.key, patient.system, patient.value, now, reading.to_json(), device)
                 measurements[reading.key] = [(reading.key, patient.system, patient.value, m.code, m.time.timestamp())
                                              for m in reading.metrics]
@@ -349,8 +359,10 @@ class ViewStore:
         def work(tx: Any) -> None:
             added = self._insert(tx, sorted(rows.values()), measurements)  # in key order: two intakes never deadlock
             newest: dict[str, dict[str, Any]] = {}
-            for key in added & devices.keys():
-                device = devices[key]
+            for key in added:
+                device = rows[key][5]  # the reading's device (ReadingRow)
+                if device is None:
+                    continue
                 at = max(row[4] for row in measurements[key])
                 if device not in newest or (at, key) > (newest[device]["time"], newest[device]["key"]):
                     newest[device] = {"device": device, "key": key, "stored": now, "time": at}
@@ -439,7 +451,7 @@ class ViewStore:
         reading was theirs gets its newest remaining one (of another patient), recomputed for those devices
         only (review R of db9b6c3, finding 2: not the whole table)."""
         def work(tx: Any) -> int:
-            count, devices = self._delete(tx, FORGOTTEN, {"system": patient[0], "value": patient[1]}, devices=True)
+            count, devices = self._delete(tx, FORGOTTEN, {"system": patient[0], "value": patient[1]})
             self._fill_devices(tx, devices)
             return count
 
