@@ -40,7 +40,12 @@ def test_environment_overrides_file(tmp_path):
     ("[delivery]\nbatch_size = \"many\"\n", "[delivery] batch_size must be a int"),
     ("[delivery]\nbatch_size = 0\n", "batch_size must be 1..1000"),
     ("[gateway]\nsystem_id = \"12\"\n", "[gateway] system_id must be an EUI-64"),
-    ("[fhr]\n", "unknown section [fhr]"),
+    ("[fhr]\n", "unknown section [fhr] (did you mean [fhir]?); known: gateway, fhir,"),
+    ("[destination.lab]\n", "unknown section [destination] (did you mean [destinations.NAME]?)"),
+    ('base_url = "https://x.example/fhir"\n[fhir]\n', "'base_url' is outside any section: move it below [fhir]"),
+    ('fhir = "https://x.example/fhir"\n', "[fhir] must be a table"),
+    ('[[route]]\ndestinations = ["fhir"]\n', "unknown key 'route' outside any section (did you mean [[routes]]?)"),
+    ('[[routes]]\ndestinatons = ["fhir"]\n', "[[routes]] #1: unknown key 'destinatons' (did you mean 'destinations'?)"),
     ("[fhir\n", "not valid TOML"),
 ])
 def test_errors_name_file_and_key(tmp_path, text, words):
@@ -49,6 +54,24 @@ def test_errors_name_file_and_key(tmp_path, text, words):
         load_config(path, env={})
     assert str(path) in str(info.value)
     assert words in str(info.value)
+
+
+@pytest.mark.parametrize("endpoint", ["/metadata", "/.well-known/smart-configuration", "/metadata/"])
+def test_a_fhir_base_given_as_an_endpoint_below_it_names_the_base(endpoint):
+    """The CapabilityStatement's or the SMART configuration's URL, copied from a server's documentation, as the
+    FHIR base: refused with the base to give (else doctor fails at discovery with a 401 from .../metadata/metadata)."""
+    wanted = "give the FHIR base, 'https://ehr.example.org/fhir'"
+    given = f"https://ehr.example.org/fhir{endpoint}"
+    cases = [({"fhir": {"base_url": given}}, {}, {}, "[fhir] base_url"),
+             ({}, {"PHG_FHIR_BASE_URL": given}, {}, "environment PHG_FHIR_BASE_URL: [fhir] base_url"),
+             ({}, {}, {("fhir", "base_url"): given}, "--fhir-base: [fhir] base_url"),
+             ({"destinations": {"ehr2": {"type": "fhir", "base_url": given}}}, {}, {}, "[destinations.ehr2] base_url")]
+    for document, env, flags, where in cases:
+        with pytest.raises(ConfigError) as info:
+            load_config(None, env=env, flags=flags, document=document)
+        assert where in str(info.value) and wanted in str(info.value)
+    assert load_config(None, env={"PHG_FHIR_BASE_URL": "https://ehr.example.org/metadata-service/fhir"},
+                       document={}).fhir_base == "https://ehr.example.org/metadata-service/fhir"
 
 
 def test_missing_file(tmp_path):
@@ -104,8 +127,12 @@ def test_destination_errors(tmp_path, text, words):
 
 def test_unknown_key_is_named(tmp_path):
     path = write(tmp_path, '[fhir]\nbase_ur = "https://x.example/fhir"\n')
-    with pytest.raises(ConfigError, match=r"unknown key 'base_ur' in \[fhir\]; known: allow_insecure_http, base_url"):
+    with pytest.raises(ConfigError, match=r"unknown key 'base_ur' in \[fhir\] \(did you mean 'base_url'\?\); "
+                                          r"known: allow_insecure_http, base_url"):
         load_config(path, env={})
+    far = write(tmp_path, '[auth]\nzzz = 1\n')  # nothing like it: no guess, the list alone
+    with pytest.raises(ConfigError, match=r"unknown key 'zzz' in \[auth\]; known: "):
+        load_config(far, env={})
 
 
 def test_auth_parsed_once_by_the_loader(tmp_path):
@@ -195,7 +222,8 @@ def test_each_destination_type_has_its_settings_class(tmp_path):
 
 
 @pytest.mark.parametrize(("table", "words"), [
-    ('type = "mllp"\nhost = "h"\nport = 1\nack_timout = 5\n', "unknown key 'ack_timout' in [destinations.lab] (type mllp)"),
+    ('type = "mllp"\nhost = "h"\nport = 1\nack_timout = 5\n',
+     "unknown key 'ack_timout' in [destinations.lab] (type mllp) (did you mean 'ack_timeout'?)"),
     ('type = "mllp"\nhost = "h"\n', "[destinations.lab] (type mllp) needs port"),
     ('type = "http"\nurl = "https://x"\ntimeout = "soon"\n', "[destinations.lab] timeout must be a float"),
     ('type = "soap"\nurl = "https://x"\nusername = "u"\nsaml_assertion = "<a/>"\n', "saml_assertion or username"),

@@ -32,7 +32,7 @@ from phg.secretfile import require_private
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (issue 16: `phg send` starts without it)
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Iterable, Mapping
     from typing import Any, ClassVar
 
     Parse = Callable[[Any, str], Any]  # (value as given, "where: [section] key") -> typed value, or ConfigError
@@ -181,6 +181,23 @@ def url(value: Any, where: str) -> str | None:
     return found
 
 
+FHIR_ENDPOINTS = ("/metadata", "/.well-known/smart-configuration")
+"""What a FHIR base URL is mistaken for: the CapabilityStatement (FHIR R4 RESTful API, "capabilities":
+GET [base]/metadata) and the SMART configuration (SMART App Launch 2.x: [base]/.well-known/smart-configuration),
+the addresses a server's documentation shows. phg appends both to the base itself."""
+
+
+def fhir_base(value: Any, where: str) -> str | None:
+    """A FHIR server's base URL (:func:`url`), refused when it is one of :data:`FHIR_ENDPOINTS`: every request
+    would go below it (``.../metadata/.well-known/...``) and fail far from the cause."""
+    found = url(value, where)
+    for endpoint in FHIR_ENDPOINTS:
+        if found and found.endswith(endpoint):
+            raise ConfigError(f"{where} {found!r} ends in {endpoint}, which phg adds itself: give the FHIR base, "
+                              f"{found.removesuffix(endpoint)!r}")
+    return found
+
+
 def strings(value: Any, where: str) -> tuple[str, ...]:
     """A list of strings; from the environment, comma-separated."""
     if isinstance(value, str):
@@ -294,7 +311,7 @@ SETTINGS: tuple[Setting, ...] = (
            ("manufacturer", text, Gateway.manufacturer), ("model", text, Gateway.model),
            ("serial", text), ("firmware", text)),
     *_rows("fhir",
-           ("base_url", url, None, "PHG_FHIR_BASE_URL"),
+           ("base_url", fhir_base, None, "PHG_FHIR_BASE_URL"),
            ("ig_version", choice(*IG_VERSIONS), "2.0.0", "PHG_IG_VERSION"),
            ("allow_insecure_http", flag, False),
            ("timeout", number(float, 1, 600, " s"), 30.0),
@@ -366,6 +383,8 @@ SETTINGS: tuple[Setting, ...] = (
            ("retention", duration, VIEW_RETENTION),
            ("url", text), ("password_file", path), ("ca_file", readable_file), ("allow_insecure", flag, False)),
 )
+FLAGS = {("fhir", "base_url"): "--fhir-base", ("auth", "key_file"): "--key", ("outbox", "path"): "--outbox"}
+"""The global options (phg.cli.common.Context) whose name is not the key's, for messages naming them."""
 ROWS: dict[tuple[str, str], Setting] = {(s.section, s.key): s for s in SETTINGS}
 SECTIONS: dict[str, list[str]] = {section: [s.key for s in SETTINGS if s.section == section]
                                    for section in dict.fromkeys(s.section for s in SETTINGS)}
@@ -510,8 +529,8 @@ class DestinationSettings(Frozen):
         parsed: dict[str, Any] = {}
         for key, value in table.items():
             if key not in known:
-                raise ConfigError(f"{source}: unknown key {key!r} in [{section}] (type {cls.type}); "
-                                  f"known: {', '.join(sorted(known))}")
+                raise ConfigError(f"{source}: unknown key {key!r} in [{section}] (type {cls.type})"
+                                  f"{_did_you_mean(key, known, repr)}; known: {', '.join(sorted(known))}")
             parsed[key] = known[key].parse(value, f"{source}: [{section}] {key}")
         for row in cls.KEYS:
             if row.default is REQUIRED and row.key not in parsed:
@@ -536,7 +555,7 @@ class FhirSettings(DestinationSettings):
     table of type "fhir" (its auth in [destinations.NAME.auth], without environment variables)."""
 
     KEYS: ClassVar[tuple[Setting, ...]] = _rows(
-        "destinations.*", ("base_url", url, REQUIRED), ("ig_version", choice(*IG_VERSIONS), "2.0.0"),
+        "destinations.*", ("base_url", fhir_base, REQUIRED), ("ig_version", choice(*IG_VERSIONS), "2.0.0"),
         ("allow_insecure_http", flag, False), ("timeout", number(float, 1, 600, " s"), 30.0),
         ("max_entries", number(int, 0, 100000), 0), ("strategy", choice(*FHIR_STRATEGIES), "auto"),
         ("auth", subtable, {}))
@@ -771,7 +790,8 @@ def _routes(tables: Any, destinations: tuple[DestinationSettings, ...], source: 
         where = f"{source}: [[routes]] #{number_}"
         for key in table:
             if key not in known:
-                raise ConfigError(f"{where}: unknown key {key!r}; known: {', '.join(known)}")
+                raise ConfigError(f"{where}: unknown key {key!r}{_did_you_mean(key, known, repr)}; "
+                                  f"known: {', '.join(known)}")
         if "destinations" not in table:
             raise ConfigError(f"{where} needs destinations (a list of destination names: {', '.join(names)})")
         targets = strings(table["destinations"], f"{where} destinations")
@@ -1019,23 +1039,50 @@ def _read(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
 
 
+def _did_you_mean(name: str, known: Iterable[str], show: Callable[[str], str]) -> str:
+    """" (did you mean 'client_id'?)" for the name of ``known`` that ``name`` most likely misspells, else "":
+    a typo is the usual cause of an unknown name, and a list of two dozen keys hides the one meant."""
+    import difflib  # here: only a mistake needs it
+
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {show(close[0])}?)" if close else ""
+
+
+def _misplaced(name: str, prefix: str) -> str:
+    """What a value where a table belongs means: TOML puts a key written above the first [section] header
+    at the top level, so `base_url = ...` there is not [fhir]'s."""
+    if name in SECTIONS:
+        return f"[{prefix}{name}] must be a table (a [{prefix}{name}] header with its keys below it), not a value"
+    homes = [f"[{prefix}{section}]" for section, keys in SECTIONS.items() if name in keys]
+    if homes:
+        return (f"{name!r} is outside any section: move it below {' or '.join(homes)} "
+                "(TOML gives a key to the header above it)")
+    meant = "" if prefix else _did_you_mean(name, ["routes"], lambda _: "[[routes]]")
+    return f"unknown key {name!r} outside any section{meant}; every key belongs below a [section] header"
+
+
 def _section_values(data: Mapping[str, Any], env: Mapping[str, str], flags: Mapping[tuple[str, str], Any],
                     source: str, prefix: str) -> Values:
     """Every row given in the file, the environment or a flag, parsed, with its origin."""
     given: dict[tuple[str, str], tuple[Any, str]] = {}
     for section, table in data.items():
-        if section not in SECTIONS or not isinstance(table, dict):
-            raise ConfigError(f"{source}: unknown section [{prefix}{section}]")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: {_misplaced(section, prefix)}")
+        if section not in SECTIONS:
+            known = [*SECTIONS, *(() if prefix else ("destinations.NAME", "[routes]"))]
+            meant = _did_you_mean(section, known, lambda name: f"[{prefix}{name}]")
+            raise ConfigError(f"{source}: unknown section [{prefix}{section}]{meant}; known: {', '.join(known)}")
         for key, value in table.items():
             if key not in SECTIONS[section]:
                 known = ", ".join(sorted(SECTIONS[section]))
-                raise ConfigError(f"{source}: unknown key {key!r} in [{prefix}{section}]; known: {known}")
+                meant = _did_you_mean(key, SECTIONS[section], repr)
+                raise ConfigError(f"{source}: unknown key {key!r} in [{prefix}{section}]{meant}; known: {known}")
             given[(section, key)] = (value, source)
     for row in SETTINGS:
         if env.get(row.variable):
             given[(row.section, row.key)] = (env[row.variable], f"environment {row.variable}")
     for (section, key), value in flags.items():
-        given[(section, key)] = (value, f"--{key.replace('_', '-')}")
+        given[(section, key)] = (value, FLAGS.get((section, key), f"--{key.replace('_', '-')}"))
     values: dict[tuple[str, str], Any] = {}
     origin: dict[tuple[str, str], str] = {}
     for (section, key), (value, where) in given.items():
