@@ -87,6 +87,19 @@ def test_init_writes_a_config_that_loads(tmp_path, env):
     assert result.returncode == 0, result.stderr
 
 
+def test_init_writes_where_the_other_commands_read_and_says_how_to_reach_it(tmp_path, env):
+    """$PHG_CONFIG is where every command reads the config, so init writes there too (it wrote the user config dir,
+    which nothing then read); a file only --config names needs --config on every next step, which init says."""
+    wanted = tmp_path / "etc" / "phg.toml"
+    result = phg("init", env={**env, "PHG_CONFIG": str(wanted)})
+    assert result.returncode == 0 and wanted.is_file(), result.stderr
+    assert "run `phg keys generate`" in result.stdout and "then `phg doctor`" in result.stdout
+    elsewhere = tmp_path / "elsewhere.toml"
+    result = phg("--config", str(elsewhere), "init", env=env)
+    assert f"run `phg --config {elsewhere} keys generate`" in result.stdout
+    assert f"then `phg --config {elsewhere} doctor`" in result.stdout
+
+
 def test_render_prints_the_transaction(reading_files, env):
     result = phg("render", str(reading_files[0]), str(reading_files[1]), env=env)
     assert result.returncode == 0, result.stderr
@@ -112,6 +125,14 @@ def test_send_refuses_invalid_documents_and_queues_the_rest(tmp_path, reading_fi
     # The same file again is the same queue item.
     phg("send", "--no-deliver", str(reading_files[0]), env=env)
     assert "queued: 2" in phg("queue", "ls", env=env).stdout
+
+
+def test_send_without_a_destination_says_what_to_set(reading_files, env):
+    """A first `phg send` with no config queues and says how to configure delivery: `phg run` alone would stop
+    with "[fhir] base_url is not set", so "phg run delivers them" was not true."""
+    result = phg("send", str(reading_files[0]), env=env)
+    assert result.returncode == 0, result.stderr
+    assert "no destination configured" in result.stdout and "set [fhir] base_url" in result.stdout
 
 
 def test_send_while_the_server_is_unreachable_keeps_readings_queued(reading_files, env):

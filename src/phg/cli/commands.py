@@ -4,6 +4,7 @@ doctor, demo); the others are imported only when run (Group's `lazy`), which kee
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -98,7 +99,9 @@ def init(obj: Context, force: bool) -> None:
     """Write a commented config file to edit."""
     from phg.config import render_template, user_config_path, user_data_dir
 
-    path = obj.config_path or user_config_path()
+    # Where every other command looks (phg.config.load_config): --config, else $PHG_CONFIG, else the user config dir.
+    looked_up = Path(os.environ["PHG_CONFIG"]) if os.environ.get("PHG_CONFIG") else user_config_path()
+    path = obj.config_path or looked_up
     if path.exists() and not force:
         fail(f"{path} exists (use --force to overwrite)", EXIT_INPUT)
     from phg.secretfile import write_private
@@ -106,8 +109,10 @@ def init(obj: Context, force: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     # 0600: the [auth] table may come to hold a client secret or a registration access token.
     write_private(path, render_template(user_data_dir() / "phg-key.pem", user_data_dir() / "outbox.sqlite"))
-    click.echo(f"wrote {path}\nnext: edit [fhir] base_url and [auth] client_id, then run `phg keys generate` "
-               "and register the printed JWKS with your EHR")
+    # A file only --config names is read only by the commands given it too: the next steps say so.
+    phg = "phg" if path == looked_up else f"phg --config {path}"
+    click.echo(f"wrote {path}\nnext: edit [fhir] base_url and [auth] client_id, run `{phg} keys generate` and "
+               f"register the printed JWKS with your EHR, then `{phg} doctor` checks every step")
 
 
 # ------------------------------------------------------------------------------------------ decode

@@ -88,7 +88,9 @@ def send(obj: Context, config: Any, files: tuple[str, ...], no_deliver: bool, as
              + (f", refused {len(errors)}" if errors else ""))
     code = EXIT_INPUT if errors else 0
     if not no_deliver and not config.deliverable:
-        summary["note"] = "no destination configured: readings wait in the queue (phg run delivers them)"
+        summary["note"] = ("no destination configured: the readings wait in the queue until one is; set [fhir] "
+                           "base_url (or PHG_FHIR_BASE_URL, --fhir-base; `phg init` writes a config), then `phg run` "
+                           "delivers them")
         if not as_json:
             echo(summary["note"])
         no_deliver = True
