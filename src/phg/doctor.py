@@ -116,8 +116,9 @@ async def _fhir(checks: Checks, fhir: FhirSettings, config: Config, send_test: b
     if not fhir.base_url:
         checks.bad("no FHIR base URL", "set [fhir] base_url, PHG_FHIR_BASE_URL or --fhir-base", "config")
         return False
+    section = "[fhir]" if fhir.name == "fhir" else f"[destinations.{fhir.name}]"
     try:
-        require_secure_url(fhir.base_url, "base_url", allow_insecure_http=fhir.allow_insecure_http)
+        require_secure_url(fhir.base_url, f"{section} base_url", allow_insecure_http=fhir.allow_insecure_http)
         checks.good(f"FHIR base {fhir.base_url}", "config")
     except PhgError as exc:
         checks.bad(str(exc), "use an https URL", "config")
@@ -140,7 +141,7 @@ async def _fhir(checks: Checks, fhir: FhirSettings, config: Config, send_test: b
             return False
         _describe_auth(checks, settings, auth)
         try:
-            if not await _tls_and_capabilities(checks, client, fhir.base_url, settings):
+            if not await _tls_and_capabilities(checks, client, fhir.base_url, settings, section):
                 return False
             if auth is not None and not await _token(checks, settings, auth, client):
                 return False
@@ -297,7 +298,7 @@ def _describe_auth(checks: Checks, settings, auth) -> None:
     checks.good(what, "config")
 
 
-async def _tls_and_capabilities(checks: Checks, client: httpx.AsyncClient, base: str, settings) -> bool:
+async def _tls_and_capabilities(checks: Checks, client: httpx.AsyncClient, base: str, settings, section: str) -> bool:
     try:
         response = await client.get(f"{base}/metadata", headers={"Accept": "application/fhir+json"}, auth=None)
     except httpx.ProxyError as exc:
@@ -314,6 +315,9 @@ async def _tls_and_capabilities(checks: Checks, client: httpx.AsyncClient, base:
                                                        and base.startswith("https")):
             fix = ("the server refused our TLS client certificate (or wants one): set [auth] client_cert and "
                    "client_key to a certificate its CA issued")
+        elif _reserved_example(httpx.URL(base).host):
+            fix = (f"{httpx.URL(base).host} is an example name (RFC 2606 reserves it; phg init writes one): "
+                   f"set {section} base_url to your EHR's FHIR base")
         else:
             fix = "check the URL, DNS, firewall and that the server runs"
         checks.bad(f"cannot connect to {base}: {type(exc).__name__}: {exc}", fix, "tls")
@@ -324,6 +328,14 @@ async def _tls_and_capabilities(checks: Checks, client: httpx.AsyncClient, base:
     checks.good(f"connected to {base}" + (" over TLS" if base.startswith("https") else ""), "tls")
     _capabilities(checks, response)
     return True
+
+
+def _reserved_example(host: str) -> bool:
+    """A name reserved for examples (RFC 2606 sections 2 and 3: the TLDs .example, .invalid and .test, and
+    example.com, .net, .org), as in the config phg init writes: no server answers there."""
+    labels = host.lower().rstrip(".").split(".")
+    return labels[-1] in ("example", "invalid", "test") or ".".join(labels[-2:]) in ("example.com", "example.net",
+                                                                                     "example.org")
 
 
 def _capabilities(checks: Checks, response: httpx.Response) -> None:

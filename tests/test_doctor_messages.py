@@ -1,0 +1,50 @@
+"""What `phg doctor` tells a new operator about the mistakes of a first config: each failing check names the
+setting at fault and says what to do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from phg.auth import generate_key
+from phg.config import load_config, render_template
+from phg.doctor import _reserved_example, run_checks
+
+
+async def checks_of(path: Path) -> tuple[bool, list[dict]]:
+    results: list[dict] = []
+    ok = await run_checks(load_config(path, env={}), lambda line: None, results=results)
+    return ok, results
+
+
+async def test_the_example_base_url_phg_init_writes_is_named_as_one(tmp_path):
+    """A config from `phg init` whose base_url was not edited: the name never resolves, and doctor says it is the
+    example to replace rather than "check the URL, DNS, firewall"."""
+    path = tmp_path / "phg.toml"
+    path.write_text(render_template(tmp_path / "key.pem", tmp_path / "outbox.sqlite"))
+    generate_key(tmp_path / "key.pem", "ES384")
+    ok, results = await checks_of(path)
+    [failed] = [r for r in results if r["status"] == "fail"]
+    assert not ok and failed["step"] == "tls"
+    assert failed["fix"] == ("ehr.example.org is an example name (RFC 2606 reserves it; phg init writes one): "
+                             "set [fhir] base_url to your EHR's FHIR base")
+
+
+async def test_a_destination_base_url_is_named_by_its_table(tmp_path):
+    path = tmp_path / "phg.toml"
+    path.write_text(f'[outbox]\npath = "{tmp_path / "outbox.sqlite"}"\n'
+                    '[destinations.ehr2]\ntype = "fhir"\nbase_url = "http://ehr2.example.org/fhir"\n')
+    ok, results = await checks_of(path)
+    [failed] = [r for r in results if r["status"] == "fail"]
+    assert not ok and failed["destination"] == "ehr2" and failed["step"] == "config"
+    assert failed["what"].startswith("[destinations.ehr2] base_url 'http://ehr2.example.org/fhir' uses plain http")
+
+
+@pytest.mark.parametrize(("host", "reserved"), [
+    ("ehr.example.org", True), ("EXAMPLE.COM", True), ("fhir.example.net.", True), ("ehr.test", True),
+    ("gw.example", True), ("x.invalid", True), ("example.org.uk", False), ("myexample.org", False),
+    ("ehr.hospital.org", False), ("127.0.0.1", False), ("localhost", False),
+])
+def test_reserved_example_names(host, reserved):
+    assert _reserved_example(host) is reserved
