@@ -78,6 +78,17 @@ def test_key_readable_by_others_is_refused(tmp_path, env):
     assert result.returncode == 3 and "chmod 600" in result.stderr
 
 
+def test_a_missing_key_file_says_how_to_make_one(tmp_path, reading_files, env):
+    """The key file a first config names before `phg keys generate` ran: send queues, then stops delivery naming
+    the file and the command that writes it, in one line and without a traceback."""
+    env = {**env, "PHG_FHIR_BASE_URL": f"http://127.0.0.1:{free_port()}/fhir", "PHG_CLIENT_ID": "gw1",
+           "PHG_KEY_FILE": str(tmp_path / "none.pem")}
+    result = phg("send", str(reading_files[0]), env=env)
+    assert result.returncode == 3, result.stderr
+    assert (f"error: {tmp_path / 'none.pem'}: no such private key file; `phg keys generate` writes one there"
+            in result.stderr) and "Traceback" not in result.stderr
+
+
 def test_init_writes_a_config_that_loads(tmp_path, env):
     config = tmp_path / "phg.toml"
     assert phg("--config", str(config), "init", env=env).returncode == 0

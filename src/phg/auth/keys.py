@@ -151,6 +151,9 @@ def load_key(path: Path) -> SigningKey:
     """
     try:
         fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such private key file; `phg keys generate` writes one there (then register "
+                          "its JWKS with the server), or set key_file to where the key is") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read private key ({exc.strerror})") from exc
     with os.fdopen(fd, "rb") as file:
