@@ -102,6 +102,22 @@ def test_plain_http_elsewhere_refused_unless_allowed():
         require_secure_url("ftp://x/fhir", "base", allow_insecure_http=True)
 
 
+@pytest.mark.parametrize(("what", "way"), [
+    ("[fhir] base_url", " (or set [fhir] allow_insecure_http = true on a network you trust)"),
+    ("phg.toml: [auth] token_url", " (or set [fhir] allow_insecure_http = true on a network you trust)"),
+    ("phg.toml: [destinations.v2] url", " (or set [destinations.v2] allow_insecure_http = true on a network you trust)"),
+    ("[destinations.ehr2.auth] token_url",
+     " (or set [destinations.ehr2] allow_insecure_http = true on a network you trust)"),
+    ("phg.toml: [smart] redirect_url", ""),  # no way around https there
+])
+def test_plain_http_names_the_setting_that_allows_it(what, way):
+    """The opt-out named is the one that applies to that URL: a destination's own table's, none for [smart]
+    (each said "set [fhir] allow_insecure_http", which changes nothing for them)."""
+    with pytest.raises(ConfigError) as info:
+        require_secure_url("http://ehr.example.org/x", what)
+    assert str(info.value) == f"{what} 'http://ehr.example.org/x' uses plain http to a non-loopback host; use https{way}"
+
+
 def test_destinations_tables(tmp_path):
     path = write(tmp_path, '[fhir]\nbase_url = "https://ehr.example.org/fhir"\n'
                            '[destinations.lab]\ntype = "mllp"\nhost = "hl7.example.org"\nport = 2575\n')

@@ -41,6 +41,17 @@ async def test_a_destination_base_url_is_named_by_its_table(tmp_path):
     assert failed["what"].startswith("[destinations.ehr2] base_url 'http://ehr2.example.org/fhir' uses plain http")
 
 
+async def test_an_hl7_http_url_in_plain_http_names_its_table_and_the_setting_that_allows_it(tmp_path):
+    path = tmp_path / "phg.toml"
+    path.write_text(f'[outbox]\npath = "{tmp_path / "outbox.sqlite"}"\n'
+                    '[destinations.v2]\ntype = "hl7-http"\nurl = "http://hl7.example.org/pcd01"\n')
+    ok, results = await checks_of(path)
+    [failed] = [r for r in results if r["status"] == "fail"]
+    assert not ok and failed["destination"] == "v2" and failed["step"] == "config"
+    assert failed["what"] == ("[destinations.v2] url 'http://hl7.example.org/pcd01' uses plain http to a non-loopback "
+                              "host; use https (or set [destinations.v2] allow_insecure_http = true on a network you trust)")
+
+
 @pytest.mark.parametrize(("host", "reserved"), [
     ("ehr.example.org", True), ("EXAMPLE.COM", True), ("fhir.example.net.", True), ("ehr.test", True),
     ("gw.example", True), ("x.invalid", True), ("example.org.uk", False), ("myexample.org", False),

@@ -211,7 +211,8 @@ async def _http(checks: Checks, settings: HttpHl7Settings, config: Config, send_
     from phg.delivery.tls import httpx_options
 
     try:
-        require_secure_url(settings.url, "url", allow_insecure_http=settings.allow_insecure_http)
+        require_secure_url(settings.url, f"[destinations.{settings.name}] url",
+                           allow_insecure_http=settings.allow_insecure_http)
         options = httpx_options(settings.tls_settings)
     except PhgError as exc:
         checks.bad(str(exc), "fix the destination's table", "config")

@@ -64,10 +64,21 @@ def require_secure_url(url: str, what: str, *, allow_insecure_http: bool = False
     if parsed.scheme != "http" or not parsed.host:
         raise ConfigError(f"{what} {shown!r} is not an absolute https URL")
     if not (allow_insecure_http or is_loopback(parsed.host)):
-        raise ConfigError(
-            f"{what} {shown!r} uses plain http to a non-loopback host; use https "
-            "(or set [fhir] allow_insecure_http = true on a network you trust)"
-        )
+        raise ConfigError(f"{what} {shown!r} uses plain http to a non-loopback host; use https{_insecure_way(what)}")
+
+
+_DESTINATION = re.compile(r"\[(destinations\.[^\]]+?)(?:\.auth)?\]")
+
+
+def _insecure_way(what: str) -> str:
+    """The setting that allows plain http for the URL ``what`` names: its destination's table's (a
+    [destinations.NAME] or its auth table), none for the SMART app ([smart]: a browser carries its
+    tokens), else [fhir]'s, which [auth] shares."""
+    if "[smart]" in what:
+        return ""
+    found = _DESTINATION.search(what)
+    where = f"[{found.group(1)}]" if found else "[fhir]"
+    return f" (or set {where} allow_insecure_http = true on a network you trust)"
 
 
 def origin(url: httpx.URL) -> tuple[str, str, int | None]:
