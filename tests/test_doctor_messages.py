@@ -52,6 +52,17 @@ async def test_an_hl7_http_url_in_plain_http_names_its_table_and_the_setting_tha
                               "host; use https (or set [destinations.v2] allow_insecure_http = true on a network you trust)")
 
 
+async def test_an_outbox_that_cannot_be_made_names_the_file_once_and_the_setting(tmp_path):
+    (tmp_path / "afile").write_text("")  # its "directory" is a file: no outbox can be made below it
+    outbox = tmp_path / "afile" / "outbox.sqlite"
+    path = tmp_path / "phg.toml"
+    path.write_text(f'[outbox]\npath = "{outbox}"\n')
+    ok, results = await checks_of(path)
+    [failed] = [r for r in results if r["status"] == "fail" and r["step"] == "outbox"]
+    assert not ok and failed["what"].count(str(outbox)) == 1
+    assert failed["fix"].startswith("check [outbox] path (PHG_OUTBOX, --outbox)")
+
+
 @pytest.mark.parametrize(("host", "reserved"), [
     ("ehr.example.org", True), ("EXAMPLE.COM", True), ("fhir.example.net.", True), ("ehr.test", True),
     ("gw.example", True), ("x.invalid", True), ("example.org.uk", False), ("myexample.org", False),

@@ -487,7 +487,10 @@ def _outbox(checks: Checks, config: Config) -> None:
         checks.good(f"outbox {config.outbox_path}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
                     "outbox")
     except Exception as exc:  # noqa: BLE001 - any failure to open the file is reported, not raised
-        checks.bad(f"outbox {config.outbox_path}: {exc}", "check the path and its permissions", "outbox")
+        text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)  # OSError's str repeats the path
+        checks.bad(text if str(config.outbox_path) in text else f"outbox {config.outbox_path}: {text}",
+                   "check [outbox] path (PHG_OUTBOX, --outbox): the file and its directory must be writable by this user",
+                   "outbox")
         return
     _free_space(checks, config.outbox_path.parent)
 
