@@ -37,7 +37,8 @@ def test_environment_overrides_file(tmp_path):
 
 @pytest.mark.parametrize("text, words", [
     ("[fhir]\nig_version = \"3.0\"\n", "[fhir] ig_version must be one of 2.0.0, 1.1.0"),
-    ("[delivery]\nbatch_size = \"many\"\n", "[delivery] batch_size must be a int"),
+    ("[delivery]\nbatch_size = \"many\"\n", "[delivery] batch_size must be a whole number, 1..1000, not 'many'"),
+    ("[delivery]\nmax_retry_delay = \"5m\"\n", "[delivery] max_retry_delay must be a whole number, 1..86400 s, not '5m'"),
     ("[delivery]\nbatch_size = 0\n", "batch_size must be 1..1000"),
     ("[gateway]\nsystem_id = \"12\"\n", "[gateway] system_id must be an EUI-64"),
     ("[fhr]\n", "unknown section [fhr] (did you mean [fhir]?); known: gateway, fhir,"),
@@ -241,7 +242,7 @@ def test_each_destination_type_has_its_settings_class(tmp_path):
     ('type = "mllp"\nhost = "h"\nport = 1\nack_timout = 5\n',
      "unknown key 'ack_timout' in [destinations.lab] (type mllp) (did you mean 'ack_timeout'?)"),
     ('type = "mllp"\nhost = "h"\n', "[destinations.lab] (type mllp) needs port"),
-    ('type = "http"\nurl = "https://x"\ntimeout = "soon"\n', "[destinations.lab] timeout must be a float"),
+    ('type = "http"\nurl = "https://x"\ntimeout = "soon"\n', "[destinations.lab] timeout must be a number, 0.1..600 s"),
     ('type = "soap"\nurl = "https://x"\nusername = "u"\nsaml_assertion = "<a/>"\n', "saml_assertion or username"),
     ('type = "mllp"\nhost = "h"\nport = 1\nack_timeout = 600\n', "lease_seconds (120 s) must be at least"),
 ])

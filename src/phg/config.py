@@ -139,7 +139,8 @@ def number(kind: type, low: float, high: float, unit: str = "") -> Parse:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind) or isinstance(value, bool):
-            raise ConfigError(f"{where} must be a {kind.__name__}, not {value!r:.60}")
+            noun = "a whole number" if kind is int else "a number"
+            raise ConfigError(f"{where} must be {noun}, {low:g}..{high:g}{unit}, not {value!r:.60}")
         if not low <= value <= high:  # NaN fails this too
             raise ConfigError(f"{where} must be {low:g}..{high:g}{unit}")
         return value

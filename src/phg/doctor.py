@@ -489,7 +489,8 @@ def _outbox(checks: Checks, config: Config) -> None:
     except Exception as exc:  # noqa: BLE001 - any failure to open the file is reported, not raised
         text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)  # OSError's str repeats the path
         checks.bad(text if str(config.outbox_path) in text else f"outbox {config.outbox_path}: {text}",
-                   "check [outbox] path (PHG_OUTBOX, --outbox): the file and its directory must be writable by this user",
+                   "check [outbox] path (PHG_OUTBOX, --outbox) and the file it names (this user must be able to "
+                   "write it and its directory)",
                    "outbox")
         return
     _free_space(checks, config.outbox_path.parent)
