@@ -91,14 +91,14 @@ What it cannot answer (and answers instead):
   every intake of the hub shares).
 - A progress marker written alone (heartbeat) is a key-value put; with readings, it follows their acks.
 
-Threads: the methods are synchronous (the worker and the Intake call them through asyncio.to_thread, as
-with SQLite). They run coroutines on this object's own event loop in one background thread
-(asyncio.run_coroutine_threadsafe) and wait a bounded time. Idempotent requests are made again while
-JetStream elects a leader (LEADER_WAIT); JetStream that still cannot be reached raises StorageError, which
-pauses a worker (it retries) and tells a source to keep its readings: some may be stored already, and
-storing them again within duplicate_window stores nothing twice. Opening fails fast (CONNECT_TRIES) when
-no server answers, with ConfigError when the credentials are refused; once connected, nats-py reconnects
-until closed.
+Threads: the methods are synchronous (as with SQLite, the delivery workers call them in a pool of their
+own, phg.daemon.deliver, and the Intake through asyncio.to_thread). They run coroutines on this object's
+own event loop in one background thread (asyncio.run_coroutine_threadsafe) and wait a bounded time.
+Idempotent requests are made again while JetStream elects a leader (LEADER_WAIT); JetStream that still
+cannot be reached raises StorageError, which pauses a worker (it retries) and tells a source to keep its
+readings: some may be stored already, and storing them again within duplicate_window stores nothing twice.
+Opening fails fast (CONNECT_TRIES) when no server answers, with ConfigError when the credentials are
+refused; once connected, nats-py reconnects until closed.
 """
 
 from __future__ import annotations

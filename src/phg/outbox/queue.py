@@ -3,10 +3,11 @@
 The SQLite outbox (`phg.outbox.sqlite.Outbox`, embedded, one machine) defined it; NATS JetStream
 (`phg.outbox.jetstream.JetStreamQueue`, hub mode) implements it too, so that the Intake, the delivery
 worker, `phg queue` and the service's queue endpoints work on either. Every method is synchronous and
-thread-safe (callers in an event loop use `asyncio.to_thread`); storage that cannot be reached or written
-raises `phg.errors.StorageError`. The contracts (leases with tokens, stale reports ignored, progress
-markers never ahead of their readings) are the SQLite module's docstring; what JetStream answers
-differently is its module's docstring, "What it cannot answer".
+thread-safe (callers in an event loop run them in threads: `asyncio.to_thread`, or the delivery workers'
+own pool, phg.daemon.deliver); storage that cannot be reached or written raises
+`phg.errors.StorageError`. The contracts (leases with tokens, stale reports ignored, progress markers
+never ahead of their readings) are the SQLite module's docstring; what JetStream answers differently is
+its module's docstring, "What it cannot answer".
 """
 
 from __future__ import annotations
