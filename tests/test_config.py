@@ -103,6 +103,14 @@ def test_plain_http_elsewhere_refused_unless_allowed():
         require_secure_url("ftp://x/fhir", "base", allow_insecure_http=True)
 
 
+@pytest.mark.parametrize("url", ["ehr.example.org/fhir", "127.0.0.1:8080/fhir", "localhost:8080", "/fhir"])
+def test_a_url_without_its_scheme_is_shown_with_it(url):
+    with pytest.raises(ConfigError) as info:
+        require_secure_url(url, "[fhir] base_url")
+    way = "" if url.startswith("/") else f": write it with its scheme, 'https://{url}'"  # a path alone has no host
+    assert str(info.value) == f"[fhir] base_url {url!r} is not an absolute https URL{way}"
+
+
 @pytest.mark.parametrize(("what", "way"), [
     ("[fhir] base_url", " (or set [fhir] allow_insecure_http = true on a network you trust)"),
     ("phg.toml: [auth] token_url", " (or set [fhir] allow_insecure_http = true on a network you trust)"),

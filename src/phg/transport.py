@@ -61,6 +61,8 @@ def require_secure_url(url: str, what: str, *, allow_insecure_http: bool = False
     if parsed.scheme == "https" and parsed.host:
         return
     shown = redact_url(parsed)
+    if re.match(r"[A-Za-z0-9.-]+(:\d+)?(/|\Z)", url):  # "ehr.example.org/fhir": a host without its scheme
+        raise ConfigError(f"{what} {shown!r} is not an absolute https URL: write it with its scheme, 'https://{shown}'")
     if parsed.scheme != "http" or not parsed.host:
         raise ConfigError(f"{what} {shown!r} is not an absolute https URL")
     if not (allow_insecure_http or is_loopback(parsed.host)):
