@@ -39,6 +39,20 @@ async def test_a_destination_base_url_is_named_by_its_table(tmp_path):
     [failed] = [r for r in results if r["status"] == "fail"]
     assert not ok and failed["destination"] == "ehr2" and failed["step"] == "config"
     assert failed["what"].startswith("[destinations.ehr2] base_url 'http://ehr2.example.org/fhir' uses plain http")
+    assert failed["fix"] == "set [destinations.ehr2] base_url to the EHR's https FHIR base"
+
+
+async def test_a_key_file_refused_names_the_auth_table_to_fix(tmp_path):
+    """The line above says what is wrong with the key (here: no such file); the fix names the table holding it
+    rather than a generic "fix the credentials"."""
+    path = tmp_path / "phg.toml"
+    path.write_text(f'[outbox]\npath = "{tmp_path / "outbox.sqlite"}"\n[destinations.ehr2]\ntype = "fhir"\n'
+                    f'base_url = "https://ehr2.example.org/fhir"\n[destinations.ehr2.auth]\nclient_id = "gw"\n'
+                    f'key_file = "{tmp_path / "none.pem"}"\n')
+    ok, results = await checks_of(path)
+    [failed] = [r for r in results if r["status"] == "fail"]
+    assert not ok and failed["step"] == "config" and "no such private key file" in failed["what"]
+    assert failed["fix"].startswith("fix [destinations.ehr2.auth] as the line above says")
 
 
 async def test_an_hl7_http_url_in_plain_http_names_its_table_and_the_setting_that_allows_it(tmp_path):

@@ -117,11 +117,12 @@ async def _fhir(checks: Checks, fhir: FhirSettings, config: Config, send_test: b
         checks.bad("no FHIR base URL", "set [fhir] base_url, PHG_FHIR_BASE_URL or --fhir-base", "config")
         return False
     section = "[fhir]" if fhir.name == "fhir" else f"[destinations.{fhir.name}]"
+    auth_table = "[auth]" if fhir.name == "fhir" else f"[destinations.{fhir.name}.auth]"
     try:
         require_secure_url(fhir.base_url, f"{section} base_url", allow_insecure_http=fhir.allow_insecure_http)
         checks.good(f"FHIR base {fhir.base_url}", "config")
     except PhgError as exc:
-        checks.bad(str(exc), "use an https URL", "config")
+        checks.bad(str(exc), f"set {section} base_url to the EHR's https FHIR base", "config")
         return False
 
     from phg.auth import build_auth
@@ -131,13 +132,14 @@ async def _fhir(checks: Checks, fhir: FhirSettings, config: Config, send_test: b
     try:
         kwargs = httpx_options(settings.tls, settings.proxy)
     except PhgError as exc:
-        checks.bad(str(exc), "fix the [auth] table of the config file", "config")
+        checks.bad(str(exc), f"fix the {auth_table} table of the config file", "config")
         return False
     async with httpx.AsyncClient(timeout=15.0, **kwargs) as client:
         try:
             auth = build_auth(settings, client)
         except PhgError as exc:
-            checks.bad(str(exc), "fix the credentials (phg keys generate / phg register write them)", "config")
+            checks.bad(str(exc), f"fix {auth_table} as the line above says (phg keys generate and phg register "
+                       "write its key and client)", "config")
             return False
         _describe_auth(checks, settings, auth)
         try:
