@@ -210,15 +210,23 @@ def test_schema_version_is_recorded_and_a_newer_file_is_refused(tmp_path: Path) 
         Outbox(path)
 
 
+def old_outbox(path: Path, version: int) -> sqlite3.Connection:
+    """A file as a release of schema `version` made it (no item_unpurged: the outbox adds that at open, outside the
+    schema versions), open in autocommit for the caller to fill and close (tests/test_outbox_purge.py too)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    for statement in (s for migration in MIGRATIONS[:version] for s in migration):
+        conn.execute(statement)
+    conn.execute(f"PRAGMA user_version = {version}")
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    os.chmod(path, 0o600)
+    return conn
+
+
 def test_an_outbox_of_schema_4_is_upgraded_and_keeps_working(tmp_path: Path) -> None:
     """Schema 5 drops the index item_due (no query read it): a file written before opens, keeps its items in
     their states, and a lease taken before the upgrade is still reported under its token."""
     path = tmp_path / "outbox.db"
-    conn = sqlite3.connect(path, isolation_level=None)
-    for statement in (s for migration in MIGRATIONS[:4] for s in migration):
-        conn.execute(statement)
-    conn.execute("PRAGMA user_version = 4")
-    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    conn = old_outbox(path, 4)
     now = time.time()
     conn.executemany(
         "INSERT INTO item (destination, key, payload, state, next_attempt, created, updated, lease)"
@@ -226,7 +234,6 @@ def test_an_outbox_of_schema_4_is_upgraded_and_keeps_working(tmp_path: Path) -> 
         [("q", "queued", now, now, now, None), ("i", "inflight", now + 60, now, now, "oldtoken"),
          ("d", "delivered", now, now, now, None), ("x", "dead", now, now, now, None)])
     conn.close()
-    os.chmod(path, 0o600)
     with Outbox(path) as box:
         indexes = {row[0] for row in box._conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
         assert "item_due" not in indexes and "item_state" in indexes

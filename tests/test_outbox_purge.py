@@ -1,17 +1,20 @@
-"""Retention's purge visits only the payloads it can blank (schema 6, item_unpurged), in new files and in files
-made by schema 5, and blanks the same rows as before."""
+"""Retention's purge visits only the payloads it can blank (the index item_unpurged), in new files and in files made
+before the index, and blanks the same rows as before; a file the index cannot be added to (full disk) still opens
+and works, and gets it at a later open."""
 
 from __future__ import annotations
 
-import os
+import logging
 import sqlite3
 import time
 from pathlib import Path
 
 import pytest
+from tests.test_outbox import old_outbox
 
+import phg.outbox.sqlite
 from phg.outbox import Outbox
-from phg.outbox.sqlite import _PURGE, APPLICATION_ID, MIGRATIONS, PURGED, SCHEMA_VERSION
+from phg.outbox.sqlite import _PURGE, _UNPURGED, APPLICATION_ID, PURGED, SCHEMA_VERSION, use_wal
 
 NOW = 1_800_000_000.0
 DAY = 86400.0
@@ -47,16 +50,16 @@ def a_mix() -> list[tuple]:
             + rows(2, "queued", NOW - 9 * DAY) + rows(2, "dead", NOW - 9 * DAY))
 
 
-def schema_5_file(path: Path, items: list[tuple]) -> None:
-    """A file as the release before schema 6 left it (the way test_outbox.py builds a schema-4 file)."""
-    conn = sqlite3.connect(path, isolation_level=None)
-    for statement in (s for migration in MIGRATIONS[:5] for s in migration):
-        conn.execute(statement)
-    conn.execute("PRAGMA user_version = 5")
-    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+def file_before_the_index(path: Path, items: list[tuple]) -> None:
+    """A file as the release before item_unpurged left it (schema 5, the version this one still writes)."""
+    conn = old_outbox(path, 5)
     fill(conn, items)
     conn.close()
-    os.chmod(path, 0o600)
+
+
+def has_index(box: Outbox) -> bool:
+    return bool(box._conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'item_unpurged'")
+                .fetchall())
 
 
 def payloads(box: Outbox) -> dict[tuple[str, str], str]:
@@ -78,11 +81,13 @@ def purge_steps(box: Outbox) -> int:
     return steps
 
 
+@pytest.mark.parametrize("purged", [PURGED, "x"])  # the plan does not depend on the value bound: PURGED is a literal
 @pytest.mark.parametrize("destination", [None, "ehr"])
-def test_the_purge_searches_item_unpurged_and_scans_no_table(tmp_path: Path, destination: str | None) -> None:
+def test_the_purge_searches_item_unpurged_and_scans_no_table(tmp_path: Path, destination: str | None,
+                                                             purged: str) -> None:
     with Outbox(tmp_path / "o.sqlite") as box:
         plan = [row[3] for row in box._conn.execute(
-            f"EXPLAIN QUERY PLAN {_PURGE}", {"purged": PURGED, "before": NOW, "destination": destination})]
+            f"EXPLAIN QUERY PLAN {_PURGE}", {"purged": purged, "before": NOW, "destination": destination})]
     assert len(plan) == 1 and plan[0].startswith("SEARCH item USING INDEX item_unpurged"), plan
 
 
@@ -98,16 +103,17 @@ def test_a_purge_costs_the_same_however_many_payloads_are_already_blanked(tmp_pa
     assert steps[1] <= steps[0] + 20, steps
 
 
-def test_a_schema_5_outbox_gets_the_index_and_purges_the_rows_a_new_one_does(tmp_path: Path) -> None:
+def test_an_outbox_from_before_the_index_gets_it_and_purges_the_rows_a_new_one_does(tmp_path: Path) -> None:
+    """Still schema 5: the release before opens the file afterwards (an index it does not know is SQLite's to keep)."""
     clock = Clock()
-    schema_5_file(tmp_path / "old.sqlite", a_mix())
+    file_before_the_index(tmp_path / "old.sqlite", a_mix())
     with Outbox(tmp_path / "old.sqlite", keep_delivered=7 * DAY, clock=clock) as old, \
             Outbox(tmp_path / "new.sqlite", keep_delivered=7 * DAY, clock=clock) as new:
         fill(new._conn, a_mix())
-        assert old._schema() == (APPLICATION_ID, SCHEMA_VERSION) == (APPLICATION_ID, 6)
+        assert old._schema() == (APPLICATION_ID, SCHEMA_VERSION) == (APPLICATION_ID, 5)
         assert old._conn.execute("SELECT sql FROM sqlite_master WHERE name = 'item_unpurged'").fetchone() == \
             new._conn.execute("SELECT sql FROM sqlite_master WHERE name = 'item_unpurged'").fetchone()
-        clock.now += 61  # a minute after the pass of each one's opening write (old's migration ran it already)
+        clock.now += 61  # a minute after the pass of each one's opening write (old's index ran it already)
         for box in (old, new):
             box.enqueue("ehr", [("later", '{"n": 2}')])  # a write: retention runs
         blanked = {key for key, payload in payloads(old).items() if payload == PURGED}
@@ -130,12 +136,40 @@ def test_the_migration_adds_a_small_index_not_a_copy(tmp_path: Path) -> None:
     """Built from the delivered rows still holding a payload only: 10,000 blanked rows add nothing to it."""
     path = tmp_path / "o.sqlite"
     recent = rows(50, "delivered", time.time(), prefix="recent")
-    schema_5_file(path, rows(10_000, "delivered", NOW - 20 * DAY, PURGED) + recent)
+    file_before_the_index(path, rows(10_000, "delivered", NOW - 20 * DAY, PURGED) + recent)
     with sqlite3.connect(path) as conn:
         before = conn.execute("PRAGMA page_count").fetchone()[0]
     conn.close()
     with Outbox(path) as box:
-        assert box._conn.execute("SELECT count(*) FROM item INDEXED BY item_unpurged"
-                                 " WHERE state = 'delivered' AND payload <> 'null'").fetchone()[0] == 50
+        assert box._conn.execute(f"SELECT count(*) FROM item INDEXED BY item_unpurged WHERE {_UNPURGED}"
+                                 ).fetchone()[0] == 50
         added = box._conn.execute("PRAGMA page_count").fetchone()[0] - before
     assert 1 <= added <= 2, (before, added)
+
+
+def test_a_full_disk_at_open_leaves_the_index_for_a_later_open(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """The release before opened this file without writing and served it: a disk with no room for the index must
+    not stop the outbox (no `phg queue ls`, no `phg run`). max_page_count at the file's size is SQLite's own full
+    disk (SQLITE_FULL) for the pages CREATE INDEX needs."""
+    path = tmp_path / "o.sqlite"
+    file_before_the_index(path, a_mix() + rows(2000, "delivered", NOW - DAY, '{"n": ' + "1" * 100 + "}", prefix="kept"))
+
+    def full(conn: sqlite3.Connection) -> None:
+        use_wal(conn)
+        conn.execute(f"PRAGMA max_page_count = {conn.execute('PRAGMA page_count').fetchone()[0]}")
+
+    monkeypatch.setattr(phg.outbox.sqlite, "use_wal", full)
+    with caplog.at_level(logging.WARNING, "phg.outbox.sqlite"), Outbox(path, keep_delivered=7 * DAY) as box:
+        assert not has_index(box)
+        assert box.counts() == {"queued": 2, "inflight": 0, "delivered": 2312, "dead": 2}
+        assert {item.key for item in box.lease("ehr", 10, 30, now=NOW)} == {"queued0", "queued1"}
+    [warning] = caplog.records
+    assert warning.levelno == logging.WARNING
+    assert str(path) in warning.getMessage() and "the disk is full" in warning.getMessage()
+    assert "item_unpurged" in warning.getMessage() and "next open tries again" in warning.getMessage()
+
+    monkeypatch.undo()
+    with Outbox(path) as box:
+        assert has_index(box) and box._schema() == (APPLICATION_ID, 5)
+        assert box.counts()["inflight"] == 2

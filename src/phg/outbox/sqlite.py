@@ -34,7 +34,7 @@ take the same item, and a read-then-write transaction can never fail with SQLITE
 Within a process, one connection is shared by all threads (`check_same_thread=False`) behind a
 `threading.Lock`: SQLite admits one writer at a time anyway, each call is a short transaction, and
 a single connection can be closed by `close()` from any thread, whereas a connection per thread
-would be left open in the pool threads that `asyncio.to_thread` uses.
+would be left open in the pool threads that call it (`asyncio.to_thread`'s, the delivery workers' own).
 
 Storage faults. A full disk, a read-only file system, a file that cannot be opened, is not an
 SQLite database or is damaged raise `StorageError` naming the file (sqlite3's own errors say none of
@@ -68,8 +68,13 @@ at most once a minute (in every write when `keep_delivered` is 0), in their own 
 outbox opened without a period (None) erases nothing: it does not know what the config says.
 The purge holds the write lock that intake and delivery wait for, and the blanked rows stay forever,
 so it must not visit them: it searches the partial index item_unpurged, which holds only delivered
-rows whose payload is still there (schema 6), in order of delivery: a pass visits the payloads old
-enough to blank and no other row (tests/test_outbox_purge.py counts SQLite's steps).
+rows whose payload is still there, in order of delivery: a pass of retention visits the payloads old
+enough to blank and no other row (tests/test_outbox_purge.py counts SQLite's steps); `purge_delivered`
+(everything delivered, now) visits each unpurged row. The index is an optimisation, not part of the
+schema: every statement is valid without it, an outbox without it (made before it, or by an older
+phg, which still opens this file and maintains an index it does not know) gets it at open, and
+when the disk is full or the file cannot be written the open logs a warning and goes on without it
+(retention then visits every delivered row, as before it) and the next open tries again.
 
 Whose file. The outbox stamps `PRAGMA application_id` (SQLite's own "which program owns this file"
 field) with APPLICATION_ID. A database stamped by another program, or an unstamped one that already
@@ -108,12 +113,21 @@ DELIVERED = "delivered"
 DEAD = "dead"
 STATES = (QUEUED, INFLIGHT, DELIVERED, DEAD)
 
-PURGED = "null"  # a delivered item's payload once kept long enough (valid JSON: `phg queue show` reads it)
+# A delivered item's payload once kept long enough (valid JSON: `phg queue show` reads it). Every file's item_unpurged
+# holds it spelled out: another value needs those indexes dropped and made again, or no purge matches them.
+PURGED = "null"
 # The rows retention can still change, spelled once for both the index over them and the purge, with PURGED as a
 # literal: SQLite uses a partial index only for a query whose WHERE implies the index's
 # (https://www.sqlite.org/partialindex.html), which the same text always does; a bound parameter would be matched
 # only by its value when the statement is prepared (SQLite's test/index9.test).
 _UNPURGED = f"state = 'delivered' AND payload <> '{PURGED}'"
+# Retention's purge searched item_state and so visited every delivered row ever kept (the rows outlive their
+# payloads) once a minute, holding the write lock; this index holds only the delivered rows whose payload is still
+# there, so a pass visits those old enough to blank and nothing else (docs/benchmarks.md section 1). Built at open
+# from those rows alone: as large as the payloads kept (keep_delivered), not the file. `state` leads although it
+# is constant here: on (updated) alone SQLite, which has no statistics of this file, prefers item_state's
+# equality on state to a range on updated (EXPLAIN QUERY PLAN).
+_UNPURGED_INDEX = f"CREATE INDEX IF NOT EXISTS item_unpurged ON item (state, updated) WHERE {_UNPURGED}"
 
 # One tuple of statements per schema version; `PRAGMA user_version` records how many have been
 # applied, so a later version appends a migration here and older files are upgraded on open.
@@ -156,15 +170,6 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # next_attempt) and every outcome report deleted it: about 2 us per leased item (issue 16,
         # docs/benchmarks.md section 1).
         "DROP INDEX item_due",
-    ),
-    (
-        # Retention's purge searched item_state and so visited every delivered row ever kept (the rows outlive
-        # their payloads) once a minute, holding the write lock; this index holds only the delivered rows whose
-        # payload is still there, so the purge visits those old enough to blank and nothing else
-        # (docs/benchmarks.md section 1). Built at open from those rows alone: a small fraction of the file.
-        # `state` leads although it is constant here: on (updated) alone SQLite, which has no statistics of
-        # this file, prefers item_state's equality on state to a range on updated (EXPLAIN QUERY PLAN).
-        f"CREATE INDEX item_unpurged ON item (state, updated) WHERE {_UNPURGED}",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -325,8 +330,9 @@ class Outbox:
     """A durable per-destination queue of opaque payloads (the canonical reading JSON), keyed by
     the reading's content hash so that enqueueing the same reading twice stores it once.
 
-    All methods are synchronous and thread-safe; the async delivery worker calls them through
-    `asyncio.to_thread` so that the event loop never waits on an fsync.
+    All methods are synchronous and thread-safe; async callers run them in threads (the delivery workers in
+    a pool of their own, phg.daemon.deliver; the Intake through `asyncio.to_thread`), so that the event loop
+    never waits on an fsync.
     """
 
     def __init__(self, path: Path | str, keep_delivered: float | None = None,
@@ -358,6 +364,7 @@ class Outbox:
                 require_private(self.path, "the outbox (it holds health data)")
                 use_wal(self._conn)
                 self._migrate()
+            self._add_unpurged_index()
         except BaseException:
             self._conn.close()
             raise
@@ -378,6 +385,25 @@ class Outbox:
                     conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+
+    def _add_unpurged_index(self) -> None:
+        """Add item_unpurged to a file without it (module docstring, "Retention"); on a full disk or a file that
+        cannot be written, say so and go on without it (the next open tries again): the previous release opened
+        the same file without writing and served it."""
+        if self._read("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'item_unpurged'"):
+            return
+        try:
+            with self._write() as conn:
+                conn.execute(_UNPURGED_INDEX)
+        except StorageError as exc:
+            fault = _fault(self.path, exc.__cause__)
+            if fault not in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_READONLY):
+                raise
+            import logging  # only here: queueing logs nothing otherwise (tests/test_cli_startup.py)
+
+            logging.getLogger(__name__).warning(
+                "%s: cannot add the index item_unpurged (%s): retention visits every delivered row until it can; "
+                "the next open tries again", self.path, _STORAGE_FAULTS[fault])
 
     def _refuse_foreign(self) -> int:
         """Raise StorageError unless the file is empty, a phg outbox, or one from before the stamp
@@ -458,7 +484,7 @@ class Outbox:
 
     def _blank_delivered(self, before: float, destination: str | None = None) -> int:
         """Replace with PURGED the payloads of items delivered at or before `before`; return how many.
-        Searches item_unpurged (schema 6): only rows still holding a payload are visited."""
+        Searches item_unpurged (where the file has it): only rows still holding a payload are visited."""
         return self._conn.execute(
             _PURGE, {"purged": PURGED, "before": before, "destination": destination}).rowcount
 
