@@ -15,10 +15,12 @@ import contextlib
 import errno
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -35,6 +37,7 @@ from phg.fhir import conditional_identifier
 from phg.model import PatientRef, Reading
 from phg.outbox import Outbox
 from phg.outbox.sqlite import ROOMY_CHECKPOINT_PAGES, ROOMY_FREE, WAL_CHECKPOINT_PAGES, WAL_LIMIT
+from phg.viewstore.sqlite import SqliteViewStore
 
 PHG = str(Path(sys.executable).parent / "phg")
 EXIT_IOERR = 74
@@ -375,6 +378,50 @@ def test_send_on_a_read_only_filesystem_fails_loudly_and_queues_nothing(small_fs
 
     small_fs.remount("rw")
     assert states(outbox)["queued"] == 10
+
+
+# ------------------------------------------------------------------------------------ a directory not writable
+
+
+@pytest.mark.parametrize("store", [Outbox, SqliteViewStore])
+def test_a_file_that_cannot_be_created_is_a_storage_error_naming_it(tmp_path, monkeypatch, store):
+    """Both SQLite stores create their file first (owner-only: create_private), before SQLite's own errors apply."""
+    def refused(*args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+    path = tmp_path / "store.sqlite"
+    monkeypatch.setattr(os, "open", refused)
+    with pytest.raises(StorageError) as caught:
+        store(path)
+    prefix = "view store " if store is SqliteViewStore else ""
+    assert str(caught.value) == f"{prefix}{path}: cannot create the file: Permission denied"
+    assert caught.value.path == str(path) and not path.exists()
+
+
+def test_send_into_a_directory_this_user_cannot_write_fails_in_one_line(env):
+    """A directory that exists but is not writable (0555) for a user who is not root (root may write anywhere): not
+    a PermissionError traceback but the storage failure's message and exit code."""
+    if os.geteuid() != 0:
+        user = []
+    elif shutil.which("setpriv"):
+        user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]  # nobody
+    else:
+        pytest.skip("root without setpriv: no user here for whom a 0555 directory is not writable")
+    home = Path(tempfile.mkdtemp())  # not under tmp_path, which is its owner's alone
+    try:
+        home.chmod(0o755)
+        (home / "readonly").mkdir(mode=0o555)
+        outbox = home / "readonly" / "outbox.sqlite"
+        refused = subprocess.run(
+            [*user, PHG, "send", "--no-deliver", "-"], input=jsonl(readings(5)), capture_output=True, text=True,
+            timeout=60, env={**env, "HOME": str(home), "XDG_CONFIG_HOME": str(home), "XDG_DATA_HOME": str(home),
+                             "PHG_OUTBOX": str(outbox)})
+    finally:
+        shutil.rmtree(home)
+    assert refused.returncode == EXIT_IOERR, refused.stdout + refused.stderr
+    assert refused.stderr.splitlines() == [
+        f"error: {outbox}: cannot create the file: Permission denied",
+        "nothing was queued: 5 reading(s) not stored; send them again once the outbox is writable"]
 
 
 # ------------------------------------------------------------------------------------ not an outbox

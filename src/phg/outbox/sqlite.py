@@ -211,9 +211,15 @@ def storage_errors(path: Path) -> Iterator[None]:
 
 def create_private(path: Path) -> None:
     """Create `path` empty and readable by its owner only, unless it exists (O_EXCL: never another's file).
-    SQLite gives the -wal and -shm files the database's mode. Shared with the view store (phg.viewstore)."""
-    if not path.exists():
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    SQLite gives the -wal and -shm files the database's mode. Shared with the view store (phg.viewstore).
+    A file that cannot be made (a directory this user may not write, a full disk) is a StorageError naming it."""
+    try:
+        if not path.exists():
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass  # made by another process meanwhile
+    except OSError as exc:
+        raise StorageError(f"{path}: cannot create the file: {exc.strerror}", str(path)) from None
 
 
 def use_wal(conn: sqlite3.Connection) -> None:

@@ -93,7 +93,7 @@ class SqliteViewStore(ViewStore):
                 yield
         except StorageError as exc:  # the outbox's words, about this file: say which store it is
             raise StorageError(f"view store {exc}", str(self.path)) from exc.__cause__
-        except OSError as exc:  # the directory or the file could not be made
+        except OSError as exc:  # the directory could not be made (the file: create_private says so itself)
             raise StorageError(f"view store {self.path}: {exc.strerror}", str(self.path)) from None
 
     def _transaction(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
