@@ -214,6 +214,52 @@ def test_a_software_statement_is_a_jwt_or_a_file_with_home_expanded(tmp_path, mo
         _software_statement("~nosuchuser0/x", "[auth] software_statement")
 
 
+def test_a_software_statement_file_with_a_byte_order_mark_reads_as_the_jwt(tmp_path) -> None:
+    from phg.cli.auth import _software_statement
+
+    (tmp_path / "statement.jwt").write_text("eyJhbGciOiJub25lIn0.eyJpc3MiOiJ2In0.\n", encoding="utf-8-sig")
+    assert _software_statement(str(tmp_path / "statement.jwt"), "--software-statement") == \
+        "eyJhbGciOiJub25lIn0.eyJpc3MiOiJ2In0."
+
+
+@pytest.mark.parametrize("given", ["statement.jwt.typo", "directory", "~", "empty file", "not a jwt", "nul"])
+def test_a_software_statement_neither_a_file_nor_a_jwt_is_named_not_sent(tmp_path, monkeypatch, given) -> None:
+    """Sent as it is, the server would answer invalid_software_statement and nothing would name the path (an empty
+    one: registration would go on without it)."""
+    from phg.cli.auth import _software_statement
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "statement.jwt").write_text("eyJhbGciOiJub25lIn0.eyJpc3MiOiJ2In0.\n")
+    (tmp_path / "empty.jwt").write_text("\n")
+    (tmp_path / "notes.txt").write_text("see the vendor's portal\n")
+    value = {"directory": str(tmp_path), "empty file": "empty.jwt", "not a jwt": "~/notes.txt",
+             "nul": "statement\x00.jwt"}.get(given, given)
+    with pytest.raises(ConfigError) as caught:
+        _software_statement(value, "[auth] software_statement")
+    message = str(caught.value)
+    assert message.startswith("[auth] software_statement"), message
+    expected = {"empty file": "empty.jwt: the file is empty", "not a jwt": "notes.txt: does not hold a JWT"}
+    assert message.endswith(expected.get(given, "is neither a readable file nor a JWT")), message
+
+
+async def test_a_destinations_encrypt_to_is_named_by_its_own_auth_table(tmp_path) -> None:
+    from phg.config import load_config
+    from phg.delivery.fhir import open_fhir
+
+    path = tmp_path / "phg.toml"
+    path.write_text('[gateway]\nsystem_id = "02AB7FFFFE00C5D1"\n\n[destinations.lab]\ntype = "fhir"\n'
+                    'base_url = "https://127.0.0.1:9/fhir"\n\n[destinations.lab.auth]\nencrypt_to = "~nosuchuser0/k"\n'
+                    f'\n[outbox]\npath = "{tmp_path / "o.sqlite"}"\n')
+    config = load_config(path, env={})
+    [lab] = [d for d in config.destinations if d.name == "lab"]
+    with pytest.raises(ConfigError, match=r"^\[destinations\.lab\.auth\] encrypt_to: '~nosuchuser0/k' names a home"):
+        async with open_fhir(lab, config.gateway):
+            pass
+    with pytest.raises(ConfigError, match=r"^\[destinations\.lab\.auth\] encrypt_to: 'a\\x00b' is not a file name"):
+        envelope_from_file(Path("a\x00b"), where="[destinations.lab.auth] encrypt_to")
+
+
 def test_register_with_a_statement_under_a_missing_home_stops_before_writing_a_key(tmp_path) -> None:
     from click.testing import CliRunner
 

@@ -148,7 +148,7 @@ async def _fhir(checks: Checks, fhir: FhirSettings, config: Config, send_test: b
             if auth is not None and not await _token(checks, settings, auth, client):
                 return False
             await _empty_transaction(checks, client, fhir.base_url, auth)
-            await _envelope(checks, settings, client)
+            await _envelope(checks, settings, client, auth_table)
         finally:
             if auth is not None:
                 await auth.aclose()  # type: ignore[attr-defined]
@@ -463,15 +463,15 @@ def _answer(response: httpx.Response) -> str:
     return f"({text[:300]})" if text else ""
 
 
-async def _envelope(checks: Checks, settings, client: httpx.AsyncClient) -> None:
+async def _envelope(checks: Checks, settings, client: httpx.AsyncClient, auth_table: str) -> None:
     if not settings.encrypt_to:
         return
     from phg.auth.envelope import load_envelope
 
     try:
-        envelope = await load_envelope(settings.encrypt_to, client, settings.encrypt_kid)
+        envelope = await load_envelope(settings.encrypt_to, client, settings.encrypt_kid, auth_table)
     except PhgError as exc:
-        checks.bad(str(exc), "fix [auth] encrypt_to / encrypt_kid", "envelope")
+        checks.bad(str(exc), f"fix {auth_table} encrypt_to / encrypt_kid", "envelope")
         return
     assert envelope is not None
     checks.good(f"Bundles are sealed for key {envelope.kid} (JWE RSA-OAEP-256 + A256GCM)", "envelope")

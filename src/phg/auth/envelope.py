@@ -89,12 +89,15 @@ def envelope_from_jwks(document: Any, kid: str | None, source: str) -> Envelope:
     return _checked(key, public.get("kid") or key.thumbprint(), source)
 
 
-def envelope_from_file(path: Path, kid: str | None = None) -> Envelope:
+def envelope_from_file(path: Path, kid: str | None = None, where: str = "[auth] encrypt_to") -> Envelope:
+    """`where`: the setting that named the file (a destination's own auth table says so: load_envelope)."""
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise ConfigError(f"[auth] encrypt_to {path}: cannot read ({exc.strerror})") from None
-    source = f"[auth] encrypt_to {path}"
+        raise ConfigError(f"{where} {path}: cannot read ({exc.strerror})") from None
+    except ValueError:  # the one other refusal of a file name
+        raise ConfigError(f"{where}: {str(path)!r:.80} is not a file name (it holds a NUL character)") from None
+    source = f"{where} {path}"
     if data.lstrip().startswith(b"{"):
         try:
             return envelope_from_jwks(json.loads(data), kid, source)
@@ -115,14 +118,16 @@ def envelope_from_file(path: Path, kid: str | None = None) -> Envelope:
     return _checked(key, kid or key.thumbprint(), source)
 
 
-async def load_envelope(encrypt_to: str | None, client: httpx.AsyncClient, kid: str | None = None) -> Envelope | None:
-    """The Envelope for ``[auth] encrypt_to`` (None when not configured). A JWKS URL is fetched
+async def load_envelope(encrypt_to: str | None, client: httpx.AsyncClient, kid: str | None = None,
+                        table: str = "[auth]") -> Envelope | None:
+    """The Envelope for ``[auth] encrypt_to`` (None when not configured); `table` is the auth table that set it
+    (``[destinations.NAME.auth]`` for another FHIR destination), which errors name. A JWKS URL is fetched
     through ``client`` (so the configured TLS settings apply)."""
     if not encrypt_to:
         return None
     if not encrypt_to.startswith(("https://", "http://")):
-        return envelope_from_file(config.path(encrypt_to, "[auth] encrypt_to"), kid)
-    where = f"[auth] encrypt_to {redact_url(encrypt_to)}"
+        return envelope_from_file(config.path(encrypt_to, f"{table} encrypt_to"), kid, f"{table} encrypt_to")
+    where = f"{table} encrypt_to {redact_url(encrypt_to)}"
     try:
         response = await client.get(encrypt_to, headers={"Accept": "application/json"}, auth=None)
     except httpx.TransportError as exc:

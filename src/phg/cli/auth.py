@@ -6,8 +6,10 @@ Loaded lazily by phg.cli (keys -> ``keys``, register -> ``register``, serve-jwks
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -204,24 +206,48 @@ async def _register_c3pro(obj, name, antispam, antispam_file, client_name, force
                f"client_secret in [destinations.{name}] of {path} (mode 0600)")
 
 
+# A JWT in compact form: a JWS's three base64url parts (RFC 7515 section 7.1) or a JWE's five (RFC 7516 section 7.1);
+# an unsecured JWT's signature is empty (RFC 7519 section 6.1), as may be a JWE's encrypted key (direct encryption).
+_JWT = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]*){2}|[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]*){4}")
+
+
+def _is_jwt(text: str) -> bool:
+    """A JWT's compact form whose first part is a JSON object (the JOSE header, RFC 7515 section 7.1), so that a
+    file name of three dotted words ("statement.jwt.old") is not taken for one."""
+    if not _JWT.fullmatch(text):
+        return False
+    header = text.partition(".")[0]
+    try:
+        return base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)).lstrip().startswith(b"{")
+    except ValueError:  # binascii.Error: a length no base64 has
+        return False
+
+
 def _software_statement(value: str | None, where: str) -> str | None:
-    """The RFC 7591 software statement: the JWT as given, or read from the file it names (`~` and `~user`
-    expanded as for every file setting, phg.config.path). os.path.isfile, not Path.is_file: a JWT is
-    often longer than a file name may be, which Path.is_file raises for (ENAMETOOLONG)."""
+    """The RFC 7591 software statement (section 2.3: a JWT): the JWT as given, or read from the file it names
+    (`~` and `~user` expanded as for every file setting, phg.config.path). Either way it must have a JWT's compact
+    form, so that a file name mistyped, a directory or an empty file is named here, not sent (the server would
+    only answer invalid_software_statement). os.path.isfile, not Path.is_file: a JWT is often longer than a file
+    name may be, which Path.is_file raises for (ENAMETOOLONG)."""
     from phg.config import path
     from phg.errors import ConfigError
 
     if not value:
         return None
     found = path(value, where)
-    if not os.path.isfile(found):
+    if not os.path.isfile(found):  # False for a NUL in the value too
+        if not _is_jwt(value):
+            raise ConfigError(f"{where}: {value!r:.80} is neither a readable file nor a JWT")
         return value
     try:
-        return found.read_text(encoding="utf-8").strip()
+        statement = found.read_text(encoding="utf-8-sig").strip()  # -sig: a byte order mark is no part of it
     except OSError as exc:
         raise ConfigError(f"{where} {found}: cannot read ({exc.strerror})") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{where} {found}: not a JWT (the file is not UTF-8 text)") from None
+    if not _is_jwt(statement):
+        raise ConfigError(f"{where} {found}: " + ("the file is empty" if not statement else "does not hold a JWT"))
+    return statement
 
 
 async def _register(obj, endpoint, auth_method, jwks_uri, alg, initial_access_token, software_statement,

@@ -98,7 +98,8 @@ async def open_fhir(settings: FhirSettings, gateway: Gateway) -> AsyncIterator[F
         auth = build_auth(auth_settings, client)
         client.auth = auth
         try:
-            envelope = await load_envelope(auth_settings.encrypt_to, client, auth_settings.encrypt_kid)
+            envelope = await load_envelope(auth_settings.encrypt_to, client, auth_settings.encrypt_kid,
+                                           "[auth]" if settings.name == "fhir" else f"[destinations.{settings.name}.auth]")
             yield FhirDestination(client, settings.base_url, gateway, settings.ig_version, envelope, settings.name,
                                   strategy=settings.strategy, fit=fit_of(settings))
         finally:
