@@ -127,3 +127,45 @@ async def test_phg_run_refuses_an_api_address_in_use(tmp_path):
             _, err = await asyncio.wait_for(run.child.communicate(), 30)
     assert run.child.returncode == 3, err.decode()
     assert f"[api] listen 127.0.0.1:{port}: cannot listen there" in err.decode()
+
+
+async def test_phg_run_goes_on_taking_readings_while_every_destination_is_stopped(tmp_path):
+    """The only destination stops for a person to fix (its base answers 404 to the POST: a wrong URL, a
+    ConfigError): `phg run` with [api] stays up and takes readings into the queue (not a restart loop under
+    systemd, not the apps' readings refused), /readyz names the stopped destination, and SIGTERM ends it with
+    exit 3, every reading still queued."""
+    import signal
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class NotFound(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_error(404)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    wrong = ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=wrong.serve_forever, daemon=True).start()
+    port = free_port()
+    config = tmp_path / "phg.toml"
+    config.write_text(f'[fhir]\nbase_url = "http://127.0.0.1:{wrong.server_port}/not-fhir"\n[auth]\nmethod = "none"\n'
+                      f'[outbox]\npath = "{tmp_path / "outbox.sqlite"}"\n[api]\nlisten = "127.0.0.1:{port}"\n')
+    documents = [r.to_document() for r in simulated_readings(patient(), START, per_device=20)]
+    try:
+        async with serving(config, port) as run:
+            assert [a["status"] for a in await post_all(port, documents[:50])] == ["queued"] * 50
+            logged = await run.logged("delivery stopped for every destination")
+            assert "answered 404 to a POST" in logged
+            assert [a["status"] for a in await post_all(port, documents[50:])] == ["queued"] * 50
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as api:
+                ready = await api.get("/readyz")
+            assert ready.status_code == 503 and "destination fhir stopped" in ready.text, ready.text
+            run.child.send_signal(signal.SIGTERM)
+            _, err = await asyncio.wait_for(run.child.communicate(), 30)
+        assert run.child.returncode == 3 and "delivery stopped; the queue is intact" in err.decode(), err.decode()[-2000:]
+    finally:
+        wrong.shutdown()
+    with Outbox(tmp_path / "outbox.sqlite") as outbox:
+        assert outbox.counts("fhir") == {"queued": 100, "inflight": 0, "delivered": 0, "dead": 0}

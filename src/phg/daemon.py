@@ -79,8 +79,10 @@ async def run_gateway(config: Config, outbox: Queue, stop: asyncio.Event, *, ble
     """`phg run`: delivery to every destination, every configured source (phg.sources.supervisor) and,
     with [api], the service (phg.service.server), side by side until `stop` is set; then the server
     finishes the requests in progress, the sources stop (what they handed over is durable) and delivery
-    stops. Delivery failing for good (deliver raises) stops the sources and the server too; the server
-    failing (its address in use) sets `stop`. `ble_backend`: bleak backend classes (None: the
+    stops. Destinations that cannot be opened (a broken config) stop start-up. When every destination's delivery
+    has stopped for a person to fix (deliver raises AuthError or ConfigError), the sources and the server go on
+    taking readings into the queue until `stop` (_take_while_stopped), and the error is raised then; with neither,
+    it is raised at once. The server failing (its address in use) sets `stop`. `ble_backend`: bleak backend classes (None: the
     platform's; the emulated radio's in tests and demos).
 
     `role` (default [run] role): "all" runs all of it; "intake" the sources and the service, no delivery
@@ -132,7 +134,15 @@ async def run_gateway(config: Config, outbox: Queue, stop: asyncio.Event, *, ble
     log.info("phg run: role %s", role)
     try:
         if delivers:
-            summary = await deliver(config, outbox, until_idle=False, stop=stop, statuses=statuses, workers=workers)
+            try:
+                summary = await deliver(config, outbox, until_idle=False, stop=stop, statuses=statuses, workers=workers)
+            except (AuthError, ConfigError):
+                if not workers or not (sources or config.api is not None):
+                    raise  # a destination that could not even be opened, or nothing else runs here: stop now
+                await _take_while_stopped(stop)
+                for task in tasks:
+                    await task
+                raise
         else:
             summary = Summary()
             await stop.wait()
@@ -145,6 +155,17 @@ async def run_gateway(config: Config, outbox: Queue, stop: asyncio.Event, *, ble
         await asyncio.gather(*tasks, return_exceptions=True)
         if view is not None:
             view.close()
+
+
+async def _take_while_stopped(stop: asyncio.Event) -> None:
+    """Every destination's delivery stopped for a person to fix (credentials refused, a wrong URL: each logged, and
+    shown by the status page and /readyz), while this process also takes readings (sources, the API): it goes on
+    taking them into the queue, which keeps them until a restart with the fix, rather than exiting, which would
+    stop the devices' and apps' readings from being taken too (and have a service manager restart it in a loop).
+    `phg run` exits with the stopping error (exit 3) when it is stopped."""
+    log.error("delivery stopped for every destination (see above); phg run goes on taking readings, which wait in "
+              "the queue until phg is restarted with the fix")
+    await stop.wait()
 
 
 async def open_queue_when_reachable(config: Config, stop: asyncio.Event, *, max_delay: float = 30.0) -> Queue | None:
