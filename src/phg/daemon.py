@@ -82,8 +82,8 @@ async def run_gateway(config: Config, outbox: Queue, stop: asyncio.Event, *, ble
     stops. Destinations that cannot be opened (a broken config) stop start-up. When every destination's delivery
     has stopped for a person to fix (deliver raises AuthError or ConfigError), the sources and the server go on
     taking readings into the queue until `stop` (_take_while_stopped), and the error is raised then; with neither,
-    it is raised at once. The server failing (its address in use) sets `stop`. `ble_backend`: bleak backend classes (None: the
-    platform's; the emulated radio's in tests and demos).
+    it is raised at once. The server failing (its address in use) sets `stop`. `ble_backend`: bleak backend
+    classes (None: the platform's; the emulated radio's in tests and demos).
 
     `role` (default [run] role): "all" runs all of it; "intake" the sources and the service, no delivery
     (what they store waits in the queue for workers); "worker" delivery only, and with [api] the
