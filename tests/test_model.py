@@ -166,7 +166,8 @@ def test_clock_canonical_digits_are_the_shortest_exact():
     (lambda c: c.update(gateway_time="2026-13-28T09:04:58Z"), "clock.gateway_time", "not a valid"),
     (lambda c: c.pop("device_time"), "clock", "'device_time' is a required property"),
     (lambda c: c.update(sync="ntp"), "clock.sync", "not of type 'integer'"),
-    (lambda c: c.update(offset=3), "clock", "Additional properties"),
+    (lambda c: c.update(offset=3), "clock", "unknown field 'offset'; known here: gateway_time, device_time"),
+    (lambda c: c.update(devce_time=3), "clock", "unknown field 'devce_time' (did you mean 'device_time'?)"),
 ])
 def test_invalid_clock_names_field_and_reason(change, where, words):
     doc = json.loads(DOC) | {"clock": dict(CLOCK)}

@@ -746,12 +746,28 @@ def _schema_message(err) -> str:
         return _value_message(err.instance)
     if err.validator == "pattern":
         return f"{err.instance!r} is not in the expected format"
+    if err.validator == "additionalProperties" and isinstance(err.instance, dict) and err.validator_value is False:
+        return _unknown_fields(err.instance, err.schema.get("properties", {}))
     if err.validator == "not" and isinstance(err.validator_value, dict) and "required" in err.validator_value:
         return (f"{err.validator_value['required'][0]!r} does not go with time_kind "
                 f"{err.instance.get('time_kind', UTC_CLOCK)!r}: ticks and tick_rate belong to 'ticks'; "
                 "'ticks' and 'base-offset' take no offset_from")
     message = err.message  # it quotes the instance, which may be long: keep its start and the verdict
     return message if len(message) <= 200 else f"{message[:80]} ... {message[-100:]}"
+
+
+def _unknown_fields(instance: dict, known: dict) -> str:
+    """An object's fields the schema does not have, each with the known one it most likely misspells: an app's
+    typo ('valeu') is the usual cause, and the known names are what it needs to see."""
+    import difflib  # here: only a refused document needs it
+
+    def named(field: str) -> str:
+        close = difflib.get_close_matches(field, list(known), n=1)
+        return f"{field!r:.60}" + (f" (did you mean {close[0]!r}?)" if close else "")
+
+    unknown = [named(str(field)) for field in instance if field not in known]
+    fields = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+    return f"unknown field{'s' if len(unknown) > 1 else ''} {fields}; known here: {', '.join(known)}"
 
 
 def _value_message(value: Any) -> str:
