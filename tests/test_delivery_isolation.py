@@ -5,6 +5,8 @@ executor, which the API's POST /v1/readings and the sources fill while the view 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import socket
 import threading
 import time
@@ -14,10 +16,13 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
+import phg.daemon
 from phg.config import load_config
 from phg.daemon import deliver, run_gateway
+from phg.delivery.outcome import Delivered
 from phg.demo.peers import free_port
 from phg.demo.sim import simulated_readings
+from phg.errors import StorageError
 from phg.model import PatientRef
 from phg.outbox import Outbox
 from phg.viewstore import LOCK_WAIT
@@ -172,3 +177,68 @@ async def test_deliver_needs_no_default_executor_thread_and_leaves_none_of_its_o
     else:
         raise AssertionError(f"delivery threads left: {threading.enumerate()}")
     assert len(kept) == 5
+
+
+class _Fake:
+    """A destination that accepts every reading it is sent, counting them."""
+
+    type = "fhir"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.sent = 0
+
+    async def send(self, readings):
+        self.sent += len(readings)
+        await asyncio.sleep(0.05)
+        return [Delivered("ok") for _ in readings]
+
+
+class _FailingOrSlow:
+    """The outbox, where leasing for 'a' fails (a full disk) and reporting 'b''s readings delivered is slow (a long
+    fsync): a fails while b is mid-report."""
+
+    def __init__(self, box: Outbox) -> None:
+        self.box = box
+
+    def __getattr__(self, name: str):
+        return getattr(self.box, name)
+
+    def lease(self, destination, *args, **kw):
+        if destination == "a":
+            time.sleep(0.2)
+            raise StorageError("disk full (simulated)")
+        return self.box.lease(destination, *args, **kw)
+
+    def delivered(self, ids, *args, **kw):
+        time.sleep(0.5)
+        return self.box.delivered(ids, *args, **kw)
+
+
+async def test_a_failing_worker_leaves_the_others_to_finish_what_they_sent(tmp_path, monkeypatch):
+    """Review V finding 1: one worker raising (until_idle: a StorageError) while another is reporting a batch it
+    sent. Once the failure was raised at once and the pool shut under the other worker, its report was cancelled:
+    what it had sent stayed inflight, to be sent again (a duplicate at an MLLP receiver). Now deliver() raises the
+    StorageError once the other has delivered everything and recorded it, and no task is left behind."""
+    config = load_config(env={}, document={"fhir": {"base_url": "http://127.0.0.1:9/fhir"},
+                                           "outbox": {"path": str(tmp_path / "outbox.sqlite")}})
+    a, b = _Fake("a"), _Fake("b")
+
+    @contextlib.asynccontextmanager
+    async def fake_open(_config):
+        yield [a, b]
+
+    monkeypatch.setattr(phg.daemon, "open_destinations", fake_open)
+    readings = simulated_readings(PatientRef(SYSTEM, "p"), START, per_device=20)
+    loop_errors: list[dict] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _loop, context: loop_errors.append(context))
+    with Outbox(config.outbox_path) as box:
+        box.enqueue(["b"], [(r.key, r.to_json()) for r in readings])
+        with pytest.raises(StorageError, match="disk full"):
+            await asyncio.wait_for(deliver(config, _FailingOrSlow(box), until_idle=True), 30)
+        assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+        assert b.sent == len(readings)
+        assert box.counts("b") | {"dead": 0} == {"queued": 0, "inflight": 0, "delivered": len(readings), "dead": 0}
+    gc.collect()
+    await asyncio.sleep(0)
+    assert loop_errors == []

@@ -39,19 +39,33 @@ async def deliver(config: Config, outbox: Queue, *, until_idle: bool, stop: asyn
 
     The workers' queue calls run in a thread pool of their own (QUEUE_CALLS threads per worker), not in the
     event loop's default executor, which the Intake's calls fill while the view store hangs (phg.delivery.worker):
-    delivery never waits behind intake. Isolating delivery rather than the Intake: delivery's calls are the few
-    (one worker per destination, a handful of calls each), the Intake's callers are many (the API, each source).
-    The pool is shut down on return without waiting (the event loop must not block): every worker has finished,
-    so at most a lease renewal given up on (its timeout) is still running, and its thread ends with it."""
-    stopped: list[PhgError] = []
+    delivery's queue calls never wait behind intake. Isolating delivery rather than the Intake: delivery's calls are
+    the few (one worker per destination, a handful of calls each), the Intake's callers are many (the API, each
+    source).
 
-    async def run(worker: DeliveryWorker) -> Summary:
+    A worker that fails otherwise (until_idle: a StorageError, a bug) does not cut the others short: until_idle, they
+    finish by themselves, each reporting what it sent (cut short, a batch sent and not yet reported would be sent
+    again); without it, they would never finish, so they are cancelled (what they hold is released or comes due
+    when its lease expires). Its error is raised once every worker has ended, before any AuthError or ConfigError.
+    The pool is shut down only then, without waiting (the event loop must not block): at most calls whose caller
+    gave up on them (a lease renewal's timeout, a cancelled worker) are still running, and their threads end with
+    them."""
+    stopped: list[PhgError] = []
+    failed: list[Exception] = []
+    tasks: list[asyncio.Task[None]] = []
+
+    async def run(worker: DeliveryWorker) -> None:
         try:
-            return await worker.run(stop, until_idle=until_idle)
+            await worker.run(stop, until_idle=until_idle)
         except (AuthError, ConfigError) as exc:
             log.error("%s: delivery stopped, its queue is intact: %s", worker.destination.name, exc)
             stopped.append(exc)
-            return worker.summary
+        except Exception as exc:
+            failed.append(exc)
+            if not until_idle:
+                for task in tasks:
+                    if task is not asyncio.current_task():
+                        task.cancel()
 
     async with open_destinations(config) as destinations:
         pool = ThreadPoolExecutor(QUEUE_CALLS * max(1, len(destinations)), thread_name_prefix="phg-delivery")
@@ -61,13 +75,20 @@ async def deliver(config: Config, outbox: Queue, *, until_idle: bool, stop: asyn
                        for d in destinations]
             if workers is not None:
                 workers += running
-            summaries = await asyncio.gather(*(run(w) for w in running))
+            tasks += [asyncio.create_task(run(w)) for w in running]
+            await asyncio.gather(*tasks, return_exceptions=True)
         finally:
+            for task in tasks:  # deliver() cancelled: so are the workers, which end before their pool
+                task.cancel()
+            if tasks:
+                await asyncio.wait(tasks)
             pool.shutdown(wait=False, cancel_futures=True)
+    if failed:
+        raise failed[0]
     if stopped:
         raise stopped[0]
     total = Summary()
-    for s in summaries:
+    for s in (w.summary for w in running):
         total.delivered += s.delivered
         total.dead += s.dead
         total.retried += s.retried
