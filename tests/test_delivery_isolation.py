@@ -19,7 +19,9 @@ import pytest
 import phg.daemon
 from phg.config import load_config
 from phg.daemon import deliver, run_gateway
-from phg.delivery.outcome import Delivered
+from phg.delivery import DeliveryWorker
+from phg.delivery.outcome import Deferred, Delivered, Rejected
+from phg.delivery.worker import QUEUE_CALLS
 from phg.demo.peers import free_port
 from phg.demo.sim import simulated_readings
 from phg.errors import StorageError
@@ -31,7 +33,7 @@ from test_reliability_faults import GATEWAY
 
 START = datetime(2026, 11, 30, 9, tzinfo=UTC)
 SYSTEM = "urn:oid:1.2.36.146.595.217.0.1"
-POSTERS = 12  # concurrent POSTs, twice the default executor's threads on a 2-CPU machine
+POSTERS = 12  # concurrent POSTs, twice the default executor's threads (set in the test)
 
 
 class HangingProxy:
@@ -112,6 +114,8 @@ async def test_queued_readings_are_delivered_while_posts_hang_on_the_view_store(
     queued = simulated_readings(PatientRef(SYSTEM, "queued"), START, per_device=2)
     answers: list[int] = []
     stop = asyncio.Event()
+    # as few default-executor threads as there are POSTs, whatever the CPU count (min(32, CPUs + 4) by default)
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(POSTERS // 2))
     with Outbox(config.outbox_path) as outbox:
         gateway = asyncio.create_task(run_gateway(config, outbox, stop))
         try:
@@ -242,3 +246,73 @@ async def test_a_failing_worker_leaves_the_others_to_finish_what_they_sent(tmp_p
     gc.collect()
     await asyncio.sleep(0)
     assert loop_errors == []
+
+
+class _Recorded:
+    """The outbox, recording each call's name and the thread it ran in."""
+
+    def __init__(self, box: Outbox) -> None:
+        self.box = box
+        self.calls: list[tuple[str, str]] = []
+
+    def __getattr__(self, name: str):
+        call = getattr(self.box, name)
+
+        def recorded(*args, **kw):
+            self.calls.append((name, threading.current_thread().name))
+            return call(*args, **kw)
+
+        return recorded
+
+
+class _Mixed:
+    """A slow first answer (its lease renewed meanwhile): delivered, refused (dead), and one to wait for
+    (Retry-After, a pause); then every reading delivered."""
+
+    name = "fhir"
+    type = "fhir"
+
+    def __init__(self) -> None:
+        self.sends = 0
+
+    async def send(self, readings):
+        self.sends += 1
+        if self.sends > 1:
+            return [Delivered("ok") for _ in readings]
+        await asyncio.sleep(0.5)
+        return [Delivered("ok"), Rejected("refused"), Deferred("busy", retry_after=0.3),
+                *(Delivered("ok") for _ in readings[3:])]
+
+
+async def test_every_queue_call_of_a_worker_runs_in_its_own_pool(tmp_path):
+    """Review V finding 2: a worker's every kind of queue call (lease, renew, delivered, dead, pause, retry_later,
+    next_due) runs in its pool while the default executor's only thread is held: none of them waits there."""
+    held, release = ThreadPoolExecutor(1), threading.Event()
+    asyncio.get_running_loop().set_default_executor(held)
+    held.submit(release.wait)
+    readings = simulated_readings(PatientRef(SYSTEM, "p"), START, per_device=1)
+    pool = ThreadPoolExecutor(QUEUE_CALLS, thread_name_prefix="own-pool")
+    stop = asyncio.Event()
+    try:
+        with Outbox(tmp_path / "outbox.sqlite") as box:
+            box.enqueue(["fhir"], [(r.key, r.to_json()) for r in readings])
+            outbox = _Recorded(box)
+            worker = DeliveryWorker(outbox, _Mixed(), lease_seconds=0.6, pool=pool)
+            running = asyncio.create_task(worker.run(stop))
+            try:
+                for _ in range(100):
+                    if box.counts("fhir")["delivered"] == len(readings) - 1:
+                        break
+                    await asyncio.sleep(0.05)
+                stop.set()
+                await asyncio.wait_for(running, 5)
+            finally:
+                running.cancel()
+            assert box.counts("fhir") | {"delivered": 0} == {"queued": 0, "inflight": 0, "delivered": 0, "dead": 1}
+            assert box.counts("fhir")["delivered"] == len(readings) - 1
+    finally:
+        release.set()
+        pool.shutdown()
+    names = {name for name, _ in outbox.calls}
+    assert {"lease", "renew", "delivered", "dead", "pause", "retry_later", "next_due"} <= names, names
+    assert {thread.rsplit("_", 1)[0] for _, thread in outbox.calls} == {"own-pool"}
