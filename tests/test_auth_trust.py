@@ -146,6 +146,10 @@ def test_credentials_in_token_url_are_refused_and_never_shown(tmp_path: Path, ca
     ("http://a@b@127.0.0.1:9/x@y", "http://***@127.0.0.1:9/x@y"),
     ("https://h.example/a@b", "https://h.example/a@b"),
     ("https://u:p@[::1", "https://***@[::1"),  # not even a valid URL
+    ("u:p@h.example/fhir", "***@h.example/fhir"),  # written without its scheme
+    ("//u:p@h.example/fhir", "//***@h.example/fhir"),
+    ("h.example/a@b", "h.example/a@b"),
+    ("/a@b", "/a@b"),
 ])
 def test_redact_url(url: str, shown: str) -> None:
     assert redact_url(url) == shown

@@ -10,6 +10,7 @@ import pytest
 from phg.auth import generate_key
 from phg.config import load_config, render_template
 from phg.doctor import _reserved_example, run_checks
+from phg.errors import ConfigError
 
 
 async def failure(tmp_path: Path, toml: str, step: str | None = None) -> dict:
@@ -72,3 +73,31 @@ async def test_an_outbox_that_cannot_be_made_names_the_file_once_and_the_setting
 ])
 def test_reserved_example_names(host, reserved):
     assert _reserved_example(host) is reserved
+
+
+@pytest.mark.parametrize("base", [
+    "https://u:s3cr3t@ehr.example.org/fhir/metadata",  # an endpoint below the base: refused with the base to give
+    "https://u:s3cr3t@ehr.example.org/fhir/.well-known/smart-configuration",
+    "https://u:s3/cr3t@ehr.example.org/fhir",  # not a URL: httpx's reason quotes "s3" as the port
+    "http://u:s3cr3t@ehr.example.org/fhir",  # plain http
+    "u:s3cr3t@ehr.example.org/fhir", "//u:s3cr3t@ehr.example.org/fhir",  # no scheme
+    "https://u:s3cr3t@127.0.0.1:{port}/fhir",  # loads: doctor names it and cannot connect
+])
+@pytest.mark.parametrize("where", ["env", "[fhir]", "[destinations.ehr2]"])
+async def test_no_message_about_a_base_url_shows_its_password(tmp_path, unused_tcp_port, base, where):
+    """A base_url holding user:password@ (PHG_FHIR_BASE_URL or the file, [fhir] or a destination's table): what
+    load_config refuses and every line doctor prints (to a terminal, to the journal under systemd) has it
+    redacted, never the password or a part of it."""
+    base = base.format(port=unused_tcp_port)
+    table = {"env": "", "[fhir]": f'[fhir]\nbase_url = "{base}"\n',
+             "[destinations.ehr2]": f'[destinations.ehr2]\ntype = "fhir"\nbase_url = "{base}"\n'}[where]
+    path = tmp_path / "phg.toml"
+    path.write_text(f'[outbox]\npath = "{tmp_path / "outbox.sqlite"}"\n{table}')
+    lines: list[str] = []
+    try:
+        config = load_config(path, env={"PHG_FHIR_BASE_URL": base} if where == "env" else {})
+    except ConfigError as exc:
+        lines.append(str(exc))
+    else:
+        assert not await run_checks(config, lines.append)
+    assert lines and not any("s3" in line for line in lines), lines

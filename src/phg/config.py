@@ -178,7 +178,10 @@ def url(value: Any, where: str) -> str | None:
     try:
         httpx.URL(found)
     except httpx.InvalidURL as exc:
-        raise ConfigError(f"{where} is not a valid URL: {exc}") from None
+        # httpx quotes the part it could not parse: with an @ in the URL that may be a password holding
+        # a / ? or # ("https://user:pa/ss@host": "Invalid port: 'pa'"), so then its reason is left out
+        reason = f": {exc}" if "@" not in found else " (the reason is not shown: it may quote a password)"
+        raise ConfigError(f"{where} is not a valid URL{reason}") from None
     return found
 
 
@@ -191,11 +194,14 @@ the addresses a server's documentation shows. phg appends both to the base itsel
 def fhir_base(value: Any, where: str) -> str | None:
     """A FHIR server's base URL (:func:`url`), refused when it is one of :data:`FHIR_ENDPOINTS`: every request
     would go below it (``.../metadata/.well-known/...``) and fail far from the cause."""
+    from phg.transport import redact_url  # here, as url() imports httpx
+
     found = url(value, where)
     for endpoint in FHIR_ENDPOINTS:
         if found and found.endswith(endpoint):
-            raise ConfigError(f"{where} {found!r} ends in {endpoint}, which phg adds itself: give the FHIR base, "
-                              f"{found.removesuffix(endpoint)!r}")
+            shown = redact_url(found)
+            raise ConfigError(f"{where} {shown!r} ends in {endpoint}, which phg adds itself: give the FHIR base, "
+                              f"{shown.removesuffix(endpoint)!r}")
     return found
 
 

@@ -47,7 +47,7 @@ import httpx
 from phg.config import C3proSettings, Config, FhirSettings, HttpHl7Settings, MllpSettings, TlsSettings
 from phg.errors import PhgError
 from phg.terminal import printable
-from phg.transport import require_secure_url
+from phg.transport import redact_url, require_secure_url
 
 Echo = Callable[[str], None]
 
@@ -120,7 +120,7 @@ async def _fhir(checks: Checks, fhir: FhirSettings, config: Config, send_test: b
     auth_table = "[auth]" if fhir.name == "fhir" else f"[destinations.{fhir.name}.auth]"
     try:
         require_secure_url(fhir.base_url, f"{section} base_url", allow_insecure_http=fhir.allow_insecure_http)
-        checks.good(f"FHIR base {fhir.base_url}", "config")
+        checks.good(f"FHIR base {redact_url(fhir.base_url)}", "config")
     except PhgError as exc:
         checks.bad(str(exc), f"set {section} base_url to the EHR's https FHIR base", "config")
         return False
@@ -223,14 +223,14 @@ async def _http(checks: Checks, settings: HttpHl7Settings, config: Config, send_
         try:
             response = await client.post(settings.url, content=b"", headers=dict(settings.headers))
         except httpx.TransportError as exc:
-            checks.bad(f"cannot connect to {settings.url}: {type(exc).__name__}: {exc}",
+            checks.bad(f"cannot connect to {redact_url(settings.url)}: {type(exc).__name__}: {exc}",
                        "check the URL, TLS settings (ca_file, client_cert) and that the receiver runs", "connect")
             return
     if response.status_code in (401, 403):
-        checks.bad(f"{settings.url} answered HTTP {response.status_code}: it refuses who we are",
+        checks.bad(f"{redact_url(settings.url)} answered HTTP {response.status_code}: it refuses who we are",
                    "check the client certificate, headers or WS-Security credentials", "connect")
         return
-    checks.good(f"{settings.url} answers (HTTP {response.status_code} to an empty request)", "connect")
+    checks.good(f"{redact_url(settings.url)} answers (HTTP {response.status_code} to an empty request)", "connect")
 
 
 async def _c3pro(checks: Checks, settings: C3proSettings, config: Config, send_test: bool) -> None:
@@ -245,7 +245,7 @@ async def _c3pro(checks: Checks, settings: C3proSettings, config: Config, send_t
     except PhgError as exc:
         checks.bad(str(exc), "use the DER or PEM certificate (or public key) the C3-PRO deployment hands out", "config")
         return
-    checks.good(f"C3-PRO root {settings.base_url}, public key {settings.public_key} (RSA {key.key_size} bits), "
+    checks.good(f"C3-PRO root {redact_url(settings.base_url)}, public key {settings.public_key} (RSA {key.key_size} bits), "
                 f"key_id {settings.key_id!r}, version {settings.version!r}", "config")
     if not settings.client_id or not settings.client_secret:
         checks.bad(f"{section} is not registered (no client_id and client_secret)",
@@ -262,7 +262,7 @@ async def _c3pro(checks: Checks, settings: C3proSettings, config: Config, send_t
             return
         finally:
             await auth.aclose()  # type: ignore[attr-defined]
-    checks.good(f"token issued at {settings.base_url}/oauth, expires in {token.expires_in:.0f} s", "token")
+    checks.good(f"token issued at {redact_url(settings.base_url)}/oauth, expires in {token.expires_in:.0f} s", "token")
     try:
         journal = Journal(settings.journal)
         lost = journal.possible_duplicates
@@ -323,12 +323,12 @@ async def _tls_and_capabilities(checks: Checks, client: httpx.AsyncClient, base:
                    f"set {section} base_url to your EHR's FHIR base")
         else:
             fix = "check the URL, DNS, firewall and that the server runs"
-        checks.bad(f"cannot connect to {base}: {type(exc).__name__}: {exc}", fix, "tls")
+        checks.bad(f"cannot connect to {redact_url(base)}: {type(exc).__name__}: {exc}", fix, "tls")
         return False
     except httpx.TransportError as exc:
-        checks.bad(f"{base}: {exc.__class__.__name__} {exc}", "check the network path to the server", "tls")
+        checks.bad(f"{redact_url(base)}: {exc.__class__.__name__} {exc}", "check the network path to the server", "tls")
         return False
-    checks.good(f"connected to {base}" + (" over TLS" if base.startswith("https") else ""), "tls")
+    checks.good(f"connected to {redact_url(base)}" + (" over TLS" if base.startswith("https") else ""), "tls")
     _capabilities(checks, response)
     return True
 
@@ -365,7 +365,7 @@ def _capabilities(checks: Checks, response: httpx.Response) -> None:
 async def _token(checks: Checks, settings, auth, client: httpx.AsyncClient) -> bool:
     if settings.method != "bearer":
         if settings.token_url:
-            checks.good(f"token endpoint {settings.token_url} (configured)", "discovery")
+            checks.good(f"token endpoint {redact_url(settings.token_url)} (configured)", "discovery")
         else:
             try:
                 smart = await auth.configuration()
@@ -503,7 +503,7 @@ def _jetstream(checks: Checks, config: Config) -> None:
     destination (phg.outbox.jetstream.JetStreamQueue.inspect)."""
     from phg.outbox import open_queue
 
-    where = f"JetStream {', '.join(config.queue.servers)}"
+    where = f"JetStream {', '.join(map(redact_url, config.queue.servers))}"
     try:
         with open_queue(config) as queue:
             found = queue.inspect(config.destination_names)

@@ -32,9 +32,10 @@ def connection_error(exc: httpx.TransportError, what: str) -> TransientDeliveryE
     return TransientDeliveryError(f"{what}: {type(exc).__name__}: {exc}", reached=not isinstance(exc, NEVER_SENT))
 
 
-# scheme://userinfo@ (the authority ends at the first / ? #; userinfo at its last @). A regular
+# scheme://userinfo@ (the authority ends at the first / ? #; userinfo at its last @), also without the
+# scheme ("//u:p@host", "u:p@host/fhir": a URL written without it, which a message then quotes). A regular
 # expression, not a parser, so that invalid URLs are redacted too.
-_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
+_USERINFO = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.-]*:)?//)?[^/?#]*@")
 
 
 def redact_url(url: str | httpx.URL) -> str:
