@@ -57,6 +57,22 @@ def test_errors_name_file_and_key(tmp_path, text, words):
     assert words in str(info.value)
 
 
+@pytest.mark.parametrize(("env", "document", "words"), [
+    ({"PHG_QUEUE_MAX_BYTES": "x"}, {}, "[queue] max_bytes must be a whole number, 0..9007199254740992, not 'x'"),
+    ({"PHG_QUEUE_MAX_IN_FLIGHT": "0"}, {}, "[queue] max_in_flight must be 1..1000000"),
+    ({}, {"api": {"max_body": 1}}, "[api] max_body must be 1024..67108864 bytes"),
+    ({}, {"auth": {"key_publish_delay": -1}}, "[auth] key_publish_delay must be 0..31536000 s"),
+    ({}, {"destinations": {"lab": {"type": "http", "url": "https://x", "timeout": 0}}},
+     "[destinations.lab] timeout must be 0.1..600 s"),
+])
+def test_a_range_refused_is_written_as_it_is_typed(env, document, words):
+    """All the digits of a whole bound (`:g` printed 9.0072e+15, 1e+06, 6.71089e+07: unreadable, or not the
+    bound), a fraction as is."""
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env=env, document=document)
+    assert str(info.value).endswith(words)
+
+
 @pytest.mark.parametrize("endpoint", ["/metadata", "/.well-known/smart-configuration", "/metadata/"])
 def test_a_fhir_base_given_as_an_endpoint_below_it_names_the_base(endpoint):
     """The CapabilityStatement's or the SMART configuration's URL, copied from a server's documentation, as the

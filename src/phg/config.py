@@ -131,8 +131,16 @@ def readable_file(value: Any, where: str) -> Path:
     return found
 
 
+def _bound(x: float) -> str:
+    """A range's end as it is typed: all its digits when whole (``:g`` wrote 2**53 as 9.0072e+15 and a
+    million as 1e+06), else the shortest form of the float."""
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
 def number(kind: type, low: float, high: float, unit: str = "") -> Parse:
     """An int (kind=int) or a number of seconds (kind=float) from `low` to `high`."""
+    bounds = f"{_bound(low)}..{_bound(high)}{unit}"
+
     def parse(value: Any, where: str) -> Any:
         if isinstance(value, str) and re.fullmatch(r"\s*\d{1,12}(\.\d{1,9})?\s*", value) and value.isascii():
             value = float(value) if "." in value else int(value)  # "²" and "٣" are not numbers here
@@ -140,9 +148,9 @@ def number(kind: type, low: float, high: float, unit: str = "") -> Parse:
             value = float(value)
         if not isinstance(value, kind) or isinstance(value, bool):
             noun = "a whole number" if kind is int else "a number"
-            raise ConfigError(f"{where} must be {noun}, {low:g}..{high:g}{unit}, not {value!r:.60}")
+            raise ConfigError(f"{where} must be {noun}, {bounds}, not {value!r:.60}")
         if not low <= value <= high:  # NaN fails this too
-            raise ConfigError(f"{where} must be {low:g}..{high:g}{unit}")
+            raise ConfigError(f"{where} must be {bounds}")
         return value
     return parse
 
