@@ -134,6 +134,8 @@ def test_a_url_without_its_scheme_is_shown_with_it(url):
     ("[destinations.ehr2.auth] token_url",
      " (or set [destinations.ehr2] allow_insecure_http = true on a network you trust)"),
     ("phg.toml: [smart] redirect_url", ""),  # no way around https there
+    ("token endpoint", " (or set allow_insecure_http = true in the server's table, [fhir] or [destinations.NAME], "
+                       "on a network you trust)"),  # announced by a server: [fhir]'s, or a destination's
 ])
 def test_plain_http_names_the_setting_that_allows_it(what, way):
     """The opt-out named is the one that applies to that URL: a destination's own table's, none for [smart]
@@ -141,6 +143,23 @@ def test_plain_http_names_the_setting_that_allows_it(what, way):
     with pytest.raises(ConfigError) as info:
         require_secure_url("http://ehr.example.org/x", what)
     assert str(info.value) == f"{what} 'http://ehr.example.org/x' uses plain http to a non-loopback host; use https{way}"
+
+
+def test_an_invalid_url_with_a_password_is_refused_without_it():
+    """httpx's reason quotes what it could not parse: here the password's first part, read as the port."""
+    with pytest.raises(ConfigError) as info:
+        require_secure_url("https://u:s3/cr3t@ehr.example.org/token", "[auth] token_url")
+    assert str(info.value).startswith("[auth] token_url is not a valid URL (not shown, nor httpx's reason")
+    with pytest.raises(ConfigError, match=r"'https://ehr.example.org:99x/token' is not a valid URL: Invalid port: '99x'"):
+        require_secure_url("https://ehr.example.org:99x/token", "[auth] token_url")
+
+
+@pytest.mark.parametrize(("setting", "way"), [
+    ("", ""), ("[destinations.ehr2]", " (or set [destinations.ehr2] allow_insecure_http = true on a network you trust)")])
+def test_plain_http_names_the_setting_its_caller_gives(setting, way):
+    with pytest.raises(ConfigError) as info:
+        require_secure_url("http://ehr.example.org/x", "[fhir] token endpoint", insecure_setting=setting)
+    assert str(info.value).endswith(f"uses plain http to a non-loopback host; use https{way}")
 
 
 def test_destinations_tables(tmp_path):

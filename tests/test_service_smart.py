@@ -237,6 +237,15 @@ def test_unknown_launch_is_refused_by_the_ehr(ehr, tmp_path):
 def test_iss_must_be_https_unless_loopback(tmp_path):
     answer = service(tmp_path).get("/smart/launch", params={"iss": "http://ehr.example.org/fhir", "launch": "x"})
     assert answer.status_code == 400 and "https" in answer.text
+    assert "allow_insecure_http" not in answer.text  # no setting allows plain http for a launch
+
+
+def test_a_token_endpoint_in_plain_http_names_no_setting():
+    """An EHR's SMART configuration announcing an http token endpoint: refused, without the [fhir] setting
+    (which the launch does not read) as the way around."""
+    with pytest.raises(smart.LaunchRefused) as info:
+        smart._secure("http://ehr.lan/token", "token_endpoint of https://ehr.lan/fhir/.well-known/smart-configuration")
+    assert str(info.value).endswith("uses plain http to a non-loopback host; use https")
 
 
 def test_expired_sessions_are_gone_with_their_tokens():

@@ -186,10 +186,9 @@ def url(value: Any, where: str) -> str | None:
     try:
         httpx.URL(found)
     except httpx.InvalidURL as exc:
-        # httpx quotes the part it could not parse: with an @ in the URL that may be a password holding
-        # a / ? or # ("https://user:pa/ss@host": "Invalid port: 'pa'"), so then its reason is left out
-        reason = f": {exc}" if "@" not in found else " (the reason is not shown: it may quote a password)"
-        raise ConfigError(f"{where} is not a valid URL{reason}") from None
+        from phg.transport import invalid_url
+
+        raise invalid_url(where, found, exc) from None
     return found
 
 

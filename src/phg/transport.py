@@ -44,6 +44,16 @@ def redact_url(url: str | httpx.URL) -> str:
     return _USERINFO.sub(r"\1***@", str(url))
 
 
+def invalid_url(what: str, url: str, exc: httpx.InvalidURL) -> ConfigError:
+    """The refusal of a URL httpx cannot parse. With an @ in it neither the URL nor httpx's reason is
+    quoted: the authority ends at the first / ? or #, so a password holding one is no userinfo that
+    redact_url could hide, and httpx reads its first part as the port ("https://user:pa/ss@host":
+    "Invalid port: 'pa'")."""
+    if "@" in url:
+        return ConfigError(f"{what} is not a valid URL (not shown, nor httpx's reason: either may quote a password)")
+    return ConfigError(f"{what} {url!r} is not a valid URL: {exc}")
+
+
 def refuse_credentials(url: str, what: str) -> None:
     """Refuse a URL carrying user:password@: httpx would log it with every request and send it as
     HTTP Basic credentials to whoever answers."""
@@ -52,13 +62,16 @@ def refuse_credentials(url: str, what: str) -> None:
                           "from the URL: a client secret goes in [auth] client_secret (or PHG_CLIENT_SECRET)")
 
 
-def require_secure_url(url: str, what: str, *, allow_insecure_http: bool = False) -> None:
+def require_secure_url(url: str, what: str, *, allow_insecure_http: bool = False,
+                       insecure_setting: str | None = None) -> None:
     """Refuse anything but https, except plain http to a loopback host (127.0.0.0/8, ::1,
-    localhost) or when the configuration explicitly allows insecure http."""
+    localhost) or when the configuration explicitly allows insecure http. ``insecure_setting``: the
+    table whose allow_insecure_http the refusal names ("" when no setting allows it); None: the one
+    ``what`` names (:func:`_insecure_way`)."""
     try:
         parsed = httpx.URL(url)
     except httpx.InvalidURL as exc:
-        raise ConfigError(f"{what} {redact_url(url)!r} is not a valid URL: {exc}") from None
+        raise invalid_url(what, url, exc) from None
     if parsed.scheme == "https" and parsed.host:
         return
     shown = redact_url(parsed)
@@ -67,21 +80,25 @@ def require_secure_url(url: str, what: str, *, allow_insecure_http: bool = False
     if parsed.scheme != "http" or not parsed.host:
         raise ConfigError(f"{what} {shown!r} is not an absolute https URL")
     if not (allow_insecure_http or is_loopback(parsed.host)):
-        raise ConfigError(f"{what} {shown!r} uses plain http to a non-loopback host; use https{_insecure_way(what)}")
+        raise ConfigError(f"{what} {shown!r} uses plain http to a non-loopback host; use https"
+                          f"{_insecure_way(what, insecure_setting)}")
 
 
-_DESTINATION = re.compile(r"\[(destinations\.[^\]]+?)(?:\.auth)?\]")
+_TABLE = re.compile(r"\[(destinations\.[^\]]+?|fhir|auth|smart)(?:\.auth)?\]")
 
 
-def _insecure_way(what: str) -> str:
-    """The setting that allows plain http for the URL ``what`` names: its destination's table's (a
-    [destinations.NAME] or its auth table), none for the SMART app ([smart]: a browser carries its
-    tokens), else [fhir]'s, which [auth] shares."""
-    if "[smart]" in what:
-        return ""
-    found = _DESTINATION.search(what)
-    where = f"[{found.group(1)}]" if found else "[fhir]"
-    return f" (or set {where} allow_insecure_http = true on a network you trust)"
+def _insecure_way(what: str, table: str | None) -> str:
+    """How to allow plain http for the URL: ``table``'s setting, else that of the table ``what`` names:
+    a destination's own (a [destinations.NAME] or its auth table), [fhir]'s for [fhir] and [auth] (which
+    shares it), none for the SMART app ([smart]: a browser carries its tokens). A ``what`` naming no table
+    (a URL the server announced: "token endpoint") is of [fhir] or of a destination: both are named."""
+    if table is None:
+        found = _TABLE.search(what)
+        if found is None:
+            return (" (or set allow_insecure_http = true in the server's table, [fhir] or [destinations.NAME], "
+                    "on a network you trust)")
+        table = "" if found[1] == "smart" else f"[{'fhir' if found[1] == 'auth' else found[1]}]"
+    return table and f" (or set {table} allow_insecure_http = true on a network you trust)"
 
 
 def origin(url: httpx.URL) -> tuple[str, str, int | None]:

@@ -165,7 +165,7 @@ async def discover(client: httpx.AsyncClient, fhir_base: str) -> dict[str, Any]:
 
 def _secure(url: str, what: str) -> None:
     try:
-        require_secure_url(url, what)
+        require_secure_url(url, what, insecure_setting="")  # no setting allows plain http for a launch
     except ConfigError as exc:
         raise LaunchRefused(str(exc)) from None
 
