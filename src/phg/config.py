@@ -543,8 +543,10 @@ class DestinationSettings(Frozen):
         parsed: dict[str, Any] = {}
         for key, value in table.items():
             if key not in known:
+                homes = [f"[{section}.auth]"] if "auth" in known and key in SECTIONS["auth"] else []
                 raise ConfigError(f"{source}: unknown key {key!r} in [{section}] (type {cls.type})"
-                                  f"{_did_you_mean(key, known, repr)}; known: {', '.join(sorted(known))}")
+                                  f"{_home(key, homes) or _did_you_mean(key, known, repr)}; "
+                                  f"known: {', '.join(sorted(known))}")
             parsed[key] = known[key].parse(value, f"{source}: [{section}] {key}")
         for row in cls.KEYS:
             if row.default is REQUIRED and row.key not in parsed:
@@ -1062,6 +1064,21 @@ def _did_you_mean(name: str, known: Iterable[str], show: Callable[[str], str]) -
     return f" (did you mean {show(close[0])}?)" if close else ""
 
 
+def _home(key: str, homes: list[str]) -> str:
+    """" ('client_id' is a key of [auth]: ...)": a key of another table is more likely below the wrong header
+    (the one above it in the file) than a misspelling of a name close to it ('client_secret' in [api] is not
+    its 'client_ca')."""
+    return f" ({key!r} is a key of {' or '.join(homes)}: TOML gives a key to the header above it)" if homes else ""
+
+
+def _homes(key: str, prefix: str) -> list[str]:
+    """The tables holding ``key``: the top-level sections, or for a FHIR destination's auth table (prefix
+    "destinations.NAME.") the destination's own."""
+    if prefix:
+        return [f"[{prefix[:-1]}]"] if any(row.key == key for row in FhirSettings.KEYS) else []
+    return [f"[{section}]" for section, keys in SECTIONS.items() if key in keys]
+
+
 def _misplaced(name: str, prefix: str) -> str:
     """What a value where a table belongs means: TOML puts a key written above the first [section] header
     at the top level, so `base_url = ...` there is not [fhir]'s."""
@@ -1083,13 +1100,16 @@ def _section_values(data: Mapping[str, Any], env: Mapping[str, str], flags: Mapp
         if not isinstance(table, dict):
             raise ConfigError(f"{source}: {_misplaced(section, prefix)}")
         if section not in SECTIONS:
-            known = [*SECTIONS, *(() if prefix else ("destinations.NAME", "[routes]"))]
-            meant = _did_you_mean(section, known, lambda name: f"[{prefix}{name}]")
-            raise ConfigError(f"{source}: unknown section [{prefix}{section}]{meant}; known: {', '.join(known)}")
+            def shown(name: str) -> str:
+                return "[[routes]]" if name == "routes" else f"[{prefix}{name}]"
+
+            known = [*SECTIONS, *(() if prefix else ("destinations.NAME", "routes"))]
+            raise ConfigError(f"{source}: unknown section [{prefix}{section}]{_did_you_mean(section, known, shown)}; "
+                              f"known: {', '.join(map(shown, known))}")
         for key, value in table.items():
             if key not in SECTIONS[section]:
                 known = ", ".join(sorted(SECTIONS[section]))
-                meant = _did_you_mean(key, SECTIONS[section], repr)
+                meant = _home(key, _homes(key, prefix)) or _did_you_mean(key, SECTIONS[section], repr)
                 raise ConfigError(f"{source}: unknown key {key!r} in [{prefix}{section}]{meant}; known: {known}")
             given[(section, key)] = (value, source)
     for row in SETTINGS:
