@@ -29,6 +29,7 @@ from phg.model import PatientRef
 from phg.outbox import Outbox
 from phg.viewstore import LOCK_WAIT
 from postgres_db import postgres_url  # noqa: F401  (fixture: a fresh database)
+from test_flow_c3pro import assert_delivered_once, every_reading_type, write_config
 from test_reliability_faults import GATEWAY
 
 START = datetime(2026, 11, 30, 9, tzinfo=UTC)
@@ -316,3 +317,23 @@ async def test_every_queue_call_of_a_worker_runs_in_its_own_pool(tmp_path):
     names = {name for name, _ in outbox.calls}
     assert {"lease", "renew", "delivered", "dead", "pause", "retry_later", "next_due"} <= names, names
     assert {thread.rsplit("_", 1)[0] for _, thread in outbox.calls} == {"own-pool"}
+
+
+@pytest.mark.peers
+async def test_c3pro_delivery_needs_no_default_executor_thread(c3pro_peer, tmp_path):
+    """Review V finding 3: a destination's own thread work (C3-PRO: its journal, opened and read and written per
+    resource, and its envelopes) runs in delivery's pool too (phg.delivery.cpu.in_thread): with the default
+    executor's only thread held, every reading type still arrives once."""
+    config = load_config(write_config(tmp_path, c3pro_peer), env={})
+    readings = every_reading_type()
+    held, release = ThreadPoolExecutor(1), threading.Event()
+    asyncio.get_running_loop().set_default_executor(held)
+    held.submit(release.wait)
+    try:
+        with Outbox(config.outbox_path) as outbox:
+            outbox.enqueue(config.destination_names, [(r.key, r.to_json()) for r in readings])
+            summary = await asyncio.wait_for(deliver(config, outbox, until_idle=True), 30)
+    finally:
+        release.set()
+    assert summary.delivered == len(readings)
+    assert_delivered_once(c3pro_peer, readings)

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from phg.config import Config, ViewSettings
 from phg.delivery import DeliveryWorker, Summary
+from phg.delivery.cpu import POOL
 from phg.delivery.registry import open_destinations
 from phg.delivery.status import DestinationStatus
 from phg.delivery.worker import QUEUE_CALLS
@@ -37,11 +38,12 @@ async def deliver(config: Config, outbox: Queue, *, until_idle: bool, stop: asyn
     destination is left running. Each worker keeps `statuses[name]` current (the service reads them);
     `workers` receives the running workers (the service wakes them when it queues readings).
 
-    The workers' queue calls run in a thread pool of their own (QUEUE_CALLS threads per worker), not in the
-    event loop's default executor, which the Intake's calls fill while the view store hangs (phg.delivery.worker):
-    delivery's queue calls never wait behind intake. Isolating delivery rather than the Intake: delivery's calls are
-    the few (one worker per destination, a handful of calls each), the Intake's callers are many (the API, each
-    source).
+    The workers' queue calls and their destinations' thread work (phg.delivery.cpu.in_thread: parsing and rendering
+    large batches, C3-PRO's journal and envelopes, FHIR's encrypt_to, the SMART assertion) run in a thread pool of
+    their own (QUEUE_CALLS threads per worker), not in the event loop's default executor, which the Intake's calls
+    fill while the view store hangs (phg.delivery.worker): delivery never waits behind intake. Isolating delivery
+    rather than the Intake: delivery's calls are the few (one worker per destination, a handful of calls each), the
+    Intake's callers are many (the API, each source).
 
     A worker that fails otherwise (until_idle: a StorageError, a bug) does not cut the others short: until_idle, they
     finish by themselves, each reporting what it sent (cut short, a batch sent and not yet reported would be sent
@@ -67,22 +69,26 @@ async def deliver(config: Config, outbox: Queue, *, until_idle: bool, stop: asyn
                     if task is not asyncio.current_task():
                         task.cancel()
 
-    async with open_destinations(config) as destinations:
-        pool = ThreadPoolExecutor(QUEUE_CALLS * max(1, len(destinations)), thread_name_prefix="phg-delivery")
-        try:
+    pool = ThreadPoolExecutor(QUEUE_CALLS * max(1, len(config.destinations)), thread_name_prefix="phg-delivery")
+    own = POOL.set(pool)  # opening the destinations, and the workers' tasks, which inherit it with every task they start
+    try:
+        async with open_destinations(config) as destinations:
             running = [DeliveryWorker(outbox, d, batch_size=config.batch_size, max_backoff=config.max_retry_delay,
                                       lease_seconds=config.lease_seconds, status=(statuses or {}).get(d.name), pool=pool)
                        for d in destinations]
             if workers is not None:
                 workers += running
             tasks += [asyncio.create_task(run(w)) for w in running]
-            await asyncio.gather(*tasks, return_exceptions=True)
-        finally:
-            for task in tasks:  # deliver() cancelled: so are the workers, which end before their pool
-                task.cancel()
-            if tasks:
-                await asyncio.wait(tasks)
-            pool.shutdown(wait=False, cancel_futures=True)
+            try:
+                await asyncio.gather(*tasks, return_exceptions=True)
+            finally:
+                for task in tasks:  # deliver() cancelled: so are the workers, which end before their pool
+                    task.cancel()
+                if tasks:
+                    await asyncio.wait(tasks)
+    finally:
+        POOL.reset(own)
+        pool.shutdown(wait=False, cancel_futures=True)
     if failed:
         raise failed[0]
     if stopped:

@@ -13,12 +13,11 @@ takes effect without a restart.
 
 from __future__ import annotations
 
-import asyncio
-
 from phg.auth.assertion import client_assertion
 from phg.auth.discovery import SmartConfiguration
 from phg.auth.keyring import KeySource, StaticKey
 from phg.auth.keys import SigningKey
+from phg.delivery.cpu import in_thread
 from phg.errors import ConfigError
 from phg.transport import require_secure_url
 
@@ -62,7 +61,7 @@ class PrivateKeyJwt:
     async def authenticate(self, url: str, form: dict[str, str]) -> dict[str, str]:
         # RSA signing is CPU work and the ring may touch the disk: keep both off the event loop.
         form["client_assertion_type"] = JWT_BEARER
-        form["client_assertion"] = await asyncio.to_thread(self._sign, url)
+        form["client_assertion"] = await in_thread(self._sign, url)
         return {}
 
     def _sign(self, url: str) -> str:

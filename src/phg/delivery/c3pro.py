@@ -41,7 +41,6 @@ kept in the journal, so it survives restarts).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import json
@@ -63,6 +62,7 @@ from cryptography.hazmat.primitives.asymmetric.padding import MGF1, OAEP
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from phg.config import C3proSettings, TlsSettings
+from phg.delivery.cpu import in_thread
 from phg.delivery.outcome import Delivered, Outcome, Rejected
 from phg.errors import AuthError, ConfigError, MappingError, PermanentDeliveryError
 from phg.fhir import build_transaction, to_json
@@ -269,7 +269,7 @@ async def open_c3pro(settings: C3proSettings, gateway: Gateway) -> AsyncIterator
     require_secure_url(settings.base_url, f"{section} base_url", allow_insecure_http=settings.allow_insecure_http)
     key = load_public_key(settings.public_key, f"{settings.source}: {section} public_key")
     timeout = httpx.Timeout(settings.timeout, connect=min(10.0, settings.timeout))
-    journal = await asyncio.to_thread(Journal, settings.journal)
+    journal = await in_thread(Journal, settings.journal)
     try:
         async with httpx.AsyncClient(timeout=timeout, **httpx_options(TlsSettings())) as client:
             auth = c3pro_auth(settings, client)
@@ -299,19 +299,19 @@ class C3proDestination:
 
     async def _send_one(self, reading: Reading) -> Outcome:
         try:
-            resources = await asyncio.to_thread(self._envelopes, reading)
+            resources = await in_thread(self._envelopes, reading)
         except MappingError as exc:
             return Rejected(f"cannot map to C3-PRO: {exc}")
         except Exception as exc:  # a mapping bug must cost this reading only
             return Rejected(f"cannot map to C3-PRO: {type(exc).__name__}: {exc}")
         sent = []
         for key, kind, body in resources:
-            if await asyncio.to_thread(self.journal.sent, key):
+            if await in_thread(self.journal.sent, key):
                 continue
             refused = await self._post(kind, body)
             if refused:
                 return Rejected(refused)
-            await asyncio.to_thread(self.journal.record, key)  # before anything else goes out
+            await in_thread(self.journal.record, key)  # before anything else goes out
             sent.append(kind)
         return Delivered(" ".join(sent) or "already delivered")
 
@@ -334,7 +334,7 @@ class C3proDestination:
         except httpx.TransportError as exc:
             error = connection_error(exc, url)
             if error.reached:  # it may have arrived: the retry may duplicate it
-                await asyncio.to_thread(self.journal.answer_lost)
+                await in_thread(self.journal.answer_lost)
                 log.warning("%s: the answer to a %s post was lost; its retry may be a duplicate", self.name, kind)
             raise error from exc
         status = response.status_code

@@ -45,7 +45,6 @@ transaction may hold and which way of sending is fastest there:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -59,7 +58,7 @@ import orjson
 
 from phg.auth.envelope import Envelope, seal
 from phg.config import FHIR_STRATEGIES, FhirSettings
-from phg.delivery.cpu import batch_work, render_inline
+from phg.delivery.cpu import batch_work, in_thread, render_inline
 from phg.delivery.outcome import Delivered, Outcome, Rejected
 from phg.errors import AuthError, ConfigError, MappingError, PermanentDeliveryError, TransientDeliveryError
 from phg.fhir import build_transaction, to_json
@@ -315,7 +314,7 @@ class FhirDestination:
     async def _post_transaction(self, tx: Transaction, body: bytes) -> httpx.Response:
         content_type = FHIR_JSON
         if self.envelope is not None:  # RSA + AES work: off the event loop too
-            body, content_type = await asyncio.to_thread(seal, body, self.envelope)
+            body, content_type = await in_thread(seal, body, self.envelope)
         return await self._post_conflicted(tx, body, self.base_url, {"Content-Type": content_type,
                                                                       "Prefer": "return=minimal"})
 
