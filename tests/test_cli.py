@@ -22,9 +22,10 @@ PHG = str(Path(sys.executable).parent / "phg")
 READINGS = simulated_readings(PatientRef("urn:oid:1.2.3.4.5", "cli-patient"), datetime(2026, 11, 28, 9, tzinfo=UTC))
 
 
-def phg(*args: str, env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def phg(*args: str, env: dict[str, str], stdin: str | None = None,
+        cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([PHG, *args], env={**os.environ, **env}, input=stdin, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, cwd=cwd)
 
 
 @pytest.fixture
@@ -109,6 +110,25 @@ def test_init_writes_where_the_other_commands_read_and_says_how_to_reach_it(tmp_
     result = phg("--config", str(elsewhere), "init", env=env)
     assert f"run `phg --config {elsewhere} keys generate`" in result.stdout
     assert f"then `phg --config {elsewhere} doctor`" in result.stdout
+
+
+def test_init_names_the_file_it_wrote_as_other_directories_find_it(tmp_path, env):
+    """A relative $PHG_CONFIG (or a "~" no shell expanded) names a file below this directory: init says which,
+    and --config naming that same file needs no --config in the next steps."""
+    result = phg("--config", "phg.toml", "init", env={**env, "PHG_CONFIG": str(tmp_path / "phg.toml")}, cwd=tmp_path)
+    assert result.returncode == 0 and "run `phg keys generate`" in result.stdout, result.stderr
+    result = phg("init", env={**env, "PHG_CONFIG": "~/t.toml"}, cwd=tmp_path)
+    assert result.stdout.startswith(f"wrote {tmp_path / '~' / 't.toml'}\n"), result.stderr
+
+
+@pytest.mark.parametrize("where", ["directory", "unwritable"])
+def test_init_where_no_file_can_be_written_says_so_in_one_line(tmp_path, env, where):
+    """$PHG_CONFIG naming a directory (with --force) or a place this user cannot write (/proc: not even root can),
+    such as the unit's /etc/phg/phg.toml for a user: one line with the file and the reason, exit 74, no traceback."""
+    target = tmp_path if where == "directory" else Path("/proc/phg.toml")
+    result = phg("init", "--force", env={**env, "PHG_CONFIG": str(target)})
+    assert result.returncode == 74 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith(f"error: {target}: cannot write the config: ") and result.stderr.count("\n") == 1
 
 
 def test_render_prints_the_transaction(reading_files, env):

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from phg.cli.common import EXIT_CONFIG, EXIT_INPUT, Context, fail, one_line_errors, setup_logging
+from phg.cli.common import EXIT_CONFIG, EXIT_INPUT, EXIT_IOERR, Context, fail, one_line_errors, setup_logging
 from phg.cli.options import JSON_OPTION
 from phg.cli.output import print_json
 
@@ -99,16 +99,20 @@ def init(obj: Context, force: bool) -> None:
     """Write a commented config file to edit."""
     from phg.config import render_template, user_config_path, user_data_dir
 
-    # Where every other command looks (phg.config.load_config): --config, else $PHG_CONFIG, else the user config dir.
-    looked_up = Path(os.environ["PHG_CONFIG"]) if os.environ.get("PHG_CONFIG") else user_config_path()
-    path = obj.config_path or looked_up
+    # Where every other command looks (phg.config.load_config): --config, else $PHG_CONFIG, else the user config dir;
+    # resolved, as a relative name (or a "~" no shell expanded) is read from this directory only.
+    looked_up = (Path(os.environ["PHG_CONFIG"]) if os.environ.get("PHG_CONFIG") else user_config_path()).resolve()
+    path = (obj.config_path or looked_up).resolve()
     if path.exists() and not force:
         fail(f"{path} exists (use --force to overwrite)", EXIT_INPUT)
     from phg.secretfile import write_private
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # 0600: the [auth] table may come to hold a client secret or a registration access token.
-    write_private(path, render_template(user_data_dir() / "phg-key.pem", user_data_dir() / "outbox.sqlite"))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # 0600: the [auth] table may come to hold a client secret or a registration access token.
+        write_private(path, render_template(user_data_dir() / "phg-key.pem", user_data_dir() / "outbox.sqlite"))
+    except OSError as exc:  # $PHG_CONFIG naming /etc/phg/phg.toml for a user who cannot write there, a directory
+        fail(f"{path}: cannot write the config: {exc.strerror or exc}", EXIT_IOERR)
     # A file only --config names is read only by the commands given it too: the next steps say so.
     phg = "phg" if path == looked_up else f"phg --config {path}"
     click.echo(f"wrote {path}\nnext: edit [fhir] base_url and [auth] client_id, run `{phg} keys generate` and "

@@ -15,7 +15,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (issue 16
 if TYPE_CHECKING:
     from typing import Any, NoReturn
 
-EXIT_INPUT, EXIT_CONFIG, EXIT_TEMPFAIL = 1, 3, 75
+EXIT_INPUT, EXIT_CONFIG, EXIT_IOERR, EXIT_TEMPFAIL = 1, 3, 74, 75  # sysexits.h: EX_IOERR 74, EX_TEMPFAIL 75
 _ANSI = re.compile(r"\033\[[;?0-9]*[a-zA-Z]")  # the codes click.echo strips when its stream is no terminal
 
 

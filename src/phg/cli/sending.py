@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 
-from phg.cli.common import EXIT_CONFIG, EXIT_INPUT, EXIT_TEMPFAIL, Context, echo, fail, queue_name
+from phg.cli.common import EXIT_CONFIG, EXIT_INPUT, EXIT_IOERR, EXIT_TEMPFAIL, Context, echo, fail, queue_name
 from phg.cli.output import print_json, progress
 from phg.errors import AuthError, ConfigError, StorageError
 
@@ -14,8 +14,6 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (issue 16
 if TYPE_CHECKING:
     import asyncio
     from typing import Any, NoReturn
-
-EXIT_IOERR = 74
 
 
 def read_readings(files: tuple[str, ...], refuse: Any = None) -> tuple[list, list[str]]:
