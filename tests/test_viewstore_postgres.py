@@ -479,3 +479,50 @@ def test_with_several_hosts_only_a_refusal_by_every_host_needs_a_person(postgres
         assert _needs_person(failure("postgresql://no%20such%20role@127.0.0.1:5432/postgres"))
     finally:
         port.close()
+
+
+def test_two_forgets_at_once_both_succeed_and_fill_a_shared_device(postgres_url):  # noqa: F811
+    """Review V of fd64e8c, finding 7: Ann's, Bob's and Cy's readings on one scale, whose newest is Ann's. Bob's
+    forget pauses before its DELETE while Ann's runs: Ann's fill pointed the scale at Bob's reading, which Bob's
+    forget deleted, and Ann's failed on the foreign key (before fd64e8c: a deadlock). Forgets now take the delete
+    lock in turn: both succeed, and the scale shows Cy's reading."""
+    import phg.viewstore as rules
+
+    bob, cy, scale = PatientRef("urn:oid:1.2.3", "bob"), PatientRef("urn:oid:1.2.3", "cy"), Device(
+        system_id="0A1B2C3D4E5F6009")
+    with store(postgres_url) as a, store(postgres_url) as b:
+        b.keep([reading(50, 5, cy)._replace(device=scale)])
+        b.keep([reading(70, 0, bob)._replace(device=scale)])
+        b.keep([reading(97, 1)._replace(device=scale)])  # the scale's newest: Ann's
+        paused, go = threading.Event(), threading.Event()
+        sql = b._sql
+
+        def pausing(template: str, **parts: str) -> str:
+            if template == rules.DELETE:
+                paused.set()
+                go.wait(10)
+            return sql(template, **parts)
+
+        b._sql = pausing
+        forgotten: list[int | BaseException] = []
+
+        def forget_bob() -> None:
+            try:
+                forgotten.append(b.forget((bob.system, bob.value)))
+            except BaseException as exc:  # noqa: BLE001  (asserted below)
+                forgotten.append(exc)
+
+        thread = threading.Thread(target=forget_bob)
+        thread.start()
+        assert paused.wait(10)
+        timer = threading.Timer(0.5, go.set)  # Ann's forget is waiting meanwhile
+        timer.start()
+        try:
+            assert a.forget((ANN.system, ANN.value)) == 1
+        finally:
+            go.set()
+            thread.join(20)
+            timer.cancel()
+        assert forgotten == [1]
+        assert [(k.reading.device.system_id, int(k.reading.metrics[0].value)) for k in a.latest_per_device()] == [
+            (scale.system_id, 50)]

@@ -318,8 +318,10 @@ class ViewStore:
         locked first (LOCK_DEVICES): how many, and the devices whose row went with them (ON DELETE CASCADE), to
         be filled again. Those are exactly the rows LOCK_DEVICES locked, whose reading is among the deleted: a
         row it did not lock cannot come to point at one of them before the DELETE (a keep points a row only at
-        a reading it inserted, never at one already kept), and a device of the deleted readings whose row points
-        elsewhere keeps its row, which a fill would leave as it is (ON CONFLICT DO NOTHING)."""
+        a reading it inserted, never at one already kept; forget's fill, which points rows at readings already
+        kept, runs under the delete lock, _delete_lock, as retention's batches do, so no delete runs meanwhile),
+        and a device of the deleted readings whose row points elsewhere keeps its row, which a fill would leave
+        as it is (ON CONFLICT DO NOTHING)."""
         keys = {"keys": self._list([key for (key,) in tx.execute(self._sql(select), parameters).fetchall()])}
         locked = [device for (device,) in tx.execute(self._sql(LOCK_DEVICES), keys).fetchall()]
         return tx.execute(self._sql(DELETE), keys).rowcount, locked
@@ -331,9 +333,12 @@ class ViewStore:
         return conn.execute(self._sql(RECENT, where=RECENT_WHERE[where]),
                             {"system": system, "value": value, "since": since, "limit": limit}).fetchall()
 
-    def _expire_lock(self, tx: Any) -> bool:
-        """Whether this process may run a retention batch now, in transaction `tx` (PostgreSQL: no other
-        intake is running one)."""
+    def _delete_lock(self, tx: Any, wait: bool) -> bool:
+        """Whether this process may delete readings now, in transaction `tx`: a retention batch (not `wait`: it
+        is skipped while another intake runs one, or a forget) or a forget (`wait`ing its turn), so that no two
+        run at once (PostgreSQL; SQLite runs one write transaction at a time anyway). Two at once: forget's fill
+        can point a device row at a reading the other has locked to delete, and its commit then fails the
+        foreign key (review V of fd64e8c, finding 7; before it, a deadlock)."""
         return True
 
     def close(self) -> None:
@@ -380,8 +385,8 @@ class ViewStore:
         transactions of EXPIRE_BATCH readings, after a keep committed (module docstring: "Retention"). A
         backlog left brings the next pass forward to the next write; a failure is logged, never raised."""
         def batch(tx: Any) -> int | None:
-            if not self._expire_lock(tx):
-                return None  # another intake is running a pass
+            if not self._delete_lock(tx, wait=False):
+                return None  # another intake is running a pass, or a forget
             return self._delete(tx, EXPIRED, {"before": before, "limit": EXPIRE_BATCH})[0]  # older: no newer left
 
         try:
@@ -451,6 +456,7 @@ class ViewStore:
         reading was theirs gets its newest remaining one (of another patient), recomputed for those devices
         only (review R of db9b6c3, finding 2: not the whole table)."""
         def work(tx: Any) -> int:
+            self._delete_lock(tx, wait=True)
             count, devices = self._delete(tx, FORGOTTEN, {"system": patient[0], "value": patient[1]})
             self._fill_devices(tx, devices)
             return count

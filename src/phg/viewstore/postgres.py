@@ -46,7 +46,7 @@ TABLE = "phg_view."  # phg's schema: every table of the view store is in it
 # that writes version 1 leaves it stale, so it refuses a store of version 2 and cannot share it unnoticed.
 APPLICATION, VERSION = "phg view store", 2
 CREATE_LOCK = 0x70686776  # "phgv": the advisory lock held while one process checks and creates the schema
-EXPIRE_LOCK = 0x70686765  # "phge": held by the one intake running a retention batch (phg.viewstore._expire)
+EXPIRE_LOCK = 0x70686765  # "phge": held by the one intake running a retention batch or a forget (_delete_lock)
 CONNECT_TIMEOUT = 10  # seconds (libpq connect_timeout)
 # After a connect that failed, calls fail at once for a back-off (1 s, doubling up to 30 s) instead of each
 # trying its own connect of up to CONNECT_TIMEOUT (review R of db9b6c3, finding 4: callers queued behind
@@ -296,9 +296,14 @@ class PostgresViewStore(ViewStore):
         with conn.transaction(force_rollback=True):
             conn.execute(f"UPDATE {TABLE}store SET version = version WHERE false")
 
-    def _expire_lock(self, tx: psycopg.Connection) -> bool:
-        """A transaction-scoped advisory lock that is not waited for: when another intake holds it, this
-        one skips its pass (PostgreSQL 15 docs, 9.27.10 "Advisory Lock Functions", pg_try_advisory_xact_lock)."""
+    def _delete_lock(self, tx: psycopg.Connection, wait: bool) -> bool:
+        """A transaction-scoped advisory lock (PostgreSQL 15 docs, 9.27.10 "Advisory Lock Functions"): a
+        retention batch does not wait for it (pg_try_advisory_xact_lock: when another intake holds it, this one
+        skips its pass), a forget does (pg_advisory_xact_lock, within the statement timeout: a batch or a
+        forget holds it for one transaction)."""
+        if wait:
+            tx.execute("SELECT pg_advisory_xact_lock(%s)", (EXPIRE_LOCK,))
+            return True
         return bool(tx.execute("SELECT pg_try_advisory_xact_lock(%s)", (EXPIRE_LOCK,)).fetchone()[0])
 
     def _drop(self) -> None:
