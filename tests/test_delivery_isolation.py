@@ -337,3 +337,32 @@ async def test_c3pro_delivery_needs_no_default_executor_thread(c3pro_peer, tmp_p
         release.set()
     assert summary.delivered == len(readings)
     assert_delivered_once(c3pro_peer, readings)
+
+
+async def test_a_cancelled_deliver_returns_once_its_workers_have_ended(tmp_path, monkeypatch):
+    """deliver() cancelled (`phg run` stopping on another task's failure) while a worker reports a batch: it
+    cancels its workers and ends only once every one has, so that none is left running on the pool it shuts down
+    (gather raising the first worker's cancellation would end at once)."""
+    config = load_config(env={}, document={"fhir": {"base_url": "http://127.0.0.1:9/fhir"},
+                                           "outbox": {"path": str(tmp_path / "outbox.sqlite")}})
+    a, b = _Fake("a"), _Fake("b")
+
+    @contextlib.asynccontextmanager
+    async def fake_open(_config):
+        yield [a, b]  # a's lease fails; the first worker cancelled ending the wait would leave b running
+
+    monkeypatch.setattr(phg.daemon, "open_destinations", fake_open)
+    readings = simulated_readings(PatientRef(SYSTEM, "p"), START, per_device=20)
+    with Outbox(config.outbox_path) as box:
+        box.enqueue(["b"], [(r.key, r.to_json()) for r in readings])
+        delivering = asyncio.create_task(deliver(config, _FailingOrSlow(box), until_idle=False,
+                                                 stop=asyncio.Event()))
+        for _ in range(100):
+            if b.sent:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # its report of that batch is running
+        delivering.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await delivering
+        assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []

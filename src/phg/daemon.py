@@ -45,16 +45,14 @@ async def deliver(config: Config, outbox: Queue, *, until_idle: bool, stop: asyn
     rather than the Intake: delivery's calls are the few (one worker per destination, a handful of calls each), the
     Intake's callers are many (the API, each source).
 
-    A worker that fails otherwise (until_idle: a StorageError, a bug) does not cut the others short: until_idle, they
-    finish by themselves, each reporting what it sent (cut short, a batch sent and not yet reported would be sent
-    again); without it, they would never finish, so they are cancelled (what they hold is released or comes due
-    when its lease expires). Its error is raised once every worker has ended, before any AuthError or ConfigError.
-    The pool is shut down only then, without waiting (the event loop must not block): at most calls whose caller
-    gave up on them (a lease renewal's timeout, a cancelled worker) are still running, and their threads end with
-    them."""
+    A worker that fails otherwise (until_idle: a StorageError, a bug; without it, only a report as it leaves, at
+    `stop` or after an AuthError) does not cut the others short: they go on, each reporting what it sent (cut short,
+    a batch sent and not yet reported would be sent again), and its error is raised once every worker has ended,
+    before any AuthError or ConfigError. The pool is shut down only then, without waiting (the event loop must not
+    block): at most calls whose caller gave up on them (a lease renewal's timeout, a worker cancelled with
+    deliver()) are still running, and their threads end with them."""
     stopped: list[PhgError] = []
     failed: list[Exception] = []
-    tasks: list[asyncio.Task[None]] = []
 
     async def run(worker: DeliveryWorker) -> None:
         try:
@@ -64,10 +62,6 @@ async def deliver(config: Config, outbox: Queue, *, until_idle: bool, stop: asyn
             stopped.append(exc)
         except Exception as exc:
             failed.append(exc)
-            if not until_idle:
-                for task in tasks:
-                    if task is not asyncio.current_task():
-                        task.cancel()
 
     pool = ThreadPoolExecutor(QUEUE_CALLS * max(1, len(config.destinations)), thread_name_prefix="phg-delivery")
     own = POOL.set(pool)  # opening the destinations, and the workers' tasks, which inherit it with every task they start
@@ -78,14 +72,9 @@ async def deliver(config: Config, outbox: Queue, *, until_idle: bool, stop: asyn
                        for d in destinations]
             if workers is not None:
                 workers += running
-            tasks += [asyncio.create_task(run(w)) for w in running]
-            try:
-                await asyncio.gather(*tasks, return_exceptions=True)
-            finally:
-                for task in tasks:  # deliver() cancelled: so are the workers, which end before their pool
-                    task.cancel()
-                if tasks:
-                    await asyncio.wait(tasks)
+            # deliver() cancelled: gather cancels the workers and, returning their cancellations, ends once they have
+            # ended (raising it, it would end at the first, and the pool would be shut under the others)
+            await asyncio.gather(*(run(w) for w in running), return_exceptions=True)
     finally:
         POOL.reset(own)
         pool.shutdown(wait=False, cancel_futures=True)
