@@ -322,7 +322,7 @@ async def test_every_queue_call_of_a_worker_runs_in_its_own_pool(tmp_path):
 @pytest.mark.peers
 async def test_c3pro_delivery_needs_no_default_executor_thread(c3pro_peer, tmp_path):
     """Review V finding 3: a destination's own thread work (C3-PRO: its journal, opened and read and written per
-    resource, and its envelopes) runs in delivery's pool too (phg.delivery.cpu.in_thread): with the default
+    resource, and its envelopes) runs in delivery's pool too (phg.process.in_thread): with the default
     executor's only thread held, every reading type still arrives once."""
     config = load_config(write_config(tmp_path, c3pro_peer), env={})
     readings = every_reading_type()

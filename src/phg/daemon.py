@@ -14,12 +14,12 @@ from typing import Any, TypeVar
 
 from phg.config import Config, ViewSettings
 from phg.delivery import DeliveryWorker, Summary
-from phg.delivery.cpu import POOL
 from phg.delivery.registry import open_destinations
 from phg.delivery.status import DestinationStatus
 from phg.delivery.worker import QUEUE_CALLS
 from phg.errors import AuthError, ConfigError, PhgError, StorageError
 from phg.outbox import Queue
+from phg.process import POOL
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ async def deliver(config: Config, outbox: Queue, *, until_idle: bool, stop: asyn
     destination is left running. Each worker keeps `statuses[name]` current (the service reads them);
     `workers` receives the running workers (the service wakes them when it queues readings).
 
-    The workers' queue calls and their destinations' thread work (phg.delivery.cpu.in_thread: parsing and rendering
+    The workers' queue calls and their destinations' thread work (phg.process.in_thread: parsing and rendering
     large batches, C3-PRO's journal and envelopes, FHIR's encrypt_to, the SMART assertion) run in a thread pool of
     their own (QUEUE_CALLS threads per worker), not in the event loop's default executor, which the Intake's calls
     fill while the view store hangs (phg.delivery.worker): delivery never waits behind intake. Isolating delivery

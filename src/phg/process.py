@@ -1,4 +1,5 @@
-"""Settings of a long-running phg process itself: its cyclic garbage collector (issue 16).
+"""Settings of a long-running phg process itself: its cyclic garbage collector (issue 16), and the threads its
+delivery work runs in (POOL, in_thread, below).
 
 What phg works with are trees (a batch's Readings, its Bundle's dicts and lists) that reference counting
 frees as soon as the batch is done; they hold no cycles. CPython's collector still counts them: its
@@ -16,7 +17,18 @@ say) is still collected, a little later.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import gc
+from concurrent.futures import Executor
+from functools import partial
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import TypeVar
+
+    _T = TypeVar("_T")
 
 GEN0 = 10_000
 
@@ -27,3 +39,16 @@ def tune_collector() -> None:
     gc.freeze()
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(GEN0, older, oldest)
+
+
+# Which threads a long-running process's delivery work runs in: delivery's own pool, set by phg.daemon.deliver for
+# its workers' tasks (which inherit it), not the event loop's default executor, which the Intake's calls fill while
+# the view store hangs: delivery never waits behind intake. Here, below `auth` and `delivery`, so that both use it.
+POOL: contextvars.ContextVar[Executor | None] = contextvars.ContextVar("phg_delivery_pool", default=None)
+
+
+async def in_thread(work: Callable[..., _T], /, *args: object) -> _T:
+    """work(*args) in a thread of delivery's pool (POOL; unset, as in `phg render` or doctor: the default executor),
+    in a copy of the caller's context, as asyncio.to_thread runs it."""
+    context = contextvars.copy_context()
+    return await asyncio.get_running_loop().run_in_executor(POOL.get(), partial(context.run, work, *args))

@@ -17,8 +17,8 @@ from phg.auth.assertion import client_assertion
 from phg.auth.discovery import SmartConfiguration
 from phg.auth.keyring import KeySource, StaticKey
 from phg.auth.keys import SigningKey
-from phg.delivery.cpu import in_thread
 from phg.errors import ConfigError
+from phg.process import in_thread
 from phg.transport import require_secure_url
 
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"

@@ -62,12 +62,12 @@ from cryptography.hazmat.primitives.asymmetric.padding import MGF1, OAEP
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from phg.config import C3proSettings, TlsSettings
-from phg.delivery.cpu import in_thread
 from phg.delivery.outcome import Delivered, Outcome, Rejected
 from phg.errors import AuthError, ConfigError, MappingError, PermanentDeliveryError
 from phg.fhir import build_transaction, to_json
 from phg.fhir.resources import phd_identifier
 from phg.model import Gateway, PatientRef, Reading
+from phg.process import in_thread
 from phg.transport import TRANSIENT_STATUSES, connection_error, require_secure_url, transient_error
 
 log = logging.getLogger(__name__)

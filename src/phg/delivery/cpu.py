@@ -13,17 +13,14 @@ longer for it. The bounds are in what sets the cost, measured on the simulator's
 Cryptography (c3pro's envelopes, FHIR's encrypt_to, the SMART assertion) and blocking I/O (SQLite, files)
 always go to a thread.
 
-Which threads: delivery's own pool (POOL, set by phg.daemon.deliver for its workers' tasks, which inherit it), not
-the event loop's default executor, which the Intake's calls fill while the view store hangs: delivery never waits
-behind intake. Unset (`phg render`, a worker made on its own), the default executor.
+Which threads: phg.process.in_thread's, delivery's own pool (phg.process.POOL, set by phg.daemon.deliver for its
+workers' tasks), not the event loop's default executor, which the Intake's calls fill while the view store hangs:
+delivery never waits behind intake.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
-from concurrent.futures import Executor
-from functools import partial
+from phg.process import in_thread
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -34,8 +31,6 @@ if TYPE_CHECKING:
     from phg.outbox import Item
 
     _T = TypeVar("_T")
-
-POOL: contextvars.ContextVar[Executor | None] = contextvars.ContextVar("phg_delivery_pool", default=None)
 
 INLINE_CHARS = 100_000
 INLINE_METRICS = 300
@@ -56,10 +51,3 @@ async def batch_work(inline: bool, work: Callable[..., _T], /, *args: object) ->
     if inline:
         return work(*args)
     return await in_thread(work, *args)
-
-
-async def in_thread(work: Callable[..., _T], /, *args: object) -> _T:
-    """work(*args) in a thread of delivery's pool (POOL; unset: the default executor), in a copy of the caller's
-    context, as asyncio.to_thread runs it."""
-    context = contextvars.copy_context()
-    return await asyncio.get_running_loop().run_in_executor(POOL.get(), partial(context.run, work, *args))

@@ -58,12 +58,13 @@ import orjson
 
 from phg.auth.envelope import Envelope, seal
 from phg.config import FHIR_STRATEGIES, FhirSettings
-from phg.delivery.cpu import batch_work, in_thread, render_inline
+from phg.delivery.cpu import batch_work, render_inline
 from phg.delivery.outcome import Delivered, Outcome, Rejected
 from phg.errors import AuthError, ConfigError, MappingError, PermanentDeliveryError, TransientDeliveryError
 from phg.fhir import build_transaction, to_json
 from phg.fhir.bundle import Transaction
 from phg.model import Gateway, Reading
+from phg.process import in_thread
 from phg.transport import TRANSIENT_STATUSES, require_secure_url, transient_error
 
 log = logging.getLogger(__name__)

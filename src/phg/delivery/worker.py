@@ -42,7 +42,7 @@ the event loop's default executor. That one the Intake's calls share (the API's 
 and a view store whose database hangs holds each of them for seconds (phg.viewstore.LOCK_WAIT, the PostgreSQL
 engine's waits): with six such calls the default executor (min(32, CPUs + 4) threads) is full, and readings
 already queued would wait behind the view store for their lease and their report. The destinations' own thread
-work goes to the same pool (phg.delivery.cpu.in_thread).
+work goes to the same pool (phg.process.in_thread).
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ SPLIT_AFTER = 3  # transient failures of the same readings before their batch is
 # time or lease deadline is taken for a clock that ran ahead, and is due now.
 CLOCK_MARGIN = 60.0
 # Thread calls one worker has in flight at the most: the look-ahead's (its lease, then parsing it), the main task's
-# (sending a batch, phg.delivery.cpu.in_thread, then its report or the Retry-After it shares) and a lease renewal;
+# (sending a batch, phg.process.in_thread, then its report or the Retry-After it shares) and a lease renewal;
 # a pool gets this many threads per worker (phg.daemon.deliver).
 QUEUE_CALLS = 3
 
