@@ -82,6 +82,34 @@ async def test_auth_error_stops_and_keeps_queue(outbox):
     assert all(i.attempts == 0 for i in outbox.items(limit=100))
 
 
+async def test_a_long_running_worker_tries_a_stopped_destination_again_after_stopped_retry(outbox):
+    """`phg run`: an AuthError (the JWKS not registered yet, say) shows the destination stopped and keeps the
+    queue; new readings (wake) do not make it try again sooner; after stopped_retry it does, and delivers once
+    the server accepts (the fix made at the EHR, no restart)."""
+    from phg.delivery.status import DELIVERING, STOPPED
+
+    dest = Scripted([AuthError("invalid_client")])
+    worker = DeliveryWorker(outbox, dest, batch_size=50, stopped_retry=0.6)
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    for _ in range(100):
+        if worker.status.state == STOPPED:
+            break
+        await asyncio.sleep(0.01)
+    assert worker.status.state == STOPPED and worker.status.reason == "authorization problem: invalid_client"
+    assert worker.status.until is not None and outbox.counts("fhir")["queued"] == 50
+    worker.wake()  # a reading queued meanwhile
+    await asyncio.sleep(0.3)
+    assert dest.batches == [50] and worker.status.state == STOPPED  # not tried again before stopped_retry
+    for _ in range(300):
+        if outbox.counts("fhir")["delivered"] == 49:
+            break
+        await asyncio.sleep(0.01)
+    stop.set()
+    await asyncio.wait_for(running, 10)
+    assert outbox.counts("fhir")["delivered"] == 49 and worker.status.state == DELIVERING  # BAD is dead, as always
+
+
 def test_backoff_grows_with_jitter_and_cap():
     assert 0.5 <= backoff(1) <= 1.0
     assert 4.0 <= backoff(4) <= 8.0

@@ -34,9 +34,10 @@ async def deliver(config: Config, outbox: Queue, *, until_idle: bool, stop: asyn
                   workers: list[DeliveryWorker] | None = None) -> Summary:
     """Deliver what the outbox holds, one worker per destination, side by side. A destination whose
     credentials or URL are refused (AuthError, ConfigError) stops alone, its queue intact, while the
-    others go on; the first such error is raised once the others are idle (until_idle) or when no
-    destination is left running. Each worker keeps `statuses[name]` current (the service reads them);
-    `workers` receives the running workers (the service wakes them when it queues readings).
+    others go on: until_idle, the first such error is raised once the others are idle; else the worker
+    shows it stopped and tries it again every STOPPED_RETRY seconds (phg.delivery.worker). Each worker
+    keeps `statuses[name]` current (the service reads them); `workers` receives the running workers (the
+    service wakes them when it queues readings).
 
     The workers' queue calls and their destinations' thread work (phg.process.in_thread: parsing and rendering
     large batches, C3-PRO's journal and envelopes, FHIR's encrypt_to, the SMART assertion) run in a thread pool of
@@ -95,10 +96,9 @@ async def run_gateway(config: Config, outbox: Queue, stop: asyncio.Event, *, ble
     """`phg run`: delivery to every destination, every configured source (phg.sources.supervisor) and,
     with [api], the service (phg.service.server), side by side until `stop` is set; then the server
     finishes the requests in progress, the sources stop (what they handed over is durable) and delivery
-    stops. Destinations that cannot be opened (a broken config) stop start-up. When every destination's delivery
-    has stopped for a person to fix (deliver raises AuthError or ConfigError), the sources and the server go on
-    taking readings into the queue until `stop` (_take_while_stopped), and the error is raised then; with neither,
-    it is raised at once. The server failing (its address in use) sets `stop`. `ble_backend`: bleak backend
+    stops. Destinations that cannot be opened (a broken config) stop start-up; one refused while running (its
+    credentials, its URL) is shown stopped and tried again every STOPPED_RETRY seconds, the rest going on
+    (deliver). The server failing (its address in use) sets `stop`. `ble_backend`: bleak backend
     classes (None: the platform's; the emulated radio's in tests and demos).
 
     `role` (default [run] role): "all" runs all of it; "intake" the sources and the service, no delivery
@@ -150,15 +150,7 @@ async def run_gateway(config: Config, outbox: Queue, stop: asyncio.Event, *, ble
     log.info("phg run: role %s", role)
     try:
         if delivers:
-            try:
-                summary = await deliver(config, outbox, until_idle=False, stop=stop, statuses=statuses, workers=workers)
-            except (AuthError, ConfigError):
-                if not workers or not (sources or config.api is not None):
-                    raise  # a destination that could not even be opened, or nothing else runs here: stop now
-                await _take_while_stopped(stop)
-                for task in tasks:
-                    await task
-                raise
+            summary = await deliver(config, outbox, until_idle=False, stop=stop, statuses=statuses, workers=workers)
         else:
             summary = Summary()
             await stop.wait()
@@ -171,17 +163,6 @@ async def run_gateway(config: Config, outbox: Queue, stop: asyncio.Event, *, ble
         await asyncio.gather(*tasks, return_exceptions=True)
         if view is not None:
             view.close()
-
-
-async def _take_while_stopped(stop: asyncio.Event) -> None:
-    """Every destination's delivery stopped for a person to fix (credentials refused, a wrong URL: each logged, and
-    shown by the status page and /readyz), while this process also takes readings (sources, the API): it goes on
-    taking them into the queue, which keeps them until a restart with the fix, rather than exiting, which would
-    stop the devices' and apps' readings from being taken too (and have a service manager restart it in a loop).
-    `phg run` exits with the stopping error (exit 3) when it is stopped."""
-    log.error("delivery stopped for every destination (see above); phg run goes on taking readings, which wait in "
-              "the queue until phg is restarted with the fix")
-    await stop.wait()
 
 
 async def open_queue_when_reachable(config: Config, stop: asyncio.Event, *, max_delay: float = 30.0) -> Queue | None:

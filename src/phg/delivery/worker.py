@@ -28,7 +28,11 @@ Rules (the delivery paragraph of docs/architecture.md):
   while the server is reachable is tried in halves, so one reading that makes the server fail cannot
   hold back the others forever.
 - An AuthError, or a ConfigError from the destination (e.g. the FHIR base answers 404: wrong URL),
-  stops the worker and releases the batch untouched: credentials and URLs are fixed by a person.
+  stops the worker and releases the batch untouched: credentials and URLs are fixed by a person. An
+  `until_idle` run raises it; a long-running worker shows the destination as stopped with the reason,
+  logs it, and tries again every `stopped_retry` seconds (STOPPED_RETRY), so that a fix made at the
+  server (the JWKS registered, the client enabled again, a deploy that answered 404 over) is picked up
+  without a restart, at the cost of one refused request each time; queued readings wait meanwhile.
 - An outbox that cannot be written (StorageError: disk full, I/O error, ...) pauses a long-running
   worker: it logs, waits (backoff) and tries again, so the daemon recovers when space returns. What
   it had leased keeps its lease; if the report of a delivery is what failed, the batch is sent again
@@ -48,6 +52,7 @@ work goes to the same pool (phg.process.in_thread).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -79,6 +84,8 @@ SPLIT_AFTER = 3  # transient failures of the same readings before their batch is
 # Seconds beyond the longest delay the worker sets (max_backoff, lease_seconds) after which a stored due
 # time or lease deadline is taken for a clock that ran ahead, and is due now.
 CLOCK_MARGIN = 60.0
+# Seconds a long-running worker waits before it tries a destination stopped by an AuthError or ConfigError again.
+STOPPED_RETRY = 900.0
 # Thread calls one worker has in flight at the most: the look-ahead's (its lease, then parsing it), the main task's
 # (sending a batch, phg.process.in_thread, then its report or the Retry-After it shares) and a lease renewal;
 # a pool gets this many threads per worker (phg.daemon.deliver).
@@ -117,7 +124,8 @@ def _parse(items: Sequence[Item]) -> tuple[Batch, list[tuple[Item, str]]]:
 class DeliveryWorker:
     def __init__(self, outbox: Queue, destination: Destination, *, batch_size: int = 50,
                  lease_seconds: float = 120.0, max_backoff: float = 300.0, idle_poll: float = 1.0,
-                 status: DestinationStatus | None = None, pool: Executor | None = None):
+                 status: DestinationStatus | None = None, pool: Executor | None = None,
+                 stopped_retry: float = STOPPED_RETRY):
         """`pool`: where the queue calls run (the module docstring says why apart from the default executor);
         None: the event loop's default executor, for a worker made alone (a test that drives one)."""
         self.outbox = outbox
@@ -128,6 +136,7 @@ class DeliveryWorker:
         self.lease_seconds = lease_seconds
         self.max_backoff = max_backoff
         self.idle_poll = idle_poll
+        self.stopped_retry = stopped_retry
         self.summary = Summary()
         # time.monotonic() before which nothing is sent: a Retry-After (503, 429) is about the server, so
         # the whole destination waits, not only the batch it refused (RFC 9110 section 10.2.3); so it does
@@ -166,8 +175,7 @@ class DeliveryWorker:
         try:
             return await self._run(stop, until_idle)
         except (AuthError, ConfigError) as exc:
-            problem = "authorization" if isinstance(exc, AuthError) else "configuration"
-            self._set_state(STOPPED, f"{problem} problem: {exc}")
+            self._stopped(exc)
             raise
         finally:
             await self._drop_prefetch()
@@ -192,8 +200,16 @@ class DeliveryWorker:
                 log.error("%s: the outbox cannot be written, delivery paused for %.1f s: %s",
                           self.destination.name, wait, exc)
                 self._set_state(BACKING_OFF, f"the outbox cannot be written: {exc}", wait)
-            except (AuthError, ConfigError):
-                raise
+            except (AuthError, ConfigError) as exc:
+                if until_idle:
+                    raise
+                self._stopped(exc, self.stopped_retry)
+                log.error("%s: delivery stopped, its queue is intact; tried again in %.0f s (or restart phg with the "
+                          "fix): %s", self.destination.name, self.stopped_retry, exc)
+                with contextlib.suppress(TimeoutError):  # not cut short by wake(): a new reading fixes nothing
+                    await asyncio.wait_for(stop.wait(), self.stopped_retry)
+                self._set_state(DELIVERING)
+                continue
             except Exception:  # a bug in the worker must not end `phg run`: what was leased comes due again
                 if until_idle:
                     raise
@@ -479,6 +495,11 @@ class DeliveryWorker:
         self.status.state = state
         self.status.reason = printable(reason) if reason else None
         self.status.until = time.time() + seconds if seconds is not None else None
+
+    def _stopped(self, exc: AuthError | ConfigError, retry: float | None = None) -> None:
+        """The destination's status: stopped for a person to fix `exc`, tried again in `retry` seconds if given."""
+        problem = "authorization" if isinstance(exc, AuthError) else "configuration"
+        self._set_state(STOPPED, f"{problem} problem: {exc}", retry)
 
     def _retried(self, n: int) -> None:
         self.summary.retried += n
