@@ -87,27 +87,22 @@ async def test_a_long_running_worker_tries_a_stopped_destination_again_after_sto
     queue; new readings (wake) do not make it try again sooner; after stopped_retry it does, and delivers once
     the server accepts (the fix made at the EHR, no restart)."""
     from phg.delivery.status import DELIVERING, STOPPED
+    from test_flow_run_sources import until
 
     dest = Scripted([AuthError("invalid_client")])
-    worker = DeliveryWorker(outbox, dest, batch_size=50, stopped_retry=0.6)
+    worker = DeliveryWorker(outbox, dest, batch_size=50, stopped_retry=1.5)
     stop = asyncio.Event()
     running = asyncio.create_task(worker.run(stop))
-    for _ in range(100):
-        if worker.status.state == STOPPED:
-            break
-        await asyncio.sleep(0.01)
-    assert worker.status.state == STOPPED and worker.status.reason == "authorization problem: invalid_client"
-    assert worker.status.until is not None and outbox.counts("fhir")["queued"] == 50
+    await until(lambda: worker.status.state == STOPPED, 5)
+    assert worker.status.reason == "authorization problem: invalid_client" and worker.status.until is not None
+    assert outbox.counts("fhir")["queued"] == 50
     worker.wake()  # a reading queued meanwhile
     await asyncio.sleep(0.3)
     assert dest.batches == [50] and worker.status.state == STOPPED  # not tried again before stopped_retry
-    for _ in range(300):
-        if outbox.counts("fhir")["delivered"] == 49:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: outbox.counts("fhir")["delivered"] == 49, 10)  # BAD is dead, as always
     stop.set()
     await asyncio.wait_for(running, 10)
-    assert outbox.counts("fhir")["delivered"] == 49 and worker.status.state == DELIVERING  # BAD is dead, as always
+    assert worker.status.state == DELIVERING
 
 
 def test_backoff_grows_with_jitter_and_cap():
