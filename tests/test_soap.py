@@ -188,3 +188,24 @@ async def test_soap_transport_trouble_is_transient(unused_tcp_port):
 def test_unusable_responses_are_value_errors(content):
     with pytest.raises(ValueError):
         read_response(content)
+
+
+@pytest.mark.parametrize(("subcode", "outcome"), [("EndpointUnavailable", "Deferred"),
+                                                   ("DestinationUnreachable", "ConfigError")])
+def test_a_busy_endpoint_is_tried_again_and_a_wrong_address_stops(subcode, outcome):
+    """WS-Addressing 1.0 SOAP binding 6.4.1.7: wsa:EndpointUnavailable (Receiver) says the endpoint cannot process
+    the message at this time: the message is tried again (Deferred), not the destination stopped as for a wrong
+    address (wsa:DestinationUnreachable, 6.4.1.5)."""
+    from phg.delivery.outcome import Deferred
+    from phg.delivery.soap import SoapBinding
+    from phg.errors import ConfigError
+
+    fault = (f"<e:Envelope xmlns:e='{SOAP12}' xmlns:wsa='{WSA}'><e:Body><e:Fault><e:Code><e:Value>e:Receiver</e:Value>"
+             f"<e:Subcode><e:Value>wsa:{subcode}</e:Value></e:Subcode></e:Code><e:Reason><e:Text xml:lang='en'>"
+             "not now</e:Text></e:Reason></e:Fault></e:Body></e:Envelope>").encode()
+    binding = SoapBinding(soap_destination(url="http://127.0.0.1:1/pcd01", gateway=GATEWAY).settings)
+    if outcome == "Deferred":
+        assert isinstance(binding.read(fault, "http://127.0.0.1:1/pcd01", "MSG1"), Deferred)
+    else:
+        with pytest.raises(ConfigError, match="WS-Addressing refused"):
+            binding.read(fault, "http://127.0.0.1:1/pcd01", "MSG1")

@@ -43,10 +43,13 @@ RESPONSE_ACTION = "urn:ihe:pcd:2010:CommunicatePCDDataResponse"
 ANONYMOUS = "http://www.w3.org/2005/08/addressing/anonymous"
 # Faults about who we are (WS-Security 1.1, incl. a Timestamp refused for clock skew) or where we sent
 # (WS-Addressing 1.0 SOAP binding): never the reading's fault, so they stop delivery and keep the queue.
+# Not wsa:EndpointUnavailable: the binding's "the endpoint is unable to process the message at this time"
+# (section 6.4.1.7, a Receiver fault, perhaps with a RetryAfter) is a server that is busy, not a wrong address:
+# the message is tried again later (Deferred), as for any Receiver fault.
 WSSE_FAULTS = frozenset({"FailedAuthentication", "InvalidSecurity", "InvalidSecurityToken", "FailedCheck",
                          "SecurityTokenUnavailable", "UnsupportedSecurityToken", "MessageExpired"})
-WSA_FAULTS = frozenset({"ActionNotSupported", "DestinationUnreachable", "EndpointUnavailable",
-                        "InvalidAddressingHeader", "MessageAddressingHeaderRequired"})
+WSA_FAULTS = frozenset({"ActionNotSupported", "DestinationUnreachable", "InvalidAddressingHeader",
+                        "MessageAddressingHeaderRequired"})
 
 # No DTDs, no entities, no network: the answer comes from outside.
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False,
