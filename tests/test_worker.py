@@ -90,7 +90,7 @@ async def test_a_long_running_worker_tries_a_stopped_destination_again_after_sto
     from test_flow_run_sources import until
 
     dest = Scripted([AuthError("invalid_client")])
-    worker = DeliveryWorker(outbox, dest, batch_size=50, stopped_retry=1.5)
+    worker = DeliveryWorker(outbox, dest, batch_size=50, stopped_retry=3.0)  # the first wait: 1.5-3 s
     stop = asyncio.Event()
     running = asyncio.create_task(worker.run(stop))
     await until(lambda: worker.status.state == STOPPED, 5)

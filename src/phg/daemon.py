@@ -35,7 +35,7 @@ async def deliver(config: Config, outbox: Queue, *, until_idle: bool, stop: asyn
     """Deliver what the outbox holds, one worker per destination, side by side. A destination whose
     credentials or URL are refused (AuthError, ConfigError) stops alone, its queue intact, while the
     others go on: until_idle, the first such error is raised once the others are idle; else the worker
-    shows it stopped and tries it again every STOPPED_RETRY seconds (phg.delivery.worker). Each worker
+    shows it stopped and tries it again after a growing wait (phg.delivery.worker, STOPPED_RETRY). Each worker
     keeps `statuses[name]` current (the service reads them); `workers` receives the running workers (the
     service wakes them when it queues readings).
 
@@ -97,7 +97,7 @@ async def run_gateway(config: Config, outbox: Queue, stop: asyncio.Event, *, ble
     with [api], the service (phg.service.server), side by side until `stop` is set; then the server
     finishes the requests in progress, the sources stop (what they handed over is durable) and delivery
     stops. Destinations that cannot be opened (a broken config) stop start-up; one refused while running (its
-    credentials, its URL) is shown stopped and tried again every STOPPED_RETRY seconds, the rest going on
+    credentials, its URL) is shown stopped and tried again after a growing wait, the rest going on
     (deliver). The server failing (its address in use) sets `stop`. `ble_backend`: bleak backend
     classes (None: the platform's; the emulated radio's in tests and demos).
 

@@ -30,9 +30,10 @@ Rules (the delivery paragraph of docs/architecture.md):
 - An AuthError, or a ConfigError from the destination (e.g. the FHIR base answers 404: wrong URL),
   stops the worker and releases the batch untouched: credentials and URLs are fixed by a person. An
   `until_idle` run raises it; a long-running worker shows the destination as stopped with the reason,
-  logs it, and tries again every `stopped_retry` seconds (STOPPED_RETRY), so that a fix made at the
-  server (the JWKS registered, the client enabled again, a deploy that answered 404 over) is picked up
-  without a restart, at the cost of one refused request each time; queued readings wait meanwhile.
+  logs it, and tries again after a wait that grows from STOPPED_FIRST to `stopped_retry` (STOPPED_RETRY),
+  jittered, so that a fix made at the server (the JWKS registered, the client enabled again, a deploy
+  that answered 404 over) is picked up without a restart, at the cost of one refused request each time;
+  queued readings wait meanwhile.
 - An outbox that cannot be written (StorageError: disk full, I/O error, ...) pauses a long-running
   worker: it logs, waits (backoff) and tries again, so the daemon recovers when space returns. What
   it had leased keeps its lease; if the report of a delivery is what failed, the batch is sent again
@@ -84,7 +85,9 @@ SPLIT_AFTER = 3  # transient failures of the same readings before their batch is
 # Seconds beyond the longest delay the worker sets (max_backoff, lease_seconds) after which a stored due
 # time or lease deadline is taken for a clock that ran ahead, and is due now.
 CLOCK_MARGIN = 60.0
-# Seconds a long-running worker waits before it tries a destination stopped by an AuthError or ConfigError again.
+# Seconds a long-running worker waits before it tries a destination stopped by an AuthError or ConfigError again:
+# the first time, then doubling (jittered, as `backoff`) up to the last.
+STOPPED_FIRST = 30.0
 STOPPED_RETRY = 900.0
 # Thread calls one worker has in flight at the most: the look-ahead's (its lease, then parsing it), the main task's
 # (sending a batch, phg.process.in_thread, then its report or the Retry-After it shares) and a lease renewal;
@@ -182,10 +185,12 @@ class DeliveryWorker:
             await self._put_back_probe()
 
     async def _run(self, stop: asyncio.Event, until_idle: bool) -> Summary:
-        storage_failures = 0
+        storage_failures = stops = 0
         while not stop.is_set():
             try:
-                if await self.run_once():
+                sent = await self.run_once()
+                stops = 0
+                if sent:
                     storage_failures = 0
                     continue
                 if until_idle:
@@ -203,11 +208,13 @@ class DeliveryWorker:
             except (AuthError, ConfigError) as exc:
                 if until_idle:
                     raise
-                self._stopped(exc, self.stopped_retry)
+                stops += 1
+                wait = backoff(stops, base=min(STOPPED_FIRST, self.stopped_retry), cap=self.stopped_retry)
+                self._stopped(exc, wait)
                 log.error("%s: delivery stopped, its queue is intact; tried again in %.0f s (or restart phg with the "
-                          "fix): %s", self.destination.name, self.stopped_retry, exc)
+                          "fix): %s", self.destination.name, wait, exc)
                 with contextlib.suppress(TimeoutError):  # not cut short by wake(): a new reading fixes nothing
-                    await asyncio.wait_for(stop.wait(), self.stopped_retry)
+                    await asyncio.wait_for(stop.wait(), wait)
                 self._set_state(DELIVERING)
                 continue
             except Exception:  # a bug in the worker must not end `phg run`: what was leased comes due again
