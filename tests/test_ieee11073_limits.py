@@ -54,12 +54,12 @@ def test_connections_beyond_the_cap_are_closed_at_once_and_silent_ones_after_to_
 
     async def scenario(port):
         idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+        opened = time.monotonic()
         await asyncio.sleep(0.1)
         extra = [await asyncio.open_connection("127.0.0.1", port) for _ in range(5)]
         refused = [await _closed_by_manager(r, 0.3) for r, _ in extra]  # long before TO_assoc
-        started = time.monotonic()
         silent = [await _closed_by_manager(r, 3) for r, _ in idle]
-        waited = time.monotonic() - started
+        waited = time.monotonic() - opened  # from their opening: the refusals above may take long on a loaded machine
         served = await session("127.0.0.1", port, Agent("glucose"), reports=1)
         for _, w in idle + extra:
             w.close()
@@ -68,7 +68,7 @@ def test_connections_beyond_the_cap_are_closed_at_once_and_silent_ones_after_to_
     with caplog.at_level(logging.WARNING, "phg.sources.ieee11073.tcp"), Outbox(tmp_path / "o.sqlite") as outbox:
         refused, silent, waited, served = asyncio.run(_serve(outbox, settings, scenario))
         assert outbox.counts("fhir")["queued"] == 1
-    assert refused == [True] * 5 and silent == [True] * 3 and 0.2 < waited < 1.5
+    assert refused == [True] * 5 and silent == [True] * 3 and 0.45 < waited < 2.5
     assert served["acks"] and served["release"] == "Rlre"
     full = [r for r in caplog.records if "11073 listener full" in r.getMessage()]
     assert len(full) == 1 and "max_connections 3" in full[0].getMessage()  # rate-limited: one warning
