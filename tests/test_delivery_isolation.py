@@ -27,6 +27,7 @@ from phg.demo.sim import simulated_readings
 from phg.errors import StorageError
 from phg.model import PatientRef
 from phg.outbox import Outbox
+from phg.process import POOL
 from phg.viewstore import LOCK_WAIT
 from postgres_db import postgres_url  # noqa: F401  (fixture: a fresh database)
 from test_flow_c3pro import assert_delivered_once, every_reading_type, write_config
@@ -287,7 +288,8 @@ class _Mixed:
 
 async def test_every_queue_call_of_a_worker_runs_in_its_own_pool(tmp_path):
     """Review V finding 2: a worker's every kind of queue call (lease, renew, delivered, dead, pause, retry_later,
-    next_due) runs in its pool while the default executor's only thread is held: none of them waits there."""
+    next_due) runs in delivery's pool (phg.process.POOL) while the default executor's only thread is held: none of
+    them waits there."""
     held, release = ThreadPoolExecutor(1), threading.Event()
     asyncio.get_running_loop().set_default_executor(held)
     held.submit(release.wait)
@@ -298,8 +300,10 @@ async def test_every_queue_call_of_a_worker_runs_in_its_own_pool(tmp_path):
         with Outbox(tmp_path / "outbox.sqlite") as box:
             box.enqueue(["fhir"], [(r.key, r.to_json()) for r in readings])
             outbox = _Recorded(box)
-            worker = DeliveryWorker(outbox, _Mixed(), lease_seconds=0.6, pool=pool)
+            worker = DeliveryWorker(outbox, _Mixed(), lease_seconds=0.6)
+            own = POOL.set(pool)  # as phg.daemon.deliver sets it; the task inherits it
             running = asyncio.create_task(worker.run(stop))
+            POOL.reset(own)
             try:
                 for _ in range(100):
                     if box.counts("fhir")["delivered"] == len(readings) - 1:

@@ -69,7 +69,7 @@ async def deliver(config: Config, outbox: Queue, *, until_idle: bool, stop: asyn
     try:
         async with open_destinations(config) as destinations:
             running = [DeliveryWorker(outbox, d, batch_size=config.batch_size, max_backoff=config.max_retry_delay,
-                                      lease_seconds=config.lease_seconds, status=(statuses or {}).get(d.name), pool=pool)
+                                      lease_seconds=config.lease_seconds, status=(statuses or {}).get(d.name))
                        for d in destinations]
             if workers is not None:
                 workers += running

@@ -41,13 +41,13 @@ Rules (the delivery paragraph of docs/architecture.md):
 - The worker keeps its destination's live `status` (phg.delivery.status: delivering, backing off until
   when and why, stopped and what to fix, the last delivery) and counts into phg.metrics (delivered,
   rejected, retried, the latency from enqueue to the destination's acceptance).
-Queue calls block (an fsync on SQLite, a round trip on JetStream), so they run in a thread, off the event loop:
-in the worker's `pool`, which phg.daemon.deliver makes for its workers alone (QUEUE_CALLS threads each), not in
-the event loop's default executor. That one the Intake's calls share (the API's POST /v1/readings, the sources),
-and a view store whose database hangs holds each of them for seconds (phg.viewstore.LOCK_WAIT, the PostgreSQL
-engine's waits): with six such calls the default executor (min(32, CPUs + 4) threads) is full, and readings
-already queued would wait behind the view store for their lease and their report. The destinations' own thread
-work goes to the same pool (phg.process.in_thread).
+Queue calls block (an fsync on SQLite, a round trip on JetStream), so they run in a thread, off the event loop: in
+delivery's pool (phg.process.in_thread: POOL, which phg.daemon.deliver makes for its workers alone, QUEUE_CALLS
+threads each; a worker made alone, as in a test, uses the default executor), not in the event loop's default executor.
+That one the Intake's calls share (the API's POST /v1/readings, the sources), and a view store whose database hangs
+holds each of them for seconds (phg.viewstore.LOCK_WAIT, the PostgreSQL engine's waits): with six such calls the
+default executor (min(32, CPUs + 4) threads) is full, and readings already queued would wait behind the view store for
+their lease and their report. The destinations' own thread work goes to the same pool.
 """
 
 from __future__ import annotations
@@ -58,10 +58,8 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
 from phg import metrics
 from phg.delivery.cpu import batch_work, parse_inline
@@ -77,6 +75,7 @@ from phg.errors import (
 )
 from phg.model import Reading, from_canonical_json
 from phg.outbox import Item, Queue
+from phg.process import in_thread
 from phg.terminal import printable
 
 log = logging.getLogger(__name__)
@@ -127,12 +126,8 @@ def _parse(items: Sequence[Item]) -> tuple[Batch, list[tuple[Item, str]]]:
 class DeliveryWorker:
     def __init__(self, outbox: Queue, destination: Destination, *, batch_size: int = 50,
                  lease_seconds: float = 120.0, max_backoff: float = 300.0, idle_poll: float = 1.0,
-                 status: DestinationStatus | None = None, pool: Executor | None = None,
-                 stopped_retry: float = STOPPED_RETRY):
-        """`pool`: where the queue calls run (the module docstring says why apart from the default executor);
-        None: the event loop's default executor, for a worker made alone (a test that drives one)."""
+                 status: DestinationStatus | None = None, stopped_retry: float = STOPPED_RETRY):
         self.outbox = outbox
-        self._pool = pool
         self.destination = destination
         self.status = status or DestinationStatus(destination.name, "")
         self.batch_size = batch_size
@@ -245,7 +240,7 @@ class DeliveryWorker:
         item is due (and any Retry-After has passed), polling at most idle_poll * 30 apart."""
         if self._probe:
             return max(0.05, self._resume_at - time.monotonic())
-        due = await self._queue(self.outbox.next_due, self.destination.name, self.horizon)
+        due = await in_thread(self.outbox.next_due, self.destination.name, self.horizon)
         if due is None:
             return self.idle_poll
         return min(self.idle_poll * 30, max(0.05, due - time.time(), self._resume_at - time.monotonic()))
@@ -292,7 +287,7 @@ class DeliveryWorker:
         """Lease and parse one batch (blocking work, in threads); None when nothing is due. A stored
         payload that no longer parses goes dead on its own."""
         asked = time.monotonic()  # the lease runs from about now: count from before asking
-        items = await self._queue(self.outbox.lease, self.destination.name, self.batch_size, self.lease_seconds, None,
+        items = await in_thread(self.outbox.lease, self.destination.name, self.batch_size, self.lease_seconds, None,
                                   self.horizon)
         if not items:
             return None
@@ -307,10 +302,6 @@ class DeliveryWorker:
         if not readings:
             self._unhold(items[0].lease)
         return readings
-
-    async def _queue(self, call: Callable[..., Any], *args: object) -> Any:
-        """call(*args), a blocking queue call, in a thread of the worker's pool."""
-        return await asyncio.get_running_loop().run_in_executor(self._pool, partial(call, *args))
 
     def _hold(self, token: str | None, since: float) -> None:
         """Keep the lease `token`, taken (or last renewed) at time.monotonic() `since`, renewed."""
@@ -339,7 +330,7 @@ class DeliveryWorker:
             for token in list(self._held):
                 asked = time.monotonic()
                 try:
-                    held = await asyncio.wait_for(self._queue(self.outbox.renew, token, self.lease_seconds),
+                    held = await asyncio.wait_for(in_thread(self.outbox.renew, token, self.lease_seconds),
                                                   self.lease_seconds / 3)
                 except (StorageError, TimeoutError) as exc:
                     log.warning("%s: a lease could not be renewed: %s", self.destination.name, exc or "timed out")
@@ -389,7 +380,7 @@ class DeliveryWorker:
     async def _report(self, outcome: Callable[..., None], items: Sequence[Item], *args: object) -> None:
         """An outcome for items of one batch, under the batch's lease token (stale if it was lost)."""
         if items:
-            await self._queue(partial(outcome, [item.id for item in items], *args, token=items[0].lease))
+            await in_thread(partial(outcome, [item.id for item in items], *args, token=items[0].lease))
 
     async def _send(self, batch: Batch, isolate: bool = True) -> None:
         if not batch:
@@ -491,7 +482,7 @@ class DeliveryWorker:
         self._resume_at = max(self._resume_at, time.monotonic() + delay)
         self._set_state(BACKING_OFF, "the server asked to wait (Retry-After)", self._resume_at - time.monotonic())
         try:
-            await self._queue(self.outbox.pause, self.destination.name, delay)
+            await in_thread(self.outbox.pause, self.destination.name, delay)
         except StorageError as exc:  # this worker waits all the same; the others learn it from the server
             log.warning("%s: the Retry-After could not be shared with other workers: %s", self.destination.name, exc)
         return delay
