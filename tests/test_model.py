@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from phg.errors import ReadingError
-from phg.model import loads, parse_documents, parse_reading
+from phg.model import loads, parse_documents, parse_reading, patient_fits
 
 DOC = """{"device": {"system_id": "00-1C-05-FF-FE-00-78-25", "bt_address": "00:1c:05:00:78:25",
   "manufacturer": "Acme", "specializations": [{"code": 528388, "version": 1}]},
@@ -201,3 +201,18 @@ def test_key_ignores_the_device_clock():
                                              device_time=datetime(2026, 11, 28, 10, 0, 5, tzinfo=UTC)))
     assert first.key == again.key == r.key
     assert first.to_json() != again.to_json()
+
+
+@given(st.sampled_from(["system", "value"]), st.text(max_size=12) | st.text(st.characters(), min_size=1020, max_size=1030))
+def test_patient_fits_says_what_reading_schema_says_of_a_patient(name, text):
+    """phg.model.patient_fits (the API's patient parameter, phg.service.readings.parse_patient) holds a patient system
+    or value to exactly what a reading document's patient may hold: the document with it is parsed or refused."""
+    doc = json.loads(DOC)
+    doc["patient"][name] = text
+    try:
+        parse_reading(doc)
+    except ReadingError:
+        accepted = False
+    else:
+        accepted = True
+    assert patient_fits(name, text) == accepted

@@ -670,6 +670,14 @@ def _patient(p: Any) -> bool:
             and _string(p["system"], _PATIENT_SYSTEM) and _string(p["value"], _PATIENT_VALUE))
 
 
+def patient_fits(name: str, text: str) -> bool:
+    """Whether `text` can be a reading document's patient `name` ("system" or "value"): reading.schema.json's
+    pattern for it (no white space in the system, none at the value's ends) and $defs/text (at most MAX_STRING
+    characters, none forbidden). For the API's patient parameter: no answer names a patient no reading can have."""
+    pattern = _PATIENT_SYSTEM if name == "system" else _PATIENT_VALUE
+    return len(text) <= MAX_STRING and re.search(_FORBIDDEN, text) is None and pattern.search(text) is not None
+
+
 def _coded(item: dict) -> bool:
     """Exactly one of code and type (the schema's oneOf), and it well-formed."""
     if "code" in item:

@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from phg.errors import ReadingError
-from phg.model import Reading, from_canonical_json
+from phg.model import Reading, from_canonical_json, patient_fits
 from phg.outbox import Queue
 from phg.viewstore import Kept, ViewStore, ViewStoreError
 
@@ -40,10 +40,6 @@ log = logging.getLogger(__name__)
 
 _TOKEN = re.compile(r"((?:[^|\\]|\\.)+)\|(.+)", re.DOTALL)
 _ESCAPE = re.compile(r"\\(.)", re.DOTALL)
-# reading.schema.json's patient: system and value patterns, and $defs/text's characters (so that no answer names a
-# patient no reading can have, and every answer matches the API's own schema)
-_SYSTEM, _VALUE = re.compile(r"^\S+$"), re.compile(r"^\S(.*\S)?$")
-_UNFIT = re.compile("[\u0000-\u001f\u007f-\u009f\ud800-\udfff\ufffe\uffff]")
 
 
 def parse_patient(text: str) -> tuple[str, str]:
@@ -53,8 +49,8 @@ def parse_patient(text: str) -> tuple[str, str]:
         raise ValueError(f"patient {text!r} is not 'system|value' (an identifier system, '|', the identifier; "
                          "a '|' inside either is written '\\|')")
     system, value = (_ESCAPE.sub(r"\1", part) for part in match.groups())
-    for name, part, pattern in (("system", system, _SYSTEM), ("value", value, _VALUE)):
-        if len(part) > 1024 or _UNFIT.search(part) or not pattern.search(part):
+    for name, part in (("system", system), ("value", value)):
+        if not patient_fits(name, part):  # no answer names a patient no reading can have: the API's schema holds
             raise ValueError(f"patient {name} {part!r:.80} cannot be a reading's (reading.schema.json: patient.{name} "
                              "has no white space at its ends, the system none at all, and no control characters)")
     return system, value
