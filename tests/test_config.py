@@ -164,6 +164,22 @@ def test_an_invalid_url_with_a_password_is_refused_without_it():
         require_secure_url("https://ehr.example.org:99x/token", "[auth] token_url")
 
 
+@pytest.mark.parametrize("text", [
+    '[fhir]\nbase_url = "https://u:s3cr3t@ehr.example.org/fhir"\n',
+    '[fhir]\nbase_url = "http://u:s3cr3t@127.0.0.1:8080/fhir"\n',  # loopback http: allowed, but not with credentials
+    '[fhir]\nbase_url = "https://ehr.example.org/fhir"\n[auth]\nclient_id = "c"\nclient_secret = "x"\n'
+    'token_url = "https://u:s3cr3t@ehr.example.org/token"\n',
+    '[destinations.lab]\ntype = "hl7-http"\nurl = "https://u:s3cr3t@hl7.example.org/in"\n',
+    '[destinations.ehr2]\ntype = "fhir"\nbase_url = "https://u:s3cr3t@ehr2.example.org/fhir"\n',
+])
+def test_a_url_with_user_and_password_is_refused_without_showing_them(tmp_path, text):
+    """httpx would send user:password@ as HTTP Basic credentials to whoever answers (and log the URL): every URL phg
+    sends to is refused with them, at load, the password never shown."""
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), env={})
+    assert "carries credentials" in str(info.value) and "***@" in str(info.value) and "s3cr3t" not in str(info.value)
+
+
 @pytest.mark.parametrize(("setting", "way"), [
     ("", ""), ("[destinations.ehr2]", " (or set [destinations.ehr2] allow_insecure_http = true on a network you trust)")])
 def test_plain_http_names_the_setting_its_caller_gives(setting, way):

@@ -176,19 +176,23 @@ def choice(*options: str) -> Parse:
 
 
 def url(value: Any, where: str) -> str | None:
-    """A URL without trailing slash (None when empty); https unless loopback is checked where it is
-    used, with the destination's allow_insecure_http."""
+    """A URL without trailing slash (None when empty), without user:password@ (phg.transport.require_secure_url);
+    https unless loopback is checked where it is used, with the destination's allow_insecure_http."""
     import httpx  # here, not at the top: `phg send` with a config without URLs starts without it (issue 16)
 
     found = text(value, where).rstrip("/")
     if not found:
         return None
     try:
-        httpx.URL(found)
+        parsed = httpx.URL(found)
     except httpx.InvalidURL as exc:
         from phg.transport import invalid_url
 
         raise invalid_url(where, found, exc) from None
+    if parsed.userinfo:
+        from phg.transport import credentials_refused
+
+        raise credentials_refused(where, parsed)
     return found
 
 

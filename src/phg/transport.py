@@ -54,12 +54,11 @@ def invalid_url(what: str, url: str, exc: httpx.InvalidURL) -> ConfigError:
     return ConfigError(f"{what} {url!r} is not a valid URL: {exc}")
 
 
-def refuse_credentials(url: str, what: str) -> None:
-    """Refuse a URL carrying user:password@: httpx would log it with every request and send it as
-    HTTP Basic credentials to whoever answers."""
-    if httpx.URL(url).userinfo:
-        raise ConfigError(f"{what} {redact_url(url)} carries credentials (user:password@ in the URL); remove them "
-                          "from the URL: a client secret goes in [auth] client_secret (or PHG_CLIENT_SECRET)")
+def credentials_refused(what: str, url: httpx.URL) -> ConfigError:
+    """The refusal of a URL carrying user:password@ (RFC 3986 userinfo), without them."""
+    return ConfigError(f"{what} {redact_url(url)} carries credentials (user:password@ in the URL), which httpx would "
+                       "send as HTTP Basic credentials to whoever answers: phg uses no such URL (a secret goes in the "
+                       "auth settings, as [auth] client_secret or PHG_CLIENT_SECRET)")
 
 
 def require_secure_url(url: str, what: str, *, allow_insecure_http: bool = False,
@@ -67,11 +66,15 @@ def require_secure_url(url: str, what: str, *, allow_insecure_http: bool = False
     """Refuse anything but https, except plain http to a loopback host (127.0.0.0/8, ::1,
     localhost) or when the configuration explicitly allows insecure http. ``insecure_setting``: the
     table whose allow_insecure_http the refusal names ("" when no setting allows it); None: the one
-    ``what`` names (:func:`_insecure_way`)."""
+    ``what`` names (:func:`_insecure_way`). Refuse a URL carrying user:password@ (RFC 3986 userinfo): httpx would
+    log it with every request and send it as HTTP Basic credentials to whoever answers, and a server may announce
+    one (a discovered token endpoint)."""
     try:
         parsed = httpx.URL(url)
     except httpx.InvalidURL as exc:
         raise invalid_url(what, url, exc) from None
+    if parsed.userinfo:
+        raise credentials_refused(what, parsed)
     if parsed.scheme == "https" and parsed.host:
         return
     shown = redact_url(parsed)

@@ -42,7 +42,6 @@ from phg.transport import (
     connection_error,
     origin,
     redact_url,
-    refuse_credentials,
     require_secure_url,
     transient_error,
 )
@@ -167,7 +166,6 @@ class TokenAuth(httpx.Auth):
             raise ConfigError("[auth] scope is empty (the token request requires it)")
         require_secure_url(fhir_base, "FHIR base", allow_insecure_http=allow_insecure_http)
         if token_url is not None:
-            refuse_credentials(token_url, "[auth] token_url")
             require_secure_url(token_url, "token endpoint", allow_insecure_http=allow_insecure_http)
         self.grant = grant
         self.client_auth = client_auth
