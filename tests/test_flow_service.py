@@ -44,9 +44,9 @@ listen = "127.0.0.1:{port}"
 
 
 @contextlib.asynccontextmanager
-async def serving(config: Path, port: int) -> AsyncIterator[PhgRun]:
+async def serving(config: Path, port: int, env: dict[str, str] | None = None) -> AsyncIterator[PhgRun]:
     """`phg run` with the config, once its API on `port` answers GET /v1/queue."""
-    async with PhgRun(config, api=f"http://127.0.0.1:{port}") as run:
+    async with PhgRun(config, api=f"http://127.0.0.1:{port}", env=env) as run:
         await run.ready("/v1/queue")
         yield run
 
@@ -132,8 +132,10 @@ async def test_phg_run_refuses_an_api_address_in_use(tmp_path):
 async def test_phg_run_goes_on_taking_readings_while_its_destination_is_stopped(tmp_path):
     """The only destination stops for a person to fix (its base answers 404 to the POST: a wrong URL, a
     ConfigError): `phg run` with [api] stays up and takes readings into the queue (not a restart loop under
-    systemd, not the apps' readings refused), /readyz names the stopped destination, and SIGTERM ends it
-    cleanly (exit 0), every reading still queued."""
+    systemd, not the apps' readings refused), /readyz names the stopped destination, so does systemd's STATUS=
+    (`systemctl status`), and SIGTERM ends it cleanly (exit 0), every reading still queued."""
+    import os
+    import socket
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -152,11 +154,19 @@ async def test_phg_run_goes_on_taking_readings_while_its_destination_is_stopped(
     config.write_text(f'[fhir]\nbase_url = "http://127.0.0.1:{wrong.server_port}/not-fhir"\n[auth]\nmethod = "none"\n'
                       f'[outbox]\npath = "{tmp_path / "outbox.sqlite"}"\n[api]\nlisten = "127.0.0.1:{port}"\n')
     documents = [r.to_document() for r in simulated_readings(patient(), START, per_device=20)]
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    name = f"phg-test-notify-{os.getpid()}-{port}"
+    notify.bind("\0" + name)  # the abstract namespace: no path length to mind
+    notify.setblocking(False)
     try:
-        async with serving(config, port) as run:
+        async with serving(config, port, env={"NOTIFY_SOCKET": "@" + name}) as run:
             assert [a["status"] for a in await post_all(port, documents[:50])] == ["queued"] * 50
             logged = await run.logged("delivery stopped, its queue is intact; tried again in ")
             assert "answered 404 to a POST" in logged
+            said = [(await asyncio.wait_for(asyncio.get_running_loop().sock_recv(notify, 4096), 15)).decode()]
+            while not said[-1].startswith("STATUS=fhir stopped: "):
+                said.append((await asyncio.wait_for(asyncio.get_running_loop().sock_recv(notify, 4096), 15)).decode())
+            assert said[0] == "READY=1" and "answered 404 to a POST" in said[-1], said
             assert [a["status"] for a in await post_all(port, documents[50:])] == ["queued"] * 50
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as api:
                 ready = await api.get("/readyz")
@@ -164,5 +174,6 @@ async def test_phg_run_goes_on_taking_readings_while_its_destination_is_stopped(
             await run.stop()
     finally:
         wrong.shutdown()
+        notify.close()
     with Outbox(tmp_path / "outbox.sqlite") as outbox:
         assert outbox.counts("fhir") == {"queued": 100, "inflight": 0, "delivered": 0, "dead": 0}

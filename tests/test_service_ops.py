@@ -7,6 +7,7 @@ Containerfile linted: no container runtime in CI)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -30,7 +31,7 @@ from phg import metrics
 from phg.config import load_config
 from phg.delivery import Delivered, DeliveryWorker
 from phg.delivery.fhir import FhirDestination
-from phg.delivery.status import BACKING_OFF, DELIVERING, STOPPED, DestinationStatus
+from phg.delivery.status import BACKING_OFF, DELIVERING, STOPPED, DestinationStatus, status_line
 from phg.demo.sim import simulated_readings
 from phg.errors import AuthError, ConfigError, StorageError, TransientDeliveryError
 from phg.intake import Intake
@@ -354,6 +355,36 @@ def test_notify_and_watchdog_reach_the_notify_socket(tmp_path):
     assert not systemd.notify("READY=1", {})
     assert systemd.watchdog_interval({"WATCHDOG_USEC": "30000000"}) == 15.0
     assert systemd.watchdog_interval({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}) is None
+
+
+def test_status_is_sent_when_it_changes_and_names_what_stopped_and_why(tmp_path, monkeypatch):
+    """STATUS= (what `systemctl status` shows) without a watchdog: sent at once, then only when the line changes;
+    one line even when a reason holds a newline."""
+    monkeypatch.setattr(systemd, "STATUS_EVERY", 0.02)
+    statuses = {"fhir": DestinationStatus("fhir", "fhir"), "lab": DestinationStatus("lab", "mllp")}
+    path = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(path)
+        server.settimeout(5)
+
+        async def change_a_while() -> None:
+            stop = asyncio.Event()
+            task = asyncio.create_task(systemd.watchdog(stop, {"NOTIFY_SOCKET": path},
+                                                        lambda: status_line(statuses.values())))
+            await asyncio.sleep(0.1)
+            statuses["lab"].state, statuses["lab"].reason = STOPPED, "auth problem: the token endpoint\nsaid no"
+            await asyncio.sleep(0.1)
+            stop.set()
+            await task
+
+        asyncio.run(change_a_while())
+        server.settimeout(0.2)
+        said = [server.recv(500)]
+        with contextlib.suppress(TimeoutError):
+            said.append(server.recv(500))
+            said.append(server.recv(500))
+    assert said == [b"STATUS=delivering to fhir, lab", b"STATUS=lab stopped: auth problem: the token endpoint said no"]
+    assert status_line([]) == "no delivery in this process"
 
 
 # ------------------------------------------------------------------------------------------ packaging

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from phg.config import Config, ViewSettings
 from phg.delivery import DeliveryWorker, Summary
 from phg.delivery.registry import open_destinations
-from phg.delivery.status import DestinationStatus
+from phg.delivery.status import DestinationStatus, status_line
 from phg.delivery.worker import QUEUE_CALLS
 from phg.errors import AuthError, ConfigError, PhgError, StorageError
 from phg.outbox import Queue
@@ -135,7 +135,7 @@ async def run_gateway(config: Config, outbox: Queue, stop: asyncio.Event, *, ble
                     "intake or all")
     started = (lambda: len(workers) == len(config.destinations)) if delivers else (lambda: True)
     tasks = [asyncio.create_task(supervise(sources, intake, stop)),
-             asyncio.create_task(systemd.lifecycle(stop, started))]
+             asyncio.create_task(systemd.lifecycle(stop, started, status=lambda: status_line(statuses.values())))]
     if opening is not None and not opening.done():
         tasks.append(opening)
         opening.add_done_callback(lambda opened: _stop_if_failed(opened, stop))  # not a StorageError: stop

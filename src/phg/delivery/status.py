@@ -8,6 +8,7 @@ The text never holds a token: phg's errors name settings and endpoints, never cr
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 DELIVERING = "delivering"  # sending, or idle and ready to send
@@ -23,3 +24,17 @@ class DestinationStatus:
     until: float | None = None  # wall-clock time the back-off ends (BACKING_OFF)
     reason: str | None = None  # why it waits (BACKING_OFF) or stopped (STOPPED): printable, no secrets
     last_delivered: float | None = None  # wall-clock time of the last Delivered outcome
+
+
+def status_line(statuses: Iterable[DestinationStatus]) -> str:
+    """One line for systemd's STATUS= (sd_notify(3): one line, `systemctl status` shows it): each destination not
+    delivering, with its state and why; else how many destinations deliver."""
+    statuses = list(statuses)
+    trouble = [f"{s.name} {s.state}: {s.reason or 'no reason given'}" for s in statuses if s.state != DELIVERING]
+    if trouble:
+        line = "; ".join(trouble)
+    elif statuses:
+        line = f"delivering to {', '.join(s.name for s in statuses)}"
+    else:
+        line = "no delivery in this process"
+    return " ".join(line.split())[:500]

@@ -1,10 +1,11 @@
 """Telling systemd how the gateway is doing (sd_notify(3)), without libsystemd: a datagram to the socket
 systemd names in $NOTIFY_SOCKET.
 
-`phg run` under the unit in packaging/phg.service (Type=notify, WatchdogSec=) sends READY=1 once it
-collects and delivers, STOPPING=1 when it is told to stop, and WATCHDOG=1 from its event loop every half
-watchdog period (sd_watchdog_enabled(3) recommends half): a loop that hangs stops the pings and systemd
-restarts the service. Outside systemd (no $NOTIFY_SOCKET, no $WATCHDOG_USEC) every call does nothing.
+`phg run` under the unit in packaging/phg.service (Type=notify, WatchdogSec=) sends READY=1 once it collects and
+delivers, STOPPING=1 when it is told to stop, and WATCHDOG=1 from its event loop every half watchdog period
+(sd_watchdog_enabled(3) recommends half): a loop that hangs stops the pings and systemd restarts the service. STATUS=
+says which destinations are not delivering, and why (phg.delivery.status.status_line). Outside systemd (no
+$NOTIFY_SOCKET, no $WATCHDOG_USEC) every call does nothing.
 """
 
 from __future__ import annotations
@@ -38,26 +39,40 @@ def watchdog_interval(env: Mapping[str, str] = os.environ) -> float | None:
     return int(usec) / 2_000_000
 
 
-async def watchdog(stop: asyncio.Event, env: Mapping[str, str] = os.environ) -> None:
-    """Ping systemd's watchdog from the event loop until `stop` is set."""
+STATUS_EVERY = 5.0  # seconds: how often STATUS= is looked at, at most
+
+
+async def watchdog(stop: asyncio.Event, env: Mapping[str, str] = os.environ,
+                   status: Callable[[], str] | None = None) -> None:
+    """Until `stop` is set: ping systemd's watchdog from the event loop (when one is asked for), and send
+    STATUS=`status()` whenever that line changes (looked at every STATUS_EVERY seconds; `systemctl status`
+    shows it: a destination stopped, and why, is seen there without reading the journal)."""
     interval = watchdog_interval(env)
-    if interval is None:
+    if interval is None and status is None:
         return
+    wait = min(interval or STATUS_EVERY, STATUS_EVERY) if status is not None else interval
+    shown = None
     while not stop.is_set():
-        notify("WATCHDOG=1", env)
+        if interval is not None:
+            notify("WATCHDOG=1", env)
+        if status is not None and (line := status()) != shown:
+            notify(f"STATUS={line}", env)
+            shown = line
         try:
-            await asyncio.wait_for(stop.wait(), timeout=interval)
+            await asyncio.wait_for(stop.wait(), timeout=wait)
         except TimeoutError:
             pass
 
 
-async def lifecycle(stop: asyncio.Event, started: Callable[[], bool], env: Mapping[str, str] = os.environ) -> None:
+async def lifecycle(stop: asyncio.Event, started: Callable[[], bool], env: Mapping[str, str] = os.environ,
+                    status: Callable[[], str] | None = None) -> None:
     """`phg run` under systemd: READY=1 once `started()` holds (checked every 50 ms: every delivery worker
-    runs), the watchdog until `stop` is set, then STOPPING=1. Nothing at all outside systemd."""
+    runs), the watchdog and STATUS= (`watchdog`) until `stop` is set, then STOPPING=1. Nothing at all
+    outside systemd."""
     if not env.get("NOTIFY_SOCKET"):
         return
     while not started() and not stop.is_set():
         await asyncio.sleep(0.05)
     notify("READY=1", env)
-    await watchdog(stop, env)
+    await watchdog(stop, env, status)
     notify("STOPPING=1", env)
