@@ -398,6 +398,31 @@ def test_a_file_that_cannot_be_created_is_a_storage_error_naming_it(tmp_path, mo
     assert caught.value.path == str(path) and not path.exists()
 
 
+@pytest.mark.parametrize("store", [Outbox, SqliteViewStore])
+def test_a_file_in_the_way_of_the_directory_is_named(tmp_path, store):
+    """A path below a file (a typo, a file where the data directory should be): the file in the way is named, not
+    mkdir's "File exists"."""
+    (tmp_path / "data").write_text("")
+    path = tmp_path / "data" / "phg" / "store.sqlite"
+    with pytest.raises(StorageError) as caught:
+        store(path)
+    prefix = "view store " if store is SqliteViewStore else ""
+    in_the_way = tmp_path / "data"
+    assert str(caught.value) == f"{prefix}{path}: cannot create its directory: {in_the_way} is a file, not a directory"
+
+
+def test_phg_run_with_an_outbox_it_cannot_create_says_it_did_not_start(tmp_path, env):
+    """Not "delivery stopped ... what is queued stays queued" (review: nothing had started): one error, what it means,
+    exit 74."""
+    (tmp_path / "data").write_text("")
+    outbox = tmp_path / "data" / "outbox.sqlite"
+    result = phg("run", env={**env, "PHG_OUTBOX": str(outbox)})
+    assert result.returncode == EXIT_IOERR, result.stdout + result.stderr
+    assert result.stderr.splitlines() == [
+        f"error: {outbox}: cannot create its directory: {tmp_path / 'data'} is a file, not a directory",
+        "phg run did not start: nothing was collected or delivered"]
+
+
 def test_send_into_a_directory_this_user_cannot_write_fails_in_one_line(env):
     """A directory that exists but is not writable (0555) for a user who is not root (root may write anywhere): not
     a PermissionError traceback but the storage failure's message and exit code."""

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from phg.cli import sending
-from phg.cli.common import EXIT_INPUT, EXIT_TEMPFAIL, Context, queue_name
+from phg.cli.common import EXIT_INPUT, EXIT_IOERR, EXIT_TEMPFAIL, Context, fail, queue_name
 from phg.cli.options import JSON_OPTION
 from phg.cli.output import print_json
 from phg.cli.sending import deliver_until_idle, distinct, read_readings, report
@@ -79,6 +79,7 @@ def run(obj: Context, role: str | None, as_json: bool) -> None:
     configured sources, until stopped (Ctrl-C, SIGTERM); then print what was delivered. Intakes and
     workers may run as separate processes on one queue (--role)."""
     from phg.daemon import open_queue_when_reachable, run_gateway
+    from phg.errors import StorageError
     from phg.process import tune_collector
 
     obj.flags[("run", "role")] = role
@@ -91,7 +92,10 @@ def run(obj: Context, role: str | None, as_json: bool) -> None:
     opened: list[Any] = []
 
     async def go(stop: asyncio.Event) -> Any:
-        queue = await open_queue_when_reachable(config, stop)  # JetStream not up yet: waited for
+        try:
+            queue = await open_queue_when_reachable(config, stop)  # JetStream not up yet: waited for
+        except StorageError as exc:  # the SQLite outbox: not "delivery stopped", as nothing ever started
+            fail(f"{exc}\nphg run did not start: nothing was collected or delivered", EXIT_IOERR)
         if queue is None:
             return None
         opened.append(queue)

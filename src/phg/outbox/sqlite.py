@@ -209,6 +209,17 @@ def storage_errors(path: Path) -> Iterator[None]:
         raise error from exc
 
 
+def make_directory(path: Path) -> None:
+    """Create the directories above `path` that are missing (mode 0700), or a StorageError naming what is in the way:
+    a file where a directory must be, else the system's reason. Shared with the view store (phg.viewstore)."""
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        blocking = next((p for p in (path.parent, *path.parent.parents) if p.exists() and not p.is_dir()), None)
+        why = exc.strerror if blocking is None else f"{blocking} is a file, not a directory"
+        raise StorageError(f"{path}: cannot create its directory: {why}", str(path)) from None
+
+
 def create_private(path: Path) -> None:
     """Create `path` empty and readable by its owner only, unless it exists (O_EXCL: never another's file).
     SQLite gives the -wal and -shm files the database's mode. Shared with the view store (phg.viewstore).
@@ -352,10 +363,7 @@ class Outbox:
         self._retention_due = -math.inf
         self._roomy = False  # use_wal set the tight WAL bound; _bound_wal widens it where there is room
         self._synchronous: str | None = "FULL"  # use_wal's; _write sets the one each write needs
-        try:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StorageError(f"{self.path}: cannot create the outbox directory: {exc.strerror}", str(self.path)) from None
+        make_directory(self.path)
         self._lock = threading.Lock()
         with self._storage_errors():
             # The file holds patient identifiers and measurements: readable by its owner only (SQLite gives

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from phg.errors import StorageError
-from phg.outbox.sqlite import create_private, storage_errors, transaction, use_wal
+from phg.outbox.sqlite import create_private, make_directory, storage_errors, transaction, use_wal
 from phg.secretfile import require_private
 from phg.viewstore import DEVICE_TABLE, SCHEMA, MeasurementRow, ReadingRow, ViewStore
 
@@ -38,7 +38,7 @@ class SqliteViewStore(ViewStore):
         self.path = Path(path)
         self._start(retention, clock)
         with self._storage_errors():
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            make_directory(self.path)
             create_private(self.path)  # patient identifiers and measurements: readable by its owner only
             require_private(self.path, "the view store (it holds health data)")
             self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -93,8 +93,6 @@ class SqliteViewStore(ViewStore):
                 yield
         except StorageError as exc:  # the outbox's words, about this file: say which store it is
             raise StorageError(f"view store {exc}", str(self.path)) from exc.__cause__
-        except OSError as exc:  # the directory could not be made (the file: create_private says so itself)
-            raise StorageError(f"view store {self.path}: {exc.strerror}", str(self.path)) from None
 
     def _transaction(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
         with self._held(), self._storage_errors(), transaction(self._conn) as tx:
