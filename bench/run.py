@@ -232,6 +232,10 @@ def main(names: list[str]) -> int:
     if "--quick" in names:
         os.environ["PHG_BENCH_QUICK"] = "1"
         names = [n for n in names if n != "--quick"]
+    if unknown := [n for n in names if n not in BENCHMARKS]:
+        print(f"usage: bench/run.py [--quick] [BENCHMARK...]; unknown: {' '.join(unknown)}; "
+              f"the benchmarks (all when none is named): {' '.join(BENCHMARKS)}", file=sys.stderr)
+        return 2
     rows: list[dict] = []
     for name in names or BENCHMARKS:
         result = BENCHMARKS[name]()  # a row, or a list of rows (delivery: vs ceiling and vs naive)
