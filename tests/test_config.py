@@ -70,6 +70,7 @@ def test_errors_name_file_and_key(tmp_path, text, words):
 @pytest.mark.parametrize(("env", "document", "words"), [
     ({"PHG_QUEUE_MAX_BYTES": "x"}, {}, "[queue] max_bytes must be a whole number, 0..9007199254740992, not 'x'"),
     ({"PHG_QUEUE_MAX_IN_FLIGHT": "0"}, {}, "[queue] max_in_flight must be 1..1000000"),
+    ({"PHG_QUEUE_MAX_BYTES": "90071992547409930"}, {}, "[queue] max_bytes must be 0..9007199254740992"),
     ({}, {"api": {"max_body": 1}}, "[api] max_body must be 1024..67108864 bytes"),
     ({}, {"auth": {"key_publish_delay": -1}}, "[auth] key_publish_delay must be 0..31536000 s"),
     ({}, {"destinations": {"lab": {"type": "http", "url": "https://x", "timeout": 0}}},

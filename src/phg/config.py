@@ -142,8 +142,10 @@ def number(kind: type, low: float, high: float, unit: str = "") -> Parse:
     bounds = f"{_bound(low)}..{_bound(high)}{unit}"
 
     def parse(value: Any, where: str) -> Any:
-        if isinstance(value, str) and re.fullmatch(r"\s*\d{1,12}(\.\d{1,9})?\s*", value) and value.isascii():
-            value = float(value) if "." in value else int(value)  # "²" and "٣" are not numbers here
+        if isinstance(value, str) and re.fullmatch(r"\s*\d{1,30}(\.\d{1,9})?\s*", value) and value.isascii():
+            # "²" and "٣" are not numbers here; 30 digits: any bound and more (2**53 has 16), so a value too large is
+            # refused as out of range, not as "not a whole number"
+            value = float(value) if "." in value else int(value)
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind) or isinstance(value, bool):
