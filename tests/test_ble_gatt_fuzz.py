@@ -1,5 +1,6 @@
 """Every GATT decoder, fed arbitrary bytes, either decodes or raises GattError: nothing else, no hang.
-Decoded values also go through to_metrics, which may only refuse a CGM record without session start."""
+Decoded values also go through to_metrics, which may only refuse a CGM record without session start, and the
+reading they make survives the outbox: parsed back from its stored text, the same reading."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from phg.errors import MappingError
+from phg.model import Device, PatientRef, Reading, from_canonical_json
 from phg.sources.ble.gatt import CHARACTERISTICS, Characteristic, GattError, to_metrics
 from phg.sources.ble.gatt.weight import BodyCompositionAssembler, decode_body_composition_measurement
 
 RECEIVED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+DEVICE, PATIENT = Device(bt_address="00-1C-05-00-78-25"), PatientRef("urn:oid:1.2.3.4", "pt-fuzz")
 
 # Random bytes rarely get past a flags byte that announces fields; also try every flag set and a
 # plausible leading byte pattern so that the deep paths are reached.
@@ -38,6 +41,9 @@ def _check(char: Characteristic, data: bytes) -> None:
     for metric in metrics:
         assert metric.time.utcoffset() is not None
         assert metric.value is None or metric.value.is_finite()
+    if metrics:  # what the outbox stores is what delivery reads back: never a reading delivery refuses
+        reading = Reading(DEVICE, PATIENT, tuple(metrics))
+        assert from_canonical_json(reading.to_json(), "fuzz") == reading
 
 
 @pytest.mark.parametrize("char", CHARACTERISTICS, ids=lambda c: f"0x{c.uuid16:04X}")

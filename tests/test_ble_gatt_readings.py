@@ -12,7 +12,7 @@ from fhir.resources.R4B.bundle import Bundle
 
 from phg.errors import MappingError
 from phg.fhir import build_transaction, to_json
-from phg.model import Device, Gateway, PatientRef, Reading, parse_reading
+from phg.model import Device, Gateway, PatientRef, Reading, from_canonical_json, parse_reading
 from phg.sources.ble.gatt import decode, to_metrics
 from phg.sources.ble.gatt.readings import offset_in
 
@@ -83,6 +83,19 @@ def test_blood_pressure_unknown_year_takes_time_of_reception() -> None:
 def test_blood_pressure_nan_mean_is_left_out_and_kpa_kept() -> None:
     (bp,) = metrics(0x2A35, "01" "9ff0" "5bf0" "ff07")  # kPa 15.9 / 9.1 / NaN
     assert bp.unit == "kPa" and [(c.code, str(c.value)) for c in bp.components] == [(150021, "15.9"), (150022, "9.1")]
+
+
+def test_a_failed_blood_pressure_is_stored_delivered_as_absent_and_its_pulse_kept() -> None:
+    """Review B finding 2: a cuff that sends NaN systolic and diastolic (BLS: the measurement failed) gives a compound
+    without components, status invalid; the outbox's text of it was refused by delivery ("is compound: give its
+    components"), dead-lettering the pulse rate with it."""
+    bp, pulse = metrics(0x2A35, "06" "ff07" "ff07" "ff07" "ea070b1c080000" "4800")
+    assert (bp.code, bp.components, bp.status) == (150020, (), ("invalid",)) and str(pulse.value) == "72"
+    reading = Reading(Device(bt_address="00-1C-05-00-78-25"), PatientRef("urn:oid:1.2.3.4", "pt-1"), (bp, pulse))
+    stored = from_canonical_json(reading.to_json(), "outbox item 1")
+    assert stored == reading
+    observation = build_transaction([stored], Gateway(system_id="02AB7FFFFE00C1C1")).bundle["entry"][-2]["resource"]
+    assert observation["dataAbsentReason"]["coding"][0]["code"] == "error" and "component" not in observation
 
 
 def test_intermediate_cuff_pressure_gives_no_metrics() -> None:

@@ -817,12 +817,13 @@ def _build(doc: dict) -> Reading:
             ccode = _code(c, cwhere)
             components.append(_frozen(Component, {"code": ccode, "value": _decimal(c["value"], f"{cwhere}.value"),
                                                   "unit": _unit(ccode, c.get("unit", unit), cwhere)}))
-        if "value" not in m and not components and "coded" not in m and "bits" not in m:
-            if "invalid" not in status and "not-available" not in status:
-                raise ReadingError(where, "needs a value, components, or status invalid/not-available")
+        failed = "invalid" in status or "not-available" in status  # a failed measurement: nothing to report
+        if "value" not in m and not components and "coded" not in m and "bits" not in m and not failed:
+            raise ReadingError(where, "needs a value, components, or status invalid/not-available")
         known = mdc.MEASUREMENTS.get(code)
-        if known is not None and known.components and not components:
-            raise ReadingError(f"{where}.components", f"{known.ref_id} is compound: give its components")
+        if known is not None and known.components and not components and not failed:
+            raise ReadingError(f"{where}.components", f"{known.ref_id} is compound: give its components, or status "
+                               "invalid/not-available for a failed measurement")
         fields = {"code": code, "time": time, "value": _decimal(m["value"], f"{where}.value") if "value" in m else None,
                   "unit": unit, "time_digits": digits, "status": status, "components": tuple(components),
                   "stamp": _DEFAULT_STAMP if _STAMP_KEY_SET.isdisjoint(m) else _build_stamp(m, where),
