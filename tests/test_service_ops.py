@@ -480,7 +480,7 @@ def test_a_bluetooth_fetch_counts_the_device_its_records_and_a_malformed_value(t
 
 def test_phg_run_tells_systemd_it_is_ready_pings_the_watchdog_and_stopping(tmp_path):
     """`phg run` as the unit runs it (Type=notify, WatchdogSec): READY=1 once delivery runs, WATCHDOG=1 from
-    its event loop, STOPPING=1 on SIGTERM; then it exits 0."""
+    its event loop (STATUS= between them), STOPPING=1 on SIGTERM; then it exits 0."""
     path = str(tmp_path / "notify")
     config = tmp_path / "phg.toml"
     with socket.socket() as closed:  # a port nothing listens on: the destination waits behind its circuit
@@ -495,13 +495,18 @@ def test_phg_run_tells_systemd_it_is_ready_pings_the_watchdog_and_stopping(tmp_p
         server.settimeout(30)
         process = subprocess.Popen([str(Path(sys.executable).parent / "phg"), "run"], env=env,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        def received() -> bytes:  # the next message but STATUS= (the destination's state, sent when it changes)
+            while (message := server.recv(200)).startswith(b"STATUS="):
+                pass
+            return message
+
         try:
             assert server.recv(100) == b"READY=1"
-            assert [server.recv(100), server.recv(100)] == [b"WATCHDOG=1", b"WATCHDOG=1"]
+            assert [received(), received()] == [b"WATCHDOG=1", b"WATCHDOG=1"]
             process.terminate()
-            messages = [server.recv(100)]
+            messages = [received()]
             while messages[-1] == b"WATCHDOG=1":
-                messages.append(server.recv(100))
+                messages.append(received())
             assert messages[-1] == b"STOPPING=1"
             assert process.wait(30) == 0, process.stderr.read()
         finally:
