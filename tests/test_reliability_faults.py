@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from faultproxy import FORWARDED, KINDS, FaultProxy, seeded_schedule
 from phg.delivery import Delivered, DeliveryWorker
@@ -208,3 +210,15 @@ async def test_a_retry_after_longer_than_max_retry_delay_is_capped(tmp_path):
         await DeliveryWorker(outbox, destination, batch_size=50, max_backoff=5).run(until_idle=True)
         item = outbox.items(state="queued", limit=1)[0]
         assert item.next_attempt - time.time() <= 5.5
+
+
+@given(st.binary(max_size=40))
+def test_any_retry_after_header_gives_seconds_or_none_never_an_error(raw):
+    """Review A finding 2: "Retry-After: ²" (a digit to str.isdigit) raised ValueError in float(), which the worker
+    took for an unexpected failure and dead-lettered the whole batch of a 503."""
+    from phg.transport import retry_after
+
+    seconds = retry_after(httpx.Response(503, headers=[(b"Retry-After", raw)]))
+    assert seconds is None or seconds >= 0
+    assert retry_after(httpx.Response(503, headers=[(b"Retry-After", b"\xb2")])) is None
+    assert retry_after(httpx.Response(503, headers=[(b"Retry-After", b" 120 ")])) == 120

@@ -120,11 +120,13 @@ def is_loopback(host: str) -> bool:
 
 
 def retry_after(response: httpx.Response) -> float | None:
-    """Seconds from a Retry-After header (RFC 9110 section 10.2.3: delay-seconds or HTTP-date)."""
+    """Seconds from a Retry-After header (RFC 9110 section 10.2.3: delay-seconds, 1*DIGIT, ASCII digits only, or
+    HTTP-date); None for anything else ("²" is a digit to str.isdigit, and float() refused it: a ValueError that
+    dead-lettered a whole batch on a 503, review A finding 2)."""
     value = response.headers.get("Retry-After")
     if value is None:
         return None
-    if value.strip().isdigit():
+    if re.fullmatch(r"[0-9]+", value.strip()):
         return float(value.strip())
     try:
         when = email.utils.parsedate_to_datetime(value)
