@@ -334,3 +334,32 @@ async def test_no_device_is_read_while_the_outbox_cannot_store(tmp_path):
         await asyncio.wait_for(task, 5)
     assert FullOutbox.calls >= 2  # it kept checking
     assert len(cuff.measurements) == 1  # nothing was taken from the cuff
+
+
+def test_measurements_received_together_without_time_stamps_are_each_sent():
+    """Review B finding 1: a cuff uploading stored measurements without the Time Stamp flag, a glucose meter whose
+    Base Time is unknown, heart rate notifications: each takes its time of reception, which (stamped to the
+    second) gave two readings of one second one PHD IG 2.0.0 identifier, and all but the first were folded into it.
+    Receptions are now kept 10 ms apart (IG 1.1.0's hundredths), with milliseconds: every measurement its own
+    Observation."""
+    from phg.fhir import build_transaction
+    from phg.model import Device, Gateway
+    from phg.sources.ble.session import Collector
+
+    collector = Collector(Device(bt_address="00-E5-DE-AD-77-C3"), PatientRef("urn:oid:1.2.3.4", "pt-001"), None,
+                          timedelta(hours=1))
+    for systolic, diastolic, pulse in ((0x78, 0x50, 0x40), (0x8C, 0x5A, 0x48), (0xA0, 0x64, 0x50)):
+        collector.feed(0x2A35, bytes([0x04, systolic, 0, diastolic, 0, 0xFF, 0x07, pulse, 0]))  # no Time Stamp
+    for sequence, value in ((1, 0x78), (2, 0x96), (3, 0xB4)):  # Base Time 0000-00-00: unknown
+        collector.feed(0x2A18, bytes([0x02, sequence, 0]) + bytes(7) + bytes([value, 0xB0, 0x11]))
+    for bpm in (72, 90, 72):
+        collector.feed(0x2A37, bytes([0x00, bpm]))
+    readings = collector.take()
+    assert len(readings) == 9
+    times = [m.time for r in readings for m in r.metrics if m.code in (150020, 160184, 147842)]
+    assert times == sorted(set(times)) and all(later - earlier >= timedelta(milliseconds=10)
+                                               for earlier, later in zip(times, times[1:], strict=False))
+    for version in ("2.0.0", "1.1.0"):
+        transaction = build_transaction(readings, Gateway(system_id="0011223344556677"), version)
+        per_reading = [frozenset(entries) for entries in transaction.reading_entries]
+        assert len(set(per_reading)) == 9 and all(not a & b for a in per_reading for b in per_reading if a is not b)

@@ -332,10 +332,32 @@ def test_bluetooth_cgm_time_carries_the_sensors_own_time_zone():
 
 
 def test_time_of_reception_is_the_gateways_utc_clock_with_its_offset():
-    """No device time (Heart Rate): the gateway is the clock: UTC seconds and its offset, as before."""
+    """No device time (Heart Rate): the gateway is the clock: UTC seconds to the millisecond and its offset."""
     (metric,) = ble_metrics(0x2A37, "0055", timedelta(hours=1))  # received 09:00+01:00 = 08:00 UTC
-    assert identifier_times([metric]) == ["849168000+4"]
+    assert identifier_times([metric]) == ["849168000.000+4"]
     assert identifier_times([metric], "1.1.0") == ["20261128090000.00"]  # the gateway's wall time
+
+
+def test_a_time_of_reception_is_not_corrected_by_the_device_clock_nor_linked_to_its_cts():
+    """Review B finding 4: the device's clock is an hour slow (its CTS says so); a heart rate it did not time is
+    received at the gateway's time, already on the gateway's timeline: sent as received, without the CTS reference
+    (the CTS describes the device clock, which did not time it). A measurement the device timed in the same bundle is
+    still moved onto the gateway's timeline and linked."""
+    received = datetime(2026, 11, 28, 9, 0, 0, 250000, tzinfo=timezone(timedelta(hours=1)))
+    clock = DeviceClock(received, received - timedelta(hours=1), 67975)
+    (heart,) = to_metrics(decode(0x2A37, bytes.fromhex("0055")), utc_offset=timedelta(hours=1), received=received)
+    (timed,) = to_metrics(decode(0x2A1C, bytes.fromhex(THERMOMETER_IG_TIME)), utc_offset=timedelta(hours=1),
+                          received=received)
+    device = Device(bt_address="00:1C:05:FF:E8:74")
+    patient = PatientRef(PATIENT["system"], PATIENT["value"])
+    for version in IG_VERSIONS:
+        bundle = build_transaction([Reading(device, patient, (heart, timed), clock=clock)], GATEWAY, version).bundle
+        (cts,) = ctss(bundle)
+        heart_obs, timed_obs = (entry["resource"] for entry in measurements(bundle))
+        assert heart_obs["effectiveDateTime"] == "2026-11-28T09:00:00.250+01:00"
+        assert cts["fullUrl"] not in repr(heart_obs)
+        assert timed_obs["effectiveDateTime"] == "2016-05-23T18:52:17+01:00"  # moved by the hour the device is slow
+        assert cts["fullUrl"] in repr(timed_obs)
 
 
 def observation_metric(time, *, time_rel=None, time_hi_res=None):

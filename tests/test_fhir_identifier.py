@@ -260,7 +260,8 @@ def test_documents_say_how_the_device_reported_the_time(time, stamp, v2, v1):
     ({"time_kind": "ticks", "ticks": 5, "tick_rate": 3}, "metrics[0].tick_rate", "finite decimal fraction"),
     ({"time_kind": "zulu"}, "metrics[0].time_kind", "zulu"),
     ({"offset_from": "nobody"}, "metrics[0].offset_from", "nobody"),
-    ({"time_kind": "base-offset", "offset_from": "device"}, "metrics[0]", "'base-offset' take no offset_from"),
+    ({"time_kind": "base-offset", "offset_from": "device"}, "metrics[0]", "and 'received' take no offset_from"),
+    ({"time_kind": "received", "offset_from": "gateway"}, "metrics[0]", "and 'received' take no offset_from"),
 ])
 def test_documents_with_a_bad_stamp_are_refused_naming_the_field(stamp, where, why):
     with pytest.raises(ReadingError) as caught:

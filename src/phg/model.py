@@ -146,24 +146,27 @@ class BitString(Frozen):
 
 
 # Stamp.kind: the kind of clock a metric's time stamp was reported by.
-LOCAL, UTC_CLOCK, BASE_OFFSET, TICKS = "local", "utc", "base-offset", "ticks"
-TIME_KINDS = (LOCAL, UTC_CLOCK, BASE_OFFSET, TICKS)
+LOCAL, UTC_CLOCK, BASE_OFFSET, TICKS, RECEIVED = "local", "utc", "base-offset", "ticks", "received"
+TIME_KINDS = (LOCAL, UTC_CLOCK, BASE_OFFSET, TICKS, RECEIVED)
 
 
 class Stamp(Frozen):
-    """What the device reported as a metric's time stamp, which the PHD IG duplicate-detection identifier
-    encodes exactly (PHD IG 2.0.0, "Generating the PHD Reported Timestamp Identifier",
+    """What the device reported as a metric's time stamp, which the PHD IG duplicate-detection identifier encodes
+    exactly (PHD IG 2.0.0, "Generating the PHD Reported Timestamp Identifier",
     http://hl7.org/fhir/uv/phd/STU2/GeneratingtheTimeStampPartIdentifier.html: "the reported value").
 
     kind "local": wall-clock time without a zone (Bluetooth legacy profiles, IEEE 11073-20601 Absolute-Time);
-    Metric.time holds that wall time with the offset that places it on the timeline. kind "utc": a UTC
-    instant. kind "base-offset": IEEE 11073-20601 Base-Offset-Time, a UTC instant with the device's own
-    offset (always reported; IG 1.1.0 writes it in its own form).
-    kind "ticks": a tick counter; `ticks` is its value and `tick_rate` its resolution in ticks per second
-    (8000 for 20601 Relative-Time, 1000000 for HighResRelativeTime); Metric.time is then the gateway's
-    placing of it. device_offset: whether the TZ/DST offset in Metric.time's offset came from the device
-    (appended to the identifier) or from the gateway (left out). The default is a reading document's:
-    an RFC 3339 time is a UTC instant with the offset its writer stated."""
+    Metric.time holds that wall time with the offset that places it on the timeline. kind "utc": a UTC instant.
+    kind "base-offset": IEEE 11073-20601 Base-Offset-Time, a UTC instant with the device's own offset (always
+    reported; IG 1.1.0 writes it in its own form). kind "ticks": a tick counter; `ticks` is its value and
+    `tick_rate` its resolution in ticks per second (8000 for 20601 Relative-Time, 1000000 for
+    HighResRelativeTime); Metric.time is then the gateway's placing of it. kind "received": the device gave no
+    time stamp, and Metric.time is when the gateway received the measurement (PHD IG: "no device timestamp -> time
+    of reception"): the gateway's own clock, so no correction of the device's clock applies to it
+    (phg.fhir.resources.effective_time); its identifier part is a UTC clock's with the gateway's offset appended,
+    as before this kind existed. device_offset: whether the TZ/DST offset in Metric.time's offset came from the
+    device (appended to the identifier) or from the gateway (left out). The default is a reading document's: an
+    RFC 3339 time is a UTC instant with the offset its writer stated."""
 
     kind: str = UTC_CLOCK
     device_offset: bool = True
@@ -175,8 +178,8 @@ class Stamp(Frozen):
             raise ValueError(f"time kind {self.kind!r} is not one of {', '.join(TIME_KINDS)}")
         if (self.kind == TICKS) != (self.ticks is not None) or (self.ticks is None) != (self.tick_rate is None):
             raise ValueError("a 'ticks' stamp needs ticks and tick_rate, and only it has them")
-        if self.kind == BASE_OFFSET and not self.device_offset:
-            raise ValueError("a base-offset time carries the device's offset")
+        if self.kind in (BASE_OFFSET, RECEIVED) and not self.device_offset:
+            raise ValueError(f"a {self.kind} time carries its offset (device_offset True)")
         if self.kind == TICKS and (self.device_offset or self.ticks < 0 or tick_digits(self.tick_rate) is None):  # type: ignore[operator, arg-type]
             raise ValueError(f"a tick counter has no offset, ticks >= 0 and a tick_rate whose tick is a finite "
                              f"decimal fraction of a second (got {self.tick_rate})")
@@ -198,7 +201,7 @@ def tick_digits(rate: int) -> int | None:
 
 # The time of reception (PHD IG: no device timestamp -> time of reception): the gateway is then the clock that
 # reports, a UTC clock with its TZ/DST offset. With the offset, it never equals a zoneless local time's part.
-RECEIVED_STAMP = Stamp(UTC_CLOCK, device_offset=True)
+RECEIVED_STAMP = Stamp(RECEIVED, device_offset=True)
 
 
 class Metric(Frozen):
@@ -333,7 +336,7 @@ def _metric_document(m: Metric) -> dict[str, Any]:
 _DEFAULT_STAMP = Stamp()
 # Where a document's TZ/DST offset comes from when it does not say ("offset_from"): a UTC time states its
 # writer's offset, a local wall time has the gateway's (the device reported none).
-_DEVICE_OFFSET_DEFAULT = {UTC_CLOCK: True, LOCAL: False, BASE_OFFSET: True, TICKS: False}
+_DEVICE_OFFSET_DEFAULT = {UTC_CLOCK: True, LOCAL: False, BASE_OFFSET: True, TICKS: False, RECEIVED: True}
 
 
 def _stamp_document(stamp: Stamp) -> dict[str, Any]:
@@ -722,14 +725,14 @@ def _bit(b: Any) -> bool:
 
 
 def _stamp(m: dict) -> bool:
-    """The schema's time_kind rules: "ticks" needs ticks and tick_rate; "ticks" and "base-offset" have no
-    offset_from; the others may have offset_from and have neither ticks nor tick_rate."""
+    """The schema's time_kind rules: "ticks" needs ticks and tick_rate; "ticks", "base-offset" and "received" have
+    no offset_from; the others may have offset_from and have neither ticks nor tick_rate."""
     kind = m.get("time_kind", UTC_CLOCK)
     if kind == TICKS:
         return ("offset_from" not in m and "ticks" in m and "tick_rate" in m and _int(m["ticks"], None)
                 and _int(m["tick_rate"], None) and m["tick_rate"] >= 1)
-    return (kind in (LOCAL, UTC_CLOCK, BASE_OFFSET) and "ticks" not in m and "tick_rate" not in m
-            and (kind != BASE_OFFSET or "offset_from" not in m)
+    return (kind in (LOCAL, UTC_CLOCK, BASE_OFFSET, RECEIVED) and "ticks" not in m and "tick_rate" not in m
+            and (kind not in (BASE_OFFSET, RECEIVED) or "offset_from" not in m)
             and m.get("offset_from", "device") in ("device", "gateway"))
 
 
@@ -759,7 +762,7 @@ def _schema_message(err) -> str:
     if err.validator == "not" and isinstance(err.validator_value, dict) and "required" in err.validator_value:
         return (f"{err.validator_value['required'][0]!r} does not go with time_kind "
                 f"{err.instance.get('time_kind', UTC_CLOCK)!r}: ticks and tick_rate belong to 'ticks'; "
-                "'ticks' and 'base-offset' take no offset_from")
+                "'ticks', 'base-offset' and 'received' take no offset_from")
     message = err.message  # it quotes the instance, which may be long: keep its start and the verdict
     return message if len(message) <= 200 else f"{message[:80]} ... {message[-100:]}"
 
@@ -891,6 +894,8 @@ def _build_stamp(m: dict, where: str) -> Stamp:
         raise ReadingError(f"{where}.time_kind", f"ticks and tick_rate belong to time_kind 'ticks', not {kind!r}")
     if kind == BASE_OFFSET and offset is not None:
         raise ReadingError(f"{where}.offset_from", "a base-offset time carries the device's offset: no offset_from")
+    if kind == RECEIVED and offset is not None:
+        raise ReadingError(f"{where}.offset_from", "a time of reception carries the gateway's offset: no offset_from")
     device_offset = _DEVICE_OFFSET_DEFAULT[kind] if offset is None else offset == "device"
     if kind == TICKS and tick_digits(m["tick_rate"]) is None:
         raise ReadingError(f"{where}.tick_rate", f"{m['tick_rate']} ticks per second: a tick must be a finite "

@@ -22,6 +22,7 @@ from phg.fhir.ig import IgRules, rules_for
 from phg.model import (
     GATEWAY_SPECIALIZATIONS,
     MDC_ATTR_TIME_ABS,
+    RECEIVED,
     Component,
     Device,
     DeviceClock,
@@ -213,13 +214,17 @@ def observation(metric: Metric, rules: IgRules, *, identifier: tuple[str | None,
     Elements per PhdBaseObservation: gatewayDevice extension, conditional-create identifier, PHD (+ vital
     signs) category, MDC + LOINC code, subject, device, effectiveDateTime = the device time as given,
     moved by time_correction when the gateway corrects it (see `time_correction`). cts_url is the
-    reading's Coincident Time Stamp: CoincidentTimeStampReference extension (2.0.0) or derivedFrom (1.x)."""
+    reading's Coincident Time Stamp: CoincidentTimeStampReference extension (2.0.0) or derivedFrom (1.x), for a
+    metric the device timed: the time of reception (Stamp kind "received") is the gateway's, not the device
+    clock's that the CTS describes."""
     status = metric.status
     absent = ig.data_absent_code(status) if status else None
     meta: dict[str, Any] = {"profile": [_PROFILES[_profile_name(metric)]]}
     if status and not ig.TEST_DATA.isdisjoint(status):
         meta["security"] = [dict(ig.HTEST)]
     system, value = identifier
+    if metric.stamp.kind == RECEIVED:
+        cts_url = None
     code, loinc = _code(metric.code, rules)
     category = [rules.phd_category, ig.VITAL_SIGNS_CATEGORY] if loinc else [rules.phd_category]
     resource: Resource = {
@@ -353,8 +358,10 @@ def time_correction(clock: DeviceClock | None, gateway: Gateway) -> timedelta | 
 
 def effective_time(metric: Metric, correction: timedelta | None = None) -> str:
     """effectiveDateTime: the device timestamp in its own offset, moved by the correction if any, with the
-    digits of both the device's resolution and the correction (bundle-example-1.json: 12:40:16.936)."""
-    if correction is None:
+    digits of both the device's resolution and the correction (bundle-example-1.json: 12:40:16.936). A time of
+    reception (Stamp kind "received") is the gateway's and already on its timeline: never corrected (review B
+    finding 4: heart rate and a cuff's undated readings were sent an hour early or late with the device's clock)."""
+    if correction is None or metric.stamp.kind == RECEIVED:
         return format_time(metric.time, metric.time_digits)
     moved: datetime = metric.time + correction
     step = datetime.min.replace(microsecond=correction.microseconds)  # the correction's fraction of a second

@@ -79,6 +79,9 @@ if TYPE_CHECKING:
     from bleak.backends.device import BLEDevice
 
 logger = logging.getLogger(__name__)
+# Times of reception are kept this far apart (Collector._received): the coarsest identifier time part, IG 1.1.0's
+# hundredths of a second (2.0.0 writes the milliseconds).
+_RECEPTION_STEP = timedelta(milliseconds=10)
 
 
 def uuid16(n: int) -> str:
@@ -273,6 +276,7 @@ class Collector:
         self.cgm_e2e = False  # CGM Feature says E2E-CRC supported: records without one are refused
         self.held: list[CgmMeasurement] = []  # CGM records waiting for a usable Session Start Time
         self.glucose: GlucoseMeasurement | None = None  # waiting for its 0x2A34 context
+        self._last_received: datetime | None = None  # the last time of reception given (_received)
 
     def feed(self, uuid: int, data: bytes) -> bool | None:
         value = decode(uuid, data)
@@ -310,9 +314,20 @@ class Collector:
         return None
 
     def _add(self, value: object, **context: Any) -> None:
-        metrics = to_metrics(value, utc_offset=self.utc_offset, received=datetime.now(UTC), **self.facts, **context)
+        metrics = to_metrics(value, utc_offset=self.utc_offset, received=self._received(), **self.facts, **context)
         if metrics:
             self.readings.append(Reading(self.device, self.patient, tuple(metrics), clock=self.clock))
+
+    def _received(self) -> datetime:
+        """Now, as the time of reception of a measurement the device did not time: at least _RECEPTION_STEP after the
+        last one this Collector gave, so that two measurements of one type received together (a burst of stored cuff
+        readings without time stamps, heart rate) are two readings, not one identifier twice (to_metrics keeps
+        milliseconds)."""
+        now = datetime.now(UTC)
+        if self._last_received is not None and now < self._last_received + _RECEPTION_STEP:
+            now = self._last_received + _RECEPTION_STEP
+        self._last_received = now
+        return now
 
     def _glucose(self, measurement: GlucoseMeasurement, context: GlucoseMeasurementContext | None = None) -> None:
         """Hand a glucose record over (with its context, if any): its reading, and its sequence number into the

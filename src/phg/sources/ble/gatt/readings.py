@@ -14,11 +14,14 @@ offset is attached. A measurement without a usable timestamp takes the time of r
   - the PLX device says its clock is not set (flag bit 4).
 CGM records are minute offsets from the CGM Session Start Time (0x2AAA), which carries its own time
 zone and DST; without one the offset given here is used; without a session start there is no time.
-Times have 1 s resolution (Metric.time_digits 0); the time of reception is cut to whole seconds.
+Times have 1 s resolution (Metric.time_digits 0); the time of reception has 1 ms (time_digits 3): two readings
+received in one second are two readings, with two identifiers (the PHD IG 2.0.0 identifier has no value, so two
+heart rates received in one second stamped to the second were one, the second dropped as a duplicate; review B
+finding 1; the Collector also keeps its receptions 10 ms apart, phg.sources.ble.session).
 Each Metric says how its time was reported (Metric.stamp, which the PHD IG identifier encodes): a Date Time
 is "local" with the gateway's offset; a CGM time is "local" with the device's offset when the Session Start
-Time carries Time Zone and DST, else the gateway's; the time of reception is the gateway's clock (UTC and
-its offset).
+Time carries Time Zone and DST, else the gateway's; the time of reception is the gateway's clock (Stamp kind
+"received": never corrected by the device clock's offset, phg.fhir.resources.effective_time).
 
 Values. SFLOAT/FLOAT digits are kept (Decimal); unit conversions move the exponent, never round
 (0.00120 kg/L -> 120 mg/dL). A special value (NaN, NRes, +/-INF, reserved) or a "measurement
@@ -42,7 +45,7 @@ from decimal import Decimal
 
 from phg import mdc
 from phg.errors import MappingError
-from phg.model import LOCAL, RECEIVED_STAMP, Component, Metric, Stamp
+from phg.model import LOCAL, MAX_DIGITS, RECEIVED, RECEIVED_STAMP, Component, Metric, Stamp
 from phg.sources.ble.gatt import context as ble_context
 from phg.sources.ble.gatt.blood_pressure import BloodPressureMeasurement
 from phg.sources.ble.gatt.cgm import CgmMeasurement, CgmSessionStartTime
@@ -143,8 +146,8 @@ def to_metrics(measurement: object, *, utc_offset: UtcOffset, received: datetime
     mapper = _MAPPERS.get(type(measurement))
     if mapper is None:
         return []
-    ctx = _Context(utc_offset, received.replace(microsecond=0), weight_feature, session_start, temperature_type,
-                   glucose_context)
+    ctx = _Context(utc_offset, received.replace(microsecond=received.microsecond // 1000 * 1000), weight_feature,
+                   session_start, temperature_type, glucose_context)
     return mapper(measurement, ctx)
 
 
@@ -167,8 +170,10 @@ def _zoned(wall: datetime, utc_offset: UtcOffset) -> datetime:
 
 def _plain(value: Decimal) -> Decimal:
     """120E+1 -> 1200: FHIR and the reading document want plain decimals; digits are not invented
-    beyond what the exponent already said."""
-    if value.as_tuple().exponent > 0 and value.adjusted() < 28:  # type: ignore[operator]
+    beyond what the exponent already said. Not beyond model.MAX_DIGITS digits: a FLOAT of 8388607E+12 stays as
+    it is (a reading holds at most that many; its plain form, 19 digits, was refused when delivery read the
+    stored reading back, dead-lettering it)."""
+    if value.as_tuple().exponent > 0 and value.adjusted() < MAX_DIGITS:  # type: ignore[operator]
         return value.quantize(Decimal(1))
     return value
 
@@ -181,8 +186,14 @@ def _number(value: Number | None) -> tuple[Decimal | None, tuple[str, ...]]:
 
 def _metric(code: int, value: Number | None, unit: str, when: Timed, status: tuple[str, ...] = ()) -> Metric:
     number, extra = _number(value)
-    return Metric(code=code, time=when[0], value=number, unit=unit, time_digits=0, status=_ordered(status + extra),
-                  stamp=when[1])
+    return Metric(code=code, time=when[0], value=number, unit=unit, time_digits=_digits(when),
+                  status=_ordered(status + extra), stamp=when[1])
+
+
+def _digits(when: Timed) -> int:
+    """The fractional digits of a metric's time: 3 for the time of reception (milliseconds), else 0 (a Date Time
+    has whole seconds)."""
+    return 3 if when[1].kind == RECEIVED else 0
 
 
 def _ordered(names: tuple[str, ...]) -> tuple[str, ...]:
@@ -226,10 +237,11 @@ def _blood_pressure(m: BloodPressureMeasurement, ctx: _Context) -> list[Metric]:
         parts = [(BP_SYSTOLIC, m.systolic), (BP_DIASTOLIC, m.diastolic)]
         if isinstance(m.mean_arterial_pressure, Decimal):  # MAP is often NaN: the compound goes without it
             parts.append((BP_MEAN, m.mean_arterial_pressure))
-        metrics = [Metric(code=BP_COMPOUND, time=time[0], unit=unit, stamp=time[1], components=tuple(
-            Component(code, _plain(value), unit) for code, value in parts))]
+        metrics = [Metric(code=BP_COMPOUND, time=time[0], unit=unit, time_digits=_digits(time), stamp=time[1],
+                          components=tuple(Component(code, _plain(value), unit) for code, value in parts))]
     else:
-        metrics = [Metric(code=BP_COMPOUND, time=time[0], unit=unit, stamp=time[1], status=("invalid",))]
+        metrics = [Metric(code=BP_COMPOUND, time=time[0], unit=unit, time_digits=_digits(time), stamp=time[1],
+                          status=("invalid",))]
     if m.pulse_rate is not None:
         metrics.append(_metric(BP_PULSE, m.pulse_rate, "/min", time))
     if (status := ble_context.blood_pressure_status(m)) is not None:
