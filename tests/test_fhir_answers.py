@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from phg.delivery.fhir import FhirDestination, _json, outcome_text
 from phg.delivery.outcome import Delivered, Rejected
 from phg.delivery.worker import DeliveryWorker
-from phg.errors import ConfigError, DeliveryError, PermanentDeliveryError
+from phg.errors import ConfigError, DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from phg.fhir.bundle import Transaction
 from phg.fhir.resources import phg_identifier
 from phg.model import Gateway, Metric
@@ -157,3 +157,72 @@ def test_an_answer_is_read_as_json_or_none(content, expected):
         assert json.dumps(found) == json.dumps(expected)
     else:
         assert found == expected
+
+
+# ------------------------------------------------------------------ review A: answers that are not FHIR's
+
+HTML = httpx.Response(200, headers={"Content-Type": "text/html"}, content=b"<html>Please log in to the proxy</html>")
+ERROR_200 = httpx.Response(200, json={"resourceType": "OperationOutcome",
+                                      "issue": [{"severity": "error", "code": "exception", "diagnostics": "not stored"}]})
+
+
+@pytest.mark.parametrize("answer", [HTML, ERROR_200, httpx.Response(201), httpx.Response(204),
+                                    httpx.Response(201, json={"resourceType": "OperationOutcome", "id": "x"})],
+                         ids=["200 html", "200 error outcome", "bare 201", "204", "201 with another type's id"])
+async def test_a_single_create_answered_without_where_it_is_is_retried_not_delivered(answer):
+    """Review A finding 1: with single creates (strategy single, or auto once it chose them) any 2xx counted as
+    delivered: a proxy's HTML page, an error OperationOutcome, a bare 201 (whose empty location then went into the
+    references of the next entries). Now only a Location, or the POSTed type with an id, says the resource is
+    stored; anything else is transient: the readings stay queued."""
+    posts = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        posts.append(request)
+        return httpx.Response(answer.status_code, headers=answer.headers, content=answer.content)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        dest = FhirDestination(client, BASE, Gateway("02AB7FFFFE000001"), strategy="single")
+        with pytest.raises(TransientDeliveryError, match=r"without saying where it is"):
+            await dest.send(readings_of_every_type()[:1])
+    assert len(posts) == 1 and not dest.fit.located
+
+
+async def test_single_creates_located_by_header_or_body_are_delivered():
+    def handler(request: httpx.Request) -> httpx.Response:
+        kind = request.url.path.rsplit("/", 1)[-1]
+        if kind == "Observation":
+            return httpx.Response(201, json={"resourceType": "Observation", "id": "o1"})
+        return httpx.Response(201, headers={"Location": f"{BASE}/{kind}/9/_history/1"})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        dest = FhirDestination(client, BASE, Gateway("02AB7FFFFE000001"), strategy="single")
+        outcomes = await dest.send(readings_of_every_type()[:1])
+    assert isinstance(outcomes[0], Delivered) and outcomes[0].result.startswith("Observation/o1")
+
+
+@pytest.mark.parametrize("strategy", ["single", "transaction"])
+async def test_a_redirected_post_stops_the_destination_naming_where_it_points(strategy):
+    """Review A finding 6: a 3xx dead-lettered the reading with single creates and was retried for ever as a
+    transaction; like a 404 it is about the endpoint: ConfigError saying where it points (no password shown)."""
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(301, headers={"Location": "https://u:s3cr3t@ehr.example.org/fhir/"})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        dest = FhirDestination(client, BASE, Gateway("02AB7FFFFE000001"), strategy=strategy)
+        with pytest.raises(ConfigError, match=r"answered 301 to a POST, redirecting to https://\*\*\*@ehr") as caught:
+            await dest.send(readings_of_every_type()[:1])
+    assert "s3cr3t" not in str(caught.value)
+
+
+async def test_a_transaction_response_entry_without_its_response_status_is_malformed_not_a_refusal():
+    """Review A finding 7: entries without `response` (1..1 in R4) read as refused Patient/Device entries, so every
+    reading went dead; a malformed answer is transient."""
+    def handler(request: httpx.Request) -> httpx.Response:
+        entries = json.loads(request.content)["entry"]
+        return httpx.Response(200, json={"resourceType": "Bundle", "type": "transaction-response",
+                                         "entry": [{} for _ in entries]})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        dest = FhirDestination(client, BASE, Gateway("02AB7FFFFE000001"))
+        with pytest.raises(TransientDeliveryError, match="malformed transaction-response"):
+            await dest.send(readings_of_every_type()[:1])

@@ -65,7 +65,7 @@ from phg.fhir import build_transaction, to_json
 from phg.fhir.bundle import Transaction
 from phg.model import Gateway, Reading
 from phg.process import in_thread
-from phg.transport import TRANSIENT_STATUSES, require_secure_url, transient_error
+from phg.transport import TRANSIENT_STATUSES, redact_url, require_secure_url, transient_error
 
 log = logging.getLogger(__name__)
 
@@ -298,7 +298,7 @@ class FhirDestination:
             response = await self._post_conflicted(tx, to_json(_resolved(entry, located)["resource"]),
                                                    f"{self.base_url}/{request['url']}", headers)
             self._check(response)
-            answer = _single_answer(response, request["url"])
+            answer = self._single_answer(response, request["url"])
             located[entry["fullUrl"]] = location(answer)
             if entry["fullUrl"] in shared:
                 self.fit.located[entry["fullUrl"]] = location(answer)
@@ -377,8 +377,33 @@ class FhirDestination:
             # not allowed" on the POST is about the endpoint, never about a reading: stop, keep the queue.
             raise ConfigError(f"{self.base_url} answered {status} to a POST: is [fhir] base_url the "
                               f"server's FHIR base? {problem(response)}")
+        if 300 <= status < 400:
+            # A moved endpoint (http to https, a new base): like a 404, about the endpoint, never a reading. phg
+            # does not follow it with readings (nor with the token): stop, keep the queue (review A finding 6: a
+            # 3xx went dead-letter in single creates and was retried for ever as a transaction).
+            moved = redact_url(response.headers.get("Location", "")) or "nowhere given"
+            raise ConfigError(f"{self.base_url} answered {status} to a POST, redirecting to {moved}: set [fhir] "
+                              "base_url to the server's FHIR base")
         if status >= 400:
             raise PermanentDeliveryError(f"HTTP {status}: {problem(response)}", status, _json(response))
+
+    def _single_answer(self, response: httpx.Response, resource_type: str) -> dict:
+        """A 2xx answer to POST [type] as a transaction-response entry: its status, and where the resource
+        is: the Location header (FHIR R4 http.html#create: "SHALL also return a Location header"), else the
+        returned resource's id. A 200 or 201 that says neither (an HTML page from a proxy or a captive portal, an
+        error OperationOutcome, an empty body) is no FHIR answer: TransientDeliveryError, tried again; it was
+        counted delivered, and its empty location put in the references of later entries (review A finding 1)."""
+        status = response.status_code
+        where = response.headers.get("Location", "") if status in (200, 201) else ""
+        if not where and status in (200, 201):
+            resource = _json(response)
+            ident = resource.get("id") if isinstance(resource, dict) and resource.get("resourceType") == resource_type \
+                else None
+            where = f"{resource_type}/{ident}" if isinstance(ident, str) and ident else ""
+        if not where:
+            raise TransientDeliveryError(f"{self.base_url} answered {status} to a POST of a {resource_type} without "
+                                         f"saying where it is (no Location header, no {resource_type} with an id)")
+        return {"response": {"status": str(status), "location": where}}
 
     def _answers(self, response: httpx.Response, entries: int) -> list[dict]:
         """The entries of a transaction-response to a transaction of `entries` entries."""
@@ -388,8 +413,9 @@ class FhirDestination:
         if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
             raise TransientDeliveryError(f"{self.base_url} answered {status} without a transaction-response Bundle")
         answers = bundle.get("entry") or []
-        if not isinstance(answers, list) or not all(
-                isinstance(a, dict) and isinstance(a.get("response") or {}, dict) for a in answers):
+        if not isinstance(answers, list) or not all(  # each entry's response.status is 1..1 (R4 Bundle)
+                isinstance(a, dict) and isinstance(a.get("response"), dict) and isinstance(a["response"].get("status"), str)
+                for a in answers):
             raise TransientDeliveryError(f"{self.base_url} answered {status} with a malformed transaction-response")
         if len(answers) != entries:
             raise TransientDeliveryError(f"{self.base_url} answered {len(answers)} entries for a transaction of "
@@ -428,17 +454,6 @@ def _resolved(value: Any, located: dict[str, str]) -> Any:
     if isinstance(value, list):
         return [_resolved(v, located) for v in value]
     return value
-
-
-def _single_answer(response: httpx.Response, resource_type: str) -> dict:
-    """A 2xx answer to POST [type] as a transaction-response entry: its status, and where the resource
-    is (the Location header, else the returned resource's id; http.html#create)."""
-    where = response.headers.get("Location", "")
-    if not where:
-        resource = _json(response)
-        ident = resource.get("id") if isinstance(resource, dict) else None
-        where = f"{resource_type}/{ident}" if isinstance(ident, str) else ""
-    return {"response": {"status": str(response.status_code), "location": where}}
 
 
 def _json(response: httpx.Response) -> Any:
