@@ -380,7 +380,8 @@ SETTINGS: tuple[Setting, ...] = (
     *_rows("run", ("role", choice(*RUN_ROLES), "all")),
     *_rows("ble",
            ("allow", strings, ()), ("pair_new", flag, False),
-           ("scan_seconds", number(float, 0.1, 3600, " s"), 5.0)),
+           ("scan_seconds", number(float, 0.1, 3600, " s"), 5.0),
+           ("user", number(int, 0, 254))),
     *_rows("ieee11073",
            ("listen", host_port, None),
            ("max_connections", number(int, 1, 10000), 32),
@@ -982,6 +983,7 @@ class Config(Frozen):
     ble_allow: tuple[str, ...] = ()  # Bluetooth addresses to collect from
     ble_pair_new: bool = False  # accept (and pair) any health device in range
     ble_scan_seconds: float = 5.0
+    ble_user: int | None = None  # the patient's User ID on shared cuffs and scales (255 is "unknown user")
     ieee11073_listen: tuple[str, int] | None = None  # (host, port) of the 11073-20601 TCP listener
     ieee11073_max_connections: int = 32
     ieee11073_configs: Path | None = None
@@ -1243,6 +1245,7 @@ def _config(values: Values, destinations: tuple[DestinationSettings, ...], auth:
         ble_allow=values("ble", "allow"),
         ble_pair_new=values("ble", "pair_new"),
         ble_scan_seconds=values("ble", "scan_seconds"),
+        ble_user=values("ble", "user"),
         ieee11073_listen=values("ieee11073", "listen"),
         ieee11073_max_connections=values("ieee11073", "max_connections"),
         ieee11073_configs=values("ieee11073", "configs"),
@@ -1386,6 +1389,7 @@ keep_delivered = "7d"
 # [ble]
 # allow = ["C0:00:00:00:18:08"]
 # pair_new = false     # true: accept and pair any health device in range
+# user = 1             # on a cuff or scale several people share: the patient's user number; others' are not sent
 
 # More destinations, each with its own queue: type "fhir", "mllp", "hl7-http" or "soap".
 # [destinations.lab]

@@ -79,7 +79,8 @@ def configured_sources(config: Config, *, ble_backend: Any = None) -> list[Sourc
 
         assert config.patient is not None  # load_config insists on a [patient] for every source
         sources.append(BleSource(BleSettings(allow=config.ble_allow, pair_new=config.ble_pair_new,
-                                             patient=config.patient, scan_seconds=config.ble_scan_seconds),
+                                             patient=config.patient, scan_seconds=config.ble_scan_seconds,
+                                             user=config.ble_user),
                                  backend=ble_backend))
     if config.ieee11073_listen is not None or config.usb_enabled:
         from phg.sources.ieee11073.configs import FileConfigStore, MemoryConfigStore

@@ -61,7 +61,7 @@ from phg.model import (
     Reading,
     Specialization,
 )
-from phg.sources.ble.gatt import GattError, decode, quirks, to_metrics
+from phg.sources.ble.gatt import GattError, decode, lookup, quirks, to_metrics
 from phg.sources.ble.gatt.cgm import CgmMeasurement, CgmSessionStartTime
 from phg.sources.ble.gatt.glucose import (
     GlucoseMeasurement,
@@ -197,6 +197,7 @@ class BleSettings:
     allow: tuple[str, ...]
     pair_new: bool
     patient: PatientRef
+    user: int | None = None  # [ble] user: the patient's User ID on shared devices (Collector.for_patient)
     scan_seconds: float = 5.0
     rest_seconds: float = 5.0  # pause between scan windows
     retry_seconds: float = 30.0  # no new session with a device sooner than this after the last one
@@ -262,12 +263,16 @@ class Collector:
     it follows immediately, but as a notification of its own, often read after the measurement was), which is
     mapped with it (meal, tester, health: gatt/context.py); whatever else comes next (another measurement, the
     RACP response ending the procedure) maps it without one. While it waits it is neither taken nor counted in
-    `last_seq`, the marker stored with what `take` returns: a record is in the marker only once handed over."""
+    `last_seq`, the marker stored with what `take` returns: a record is in the marker only once handed over.
+    `user`: the [patient]'s User ID on a shared cuff or scale ([ble] user); other users' measurements are not
+    taken (for_patient)."""
 
-    def __init__(self, device: Device, patient: PatientRef, clock: DeviceClock | None, utc_offset: UtcOffset,
-                 **facts: Any) -> None:
+    def __init__(self, device: Device, patient: PatientRef, clock: DeviceClock | None, utc_offset: UtcOffset, *,
+                 user: int | None = None, **facts: Any) -> None:
         self.device = device
         self.patient = patient
+        self.user = user
+        self.users: set[int] = set()  # the User IDs this connection's measurements carried
         self.clock = clock
         self.utc_offset = utc_offset
         self.facts = facts  # to_metrics keywords: weight_feature, temperature_type
@@ -309,9 +314,34 @@ class Collector:
             return None
         if isinstance(value, GlucoseMeasurement):
             self._glucose(value)
-        else:
+        elif self.for_patient(uuid, value):
             self._add(value)
         return None
+
+    def for_patient(self, uuid: int, value: object) -> bool:
+        """Whether a measurement is the [patient]'s. Blood Pressure (BLS 1.1), Weight (WSS 1.0) and Body Composition
+        (BCS 1.0) Measurements of a shared device may carry a User ID (the User Data Service index; 255: unknown
+        user). With [ble] user set, one of another user (255 too) is not taken (review B: user 2's weight landed in
+        user 1's record), logged once per User ID and connection without its values; one without a User ID (a
+        single-user device) is. Without it everything is the [patient]'s, as before, but a second User ID is
+        logged: readings of several people are being sent as one."""
+        user = getattr(value, "user_id", None)
+        if user is None:
+            return True
+        first = user not in self.users
+        self.users.add(user)
+        what = f"0x{uuid:04X} {lookup(uuid).name}"
+        if self.user is None:
+            if first and len(self.users) == 2:
+                logger.warning("BLE %s: %s: the device reports several users (User IDs %s), all sent as [patient]: "
+                               "set [ble] user = N (the patient's user number on the device) to send only theirs",
+                               self.device.bt_address, what, " and ".join(map(str, sorted(self.users))))
+            return True
+        if user != self.user and first:
+            logger.warning("BLE %s: %s of %s skipped (and this user's others on this connection): not "
+                           "[ble] user = %d, the [patient]", self.device.bt_address, what,
+                           "an unknown user (User ID 255)" if user == 255 else f"device user {user}", self.user)
+        return user == self.user
 
     def _add(self, value: object, **context: Any) -> None:
         metrics = to_metrics(value, utc_offset=self.utc_offset, received=self._received(), **self.facts, **context)
@@ -381,10 +411,11 @@ _LINK_ENDED = object()
 
 class _Session:
     def __init__(self, address: str, intake: Intake, patient: PatientRef, *,
-                 pair: bool, idle_timeout: float, utc_offset: UtcOffset) -> None:
+                 pair: bool, idle_timeout: float, utc_offset: UtcOffset, user: int | None = None) -> None:
         self.address = address
         self.intake = intake
         self.patient = patient
+        self.user = user
         self.pair = pair
         self.paired = False
         self.idle_timeout = idle_timeout
@@ -492,7 +523,7 @@ class _Session:
             device = await self._device(client, profile)
             clock = await self._clock(client)
             facts = {name: await self._read(client, uuid) for name, uuid in profile.reads}
-            collector = Collector(device, self.patient, clock, self.utc_offset,
+            collector = Collector(device, self.patient, clock, self.utc_offset, user=self.user,
                                   **{k: v for k, v in facts.items() if v is not None})
             records = profile.records
             context = None
@@ -597,11 +628,12 @@ class _Session:
 
 async def fetch(address: str, *, intake: Intake, patient: PatientRef, backend: Any = None,
                 device: BLEDevice | None = None, pair: bool = True, timeout: float = 20.0, idle_timeout: float = 10.0,
-                utc_offset: UtcOffset = local_utc_offset) -> FetchResult:
+                utc_offset: UtcOffset = local_utc_offset, user: int | None = None) -> FetchResult:
     """One session with the device at `address`: scan for it (unless `device` was found already),
     connect, collect and store in `intake`. Raises DeviceNotFound, bleak.exc.BleakError
     (connection or GATT failure) or LookupError (not a health device); whatever was stored
-    before an error stays stored. `pair`: allow pairing when the device demands it."""
+    before an error stays stored. `pair`: allow pairing when the device demands it. `user`: the
+    patient's User ID on a shared device ([ble] user, Collector.for_patient)."""
     from bleak import BleakScanner
 
     scanner_class, client_class = _classes(backend)
@@ -610,7 +642,7 @@ async def fetch(address: str, *, intake: Intake, patient: PatientRef, backend: A
         if device is None:
             raise DeviceNotFound(f"BLE device {address} not found within {timeout:g} s")
     session = _Session(device.address, intake, patient, pair=pair, idle_timeout=idle_timeout,
-                       utc_offset=utc_offset)
+                       utc_offset=utc_offset, user=user)
     return await session.run(device, client_class, timeout)
 
 
@@ -660,7 +692,7 @@ async def run_source(settings: BleSettings, *, intake: Intake, stop: asyncio.Eve
         address = device.address.upper()
         try:
             await fetch(address, intake=intake, patient=settings.patient,
-                        backend=backend, device=device, utc_offset=utc_offset)
+                        backend=backend, device=device, utc_offset=utc_offset, user=settings.user)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # one device's trouble never stops the source
