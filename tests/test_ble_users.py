@@ -5,15 +5,21 @@ on one connection is logged."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
+from decimal import Decimal
 
 import pytest
 
 from phg.config import load_config
+from phg.demo import emulator as emu
 from phg.errors import ConfigError
-from phg.model import Device, PatientRef
-from phg.sources.ble.session import Collector
+from phg.intake import Intake
+from phg.model import Device, PatientRef, parse_reading
+from phg.outbox import Outbox
+from phg.sources.ble.session import BleSettings, Collector, run_source
 
 PATIENT = PatientRef("urn:oid:1.2.3.4", "pt-001")
 ADDRESS = "00-E5-DE-AD-77-C3"
@@ -103,3 +109,42 @@ def test_ble_user_reaches_the_bluetooth_source():
     (source,) = configured_sources(config)
     assert source.settings.user == 2
     assert load_config(document={}, env={}).ble_user is None
+
+
+class SharedCuff(emu.BloodPressureCuff):
+    """A cuff two people share: systolic 120 is user 1's measurement, anything else user 2's (BLS 1.1 flags bit 3)."""
+
+    @staticmethod
+    def encode(measurement: emu.BloodPressure) -> bytes:
+        plain = emu.blood_pressure_measurement(measurement)
+        return bytes([plain[0] | 0x08]) + plain[1:] + bytes([1 if measurement.systolic == 120 else 2])
+
+
+def test_phg_run_sends_only_the_ble_users_measurements_of_a_shared_cuff(tmp_path, caplog):
+    """[ble] user reaches the Collector of every session run_source starts; the other user's measurement is taken
+    from the cuff (it forgets it) but not stored."""
+    time = datetime(2026, 11, 28, 8, 0)
+    cuff = SharedCuff(measurements=[emu.BloodPressure(time, Decimal(120), Decimal(80), Decimal(93), Decimal(60)),
+                                    emu.BloodPressure(time, Decimal(150), Decimal(95), Decimal(113), Decimal(70))])
+    settings = BleSettings(allow=(cuff.address,), pair_new=False, patient=PATIENT, user=1, scan_seconds=0.2,
+                           rest_seconds=0.1, retry_seconds=60)
+
+    async def scenario(outbox: Outbox) -> None:
+        async with emu.EmulatedLink([cuff]) as radio:
+            stop = asyncio.Event()
+            task = asyncio.create_task(run_source(settings, intake=Intake(outbox, ["fhir"]), stop=stop,
+                                                  backend=radio.backend))
+            for _ in range(100):
+                if not cuff.measurements:
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)
+            stop.set()
+            await asyncio.wait_for(task, 5)
+
+    with Outbox(tmp_path / "outbox.sqlite") as outbox, caplog.at_level(logging.WARNING, "phg.sources.ble.session"):
+        asyncio.run(scenario(outbox))
+        stored = [parse_reading(json.loads(i.payload)) for i in outbox.items(destination="fhir", limit=10)]
+    assert cuff.measurements == []
+    assert [str(c.value) for r in stored for c in r.metrics[0].components][:2] == ["120", "80"] and len(stored) == 1
+    assert "0x2A35 Blood Pressure Measurement of device user 2 skipped" in caplog.text
