@@ -1,9 +1,11 @@
 """HTTP rules shared by every client phg runs (auth and delivery): where it may connect in the
 clear, which answers mean "try again later", how long the server asked us to wait, which
-connection failures mean the server was never reached, and URLs without their credentials."""
+connection failures mean the server was never reached, URLs without their credentials, and one exchange
+bounded in time and size (`exchange`)."""
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import ipaddress
 import re
@@ -24,6 +26,32 @@ TRANSIENT_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
 # later (ReadTimeout, WriteError, RemoteProtocolError: the request may have gone out) counts as
 # reached, since the server may have seen the request.
 NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.ProxyError, httpx.PoolTimeout)
+
+
+# The most phg reads of one answer, decoded (a transaction-response to 50 readings with every resource returned is
+# well under 1 MiB); more is refused as a read error. httpx decodes gzip a received chunk at a time: one chunk's
+# expansion is the most held beyond it.
+ANSWER_LIMIT = 16 * 2**20
+
+
+async def exchange(client: httpx.AsyncClient, method: str, url: str, **kwargs: object) -> httpx.Response:
+    """client.request(method, url, **kwargs), the whole answer read within the client's read timeout counted from
+    the start (httpx bounds each read, so a server sending a byte a second held a destination, and `phg run`'s
+    stop, for ever: review A finding 3) and at most ANSWER_LIMIT bytes decoded (an endless body or a gzip bomb
+    grew phg past 900 MB: finding 4). Either raises an httpx.TransportError, as a timeout or a broken connection
+    would, so every caller's handling of those applies (reached: the server answered)."""
+    deadline = client.timeout.read or 30.0
+    try:
+        async with asyncio.timeout(deadline), client.stream(method, url, **kwargs) as response:  # type: ignore[arg-type]
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > ANSWER_LIMIT:
+                    raise httpx.ReadError(f"the answer is larger than {ANSWER_LIMIT} bytes: not read further")
+            response._content = bytes(body)  # what Response.aread() sets: the answer is read
+    except TimeoutError:
+        raise httpx.ReadTimeout(f"no whole answer within {deadline:g} s") from None
+    return response
 
 
 def connection_error(exc: httpx.TransportError, what: str) -> TransientDeliveryError:

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from phg.errors import DiscoveryError, TransientDeliveryError
-from phg.transport import TRANSIENT_STATUSES, connection_error, redact_url, require_secure_url, transient_error
+from phg.transport import TRANSIENT_STATUSES, connection_error, exchange, redact_url, require_secure_url, transient_error
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ async def discover(
     ):
         url = base + path
         try:
-            response = await client.get(url, headers={"Accept": "application/json"}, auth=None)
+            response = await exchange(client, "GET", url, headers={"Accept": "application/json"}, auth=None)
         except httpx.TransportError as exc:
             raise connection_error(exc, f"discovery: cannot reach {redact_url(url)}") from exc
         if response.status_code in TRANSIENT_STATUSES:

@@ -40,6 +40,7 @@ from phg.terminal import printable
 from phg.transport import (
     TRANSIENT_STATUSES,
     connection_error,
+    exchange,
     origin,
     redact_url,
     require_secure_url,
@@ -285,9 +286,8 @@ class TokenAuth(httpx.Auth):
         headers = await self.client_auth.authenticate(url, form)
         started = self._clock()
         try:
-            response = await self._client.post(
-                url, data=form, headers={"Accept": "application/json", **headers}, auth=None
-            )
+            response = await exchange(self._client, "POST", url, data=form,
+                                      headers={"Accept": "application/json", **headers}, auth=None)
         except httpx.TransportError as exc:
             raise connection_error(exc, f"token endpoint {redact_url(url)} unreachable") from exc
         if response.status_code in TRANSIENT_STATUSES:

@@ -68,7 +68,7 @@ from phg.fhir import build_transaction, to_json
 from phg.fhir.resources import phd_identifier
 from phg.model import Gateway, PatientRef, Reading
 from phg.process import in_thread
-from phg.transport import TRANSIENT_STATUSES, connection_error, require_secure_url, transient_error
+from phg.transport import TRANSIENT_STATUSES, connection_error, exchange, require_secure_url, transient_error
 
 log = logging.getLogger(__name__)
 
@@ -330,7 +330,7 @@ class C3proDestination:
         """POST one envelope; None when the server took it (200), else why it refused this one."""
         url = f"{self.settings.base_url}/encfhir/{kind}"
         try:
-            response = await self.client.post(url, content=body, headers={"Content-Type": CONTENT_TYPE})
+            response = await exchange(self.client, "POST", url, content=body, headers={"Content-Type": CONTENT_TYPE})
         except httpx.TransportError as exc:
             error = connection_error(exc, url)
             if error.reached:  # it may have arrived: the retry may duplicate it

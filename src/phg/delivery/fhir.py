@@ -65,7 +65,7 @@ from phg.fhir import build_transaction, to_json
 from phg.fhir.bundle import Transaction
 from phg.model import Gateway, Reading
 from phg.process import in_thread
-from phg.transport import TRANSIENT_STATUSES, redact_url, require_secure_url, transient_error
+from phg.transport import TRANSIENT_STATUSES, exchange, redact_url, require_secure_url, transient_error
 
 log = logging.getLogger(__name__)
 
@@ -333,7 +333,7 @@ class FhirDestination:
 
     async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
         try:
-            return await self.client.post(url, content=body, headers=headers)
+            return await exchange(self.client, "POST", url, content=body, headers=headers)
         except httpx.HTTPError as exc:  # connection, timeout, protocol and decoding trouble alike
             unreachable = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
             raise TransientDeliveryError(f"{self.base_url}: {exc.__class__.__name__}: {exc}",
@@ -350,7 +350,8 @@ class FhirDestination:
                 continue
             query = f"{request['ifNoneExist']}&_count=2"
             try:
-                found = await self.client.get(f"{self.base_url}/{request['url']}?{query}", headers={"Accept": FHIR_JSON})
+                found = await exchange(self.client, "GET", f"{self.base_url}/{request['url']}?{query}",
+                                       headers={"Accept": FHIR_JSON})
             except httpx.HTTPError as exc:
                 raise TransientDeliveryError(f"{self.base_url}: 412, and the search for the cause failed: "
                                              f"{exc.__class__.__name__}: {exc}") from exc

@@ -27,7 +27,7 @@ from phg.delivery.outcome import Deferred, Outcome, Rejected
 from phg.delivery.tls import httpx_options
 from phg.errors import AuthError
 from phg.hl7v2.ack import Ack, AckError, parse_ack
-from phg.transport import NEVER_SENT, TRANSIENT_STATUSES, require_secure_url, retry_after
+from phg.transport import NEVER_SENT, TRANSIENT_STATUSES, exchange, require_secure_url, retry_after
 
 
 class NoAck(ValueError):
@@ -81,8 +81,8 @@ class HttpExchange:
         except Exception as exc:  # e.g. lxml refusing text XML 1.0 cannot carry: this reading's problem only
             return Rejected(f"cannot render the request for {control_id}: {exc.__class__.__name__}: {exc}")
         try:
-            response = await self.client.post(self.where, content=body,
-                                              headers={**self.binding.headers, **dict(self.settings.headers)})
+            response = await exchange(self.client, "POST", self.where, content=body,
+                                      headers={**self.binding.headers, **dict(self.settings.headers)})
         except httpx.HTTPError as exc:  # TLS handshake failures are ConnectError
             if isinstance(exc, NEVER_SENT):
                 return Deferred(f"cannot connect to {self.where}: {exc.__class__.__name__}: {exc}", reached=False)
