@@ -148,3 +148,24 @@ def test_phg_run_sends_only_the_ble_users_measurements_of_a_shared_cuff(tmp_path
     assert cuff.measurements == []
     assert [str(c.value) for r in stored for c in r.metrics[0].components][:2] == ["120", "80"] and len(stored) == 1
     assert "0x2A35 Blood Pressure Measurement of device user 2 skipped" in caplog.text
+
+
+def test_phg_ble_fetch_passes_ble_user_to_the_session(tmp_path, monkeypatch):
+    """`phg ble fetch` (one download) holds the same [ble] user as `phg run`'s Bluetooth source."""
+    from click.testing import CliRunner
+
+    import phg.sources.ble.session as session
+    from phg.cli.commands import main
+
+    asked = {}
+
+    async def fake_fetch(address, **kwargs):
+        asked.update(kwargs, address=address)
+        raise session.DeviceNotFound(address)
+
+    monkeypatch.setattr(session, "fetch", fake_fetch)
+    env = {"PHG_CONFIG": "", "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path),
+           "PHG_BLE_USER": "2", "PHG_PATIENT_SYSTEM": "urn:oid:1", "PHG_PATIENT_VALUE": "p"}
+    result = CliRunner().invoke(main, ["--outbox", str(tmp_path / "o.sqlite"), "ble", "fetch", "--emulated",
+                                       "C0:00:00:00:18:10"], env=env)
+    assert asked.get("user") == 2, (result.output, asked)

@@ -102,7 +102,7 @@ def fetch(obj: Context, address: str, patient: PatientRef | None, timeout: float
     try:
         result = _with_radio(emulated, lambda b: ble_fetch(
             address, intake=Intake(outbox, config.destination_names, view=open_view(config.view), routes=config.routes),
-            patient=patient, backend=b, pair=not no_pair, timeout=timeout))
+            patient=patient, backend=b, pair=not no_pair, timeout=timeout, user=config.ble_user))
     except DeviceNotFound as exc:
         fail(f"{exc}; is it advertising (press its button / take a measurement)?", EXIT_TEMPFAIL)
     except LookupError as exc:
