@@ -1,6 +1,7 @@
 """The reading document: parsing, canonical form, and clear errors naming the field."""
 
 import json
+import re
 from datetime import UTC
 from decimal import Decimal
 
@@ -10,6 +11,8 @@ from hypothesis import strategies as st
 
 from phg.errors import ReadingError
 from phg.model import loads, parse_documents, parse_reading, patient_fits
+from test_cli import env, phg  # noqa: F401  (env: the fixture of a user without config)
+from test_service_api import ctx, post  # noqa: F401  (ctx: the fixture of an API on a real outbox)
 
 DOC = """{"device": {"system_id": "00-1C-05-FF-FE-00-78-25", "bt_address": "00:1c:05:00:78:25",
   "manufacturer": "Acme", "specializations": [{"code": 528388, "version": 1}]},
@@ -216,3 +219,59 @@ def test_patient_fits_says_what_reading_schema_says_of_a_patient(name, text):
     else:
         accepted = True
     assert patient_fits(name, text) == accepted
+
+
+# A member name repeated (review A): json kept the last, so a reading could be stored for another patient than the
+# one an app or a proxy checked (the first); RFC 8259 section 4 leaves the meaning of duplicates unpredictable.
+ONE_LINE = " ".join(DOC.split())
+REPEATS = {
+    "(document)": ONE_LINE.replace('{"device"', '{"patient": {"system": "urn:oid:1.2.3.4", "value": "other"}, "device"', 1),
+    "patient": ONE_LINE.replace('"value": "pt-001"}', '"value": "pt-001", "value": "pt-002"}'),
+    "metrics[0]": ONE_LINE.replace('"value": "97",', '"value": "97", "value": "98",'),
+    "metrics[1].components[0]": ONE_LINE.replace('{"code": 150021,', '{"code": 150021, "code": 150022,'),
+}
+REPEATED = {"(document)": "patient", "patient": "value", "metrics[0]": "value", "metrics[1].components[0]": "code"}
+
+
+@pytest.mark.parametrize("where", REPEATS)
+def test_a_repeated_member_name_refuses_its_document_alone(where):
+    text = REPEATS[where]
+    message = f"{where}: duplicate member {REPEATED[where]!r}: a name may appear once in an object"
+    assert parse_documents(ONE_LINE, "f.json")[1] == []  # the document without the repeat is taken
+    for data, source, taken in [(text, "f.json", 0), (f"[{ONE_LINE}, {text}, {ONE_LINE}]", "f.json[1]", 2),
+                                (f"{ONE_LINE}\n{text}\n{ONE_LINE}\n", "f.json line 2", 2),
+                                (f"{text}\n{ONE_LINE}\n", "f.json line 1", 1)]:  # JSON Lines known by its first line
+        readings, [error] = parse_documents(data.encode(), "f.json")
+        assert len(readings) == taken
+        assert str(error).startswith(f"{source}: {message}"), error
+        assert (error.where, error.source) == (where, source)
+    with pytest.raises(ReadingError, match=f"^{re.escape(message)}"):
+        loads(text)
+
+
+def test_a_repeated_member_name_is_refused_by_phg_send_and_the_api(tmp_path, env, ctx):  # noqa: F811
+    (tmp_path / "twice.json").write_text(REPEATS["patient"])
+    result = phg("send", "--no-deliver", str(tmp_path / "twice.json"), "-", env=env, stdin=ONE_LINE)
+    assert result.returncode == 1
+    assert f"{tmp_path / 'twice.json'}: patient: duplicate member 'value'" in result.stderr
+    assert "queued 1 reading(s)" in result.stdout
+    answer = post(ctx, f"[{ONE_LINE}, {REPEATS['metrics[1].components[0]']}]".encode())
+    assert [r["status"] for r in answer.json()["results"]] == ["queued", "refused"]
+    assert answer.json()["results"][1]["error"].startswith("request[1]: metrics[1].components[0]: duplicate member 'code'")
+    assert ctx.outbox.counts()["queued"] == 1
+
+
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+                           | st.text(), lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner,
+                                                                                                     max_size=4),
+                           max_leaves=20)
+
+
+@given(JSON_VALUES)
+def test_json_without_a_repeated_name_reads_as_before(value):
+    """The duplicate check (json's object_pairs_hook) changes nothing else: the values of json.loads, numbers as
+    before (an int, or a Decimal keeping its digits)."""
+    from phg.model import _json_number
+
+    text = json.dumps(value)
+    assert loads(text) == json.loads(text, parse_int=_json_number, parse_float=_json_number)

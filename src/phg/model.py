@@ -988,13 +988,70 @@ def _json_number(text: str) -> int | Decimal:
 
 
 def loads(text: str) -> Any:
-    """JSON text to Python values, numbers as `_json_number`; malformed JSON is a ReadingError."""
+    """JSON text to Python values, numbers as `_json_number`; malformed JSON, or an object that repeats a
+    member name (`_parse`), is a ReadingError."""
+    doc, repeated = _parse(text)
+    if repeated and (error := _repeated_member(doc)):
+        raise error
+    return doc
+
+
+class _Repeated:
+    """What `_parse` puts in place of an object that repeats a member name: `name`, the first name repeated."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, pairs: list[tuple[str, Any]]):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                break
+            seen.add(name)
+        self.name = name
+
+
+def _parse(text: str) -> tuple[Any, bool]:
+    """`loads`, keeping in place of each object that repeats a member name a _Repeated, and whether there is
+    one: a document holding one is refused (RFC 8259 section 4: names SHOULD be unique, and readers disagree
+    on which value counts; json keeps the last, so an app or a proxy that checked the first patient would
+    have the reading stored for another: review A), and a multi-document text refuses only that document.
+    The check is json's object_pairs_hook; only a text with a repeated name is walked again (issue 16)."""
+    repeated: list[_Repeated] = []
+
+    def members(pairs: list[tuple[str, Any]]) -> dict[str, Any] | _Repeated:
+        obj = dict(pairs)
+        if len(obj) == len(pairs):
+            return obj
+        repeated.append(_Repeated(pairs))
+        return repeated[-1]
+
     try:
-        return json.loads(text, parse_int=_json_number, parse_float=_json_number)
+        doc = json.loads(text, parse_int=_json_number, parse_float=_json_number, object_pairs_hook=members)
     except json.JSONDecodeError as exc:
         raise ReadingError(f"line {exc.lineno} column {exc.colno}", f"not JSON: {exc.msg}") from None
     except RecursionError:
         raise ReadingError("(document)", f"not readable: nested far deeper than {MAX_DEPTH} levels") from None
+    return doc, bool(repeated)
+
+
+def _repeated_member(doc: Any, source: str | None = None) -> ReadingError | None:
+    """The refusal of the first object in `doc` (in document order) that repeats a member name, naming its
+    path and the name. Each stacked value links to its parent's link (no path copied per value: a deep text
+    costs no more)."""
+    stack: list[tuple[Any, tuple | None]] = [(doc, None)]
+    while stack:
+        value, link = stack.pop()
+        if isinstance(value, _Repeated):
+            parts = []
+            while link:
+                link, key = link
+                parts.append(key)
+            return ReadingError(_path(reversed(parts)), f"duplicate member {value.name!r:.60}: a name may appear "
+                                "once in an object (RFC 8259 section 4: readers disagree on which value counts)", source)
+        if isinstance(value, dict | list):
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            stack += reversed([(item, (link, key)) for key, item in items])
+    return None
 
 
 def parse_documents(data: bytes | str, source: str) -> tuple[list[Reading], list[ReadingError]]:
@@ -1028,26 +1085,34 @@ def _reading_or_error(doc: Any, label: str) -> Reading | ReadingError:
 def _documents(data: bytes | str, source: str) -> Iterator[tuple[str, Any]]:
     """(label, document) for one document, an array of them, or JSON Lines: a text that is not one
     JSON value is read as JSON Lines (jsonlines.org: one value per line, lines split at \\n only)
-    when its first or second non-blank line is a JSON value on its own; a line that is not JSON then
-    comes as (label, its ReadingError)."""
+    when its first or second non-blank line is a JSON value on its own; a line that is not JSON, or a
+    document that repeats a member name, then comes as (label, its ReadingError)."""
     text = _text(data)
     try:
-        docs = loads(text)
+        docs, repeated = _parse(text)
     except ReadingError:
         lines = [(n, line) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
         if len(lines) < 2 or not any(_is_json(line) for _, line in lines[:2]):
             raise
         for n, line in lines:
             try:
-                yield f"{source} line {n}", loads(line)
+                yield f"{source} line {n}", _unrepeated(*_parse(line), f"{source} line {n}")
             except ReadingError as exc:  # where: "line 1 column 7" of the line alone, or "(document)"
                 column = exc.where.removeprefix("line 1") if exc.where.startswith("line 1 ") else ""
                 yield f"{source} line {n}", ReadingError(f"line {n}{column}", exc.why, source)
         return
     if not isinstance(docs, list):
-        yield source, docs
-    else:
-        yield from ((source if len(docs) == 1 else f"{source}[{n}]", doc) for n, doc in enumerate(docs))
+        yield source, _unrepeated(docs, repeated, source)
+        return
+    for n, doc in enumerate(docs):
+        label = source if len(docs) == 1 else f"{source}[{n}]"
+        yield label, _unrepeated(doc, repeated, label)
+
+
+def _unrepeated(doc: Any, repeated: bool, label: str) -> Any:
+    """`doc`, or its refusal when it holds an object that repeats a member name (`_parse`)."""
+    error = _repeated_member(doc, label) if repeated else None
+    return doc if error is None else error
 
 
 def _text(data: bytes | str) -> str:
@@ -1064,7 +1129,7 @@ def _text(data: bytes | str) -> str:
 
 def _is_json(line: str) -> bool:
     try:
-        loads(line)
+        _parse(line)
     except ReadingError:
         return False
     return True
