@@ -275,3 +275,11 @@ def test_json_without_a_repeated_name_reads_as_before(value):
 
     text = json.dumps(value)
     assert loads(text) == json.loads(text, parse_int=_json_number, parse_float=_json_number)
+
+
+def test_a_repeated_name_deep_under_long_names_is_named_in_a_short_refusal():
+    """Nesting and names past the bounds (refused anyway) would make the path megabytes: its ends are shown."""
+    text = "".join('{"' + "k" * 5000 + '": ' for _ in range(500)) + '{"a": 1, "a": 2}' + "}" * 500
+    _, [error] = parse_documents(text, "f.json")
+    assert len(str(error)) < 400 and error.where.startswith("k" * 80 + " ... ") and error.where.endswith("k" * 100)
+    assert "duplicate member 'a'" in str(error)

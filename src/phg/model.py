@@ -1036,8 +1036,8 @@ def _parse(text: str) -> tuple[Any, bool]:
 
 def _repeated_member(doc: Any, source: str | None = None) -> ReadingError | None:
     """The refusal of the first object in `doc` (in document order) that repeats a member name, naming its
-    path and the name. Each stacked value links to its parent's link (no path copied per value: a deep text
-    costs no more)."""
+    path and the name, both cut short when long (the refusal is answered and logged). Each stacked value links
+    to its parent's link (no path copied per value: a deep text costs no more)."""
     stack: list[tuple[Any, tuple | None]] = [(doc, None)]
     while stack:
         value, link = stack.pop()
@@ -1046,8 +1046,10 @@ def _repeated_member(doc: Any, source: str | None = None) -> ReadingError | None
             while link:
                 link, key = link
                 parts.append(key)
-            return ReadingError(_path(reversed(parts)), f"duplicate member {value.name!r:.60}: a name may appear "
-                                "once in an object (RFC 8259 section 4: readers disagree on which value counts)", source)
+            where = _path(reversed(parts))  # deeper, or through longer names, than a valid document: its ends
+            return ReadingError(where if len(where) <= 200 else f"{where[:80]} ... {where[-100:]}",
+                                f"duplicate member {value.name!r:.60}: a name may appear once in an object "
+                                "(RFC 8259 section 4: readers disagree on which value counts)", source)
         if isinstance(value, dict | list):
             items = value.items() if isinstance(value, dict) else enumerate(value)
             stack += reversed([(item, (link, key)) for key, item in items])
