@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 from decimal import Decimal
 
@@ -23,7 +24,7 @@ from hypothesis import strategies as st
 from phg.delivery.fhir import FhirDestination, _json, outcome_text
 from phg.delivery.outcome import Delivered, Rejected
 from phg.delivery.worker import DeliveryWorker
-from phg.errors import ConfigError, DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from phg.errors import AuthError, ConfigError, DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from phg.fhir.bundle import Transaction
 from phg.fhir.resources import phg_identifier
 from phg.model import Gateway, Metric
@@ -226,3 +227,22 @@ async def test_a_transaction_response_entry_without_its_response_status_is_malfo
         dest = FhirDestination(client, BASE, Gateway("02AB7FFFFE000001"))
         with pytest.raises(TransientDeliveryError, match="malformed transaction-response"):
             await dest.send(readings_of_every_type()[:1])
+
+
+@pytest.mark.parametrize("status", [401, 403, 404, 405])
+async def test_a_refusal_that_stops_the_destination_keeps_the_servers_words_at_debug(status, caplog):
+    """Review A finding 5: the server's text of a 401/403/404/405 (which may echo the POSTed values) went into the
+    message logged at ERROR and shown as the destination's status (systemd STATUS=); now only at DEBUG."""
+    echo = {"resourceType": "OperationOutcome",
+            "issue": [{"severity": "error", "code": "processing", "diagnostics": 'cannot process "value":97.123'}]}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, json=echo)
+
+    caplog.set_level(logging.DEBUG, "phg.delivery.fhir")
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        dest = FhirDestination(client, BASE, Gateway("02AB7FFFFE000001"))
+        with pytest.raises(ConfigError if status >= 404 else AuthError) as caught:
+            await dest.send(readings_of_every_type()[:1])
+    assert "97.123" not in str(caught.value) and "logged at DEBUG" in str(caught.value)
+    assert [r.levelno for r in caplog.records if "97.123" in r.getMessage()] == [logging.DEBUG]

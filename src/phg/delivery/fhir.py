@@ -368,16 +368,15 @@ class FhirDestination:
         if status in TRANSIENT_STATUSES:
             raise transient_error(response, "FHIR server")
         if status == 401:
-            raise AuthError(f"{self.base_url} answered 401 Unauthorized even with a fresh token: "
-                            f"{problem(response)}")
+            raise AuthError(f"{self.base_url} answered 401 Unauthorized even with a fresh token{self._words(response)}")
         if status == 403:
             raise AuthError(f"{self.base_url} answered 403 Forbidden: the client lacks a scope or permission "
-                            f"(create on Patient, Device and Observation is needed): {problem(response)}")
+                            f"(create on Patient, Device and Observation is needed){self._words(response)}")
         if status in (404, 405):
             # Our requests reference nothing the server has not answered for, so "not found" or "method
             # not allowed" on the POST is about the endpoint, never about a reading: stop, keep the queue.
             raise ConfigError(f"{self.base_url} answered {status} to a POST: is [fhir] base_url the "
-                              f"server's FHIR base? {problem(response)}")
+                              f"server's FHIR base?{self._words(response)}")
         if 300 <= status < 400:
             # A moved endpoint (http to https, a new base): like a 404, about the endpoint, never a reading. phg
             # does not follow it with readings (nor with the token): stop, keep the queue (review A finding 6: a
@@ -387,6 +386,13 @@ class FhirDestination:
                               "base_url to the server's FHIR base")
         if status >= 400:
             raise PermanentDeliveryError(f"HTTP {status}: {problem(response)}", status, _json(response))
+
+    def _words(self, response: httpx.Response) -> str:
+        """Where the server's own words about a refusal that stops the destination are: logged at DEBUG only. They
+        may quote what was POSTed (an OperationOutcome echoing a valueQuantity), and the refusal's message is logged
+        at ERROR and shown as the destination's status (the page, systemd's STATUS=): review A finding 5."""
+        log.debug("%s answered %d: %s", self.base_url, response.status_code, problem(response))
+        return " (the server's words are logged at DEBUG: phg -vv)"
 
     def _single_answer(self, response: httpx.Response, resource_type: str) -> dict:
         """A 2xx answer to POST [type] as a transaction-response entry: its status, and where the resource
