@@ -29,8 +29,9 @@ NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.ProxyError, httpx.
 
 
 # The most phg reads of one answer, decoded (a transaction-response to 50 readings with every resource returned is
-# well under 1 MiB); more is refused as a read error. httpx decodes gzip a received chunk at a time: one chunk's
-# expansion is the most held beyond it.
+# well under 1 MiB); more is refused as a read error. phg asks for answers without content coding (Accept-Encoding:
+# identity, RFC 9110 section 12.5.3); from a server that compresses anyway, httpx decodes a received chunk (64 KiB)
+# at a time: that chunk's expansion is the most held beyond the limit.
 ANSWER_LIMIT = 16 * 2**20
 
 
@@ -41,13 +42,14 @@ async def exchange(client: httpx.AsyncClient, method: str, url: str, **kwargs: o
     grew phg past 900 MB: finding 4). Either raises an httpx.TransportError, as a timeout or a broken connection
     would, so every caller's handling of those applies (reached: the server answered)."""
     deadline = client.timeout.read or 30.0
+    kwargs["headers"] = {"Accept-Encoding": "identity", **(kwargs.get("headers") or {})}  # type: ignore[dict-item]
     try:
         async with asyncio.timeout(deadline), client.stream(method, url, **kwargs) as response:  # type: ignore[arg-type]
             body = bytearray()
             async for chunk in response.aiter_bytes():
-                body += chunk
-                if len(body) > ANSWER_LIMIT:
+                if len(body) + len(chunk) > ANSWER_LIMIT:
                     raise httpx.ReadError(f"the answer is larger than {ANSWER_LIMIT} bytes: not read further")
+                body += chunk
             response._content = bytes(body)  # what Response.aread() sets: the answer is read
     except TimeoutError:
         raise httpx.ReadTimeout(f"no whole answer within {deadline:g} s") from None
