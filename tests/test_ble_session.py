@@ -363,3 +363,52 @@ def test_measurements_received_together_without_time_stamps_are_each_sent():
         transaction = build_transaction(readings, Gateway(system_id="0011223344556677"), version)
         per_reading = [frozenset(entries) for entries in transaction.reading_entries]
         assert len(set(per_reading)) == 9 and all(not a & b for a in per_reading for b in per_reading if a is not b)
+
+
+def test_a_heart_rate_sensor_streams_and_each_beat_is_stored_as_its_own_reading(tmp_path):
+    """A heart rate sensor (0x180D) was decoded but never subscribed to. Its notifications, without time stamps, are
+    stored as they arrive, each at its time of reception, with the heart-rate sub-specialization (11073-10406,
+    528525) on the device; the session ends with the link."""
+    from phg.fhir import build_transaction, conditional_identifier
+    from phg.model import RECEIVED, Gateway
+
+    monitor = emu.HeartRateMonitor(measurements=[72, 90, 72, 75])
+
+    async def scenario(outbox: Outbox):
+        async with emu.EmulatedLink([monitor]) as radio:
+            return await collect(radio, outbox, monitor.address)
+
+    with Outbox(tmp_path / "outbox.sqlite") as outbox:
+        result = asyncio.run(scenario(outbox))
+        stored = [parse_reading(json.loads(item.payload)) for item in outbox.items(destination="fhir", limit=10)]
+    assert (result.profile, result.readings, monitor.measurements) == ("heart_rate", 4, [])
+    assert [str(r.metrics[0].value) for r in stored] == ["72", "90", "72", "75"]
+    assert all(r.metrics[0].code == 147842 and r.metrics[0].stamp.kind == RECEIVED for r in stored)
+    assert {s.code for r in stored for s in r.device.specializations} == {528525}
+    assert len({conditional_identifier(r, r.metrics[0]) for r in stored}) == 4
+    bundle = build_transaction(stored, Gateway(system_id="0011223344556677")).bundle
+    assert sum(e["resource"]["resourceType"] == "Observation" and e["resource"]["code"]["coding"][0]["code"] == "147842"
+               for e in bundle["entry"]) == 4
+
+
+def test_a_body_composition_measurement_in_two_halves_is_one_reading():
+    """BCS 1.0 section 3.2.1: a value longer than the ATT MTU comes as two indications, each with the body fat
+    percentage: the Collector takes them as one measurement (its body fat once), not as two readings."""
+    from phg.model import Device
+    from phg.sources.ble.session import Collector
+
+    collector = Collector(Device(bt_address="00-E5-DE-AD-77-C4"), PATIENT, None, timedelta(hours=1))
+    collector.feed(0x2A9C, bytes.fromhex("4010" "5000" "e02e"))  # first half: body fat 8.0 %, fat-free mass 60 kg
+    assert collector.take() == []
+    collector.feed(0x2A9C, bytes.fromhex("0014" "5000" "b036"))  # second half: body fat 8.0 %, weight 70 kg
+    (reading,) = collector.take()
+    assert [(m.code, str(m.value)) for m in reading.metrics] == [(188748, "8.0"), (188736, "70.000")]  # fat once
+
+
+def test_the_profiles_cover_every_health_service_phg_decodes():
+    """Every measurement characteristic phg decodes into readings is subscribed to by some profile (heart rate, body
+    composition and continuous oximetry were decoded but never collected)."""
+    from phg.sources.ble.session import PROFILES
+
+    subscribed = {uuid for p in PROFILES for uuid in p.measurements}
+    assert {0x2A18, 0x2A35, 0x2A9D, 0x2A9C, 0x2A1C, 0x2A5E, 0x2A5F, 0x2AA7, 0x2A37} <= subscribed

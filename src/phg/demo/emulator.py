@@ -629,10 +629,12 @@ class CgmSensor(_RacpDevice):
 
 
 class _IndicatingDevice(EmulatedDevice):
-    """A device that indicates its stored measurements once the gateway subscribes, then ends the link."""
+    """A device that indicates its stored measurements once the gateway subscribes, then ends the link (NOTIFIES:
+    notifies them instead, as a streaming sensor does, INTERVAL seconds apart)."""
 
     MEASUREMENT = 0
     FEATURES: tuple[tuple[int, bytes], ...] = ()
+    NOTIFIES, INTERVAL = False, 0.0
 
     def __init__(self, address: str, name: str, info: DeviceInformation, measurements: list | None = None, *,
                  disconnect_when_done: bool = True, **kwargs) -> None:
@@ -645,21 +647,23 @@ class _IndicatingDevice(EmulatedDevice):
         raise NotImplementedError
 
     def health_services(self) -> list[gatt.Service]:
-        self.measurement = gatt.Characteristic(_uuid(self.MEASUREMENT), gatt.Characteristic.Properties.INDICATE,
-                                               gatt.Attribute.Permissions(0))
+        kind = gatt.Characteristic.Properties.NOTIFY if self.NOTIFIES else gatt.Characteristic.Properties.INDICATE
+        self.measurement = gatt.Characteristic(_uuid(self.MEASUREMENT), kind, gatt.Attribute.Permissions(0))
         self.measurement.on(self.measurement.EVENT_SUBSCRIPTION, self._on_subscription)
         chars = [self.measurement] + [self._readable(uuid, value) for uuid, value in self.FEATURES]
         return [gatt.Service(_uuid(self.SERVICE), chars)]
 
     def _on_subscription(self, connection: Connection, notify: bool, indicate: bool) -> None:
-        if indicate:
+        if notify if self.NOTIFIES else indicate:
             self._spawn(self._upload(connection))
 
     async def _upload(self, connection: Connection) -> None:
         await asyncio.sleep(0)
+        send = self.device.notify_subscriber if self.NOTIFIES else self.device.indicate_subscriber  # type: ignore[union-attr]
         for m in list(self.measurements):
-            await self.device.indicate_subscriber(connection, self.measurement, self.encode(m))  # type: ignore[union-attr]
-            self.measurements.remove(m)  # confirmed by the gateway: forget it
+            await send(connection, self.measurement, self.encode(m))
+            self.measurements.remove(m)  # confirmed by the gateway (a notification: sent): forget it
+            await asyncio.sleep(self.INTERVAL)
         if self.disconnect_when_done:
             await connection.disconnect()
 
@@ -706,6 +710,24 @@ class PulseOximeter(_IndicatingDevice):
                  measurements: list[SpotCheck] | None = None, **kwargs) -> None:
         super().__init__(address, name, info or DeviceInformation(model="Emu Pulse Oximeter", serial="EMU-PO-1",
                                                                   system_id="0A1B2C3D4E5F6005"), measurements, **kwargs)
+
+
+def heart_rate_measurement(bpm: int) -> bytes:
+    """0x2A37 (HRS 1.0 section 3.1.1.1): flags 0 (a UINT8 value, no contact, energy or RR fields), the value."""
+    return bytes([0x00, bpm])
+
+
+class HeartRateMonitor(_IndicatingDevice):
+    """A heart rate sensor: notifies one value a beat-ish apart (HRS: notify only), no time stamps."""
+
+    SERVICE, MEASUREMENT = 0x180D, 0x2A37
+    NOTIFIES, INTERVAL = True, 0.05
+    encode = staticmethod(heart_rate_measurement)
+
+    def __init__(self, address: str = "C0:00:00:00:18:0D", name: str = "Emu HR", info: DeviceInformation | None = None,
+                 measurements: list[int] | None = None, **kwargs) -> None:
+        super().__init__(address, name, info or DeviceInformation(model="Emu HR Strap", serial="EMU-HR-1",
+                                                                  system_id="0A1B2C3D4E5F6006"), measurements, **kwargs)
 
 
 def demo_devices(now: datetime | None = None) -> list[EmulatedDevice]:

@@ -49,12 +49,14 @@ from phg import metrics
 from phg.errors import MappingError, StorageError
 from phg.intake import Intake
 from phg.model import (
+    MDC_DEV_SPEC_PROFILE_BCA,
     MDC_DEV_SPEC_PROFILE_BP,
     MDC_DEV_SPEC_PROFILE_CGM,
     MDC_DEV_SPEC_PROFILE_GLUCOSE,
     MDC_DEV_SPEC_PROFILE_PULS_OXIM,
     MDC_DEV_SPEC_PROFILE_SCALE,
     MDC_DEV_SPEC_PROFILE_TEMP,
+    MDC_DEV_SUB_SPEC_PROFILE_HR,
     Device,
     DeviceClock,
     PatientRef,
@@ -73,6 +75,7 @@ from phg.sources.ble.gatt.glucose import (
 )
 from phg.sources.ble.gatt.numbers import crc16_mcrf4xx
 from phg.sources.ble.gatt.readings import UtcOffset
+from phg.sources.ble.gatt.weight import BodyCompositionAssembler, BodyCompositionMeasurement
 
 if TYPE_CHECKING:
     from bleak import BleakClient
@@ -153,15 +156,22 @@ RACP = 0x2A52
 # Service (Bluetooth Assigned Numbers) -> the IEEE 11073-10101 specialization it maps to, as the PHD IG asks of
 # Bluetooth SIG devices ("mapped as if they had come from a compliant IEEE 11073 device", Non11073PHDDevices.html;
 # the codes of PhdDeviceProfile "System Type Spec List"): 11073-10417 glucose, -10407 blood pressure, -10415
-# weighing scale, -10408 thermometer, -10404 pulse oximeter, -10425 CGM. README "Device specialization: the rule".
+# weighing scale, -10420 body composition analyzer, -10408 thermometer, -10404 pulse oximeter, -10425 CGM, -10406
+# heart rate. README "Device specialization: the rule". The first profile whose service the device offers is its
+# profile; each of its measurements the device has is subscribed to, in whatever service it lies (a scale's Body
+# Composition Measurement is in the Body Composition Service, 0x181B; a pulse oximeter's continuous 0x2A5F is
+# optional, PLXS 1.0 section 3). A device that streams (heart rate, continuous oximetry) has its values stored as they
+# arrive (`_collect`), for as long as the link lasts.
 PROFILES: tuple[Profile, ...] = (
     Profile("glucose", 0x1808, (0x2A18, 0x2A34), MDC_DEV_SPEC_PROFILE_GLUCOSE, records=GlucoseRecords()),
     Profile("blood_pressure", 0x1810, (0x2A35,), MDC_DEV_SPEC_PROFILE_BP),
-    Profile("scale", 0x181D, (0x2A9D,), MDC_DEV_SPEC_PROFILE_SCALE, reads=(("weight_feature", 0x2A9E),)),
+    Profile("scale", 0x181D, (0x2A9D, 0x2A9C), MDC_DEV_SPEC_PROFILE_SCALE, reads=(("weight_feature", 0x2A9E),)),
+    Profile("body_composition", 0x181B, (0x2A9C,), MDC_DEV_SPEC_PROFILE_BCA),
     Profile("thermometer", 0x1809, (0x2A1C,), MDC_DEV_SPEC_PROFILE_TEMP, reads=(("temperature_type", 0x2A1D),)),
-    Profile("pulse_oximeter", 0x1822, (0x2A5E,), MDC_DEV_SPEC_PROFILE_PULS_OXIM),
+    Profile("pulse_oximeter", 0x1822, (0x2A5E, 0x2A5F), MDC_DEV_SPEC_PROFILE_PULS_OXIM),
     Profile("cgm", 0x181F, (0x2AA7,), MDC_DEV_SPEC_PROFILE_CGM, records=CgmRecords(),
             reads=(("session_start", 0x2AAA),)),
+    Profile("heart_rate", 0x180D, (0x2A37,), MDC_DEV_SUB_SPEC_PROFILE_HR),
 )
 HEALTH_SERVICES: tuple[str, ...] = tuple(uuid16(p.service) for p in PROFILES)
 DIS_STRINGS = {"manufacturer": 0x2A29, "model": 0x2A24, "serial": 0x2A25, "firmware": 0x2A26}
@@ -281,6 +291,7 @@ class Collector:
         self.cgm_e2e = False  # CGM Feature says E2E-CRC supported: records without one are refused
         self.held: list[CgmMeasurement] = []  # CGM records waiting for a usable Session Start Time
         self.glucose: GlucoseMeasurement | None = None  # waiting for its 0x2A34 context
+        self.body_composition = BodyCompositionAssembler()  # a 0x2A9C value sent in two halves: one measurement
         self._last_received: datetime | None = None  # the last time of reception given (_received)
 
     def feed(self, uuid: int, data: bytes) -> bool | None:
@@ -312,6 +323,10 @@ class Collector:
         if isinstance(value, GlucoseMeasurement) and value.context_information_follows:
             self.glucose = value
             return None
+        if isinstance(value, BodyCompositionMeasurement):
+            value = self.body_composition.feed(value)  # BCS 1.0 section 3.2.1: the first half waits for the second
+            if value is None:
+                return None
         if isinstance(value, GlucoseMeasurement):
             self._glucose(value)
         elif self.for_patient(uuid, value):
