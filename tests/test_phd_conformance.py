@@ -115,8 +115,9 @@ def _simulated() -> dict[str, dict]:
 
 # Each Bluetooth health profile's values as the device sends them (payloads of tests/test_ble_gatt_readings.py and
 # tests/test_fhir_status_context.py: a glucose record with its context, BP, weight with its feature, temperature,
-# PLX spot check and continuous, CGM with its session start), through the BLE session's Collector and the device
-# it builds from the Device Information Service (device_of), with and without DIS strings and a device clock.
+# PLX spot check and continuous, CGM with its session start, body composition in halves, heart rate), through the
+# BLE session's Collector and the device it builds from the Device Information Service (device_of), with and without
+# DIS strings and a device clock.
 # With status: a cuff's Measurement Status, a meter's Sensor Status Annunciation (and sample location), a PLX Device
 # and Sensor Status, a CGM record's annunciation (payloads of tests/test_fhir_status_context.py).
 BLE_VALUES: dict[str, tuple[tuple[int, str], ...]] = {
@@ -126,6 +127,8 @@ BLE_VALUES: dict[str, tuple[tuple[int, str], ...]] = {
     "blood_pressure": ((0x2A35, "06" "7400" "4700" "5600" "ea070b1c080000" "3e00"),
                        (0x2A35, "16 7800 5000 5D00 E2070B0B13 0730 3C00 2100")),
     "scale": ((0x2A9D, "0ab036ea070b1c091e00f500d606"),),
+    "body_composition": ((0x2A9C, "4010" "5000" "e02e"), (0x2A9C, "0014" "5000" "b036"), (0x2A9C, "0000" "5000")),
+    "heart_rate": ((0x2A37, "0048"), (0x2A37, "0055")),
     "thermometer": ((0x2A1C, "06b00e00fedc070c050b321b04"),),
     "pulse_oximeter": ((0x2A5E, "0facf3bef5e8070b1d170839204022000066e3"), (0x2A5F, "1c5f005a00200000000057f0"),
                        (0x2A5E, "05 6100 E0F1 E2070B0B130730 382100")),
