@@ -580,3 +580,28 @@ def test_file_store_write_failure_is_logged_and_the_next_flush_rewrites(tmp_path
     store.put(*_config(2))
     store.flush()
     assert len(path.read_text().splitlines()) == 2 and FileConfigStore(path).get(*_key(1)) is not None
+
+
+def test_undated_observations_of_two_scans_and_of_two_reports_get_distinct_receptions():
+    """Two scans of one grouped report, or two reports in one instant, without time stamps: each reading its own
+    time of reception (milliseconds, RECEPTION_STEP apart), so that their PHD IG identifiers differ (as Bluetooth's,
+    review B finding 1); they were one identifier, and all but the first reading folded into it."""
+    from phg.fhir import build_transaction
+    from phg.model import RECEIVED, Gateway
+    from phg.sources.ieee11073.manager import MdsInfo, Observation
+    from phg.sources.ieee11073.mder import decode_sfloat
+    from phg.sources.ieee11073.readings import RECEPTION_STEP, ReadingBuilder
+
+    def report(*groups: int) -> Measurements:
+        observations = tuple(Observation(1, 150364, 6048, value=decode_sfloat(0xF170), group=g) for g in groups)
+        return Measurements(1, None, observations, MdsInfo("74E8FFFEFF051C00"), None, False)  # type: ignore[arg-type]
+
+    received = datetime(2026, 11, 28, 10, 30, 0, 123456, tzinfo=UTC)
+    builder = ReadingBuilder(PATIENT, OFFSET)
+    readings = builder.readings(report(0, 1), received) + builder.readings(report(None), received)
+    times = [r.metrics[0].time for r in readings]
+    assert times == [received.replace(microsecond=123000) + RECEPTION_STEP * n for n in range(3)]
+    assert all(r.metrics[0].stamp.kind == RECEIVED and r.metrics[0].time_digits == 3 for r in readings)
+    for version in ("2.0.0", "1.1.0"):
+        entries = build_transaction(readings, Gateway(system_id="0011223344556677"), version).reading_entries
+        assert len({frozenset(e) for e in entries}) == 3, version

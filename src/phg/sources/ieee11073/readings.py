@@ -8,7 +8,9 @@ Spec-List); metric codes are 32-bit MDC codes, units UCUM. Device timestamps:
 Each Metric's stamp says which (model.Stamp): the PHD IG identifier encodes the reported value, not the placing.
 - Relative / high-resolution ticks are placed on the gateway's timeline through the MDS Relative-Time read
   at association (gateway time then + elapsed ticks); without that read, or with no timestamp at all, the
-  time of reception is used (PHD IG: no device timestamp -> time of reception).
+  time of reception is used (PHD IG: no device timestamp -> time of reception), to the millisecond, each scan
+  or person of a report and each report of an association RECEPTION_STEP after the last: two undated readings
+  are two readings, not one PHD IG 2.0.0 identifier twice (as phg.sources.ble.session keeps Bluetooth's apart).
 The Reading's DeviceClock (PHD IG coincident time stamp) is the MDS Date-and-Time as read at association.
 """
 
@@ -41,6 +43,8 @@ from phg.sources.ieee11073.manager import MdsInfo, Measurements, Observation
 from phg.sources.ieee11073.mder import HI_RES_TICKS_PER_SECOND, TICKS_PER_SECOND, AbsoluteTime, BaseOffsetTime
 
 log = logging.getLogger(__name__)
+# Times of reception are kept this far apart: the coarsest identifier time part, IG 1.1.0's hundredths of a second.
+RECEPTION_STEP = timedelta(milliseconds=10)
 
 MDC_ATTR_TIME_ABS_CODE = 67975  # clock-type codes of PHD IG coincident time stamps (partition OBJ: 1 << 16 | attr id)
 MDC_ATTR_TIME_REL_CODE = 67983
@@ -96,7 +100,7 @@ def metric_time(obs: Observation, mds: MdsInfo, utc_offset: timedelta, received_
         if kind == "hi-res" and read_at is not None and mds.time_hi_res is not None:
             return read_at + timedelta(seconds=(ticks - mds.time_hi_res) / HI_RES_TICKS_PER_SECOND), 6, stamp
         return received_at, 0, stamp
-    return received_at, 0, RECEIVED_STAMP
+    return received_at.replace(microsecond=received_at.microsecond // 1000 * 1000), 3, RECEIVED_STAMP
 
 
 def _status(obs: Observation) -> tuple[str, ...]:
@@ -141,16 +145,19 @@ def metric_of(obs: Observation, mds: MdsInfo, utc_offset: timedelta, received_at
 def readings_of(m: Measurements, patient: PatientRef, utc_offset: timedelta, received_at: datetime,
                 mds_read_at: datetime | None = None) -> list[Reading]:
     """One Reading per person in the report (most reports have one), and for grouped reports one per person
-    and scan (each ObservationScanGrouped is one scan of the scanner's objects)."""
+    and scan (each ObservationScanGrouped is one scan of the scanner's objects). An observation without a time
+    stamp takes `received_at`, RECEPTION_STEP later for each person or scan before its own."""
     device = device_of(m.mds)
     clock = device_clock(m.mds, mds_read_at, utc_offset)
     by_person: dict[tuple[int | None, int | None], list[Metric]] = {}
     for obs in m.observations:
-        metric = metric_of(obs, m.mds, utc_offset, received_at, mds_read_at)
+        metrics = by_person.setdefault((obs.person_id, obs.group), [])
+        reception = received_at + RECEPTION_STEP * list(by_person).index((obs.person_id, obs.group))
+        metric = metric_of(obs, m.mds, utc_offset, reception, mds_read_at)
         if metric is None:
             log.debug("observation of handle %s (type %s) not mapped to a metric", obs.handle, obs.type)
             continue
-        by_person.setdefault((obs.person_id, obs.group), []).append(metric)
+        metrics.append(metric)
     return [Reading(device, patient, tuple(metrics), clock=clock) for metrics in by_person.values() if metrics]
 
 
@@ -161,9 +168,14 @@ class ReadingBuilder:
     patient: PatientRef
     utc_offset: timedelta
     mds_read_at: datetime | None = None
+    next_reception: datetime | None = None  # the earliest time of reception the next report may take
 
     def device_attributes(self, at: datetime) -> None:
         self.mds_read_at = at
 
     def readings(self, m: Measurements, received_at: datetime) -> list[Reading]:
+        if self.next_reception is not None and received_at < self.next_reception:
+            received_at = self.next_reception
+        groups = len({(obs.person_id, obs.group) for obs in m.observations})
+        self.next_reception = received_at + RECEPTION_STEP * max(1, groups)
         return readings_of(m, self.patient, self.utc_offset, received_at, self.mds_read_at)
