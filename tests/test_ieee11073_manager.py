@@ -587,10 +587,10 @@ def test_undated_observations_of_two_scans_and_of_two_reports_get_distinct_recep
     time of reception (milliseconds, RECEPTION_STEP apart), so that their PHD IG identifiers differ (as Bluetooth's,
     review B finding 1); they were one identifier, and all but the first reading folded into it."""
     from phg.fhir import build_transaction
-    from phg.model import RECEIVED, Gateway
+    from phg.model import RECEIVED, RECEPTION_STEP, Gateway
     from phg.sources.ieee11073.manager import MdsInfo, Observation
     from phg.sources.ieee11073.mder import decode_sfloat
-    from phg.sources.ieee11073.readings import RECEPTION_STEP, ReadingBuilder
+    from phg.sources.ieee11073.readings import ReadingBuilder
 
     def report(*groups: int) -> Measurements:
         observations = tuple(Observation(1, 150364, 6048, value=decode_sfloat(0xF170), group=g) for g in groups)

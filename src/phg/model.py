@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from functools import cache
 
@@ -202,6 +202,31 @@ def tick_digits(rate: int) -> int | None:
 # The time of reception (PHD IG: no device timestamp -> time of reception): the gateway is then the clock that
 # reports, a UTC clock with its TZ/DST offset. With the offset, it never equals a zoneless local time's part.
 RECEIVED_STAMP = Stamp(RECEIVED, device_offset=True)
+# A time of reception has milliseconds, and those one connection or association gives are kept RECEPTION_STEP apart
+# (Receptions): the coarsest identifier time part, IG 1.1.0's hundredths of a second (2.0.0 writes the milliseconds).
+# Two measurements received together without time stamps are then two readings, not one PHD IG identifier twice
+# (review B finding 1).
+RECEPTION_DIGITS, RECEPTION_STEP = 3, timedelta(milliseconds=10)
+
+
+def reception_time(at: datetime) -> datetime:
+    """`at` to the millisecond (RECEPTION_DIGITS), as a time of reception is written."""
+    return at.replace(microsecond=at.microsecond // 1000 * 1000)
+
+
+class Receptions:
+    """The times of reception one source connection (a Bluetooth session, an IEEE 11073 association) gives the
+    measurements its device did not time: each at least RECEPTION_STEP after the one before."""
+
+    def __init__(self) -> None:
+        self._next: datetime | None = None  # the earliest time the next measurement may take
+
+    def take(self, now: datetime, count: int = 1) -> datetime:
+        """The time of reception of `count` measurements (or groups of them) received `now`: the first one's, the
+        others following RECEPTION_STEP apart."""
+        start = now if self._next is None or now >= self._next else self._next
+        self._next = start + RECEPTION_STEP * count
+        return start
 
 
 class Metric(Frozen):

@@ -61,6 +61,7 @@ from phg.model import (
     DeviceClock,
     PatientRef,
     Reading,
+    Receptions,
     Specialization,
 )
 from phg.sources.ble.gatt import GattError, decode, lookup, quirks, to_metrics
@@ -82,9 +83,6 @@ if TYPE_CHECKING:
     from bleak.backends.device import BLEDevice
 
 logger = logging.getLogger(__name__)
-# Times of reception are kept this far apart (Collector._received): the coarsest identifier time part, IG 1.1.0's
-# hundredths of a second (2.0.0 writes the milliseconds).
-_RECEPTION_STEP = timedelta(milliseconds=10)
 
 
 def uuid16(n: int) -> str:
@@ -292,7 +290,7 @@ class Collector:
         self.held: list[CgmMeasurement] = []  # CGM records waiting for a usable Session Start Time
         self.glucose: GlucoseMeasurement | None = None  # waiting for its 0x2A34 context
         self.body_composition = BodyCompositionAssembler()  # a 0x2A9C value sent in two halves: one measurement
-        self._last_received: datetime | None = None  # the last time of reception given (_received)
+        self.receptions = Receptions()  # the times of reception of undated measurements: kept apart
 
     def feed(self, uuid: int, data: bytes) -> bool | None:
         value = decode(uuid, data)
@@ -359,20 +357,10 @@ class Collector:
         return user == self.user
 
     def _add(self, value: object, **context: Any) -> None:
-        metrics = to_metrics(value, utc_offset=self.utc_offset, received=self._received(), **self.facts, **context)
+        received = self.receptions.take(datetime.now(UTC))  # used only by a measurement the device did not time
+        metrics = to_metrics(value, utc_offset=self.utc_offset, received=received, **self.facts, **context)
         if metrics:
             self.readings.append(Reading(self.device, self.patient, tuple(metrics), clock=self.clock))
-
-    def _received(self) -> datetime:
-        """Now, as the time of reception of a measurement the device did not time: at least _RECEPTION_STEP after the
-        last one this Collector gave, so that two measurements of one type received together (a burst of stored cuff
-        readings without time stamps, heart rate) are two readings, not one identifier twice (to_metrics keeps
-        milliseconds)."""
-        now = datetime.now(UTC)
-        if self._last_received is not None and now < self._last_received + _RECEPTION_STEP:
-            now = self._last_received + _RECEPTION_STEP
-        self._last_received = now
-        return now
 
     def _glucose(self, measurement: GlucoseMeasurement, context: GlucoseMeasurementContext | None = None) -> None:
         """Hand a glucose record over (with its context, if any): its reading, and its sequence number into the

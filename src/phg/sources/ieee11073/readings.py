@@ -9,15 +9,15 @@ Each Metric's stamp says which (model.Stamp): the PHD IG identifier encodes the 
 - Relative / high-resolution ticks are placed on the gateway's timeline through the MDS Relative-Time read
   at association (gateway time then + elapsed ticks); without that read, or with no timestamp at all, the
   time of reception is used (PHD IG: no device timestamp -> time of reception), to the millisecond, each scan
-  or person of a report and each report of an association RECEPTION_STEP after the last: two undated readings
-  are two readings, not one PHD IG 2.0.0 identifier twice (as phg.sources.ble.session keeps Bluetooth's apart).
+  or person of a report and each report of an association RECEPTION_STEP after the last (phg.model.Receptions, as
+  Bluetooth's): two undated readings are two readings, not one PHD IG 2.0.0 identifier twice.
 The Reading's DeviceClock (PHD IG coincident time stamp) is the MDS Date-and-Time as read at association.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from phg import mdc
@@ -25,6 +25,8 @@ from phg.model import (
     BASE_OFFSET,
     LOCAL,
     RECEIVED_STAMP,
+    RECEPTION_DIGITS,
+    RECEPTION_STEP,
     TICKS,
     Bit,
     BitString,
@@ -34,8 +36,10 @@ from phg.model import (
     Metric,
     PatientRef,
     Reading,
+    Receptions,
     Specialization,
     Stamp,
+    reception_time,
 )
 from phg.sources.ieee11073 import nomenclature as nom
 from phg.sources.ieee11073.apdu import ApduError
@@ -43,8 +47,6 @@ from phg.sources.ieee11073.manager import MdsInfo, Measurements, Observation
 from phg.sources.ieee11073.mder import HI_RES_TICKS_PER_SECOND, TICKS_PER_SECOND, AbsoluteTime, BaseOffsetTime
 
 log = logging.getLogger(__name__)
-# Times of reception are kept this far apart: the coarsest identifier time part, IG 1.1.0's hundredths of a second.
-RECEPTION_STEP = timedelta(milliseconds=10)
 
 MDC_ATTR_TIME_ABS_CODE = 67975  # clock-type codes of PHD IG coincident time stamps (partition OBJ: 1 << 16 | attr id)
 MDC_ATTR_TIME_REL_CODE = 67983
@@ -100,7 +102,7 @@ def metric_time(obs: Observation, mds: MdsInfo, utc_offset: timedelta, received_
         if kind == "hi-res" and read_at is not None and mds.time_hi_res is not None:
             return read_at + timedelta(seconds=(ticks - mds.time_hi_res) / HI_RES_TICKS_PER_SECOND), 6, stamp
         return received_at, 0, stamp
-    return received_at.replace(microsecond=received_at.microsecond // 1000 * 1000), 3, RECEIVED_STAMP
+    return reception_time(received_at), RECEPTION_DIGITS, RECEIVED_STAMP
 
 
 def _status(obs: Observation) -> tuple[str, ...]:
@@ -168,14 +170,12 @@ class ReadingBuilder:
     patient: PatientRef
     utc_offset: timedelta
     mds_read_at: datetime | None = None
-    next_reception: datetime | None = None  # the earliest time of reception the next report may take
+    receptions: Receptions = field(default_factory=Receptions)  # the association's times of reception
 
     def device_attributes(self, at: datetime) -> None:
         self.mds_read_at = at
 
     def readings(self, m: Measurements, received_at: datetime) -> list[Reading]:
-        if self.next_reception is not None and received_at < self.next_reception:
-            received_at = self.next_reception
         groups = len({(obs.person_id, obs.group) for obs in m.observations})
-        self.next_reception = received_at + RECEPTION_STEP * max(1, groups)
+        received_at = self.receptions.take(received_at, max(1, groups))
         return readings_of(m, self.patient, self.utc_offset, received_at, self.mds_read_at)

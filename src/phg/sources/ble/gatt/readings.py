@@ -17,7 +17,7 @@ zone and DST; without one the offset given here is used; without a session start
 Times have 1 s resolution (Metric.time_digits 0); the time of reception has 1 ms (time_digits 3): two readings
 received in one second are two readings, with two identifiers (the PHD IG 2.0.0 identifier has no value, so two
 heart rates received in one second stamped to the second were one, the second dropped as a duplicate; review B
-finding 1; the Collector also keeps its receptions 10 ms apart, phg.sources.ble.session).
+finding 1; the Collector also keeps its receptions apart, phg.model.Receptions).
 Each Metric says how its time was reported (Metric.stamp, which the PHD IG identifier encodes): a Date Time
 is "local" with the gateway's offset; a CGM time is "local" with the device's offset when the Session Start
 Time carries Time Zone and DST, else the gateway's; the time of reception is the gateway's clock (Stamp kind
@@ -45,7 +45,17 @@ from decimal import Decimal
 
 from phg import mdc
 from phg.errors import MappingError
-from phg.model import LOCAL, MAX_DIGITS, RECEIVED, RECEIVED_STAMP, Component, Metric, Stamp
+from phg.model import (
+    LOCAL,
+    MAX_DIGITS,
+    RECEIVED,
+    RECEIVED_STAMP,
+    RECEPTION_DIGITS,
+    Component,
+    Metric,
+    Stamp,
+    reception_time,
+)
 from phg.sources.ble.gatt import context as ble_context
 from phg.sources.ble.gatt.blood_pressure import BloodPressureMeasurement
 from phg.sources.ble.gatt.cgm import CgmMeasurement, CgmSessionStartTime
@@ -146,8 +156,8 @@ def to_metrics(measurement: object, *, utc_offset: UtcOffset, received: datetime
     mapper = _MAPPERS.get(type(measurement))
     if mapper is None:
         return []
-    ctx = _Context(utc_offset, received.replace(microsecond=received.microsecond // 1000 * 1000), weight_feature,
-                   session_start, temperature_type, glucose_context)
+    ctx = _Context(utc_offset, reception_time(received), weight_feature, session_start, temperature_type,
+                   glucose_context)
     return mapper(measurement, ctx)
 
 
@@ -191,9 +201,9 @@ def _metric(code: int, value: Number | None, unit: str, when: Timed, status: tup
 
 
 def _digits(when: Timed) -> int:
-    """The fractional digits of a metric's time: 3 for the time of reception (milliseconds), else 0 (a Date Time
-    has whole seconds)."""
-    return 3 if when[1].kind == RECEIVED else 0
+    """The fractional digits of a metric's time: a time of reception's (milliseconds), else 0 (a Date Time has whole
+    seconds)."""
+    return RECEPTION_DIGITS if when[1].kind == RECEIVED else 0
 
 
 def _ordered(names: tuple[str, ...]) -> tuple[str, ...]:
