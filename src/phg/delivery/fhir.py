@@ -401,12 +401,13 @@ class FhirDestination:
         error OperationOutcome, an empty body) is no FHIR answer: TransientDeliveryError, tried again; it was
         counted delivered, and its empty location put in the references of later entries (review A finding 1)."""
         status = response.status_code
-        where = response.headers.get("Location", "") if status in (200, 201) else ""
-        if not where and status in (200, 201):
-            resource = _json(response)
-            ident = resource.get("id") if isinstance(resource, dict) and resource.get("resourceType") == resource_type \
-                else None
-            where = f"{resource_type}/{ident}" if isinstance(ident, str) and ident else ""
+        where = ""
+        if status in (200, 201):
+            where = response.headers.get("Location", "")
+            resource = None if where else _json(response)
+            if isinstance(resource, dict) and resource.get("resourceType") == resource_type:
+                ident = resource.get("id")
+                where = f"{resource_type}/{ident}" if isinstance(ident, str) and ident else ""
         if not where:
             raise TransientDeliveryError(f"{self.base_url} answered {status} to a POST of a {resource_type} without "
                                          f"saying where it is (no Location header, no {resource_type} with an id)")
