@@ -152,9 +152,11 @@ def readings_of(m: Measurements, patient: PatientRef, utc_offset: timedelta, rec
     device = device_of(m.mds)
     clock = device_clock(m.mds, mds_read_at, utc_offset)
     by_person: dict[tuple[int | None, int | None], list[Metric]] = {}
+    receptions: dict[tuple[int | None, int | None], datetime] = {}  # each person's or scan's, in order of appearance
     for obs in m.observations:
-        metrics = by_person.setdefault((obs.person_id, obs.group), [])
-        reception = received_at + RECEPTION_STEP * list(by_person).index((obs.person_id, obs.group))
+        key = (obs.person_id, obs.group)
+        metrics = by_person.setdefault(key, [])
+        reception = receptions.setdefault(key, received_at + RECEPTION_STEP * len(receptions))
         metric = metric_of(obs, m.mds, utc_offset, reception, mds_read_at)
         if metric is None:
             log.debug("observation of handle %s (type %s) not mapped to a metric", obs.handle, obs.type)
